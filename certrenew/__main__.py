@@ -1,0 +1,3 @@
+from certrenew.cli import main
+
+raise SystemExit(main())
