@@ -1,0 +1,56 @@
+"""Private keys and certificate signing requests."""
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from certrenew.errors import UsageError
+
+KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa2048", "rsa3072", "rsa4096")
+DEFAULT_KEY_TYPE = "ecdsa-p256"
+
+_CURVES = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
+
+
+def check_key_type(key_type: str) -> str:
+    """Return `key_type` if certrenew can generate it, else raise UsageError."""
+    if key_type not in KEY_TYPES:
+        raise UsageError(f"unknown key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}")
+    return key_type
+
+
+def generate_key(key_type: str):
+    """A fresh private key of `key_type` (a new key for every certificate)."""
+    check_key_type(key_type)
+    if key_type in _CURVES:
+        return ec.generate_private_key(_CURVES[key_type]())
+    return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
+
+
+def key_to_pem(key) -> bytes:
+    """PKCS#8 PEM without encryption: HAProxy reads the key from the bundle unattended."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def load_key(pem: bytes):
+    return serialization.load_pem_private_key(pem, password=None)
+
+
+def make_csr(key, domains: list[str]) -> bytes:
+    """A PEM CSR naming every domain in the SAN.
+
+    The first domain is also the common name when it fits the 64-character limit of
+    that field; CAs read the SAN either way.
+    """
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, domains[0])] if len(domains[0]) <= 64 else []
+    builder = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name(subject))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
+    )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
