@@ -54,3 +54,13 @@ def make_csr(key, domains: list[str]) -> bytes:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
     )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def key_type_of(public_key) -> str | None:
+    """The certrenew key type name of a public key, or None for any other kind."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(public_key.curve.name)
+    if isinstance(public_key, rsa.RSAPublicKey):
+        name = f"rsa{public_key.key_size}"
+        return name if name in KEY_TYPES else None
+    return None

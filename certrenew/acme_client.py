@@ -1,0 +1,268 @@
+"""The ACME conversation (RFC 8555): account, order, challenges, finalization, download.
+
+Built on the `acme` library's messages and `ClientV2`. What certrenew changes is
+waiting: polls start at 50 ms and back off, honouring Retry-After, instead of the
+library's fixed one-second sleeps; and every request is retried within bounds when
+the CA answers badNonce, drops the connection or fails with a 5xx.
+"""
+
+import datetime
+import logging
+import time
+from collections.abc import Callable
+
+import josepy as jose
+import requests
+import tenacity
+from cryptography import x509
+from acme import challenges, client, errors, messages
+
+from certrenew import __version__
+from certrenew.challenge import ChallengeSolver
+from certrenew.errors import CertrenewError, UsageError
+from certrenew.keys import generate_key, key_to_pem, load_key
+
+log = logging.getLogger(__name__)
+
+FIRST_POLL = 0.05
+MAX_POLL = 2.0
+MAX_CALL_TIMEOUT = 30.0
+TRANSIENT_ATTEMPTS = 5
+
+
+class Deadline:
+    """The end of a run's time budget; every wait and network call is bounded by it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise CertrenewError(f"gave up after the time budget of {self.seconds:g} s (--timeout)")
+        return left
+
+
+def new_account_key_pem() -> bytes:
+    """An ECDSA P-256 account key: ES256 signatures are small and fast to make."""
+    return key_to_pem(generate_key("ecdsa-p256"))
+
+
+class AcmeClient:
+    """An ACME client bound to one directory and one account key."""
+
+    def __init__(self, directory_url: str, account_key_pem: bytes, deadline: Deadline,
+                 ca_bundle: str | None = None) -> None:
+        self.deadline = deadline
+        key = jose.JWKEC(key=load_key(account_key_pem))
+        self.net = _Network(deadline, key=key, alg=jose.ES256, verify_ssl=ca_bundle or True,
+                            user_agent=f"certrenew/{__version__}")
+        try:
+            directory = messages.Directory.from_json(self.net.get(directory_url).json())
+        except (requests.RequestException, errors.Error, ValueError) as error:
+            raise CertrenewError(f"cannot reach the ACME directory {directory_url}: {_describe(error)}") from None
+        self.client = client.ClientV2(directory, self.net)
+
+    @property
+    def terms_of_service(self) -> str | None:
+        return self.client.directory.meta.terms_of_service
+
+    def login(self, uri: str | None, email: str | None, agree_tos: bool) -> str:
+        """Act as the account at `uri`, or register the key when there is none; return the URI.
+
+        A known account costs no round trip. Should the CA have forgotten it (a test CA
+        restarted, an account deactivated), the first order registers the key again.
+        """
+        self._email, self._agree_tos = email, agree_tos
+        if uri is None:
+            uri = self._register()
+        self._use_account(uri)
+        return uri
+
+    @property
+    def account_uri(self) -> str:
+        return self.net.account.uri
+
+    def _use_account(self, uri: str) -> None:
+        self.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
+
+    def _register(self) -> str:
+        if not self._agree_tos:
+            terms = self.terms_of_service
+            raise UsageError(
+                "registering an ACME account requires agreeing to the CA's terms of service"
+                + (f" ({terms})" if terms else "") + ": pass --agree-tos"
+            )
+        registration = messages.NewRegistration.from_data(email=self._email, terms_of_service_agreed=True)
+        self.net.account = None
+        try:
+            return self._call("register the account", self.client.new_account, registration).uri
+        except errors.ConflictError as conflict:
+            return conflict.location
+
+    def obtain(self, domains: list[str], csr_pem: bytes, solver: ChallengeSolver) -> str:
+        """Order a certificate for `domains`, prove control through `solver`, return the full chain PEM."""
+        try:
+            order = self._call("create the order", self._new_order, domains, csr_pem)
+        except _AccountUnknown:
+            log.warning("the CA does not know account %s; registering the key again", self.account_uri)
+            self._use_account(self._register())
+            order = self._call("create the order", self._new_order, domains, csr_pem)
+        published = []
+        try:
+            for authzr in order.authorizations:
+                if authzr.body.status == messages.STATUS_VALID:
+                    continue
+                domain = authzr.body.identifier.value
+                challb = self._pick_challenge(authzr, solver.challenge_type)
+                response, validation = challb.response_and_validation(self.net.key)
+                solver.present(domain, challb.chall.encode("token"), validation)
+                published.append((domain, challb.chall.encode("token")))
+                self._call(f"answer the challenge for {domain}", self.client.answer_challenge, challb, response)
+            for authzr in order.authorizations:
+                self._wait_authorization(authzr)
+        finally:
+            for domain, token in published:
+                solver.cleanup(domain, token)
+        return self._finalize(order)
+
+    def _new_order(self, domains: list[str], csr_pem: bytes) -> messages.OrderResource:
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=d) for d in domains]
+        response = self.client._post(self.client.directory["newOrder"], messages.NewOrder(identifiers=identifiers))
+        body = messages.Order.from_json(response.json())
+        authorizations = [self._fetch_authorization(url) for url in body.authorizations]
+        return messages.OrderResource(body=body, uri=response.headers.get("Location"),
+                                      authorizations=authorizations, csr_pem=csr_pem)
+
+    def _fetch_authorization(self, url: str) -> messages.AuthorizationResource:
+        response = self.client._post_as_get(url)
+        return messages.AuthorizationResource(body=messages.Authorization.from_json(response.json()), uri=url)
+
+    @staticmethod
+    def _pick_challenge(authzr: messages.AuthorizationResource, challenge_type: str) -> messages.ChallengeBody:
+        for challb in authzr.body.challenges:
+            if challb.chall.typ == challenge_type:
+                return challb
+        offered = ", ".join(c.chall.typ for c in authzr.body.challenges) or "none"
+        raise CertrenewError(
+            f"{authzr.body.identifier.value}: the CA offers no {challenge_type} challenge (offered: {offered})"
+        )
+
+    def _wait_authorization(self, authzr: messages.AuthorizationResource) -> None:
+        domain = authzr.body.identifier.value
+        final = self._poll(f"validation of {domain}", lambda: self.client._post_as_get(authzr.uri),
+                           lambda body: body["status"] != "pending")
+        body = messages.Authorization.from_json(final.json())
+        if body.status != messages.STATUS_VALID:
+            problems = [str(c.error.detail or c.error) for c in body.challenges if c.error is not None]
+            detail = "; ".join(problems) or f"authorization is {body.status.name}"
+            raise CertrenewError(f"{domain}: validation failed: {detail}")
+
+    def _finalize(self, order: messages.OrderResource) -> str:
+        finalize = messages.CertificateRequest(csr=x509.load_pem_x509_csr(order.csr_pem))
+        self._call("finalize the order", self.client._post, order.body.finalize, finalize)
+        final = self._poll("issuance", lambda: self.client._post_as_get(order.uri),
+                           lambda body: body["status"] not in ("processing", "ready", "pending"))
+        body = messages.Order.from_json(final.json())
+        if body.status != messages.STATUS_VALID or not body.certificate:
+            reason = str(body.error.detail or body.error) if body.error else f"order is {body.status.name}"
+            raise CertrenewError(f"the CA did not issue the certificate: {reason}")
+        return self._call("download the certificate", self.client._post_as_get, body.certificate).text
+
+    def _poll(self, what: str, fetch: Callable[[], requests.Response],
+              finished: Callable[[dict], bool]) -> requests.Response:
+        """Fetch until `finished`, sleeping 50 ms, then longer, or as long as Retry-After asks."""
+        delay = FIRST_POLL
+        while True:
+            response = self._call(f"check the {what}", fetch)
+            if finished(response.json()):
+                return response
+            wait = _retry_after_seconds(response) or delay
+            if wait >= self.deadline.remaining():
+                raise CertrenewError(f"gave up waiting for the {what}: the time budget (--timeout) ran out")
+            time.sleep(wait)
+            delay = min(delay * 2, MAX_POLL)
+
+    def _call(self, what: str, function: Callable, *args):
+        """Run one ACME exchange; turn the CA's refusal into an error that says what failed."""
+        try:
+            return function(*args)
+        except messages.Error as error:
+            unknown = _AccountUnknown if error.code == "accountDoesNotExist" else CertrenewError
+            raise unknown(f"the CA refused to {what}: {error.detail or error}") from None
+        except (requests.RequestException, errors.ClientError) as error:
+            raise CertrenewError(f"cannot {what}: {_describe(error)}") from None
+
+
+class _AccountUnknown(CertrenewError):
+    """The CA does not know the account certrenew stored."""
+
+
+class _Network(client.ClientNetwork):
+    """`ClientNetwork` with bounded retries and per-call timeouts taken from the deadline."""
+
+    def __init__(self, deadline: Deadline, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.deadline = deadline
+
+    def _send_request(self, method: str, url: str, *args, **kwargs) -> requests.Response:
+        kwargs["timeout"] = min(MAX_CALL_TIMEOUT, self.deadline.remaining())
+        return super()._send_request(method, url, *args, **kwargs)
+
+    def post(self, *args, **kwargs) -> requests.Response:
+        # Each attempt signs with a fresh nonce, so a badNonce is simply tried again.
+        return self._retrying(self._post_once, *args, **kwargs)
+
+    def get(self, *args, **kwargs) -> requests.Response:
+        return self._retrying(super().get, *args, **kwargs)
+
+    def _retrying(self, function: Callable, *args, **kwargs):
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_is_transient),
+            stop=tenacity.stop_after_attempt(TRANSIENT_ATTEMPTS)
+            | tenacity.stop_after_delay(max(self.deadline.remaining() - 1, 0)),
+            wait=_transient_wait,
+            before_sleep=lambda state: log.debug("retrying after %s", state.outcome.exception()),
+            reraise=True,
+        )
+        return retrying(function, *args, **kwargs)
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Worth the same request again: a stale nonce, a dropped connection, a server error."""
+    if isinstance(error, messages.Error):
+        return error.code in ("badNonce", "serverInternal")
+    if isinstance(error, (requests.ConnectionError, requests.Timeout)):
+        return True
+    if isinstance(error, errors.ClientError) and error.args and isinstance(error.args[0], requests.Response):
+        return error.args[0].status_code >= 500
+    return False
+
+
+_exponential = tenacity.wait_exponential_jitter(initial=0.25, max=4)
+
+
+def _transient_wait(state: tenacity.RetryCallState) -> float:
+    error = state.outcome.exception()
+    if isinstance(error, messages.Error) and error.code == "badNonce":
+        return 0
+    return _exponential(state)
+
+
+def _retry_after_seconds(response: requests.Response) -> float | None:
+    if "Retry-After" not in response.headers:
+        return None
+    when = client.ClientV2.retry_after(response, 0)
+    return max((when - datetime.datetime.now()).total_seconds(), 0.0)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, requests.ConnectionError):
+        return "connection failed (is the CA reachable?)"
+    if isinstance(error, requests.Timeout):
+        return "the request timed out"
+    if isinstance(error, errors.ClientError) and error.args and isinstance(error.args[0], requests.Response):
+        response = error.args[0]
+        return f"HTTP {response.status_code} from {response.url}"
+    return str(error) or type(error).__name__

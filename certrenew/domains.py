@@ -1,0 +1,67 @@
+"""Domain names: normalized to the form the CA and HAProxy see, refused early when invalid."""
+
+import ipaddress
+import re
+
+import idna
+
+from certrenew.errors import UsageError
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def normalize_domain(name: str) -> str:
+    """Lower-case A-label form without a trailing dot, or UsageError naming the fault."""
+    original = name
+    if not name or name.strip() != name or any(c.isspace() for c in name):
+        raise UsageError(f"invalid domain {original!r}: it is empty or contains white space")
+    if name.startswith("*"):
+        raise UsageError(
+            f"invalid domain {original!r}: wildcard certificates need the DNS-01 challenge; "
+            "HTTP-01 cannot validate them"
+        )
+    if name.startswith("."):
+        raise UsageError(f"invalid domain {original!r}: it starts with a dot")
+    name = name.removesuffix(".")
+    if _is_ip_address(name):
+        raise UsageError(f"invalid domain {original!r}: IP addresses are not supported, give a DNS name")
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except idna.IDNAError as error:
+            raise UsageError(f"invalid domain {original!r}: {error}") from None
+    name = name.lower()
+    if len(name) > 253:
+        raise UsageError(f"invalid domain {original!r}: longer than 253 characters")
+    for label in name.split("."):
+        if not label:
+            raise UsageError(f"invalid domain {original!r}: it has an empty label")
+        if len(label) > 63:
+            raise UsageError(f"invalid domain {original!r}: label {label[:20]!r}... is longer than 63 characters")
+        if not _LABEL.match(label):
+            raise UsageError(
+                f"invalid domain {original!r}: label {label!r} may hold only letters, digits and "
+                "inner hyphens"
+            )
+    return name
+
+
+def normalize_domains(names: list[str]) -> list[str]:
+    """Normalize every name, keep their order, and refuse an empty list or a duplicate."""
+    if not names:
+        raise UsageError("no domain given")
+    normalized = []
+    for name in names:
+        domain = normalize_domain(name)
+        if domain in normalized:
+            raise UsageError(f"duplicate domain {name!r}")
+        normalized.append(domain)
+    return normalized
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
