@@ -1,0 +1,48 @@
+import pytest
+
+from certrenew.domains import normalize_domain, normalize_domains
+from certrenew.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("Example.COM", "example.com"),
+        ("example.com.", "example.com"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("a-b.c-d.example", "a-b.c-d.example"),
+        ("x" * 63 + ".example", "x" * 63 + ".example"),
+    ],
+)
+def test_normalizes(given, expected):
+    assert normalize_domain(given) == expected
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("", "empty"),
+        ("has space.example", "white space"),
+        ("*.example.com", "wildcard"),
+        ("192.0.2.1", "IP address"),
+        ("::1", "IP address"),
+        (".example.com", "starts with a dot"),
+        ("a..example", "empty label"),
+        ("-a.example", "inner hyphens"),
+        ("a-.example", "inner hyphens"),
+        ("x" * 64 + ".example", "longer than 63"),
+        ("under_score.example", "inner hyphens"),
+        (("a" * 60 + ".") * 5 + "example", "253"),
+    ],
+)
+def test_refuses_with_reason(bad, says):
+    with pytest.raises(UsageError, match=says):
+        normalize_domain(bad)
+
+
+def test_list_keeps_order_and_refuses_duplicates():
+    assert normalize_domains(["b.example", "A.example"]) == ["b.example", "a.example"]
+    with pytest.raises(UsageError, match="duplicate"):
+        normalize_domains(["a.example", "A.EXAMPLE."])
+    with pytest.raises(UsageError, match="no domain"):
+        normalize_domains([])
