@@ -1,0 +1,19 @@
+"""Fixtures for tests that run certrenew against a real pebble and HAProxy (see tests/lab.py)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# tests/ is not a package; put it on the path so `lab` imports the same way
+# here as in `python tests/lab.py`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lab import Lab  # noqa: E402
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    """A fresh lab per test, so no test sees another's accounts, orders or certificates."""
+    with Lab(tmp_path / "lab") as running:
+        yield running

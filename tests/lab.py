@@ -1,0 +1,464 @@
+"""A throwaway ACME world on loopback: a real CA (pebble) and a real HAProxy.
+
+HAProxy runs the shipped haproxy/haproxy.cfg with only its addresses and paths
+swapped for loopback ones, so every HTTP-01 validation pebble makes really goes
+through the production ACL to certrenew's responder. Integration tests,
+scripts/demo and the benchmark all drive certrenew against this lab.
+
+Run `python tests/lab.py [workdir]` to keep one up for exploring by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import requests
+import trustme
+from cryptography import x509
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python tests/lab.py` from a checkout that is not pip-installed
+    sys.path.insert(0, str(REPO_ROOT))
+
+from certrenew.placeholder import write_placeholder  # noqa: E402
+
+SHIPPED_HAPROXY_CFG = REPO_ROOT / "haproxy" / "haproxy.cfg"
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+POLL_INTERVAL = 0.1
+
+
+class LabError(RuntimeError):
+    """A lab process failed to start, reload or answer; the message carries its log tail."""
+
+
+def free_ports(count: int) -> list[int]:
+    """Return `count` distinct TCP ports that were free on loopback a moment ago."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((LOOPBACK, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_dns_port(exclude: set[int]) -> int:
+    """Return a loopback port free for both UDP and TCP: challtestsrv serves DNS on both."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((LOOPBACK, 0))
+            port = udp.getsockname()[1]
+            if port in exclude:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+                return port
+    raise LabError("no loopback port free for both UDP and TCP")
+
+
+def render_haproxy_config(shipped: str, replacements: list[tuple[str, str]]) -> str:
+    """Apply each (old, new) replacement to `shipped`, each of which must match exactly once.
+
+    Failing on a missing match keeps the lab honest: if the shipped config
+    changes shape, the lab stops rather than quietly testing something else.
+    """
+    for old, new in replacements:
+        count = shipped.count(old)
+        if count != 1:
+            raise LabError(f"expected {old!r} once in the shipped haproxy.cfg, found it {count} times")
+        shipped = shipped.replace(old, new)
+    return shipped
+
+
+def production_replacements(ssl_dir: Path, admin_socket: Path) -> list[tuple[str, str]]:
+    """The substitutions that move the shipped config's certificate dir and admin socket into a work dir."""
+    return [
+        ("crt /etc/haproxy/ssl/\n", f"crt {ssl_dir}/\n"),
+        ("stats socket /run/haproxy/admin.sock ", f"stats socket {admin_socket} "),
+    ]
+
+
+def check_haproxy_config(path: Path) -> None:
+    """Run `haproxy -c` on `path`; raise with HAProxy's own words when it is rejected."""
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=START_TIMEOUT
+    )
+    if result.returncode != 0:
+        raise LabError(f"haproxy -c rejected {path}:\n{result.stdout}{result.stderr}")
+
+
+def wait_until(what: str, ready: Callable[[], bool], process: subprocess.Popen, log: Path) -> None:
+    """Poll `ready` until it holds; fail fast if `process` dies, and give up after START_TIMEOUT."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LabError(f"{what}: process exited with {process.returncode}\n{log_tail(log)}")
+        if ready():
+            return
+        time.sleep(POLL_INTERVAL)
+    raise LabError(f"{what}: not ready after {START_TIMEOUT:.0f}s\n{log_tail(log)}")
+
+
+def log_tail(log: Path, lines: int = 30) -> str:
+    """The last lines of a process log, to put in an error message."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {log})"
+    return f"--- tail of {log} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def terminate(process: subprocess.Popen | None) -> None:
+    """Stop `process` with SIGTERM, escalating to SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(STOP_TIMEOUT)
+
+
+def tcp_accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on the loopback `port`."""
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def parse_serial(serial_hex: str) -> int:
+    """Read a serial written as hex, with or without colons (as openssl and HAProxy print it)."""
+    return int(serial_hex.replace(":", ""), 16)
+
+
+class Lab:
+    """pebble, its DNS (challtestsrv) and HAProxy on loopback, living under one work dir.
+
+    Use as a context manager, or call start() and stop(). Nothing listens
+    beyond 127.0.0.1, and every wait is bounded.
+    """
+
+    def __init__(self, workdir: Path, pebble_env: Mapping[str, str] | None = None):
+        self.workdir = Path(workdir).resolve()
+        self.pebble_env = dict(pebble_env or {})
+
+        ports = free_ports(7)
+        (self.acme_port, self.management_port, self.challtestsrv_port, self.http_port,
+         self.https_port, self.backend_port, self.tls_alpn_port) = ports
+        self.dns_port = free_dns_port(exclude=set(ports))
+
+        self.directory_url = f"https://{LOOPBACK}:{self.acme_port}/dir"
+        self.management_url = f"https://{LOOPBACK}:{self.management_port}"
+        self.challtestsrv_url = f"http://{LOOPBACK}:{self.challtestsrv_port}"
+        self.listen = f"{LOOPBACK}:{self.backend_port}"
+        self.ca_bundle = self.workdir / "pebble-ca.pem"
+        self.ssl_dir = self.workdir / "ssl"
+        self.state_dir = self.workdir / "state"
+        self.haproxy_cfg = self.workdir / "haproxy.cfg"
+        self.admin_socket = self.workdir / "admin.sock"
+        self.master_socket = self.workdir / "master.sock"
+
+        self._pebble: subprocess.Popen | None = None
+        self._challtestsrv: subprocess.Popen | None = None
+        self._haproxy: subprocess.Popen | None = None
+        # pebble makes a new root on every start; certificates issued before a
+        # restart must still verify, so every root seen stays trusted.
+        self._issuer_roots: list[bytes] = []
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def reload_command(self) -> str:
+        """A shell command that reloads this HAProxy, as certrenew's --reload-command would run it."""
+        return f"kill -USR2 {self._running(self._haproxy, 'HAProxy').pid}"
+
+    @property
+    def certrenew_env(self) -> dict[str, str]:
+        """The CERTRENEW_* settings that point certrenew at this lab."""
+        return {
+            "CERTRENEW_DIRECTORY": self.directory_url,
+            "CERTRENEW_CA_BUNDLE": str(self.ca_bundle),
+            "CERTRENEW_STATE_DIR": str(self.state_dir),
+            "CERTRENEW_SSL_DIR": str(self.ssl_dir),
+            "CERTRENEW_LISTEN": self.listen,
+            "CERTRENEW_RELOAD_COMMAND": self.reload_command,
+            "CERTRENEW_EMAIL": "ops@example.com",
+            "CERTRENEW_AGREE_TOS": "1",
+        }
+
+    def start(self) -> None:
+        """Bring up challtestsrv, pebble and HAProxy; on any failure stop what did start."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(exist_ok=True)
+        try:
+            self._write_pebble_tls()
+            self._start_challtestsrv()
+            self.start_pebble()
+            self._start_haproxy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every lab process; safe to call more than once."""
+        for process in (self._haproxy, self._pebble, self._challtestsrv):
+            terminate(process)
+
+    def start_pebble(self, extra_env: Mapping[str, str] | None = None) -> None:
+        """Start pebble on the lab's ports, e.g. after stop_pebble() to bring a CA back.
+
+        `extra_env` (pebble's PEBBLE_* knobs) replaces the lab's pebble_env for
+        this start. A restarted pebble has forgotten every account and order
+        and signs with a new root: it is a different CA at the same address.
+        """
+        if self._pebble is not None and self._pebble.poll() is None:
+            raise LabError("pebble is already running")
+        config = self.workdir / "pebble.json"
+        config.write_text(json.dumps({"pebble": {
+            "listenAddress": f"{LOOPBACK}:{self.acme_port}",
+            "managementListenAddress": f"{LOOPBACK}:{self.management_port}",
+            "certificate": str(self.workdir / "pebble-cert.pem"),
+            "privateKey": str(self.workdir / "pebble-key.pem"),
+            # Validate through HAProxy's http frontend, as a real CA would.
+            "httpPort": self.http_port,
+            "tlsPort": self.tls_alpn_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }}, indent=2))
+        env = {"PEBBLE_VA_NOSLEEP": "1", **(self.pebble_env if extra_env is None else extra_env)}
+        log = self.workdir / "pebble.log"
+        self._pebble = self._spawn(
+            ["pebble", "-config", str(config), "-dnsserver", f"{LOOPBACK}:{self.dns_port}"], log, env
+        )
+        wait_until("pebble", self._directory_answers, self._pebble, log)
+        self._issuer_roots.append(self.issuer_root())
+
+    def stop_pebble(self) -> None:
+        """Stop pebble, leaving its ports unanswered, to play a CA that is down."""
+        terminate(self._pebble)
+
+    def issuer_root(self) -> bytes:
+        """PEM of the root that the running pebble chains issued certificates to."""
+        response = requests.get(f"{self.management_url}/roots/0", verify=self.ca_bundle, timeout=5)
+        response.raise_for_status()
+        return response.content
+
+    def reload_haproxy(self) -> None:
+        """Reload HAProxy as certrenew would, and wait until the master reports the reload done."""
+        process = self._running(self._haproxy, "HAProxy")
+        before = self._master_reloads()
+        process.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                reloads, failed = self._master_reloads()
+            except OSError:  # the master re-executes itself to reload; its CLI drops meanwhile
+                time.sleep(POLL_INTERVAL)
+                continue
+            if failed > before[1]:
+                raise LabError(f"HAProxy reload failed\n{log_tail(self.workdir / 'haproxy.log')}")
+            if reloads > before[0]:
+                return
+            time.sleep(POLL_INTERVAL)
+        raise LabError(f"HAProxy did not reload in {START_TIMEOUT:.0f}s\n{log_tail(self.workdir / 'haproxy.log')}")
+
+    def master_cli(self, command: str) -> str:
+        """Send one command to HAProxy's master CLI and return its answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.master_socket))
+            sock.sendall(command.encode() + b"\n")
+            # The master CLI answers only once it sees the end of our input.
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def served_certificate(self, sni: str) -> x509.Certificate:
+        """The leaf HAProxy serves for `sni`, after verifying its chain to a pebble root and its name.
+
+        Only a certificate pebble really issued for `sni`, installed with its
+        intermediate, passes; the placeholder does not.
+        """
+        context = ssl.create_default_context(cadata=b"".join(self._issuer_roots).decode())
+        return self._handshake(context, sni)
+
+    def served_certificate_unverified(self, sni: str) -> x509.Certificate:
+        """The leaf HAProxy serves for `sni`, whatever it is (e.g. the placeholder)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return self._handshake(context, sni)
+
+    def wait_served_serial(self, sni: str, serial_hex: str, timeout: float = 10.0) -> x509.Certificate:
+        """Wait until HAProxy serves the certificate with this serial for `sni`, and return it verified.
+
+        A reload is asynchronous: the old worker keeps answering for a moment.
+        """
+        expected = parse_serial(serial_hex)
+        seen = "nothing"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                served = self.served_certificate_unverified(sni)
+            except OSError as error:
+                seen = f"error {error}"
+            else:
+                if served.serial_number == expected:
+                    return self.served_certificate(sni)
+                seen = f"serial {served.serial_number:x} for {served.subject.rfc4514_string()}"
+            time.sleep(POLL_INTERVAL)
+        raise LabError(f"HAProxy did not serve serial {expected:x} for {sni} within {timeout}s; last saw {seen}")
+
+    def certrenew(self, *args: str, env: Mapping[str, str | None] | None = None,
+                  timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run the certrenew CLI against this lab; `env` adds settings, and a None value removes one."""
+        full_env = {**os.environ, **self.certrenew_env}
+        for name, value in (env or {}).items():
+            if value is None:
+                full_env.pop(name, None)
+            else:
+                full_env[name] = value
+        return subprocess.run(
+            [sys.executable, "-m", "certrenew", *args],
+            cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def _write_pebble_tls(self) -> None:
+        """Give pebble a server certificate for its HTTPS API, and clients the CA to trust it with."""
+        ca = trustme.CA()
+        leaf = ca.issue_cert("localhost", LOOPBACK)
+        ca.cert_pem.write_to_path(str(self.ca_bundle))
+        leaf.private_key_pem.write_to_path(str(self.workdir / "pebble-key.pem"))
+        (self.workdir / "pebble-cert.pem").write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+
+    def _start_challtestsrv(self) -> None:
+        """Start the DNS pebble resolves through: every name is 127.0.0.1, so validation stays on loopback."""
+        log = self.workdir / "challtestsrv.log"
+        self._challtestsrv = self._spawn([
+            "pebble-challtestsrv",
+            "-defaultIPv4", LOOPBACK,
+            "-defaultIPv6", "",
+            "-dns01", f"{LOOPBACK}:{self.dns_port}",
+            "-http01", "", "-https01", "", "-tlsalpn01", "",
+            "-management", f"{LOOPBACK}:{self.challtestsrv_port}",
+        ], log)
+        wait_until("pebble-challtestsrv", lambda: tcp_accepts(self.dns_port), self._challtestsrv, log)
+
+    def _start_haproxy(self) -> None:
+        """Render the shipped config for the lab, check it, and run HAProxy in master-worker mode."""
+        write_placeholder(self.ssl_dir)
+        self.haproxy_cfg.write_text(render_haproxy_config(
+            SHIPPED_HAPROXY_CFG.read_text(),
+            production_replacements(self.ssl_dir, self.admin_socket) + [
+                ("bind :80\n", f"bind {LOOPBACK}:{self.http_port}\n"),
+                ("bind :443 ssl", f"bind {LOOPBACK}:{self.https_port} ssl"),
+                ("server letsencrypt 127.0.0.1:49494\n", f"server letsencrypt {self.listen}\n"),
+                # No syslog here: send HAProxy's logs to its log file instead.
+                ("log /dev/log local0\n", "log stderr format short local0\n"),
+                # The lab needs neither a haproxy user nor a chroot dir on the host.
+                ("    chroot /var/lib/haproxy\n", ""),
+                ("    user haproxy\n", ""),
+                ("    group haproxy\n", ""),
+            ],
+        ))
+        check_haproxy_config(self.haproxy_cfg)
+        log = self.workdir / "haproxy.log"
+        self._haproxy = self._spawn(
+            ["haproxy", "-W", "-S", str(self.master_socket), "-f", str(self.haproxy_cfg)], log
+        )
+        wait_until("HAProxy", self._https_answers, self._haproxy, log)
+
+    def _spawn(self, argv: list[str], log: Path, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        """Start a lab process with its output appended to `log` (appended, so restarts keep history)."""
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **(extra_env or {})}, cwd=self.workdir,
+            )
+
+    def _directory_answers(self) -> bool:
+        try:
+            return requests.get(self.directory_url, verify=self.ca_bundle, timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def _https_answers(self) -> bool:
+        try:
+            self.served_certificate_unverified("localhost")
+        except OSError:
+            return False
+        return True
+
+    def _master_reloads(self) -> tuple[int, int]:
+        """(reloads, failed reloads) from the master's line of `show proc`."""
+        for line in self.master_cli("show proc").splitlines():
+            fields = line.split()
+            if len(fields) > 4 and fields[1] == "master":
+                # e.g. "4565  master  2 [failed: 0]  0d00h10m11s  2.6.12"
+                return int(fields[2]), int(fields[4].rstrip("]"))
+        raise LabError("HAProxy master CLI gave no master line to `show proc`")
+
+    def _handshake(self, context: ssl.SSLContext, sni: str) -> x509.Certificate:
+        with socket.create_connection((LOOPBACK, self.https_port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=sni) as tls:
+                return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+    @staticmethod
+    def _running(process: subprocess.Popen | None, what: str) -> subprocess.Popen:
+        if process is None or process.poll() is not None:
+            raise LabError(f"{what} is not running")
+        return process
+
+
+def main() -> None:
+    """Start a lab in the given work dir (default: lab/ in the checkout, which git ignores) until Ctrl-C."""
+    workdir = Path(sys.argv[1] if len(sys.argv) > 1 else REPO_ROOT / "lab")
+    # `kill` as well as Ctrl-C must unwind through Lab.__exit__, or the lab's processes outlive us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    started = time.monotonic()
+    with Lab(workdir) as lab:
+        print(f"lab up in {time.monotonic() - started:.1f}s under {lab.workdir}")
+        for name in ("directory_url", "management_url", "challtestsrv_url", "ca_bundle", "http_port",
+                     "https_port", "backend_port", "listen", "ssl_dir", "state_dir", "haproxy_cfg",
+                     "admin_socket", "master_socket", "reload_command"):
+            print(f"  {name} = {getattr(lab, name)}")
+        print("certrenew settings:")
+        for name, value in lab.certrenew_env.items():
+            print(f"  export {name}={shlex.quote(value)}")
+        print("Ctrl-C to stop.")
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
