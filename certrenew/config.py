@@ -1,14 +1,25 @@
-"""What a run is asked to do: settings and the certificates to manage."""
+"""What a run is asked to do: settings and the certificates to manage.
 
+Each setting is declared once, as an `Option`; the command line, the environment
+(`CERTRENEW_<NAME>`) and the TOML config file all read it from that declaration, and
+they override each other in that order.
+"""
+
+import os
 import re
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from certrenew.domains import normalize_domains
 from certrenew.errors import UsageError
-from certrenew.keys import DEFAULT_KEY_TYPE
+from certrenew.keys import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+DEFAULT_CONFIG = Path("/etc/certrenew/certrenew.toml")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
@@ -26,7 +37,8 @@ class CertificateSpec:
 class Settings:
     """Where to get certificates from, where to keep them, and how to make HAProxy serve them."""
 
-    directory_url: str = LETSENCRYPT
+    directory: str = LETSENCRYPT
+    staging: bool = False
     email: str | None = None
     agree_tos: bool = False
     ca_bundle: str | None = None
@@ -34,8 +46,120 @@ class Settings:
     ssl_dir: Path = Path("/etc/haproxy/ssl")
     listen: str = "127.0.0.1:49494"
     reload_command: str = "systemctl reload haproxy"
+    key_type: str = DEFAULT_KEY_TYPE
     timeout: float = 300.0
     force: bool = False
+
+    @property
+    def directory_url(self) -> str:
+        return LETSENCRYPT_STAGING if self.staging and self.directory == LETSENCRYPT else self.directory
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected 1/true/yes/on or 0/false/no/off, not {raw!r}")
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _existing_file(path: str) -> str:
+    if not Path(path).is_file():
+        raise ValueError(f"{path} does not exist")
+    return path
+
+
+_TOML_TYPES = {bool: (bool, "true or false"), float: ((int, float), "a number"), str: (str, "a string"),
+               Path: (str, "a string")}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting as the command line, the environment and the config file see it."""
+
+    name: str
+    help: str
+    kind: type = str
+    metavar: str | None = None
+    check: Callable[[Any], Any] | None = None
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "CERTRENEW_" + self.name.upper()
+
+    def from_text(self, raw: str) -> Any:
+        """The value of a command-line argument or an environment variable."""
+        return self._checked(_flag(raw) if self.kind is bool else self.kind(raw))
+
+    def from_toml(self, value: Any) -> Any:
+        accepted, described = _TOML_TYPES[self.kind]
+        if not isinstance(value, accepted) or (self.kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"must be {described}")
+        return self._checked(self.kind(value))
+
+    def _checked(self, value: Any) -> Any:
+        return self.check(value) if self.check else value
+
+
+OPTIONS = [
+    Option("directory", "ACME directory URL (default Let's Encrypt)", metavar="URL"),
+    Option("staging", "use Let's Encrypt's staging CA", bool),
+    Option("email", "contact address for the ACME account", metavar="ADDR"),
+    Option("agree_tos", "agree to the CA's terms of service (needed to register an account)", bool),
+    Option("ca_bundle", "CA bundle to verify the ACME server (default: system store or REQUESTS_CA_BUNDLE)",
+           metavar="PATH", check=_existing_file),
+    Option("state_dir", "accounts, keys, certificates and records (default /var/lib/certrenew)", Path, "DIR"),
+    Option("ssl_dir", "HAProxy's crt directory, one <name>.pem per certificate (default /etc/haproxy/ssl)",
+           Path, "DIR"),
+    Option("listen", "where the HTTP-01 responder listens, behind HAProxy (default 127.0.0.1:49494)",
+           metavar="HOST:PORT"),
+    Option("reload_command", "how to reload HAProxy, run without a shell (default 'systemctl reload haproxy')",
+           metavar="CMD"),
+    Option("key_type", f"{' | '.join(KEY_TYPES)} (default {DEFAULT_KEY_TYPE})", metavar="TYPE",
+           check=check_key_type),
+    Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _positive),
+    Option("force", "renew even if not due", bool),
+]
+CLI_ONLY = {"force"}
+"""Options that make sense for one invocation, not as a standing setting in a file."""
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed config file: top-level settings and the certificates it manages."""
+
+    path: Path
+    settings: dict = field(default_factory=dict)
+    certificates: list[CertificateSpec] = field(default_factory=list)
+
+
+def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
+                   environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from the command line, else the environment, else the config file, else defaults."""
+    values = dict(config.settings) if config else {}
+    for option in OPTIONS:
+        if option.env in environ:
+            try:
+                values[option.name] = option.from_text(environ[option.env])
+            except (ValueError, UsageError) as error:
+                raise UsageError(f"invalid {option.env}: {error}") from None
+        if cli.get(option.name) is not None:
+            try:
+                values[option.name] = option.from_text(cli[option.name])
+            except (ValueError, UsageError) as error:
+                raise UsageError(f"invalid {option.cli}: {error}") from None
+    return Settings(**values)
 
 
 def check_certificate_name(name: str) -> str:
@@ -46,3 +170,56 @@ def check_certificate_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def load_config(path: Path) -> ConfigFile:
+    """Read and validate a TOML config file; every error names the file and the key."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise UsageError(f"cannot read config file {path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: {error}") from None
+
+    options = {option.name: option for option in OPTIONS}
+    settings = {}
+    for key, value in data.items():
+        if key == "certificate":
+            continue
+        if key not in options or key in CLI_ONLY:
+            known = ", ".join(sorted(set(options) - CLI_ONLY))
+            raise UsageError(f"{path}: unknown key {key!r} (known: {known}, [[certificate]])")
+        try:
+            settings[key] = options[key].from_toml(value)
+        except (ValueError, UsageError) as error:
+            raise UsageError(f"{path}: {key}: {error}") from None
+
+    tables = data.get("certificate", [])
+    if not isinstance(tables, list):
+        raise UsageError(f"{path}: 'certificate' must be an array of tables: write [[certificate]]")
+    default_key_type = settings.get("key_type", DEFAULT_KEY_TYPE)
+    certificates = [_certificate(path, index, table, default_key_type) for index, table in enumerate(tables, 1)]
+    names = [spec.name for spec in certificates]
+    for name in names:
+        if names.count(name) > 1:
+            raise UsageError(f"{path}: two certificates are named {name!r}")
+    return ConfigFile(path, settings, certificates)
+
+
+def _certificate(path: Path, index: int, table: Any, default_key_type: str) -> CertificateSpec:
+    where = f"{path}: certificate #{index}"
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: must be a table")
+    unknown = set(table) - {"name", "domains", "key_type"}
+    if unknown:
+        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: name, domains, key_type)")
+    domains = table.get("domains")
+    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+        raise UsageError(f"{where}: domains must be a list of strings")
+    try:
+        domains = normalize_domains(domains)
+        name = check_certificate_name(str(table.get("name", domains[0])))
+        key_type = check_key_type(str(table.get("key_type", default_key_type)))
+    except UsageError as error:
+        raise UsageError(f"{where}: {error}") from None
+    return CertificateSpec(name, tuple(domains), key_type)
