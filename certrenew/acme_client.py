@@ -6,10 +6,13 @@ library's fixed one-second sleeps; and every request is retried within bounds wh
 the CA answers badNonce, drops the connection or fails with a 5xx.
 """
 
+import base64
 import datetime
 import logging
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import josepy as jose
 import requests
@@ -24,6 +27,8 @@ from certrenew.keys import generate_key, key_to_pem, load_key
 
 log = logging.getLogger(__name__)
 
+ARI_DEFAULT_RETRY = datetime.timedelta(hours=6)
+ARI_MAX_RETRY = datetime.timedelta(days=1)
 FIRST_POLL = 0.05
 MAX_POLL = 2.0
 MAX_CALL_TIMEOUT = 30.0
@@ -42,6 +47,36 @@ class Deadline:
         if left <= 0:
             raise CertrenewError(f"gave up after the time budget of {self.seconds:g} s (--timeout)")
         return left
+
+
+@dataclass(frozen=True)
+class RenewalWindow:
+    """The CA's suggested renewal window for a certificate (RFC 9773) and when to ask again."""
+
+    start: datetime.datetime
+    end: datetime.datetime
+    next_check: datetime.datetime
+
+    def pick(self) -> datetime.datetime:
+        """A uniformly random time in the window, so a fleet does not renew all at once."""
+        return self.start + (self.end - self.start) * random.random()
+
+
+def ari_cert_id(cert: x509.Certificate) -> str:
+    """The certificate's ARI identifier: base64url(authority key id) "." base64url(serial)."""
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 8) // 8, "big", signed=True)
+    return f"{_b64url(aki)}.{_b64url(serial)}"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+class _NewOrder(messages.NewOrder):
+    """A newOrder that can name the certificate it replaces (RFC 9773 section 5)."""
+
+    replaces: str | None = jose.field("replaces", omitempty=True)
 
 
 def new_account_key_pem() -> bytes:
@@ -67,6 +102,28 @@ class AcmeClient:
     @property
     def terms_of_service(self) -> str | None:
         return self.client.directory.meta.terms_of_service
+
+    @property
+    def supports_ari(self) -> bool:
+        try:
+            self.client.directory["renewalInfo"]
+        except KeyError:
+            return False
+        return True
+
+    def renewal_window(self, cert: x509.Certificate) -> RenewalWindow:
+        """Ask the CA when to renew `cert` (call only when `supports_ari`)."""
+        url = f"{self.client.directory['renewalInfo'].rstrip('/')}/{ari_cert_id(cert)}"
+        response = self._call("send renewal information", self.net.get, url)
+        try:
+            window = messages.RenewalInfo.from_json(response.json()).suggested_window
+        except (ValueError, jose.DeserializationError) as error:
+            raise CertrenewError(f"malformed renewal information from {url}: {error}") from None
+        if window.start is None or window.end is None or window.end < window.start:
+            raise CertrenewError(f"malformed renewal window from {url}: {window.start} to {window.end}")
+        retry = _retry_after_seconds(response)
+        wait = ARI_DEFAULT_RETRY if retry is None else min(datetime.timedelta(seconds=retry), ARI_MAX_RETRY)
+        return RenewalWindow(window.start, window.end, datetime.datetime.now(datetime.timezone.utc) + wait)
 
     def login(self, uri: str | None, email: str | None, agree_tos: bool) -> str:
         """Act as the account at `uri`, or register the key when there is none; return the URI.
@@ -101,14 +158,14 @@ class AcmeClient:
         except errors.ConflictError as conflict:
             return conflict.location
 
-    def obtain(self, domains: list[str], csr_pem: bytes, solver: ChallengeSolver) -> str:
-        """Order a certificate for `domains`, prove control through `solver`, return the full chain PEM."""
-        try:
-            order = self._call("create the order", self._new_order, domains, csr_pem)
-        except _AccountUnknown:
-            log.warning("the CA does not know account %s; registering the key again", self.account_uri)
-            self._use_account(self._register())
-            order = self._call("create the order", self._new_order, domains, csr_pem)
+    def obtain(self, domains: list[str], csr_pem: bytes, solver: ChallengeSolver,
+               replaces: str | None = None, profile: str | None = None) -> str:
+        """Order a certificate for `domains`, prove control through `solver`, return the full chain PEM.
+
+        `replaces` names the certificate this one renews (ARI); `profile` the CA profile to ask for.
+        """
+        self._check_profile(profile)
+        order = self._create_order(domains, csr_pem, replaces, profile)
         published = []
         try:
             for authzr in order.authorizations:
@@ -127,9 +184,33 @@ class AcmeClient:
                 solver.cleanup(domain, token)
         return self._finalize(order)
 
-    def _new_order(self, domains: list[str], csr_pem: bytes) -> messages.OrderResource:
-        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=d) for d in domains]
-        response = self.client._post(self.client.directory["newOrder"], messages.NewOrder(identifiers=identifiers))
+    def _check_profile(self, profile: str | None) -> None:
+        offered = self.client.directory.meta.profiles or {}
+        if profile is not None and profile not in offered:
+            raise CertrenewError(
+                f"the CA does not offer the profile {profile!r} "
+                + (f"(it offers: {', '.join(sorted(offered))})" if offered else "(its directory lists no profiles)")
+            )
+
+    def _create_order(self, domains: list[str], csr_pem: bytes, replaces: str | None,
+                      profile: str | None) -> messages.OrderResource:
+        """newOrder; once again without `replaces` if the CA refuses it, once again after re-registering."""
+        try:
+            return self._call("create the order", self._new_order, domains, csr_pem, replaces, profile)
+        except _AccountUnknown:
+            log.warning("the CA does not know account %s; registering the key again", self.account_uri)
+            self._use_account(self._register())
+        except CertrenewError as error:
+            if replaces is None:
+                raise
+            log.warning("%s; ordering again without naming the replaced certificate", error)
+        return self._call("create the order", self._new_order, domains, csr_pem, None, profile)
+
+    def _new_order(self, domains: list[str], csr_pem: bytes, replaces: str | None,
+                   profile: str | None) -> messages.OrderResource:
+        identifiers = tuple(messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=d) for d in domains)
+        new_order = _NewOrder(identifiers=identifiers, replaces=replaces, profile=profile)
+        response = self.client._post(self.client.directory["newOrder"], new_order)
         body = messages.Order.from_json(response.json())
         authorizations = [self._fetch_authorization(url) for url in body.authorizations]
         return messages.OrderResource(body=body, uri=response.headers.get("Location"),
@@ -191,6 +272,8 @@ class AcmeClient:
         except messages.Error as error:
             unknown = _AccountUnknown if error.code == "accountDoesNotExist" else CertrenewError
             raise unknown(f"the CA refused to {what}: {error.detail or error}") from None
+        except errors.ConflictError as error:
+            raise CertrenewError(f"the CA refused to {what}: conflict ({error})") from None
         except (requests.RequestException, errors.ClientError) as error:
             raise CertrenewError(f"cannot {what}: {_describe(error)}") from None
 

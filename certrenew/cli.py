@@ -103,7 +103,7 @@ def _renew(argv: list[str]) -> int:
     _setup_logging(args)
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
-    spec = CertificateSpec(check_certificate_name(domains[0]), tuple(domains), settings.key_type)
+    spec = CertificateSpec(check_certificate_name(domains[0]), tuple(domains), settings.key_type, settings.profile)
     return _report(run(settings, [spec]), args.quiet)
 
 

@@ -5,6 +5,7 @@ Each setting is declared once, as an `Option`; the command line, the environment
 they override each other in that order.
 """
 
+import datetime
 import os
 import re
 import tomllib
@@ -15,11 +16,14 @@ from typing import Any
 
 from certrenew.domains import normalize_domains
 from certrenew.errors import UsageError
-from certrenew.keys import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
+from certrenew.policy import parse_duration
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_CONFIG = Path("/etc/certrenew/certrenew.toml")
+
+KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa2048", "rsa3072", "rsa4096")
+DEFAULT_KEY_TYPE = "ecdsa-p256"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
@@ -31,6 +35,8 @@ class CertificateSpec:
     name: str
     domains: tuple[str, ...]
     key_type: str = DEFAULT_KEY_TYPE
+    profile: str | None = None
+    """An ACME profile (e.g. "shortlived") to ask for; only where the CA's directory lists it."""
 
 
 @dataclass(frozen=True)
@@ -47,12 +53,22 @@ class Settings:
     listen: str = "127.0.0.1:49494"
     reload_command: str = "systemctl reload haproxy"
     key_type: str = DEFAULT_KEY_TYPE
+    profile: str | None = None
+    renew_before: datetime.timedelta | None = None
+    concurrency: int = 4
     timeout: float = 300.0
     force: bool = False
 
     @property
     def directory_url(self) -> str:
         return LETSENCRYPT_STAGING if self.staging and self.directory == LETSENCRYPT else self.directory
+
+
+def check_key_type(key_type: str) -> str:
+    """Return `key_type` if certrenew can generate it, else raise UsageError."""
+    if key_type not in KEY_TYPES:
+        raise UsageError(f"unknown key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}")
+    return key_type
 
 
 def _flag(raw: str) -> bool:
@@ -64,7 +80,7 @@ def _flag(raw: str) -> bool:
     raise ValueError(f"expected 1/true/yes/on or 0/false/no/off, not {raw!r}")
 
 
-def _positive(value: float) -> float:
+def _positive(value: float | int) -> float | int:
     if value <= 0:
         raise ValueError("must be a positive number")
     return value
@@ -76,8 +92,8 @@ def _existing_file(path: str) -> str:
     return path
 
 
-_TOML_TYPES = {bool: (bool, "true or false"), float: ((int, float), "a number"), str: (str, "a string"),
-               Path: (str, "a string")}
+_TOML_TYPES = {bool: (bool, "true or false"), float: ((int, float), "a number"), int: (int, "a whole number"),
+               str: (str, "a string"), Path: (str, "a string")}
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,12 @@ OPTIONS = [
            metavar="CMD"),
     Option("key_type", f"{' | '.join(KEY_TYPES)} (default {DEFAULT_KEY_TYPE})", metavar="TYPE",
            check=check_key_type),
+    Option("profile", "ACME profile to ask for, where the CA's directory lists profiles", metavar="NAME"),
+    Option("renew_before", "renew this long before expiry, e.g. 30d or 12h (default: with a third of the "
+           "lifetime left, half for certificates under 10 days; earlier if the CA's ARI window says so)",
+           metavar="DURATION", check=parse_duration),
+    Option("concurrency", "certificates ordered at the same time (default 4, gentle on a public CA)", int, "N",
+           _positive),
     Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _positive),
     Option("force", "renew even if not due", bool),
 ]
@@ -197,8 +219,7 @@ def load_config(path: Path) -> ConfigFile:
     tables = data.get("certificate", [])
     if not isinstance(tables, list):
         raise UsageError(f"{path}: 'certificate' must be an array of tables: write [[certificate]]")
-    default_key_type = settings.get("key_type", DEFAULT_KEY_TYPE)
-    certificates = [_certificate(path, index, table, default_key_type) for index, table in enumerate(tables, 1)]
+    certificates = [_certificate(path, index, table, settings) for index, table in enumerate(tables, 1)]
     names = [spec.name for spec in certificates]
     for name in names:
         if names.count(name) > 1:
@@ -206,20 +227,23 @@ def load_config(path: Path) -> ConfigFile:
     return ConfigFile(path, settings, certificates)
 
 
-def _certificate(path: Path, index: int, table: Any, default_key_type: str) -> CertificateSpec:
+def _certificate(path: Path, index: int, table: Any, defaults: dict) -> CertificateSpec:
     where = f"{path}: certificate #{index}"
     if not isinstance(table, dict):
         raise UsageError(f"{where}: must be a table")
-    unknown = set(table) - {"name", "domains", "key_type"}
+    unknown = set(table) - {"name", "domains", "key_type", "profile"}
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: name, domains, key_type)")
+        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: name, domains, key_type, profile)")
     domains = table.get("domains")
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise UsageError(f"{where}: domains must be a list of strings")
     try:
         domains = normalize_domains(domains)
         name = check_certificate_name(str(table.get("name", domains[0])))
-        key_type = check_key_type(str(table.get("key_type", default_key_type)))
+        key_type = check_key_type(str(table.get("key_type", defaults.get("key_type", DEFAULT_KEY_TYPE))))
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from None
-    return CertificateSpec(name, tuple(domains), key_type)
+    profile = table.get("profile", defaults.get("profile"))
+    if profile is not None and not isinstance(profile, str):
+        raise UsageError(f"{where}: profile must be a string")
+    return CertificateSpec(name, tuple(domains), key_type, profile)

@@ -1,18 +1,24 @@
-"""Issuing and installing one certificate: the happy path of an order, in order.
+"""Issuing and installing certificates: the happy path of an order, in order.
 
 key -> CSR -> ACME order answered by the responder -> bundle -> kept as pending ->
-installed into HAProxy -> recorded as current.
+(every certificate of the run) installed into HAProxy at once -> recorded as current,
+with the CA's renewal window (ARI).
 """
 
 import datetime
 import logging
+import threading
+from dataclasses import dataclass
 
-from certrenew.acme_client import AcmeClient, Deadline, new_account_key_pem
-from certrenew.bundle import build_bundle, leaf_info
+from cryptography import x509
+
+from certrenew.acme_client import AcmeClient, Deadline, ari_cert_id, new_account_key_pem
+from certrenew.bundle import build_bundle, leaf_info, pem_blocks
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.install import Installer
 from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
+from certrenew.policy import decide
 from certrenew.renew import Outcome
 from certrenew.responder import Responder
 from certrenew.store import Account, CertificateRecord, FileStore
@@ -20,11 +26,22 @@ from certrenew.store import Account, CertificateRecord, FileStore
 log = logging.getLogger(__name__)
 
 
-class Issuer:
-    """Orders and installs certificates for one run.
+@dataclass(frozen=True)
+class Issued:
+    """A certificate issued (and kept as pending) but not yet installed."""
 
-    The ACME client connects on first use and the responder listens only from the
-    first order to the end of the run; use the issuer as a context manager.
+    spec: CertificateSpec
+    bundle: bytes
+    action: str
+    """"issued", "renewed" or "installed" (one a previous run issued)."""
+
+
+class Issuer:
+    """Orders, installs and records certificates for one run; safe to use from several threads.
+
+    Each thread gets its own ACME client (a `requests` session and its nonces are not
+    shared); the account is registered once. The responder listens from the first order
+    to the end of the run: use the issuer as a context manager.
     """
 
     def __init__(self, settings: Settings, store: FileStore) -> None:
@@ -32,8 +49,10 @@ class Issuer:
         self.store = store
         self.installer = Installer(settings.ssl_dir, settings.reload_command)
         self.deadline = Deadline(settings.timeout)
-        self._client: AcmeClient | None = None
-        self._client_error: CertrenewError | None = None
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._account: Account | None = None
+        self._connect_error: CertrenewError | None = None
         self._responder: Responder | None = None
 
     def __enter__(self) -> "Issuer":
@@ -43,82 +62,134 @@ class Issuer:
         if self._responder is not None:
             self._responder.__exit__(*exc_info)
 
-    def issue(self, spec: CertificateSpec) -> Outcome:
-        """Order a new certificate for `spec` and install it."""
-        client, responder = self._connect(), self._listen()
+    def issue(self, spec: CertificateSpec) -> Issued:
+        """Order a new certificate for `spec` and keep it as pending."""
+        client, responder = self._client(), self._listen()
         key = generate_key(spec.key_type)
-        fullchain = client.obtain(list(spec.domains), make_csr(key, list(spec.domains)), responder)
+        csr = make_csr(key, list(spec.domains))
+        fullchain = client.obtain(list(spec.domains), csr, responder, self._replaces(client, spec), spec.profile)
         self._remember_account(client.account_uri)
         bundle = build_bundle(fullchain.encode(), key_to_pem(key))
         self.store.save_pending(spec.name, bundle)
-        renewed = self.store.load_record(spec.name) is not None
-        return self._install(spec, bundle, "renewed" if renewed else "issued")
+        renewed = self.store.load_bundle(spec.name) is not None
+        return Issued(spec, bundle, "renewed" if renewed else "issued")
 
-    def resume(self, spec: CertificateSpec) -> Outcome:
+    def resume(self, spec: CertificateSpec) -> Issued:
         """Install the pending certificate an interrupted or failed run left, if it still fits."""
         bundle = self.store.load_bundle(spec.name, "pending")
         info = leaf_info(bundle)
         fits = (
             list(info.domains) == list(spec.domains)
-            and info.not_after > datetime.datetime.now(datetime.timezone.utc)
+            and info.not_after > _now()
             and key_type_of(load_key(bundle).public_key()) == spec.key_type
         )
         if not fits:
             log.info("%s: the pending certificate no longer fits; ordering a new one", spec.name)
             self.store.discard_pending(spec.name)
             return self.issue(spec)
-        return self._install(spec, bundle, "installed")
+        return Issued(spec, bundle, "installed")
 
-    def _install(self, spec: CertificateSpec, bundle: bytes, action: str) -> Outcome:
-        info = leaf_info(bundle)
-        result = self.installer.install(spec.name, bundle)
-        record = CertificateRecord(
-            name=spec.name,
-            domains=list(spec.domains),
-            key_type=spec.key_type,
-            serial=info.serial,
-            not_before=info.not_before,
-            not_after=info.not_after,
-            issued_at=datetime.datetime.now(datetime.timezone.utc),
-        )
-        self.store.promote_pending(record)
-        return Outcome(
-            spec.name,
-            action,
-            f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
-            f"written to {result.path}, HAProxy updated by {result.method}",
-        )
+    def check(self, spec: CertificateSpec) -> Issued | Outcome:
+        """Refresh the CA's renewal window for the current certificate; renew if it now says so."""
+        record = self.store.load_record(spec.name)
+        self._refresh_window(record, self.store.load_bundle(spec.name))
+        self.store.save_record(record)
+        decision = decide(record, list(spec.domains), spec.key_type, _now(), renew_before=self.settings.renew_before)
+        if decision.due:
+            log.info("%s: renewing (%s)", spec.name, decision.reason)
+            return self.issue(spec)
+        return Outcome(spec.name, "unchanged", decision.reason)
 
-    def _connect(self) -> AcmeClient:
-        """The logged-in ACME client; a failure to connect is remembered for the other certificates."""
-        if self._client_error is not None:
-            raise self._client_error
-        if self._client is None:
+    def install(self, issued: list[Issued]) -> list[Outcome]:
+        """Install the issued certificates into HAProxy together, then record each as current."""
+        results = self.installer.install({item.spec.name: item.bundle for item in issued})
+        outcomes = []
+        for item, result in zip(issued, results):
+            info = leaf_info(item.bundle)
+            record = CertificateRecord(
+                name=item.spec.name,
+                domains=list(item.spec.domains),
+                key_type=item.spec.key_type,
+                serial=info.serial,
+                not_before=info.not_before,
+                not_after=info.not_after,
+                issued_at=_now(),
+            )
+            self._refresh_window(record, item.bundle)
+            self.store.promote_pending(record)
+            detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
+                      f"written to {result.path}, HAProxy updated by {result.method}")
+            outcomes.append(Outcome(item.spec.name, item.action, detail))
+        return outcomes
+
+    def _refresh_window(self, record: CertificateRecord, bundle: bytes) -> None:
+        """Store the CA's renewal window in `record`; without ARI, or when asking fails, the lifetime rule rules.
+
+        The random time inside the window is kept while the window stays the same
+        (RFC 9773 section 4.2), so repeated checks do not keep moving it.
+        """
+        try:
+            client = self._client()
+            if not client.supports_ari:
+                record.ari_window_start = record.ari_window_end = record.ari_renew_at = record.ari_next_check = None
+                return
+            window = client.renewal_window(x509.load_pem_x509_certificate(pem_blocks(bundle)[0]))
+        except CertrenewError as error:
+            log.warning("%s: no renewal information (%s); the lifetime rule applies", record.name, error)
+            record.ari_next_check = _now() + datetime.timedelta(hours=6)
+            return
+        if (window.start, window.end) != (record.ari_window_start, record.ari_window_end):
+            record.ari_window_start, record.ari_window_end = window.start, window.end
+            record.ari_renew_at = window.pick()
+        record.ari_next_check = window.next_check
+
+    def _replaces(self, client: AcmeClient, spec: CertificateSpec) -> str | None:
+        """The ARI id of the certificate this order renews, where the CA speaks ARI."""
+        current = self.store.load_bundle(spec.name)
+        if current is None or not client.supports_ari:
+            return None
+        return ari_cert_id(x509.load_pem_x509_certificate(pem_blocks(current)[0]))
+
+    def _client(self) -> AcmeClient:
+        """This thread's logged-in ACME client; a failure to reach the CA is remembered for the others."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            return client
+        with self._lock:
+            if self._connect_error is not None:
+                raise self._connect_error
             try:
-                self._client = self._login()
+                client = self._login()
             except CertrenewError as error:
-                self._client_error = error
+                self._connect_error = error
                 raise
-        return self._client
+        self._local.client = client
+        return client
 
     def _login(self) -> AcmeClient:
         settings = self.settings
-        account = self.store.load_account(settings.directory_url)
-        if account is None:
-            account = Account(new_account_key_pem(), None)
-            self.store.save_account(settings.directory_url, account)
-        client = AcmeClient(settings.directory_url, account.key_pem, self.deadline, settings.ca_bundle)
-        self._account = account
-        self._remember_account(client.login(account.uri, settings.email, settings.agree_tos))
+        if self._account is None:
+            self._account = self.store.load_account(settings.directory_url)
+            if self._account is None:
+                self._account = Account(new_account_key_pem(), None)
+                self.store.save_account(settings.directory_url, self._account)
+        client = AcmeClient(settings.directory_url, self._account.key_pem, self.deadline, settings.ca_bundle)
+        self._remember_account(client.login(self._account.uri, settings.email, settings.agree_tos))
         return client
 
     def _remember_account(self, uri: str) -> None:
         """Store the account URI when registration (first, or again) produced a new one."""
-        if uri != self._account.uri:
-            self._account = Account(self._account.key_pem, uri)
-            self.store.save_account(self.settings.directory_url, self._account)
+        with self._lock:
+            if uri != self._account.uri:
+                self._account = Account(self._account.key_pem, uri)
+                self.store.save_account(self.settings.directory_url, self._account)
 
     def _listen(self) -> Responder:
-        if self._responder is None:
-            self._responder = Responder(self.settings.listen).__enter__()
+        with self._lock:
+            if self._responder is None:
+                self._responder = Responder(self.settings.listen).__enter__()
         return self._responder
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)

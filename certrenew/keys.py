@@ -5,19 +5,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from certrenew.errors import UsageError
-
-KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa2048", "rsa3072", "rsa4096")
-DEFAULT_KEY_TYPE = "ecdsa-p256"
+from certrenew.config import KEY_TYPES, check_key_type
 
 _CURVES = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
-
-
-def check_key_type(key_type: str) -> str:
-    """Return `key_type` if certrenew can generate it, else raise UsageError."""
-    if key_type not in KEY_TYPES:
-        raise UsageError(f"unknown key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}")
-    return key_type
 
 
 def generate_key(key_type: str):

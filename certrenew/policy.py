@@ -1,32 +1,79 @@
 """When a certificate is due: the renewal decision, made from stored state alone.
 
 Nothing here touches the network or imports the ACME stack, so a run where nothing is
-due stays cheap.
+due stays cheap. The CA's renewal information (ARI, RFC 9773) enters as the times
+stored in the record; fetching it is the ACME client's job.
 """
 
 import datetime
+import re
 from dataclasses import dataclass
 
 from certrenew.store import CertificateRecord
 
 SHORT_LIVED = datetime.timedelta(days=10)
+FIRST_BACKOFF = datetime.timedelta(minutes=5)
+MAX_BACKOFF = datetime.timedelta(days=1)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
 @dataclass(frozen=True)
 class Decision:
     due: bool
     reason: str
+    deferred: bool = False
+    """Due, but held back after recent failures (see `backoff`)."""
 
 
-def renew_at(record: CertificateRecord) -> datetime.datetime:
-    """When the lifetime rule says to renew: with a third of the lifetime left.
+def parse_duration(text: str) -> datetime.timedelta:
+    """"30d", "12h", "90m" or "45s" as a timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"invalid duration {text!r}: write a number and d, h, m or s, e.g. 30d or 12h")
+    return datetime.timedelta(**{_UNITS[match[2]]: float(match[1])})
+
+
+def lifetime_renew_at(record: CertificateRecord, renew_before: datetime.timedelta | None = None) -> datetime.datetime:
+    """When the lifetime rule says to renew: with a third of the lifetime left, or `renew_before`.
 
     Certificates shorter than ten days renew at half their lifetime, so a 6-day
     certificate still has days, not hours, of slack when a renewal fails.
     """
+    if renew_before is not None:
+        return record.not_after - renew_before
     lifetime = record.not_after - record.not_before
     fraction = 2 if lifetime < SHORT_LIVED else 3
     return record.not_after - lifetime / fraction
+
+
+def renew_at(record: CertificateRecord, renew_before: datetime.timedelta | None = None) -> datetime.datetime:
+    """The earlier of the lifetime rule and the time picked in the CA's ARI window.
+
+    An ARI window earlier than the rule is how a CA asks for early renewal (say, before a
+    mass revocation); the rule stays the safety net when ARI is silent.
+    """
+    when = lifetime_renew_at(record, renew_before)
+    if record.ari_renew_at is not None:
+        when = min(when, record.ari_renew_at)
+    return when
+
+
+def backoff(failures: int) -> datetime.timedelta:
+    """How long to wait after `failures` failures in a row: 5 min, doubling, at most a day."""
+    return min(FIRST_BACKOFF * 2 ** max(failures - 1, 0), MAX_BACKOFF)
+
+
+def ari_check_due(record: CertificateRecord | None, now: datetime.datetime) -> bool:
+    """Whether to ask the CA for fresh renewal information about this certificate now."""
+    return (
+        record is not None
+        and record.not_after is not None
+        and record.ari_next_check is not None
+        and now >= record.ari_next_check
+        and now < record.not_after
+    )
 
 
 def decide(
@@ -35,19 +82,37 @@ def decide(
     key_type: str,
     now: datetime.datetime,
     force: bool = False,
+    renew_before: datetime.timedelta | None = None,
 ) -> Decision:
     """Whether the certificate named by `record` must be (re)issued now, and why."""
-    if record is None or record.not_after is None:
-        return Decision(True, "no certificate yet")
-    if record.domains != domains:
-        return Decision(True, "domains changed")
-    if record.key_type != key_type:
-        return Decision(True, "key type changed")
+    reason = _due_reason(record, domains, key_type, now, renew_before)
     if force:
         return Decision(True, "forced")
+    if reason is None:
+        when = renew_at(record, renew_before)
+        return Decision(False, f"not due until {when:%Y-%m-%d %H:%M} UTC (expires {record.not_after:%Y-%m-%d})")
+    if record is not None and record.next_attempt is not None and now < record.next_attempt:
+        return Decision(
+            False,
+            f"{reason}, but failed {record.failures} time(s) in a row (last: {record.last_error}); "
+            f"next attempt after {record.next_attempt:%Y-%m-%d %H:%M} UTC (or use --force)",
+            deferred=True,
+        )
+    return Decision(True, reason)
+
+
+def _due_reason(record, domains, key_type, now, renew_before) -> str | None:
+    if record is None or record.not_after is None:
+        return "no certificate yet"
+    if record.domains != domains:
+        return "domains changed"
+    if record.key_type != key_type:
+        return "key type changed"
     if now >= record.not_after:
-        return Decision(True, "expired")
-    when = renew_at(record)
+        return "expired"
+    if record.ari_renew_at is not None and now >= record.ari_renew_at:
+        return f"the CA's renewal window (ARI) says renew since {record.ari_renew_at:%Y-%m-%d %H:%M}"
+    when = lifetime_renew_at(record, renew_before)
     if now >= when:
-        return Decision(True, f"due since {when:%Y-%m-%d %H:%M}")
-    return Decision(False, f"not due until {when:%Y-%m-%d %H:%M} UTC (expires {record.not_after:%Y-%m-%d})")
+        return f"due since {when:%Y-%m-%d %H:%M}"
+    return None

@@ -7,12 +7,13 @@ something is due, so a run with nothing to do reads a few small files and exits.
 import datetime
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
-from certrenew.policy import decide
+from certrenew.policy import ari_check_due, backoff, decide
 from certrenew.store import CertificateRecord, FileStore
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,20 @@ class Outcome:
 
     name: str
     action: str
-    """"issued", "renewed", "installed" (a pending one), "unchanged" or "failed"."""
+    """"issued", "renewed", "installed" (a pending one), "unchanged", "deferred" (backing off) or "failed"."""
     detail: str
 
     @property
     def failed(self) -> bool:
-        return self.action == "failed"
+        return self.action in ("failed", "deferred")
 
 
 def run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
-    """Bring every certificate in `specs` up to date and return what happened to each."""
+    """Bring every certificate in `specs` up to date and return what happened to each.
+
+    Certificates are independent: one failing does not stop the others, and up to
+    `settings.concurrency` are ordered at once.
+    """
     now = _now()
     store = FileStore(settings.state_dir)
     store.prepare()
@@ -43,14 +48,19 @@ def run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
     outcomes: dict[str, Outcome] = {}
     work = []
     for spec in specs:
+        record = store.load_record(spec.name)
         if store.load_bundle(spec.name, "pending") is not None:
             log.info("%s: installing the certificate a previous run issued", spec.name)
             work.append((spec, "resume"))
             continue
-        decision = decide(store.load_record(spec.name), list(spec.domains), spec.key_type, now, settings.force)
+        decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before)
         if decision.due:
             log.info("%s: renewing (%s)", spec.name, decision.reason)
             work.append((spec, "issue"))
+        elif decision.deferred:
+            outcomes[spec.name] = Outcome(spec.name, "deferred", decision.reason)
+        elif ari_check_due(record, now):
+            work.append((spec, "check"))
         else:
             outcomes[spec.name] = Outcome(spec.name, "unchanged", decision.reason)
 
@@ -58,20 +68,33 @@ def run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
 
         with Issuer(settings, store) as issuer:
-            for spec, step in work:
-                outcomes[spec.name] = _attempt(store, spec, now, getattr(issuer, step))
+            with ThreadPoolExecutor(settings.concurrency) as pool:
+                results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1])), work))
+            issued = [result for result in results if not isinstance(result, Outcome)]
+            outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
+            if issued:
+                try:
+                    outcomes.update((outcome.name, outcome) for outcome in issuer.install(issued))
+                except CertrenewError as error:
+                    outcomes.update((item.spec.name, _failed(store, now, item.spec, error)) for item in issued)
     return [outcomes[spec.name] for spec in specs]
 
 
-def _attempt(store: FileStore, spec: CertificateSpec, now: datetime.datetime, step) -> Outcome:
-    """Run one certificate's step; a failure is recorded and reported, not raised."""
+def _attempt(store: FileStore, now: datetime.datetime, spec: CertificateSpec, step):
+    """Run one certificate's step; a failure is recorded and reported as an Outcome, not raised."""
     try:
         return step(spec)
     except CertrenewError as error:
-        record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
-        record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
-        store.save_record(record)
-        return Outcome(spec.name, "failed", str(error))
+        return _failed(store, now, spec, error)
+
+
+def _failed(store: FileStore, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:
+    """Record a failure with its back-off, so the next runs wait before asking the CA again."""
+    record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
+    record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
+    record.next_attempt = now + backoff(record.failures)
+    store.save_record(record)
+    return Outcome(spec.name, "failed", str(error))
 
 
 def _check_ssl_dir(settings: Settings) -> None:

@@ -12,7 +12,7 @@ import datetime
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,10 +37,17 @@ class CertificateRecord:
     not_before: datetime.datetime | None = None
     not_after: datetime.datetime | None = None
     issued_at: datetime.datetime | None = None
+    ari_window_start: datetime.datetime | None = None
+    ari_window_end: datetime.datetime | None = None
+    ari_renew_at: datetime.datetime | None = None
+    """The random time picked inside the CA's suggested window (RFC 9773), kept while the window stays."""
+    ari_next_check: datetime.datetime | None = None
+    """When to ask the CA for renewal information again (its Retry-After); None: the CA has no ARI."""
     last_attempt: datetime.datetime | None = None
     last_error: str | None = None
     failures: int = 0
-    extra: dict = field(default_factory=dict)
+    next_attempt: datetime.datetime | None = None
+    """After a failure: no new attempt before this time, so a broken name does not hammer the CA."""
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)

@@ -1,0 +1,106 @@
+"""`certrenew run --config`: many certificates from one TOML file, against the real lab."""
+
+import json
+
+import requests
+
+from certrenew.bundle import leaf_info
+
+CONFIG = """
+[[certificate]]
+name = "alpha"
+domains = ["alpha.example", "www.alpha.example"]
+
+[[certificate]]
+domains = ["beta.example"]
+key_type = "rsa2048"
+
+[[certificate]]
+name = "gamma"
+domains = ["gamma.example"]
+"""
+
+
+def write_config(lab, text=CONFIG):
+    path = lab.workdir / "certrenew.toml"
+    path.write_text(text)
+    return path
+
+
+def run(lab, config, *args, env=None):
+    return lab.certrenew("run", "--config", str(config), *args, env=env)
+
+
+def serial_of(lab, name):
+    return leaf_info((lab.ssl_dir / f"{name}.pem").read_bytes()).serial
+
+
+def break_dns(lab, name):
+    """Point `name` at an address where nothing listens, so HTTP-01 validation really fails."""
+    answer = requests.post(f"{lab.challtestsrv_url}/add-a", json={"host": name + ".", "addresses": ["127.0.0.9"]},
+                           timeout=5)
+    answer.raise_for_status()
+
+
+def test_three_certificates_issue_then_nothing_to_do(lab):
+    config = write_config(lab)
+    first = run(lab, config)
+    assert first.returncode == 0, first.stderr
+    assert [line.split(":")[:2] for line in first.stdout.splitlines()] == [
+        ["alpha", " issued"], ["beta.example", " issued"], ["gamma", " issued"]]
+    for name, sni in (("alpha", "www.alpha.example"), ("beta.example", "beta.example"), ("gamma", "gamma.example")):
+        lab.wait_served_serial(sni, serial_of(lab, name))
+    assert "RSA" in type(lab.served_certificate("beta.example").public_key()).__name__
+
+    bundles = {p.name: p.read_bytes() for p in lab.ssl_dir.iterdir()}
+    second = run(lab, config)
+    assert second.returncode == 0, second.stderr
+    assert [line.split(":")[1] for line in second.stdout.splitlines()] == [" unchanged"] * 3
+    assert {p.name: p.read_bytes() for p in lab.ssl_dir.iterdir()} == bundles
+
+
+def test_changed_names_are_reissued_at_once(lab):
+    config = write_config(lab)
+    assert run(lab, config).returncode == 0
+    before = {name: serial_of(lab, name) for name in ("alpha", "beta.example", "gamma")}
+    write_config(lab, CONFIG.replace('domains = ["gamma.example"]', 'domains = ["gamma.example", "new.gamma.example"]'))
+    again = run(lab, config)
+    assert again.returncode == 0, again.stderr
+    assert "gamma: renewed" in again.stdout and again.stdout.count("unchanged") == 2
+    assert serial_of(lab, "alpha") == before["alpha"] and serial_of(lab, "beta.example") == before["beta.example"]
+    lab.wait_served_serial("new.gamma.example", serial_of(lab, "gamma"))
+
+
+def test_one_failing_certificate_does_not_stop_the_others(lab):
+    break_dns(lab, "beta.example")
+    config = write_config(lab)
+    result = run(lab, config)
+    assert result.returncode == 1
+    assert "alpha: issued" in result.stdout and "gamma: issued" in result.stdout
+    assert "beta.example: failed" in result.stderr and "validation failed" in result.stderr
+    assert "1 of 3 certificates failed: beta.example" in result.stderr
+    assert not (lab.ssl_dir / "beta.example.pem").exists()
+    lab.wait_served_serial("gamma.example", serial_of(lab, "gamma"))
+
+    # The failure is remembered with a back-off: the next run does not hammer the CA.
+    again = run(lab, config)
+    assert again.returncode == 1
+    assert "beta.example: failed" in again.stderr and "next attempt after" in again.stderr
+    record = json.loads((lab.state_dir / "certificates" / "beta.example" / "meta.json").read_text())
+    assert record["failures"] == 1 and "validation failed" in record["last_error"]
+
+
+def test_bad_config_is_refused_with_the_file_and_key(lab):
+    for text, says in (
+        ("email = 3\n", "email: must be a string"),
+        ("colour = 'blue'\n", "unknown key 'colour'"),
+        ("[[certificate]]\ndomains = ['a.example']\nkeytype = 'rsa2048'\n", "certificate #1: unknown key 'keytype'"),
+        ("[[certificate]]\ndomains = ['*.a.example']\n", "certificate #1: invalid domain"),
+        ("[[certificate]]\ndomains = ['a.example']\n[[certificate]]\ndomains = ['a.example']\n", "two certificates"),
+        ("[[certificate]\n", "certrenew.toml"),
+    ):
+        result = run(lab, write_config(lab, text))
+        assert result.returncode == 2, (text, result.stderr)
+        assert says in result.stderr and "certrenew.toml" in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1
+    assert list(lab.state_dir.iterdir()) == []
