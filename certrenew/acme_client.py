@@ -323,7 +323,7 @@ def _is_transient(error: BaseException) -> bool:
     return False
 
 
-_exponential = tenacity.wait_exponential_jitter(initial=0.25, max=4)
+_exponential = tenacity.wait_exponential(multiplier=0.25, max=4) + tenacity.wait_random(0, 0.25)
 
 
 def _transient_wait(state: tenacity.RetryCallState) -> float:

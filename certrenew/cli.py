@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _parser(
         "certrenew",
         "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy) and make HAProxy serve it. "
-        "Other commands: run (every certificate of the config file), bootstrap-ssl-dir.",
+        "Other commands: run (every certificate of the config file), status, bootstrap-ssl-dir.",
     )
     parser.add_argument("domains", nargs="+", metavar="DOMAIN", help="names for the certificate; the first names it")
     return parser
@@ -53,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_run_parser() -> argparse.ArgumentParser:
     return _parser("certrenew run", "Renew every certificate of the config file that is due.")
+
+
+def build_status_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "certrenew status",
+        "Show every certificate: names, expiry, next renewal, last result. Exit 1 when any managed "
+        "certificate is expired, failing, missing or past its renewal time.",
+        [option for option in OPTIONS if option.name in ("state_dir", "renew_before")],
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output (see README)")
+    return parser
 
 
 def build_bootstrap_parser() -> argparse.ArgumentParser:
@@ -65,9 +76,10 @@ def build_bootstrap_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, required: bool) -> ConfigFile | None:
-    """The config file named by --config or CERTRENEW_CONFIG, else the default one if it is required."""
+    """The config file named by --config or CERTRENEW_CONFIG, else the default one if `required`
+    (True) or if it exists (None); with False, only a named one."""
     path = args.config or os.environ.get("CERTRENEW_CONFIG")
-    if path is None and not required:
+    if path is None and (required is False or (required is None and not DEFAULT_CONFIG.exists())):
         return None
     return load_config(Path(path) if path else DEFAULT_CONFIG)
 
@@ -118,6 +130,27 @@ def _run(argv: list[str]) -> int:
     return _report(run(build_settings(vars(args), config), config.certificates), args.quiet)
 
 
+def _status(argv: list[str]) -> int:
+    import json
+
+    from certrenew import status
+
+    args = build_status_parser().parse_args(argv)
+    _setup_logging(args)
+    config = _config(args, required=None)
+    rows = status.collect(build_settings(vars(args), config), config.certificates if config else None)
+    healthy = status.healthy(rows)
+    if args.json:
+        document = {"version": status.JSON_VERSION, "healthy": healthy,
+                    "certificates": [row.to_json() for row in rows]}
+        print(json.dumps(document, indent=2))
+    elif rows:
+        print(status.format_table(rows))
+    else:
+        print("no certificates")
+    return 0 if healthy else 1
+
+
 def _bootstrap(argv: list[str]) -> int:
     from certrenew.placeholder import write_placeholder
 
@@ -128,7 +161,7 @@ def _bootstrap(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "bootstrap-ssl-dir": _bootstrap}
+COMMANDS = {"run": _run, "status": _status, "bootstrap-ssl-dir": _bootstrap}
 
 
 def main(argv: list[str] | None = None) -> int:

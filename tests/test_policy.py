@@ -1,6 +1,8 @@
 import datetime
 
-from certrenew.policy import decide, renew_at
+import pytest
+
+from certrenew.policy import ari_check_due, backoff, decide, parse_duration, renew_at
 from certrenew.store import CertificateRecord
 
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
@@ -39,3 +41,43 @@ def test_changes_and_force_make_it_due():
 def test_a_failed_first_attempt_stays_due():
     failed = CertificateRecord("a.example", ["a.example"], "ecdsa-p256", last_error="boom", failures=1)
     assert decide(failed, ["a.example"], "ecdsa-p256", NOW).due
+
+
+def test_renew_before_overrides_the_lifetime_rule():
+    assert decide(record(90, 50), ["a.example"], "ecdsa-p256", NOW, renew_before=45 * DAY).due
+    assert not decide(record(90, 50), ["a.example"], "ecdsa-p256", NOW, renew_before=30 * DAY).due
+
+
+def test_an_earlier_ari_time_wins_and_a_later_one_does_not_delay():
+    early = record(90, 10)
+    early.ari_renew_at = NOW - DAY
+    assert "ARI" in decide(early, ["a.example"], "ecdsa-p256", NOW).reason
+    late = record(90, 61)
+    late.ari_renew_at = NOW + 10 * DAY
+    assert decide(late, ["a.example"], "ecdsa-p256", NOW).due
+
+
+def test_failures_back_off_unless_forced():
+    failing = CertificateRecord("a.example", ["a.example"], "ecdsa-p256", failures=2, last_error="boom",
+                                next_attempt=NOW + DAY)
+    decision = decide(failing, ["a.example"], "ecdsa-p256", NOW)
+    assert not decision.due and decision.deferred and "boom" in decision.reason
+    assert decide(failing, ["a.example"], "ecdsa-p256", NOW, force=True).due
+    assert [backoff(n) for n in (1, 2, 3)] == [datetime.timedelta(minutes=m) for m in (5, 10, 20)]
+    assert backoff(30) == datetime.timedelta(days=1)
+
+
+def test_ari_check_waits_for_retry_after_and_stops_at_expiry():
+    checked = record(90, 10)
+    assert not ari_check_due(checked, NOW)  # the CA has no ARI: never
+    checked.ari_next_check = NOW + DAY
+    assert not ari_check_due(checked, NOW)
+    checked.ari_next_check = NOW - DAY
+    assert ari_check_due(checked, NOW)
+    assert not ari_check_due(record(90, 91), NOW)
+
+
+def test_durations():
+    assert parse_duration("30d") == 30 * DAY and parse_duration("1.5h") == datetime.timedelta(minutes=90)
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration("30 days")

@@ -104,3 +104,41 @@ def test_bad_config_is_refused_with_the_file_and_key(lab):
         assert says in result.stderr and "certrenew.toml" in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1
     assert list(lab.state_dir.iterdir()) == []
+
+
+def status(lab, config):
+    result = lab.certrenew("status", "--config", str(config), "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_status_json_reports_each_certificate_and_health(lab):
+    config = write_config(lab)
+    code, document = status(lab, config)
+    assert code == 1 and document["healthy"] is False
+    assert [(row["name"], row["state"]) for row in document["certificates"]] == [
+        ("alpha", "missing"), ("beta.example", "missing"), ("gamma", "missing")]
+
+    break_dns(lab, "beta.example")
+    run(lab, config)
+    code, document = status(lab, config)
+    rows = {row["name"]: row for row in document["certificates"]}
+    assert code == 1 and document["healthy"] is False
+    assert rows["alpha"]["state"] == "ok" and rows["alpha"]["serial"] == serial_of(lab, "alpha")
+    assert rows["alpha"]["domains"] == ["alpha.example", "www.alpha.example"]
+    assert 1800 < rows["alpha"]["days_left"] < 1830  # pebble issues five-year certificates
+    assert rows["alpha"]["not_after"] > rows["alpha"]["next_renewal"]
+    assert rows["beta.example"]["state"] == "failing" and rows["beta.example"]["failures"] == 1
+    assert rows["beta.example"]["last_result"].startswith("failed: ")
+
+    # Without beta, and with gamma no longer managed: healthy, gamma listed as unmanaged and left alone.
+    gamma_bundle = (lab.ssl_dir / "gamma.pem").read_bytes()
+    write_config(lab, CONFIG.split("[[certificate]]\ndomains = [\"beta.example\"]")[0])
+    assert run(lab, config).returncode == 0
+    code, document = status(lab, config)
+    assert code == 0 and document["healthy"] is True
+    assert [(row["name"], row["state"]) for row in document["certificates"]] == [
+        ("alpha", "ok"), ("beta.example", "unmanaged"), ("gamma", "unmanaged")]
+    assert (lab.ssl_dir / "gamma.pem").read_bytes() == gamma_bundle
+
+    table = lab.certrenew("status", "--config", str(config))
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:2] == ["NAME", "STATE"]

@@ -1,0 +1,125 @@
+"""`certrenew status`: what each certificate looks like right now, from stored state alone."""
+
+import datetime
+from dataclasses import dataclass
+
+from certrenew.config import CertificateSpec, Settings
+from certrenew.policy import decide, renew_at
+from certrenew.store import CertificateRecord, FileStore
+
+JSON_VERSION = 1
+HEALTHY = "ok"
+
+
+@dataclass(frozen=True)
+class CertificateStatus:
+    """One row of `certrenew status`; `to_json` is the documented, stable --json form."""
+
+    name: str
+    domains: list[str]
+    state: str
+    """"ok", "due", "failing", "expired", "missing" (never issued) or "unmanaged" (not in the config)."""
+    serial: str | None
+    not_after: datetime.datetime | None
+    days_left: float | None
+    next_renewal: datetime.datetime | None
+    last_error: str | None
+    failures: int
+
+    @property
+    def last_result(self) -> str:
+        if self.last_error:
+            return f"failed: {self.last_error}"
+        return "ok" if self.serial else "never issued"
+
+    def to_json(self) -> dict:
+        def when(value):
+            return value.isoformat() if value else None
+
+        return {
+            "name": self.name,
+            "domains": self.domains,
+            "state": self.state,
+            "serial": self.serial,
+            "not_after": when(self.not_after),
+            "days_left": None if self.days_left is None else round(self.days_left, 2),
+            "next_renewal": when(self.next_renewal),
+            "last_result": self.last_result,
+            "failures": self.failures,
+        }
+
+
+def collect(settings: Settings, specs: list[CertificateSpec] | None,
+            now: datetime.datetime | None = None) -> list[CertificateStatus]:
+    """Every managed certificate (all stored ones when `specs` is None), then the unmanaged ones."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    store = FileStore(settings.state_dir)
+    stored = store.names() if settings.state_dir.is_dir() else []
+    if specs is None:
+        specs = [_spec_of(store.load_record(name)) for name in stored]
+    managed = {spec.name for spec in specs}
+    rows = [_status(settings, spec, store.load_record(spec.name), now) for spec in specs]
+    for name in stored:
+        if name not in managed:
+            record = store.load_record(name)
+            rows.append(_status(settings, _spec_of(record), record, now, managed=False))
+    return rows
+
+
+def healthy(rows: list[CertificateStatus]) -> bool:
+    """True when no managed certificate is expired, failing, missing or past its renewal time."""
+    return all(row.state in (HEALTHY, "unmanaged") for row in rows)
+
+
+def _spec_of(record: CertificateRecord) -> CertificateSpec:
+    return CertificateSpec(record.name, tuple(record.domains), record.key_type)
+
+
+def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord | None,
+            now: datetime.datetime, managed: bool = True) -> CertificateStatus:
+    issued = record is not None and record.not_after is not None
+    next_renewal = renew_at(record, settings.renew_before) if issued else None
+    if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
+        next_renewal = record.next_attempt
+    if not managed:
+        state = "unmanaged"
+    elif issued and now >= record.not_after:
+        state = "expired"
+    elif record is not None and record.failures:
+        state = "failing"
+    elif not issued:
+        state = "missing"
+    elif decide(record, list(spec.domains), spec.key_type, now, renew_before=settings.renew_before).due:
+        state = "due"
+    else:
+        state = HEALTHY
+    return CertificateStatus(
+        name=spec.name,
+        domains=list(spec.domains),
+        state=state,
+        serial=record.serial if issued else None,
+        not_after=record.not_after if issued else None,
+        days_left=(record.not_after - now).total_seconds() / 86400 if issued else None,
+        next_renewal=next_renewal,
+        last_error=record.last_error if record else None,
+        failures=record.failures if record else 0,
+    )
+
+
+def format_table(rows: list[CertificateStatus]) -> str:
+    """A plain text table, one row per certificate."""
+    header = ("NAME", "STATE", "DOMAINS", "NOT AFTER", "DAYS LEFT", "NEXT RENEWAL", "LAST RESULT")
+    lines = [header]
+    for row in rows:
+        lines.append((
+            row.name,
+            row.state,
+            ",".join(row.domains),
+            f"{row.not_after:%Y-%m-%d %H:%M}" if row.not_after else "-",
+            f"{row.days_left:.1f}" if row.days_left is not None else "-",
+            f"{row.next_renewal:%Y-%m-%d %H:%M}" if row.next_renewal else "-",
+            row.last_result,
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1]
+                     for line in lines)
