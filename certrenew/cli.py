@@ -97,7 +97,7 @@ def _report(outcomes, quiet: bool) -> int:
     """One line per certificate: failures to stderr, the rest to stdout; exit 1 if any failed."""
     for outcome in outcomes:
         if outcome.failed:
-            print(f"certrenew: {outcome.name}: failed: {outcome.detail}", file=sys.stderr)
+            print(f"certrenew: {outcome.name}: {outcome.action}: {outcome.detail}", file=sys.stderr)
         elif not quiet:
             print(f"{outcome.name}: {outcome.action}: {outcome.detail}")
     failed = [outcome.name for outcome in outcomes if outcome.failed]

@@ -1,9 +1,9 @@
-"""ACME Renewal Information (RFC 9773) against pebble, which has none of its own.
+"""ACME Renewal Information (RFC 9773) and profiles against pebble, which has neither.
 
-An ARI endpoint in the test process stands in front of pebble's directory: it serves
-pebble's directory with a `renewalInfo` URL added, and answers renewal-information
-requests with whatever window, Retry-After or failure a test sets. Everything else
-(orders, challenges, finalization) goes to the real pebble.
+An endpoint in the test process stands in front of pebble's directory: it serves
+pebble's directory with a `renewalInfo` URL (and, if asked, `profiles`) added, and
+answers renewal-information requests with whatever window, Retry-After or failure a
+test sets. Everything else (orders, challenges, finalization) goes to the real pebble.
 """
 
 import datetime
@@ -31,6 +31,7 @@ class AriEndpoint:
         self.window = (datetime.timedelta(days=30), datetime.timedelta(days=31))
         self.retry_after: int | None = 3600
         self.fail = False
+        self.profiles: dict[str, str] | None = None
         self.requests: list[str] = []
         endpoint = self
 
@@ -49,6 +50,8 @@ class AriEndpoint:
         if handler.path == "/dir":
             directory = requests.get(self.lab.directory_url, verify=str(self.lab.ca_bundle), timeout=5).json()
             directory["renewalInfo"] = f"{self.url}/renewal-info"
+            if self.profiles is not None:
+                directory["meta"]["profiles"] = self.profiles
             return self.reply(handler, 200, directory)
         self.requests.append(handler.path.rsplit("/", 1)[-1])
         if self.fail:
@@ -141,3 +144,20 @@ def test_without_ari_the_lifetime_rule_alone_decides(lab):
     assert lab.certrenew(NAME).returncode == 0
     stored = record(lab)
     assert stored["ari_next_check"] is None and stored["ari_renew_at"] is None
+
+
+def test_a_profile_the_ca_lists_is_sent_in_the_order(lab, ari):
+    ari.profiles = {"classic": "the usual", "shortlived": "six days"}
+    result = certrenew(lab, ari, "--profile", "shortlived", "-v")
+    assert result.returncode == 0, result.stderr
+    assert '"profile": "shortlived"' in result.stderr  # the newOrder payload, as logged with -v
+
+
+def test_a_profile_the_ca_does_not_list_fails_that_certificate_clearly(lab, ari):
+    ari.profiles = {"classic": "the usual"}
+    unknown = certrenew(lab, ari, "--profile", "shortlived")
+    assert unknown.returncode == 1
+    assert "does not offer the profile 'shortlived' (it offers: classic)" in unknown.stderr
+    plain_pebble = lab.certrenew(NAME, "--profile", "shortlived", "--force")  # --force: past the back-off
+    assert plain_pebble.returncode == 1 and "its directory lists no profiles" in plain_pebble.stderr
+    assert not (lab.ssl_dir / f"{NAME}.pem").exists()

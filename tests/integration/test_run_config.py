@@ -85,7 +85,7 @@ def test_one_failing_certificate_does_not_stop_the_others(lab):
     # The failure is remembered with a back-off: the next run does not hammer the CA.
     again = run(lab, config)
     assert again.returncode == 1
-    assert "beta.example: failed" in again.stderr and "next attempt after" in again.stderr
+    assert "beta.example: deferred" in again.stderr and "next attempt after" in again.stderr
     record = json.loads((lab.state_dir / "certificates" / "beta.example" / "meta.json").read_text())
     assert record["failures"] == 1 and "validation failed" in record["last_error"]
 
