@@ -174,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("failed")
         print(f"certrenew: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # the state dir or ssl dir refusing a read or write, say
+        if log.isEnabledFor(logging.DEBUG):
+            log.exception("failed")
+        print(f"certrenew: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("certrenew: interrupted", file=sys.stderr)
         return 130

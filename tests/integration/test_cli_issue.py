@@ -1,9 +1,11 @@
 """The core job end to end: the real certrenew CLI, pebble validating through HAProxy's ACL,
 and a TLS client checking what HAProxy actually serves."""
 
+import socket
 import stat
 import time
 
+import pytest
 from cryptography import x509
 
 from certrenew.bundle import leaf_info, pem_blocks
@@ -37,6 +39,9 @@ def test_first_issue_is_served_then_a_second_run_does_nothing(lab):
     kinds = [block.split(b"\n")[0] for block in pem_blocks(bundle)]
     assert kinds[0] == kinds[1] == b"-----BEGIN CERTIFICATE-----" and b"PRIVATE KEY" in kinds[-1]
     assert sorted(p.name for p in lab.ssl_dir.iterdir()) == ["000-certrenew-placeholder.pem", f"{NAME}.pem"]
+
+    with pytest.raises(ConnectionRefusedError):  # the responder is gone: nothing listens on its port
+        socket.create_connection(("127.0.0.1", lab.backend_port), timeout=2)
 
     again = issue(lab)
     assert again.stdout.count("\n") == 1 and "unchanged" in again.stdout
@@ -119,3 +124,10 @@ def test_ca_down_fails_fast_and_keeps_the_old_bundle(lab):
     assert "cannot reach the ACME directory" in result.stderr and "Traceback" not in result.stderr
     assert bundle_path(lab).read_bytes() == old_bundle
     assert served_serial(lab) == leaf_info(old_bundle).serial
+
+
+def test_requests_ca_bundle_is_honoured(lab):
+    env = {"CERTRENEW_CA_BUNDLE": None, "REQUESTS_CA_BUNDLE": str(lab.ca_bundle)}
+    assert issue(lab, NAME, env=env).returncode == 0
+    untrusted = lab.certrenew("other.example", env={"CERTRENEW_CA_BUNDLE": None, "REQUESTS_CA_BUNDLE": None})
+    assert untrusted.returncode == 1 and "cannot reach the ACME directory" in untrusted.stderr
