@@ -169,16 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS.get(argv[0]) if argv else None
     try:
         return command(argv[1:]) if command else _renew(argv)
-    except CertrenewError as error:
+    except (CertrenewError, OSError) as error:  # OSError: the state or ssl dir refusing a read or write, say
         if log.isEnabledFor(logging.DEBUG):
             log.exception("failed")
-        print(f"certrenew: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except OSError as error:  # the state dir or ssl dir refusing a read or write, say
-        if log.isEnabledFor(logging.DEBUG):
-            log.exception("failed")
-        print(f"certrenew: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 1
+        message = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.filename else error
+        print(f"certrenew: error: {message}", file=sys.stderr)
+        return getattr(error, "exit_code", 1)
     except KeyboardInterrupt:
         print("certrenew: interrupted", file=sys.stderr)
         return 130
