@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shlex
 import signal
 import socket
@@ -43,35 +44,45 @@ class LabError(RuntimeError):
     """A lab process failed to start, reload or answer; the message carries its log tail."""
 
 
-def free_ports(count: int) -> list[int]:
-    """Return `count` distinct TCP ports that were free on loopback a moment ago."""
-    sockets = []
+def _below_ephemeral_range() -> range:
+    """Ports the kernel never hands out as the local end of an outgoing connection.
+
+    A port picked by binding to 0 comes from the ephemeral range, and in a busy test
+    run some client connection may take it before the lab's server binds it.
+    """
     try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, max(low, 10001))
 
 
-def free_dns_port(exclude: set[int]) -> int:
-    """Return a loopback port free for both UDP and TCP: challtestsrv serves DNS on both."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((LOOPBACK, 0))
-            port = udp.getsockname()[1]
-            if port in exclude:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                return port
-    raise LabError("no loopback port free for both UDP and TCP")
+def _bindable(port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """Return `count` distinct loopback ports, free for TCP (the first also for UDP) a moment ago.
+
+    The first is for challtestsrv's DNS, which serves both protocols.
+    """
+    candidates = _below_ephemeral_range()
+    ports: list[int] = []
+    for _ in range(1000):
+        port = random.choice(candidates)
+        if port in ports or not _bindable(port, socket.SOCK_STREAM):
+            continue
+        if not ports and not _bindable(port, socket.SOCK_DGRAM):
+            continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise LabError(f"could not find {count} free loopback ports")
 
 
 def render_haproxy_config(shipped: str, replacements: list[tuple[str, str]]) -> str:
@@ -163,10 +174,8 @@ class Lab:
         self.workdir = Path(workdir).resolve()
         self.pebble_env = dict(pebble_env or {})
 
-        ports = free_ports(7)
-        (self.acme_port, self.management_port, self.challtestsrv_port, self.http_port,
-         self.https_port, self.backend_port, self.tls_alpn_port) = ports
-        self.dns_port = free_dns_port(exclude=set(ports))
+        (self.dns_port, self.acme_port, self.management_port, self.challtestsrv_port, self.http_port,
+         self.https_port, self.backend_port, self.tls_alpn_port) = free_ports(8)
 
         self.directory_url = f"https://{LOOPBACK}:{self.acme_port}/dir"
         self.management_url = f"https://{LOOPBACK}:{self.management_port}"
