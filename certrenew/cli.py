@@ -32,7 +32,8 @@ def _parser(prog: str, description: str, options=OPTIONS) -> argparse.ArgumentPa
         if option.kind is bool:
             parser.add_argument(option.cli, action="store_const", const="1", help=option.help)
         else:
-            parser.add_argument(option.cli, metavar=option.metavar, help=option.help)
+            parser.add_argument(option.cli, metavar=option.metavar, help=option.help,
+                                action="append" if option.repeated else "store")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help=f"TOML config file (for 'run' and 'status' default {DEFAULT_CONFIG})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step (and tracebacks)")

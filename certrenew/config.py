@@ -17,6 +17,8 @@ from typing import Any
 from certrenew.domains import normalize_domains
 from certrenew.errors import UsageError
 from certrenew.policy import parse_duration
+from certrenew.runtime_api import check_address
+from certrenew.verify import check_endpoint
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -58,6 +60,9 @@ class Settings:
     concurrency: int = 4
     timeout: float = 300.0
     force: bool = False
+    haproxy_socket: tuple[str, ...] = ()
+    haproxy_config: tuple[Path, ...] = ()
+    verify_endpoint: tuple[str, ...] = ()
 
     @property
     def directory_url(self) -> str:
@@ -105,6 +110,8 @@ class Option:
     kind: type = str
     metavar: str | None = None
     check: Callable[[Any], Any] | None = None
+    repeated: bool = False
+    """A list: the option given several times, a comma- or space-separated variable, a TOML list."""
 
     @property
     def cli(self) -> str:
@@ -114,11 +121,24 @@ class Option:
     def env(self) -> str:
         return "CERTRENEW_" + self.name.upper()
 
-    def from_text(self, raw: str) -> Any:
-        """The value of a command-line argument or an environment variable."""
+    def from_text(self, raw: str | list[str]) -> Any:
+        """The value of a command-line argument (a list of them if repeated) or an environment variable."""
+        if self.repeated:
+            items = raw if isinstance(raw, list) else re.split(r"[,\s]+", raw.strip())
+            return tuple(self._one(item) for item in items if item)
+        return self._one(raw)
+
+    def _one(self, raw: str) -> Any:
         return self._checked(_flag(raw) if self.kind is bool else self.kind(raw))
 
     def from_toml(self, value: Any) -> Any:
+        if self.repeated:
+            if not isinstance(value, list):
+                raise ValueError("must be a list, e.g. [\"...\", \"...\"]")
+            return tuple(self._one_from_toml(item) for item in value)
+        return self._one_from_toml(value)
+
+    def _one_from_toml(self, value: Any) -> Any:
         accepted, described = _TOML_TYPES[self.kind]
         if not isinstance(value, accepted) or (self.kind is not bool and isinstance(value, bool)):
             raise ValueError(f"must be {described}")
@@ -152,6 +172,14 @@ OPTIONS = [
            _positive),
     Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _positive),
     Option("force", "renew even if not due", bool),
+    Option("haproxy_socket", "an HAProxy Runtime API (admin stats socket: a unix path or ipv4@HOST:PORT) to "
+           "update in memory, no reload; repeat for several HAProxy processes", metavar="ADDR",
+           check=check_address, repeated=True),
+    Option("haproxy_config", "HAProxy configuration to check with 'haproxy -c' before any reload; repeat "
+           "for several -f files", Path, "PATH", repeated=True),
+    Option("verify_endpoint", "after installing, check that this TLS address serves the new certificate for "
+           "every name, else roll back; repeat for several HAProxy nodes", metavar="HOST:PORT",
+           check=check_endpoint, repeated=True),
 ]
 CLI_ONLY = {"force"}
 """Options that make sense for one invocation, not as a standing setting in a file."""

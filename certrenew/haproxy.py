@@ -1,14 +1,20 @@
-"""Talking to HAProxy: the reload command."""
+"""Talking to HAProxy as a program: check its configuration, run the reload command.
+
+The Runtime API, which changes a running HAProxy without a reload, is in `runtime_api`.
+"""
 
 import logging
 import shlex
 import subprocess
+from collections.abc import Sequence
+from pathlib import Path
 
 from certrenew.errors import CertrenewError
 
 log = logging.getLogger(__name__)
 
 RELOAD_TIMEOUT = 120
+CHECK_TIMEOUT = 60
 
 
 def reload(command: str) -> None:
@@ -30,3 +36,27 @@ def reload(command: str) -> None:
         output = (result.stderr or result.stdout).strip().splitlines()
         said = f": {output[-1]}" if output else ""
         raise CertrenewError(f"reload command {command!r} failed with exit status {result.returncode}{said}")
+
+
+def check_config(configs: Sequence[Path]) -> None:
+    """Run `haproxy -c` on the configuration (all files, as HAProxy would load them); fail with its complaint.
+
+    A reload with a broken configuration leaves the old worker running on the old
+    files at best, and a stopped HAProxy at worst, so nothing is reloaded unchecked.
+    """
+    if not configs:
+        return
+    argv = ["haproxy", "-c"] + [arg for config in configs for arg in ("-f", str(config))]
+    log.debug("checking the HAProxy configuration: %s", " ".join(argv))
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise CertrenewError("haproxy is not on PATH; it is needed to check --haproxy-config before a reload") from None
+    except subprocess.TimeoutExpired:
+        raise CertrenewError(f"haproxy -c did not finish within {CHECK_TIMEOUT} s") from None
+    if result.returncode != 0:
+        lines = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        alerts = [line.split(" : ", 1)[-1] for line in lines if line.startswith("[ALERT]")] or lines
+        said = f": {alerts[0]}" if alerts else ""
+        names = ", ".join(str(config) for config in configs)
+        raise CertrenewError(f"the HAProxy configuration ({names}) does not pass haproxy -c{said}")

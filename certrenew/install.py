@@ -1,22 +1,36 @@
-"""Installing bundles: write them into HAProxy's ssl dir and make HAProxy serve them.
+"""Installing bundles: write them into HAProxy's ssl dir, make every HAProxy serve them, prove it.
 
-All bundles of a run are installed as one batch with one reload, however many there
-are: a reload per certificate would make HAProxy re-read every certificate each time,
-and reload signals sent back to back can be lost. The bundles that were there before
-are kept in memory and put back byte for byte if anything fails, so a failed install
-leaves HAProxy's files as they were.
+All bundles of a run are installed as one batch, all or none. The files in the ssl dir
+are what HAProxy loads on its next start or reload. Each running HAProxy listed as a
+Runtime API socket is updated in memory (no reload, no dropped connection). The reload
+command runs, once for the batch, only when no socket is configured or one cannot do
+it (an HAProxy older than 2.2, or the ssl dir not being a crt directory it loads), and
+only after `haproxy -c` accepts the configuration: a reload per certificate would make
+HAProxy re-read every certificate each time, and reload signals sent back to back can
+be lost. Then every verify endpoint must serve each new certificate for each of its names.
+
+If any step fails, every change is undone, newest first: the previous bundles go back
+on disk byte for byte, into each HAProxy's memory, and through a reload if one was
+done, so no node is left serving a certificate that was rolled back on another.
 """
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
-from certrenew import haproxy
+from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
 from certrenew.errors import CertrenewError
+from certrenew.runtime_api import RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 
 log = logging.getLogger(__name__)
+
+HOT_UPDATE_GRACE = 3.0
+"""Seconds a verify endpoint may take to show a certificate committed over the Runtime API."""
+RELOAD_GRACE = 30.0
+"""Seconds a verify endpoint may take to show a certificate after a reload (new worker start-up)."""
 
 
 @dataclass(frozen=True)
@@ -24,38 +38,155 @@ class InstallResult:
     name: str
     path: Path
     method: str
+    """"hot update", "reload" or "hot update and reload"."""
+    detail: str = ""
+    """Which HAProxy processes took which path, and why a reload was needed."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one HAProxy process will take one certificate, decided before anything changes."""
+
+    node: RuntimeApi
+    file: Path
+    """The bundle's file in the ssl dir."""
+    path: str | None = None
+    """The certificate's path as this HAProxy names it; None when only a reload can do it."""
+    crt_list: str | None = None
+    """The crt directory to add a certificate HAProxy does not have yet; None to replace one it has."""
+    reason: str = ""
+
+
+@dataclass
+class _Changes:
+    """What an install changed so far, as undo steps run newest first."""
+
+    undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+
+    def add(self, what: str, step: Callable[[], None]) -> None:
+        self.undo.append((what, step))
+
+    def roll_back(self) -> list[str]:
+        """Undo everything that can be undone; return what could not."""
+        failures = []
+        for what, step in reversed(self.undo):
+            try:
+                step()
+            except CertrenewError as error:
+                failures.append(f"{what}: {error}")
+        return failures
 
 
 class Installer:
-    """Puts bundles into `ssl_dir` as `<name>.pem` and reloads HAProxy once."""
+    """Puts bundles into `ssl_dir` as `<name>.pem` and makes each HAProxy serve them."""
 
-    def __init__(self, ssl_dir: Path, reload_command: str) -> None:
-        self.ssl_dir = ssl_dir
+    def __init__(self, ssl_dir: Path, reload_command: str, sockets: Sequence[str] = (),
+                 configs: Sequence[Path] = (), verify_endpoints: Sequence[str] = ()) -> None:
+        self.ssl_dir = Path(os.path.abspath(ssl_dir))  # HAProxy names files by absolute path
         self.reload_command = reload_command
+        self.nodes = [RuntimeApi(address) for address in sockets]
+        self.configs = list(configs)
+        self.verify_endpoints = list(verify_endpoints)
 
     def install(self, bundles: Mapping[str, bytes]) -> list[InstallResult]:
-        """Install every bundle, or none: on failure all files are restored and the error raised."""
-        previous: dict[Path, bytes | None] = {}
+        """Install every bundle, or none: on failure everything is put back and the error raised."""
+        files = {self.ssl_dir / f"{name}.pem": bundle for name, bundle in bundles.items()}
+        previous = {path: path.read_bytes() if path.exists() else None for path in files}
+        plans = [plan for node in self.nodes for plan in self._plan(node, previous)]  # asks; changes nothing
+        changes = _Changes()
         try:
-            for name, bundle in bundles.items():
-                path = self.ssl_dir / f"{name}.pem"
-                previous[path] = path.read_bytes() if path.exists() else None
+            for path, bundle in files.items():
+                changes.add(f"restoring {path}", lambda path=path: self._restore(path, previous[path]))
                 try:
                     write_atomic(path, bundle)
                 except OSError as error:
                     raise CertrenewError(f"cannot write {path}: {error.strerror}") from None
-            haproxy.reload(self.reload_command)
+            method, detail = self._serve(files, previous, plans, changes)
+            grace = HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE
+            for bundle in files.values():
+                verify.wait_served(self.verify_endpoints, bundle, grace)
+        except CertrenewError as error:
+            failures = changes.roll_back()
+            if failures:
+                raise CertrenewError(f"{error}; rollback incomplete: {'; '.join(failures)}") from None
+            raise CertrenewError(f"{error}; the previous certificate was put back") from None
         except BaseException:
-            self._restore(previous)
+            changes.roll_back()
             raise
-        return [InstallResult(name, self.ssl_dir / f"{name}.pem", "reload") for name in bundles]
+        return [InstallResult(name, path, method, detail) for name, path in zip(bundles, files)]
+
+    def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None]) -> list[_Plan]:
+        """Find out whether `node` can take each certificate at runtime, and under which path."""
+        try:
+            crt_list = find_crt_list(node.crt_lists(), str(self.ssl_dir))
+            table = node.certificates()
+        except Unsupported as error:
+            return [_Plan(node, file, reason=str(error)) for file in previous]
+        if table.transaction is not None:
+            raise RuntimeApiError(
+                f"{node}: a certificate transaction for {table.transaction} is open (another tool's, or an "
+                f"interrupted run's); end it with 'abort ssl cert {table.transaction}' and run again"
+            )
+        plans = []
+        for file, content in previous.items():
+            known = next((name for name in table.files if PurePosixPath(name) == PurePosixPath(file)), None)
+            if known is not None and content is None:
+                plans.append(_Plan(node, file, reason=f"it has {known} in memory but the file is gone, so a "
+                                                      "rollback could not restore it"))
+            elif known is not None:
+                plans.append(_Plan(node, file, known))
+            elif crt_list is not None:
+                plans.append(_Plan(node, file, f"{crt_list}/{file.name}", crt_list))
+            else:
+                plans.append(_Plan(node, file, reason=f"it loads no crt directory {self.ssl_dir}"))
+        return plans
+
+    def _serve(self, files: Mapping[Path, bytes], previous: Mapping[Path, bytes | None], plans: list[_Plan],
+               changes: _Changes) -> tuple[str, str]:
+        """Hot-update what the nodes can take, then reload once if anything is left (or no node is configured)."""
+        updated, reasons = [], []
+        for plan in plans:
+            reason = plan.reason
+            if plan.path is not None:
+                try:
+                    self._hot_update(plan, files[plan.file], previous[plan.file], changes)
+                    if str(plan.node) not in updated:
+                        updated.append(str(plan.node))
+                    continue
+                except Unsupported as error:
+                    reason = str(error)
+            if f"{plan.node}: {reason}" not in reasons:
+                reasons.append(f"{plan.node}: {reason}")
+        hot = f"Runtime API of {', '.join(updated)}" if updated else ""
+        if updated:
+            log.info("hot update via the %s", hot)
+        if plans and not reasons:
+            return "hot update", hot
+        if reasons:
+            log.warning("falling back to the reload command: %s", "; ".join(reasons))
+        haproxy.check_config(self.configs)
+        haproxy.reload(self.reload_command)
+        changes.add("reloading HAProxy with the previous certificates", lambda: haproxy.reload(self.reload_command))
+        return ("hot update and reload" if updated else "reload"), "; ".join(filter(None, [hot, *reasons]))
 
     @staticmethod
-    def _restore(previous: Mapping[Path, bytes | None]) -> None:
-        for path, content in previous.items():
-            log.warning("restoring the previous contents of %s", path)
-            if content is None:
+    def _hot_update(plan: _Plan, bundle: bytes, previous: bytes | None, changes: _Changes) -> None:
+        node, where = plan.node, plan.path
+        if plan.crt_list is None:
+            node.replace_certificate(where, bundle)
+            changes.add(f"{node}: putting back {where}", lambda: node.replace_certificate(where, previous))
+        else:
+            node.add_certificate(plan.crt_list, where, bundle)
+            changes.add(f"{node}: removing {where}", lambda: node.remove_certificate(plan.crt_list, where))
+
+    @staticmethod
+    def _restore(path: Path, previous: bytes | None) -> None:
+        log.warning("restoring the previous contents of %s", path)
+        try:
+            if previous is None:
                 path.unlink(missing_ok=True)
                 fsync_directory(path.parent)
             else:
-                write_atomic(path, content)
+                write_atomic(path, previous)
+        except OSError as error:
+            raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None

@@ -47,7 +47,8 @@ class Issuer:
     def __init__(self, settings: Settings, store: FileStore) -> None:
         self.settings = settings
         self.store = store
-        self.installer = Installer(settings.ssl_dir, settings.reload_command)
+        self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
+                                   settings.haproxy_config, settings.verify_endpoint)
         self.deadline = Deadline(settings.timeout)
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -118,7 +119,8 @@ class Issuer:
             self._refresh_window(record, item.bundle)
             self.store.promote_pending(record)
             detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
-                      f"written to {result.path}, HAProxy updated by {result.method}")
+                      f"written to {result.path}, served by {result.method}"
+                      + (f" ({result.detail})" if result.detail else ""))
             outcomes.append(Outcome(item.spec.name, item.action, detail))
         return outcomes
 

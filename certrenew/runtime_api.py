@@ -1,0 +1,192 @@
+"""HAProxy's Runtime API: replace or add a certificate in a running process, no reload.
+
+The API is a line protocol on a unix socket or a TCP port (`stats socket ... level
+admin`). Each command here uses its own connection: HAProxy answers one command and
+closes, so an answer ends at end of stream. A payload follows `<<` and ends at the first
+blank line, which is why bundles never contain one.
+
+HAProxy keeps one certificate transaction per process: `set ssl cert` opens it,
+`commit ssl cert` applies it to every bind that uses the certificate, and any failure
+in between is answered with `abort ssl cert` so nothing half-done stays open.
+"""
+
+import logging
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from certrenew.errors import CertrenewError
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 10.0
+"""Seconds to wait for one answer; a commit re-signs every SNI context, so allow some."""
+
+_ADDRESS = re.compile(r"^ipv4@(?P<host>[^:\s]+):(?P<port>\d{1,5})$")
+
+
+class RuntimeApiError(CertrenewError):
+    """A Runtime API command failed; the message names the node and HAProxy's answer."""
+
+
+class Unsupported(RuntimeApiError):
+    """This HAProxy cannot do the change at runtime; a reload has to."""
+
+
+def check_address(address: str) -> str:
+    """A Runtime API address: `ipv4@HOST:PORT`, or a unix socket path (optionally `unix@PATH`)."""
+    match = _ADDRESS.match(address)
+    if match:
+        if not 0 < int(match["port"]) < 65536:
+            raise ValueError(f"{address}: port out of range")
+    elif not address.removeprefix("unix@").startswith("/"):
+        raise ValueError(f"{address}: give an absolute unix socket path or ipv4@HOST:PORT")
+    return address
+
+
+@dataclass(frozen=True)
+class CertificateTable:
+    """What `show ssl cert` lists: the certificate files in memory and an open transaction, if any."""
+
+    files: frozenset[str]
+    transaction: str | None = None
+
+
+def parse_show_ssl_cert(answer: str) -> CertificateTable:
+    """Parse `show ssl cert`: `# transaction` then `*<path>` while one is open, `# filename` then paths."""
+    files, transaction = set(), None
+    for line in answer.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            transaction = line[1:]
+        else:
+            files.add(line)
+    return CertificateTable(frozenset(files), transaction)
+
+
+def parse_show_crt_lists(answer: str) -> list[str]:
+    """Parse `show ssl crt-list`: one crt-list file or crt directory per line, as the config names it."""
+    return [line.strip() for line in answer.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def find_crt_list(crt_lists: list[str], directory: str) -> str | None:
+    """The crt directory among `crt_lists` that is `directory`, spelled as HAProxy spells it."""
+    wanted = PurePosixPath(directory)
+    for crt_list in crt_lists:
+        if PurePosixPath(crt_list) == wanted:
+            return crt_list
+    return None
+
+
+def answer_error(answer: str) -> str:
+    """HAProxy's complaint in one line (its answers run over several)."""
+    lines = [line.strip() for line in answer.splitlines() if line.strip()]
+    return "; ".join(lines) if lines else "no answer (connection closed)"
+
+
+@dataclass
+class RuntimeApi:
+    """One HAProxy process's Runtime API at `address` (`ipv4@HOST:PORT` or a unix socket path)."""
+
+    address: str
+    timeout: float = TIMEOUT
+
+    def __str__(self) -> str:
+        return self.address
+
+    def command(self, line: str, payload: bytes | None = None) -> str:
+        """Send one command (with an optional payload) and return HAProxy's whole answer."""
+        request = line.encode()
+        if payload is not None:
+            if b"\n\n" in payload:
+                raise RuntimeApiError(f"{self}: a payload must not contain a blank line")
+            request += b" <<\n" + payload.rstrip(b"\n") + b"\n"
+        request += b"\n"
+        try:
+            with self._connect() as sock:
+                sock.sendall(request)
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+        except OSError as error:
+            raise RuntimeApiError(f"HAProxy Runtime API {self}: {error.strerror or error}") from None
+        answer = b"".join(chunks).decode(errors="replace")
+        if answer.startswith("Unknown command"):
+            raise Unsupported(f"{self} does not know '{' '.join(line.split()[:3])}' (HAProxy older than 2.2?)")
+        if "Permission denied" in answer:
+            raise RuntimeApiError(f"{self}: permission denied; the stats socket needs 'level admin'")
+        return answer
+
+    def _connect(self) -> socket.socket:
+        match = _ADDRESS.match(self.address)
+        if match:
+            return socket.create_connection((match["host"], int(match["port"])), timeout=self.timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.address.removeprefix("unix@"))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def certificates(self) -> CertificateTable:
+        return parse_show_ssl_cert(self.command("show ssl cert"))
+
+    def crt_lists(self) -> list[str]:
+        return parse_show_crt_lists(self.command("show ssl crt-list"))
+
+    def replace_certificate(self, path: str, bundle: bytes) -> None:
+        """Swap the certificate HAProxy loaded from `path` for `bundle`, in memory."""
+        self._set_and_commit(path, bundle)
+
+    def add_certificate(self, crt_list: str, path: str, bundle: bytes) -> None:
+        """Load `bundle` as a new certificate `path` and serve it from `crt_list` (a crt directory)."""
+        self._expect(f"new ssl cert {path}", "New empty certificate store")
+        try:
+            self._set_and_commit(path, bundle)
+            self._expect(f"add ssl crt-list {crt_list} {path}", "Success!")
+        except CertrenewError:
+            self._delete(crt_list, path)
+            raise
+
+    def remove_certificate(self, crt_list: str, path: str) -> None:
+        """Undo add_certificate: stop serving `path` and free it."""
+        self._expect(f"del ssl crt-list {crt_list} {path}", "deleted in crtlist")
+        self._expect(f"del ssl cert {path}", "deleted!")
+
+    def _set_and_commit(self, path: str, bundle: bytes) -> None:
+        try:
+            answer = self._expect(f"set ssl cert {path}", "Transaction ", payload=bundle)
+            # HAProxy has one transaction per process; make sure it is ours, not one left open elsewhere.
+            if f" {path}!" not in answer:
+                raise RuntimeApiError(f"{self}: set ssl cert {path}: {answer_error(answer)}")
+            self._expect(f"commit ssl cert {path}", "Success!")
+        except CertrenewError:
+            self._abort(path)
+            raise
+
+    def _expect(self, line: str, success: str, payload: bytes | None = None) -> str:
+        """Run a command and fail with HAProxy's words unless its answer contains `success`."""
+        log.debug("%s: %s", self, line)
+        answer = self.command(line, payload)
+        if success not in answer:
+            raise RuntimeApiError(f"{self}: {line}: {answer_error(answer)}")
+        return answer
+
+    def _abort(self, path: str) -> None:
+        try:
+            self.command(f"abort ssl cert {path}")
+        except CertrenewError as error:
+            log.warning("%s: could not abort the transaction for %s: %s", self, path, error)
+
+    def _delete(self, crt_list: str, path: str) -> None:
+        """Best-effort cleanup of a half-added certificate, so a retry can add it again."""
+        for line in (f"del ssl crt-list {crt_list} {path}", f"del ssl cert {path}"):
+            try:
+                self.command(line)
+            except CertrenewError as error:
+                log.warning("%s: %s failed: %s", self, line, error)
