@@ -75,7 +75,7 @@ def wait_served(endpoints: Sequence[str], bundle: bytes, grace: float) -> None:
             try:
                 seen[endpoint, name] = served_fingerprint(endpoint, name, rsa_key)
             except OSError as error:  # ssl.SSLError included
-                seen[endpoint, name] = f"gives no TLS handshake ({error})"
+                seen[endpoint, name] = f"gives no TLS handshake for {name} ({error})"
         pending = [where for where, fingerprint in seen.items() if fingerprint != info.fingerprint]
         if not pending or time.monotonic() >= deadline:
             break
@@ -84,9 +84,9 @@ def wait_served(endpoints: Sequence[str], bundle: bytes, grace: float) -> None:
         endpoint, name = pending[0]
         what = seen[endpoint, name]
         if not what.startswith("gives no"):
-            what = f"serves another certificate (SHA-256 {what[:16]}…)"
+            what = f"serves another certificate for {name} (SHA-256 {what[:16]}…)"
         more = f", and {len(pending) - 1} more endpoint/name pairs" if len(pending) > 1 else ""
         raise CertrenewError(
-            f"served-certificate check: {endpoint} {what} for {name}, not the new one (serial {info.serial}){more}"
+            f"served-certificate check: {endpoint} {what}, not the new one (serial {info.serial}){more}"
         )
     log.debug("every endpoint serves serial %s", info.serial)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -163,6 +164,20 @@ def parse_serial(serial_hex: str) -> int:
     return int(serial_hex.replace(":", ""), 16)
 
 
+@dataclass(frozen=True)
+class HAProxyNode:
+    """Another HAProxy process serving the lab's ssl dir: a second node of a cluster."""
+
+    name: str
+    https_port: int
+    admin_socket: Path
+    process: subprocess.Popen
+
+    @property
+    def https_endpoint(self) -> str:
+        return f"{LOOPBACK}:{self.https_port}"
+
+
 class Lab:
     """pebble, its DNS (challtestsrv) and HAProxy on loopback, living under one work dir.
 
@@ -191,6 +206,7 @@ class Lab:
         self._pebble: subprocess.Popen | None = None
         self._challtestsrv: subprocess.Popen | None = None
         self._haproxy: subprocess.Popen | None = None
+        self._nodes: list[HAProxyNode] = []
         # pebble makes a new root on every start; certificates issued before a
         # restart must still verify, so every root seen stays trusted.
         self._issuer_roots: list[bytes] = []
@@ -236,7 +252,7 @@ class Lab:
 
     def stop(self) -> None:
         """Stop every lab process; safe to call more than once."""
-        for process in (self._haproxy, self._pebble, self._challtestsrv):
+        for process in (*(node.process for node in self._nodes), self._haproxy, self._pebble, self._challtestsrv):
             terminate(process)
 
     def start_pebble(self, extra_env: Mapping[str, str] | None = None) -> None:
@@ -319,12 +335,31 @@ class Lab:
         context = ssl.create_default_context(cadata=b"".join(self._issuer_roots).decode())
         return self._handshake(context, sni)
 
-    def served_certificate_unverified(self, sni: str) -> x509.Certificate:
-        """The leaf HAProxy serves for `sni`, whatever it is (e.g. the placeholder)."""
+    def served_certificate_unverified(self, sni: str, port: int | None = None) -> x509.Certificate:
+        """The leaf HAProxy (or the node on `port`) serves for `sni`, whatever it is (e.g. the placeholder)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        return self._handshake(context, sni)
+        return self._handshake(context, sni, port)
+
+    @property
+    def https_endpoint(self) -> str:
+        """HAProxy's TLS address as HOST:PORT, as certrenew's --verify-endpoint takes it."""
+        return f"{LOOPBACK}:{self.https_port}"
+
+    def start_haproxy_node(self, name: str) -> HAProxyNode:
+        """Start one more HAProxy on the same ssl dir with its own ports and admin socket; stop() stops it."""
+        http_port, https_port = free_ports(2)
+        admin_socket = self.workdir / f"{name}-admin.sock"
+        config = self.workdir / f"{name}.cfg"
+        config.write_text(self._render_haproxy_config(admin_socket, http_port, https_port))
+        check_haproxy_config(config)
+        log = self.workdir / f"{name}.log"
+        process = self._spawn(["haproxy", "-W", "-f", str(config)], log)
+        node = HAProxyNode(name, https_port, admin_socket, process)
+        self._nodes.append(node)
+        wait_until(name, lambda: self._https_answers(https_port), process, log)
+        return node
 
     def wait_served_serial(self, sni: str, serial_hex: str, timeout: float = 10.0) -> x509.Certificate:
         """Wait until HAProxy serves the certificate with this serial for `sni`, and return it verified.
@@ -384,11 +419,20 @@ class Lab:
     def _start_haproxy(self) -> None:
         """Render the shipped config for the lab, check it, and run HAProxy in master-worker mode."""
         write_placeholder(self.ssl_dir)
-        self.haproxy_cfg.write_text(render_haproxy_config(
+        self.haproxy_cfg.write_text(self._render_haproxy_config(self.admin_socket, self.http_port, self.https_port))
+        check_haproxy_config(self.haproxy_cfg)
+        log = self.workdir / "haproxy.log"
+        self._haproxy = self._spawn(
+            ["haproxy", "-W", "-S", str(self.master_socket), "-f", str(self.haproxy_cfg)], log
+        )
+        wait_until("HAProxy", self._https_answers, self._haproxy, log)
+
+    def _render_haproxy_config(self, admin_socket: Path, http_port: int, https_port: int) -> str:
+        return render_haproxy_config(
             SHIPPED_HAPROXY_CFG.read_text(),
-            production_replacements(self.ssl_dir, self.admin_socket) + [
-                ("bind :80\n", f"bind {LOOPBACK}:{self.http_port}\n"),
-                ("bind :443 ssl", f"bind {LOOPBACK}:{self.https_port} ssl"),
+            production_replacements(self.ssl_dir, admin_socket) + [
+                ("bind :80\n", f"bind {LOOPBACK}:{http_port}\n"),
+                ("bind :443 ssl", f"bind {LOOPBACK}:{https_port} ssl"),
                 ("server letsencrypt 127.0.0.1:49494\n", f"server letsencrypt {self.listen}\n"),
                 # No syslog here: send HAProxy's logs to its log file instead.
                 ("log /dev/log local0\n", "log stderr format short local0\n"),
@@ -397,13 +441,7 @@ class Lab:
                 ("    user haproxy\n", ""),
                 ("    group haproxy\n", ""),
             ],
-        ))
-        check_haproxy_config(self.haproxy_cfg)
-        log = self.workdir / "haproxy.log"
-        self._haproxy = self._spawn(
-            ["haproxy", "-W", "-S", str(self.master_socket), "-f", str(self.haproxy_cfg)], log
         )
-        wait_until("HAProxy", self._https_answers, self._haproxy, log)
 
     def _spawn(self, argv: list[str], log: Path, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen:
         """Start a lab process with its output appended to `log` (appended, so restarts keep history)."""
@@ -419,9 +457,9 @@ class Lab:
         except requests.RequestException:
             return False
 
-    def _https_answers(self) -> bool:
+    def _https_answers(self, port: int | None = None) -> bool:
         try:
-            self.served_certificate_unverified("localhost")
+            self.served_certificate_unverified("localhost", port)
         except OSError:
             return False
         return True
@@ -435,8 +473,8 @@ class Lab:
                 return int(fields[2]), int(fields[4].rstrip("]"))
         raise LabError("HAProxy master CLI gave no master line to `show proc`")
 
-    def _handshake(self, context: ssl.SSLContext, sni: str) -> x509.Certificate:
-        with socket.create_connection((LOOPBACK, self.https_port), timeout=5) as raw:
+    def _handshake(self, context: ssl.SSLContext, sni: str, port: int | None = None) -> x509.Certificate:
+        with socket.create_connection((LOOPBACK, port or self.https_port), timeout=5) as raw:
             with context.wrap_socket(raw, server_hostname=sni) as tls:
                 return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 

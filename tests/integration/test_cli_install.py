@@ -1,0 +1,204 @@
+"""Installing without a reload: the real CLI updates real HAProxy processes over the Runtime API,
+checks what they serve, and undoes everything when something is wrong."""
+
+import socket
+import ssl
+import threading
+import time
+
+from cryptography import x509
+
+from certrenew.bundle import leaf_info
+from certrenew.runtime_api import RuntimeApi
+
+NAME = "site.example"
+FAILING_RELOAD = "sh -c 'echo reload must not run >&2; exit 7'"
+
+
+def bundle_path(lab, name=NAME):
+    return lab.ssl_dir / f"{name}.pem"
+
+
+def installed_serial(lab, name=NAME) -> str:
+    return leaf_info(bundle_path(lab, name).read_bytes()).serial
+
+
+def served_serial(lab, sni=NAME, port=None) -> str:
+    return format(lab.served_certificate_unverified(sni, port).serial_number, "x")
+
+
+def hot(lab, *sockets, endpoints=()):
+    """Settings for a run that must not reload: the Runtime API of `sockets`, a reload command that fails."""
+    return {
+        "CERTRENEW_HAPROXY_SOCKET": " ".join(str(socket) for socket in sockets or (lab.admin_socket,)),
+        "CERTRENEW_VERIFY_ENDPOINT": " ".join(endpoints or (lab.https_endpoint,)),
+        "CERTRENEW_RELOAD_COMMAND": FAILING_RELOAD,
+    }
+
+
+def run(lab, *args, env=None, expect=0):
+    result = lab.certrenew(*(args or (NAME,)), env=env)
+    assert result.returncode == expect, result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def issue_by_reload(lab):
+    """The starting point: a certificate HAProxy loaded from disk."""
+    run(lab)
+    serial = installed_serial(lab)
+    lab.wait_served_serial(NAME, serial)
+    return serial
+
+
+def test_hot_update_replaces_a_loaded_certificate_without_a_reload(lab):
+    old = issue_by_reload(lab)
+    result = run(lab, NAME, "--force", env=hot(lab))
+    new = installed_serial(lab)
+    assert new != old
+    assert "served by hot update" in result.stdout and str(lab.admin_socket) in result.stdout
+    # Served at once, with its chain: the reload command fails, so only the Runtime API can have done it.
+    assert format(lab.served_certificate(NAME).serial_number, "x") == new
+    assert (lab.state_dir / "certificates" / NAME / "current.pem").read_bytes() == bundle_path(lab).read_bytes()
+    # The file stays the source of truth: a later reload serves the same certificate.
+    lab.reload_haproxy()
+    lab.wait_served_serial(NAME, new)
+
+
+def test_a_brand_new_certificate_is_added_at_runtime(lab):
+    result = run(lab, env=hot(lab))
+    serial = installed_serial(lab)
+    assert "served by hot update" in result.stdout
+    assert format(lab.served_certificate(NAME).serial_number, "x") == serial
+    listed = lab_runtime(lab, f"show ssl crt-list -n {lab.ssl_dir}")
+    assert f"{lab.ssl_dir}/{NAME}.pem" in listed
+    assert served_serial(lab, "other.example") != serial  # SNI picks it only for its own names
+
+
+def test_configuration_failing_haproxy_check_restores_the_old_bundle_and_does_not_reload(lab):
+    old = issue_by_reload(lab)
+    old_bundle = bundle_path(lab).read_bytes()
+    broken = lab.workdir / "broken.cfg"
+    broken.write_text("frontend broken\n    bind 127.0.0.1:1 ssl crt /nonexistent/dir/\n")
+    marker = lab.workdir / "reloaded"
+    result = run(lab, NAME, "--force", "--haproxy-config", str(lab.haproxy_cfg), "--haproxy-config", str(broken),
+                 env={"CERTRENEW_RELOAD_COMMAND": f"touch {marker}"}, expect=1)
+    assert "does not pass haproxy -c" in result.stderr and "/nonexistent/dir/" in result.stderr
+    assert "previous certificate was put back" in result.stderr
+    assert not marker.exists()
+    assert bundle_path(lab).read_bytes() == old_bundle
+    assert served_serial(lab) == old
+
+
+def test_served_certificate_mismatch_rolls_back_every_node(lab):
+    old = issue_by_reload(lab)
+    old_bundle = bundle_path(lab).read_bytes()
+    second = lab.start_haproxy_node("second")
+    # A node certrenew is not told to update: it keeps serving the old certificate, so the check fails.
+    stale = lab.start_haproxy_node("stale")
+    env = hot(lab, lab.admin_socket, second.admin_socket,
+              endpoints=(lab.https_endpoint, second.https_endpoint, stale.https_endpoint))
+    result = run(lab, NAME, "--force", env=env, expect=1)
+    assert f"{stale.https_endpoint} serves another certificate for {NAME}" in result.stderr
+    assert "previous certificate was put back" in result.stderr
+    assert bundle_path(lab).read_bytes() == old_bundle
+    assert served_serial(lab) == old
+    assert served_serial(lab, port=second.https_port) == old
+    assert (lab.state_dir / "certificates" / NAME / "pending.pem").exists()  # kept for the next run
+
+    env["CERTRENEW_HAPROXY_SOCKET"] += f" {stale.admin_socket}"
+    recovered = run(lab, env=env)
+    assert "installed" in recovered.stdout
+    new = installed_serial(lab)
+    for port in (lab.https_port, second.https_port, stale.https_port):
+        assert served_serial(lab, port=port) == new
+
+
+def test_two_haproxy_processes_are_updated_together(lab):
+    second = lab.start_haproxy_node("second")
+    env = hot(lab, lab.admin_socket, f"unix@{second.admin_socket}",
+              endpoints=(lab.https_endpoint, second.https_endpoint))
+    result = run(lab, NAME, "www.site.example", env=env)
+    assert str(second.admin_socket) in result.stdout
+    serial = installed_serial(lab)
+    for port in (lab.https_port, second.https_port):
+        for sni in (NAME, "www.site.example"):
+            assert served_serial(lab, sni, port) == serial
+
+
+def test_an_unreachable_node_is_named_and_nothing_changes(lab):
+    old = issue_by_reload(lab)
+    old_bundle = bundle_path(lab).read_bytes()
+    missing = lab.workdir / "no-such.sock"
+    result = run(lab, NAME, "--force", env=hot(lab, lab.admin_socket, missing), expect=1)
+    assert str(missing) in result.stderr and "No such file" in result.stderr
+    assert bundle_path(lab).read_bytes() == old_bundle
+    assert served_serial(lab) == old
+
+
+def test_a_socket_without_the_crt_directory_falls_back_to_the_reload_command(lab):
+    other = lab.workdir / "other-ssl"
+    other.mkdir()
+    marker = lab.workdir / "reloaded"
+    result = run(lab, env={"CERTRENEW_SSL_DIR": str(other), "CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket),
+                           "CERTRENEW_RELOAD_COMMAND": f"touch {marker}"})
+    assert "served by reload" in result.stdout and f"loads no crt directory {other}" in result.stdout
+    assert "falling back to the reload command" in result.stderr
+    assert marker.exists()
+
+
+def test_no_client_request_fails_during_a_renewal(lab):
+    """HTTPS clients keep going through HAProxy while the certificate is replaced under them."""
+    old = issue_by_reload(lab)
+    results = {"ok": 0, "errors": [], "serials": set()}
+    stop = threading.Event()
+
+    def client():
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline and results["ok"] < 5000:
+            try:
+                serial, answer = https_get(context, lab.https_port, NAME)
+                if not answer.startswith(b"HTTP/1.1 200") or not answer.endswith(b"ok"):
+                    raise RuntimeError(f"unexpected answer {answer[:60]!r}")
+                results["serials"].add(serial)
+                results["ok"] += 1
+            except Exception as error:  # every failure counts, whatever its kind
+                results["errors"].append(repr(error))
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    wait_for(lambda: results["ok"] >= 20)
+    run(lab, NAME, "--force", env=hot(lab))
+    after = results["ok"]
+    wait_for(lambda: results["ok"] >= after + 20)
+    stop.set()
+    thread.join(10)
+
+    assert results["errors"] == []
+    assert installed_serial(lab) != old
+    assert len(results["serials"]) == 2  # the loop saw the old certificate, then the new one
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def https_get(context: ssl.SSLContext, port: int, sni: str) -> tuple[int, bytes]:
+    """One request on a fresh connection (so each one shakes hands anew): the served serial and the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=sni) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+            chunks = []
+            while chunk := tls.recv(65536):
+                chunks.append(chunk)
+            serial = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+    return serial, b"".join(chunks)
+
+
+def lab_runtime(lab, command: str) -> str:
+    return RuntimeApi(str(lab.admin_socket)).command(command)
