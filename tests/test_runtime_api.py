@@ -1,0 +1,152 @@
+"""The Runtime API client against a fake HAProxy socket that answers like HAProxy 2.6 does."""
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from certrenew.runtime_api import (
+    RuntimeApi,
+    RuntimeApiError,
+    Unsupported,
+    check_address,
+    find_crt_list,
+    parse_show_crt_lists,
+    parse_show_ssl_cert,
+)
+
+PATH = "/etc/haproxy/ssl/site.pem"
+BUNDLE = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+
+
+class FakeHAProxy:
+    """A unix socket answering each command (one per connection) from `answers`, recording what it got."""
+
+    def __init__(self, path: Path, answers: dict[str, str]):
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                # A command ends at its newline; one with a payload at the first blank line.
+                while not (data.endswith(b"\n") and (b"<<\n" not in data or data.endswith(b"\n\n"))):
+                    data += conn.recv(65536)
+                self.requests.append(data)
+                verb = " ".join(data.decode().split()[:3])
+                conn.sendall(self.answers.get(verb, "Unknown command, but maybe...\n").encode() + b"\n")
+
+    def commands(self) -> list[str]:
+        return [" ".join(request.decode().split("\n")[0].split()[:3]) for request in self.requests]
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.fixture
+def fake(tmp_path):
+    servers = []
+
+    def start(answers):
+        server = FakeHAProxy(tmp_path / f"admin{len(servers)}.sock", answers)
+        servers.append(server)
+        return server, RuntimeApi(str(tmp_path / f"admin{len(servers) - 1}.sock"), timeout=2)
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_show_ssl_cert_lists_files_and_an_open_transaction():
+    table = parse_show_ssl_cert(f"# transaction\n*{PATH}\n# filename\n/a.pem\n{PATH}\n\n")
+    assert table.files == {"/a.pem", PATH} and table.transaction == PATH
+    assert parse_show_ssl_cert("# filename\n/a.pem\n\n").transaction is None
+
+
+def test_crt_directory_is_found_however_it_is_spelled():
+    lists = parse_show_crt_lists("/etc/haproxy/crt.lst\n/etc/haproxy/ssl\n\n")
+    assert lists == ["/etc/haproxy/crt.lst", "/etc/haproxy/ssl"]
+    assert find_crt_list(lists, "/etc/haproxy/ssl/") == "/etc/haproxy/ssl"
+    assert find_crt_list(lists, "/srv/ssl") is None
+
+
+@pytest.mark.parametrize("address", ["/run/haproxy/admin.sock", "unix@/run/a.sock", "ipv4@10.0.0.2:9999"])
+def test_addresses_accepted(address):
+    assert check_address(address) == address
+
+
+@pytest.mark.parametrize("address", ["admin.sock", "ipv4@host", "ipv4@host:0", "ipv4@host:70000", "tcp://h:1"])
+def test_addresses_refused(address):
+    with pytest.raises(ValueError):
+        check_address(address)
+
+
+def test_replace_sends_the_payload_then_commits(fake):
+    server, api = fake({
+        "set ssl cert": f"Transaction created for certificate {PATH}!\n",
+        "commit ssl cert": f"Committing {PATH}.\nSuccess!\n",
+    })
+    api.replace_certificate(PATH, BUNDLE)
+    assert server.commands() == ["set ssl cert", "commit ssl cert"]
+    assert server.requests[0] == f"set ssl cert {PATH} <<\n".encode() + BUNDLE + b"\n"
+
+
+def test_a_failed_commit_is_aborted_with_haproxys_words(fake):
+    server, api = fake({
+        "set ssl cert": f"Transaction created for certificate {PATH}!\n",
+        "commit ssl cert": "inconsistencies between private key and certificate loaded.\nCan't commit!\n",
+        "abort ssl cert": f"Transaction aborted for certificate '{PATH}'!\n",
+    })
+    with pytest.raises(RuntimeApiError, match="inconsistencies between private key and certificate"):
+        api.replace_certificate(PATH, BUNDLE)
+    assert server.commands() == ["set ssl cert", "commit ssl cert", "abort ssl cert"]
+
+
+def test_a_transaction_for_another_file_is_not_committed(fake):
+    server, api = fake({"set ssl cert": "Transaction updated for certificate /etc/haproxy/ssl/other.pem!\n"})
+    with pytest.raises(RuntimeApiError, match="other.pem"):
+        api.replace_certificate(PATH, BUNDLE)
+    assert "commit ssl cert" not in server.commands()
+
+
+def test_adding_a_certificate_cleans_up_when_a_step_fails(fake):
+    server, api = fake({
+        "new ssl cert": f"New empty certificate store '{PATH}'!\n",
+        "set ssl cert": f"Transaction created for certificate {PATH}!\n",
+        "commit ssl cert": f"Committing {PATH}\nSuccess!\n",
+        "add ssl crt-list": "Can't edit the crt-list: crt-list '/etc/haproxy/ssl' does not exist!\n",
+        "del ssl crt-list": "Can't delete the entry\n",
+        "del ssl cert": f"Certificate '{PATH}' deleted!\n",
+    })
+    with pytest.raises(RuntimeApiError, match="add ssl crt-list .* does not exist"):
+        api.add_certificate("/etc/haproxy/ssl", PATH, BUNDLE)
+    assert server.commands()[-2:] == ["del ssl crt-list", "del ssl cert"]
+
+
+def test_an_unknown_command_means_unsupported(fake):
+    _, api = fake({})
+    with pytest.raises(Unsupported, match="older than 2.2"):
+        api.crt_lists()
+
+
+def test_a_blank_line_in_a_payload_is_refused_before_sending(fake):
+    server, api = fake({})
+    with pytest.raises(RuntimeApiError, match="blank line"):
+        api.command("set ssl cert /x.pem", b"a\n\nb\n")
+    assert server.requests == []
+
+
+def test_a_missing_socket_is_one_clear_error(tmp_path):
+    with pytest.raises(RuntimeApiError, match="no-such.sock: No such file"):
+        RuntimeApi(str(tmp_path / "no-such.sock")).crt_lists()
