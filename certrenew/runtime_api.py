@@ -115,7 +115,7 @@ class RuntimeApi:
             raise RuntimeApiError(f"HAProxy Runtime API {self}: {error.strerror or error}") from None
         answer = b"".join(chunks).decode(errors="replace")
         if answer.startswith("Unknown command"):
-            raise Unsupported(f"{self} does not know '{' '.join(line.split()[:3])}' (HAProxy older than 2.2?)")
+            raise Unsupported(f"it does not know '{' '.join(line.split()[:3])}' (HAProxy older than 2.2?)")
         if "Permission denied" in answer:
             raise RuntimeApiError(f"{self}: permission denied; the stats socket needs 'level admin'")
         return answer
