@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from certrenew import __version__
-from certrenew.config import (DEFAULT_CONFIG, OPTIONS, CertificateSpec, ConfigFile, build_settings,
+from certrenew.config import (DEFAULT_CONFIG, OPTIONS, ConfigFile, build_settings, certificate_specs,
                               check_certificate_name, load_config)
 from certrenew.errors import CertrenewError, UsageError
 
@@ -116,8 +116,8 @@ def _renew(argv: list[str]) -> int:
     _setup_logging(args)
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
-    spec = CertificateSpec(check_certificate_name(domains[0]), tuple(domains), settings.key_type, settings.profile)
-    return _report(run(settings, [spec]), args.quiet)
+    specs = certificate_specs(check_certificate_name(domains[0]), tuple(domains), settings.key_type, settings.profile)
+    return _report(run(settings, specs), args.quiet)
 
 
 def _run(argv: list[str]) -> int:

@@ -76,6 +76,35 @@ def check_key_type(key_type: str) -> str:
     return key_type
 
 
+def split_key_types(key_types: str | list[str]) -> list[str]:
+    """One key type, or an ECDSA and an RSA one (a list, or separated by a comma) for a dual certificate."""
+    types = [check_key_type(str(t).strip()) for t in (key_types.split(",") if isinstance(key_types, str) else key_types)]
+    families = sorted(t[:3] for t in types)
+    if len(types) > 1 and families != ["ecd", "rsa"]:
+        raise UsageError(f"a dual certificate takes one ECDSA and one RSA key type (e.g. ecdsa-p256,rsa2048), "
+                         f"not {','.join(types)}")
+    return types
+
+
+def check_key_types(key_types: str) -> str:
+    split_key_types(key_types)
+    return key_types
+
+
+def certificate_specs(name: str, domains: tuple[str, ...], key_types: str | list[str],
+                      profile: str | None = None) -> list[CertificateSpec]:
+    """The certificates kept for `name`: one `<name>`, or for a dual certificate `<name>.<key type>` per key type.
+
+    HAProxy holding an ECDSA and an RSA certificate for the same names serves ECDSA to
+    clients that support it and RSA to the others. Each is issued, renewed and recorded
+    on its own, and a run installs both in one batch.
+    """
+    types = split_key_types(key_types)
+    if len(types) == 1:
+        return [CertificateSpec(name, domains, types[0], profile)]
+    return [CertificateSpec(check_certificate_name(f"{name}.{t}"), domains, t, profile) for t in types]
+
+
 def _flag(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -162,8 +191,8 @@ OPTIONS = [
            metavar="HOST:PORT"),
     Option("reload_command", "how to reload HAProxy, run without a shell (default 'systemctl reload haproxy')",
            metavar="CMD"),
-    Option("key_type", f"{' | '.join(KEY_TYPES)} (default {DEFAULT_KEY_TYPE})", metavar="TYPE",
-           check=check_key_type),
+    Option("key_type", f"{' | '.join(KEY_TYPES)} (default {DEFAULT_KEY_TYPE}); an ECDSA and an RSA type "
+           "separated by a comma for a dual certificate", metavar="TYPE", check=check_key_types),
     Option("profile", "ACME profile to ask for, where the CA's directory lists profiles", metavar="NAME"),
     Option("renew_before", "renew this long before expiry, e.g. 30d or 12h (default: with a third of the "
            "lifetime left, half for certificates under 10 days; earlier if the CA's ARI window says so)",
@@ -247,7 +276,7 @@ def load_config(path: Path) -> ConfigFile:
     tables = data.get("certificate", [])
     if not isinstance(tables, list):
         raise UsageError(f"{path}: 'certificate' must be an array of tables: write [[certificate]]")
-    certificates = [_certificate(path, index, table, settings) for index, table in enumerate(tables, 1)]
+    certificates = [spec for index, table in enumerate(tables, 1) for spec in _certificate(path, index, table, settings)]
     names = [spec.name for spec in certificates]
     for name in names:
         if names.count(name) > 1:
@@ -255,7 +284,7 @@ def load_config(path: Path) -> ConfigFile:
     return ConfigFile(path, settings, certificates)
 
 
-def _certificate(path: Path, index: int, table: Any, defaults: dict) -> CertificateSpec:
+def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[CertificateSpec]:
     where = f"{path}: certificate #{index}"
     if not isinstance(table, dict):
         raise UsageError(f"{where}: must be a table")
@@ -265,13 +294,15 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> Certific
     domains = table.get("domains")
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise UsageError(f"{where}: domains must be a list of strings")
-    try:
-        domains = normalize_domains(domains)
-        name = check_certificate_name(str(table.get("name", domains[0])))
-        key_type = check_key_type(str(table.get("key_type", defaults.get("key_type", DEFAULT_KEY_TYPE))))
-    except UsageError as error:
-        raise UsageError(f"{where}: {error}") from None
     profile = table.get("profile", defaults.get("profile"))
     if profile is not None and not isinstance(profile, str):
         raise UsageError(f"{where}: profile must be a string")
-    return CertificateSpec(name, tuple(domains), key_type, profile)
+    key_types = table.get("key_type", defaults.get("key_type", DEFAULT_KEY_TYPE))
+    if not isinstance(key_types, (str, list)):
+        raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")
+    try:
+        domains = normalize_domains(domains)
+        name = check_certificate_name(str(table.get("name", domains[0])))
+        return certificate_specs(name, tuple(domains), key_types, profile)
+    except UsageError as error:
+        raise UsageError(f"{where}: {error}") from None

@@ -67,3 +67,44 @@ def test_errors_name_the_file_and_the_key(tmp_path, text, says):
 def test_missing_file_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="cannot read config file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_list_options_come_repeated_separated_or_as_a_toml_list(tmp_path):
+    config = config_file(tmp_path, 'haproxy_socket = ["/run/a.sock", "ipv4@10.0.0.2:9999"]\n'
+                                   'verify_endpoint = ["10.0.0.2:443"]\n')
+    settings = build_settings({}, config, {})
+    assert settings.haproxy_socket == ("/run/a.sock", "ipv4@10.0.0.2:9999")
+    assert settings.verify_endpoint == ("10.0.0.2:443",)
+    settings = build_settings({"haproxy_config": ["/etc/haproxy/a.cfg", "/etc/haproxy/b.cfg"]}, config,
+                              {"CERTRENEW_HAPROXY_SOCKET": "/run/b.sock, /run/c.sock"})
+    assert settings.haproxy_socket == ("/run/b.sock", "/run/c.sock")
+    assert settings.haproxy_config == (Path("/etc/haproxy/a.cfg"), Path("/etc/haproxy/b.cfg"))
+    assert build_settings({}, None, {}).haproxy_socket == ()
+
+
+def test_list_options_are_checked(tmp_path):
+    with pytest.raises(UsageError, match="CERTRENEW_HAPROXY_SOCKET: relative.sock"):
+        build_settings({}, None, {"CERTRENEW_HAPROXY_SOCKET": "/run/a.sock relative.sock"})
+    with pytest.raises(UsageError, match="--verify-endpoint: nohost: expected HOST:PORT"):
+        build_settings({"verify_endpoint": ["nohost"]}, None, {})
+    with pytest.raises(UsageError, match="haproxy_socket: must be a list"):
+        config_file(tmp_path, 'haproxy_socket = "/run/a.sock"\n')
+
+
+def test_a_dual_certificate_is_an_ecdsa_and_an_rsa_certificate(tmp_path):
+    config = config_file(tmp_path, """
+[[certificate]]
+domains = ["shop.example"]
+key_type = ["ecdsa-p256", "rsa2048"]
+[[certificate]]
+domains = ["blog.example"]
+""")
+    assert config.certificates == [
+        CertificateSpec("shop.example.ecdsa-p256", ("shop.example",), "ecdsa-p256"),
+        CertificateSpec("shop.example.rsa2048", ("shop.example",), "rsa2048"),
+        CertificateSpec("blog.example", ("blog.example",), "ecdsa-p256"),
+    ]
+    assert build_settings({"key_type": "ecdsa-p384,rsa4096"}, None, {}).key_type == "ecdsa-p384,rsa4096"
+    for pair in ('["ecdsa-p256", "ecdsa-p384"]', '["rsa2048", "rsa2048"]', '["ecdsa-p256", "rsa2048", "rsa4096"]'):
+        with pytest.raises(UsageError, match="one ECDSA and one RSA key type"):
+            config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example"]\nkey_type = {pair}\n')

@@ -10,6 +10,7 @@ from cryptography import x509
 
 from certrenew.bundle import leaf_info
 from certrenew.runtime_api import RuntimeApi
+from certrenew.verify import served_fingerprint
 
 NAME = "site.example"
 FAILING_RELOAD = "sh -c 'echo reload must not run >&2; exit 7'"
@@ -145,6 +146,21 @@ def test_a_socket_without_the_crt_directory_falls_back_to_the_reload_command(lab
     assert "served by reload" in result.stdout and f"loads no crt directory {other}" in result.stdout
     assert "falling back to the reload command" in result.stderr
     assert marker.exists()
+
+
+def test_a_dual_certificate_serves_ecdsa_or_rsa_by_client(lab):
+    result = run(lab, NAME, "--key-type", "ecdsa-p256,rsa2048", env=hot(lab))
+    assert result.stdout.count("served by hot update") == 2
+    assert sorted(p.name for p in lab.ssl_dir.iterdir()) == [
+        "000-certrenew-placeholder.pem", f"{NAME}.ecdsa-p256.pem", f"{NAME}.rsa2048.pem"]
+    ecdsa = leaf_info(bundle_path(lab, f"{NAME}.ecdsa-p256").read_bytes())
+    rsa = leaf_info(bundle_path(lab, f"{NAME}.rsa2048").read_bytes())
+    assert served_serial(lab) == ecdsa.serial  # a client that takes ECDSA gets it
+    assert served_fingerprint(lab.https_endpoint, NAME, rsa_key=True) == rsa.fingerprint  # an RSA-only one, RSA
+    # The same after a reload from the files alone.
+    lab.reload_haproxy()
+    lab.wait_served_serial(NAME, ecdsa.serial)
+    assert served_fingerprint(lab.https_endpoint, NAME, rsa_key=True) == rsa.fingerprint
 
 
 def test_no_client_request_fails_during_a_renewal(lab):
