@@ -163,6 +163,26 @@ def test_a_dual_certificate_serves_ecdsa_or_rsa_by_client(lab):
     assert served_fingerprint(lab.https_endpoint, NAME, rsa_key=True) == rsa.fingerprint
 
 
+def test_a_config_file_run_hot_updates_its_whole_batch(lab):
+    config = lab.workdir / "certrenew.toml"
+    config.write_text(f"""
+haproxy_socket = ["{lab.admin_socket}"]
+verify_endpoint = ["{lab.https_endpoint}"]
+[[certificate]]
+domains = ["alpha.example"]
+[[certificate]]
+name = "beta"
+domains = ["beta.example"]
+key_type = ["ecdsa-p256", "rsa2048"]
+""")
+    result = run(lab, "run", "--config", str(config), env={"CERTRENEW_RELOAD_COMMAND": FAILING_RELOAD})
+    assert result.stdout.count("served by hot update") == 3
+    assert served_serial(lab, "alpha.example") == installed_serial(lab, "alpha.example")
+    assert served_serial(lab, "beta.example") == installed_serial(lab, "beta.ecdsa-p256")
+    assert served_fingerprint(lab.https_endpoint, "beta.example", rsa_key=True) == leaf_info(
+        bundle_path(lab, "beta.rsa2048").read_bytes()).fingerprint
+
+
 def test_no_client_request_fails_during_a_renewal(lab):
     """HTTPS clients keep going through HAProxy while the certificate is replaced under them."""
     old = issue_by_reload(lab)
