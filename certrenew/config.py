@@ -18,7 +18,6 @@ from certrenew.domains import normalize_domains
 from certrenew.errors import UsageError
 from certrenew.policy import parse_duration
 from certrenew.runtime_api import check_address
-from certrenew.verify import check_endpoint
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -121,6 +120,14 @@ def _positive(value: float | int) -> float | int:
     return value
 
 
+def check_host_port(address: str) -> str:
+    """HOST:PORT, an IPv6 host in brackets."""
+    host, _, port = address.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address}: expected HOST:PORT")
+    return address
+
+
 def _existing_file(path: str) -> str:
     if not Path(path).is_file():
         raise ValueError(f"{path} does not exist")
@@ -209,7 +216,7 @@ OPTIONS = [
            "for several -f files", Path, "PATH", repeated=True),
     Option("verify_endpoint", "after installing, check that this TLS address serves the new certificate for "
            "every name, else roll back; repeat for several HAProxy nodes", metavar="HOST:PORT",
-           check=check_endpoint, repeated=True),
+           check=check_host_port, repeated=True),
 ]
 CLI_ONLY = {"force"}
 """Options that make sense for one invocation, not as a standing setting in a file."""

@@ -25,14 +25,6 @@ HANDSHAKE_TIMEOUT = 5.0
 POLL_INTERVAL = 0.2
 
 
-def check_endpoint(endpoint: str) -> str:
-    """A verify endpoint is HOST:PORT (an IPv6 host in brackets)."""
-    host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{endpoint}: expected HOST:PORT")
-    return endpoint
-
-
 def _context(rsa_key: bool) -> ssl.SSLContext:
     """A client that accepts any certificate; for an RSA bundle, one that offers only RSA ciphers.
 
