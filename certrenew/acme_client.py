@@ -2,8 +2,9 @@
 
 Built on the `acme` library's messages and `ClientV2`. What certrenew changes is
 waiting: polls start at 50 ms and back off, honouring Retry-After, instead of the
-library's fixed one-second sleeps; and every request is retried within bounds when
-the CA answers badNonce, drops the connection or fails with a 5xx.
+library's fixed one-second sleeps; every request is retried within bounds when
+the CA answers badNonce, drops the connection or fails with a 5xx; and a rate limit
+(429, `rateLimited`) is waited out when its Retry-After fits the time budget.
 """
 
 import base64
@@ -20,7 +21,7 @@ import tenacity
 from cryptography import x509
 from acme import challenges, client, errors, messages
 
-from certrenew import __version__
+from certrenew import __version__, signals
 from certrenew.challenge import ChallengeSolver
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import generate_key, key_to_pem, load_key
@@ -43,6 +44,8 @@ class Deadline:
         self._end = time.monotonic() + seconds
 
     def remaining(self) -> float:
+        """Seconds left; raises once they are spent, or once a signal cancelled the run."""
+        signals.check()
         left = self._end - time.monotonic()
         if left <= 0:
             raise CertrenewError(f"gave up after the time budget of {self.seconds:g} s (--timeout)")
@@ -159,10 +162,13 @@ class AcmeClient:
             return conflict.location
 
     def obtain(self, domains: list[str], csr_pem: bytes, solver: ChallengeSolver,
-               replaces: str | None = None, profile: str | None = None) -> str:
+               replaces: str | None = None, profile: str | None = None,
+               before_finalize: Callable[[str], None] = lambda order_url: None) -> str:
         """Order a certificate for `domains`, prove control through `solver`, return the full chain PEM.
 
         `replaces` names the certificate this one renews (ARI); `profile` the CA profile to ask for.
+        `before_finalize(order_url)` runs once the names are validated, so the caller can
+        save what `finish` needs should the run end before the download.
         """
         self._check_profile(profile)
         order = self._create_order(domains, csr_pem, replaces, profile)
@@ -182,7 +188,29 @@ class AcmeClient:
         finally:
             for domain, token in published:
                 solver.cleanup(domain, token)
+        before_finalize(order.uri)
         return self._finalize(order)
+
+    def finish(self, order_url: str, csr_pem: bytes) -> str | None:
+        """The full chain of an order an earlier run validated, finalizing it if need be.
+
+        None when the CA no longer has the order or it cannot be completed any more
+        (expired, invalid): then only a new order helps.
+        """
+        response = self._call("check the saved order", self._saved_order, order_url)
+        if response is None:
+            return None
+        body = messages.Order.from_json(response.json())
+        if body.status not in (messages.STATUS_READY, messages.STATUS_PROCESSING, messages.STATUS_VALID):
+            return None
+        return self._finalize(messages.OrderResource(body=body, uri=order_url, csr_pem=csr_pem))
+
+    def _saved_order(self, order_url: str) -> requests.Response | None:
+        try:
+            return self.client._post_as_get(order_url)
+        except messages.Error as error:  # e.g. a restarted CA: the order is gone
+            log.info("the CA no longer has order %s: %s", order_url, error.detail or error)
+            return None
 
     def _check_profile(self, profile: str | None) -> None:
         offered = self.client.directory.meta.profiles or {}
@@ -241,8 +269,9 @@ class AcmeClient:
             raise CertrenewError(f"{domain}: validation failed: {detail}")
 
     def _finalize(self, order: messages.OrderResource) -> str:
-        finalize = messages.CertificateRequest(csr=x509.load_pem_x509_csr(order.csr_pem))
-        self._call("finalize the order", self.client._post, order.body.finalize, finalize)
+        if order.body.status not in (messages.STATUS_PROCESSING, messages.STATUS_VALID):
+            finalize = messages.CertificateRequest(csr=x509.load_pem_x509_csr(order.csr_pem))
+            self._call("finalize the order", self.client._post, order.body.finalize, finalize)
         final = self._poll("issuance", lambda: self.client._post_as_get(order.uri),
                            lambda body: body["status"] not in ("processing", "ready", "pending"))
         body = messages.Order.from_json(final.json())
@@ -262,13 +291,17 @@ class AcmeClient:
             wait = _retry_after_seconds(response) or delay
             if wait >= self.deadline.remaining():
                 raise CertrenewError(f"gave up waiting for the {what}: the time budget (--timeout) ran out")
-            time.sleep(wait)
+            signals.sleep(wait)
             delay = min(delay * 2, MAX_POLL)
 
     def _call(self, what: str, function: Callable, *args):
         """Run one ACME exchange; turn the CA's refusal into an error that says what failed."""
         try:
             return function(*args)
+        except _RetryLater as later:
+            outcome = ("which is beyond the time budget (--timeout)" if later.beyond_deadline
+                       else f"and still refused after {TRANSIENT_ATTEMPTS} attempts")
+            raise CertrenewError(f"the CA refused to {what}: {later} {outcome}; a later run will try again") from None
         except messages.Error as error:
             unknown = _AccountUnknown if error.code == "accountDoesNotExist" else CertrenewError
             raise unknown(f"the CA refused to {what}: {error.detail or error}") from None
@@ -300,16 +333,46 @@ class _Network(client.ClientNetwork):
     def get(self, *args, **kwargs) -> requests.Response:
         return self._retrying(super().get, *args, **kwargs)
 
+    def _check_response(self, response: requests.Response, content_type: str | None = None) -> requests.Response:
+        """The library's check, with "come back later" answers told apart from other failures."""
+        try:
+            return super()._check_response(response, content_type=content_type)
+        except (messages.Error, errors.ClientError) as error:
+            seconds = _retry_after_seconds(response)
+            limited = response.status_code == 429 or getattr(error, "code", None) == "rateLimited"
+            if limited or (response.status_code == 503 and seconds is not None):
+                raise _RetryLater(error, seconds) from None
+            raise
+
     def _retrying(self, function: Callable, *args, **kwargs):
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_is_transient),
+            retry=tenacity.retry_if_exception(self._worth_retrying),
             stop=tenacity.stop_after_attempt(TRANSIENT_ATTEMPTS)
             | tenacity.stop_after_delay(max(self.deadline.remaining() - 1, 0)),
             wait=_transient_wait,
+            sleep=signals.sleep,
             before_sleep=lambda state: log.debug("retrying after %s", state.outcome.exception()),
             reraise=True,
         )
         return retrying(function, *args, **kwargs)
+
+    def _worth_retrying(self, error: BaseException) -> bool:
+        if isinstance(error, _RetryLater):
+            # A wait past the deadline is not worth starting: fail now and say why.
+            error.beyond_deadline = error.seconds is not None and error.seconds >= self.deadline.remaining()
+            return not error.beyond_deadline
+        return _is_transient(error)
+
+
+class _RetryLater(Exception):
+    """The CA asked to come back later: a rate limit (429, rateLimited) or a 503 with Retry-After."""
+
+    def __init__(self, error: Exception, seconds: float | None) -> None:
+        detail = getattr(error, "detail", None) or _describe(error)
+        when = f"it asks to retry in {seconds:.0f} s" if seconds is not None else "without a Retry-After"
+        super().__init__(f"rate limited or busy ({detail}); {when}")
+        self.seconds = seconds
+        self.beyond_deadline = False
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -330,6 +393,8 @@ def _transient_wait(state: tenacity.RetryCallState) -> float:
     error = state.outcome.exception()
     if isinstance(error, messages.Error) and error.code == "badNonce":
         return 0
+    if isinstance(error, _RetryLater) and error.seconds is not None:
+        return error.seconds
     return _exponential(state)
 
 

@@ -1,33 +1,46 @@
 """Atomic file writes: readers see the old file or the new one, never half of either."""
 
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
+
+from certrenew import signals
+from certrenew.errors import CertrenewError
 
 TEMP_PREFIX = ".certrenew-"
 TEMP_SUFFIX = ".tmp"
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = False) -> None:
     """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync dir.
 
-    The temp file is hidden and removed on any failure (a full disk included), so a
-    directory HAProxy loads wholesale never keeps a partial file and the old `path`
-    stays as it was.
+    The new file gets `mode` less the umask, or with `keep_mode` the mode of the file
+    it replaces, so an operator's chmod survives a renewal. The temp file is hidden
+    and removed on any failure (a full disk included), so a directory HAProxy loads
+    wholesale never keeps a partial file and the old `path` stays as it was. A signal
+    arriving meanwhile is held until the write is done (see `signals.critical`).
     """
     directory = path.parent
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    fsync_directory(directory)
+    temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    with signals.critical():
+        try:
+            kept = stat.S_IMODE(path.stat().st_mode) if keep_mode and path.exists() else None
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    if kept is not None:  # exactly the old mode: the umask must not narrow it
+                        os.fchmod(handle.fileno(), kept)
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, path)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+            fsync_directory(directory)
+        except OSError as error:
+            raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def fsync_directory(directory: Path) -> None:

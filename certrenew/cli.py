@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from certrenew import __version__
+from certrenew import __version__, signals
 from certrenew.config import (DEFAULT_CONFIG, OPTIONS, ConfigFile, build_settings, certificate_specs,
                               check_certificate_name, load_config)
 from certrenew.errors import CertrenewError, UsageError
@@ -169,13 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = COMMANDS.get(argv[0]) if argv else None
     try:
-        return command(argv[1:]) if command else _renew(argv)
+        with signals.handled():
+            return command(argv[1:]) if command else _renew(argv)
     except (CertrenewError, OSError) as error:  # OSError: the state or ssl dir refusing a read or write, say
         if log.isEnabledFor(logging.DEBUG):
             log.exception("failed")
         message = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.filename else error
         print(f"certrenew: error: {message}", file=sys.stderr)
         return getattr(error, "exit_code", 1)
-    except KeyboardInterrupt:
-        print("certrenew: interrupted", file=sys.stderr)
-        return 130
+    except signals.Interrupted as interrupted:
+        print(f"certrenew: {interrupted}; stopped cleanly, the next run picks up from here", file=sys.stderr)
+        return interrupted.exit_code

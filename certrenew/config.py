@@ -58,6 +58,7 @@ class Settings:
     renew_before: datetime.timedelta | None = None
     concurrency: int = 4
     timeout: float = 300.0
+    lock_timeout: float = 300.0
     force: bool = False
     haproxy_socket: tuple[str, ...] = ()
     haproxy_config: tuple[Path, ...] = ()
@@ -128,6 +129,12 @@ def check_host_port(address: str) -> str:
     return address
 
 
+def _non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
 def _existing_file(path: str) -> str:
     if not Path(path).is_file():
         raise ValueError(f"{path} does not exist")
@@ -196,7 +203,7 @@ OPTIONS = [
     Option("ssl_dir", "HAProxy's crt directory, one <name>.pem per certificate (default /etc/haproxy/ssl)",
            Path, "DIR"),
     Option("listen", "where the HTTP-01 responder listens, behind HAProxy (default 127.0.0.1:49494)",
-           metavar="HOST:PORT"),
+           metavar="HOST:PORT", check=check_host_port),
     Option("reload_command", "how to reload HAProxy, run without a shell (default 'systemctl reload haproxy')",
            metavar="CMD"),
     Option("key_type", f"{' | '.join(KEY_TYPES)} (default {DEFAULT_KEY_TYPE}); an ECDSA and an RSA type "
@@ -208,6 +215,8 @@ OPTIONS = [
     Option("concurrency", "certificates ordered at the same time (default 4, gentle on a public CA)", int, "N",
            _positive),
     Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _positive),
+    Option("lock_timeout", "how long to wait for another run holding the state dir, in seconds (default 300)",
+           float, "SECONDS", _non_negative),
     Option("force", "renew even if not due", bool),
     Option("haproxy_socket", "an HAProxy Runtime API (admin stats socket: a unix path or ipv4@HOST:PORT) to "
            "update in memory, no reload; repeat for several HAProxy processes", metavar="ADDR",

@@ -31,6 +31,9 @@ HOT_UPDATE_GRACE = 3.0
 """Seconds a verify endpoint may take to show a certificate committed over the Runtime API."""
 RELOAD_GRACE = 30.0
 """Seconds a verify endpoint may take to show a certificate after a reload (new worker start-up)."""
+BUNDLE_MODE = 0o640
+"""A new bundle's mode, less the umask: it holds the key, so never world-readable; group
+read lets a HAProxy running as its own group load it. A replaced bundle keeps its mode."""
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,7 @@ class Installer:
         try:
             for path, bundle in files.items():
                 changes.add(f"restoring {path}", lambda path=path: self._restore(path, previous[path]))
-                try:
-                    write_atomic(path, bundle)
-                except OSError as error:
-                    raise CertrenewError(f"cannot write {path}: {error.strerror}") from None
+                write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True)
             method, detail = self._serve(files, previous, plans, changes)
             grace = HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE
             for bundle in files.values():
@@ -187,6 +187,6 @@ class Installer:
                 path.unlink(missing_ok=True)
                 fsync_directory(path.parent)
             else:
-                write_atomic(path, previous)
+                write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
         except OSError as error:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None

@@ -1,8 +1,8 @@
 """Issuing and installing certificates: the happy path of an order, in order.
 
-key -> CSR -> ACME order answered by the responder -> bundle -> kept as pending ->
-(every certificate of the run) installed into HAProxy at once -> recorded as current,
-with the CA's renewal window (ARI).
+key -> CSR -> ACME order answered by the responder -> order and key kept -> finalized
+and downloaded -> bundle kept as pending -> (every certificate of the run) installed
+into HAProxy at once -> recorded as current, with the CA's renewal window (ARI).
 """
 
 import datetime
@@ -21,7 +21,7 @@ from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make
 from certrenew.policy import decide
 from certrenew.renew import Outcome
 from certrenew.responder import Responder
-from certrenew.store import Account, CertificateRecord, FileStore
+from certrenew.store import Account, CertificateRecord, FileStore, PendingOrder
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +66,24 @@ class Issuer:
     def issue(self, spec: CertificateSpec) -> Issued:
         """Order a new certificate for `spec` and keep it as pending."""
         client, responder = self._client(), self._listen()
+        domains = list(spec.domains)
         key = generate_key(spec.key_type)
-        csr = make_csr(key, list(spec.domains))
-        fullchain = client.obtain(list(spec.domains), csr, responder, self._replaces(client, spec), spec.profile)
+        key_pem = key_to_pem(key)
+
+        def keep_order(order_url: str) -> None:
+            self.store.save_order(spec.name, PendingOrder(order_url, domains, spec.key_type, key_pem))
+
+        fullchain = client.obtain(domains, make_csr(key, domains), responder, self._replaces(client, spec),
+                                  spec.profile, before_finalize=keep_order)
         self._remember_account(client.account_uri)
-        bundle = build_bundle(fullchain.encode(), key_to_pem(key))
-        self.store.save_pending(spec.name, bundle)
         renewed = self.store.load_bundle(spec.name) is not None
-        return Issued(spec, bundle, "renewed" if renewed else "issued")
+        return self._keep(spec, fullchain, key_pem, "renewed" if renewed else "issued")
 
     def resume(self, spec: CertificateSpec) -> Issued:
-        """Install the pending certificate an interrupted or failed run left, if it still fits."""
+        """Take up what an interrupted or failed run left: a pending certificate, or a validated order."""
         bundle = self.store.load_bundle(spec.name, "pending")
+        if bundle is None:
+            return self._finish_order(spec)
         info = leaf_info(bundle)
         fits = (
             list(info.domains) == list(spec.domains)
@@ -89,6 +95,24 @@ class Issuer:
             self.store.discard_pending(spec.name)
             return self.issue(spec)
         return Issued(spec, bundle, "installed")
+
+    def _finish_order(self, spec: CertificateSpec) -> Issued:
+        """Download (finalizing first if need be) the order a previous run validated, else order anew."""
+        order = self.store.load_order(spec.name)
+        fullchain = None
+        if order.domains == list(spec.domains) and order.key_type == spec.key_type:
+            fullchain = self._client().finish(order.url, make_csr(load_key(order.key_pem), order.domains))
+        if fullchain is None:
+            log.info("%s: the order a previous run left cannot be completed; ordering a new one", spec.name)
+            self.store.discard_order(spec.name)
+            return self.issue(spec)
+        return self._keep(spec, fullchain, order.key_pem, "installed")
+
+    def _keep(self, spec: CertificateSpec, fullchain: str, key_pem: bytes, action: str) -> Issued:
+        """Keep the issued certificate as pending before anything else can fail."""
+        bundle = build_bundle(fullchain.encode(), key_pem)
+        self.store.save_pending(spec.name, bundle)
+        return Issued(spec, bundle, action)
 
     def check(self, spec: CertificateSpec) -> Issued | Outcome:
         """Refresh the CA's renewal window for the current certificate; renew if it now says so."""

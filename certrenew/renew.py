@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
+from certrenew.lock import StateLock
 from certrenew.policy import ari_check_due, backoff, decide
 from certrenew.store import CertificateRecord, FileStore
 
@@ -37,8 +38,14 @@ def run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
     """Bring every certificate in `specs` up to date and return what happened to each.
 
     Certificates are independent: one failing does not stop the others, and up to
-    `settings.concurrency` are ordered at once.
+    `settings.concurrency` are ordered at once. One run at a time per state dir: this
+    waits for the state dir's lock first.
     """
+    with StateLock(settings.state_dir, settings.lock_timeout):
+        return _run(settings, specs)
+
+
+def _run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
     now = _now()
     store = FileStore(settings.state_dir)
     store.prepare()
@@ -49,8 +56,8 @@ def run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
     work = []
     for spec in specs:
         record = store.load_record(spec.name)
-        if store.load_bundle(spec.name, "pending") is not None:
-            log.info("%s: installing the certificate a previous run issued", spec.name)
+        if store.unfinished(spec.name):
+            log.info("%s: completing what a previous run left", spec.name)
             work.append((spec, "resume"))
             continue
         decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before)

@@ -4,14 +4,13 @@ It runs only while orders are in flight and serves nothing but the key authoriza
 of those orders, so the backend port is closed the rest of the time.
 """
 
+import asyncio
 import logging
 import re
-import socket
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +18,19 @@ CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8555 section 8.3: a token is base64url without padding; nothing else may reach the lookup.
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 REQUEST_TIMEOUT = 5.0
-"""Seconds a client may take to send its request; a slow client cannot hold a thread longer."""
+"""Seconds a client has to send its whole request head: a slow client cannot hold a slot longer."""
+MAX_HEAD = 8192
+"""Bytes of request line and headers accepted; a CA's request needs a few hundred."""
+MAX_CONNECTIONS = 512
+"""Open connections at once; more are closed at once, so a flood cannot exhaust file descriptors."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """Split "HOST:PORT" (or "[v6]:PORT") into a host and a port, or raise CertrenewError."""
+    """Split "HOST:PORT" (or "[v6]:PORT") into a host and a port, or raise UsageError."""
     host, sep, port = listen.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CertrenewError(f"invalid listen address {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:49494")
+        raise UsageError(f"invalid listen address {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:49494")
     return host, int(port)
 
 
@@ -35,6 +38,9 @@ class Responder:
     """An HTTP-01 `ChallengeSolver` serving key authorizations on a backend port.
 
     Use it as a context manager: the port is bound on entry and free again on exit.
+    The server is asyncio in one thread, so thousands of idle or slow connections cost
+    memory, not threads, and a real validation is answered while they wait out their
+    time limit. Every answer closes its connection, so nothing lingers after exit.
     """
 
     challenge_type = "http-01"
@@ -42,8 +48,10 @@ class Responder:
     def __init__(self, listen: str) -> None:
         self.address = parse_listen(listen)
         self._validations: dict[str, tuple[str, str]] = {}
-        self._server: ThreadingHTTPServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._connections: set[asyncio.Task] = set()
 
     def present(self, domain: str, token: str, validation: str) -> None:
         self._validations[token] = (domain, validation)
@@ -63,85 +71,104 @@ class Responder:
         domain, validation = entry
         return validation if _host_name(host) == domain else None
 
+    def answer(self, head: bytes) -> tuple[HTTPStatus, bytes, bool]:
+        """(status, body, whether to send the body) for a request head, request line first."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return HTTPStatus.BAD_REQUEST, b"bad request\n", True
+        method, target, _ = parts
+        if method not in ("GET", "HEAD"):
+            return HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", True
+        host = ""
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "host":
+                host = value.strip()
+        path = target.split("?", 1)[0]
+        token = path.removeprefix(CHALLENGE_PREFIX)
+        validation = None
+        if path.startswith(CHALLENGE_PREFIX) and _TOKEN.match(token):
+            validation = self.lookup(token, host)
+        if validation is None:
+            return HTTPStatus.NOT_FOUND, b"not found\n", method == "GET"
+        return HTTPStatus.OK, validation.encode("ascii"), method == "GET"
+
     def __enter__(self) -> "Responder":
-        handler = type("Handler", (_ChallengeHandler,), {"responder": self})
-        try:
-            self._server = _Server(self.address, handler)
-        except OSError as error:
+        started = threading.Event()
+        failure: list[OSError] = []
+        self._thread = threading.Thread(target=self._serve, args=(started, failure), daemon=True,
+                                        name="certrenew-responder")
+        self._thread.start()
+        started.wait()
+        if failure:
             host, port = self.address
             raise CertrenewError(
-                f"cannot listen on {host}:{port} for HTTP-01 challenges: {error.strerror}; "
+                f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; "
                 "is another ACME client (certbot standalone?) using the port? Set --listen"
-            ) from None
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True)
-        self._thread.start()
+            )
         log.debug("responder listening on %s:%d", *self.address)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=REQUEST_TIMEOUT)
         self._validations.clear()
 
+    def _serve(self, started: threading.Event, failure: list) -> None:
+        """The responder thread: bind, report, serve until asked to stop, then close everything."""
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            host, port = self.address
+            try:
+                server = await asyncio.start_server(self._connection, host, port, limit=MAX_HEAD,
+                                                    reuse_address=True)
+            except OSError as error:
+                failure.append(error)
+                started.set()
+                return
+            started.set()
+            async with server:
+                await self._stop.wait()
+                server.close()
+                for task in list(self._connections):
+                    task.cancel()
+                await asyncio.gather(*self._connections, return_exceptions=True)
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+        asyncio.run(main())
 
-    def __init__(self, address: tuple[str, int], handler) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._connections) >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self._connections.add(task)
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            except asyncio.LimitOverrunError:
+                status, body, send_body = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, b"too large\n", True
+            else:
+                status, body, send_body = self.answer(head)
+            log.debug("responder: %s %s", writer.get_extra_info("peername"), status.value)
+            writer.write(_response(status, body, send_body))
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+            writer.close()  # after the few hundred bytes written, so they are sent, not dropped
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass  # a slow, silent or vanished client: just drop it
+        finally:
+            self._connections.discard(task)
+            if not writer.is_closing():
+                writer.transport.abort()
 
 
-class _ChallengeHandler(BaseHTTPRequestHandler):
-    """GET/HEAD of a known token answers its key authorization as text/plain; all else is refused.
-
-    HTTP/1.0 with `Connection: close` so no idle keep-alive connection outlives a
-    shutdown, and a socket timeout so a slow client cannot hold its thread.
-    """
-
-    responder: Responder
-    timeout = REQUEST_TIMEOUT
-    server_version = "certrenew"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self._answer(send_body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(send_body=False)
-
-    def _answer(self, send_body: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        token = path.removeprefix(CHALLENGE_PREFIX)
-        validation = None
-        if path.startswith(CHALLENGE_PREFIX) and _TOKEN.match(token):
-            validation = self.responder.lookup(token, self.headers.get("Host", ""))
-        if validation is None:
-            self._reply(HTTPStatus.NOT_FOUND, b"not found\n", send_body)
-        else:
-            self._reply(HTTPStatus.OK, validation.encode("ascii"), send_body)
-
-    def _refuse_method(self) -> None:
-        self._reply(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", True, allow="GET, HEAD")
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse_method
-
-    def _reply(self, status: HTTPStatus, body: bytes, send_body: bool, allow: str | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        if allow:
-            self.send_header("Allow", allow)
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:
-        log.debug("responder: %s %s", self.address_string(), format % args)
+def _response(status: HTTPStatus, body: bytes, send_body: bool) -> bytes:
+    """An HTTP/1.1 response that closes the connection; the Allow header goes with a 405."""
+    headers = [f"HTTP/1.1 {status.value} {status.phrase}", "Server: certrenew", "Content-Type: text/plain",
+               f"Content-Length: {len(body)}", "Connection: close"]
+    if status is HTTPStatus.METHOD_NOT_ALLOWED:
+        headers.append("Allow: GET, HEAD")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + (body if send_body else b"")
 
 
 def _host_name(host: str) -> str:

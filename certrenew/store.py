@@ -4,7 +4,9 @@ A `FileStore` keeps everything under one directory (0700, keys 0600), written
 atomically. Per certificate it holds bundles (chain and key in one file, so a key can
 never be paired with the wrong chain): the current one, the previous one for
 rollback, and a *pending* one, issued but not yet installed, so an install that fails
-or is interrupted never wastes an issued certificate.
+or is interrupted never wastes an issued certificate. Before that, from validation to
+download, it holds the *order* (its URL and the new key), so a run that ends after
+finalizing lets the next one download the certificate instead of ordering again.
 """
 
 import dataclasses
@@ -24,6 +26,23 @@ from certrenew.errors import CertrenewError
 class Account:
     key_pem: bytes
     uri: str | None
+
+
+@dataclass(frozen=True)
+class PendingOrder:
+    """A validated order and the key its CSR was made with (order.json, 0600)."""
+
+    url: str
+    domains: list[str]
+    key_type: str
+    key_pem: bytes
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "key_pem": self.key_pem.decode("ascii")}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PendingOrder":
+        return cls(data["url"], list(data["domains"]), data["key_type"], data["key_pem"].encode("ascii"))
 
 
 @dataclass
@@ -135,11 +154,35 @@ class FileStore:
         path = self._cert_dir(name) / f"{slot}.pem"
         return path.read_bytes() if path.exists() else None
 
+    def save_order(self, name: str, order: PendingOrder) -> None:
+        """Keep a validated order and its key until its certificate is downloaded."""
+        directory = self._cert_dir(name)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(directory / "order.json", json.dumps(order.to_json(), indent=2).encode() + b"\n")
+
+    def load_order(self, name: str) -> PendingOrder | None:
+        path = self._cert_dir(name) / "order.json"
+        if not path.exists():
+            return None
+        try:
+            return PendingOrder.from_json(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError) as error:
+            raise CertrenewError(f"corrupt state file {path}: {error}") from None
+
+    def discard_order(self, name: str) -> None:
+        (self._cert_dir(name) / "order.json").unlink(missing_ok=True)
+
+    def unfinished(self, name: str) -> bool:
+        """Whether an earlier run left an order or a certificate that is not installed yet."""
+        directory = self._cert_dir(name)
+        return (directory / "pending.pem").exists() or (directory / "order.json").exists()
+
     def save_pending(self, name: str, bundle: bytes) -> None:
-        """Keep a freshly issued certificate before it is installed anywhere."""
+        """Keep a freshly issued certificate before it is installed anywhere; its order is done."""
         directory = self._cert_dir(name)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(directory / "pending.pem", bundle)
+        self.discard_order(name)
 
     def discard_pending(self, name: str) -> None:
         (self._cert_dir(name) / "pending.pem").unlink(missing_ok=True)

@@ -1,9 +1,12 @@
 import socket
+import threading
+import time
 
 import pytest
 import requests
 
 from certrenew.errors import CertrenewError
+from certrenew import responder as responder_module
 from certrenew.responder import Responder, parse_listen
 
 
@@ -70,3 +73,71 @@ def test_busy_port_is_a_clear_error():
 def test_listen_address_is_checked(bad):
     with pytest.raises(CertrenewError, match="invalid listen address"):
         parse_listen(bad)
+
+
+def raw(responder, data: bytes, timeout=5) -> bytes:
+    with socket.create_connection(("127.0.0.1", responder.address[1]), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_answers_the_exact_key_authorization_as_text_plain(responder):
+    responder.present("a.example", "tok", "tok.thumb")
+    reply = raw(responder, b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.example\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Type: text/plain" in head
+    assert b"Connection: close" in head and body == b"tok.thumb"
+
+
+@pytest.mark.parametrize("request_head, status", [
+    (b"BREW /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.example\r\n\r\n", b"405"),
+    (b"GET /.well-known/acme-challenge/tok\r\n\r\n", b"400"),
+    (b"GET /.well-known/acme-challenge/%2e%2e HTTP/1.1\r\nHost: a.example\r\n\r\n", b"404"),
+    (b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.example\r\nX: " + b"y" * 9000 + b"\r\n\r\n",
+     b"431"),
+])
+def test_refuses_bad_requests_with_a_tiny_body(responder, request_head, status):
+    responder.present("a.example", "tok", "tok.thumb")
+    reply = raw(responder, request_head)
+    assert reply.split(b" ")[1] == status and len(reply.partition(b"\r\n\r\n")[2]) < 32
+
+
+def test_slow_and_idle_clients_do_not_block_a_validation(responder):
+    responder.present("a.example", "tok", "tok.thumb")
+    idle = [socket.create_connection(("127.0.0.1", responder.address[1])) for _ in range(200)]
+    for sock in idle[:100]:
+        sock.sendall(b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHo")  # a slowloris, mid-header
+    try:
+        started = time.monotonic()
+        answer = get(responder, "/.well-known/acme-challenge/tok")
+        assert answer.status_code == 200 and time.monotonic() - started < 1
+    finally:
+        for sock in idle:
+            sock.close()
+    assert threading.active_count() < 10  # connections are not threads
+
+
+def test_a_slow_client_is_cut_off_after_the_request_time_limit(monkeypatch):
+    monkeypatch.setattr(responder_module, "REQUEST_TIMEOUT", 0.5)
+    port = free_port()
+    with Responder(f"127.0.0.1:{port}"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+            assert sock.recv(100) == b""  # closed by the responder, without an answer
+            assert 0.4 < time.monotonic() - started < 3
+
+
+def test_connections_beyond_the_bound_are_closed_at_once(monkeypatch):
+    monkeypatch.setattr(responder_module, "MAX_CONNECTIONS", 3)
+    port = free_port()
+    with Responder(f"127.0.0.1:{port}"):
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as extra:
+            assert extra.recv(100) == b""
+        for sock in held:
+            sock.close()

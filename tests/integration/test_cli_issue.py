@@ -1,6 +1,7 @@
 """The core job end to end: the real certrenew CLI, pebble validating through HAProxy's ACL,
 and a TLS client checking what HAProxy actually serves."""
 
+import os
 import socket
 import stat
 import time
@@ -34,7 +35,12 @@ def test_first_issue_is_served_then_a_second_run_does_nothing(lab):
     lab.wait_served_serial(NAME, info.serial)
     assert served_serial(lab) == info.serial  # verified against pebble's root, SNI checked
 
-    assert stat.S_IMODE(bundle_path(lab).stat().st_mode) == 0o600
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(bundle_path(lab).stat().st_mode) == 0o640 & ~umask  # never world-readable: it holds the key
+    assert stat.S_IMODE(lab.state_dir.stat().st_mode) == 0o700
+    for private in lab.state_dir.rglob("*.pem"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600 & ~umask, private
     assert b"\n\n" not in bundle
     kinds = [block.split(b"\n")[0] for block in pem_blocks(bundle)]
     assert kinds[0] == kinds[1] == b"-----BEGIN CERTIFICATE-----" and b"PRIVATE KEY" in kinds[-1]

@@ -1,0 +1,68 @@
+"""One run at a time per state dir: an exclusive flock on `<state-dir>/lock`.
+
+The kernel releases a flock when its holder exits, however it exits, so a crashed
+or killed run never leaves a stale lock. The holder writes its pid into the file so
+a run that gives up waiting can say who holds it.
+"""
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from certrenew import signals
+from certrenew.errors import CertrenewError
+
+LOCK_FILE = "lock"
+POLL = 0.1
+
+
+class StateLock:
+    """Hold the state dir's lock for a `with` block, waiting up to `timeout` seconds for it."""
+
+    def __init__(self, state_dir: Path, timeout: float) -> None:
+        self.path = state_dir / LOCK_FILE
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def __enter__(self) -> "StateLock":
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise CertrenewError(f"cannot open the lock file {self.path}: {error.strerror}") from None
+        try:
+            self._wait(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        # Closing the descriptor releases the flock; the file stays, holding no meaning.
+        os.close(self._fd)
+        self._fd = None
+
+    def _wait(self, fd: int) -> None:
+        end = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= end:
+                raise CertrenewError(
+                    f"another certrenew run (pid {_holder(fd)}) holds the lock on {self.path.parent}; "
+                    f"gave up after {self.timeout:g} s (--lock-timeout)"
+                )
+            signals.sleep(POLL)
+
+
+def _holder(fd: int) -> str:
+    """The pid the holder wrote, or "unknown" if it has not written it yet."""
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return pid if pid.isdigit() else "unknown"
