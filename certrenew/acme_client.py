@@ -34,6 +34,8 @@ FIRST_POLL = 0.05
 MAX_POLL = 2.0
 MAX_CALL_TIMEOUT = 30.0
 TRANSIENT_ATTEMPTS = 5
+BAD_NONCE_ATTEMPTS = 20
+"""A rejected nonce costs one quick round trip, and a CA may reject many (pebble: half, if asked)."""
 
 
 class Deadline:
@@ -347,8 +349,7 @@ class _Network(client.ClientNetwork):
     def _retrying(self, function: Callable, *args, **kwargs):
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(self._worth_retrying),
-            stop=tenacity.stop_after_attempt(TRANSIENT_ATTEMPTS)
-            | tenacity.stop_after_delay(max(self.deadline.remaining() - 1, 0)),
+            stop=tenacity.stop_after_delay(max(self.deadline.remaining() - 1, 0)) | _attempts_spent,
             wait=_transient_wait,
             sleep=signals.sleep,
             before_sleep=lambda state: log.debug("retrying after %s", state.outcome.exception()),
@@ -384,6 +385,12 @@ def _is_transient(error: BaseException) -> bool:
     if isinstance(error, errors.ClientError) and error.args and isinstance(error.args[0], requests.Response):
         return error.args[0].status_code >= 500
     return False
+
+
+def _attempts_spent(state: tenacity.RetryCallState) -> bool:
+    error = state.outcome.exception()
+    bad_nonce = isinstance(error, messages.Error) and error.code == "badNonce"
+    return state.attempt_number >= (BAD_NONCE_ATTEMPTS if bad_nonce else TRANSIENT_ATTEMPTS)
 
 
 _exponential = tenacity.wait_exponential(multiplier=0.25, max=4) + tenacity.wait_random(0, 0.25)

@@ -22,7 +22,8 @@ REQUEST_TIMEOUT = 5.0
 MAX_HEAD = 8192
 """Bytes of request line and headers accepted; a CA's request needs a few hundred."""
 MAX_CONNECTIONS = 512
-"""Open connections at once; more are closed at once, so a flood cannot exhaust file descriptors."""
+"""Open connections at once. A new one beyond that closes the oldest, so a flood cannot exhaust
+file descriptors, and cannot keep the CA's fresh connection out either."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -51,7 +52,8 @@ class Responder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._connections: dict[asyncio.Task, None] = {}
+        """Open connections, oldest first."""
 
     def present(self, domain: str, token: str, validation: str) -> None:
         self._validations[token] = (domain, validation)
@@ -140,9 +142,8 @@ class Responder:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if len(self._connections) >= MAX_CONNECTIONS:
-            writer.transport.abort()
-            return
-        self._connections.add(task)
+            next(iter(self._connections)).cancel()
+        self._connections[task] = None
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
@@ -154,10 +155,10 @@ class Responder:
             writer.write(_response(status, body, send_body))
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
             writer.close()  # after the few hundred bytes written, so they are sent, not dropped
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass  # a slow, silent or vanished client: just drop it
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # a slow, silent or vanished client, or one evicted or shut down: just drop it
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             if not writer.is_closing():
                 writer.transport.abort()
 

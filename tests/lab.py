@@ -197,6 +197,8 @@ class Lab:
         self.challtestsrv_url = f"http://{LOOPBACK}:{self.challtestsrv_port}"
         self.listen = f"{LOOPBACK}:{self.backend_port}"
         self.ca_bundle = self.workdir / "pebble-ca.pem"
+        self.pebble_cert = self.workdir / "pebble-cert.pem"
+        self.pebble_key = self.workdir / "pebble-key.pem"
         self.ssl_dir = self.workdir / "ssl"
         self.state_dir = self.workdir / "state"
         self.haproxy_cfg = self.workdir / "haproxy.cfg"
@@ -220,8 +222,14 @@ class Lab:
 
     @property
     def reload_command(self) -> str:
-        """A shell command that reloads this HAProxy, as certrenew's --reload-command would run it."""
-        return f"kill -USR2 {self._running(self._haproxy, 'HAProxy').pid}"
+        """A shell command that reloads this HAProxy, as certrenew's --reload-command would run it.
+
+        After stop_haproxy() it still names the stopped HAProxy, so it fails as
+        `systemctl reload haproxy` fails for a stopped service.
+        """
+        if self._haproxy is None:
+            raise LabError("HAProxy was never started")
+        return f"kill -USR2 {self._haproxy.pid}"
 
     @property
     def certrenew_env(self) -> dict[str, str]:
@@ -268,8 +276,8 @@ class Lab:
         config.write_text(json.dumps({"pebble": {
             "listenAddress": f"{LOOPBACK}:{self.acme_port}",
             "managementListenAddress": f"{LOOPBACK}:{self.management_port}",
-            "certificate": str(self.workdir / "pebble-cert.pem"),
-            "privateKey": str(self.workdir / "pebble-key.pem"),
+            "certificate": str(self.pebble_cert),
+            "privateKey": str(self.pebble_key),
             # Validate through HAProxy's http frontend, as a real CA would.
             "httpPort": self.http_port,
             "tlsPort": self.tls_alpn_port,
@@ -384,24 +392,45 @@ class Lab:
     def certrenew(self, *args: str, env: Mapping[str, str | None] | None = None,
                   timeout: float = 120) -> subprocess.CompletedProcess:
         """Run the certrenew CLI against this lab; `env` adds settings, and a None value removes one."""
+        return subprocess.run(
+            [sys.executable, "-m", "certrenew", *args],
+            cwd=REPO_ROOT, env=self._certrenew_env(env), capture_output=True, text=True, timeout=timeout,
+        )
+
+    def start_certrenew(self, *args: str, env: Mapping[str, str | None] | None = None,
+                        **popen) -> subprocess.Popen:
+        """Start the certrenew CLI like certrenew() but without waiting, e.g. to signal it mid-run."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "certrenew", *args], cwd=REPO_ROOT, env=self._certrenew_env(env),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
+        )
+
+    def _certrenew_env(self, env: Mapping[str, str | None] | None) -> dict[str, str]:
         full_env = {**os.environ, **self.certrenew_env}
         for name, value in (env or {}).items():
             if value is None:
                 full_env.pop(name, None)
             else:
                 full_env[name] = value
-        return subprocess.run(
-            [sys.executable, "-m", "certrenew", *args],
-            cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
-        )
+        return full_env
+
+    def stop_haproxy(self) -> None:
+        """Stop HAProxy, to play a load balancer that is down."""
+        terminate(self._haproxy)
+
+    def start_haproxy(self) -> None:
+        """Start HAProxy again on the lab's ports, e.g. after stop_haproxy()."""
+        if self._haproxy is not None and self._haproxy.poll() is None:
+            raise LabError("HAProxy is already running")
+        self._start_haproxy()
 
     def _write_pebble_tls(self) -> None:
         """Give pebble a server certificate for its HTTPS API, and clients the CA to trust it with."""
         ca = trustme.CA()
         leaf = ca.issue_cert("localhost", LOOPBACK)
         ca.cert_pem.write_to_path(str(self.ca_bundle))
-        leaf.private_key_pem.write_to_path(str(self.workdir / "pebble-key.pem"))
-        (self.workdir / "pebble-cert.pem").write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(self.pebble_key))
+        self.pebble_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
 
     def _start_challtestsrv(self) -> None:
         """Start the DNS pebble resolves through: every name is 127.0.0.1, so validation stays on loopback."""

@@ -131,13 +131,16 @@ def test_a_slow_client_is_cut_off_after_the_request_time_limit(monkeypatch):
             assert 0.4 < time.monotonic() - started < 3
 
 
-def test_connections_beyond_the_bound_are_closed_at_once(monkeypatch):
+def test_connections_beyond_the_bound_close_the_oldest(monkeypatch):
     monkeypatch.setattr(responder_module, "MAX_CONNECTIONS", 3)
     port = free_port()
-    with Responder(f"127.0.0.1:{port}"):
-        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    with Responder(f"127.0.0.1:{port}") as responder:
+        responder.present("a.example", "tok", "tok.thumb")
+        held = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(3)]
         time.sleep(0.2)
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as extra:
-            assert extra.recv(100) == b""
+        reply = requests.get(f"http://127.0.0.1:{port}/.well-known/acme-challenge/tok",
+                             headers={"Host": "a.example"}, timeout=2)
+        assert reply.text == "tok.thumb"
+        assert held[0].recv(100) == b""  # the oldest made room
         for sock in held:
             sock.close()

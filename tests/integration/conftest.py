@@ -17,3 +17,10 @@ def lab(tmp_path: Path):
     """A fresh lab per test, so no test sees another's accounts, orders or certificates."""
     with Lab(tmp_path / "lab") as running:
         yield running
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so a fixture can tell whether the test passed."""
+    outcome = yield
+    setattr(item, f"rep_{call.when}", outcome.get_result())

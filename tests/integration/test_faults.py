@@ -1,0 +1,436 @@
+"""Fault injection against the real CLI, pebble and HAProxy: no fault may lose the served certificate.
+
+Every case establishes a served certificate, injects its fault into a forced renewal,
+checks with a `Guard` that the old bundle is intact or a complete new one is served
+and nothing is left behind, then checks that a clean run recovers. `scripts/faults`
+runs this module and prints the ledger.
+"""
+
+import fcntl
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from faultproxy import DROP, FaultProxy, Reply, step as step_of
+from faults import Guard
+from lab import Lab
+
+FAST = {"CERTRENEW_TIMEOUT": "20"}
+NO_AUTHZ_REUSE = {"PEBBLE_AUTHZREUSE": "0"}
+"""Every order validates afresh, so faults during validation really happen during validation."""
+
+
+@pytest.fixture
+def lab(tmp_path):
+    with Lab(tmp_path / "lab", pebble_env=NO_AUTHZ_REUSE) as running:
+        yield running
+
+
+@pytest.fixture
+def guard_for(request, lab):
+    """guard_for(case, proxy=None) -> a Guard whose ledger line is written when the test ends."""
+    guards = []
+
+    def make(case: str, proxy: FaultProxy | None = None) -> Guard:
+        guard = Guard(lab, case, {**FAST, **(proxy.env if proxy else {})})
+        guards.append(guard)
+        return guard
+
+    yield make
+    report = getattr(request.node, "rep_call", None)
+    for guard in guards:
+        guard.record(passed=report is not None and report.passed)
+
+
+@pytest.fixture
+def proxy(lab):
+    with FaultProxy(lab) as running:
+        yield running
+
+
+# The CA.
+
+def test_nonce_rejection_still_issues(guard_for, lab):
+    lab.stop_pebble()
+    lab.start_pebble({**NO_AUTHZ_REUSE, "PEBBLE_WFE_NONCEREJECT": "50"})
+    guard = guard_for("pebble rejects 50% of nonces")
+    guard.establish()
+    for _ in range(4):
+        result = guard.run("--force")
+        assert result.returncode == 0, result.stderr
+        guard.survived()
+        guard.recover()
+
+
+def failing(step: str, fault, times: int | None = None):
+    """An on_request that answers `fault` to the first `times` requests of `step` (all, if None)."""
+    hits = []
+
+    def on_request(method: str, path: str):
+        if step_of(path) == step and (times is None or len(hits) < times):
+            hits.append(path)
+            return fault
+        return None
+    return on_request
+
+
+def failing_from(step: str, fault):
+    """An on_request that lets everything through until `step`, then answers `fault` to everything."""
+    tripped = []
+
+    def on_request(method: str, path: str):
+        if step_of(path) == step:
+            tripped.append(path)
+        return fault if tripped else None
+    return on_request
+
+
+INTERNAL = Reply.problem(500, "serverInternal", "injected")
+PLAIN_500 = Reply(500, b"oops")
+
+CA_FAULTS = {
+    # case: (on_request, whether the forced run still succeeds)
+    "CA answers 500 twice at finalize (retried)": (lambda: failing("finalize", PLAIN_500, times=2), True),
+    "CA drops 2 connections mid-order (retried)": (lambda: failing("authorization", DROP, times=2), True),
+    "CA answers 500 from the challenge on": (lambda: failing_from("challenge", INTERNAL), False),
+    "CA drops every connection from validation on": (lambda: failing_from("authorization", DROP), False),
+    "CA answers 500 to the download after finalize": (lambda: failing("certificate", PLAIN_500), False),
+    "CA unreachable after finalize": (lambda: failing_from("order", DROP), False),
+    "CA rate-limits the order, Retry-After 1 s": (
+        lambda: failing("new-order", Reply.problem(429, "rateLimited", "too many", Retry_After="1"), times=1), True),
+}
+
+
+@pytest.mark.parametrize("case", CA_FAULTS)
+def test_ca_fault_mid_order(guard_for, proxy, case):
+    guard = guard_for(case, proxy)
+    guard.establish()
+    make_fault, succeeds = CA_FAULTS[case]
+    proxy.on_request = make_fault()
+    started = time.monotonic()
+    result = guard.run("--force")
+    assert (result.returncode == 0) == succeeds, result.stderr
+    assert time.monotonic() - started < 20
+    if not succeeds:
+        assert result.stderr.count("failed:") == 1 and "Traceback" not in result.stderr, result.stderr
+    guard.survived()
+    proxy.on_request = lambda method, path: None
+    orders = proxy.count("new-order")
+    recovered = guard.recover()
+    if "after finalize" in case:  # the finalized order was downloaded, not ordered again
+        assert "installed" in recovered.stdout and proxy.count("new-order") == orders
+
+
+def test_rate_limit_beyond_the_deadline_fails_fast_and_clearly(guard_for, proxy):
+    guard = guard_for("CA rate-limits, Retry-After beyond --timeout", proxy)
+    guard.establish()
+    proxy.on_request = failing("new-order", Reply.problem(429, "rateLimited", "too many new orders",
+                                                          Retry_After="3600"))
+    started = time.monotonic()
+    result = guard.run("--force")
+    assert result.returncode == 1 and time.monotonic() - started < 5
+    assert "too many new orders" in result.stderr and "3600 s" in result.stderr and "--timeout" in result.stderr
+    guard.survived()
+    proxy.on_request = lambda method, path: None
+    guard.recover()
+
+
+def test_ca_stopped_mid_order(guard_for, proxy, lab):
+    guard = guard_for("CA process stopped mid-order", proxy)
+    guard.establish()
+
+    def stop_at_challenge(method, path):
+        if step_of(path) == "challenge":
+            lab.stop_pebble()
+        return None
+    proxy.on_request = stop_at_challenge
+    result = guard.run("--force")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    guard.survived()
+    proxy.on_request = lambda method, path: None
+    lab.start_pebble()
+    guard.recover()  # not due: the old certificate stays
+    result = guard.run("--force")  # a restarted pebble forgot the account: registered again
+    assert result.returncode == 0, result.stderr
+    guard.recover()
+
+
+# HAProxy.
+
+def test_haproxy_down_during_validation(guard_for, lab):
+    guard = guard_for("HAProxy down (validation cannot reach the responder)")
+    guard.establish()
+    lab.stop_haproxy()
+    result = guard.run("--force")
+    assert result.returncode == 1 and "validation failed" in result.stderr, result.stderr
+    guard.survived(served=False)
+    assert guard.bundle_path.read_bytes() == guard.old
+    lab.start_haproxy()
+    guard.survived()
+    guard.recover(expect="unchanged")
+
+
+def test_haproxy_down_at_install(guard_for, proxy, lab):
+    guard = guard_for("HAProxy down after validation (reload fails)", proxy)
+    guard.establish()
+
+    def stop_at_finalize(method, path):
+        if step_of(path) == "finalize":
+            lab.stop_haproxy()
+        return None
+    proxy.on_request = stop_at_finalize
+    result = guard.run("--force")
+    assert result.returncode == 1 and "reload command" in result.stderr, result.stderr
+    guard.survived(served=False)
+    assert guard.bundle_path.read_bytes() == guard.old
+    lab.start_haproxy()
+    guard.survived()
+    guard.recover(expect="installed")  # the certificate issued while HAProxy was down
+
+
+def test_haproxy_admin_socket_gone(guard_for, lab):
+    guard = guard_for("HAProxy admin socket gone")
+    guard.establish()
+    lab.admin_socket.unlink()
+    result = guard.run("--force")
+    assert "Traceback" not in result.stderr
+    guard.survived()
+    guard.recover()
+
+
+def test_haproxy_reload_failing(guard_for):
+    guard = guard_for("HAProxy reload failing")
+    guard.establish()
+    result = guard.run("--force", env={"CERTRENEW_RELOAD_COMMAND": "sh -c 'exit 3'"})
+    assert result.returncode == 1 and "exit status 3" in result.stderr
+    guard.survived()
+    assert guard.bundle_path.read_bytes() == guard.old
+    guard.recover(expect="installed")
+
+
+# Signals.
+
+POINTS = ["before the order", "at the challenge", "during validation", "at finalize", "at the download",
+          "during install"]
+PROXY_POINTS = {"before the order": ("new-order", 1), "at the challenge": ("challenge", 1),
+                "during validation": ("authorization", 2), "at finalize": ("finalize", 1),
+                "at the download": ("certificate", 1)}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("point", POINTS)
+def test_signal(guard_for, proxy, lab, signum, point):
+    name = signal.Signals(signum).name
+    guard = guard_for(f"{name} {point}", proxy)
+    guard.establish()
+    process: list[subprocess.Popen] = []
+    signalled: list[float] = []
+
+    def kill_and_wait() -> None:
+        signalled.append(time.monotonic())
+        process[0].send_signal(signum)
+        process[0].wait(10)
+
+    env = {}
+    if point in PROXY_POINTS:
+        at_step, nth = PROXY_POINTS[point]
+        hits = []
+
+        def on_request(method, path):
+            if step_of(path) == at_step:
+                hits.append(path)
+                if len(hits) == nth:
+                    kill_and_wait()  # the request goes on to pebble after the client is gone
+            return None
+        proxy.on_request = on_request
+    else:
+        # The reload command is certrenew's child: it signals its parent mid-install.
+        env["CERTRENEW_RELOAD_COMMAND"] = f"sh -c 'kill -{name[3:]} $PPID; sleep 5'"
+    process.append(guard.start("--force", env=env))
+    out, err = process[0].communicate(timeout=60)
+    ended = time.monotonic()
+    proxy.on_request = lambda method, path: None
+    if signum == signal.SIGTERM:
+        assert process[0].returncode == 143, err
+        assert "SIGTERM" in err and "Traceback" not in err
+        if signalled:
+            assert ended - signalled[0] < 2.5
+    else:
+        assert process[0].returncode == -signal.SIGKILL
+    guard.survived(killed=signum == signal.SIGKILL)
+    orders = proxy.count("new-order")
+    recovered = guard.recover()
+    if point in ("at finalize", "at the download", "during install"):
+        # What the CA finalized is downloaded or installed, not ordered again.
+        assert "installed" in recovered.stdout and proxy.count("new-order") == orders
+
+
+# Concurrent runs.
+
+def test_two_concurrent_runs(guard_for, lab):
+    guard = guard_for("two concurrent runs")
+    guard.establish()
+    runs = [guard.start("--force") for _ in range(2)]
+    results = [run.communicate(timeout=60) + (run.returncode,) for run in runs]
+    assert [code for _, _, code in results] == [0, 0], results
+    assert all("renewed" in out for out, _, _ in results)
+    guard.survived()
+    guard.recover(expect="unchanged")
+
+
+def test_lock_held_names_the_holder_and_times_out(guard_for, lab):
+    guard = guard_for("state dir locked by another run")
+    guard.establish()
+    with (lab.state_dir / "lock").open("r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.seek(0)
+        held.truncate()
+        held.write("4242\n")
+        held.flush()
+        started = time.monotonic()
+        result = guard.run("--force", "--lock-timeout", "1")
+        assert result.returncode == 1 and 1 <= time.monotonic() - started < 5
+        assert "pid 4242" in result.stderr and "--lock-timeout" in result.stderr
+        assert result.stderr.count("\n") == 1
+        assert guard.bundle_path.read_bytes() == guard.old
+    guard.survived()
+    guard.recover()
+
+
+# The disk.
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+def can_mount(tmp_path: Path) -> bool:
+    probe = tmp_path / "mount-probe"
+    probe.mkdir()
+    try:
+        mount("-t", "tmpfs", "-o", "size=16k", "tmpfs", str(probe))
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return False
+    subprocess.run(["umount", str(probe)], check=True)
+    return True
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """Mount helpers that are undone at teardown; the test is skipped without mount privileges."""
+    if not can_mount(tmp_path):
+        pytest.skip("mount is not permitted here (needs root with CAP_SYS_ADMIN)")
+    mounted: list[Path] = []
+    yield mounted
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_ssl_dir_read_only(guard_for, lab, mounts):
+    guard = guard_for("ssl dir read-only")
+    guard.establish()
+    mount("--bind", str(lab.ssl_dir), str(lab.ssl_dir))
+    mounts.append(lab.ssl_dir)
+    mount("-o", "remount,bind,ro", str(lab.ssl_dir))
+    result = guard.run("--force")
+    assert result.returncode == 1 and "not writable" in result.stderr, result.stderr
+    guard.survived()
+    subprocess.run(["umount", str(lab.ssl_dir)], check=True)
+    mounts.clear()
+    guard.recover()
+
+
+def test_ssl_dir_full(guard_for, lab, mounts, tmp_path):
+    """A real ENOSPC: the ssl dir is a small tmpfs, filled up before the install."""
+    guard = guard_for("ssl dir full (ENOSPC)")
+    guard.establish()
+    saved = tmp_path / "ssl-before"
+    shutil.copytree(lab.ssl_dir, saved)
+    mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(lab.ssl_dir))
+    mounts.append(lab.ssl_dir)
+    for entry in saved.iterdir():
+        shutil.copy2(entry, lab.ssl_dir / entry.name)
+    filler = lab.ssl_dir / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: the tmpfs is full
+        pass
+    finally:
+        os.close(fd)
+    result = guard.run("--force")
+    assert result.returncode == 1 and "No space left on device" in result.stderr, result.stderr
+    assert guard.bundle_path.read_bytes() == guard.old
+    guard.survived()
+    filler.unlink()
+    guard.recover(expect="installed")
+
+
+def test_write_cut_part_way(guard_for, lab):
+    """RLIMIT_FSIZE makes any write past 1 KiB fail with EFBIG after a partial write.
+
+    That hits the pending bundle in the state dir (2.4 KiB) half-written; the order
+    saved before finalizing (under 1 KiB) lets the next run download the certificate.
+    """
+    guard = guard_for("write cut part way (RLIMIT_FSIZE)")
+    guard.establish()
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+    process = guard.start("--force", preexec_fn=limit)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and "File too large" in err, err
+    assert guard.bundle_path.read_bytes() == guard.old
+    guard.survived()
+    guard.recover(expect="installed")
+
+
+# The responder.
+
+def test_responder_flood_does_not_block_validation(guard_for, proxy, lab):
+    """At the challenge, 300 slow and 200 junk connections hit the responder and HAProxy; validation passes."""
+    guard = guard_for("responder flood (300 slow + 200 junk connections)", proxy)
+    guard.establish()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def junk() -> None:
+        requests_sent = 0
+        while not stop.is_set() and requests_sent < 200:
+            for port, data in ((lab.backend_port, b"POST /.well-known/acme-challenge/x HTTP/1.1\r\n\r\n"),
+                               (lab.http_port, b"GET /.well-known/acme-challenge/../../x HTTP/1.1\r\nHost: a\r\n\r\n"),
+                               (lab.backend_port, os.urandom(300))):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                        sock.sendall(data)
+                except OSError:
+                    pass
+                requests_sent += 1
+
+    def flood_at_challenge(method, path):
+        if step_of(path) == "challenge" and not held:
+            for _ in range(300):
+                sock = socket.create_connection(("127.0.0.1", lab.backend_port), timeout=2)
+                sock.sendall(b"GET /.well-known/acme-challenge/")  # and then nothing: a slowloris
+                held.append(sock)
+            threading.Thread(target=junk, daemon=True).start()
+        return None
+    proxy.on_request = flood_at_challenge
+    try:
+        result = guard.run("--force")
+    finally:
+        stop.set()
+        for sock in held:
+            sock.close()
+    assert len(held) == 300
+    assert result.returncode == 0, result.stderr
+    guard.survived()
+    guard.recover()
