@@ -59,3 +59,14 @@ def test_corrupt_record_is_a_clear_error(store):
     (store.root / "certificates" / "a" / "meta.json").write_text("{not json")
     with pytest.raises(CertrenewError, match="corrupt state file"):
         store.load_record("a")
+
+
+def test_a_validated_order_is_kept_until_its_certificate_is_pending(store):
+    from certrenew.store import PendingOrder
+    order = PendingOrder("https://ca.example/order/1", ["a.example"], "ecdsa-p256", b"-----KEY-----\n")
+    assert not store.unfinished("a.example")
+    store.save_order("a.example", order)
+    assert store.unfinished("a.example") and store.load_order("a.example") == order
+    assert mode(store.root / "certificates" / "a.example" / "order.json") == 0o600
+    store.save_pending("a.example", b"BUNDLE")
+    assert store.load_order("a.example") is None and store.unfinished("a.example")

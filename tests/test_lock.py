@@ -1,0 +1,33 @@
+import fcntl
+import os
+import threading
+import time
+
+import pytest
+
+from certrenew.errors import CertrenewError
+from certrenew.lock import StateLock
+
+
+def test_the_holder_writes_its_pid_and_releases_on_exit(tmp_path):
+    with StateLock(tmp_path / "state", timeout=0) as lock:
+        assert lock.path.read_text() == f"{os.getpid()}\n"
+        assert oct(lock.path.stat().st_mode & 0o777) == oct(0o600)
+    with lock.path.open("rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_second_run_gives_up_naming_the_holder(tmp_path):
+    with StateLock(tmp_path, timeout=0):
+        started = time.monotonic()
+        with pytest.raises(CertrenewError, match=rf"pid {os.getpid()}\) holds the lock .*\(--lock-timeout\)"):
+            with StateLock(tmp_path, timeout=0.3):
+                pass
+        assert 0.3 <= time.monotonic() - started < 2
+
+
+def test_a_second_run_waits_for_the_first(tmp_path):
+    first = StateLock(tmp_path, timeout=0).__enter__()
+    threading.Timer(0.3, first.__exit__, (None, None, None)).start()
+    with StateLock(tmp_path, timeout=5):
+        pass
