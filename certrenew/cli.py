@@ -179,4 +179,4 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(error, "exit_code", 1)
     except signals.Interrupted as interrupted:
         print(f"certrenew: {interrupted}; stopped cleanly, the next run picks up from here", file=sys.stderr)
-        return interrupted.exit_code
+        return signals.exit_abandoning_workers(interrupted.exit_code)

@@ -10,6 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from certrenew import signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
@@ -75,8 +76,12 @@ def _run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
 
         with Issuer(settings, store) as issuer:
-            with ThreadPoolExecutor(settings.concurrency) as pool:
+            pool = ThreadPoolExecutor(settings.concurrency)
+            try:
                 results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1])), work))
+            finally:
+                # After a signal, workers blocked on the CA are not waited for (see signals).
+                pool.shutdown(wait=not signals.cancelled.is_set(), cancel_futures=True)
             issued = [result for result in results if not isinstance(result, Outcome)]
             outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
             if issued:

@@ -4,12 +4,18 @@ The main thread gets an `Interrupted` exception (like KeyboardInterrupt, for bot
 signals), so every `finally` and `with` on its way out runs: the responder closes its
 port, temp files are removed, the lock is released. Worker threads cannot receive
 signals; they see the shared `cancelled` event at their next wait or network call
-(`check`, `sleep`). A signal arriving inside a `critical` section (a file being
-replaced) is held until the section ends, so no write is cut half-way.
+(`check`, `sleep`). A worker blocked on the CA (up to a request's timeout) is not
+waited for: `exit_abandoning_workers` ends the process once no file is being written,
+which is safe because every write is atomic and every step can be resumed. A signal
+arriving inside a `critical` section (a file being replaced) is held until the
+section ends, so no write is cut half-way; after a signal, workers start no new one.
 """
 
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,6 +25,11 @@ cancelled = threading.Event()
 """Set once a signal asked the run to stop; every thread's waits end early on it."""
 
 _state = threading.local()
+_writes = {"in_progress": 0}
+"""Critical sections in progress, in any thread (guarded by _writes_lock)."""
+_writes_lock = threading.Lock()
+WRITE_GRACE = 2.0
+"""Seconds the main thread waits for workers' writes in progress before it exits."""
 
 
 class Interrupted(BaseException):
@@ -64,11 +75,17 @@ def handled() -> Iterator[None]:
 @contextmanager
 def critical() -> Iterator[None]:
     """Hold a signal that arrives during the block until the block is done, then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        check()  # a cancelled worker starts no new write: the main thread is about to exit
+    with _writes_lock:
+        _writes["in_progress"] += 1
     _state.critical = getattr(_state, "critical", 0) + 1
     try:
         yield
     finally:
         _state.critical -= 1
+        with _writes_lock:
+            _writes["in_progress"] -= 1
     deferred = getattr(_state, "deferred", None)
     if _state.critical == 0 and deferred is not None:
         _state.deferred = None
@@ -85,3 +102,21 @@ def sleep(seconds: float) -> None:
     """`time.sleep` that ends as soon as the run is cancelled."""
     if cancelled.wait(seconds):
         check()
+
+
+def exit_abandoning_workers(code: int) -> int:
+    """Return `code`, or, while worker threads still run (blocked on the CA), end the process.
+
+    The workers are left as if killed, but only once none of them is writing a file
+    (waiting at most WRITE_GRACE seconds): the state they leave is what a SIGKILL
+    leaves, which the next run resumes.
+    """
+    workers = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not workers:
+        return code
+    end = time.monotonic() + WRITE_GRACE
+    while _writes["in_progress"] and time.monotonic() < end:
+        time.sleep(0.01)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
