@@ -136,18 +136,24 @@ class FileStore:
         return sorted(p.name for p in base.iterdir() if (p / "meta.json").exists()) if base.exists() else []
 
     def load_record(self, name: str) -> CertificateRecord | None:
-        path = self._cert_dir(name) / "meta.json"
+        return self._load_json(name, "meta.json", CertificateRecord.from_json)
+
+    def save_record(self, record: CertificateRecord) -> None:
+        self._save_json(record.name, "meta.json", record.to_json())
+
+    def _load_json(self, name: str, file: str, parse):
+        path = self._cert_dir(name) / file
         if not path.exists():
             return None
         try:
-            return CertificateRecord.from_json(json.loads(path.read_text()))
-        except (ValueError, TypeError) as error:
+            return parse(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError) as error:
             raise CertrenewError(f"corrupt state file {path}: {error}") from None
 
-    def save_record(self, record: CertificateRecord) -> None:
-        directory = self._cert_dir(record.name)
+    def _save_json(self, name: str, file: str, data: dict) -> None:
+        directory = self._cert_dir(name)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(directory / "meta.json", json.dumps(record.to_json(), indent=2).encode() + b"\n")
+        write_atomic(directory / file, json.dumps(data, indent=2).encode() + b"\n")
 
     def load_bundle(self, name: str, slot: str = "current") -> bytes | None:
         """The HAProxy bundle (chain and key) in `slot`: "current", "previous" or "pending"."""
@@ -156,18 +162,10 @@ class FileStore:
 
     def save_order(self, name: str, order: PendingOrder) -> None:
         """Keep a validated order and its key until its certificate is downloaded."""
-        directory = self._cert_dir(name)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(directory / "order.json", json.dumps(order.to_json(), indent=2).encode() + b"\n")
+        self._save_json(name, "order.json", order.to_json())
 
     def load_order(self, name: str) -> PendingOrder | None:
-        path = self._cert_dir(name) / "order.json"
-        if not path.exists():
-            return None
-        try:
-            return PendingOrder.from_json(json.loads(path.read_text()))
-        except (ValueError, TypeError, KeyError) as error:
-            raise CertrenewError(f"corrupt state file {path}: {error}") from None
+        return self._load_json(name, "order.json", PendingOrder.from_json)
 
     def discard_order(self, name: str) -> None:
         (self._cert_dir(name) / "order.json").unlink(missing_ok=True)

@@ -82,6 +82,19 @@ def failing(step: str, fault, times: int | None = None):
     return on_request
 
 
+def at(step: str, action, nth: int = 1):
+    """An on_request that runs `action()` when the `nth` request of `step` arrives, then passes it on."""
+    hits = []
+
+    def on_request(method: str, path: str):
+        if step_of(path) == step:
+            hits.append(path)
+            if len(hits) == nth:
+                action()
+        return None
+    return on_request
+
+
 def failing_from(step: str, fault):
     """An on_request that lets everything through until `step`, then answers `fault` to everything."""
     tripped = []
@@ -146,12 +159,7 @@ def test_rate_limit_beyond_the_deadline_fails_fast_and_clearly(guard_for, proxy)
 def test_ca_stopped_mid_order(guard_for, proxy, lab):
     guard = guard_for("CA process stopped mid-order", proxy)
     guard.establish()
-
-    def stop_at_challenge(method, path):
-        if step_of(path) == "challenge":
-            lab.stop_pebble()
-        return None
-    proxy.on_request = stop_at_challenge
+    proxy.on_request = at("challenge", lab.stop_pebble)
     result = guard.run("--force")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     guard.survived()
@@ -165,35 +173,29 @@ def test_ca_stopped_mid_order(guard_for, proxy, lab):
 
 # HAProxy.
 
-def test_haproxy_down_during_validation(guard_for, lab):
-    guard = guard_for("HAProxy down (validation cannot reach the responder)")
+HAPROXY_DOWN = {
+    # case: (the step at which HAProxy stops, or None for before the run; the error; the clean run's action)
+    "HAProxy down (validation cannot reach the responder)": (None, "validation failed", "unchanged"),
+    "HAProxy down after validation (reload fails)": ("finalize", "reload command", "installed"),
+}
+
+
+@pytest.mark.parametrize("case", HAPROXY_DOWN)
+def test_haproxy_down(guard_for, proxy, lab, case):
+    stop_at, error, recovery = HAPROXY_DOWN[case]
+    guard = guard_for(case, proxy)
     guard.establish()
-    lab.stop_haproxy()
+    if stop_at:
+        proxy.on_request = at(stop_at, lab.stop_haproxy)
+    else:
+        lab.stop_haproxy()
     result = guard.run("--force")
-    assert result.returncode == 1 and "validation failed" in result.stderr, result.stderr
+    assert result.returncode == 1 and error in result.stderr, result.stderr
     guard.survived(served=False)
     assert guard.bundle_path.read_bytes() == guard.old
     lab.start_haproxy()
     guard.survived()
-    guard.recover(expect="unchanged")
-
-
-def test_haproxy_down_at_install(guard_for, proxy, lab):
-    guard = guard_for("HAProxy down after validation (reload fails)", proxy)
-    guard.establish()
-
-    def stop_at_finalize(method, path):
-        if step_of(path) == "finalize":
-            lab.stop_haproxy()
-        return None
-    proxy.on_request = stop_at_finalize
-    result = guard.run("--force")
-    assert result.returncode == 1 and "reload command" in result.stderr, result.stderr
-    guard.survived(served=False)
-    assert guard.bundle_path.read_bytes() == guard.old
-    lab.start_haproxy()
-    guard.survived()
-    guard.recover(expect="installed")  # the certificate issued while HAProxy was down
+    guard.recover(expect=recovery)  # "installed": the certificate issued while HAProxy was down
 
 
 def test_haproxy_admin_socket_gone(guard_for, lab):
@@ -242,15 +244,7 @@ def test_signal(guard_for, proxy, lab, signum, point):
     env = {}
     if point in PROXY_POINTS:
         at_step, nth = PROXY_POINTS[point]
-        hits = []
-
-        def on_request(method, path):
-            if step_of(path) == at_step:
-                hits.append(path)
-                if len(hits) == nth:
-                    kill_and_wait()  # the request goes on to pebble after the client is gone
-            return None
-        proxy.on_request = on_request
+        proxy.on_request = at(at_step, kill_and_wait, nth)  # the request goes on to pebble once the client is gone
     else:
         # The reload command is certrenew's child: it signals its parent mid-install.
         env["CERTRENEW_RELOAD_COMMAND"] = f"sh -c 'kill -{name[3:]} $PPID; sleep 5'"
@@ -415,15 +409,13 @@ def test_responder_flood_does_not_block_validation(guard_for, proxy, lab):
                     pass
                 requests_sent += 1
 
-    def flood_at_challenge(method, path):
-        if step_of(path) == "challenge" and not held:
-            for _ in range(300):
-                sock = socket.create_connection(("127.0.0.1", lab.backend_port), timeout=2)
-                sock.sendall(b"GET /.well-known/acme-challenge/")  # and then nothing: a slowloris
-                held.append(sock)
-            threading.Thread(target=junk, daemon=True).start()
-        return None
-    proxy.on_request = flood_at_challenge
+    def flood() -> None:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", lab.backend_port), timeout=2)
+            sock.sendall(b"GET /.well-known/acme-challenge/")  # and then nothing: a slowloris
+            held.append(sock)
+        threading.Thread(target=junk, daemon=True).start()
+    proxy.on_request = at("challenge", flood)
     try:
         result = guard.run("--force")
     finally:
