@@ -121,11 +121,17 @@ def _positive(value: float | int) -> float | int:
     return value
 
 
-def check_host_port(address: str) -> str:
-    """HOST:PORT, an IPv6 host in brackets."""
+def split_host_port(address: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as a host and a port number."""
     host, _, port = address.rpartition(":")
-    if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address}: expected HOST:PORT")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address}: expected HOST:PORT, e.g. 127.0.0.1:49494")
+    return host, int(port)
+
+
+def check_host_port(address: str) -> str:
+    split_host_port(address)
     return address
 
 

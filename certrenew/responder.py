@@ -10,7 +10,8 @@ import re
 import threading
 from http import HTTPStatus
 
-from certrenew.errors import CertrenewError, UsageError
+from certrenew.config import split_host_port
+from certrenew.errors import CertrenewError
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,6 @@ MAX_CONNECTIONS = 512
 file descriptors, and cannot keep the CA's fresh connection out either."""
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split "HOST:PORT" (or "[v6]:PORT") into a host and a port, or raise UsageError."""
-    host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"invalid listen address {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:49494")
-    return host, int(port)
-
-
 class Responder:
     """An HTTP-01 `ChallengeSolver` serving key authorizations on a backend port.
 
@@ -47,7 +39,7 @@ class Responder:
     challenge_type = "http-01"
 
     def __init__(self, listen: str) -> None:
-        self.address = parse_listen(listen)
+        self.address = split_host_port(listen)
         self._validations: dict[str, tuple[str, str]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -7,7 +7,7 @@ import requests
 
 from certrenew.errors import CertrenewError
 from certrenew import responder as responder_module
-from certrenew.responder import Responder, parse_listen
+from certrenew.responder import Responder
 
 
 def free_port() -> int:
@@ -71,8 +71,8 @@ def test_busy_port_is_a_clear_error():
 
 @pytest.mark.parametrize("bad", ["49494", "host:", ":80", "h:99999", "h:port"])
 def test_listen_address_is_checked(bad):
-    with pytest.raises(CertrenewError, match="invalid listen address"):
-        parse_listen(bad)
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        Responder(bad)
 
 
 def raw(responder, data: bytes, timeout=5) -> bytes:
