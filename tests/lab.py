@@ -369,10 +369,12 @@ class Lab:
         wait_until(name, lambda: self._https_answers(https_port), process, log)
         return node
 
-    def wait_served_serial(self, sni: str, serial_hex: str, timeout: float = 10.0) -> x509.Certificate:
+    def wait_served_serial(self, sni: str, serial_hex: str, timeout: float = 10.0,
+                           interval: float = POLL_INTERVAL) -> x509.Certificate:
         """Wait until HAProxy serves the certificate with this serial for `sni`, and return it verified.
 
-        A reload is asynchronous: the old worker keeps answering for a moment.
+        A reload is asynchronous: the old worker keeps answering for a moment. The
+        benchmark asks every few milliseconds (`interval`) so the wait does not round its timings.
         """
         expected = parse_serial(serial_hex)
         seen = "nothing"
@@ -386,7 +388,7 @@ class Lab:
                 if served.serial_number == expected:
                     return self.served_certificate(sni)
                 seen = f"serial {served.serial_number:x} for {served.subject.rfc4514_string()}"
-            time.sleep(POLL_INTERVAL)
+            time.sleep(interval)
         raise LabError(f"HAProxy did not serve serial {expected:x} for {sni} within {timeout}s; last saw {seen}")
 
     def certrenew(self, *args: str, env: Mapping[str, str | None] | None = None,

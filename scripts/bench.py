@@ -1,0 +1,299 @@
+"""certrenew and certbot side by side on the same work, the same pebble and the same HAProxy.
+
+Run through scripts/bench, which installs certbot 5.x into .bench/certbot (git ignores
+it; delete it at will). Every scenario ends where an operator's job ends: HAProxy
+serving the new certificate, or a no-op run returning.
+
+- one certificate: certbot `certonly --standalone` on the ACL's backend port, then
+  `cat fullchain privkey > ssl/<name>.pem` and the reload (what operators did by hand),
+  against `certrenew NAME`; each timed until HAProxy serves the new serial.
+- N certificates from one config: certbot doing the same one by one, against
+  `certrenew run --config FILE`; timed until HAProxy serves the last one, then every
+  one is checked (untimed) against pebble's root.
+- a no-op over those N: `certbot renew` against `certrenew run --config FILE`.
+- the peak RSS of the N-certificate run (the largest process for certbot's loop).
+
+Each tool registers its ACME account in an untimed warm-up issuance first, as it
+would have on a server long before a timer runs it. Every figure is a median.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from lab import Lab, log_tail  # noqa: E402
+
+from certrenew.bundle import leaf_info  # noqa: E402
+
+# Validation without pebble's random 0-15 s sleeps, and no random badNonce or reused
+# authorizations: both clients see the same CA doing the same work every time.
+PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
+EMAIL = "ops@example.com"
+COMMAND_TIMEOUT = 120.0
+SERVE_TIMEOUT = 30.0
+SERVE_POLL = 0.005
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    max_rss_kib: int
+
+
+def run_measured(argv: list[str], env: dict[str, str], log: Path) -> int:
+    """Run a command to completion (bounded by COMMAND_TIMEOUT); return its peak RSS in KiB.
+
+    `os.wait4` reports the resources of this child and the children it waited for, so a
+    shell's figure covers the certbot it ran.
+    """
+    with log.open("ab") as out:
+        out.write(f"$ {' '.join(argv)}\n".encode())
+        out.flush()
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+    timer = threading.Timer(COMMAND_TIMEOUT, process.kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise BenchError(f"{argv[0]} exited with {process.returncode}\n{log_tail(log)}")
+    return usage.ru_maxrss
+
+
+def serial_of(bundle: Path) -> str:
+    return leaf_info(bundle.read_bytes()).serial
+
+
+class Tool:
+    """One renewer set up against the lab; `home` holds its configuration and state."""
+
+    name: str
+
+    def __init__(self, lab: Lab, home: Path) -> None:
+        self.lab = lab
+        self.home = home
+        self.log = home / "commands.log"
+        home.mkdir(parents=True)
+
+    def issue(self, domains: list[str]) -> Sample:
+        """Issue one certificate per domain and wait until HAProxy serves the last one."""
+        started = time.perf_counter()
+        rss = self._issue(domains)
+        self.lab.wait_served_serial(domains[-1], serial_of(self.lab.ssl_dir / f"{domains[-1]}.pem"),
+                                    timeout=SERVE_TIMEOUT, interval=SERVE_POLL)
+        return Sample(time.perf_counter() - started, rss)
+
+    def noop(self) -> Sample:
+        started = time.perf_counter()
+        rss = self._noop()
+        return Sample(time.perf_counter() - started, rss)
+
+    def _issue(self, domains: list[str]) -> int:
+        raise NotImplementedError
+
+    def _noop(self) -> int:
+        raise NotImplementedError
+
+    def fresh(self, home: Path) -> "Tool":
+        """The same tool with empty state but the account already registered."""
+        raise NotImplementedError
+
+
+class Certbot(Tool):
+    """certbot 5.x standalone behind HAProxy's ACL, installed and reloaded the way operators did it."""
+
+    name = "certbot"
+
+    def __init__(self, lab: Lab, home: Path, executable: Path) -> None:
+        super().__init__(lab, home)
+        self.executable = executable
+        self.env = {**os.environ, "REQUESTS_CA_BUNDLE": str(lab.ca_bundle)}
+
+    def _dirs(self) -> list[str]:
+        return ["--config-dir", str(self.home / "config"), "--work-dir", str(self.home / "work"),
+                "--logs-dir", str(self.home / "logs")]
+
+    def _procedure(self, domain: str) -> str:
+        certonly = [str(self.executable), "certonly", "--standalone", "--non-interactive", "--agree-tos",
+                    "--email", EMAIL, "--server", self.lab.directory_url,
+                    "--http-01-address", "127.0.0.1", "--http-01-port", str(self.lab.backend_port),
+                    *self._dirs(), "-d", domain]
+        live = self.home / "config" / "live" / domain
+        return (f"{' '.join(certonly)} && umask 077 && "
+                f"cat {live}/fullchain.pem {live}/privkey.pem > {self.lab.ssl_dir}/{domain}.pem && "
+                f"{self.lab.reload_command}")
+
+    def _issue(self, domains: list[str]) -> int:
+        return max(run_measured(["sh", "-c", self._procedure(domain)], self.env, self.log) for domain in domains)
+
+    def _noop(self) -> int:
+        return run_measured([str(self.executable), "renew", "--non-interactive", "--no-random-sleep-on-renew",
+                             *self._dirs()], self.env, self.log)
+
+    def fresh(self, home: Path) -> "Certbot":
+        other = Certbot(self.lab, home, self.executable)
+        shutil.copytree(self.home / "config" / "accounts", home / "config" / "accounts")
+        return other
+
+
+class Certrenew(Tool):
+    """certrenew's own CLI, with the lab's settings in CERTRENEW_* variables."""
+
+    name = "certrenew"
+
+    def __init__(self, lab: Lab, home: Path) -> None:
+        super().__init__(lab, home)
+        self.config = home / "certrenew.toml"
+        self.env = {**os.environ, **lab.certrenew_env, "CERTRENEW_STATE_DIR": str(home / "state")}
+        self.command = [sys.executable, "-m", "certrenew"]
+
+    def _issue(self, domains: list[str]) -> int:
+        if len(domains) == 1:
+            return run_measured([*self.command, *domains], self.env, self.log)
+        self.config.write_text("".join(f'[[certificate]]\ndomains = ["{domain}"]\n\n' for domain in domains))
+        return self._noop()
+
+    def _noop(self) -> int:
+        return run_measured([*self.command, "run", "--config", str(self.config)], self.env, self.log)
+
+    def fresh(self, home: Path) -> "Certrenew":
+        other = Certrenew(self.lab, home)
+        shutil.copytree(self.home / "state" / "accounts", home / "state" / "accounts")
+        return other
+
+
+def median(samples: list[Sample], field: Callable[[Sample], float]) -> float:
+    return statistics.median(field(sample) for sample in samples)
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    certbot: float
+    certrenew: float
+    unit: str
+    target: str
+
+    def cells(self) -> list[str]:
+        def show(value: float) -> str:
+            return f"{value:.2f} {self.unit}" if value < 100 else f"{value:.0f} {self.unit}"
+        return [self.scenario, show(self.certbot), show(self.certrenew), f"{self.certbot / self.certrenew:.1f}x",
+                self.target]
+
+
+def print_table(rows: list[Row]) -> None:
+    table = [["scenario", "certbot", "certrenew", "ratio", "target"]] + [row.cells() for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for number, line in enumerate(table):
+        print("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                        for i, (cell, width) in enumerate(zip(line, widths))).rstrip())
+        if number == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def clear_bundles(lab: Lab, domains: list[str]) -> None:
+    """Take a batch's bundles out of HAProxy, so every batch starts from the same crt dir."""
+    if not domains:
+        return
+    for domain in domains:
+        (lab.ssl_dir / f"{domain}.pem").unlink()
+    lab.reload_haproxy()
+
+
+def check_all_served(lab: Lab, domains: list[str]) -> None:
+    for domain in domains:
+        lab.served_certificate(domain)  # verified against pebble's root, name checked
+
+
+def bench(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    with Lab(workdir / "lab", pebble_env=PEBBLE_ENV) as lab:
+        tools = {"certbot": Certbot(lab, workdir / "certbot", args.certbot), "certrenew": Certrenew(lab, workdir / "certrenew")}
+        say = print if args.verbose else (lambda *_: None)
+        for name, tool in tools.items():
+            tool.issue([f"warmup.{name}.bench.example"])
+
+        one = {name: [] for name in tools}
+        for run in range(args.runs):  # interleaved, so both see the same background load
+            for name, tool in tools.items():
+                one[name].append(tool.issue([f"one{run}.{name}.bench.example"]))
+                say(f"one certificate, {name}: {one[name][-1].seconds:.2f} s")
+
+        batch = {name: [] for name in tools}
+        last: dict[str, Tool] = {}  # each tool's last batch, for the no-op runs
+        runs = {"certbot": args.certbot_batch_runs, "certrenew": args.batch_runs}
+        previous: list[str] = []
+        for name, tool in tools.items():
+            for run in range(runs[name]):
+                clear_bundles(lab, previous)
+                domains = [f"c{i}.b{run}.{name}.bench.example" for i in range(args.certificates)]
+                last[name] = tool.fresh(workdir / f"{name}-batch{run}")
+                batch[name].append(last[name].issue(domains))
+                say(f"{args.certificates} certificates, {name}: {batch[name][-1].seconds:.2f} s")
+                check_all_served(lab, domains)
+                previous = domains
+
+        noop = {name: [] for name in tools}
+        for _ in range(args.runs):
+            for name in tools:
+                noop[name].append(last[name].noop())
+                say(f"no-op, {name}: {noop[name][-1].seconds:.2f} s")
+
+    def row(scenario, samples, field, unit, target):
+        return Row(scenario, median(samples["certbot"], field), median(samples["certrenew"], field), unit, target)
+
+    n = args.certificates
+    return [
+        row("one certificate, until HAProxy serves it", one, lambda s: s.seconds, "s", ">= 7x"),
+        row(f"{n} certificates from one config", batch, lambda s: s.seconds, "s", ">= 20x"),
+        row(f"no-op run over {n} certificates", noop, lambda s: s.seconds, "s", ">= 3x"),
+        row(f"peak RSS, {n}-certificate run", batch, lambda s: s.max_rss_kib / 1024, "MiB", "> 1x"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--certbot", type=Path, default=REPO_ROOT / ".bench" / "certbot" / "bin" / "certbot")
+    parser.add_argument("--runs", type=int, default=5, help="runs of the one-certificate and no-op scenarios")
+    parser.add_argument("--certificates", type=int, default=100, help="certificates in the batch (default 100)")
+    parser.add_argument("--batch-runs", type=int, default=3, help="certrenew's batch runs (default 3)")
+    parser.add_argument("--certbot-batch-runs", type=int, default=1,
+                        help="certbot's batch runs (default 1: one takes about 3 s per certificate)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
+    args = parser.parse_args()
+    # `kill` must unwind through Lab.__exit__ like Ctrl-C, or pebble and HAProxy outlive the bench.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+    version = subprocess.run([str(args.certbot), "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"{version} vs certrenew, against pebble (PEBBLE_VA_NOSLEEP=1) and HAProxy on loopback, "
+          f"{os.cpu_count()} cores; medians of {args.runs} runs (one certificate, no-op), "
+          f"{args.certbot_batch_runs} certbot and {args.batch_runs} certrenew run(s) of {args.certificates} "
+          "certificates", flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="certrenew-bench-") as workdir:
+        rows = bench(args, Path(workdir))
+    print()
+    print_table(rows)
+    print(f"\n(bench took {time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
