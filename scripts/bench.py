@@ -1,7 +1,8 @@
 """certrenew and certbot side by side on the same work, the same pebble and the same HAProxy.
 
-Run through scripts/bench, which installs certbot 5.x into .bench/certbot (git ignores
-it; delete it at will). Every scenario ends where an operator's job ends: HAProxy
+Run through scripts/bench, which pip-installs certbot 5.x and this checkout's certrenew
+into venvs of their own under .bench/ (git ignores it; delete it at will), so neither
+pays for a development install. Every scenario ends where an operator's job ends: HAProxy
 serving the new certificate, or a no-op run returning.
 
 - one certificate: certbot `certonly --standalone` on the ACL's backend port, then
@@ -160,11 +161,12 @@ class Certrenew(Tool):
 
     name = "certrenew"
 
-    def __init__(self, lab: Lab, home: Path) -> None:
+    def __init__(self, lab: Lab, home: Path, executable: Path) -> None:
         super().__init__(lab, home)
+        self.executable = executable
         self.config = home / "certrenew.toml"
         self.env = {**os.environ, **lab.certrenew_env, "CERTRENEW_STATE_DIR": str(home / "state")}
-        self.command = [sys.executable, "-m", "certrenew"]
+        self.command = [str(executable)]
 
     def _issue(self, domains: list[str]) -> int:
         if len(domains) == 1:
@@ -176,7 +178,7 @@ class Certrenew(Tool):
         return run_measured([*self.command, "run", "--config", str(self.config)], self.env, self.log)
 
     def fresh(self, home: Path) -> "Certrenew":
-        other = Certrenew(self.lab, home)
+        other = Certrenew(self.lab, home, self.executable)
         shutil.copytree(self.home / "state" / "accounts", home / "state" / "accounts")
         return other
 
@@ -226,7 +228,7 @@ def check_all_served(lab: Lab, domains: list[str]) -> None:
 
 def bench(args: argparse.Namespace, workdir: Path) -> list[Row]:
     with Lab(workdir / "lab", pebble_env=PEBBLE_ENV) as lab:
-        tools = {"certbot": Certbot(lab, workdir / "certbot", args.certbot), "certrenew": Certrenew(lab, workdir / "certrenew")}
+        tools = {"certbot": Certbot(lab, workdir / "certbot", args.certbot), "certrenew": Certrenew(lab, workdir / "certrenew", args.certrenew)}
         say = print if args.verbose else (lambda *_: None)
         for name, tool in tools.items():
             tool.issue([f"warmup.{name}.bench.example"])
@@ -269,19 +271,119 @@ def bench(args: argparse.Namespace, workdir: Path) -> list[Row]:
     ]
 
 
+def startup_seconds(python: Path, code: str, runs: int) -> float:
+    """Median wall time of a fresh interpreter running `code`."""
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([str(python), "-c", code], check=True, timeout=COMMAND_TIMEOUT)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+class PhaseClock:
+    """Wall time spent inside chosen functions, by patching them with timing wrappers."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._patches: list[tuple[object, str, object]] = []
+
+    def watch(self, owner: object, attribute: str, phase: str) -> None:
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+        self._patches.append((owner, attribute, original))
+        setattr(owner, attribute, timed)
+
+    def restore(self) -> None:
+        for owner, attribute, original in reversed(self._patches):
+            setattr(owner, attribute, original)
+
+
+def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float]]:
+    """Where one certificate's time goes: startup and imports in fresh interpreters, the rest in-process."""
+    from certrenew import acme_client, issue, renew
+    from certrenew.config import CertificateSpec, build_settings
+    from certrenew.install import Installer
+    from certrenew.responder import Responder
+
+    interpreter = args.certrenew.parent / "python"  # the venv certrenew is installed in
+    python = startup_seconds(interpreter, "pass", args.runs)
+    noop_imports = startup_seconds(interpreter, "import certrenew.cli, certrenew.renew", args.runs)
+    acme_imports = startup_seconds(interpreter, "import certrenew.cli, certrenew.renew, certrenew.issue", args.runs)
+    runs = []
+    with Lab(workdir / "lab", pebble_env=PEBBLE_ENV) as lab:
+        environ = {**lab.certrenew_env, "CERTRENEW_STATE_DIR": str(workdir / "state")}
+        settings = build_settings({}, environ=environ)
+        for run in range(args.runs + 1):  # the first registers the account and is not counted
+            domain = f"profile{run}.certrenew.bench.example"
+            clock = PhaseClock()
+            clock.watch(issue, "generate_key", "key generation and CSR")
+            clock.watch(issue, "make_csr", "key generation and CSR")
+            clock.watch(issue.Issuer, "_login", "ACME: directory and account")
+            clock.watch(acme_client.AcmeClient, "_create_order", "ACME: new order and authorizations")
+            clock.watch(acme_client.AcmeClient, "_wait_authorization", "ACME: challenge validation (polling)")
+            clock.watch(acme_client.AcmeClient, "_finalize", "ACME: finalize, issuance, download")
+            clock.watch(Responder, "__enter__", "responder start and stop")
+            clock.watch(Responder, "__exit__", "responder start and stop")
+            clock.watch(Installer, "install", "install: write bundle, run reload command")
+            started = time.perf_counter()
+            try:
+                [outcome] = renew.run(settings, [CertificateSpec(domain, (domain,))])
+            finally:
+                clock.restore()
+            ran = time.perf_counter()
+            if outcome.failed:
+                raise BenchError(f"{domain}: {outcome.detail}")
+            lab.wait_served_serial(domain, serial_of(lab.ssl_dir / f"{domain}.pem"),
+                                   timeout=SERVE_TIMEOUT, interval=SERVE_POLL)
+            phases = dict(clock.seconds)
+            phases["other in-process work (state, bundle, threads)"] = ran - started - sum(clock.seconds.values())
+            phases["HAProxy: reload until the new certificate is served"] = time.perf_counter() - ran
+            runs.append(phases)
+    runs = runs[1:]
+    breakdown = [
+        ("interpreter startup", python),
+        ("imports: CLI, config, policy, store (all a no-op run needs)", noop_imports - python),
+        ("imports: ACME stack (acme, josepy, requests, cryptography, ...)", acme_imports - noop_imports),
+    ]
+    return breakdown + [(phase, statistics.median(run.get(phase, 0.0) for run in runs)) for phase in runs[0]]
+
+
+def print_profile(breakdown: list[tuple[str, float]]) -> None:
+    width = max(len(phase) for phase, _ in breakdown)
+    for phase, seconds in breakdown:
+        print(f"{phase.ljust(width)}  {seconds * 1000:6.0f} ms")
+    print(f"{'total'.ljust(width)}  {sum(seconds for _, seconds in breakdown) * 1000:6.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--certbot", type=Path, default=REPO_ROOT / ".bench" / "certbot" / "bin" / "certbot")
+    parser.add_argument("--certrenew", type=Path, default=REPO_ROOT / ".bench" / "certrenew" / "bin" / "certrenew")
     parser.add_argument("--runs", type=int, default=5, help="runs of the one-certificate and no-op scenarios")
     parser.add_argument("--certificates", type=int, default=100, help="certificates in the batch (default 100)")
     parser.add_argument("--batch-runs", type=int, default=3, help="certrenew's batch runs (default 3)")
     parser.add_argument("--certbot-batch-runs", type=int, default=1,
                         help="certbot's batch runs (default 1: one takes about 3 s per certificate)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the comparison, show where certrenew's time for one certificate goes")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = parser.parse_args()
     # `kill` must unwind through Lab.__exit__ like Ctrl-C, or pebble and HAProxy outlive the bench.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
+    if args.profile:
+        print(f"certrenew, one certificate, medians of {args.runs} runs", flush=True)
+        with tempfile.TemporaryDirectory(prefix="certrenew-profile-") as workdir:
+            print_profile(profile(args, Path(workdir)))
+        return
     version = subprocess.run([str(args.certbot), "--version"], capture_output=True, text=True).stdout.strip()
     print(f"{version} vs certrenew, against pebble (PEBBLE_VA_NOSLEEP=1) and HAProxy on loopback, "
           f"{os.cpu_count()} cores; medians of {args.runs} runs (one certificate, no-op), "
