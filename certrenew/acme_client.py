@@ -1,7 +1,7 @@
 """The ACME conversation (RFC 8555): account, order, challenges, finalization, download.
 
 Built on the `acme` library's messages and `ClientV2`. What certrenew changes is
-waiting: polls start at 50 ms and back off, honouring Retry-After, instead of the
+waiting: polls start at 10 ms and back off, honouring Retry-After, instead of the
 library's fixed one-second sleeps; every request is retried within bounds when
 the CA answers badNonce, drops the connection or fails with a 5xx; and a rate limit
 (429, `rateLimited`) is waited out when its Retry-After fits the time budget.
@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 ARI_DEFAULT_RETRY = datetime.timedelta(hours=6)
 ARI_MAX_RETRY = datetime.timedelta(days=1)
-FIRST_POLL = 0.05
+FIRST_POLL = 0.01
+"""A CA that validates fast (pebble, a CA near by) has answered within a few ms; one that
+takes a second costs two more polls than a start at 50 ms would."""
 MAX_POLL = 2.0
 MAX_CALL_TIMEOUT = 30.0
 TRANSIENT_ATTEMPTS = 5
@@ -284,7 +286,7 @@ class AcmeClient:
 
     def _poll(self, what: str, fetch: Callable[[], requests.Response],
               finished: Callable[[dict], bool]) -> requests.Response:
-        """Fetch until `finished`, sleeping 50 ms, then longer, or as long as Retry-After asks."""
+        """Fetch until `finished`, sleeping 10 ms, then twice as long each time, or as long as Retry-After asks."""
         delay = FIRST_POLL
         while True:
             response = self._call(f"check the {what}", fetch)
