@@ -87,13 +87,21 @@ def serial_of(bundle: Path) -> str:
 class Tool:
     """One renewer set up against the lab; `home` holds its configuration and state."""
 
-    name: str
+    accounts: str
+    """Where under `home` the tool keeps its ACME account."""
 
-    def __init__(self, lab: Lab, home: Path) -> None:
+    def __init__(self, lab: Lab, home: Path, executable: Path) -> None:
         self.lab = lab
         self.home = home
+        self.executable = executable
         self.log = home / "commands.log"
         home.mkdir(parents=True)
+
+    def fresh(self, home: Path) -> "Tool":
+        """The same tool with empty state but the account already registered."""
+        other = type(self)(self.lab, home, self.executable)
+        shutil.copytree(self.home / self.accounts, home / self.accounts)
+        return other
 
     def issue(self, domains: list[str]) -> Sample:
         """Issue one certificate per domain and wait until HAProxy serves the last one."""
@@ -114,20 +122,15 @@ class Tool:
     def _noop(self) -> int:
         raise NotImplementedError
 
-    def fresh(self, home: Path) -> "Tool":
-        """The same tool with empty state but the account already registered."""
-        raise NotImplementedError
-
 
 class Certbot(Tool):
     """certbot 5.x standalone behind HAProxy's ACL, installed and reloaded the way operators did it."""
 
-    name = "certbot"
+    accounts = "config/accounts"
 
-    def __init__(self, lab: Lab, home: Path, executable: Path) -> None:
-        super().__init__(lab, home)
-        self.executable = executable
-        self.env = {**os.environ, "REQUESTS_CA_BUNDLE": str(lab.ca_bundle)}
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "REQUESTS_CA_BUNDLE": str(self.lab.ca_bundle)}
 
     def _dirs(self) -> list[str]:
         return ["--config-dir", str(self.home / "config"), "--work-dir", str(self.home / "work"),
@@ -150,37 +153,28 @@ class Certbot(Tool):
         return run_measured([str(self.executable), "renew", "--non-interactive", "--no-random-sleep-on-renew",
                              *self._dirs()], self.env, self.log)
 
-    def fresh(self, home: Path) -> "Certbot":
-        other = Certbot(self.lab, home, self.executable)
-        shutil.copytree(self.home / "config" / "accounts", home / "config" / "accounts")
-        return other
-
 
 class Certrenew(Tool):
     """certrenew's own CLI, with the lab's settings in CERTRENEW_* variables."""
 
-    name = "certrenew"
+    accounts = "state/accounts"
 
-    def __init__(self, lab: Lab, home: Path, executable: Path) -> None:
-        super().__init__(lab, home)
-        self.executable = executable
-        self.config = home / "certrenew.toml"
-        self.env = {**os.environ, **lab.certrenew_env, "CERTRENEW_STATE_DIR": str(home / "state")}
-        self.command = [str(executable)]
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.lab.certrenew_env, "CERTRENEW_STATE_DIR": str(self.home / "state")}
+
+    @property
+    def config(self) -> Path:
+        return self.home / "certrenew.toml"
 
     def _issue(self, domains: list[str]) -> int:
         if len(domains) == 1:
-            return run_measured([*self.command, *domains], self.env, self.log)
+            return run_measured([str(self.executable), *domains], self.env, self.log)
         self.config.write_text("".join(f'[[certificate]]\ndomains = ["{domain}"]\n\n' for domain in domains))
         return self._noop()
 
     def _noop(self) -> int:
-        return run_measured([*self.command, "run", "--config", str(self.config)], self.env, self.log)
-
-    def fresh(self, home: Path) -> "Certrenew":
-        other = Certrenew(self.lab, home, self.executable)
-        shutil.copytree(self.home / "state" / "accounts", home / "state" / "accounts")
-        return other
+        return run_measured([str(self.executable), "run", "--config", str(self.config)], self.env, self.log)
 
 
 def median(samples: list[Sample], field: Callable[[Sample], float]) -> float:
