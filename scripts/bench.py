@@ -53,13 +53,25 @@ class BenchError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What commands used: the largest peak RSS among them (KiB) and their CPU time, user and system."""
+
+    max_rss_kib: int
+    cpu_seconds: float
+
+    @staticmethod
+    def of_all(usages: list["Usage"]) -> "Usage":
+        return Usage(max(u.max_rss_kib for u in usages), sum(u.cpu_seconds for u in usages))
+
+
+@dataclass(frozen=True)
 class Sample:
     seconds: float
-    max_rss_kib: int
+    usage: Usage
 
 
-def run_measured(argv: list[str], env: dict[str, str], log: Path) -> int:
-    """Run a command to completion (bounded by COMMAND_TIMEOUT); return its peak RSS in KiB.
+def run_measured(argv: list[str], env: dict[str, str], log: Path) -> Usage:
+    """Run a command to completion (bounded by COMMAND_TIMEOUT) and return what it used.
 
     `os.wait4` reports the resources of this child and the children it waited for, so a
     shell's figure covers the certbot it ran.
@@ -77,7 +89,7 @@ def run_measured(argv: list[str], env: dict[str, str], log: Path) -> int:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise BenchError(f"{argv[0]} exited with {process.returncode}\n{log_tail(log)}")
-    return usage.ru_maxrss
+    return Usage(usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
 
 
 def serial_of(bundle: Path) -> str:
@@ -106,20 +118,20 @@ class Tool:
     def issue(self, domains: list[str]) -> Sample:
         """Issue one certificate per domain and wait until HAProxy serves the last one."""
         started = time.perf_counter()
-        rss = self._issue(domains)
+        usage = self._issue(domains)
         self.lab.wait_served_serial(domains[-1], serial_of(self.lab.ssl_dir / f"{domains[-1]}.pem"),
                                     timeout=SERVE_TIMEOUT, interval=SERVE_POLL)
-        return Sample(time.perf_counter() - started, rss)
+        return Sample(time.perf_counter() - started, usage)
 
     def noop(self) -> Sample:
         started = time.perf_counter()
-        rss = self._noop()
-        return Sample(time.perf_counter() - started, rss)
+        usage = self._noop()
+        return Sample(time.perf_counter() - started, usage)
 
-    def _issue(self, domains: list[str]) -> int:
+    def _issue(self, domains: list[str]) -> Usage:
         raise NotImplementedError
 
-    def _noop(self) -> int:
+    def _noop(self) -> Usage:
         raise NotImplementedError
 
 
@@ -146,10 +158,11 @@ class Certbot(Tool):
                 f"cat {live}/fullchain.pem {live}/privkey.pem > {self.lab.ssl_dir}/{domain}.pem && "
                 f"{self.lab.reload_command}")
 
-    def _issue(self, domains: list[str]) -> int:
-        return max(run_measured(["sh", "-c", self._procedure(domain)], self.env, self.log) for domain in domains)
+    def _issue(self, domains: list[str]) -> Usage:
+        return Usage.of_all([run_measured(["sh", "-c", self._procedure(domain)], self.env, self.log)
+                             for domain in domains])
 
-    def _noop(self) -> int:
+    def _noop(self) -> Usage:
         return run_measured([str(self.executable), "renew", "--non-interactive", "--no-random-sleep-on-renew",
                              *self._dirs()], self.env, self.log)
 
@@ -167,13 +180,13 @@ class Certrenew(Tool):
     def config(self) -> Path:
         return self.home / "certrenew.toml"
 
-    def _issue(self, domains: list[str]) -> int:
+    def _issue(self, domains: list[str]) -> Usage:
         if len(domains) == 1:
             return run_measured([str(self.executable), *domains], self.env, self.log)
         self.config.write_text("".join(f'[[certificate]]\ndomains = ["{domain}"]\n\n' for domain in domains))
         return self._noop()
 
-    def _noop(self) -> int:
+    def _noop(self) -> Usage:
         return run_measured([str(self.executable), "run", "--config", str(self.config)], self.env, self.log)
 
 
@@ -261,7 +274,9 @@ def bench(args: argparse.Namespace, workdir: Path) -> list[Row]:
         row("one certificate, until HAProxy serves it", one, lambda s: s.seconds, "s", ">= 7x"),
         row(f"{n} certificates from one config", batch, lambda s: s.seconds, "s", ">= 20x"),
         row(f"no-op run over {n} certificates", noop, lambda s: s.seconds, "s", ">= 3x"),
-        row(f"peak RSS, {n}-certificate run", batch, lambda s: s.max_rss_kib / 1024, "MiB", "> 1x"),
+        row(f"peak RSS, {n}-certificate run", batch, lambda s: s.usage.max_rss_kib / 1024, "MiB", "> 1x"),
+        row("CPU time (user+sys), one certificate", one, lambda s: s.usage.cpu_seconds, "s", ""),
+        row(f"CPU time (user+sys), {n} certificates", batch, lambda s: s.usage.cpu_seconds, "s", ""),
     ]
 
 
