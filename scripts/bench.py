@@ -280,12 +280,16 @@ def bench(args: argparse.Namespace, workdir: Path) -> list[Row]:
     ]
 
 
-def startup_seconds(python: Path, code: str, runs: int) -> float:
-    """Median wall time of a fresh interpreter running `code`."""
+def startup_seconds(python: Path, code: str, runs: int, cwd: Path) -> float:
+    """Median wall time of a fresh interpreter running `code`.
+
+    Run in `cwd`, away from the checkout, so `-c` imports the installed certrenew, as
+    the `certrenew` command does, and not the sources beside it.
+    """
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([str(python), "-c", code], check=True, timeout=COMMAND_TIMEOUT)
+        subprocess.run([str(python), "-c", code], check=True, timeout=COMMAND_TIMEOUT, cwd=cwd)
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
 
@@ -323,9 +327,10 @@ def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float]]:
     from certrenew.responder import Responder
 
     interpreter = args.certrenew.parent / "python"  # the venv certrenew is installed in
-    python = startup_seconds(interpreter, "pass", args.runs)
-    noop_imports = startup_seconds(interpreter, "import certrenew.cli, certrenew.renew", args.runs)
-    acme_imports = startup_seconds(interpreter, "import certrenew.cli, certrenew.renew, certrenew.issue", args.runs)
+    python = startup_seconds(interpreter, "pass", args.runs, workdir)
+    noop_imports = startup_seconds(interpreter, "import certrenew.cli, certrenew.renew", args.runs, workdir)
+    acme_imports = startup_seconds(interpreter, "import certrenew.cli, certrenew.renew, certrenew.issue",
+                                   args.runs, workdir)
     runs = []
     with Lab(workdir / "lab", pebble_env=PEBBLE_ENV) as lab:
         environ = {**lab.certrenew_env, "CERTRENEW_STATE_DIR": str(workdir / "state")}
