@@ -70,16 +70,18 @@ class Sample:
     usage: Usage
 
 
-def run_measured(argv: list[str], env: dict[str, str], log: Path) -> Usage:
+def run_measured(argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> Usage:
     """Run a command to completion (bounded by COMMAND_TIMEOUT) and return what it used.
 
     `os.wait4` reports the resources of this child and the children it waited for, so a
-    shell's figure covers the certbot it ran.
+    shell's figure covers the certbot it ran. It also returns the moment the child ends,
+    where `subprocess.run(timeout=...)` polls and can add up to 50 ms.
     """
     with log.open("ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=cwd)
     timer = threading.Timer(COMMAND_TIMEOUT, process.kill)
     timer.start()
     try:
@@ -295,7 +297,7 @@ def startup_seconds(python: Path, code: str, runs: int, cwd: Path) -> float:
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([str(python), "-c", code], check=True, timeout=COMMAND_TIMEOUT, cwd=cwd)
+        run_measured([str(python), "-c", code], dict(os.environ), cwd / "startup.log", cwd)
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
 
