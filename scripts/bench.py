@@ -213,7 +213,8 @@ class Row:
     def cells(self) -> list[str]:
         def show(value: float) -> str:
             return f"{value:.2f} {self.unit}" if value < 100 else f"{value:.0f} {self.unit}"
-        return [self.scenario, show(self.certbot), show(self.certrenew), f"{self.certbot / self.certrenew:.1f}x",
+        ratio = self.certbot / self.certrenew
+        return [self.scenario, show(self.certbot), show(self.certrenew), f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x",
                 self.target]
 
 
