@@ -31,9 +31,10 @@ HOT_UPDATE_GRACE = 3.0
 """Seconds a verify endpoint may take to show a certificate committed over the Runtime API."""
 RELOAD_GRACE = 30.0
 """Seconds a verify endpoint may take to show a certificate after a reload (new worker start-up)."""
-BUNDLE_MODE = 0o640
-"""A new bundle's mode, less the umask: it holds the key, so never world-readable; group
-read lets a HAProxy running as its own group load it. A replaced bundle keeps its mode."""
+BUNDLE_MODE = 0o600
+"""A new bundle's mode, less the umask: it holds the key, and HAProxy reads it as root (at
+start, at reload) or gets it over the Runtime API. A replaced bundle keeps its mode, so an
+operator who grants a group read access keeps it across renewals."""
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def test_first_issue_is_served_then_a_second_run_does_nothing(lab):
 
     umask = os.umask(0o022)
     os.umask(umask)
-    assert stat.S_IMODE(bundle_path(lab).stat().st_mode) == 0o640 & ~umask  # never world-readable: it holds the key
+    assert stat.S_IMODE(bundle_path(lab).stat().st_mode) == 0o600 & ~umask  # it holds the key
     assert stat.S_IMODE(lab.state_dir.stat().st_mode) == 0o700
     for private in lab.state_dir.rglob("*.pem"):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600 & ~umask, private
