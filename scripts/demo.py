@@ -37,14 +37,14 @@ def main() -> None:
         placeholder = lab.served_certificate_unverified(DOMAINS[0])
         print(f"  TLS {DOMAINS[0]} -> {placeholder.subject.rfc4514_string()}")
 
-        show(lab, *DOMAINS)
+        show(lab, "--haproxy-socket", str(lab.admin_socket), *DOMAINS)
         bundle = (lab.ssl_dir / f"{DOMAINS[0]}.pem").read_bytes()
         lab.wait_served_serial(DOMAINS[0], leaf_info(bundle).serial)
         print("After:")
         for domain in DOMAINS:
             served(lab, domain)
 
-        show(lab, *DOMAINS)
+        show(lab, "--haproxy-socket", str(lab.admin_socket), *DOMAINS)
         print("\nThe second run found nothing due and did not contact the CA.")
 
 
