@@ -99,9 +99,9 @@ class FileStore:
             except OSError as error:
                 raise CertrenewError(f"cannot create state directory {directory}: {error.strerror}") from None
         os.chmod(self.root, 0o700)
-        for directory in self.root.rglob("*"):
-            if directory.is_dir():
-                remove_stale_temps(directory)
+        # Temps live beside the files they replace, at most two levels down.
+        for directory in [self.root, *self.root.glob("*/"), *self.root.glob("*/*/")]:
+            remove_stale_temps(directory)
 
     # Accounts, one per ACME directory URL.
 
