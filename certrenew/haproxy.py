@@ -26,12 +26,8 @@ def reload(command: str) -> None:
     if not argv:
         raise CertrenewError("the reload command is empty")
     log.debug("reloading HAProxy: %s", command)
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=RELOAD_TIMEOUT, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise CertrenewError(f"reload command not found: {argv[0]!r} (set --reload-command)") from None
-    except subprocess.TimeoutExpired:
-        raise CertrenewError(f"reload command {command!r} did not finish within {RELOAD_TIMEOUT} s") from None
+    result = _run(argv, RELOAD_TIMEOUT, f"reload command {command!r}",
+                  f"reload command not found: {argv[0]!r} (set --reload-command)")
     if result.returncode != 0:
         output = (result.stderr or result.stdout).strip().splitlines()
         said = f": {output[-1]}" if output else ""
@@ -48,15 +44,21 @@ def check_config(configs: Sequence[Path]) -> None:
         return
     argv = ["haproxy", "-c"] + [arg for config in configs for arg in ("-f", str(config))]
     log.debug("checking the HAProxy configuration: %s", " ".join(argv))
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise CertrenewError("haproxy is not on PATH; it is needed to check --haproxy-config before a reload") from None
-    except subprocess.TimeoutExpired:
-        raise CertrenewError(f"haproxy -c did not finish within {CHECK_TIMEOUT} s") from None
+    result = _run(argv, CHECK_TIMEOUT, "haproxy -c",
+                  "haproxy is not on PATH; it is needed to check --haproxy-config before a reload")
     if result.returncode != 0:
         lines = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
         alerts = [line.split(" : ", 1)[-1] for line in lines if line.startswith("[ALERT]")] or lines
         said = f": {alerts[0]}" if alerts else ""
         names = ", ".join(str(config) for config in configs)
         raise CertrenewError(f"the HAProxy configuration ({names}) does not pass haproxy -c{said}")
+
+
+def _run(argv: list[str], timeout: float, what: str, not_found: str) -> subprocess.CompletedProcess:
+    """Run `argv` without a shell or stdin, bounded by `timeout`; a missing program or a hang is an error."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise CertrenewError(not_found) from None
+    except subprocess.TimeoutExpired:
+        raise CertrenewError(f"{what} did not finish within {timeout} s") from None
