@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certrenew.bundle import leaf_info, pem_blocks
+from certrenew.config import split_host_port
 from certrenew.errors import CertrenewError
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ def _context(rsa_key: bool) -> ssl.SSLContext:
 
 def served_fingerprint(endpoint: str, sni: str, rsa_key: bool = False) -> str:
     """SHA-256 of the leaf certificate `endpoint` serves for `sni`."""
-    host, _, port = endpoint.rpartition(":")
-    with socket.create_connection((host.strip("[]"), int(port)), timeout=HANDSHAKE_TIMEOUT) as raw:
+    with socket.create_connection(split_host_port(endpoint), timeout=HANDSHAKE_TIMEOUT) as raw:
         with _context(rsa_key).wrap_socket(raw, server_hostname=sni) as tls:
             return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
 
