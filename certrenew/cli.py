@@ -14,6 +14,7 @@ from certrenew import __version__, signals
 from certrenew.config import (DEFAULT_CONFIG, OPTIONS, ConfigFile, build_settings, certificate_specs,
                               check_certificate_name, load_config)
 from certrenew.errors import CertrenewError, UsageError
+from certrenew.store import FileStore
 
 log = logging.getLogger("certrenew")
 
@@ -117,7 +118,7 @@ def _renew(argv: list[str]) -> int:
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
     specs = certificate_specs(check_certificate_name(domains[0]), tuple(domains), settings.key_type, settings.profile)
-    return _report(run(settings, specs), args.quiet)
+    return _report(run(settings, specs, FileStore(settings.state_dir)), args.quiet)
 
 
 def _run(argv: list[str]) -> int:
@@ -128,7 +129,8 @@ def _run(argv: list[str]) -> int:
     config = _config(args, required=True)
     if not config.certificates:
         raise UsageError(f"{config.path}: no [[certificate]] to manage")
-    return _report(run(build_settings(vars(args), config), config.certificates), args.quiet)
+    settings = build_settings(vars(args), config)
+    return _report(run(settings, config.certificates, FileStore(settings.state_dir)), args.quiet)
 
 
 def _status(argv: list[str]) -> int:
@@ -139,7 +141,8 @@ def _status(argv: list[str]) -> int:
     args = build_status_parser().parse_args(argv)
     _setup_logging(args)
     config = _config(args, required=None)
-    rows = status.collect(build_settings(vars(args), config), config.certificates if config else None)
+    settings = build_settings(vars(args), config)
+    rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir))
     healthy = status.healthy(rows)
     if args.json:
         document = {"version": status.JSON_VERSION, "healthy": healthy,

@@ -21,7 +21,7 @@ from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make
 from certrenew.policy import decide
 from certrenew.renew import Outcome
 from certrenew.responder import Responder
-from certrenew.store import Account, CertificateRecord, FileStore, PendingOrder
+from certrenew.store import Account, CertificateRecord, PendingOrder, Store
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Issuer:
     to the end of the run: use the issuer as a context manager.
     """
 
-    def __init__(self, settings: Settings, store: FileStore) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
         self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,

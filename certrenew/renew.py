@@ -1,7 +1,8 @@
 """A renewal run: decide what is due, order it, install it, record it.
 
 This module is the library API behind the CLI. The ACME stack is imported only when
-something is due, so a run with nothing to do reads a few small files and exits.
+something is due, so a run with nothing to do reads one small record per certificate
+and exits.
 """
 
 import datetime
@@ -14,9 +15,8 @@ from certrenew import signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
-from certrenew.lock import StateLock
 from certrenew.policy import ari_check_due, backoff, decide
-from certrenew.store import CertificateRecord, FileStore
+from certrenew.store import CertificateRecord, FileStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +35,35 @@ class Outcome:
         return self.action in ("failed", "deferred")
 
 
-def run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
+def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None) -> list[Outcome]:
     """Bring every certificate in `specs` up to date and return what happened to each.
 
     Certificates are independent: one failing does not stop the others, and up to
-    `settings.concurrency` are ordered at once. One run at a time per state dir: this
-    waits for the state dir's lock first.
+    `settings.concurrency` are ordered at once. State lives in `store`, by default a
+    `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
+    its lock first (up to `settings.lock_timeout`).
     """
-    with StateLock(settings.state_dir, settings.lock_timeout):
-        return _run(settings, specs)
+    store = store if store is not None else FileStore(settings.state_dir)
+    with store.lock(settings.lock_timeout):
+        return _run(settings, specs, store)
 
 
-def _run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
+def _run(settings: Settings, specs: list[CertificateSpec], store: Store) -> list[Outcome]:
     now = _now()
-    store = FileStore(settings.state_dir)
-    store.prepare()
     _check_ssl_dir(settings)
     remove_stale_temps(settings.ssl_dir)
 
     outcomes: dict[str, Outcome] = {}
     work = []
     for spec in specs:
-        record = store.load_record(spec.name)
-        if store.unfinished(spec.name):
-            log.info("%s: completing what a previous run left", spec.name)
-            work.append((spec, "resume"))
+        try:
+            if store.unfinished(spec.name):
+                log.info("%s: completing what a previous run left", spec.name)
+                work.append((spec, "resume"))
+                continue
+            record = store.load_record(spec.name)
+        except CertrenewError as error:  # an unreadable record fails its certificate, not the run
+            outcomes[spec.name] = Outcome(spec.name, "failed", str(error))
             continue
         decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before)
         if decision.due:
@@ -92,7 +96,7 @@ def _run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
     return [outcomes[spec.name] for spec in specs]
 
 
-def _attempt(store: FileStore, now: datetime.datetime, spec: CertificateSpec, step):
+def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step):
     """Run one certificate's step; a failure is recorded and reported as an Outcome, not raised."""
     try:
         return step(spec)
@@ -100,9 +104,12 @@ def _attempt(store: FileStore, now: datetime.datetime, spec: CertificateSpec, st
         return _failed(store, now, spec, error)
 
 
-def _failed(store: FileStore, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:
+def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:
     """Record a failure with its back-off, so the next runs wait before asking the CA again."""
-    record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
+    try:
+        record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
+    except CertrenewError as unreadable:  # reported, and left for the operator to look at
+        return Outcome(spec.name, "failed", f"{error}; and {unreadable}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = now + backoff(record.failures)
     store.save_record(record)
