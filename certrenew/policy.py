@@ -91,7 +91,7 @@ def decide(
     renew_before: datetime.timedelta | None = None,
 ) -> Decision:
     """Whether the certificate named by `record` must be (re)issued now, and why."""
-    reason = _due_reason(record, domains, key_type, now, renew_before)
+    reason = due_reason(record, domains, key_type, now, renew_before)
     if force:
         return Decision(True, "forced")
     if reason is None:
@@ -107,7 +107,9 @@ def decide(
     return Decision(True, reason)
 
 
-def _due_reason(record, domains, key_type, now, renew_before) -> str | None:
+def due_reason(record: CertificateRecord | None, domains: list[str], key_type: str, now: datetime.datetime,
+               renew_before: datetime.timedelta | None = None) -> str | None:
+    """Why the certificate is due now, or None if it is not; back-off and --force aside."""
     if record is None or record.not_after is None:
         return "no certificate yet"
     if record.domains != domains:

@@ -4,7 +4,7 @@ import datetime
 from dataclasses import dataclass
 
 from certrenew.config import CertificateSpec, Settings
-from certrenew.policy import decide, minutes, renew_at
+from certrenew.policy import due_reason, minutes, renew_at
 from certrenew.store import CertificateRecord, FileStore, Store
 
 JSON_VERSION = 1
@@ -90,7 +90,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         state = "failing"
     elif not issued:
         state = "missing"
-    elif decide(record, list(spec.domains), spec.key_type, now, renew_before=settings.renew_before).due:
+    elif due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before) is not None:
         state = "due"
     else:
         state = HEALTHY

@@ -32,8 +32,11 @@ VERSION = 1
 """The format of the state documents; one without "version" predates the field and is version 1."""
 
 BUNDLE_SLOTS = ("current", "previous", "pending")
+READ_SIZE = 16384
+"""Enough for a record or a bundle in one read."""
 
 T = TypeVar("T")
+_JSON = json.JSONDecoder()
 
 
 _STRING = (str, "a string")
@@ -128,7 +131,11 @@ def encode(document: dict) -> bytes:
 def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
     """Parse a stored state document; any fault is a CertrenewError naming `where` (a file, a key)."""
     try:
-        data = json.loads(raw)
+        # raw_decode skips json.loads' layers (a tenth of reading a record); check the rest by hand.
+        text = raw.decode()
+        data, end = _JSON.raw_decode(text, len(text) - len(text.lstrip()))
+        if text[end:].strip():
+            raise ValueError(f"extra data after the document, at character {end}")
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, not {type(data).__name__}")
     except ValueError as error:
@@ -349,12 +356,22 @@ def _account_uri(data: dict) -> str | None:
 
 
 def _read(path: str | Path) -> bytes | None:
-    """The file's bytes, or None if it does not exist: one open, no separate exists()."""
+    """The file's bytes, or None if it does not exist.
+
+    Open, read, close: `open()` adds two fstats and an lseek per file, a sixth of a
+    no-op run over 10,000 certificates; and no separate exists().
+    """
     try:
-        with open(path, "rb", buffering=0) as handle:
-            return handle.readall()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, READ_SIZE):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _exists(path: str) -> bool:
