@@ -63,6 +63,8 @@ class Settings:
     haproxy_socket: tuple[str, ...] = ()
     haproxy_config: tuple[Path, ...] = ()
     verify_endpoint: tuple[str, ...] = ()
+    metrics_file: Path | None = None
+    metrics_listen: str | None = None
 
     @property
     def directory_url(self) -> str:
@@ -232,6 +234,10 @@ OPTIONS = [
     Option("verify_endpoint", "after installing, check that this TLS address serves the new certificate for "
            "every name, else roll back; repeat for several HAProxy nodes", metavar="HOST:PORT",
            check=check_host_port, repeated=True),
+    Option("metrics_file", "after each run, write Prometheus metrics to this file (for node_exporter's "
+           "textfile collector)", Path, "PATH"),
+    Option("metrics_listen", "daemon: serve /metrics and /healthz on this address (off unless set; never "
+           "the responder's port)", metavar="HOST:PORT", check=check_host_port),
 ]
 CLI_ONLY = {"force"}
 """Options that make sense for one invocation, not as a standing setting in a file."""
@@ -261,7 +267,12 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
                 values[option.name] = option.from_text(cli[option.name])
             except (ValueError, UsageError) as error:
                 raise UsageError(f"invalid {option.cli}: {error}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == split_host_port(settings.listen)[1]:
+        # The responder's port is the one the internet reaches through HAProxy.
+        raise UsageError(f"the metrics address {settings.metrics_listen} (--metrics-listen) uses the responder's "
+                         f"port (--listen {settings.listen}); choose another port")
+    return settings
 
 
 def check_certificate_name(name: str) -> str:
