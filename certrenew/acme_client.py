@@ -95,10 +95,10 @@ class AcmeClient:
     """An ACME client bound to one directory and one account key."""
 
     def __init__(self, directory_url: str, account_key_pem: bytes, deadline: Deadline,
-                 ca_bundle: str | None = None) -> None:
+                 ca_bundle: str | None = None, telemetry=None) -> None:
         self.deadline = deadline
         key = jose.JWKEC(key=load_key(account_key_pem))
-        self.net = _Network(deadline, key=key, alg=jose.ES256, verify_ssl=ca_bundle or True,
+        self.net = _Network(deadline, telemetry, key=key, alg=jose.ES256, verify_ssl=ca_bundle or True,
                             user_agent=f"certrenew/{__version__}")
         try:
             directory = messages.Directory.from_json(self.net.get(directory_url).json())
@@ -320,15 +320,26 @@ class _AccountUnknown(CertrenewError):
 
 
 class _Network(client.ClientNetwork):
-    """`ClientNetwork` with bounded retries and per-call timeouts taken from the deadline."""
+    """`ClientNetwork` with bounded retries and per-call timeouts taken from the deadline.
 
-    def __init__(self, deadline: Deadline, **kwargs) -> None:
+    `telemetry` (a `metrics.Telemetry`, or None) counts every request and every failed one.
+    """
+
+    def __init__(self, deadline: Deadline, telemetry=None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.deadline = deadline
+        self.telemetry = telemetry
 
     def _send_request(self, method: str, url: str, *args, **kwargs) -> requests.Response:
         kwargs["timeout"] = min(MAX_CALL_TIMEOUT, self.deadline.remaining())
-        return super()._send_request(method, url, *args, **kwargs)
+        failed = True
+        try:
+            response = super()._send_request(method, url, *args, **kwargs)
+            failed = response.status_code >= 400
+            return response
+        finally:
+            if self.telemetry is not None:
+                self.telemetry.count_acme_request(failed)
 
     def post(self, *args, **kwargs) -> requests.Response:
         # Each attempt signs with a fresh nonce, so a badNonce is simply tried again.

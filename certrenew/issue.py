@@ -44,8 +44,9 @@ class Issuer:
     to the end of the run: use the issuer as a context manager.
     """
 
-    def __init__(self, settings: Settings, store: FileStore) -> None:
+    def __init__(self, settings: Settings, store: FileStore, telemetry=None) -> None:
         self.settings = settings
+        self.telemetry = telemetry
         self.store = store
         self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
                                    settings.haproxy_config, settings.verify_endpoint)
@@ -199,7 +200,8 @@ class Issuer:
             if self._account is None:
                 self._account = Account(new_account_key_pem(), None)
                 self.store.save_account(settings.directory_url, self._account)
-        client = AcmeClient(settings.directory_url, self._account.key_pem, self.deadline, settings.ca_bundle)
+        client = AcmeClient(settings.directory_url, self._account.key_pem, self.deadline, settings.ca_bundle,
+                            self.telemetry)
         self._remember_account(client.login(self._account.uri, settings.email, settings.agree_tos))
         return client
 

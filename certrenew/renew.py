@@ -35,18 +35,18 @@ class Outcome:
         return self.action in ("failed", "deferred")
 
 
-def run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
+def run(settings: Settings, specs: list[CertificateSpec], telemetry=None) -> list[Outcome]:
     """Bring every certificate in `specs` up to date and return what happened to each.
 
     Certificates are independent: one failing does not stop the others, and up to
     `settings.concurrency` are ordered at once. One run at a time per state dir: this
-    waits for the state dir's lock first.
+    waits for the state dir's lock first. A `metrics.Telemetry` counts the ACME requests.
     """
     with StateLock(settings.state_dir, settings.lock_timeout):
-        return _run(settings, specs)
+        return _run(settings, specs, telemetry)
 
 
-def _run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
+def _run(settings: Settings, specs: list[CertificateSpec], telemetry) -> list[Outcome]:
     now = _now()
     store = FileStore(settings.state_dir)
     store.prepare()
@@ -75,7 +75,7 @@ def _run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
     if work:
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
 
-        with Issuer(settings, store) as issuer:
+        with Issuer(settings, store, telemetry) as issuer:
             pool = ThreadPoolExecutor(settings.concurrency)
             try:
                 results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1])), work))

@@ -1,13 +1,17 @@
 import base64
 import datetime
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trustme
 from acme import messages
 from cryptography import x509
 
-from certrenew.acme_client import AcmeClient, RenewalWindow, ari_cert_id
+from certrenew.acme_client import AcmeClient, Deadline, RenewalWindow, ari_cert_id, new_account_key_pem
 from certrenew.errors import CertrenewError
+from certrenew.metrics import Telemetry
 
 
 def test_ari_cert_id_is_authority_key_id_dot_serial():
@@ -54,3 +58,33 @@ def test_an_order_refused_anyway_fails_after_that_one_retry():
     with pytest.raises(CertrenewError):
         client._create_order(["a.example"], b"csr", None, None)
     assert client.orders == ["AKI.SERIAL", None, None]
+
+
+def test_telemetry_counts_every_request_and_every_failed_one():
+    answers = [500, 500, 200]
+
+    class FlakyDirectory(BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = answers.pop(0)
+            problem = {"type": "urn:ietf:params:acme:error:serverInternal", "detail": "try again"}
+            body = json.dumps({"newNonce": "http://ca/nonce", "newAccount": "http://ca/account",
+                               "newOrder": "http://ca/order"} if status == 200 else problem).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if status == 200 else "application/problem+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), FlakyDirectory) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        telemetry = Telemetry()
+        try:
+            AcmeClient("http://127.0.0.1:%d/dir" % server.server_address[1], new_account_key_pem(),
+                       Deadline(30), telemetry=telemetry)
+        finally:
+            server.shutdown()
+    assert answers == []  # the two server errors were retried
+    assert (telemetry.acme_requests, telemetry.acme_errors) == (3, 2)
