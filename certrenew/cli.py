@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from certrenew import __version__, signals
@@ -21,12 +22,16 @@ EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g.
           "Exit status: 0 done or nothing to do, 1 the run failed, 2 bad usage or input.")
 
 
+ONE_SHOT_OPTIONS = [option for option in OPTIONS if option.name != "metrics_listen"]
+"""The options of `run` and the single-domain form: all but the daemon's."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see --help)")
 
 
-def _parser(prog: str, description: str, options=OPTIONS) -> argparse.ArgumentParser:
+def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description=description, epilog=EPILOG)
     for option in options:
         if option.kind is bool:
@@ -108,27 +113,42 @@ def _report(outcomes, quiet: bool) -> int:
     return 1 if failed else 0
 
 
+def _renew_recorded(settings, specs, quiet: bool) -> int:
+    """`renew.run` and its report; with --metrics-file, then the run's metrics, whatever its outcome."""
+    from certrenew.renew import run
+
+    if settings.metrics_file is None:
+        return _report(run(settings, specs), quiet)
+    from certrenew import metrics, status
+
+    telemetry = metrics.Telemetry()
+    started, code = time.monotonic(), 1
+    try:
+        code = _report(run(settings, specs, telemetry), quiet)
+        return code
+    finally:
+        telemetry.record_run(code == 0, time.monotonic() - started)
+        metrics.write_textfile(settings.metrics_file, status.collect(settings, specs), telemetry)
+
+
 def _renew(argv: list[str]) -> int:
     from certrenew.domains import normalize_domains
-    from certrenew.renew import run
 
     args = build_parser().parse_args(argv)
     _setup_logging(args)
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
     specs = certificate_specs(check_certificate_name(domains[0]), tuple(domains), settings.key_type, settings.profile)
-    return _report(run(settings, specs), args.quiet)
+    return _renew_recorded(settings, specs, args.quiet)
 
 
 def _run(argv: list[str]) -> int:
-    from certrenew.renew import run
-
     args = build_run_parser().parse_args(argv)
     _setup_logging(args)
     config = _config(args, required=True)
     if not config.certificates:
         raise UsageError(f"{config.path}: no [[certificate]] to manage")
-    return _report(run(build_settings(vars(args), config), config.certificates), args.quiet)
+    return _renew_recorded(build_settings(vars(args), config), config.certificates, args.quiet)
 
 
 def _status(argv: list[str]) -> int:

@@ -296,6 +296,12 @@ class Lab:
         """Stop pebble, leaving its ports unanswered, to play a CA that is down."""
         terminate(self._pebble)
 
+    def break_dns(self, name: str) -> None:
+        """Point `name` at an address where nothing listens, so HTTP-01 validation really fails."""
+        answer = requests.post(f"{self.challtestsrv_url}/add-a",
+                               json={"host": name + ".", "addresses": ["127.0.0.9"]}, timeout=5)
+        answer.raise_for_status()
+
     def issuer_root(self) -> bytes:
         """PEM of the root that the running pebble chains issued certificates to."""
         response = requests.get(f"{self.management_url}/roots/0", verify=self.ca_bundle, timeout=5)
