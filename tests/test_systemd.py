@@ -2,30 +2,25 @@
 and each ExecStart a command line certrenew itself accepts.
 
 systemd is not PID 1 where the tests run, so the units are checked with systemd-analyze
-(which needs no running systemd), not started.
+(which needs no running systemd; scripts/setup installs it), not started.
 """
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from certrenew import cli
 from certrenew.config import DEFAULT_CONFIG
 from certrenew.errors import UsageError
+from invocation import parse_invocation
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 SERVICES = sorted(SYSTEMD.glob("*.service"))
 INSTALLED_BINARY = "/usr/local/bin/certrenew"
 MAX_EXPOSURE = 2.0
-
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                reason="systemd-analyze not installed (scripts/setup installs it)")
-
 
 def unit_settings(path: Path, section: str) -> list[tuple[str, str]]:
     """The KEY=VALUE lines of one section, in order; a key may repeat, as systemd allows."""
@@ -43,13 +38,6 @@ def unit_settings(path: Path, section: str) -> list[tuple[str, str]]:
 def exec_start(path: Path) -> list[str]:
     (command,) = [value for key, value in unit_settings(path, "Service") if key == "ExecStart"]
     return shlex.split(command)
-
-
-def subcommand_parser(name: str):
-    """certrenew's parser for `certrenew NAME`, or None while certrenew has no such command."""
-    if name not in cli.COMMANDS:
-        return None
-    return getattr(cli, f"build_{name.replace('-', '_')}_parser")
 
 
 def test_units_are_shipped():
@@ -98,20 +86,17 @@ def test_both_services_share_one_sandbox():
 
 @pytest.mark.parametrize("unit", SERVICES, ids=lambda path: path.name)
 def test_exec_start_is_a_certrenew_command(unit):
-    program, subcommand, *arguments = exec_start(unit)
-    assert Path(program).name == "certrenew"
-    parser = subcommand_parser(subcommand)
-    if parser is None:
+    args = parse_invocation(exec_start(unit))
+    if args is None:
         # certrenew-daemon.service names `certrenew daemon` before it exists; this turns
         # into a real check the moment cli.COMMANDS has it.
-        pytest.skip(f"certrenew has no {subcommand!r} command yet")
-    args = parser().parse_args(arguments)  # raises UsageError on anything certrenew refuses
+        pytest.skip(f"certrenew has no {exec_start(unit)[1]!r} command yet")
     assert args.config == DEFAULT_CONFIG
 
 
 def test_exec_start_check_catches_a_bad_option():
     with pytest.raises(UsageError):
-        subcommand_parser("run")().parse_args(["--config", str(DEFAULT_CONFIG), "--no-such-option"])
+        parse_invocation([INSTALLED_BINARY, "run", "--config", str(DEFAULT_CONFIG), "--no-such-option"])
 
 
 def test_timer_fires_twice_a_day_spread_and_catching_up():
