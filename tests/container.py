@@ -6,6 +6,8 @@ environment, user and volumes from here and runs them as a subprocess instead.
 
 import json
 import os
+import sys
+import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +21,19 @@ DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
 class Image:
     """What the final stage of the Dockerfile sets for the container's main process."""
 
-    argv: list[str]
-    """ENTRYPOINT followed by CMD."""
+    entrypoint: list[str]
+    cmd: list[str]
     env: dict[str, str]
     """ENV, with `$VAR` expanded against the parent environment given to `read_image`."""
     uid: int
     gid: int
     volumes: list[str]
     healthcheck: list[str]
+
+    @property
+    def argv(self) -> list[str]:
+        """The container's main process when run without a command (compose's `command` replaces `cmd`)."""
+        return self.entrypoint + self.cmd
 
     def environment(self, volumes: Mapping[str, Path]) -> dict[str, str]:
         """`env` with each volume's path (and paths under it) replaced by the directory standing in for it."""
@@ -59,7 +66,8 @@ def read_image(dockerfile: Path = DOCKERFILE, parent_env: Mapping[str, str] | No
     user, _, group = values["USER"].partition(":")
     options, _, command = values["HEALTHCHECK"].partition("CMD")
     return Image(
-        argv=_exec_form("ENTRYPOINT", values["ENTRYPOINT"]) + _exec_form("CMD", values["CMD"]),
+        entrypoint=_exec_form("ENTRYPOINT", values["ENTRYPOINT"]),
+        cmd=_exec_form("CMD", values["CMD"]),
         env=parser.envs,
         uid=int(user),
         gid=int(group or user),
@@ -67,3 +75,28 @@ def read_image(dockerfile: Path = DOCKERFILE, parent_env: Mapping[str, str] | No
         healthcheck=_exec_form("HEALTHCHECK", command.strip()),
     )
 
+
+
+def _runnable_by_anyone(path: Path) -> bool:
+    return path.exists() and all(part.stat().st_mode & 0o001 for part in (path, *path.parents))
+
+
+def as_image_user(image: Image, argv: list[str], volumes: Mapping[str, Path]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run the image's `argv` as its user here (root only).
+
+    `certrenew` becomes `python -m certrenew` on this checkout and virtualenv, with an
+    interpreter of the same version that the image's user may execute: the virtualenv's
+    own may live under a home directory closed to other users.
+    """
+    if argv[0] != "certrenew":
+        raise ValueError(f"not a certrenew command: {argv}")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    interpreters = [Path(os.path.realpath(sys.executable)), Path(f"/usr/bin/python{version}")]
+    python = next((path for path in interpreters if _runnable_by_anyone(path)), None)
+    if python is None:
+        raise LookupError(f"no Python {version} that an unprivileged user may run")
+    env = image.environment(volumes)
+    env["PYTHONPATH"] = os.pathsep.join([str(DOCKERFILE.parent), sysconfig.get_paths()["purelib"],
+                                         sysconfig.get_paths()["platlib"]])
+    setpriv = ["setpriv", f"--reuid={image.uid}", f"--regid={image.gid}", "--clear-groups"]
+    return [*setpriv, str(python), "-m", "certrenew", *argv[1:]], env

@@ -1,9 +1,11 @@
 """examples/compose: the containers are wired to each other as the image and haproxy.cfg expect,
 and HAProxy accepts the config. No container engine runs here, so nothing is started."""
 
+import os
 import re
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import yaml
 
 from certrenew.config import DEFAULT_CONFIG, build_settings, load_config, split_host_port
 from certrenew.placeholder import write_placeholder
-from container import read_image
+from container import as_image_user, read_image
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "compose"
 SERVER_OPTIONS = "check resolvers docker init-addr last,libc,none"
@@ -26,8 +28,12 @@ def mounts(service: dict) -> dict[str, str]:
     return {spec.split(":")[1]: spec.split(":")[0] for spec in service["volumes"]}
 
 
+def compose_services() -> dict:
+    return yaml.safe_load((EXAMPLE / "compose.yaml").read_text())["services"]
+
+
 def test_the_containers_meet_where_the_configs_say():
-    services = yaml.safe_load((EXAMPLE / "compose.yaml").read_text())["services"]
+    services = compose_services()
     certrenew, haproxy, bootstrap = services["certrenew"], services["haproxy"], services["ssl-bootstrap"]
     image = read_image()
     cfg = haproxy_cfg()
@@ -86,3 +92,22 @@ def test_the_check_passes_only_thanks_to_init_addr(local_cfg):
     local_cfg.write_text(text.replace(SERVER_OPTIONS, "check"))
     result = haproxy_check(local_cfg)
     assert result.returncode != 0 and "could not resolve address 'certrenew'" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a command as the image's user")
+def test_ssl_bootstrap_runs_as_the_image_runs_it():
+    """The compose init step: the image's entrypoint with the service's command, its environment,
+    its unprivileged user, and the volume as a directory owned by that user."""
+    image = read_image()
+    with tempfile.TemporaryDirectory() as top:  # not pytest's tmp_path: its parents are closed to other users
+        Path(top).chmod(0o755)
+        volumes = {volume: Path(top, Path(volume).name) for volume in image.volumes}
+        for directory in volumes.values():
+            directory.mkdir()
+            os.chown(directory, image.uid, image.gid)
+        argv, env = as_image_user(image, image.entrypoint + compose_services()["ssl-bootstrap"]["command"], volumes)
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        (placeholder,) = volumes["/etc/haproxy/ssl"].iterdir()
+        assert (placeholder.stat().st_uid, placeholder.stat().st_mode & 0o777) == (image.uid, 0o600)
+        assert f"placeholder: {placeholder}" in result.stdout

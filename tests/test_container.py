@@ -39,7 +39,7 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path):
 
 def test_read_image_matches_the_dockerfile():
     image = read_image(parent_env={"PATH": BASE_PATH})
-    assert image.argv == ["certrenew", "daemon", "--metrics-listen", "0.0.0.0:9797"]
+    assert (image.entrypoint, image.cmd) == (["certrenew"], ["daemon", "--metrics-listen", "0.0.0.0:9797"])
     assert (image.uid, image.gid) == (10001, 10001)
     assert image.volumes == ["/var/lib/certrenew", "/etc/haproxy/ssl"]
     assert image.env["PATH"] == f"/opt/certrenew/bin:{BASE_PATH}"
