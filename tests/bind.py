@@ -1,20 +1,23 @@
 """A real BIND 9 on loopback: the authoritative server DNS-01 tests publish into.
 
-`named -g` serves a zone, example.test (and lagging.test, below), on a free loopback port and accepts RFC 2136
-updates of TXT records signed with a TSIG key made by `tsig-keygen`
+`named -g` serves example.test (and lagging.test, below) on a free loopback port and
+accepts RFC 2136 updates of TXT records signed with a TSIG key made by `tsig-keygen`
 (`update-policy { grant <key> zonesub TXT; }`, as the README tells operators to write).
 Every name under the zone is 127.0.0.1 (apex and wildcard A records), so a CA pointed at
 this server (pebble -dnsserver) still reaches HAProxy for HTTP-01.
 
-Everything lives in one work dir (config, zone, journal, pid file); named needs no
-privilege for it: it binds an unprivileged port, and started as root it stays root
-(no -u), which is harmless on loopback. Run by an ordinary user it works the same.
+Everything lives in one work dir (config, zones, journals, pid file) and named needs no
+privilege: it binds an unprivileged port and reads nothing under /etc/bind. Started by
+root it stays root (no -u, which would need the work dir to belong to that user), which
+is harmless on loopback; run by an ordinary user (e.g. nobody) it works the same.
 
 Run `python tests/bind.py [workdir]` to keep one up for exploring with dig and nsupdate.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +62,11 @@ and one whose name does not resolve: a propagation wait must notice the first an
 ZONES = {ZONE: ZONE_FILE, LAGGING_ZONE: LAGGING_ZONE_FILE}
 
 
+def sbin(program: str) -> str:
+    """The path of a BIND program: named and tsig-keygen are in sbin, which an ordinary user's PATH may lack."""
+    return shutil.which(program, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or program
+
+
 class Bind:
     """One named process, authoritative for example.test, updatable with `key_file`.
 
@@ -85,7 +93,7 @@ class Bind:
     def start(self) -> None:
         """Write key, zone and config, start named in the foreground, and wait until it answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        keygen = subprocess.run(["tsig-keygen", "-a", self.algorithm, KEY_NAME],
+        keygen = subprocess.run([sbin("tsig-keygen"), "-a", self.algorithm, KEY_NAME],
                                 capture_output=True, text=True, check=True, timeout=START_TIMEOUT)
         self.key_file.write_text(keygen.stdout)
         self.key_file.chmod(0o600)
@@ -117,7 +125,7 @@ zone "{zone}" {{
         with self.log.open("ab") as out:
             # -g: foreground, log to stderr; -n 1: one worker, the machine is shared.
             self._process = subprocess.Popen(
-                ["named", "-g", "-4", "-n", "1", "-c", str(config)],
+                [sbin("named"), "-g", "-4", "-n", "1", "-c", str(config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
             )
         try:
