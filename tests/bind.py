@@ -10,25 +10,20 @@ Everything lives in one work dir (config, zones, journals, pid file) and named n
 privilege: it binds an unprivileged port and reads nothing under /etc/bind. Started by
 root it stays root (no -u, which would need the work dir to belong to that user), which
 is harmless on loopback; run by an ordinary user (e.g. nobody) it works the same.
-
-Run `python tests/bind.py [workdir]` to keep one up for exploring with dig and nsupdate.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
-import dns.rdatatype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -155,24 +150,3 @@ zone "{zone}" {{
             return False
         return response.rcode() == dns.rcode.NOERROR and bool(response.answer)
 
-
-def main() -> None:
-    """Start a BIND in the given work dir (default: a fresh temp dir) until Ctrl-C."""
-    import tempfile
-
-    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="bind-"))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    started = time.monotonic()
-    with Bind(workdir) as bind:
-        print(f"named up in {time.monotonic() - started:.1f}s on {bind.address}, zone {ZONE}")
-        print(f"  dig @{LOOPBACK} -p {bind.port} {ZONE} SOA")
-        print(f"  nsupdate -k {bind.key_file}   # then: server {LOOPBACK} {bind.port}")
-        print("Ctrl-C to stop.")
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
-
-
-if __name__ == "__main__":
-    main()
