@@ -17,7 +17,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -175,11 +174,15 @@ class Dns01Solver:
         last_seen: dict[tuple[DnsServer, str], str] = {}
         while True:
             for (server, name), values in list(pending.items()):
-                seen = _txt_values(server, name, min(QUERY_TIMEOUT, max(deadline - time.monotonic(), 0.1)))
-                if isinstance(seen, set) and values <= seen:
+                try:
+                    seen = _txt_values(server, name, min(QUERY_TIMEOUT, max(deadline - time.monotonic(), 0.1)))
+                except CertrenewError as error:
+                    last_seen[(server, name)] = str(error)
+                    continue
+                if values <= seen:
                     del pending[(server, name)]
                 else:
-                    last_seen[(server, name)] = seen if isinstance(seen, str) else _describe(values - seen)
+                    last_seen[(server, name)] = "missing value " + ", ".join(map(repr, sorted(values - seen)))
             if not pending:
                 return
             remaining = deadline - time.monotonic()
@@ -193,10 +196,15 @@ class Dns01Solver:
             interval = min(interval * 2, MAX_POLL)
 
     def _resolver(self):
+        import dns.exception
         import dns.resolver
 
         if self.server is None:
-            return dns.resolver.Resolver()
+            try:
+                return dns.resolver.Resolver()
+            except dns.exception.DNSException as error:  # no usable /etc/resolv.conf
+                raise CertrenewError(f"DNS-01: the system resolver is not usable ({error}); "
+                                     "give a DNS server") from None
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [self.server.ip()]
         resolver.port = self.server.port
@@ -209,8 +217,9 @@ class Dns01Solver:
         import dns.resolver
 
         where = f"at {self.server}" if self.server else "through the system resolver"
+        resolver = self._resolver()
         try:
-            zone = dns.resolver.zone_for_name(name + ".", resolver=self._resolver(), lifetime=QUERY_TIMEOUT * 3)
+            zone = dns.resolver.zone_for_name(name + ".", resolver=resolver, lifetime=QUERY_TIMEOUT * 3)
         except dns.exception.DNSException as error:
             raise CertrenewError(f"DNS-01: cannot find the zone of {name} {where}: {error}") from None
         return zone.to_text(omit_final_dot=True)
@@ -258,8 +267,8 @@ def _first_address(resolver, name: str) -> str | None:
     return None
 
 
-def _txt_values(server: DnsServer, name: str, timeout: float) -> set[str] | str:
-    """The TXT values `server` itself answers for `name` (no recursion), or what went wrong instead."""
+def _txt_values(server: DnsServer, name: str, timeout: float) -> set[str]:
+    """The TXT values `server` itself answers for `name` (no recursion); CertrenewError saying what went wrong."""
     import dns.exception
     import dns.flags
     import dns.message
@@ -271,13 +280,10 @@ def _txt_values(server: DnsServer, name: str, timeout: float) -> set[str] | str:
     query.flags &= ~dns.flags.RD
     try:
         response, _ = dns.query.udp_with_fallback(query, server.ip(), timeout=timeout, port=server.port)
-    except (dns.exception.DNSException, OSError, CertrenewError) as error:
-        return f"no answer: {error or type(error).__name__}"
+    except (dns.exception.DNSException, OSError) as error:
+        raise CertrenewError(f"no answer: {error or type(error).__name__}") from None
     if response.rcode() != dns.rcode.NOERROR:
-        return f"it answered {dns.rcode.to_text(response.rcode())}"
-    return {b"".join(rdata.strings).decode() for rrset in response.answer
+        raise CertrenewError(f"it answered {dns.rcode.to_text(response.rcode())}")
+    return {b"".join(rdata.strings).decode(errors="replace") for rrset in response.answer
             if rrset.rdtype == dns.rdatatype.TXT for rdata in rrset}
 
-
-def _describe(missing: Iterable[str]) -> str:
-    return "missing value " + ", ".join(repr(value) for value in sorted(missing))
