@@ -5,6 +5,7 @@ then the config file (see `certrenew.config`).
 """
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -13,13 +14,13 @@ from pathlib import Path
 
 from certrenew import __version__, signals
 from certrenew.config import (DEFAULT_CONFIG, OPTIONS, ConfigFile, build_settings, certificate_specs,
-                              check_certificate_name, load_config)
+                              check_certificate_name, env_flag, load_config)
 from certrenew.errors import CertrenewError, UsageError
 
 log = logging.getLogger("certrenew")
 
-EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g. CERTRENEW_STATE_DIR. "
-          "Exit status: 0 done or nothing to do, 1 the run failed, 2 bad usage or input.")
+EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g. CERTRENEW_STATE_DIR; "
+          "each --flag has a --no-flag form to override a true one from there or the config file. Exit status: 0 done or nothing to do, 1 the run failed, 2 bad usage or input.")
 
 
 ONE_SHOT_OPTIONS = [option for option in OPTIONS if option.name != "metrics_listen"]
@@ -32,17 +33,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description=description, epilog=EPILOG)
+    # No abbreviations: a mistyped --agree-to must not pass for --agree-tos.
+    parser = _Parser(prog=prog, description=description, epilog=EPILOG, allow_abbrev=False)
     for option in options:
         if option.kind is bool:
-            parser.add_argument(option.cli, action="store_const", const="1", help=option.help)
+            parser.add_argument(option.cli, action=argparse.BooleanOptionalAction, help=option.help)
         else:
             parser.add_argument(option.cli, metavar=option.metavar, help=option.help,
                                 action="append" if option.repeated else "store")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help=f"TOML config file (for 'run' and 'status' default {DEFAULT_CONFIG})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step (and tracebacks)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    parser.add_argument("-v", "--verbose", action=argparse.BooleanOptionalAction, help="log every step (and tracebacks)")
+    parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, help="print only errors")
     parser.add_argument("--version", action="version", version=f"certrenew {__version__}")
     return parser
 
@@ -90,13 +92,15 @@ def _config(args: argparse.Namespace, required: bool) -> ConfigFile | None:
     return load_config(Path(path) if path else DEFAULT_CONFIG)
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
-    verbose = args.verbose or os.environ.get("CERTRENEW_VERBOSE", "") not in ("", "0")
-    quiet = args.quiet or os.environ.get("CERTRENEW_QUIET", "") not in ("", "0")
+def _setup_logging(args: argparse.Namespace) -> bool:
+    """Set the log level from -v/-q, else CERTRENEW_VERBOSE/CERTRENEW_QUIET; return whether to be quiet."""
+    verbose = bool(args.verbose if args.verbose is not None else env_flag("CERTRENEW_VERBOSE"))
+    quiet = bool(args.quiet if args.quiet is not None else env_flag("CERTRENEW_QUIET"))
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="certrenew: %(message)s", stream=sys.stderr)
     if not verbose:
         logging.getLogger("acme").setLevel(logging.WARNING)
+    return quiet
 
 
 def _report(outcomes, quiet: bool) -> int:
@@ -135,20 +139,29 @@ def _renew(argv: list[str]) -> int:
     from certrenew.domains import normalize_domains
 
     args = build_parser().parse_args(argv)
-    _setup_logging(args)
+    quiet = _setup_logging(args)
+    _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
     specs = certificate_specs(check_certificate_name(domains[0]), tuple(domains), settings.key_type, settings.profile)
-    return _renew_recorded(settings, specs, args.quiet)
+    return _renew_recorded(settings, specs, quiet)
+
+
+def _refuse_mistyped_command(domains: list[str]) -> None:
+    """`certrenew stauts` is a typo, not a certificate to order: say which command was meant."""
+    if len(domains) == 1 and "." not in domains[0]:
+        close = difflib.get_close_matches(domains[0], COMMANDS, n=1)
+        if close:
+            raise UsageError(f"{domains[0]!r} is not a domain name: did you mean `certrenew {close[0]}`?")
 
 
 def _run(argv: list[str]) -> int:
     args = build_run_parser().parse_args(argv)
-    _setup_logging(args)
+    quiet = _setup_logging(args)
     config = _config(args, required=True)
     if not config.certificates:
         raise UsageError(f"{config.path}: no [[certificate]] to manage")
-    return _renew_recorded(build_settings(vars(args), config), config.certificates, args.quiet)
+    return _renew_recorded(build_settings(vars(args), config), config.certificates, quiet)
 
 
 def _status(argv: list[str]) -> int:
@@ -159,17 +172,19 @@ def _status(argv: list[str]) -> int:
     args = build_status_parser().parse_args(argv)
     _setup_logging(args)
     config = _config(args, required=None)
-    rows = status.collect(build_settings(vars(args), config), config.certificates if config else None)
-    healthy = status.healthy(rows)
+    settings = build_settings(vars(args), config)
+    rows = status.collect(settings, config.certificates if config else None)
+    reason = status.unhealthy(settings, rows)
     if args.json:
-        document = {"version": status.JSON_VERSION, "healthy": healthy,
+        document = {"version": status.JSON_VERSION, "healthy": reason is None, "reason": reason,
                     "certificates": [row.to_json() for row in rows]}
         print(json.dumps(document, indent=2))
-    elif rows:
-        print(status.format_table(rows))
     else:
-        print("no certificates")
-    return 0 if healthy else 1
+        if rows:
+            print(status.format_table(rows))
+        if reason:
+            print(f"certrenew: not healthy: {reason}", file=sys.stderr)
+    return 0 if reason is None else 1
 
 
 def _bootstrap(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ they override each other in that order.
 import datetime
 import os
 import re
-import tomllib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +18,11 @@ from certrenew.domains import normalize_domains
 from certrenew.errors import UsageError
 from certrenew.policy import parse_duration
 from certrenew.runtime_api import check_address
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (e.g. Ubuntu 22.04): the same parser, from PyPI
+    import tomli as tomllib
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -108,13 +113,26 @@ def certificate_specs(name: str, domains: tuple[str, ...], key_types: str | list
     return [CertificateSpec(check_certificate_name(f"{name}.{t}"), domains, t, profile) for t in types]
 
 
-def _flag(raw: str) -> bool:
+def _flag(raw: str | bool) -> bool:
+    """A boolean as the environment (or a `--flag`/`--no-flag` pair, already a bool) gives it."""
+    if isinstance(raw, bool):
+        return raw
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"expected 1/true/yes/on or 0/false/no/off, not {raw!r}")
+
+
+def env_flag(name: str, environ: Mapping[str, str] = os.environ) -> bool | None:
+    """The boolean environment variable `name`, or None if unset; parsed as every boolean setting is."""
+    if name not in environ:
+        return None
+    try:
+        return _flag(environ[name])
+    except ValueError as error:
+        raise UsageError(f"invalid {name}: {error}") from None
 
 
 def _positive(value: float | int) -> float | int:

@@ -31,6 +31,9 @@ def normalize_domain(name: str) -> str:
         except idna.IDNAError as error:
             raise UsageError(f"invalid domain {original!r}: {error}") from None
     name = name.lower()
+    if "." not in name:
+        raise UsageError(f"invalid domain {original!r}: a single-label name; public CAs issue certificates only "
+                         "for names under a public suffix, e.g. example.com")
     if len(name) > 253:
         raise UsageError(f"invalid domain {original!r}: longer than 253 characters")
     for label in name.split("."):

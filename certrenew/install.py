@@ -110,7 +110,7 @@ class Installer:
             failures = changes.roll_back()
             if failures:
                 raise CertrenewError(f"{error}; rollback incomplete: {'; '.join(failures)}") from None
-            raise CertrenewError(f"{error}; the previous certificate was put back") from None
+            raise CertrenewError(f"{error}; {_undone(previous)}") from None
         except BaseException:
             changes.roll_back()
             raise
@@ -191,3 +191,13 @@ class Installer:
                 write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
         except OSError as error:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
+
+
+def _undone(previous: Mapping[Path, bytes | None]) -> str:
+    """What a rollback restored: say "put back" only where there was a previous certificate."""
+    new = [path.name for path, content in previous.items() if content is None]
+    if not new:
+        return "the previous certificate was put back"
+    if len(new) == len(previous):
+        return "the new certificate was removed again (there was none before)"
+    return f"the previous certificates were put back and the new {', '.join(new)} removed again"

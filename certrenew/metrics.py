@@ -21,7 +21,7 @@ from pathlib import Path
 from certrenew.atomicfile import write_atomic
 from certrenew.config import split_host_port
 from certrenew.errors import CertrenewError
-from certrenew.status import CertificateStatus, healthy
+from certrenew.status import HEALTHY, CertificateStatus
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,14 @@ def _managed(rows: list[CertificateStatus]) -> list[CertificateStatus]:
 
 
 def health(rows: list[CertificateStatus]) -> tuple[bool, dict]:
-    """Whether every managed certificate is healthy in the sense of `status`, and the /healthz document."""
+    """Whether every managed certificate is healthy in the sense of `status`, and the /healthz document.
+
+    Nothing managed is not healthy, as in `status`: a probe pointed at the wrong config fails loudly.
+    """
     rows = _managed(rows)
-    unhealthy = [row.name for row in rows if not healthy([row])]
-    return not unhealthy, {"healthy": not unhealthy, "certificates": len(rows), "unhealthy": unhealthy}
+    unhealthy = [row.name for row in rows if row.state != HEALTHY]
+    ok = bool(rows) and not unhealthy
+    return ok, {"healthy": ok, "certificates": len(rows), "unhealthy": unhealthy}
 
 
 def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> bytes:
@@ -126,7 +130,7 @@ def _families(rows: list[CertificateStatus], telemetry: Telemetry | None) -> lis
                         "when certrenew next plans to renew (or, after a failure, retry), as a Unix time",
                         lambda row: row.next_renewal.timestamp() if row.next_renewal else None),
         per_certificate("certrenew_certificate_ready", "1 when the certificate is healthy, else 0",
-                        lambda row: float(healthy([row]))),
+                        lambda row: float(row.state == HEALTHY)),
         per_certificate("certrenew_certificate_failures", "consecutive failed attempts to renew",
                         lambda row: row.failures),
         state,

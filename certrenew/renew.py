@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from certrenew import signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, UsageError
 from certrenew.lock import StateLock
 from certrenew.policy import ari_check_due, backoff, decide
+from certrenew.requirements import check_acme_stack
 from certrenew.store import CertificateRecord, FileStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], telemetry) -> list[Ou
             outcomes[spec.name] = Outcome(spec.name, "unchanged", decision.reason)
 
     if work:
+        check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
 
         with Issuer(settings, store, telemetry) as issuer:
@@ -112,7 +114,8 @@ def _failed(store: FileStore, now: datetime.datetime, spec: CertificateSpec, err
 def _check_ssl_dir(settings: Settings) -> None:
     ssl_dir = settings.ssl_dir
     if not ssl_dir.is_dir():
-        raise CertrenewError(f"the ssl dir {ssl_dir} does not exist (create it, or set --ssl-dir)")
+        raise UsageError(f"the ssl dir {ssl_dir} does not exist: create it with `certrenew bootstrap-ssl-dir "
+                         f"--ssl-dir {ssl_dir}` (HAProxy needs a placeholder in it to start), or set --ssl-dir")
     if not os.access(ssl_dir, os.W_OK):
         raise CertrenewError(f"the ssl dir {ssl_dir} is not writable by this user")
 

@@ -34,13 +34,14 @@ class CertificateStatus:
 
     def to_json(self) -> dict:
         def when(value):
-            return value.isoformat() if value else None
+            return value.replace(microsecond=0).isoformat() if value else None
 
         return {
             "name": self.name,
             "domains": self.domains,
             "state": self.state,
-            "serial": self.serial,
+            # As openssl prints it: whole bytes, so an even number of hex digits.
+            "serial": self.serial.zfill(len(self.serial) + len(self.serial) % 2) if self.serial else None,
             "not_after": when(self.not_after),
             "days_left": None if self.days_left is None else round(self.days_left, 2),
             "next_renewal": when(self.next_renewal),
@@ -66,9 +67,17 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None,
     return rows
 
 
-def healthy(rows: list[CertificateStatus]) -> bool:
-    """True when no managed certificate is expired, failing, missing or past its renewal time."""
-    return all(row.state in (HEALTHY, "unmanaged") for row in rows)
+def unhealthy(settings: Settings, rows: list[CertificateStatus]) -> str | None:
+    """Why the certificates are not healthy, or None when every managed one is ok.
+
+    Nothing managed is not healthy: a monitoring check pointed at the wrong config or
+    state dir must fail loudly, not report all clear.
+    """
+    if not any(row.state != "unmanaged" for row in rows):
+        where = "" if settings.state_dir.is_dir() else f" (no state dir {settings.state_dir})"
+        return f"no certificate is managed{where}: check --config and --state-dir"
+    bad = [f"{row.name} is {row.state}" for row in rows if row.state not in (HEALTHY, "unmanaged")]
+    return ", ".join(bad) or None
 
 
 def _spec_of(record: CertificateRecord) -> CertificateSpec:

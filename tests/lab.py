@@ -471,8 +471,9 @@ class Lab:
         return render_haproxy_config(
             SHIPPED_HAPROXY_CFG.read_text(),
             production_replacements(self.ssl_dir, admin_socket) + [
-                ("bind :80\n", f"bind {LOOPBACK}:{http_port}\n"),
-                ("bind :443 ssl", f"bind {LOOPBACK}:{https_port} ssl"),
+                # Loopback IPv4 only, so the lab runs on hosts without IPv6 too.
+                ("bind :::80 v4v6\n", f"bind {LOOPBACK}:{http_port}\n"),
+                ("bind :::443 v4v6 ssl", f"bind {LOOPBACK}:{https_port} ssl"),
                 ("server letsencrypt 127.0.0.1:49494\n", f"server letsencrypt {self.listen}\n"),
                 # No syslog here: send HAProxy's logs to its log file instead.
                 ("log /dev/log local0\n", "log stderr format short local0\n"),

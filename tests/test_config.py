@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from certrenew.config import LETSENCRYPT_STAGING, CertificateSpec, build_settings, load_config
+from certrenew.config import LETSENCRYPT_STAGING, CertificateSpec, build_settings, env_flag, load_config
 from certrenew.errors import UsageError
 
 
@@ -30,6 +30,29 @@ def test_environment_values_are_parsed_and_checked():
     for name, value in (("AGREE_TOS", "maybe"), ("TIMEOUT", "-1"), ("KEY_TYPE", "dsa"), ("RENEW_BEFORE", "soon")):
         with pytest.raises(UsageError, match=f"CERTRENEW_{name}"):
             build_settings({}, None, {f"CERTRENEW_{name}": value})
+
+
+@pytest.mark.parametrize("raw, value", [("1", True), ("TRUE", True), ("Yes", True), ("on", True),
+                                        ("0", False), ("false", False), ("NO", False), ("Off", False)])
+def test_boolean_variables_are_parsed_one_way_everywhere(raw, value):
+    assert env_flag("CERTRENEW_VERBOSE", {"CERTRENEW_VERBOSE": raw}) is value
+    assert build_settings({}, None, {"CERTRENEW_STAGING": raw}).staging is value
+
+
+def test_a_bad_boolean_variable_is_a_usage_error_naming_it():
+    assert env_flag("CERTRENEW_QUIET", {}) is None
+    with pytest.raises(UsageError, match="invalid CERTRENEW_QUIET: expected 1/true/yes/on"):
+        env_flag("CERTRENEW_QUIET", {"CERTRENEW_QUIET": "maybe"})
+
+
+def test_a_no_flag_overrides_true_from_the_environment_and_the_file(tmp_path):
+    config = config_file(tmp_path, "agree_tos = true\nstaging = true\n")
+    environ = {"CERTRENEW_STAGING": "yes"}
+    settings = build_settings({"agree_tos": False, "staging": False}, config, environ)
+    assert (settings.agree_tos, settings.staging) == (False, False)
+    settings = build_settings({"agree_tos": None, "staging": None}, config, environ)  # flag not given
+    assert (settings.agree_tos, settings.staging) == (True, True)
+    assert build_settings({}, config, {"CERTRENEW_STAGING": "off"}).staging is False
 
 
 def test_certificates_default_their_name_and_key_type(tmp_path):

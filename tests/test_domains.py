@@ -33,6 +33,8 @@ def test_normalizes(given, expected):
         ("x" * 64 + ".example", "longer than 63"),
         ("under_score.example", "inner hyphens"),
         (("a" * 60 + ".") * 5 + "example", "253"),
+        ("localhost", "single-label"),
+        ("Stauts.", "single-label"),
     ],
 )
 def test_refuses_with_reason(bad, says):

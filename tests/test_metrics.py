@@ -88,7 +88,9 @@ def test_health_document():
         True, {"healthy": True, "certificates": 1, "unhealthy": []})
     assert metrics.health([row("alpha"), row("beta", "expired"), row("gamma", "due")]) == (
         False, {"healthy": False, "certificates": 3, "unhealthy": ["beta", "gamma"]})
-    assert metrics.health([]) == (True, {"healthy": True, "certificates": 0, "unhealthy": []})
+    # Nothing managed is not healthy, as in `certrenew status`.
+    assert metrics.health([]) == (False, {"healthy": False, "certificates": 0, "unhealthy": []})
+    assert metrics.health([row("old", "unmanaged")])[0] is False
 
 
 def test_telemetry_counts_from_many_threads():
