@@ -9,10 +9,18 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from certrenew import __version__, signals
-from certrenew.config import (DEFAULT_CONFIG, OPTIONS, ConfigFile, build_settings, certificate_specs,
-                              check_certificate_name, load_config)
+from certrenew.config import (
+    DEFAULT_CONFIG,
+    OPTIONS,
+    ConfigFile,
+    build_settings,
+    certificate_specs,
+    check_certificate_name,
+    load_config,
+)
 from certrenew.errors import CertrenewError, UsageError
 
 log = logging.getLogger("certrenew")
@@ -22,7 +30,7 @@ EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g.
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
 
 
@@ -76,7 +84,7 @@ def build_bootstrap_parser() -> argparse.ArgumentParser:
     )
 
 
-def _config(args: argparse.Namespace, required: bool) -> ConfigFile | None:
+def _config(args: argparse.Namespace, required: bool | None) -> ConfigFile | None:
     """The config file named by --config or CERTRENEW_CONFIG, else the default one if `required`
     (True) or if it exists (None); with False, only a named one."""
     path = args.config or os.environ.get("CERTRENEW_CONFIG")
@@ -126,6 +134,7 @@ def _run(argv: list[str]) -> int:
     args = build_run_parser().parse_args(argv)
     _setup_logging(args)
     config = _config(args, required=True)
+    assert config is not None  # required
     if not config.certificates:
         raise UsageError(f"{config.path}: no [[certificate]] to manage")
     return _report(run(build_settings(vars(args), config), config.certificates), args.quiet)

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from faultproxy import DROP, FaultProxy, Reply, step as step_of
+from faultproxy import DROP, FaultProxy, Reply
+from faultproxy import step as step_of
 from faults import Guard
 from lab import Lab
 
