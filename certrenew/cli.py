@@ -18,7 +18,6 @@ from certrenew.config import (
     ConfigFile,
     build_settings,
     certificate_specs,
-    check_certificate_name,
     load_config,
 )
 from certrenew.errors import CertrenewError, UsageError
@@ -124,7 +123,7 @@ def _renew(argv: list[str]) -> int:
     _setup_logging(args)
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
-    specs = certificate_specs(check_certificate_name(domains[0]), tuple(domains), settings.key_type, settings.profile)
+    specs = certificate_specs(domains[0], tuple(domains), settings.key_type, settings.profile)
     return _report(run(settings, specs), args.quiet)
 
 

@@ -107,6 +107,7 @@ def certificate_specs(name: str, domains: tuple[str, ...], key_types: str | list
     validate (a wildcard over HTTP-01) are refused here, before anything is touched.
     """
     check_domains(challenge, domains)
+    check_certificate_name(name)
     types = split_key_types(key_types)
     if len(types) == 1:
         return [CertificateSpec(name, domains, types[0], profile, challenge)]
@@ -319,7 +320,6 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
         raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")
     try:
         domains = normalize_domains(domains)
-        name = check_certificate_name(str(table.get("name", domains[0])))
-        return certificate_specs(name, tuple(domains), key_types, profile)
+        return certificate_specs(str(table.get("name", domains[0])), tuple(domains), key_types, profile)
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from None
