@@ -11,10 +11,18 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from certrenew import __version__, signals
-from certrenew.config import (DEFAULT_CONFIG, OPTIONS, ConfigFile, build_settings, certificate_specs,
-                              check_certificate_name, env_flag, load_config)
+from certrenew.config import (
+    DEFAULT_CONFIG,
+    OPTIONS,
+    ConfigFile,
+    build_settings,
+    certificate_specs,
+    env_flag,
+    load_config,
+)
 from certrenew.errors import CertrenewError, UsageError
 
 log = logging.getLogger("certrenew")
@@ -28,7 +36,7 @@ ONE_SHOT_OPTIONS = [option for option in OPTIONS if option.name != "metrics_list
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
 
 
@@ -83,7 +91,7 @@ def build_bootstrap_parser() -> argparse.ArgumentParser:
     )
 
 
-def _config(args: argparse.Namespace, required: bool) -> ConfigFile | None:
+def _config(args: argparse.Namespace, required: bool | None) -> ConfigFile | None:
     """The config file named by --config or CERTRENEW_CONFIG, else the default one if `required`
     (True) or if it exists (None); with False, only a named one."""
     path = args.config or os.environ.get("CERTRENEW_CONFIG")
@@ -143,8 +151,9 @@ def _renew(argv: list[str]) -> int:
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
-    specs = certificate_specs(check_certificate_name(domains[0]), tuple(domains), settings.key_type, settings.profile)
+    specs = certificate_specs(domains[0], tuple(domains), settings.key_type, settings.profile)
     return _renew_recorded(settings, specs, quiet)
+
 
 
 def _refuse_mistyped_command(domains: list[str]) -> None:
@@ -159,6 +168,7 @@ def _run(argv: list[str]) -> int:
     args = build_run_parser().parse_args(argv)
     quiet = _setup_logging(args)
     config = _config(args, required=True)
+    assert config is not None  # required
     if not config.certificates:
         raise UsageError(f"{config.path}: no [[certificate]] to manage")
     return _renew_recorded(build_settings(vars(args), config), config.certificates, quiet)

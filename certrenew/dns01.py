@@ -49,7 +49,7 @@ class DnsServer:
     def ip(self) -> str:
         """Its IP address (dnspython sends only to addresses); a host name is resolved by the system."""
         try:
-            return socket.getaddrinfo(self.host, self.port, proto=socket.IPPROTO_UDP)[0][4][0]
+            return str(socket.getaddrinfo(self.host, self.port, proto=socket.IPPROTO_UDP)[0][4][0])
         except OSError as error:
             raise CertrenewError(f"DNS server {self}: cannot resolve {self.host!r}: {error}") from None
 

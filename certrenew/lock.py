@@ -49,7 +49,8 @@ class StateLock:
 
     def __exit__(self, *exc_info) -> None:
         # Closing the descriptor releases the flock; the file stays, holding no meaning.
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
         self._fd = None
 
     def _wait(self, fd: int) -> None:

@@ -19,8 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from certrenew.atomicfile import write_atomic
-from certrenew.config import split_host_port
 from certrenew.errors import CertrenewError
+from certrenew.hostport import split_host_port
 from certrenew.status import HEALTHY, CertificateStatus
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def _families(rows: list[CertificateStatus], telemetry: Telemetry | None) -> lis
             GaugeMetricFamily("certrenew_last_run_timestamp_seconds", "when the last run ended, as a Unix time",
                               value=telemetry.last_run),
             GaugeMetricFamily("certrenew_last_run_success", "1 when every certificate of the last run succeeded",
-                              value=float(telemetry.last_success)),
+                              value=float(bool(telemetry.last_success))),
             GaugeMetricFamily("certrenew_run_duration_seconds", "how long the last run took",
                               value=telemetry.last_duration),
         ]
@@ -174,7 +174,9 @@ class MetricsServer:
     @property
     def address(self) -> tuple[str, int]:
         """The host and port bound (the real port when `listen` asked for port 0)."""
-        return self._server.server_address[:2]
+        assert self._server is not None, "enter the server first"
+        host, port = self._server.server_address[:2]
+        return str(host), port
 
     def __enter__(self) -> "MetricsServer":
         try:
@@ -188,6 +190,7 @@ class MetricsServer:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        assert self._server is not None and self._thread is not None, "entered"
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -220,6 +223,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    server: _Server
     server_version = "certrenew"
     timeout = REQUEST_TIMEOUT
 

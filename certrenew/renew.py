@@ -7,17 +7,22 @@ something is due, so a run with nothing to do reads a few small files and exits.
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from certrenew import signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.lock import StateLock
-from certrenew.policy import ari_check_due, backoff, decide
+from certrenew.policy import Decision, ari_check_due, backoff, decide
 from certrenew.requirements import check_acme_stack
 from certrenew.store import CertificateRecord, FileStore
+
+if TYPE_CHECKING:
+    from certrenew.issue import Installed
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +81,11 @@ def _run(settings: Settings, specs: list[CertificateSpec], telemetry) -> list[Ou
     if work:
         check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
+        from certrenew.responder import Responder
 
-        with Issuer(settings, store, telemetry) as issuer:
+        # The responder opens its port at the first order that needs it and closes it with the run.
+        with Responder(settings.listen) as responder:
+            issuer = Issuer(settings, store, {responder.challenge_type: responder}, telemetry)
             pool = ThreadPoolExecutor(settings.concurrency)
             try:
                 results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1])), work))
@@ -88,18 +96,28 @@ def _run(settings: Settings, specs: list[CertificateSpec], telemetry) -> list[Ou
             outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
             if issued:
                 try:
-                    outcomes.update((outcome.name, outcome) for outcome in issuer.install(issued))
+                    outcomes.update((item.issued.spec.name, _installed(item)) for item in issuer.install(issued))
                 except CertrenewError as error:
                     outcomes.update((item.spec.name, _failed(store, now, item.spec, error)) for item in issued)
     return [outcomes[spec.name] for spec in specs]
 
 
-def _attempt(store: FileStore, now: datetime.datetime, spec: CertificateSpec, step):
+def _attempt(store: FileStore, now: datetime.datetime, spec: CertificateSpec, step: Callable[[CertificateSpec], Any]):
     """Run one certificate's step; a failure is recorded and reported as an Outcome, not raised."""
     try:
-        return step(spec)
+        result = step(spec)
     except CertrenewError as error:
         return _failed(store, now, spec, error)
+    if isinstance(result, Decision):  # checked with the CA: still not due
+        return Outcome(spec.name, "unchanged", result.reason)
+    return result
+
+
+def _installed(item: "Installed") -> Outcome:
+    info, result = item.info, item.result
+    detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
+              f"written to {result.path}, served by {result.method}" + (f" ({result.detail})" if result.detail else ""))
+    return Outcome(item.issued.spec.name, item.issued.action, detail)
 
 
 def _failed(store: FileStore, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:

@@ -80,19 +80,21 @@ def unhealthy(settings: Settings, rows: list[CertificateStatus]) -> str | None:
     return ", ".join(bad) or None
 
 
-def _spec_of(record: CertificateRecord) -> CertificateSpec:
+def _spec_of(record: CertificateRecord | None) -> CertificateSpec:
+    assert record is not None  # a stored name has a record
     return CertificateSpec(record.name, tuple(record.domains), record.key_type)
 
 
 def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord | None,
             now: datetime.datetime, managed: bool = True) -> CertificateStatus:
-    issued = record is not None and record.not_after is not None
-    next_renewal = renew_at(record, settings.renew_before) if issued else None
+    not_after = record.not_after if record is not None else None
+    issued = record if not_after is not None else None
+    next_renewal = renew_at(issued, settings.renew_before) if issued else None
     if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
         next_renewal = record.next_attempt
     if not managed:
         state = "unmanaged"
-    elif issued and now >= record.not_after:
+    elif not_after is not None and now >= not_after:
         state = "expired"
     elif record is not None and record.failures:
         state = "failing"
@@ -106,9 +108,9 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         name=spec.name,
         domains=list(spec.domains),
         state=state,
-        serial=record.serial if issued else None,
-        not_after=record.not_after if issued else None,
-        days_left=(record.not_after - now).total_seconds() / 86400 if issued else None,
+        serial=issued.serial if issued else None,
+        not_after=not_after,
+        days_left=(not_after - now).total_seconds() / 86400 if not_after is not None else None,
         next_renewal=next_renewal,
         last_error=record.last_error if record else None,
         failures=record.failures if record else 0,

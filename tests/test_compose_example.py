@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from container import as_image_user, read_image
 
 from certrenew.config import DEFAULT_CONFIG, build_settings, load_config, split_host_port
 from certrenew.placeholder import write_placeholder
-from container import as_image_user, read_image
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "compose"
 SERVER_OPTIONS = "check resolvers docker init-addr last,libc,none"

@@ -131,3 +131,27 @@ domains = ["blog.example"]
     for pair in ('["ecdsa-p256", "ecdsa-p384"]', '["rsa2048", "rsa2048"]', '["ecdsa-p256", "rsa2048", "rsa4096"]'):
         with pytest.raises(UsageError, match="one ECDSA and one RSA key type"):
             config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example"]\nkey_type = {pair}\n')
+
+
+WILDCARD = "invalid domain '*.example.com': wildcard certificates need the DNS-01 challenge; HTTP-01 cannot validate them"
+
+
+def test_a_wildcard_over_http01_is_refused_in_the_config_file(tmp_path):
+    with pytest.raises(UsageError) as refused:
+        config_file(tmp_path, '[[certificate]]\nname = "star"\ndomains = ["*.Example.com"]\n')
+    assert str(refused.value).endswith(WILDCARD) and "certificate #1" in str(refused.value)
+
+
+def test_a_wildcard_on_the_command_line_is_exit_2_before_anything_is_touched(tmp_path, capsys):
+    from certrenew.cli import main
+
+    code = main(["*.example.com", "--state-dir", str(tmp_path / "state"), "--ssl-dir", str(tmp_path / "ssl")])
+    assert code == 2 and capsys.readouterr().err == f"certrenew: error: {WILDCARD}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_challenge_type_is_a_usage_error():
+    from certrenew.config import certificate_specs
+
+    with pytest.raises(UsageError, match="unknown challenge type 'tls-alpn-01'; choose one of http-01"):
+        certificate_specs("a", ("a.example",), "ecdsa-p256", challenge="tls-alpn-01")

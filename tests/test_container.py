@@ -10,10 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from certrenew.config import build_settings, split_host_port
 from container import DOCKERFILE, read_image
 from invocation import parse_invocation
+
+from certrenew.config import build_settings, split_host_port
 
 HADOLINT = Path(sys.executable).with_name("hadolint")
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from invocation import parse_invocation
 
 from certrenew.config import DEFAULT_CONFIG
 from certrenew.errors import UsageError
-from invocation import parse_invocation
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 SERVICES = sorted(SYSTEMD.glob("*.service"))

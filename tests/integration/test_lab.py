@@ -8,8 +8,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from cryptography.x509 import DNSName, SubjectAlternativeName
-
-from certrenew.placeholder import PLACEHOLDER_NAME, write_placeholder
 from lab import (
     SHIPPED_HAPROXY_CFG,
     LabError,
@@ -17,6 +15,8 @@ from lab import (
     production_replacements,
     render_haproxy_config,
 )
+
+from certrenew.placeholder import PLACEHOLDER_NAME, write_placeholder
 
 
 @pytest.fixture
