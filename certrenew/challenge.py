@@ -1,20 +1,65 @@
 """The challenge solver interface: how an order proves control of a name.
 
-The HTTP-01 responder is one solver; a DNS-01 provider is another one later. A solver
-only publishes and withdraws what the CA will look up; the order flow stays the same.
+The HTTP-01 responder is one solver; a DNS-01 provider is another. A solver only
+publishes and withdraws what the CA will look up; the order flow stays the same.
+Which names a challenge type can validate at all is known here, without the solver:
+the configuration refuses a spec before any solver exists or anything is touched.
 """
 
+from collections.abc import Callable, Iterable
 from typing import Protocol
+
+from certrenew.errors import UsageError
+
+HTTP_01 = "http-01"
 
 
 class ChallengeSolver(Protocol):
-    """Publishes validation data where the CA will look for it."""
+    """Publishes validation data where the CA will look for it (lego's Provider + PreSolver).
+
+    Created by the caller (the run, the daemon) and handed to the issuer by challenge
+    type; one that holds a resource (a port) is a context manager the caller enters.
+    It must be thread-safe: several orders run at once.
+    """
 
     challenge_type: str
-    """The ACME challenge type this solver answers, e.g. "http-01"."""
+    """The ACME challenge type this solver answers: "http-01", "dns-01"."""
+
+    def check_domain(self, domain: str) -> None:
+        """Raise UsageError if this solver can never validate `domain` (HTTP-01: a wildcard)."""
 
     def present(self, domain: str, token: str, validation: str) -> None:
-        """Make `validation` visible to the CA for `domain` until `cleanup`."""
+        """Make `validation` visible to the CA for `domain` until `cleanup`.
+
+        `validation` is the key authorization for http-01, the TXT value for dns-01;
+        `domain` is the identifier as ordered, "*.example.com" for a wildcard.
+        """
+
+    def wait_ready(self) -> None:
+        """Block until everything presented is visible to the CA (DNS propagation), within the
+        solver's own bound; called once per order before the challenges are answered."""
 
     def cleanup(self, domain: str, token: str) -> None:
         """Withdraw what `present` published; must not fail if it is already gone."""
+
+
+def refuse_wildcard(domain: str) -> None:
+    """The domain check of a solver that answers over HTTP: a wildcard has no host to ask."""
+    if domain.startswith("*."):
+        raise UsageError(
+            f"invalid domain {domain!r}: wildcard certificates need the DNS-01 challenge; "
+            "HTTP-01 cannot validate them"
+        )
+
+
+DOMAIN_CHECKS: dict[str, Callable[[str], None]] = {HTTP_01: refuse_wildcard}
+"""Each challenge type's rule for the names it can validate; a new solver adds its own."""
+
+
+def check_domains(challenge_type: str, domains: Iterable[str]) -> None:
+    """Raise UsageError unless `challenge_type` is known and can validate every domain."""
+    check = DOMAIN_CHECKS.get(challenge_type)
+    if check is None:
+        raise UsageError(f"unknown challenge type {challenge_type!r}; choose one of {', '.join(DOMAIN_CHECKS)}")
+    for domain in domains:
+        check(domain)

@@ -5,40 +5,55 @@ then the config file (see `certrenew.config`).
 """
 
 import argparse
+import difflib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+from typing import NoReturn
 
 from certrenew import __version__, signals
-from certrenew.config import (DEFAULT_CONFIG, OPTIONS, ConfigFile, build_settings, certificate_specs,
-                              check_certificate_name, load_config)
+from certrenew.config import (
+    DEFAULT_CONFIG,
+    OPTIONS,
+    ConfigFile,
+    build_settings,
+    certificate_specs,
+    env_flag,
+    load_config,
+)
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.store import FileStore
 
 log = logging.getLogger("certrenew")
 
-EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g. CERTRENEW_STATE_DIR. "
-          "Exit status: 0 done or nothing to do, 1 the run failed, 2 bad usage or input.")
+EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g. CERTRENEW_STATE_DIR; "
+          "each --flag has a --no-flag form to override a true one from there or the config file. Exit status: 0 done or nothing to do, 1 the run failed, 2 bad usage or input.")
+
+
+ONE_SHOT_OPTIONS = [option for option in OPTIONS if option.name != "metrics_listen"]
+"""The options of `run` and the single-domain form: all but the daemon's."""
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
 
 
-def _parser(prog: str, description: str, options=OPTIONS) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description=description, epilog=EPILOG)
+def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.ArgumentParser:
+    # No abbreviations: a mistyped --agree-to must not pass for --agree-tos.
+    parser = _Parser(prog=prog, description=description, epilog=EPILOG, allow_abbrev=False)
     for option in options:
         if option.kind is bool:
-            parser.add_argument(option.cli, action="store_const", const="1", help=option.help)
+            parser.add_argument(option.cli, action=argparse.BooleanOptionalAction, help=option.help)
         else:
             parser.add_argument(option.cli, metavar=option.metavar, help=option.help,
                                 action="append" if option.repeated else "store")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help=f"TOML config file (for 'run' and 'status' default {DEFAULT_CONFIG})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step (and tracebacks)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    parser.add_argument("-v", "--verbose", action=argparse.BooleanOptionalAction, help="log every step (and tracebacks)")
+    parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, help="print only errors")
     parser.add_argument("--version", action="version", version=f"certrenew {__version__}")
     return parser
 
@@ -77,7 +92,7 @@ def build_bootstrap_parser() -> argparse.ArgumentParser:
     )
 
 
-def _config(args: argparse.Namespace, required: bool) -> ConfigFile | None:
+def _config(args: argparse.Namespace, required: bool | None) -> ConfigFile | None:
     """The config file named by --config or CERTRENEW_CONFIG, else the default one if `required`
     (True) or if it exists (None); with False, only a named one."""
     path = args.config or os.environ.get("CERTRENEW_CONFIG")
@@ -86,13 +101,15 @@ def _config(args: argparse.Namespace, required: bool) -> ConfigFile | None:
     return load_config(Path(path) if path else DEFAULT_CONFIG)
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
-    verbose = args.verbose or os.environ.get("CERTRENEW_VERBOSE", "") not in ("", "0")
-    quiet = args.quiet or os.environ.get("CERTRENEW_QUIET", "") not in ("", "0")
+def _setup_logging(args: argparse.Namespace) -> bool:
+    """Set the log level from -v/-q, else CERTRENEW_VERBOSE/CERTRENEW_QUIET; return whether to be quiet."""
+    verbose = bool(args.verbose if args.verbose is not None else env_flag("CERTRENEW_VERBOSE"))
+    quiet = bool(args.quiet if args.quiet is not None else env_flag("CERTRENEW_QUIET"))
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="certrenew: %(message)s", stream=sys.stderr)
     if not verbose:
         logging.getLogger("acme").setLevel(logging.WARNING)
+    return quiet
 
 
 def _report(outcomes, quiet: bool) -> int:
@@ -109,28 +126,54 @@ def _report(outcomes, quiet: bool) -> int:
     return 1 if failed else 0
 
 
-def _renew(argv: list[str]) -> int:
-    from certrenew.domains import normalize_domains
+def _renew_recorded(settings, specs, quiet: bool) -> int:
+    """`renew.run` and its report; with --metrics-file, then the run's metrics, whatever its outcome."""
     from certrenew.renew import run
 
+    store = FileStore(settings.state_dir)
+    if settings.metrics_file is None:
+        return _report(run(settings, specs, store), quiet)
+    from certrenew import metrics, status
+
+    telemetry = metrics.Telemetry()
+    started, code = time.monotonic(), 1
+    try:
+        code = _report(run(settings, specs, store, telemetry), quiet)
+        return code
+    finally:
+        telemetry.record_run(code == 0, time.monotonic() - started)
+        metrics.write_textfile(settings.metrics_file, status.collect(settings, specs, store), telemetry)
+
+
+def _renew(argv: list[str]) -> int:
+    from certrenew.domains import normalize_domains
+
     args = build_parser().parse_args(argv)
-    _setup_logging(args)
+    quiet = _setup_logging(args)
+    _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
-    specs = certificate_specs(check_certificate_name(domains[0]), tuple(domains), settings.key_type, settings.profile)
-    return _report(run(settings, specs, FileStore(settings.state_dir)), args.quiet)
+    specs = certificate_specs(domains[0], tuple(domains), settings.key_type, settings.profile)
+    return _renew_recorded(settings, specs, quiet)
+
+
+
+def _refuse_mistyped_command(domains: list[str]) -> None:
+    """`certrenew stauts` is a typo, not a certificate to order: say which command was meant."""
+    if len(domains) == 1 and "." not in domains[0]:
+        close = difflib.get_close_matches(domains[0], COMMANDS, n=1)
+        if close:
+            raise UsageError(f"{domains[0]!r} is not a domain name: did you mean `certrenew {close[0]}`?")
 
 
 def _run(argv: list[str]) -> int:
-    from certrenew.renew import run
-
     args = build_run_parser().parse_args(argv)
-    _setup_logging(args)
+    quiet = _setup_logging(args)
     config = _config(args, required=True)
+    assert config is not None  # required
     if not config.certificates:
         raise UsageError(f"{config.path}: no [[certificate]] to manage")
-    settings = build_settings(vars(args), config)
-    return _report(run(settings, config.certificates, FileStore(settings.state_dir)), args.quiet)
+    return _renew_recorded(build_settings(vars(args), config), config.certificates, quiet)
 
 
 def _status(argv: list[str]) -> int:
@@ -143,16 +186,17 @@ def _status(argv: list[str]) -> int:
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
     rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir))
-    healthy = status.healthy(rows)
+    reason = status.unhealthy(settings, rows)
     if args.json:
-        document = {"version": status.JSON_VERSION, "healthy": healthy,
+        document = {"version": status.JSON_VERSION, "healthy": reason is None, "reason": reason,
                     "certificates": [row.to_json() for row in rows]}
         print(json.dumps(document, indent=2))
-    elif rows:
-        print(status.format_table(rows))
     else:
-        print("no certificates")
-    return 0 if healthy else 1
+        if rows:
+            print(status.format_table(rows))
+        if reason:
+            print(f"certrenew: not healthy: {reason}", file=sys.stderr)
+    return 0 if reason is None else 1
 
 
 def _bootstrap(argv: list[str]) -> int:

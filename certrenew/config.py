@@ -8,25 +8,31 @@ they override each other in that order.
 import datetime
 import os
 import re
-import tomllib
+import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from certrenew.challenge import HTTP_01, check_domains
 from certrenew.domains import normalize_domains
 from certrenew.errors import UsageError
-from certrenew.policy import parse_duration
+from certrenew.hostport import check_host_port, split_host_port
+from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.runtime_api import check_address
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (e.g. Ubuntu 22.04): the same parser, from PyPI
+    import tomli as tomllib
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_CONFIG = Path("/etc/certrenew/certrenew.toml")
 
-KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa2048", "rsa3072", "rsa4096")
-DEFAULT_KEY_TYPE = "ecdsa-p256"
-
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class CertificateSpec:
     key_type: str = DEFAULT_KEY_TYPE
     profile: str | None = None
     """An ACME profile (e.g. "shortlived") to ask for; only where the CA's directory lists it."""
+    challenge: str = HTTP_01
+    """The ACME challenge type that proves control of the names (see `certrenew.challenge`)."""
 
 
 @dataclass(frozen=True)
@@ -63,17 +71,20 @@ class Settings:
     haproxy_socket: tuple[str, ...] = ()
     haproxy_config: tuple[Path, ...] = ()
     verify_endpoint: tuple[str, ...] = ()
+    metrics_file: Path | None = None
+    metrics_listen: str | None = None
 
     @property
     def directory_url(self) -> str:
         return LETSENCRYPT_STAGING if self.staging and self.directory == LETSENCRYPT else self.directory
 
 
-def check_key_type(key_type: str) -> str:
-    """Return `key_type` if certrenew can generate it, else raise UsageError."""
-    if key_type not in KEY_TYPES:
-        raise UsageError(f"unknown key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}")
-    return key_type
+def parse_duration(text: str) -> datetime.timedelta:
+    """"30d", "12h", "90m" or "45s" as a timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"invalid duration {text!r}: write a number and d, h, m or s, e.g. 30d or 12h")
+    return datetime.timedelta(**{_UNITS[match[2]]: float(match[1])})
 
 
 def split_key_types(key_types: str | list[str]) -> list[str]:
@@ -93,20 +104,26 @@ def check_key_types(key_types: str) -> str:
 
 
 def certificate_specs(name: str, domains: tuple[str, ...], key_types: str | list[str],
-                      profile: str | None = None) -> list[CertificateSpec]:
+                      profile: str | None = None, challenge: str = HTTP_01) -> list[CertificateSpec]:
     """The certificates kept for `name`: one `<name>`, or for a dual certificate `<name>.<key type>` per key type.
 
     HAProxy holding an ECDSA and an RSA certificate for the same names serves ECDSA to
     clients that support it and RSA to the others. Each is issued, renewed and recorded
-    on its own, and a run installs both in one batch.
+    on its own, and a run installs both in one batch. Names the challenge type cannot
+    validate (a wildcard over HTTP-01) are refused here, before anything is touched.
     """
+    check_domains(challenge, domains)
+    check_certificate_name(name)
     types = split_key_types(key_types)
     if len(types) == 1:
-        return [CertificateSpec(name, domains, types[0], profile)]
-    return [CertificateSpec(check_certificate_name(f"{name}.{t}"), domains, t, profile) for t in types]
+        return [CertificateSpec(name, domains, types[0], profile, challenge)]
+    return [CertificateSpec(check_certificate_name(f"{name}.{t}"), domains, t, profile, challenge) for t in types]
 
 
-def _flag(raw: str) -> bool:
+def _flag(raw: str | bool) -> bool:
+    """A boolean as the environment (or a `--flag`/`--no-flag` pair, already a bool) gives it."""
+    if isinstance(raw, bool):
+        return raw
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -115,24 +132,20 @@ def _flag(raw: str) -> bool:
     raise ValueError(f"expected 1/true/yes/on or 0/false/no/off, not {raw!r}")
 
 
+def env_flag(name: str, environ: Mapping[str, str] = os.environ) -> bool | None:
+    """The boolean environment variable `name`, or None if unset; parsed as every boolean setting is."""
+    if name not in environ:
+        return None
+    try:
+        return _flag(environ[name])
+    except ValueError as error:
+        raise UsageError(f"invalid {name}: {error}") from None
+
+
 def _positive(value: float | int) -> float | int:
     if value <= 0:
         raise ValueError("must be a positive number")
     return value
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv6 host in brackets) as a host and a port number."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address}: expected HOST:PORT, e.g. 127.0.0.1:49494")
-    return host, int(port)
-
-
-def check_host_port(address: str) -> str:
-    split_host_port(address)
-    return address
 
 
 def _non_negative(value: float) -> float:
@@ -147,7 +160,7 @@ def _existing_file(path: str) -> str:
     return path
 
 
-_TOML_TYPES = {bool: (bool, "true or false"), float: ((int, float), "a number"), int: (int, "a whole number"),
+_TOML_TYPES: dict[type, tuple[type | tuple[type, ...], str]] = {bool: (bool, "true or false"), float: ((int, float), "a number"), int: (int, "a whole number"),
                str: (str, "a string"), Path: (str, "a string")}
 
 
@@ -178,7 +191,7 @@ class Option:
             return tuple(self._one(item) for item in items if item)
         return self._one(raw)
 
-    def _one(self, raw: str) -> Any:
+    def _one(self, raw: Any) -> Any:
         return self._checked(_flag(raw) if self.kind is bool else self.kind(raw))
 
     def from_toml(self, value: Any) -> Any:
@@ -232,6 +245,10 @@ OPTIONS = [
     Option("verify_endpoint", "after installing, check that this TLS address serves the new certificate for "
            "every name, else roll back; repeat for several HAProxy nodes", metavar="HOST:PORT",
            check=check_host_port, repeated=True),
+    Option("metrics_file", "after each run, write Prometheus metrics to this file (for node_exporter's "
+           "textfile collector)", Path, "PATH"),
+    Option("metrics_listen", "daemon: serve /metrics and /healthz on this address (off unless set; never "
+           "the responder's port)", metavar="HOST:PORT", check=check_host_port),
 ]
 CLI_ONLY = {"force"}
 """Options that make sense for one invocation, not as a standing setting in a file."""
@@ -261,7 +278,12 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
                 values[option.name] = option.from_text(cli[option.name])
             except (ValueError, UsageError) as error:
                 raise UsageError(f"invalid {option.cli}: {error}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == split_host_port(settings.listen)[1]:
+        # The responder's port is the one the internet reaches through HAProxy.
+        raise UsageError(f"the metrics address {settings.metrics_listen} (--metrics-listen) uses the responder's "
+                         f"port (--listen {settings.listen}); choose another port")
+    return settings
 
 
 def check_certificate_name(name: str) -> str:
@@ -327,7 +349,6 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
         raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")
     try:
         domains = normalize_domains(domains)
-        name = check_certificate_name(str(table.get("name", domains[0])))
-        return certificate_specs(name, tuple(domains), key_types, profile)
+        return certificate_specs(str(table.get("name", domains[0])), tuple(domains), key_types, profile)
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from None

@@ -11,18 +11,20 @@ _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def normalize_domain(name: str) -> str:
-    """Lower-case A-label form without a trailing dot, or UsageError naming the fault."""
+    """Lower-case A-label form without a trailing dot, or UsageError naming the fault.
+
+    "*.example.com" passes as a wildcard; `certrenew.challenge` decides whether the
+    certificate's challenge type can validate it.
+    """
     original = name
     if name.split() != [name]:  # empty, or white space anywhere
         raise UsageError(f"invalid domain {original!r}: it is empty or contains white space")
-    if name.startswith("*"):
-        raise UsageError(
-            f"invalid domain {original!r}: wildcard certificates need the DNS-01 challenge; "
-            "HTTP-01 cannot validate them"
-        )
     if name.startswith("."):
         raise UsageError(f"invalid domain {original!r}: it starts with a dot")
     name = name.removesuffix(".")
+    # A wildcard is a whole leftmost "*" label; whether a challenge can validate it is the solver's call.
+    wildcard = "*." if name.startswith("*.") else ""
+    name = name.removeprefix(wildcard)
     if _is_ip_address(name):
         raise UsageError(f"invalid domain {original!r}: IP addresses are not supported, give a DNS name")
     if not name.isascii():
@@ -30,10 +32,13 @@ def normalize_domain(name: str) -> str:
             name = idna.encode(name, uts46=True).decode("ascii")
         except idna.IDNAError as error:
             raise UsageError(f"invalid domain {original!r}: {error}") from None
-    name = name.lower()
+    name = wildcard + name.lower()
+    if "." not in name.removeprefix(wildcard):
+        raise UsageError(f"invalid domain {original!r}: a single-label name; public CAs issue certificates only "
+                         "for names under a public suffix, e.g. example.com")
     if len(name) > 253:
         raise UsageError(f"invalid domain {original!r}: longer than 253 characters")
-    for label in name.split("."):
+    for label in name.removeprefix(wildcard).split("."):
         if not label:
             raise UsageError(f"invalid domain {original!r}: it has an empty label")
         if len(label) > 63:

@@ -14,6 +14,7 @@ on disk byte for byte, into each HAProxy's memory, and through a reload if one w
 done, so no node is left serving a certificate that was rolled back on another.
 """
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -100,7 +101,7 @@ class Installer:
         changes = _Changes()
         try:
             for path, bundle in files.items():
-                changes.add(f"restoring {path}", lambda path=path: self._restore(path, previous[path]))
+                changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path]))
                 write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True)
             method, detail = self._serve(files, previous, plans, changes)
             grace = HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE
@@ -110,7 +111,7 @@ class Installer:
             failures = changes.roll_back()
             if failures:
                 raise CertrenewError(f"{error}; rollback incomplete: {'; '.join(failures)}") from None
-            raise CertrenewError(f"{error}; the previous certificate was put back") from None
+            raise CertrenewError(f"{error}; {_undone(previous)}") from None
         except BaseException:
             changes.roll_back()
             raise
@@ -172,13 +173,15 @@ class Installer:
 
     @staticmethod
     def _hot_update(plan: _Plan, bundle: bytes, previous: bytes | None, changes: _Changes) -> None:
-        node, where = plan.node, plan.path
-        if plan.crt_list is None:
+        node, where, crt_list = plan.node, plan.path, plan.crt_list
+        assert where is not None  # only a plan with a path is hot-updated
+        if crt_list is None:
+            assert previous is not None  # HAProxy has the certificate, so the ssl dir had it (see _plan)
             node.replace_certificate(where, bundle)
             changes.add(f"{node}: putting back {where}", lambda: node.replace_certificate(where, previous))
         else:
-            node.add_certificate(plan.crt_list, where, bundle)
-            changes.add(f"{node}: removing {where}", lambda: node.remove_certificate(plan.crt_list, where))
+            node.add_certificate(crt_list, where, bundle)
+            changes.add(f"{node}: removing {where}", lambda: node.remove_certificate(crt_list, where))
 
     @staticmethod
     def _restore(path: Path, previous: bytes | None) -> None:
@@ -191,3 +194,13 @@ class Installer:
                 write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
         except OSError as error:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
+
+
+def _undone(previous: Mapping[Path, bytes | None]) -> str:
+    """What a rollback restored: say "put back" only where there was a previous certificate."""
+    new = [path.name for path, content in previous.items() if content is None]
+    if not new:
+        return "the previous certificate was put back"
+    if len(new) == len(previous):
+        return "the new certificate was removed again (there was none before)"
+    return f"the previous certificates were put back and the new {', '.join(new)} removed again"

@@ -1,29 +1,37 @@
-"""Issuing and installing certificates: the happy path of an order, in order.
+"""Issuing certificates for a run: the happy path of an order, in order.
 
-key -> CSR -> ACME order answered by the responder -> order and key kept -> finalized
-and downloaded -> bundle kept as pending -> (every certificate of the run) installed
-into HAProxy at once -> recorded as current, with the CA's renewal window (ARI).
+key -> CSR -> ACME order answered by the spec's challenge solver -> order and key kept
+-> finalized and downloaded -> bundle kept as pending, with the CA's renewal window
+(ARI) fetched right away in the same worker -> (every certificate of the run) installed
+into HAProxy at once -> recorded as current, from local state alone.
 """
 
 import datetime
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
 
-from certrenew.acme_client import AcmeClient, Deadline, ari_cert_id, new_account_key_pem
-from certrenew.bundle import build_bundle, leaf_info, pem_blocks
+from certrenew.acme_account import new_account_key_pem
+from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
+from certrenew.acme_client import AcmeClient
+from certrenew.acme_transport import Deadline, RequestCounter
+from certrenew.bundle import CertificateInfo, build_bundle, leaf_info, pem_blocks
+from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
-from certrenew.install import Installer
+from certrenew.install import Installer, InstallResult
 from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
-from certrenew.policy import decide
-from certrenew.renew import Outcome
-from certrenew.responder import Responder
+from certrenew.policy import Decision, decide
 from certrenew.store import Account, CertificateRecord, PendingOrder, Store
 
 log = logging.getLogger(__name__)
+
+Window = RenewalWindow | CertrenewError | None
+"""What the CA said about a certificate's renewal: its window, the error asking it, or None
+when it does not speak ARI."""
 
 
 @dataclass(frozen=True)
@@ -34,19 +42,32 @@ class Issued:
     bundle: bytes
     action: str
     """"issued", "renewed" or "installed" (one a previous run issued)."""
+    window: Window = None
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A certificate installed into HAProxy and recorded as current."""
+
+    issued: Issued
+    info: CertificateInfo
+    result: InstallResult
 
 
 class Issuer:
     """Orders, installs and records certificates for one run; safe to use from several threads.
 
     Each thread gets its own ACME client (a `requests` session and its nonces are not
-    shared); the account is registered once. The responder listens from the first order
-    to the end of the run: use the issuer as a context manager.
+    shared); the account is registered once. `solvers` answer the challenges, by type:
+    the caller creates them and keeps them running for the run.
     """
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, solvers: Mapping[str, ChallengeSolver],
+                 counter: RequestCounter | None = None) -> None:
         self.settings = settings
+        self.counter = counter
         self.store = store
+        self.solvers = solvers
         self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
                                    settings.haproxy_config, settings.verify_endpoint)
         self.deadline = Deadline(settings.timeout)
@@ -54,18 +75,10 @@ class Issuer:
         self._local = threading.local()
         self._account: Account | None = None
         self._connect_error: CertrenewError | None = None
-        self._responder: Responder | None = None
-
-    def __enter__(self) -> "Issuer":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._responder is not None:
-            self._responder.__exit__(*exc_info)
 
     def issue(self, spec: CertificateSpec) -> Issued:
         """Order a new certificate for `spec` and keep it as pending."""
-        client, responder = self._client(), self._listen()
+        client, solver = self._client(), self._solver(spec)
         domains = list(spec.domains)
         key = generate_key(spec.key_type)
         key_pem = key_to_pem(key)
@@ -73,7 +86,7 @@ class Issuer:
         def keep_order(order_url: str) -> None:
             self.store.save_order(spec.name, PendingOrder(order_url, domains, spec.key_type, key_pem))
 
-        fullchain = client.obtain(domains, make_csr(key, domains), responder, self._replaces(client, spec),
+        fullchain = client.obtain(domains, make_csr(key, domains), solver, self._replaces(client, spec),
                                   spec.profile, before_finalize=keep_order)
         self._remember_account(client.account_uri)
         renewed = self.store.load_bundle(spec.name) is not None
@@ -94,11 +107,12 @@ class Issuer:
             log.info("%s: the pending certificate no longer fits; ordering a new one", spec.name)
             self.store.discard_pending(spec.name)
             return self.issue(spec)
-        return Issued(spec, bundle, "installed")
+        return Issued(spec, bundle, "installed", self._window(spec.name, bundle))
 
     def _finish_order(self, spec: CertificateSpec) -> Issued:
         """Download (finalizing first if need be) the order a previous run validated, else order anew."""
         order = self.store.load_order(spec.name)
+        assert order is not None  # resume() runs only when the store holds a pending bundle or order
         fullchain = None
         if order.domains == list(spec.domains) and order.key_type == spec.key_type:
             fullchain = self._client().finish(order.url, make_csr(load_key(order.key_pem), order.domains))
@@ -109,26 +123,30 @@ class Issuer:
         return self._keep(spec, fullchain, order.key_pem, "installed")
 
     def _keep(self, spec: CertificateSpec, fullchain: str, key_pem: bytes, action: str) -> Issued:
-        """Keep the issued certificate as pending before anything else can fail."""
+        """Keep the issued certificate as pending before anything else can fail, then ask for its window."""
         bundle = build_bundle(fullchain.encode(), key_pem)
         self.store.save_pending(spec.name, bundle)
-        return Issued(spec, bundle, action)
+        return Issued(spec, bundle, action, self._window(spec.name, bundle))
 
-    def check(self, spec: CertificateSpec) -> Issued | Outcome:
+    def check(self, spec: CertificateSpec) -> Issued | Decision:
         """Refresh the CA's renewal window for the current certificate; renew if it now says so."""
         record = self.store.load_record(spec.name)
-        self._refresh_window(record, self.store.load_bundle(spec.name))
+        assert record is not None  # checked only when the record says a check is due
+        _apply_window(record, self._window(spec.name, self.store.load_bundle(spec.name)))
         self.store.save_record(record)
         decision = decide(record, list(spec.domains), spec.key_type, _now(), renew_before=self.settings.renew_before)
         if decision.due:
             log.info("%s: renewing (%s)", spec.name, decision.reason)
             return self.issue(spec)
-        return Outcome(spec.name, "unchanged", decision.reason)
+        return decision
 
-    def install(self, issued: list[Issued]) -> list[Outcome]:
-        """Install the issued certificates into HAProxy together, then record each as current."""
+    def install(self, issued: list[Issued]) -> list[Installed]:
+        """Install the issued certificates into HAProxy together, then record each as current.
+
+        Touches only HAProxy and local state: the renewal windows came with the downloads.
+        """
         results = self.installer.install({item.spec.name: item.bundle for item in issued})
-        outcomes = []
+        installed = []
         for item, result in zip(issued, results):
             info = leaf_info(item.bundle)
             record = CertificateRecord(
@@ -140,39 +158,28 @@ class Issuer:
                 not_after=info.not_after,
                 issued_at=_now(),
             )
-            self._refresh_window(record, item.bundle)
+            _apply_window(record, item.window)
             self.store.promote_pending(record)
-            detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
-                      f"written to {result.path}, served by {result.method}"
-                      + (f" ({result.detail})" if result.detail else ""))
-            outcomes.append(Outcome(item.spec.name, item.action, detail))
-        return outcomes
+            installed.append(Installed(item, info, result))
+        return installed
 
-    def _refresh_window(self, record: CertificateRecord, bundle: bytes) -> None:
-        """Store the CA's renewal window in `record`; without ARI, or when asking fails, the lifetime rule rules.
-
-        The random time inside the window is kept while the window stays the same
-        (RFC 9773 section 4.2), so repeated checks do not keep moving it.
-        """
+    def _window(self, name: str, bundle: bytes | None) -> Window:
+        """Ask the CA for the certificate's renewal window; a failure is kept, not raised."""
         try:
             client = self._client()
-            if not client.supports_ari:
-                record.ari_window_start = record.ari_window_end = record.ari_renew_at = record.ari_next_check = None
-                return
-            window = client.renewal_window(x509.load_pem_x509_certificate(pem_blocks(bundle)[0]))
+            if not supports_ari(client.transport):
+                return None
+            if bundle is None:
+                raise CertrenewError("no current certificate to ask about")
+            return renewal_window(client.transport, x509.load_pem_x509_certificate(pem_blocks(bundle)[0]))
         except CertrenewError as error:
-            log.warning("%s: no renewal information (%s); the lifetime rule applies", record.name, error)
-            record.ari_next_check = _now() + datetime.timedelta(hours=6)
-            return
-        if (window.start, window.end) != (record.ari_window_start, record.ari_window_end):
-            record.ari_window_start, record.ari_window_end = window.start, window.end
-            record.ari_renew_at = window.pick()
-        record.ari_next_check = window.next_check
+            log.warning("%s: no renewal information (%s); the lifetime rule applies", name, error)
+            return error
 
     def _replaces(self, client: AcmeClient, spec: CertificateSpec) -> str | None:
         """The ARI id of the certificate this order renews, where the CA speaks ARI."""
         current = self.store.load_bundle(spec.name)
-        if current is None or not client.supports_ari:
+        if current is None or not supports_ari(client.transport):
             return None
         return ari_cert_id(x509.load_pem_x509_certificate(pem_blocks(current)[0]))
 
@@ -199,22 +206,42 @@ class Issuer:
             if self._account is None:
                 self._account = Account(new_account_key_pem(), None)
                 self.store.save_account(settings.directory_url, self._account)
-        client = AcmeClient(settings.directory_url, self._account.key_pem, self.deadline, settings.ca_bundle)
-        self._remember_account(client.login(self._account.uri, settings.email, settings.agree_tos))
+        account = self._account
+        client = AcmeClient(settings.directory_url, account.key_pem, self.deadline, settings.ca_bundle,
+                            self.counter)
+        self._remember_account(client.login(account.uri, settings.email, settings.agree_tos))
         return client
 
     def _remember_account(self, uri: str) -> None:
         """Store the account URI when registration (first, or again) produced a new one."""
         with self._lock:
+            assert self._account is not None  # loaded or created at login
             if uri != self._account.uri:
                 self._account = Account(self._account.key_pem, uri)
                 self.store.save_account(self.settings.directory_url, self._account)
 
-    def _listen(self) -> Responder:
-        with self._lock:
-            if self._responder is None:
-                self._responder = Responder(self.settings.listen).__enter__()
-        return self._responder
+    def _solver(self, spec: CertificateSpec) -> ChallengeSolver:
+        solver = self.solvers.get(spec.challenge)
+        if solver is None:
+            raise CertrenewError(f"no solver for the {spec.challenge} challenge in this run")
+        return solver
+
+
+def _apply_window(record: CertificateRecord, window: Window) -> None:
+    """Store the CA's renewal window in `record`; without ARI, or when asking failed, the lifetime rule rules.
+
+    The random time inside the window is kept while the window stays the same
+    (RFC 9773 section 4.2), so repeated checks do not keep moving it.
+    """
+    if window is None:
+        record.ari_window_start = record.ari_window_end = record.ari_renew_at = record.ari_next_check = None
+    elif isinstance(window, CertrenewError):
+        record.ari_next_check = _now() + datetime.timedelta(hours=6)
+    else:
+        if (window.start, window.end) != (record.ari_window_start, record.ari_window_end):
+            record.ari_window_start, record.ari_window_end = window.start, window.end
+            record.ari_renew_at = window.pick()
+        record.ari_next_check = window.next_check
 
 
 def _now() -> datetime.datetime:

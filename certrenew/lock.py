@@ -26,11 +26,17 @@ class StateLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "StateLock":
+        state_dir = self.path.parent
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise CertrenewError(f"cannot create the state dir {state_dir}: {error.strerror} (create it for the "
+                                 "user certrenew runs as, or set --state-dir)") from None
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as error:
-            raise CertrenewError(f"cannot open the lock file {self.path}: {error.strerror}") from None
+            raise CertrenewError(f"cannot open the lock file {self.path}: {error.strerror} (the state dir must be "
+                                 "writable by the user certrenew runs as)") from None
         try:
             self._wait(fd)
             os.ftruncate(fd, 0)
@@ -43,7 +49,8 @@ class StateLock:
 
     def __exit__(self, *exc_info) -> None:
         # Closing the descriptor releases the flock; the file stays, holding no meaning.
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
         self._fd = None
 
     def _wait(self, fd: int) -> None:

@@ -6,7 +6,6 @@ stored in the record; fetching it is the ACME client's job.
 """
 
 import datetime
-import re
 from dataclasses import dataclass
 
 from certrenew.store import CertificateRecord
@@ -14,9 +13,6 @@ from certrenew.store import CertificateRecord
 SHORT_LIVED = datetime.timedelta(days=10)
 FIRST_BACKOFF = datetime.timedelta(minutes=5)
 MAX_BACKOFF = datetime.timedelta(days=1)
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
 @dataclass(frozen=True)
@@ -27,20 +23,13 @@ class Decision:
     """Due, but held back after recent failures (see `backoff`)."""
 
 
-def parse_duration(text: str) -> datetime.timedelta:
-    """"30d", "12h", "90m" or "45s" as a timedelta."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ValueError(f"invalid duration {text!r}: write a number and d, h, m or s, e.g. 30d or 12h")
-    return datetime.timedelta(**{_UNITS[match[2]]: float(match[1])})
-
-
 def lifetime_renew_at(record: CertificateRecord, renew_before: datetime.timedelta | None = None) -> datetime.datetime:
     """When the lifetime rule says to renew: with a third of the lifetime left, or `renew_before`.
 
     Certificates shorter than ten days renew at half their lifetime, so a 6-day
     certificate still has days, not hours, of slack when a renewal fails.
     """
+    assert record.not_after is not None and record.not_before is not None  # only an issued certificate has one
     if renew_before is not None:
         return record.not_after - renew_before
     lifetime = record.not_after - record.not_before
@@ -95,6 +84,7 @@ def decide(
     if force:
         return Decision(True, "forced")
     if reason is None:
+        assert record is not None and record.not_after is not None  # else there would be a reason
         when = renew_at(record, renew_before)
         return Decision(False, f"not due until {minutes(when)} UTC (expires {record.not_after.date()})")
     if record is not None and record.next_attempt is not None and now < record.next_attempt:

@@ -8,15 +8,21 @@ and exits.
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from certrenew import signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError
-from certrenew.policy import ari_check_due, backoff, decide
+from certrenew.errors import CertrenewError, UsageError
+from certrenew.policy import Decision, ari_check_due, backoff, decide
+from certrenew.requirements import check_acme_stack
 from certrenew.store import CertificateRecord, FileStore, Store
+
+if TYPE_CHECKING:
+    from certrenew.issue import Installed
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +41,22 @@ class Outcome:
         return self.action in ("failed", "deferred")
 
 
-def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None) -> list[Outcome]:
+def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None,
+        telemetry=None) -> list[Outcome]:
     """Bring every certificate in `specs` up to date and return what happened to each.
 
     Certificates are independent: one failing does not stop the others, and up to
     `settings.concurrency` are ordered at once. State lives in `store`, by default a
     `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
-    its lock first (up to `settings.lock_timeout`).
+    its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
+    ACME requests.
     """
     store = store if store is not None else FileStore(settings.state_dir)
     with store.lock(settings.lock_timeout):
-        return _run(settings, specs, store)
+        return _run(settings, specs, store, telemetry)
 
 
-def _run(settings: Settings, specs: list[CertificateSpec], store: Store) -> list[Outcome]:
+def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry) -> list[Outcome]:
     now = _now()
     _check_ssl_dir(settings)
     remove_stale_temps(settings.ssl_dir)
@@ -77,9 +85,13 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store) -> list
             outcomes[spec.name] = Outcome(spec.name, "unchanged", decision.reason)
 
     if work:
+        check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
+        from certrenew.responder import Responder
 
-        with Issuer(settings, store) as issuer:
+        # The responder opens its port at the first order that needs it and closes it with the run.
+        with Responder(settings.listen) as responder:
+            issuer = Issuer(settings, store, {responder.challenge_type: responder}, telemetry)
             pool = ThreadPoolExecutor(settings.concurrency)
             try:
                 results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1])), work))
@@ -90,18 +102,28 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store) -> list
             outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
             if issued:
                 try:
-                    outcomes.update((outcome.name, outcome) for outcome in issuer.install(issued))
+                    outcomes.update((item.issued.spec.name, _installed(item)) for item in issuer.install(issued))
                 except CertrenewError as error:
                     outcomes.update((item.spec.name, _failed(store, now, item.spec, error)) for item in issued)
     return [outcomes[spec.name] for spec in specs]
 
 
-def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step):
+def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step: Callable[[CertificateSpec], Any]):
     """Run one certificate's step; a failure is recorded and reported as an Outcome, not raised."""
     try:
-        return step(spec)
+        result = step(spec)
     except CertrenewError as error:
         return _failed(store, now, spec, error)
+    if isinstance(result, Decision):  # checked with the CA: still not due
+        return Outcome(spec.name, "unchanged", result.reason)
+    return result
+
+
+def _installed(item: "Installed") -> Outcome:
+    info, result = item.info, item.result
+    detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
+              f"written to {result.path}, served by {result.method}" + (f" ({result.detail})" if result.detail else ""))
+    return Outcome(item.issued.spec.name, item.issued.action, detail)
 
 
 def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:
@@ -119,7 +141,8 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: 
 def _check_ssl_dir(settings: Settings) -> None:
     ssl_dir = settings.ssl_dir
     if not ssl_dir.is_dir():
-        raise CertrenewError(f"the ssl dir {ssl_dir} does not exist (create it, or set --ssl-dir)")
+        raise UsageError(f"the ssl dir {ssl_dir} does not exist: create it with `certrenew bootstrap-ssl-dir "
+                         f"--ssl-dir {ssl_dir}` (HAProxy needs a placeholder in it to start), or set --ssl-dir")
     if not os.access(ssl_dir, os.W_OK):
         raise CertrenewError(f"the ssl dir {ssl_dir} is not writable by this user")
 

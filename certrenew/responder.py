@@ -1,7 +1,8 @@
 """The HTTP-01 responder: answers the CA's challenge requests that HAProxy forwards to it.
 
-It runs only while orders are in flight and serves nothing but the key authorizations
-of those orders, so the backend port is closed the rest of the time.
+It listens only while orders are in flight (from the first `present` to the end of
+the run) and serves nothing but the key authorizations of those orders, so the
+backend port is closed the rest of the time.
 """
 
 import asyncio
@@ -10,8 +11,9 @@ import re
 import threading
 from http import HTTPStatus
 
-from certrenew.config import split_host_port
+from certrenew.challenge import HTTP_01, refuse_wildcard
 from certrenew.errors import CertrenewError
+from certrenew.hostport import split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,13 @@ file descriptors, and cannot keep the CA's fresh connection out either."""
 class Responder:
     """An HTTP-01 `ChallengeSolver` serving key authorizations on a backend port.
 
-    Use it as a context manager: the port is bound on entry and free again on exit.
-    The server is asyncio in one thread, so thousands of idle or slow connections cost
+    Use it as a context manager for the run: the port is bound at the first `present`
+    (a run that orders nothing never opens it) and free again on exit. The server is asyncio in one thread, so thousands of idle or slow connections cost
     memory, not threads, and a real validation is answered while they wait out their
     time limit. Every answer closes its connection, so nothing lingers after exit.
     """
 
-    challenge_type = "http-01"
+    challenge_type = HTTP_01
 
     def __init__(self, listen: str) -> None:
         self.address = split_host_port(listen)
@@ -44,11 +46,19 @@ class Responder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
+        self._starting = threading.Lock()
         self._connections: dict[asyncio.Task, None] = {}
         """Open connections, oldest first."""
 
+    def check_domain(self, domain: str) -> None:
+        refuse_wildcard(domain)
+
     def present(self, domain: str, token: str, validation: str) -> None:
+        self._listen()
         self._validations[token] = (domain, validation)
+
+    def wait_ready(self) -> None:
+        """Nothing to wait for: a presented token is served at once."""
 
     def cleanup(self, domain: str, token: str) -> None:
         self._validations.pop(token, None)
@@ -89,25 +99,36 @@ class Responder:
         return HTTPStatus.OK, validation.encode("ascii"), method == "GET"
 
     def __enter__(self) -> "Responder":
-        started = threading.Event()
-        failure: list[OSError] = []
-        self._thread = threading.Thread(target=self._serve, args=(started, failure), daemon=True,
-                                        name="certrenew-responder")
-        self._thread.start()
-        started.wait()
-        if failure:
-            host, port = self.address
-            raise CertrenewError(
-                f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; "
-                "is another ACME client (certbot standalone?) using the port? Set --listen"
-            )
-        log.debug("responder listening on %s:%d", *self.address)
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=REQUEST_TIMEOUT)
+    def __exit__(self, *exc_info: object) -> None:
+        with self._starting:
+            if self._thread is not None:
+                assert self._loop is not None and self._stop is not None  # set before the thread reports
+                self._loop.call_soon_threadsafe(self._stop.set)
+                self._thread.join(timeout=REQUEST_TIMEOUT)
+                self._thread = None
         self._validations.clear()
+
+    def _listen(self) -> None:
+        """Bind the port and start serving, once; a busy port is a clear error (and tried again next time)."""
+        with self._starting:
+            if self._thread is not None:
+                return
+            started = threading.Event()
+            failure: list[OSError] = []
+            thread = threading.Thread(target=self._serve, args=(started, failure), daemon=True,
+                                      name="certrenew-responder")
+            thread.start()
+            started.wait()
+            if failure:
+                host, port = self.address
+                raise CertrenewError(
+                    f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; "
+                    "is another ACME client (certbot standalone?) using the port? Set --listen"
+                )
+            self._thread = thread
+        log.debug("responder listening on %s:%d", *self.address)
 
     def _serve(self, started: threading.Event, failure: list) -> None:
         """The responder thread: bind, report, serve until asked to stop, then close everything."""
@@ -133,6 +154,7 @@ class Responder:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # a connection handler runs as a task
         if len(self._connections) >= MAX_CONNECTIONS:
             next(iter(self._connections)).cancel()
         self._connections[task] = None

@@ -34,13 +34,14 @@ class CertificateStatus:
 
     def to_json(self) -> dict:
         def when(value):
-            return value.isoformat() if value else None
+            return value.replace(microsecond=0).isoformat() if value else None
 
         return {
             "name": self.name,
             "domains": self.domains,
             "state": self.state,
-            "serial": self.serial,
+            # As openssl prints it: whole bytes, so an even number of hex digits.
+            "serial": self.serial.zfill(len(self.serial) + len(self.serial) % 2) if self.serial else None,
             "not_after": when(self.not_after),
             "days_left": None if self.days_left is None else round(self.days_left, 2),
             "next_renewal": when(self.next_renewal),
@@ -67,9 +68,17 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
     return rows
 
 
-def healthy(rows: list[CertificateStatus]) -> bool:
-    """True when no managed certificate is expired, failing, missing or past its renewal time."""
-    return all(row.state in (HEALTHY, "unmanaged") for row in rows)
+def unhealthy(settings: Settings, rows: list[CertificateStatus]) -> str | None:
+    """Why the certificates are not healthy, or None when every managed one is ok.
+
+    Nothing managed is not healthy: a monitoring check pointed at the wrong config or
+    state dir must fail loudly, not report all clear.
+    """
+    if not any(row.state != "unmanaged" for row in rows):
+        where = "" if settings.state_dir.is_dir() else f" (no state dir {settings.state_dir})"
+        return f"no certificate is managed{where}: check --config and --state-dir"
+    bad = [f"{row.name} is {row.state}" for row in rows if row.state not in (HEALTHY, "unmanaged")]
+    return ", ".join(bad) or None
 
 
 def _spec_of(record: CertificateRecord) -> CertificateSpec:
@@ -78,13 +87,14 @@ def _spec_of(record: CertificateRecord) -> CertificateSpec:
 
 def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord | None,
             now: datetime.datetime, managed: bool = True) -> CertificateStatus:
-    issued = record is not None and record.not_after is not None
-    next_renewal = renew_at(record, settings.renew_before) if issued else None
+    not_after = record.not_after if record is not None else None
+    issued = record if not_after is not None else None
+    next_renewal = renew_at(issued, settings.renew_before) if issued else None
     if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
         next_renewal = record.next_attempt
     if not managed:
         state = "unmanaged"
-    elif issued and now >= record.not_after:
+    elif not_after is not None and now >= not_after:
         state = "expired"
     elif record is not None and record.failures:
         state = "failing"
@@ -98,9 +108,9 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         name=spec.name,
         domains=list(spec.domains),
         state=state,
-        serial=record.serial if issued else None,
-        not_after=record.not_after if issued else None,
-        days_left=(record.not_after - now).total_seconds() / 86400 if issued else None,
+        serial=issued.serial if issued else None,
+        not_after=not_after,
+        days_left=(not_after - now).total_seconds() / 86400 if not_after is not None else None,
         next_renewal=next_renewal,
         last_error=record.last_error if record else None,
         failures=record.failures if record else 0,

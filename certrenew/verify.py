@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certrenew.bundle import leaf_info, pem_blocks
-from certrenew.config import split_host_port
 from certrenew.errors import CertrenewError
+from certrenew.hostport import split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def served_fingerprint(endpoint: str, sni: str, rsa_key: bool = False) -> str:
     """SHA-256 of the leaf certificate `endpoint` serves for `sni`."""
     with socket.create_connection(split_host_port(endpoint), timeout=HANDSHAKE_TIMEOUT) as raw:
         with _context(rsa_key).wrap_socket(raw, server_hostname=sni) as tls:
-            return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+            return hashlib.sha256(tls.getpeercert(binary_form=True) or b"").hexdigest()
 
 
 def wait_served(endpoints: Sequence[str], bundle: bytes, grace: float) -> None:

@@ -362,7 +362,7 @@ def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float]]:
             clock.watch(acme_client.AcmeClient, "_create_order", "ACME: new order and authorizations")
             clock.watch(acme_client.AcmeClient, "_wait_authorization", "ACME: challenge validation (polling)")
             clock.watch(acme_client.AcmeClient, "_finalize", "ACME: finalize, issuance, download")
-            clock.watch(Responder, "__enter__", "responder start and stop")
+            clock.watch(Responder, "_listen", "responder start and stop")
             clock.watch(Responder, "__exit__", "responder start and stop")
             clock.watch(Installer, "install", "install: write bundle, hot update over the Runtime API")
             started = time.perf_counter()

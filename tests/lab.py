@@ -185,7 +185,9 @@ class Lab:
     beyond 127.0.0.1, and every wait is bounded.
     """
 
-    def __init__(self, workdir: Path, pebble_env: Mapping[str, str] | None = None):
+    def __init__(self, workdir: Path, pebble_env: Mapping[str, str] | None = None, dns_server: str | None = None):
+        """`dns_server` (HOST:PORT, e.g. a tests/bind.py BIND) is where pebble resolves names and
+        looks up DNS-01 records, instead of challtestsrv, which calls every name 127.0.0.1."""
         self.workdir = Path(workdir).resolve()
         self.pebble_env = dict(pebble_env or {})
 
@@ -195,6 +197,7 @@ class Lab:
         self.directory_url = f"https://{LOOPBACK}:{self.acme_port}/dir"
         self.management_url = f"https://{LOOPBACK}:{self.management_port}"
         self.challtestsrv_url = f"http://{LOOPBACK}:{self.challtestsrv_port}"
+        self.dns_server = dns_server or f"{LOOPBACK}:{self.dns_port}"
         self.listen = f"{LOOPBACK}:{self.backend_port}"
         self.ca_bundle = self.workdir / "pebble-ca.pem"
         self.pebble_cert = self.workdir / "pebble-cert.pem"
@@ -287,7 +290,7 @@ class Lab:
         env = {"PEBBLE_VA_NOSLEEP": "1", **(self.pebble_env if extra_env is None else extra_env)}
         log = self.workdir / "pebble.log"
         self._pebble = self._spawn(
-            ["pebble", "-config", str(config), "-dnsserver", f"{LOOPBACK}:{self.dns_port}"], log, env
+            ["pebble", "-config", str(config), "-dnsserver", self.dns_server], log, env
         )
         wait_until("pebble", self._directory_answers, self._pebble, log)
         self._issuer_roots.append(self.issuer_root())
@@ -295,6 +298,12 @@ class Lab:
     def stop_pebble(self) -> None:
         """Stop pebble, leaving its ports unanswered, to play a CA that is down."""
         terminate(self._pebble)
+
+    def break_dns(self, name: str) -> None:
+        """Point `name` at an address where nothing listens, so HTTP-01 validation really fails."""
+        answer = requests.post(f"{self.challtestsrv_url}/add-a",
+                               json={"host": name + ".", "addresses": ["127.0.0.9"]}, timeout=5)
+        answer.raise_for_status()
 
     def issuer_root(self) -> bytes:
         """PEM of the root that the running pebble chains issued certificates to."""
@@ -462,8 +471,9 @@ class Lab:
         return render_haproxy_config(
             SHIPPED_HAPROXY_CFG.read_text(),
             production_replacements(self.ssl_dir, admin_socket) + [
-                ("bind :80\n", f"bind {LOOPBACK}:{http_port}\n"),
-                ("bind :443 ssl", f"bind {LOOPBACK}:{https_port} ssl"),
+                # Loopback IPv4 only, so the lab runs on hosts without IPv6 too.
+                ("bind :::80 v4v6\n", f"bind {LOOPBACK}:{http_port}\n"),
+                ("bind :::443 v4v6 ssl", f"bind {LOOPBACK}:{https_port} ssl"),
                 ("server letsencrypt 127.0.0.1:49494\n", f"server letsencrypt {self.listen}\n"),
                 # No syslog here: send HAProxy's logs to its log file instead.
                 ("log /dev/log local0\n", "log stderr format short local0\n"),

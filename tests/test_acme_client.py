@@ -1,29 +1,16 @@
-import base64
-import datetime
+"""The order flow's own decisions, with the CA faked where it answers (the transport's job)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import trustme
-from acme import messages
-from cryptography import x509
 
-from certrenew.acme_client import AcmeClient, RenewalWindow, ari_cert_id
+from certrenew.acme_account import new_account_key_pem
+from certrenew.acme_client import AcmeClient
+from certrenew.acme_transport import Deadline, Transport
 from certrenew.errors import CertrenewError
-
-
-def test_ari_cert_id_is_authority_key_id_dot_serial():
-    cert = x509.load_pem_x509_certificate(trustme.CA().issue_cert("a.example").cert_chain_pems[0].bytes())
-    aki, serial = ari_cert_id(cert).split(".")
-    assert "=" not in aki + serial
-    aki_ext = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    assert base64.urlsafe_b64decode(aki + "=" * (-len(aki) % 4)) == aki_ext.key_identifier
-    decoded = base64.urlsafe_b64decode(serial + "=" * (-len(serial) % 4))
-    assert int.from_bytes(decoded, "big", signed=True) == cert.serial_number
-
-
-def test_window_pick_stays_inside():
-    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-    window = RenewalWindow(start, start + datetime.timedelta(days=2), start)
-    assert all(start <= window.pick() <= window.end for _ in range(100))
+from certrenew.metrics import Telemetry
 
 
 class FussyCA(AcmeClient):
@@ -36,7 +23,7 @@ class FussyCA(AcmeClient):
     def _new_order(self, domains, csr_pem, replaces, profile):
         self.orders.append(replaces)
         if replaces or self.refuse_all:
-            raise messages.Error.with_code("malformed", detail="no, thanks")
+            raise CertrenewError("the CA refused to create the order: no, thanks")  # as the transport says it
         return "order"
 
 
@@ -54,3 +41,33 @@ def test_an_order_refused_anyway_fails_after_that_one_retry():
     with pytest.raises(CertrenewError):
         client._create_order(["a.example"], b"csr", None, None)
     assert client.orders == ["AKI.SERIAL", None, None]
+
+
+def test_telemetry_counts_every_request_and_every_failed_one():
+    answers = [500, 500, 200]
+
+    class FlakyDirectory(BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = answers.pop(0)
+            problem = {"type": "urn:ietf:params:acme:error:serverInternal", "detail": "try again"}
+            body = json.dumps({"newNonce": "http://ca/nonce", "newAccount": "http://ca/account",
+                               "newOrder": "http://ca/order"} if status == 200 else problem).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if status == 200 else "application/problem+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), FlakyDirectory) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        telemetry = Telemetry()
+        try:
+            Transport("http://127.0.0.1:%d/dir" % server.server_address[1], new_account_key_pem(),
+                      Deadline(30), counter=telemetry)
+        finally:
+            server.shutdown()
+    assert answers == []  # the two server errors were retried
+    assert (telemetry.acme_requests, telemetry.acme_errors) == (3, 2)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from certrenew.config import LETSENCRYPT_STAGING, CertificateSpec, build_settings, load_config
+from certrenew.config import LETSENCRYPT_STAGING, CertificateSpec, build_settings, env_flag, load_config
 from certrenew.errors import UsageError
 
 
@@ -30,6 +30,29 @@ def test_environment_values_are_parsed_and_checked():
     for name, value in (("AGREE_TOS", "maybe"), ("TIMEOUT", "-1"), ("KEY_TYPE", "dsa"), ("RENEW_BEFORE", "soon")):
         with pytest.raises(UsageError, match=f"CERTRENEW_{name}"):
             build_settings({}, None, {f"CERTRENEW_{name}": value})
+
+
+@pytest.mark.parametrize("raw, value", [("1", True), ("TRUE", True), ("Yes", True), ("on", True),
+                                        ("0", False), ("false", False), ("NO", False), ("Off", False)])
+def test_boolean_variables_are_parsed_one_way_everywhere(raw, value):
+    assert env_flag("CERTRENEW_VERBOSE", {"CERTRENEW_VERBOSE": raw}) is value
+    assert build_settings({}, None, {"CERTRENEW_STAGING": raw}).staging is value
+
+
+def test_a_bad_boolean_variable_is_a_usage_error_naming_it():
+    assert env_flag("CERTRENEW_QUIET", {}) is None
+    with pytest.raises(UsageError, match="invalid CERTRENEW_QUIET: expected 1/true/yes/on"):
+        env_flag("CERTRENEW_QUIET", {"CERTRENEW_QUIET": "maybe"})
+
+
+def test_a_no_flag_overrides_true_from_the_environment_and_the_file(tmp_path):
+    config = config_file(tmp_path, "agree_tos = true\nstaging = true\n")
+    environ = {"CERTRENEW_STAGING": "yes"}
+    settings = build_settings({"agree_tos": False, "staging": False}, config, environ)
+    assert (settings.agree_tos, settings.staging) == (False, False)
+    settings = build_settings({"agree_tos": None, "staging": None}, config, environ)  # flag not given
+    assert (settings.agree_tos, settings.staging) == (True, True)
+    assert build_settings({}, config, {"CERTRENEW_STAGING": "off"}).staging is False
 
 
 def test_certificates_default_their_name_and_key_type(tmp_path):
@@ -108,3 +131,27 @@ domains = ["blog.example"]
     for pair in ('["ecdsa-p256", "ecdsa-p384"]', '["rsa2048", "rsa2048"]', '["ecdsa-p256", "rsa2048", "rsa4096"]'):
         with pytest.raises(UsageError, match="one ECDSA and one RSA key type"):
             config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example"]\nkey_type = {pair}\n')
+
+
+WILDCARD = "invalid domain '*.example.com': wildcard certificates need the DNS-01 challenge; HTTP-01 cannot validate them"
+
+
+def test_a_wildcard_over_http01_is_refused_in_the_config_file(tmp_path):
+    with pytest.raises(UsageError) as refused:
+        config_file(tmp_path, '[[certificate]]\nname = "star"\ndomains = ["*.Example.com"]\n')
+    assert str(refused.value).endswith(WILDCARD) and "certificate #1" in str(refused.value)
+
+
+def test_a_wildcard_on_the_command_line_is_exit_2_before_anything_is_touched(tmp_path, capsys):
+    from certrenew.cli import main
+
+    code = main(["*.example.com", "--state-dir", str(tmp_path / "state"), "--ssl-dir", str(tmp_path / "ssl")])
+    assert code == 2 and capsys.readouterr().err == f"certrenew: error: {WILDCARD}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_challenge_type_is_a_usage_error():
+    from certrenew.config import certificate_specs
+
+    with pytest.raises(UsageError, match="unknown challenge type 'tls-alpn-01'; choose one of http-01"):
+        certificate_specs("a", ("a.example",), "ecdsa-p256", challenge="tls-alpn-01")

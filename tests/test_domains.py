@@ -12,6 +12,7 @@ from certrenew.errors import UsageError
         ("bücher.example", "xn--bcher-kva.example"),
         ("a-b.c-d.example", "a-b.c-d.example"),
         ("x" * 63 + ".example", "x" * 63 + ".example"),
+        ("*.Bücher.example.", "*.xn--bcher-kva.example"),  # a wildcard is the challenge's call, not a syntax error
     ],
 )
 def test_normalizes(given, expected):
@@ -23,7 +24,8 @@ def test_normalizes(given, expected):
     [
         ("", "empty"),
         ("has space.example", "white space"),
-        ("*.example.com", "wildcard"),
+        ("*example.com", "inner hyphens"),
+        ("a.*.example.com", "inner hyphens"),
         ("192.0.2.1", "IP address"),
         ("::1", "IP address"),
         (".example.com", "starts with a dot"),
@@ -33,6 +35,8 @@ def test_normalizes(given, expected):
         ("x" * 64 + ".example", "longer than 63"),
         ("under_score.example", "inner hyphens"),
         (("a" * 60 + ".") * 5 + "example", "253"),
+        ("localhost", "single-label"),
+        ("Stauts.", "single-label"),
     ],
 )
 def test_refuses_with_reason(bad, says):

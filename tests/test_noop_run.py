@@ -1,4 +1,5 @@
-"""A run where nothing is due must stay cheap: no ACME stack, no crypto, no network."""
+"""A run where nothing is due must stay cheap: no ACME stack, no crypto, no network, no metrics library
+unless metrics are asked for."""
 
 import datetime
 import json
@@ -7,7 +8,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("acme", "josepy", "cryptography", "requests", "OpenSSL")
+ACME_STACK = ("acme", "josepy", "cryptography", "requests", "OpenSSL")
+HEAVY = ACME_STACK + ("prometheus_client",)
 
 PROBE = """
 import sys
@@ -18,7 +20,8 @@ sys.exit(code)
 """ % (HEAVY,)
 
 
-def test_nothing_due_imports_no_acme_stack(tmp_path):
+def nothing_due_config(tmp_path) -> Path:
+    """Twenty certificates, none of them due, and a CA that could not be reached anyway."""
     now = datetime.datetime.now(datetime.timezone.utc)
     tables = []
     for index in range(20):
@@ -34,10 +37,30 @@ def test_nothing_due_imports_no_acme_stack(tmp_path):
     config = tmp_path / "certrenew.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\nssl_dir = "{tmp_path / "ssl"}"\n'
                       'directory = "https://127.0.0.1:9/unreachable"\n' + "".join(tables))
+    return config
 
-    result = subprocess.run([sys.executable, "-c", PROBE, "run", "--config", str(config)],
+
+def run_probe(*args: str) -> list[str]:
+    """The lines `certrenew run` printed, then the heavy modules it imported."""
+    result = subprocess.run([sys.executable, "-c", PROBE, "run", *args],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 21 and all(": unchanged: not due until" in line for line in lines[:-1])
-    assert lines[-1] == "[]"
+    return lines
+
+
+def test_nothing_due_imports_no_acme_stack_and_no_metrics_library(tmp_path):
+    assert run_probe("--config", str(nothing_due_config(tmp_path)))[-1] == "[]"
+
+
+def test_nothing_due_with_a_metrics_file_imports_only_the_metrics_library(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics_file = tmp_path / "certrenew.prom"
+    lines = run_probe("--config", str(nothing_due_config(tmp_path)), "--metrics-file", str(metrics_file))
+    assert lines[-1] == "['prometheus_client']"
+    families = {family.name: family for family in text_string_to_metric_families(metrics_file.read_text())}
+    assert len(families["certrenew_certificate_expiration_timestamp_seconds"].samples) == 20
+    assert families["certrenew_last_run_success"].samples[0].value == 1
+    assert families["certrenew_acme_requests"].samples[0].value == 0

@@ -2,7 +2,8 @@ import datetime
 
 import pytest
 
-from certrenew.policy import ari_check_due, backoff, decide, parse_duration, renew_at
+from certrenew.config import parse_duration
+from certrenew.policy import ari_check_due, backoff, decide, renew_at
 from certrenew.store import CertificateRecord
 
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)

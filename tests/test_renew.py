@@ -4,12 +4,12 @@ import datetime
 import sys
 
 import pytest
+from memstore import MemoryStore
 
 from certrenew import renew, status
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.store import CertificateRecord
-from memstore import MemoryStore
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -90,7 +90,7 @@ def test_status_rows_from_the_store(settings):
     assert [(row.name, row.state) for row in rows] == [
         ("ok", "ok"), ("due", "due"), ("expired", "expired"), ("failing", "failing"), ("missing", "missing"),
         ("gone", "unmanaged")]
-    assert not status.healthy(rows)
+    assert status.unhealthy(settings, rows) == "due is due, expired is expired, failing is failing, missing is missing"
     assert rows[0].days_left == pytest.approx(80) and rows[3].last_result == "failed: boom"
     assert rows[3].next_renewal == NOW + DAY  # not before the back-off ends, though due since day 60
 

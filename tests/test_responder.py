@@ -5,8 +5,8 @@ import time
 import pytest
 import requests
 
-from certrenew.errors import CertrenewError
 from certrenew import responder as responder_module
+from certrenew.errors import CertrenewError, UsageError
 from certrenew.responder import Responder
 
 
@@ -53,20 +53,34 @@ def test_cleanup_withdraws_the_token(responder):
     assert get(responder, "/.well-known/acme-challenge/tok").status_code == 404
 
 
-def test_port_is_free_after_exit():
+def test_listens_from_the_first_present_until_exit():
     port = free_port()
-    with Responder(f"127.0.0.1:{port}"):
-        pass
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+    with Responder(f"127.0.0.1:{port}") as responder:
+        with pytest.raises(ConnectionRefusedError):  # nothing presented: the port stays closed
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        responder.present("a.example", "tok", "tok.thumb")
+        responder.present("b.example", "tok2", "tok2.thumb")  # the same server
+        assert requests.get(f"http://127.0.0.1:{port}/.well-known/acme-challenge/tok2",
+                            headers={"Host": "b.example"}, timeout=5).text == "tok2.thumb"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
 
 
 def test_busy_port_is_a_clear_error():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        with pytest.raises(CertrenewError, match="cannot listen on 127.0.0.1"):
-            Responder(f"127.0.0.1:{s.getsockname()[1]}").__enter__()
+        with Responder(f"127.0.0.1:{s.getsockname()[1]}") as responder:
+            with pytest.raises(CertrenewError, match="cannot listen on 127.0.0.1"):
+                responder.present("a.example", "tok", "tok.thumb")
+
+
+def test_refuses_wildcards_and_has_nothing_to_wait_for():
+    responder = Responder("127.0.0.1:1")
+    responder.check_domain("a.example")
+    with pytest.raises(UsageError, match="wildcard certificates need the DNS-01 challenge"):
+        responder.check_domain("*.example.com")
+    responder.wait_ready()
 
 
 @pytest.mark.parametrize("bad", ["49494", "host:", ":80", "h:99999", "h:port"])
@@ -123,7 +137,8 @@ def test_slow_and_idle_clients_do_not_block_a_validation(responder):
 def test_a_slow_client_is_cut_off_after_the_request_time_limit(monkeypatch):
     monkeypatch.setattr(responder_module, "REQUEST_TIMEOUT", 0.5)
     port = free_port()
-    with Responder(f"127.0.0.1:{port}"):
+    with Responder(f"127.0.0.1:{port}") as responder:
+        responder.present("a.example", "tok", "tok.thumb")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             started = time.monotonic()
             sock.sendall(b"GET / HTTP/1.1\r\n")

@@ -1,10 +1,7 @@
 """The Runtime API client against a fake HAProxy socket that answers like HAProxy 2.6 does."""
 
-import socket
-import threading
-from pathlib import Path
-
 import pytest
+from fake_haproxy import FakeHAProxy
 
 from certrenew.runtime_api import (
     RuntimeApi,
@@ -18,40 +15,6 @@ from certrenew.runtime_api import (
 
 PATH = "/etc/haproxy/ssl/site.pem"
 BUNDLE = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
-
-
-class FakeHAProxy:
-    """A unix socket answering each command (one per connection) from `answers`, recording what it got."""
-
-    def __init__(self, path: Path, answers: dict[str, str]):
-        self.answers = answers
-        self.requests: list[bytes] = []
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(path))
-        self.server.listen()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                # A command ends at its newline; one with a payload at the first blank line.
-                while not (data.endswith(b"\n") and (b"<<\n" not in data or data.endswith(b"\n\n"))):
-                    data += conn.recv(65536)
-                self.requests.append(data)
-                verb = " ".join(data.decode().split()[:3])
-                conn.sendall(self.answers.get(verb, "Unknown command, but maybe...\n").encode() + b"\n")
-
-    def commands(self) -> list[str]:
-        return [" ".join(request.decode().split("\n")[0].split()[:3]) for request in self.requests]
-
-    def close(self):
-        self.server.close()
 
 
 @pytest.fixture

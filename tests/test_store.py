@@ -3,10 +3,10 @@ import json
 import stat
 
 import pytest
+from memstore import MemoryStore
 
 from certrenew.errors import CertrenewError
 from certrenew.store import Account, CertificateRecord, FileStore, PendingOrder
-from memstore import MemoryStore
 
 WHEN = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 ORDER = PendingOrder("https://ca.example/order/1", ["a.example"], "ecdsa-p256", b"-----KEY-----\n")

@@ -16,7 +16,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from certrenew.acme_client import ari_cert_id
+from certrenew.acme_ari import ari_cert_id
 from certrenew.bundle import leaf_info
 
 NAME = "ari.example"

@@ -238,3 +238,12 @@ def https_get(context: ssl.SSLContext, port: int, sni: str) -> tuple[int, bytes]
 
 def lab_runtime(lab, command: str) -> str:
     return RuntimeApi(str(lab.admin_socket)).command(command)
+
+
+def test_a_failed_first_install_does_not_claim_to_put_back_a_previous_certificate(lab):
+    result = run(lab, env={"CERTRENEW_RELOAD_COMMAND": FAILING_RELOAD}, expect=1)
+    assert "reload must not run" in result.stderr  # the injected fault really happened
+    assert "the new certificate was removed again (there was none before)" in result.stderr
+    assert "put back" not in result.stderr
+    assert not bundle_path(lab).exists()
+    assert (lab.state_dir / "certificates" / NAME / "pending.pem").exists()  # kept for the next run

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from faultproxy import DROP, FaultProxy, Reply, step as step_of
+from faultproxy import DROP, FaultProxy, Reply
+from faultproxy import step as step_of
 from faults import Guard
 from lab import Lab
 
@@ -83,15 +83,24 @@ def failing(step: str, fault, times: int | None = None):
 
 
 def at(step: str, action, nth: int = 1):
-    """An on_request that runs `action()` when the `nth` request of `step` arrives, then passes it on."""
+    """An on_request that runs `action()` when the `nth` request of `step` arrives, then passes it on.
+
+    `on_request.ran` counts the actions run and `on_request.errors` keeps what they raised:
+    an action that failed in the proxy's thread would otherwise go unnoticed.
+    """
     hits = []
 
     def on_request(method: str, path: str):
         if step_of(path) == step:
             hits.append(path)
             if len(hits) == nth:
-                action()
+                on_request.ran += 1
+                try:
+                    action()
+                except Exception as error:
+                    on_request.errors.append(error)
         return None
+    on_request.ran, on_request.errors = 0, []
     return on_request
 
 
@@ -398,35 +407,49 @@ def test_responder_flood_does_not_block_validation(guard_for, proxy, lab):
     guard = guard_for("responder flood (300 slow + 200 junk connections)", proxy)
     guard.establish()
     held: list[socket.socket] = []
+    junk_connected: list[int] = []
+    junk_errors: list[BaseException] = []
     stop = threading.Event()
 
     def junk() -> None:
-        requests_sent = 0
-        while not stop.is_set() and requests_sent < 200:
-            for port, data in ((lab.backend_port, b"POST /.well-known/acme-challenge/x HTTP/1.1\r\n\r\n"),
-                               (lab.http_port, b"GET /.well-known/acme-challenge/../../x HTTP/1.1\r\nHost: a\r\n\r\n"),
-                               (lab.backend_port, os.urandom(300))):
+        try:
+            for attempt in range(200):
+                if stop.is_set():
+                    return
+                port, data = ((lab.backend_port, b"POST /.well-known/acme-challenge/x HTTP/1.1\r\n\r\n"),
+                              (lab.http_port, b"GET /.well-known/acme-challenge/../../x HTTP/1.1\r\nHost: a\r\n\r\n"),
+                              (lab.backend_port, os.urandom(300)))[attempt % 3]
                 try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                        junk_connected.append(port)
                         sock.sendall(data)
-                except OSError:
-                    pass
-                requests_sent += 1
+                except (ConnectionResetError, BrokenPipeError):
+                    pass  # the responder may close a junk connection before all of it is sent
+                except ConnectionRefusedError:
+                    return  # the run is over and its responder closed
+        except BaseException as error:
+            junk_errors.append(error)
+
+    junk_thread = threading.Thread(target=junk, daemon=True)
 
     def flood() -> None:
         for _ in range(300):
-            sock = socket.create_connection(("127.0.0.1", lab.backend_port), timeout=2)
-            sock.sendall(b"GET /.well-known/acme-challenge/")  # and then nothing: a slowloris
+            sock = socket.create_connection(("127.0.0.1", lab.backend_port), timeout=10)
             held.append(sock)
-        threading.Thread(target=junk, daemon=True).start()
+            sock.sendall(b"GET /.well-known/acme-challenge/")  # and then nothing: a slowloris
+        junk_thread.start()
     proxy.on_request = at("challenge", flood)
     try:
         result = guard.run("--force")
     finally:
         stop.set()
+        if junk_thread.is_alive():
+            junk_thread.join(timeout=30)
         for sock in held:
             sock.close()
-    assert len(held) == 300
+    # The fault really happened: the flood ran once, without error, and every connection was opened.
+    assert proxy.on_request.ran == 1 and proxy.on_request.errors == []
+    assert len(held) == 300 and junk_errors == [] and len(junk_connected) > 0
     assert result.returncode == 0, result.stderr
     guard.survived()
     guard.recover()

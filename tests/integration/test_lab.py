@@ -1,5 +1,6 @@
 """The lab itself: the shipped HAProxy config holds up, and pebble and HAProxy answer as tests expect."""
 
+import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -7,8 +8,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from cryptography.x509 import DNSName, SubjectAlternativeName
-
-from certrenew.placeholder import PLACEHOLDER_NAME, write_placeholder
 from lab import (
     SHIPPED_HAPROXY_CFG,
     LabError,
@@ -16,6 +15,8 @@ from lab import (
     production_replacements,
     render_haproxy_config,
 )
+
+from certrenew.placeholder import PLACEHOLDER_NAME, write_placeholder
 
 
 @pytest.fixture
@@ -84,8 +85,44 @@ def test_http_redirects_to_https_outside_acme_challenges(lab):
         f"http://127.0.0.1:{lab.http_port}/some/page",
         headers={"Host": "www.example.com"}, allow_redirects=False, timeout=5,
     )
-    assert response.is_redirect
+    assert response.status_code == 301  # permanent, so clients and search engines remember it
     assert response.headers["Location"] == "https://www.example.com/some/page"
+
+
+def tls_client(*, alpn=None, ciphers=None):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    if ciphers:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 suites are not set by set_ciphers
+        context.set_ciphers(ciphers)
+    return context
+
+
+def handshake(lab, context):
+    with socket.create_connection(("127.0.0.1", lab.https_port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="www.example.com") as tls:
+            return tls.selected_alpn_protocol(), tls.cipher()[0]
+
+
+def test_https_offers_http2(lab):
+    assert handshake(lab, tls_client(alpn=["h2", "http/1.1"]))[0] == "h2"
+    assert handshake(lab, tls_client(alpn=["http/1.1"]))[0] == "http/1.1"
+
+
+def test_https_takes_only_the_intermediate_cipher_list(lab):
+    """Mozilla's intermediate list is in force: an AEAD suite is accepted, a CBC one HAProxy would
+    take by default is refused."""
+    assert handshake(lab, tls_client(ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"))[1] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    with pytest.raises(ssl.SSLError):
+        handshake(lab, tls_client(ciphers="ECDHE-ECDSA-AES128-SHA"))
+
+
+def test_shipped_config_binds_ipv4_and_ipv6():
+    binds = [line.split()[1:3] for line in SHIPPED_HAPROXY_CFG.read_text().splitlines()
+             if line.strip().startswith("bind ")]
+    assert binds == [[":::80", "v4v6"], [":::443", "v4v6"]]
 
 
 def test_acme_challenges_reach_the_backend(lab, backend):

@@ -1,0 +1,247 @@
+"""Talking to the CA: signed requests, bounded in time, retried when worth it.
+
+Built on the `acme` library's `ClientNetwork` and `ClientV2`. What certrenew changes:
+every request is retried within bounds when the CA answers badNonce, drops the
+connection or fails with a 5xx; a rate limit (429, `rateLimited`) or a 503 with
+Retry-After is waited out when it fits the time budget; and every call is bounded by
+the run's `Deadline`. The library's private `ClientV2._post` and `_post_as_get` are
+used here and nowhere else (hence `acme` is pinned below its next major version).
+"""
+
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import josepy as jose
+import requests
+import tenacity
+from acme import client, errors, messages
+
+from certrenew import __version__, signals
+from certrenew.errors import CertrenewError
+from certrenew.keys import load_key
+
+log = logging.getLogger(__name__)
+
+MAX_CALL_TIMEOUT = 30.0
+TRANSIENT_ATTEMPTS = 5
+BAD_NONCE_ATTEMPTS = 20
+"""A rejected nonce costs one quick round trip, and a CA may reject many (pebble: half, if asked)."""
+
+
+class Deadline:
+    """The end of a run's time budget; every wait and network call is bounded by it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left; raises once they are spent, or once a signal cancelled the run."""
+        signals.check()
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise CertrenewError(f"gave up after the time budget of {self.seconds:g} s (--timeout)")
+        return left
+
+
+class AccountUnknown(CertrenewError):
+    """The CA does not know the account certrenew stored."""
+
+
+class RequestCounter(Protocol):
+    """Counts requests to the CA (a `metrics.Telemetry`), for the metrics of a run or a daemon."""
+
+    def count_acme_request(self, failed: bool) -> None: ...
+
+
+class Transport:
+    """One CA directory, one account key: every ACME exchange certrenew makes goes through here.
+
+    Each method names what it does (`what`), so a refusal reads "the CA refused to
+    <what>: <the CA's words>" rather than a bare HTTP status.
+    """
+
+    def __init__(self, directory_url: str, account_key_pem: bytes, deadline: Deadline,
+                 ca_bundle: str | None = None, counter: RequestCounter | None = None) -> None:
+        self.deadline = deadline
+        self.key = jose.JWKEC(key=load_key(account_key_pem))
+        self.net = _Network(deadline, counter, key=self.key, alg=jose.ES256, verify_ssl=ca_bundle or True,
+                            user_agent=f"certrenew/{__version__}")
+        try:
+            directory = messages.Directory.from_json(self.net.get(directory_url).json())
+        except (requests.RequestException, errors.Error, ValueError) as error:
+            raise CertrenewError(f"cannot reach the ACME directory {directory_url}: {describe(error)}") from None
+        self.client = client.ClientV2(directory, self.net)
+
+    @property
+    def directory(self) -> messages.Directory:
+        return self.client.directory
+
+    def post(self, what: str, url: str, message: jose.JSONDeSerializable) -> requests.Response:
+        """A signed POST of `message` to `url`."""
+        return self.call(what, self.client._post, url, message)
+
+    def fetch(self, what: str, url: str) -> requests.Response:
+        """A signed POST-as-GET of `url` (an order, an authorization, the certificate)."""
+        return self.call(what, self.client._post_as_get, url)
+
+    def fetch_if_known(self, what: str, url: str) -> requests.Response | None:
+        """`fetch`, but None when the CA answers that it has no such resource (e.g. a restarted CA)."""
+        def fetch() -> requests.Response | None:
+            try:
+                return self.client._post_as_get(url)
+            except messages.Error as error:
+                log.info("the CA no longer has %s: %s", url, error.detail or error)
+                return None
+        return self.call(what, fetch)
+
+    def get(self, what: str, url: str) -> requests.Response:
+        """An unsigned GET (renewal information)."""
+        return self.call(what, self.net.get, url)
+
+    def call(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
+        """Run one ACME exchange; turn the CA's refusal into an error that says what failed."""
+        try:
+            return function(*args)
+        except _RetryLater as later:
+            outcome = ("which is beyond the time budget (--timeout)" if later.beyond_deadline
+                       else f"and still refused after {TRANSIENT_ATTEMPTS} attempts")
+            raise CertrenewError(f"the CA refused to {what}: {later} {outcome}; a later run will try again") from None
+        except messages.Error as error:
+            unknown = AccountUnknown if error.code == "accountDoesNotExist" else CertrenewError
+            raise unknown(f"the CA refused to {what}: {error.detail or error}") from None
+        except errors.ConflictError as error:
+            raise CertrenewError(f"the CA refused to {what}: conflict ({error})") from None
+        except (requests.RequestException, errors.ClientError) as error:
+            raise CertrenewError(f"cannot {what}: {describe(error)}") from None
+
+
+class _Network(client.ClientNetwork):
+    """`ClientNetwork` with bounded retries and per-call timeouts taken from the deadline.
+
+    `counter` counts every request sent (retries and nonce requests included) and every
+    one that got no answer or an HTTP error status.
+    """
+
+    def __init__(self, deadline: Deadline, counter: RequestCounter | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deadline = deadline
+        self.counter = counter
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs["timeout"] = min(MAX_CALL_TIMEOUT, self.deadline.remaining())
+        failed = True
+        try:
+            response = super()._send_request(method, url, *args, **kwargs)
+            failed = response.status_code >= 400
+            return response
+        finally:
+            if self.counter is not None:
+                self.counter.count_acme_request(failed)
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        # Each attempt signs with a fresh nonce, so a badNonce is simply tried again.
+        return self._retrying(self._post_once, *args, **kwargs)
+
+    def get(self, *args: Any, **kwargs: Any) -> requests.Response:
+        return self._retrying(super().get, *args, **kwargs)
+
+    @classmethod
+    def _check_response(cls, response: requests.Response, content_type: str | None = None) -> requests.Response:
+        """The library's check, with "come back later" answers told apart from other failures."""
+        try:
+            return super()._check_response(response, content_type=content_type)
+        except (messages.Error, errors.ClientError) as error:
+            seconds = retry_after_seconds(response)
+            limited = response.status_code == 429 or getattr(error, "code", None) == "rateLimited"
+            if limited or (response.status_code == 503 and seconds is not None):
+                raise _RetryLater(error, seconds) from None
+            raise
+
+    def _retrying(self, function: Callable[..., requests.Response], *args: Any, **kwargs: Any) -> requests.Response:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(self._worth_retrying),
+            stop=tenacity.stop_after_delay(max(self.deadline.remaining() - 1, 0)) | _AttemptsSpent(),
+            wait=_transient_wait,
+            sleep=signals.sleep,
+            before_sleep=lambda state: log.debug("retrying after %s", _error_of(state)),
+            reraise=True,
+        )
+        return retrying(function, *args, **kwargs)
+
+    def _worth_retrying(self, error: BaseException) -> bool:
+        if isinstance(error, _RetryLater):
+            # A wait past the deadline is not worth starting: fail now and say why.
+            error.beyond_deadline = error.seconds is not None and error.seconds >= self.deadline.remaining()
+            return not error.beyond_deadline
+        return _is_transient(error)
+
+
+class _RetryLater(Exception):
+    """The CA asked to come back later: a rate limit (429, rateLimited) or a 503 with Retry-After."""
+
+    def __init__(self, error: Exception, seconds: float | None) -> None:
+        detail = getattr(error, "detail", None) or describe(error)
+        when = f"it asks to retry in {seconds:.0f} s" if seconds is not None else "without a Retry-After"
+        super().__init__(f"rate limited or busy ({detail}); {when}")
+        self.seconds = seconds
+        self.beyond_deadline = False
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Worth the same request again: a stale nonce, a dropped connection, a server error."""
+    if isinstance(error, messages.Error):
+        return error.code in ("badNonce", "serverInternal")
+    if isinstance(error, (requests.ConnectionError, requests.Timeout)):
+        return True
+    if isinstance(error, errors.ClientError) and error.args and isinstance(error.args[0], requests.Response):
+        return error.args[0].status_code >= 500
+    return False
+
+
+def _error_of(state: tenacity.RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None else None
+
+
+class _AttemptsSpent(tenacity.stop.stop_base):
+    """Stop after a few attempts, more of them for a rejected nonce."""
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        error = _error_of(state)
+        bad_nonce = isinstance(error, messages.Error) and error.code == "badNonce"
+        return state.attempt_number >= (BAD_NONCE_ATTEMPTS if bad_nonce else TRANSIENT_ATTEMPTS)
+
+
+_exponential = tenacity.wait_exponential(multiplier=0.25, max=4) + tenacity.wait_random(0, 0.25)
+
+
+def _transient_wait(state: tenacity.RetryCallState) -> float:
+    error = _error_of(state)
+    if isinstance(error, messages.Error) and error.code == "badNonce":
+        return 0
+    if isinstance(error, _RetryLater) and error.seconds is not None:
+        return error.seconds
+    return _exponential(state)
+
+
+def retry_after_seconds(response: requests.Response) -> float | None:
+    """The wait a Retry-After header asks for, in seconds; None without one."""
+    if "Retry-After" not in response.headers:
+        return None
+    when = client.ClientV2.retry_after(response, 0)
+    return max((when - datetime.datetime.now()).total_seconds(), 0.0)
+
+
+def describe(error: BaseException) -> str:
+    """A network failure in words an operator can act on."""
+    if isinstance(error, requests.ConnectionError):
+        return "connection failed (is the CA reachable?)"
+    if isinstance(error, requests.Timeout):
+        return "the request timed out"
+    if isinstance(error, errors.ClientError) and error.args and isinstance(error.args[0], requests.Response):
+        response = error.args[0]
+        return f"HTTP {response.status_code} from {response.url}"
+    return str(error) or type(error).__name__

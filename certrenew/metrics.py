@@ -1,0 +1,243 @@
+"""Health and Prometheus metrics: for node_exporter's textfile collector, and over HTTP for the daemon.
+
+Every render builds a fresh registry from the status rows of that moment, so a series
+lives exactly as long as what it describes: a removed certificate's series is gone at the
+next render, and a renewed one keeps a single series (the serial is not a label).
+`prometheus_client` is imported only inside the functions that render, so a run that
+writes no metrics never loads it.
+"""
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from certrenew.atomicfile import write_atomic
+from certrenew.errors import CertrenewError
+from certrenew.hostport import split_host_port
+from certrenew.status import HEALTHY, CertificateStatus
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The Prometheus text format `generate_latest` writes, which every scraper reads."""
+REQUEST_TIMEOUT = 5.0
+"""Seconds a scraper has to send its request: a silent client cannot hold a thread longer."""
+
+
+@dataclass
+class Telemetry:
+    """What a process counts for its metrics: ACME requests and errors, and how its last run went.
+
+    The caller creates one and hands it to the run, whose ACME transport counts every
+    request from its worker threads (hence the lock). A one-shot command makes one per
+    run; the daemon one for its life, so its counters only grow.
+    """
+
+    acme_requests: int = 0
+    """HTTP requests sent to the CA, retries and nonce requests included."""
+    acme_errors: int = 0
+    """Of those, the ones that got no answer or an error status (a problem document)."""
+    last_run: float | None = None
+    """Unix time the last run ended; None before the first one has."""
+    last_success: bool | None = None
+    last_duration: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count_acme_request(self, failed: bool) -> None:
+        with self._lock:
+            self.acme_requests += 1
+            self.acme_errors += failed
+
+    def record_run(self, success: bool, duration: float) -> None:
+        with self._lock:
+            self.last_run, self.last_success, self.last_duration = time.time(), success, duration
+
+    def snapshot(self) -> "Telemetry":
+        """A consistent copy to render while worker threads go on counting."""
+        with self._lock:
+            return replace(self)
+
+
+def _managed(rows: list[CertificateStatus]) -> list[CertificateStatus]:
+    """The rows of certificates the config manages: the ones metrics and health speak for."""
+    return [row for row in rows if row.state != "unmanaged"]
+
+
+def health(rows: list[CertificateStatus]) -> tuple[bool, dict]:
+    """Whether every managed certificate is healthy in the sense of `status`, and the /healthz document.
+
+    Nothing managed is not healthy, as in `status`: a probe pointed at the wrong config fails loudly.
+    """
+    rows = _managed(rows)
+    unhealthy = [row.name for row in rows if row.state != HEALTHY]
+    ok = bool(rows) and not unhealthy
+    return ok, {"healthy": ok, "certificates": len(rows), "unhealthy": unhealthy}
+
+
+def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> bytes:
+    """The Prometheus text format for `rows` (managed ones only) and the run facts of `telemetry`."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    families = _families(_managed(rows), telemetry.snapshot() if telemetry else None)
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
+def write_textfile(path: Path, rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> None:
+    """Replace `path` with the metrics, atomically, so node_exporter never reads half a file."""
+    write_atomic(path, render(rows, telemetry), mode=0o644)  # no secret in it
+
+
+class _Families:
+    """A collector that yields metric families built beforehand."""
+
+    def __init__(self, families: list) -> None:
+        self._families = families
+
+    def collect(self):
+        return iter(self._families)
+
+
+def _families(rows: list[CertificateStatus], telemetry: Telemetry | None) -> list:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    def per_certificate(name: str, documentation: str, value: Callable[[CertificateStatus], float | None]):
+        family = GaugeMetricFamily(name, documentation, labels=["name"])
+        for row in rows:
+            number = value(row)
+            if number is not None:  # e.g. no expiry yet for a certificate never issued
+                family.add_metric([row.name], number)
+        return family
+
+    state = GaugeMetricFamily("certrenew_certificate_state",
+                              "1 for the certificate's state as `certrenew status` shows it",
+                              labels=["name", "state"])
+    for row in rows:
+        state.add_metric([row.name, row.state], 1)
+    families = [
+        per_certificate("certrenew_certificate_expiration_timestamp_seconds",
+                        "when the current certificate expires (notAfter), as a Unix time",
+                        lambda row: row.not_after.timestamp() if row.not_after else None),
+        per_certificate("certrenew_certificate_renewal_timestamp_seconds",
+                        "when certrenew next plans to renew (or, after a failure, retry), as a Unix time",
+                        lambda row: row.next_renewal.timestamp() if row.next_renewal else None),
+        per_certificate("certrenew_certificate_ready", "1 when the certificate is healthy, else 0",
+                        lambda row: float(row.state == HEALTHY)),
+        per_certificate("certrenew_certificate_failures", "consecutive failed attempts to renew",
+                        lambda row: row.failures),
+        state,
+    ]
+    if telemetry is None:
+        return families
+    requests = CounterMetricFamily("certrenew_acme_requests", "HTTP requests sent to the ACME server",
+                                   value=telemetry.acme_requests)
+    errors = CounterMetricFamily("certrenew_acme_errors",
+                                 "ACME requests that got no answer or an error status",
+                                 value=telemetry.acme_errors)
+    families += [requests, errors]
+    if telemetry.last_run is not None:
+        families += [
+            GaugeMetricFamily("certrenew_last_run_timestamp_seconds", "when the last run ended, as a Unix time",
+                              value=telemetry.last_run),
+            GaugeMetricFamily("certrenew_last_run_success", "1 when every certificate of the last run succeeded",
+                              value=float(bool(telemetry.last_success))),
+            GaugeMetricFamily("certrenew_run_duration_seconds", "how long the last run took",
+                              value=telemetry.last_duration),
+        ]
+    return families
+
+
+class MetricsServer:
+    """`GET /metrics` and `GET /healthz` on a port of their own, for the daemon.
+
+    Each request reads `source()` (the current status rows) afresh. Use it as a context
+    manager: the port is bound on entry and free again on exit. HTTP/1.0, one request per
+    connection, so nothing lingers after exit.
+    """
+
+    def __init__(self, listen: str, source: Callable[[], list[CertificateStatus]],
+                 telemetry: Telemetry | None = None) -> None:
+        self.listen = listen
+        self.source = source
+        self.telemetry = telemetry
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port bound (the real port when `listen` asked for port 0)."""
+        assert self._server is not None, "enter the server first"
+        host, port = self._server.server_address[:2]
+        return str(host), port
+
+    def __enter__(self) -> "MetricsServer":
+        try:
+            self._server = _Server(split_host_port(self.listen), _Handler, self)
+        except OSError as error:
+            raise CertrenewError(f"cannot listen on {self.listen} for metrics: {error.strerror}; "
+                                 "set --metrics-listen") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="certrenew-metrics")
+        self._thread.start()
+        log.debug("metrics on http://%s:%d/metrics", *self.address)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        assert self._server is not None and self._thread is not None, "entered"
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def answer(self, path: str) -> tuple[HTTPStatus, str, bytes]:
+        """(status, content type, body) for a GET of `path`."""
+        path = path.split("?", 1)[0]
+        if path == "/metrics":
+            return HTTPStatus.OK, CONTENT_TYPE, render(self.source(), self.telemetry)
+        if path == "/healthz":
+            ok, document = health(self.source())
+            status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
+            return status, "application/json", json.dumps(document).encode() + b"\n"
+        return HTTPStatus.NOT_FOUND, "text/plain", b"not found\n"
+
+
+def serve(listen: str, source: Callable[[], list[CertificateStatus]],
+          telemetry: Telemetry | None = None) -> MetricsServer:
+    """A `MetricsServer` on `listen` (HOST:PORT); enter it to start serving."""
+    return MetricsServer(listen, source, telemetry)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler, metrics: MetricsServer) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.metrics = metrics
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "certrenew"
+    timeout = REQUEST_TIMEOUT
+
+    def do_GET(self) -> None:
+        try:
+            status, content_type, body = self.server.metrics.answer(self.path)
+        except Exception as error:  # e.g. an unreadable state dir: say so, and keep serving
+            log.warning("metrics: %s failed: %s", self.path, error, exc_info=log.isEnabledFor(logging.DEBUG))
+            status, content_type, body = HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", f"{error}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug("metrics: %s %s", self.address_string(), format % args)

@@ -1,0 +1,73 @@
+"""The order flow with a recording solver in front of the real responder, against real pebble.
+
+The issuer gets its solver from the caller; these tests check the calls it makes: every
+authorization presented, then one wait_ready, then the answers, and cleanup whatever happens.
+"""
+
+import socket
+
+import pytest
+
+from certrenew.config import CertificateSpec, build_settings
+from certrenew.errors import CertrenewError
+from certrenew.issue import Issuer
+from certrenew.responder import Responder
+from certrenew.store import FileStore
+
+DOMAINS = ("flow.example", "www.flow.example")
+
+
+class RecordingSolver:
+    """The real HTTP-01 responder, with every call recorded; `not_ready` makes wait_ready fail."""
+
+    def __init__(self, responder: Responder, not_ready: bool = False) -> None:
+        self.responder, self.not_ready = responder, not_ready
+        self.challenge_type = responder.challenge_type
+        self.calls: list[tuple[str, ...]] = []
+
+    def check_domain(self, domain: str) -> None:
+        self.responder.check_domain(domain)
+
+    def present(self, domain: str, token: str, validation: str) -> None:
+        self.calls.append(("present", domain))
+        self.responder.present(domain, token, validation)
+
+    def wait_ready(self) -> None:
+        self.calls.append(("wait_ready",))
+        if self.not_ready:
+            raise CertrenewError("the validation is not visible yet (injected)")
+
+    def cleanup(self, domain: str, token: str) -> None:
+        self.calls.append(("cleanup", domain))
+        self.responder.cleanup(domain, token)
+
+
+def issue_with(lab, solver_of) -> tuple[RecordingSolver, object]:
+    settings = build_settings({}, environ=lab.certrenew_env)
+    store = FileStore(settings.state_dir)
+    with store.lock(timeout=0), Responder(settings.listen) as responder:
+        solver = solver_of(responder)
+        try:
+            result = Issuer(settings, store, {solver.challenge_type: solver}).issue(CertificateSpec(DOMAINS[0], DOMAINS))
+        except CertrenewError as error:
+            result = error
+    with pytest.raises(ConnectionRefusedError):  # the caller's exit closed the port
+        socket.create_connection(responder.address, timeout=2)
+    return solver, result
+
+
+def test_every_name_is_presented_then_waited_for_then_withdrawn(lab):
+    solver, issued = issue_with(lab, RecordingSolver)
+    assert not isinstance(issued, CertrenewError), issued
+    assert sorted(solver.calls[:2]) == [("present", name) for name in DOMAINS]
+    assert solver.calls[2:] == [("wait_ready",)] + [("cleanup", domain) for _, domain in solver.calls[:2]]
+    assert issued.action == "issued" and b"PRIVATE KEY" in issued.bundle
+
+
+def test_a_solver_that_is_not_ready_fails_the_order_and_still_cleans_up(lab):
+    solver, error = issue_with(lab, lambda responder: RecordingSolver(responder, not_ready=True))
+    assert isinstance(error, CertrenewError) and "not visible yet" in str(error)
+    presented = [domain for call, *domain in solver.calls if call == "present"]
+    assert solver.calls[len(presented):] == [("wait_ready",)] + [("cleanup", *d) for d in presented]
+    assert len(presented) == 2
+    assert FileStore(lab.state_dir).load_bundle(DOMAINS[0], "pending") is None

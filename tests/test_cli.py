@@ -1,0 +1,109 @@
+"""The command line as an operator meets it: the real CLI in a subprocess, no CA needed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from certrenew.cli import build_bootstrap_parser, build_parser, build_run_parser, build_status_parser
+from certrenew.config import DEFAULT_CONFIG
+from certrenew.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def certrenew(*args, **env):
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("CERTRENEW_")}
+    result = subprocess.run([sys.executable, "-m", "certrenew", *map(str, args)], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env={**environ, **env})
+    return result
+
+
+def one_line(result, code):
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("build", [build_parser, build_run_parser, build_status_parser, build_bootstrap_parser])
+def test_no_parser_takes_an_abbreviated_option(build):
+    with pytest.raises(UsageError, match="unrecognized arguments: --conf"):
+        build().parse_args(["--conf", "x.toml", *(["a.example"] if build is build_parser else [])])
+
+
+def test_an_abbreviated_option_is_refused_on_the_command_line(tmp_path):
+    stderr = one_line(certrenew("--agree-to", "--state-dir", tmp_path, "a.example"), 2)
+    assert "unrecognized arguments: --agree-to" in stderr
+
+
+def test_every_flag_has_a_no_form():
+    args = build_parser().parse_args(["--no-agree-tos", "--staging", "--no-force", "--no-verbose", "-q", "a.example"])
+    assert (args.agree_tos, args.staging, args.force, args.verbose, args.quiet) == (False, True, False, False, True)
+    assert build_parser().parse_args(["a.example"]).staging is None  # not given: the environment or file decide
+
+
+@pytest.mark.parametrize("typo, meant", [("stauts", "status"), ("rnu", "run"), ("bootstrap-ssl", "bootstrap-ssl-dir")])
+def test_a_lone_name_close_to_a_command_is_taken_for_a_typo(tmp_path, typo, meant):
+    stderr = one_line(certrenew(typo, "--state-dir", tmp_path / "state"), 2)
+    assert f"did you mean `certrenew {meant}`?" in stderr
+    assert not (tmp_path / "state").exists()  # refused before anything was touched
+
+
+def test_a_single_label_name_is_refused(tmp_path):
+    stderr = one_line(certrenew("localhost", "--state-dir", tmp_path / "state"), 2)
+    assert "invalid domain 'localhost': a single-label name" in stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_missing_ssl_dir_is_bad_input_naming_bootstrap(tmp_path):
+    stderr = one_line(certrenew("a.example", "--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl"), 2)
+    assert f"the ssl dir {tmp_path / 'ssl'} does not exist: create it with `certrenew bootstrap-ssl-dir" in stderr
+
+
+def test_a_state_dir_that_cannot_be_created_says_so(tmp_path):
+    (tmp_path / "file").write_text("")
+    stderr = one_line(certrenew("a.example", "--state-dir", tmp_path / "file" / "state"), 1)
+    assert f"cannot create the state dir {tmp_path / 'file' / 'state'}: Not a directory" in stderr
+
+
+@pytest.mark.parametrize("value, traceback", [("no", False), ("0", False), ("Off", False), ("yes", True),
+                                              ("TRUE", True)])
+def test_verbose_variable_is_a_boolean(tmp_path, value, traceback):
+    """-v shows a traceback under the error line: the way to see whether verbose is on."""
+    result = certrenew("a.example", "--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl",
+                       CERTRENEW_VERBOSE=value)
+    assert result.returncode == 2
+    assert ("Traceback" in result.stderr) is traceback, result.stderr
+
+
+def test_no_verbose_overrides_the_variable_and_a_bad_value_is_refused(tmp_path):
+    args = ("a.example", "--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl")
+    one_line(certrenew(*args, "--no-verbose", CERTRENEW_VERBOSE="1"), 2)
+    stderr = one_line(certrenew(*args, CERTRENEW_VERBOSE="maybe"), 2)
+    assert "invalid CERTRENEW_VERBOSE: expected 1/true/yes/on or 0/false/no/off, not 'maybe'" in stderr
+
+
+def test_status_with_no_config_and_no_state_dir_is_not_healthy(tmp_path):
+    if DEFAULT_CONFIG.exists():
+        pytest.skip(f"{DEFAULT_CONFIG} exists on this machine")
+    result = certrenew("status", "--json", "--state-dir", tmp_path / "state")
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert document["healthy"] is False and document["certificates"] == []
+    assert document["reason"] == (f"no certificate is managed (no state dir {tmp_path / 'state'}): "
+                                  "check --config and --state-dir")
+    text = certrenew("status", "--state-dir", tmp_path / "state")
+    assert text.stdout == "" and one_line(text, 1).startswith("certrenew: not healthy: no certificate is managed")
+
+
+def test_status_with_a_config_that_manages_nothing_is_not_healthy(tmp_path):
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'state_dir = "{tmp_path}"\n')
+    result = certrenew("status", "--json", "--config", config)
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert (document["healthy"], document["reason"]) == (False, "no certificate is managed: check --config and "
+                                                                "--state-dir")

@@ -1,0 +1,94 @@
+"""DNS-01 input checks: server addresses, names, TSIG key files (the BIND side is in integration/test_dns01.py)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from certrenew.dns01 import DnsServer, challenge_record, check_dns01_domain, parse_dns_server
+from certrenew.dnshook import DnsHook
+from certrenew.errors import UsageError
+from certrenew.rfc2136 import load_tsig_key
+
+TSIG_KEYGEN_OUTPUT = """\
+key "certrenew" {
+\talgorithm hmac-sha512;
+\tsecret "bJAPpmNoEggrfaj9NW8mUBJU1l1mH6/h6rD9uQN0vqpLy9yMaFxrLCx09nkkVWDieltul8a8/W1tRHyKrOKgdw==";
+};
+"""
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("ns1.example.com", DnsServer("ns1.example.com", 53)),
+    ("192.0.2.53:5353", DnsServer("192.0.2.53", 5353)),
+    ("2001:db8::53", DnsServer("2001:db8::53", 53)),
+    ("[2001:db8::53]:5353", DnsServer("2001:db8::53", 5353)),
+    ("[::1]", DnsServer("::1", 53)),
+])
+def test_dns_server_is_host_and_optional_port(text, expected):
+    assert parse_dns_server(text) == expected
+
+
+def test_dns_server_prints_as_given_with_its_port():
+    assert str(parse_dns_server("[::1]")) == "[::1]:53" and str(parse_dns_server("ns1.example.com")) == "ns1.example.com:53"
+
+
+@pytest.mark.parametrize("text", ["", ":53", "ns1.example.com:", "ns1.example.com:0", "ns1.example.com:65536",
+                                  "ns1.example.com:dns", "[::1", "[::1]53", "ns 1.example.com", "https://ns1/",
+                                  "ns1.example.com:５３"])
+def test_a_bad_dns_server_is_a_usage_error(text):
+    with pytest.raises(UsageError, match=r"^invalid DNS server"):
+        parse_dns_server(text)
+
+
+def test_a_wildcard_and_its_base_name_share_the_record():
+    assert challenge_record("*.example.com") == challenge_record("example.com") == "_acme-challenge.example.com"
+
+
+@pytest.mark.parametrize("domain", ["*.example.com", "example.com", "deep.sub.example.com"])
+def test_dns01_accepts_names_and_wildcards(domain):
+    check_dns01_domain(domain)
+
+
+@pytest.mark.parametrize("domain, complaint", [
+    ("*.*.example.com", "whole first label"), ("foo.*.example.com", "whole first label"),
+    ("*example.com", "whole first label"), ("exa mple.com", "white space"), ("192.0.2.1", "IP addresses"),
+])
+def test_dns01_refuses_what_no_ca_can_validate(domain, complaint):
+    with pytest.raises(UsageError, match=complaint):
+        check_dns01_domain(domain)
+
+
+def test_a_tsig_keygen_file_is_read(tmp_path):
+    path = tmp_path / "tsig.key"
+    path.write_text(TSIG_KEYGEN_OUTPUT)
+    path.chmod(0o600)
+    key = load_tsig_key(path)
+    assert (key.name, key.algorithm, len(key.secret)) == ("certrenew", "hmac-sha512", 64)
+    assert "secret" not in repr(key)  # a log line or traceback never shows it
+
+
+def test_a_missing_key_file_is_one_line(tmp_path):
+    with pytest.raises(UsageError, match=r"^TSIG key file .*missing.key: cannot read it: No such file or directory$"):
+        load_tsig_key(tmp_path / "missing.key")
+
+
+@pytest.mark.parametrize("command", ["", "   ", "'unclosed"])
+def test_a_bad_hook_command_is_a_usage_error(command):
+    with pytest.raises(UsageError, match="DNS hook"):
+        DnsHook(command)
+
+
+def test_checking_dns01_input_does_not_load_dnspython(tmp_path):
+    """A run where nothing is due only checks its settings: dnspython must stay unloaded."""
+    path = tmp_path / "tsig.key"
+    path.write_text(TSIG_KEYGEN_OUTPUT)
+    path.chmod(0o600)
+    probe = ("import sys\n"
+             "from certrenew import dns01, dnshook, rfc2136\n"
+             f"rfc2136.load_tsig_key({str(path)!r}); dns01.parse_dns_server('ns1.example.com')\n"
+             "dns01.Dns01Solver(dnshook.DnsHook('true')).check_domain('*.example.com')\n"
+             "print(sorted(name for name in sys.modules if name == 'dns' or name.startswith('dns.')))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,117 @@
+"""The Installer against a fake Runtime API: hot update, fallback to a reload, rollback on every path."""
+
+import socket
+from pathlib import Path
+
+import pytest
+import trustme
+from fake_haproxy import FakeHAProxy
+
+from certrenew import install
+from certrenew.bundle import build_bundle
+from certrenew.errors import CertrenewError
+from certrenew.install import Installer
+
+NAME = "site.example"
+
+
+def bundle_of(ca: trustme.CA) -> bytes:
+    cert = ca.issue_cert(NAME)
+    return build_bundle(b"".join(blob.bytes() for blob in cert.cert_chain_pems), cert.private_key_pem.bytes())
+
+
+@pytest.fixture
+def ssl_dir(tmp_path) -> Path:
+    directory = tmp_path / "ssl"
+    directory.mkdir()
+    return directory
+
+
+def haproxy_knowing(tmp_path: Path, path: Path, **answers: str) -> FakeHAProxy:
+    """A fake HAProxy that loads the crt directory of `path` and has `path` in memory."""
+    return FakeHAProxy(tmp_path / "admin.sock", {
+        "show ssl crt-list": f"{path.parent}\n\n",
+        "show ssl cert": f"# filename\n{path}\n\n",
+        "set ssl cert": f"Transaction created for certificate {path}!\n",
+        "commit ssl cert": f"Committing {path}.\nSuccess!\n",
+        **{verb.replace("_", " "): answer for verb, answer in answers.items()},
+    })
+
+
+def reload_marker(tmp_path: Path) -> tuple[str, Path]:
+    marker = tmp_path / "reloaded"
+    return f"touch {marker}", marker
+
+
+def test_a_certificate_haproxy_has_is_replaced_in_memory_without_a_reload(tmp_path, ssl_dir):
+    path = ssl_dir / f"{NAME}.pem"
+    old, new = bundle_of(trustme.CA()), bundle_of(trustme.CA())
+    path.write_bytes(old)
+    fake = haproxy_knowing(tmp_path, path)
+    reload_command, marker = reload_marker(tmp_path)
+    try:
+        [result] = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install({NAME: new})
+    finally:
+        fake.close()
+    assert (result.name, result.path, result.method) == (NAME, path, "hot update")
+    assert path.read_bytes() == new and not marker.exists()
+    assert fake.commands() == ["show ssl crt-list", "show ssl cert", "set ssl cert", "commit ssl cert"]
+    assert fake.requests[2].endswith(new + b"\n")
+
+
+def test_an_haproxy_without_the_commands_gets_the_reload(tmp_path, ssl_dir):
+    fake = FakeHAProxy(tmp_path / "admin.sock", {})  # answers every command "Unknown command"
+    reload_command, marker = reload_marker(tmp_path)
+    try:
+        [result] = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install(
+            {NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert result.method == "reload" and "older than 2.2" in result.detail
+    assert marker.exists()
+
+
+def test_a_certificate_not_served_afterwards_is_put_back_on_disk_and_in_memory(tmp_path, ssl_dir, monkeypatch):
+    monkeypatch.setattr(install, "HOT_UPDATE_GRACE", 0.2)
+    path = ssl_dir / f"{NAME}.pem"
+    old, new = bundle_of(trustme.CA()), bundle_of(trustme.CA())
+    path.write_bytes(old)
+    fake = haproxy_knowing(tmp_path, path)
+    with socket.socket() as closed:  # a verify endpoint where nothing listens
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{closed.getsockname()[1]}"
+    reload_command, marker = reload_marker(tmp_path)
+    installer = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")], verify_endpoints=[endpoint])
+    try:
+        with pytest.raises(CertrenewError, match="gives no TLS handshake.*previous certificate was put back"):
+            installer.install({NAME: new})
+    finally:
+        fake.close()
+    assert path.read_bytes() == old and not marker.exists()
+    assert fake.commands()[2:] == ["set ssl cert", "commit ssl cert", "set ssl cert", "commit ssl cert"]
+    assert fake.requests[2].endswith(new + b"\n") and fake.requests[4].endswith(old + b"\n")
+
+
+def test_a_refused_commit_leaves_the_old_file_and_aborts(tmp_path, ssl_dir):
+    path = ssl_dir / f"{NAME}.pem"
+    old = bundle_of(trustme.CA())
+    path.write_bytes(old)
+    fake = haproxy_knowing(tmp_path, path, commit_ssl_cert="unable to load the certificate.\nCan't commit!\n",
+                           abort_ssl_cert=f"Transaction aborted for certificate '{path}'!\n")
+    reload_command, marker = reload_marker(tmp_path)
+    try:
+        with pytest.raises(CertrenewError, match="Can't commit|unable to load"):
+            Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install({NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert path.read_bytes() == old and not marker.exists()
+    assert fake.commands()[-1] == "abort ssl cert"
+    assert not [p for p in ssl_dir.iterdir() if p.name != path.name]  # no temp file left
+
+
+def test_a_rollback_says_put_back_only_where_there_was_a_previous_certificate():
+    a, b = Path("/ssl/a.pem"), Path("/ssl/b.pem")
+    assert install._undone({a: b"old"}) == "the previous certificate was put back"
+    assert install._undone({a: None}) == "the new certificate was removed again (there was none before)"
+    assert install._undone({a: b"old", b: None}) == (
+        "the previous certificates were put back and the new b.pem removed again")

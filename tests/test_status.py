@@ -1,0 +1,35 @@
+import datetime
+from pathlib import Path
+
+from certrenew.config import Settings
+from certrenew.status import CertificateStatus, unhealthy
+
+NOW = datetime.datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc)
+
+
+def row(name="example", state="ok", serial="abc"):
+    return CertificateStatus(name=name, domains=["example.com"], state=state, serial=serial, not_after=NOW,
+                             days_left=1.0, next_renewal=NOW, last_error=None, failures=0)
+
+
+def test_json_serial_has_whole_bytes_and_times_whole_seconds():
+    document = row(serial="abc").to_json()
+    assert document["serial"] == "0abc"
+    assert document["not_after"] == document["next_renewal"] == "2026-05-01T12:00:00+00:00"
+    assert row(serial="0abc").to_json()["serial"] == "0abc"
+    assert row(serial=None, state="missing").to_json()["serial"] is None
+
+
+def test_nothing_managed_is_not_healthy(tmp_path):
+    missing = Settings(state_dir=tmp_path / "nowhere")
+    assert unhealthy(missing, []) == f"no certificate is managed (no state dir {tmp_path / 'nowhere'}): " \
+                                     "check --config and --state-dir"
+    present = Settings(state_dir=tmp_path)
+    assert unhealthy(present, [row(state="unmanaged")]).startswith("no certificate is managed: ")
+
+
+def test_unhealthy_names_each_certificate_that_is_not_ok():
+    settings = Settings(state_dir=Path("/unused"))
+    assert unhealthy(settings, [row("a"), row("b", state="unmanaged")]) is None
+    assert unhealthy(settings, [row("a", state="failing"), row("b"), row("c", state="due")]) == \
+        "a is failing, c is due"

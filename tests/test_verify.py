@@ -1,0 +1,83 @@
+"""verify.wait_served against a real TLS server on loopback serving a trustme certificate."""
+
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+import trustme
+
+from certrenew import verify
+from certrenew.bundle import build_bundle
+from certrenew.errors import CertrenewError
+
+NAME = "site.example"
+
+
+def bundle_of(cert: trustme.LeafCert) -> bytes:
+    return build_bundle(b"".join(blob.bytes() for blob in cert.cert_chain_pems), cert.private_key_pem.bytes())
+
+
+@pytest.fixture
+def serving():
+    """serving(cert) -> "127.0.0.1:PORT" where a TLS server presents `cert`; handshakes are counted."""
+    servers = []
+
+    def start(cert: trustme.LeafCert) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert.configure_cert(context)
+        listener = socket.create_server(("127.0.0.1", 0))
+        server = {"socket": listener, "handshakes": 0}
+
+        def serve() -> None:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:
+                    return
+                try:
+                    with context.wrap_socket(connection, server_side=True):
+                        server["handshakes"] += 1
+                except OSError:
+                    connection.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{listener.getsockname()[1]}"
+
+    start.servers = servers
+    yield start
+    for server in servers:
+        server["socket"].close()
+
+
+def handshakes(server: dict, at_least: int) -> int:
+    """The server's handshake count, once it reaches `at_least` (the server thread may lag the client)."""
+    deadline = time.monotonic() + 5
+    while server["handshakes"] < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server["handshakes"]
+
+
+def test_the_served_certificate_passes_at_the_first_look(serving):
+    cert = trustme.CA().issue_cert(NAME, f"www.{NAME}")
+    endpoint = serving(cert)
+    started = time.monotonic()
+    verify.wait_served([endpoint], bundle_of(cert), grace=10)
+    assert time.monotonic() - started < 5
+    assert handshakes(serving.servers[0], at_least=2) == 2  # one per name
+
+
+def test_another_certificate_for_the_same_names_fails_after_the_grace(serving):
+    ca = trustme.CA()
+    endpoint = serving(ca.issue_cert(NAME))
+    started = time.monotonic()
+    with pytest.raises(CertrenewError, match=f"{endpoint} serves another certificate for {NAME}"):
+        verify.wait_served([endpoint], bundle_of(ca.issue_cert(NAME)), grace=0.5)
+    assert 0.5 <= time.monotonic() - started < 10
+    assert handshakes(serving.servers[0], at_least=2) >= 2  # it looked again within the grace
+
+
+def test_no_endpoint_means_nothing_to_check():
+    verify.wait_served([], b"not even a bundle", grace=1)
