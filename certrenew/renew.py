@@ -18,7 +18,6 @@ from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.policy import Decision, ari_check_due, backoff, decide
-from certrenew.requirements import check_acme_stack
 from certrenew.store import CertificateRecord, FileStore, Store
 
 if TYPE_CHECKING:
@@ -85,6 +84,8 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
             outcomes[spec.name] = Outcome(spec.name, "unchanged", decision.reason)
 
     if work:
+        from certrenew.requirements import check_acme_stack  # importlib.metadata: not for a no-op
+
         check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
         from certrenew.responder import Responder

@@ -131,6 +131,6 @@ def format_table(rows: list[CertificateStatus]) -> str:
             minutes(row.next_renewal) if row.next_renewal else "-",
             row.last_result,
         ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1]
-                     for line in lines)
+    widths = [max(map(len, column)) for column in list(zip(*lines))[:-1]]
+    template = "  ".join(f"{{:<{width}}}" for width in widths) + "  {}"
+    return "\n".join(template.format(*line) for line in lines)
