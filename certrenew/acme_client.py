@@ -11,7 +11,10 @@ import base64
 import datetime
 import logging
 import random
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +22,7 @@ import josepy as jose
 import requests
 import tenacity
 from cryptography import x509
+from requests.adapters import HTTPAdapter
 from acme import challenges, client, errors, messages
 
 from certrenew import __version__, signals
@@ -38,6 +42,8 @@ MAX_CALL_TIMEOUT = 30.0
 TRANSIENT_ATTEMPTS = 5
 BAD_NONCE_ATTEMPTS = 20
 """A rejected nonce costs one quick round trip, and a CA may reject many (pebble: half, if asked)."""
+MAX_RESPONSE = 1024 * 1024
+"""Bytes read of any answer from the CA: a certificate chain or an ACME object is a few KiB."""
 
 
 class Deadline:
@@ -320,15 +326,44 @@ class _AccountUnknown(CertrenewError):
 
 
 class _Network(client.ClientNetwork):
-    """`ClientNetwork` with bounded retries and per-call timeouts taken from the deadline."""
+    """`ClientNetwork` with bounded retries, answers bounded in size, and no request outliving the deadline.
+
+    requests' timeout bounds each read, not the answer: a CA dripping one byte a second
+    would hold a run for ever. So the connections of a request still under way when the
+    time budget runs out are cut, whatever phase it is in.
+    """
 
     def __init__(self, deadline: Deadline, **kwargs) -> None:
         super().__init__(**kwargs)
         self.deadline = deadline
+        self._sockets: weakref.WeakSet = weakref.WeakSet()
+        adapter = _WatchedAdapter(self._sockets)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def _send_request(self, method: str, url: str, *args, **kwargs) -> requests.Response:
-        kwargs["timeout"] = min(MAX_CALL_TIMEOUT, self.deadline.remaining())
-        return super()._send_request(method, url, *args, **kwargs)
+        remaining = self.deadline.remaining()
+        # A silent CA is cut by the deadline, not timed out a moment before it: one message for both.
+        kwargs["timeout"] = min(MAX_CALL_TIMEOUT, remaining + 1)
+        kwargs["hooks"] = {"response": _read_bounded}
+        cutter = threading.Timer(remaining, self._cut)
+        cutter.daemon = True
+        cutter.start()
+        try:
+            return super()._send_request(method, url, *args, **kwargs)
+        except requests.RequestException:
+            self.deadline.remaining()  # raises when the deadline is what cut it
+            raise
+        finally:
+            cutter.cancel()
+
+    def _cut(self) -> None:
+        """Shut down every connection (the budget is spent): a read blocked on one ends at once."""
+        for sock in list(self._sockets):
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: no TLS goodbye
+            except OSError:
+                pass
 
     def post(self, *args, **kwargs) -> requests.Response:
         # Each attempt signs with a fresh nonce, so a badNonce is simply tried again.
@@ -365,6 +400,49 @@ class _Network(client.ClientNetwork):
             error.beyond_deadline = error.seconds is not None and error.seconds >= self.deadline.remaining()
             return not error.beyond_deadline
         return _is_transient(error)
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """An adapter that remembers each socket it connects, so that the deadline can cut it mid-read."""
+
+    def __init__(self, sockets: weakref.WeakSet) -> None:
+        self._sockets = sockets
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        pools = self.poolmanager.pool_classes_by_scheme
+        self.poolmanager.pool_classes_by_scheme = {scheme: _remembering(pool, self._sockets)
+                                                   for scheme, pool in pools.items()}
+
+
+def _remembering(pool_class: type, sockets: weakref.WeakSet) -> type:
+    """`pool_class` whose connections add their socket to `sockets` once connected."""
+    class Connection(pool_class.ConnectionCls):
+        def connect(self) -> None:
+            super().connect()
+            sockets.add(self.sock)
+    return type(pool_class.__name__, (pool_class,), {"ConnectionCls": Connection})
+
+
+def _read_bounded(response: requests.Response, **kwargs) -> requests.Response:
+    """Read the body (a response hook, before requests would), refusing one over MAX_RESPONSE bytes."""
+    declared = response.headers.get("Content-Length", "")
+    size = int(declared) if declared.isdigit() else 0
+    chunks = []
+    if size <= MAX_RESPONSE:
+        size = 0
+        for chunk in response.iter_content(64 * 1024):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_RESPONSE:
+                break
+    if size > MAX_RESPONSE:
+        response.close()
+        raise requests.RequestException(f"the answer from {response.url} is larger than "
+                                        f"{MAX_RESPONSE // 1024} KiB", response=response)
+    response._content = b"".join(chunks)
+    return response
 
 
 class _RetryLater(Exception):
