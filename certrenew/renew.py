@@ -10,10 +10,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from certrenew import signals
+from certrenew import haproxy, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, UsageError
 from certrenew.lock import StateLock
 from certrenew.policy import ari_check_due, backoff, decide
 from certrenew.store import CertificateRecord, FileStore
@@ -73,6 +73,7 @@ def _run(settings: Settings, specs: list[CertificateSpec]) -> list[Outcome]:
             outcomes[spec.name] = Outcome(spec.name, "unchanged", decision.reason)
 
     if work:
+        _check_reload_command(settings)
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
 
         with Issuer(settings, store) as issuer:
@@ -115,6 +116,20 @@ def _check_ssl_dir(settings: Settings) -> None:
         raise CertrenewError(f"the ssl dir {ssl_dir} does not exist (create it, or set --ssl-dir)")
     if not os.access(ssl_dir, os.W_OK):
         raise CertrenewError(f"the ssl dir {ssl_dir} is not writable by this user")
+
+
+def _check_reload_command(settings: Settings) -> None:
+    """Before ordering: a certificate that cannot be installed is not worth asking the CA for.
+
+    Without a Runtime API socket the reload is the only way in, so a missing program is
+    an error. With sockets it is only the fallback (a certificate HAProxy does not know
+    yet, a socket that fails), so it is a warning and hot updates go on.
+    """
+    problem = haproxy.missing_program(settings.reload_command)
+    if problem and not settings.haproxy_socket:
+        raise UsageError(f"{problem} (set --reload-command)")
+    if problem:
+        log.warning("%s: only hot updates over the Runtime API can install certificates", problem)
 
 
 def _now() -> datetime.datetime:
