@@ -14,6 +14,7 @@ from certrenew import __version__, signals
 from certrenew.config import (DEFAULT_CONFIG, OPTIONS, ConfigFile, build_settings, certificate_specs,
                               check_certificate_name, load_config)
 from certrenew.errors import CertrenewError, UsageError
+from certrenew.responder import raise_open_files_limit
 
 log = logging.getLogger("certrenew")
 
@@ -168,6 +169,7 @@ COMMANDS = {"run": _run, "status": _status, "bootstrap-ssl-dir": _bootstrap}
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = COMMANDS.get(argv[0]) if argv else None
+    raise_open_files_limit()
     try:
         with signals.handled():
             return command(argv[1:]) if command else _renew(argv)

@@ -7,6 +7,8 @@ of those orders, so the backend port is closed the rest of the time.
 import asyncio
 import logging
 import re
+import resource
+import socket
 import threading
 from http import HTTPStatus
 
@@ -25,6 +27,23 @@ MAX_HEAD = 8192
 MAX_CONNECTIONS = 512
 """Open connections at once. A new one beyond that closes the oldest, so a flood cannot exhaust
 file descriptors, and cannot keep the CA's fresh connection out either."""
+ACCEPT_RETRY = 0.1
+"""Seconds to wait before accepting again when the system refuses (out of file descriptors)."""
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one (often 1024 and far more).
+
+    A run holds the responder's connections, its CA connections, the state and HAProxy's
+    sockets at once; the soft limit is a default, not a choice, and a flood must not be
+    what makes a write fail with "Too many open files".
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # a hard limit the kernel will not grant (above nr_open)
+            log.debug("cannot raise the open files limit from %d to %d", soft, hard)
 
 
 class Responder:
@@ -33,7 +52,10 @@ class Responder:
     Use it as a context manager: the port is bound on entry and free again on exit.
     The server is asyncio in one thread, so thousands of idle or slow connections cost
     memory, not threads, and a real validation is answered while they wait out their
-    time limit. Every answer closes its connection, so nothing lingers after exit.
+    time limit. Every answer closes its connection, so nothing lingers after exit. It
+    accepts one connection at a time and closes the oldest before taking one beyond
+    MAX_CONNECTIONS, so the cap holds however fast a burst arrives (asyncio's own server
+    accepts a hundred at a time before any of them is looked at).
     """
 
     challenge_type = "http-01"
@@ -44,7 +66,7 @@ class Responder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
-        self._connections: dict[asyncio.Task, None] = {}
+        self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
         """Open connections, oldest first."""
 
     def present(self, domain: str, token: str, validation: str) -> None:
@@ -115,27 +137,49 @@ class Responder:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
             host, port = self.address
             try:
-                server = await asyncio.start_server(self._connection, host, port, limit=MAX_HEAD,
-                                                    reuse_address=True)
+                family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+                listener = socket.create_server((host, port), family=family, backlog=128)
             except OSError as error:
                 failure.append(error)
                 started.set()
                 return
             started.set()
-            async with server:
+            with listener:
+                listener.setblocking(False)
+                accepting = asyncio.create_task(self._accept(listener))
                 await self._stop.wait()
-                server.close()
-                for task in list(self._connections):
+                accepting.cancel()
+                for task in [accepting, *self._connections]:
                     task.cancel()
-                await asyncio.gather(*self._connections, return_exceptions=True)
+                await asyncio.gather(accepting, *self._connections, return_exceptions=True)
 
         asyncio.run(main())
 
+    async def _accept(self, listener: socket.socket) -> None:
+        """Take connections one by one, making room first when at the cap."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as error:  # e.g. EMFILE: wait for file descriptors to be freed
+                log.debug("responder: cannot accept: %s", error)
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            if len(self._connections) >= MAX_CONNECTIONS:
+                task, oldest = next(iter(self._connections.items()))
+                del self._connections[task]
+                oldest.transport.abort()
+                task.cancel()
+                await asyncio.sleep(0)  # the aborted socket closes before another is opened
+            try:
+                reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEAD)
+            except OSError:  # gone already
+                sock.close()
+                continue
+            self._connections[asyncio.create_task(self._connection(reader, writer))] = writer
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self._connections) >= MAX_CONNECTIONS:
-            next(iter(self._connections)).cancel()
-        self._connections[task] = None
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)

@@ -1,6 +1,9 @@
+import os
+import resource
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -144,3 +147,63 @@ def test_connections_beyond_the_bound_close_the_oldest(monkeypatch):
         assert held[0].recv(100) == b""  # the oldest made room
         for sock in held:
             sock.close()
+
+
+def held_open(port: int, pid: int | str = "self") -> int:
+    """How many connections to `port` process `pid` holds open: its socket files that are such a connection.
+
+    /proc/net/tcp alone overcounts: it is read in pieces, and lists a socket the process
+    has just closed, or one still waiting in the accept queue, for a moment longer.
+    """
+    server_ends = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+            server_ends.add(f"socket:[{fields[9]}]")
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            held += os.readlink(fd) in server_ends
+        except OSError:  # closed meanwhile
+            pass
+    return held
+
+
+@pytest.fixture
+def open_files():
+    """As many open files as the hard limit allows, for a flood of client sockets; restored after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_cap_holds_under_a_burst_and_validation_still_works(monkeypatch, open_files):
+    """2000 idle connections as fast as the client can open them; the responder never holds more than the cap."""
+    monkeypatch.setattr(responder_module, "MAX_CONNECTIONS", 64)
+    port = free_port()
+    flood = min(2000, open_files - 200)
+    with Responder(f"127.0.0.1:{port}") as responder:
+        responder.present("a.example", "tok", "tok.thumb")
+        held, most = [], 0
+        try:
+            for index in range(flood):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+                held.append(sock)
+                if index % 100 == 0:
+                    most = max(most, held_open(port))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the responder works through the backlog
+                most = max(most, held_open(port))
+                answer = requests.get(f"http://127.0.0.1:{port}/.well-known/acme-challenge/tok",
+                                      headers={"Host": "a.example"}, timeout=5)
+                if answer.text == "tok.thumb":
+                    break
+            assert answer.text == "tok.thumb"
+            most = max(most, held_open(port))
+        finally:
+            for sock in held:
+                sock.close()
+    assert flood >= 900 and 0 < most <= 64 + 1, (flood, most)
