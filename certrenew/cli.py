@@ -14,7 +14,7 @@ from certrenew import __version__, signals
 from certrenew.config import (DEFAULT_CONFIG, OPTIONS, ConfigFile, build_settings, certificate_specs,
                               check_certificate_name, load_config)
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.responder import raise_open_files_limit
+from certrenew.limits import raise_open_files_limit
 
 log = logging.getLogger("certrenew")
 

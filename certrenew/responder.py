@@ -7,7 +7,6 @@ of those orders, so the backend port is closed the rest of the time.
 import asyncio
 import logging
 import re
-import resource
 import socket
 import threading
 from http import HTTPStatus
@@ -29,21 +28,6 @@ MAX_CONNECTIONS = 512
 file descriptors, and cannot keep the CA's fresh connection out either."""
 ACCEPT_RETRY = 0.1
 """Seconds to wait before accepting again when the system refuses (out of file descriptors)."""
-
-
-def raise_open_files_limit() -> None:
-    """Raise the soft limit on open files to the hard one (often 1024 and far more).
-
-    A run holds the responder's connections, its CA connections, the state and HAProxy's
-    sockets at once; the soft limit is a default, not a choice, and a flood must not be
-    what makes a write fail with "Too many open files".
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):  # a hard limit the kernel will not grant (above nr_open)
-            log.debug("cannot raise the open files limit from %d to %d", soft, hard)
 
 
 class Responder:
