@@ -1,9 +1,7 @@
-import os
 import resource
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -11,6 +9,7 @@ import requests
 from certrenew.errors import CertrenewError
 from certrenew import responder as responder_module
 from certrenew.responder import Responder
+from faults import held_open
 
 
 def free_port() -> int:
@@ -147,26 +146,6 @@ def test_connections_beyond_the_bound_close_the_oldest(monkeypatch):
         assert held[0].recv(100) == b""  # the oldest made room
         for sock in held:
             sock.close()
-
-
-def held_open(port: int, pid: int | str = "self") -> int:
-    """How many connections to `port` process `pid` holds open: its socket files that are such a connection.
-
-    /proc/net/tcp alone overcounts: it is read in pieces, and lists a socket the process
-    has just closed, or one still waiting in the accept queue, for a moment longer.
-    """
-    server_ends = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
-            server_ends.add(f"socket:[{fields[9]}]")
-    held = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            held += os.readlink(fd) in server_ends
-        except OSError:  # closed meanwhile
-            pass
-    return held
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certrenew.bundle import pem_blocks
 from faultproxy import DROP, Drip, FaultProxy, Forge, Reply, Stall, forged_chain, step as step_of
-from faults import NAME, Guard
+from faults import NAME, Guard, held_open
 from lab import Lab
 
 FAST = {"CERTRENEW_TIMEOUT": "20"}
@@ -523,5 +523,59 @@ def test_responder_flood_does_not_block_validation(guard_for, proxy, lab):
             sock.close()
     assert len(held) == 300
     assert result.returncode == 0, result.stderr
+    guard.survived()
+    guard.recover()
+
+
+@pytest.fixture
+def open_files():
+    """The test process may hold as many sockets as its hard limit allows (restored after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+BURSTS = {
+    # case: the open-files limit certrenew runs with (soft and hard), or None for the machine's
+    "responder burst (2000 idle connections at once)": None,
+    "responder burst under a 1024 open-files limit": 1024,
+}
+
+
+@pytest.mark.parametrize("case", BURSTS)
+def test_a_burst_of_idle_connections_is_held_to_the_cap(guard_for, proxy, lab, open_files, case):
+    """At the challenge, 2000 idle connections arrive as fast as they can; certrenew holds at most its cap of
+    them, and validation, the CA, the state and HAProxy still get every file they need."""
+    from certrenew.responder import MAX_CONNECTIONS
+
+    limit = BURSTS[case]
+    guard = guard_for(case, proxy)
+    guard.establish()
+    held: list[socket.socket] = []
+    pid: list[int] = []
+    most = [0]
+
+    def burst() -> None:
+        for _ in range(min(2000, open_files - 300)):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", lab.backend_port))
+            held.append(sock)
+        for _ in range(10):  # while the responder works through the backlog
+            most[0] = max(most[0], held_open(lab.backend_port, pid[0]))
+            time.sleep(0.05)
+    proxy.on_request = at("challenge", burst)
+    preexec = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))) if limit else None
+    process = guard.start("--force", preexec_fn=preexec)
+    pid.append(process.pid)
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        for sock in held:
+            sock.close()
+    assert len(held) >= 1500
+    assert process.returncode == 0, err
+    assert 0 < most[0] <= MAX_CONNECTIONS + 1, most[0]
     guard.survived()
     guard.recover()
