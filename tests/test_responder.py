@@ -1,4 +1,3 @@
-import resource
 import socket
 import threading
 import time
@@ -146,15 +145,6 @@ def test_connections_beyond_the_bound_close_the_oldest(monkeypatch):
         assert held[0].recv(100) == b""  # the oldest made room
         for sock in held:
             sock.close()
-
-
-@pytest.fixture
-def open_files():
-    """As many open files as the hard limit allows, for a flood of client sockets; restored after."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_the_cap_holds_under_a_burst_and_validation_still_works(monkeypatch, open_files):

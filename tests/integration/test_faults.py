@@ -527,15 +527,6 @@ def test_responder_flood_does_not_block_validation(guard_for, proxy, lab):
     guard.recover()
 
 
-@pytest.fixture
-def open_files():
-    """The test process may hold as many sockets as its hard limit allows (restored after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 BURSTS = {
     # case: the open-files limit certrenew runs with (soft and hard), or None for the machine's
     "responder burst (2000 idle connections at once)": None,
