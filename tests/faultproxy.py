@@ -69,7 +69,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class Forge:
-    """Pebble's answer with its body replaced by `make(pebble's body, the public key of the last CSR)`."""
+    """Pebble's answer, if a success, with its body replaced by `make(pebble's body, the last CSR's public key)`."""
 
     make: Callable[[bytes, object], bytes]
 
@@ -193,6 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
+        if isinstance(fault, Forge) and status != 200:
+            fault = None  # pebble refused (a nonce, 5% of the time): let certrenew see that and retry
         if isinstance(fault, Forge):
             payload = fault.make(payload, self.proxy.csr_key)
         if isinstance(fault, (Forge, Drip, Stall)):
