@@ -24,6 +24,7 @@ from certrenew.config import (
     load_config,
 )
 from certrenew.errors import CertrenewError, UsageError
+from certrenew.limits import raise_open_files_limit
 
 log = logging.getLogger("certrenew")
 
@@ -213,6 +214,7 @@ COMMANDS = {"run": _run, "status": _status, "bootstrap-ssl-dir": _bootstrap}
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = COMMANDS.get(argv[0]) if argv else None
+    raise_open_files_limit()
     try:
         with signals.handled():
             return command(argv[1:]) if command else _renew(argv)
