@@ -19,6 +19,7 @@ import josepy as jose
 import requests
 import tenacity
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from acme import challenges, client, errors, messages
 
 from certrenew import __version__, signals
@@ -97,8 +98,10 @@ class AcmeClient:
     def __init__(self, directory_url: str, account_key_pem: bytes, deadline: Deadline,
                  ca_bundle: str | None = None) -> None:
         self.deadline = deadline
-        key = jose.JWKEC(key=load_key(account_key_pem))
-        self.net = _Network(deadline, key=key, alg=jose.ES256, verify_ssl=ca_bundle or True,
+        private = load_key(account_key_pem)
+        is_rsa = isinstance(private, rsa.RSAPrivateKey)  # certrenew makes ECDSA keys; one from certbot is RSA
+        key = jose.JWKRSA(key=private) if is_rsa else jose.JWKEC(key=private)
+        self.net = _Network(deadline, key=key, alg=jose.RS256 if is_rsa else jose.ES256, verify_ssl=ca_bundle or True,
                             user_agent=f"certrenew/{__version__}")
         try:
             directory = messages.Directory.from_json(self.net.get(directory_url).json())
