@@ -180,21 +180,7 @@ def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: l
                               "type than certbot's certificate has, so the next run reissues it")
         takeovers[index] = dataclasses.replace(item, managed=managed, ssl_dir=_ssl_dir_notes(settings, item, served))
 
-    account, account_id = None, ""
-    if takeovers:
-        account_id = takeovers[0].account_id
-        account = _read_account(certbot_dir, directory_url, account_id)
-        own = store.load_account(directory_url)
-        if own is not None and own.key_pem != account.key_pem:
-            account = None
-            for item in takeovers:
-                item.notes.append(f"certbot's account {item.account_id}: certrenew renews with the account it "
-                                  f"already has for {directory_url}")
-        for item in takeovers:
-            if account is not None and item.account_id != account_id:
-                item.notes.append(f"certbot's account {item.account_id}: certrenew renews with certbot's account "
-                                  f"{account_id} (one account per CA)")
-
+    account, account_id = _account(store, certbot_dir, directory_url, takeovers) if takeovers else (None, "")
     original = config_path.read_text() if config_path.exists() else ""
     appended = "".join(_toml(item, certbot_dir) for item in takeovers if item.spec.name not in configured)
     if not original:
@@ -328,6 +314,25 @@ def _not_carried_over(conf: dict[str, dict[str, str]], cert: x509.Certificate, s
         notes.append(f"renew_before_expiry {conf[TOP]['renew_before_expiry']!r}: certrenew renews by its own rule "
                      "(or renew_before)")
     return notes
+
+
+def _account(store: FileStore, certbot_dir: Path, directory_url: str,
+             takeovers: list[Takeover]) -> tuple[Account | None, str]:
+    """certbot's account to reuse and its id; None if certrenew already has another for this CA.
+
+    certrenew has one account per CA: that of the first lineage, or the one it had.
+    """
+    account_id = takeovers[0].account_id
+    account = _read_account(certbot_dir, directory_url, account_id)
+    using = f"certbot's account {account_id}"
+    own = store.load_account(directory_url)
+    if own is not None and own.key_pem != account.key_pem:
+        account, account_id, using = None, "", "the account it already had"
+    for item in takeovers:
+        if item.account_id != account_id:
+            item.notes.append(f"certbot's account {item.account_id}: certrenew renews with {using} "
+                              f"for {directory_url} (one account per CA)")
+    return account, account_id
 
 
 def _read_account(certbot_dir: Path, directory_url: str, account_id: str) -> Account:

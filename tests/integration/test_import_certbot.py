@@ -19,7 +19,7 @@ from certrenew.acme_client import ari_cert_id
 from certrenew.bundle import leaf_info
 from certrenew.config import load_config
 from lab import REPO_ROOT, Lab
-from test_ari import AriEndpoint
+from test_ari import ari  # noqa: F401 (the fixture: an ARI endpoint in front of pebble)
 
 CERTBOT = REPO_ROOT / ".bench" / "certbot" / "bin" / "certbot"
 LINEAGES = {
@@ -65,14 +65,6 @@ def live_cert(certbot_dir: Path, name: str) -> x509.Certificate:
 
 def serial_in_ssl_dir(lab: Lab, name: str) -> str:
     return leaf_info((lab.ssl_dir / f"{name}.pem").read_bytes()).serial
-
-
-@pytest.fixture
-def ari(lab):
-    endpoint = AriEndpoint(lab)
-    yield endpoint
-    endpoint.server.shutdown()
-    endpoint.server.server_close()
 
 
 def test_import_then_noop_then_certrenew_renews_with_certbots_account_naming_certbots_certificates(lab, ari, tmp_path):
