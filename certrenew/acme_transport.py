@@ -21,6 +21,7 @@ import josepy as jose
 import requests
 import tenacity
 from acme import client, errors, messages
+from cryptography.hazmat.primitives.asymmetric import rsa
 from requests.adapters import HTTPAdapter
 
 from certrenew import __version__, signals
@@ -73,8 +74,11 @@ class Transport:
     def __init__(self, directory_url: str, account_key_pem: bytes, deadline: Deadline,
                  ca_bundle: str | None = None, counter: RequestCounter | None = None) -> None:
         self.deadline = deadline
-        self.key = jose.JWKEC(key=load_key(account_key_pem))
-        self.net = _Network(deadline, counter, key=self.key, alg=jose.ES256, verify_ssl=ca_bundle or True,
+        private = load_key(account_key_pem)
+        is_rsa = isinstance(private, rsa.RSAPrivateKey)  # certrenew makes ECDSA keys; one from certbot is RSA
+        self.key = jose.JWKRSA(key=private) if is_rsa else jose.JWKEC(key=private)
+        self.net = _Network(deadline, counter, key=self.key, alg=jose.RS256 if is_rsa else jose.ES256,
+                            verify_ssl=ca_bundle or True,
                             user_agent=f"certrenew/{__version__}")
         try:
             directory = messages.Directory.from_json(self.net.get(directory_url).json())
