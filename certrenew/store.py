@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from certrenew.atomicfile import remove_stale_temps, write_atomic
+from certrenew.atomicfile import fsync_directory, remove_stale_temps, write_atomic
 from certrenew.errors import CertrenewError
 
 
@@ -134,6 +134,17 @@ class FileStore:
     def names(self) -> list[str]:
         base = self.root / "certificates"
         return sorted(p.name for p in base.iterdir() if (p / "meta.json").exists()) if base.exists() else []
+
+    def archive(self, name: str, label: str) -> Path:
+        """Move everything kept for `name` to `removed/<name>-<label>/`, out of every run's sight
+        but not lost (it holds the key, should the operator need it back); return where."""
+        source = self._cert_dir(name)
+        target = self.root / "removed" / f"{name}-{label}"
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        os.rename(source, target)
+        fsync_directory(source.parent)
+        fsync_directory(target.parent)
+        return target
 
     def load_record(self, name: str) -> CertificateRecord | None:
         return self._load_json(name, "meta.json", CertificateRecord.from_json)

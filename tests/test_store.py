@@ -47,6 +47,16 @@ def test_pending_becomes_current_and_current_becomes_previous(store):
     assert mode(store.root / "certificates" / "a" / "current.pem") == 0o600
 
 
+def test_archive_moves_a_certificate_out_of_sight_and_keeps_it(store):
+    store.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    store.save_pending("a", b"ONE")
+    store.promote_pending(store.load_record("a"))
+    backup = store.archive("a", "20260102T030405Z")
+    assert backup == store.root / "removed" / "a-20260102T030405Z"
+    assert (backup / "current.pem").read_bytes() == b"ONE" and mode(backup.parent) == 0o700
+    assert store.names() == [] and store.load_bundle("a") is None
+
+
 def test_prepare_clears_temps_of_a_killed_run(store):
     temp = store.root / "certificates" / ".certrenew-x.tmp"
     temp.write_bytes(b"half")
