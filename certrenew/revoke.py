@@ -70,6 +70,8 @@ class Removal:
 
 @dataclass(frozen=True)
 class Result:
+    """What a revocation did, for the report."""
+
     request: Request
     already: bool
     """The CA had revoked the certificate before (alreadyRevoked): the goal holds all the same."""
@@ -123,6 +125,8 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
     if delete and in_config is not None:
         raise UsageError(f"{name} is still in {config.path}, so the next run would issue it again; "
                          "remove it there first, or use --reissue")
+    if delete and not settings.ssl_dir.is_dir():
+        raise UsageError(f"the ssl dir {settings.ssl_dir} does not exist (set --ssl-dir)")
     return Request(name, bundle, leaf_info(bundle), settings.directory_url, reason, replacement, delete)
 
 
