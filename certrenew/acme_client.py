@@ -97,14 +97,14 @@ class AcmeClient:
 
         def post() -> bool:
             try:
-                self.client.revoke(cert, reason)
+                self.transport.client.revoke(cert, reason)
             except messages.Error as error:
                 if error.code == "alreadyRevoked":
                     return False
                 raise
             return True
 
-        return self._call("revoke the certificate", post)
+        return self.transport.call("revoke the certificate", post)
 
     def finish(self, order_url: str, csr_pem: bytes) -> str | None:
         """The full chain of an order an earlier run validated, finalizing it if need be.

@@ -27,6 +27,7 @@ from certrenew.atomicfile import fsync_directory
 from certrenew.bundle import CertificateInfo, leaf_info, pem_blocks
 from certrenew.config import CertificateSpec, ConfigFile, Settings, check_certificate_name
 from certrenew.errors import CertrenewError, UsageError
+from certrenew.keys import key_type_of, load_key
 from certrenew.lock import StateLock
 from certrenew.placeholder import write_placeholder
 from certrenew.renew import Outcome, run
@@ -112,6 +113,7 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
     if bundle is None:
         raise UsageError(f"no certificate named {name!r} in {settings.state_dir} (see certrenew status)")
     _account(store, settings)
+    info = leaf_info(bundle)
     in_config = next((spec for spec in config.certificates if spec.name == name), None) if config else None
     replacement = None
     if reissue and config is not None:
@@ -120,14 +122,17 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
                              "or use --delete")
         replacement = in_config
     elif reissue:  # the single-domain form: the names and key type it was issued with
-        record = store.load_record(name)
-        replacement = CertificateSpec(name, tuple(record.domains), record.key_type, settings.profile)
-    if delete and in_config is not None:
+        key_type = key_type_of(load_key(bundle).public_key())
+        if key_type is None:
+            raise UsageError(f"{name} has a key of a type certrenew does not make; list it in a config file "
+                             "with a key_type to --reissue it")
+        replacement = CertificateSpec(name, info.domains, key_type, settings.profile)
+    if delete and config is not None and in_config is not None:
         raise UsageError(f"{name} is still in {config.path}, so the next run would issue it again; "
                          "remove it there first, or use --reissue")
     if delete and not settings.ssl_dir.is_dir():
         raise UsageError(f"the ssl dir {settings.ssl_dir} does not exist (set --ssl-dir)")
-    return Request(name, bundle, leaf_info(bundle), settings.directory_url, reason, replacement, delete)
+    return Request(name, bundle, info, settings.directory_url, reason, replacement, delete)
 
 
 def carry_out(settings: Settings, request: Request) -> Result:
@@ -164,7 +169,8 @@ def _account(store: FileStore, settings: Settings) -> Account:
 
 def _revoke_at_ca(settings: Settings, store: FileStore, request: Request) -> bool:
     """Revoke at the CA; False when it was revoked already."""
-    from certrenew.acme_client import AcmeClient, Deadline
+    from certrenew.acme_client import AcmeClient
+    from certrenew.acme_transport import Deadline
 
     account = _account(store, settings)
     client = AcmeClient(settings.directory_url, account.key_pem, Deadline(settings.timeout), settings.ca_bundle)

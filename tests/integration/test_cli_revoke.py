@@ -9,10 +9,10 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from lab import Lab
 
 from certrenew.bundle import leaf_info
 from certrenew.placeholder import PLACEHOLDER_FILE, PLACEHOLDER_NAME
-from lab import Lab
 
 NAME = "site.example"
 OTHER = "other.example"
