@@ -73,6 +73,7 @@ def test_every_name_is_presented_then_waited_for_then_withdrawn(lab):
 def test_a_solver_that_is_not_ready_fails_the_order_and_still_cleans_up(lab):
     solver, error = issue_with(lab, lambda responder: RecordingSolver(responder, not_ready=True))
     assert isinstance(error, CertrenewError) and "not visible yet" in str(error)
+    assert solver.calls.pop(0) == ("prepare", *DOMAINS)
     presented = [domain for call, *domain in solver.calls if call == "present"]
     assert solver.calls[len(presented):] == [("wait_ready",)] + [("cleanup", *d) for d in presented]
     assert len(presented) == 2
