@@ -70,6 +70,7 @@ class AcmeClient:
         save what `finish` needs should the run end before the download.
         """
         self._check_profile(profile)
+        solver.prepare(domains)
         order = self._create_order(domains, csr_pem, replaces, profile)
         key = self.transport.key
         challenges = [(_ordered_name(authzr), self._pick_challenge(authzr, solver.challenge_type))

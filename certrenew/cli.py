@@ -20,6 +20,8 @@ from certrenew.config import (
     ConfigFile,
     build_settings,
     certificate_specs,
+    default_certificate_name,
+    dns_settings,
     env_flag,
     load_config,
 )
@@ -61,7 +63,7 @@ def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.A
 def build_parser() -> argparse.ArgumentParser:
     parser = _parser(
         "certrenew",
-        "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy) and make HAProxy serve it. "
+        "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy, or DNS-01) and make HAProxy serve it. "
         "Other commands: run (every certificate of the config file), status, revoke, bootstrap-ssl-dir, "
         "import-certbot.",
     )
@@ -175,7 +177,8 @@ def _renew(argv: list[str]) -> int:
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
-    specs = certificate_specs(domains[0], tuple(domains), settings.key_type, settings.profile)
+    specs = certificate_specs(default_certificate_name(domains[0]), tuple(domains), settings.key_type,
+                              settings.profile, settings.challenge, dns_settings(settings.challenge, vars(settings)))
     return _renew_recorded(settings, specs, quiet)
 
 
