@@ -70,6 +70,7 @@ class AcmeClient:
         save what `finish` needs should the run end before the download.
         """
         self._check_profile(profile)
+        solver.prepare(domains)
         order = self._create_order(domains, csr_pem, replaces, profile)
         key = self.transport.key
         challenges = [(_ordered_name(authzr), self._pick_challenge(authzr, solver.challenge_type))
@@ -90,6 +91,21 @@ class AcmeClient:
                 solver.cleanup(name, token)
         before_finalize(order.uri)
         return self._finalize(order)
+
+    def revoke(self, cert: x509.Certificate, reason: int) -> bool:
+        """Revoke `cert` (RFC 8555 section 7.6), signed with the account key; False if the CA
+        had revoked it already, which leaves the operator where they wanted to be."""
+
+        def post() -> bool:
+            try:
+                self.transport.client.revoke(cert, reason)
+            except messages.Error as error:
+                if error.code == "alreadyRevoked":
+                    return False
+                raise
+            return True
+
+        return self.transport.call("revoke the certificate", post)
 
     def finish(self, order_url: str, csr_pem: bytes) -> str | None:
         """The full chain of an order an earlier run validated, finalizing it if need be.

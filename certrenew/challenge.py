@@ -9,9 +9,11 @@ the configuration refuses a spec before any solver exists or anything is touched
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from certrenew.domains import normalize_domain
 from certrenew.errors import UsageError
 
 HTTP_01 = "http-01"
+DNS_01 = "dns-01"
 
 
 class ChallengeSolver(Protocol):
@@ -27,6 +29,11 @@ class ChallengeSolver(Protocol):
 
     def check_domain(self, domain: str) -> None:
         """Raise UsageError if this solver can never validate `domain` (HTTP-01: a wildcard)."""
+
+    def prepare(self, domains: list[str]) -> None:
+        """Check, before the order is created, what can be checked without the validation values
+        (DNS-01: the zones exist and the server takes our signed updates), so that a setup that
+        cannot work fails without leaving an order behind; raise CertrenewError naming the fault."""
 
     def present(self, domain: str, token: str, validation: str) -> None:
         """Make `validation` visible to the CA for `domain` until `cleanup`.
@@ -52,7 +59,15 @@ def refuse_wildcard(domain: str) -> None:
         )
 
 
-DOMAIN_CHECKS: dict[str, Callable[[str], None]] = {HTTP_01: refuse_wildcard}
+def check_dns01_domain(domain: str) -> None:
+    """The domain check of DNS-01: a DNS name, optionally with a whole wildcard first label ("*.example.com")."""
+    base = domain.removeprefix("*.")
+    if "*" in base:
+        raise UsageError(f"invalid domain {domain!r}: a wildcard must be the whole first label, as in *.example.com")
+    normalize_domain(base)
+
+
+DOMAIN_CHECKS: dict[str, Callable[[str], None]] = {HTTP_01: refuse_wildcard, DNS_01: check_dns01_domain}
 """Each challenge type's rule for the names it can validate; a new solver adds its own."""
 
 

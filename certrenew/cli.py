@@ -20,6 +20,8 @@ from certrenew.config import (
     ConfigFile,
     build_settings,
     certificate_specs,
+    default_certificate_name,
+    dns_settings,
     env_flag,
     load_config,
 )
@@ -62,8 +64,9 @@ def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.A
 def build_parser() -> argparse.ArgumentParser:
     parser = _parser(
         "certrenew",
-        "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy) and make HAProxy serve it. "
-        "Other commands: run (every certificate of the config file), status, bootstrap-ssl-dir, import-certbot.",
+        "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy, or DNS-01) and make HAProxy serve it. "
+        "Other commands: run (every certificate of the config file), status, revoke, bootstrap-ssl-dir, "
+        "import-certbot.",
     )
     parser.add_argument("domains", nargs="+", metavar="DOMAIN", help="names for the certificate; the first names it")
     return parser
@@ -91,6 +94,28 @@ def build_bootstrap_parser() -> argparse.ArgumentParser:
         "exists (HAProxy refuses an empty crt directory).",
         [option for option in OPTIONS if option.name == "ssl_dir"],
     )
+
+
+def build_revoke_parser() -> argparse.ArgumentParser:
+    from certrenew.revoke import REASONS
+
+    parser = _parser(
+        "certrenew revoke",
+        "Revoke the current certificate of NAME at the CA (the configured directory), after asking on a "
+        "terminal. It stays served unless --reissue serves a new one first, or --delete removes it.",
+        [option for option in ONE_SHOT_OPTIONS
+         if option.name not in ("force", "metrics_file", "concurrency", "renew_before", "key_type")],
+    )
+    parser.add_argument("name", metavar="NAME", help="the certificate's name, as certrenew status lists it")
+    parser.add_argument("--reason", default="unspecified", metavar="REASON",
+                        help=f"{' | '.join(REASONS)} (default unspecified)")
+    parser.add_argument("--yes", action="store_true", help="do not ask (required when stdin is not a terminal)")
+    then = parser.add_mutually_exclusive_group()
+    then.add_argument("--reissue", action="store_true",
+                      help="first order and serve a new certificate with a fresh key (NAME as in the config)")
+    then.add_argument("--delete", action="store_true",
+                      help="then remove it from every HAProxy, the ssl dir and the state dir (kept under removed/)")
+    return parser
 
 
 def _config(args: argparse.Namespace, required: bool | None) -> ConfigFile | None:
@@ -154,7 +179,8 @@ def _renew(argv: list[str]) -> int:
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
     domains = normalize_domains(args.domains)
-    specs = certificate_specs(domains[0], tuple(domains), settings.key_type, settings.profile)
+    specs = certificate_specs(default_certificate_name(domains[0]), tuple(domains), settings.key_type,
+                              settings.profile, settings.challenge, dns_settings(settings.challenge, vars(settings)))
     return _renew_recorded(settings, specs, quiet)
 
 
@@ -198,6 +224,27 @@ def _status(argv: list[str]) -> int:
         if reason:
             print(f"certrenew: not healthy: {reason}", file=sys.stderr)
     return 0 if reason is None else 1
+
+
+def _revoke(argv: list[str]) -> int:
+    from certrenew import revoke
+
+    args = build_revoke_parser().parse_args(argv)
+    quiet = _setup_logging(args)
+    config = _config(args, required=None)
+    settings = build_settings(vars(args), config)
+    request = revoke.prepare(settings, args.name, args.reason, config, args.reissue, args.delete)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("stdin is not a terminal to confirm on: pass --yes to revoke without asking")
+        print(request.question(), end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("certrenew: nothing revoked", file=sys.stderr)
+            return 1
+    for line in revoke.carry_out(settings, request).report():
+        if not quiet:
+            print(line)
+    return 0
 
 
 def _bootstrap(argv: list[str]) -> int:
@@ -245,7 +292,8 @@ def _import_certbot(argv: list[str]) -> int:
     return 0 if plan.takeovers else 1
 
 
-COMMANDS = {"run": _run, "status": _status, "bootstrap-ssl-dir": _bootstrap, "import-certbot": _import_certbot}
+COMMANDS = {"run": _run, "status": _status, "revoke": _revoke, "bootstrap-ssl-dir": _bootstrap,
+            "import-certbot": _import_certbot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,17 +10,20 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certrenew.challenge import HTTP_01, check_domains
-from certrenew.domains import normalize_domains
+from certrenew.challenge import DNS_01, HTTP_01, check_domains
+from certrenew.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
+from certrenew.dnshook import DnsHook
+from certrenew.domains import normalize_domain, normalize_domains
 from certrenew.errors import UsageError
 from certrenew.haproxy import split_command
 from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
+from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
 from certrenew.runtime_api import check_address
 
 if sys.version_info >= (3, 11):
@@ -32,13 +35,38 @@ LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_CONFIG = Path("/etc/certrenew/certrenew.toml")
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")
+WILDCARD_PREFIX = "_wildcard."
+"""A wildcard certificate's default name: `*.example.com` -> `_wildcard.example.com` (as mkcert names it)."""
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 MAX_SECONDS = 86400.0
 """The longest --timeout or --lock-timeout: a day. Anything longer is a typo, not a budget."""
 MAX_RENEW_BEFORE = datetime.timedelta(days=1000)
 """Longer than any certificate lives: a longer --renew-before would renew on every run."""
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    """How a DNS-01 certificate's records get published and checked (see `certrenew.dns01`).
+
+    Hashable: the certificates of a run that share these settings share one solver.
+    """
+
+    server: DnsServer | None = None
+    tsig_key: TsigKey | None = None
+    hook: str | None = None
+    zone: str | None = None
+    propagation_timeout: float = PROPAGATION_TIMEOUT
+
+    def solver(self) -> Dns01Solver:
+        """A solver publishing by RFC 2136 with the TSIG key, or through the hook."""
+        if self.hook:
+            publisher: DnsHook | Rfc2136Publisher = DnsHook(self.hook)
+        else:
+            assert self.server is not None and self.tsig_key is not None  # checked by dns_settings
+            publisher = Rfc2136Publisher(self.server, self.tsig_key)
+        return Dns01Solver(publisher, self.server, self.zone, self.propagation_timeout)
 
 
 @dataclass(frozen=True)
@@ -52,6 +80,14 @@ class CertificateSpec:
     """An ACME profile (e.g. "shortlived") to ask for; only where the CA's directory lists it."""
     challenge: str = HTTP_01
     """The ACME challenge type that proves control of the names (see `certrenew.challenge`)."""
+    dns: DnsSettings | None = None
+    """For DNS-01: where and how its records are published."""
+
+    @property
+    def solver_key(self) -> Hashable:
+        """Which of a run's solvers answers this certificate: the one of its challenge type,
+        for DNS-01 the one of its DNS settings (they may differ from certificate to certificate)."""
+        return self.dns if self.dns is not None else self.challenge
 
 
 @dataclass(frozen=True)
@@ -79,6 +115,12 @@ class Settings:
     verify_endpoint: tuple[str, ...] = ()
     metrics_file: Path | None = None
     metrics_listen: str | None = None
+    challenge: str = HTTP_01
+    dns_server: DnsServer | None = None
+    tsig_key: Path | None = None
+    dns_zone: str | None = None
+    dns_hook: str | None = None
+    dns_propagation_timeout: float = PROPAGATION_TIMEOUT
 
     @property
     def directory_url(self) -> str:
@@ -111,8 +153,8 @@ def check_key_types(key_types: str) -> str:
     return key_types
 
 
-def certificate_specs(name: str, domains: tuple[str, ...], key_types: str | list[str],
-                      profile: str | None = None, challenge: str = HTTP_01) -> list[CertificateSpec]:
+def certificate_specs(name: str, domains: tuple[str, ...], key_types: str | list[str], profile: str | None = None,
+                      challenge: str = HTTP_01, dns: DnsSettings | None = None) -> list[CertificateSpec]:
     """The certificates kept for `name`: one `<name>`, or for a dual certificate `<name>.<key type>` per key type.
 
     HAProxy holding an ECDSA and an RSA certificate for the same names serves ECDSA to
@@ -124,8 +166,36 @@ def certificate_specs(name: str, domains: tuple[str, ...], key_types: str | list
     check_certificate_name(name)
     types = split_key_types(key_types)
     if len(types) == 1:
-        return [CertificateSpec(name, domains, types[0], profile, challenge)]
-    return [CertificateSpec(check_certificate_name(f"{name}.{t}"), domains, t, profile, challenge) for t in types]
+        return [CertificateSpec(name, domains, types[0], profile, challenge, dns)]
+    return [CertificateSpec(check_certificate_name(f"{name}.{t}"), domains, t, profile, challenge, dns)
+            for t in types]
+
+
+def default_certificate_name(domain: str) -> str:
+    """A certificate is named after its first domain; a wildcard's `*` would be a glob in a file name."""
+    return WILDCARD_PREFIX + domain[2:] if domain.startswith("*.") else domain
+
+
+DNS_OPTIONS = ("dns_server", "tsig_key", "dns_zone", "dns_hook", "dns_propagation_timeout")
+"""The options that say how a DNS-01 certificate publishes its records."""
+
+
+def dns_settings(challenge: str, options: Mapping[str, Any]) -> DnsSettings | None:
+    """A certificate's DNS settings from its DNS_OPTIONS (None unless it uses DNS-01), checked together.
+
+    The TSIG key file is read here, so a bad one is refused before anything is touched.
+    """
+    if challenge != DNS_01:
+        return None
+    server, tsig_key, hook = options.get("dns_server"), options.get("tsig_key"), options.get("dns_hook")
+    if hook and tsig_key:
+        raise UsageError("DNS-01 publishes with a TSIG key (--tsig-key) or a hook (--dns-hook), not both")
+    if tsig_key and not server:
+        raise UsageError("a TSIG key (--tsig-key) needs the DNS server that takes the updates (--dns-server)")
+    if not hook and not tsig_key:
+        raise UsageError("DNS-01 needs a DNS server and a TSIG key (--dns-server, --tsig-key) or a hook (--dns-hook)")
+    return DnsSettings(server, load_tsig_key(tsig_key) if tsig_key else None, hook, options.get("dns_zone"),
+                       options.get("dns_propagation_timeout", PROPAGATION_TIMEOUT))
 
 
 def _flag(raw: str | bool) -> bool:
@@ -180,6 +250,23 @@ def _command(text: str) -> str:
     """The reload command, checked for shell-like quoting now, so a typo fails before the CA is asked."""
     split_command(text)
     return text
+
+
+def _challenge(challenge: str) -> str:
+    check_domains(challenge, ())
+    return challenge
+
+
+def _dns_zone(zone: str) -> str:
+    zone = normalize_domain(zone)
+    if "*" in zone:
+        raise ValueError(f"{zone!r} is not a zone name")
+    return zone
+
+
+def _dns_hook(command: str) -> str:
+    DnsHook(command)  # splits it as it will be run: an unclosed quote fails here
+    return command
 
 
 def _existing_file(path: str) -> str:
@@ -277,6 +364,18 @@ OPTIONS = [
            "textfile collector)", Path, "PATH"),
     Option("metrics_listen", "daemon: serve /metrics and /healthz on this address (off unless set; never "
            "the responder's port)", metavar="HOST:PORT", check=check_host_port),
+    Option("challenge", f"how to prove control of the names: {HTTP_01} (default, through HAProxy) or {DNS_01} "
+           "(TXT records; needed for wildcards)", metavar="TYPE", check=_challenge),
+    Option("dns_server", "DNS-01: the primary DNS server to update (RFC 2136) and to find zones and name "
+           "servers at", metavar="HOST[:PORT]", check=parse_dns_server),
+    Option("tsig_key", "DNS-01: TSIG key file as tsig-keygen writes it (mode 600) to sign the updates with",
+           Path, "PATH"),
+    Option("dns_zone", "DNS-01: the zone to update (default: found by SOA lookup)", metavar="ZONE",
+           check=_dns_zone),
+    Option("dns_hook", "DNS-01: publish through this command instead, run without a shell as "
+           "'CMD add|remove RECORD VALUE'", metavar="CMD", check=_dns_hook),
+    Option("dns_propagation_timeout", "DNS-01: how long to wait until every name server of the zone "
+           "answers the record, in seconds (default 120)", float, "SECONDS", _seconds(zero_allowed=True)),
 ]
 CLI_ONLY = {"force"}
 """Options that make sense for one invocation, not as a standing setting in a file."""
@@ -319,7 +418,7 @@ def check_certificate_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise UsageError(
             f"invalid certificate name {name!r}: use letters, digits, dots, hyphens and underscores, "
-            "starting with a letter or digit"
+            "starting with a letter, digit or underscore"
         )
     return name
 
@@ -363,9 +462,10 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
     where = f"{path}: certificate #{index}"
     if not isinstance(table, dict):
         raise UsageError(f"{where}: must be a table")
-    unknown = set(table) - {"name", "domains", "key_type", "profile"}
+    known = ("name", "domains", "key_type", "profile", "challenge", *DNS_OPTIONS)
+    unknown = set(table) - set(known)
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: name, domains, key_type, profile)")
+        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(known)})")
     domains = table.get("domains")
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise UsageError(f"{where}: domains must be a list of strings")
@@ -375,8 +475,21 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
     key_types = table.get("key_type", defaults.get("key_type", DEFAULT_KEY_TYPE))
     if not isinstance(key_types, (str, list)):
         raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")
+    options = {option.name: option for option in OPTIONS}
+    own = {}
+    for key in ("challenge", *DNS_OPTIONS):
+        if key in table:
+            try:
+                own[key] = options[key].from_toml(table[key])
+            except (ValueError, UsageError) as error:
+                raise UsageError(f"{where}: {key}: {error}") from None
+    challenge = own.get("challenge", defaults.get("challenge", HTTP_01))
+    if challenge != DNS_01 and own.keys() & set(DNS_OPTIONS):
+        raise UsageError(f"{where}: {sorted(own.keys() & set(DNS_OPTIONS))[0]} is for a certificate with "
+                         f'challenge = "{DNS_01}"')
     try:
         domains = normalize_domains(domains)
-        return certificate_specs(table.get("name", domains[0]), tuple(domains), key_types, profile)
+        return certificate_specs(table.get("name", default_certificate_name(domains[0])), tuple(domains),
+                                 key_types, profile, challenge, dns_settings(challenge, {**defaults, **own}))
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from None

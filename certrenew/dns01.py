@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from certrenew import signals
+from certrenew.challenge import DNS_01, check_dns01_domain
 from certrenew.domains import normalize_domain
 from certrenew.errors import CertrenewError, UsageError
 
@@ -82,14 +83,6 @@ def challenge_record(domain: str) -> str:
     return "_acme-challenge." + domain.removeprefix("*.")
 
 
-def check_dns01_domain(domain: str) -> None:
-    """UsageError unless `domain` is a DNS name, optionally with a whole wildcard first label ("*.example.com")."""
-    base = domain.removeprefix("*.")
-    if "*" in base:
-        raise UsageError(f"invalid domain {domain!r}: a wildcard must be the whole first label, as in *.example.com")
-    normalize_domain(base)
-
-
 @dataclass(frozen=True)
 class TxtRecord:
     """One validation value at one record name, as a publisher adds and removes it."""
@@ -106,6 +99,9 @@ class TxtRecord:
 class RecordPublisher(Protocol):
     """Puts a TXT value into a zone and takes it out again (one value, never the whole RRset)."""
 
+    def check(self, zone: str) -> None:
+        """Raise CertrenewError if `add` into `zone` cannot work, as far as can be told before an order exists."""
+
     def add(self, record: TxtRecord) -> None:
         """Add `record.value` next to any values already at `record.name`; raise CertrenewError on failure."""
 
@@ -121,9 +117,12 @@ class Dns01Solver:
     it the system resolver finds zone and NS set. `zone` skips the SOA lookup. Thread-safe:
     several orders present, wait and clean up at once, each waiting only for what it
     presented itself, so one order's slow zone does not hold up another's.
+
+    Use it as a context manager for the run: on the way out (a signal included) it
+    withdraws whatever an order abandoned in mid-flight still has published.
     """
 
-    challenge_type = "dns-01"
+    challenge_type = DNS_01
 
     def __init__(self, publisher: RecordPublisher, server: DnsServer | None = None, zone: str | None = None,
                  propagation_timeout: float = PROPAGATION_TIMEOUT) -> None:
@@ -134,13 +133,33 @@ class Dns01Solver:
         self._lock = threading.Lock()
         self._presented: dict[tuple[str, str], tuple[TxtRecord, int]] = {}
         """(domain, token) -> the record published and the thread that presented it."""
+        self._zones: dict[str, str] = {}
+        """Record name -> its zone, as found by `prepare` or the first `present`."""
+
+    def __enter__(self) -> Dns01Solver:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            abandoned = list(self._presented)
+        for domain, token in abandoned:
+            self.cleanup(domain, token)
 
     def check_domain(self, domain: str) -> None:
         check_dns01_domain(domain)
 
+    def prepare(self, domains: list[str]) -> None:
+        """Find each record's zone and have the publisher check it, before any order exists.
+
+        A zone that is not there, or a server that refuses our TSIG key, then fails the
+        certificate without leaving a pending order and its authorizations at the CA.
+        """
+        for zone in sorted({self._zone_of(challenge_record(domain)) for domain in domains}):
+            self.publisher.check(zone)
+
     def present(self, domain: str, token: str, validation: str) -> None:
         name = challenge_record(domain)
-        record = TxtRecord(domain, name, self.zone or self._find_zone(name), validation)
+        record = TxtRecord(domain, name, self._zone_of(name), validation)
         self.publisher.add(record)
         with self._lock:
             self._presented[(domain, token)] = (record, threading.get_ident())
@@ -153,7 +172,8 @@ class Dns01Solver:
             return
         record = entry[0]
         try:
-            self.publisher.remove(record)
+            with signals.finishing():  # after a signal, the process waits for this before it ends
+                self.publisher.remove(record)
         except Exception as error:  # a stale TXT value is harmless; the certificate is what matters
             log.warning("could not remove %s TXT %r: %s", record.name, record.value, error)
 
@@ -210,6 +230,14 @@ class Dns01Solver:
         resolver.port = self.server.port
         resolver.lifetime = QUERY_TIMEOUT * 2
         return resolver
+
+    def _zone_of(self, name: str) -> str:
+        if self.zone:
+            return self.zone
+        zone = self._zones.get(name)
+        if zone is None:
+            zone = self._zones[name] = self._find_zone(name)
+        return zone
 
     def _find_zone(self, name: str) -> str:
         """The zone holding `name`: walk up its labels asking for an SOA (dnspython's zone_for_name)."""

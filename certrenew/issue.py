@@ -9,7 +9,7 @@ into HAProxy at once -> recorded as current, from local state alone.
 import datetime
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -58,11 +58,12 @@ class Issuer:
     """Orders, installs and records certificates for one run; safe to use from several threads.
 
     Each thread gets its own ACME client (a `requests` session and its nonces are not
-    shared); the account is registered once. `solvers` answer the challenges, by type:
-    the caller creates them and keeps them running for the run.
+    shared); the account is registered once. `solvers` answer the challenges, by each
+    spec's `solver_key` (its challenge type, or its DNS settings): the caller creates them
+    and keeps them running for the run.
     """
 
-    def __init__(self, settings: Settings, store: Store, solvers: Mapping[str, ChallengeSolver],
+    def __init__(self, settings: Settings, store: Store, solvers: Mapping[Hashable, ChallengeSolver],
                  counter: RequestCounter | None = None) -> None:
         self.settings = settings
         self.counter = counter
@@ -229,7 +230,7 @@ class Issuer:
                 self.store.save_account(self.settings.directory_url, self._account)
 
     def _solver(self, spec: CertificateSpec) -> ChallengeSolver:
-        solver = self.solvers.get(spec.challenge)
+        solver = self.solvers.get(spec.solver_key)
         if solver is None:
             raise CertrenewError(f"no solver for the {spec.challenge} challenge in this run")
         return solver

@@ -8,13 +8,15 @@ and exits.
 import datetime
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from certrenew import haproxy, signals
 from certrenew.atomicfile import remove_stale_temps
+from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.policy import Decision, ari_check_due, backoff, decide
@@ -91,9 +93,13 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
         from certrenew.responder import Responder
 
-        # The responder opens its port at the first order that needs it and closes it with the run.
-        with Responder(settings.listen) as responder:
-            issuer = Issuer(settings, store, {responder.challenge_type: responder}, telemetry)
+        # The responder opens its port at the first order that needs it and closes it with the run;
+        # a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
+        with Responder(settings.listen) as responder, ExitStack() as solvers_open:
+            solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
+            for dns in {spec.dns for spec, _ in work if spec.dns}:
+                solvers[dns] = solvers_open.enter_context(dns.solver())
+            issuer = Issuer(settings, store, solvers, telemetry)
             pool = ThreadPoolExecutor(settings.concurrency)
             try:
                 results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1])), work))

@@ -59,6 +59,9 @@ class Responder:
     def check_domain(self, domain: str) -> None:
         refuse_wildcard(domain)
 
+    def prepare(self, domains: list[str]) -> None:
+        """Nothing to check before ordering: the port is bound at the first `present`."""
+
     def present(self, domain: str, token: str, validation: str) -> None:
         self._listen()
         self._validations[token] = (domain, validation)

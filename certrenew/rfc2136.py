@@ -12,8 +12,10 @@ import base64
 import binascii
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from certrenew.dns01 import DnsServer, TxtRecord
 from certrenew.errors import CertrenewError, UsageError
@@ -88,42 +90,59 @@ class Rfc2136Publisher:
         self.server = server
         self.key = key
 
+    def check(self, zone: str) -> None:
+        """Send a signed update that only asks that the zone's SOA exist and changes nothing
+        (RFC 2136 section 2.4 allows an update with prerequisites alone): the server checks
+        our key and that it is the primary for `zone`, before any order exists."""
+        import dns.name
+
+        self._send(zone, f"an update of zone {zone}", lambda update: update.present(dns.name.from_text(zone), "SOA"))
+
     def add(self, record: TxtRecord) -> None:
-        self._update(record, "add")
+        self._change(record, "add")
 
     def remove(self, record: TxtRecord) -> None:
-        self._update(record, "delete")
+        self._change(record, "delete")
 
-    def _update(self, record: TxtRecord, action: str) -> None:
-        import dns.exception
+    def _change(self, record: TxtRecord, action: str) -> None:
+        """Add or delete one TXT value, never the whole RRset."""
         import dns.name
-        import dns.query
-        import dns.rcode
         import dns.rdataclass
         import dns.rdatatype
         import dns.rdtypes.ANY.TXT
+
+        name = dns.name.from_text(record.name)
+        rdata = dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, [record.value.encode()])
+
+        def change(update) -> None:
+            if action == "add":
+                update.add(name, TTL, rdata)
+            else:
+                update.delete(name, rdata)
+
+        doing = "adding" if action == "add" else "deleting"
+        self._send(record.zone, f"the update {doing} {record.name} TXT in zone {record.zone}", change)
+
+    def _send(self, zone: str, what: str, build: Callable[[Any], None]) -> None:
+        """Send the update `build` fills in for `zone`; CertrenewError naming the server's answer if refused."""
+        import dns.exception
+        import dns.query
+        import dns.rcode
         import dns.tsig
         import dns.update
 
-        zone = dns.name.from_text(record.zone)
-        update = dns.update.UpdateMessage(
-            zone, keyring=dns.tsig.Key(self.key.name, self.key.secret, self.key.algorithm)
-        )
-        name = dns.name.from_text(record.name).relativize(zone)
-        rdata = dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, [record.value.encode()])
-        if action == "add":
-            update.add(name, TTL, rdata)
-        else:
-            update.delete(name, rdata)
-        what = f"DNS server {self.server} refused to {action} {record.name} TXT in zone {record.zone}"
+        update = dns.update.UpdateMessage(zone, keyring=dns.tsig.Key(self.key.name, self.key.secret,
+                                                                      self.key.algorithm))
+        build(update)
+        refused = f"DNS server {self.server} refused {what}"
         try:
             response = dns.query.tcp(update, self.server.ip(), timeout=UPDATE_TIMEOUT, port=self.server.port)
         except dns.tsig.PeerError as error:  # RFC 8945: NOTAUTH with the TSIG error in the unsigned answer
             code = _TSIG_ERRORS.get(type(error).__name__, type(error).__name__)
-            raise CertrenewError(f"{what}: it answered NOTAUTH, TSIG error {code} "
+            raise CertrenewError(f"{refused}: it answered NOTAUTH, TSIG error {code} "
                                  f"(check the key {self.key.name!r} and its secret)") from None
         except (dns.exception.DNSException, OSError) as error:
-            raise CertrenewError(f"DNS server {self.server} did not take the update of {record.name}: "
+            raise CertrenewError(f"DNS server {self.server} did not answer {what}: "
                                  f"{error or type(error).__name__}") from None
         if response.rcode() != dns.rcode.NOERROR:
-            raise CertrenewError(f"{what}: it answered {dns.rcode.to_text(response.rcode())}")
+            raise CertrenewError(f"{refused}: it answered {dns.rcode.to_text(response.rcode())}")

@@ -77,19 +77,29 @@ def critical() -> Iterator[None]:
     """Hold a signal that arrives during the block until the block is done, then raise it."""
     if threading.current_thread() is not threading.main_thread():
         check()  # a cancelled worker starts no new write: the main thread is about to exit
-    with _writes_lock:
-        _writes["in_progress"] += 1
     _state.critical = getattr(_state, "critical", 0) + 1
     try:
-        yield
+        with finishing():
+            yield
     finally:
         _state.critical -= 1
-        with _writes_lock:
-            _writes["in_progress"] -= 1
     deferred = getattr(_state, "deferred", None)
     if _state.critical == 0 and deferred is not None:
         _state.deferred = None
         raise Interrupted(deferred)
+
+
+@contextmanager
+def finishing() -> Iterator[None]:
+    """A step the process must not be ended in the middle of, even after a signal (a file being
+    replaced, a published DNS record being withdrawn): `exit_abandoning_workers` waits for it."""
+    with _writes_lock:
+        _writes["in_progress"] += 1
+    try:
+        yield
+    finally:
+        with _writes_lock:
+            _writes["in_progress"] -= 1
 
 
 def check() -> None:
@@ -107,9 +117,9 @@ def sleep(seconds: float) -> None:
 def exit_abandoning_workers(code: int) -> int:
     """Return `code`, or, while worker threads still run (blocked on the CA), end the process.
 
-    The workers are left as if killed, but only once none of them is writing a file
-    (waiting at most WRITE_GRACE seconds): the state they leave is what a SIGKILL
-    leaves, which the next run resumes.
+    The workers are left as if killed, but only once none of them is writing a file or
+    withdrawing a record (`finishing`; waiting at most WRITE_GRACE seconds): the state they
+    leave is what a SIGKILL leaves, which the next run resumes.
     """
     workers = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if not workers:

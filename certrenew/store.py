@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from certrenew.atomicfile import remove_stale_temps, write_atomic
+from certrenew.atomicfile import fsync_directory, remove_stale_temps, write_atomic
 from certrenew.errors import CertrenewError
 from certrenew.lock import StateLock
 
@@ -295,6 +295,17 @@ class FileStore:
         except FileNotFoundError:
             return []
         return sorted(name for name in entries if not name.startswith("."))  # temps start with a dot
+
+    def archive(self, name: str, label: str) -> Path:
+        """Move everything kept for `name` to `removed/<name>-<label>/`, out of every run's sight
+        but not lost (it holds the key, should the operator need it back); return where."""
+        source = self.root / "certificates" / name
+        target = self.root / "removed" / f"{name}-{label}"
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        os.rename(source, target)
+        fsync_directory(source.parent)
+        fsync_directory(target.parent)
+        return target
 
     def load_record(self, name: str) -> CertificateRecord | None:
         return self._load_json(name, "meta.json", CertificateRecord.from_json)

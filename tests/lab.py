@@ -311,6 +311,14 @@ class Lab:
         response.raise_for_status()
         return response.content
 
+    def cert_status(self, serial_hex: str) -> str:
+        """What pebble says of the certificate with this serial: "Valid" or "Revoked"."""
+        serial = format(parse_serial(serial_hex), "x")  # pebble's spelling: lower-case hex, no leading zeros
+        response = requests.get(f"{self.management_url}/cert-status-by-serial/{serial}",
+                                verify=self.ca_bundle, timeout=5)
+        response.raise_for_status()
+        return response.json()["Status"]
+
     def reload_haproxy(self) -> None:
         """Reload HAProxy as certrenew would, and wait until the master reports the reload done."""
         process = self._running(self._haproxy, "HAProxy")
@@ -401,10 +409,12 @@ class Lab:
         raise LabError(f"HAProxy did not serve serial {expected:x} for {sni} within {timeout}s; last saw {seen}")
 
     def certrenew(self, *args: str, env: Mapping[str, str | None] | None = None,
-                  timeout: float = 120) -> subprocess.CompletedProcess:
-        """Run the certrenew CLI against this lab; `env` adds settings, and a None value removes one."""
+                  timeout: float = 120, stdin=None) -> subprocess.CompletedProcess:
+        """Run the certrenew CLI against this lab; `env` adds settings, and a None value removes one.
+
+        `stdin` as subprocess takes it; None inherits the test runner's, which may be a terminal."""
         return subprocess.run(
-            [sys.executable, "-m", "certrenew", *args],
+            [sys.executable, "-m", "certrenew", *args], stdin=stdin,
             cwd=REPO_ROOT, env=self._certrenew_env(env), capture_output=True, text=True, timeout=timeout,
         )
 

@@ -1,4 +1,5 @@
 import datetime
+import re
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,118 @@ def test_an_unknown_challenge_type_is_a_usage_error():
 
     with pytest.raises(UsageError, match="unknown challenge type 'tls-alpn-01'; choose one of http-01"):
         certificate_specs("a", ("a.example",), "ecdsa-p256", challenge="tls-alpn-01")
+
+
+TSIG_KEY = 'key "certrenew" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0IQ==";\n};\n'
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "tsig.key"
+    path.write_text(TSIG_KEY)
+    path.chmod(0o600)
+    return path
+
+
+def test_dns01_certificates_take_top_level_dns_settings_and_override_them(tmp_path, key_file):
+    config = config_file(tmp_path, f"""
+dns_server = "192.0.2.53"
+tsig_key = "{key_file}"
+dns_propagation_timeout = 30
+
+[[certificate]]
+domains = ["*.example.com", "example.com"]
+challenge = "dns-01"
+
+[[certificate]]
+name = "star-internal"
+domains = ["*.internal.example"]
+challenge = "dns-01"
+dns_server = "[2001:db8::53]:5353"
+dns_zone = "Internal.Example."
+dns_propagation_timeout = 0
+
+[[certificate]]
+domains = ["www.example.com"]
+
+[[certificate]]
+domains = ["*.example.org"]
+challenge = "dns-01"
+""")
+    wild, internal, web, org = config.certificates
+    assert (wild.name, wild.challenge, internal.name, web.name, web.dns) == (
+        "_wildcard.example.com", "dns-01", "star-internal", "www.example.com", None)
+    assert wild.dns is not None and internal.dns is not None
+    assert (str(wild.dns.server), wild.dns.zone, wild.dns.propagation_timeout) == ("192.0.2.53:53", None, 30)
+    assert (str(internal.dns.server), internal.dns.zone, internal.dns.propagation_timeout) == (
+        "[2001:db8::53]:5353", "internal.example", 0)
+    assert wild.dns.tsig_key is not None and wild.dns.tsig_key.name == "certrenew"
+    # Certificates with the same DNS settings share a solver; HTTP-01 ones share the responder.
+    assert org.solver_key == wild.solver_key != internal.solver_key
+    assert web.solver_key == "http-01"
+
+
+def test_a_top_level_challenge_is_every_certificates_default(tmp_path):
+    config = config_file(tmp_path, 'challenge = "dns-01"\ndns_hook = "/usr/local/bin/dns-hook --zone x"\n'
+                                   '[[certificate]]\ndomains = ["*.example.com"]\n'
+                                   '[[certificate]]\ndomains = ["a.example.com"]\nchallenge = "http-01"\n')
+    dns, http = config.certificates
+    assert dns.dns is not None and (dns.dns.hook, dns.dns.server, dns.dns.tsig_key) == (
+        "/usr/local/bin/dns-hook --zone x", None, None)
+    assert (http.challenge, http.dns) == ("http-01", None)
+
+
+@pytest.mark.parametrize("keys, complaint", [
+    ('challenge = "dns-01"', "DNS-01 needs a DNS server and a TSIG key (--dns-server, --tsig-key) or a hook"),
+    ('challenge = "dns-01"\ndns_server = "192.0.2.53"', "DNS-01 needs a DNS server and a TSIG key"),
+    ('challenge = "dns-01"\ntsig_key = "{key}"', "a TSIG key (--tsig-key) needs the DNS server"),
+    ('challenge = "dns-01"\ndns_server = "192.0.2.53"\ntsig_key = "{key}"\ndns_hook = "hook"', "not both"),
+    ('challenge = "dns-01"\ndns_hook = "\'unclosed"', "dns_hook: invalid DNS hook"),
+    ('challenge = "dns-01"\ndns_hook = "hook"\ndns_server = "ns1.example.com:0"', "dns_server: invalid DNS server"),
+    ('challenge = "dns-01"\ndns_hook = "hook"\ndns_propagation_timeout = nan', "dns_propagation_timeout: must be"),
+    ('challenge = "dns-01"\ndns_hook = "hook"\ndns_propagation_timeout = inf', "dns_propagation_timeout: must be"),
+    ('challenge = "dns-01"\ndns_hook = "hook"\ndns_propagation_timeout = -1', "dns_propagation_timeout: must be"),
+    ('challenge = "dns-01"\ndns_hook = "hook"\ndns_zone = "*.example.com"', "dns_zone: "),
+    ('challenge = "dns-02"', "unknown challenge type 'dns-02'; choose one of http-01, dns-01"),
+    ('dns_server = "192.0.2.53"', 'dns_server is for a certificate with challenge = "dns-01"'),
+    ('challenge = "dns-01"\ndns_server = "192.0.2.53"\ntsig_key = "{key}-missing"', "cannot read it"),
+])
+def test_bad_dns_settings_of_a_certificate_are_refused_naming_it(tmp_path, key_file, keys, complaint):
+    with pytest.raises(UsageError, match="certificate #1: .*" + re.escape(complaint)):
+        config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example.com"]\n{keys.format(key=key_file)}\n')
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path, key_file):
+    key_file.chmod(0o644)
+    with pytest.raises(UsageError, match=r"readable by others \(mode 0644\)"):
+        config_file(tmp_path, f'challenge = "dns-01"\ndns_server = "192.0.2.53"\ntsig_key = "{key_file}"\n'
+                              '[[certificate]]\ndomains = ["a.example.com"]\n')
+
+
+def test_the_wildcard_name_and_an_explicit_one_pass_the_name_check(tmp_path):
+    from certrenew.config import check_certificate_name, default_certificate_name
+
+    assert default_certificate_name("*.example.com") == "_wildcard.example.com"
+    assert default_certificate_name("example.com") == "example.com"
+    config = config_file(tmp_path, '[[certificate]]\nname = "star"\ndomains = ["*.example.com"]\n'
+                                   'challenge = "dns-01"\ndns_hook = "hook"\n')
+    assert config.certificates[0].name == "star"
+    for bad in ("*.example.com", ".hidden", "-option"):
+        with pytest.raises(UsageError, match="invalid certificate name"):
+            check_certificate_name(bad)
+
+
+def test_the_command_line_form_takes_dns_settings_from_options_and_environment(key_file):
+    from certrenew.config import dns_settings
+
+    settings = build_settings({"challenge": "dns-01", "tsig_key": str(key_file)}, None,
+                              {"CERTRENEW_DNS_SERVER": "127.0.0.1:5353", "CERTRENEW_DNS_PROPAGATION_TIMEOUT": "5"})
+    dns = dns_settings(settings.challenge, vars(settings))
+    assert dns is not None and (str(dns.server), dns.propagation_timeout, dns.tsig_key.algorithm) == (
+        "127.0.0.1:5353", 5.0, "hmac-sha256")
+    assert dns_settings("http-01", vars(settings)) is None
+    with pytest.raises(UsageError, match="invalid CERTRENEW_DNS_PROPAGATION_TIMEOUT: must be"):
+        build_settings({}, None, {"CERTRENEW_DNS_PROPAGATION_TIMEOUT": "nan"})
 
 
 @pytest.mark.parametrize("name, value", [

@@ -122,6 +122,7 @@ def test_refuses_bad_requests_with_a_tiny_body(responder, request_head, status):
 
 def test_slow_and_idle_clients_do_not_block_a_validation(responder):
     responder.present("a.example", "tok", "tok.thumb")
+    threads = threading.active_count()  # other tests' servers may still be winding down: count ours only
     idle = [socket.create_connection(("127.0.0.1", responder.address[1])) for _ in range(200)]
     for sock in idle[:100]:
         sock.sendall(b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHo")  # a slowloris, mid-header
@@ -132,7 +133,7 @@ def test_slow_and_idle_clients_do_not_block_a_validation(responder):
     finally:
         for sock in idle:
             sock.close()
-    assert threading.active_count() < 10  # connections are not threads
+    assert threading.active_count() - threads < 5  # 200 connections are not 200 threads
 
 
 def test_a_slow_client_is_cut_off_after_the_request_time_limit(monkeypatch):

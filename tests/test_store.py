@@ -71,6 +71,16 @@ def test_a_discarded_pending_certificate_is_gone(store):
     assert store.load_bundle("a", "pending") is None and not store.unfinished("a")
 
 
+def test_archive_moves_a_certificate_out_of_sight_and_keeps_it(files):
+    files.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    files.save_pending("a", b"ONE")
+    files.promote_pending(files.load_record("a"))
+    backup = files.archive("a", "20260102T030405Z")
+    assert backup == files.root / "removed" / "a-20260102T030405Z"
+    assert (backup / "current.pem").read_bytes() == b"ONE" and mode(backup.parent) == 0o700
+    assert files.names() == [] and files.load_bundle("a") is None
+
+
 def test_a_validated_order_is_kept_until_its_certificate_is_pending(store):
     assert not store.unfinished("a.example")
     store.save_order("a.example", ORDER)

@@ -1,7 +1,8 @@
 """The order flow with a recording solver in front of the real responder, against real pebble.
 
-The issuer gets its solver from the caller; these tests check the calls it makes: every
-authorization presented, then one wait_ready, then the answers, and cleanup whatever happens.
+The issuer gets its solver from the caller; these tests check the calls it makes: the names
+prepared before the order exists, every authorization presented, then one wait_ready, then
+the answers, and cleanup whatever happens.
 """
 
 import socket
@@ -27,6 +28,9 @@ class RecordingSolver:
 
     def check_domain(self, domain: str) -> None:
         self.responder.check_domain(domain)
+
+    def prepare(self, domains: list[str]) -> None:
+        self.calls.append(("prepare", *domains))
 
     def present(self, domain: str, token: str, validation: str) -> None:
         self.calls.append(("present", domain))
@@ -59,6 +63,7 @@ def issue_with(lab, solver_of) -> tuple[RecordingSolver, object]:
 def test_every_name_is_presented_then_waited_for_then_withdrawn(lab):
     solver, issued = issue_with(lab, RecordingSolver)
     assert not isinstance(issued, CertrenewError), issued
+    assert solver.calls.pop(0) == ("prepare", *DOMAINS)  # before the order exists
     assert sorted(solver.calls[:2]) == [("present", name) for name in DOMAINS]
     assert solver.calls[2:] == [("wait_ready",)] + [("cleanup", domain) for _, domain in solver.calls[:2]]
     assert issued.action == "issued" and b"PRIVATE KEY" in issued.bundle
@@ -67,6 +72,7 @@ def test_every_name_is_presented_then_waited_for_then_withdrawn(lab):
 def test_a_solver_that_is_not_ready_fails_the_order_and_still_cleans_up(lab):
     solver, error = issue_with(lab, lambda responder: RecordingSolver(responder, not_ready=True))
     assert isinstance(error, CertrenewError) and "not visible yet" in str(error)
+    assert solver.calls.pop(0) == ("prepare", *DOMAINS)
     presented = [domain for call, *domain in solver.calls if call == "present"]
     assert solver.calls[len(presented):] == [("wait_ready",)] + [("cleanup", *d) for d in presented]
     assert len(presented) == 2

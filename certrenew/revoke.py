@@ -1,0 +1,220 @@
+"""Revoking a certificate at its CA, then serving a new one or removing the old one everywhere.
+
+Revocation (RFC 8555 section 7.6) is signed with the account key stored for the
+configured CA. The state does not record yet which CA issued a certificate, so the
+configured directory is taken to be it.
+
+With a replacement (`--reissue`) the new certificate is ordered and served *before*
+the old one is revoked: HAProxy then never serves a revoked certificate (clients that
+check revocation would refuse it) and never serves nothing, and a compromised key
+stays valid only for the seconds an order takes. If the new one cannot be served,
+the old one is not revoked: the site keeps working and the operator decides.
+
+With `--delete` the certificate leaves every HAProxy (over the Runtime API, else by a
+reload), the ssl dir and the state dir, whose files are kept under `removed/`.
+"""
+
+import dataclasses
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from cryptography import x509
+
+from certrenew import haproxy
+from certrenew.atomicfile import fsync_directory
+from certrenew.bundle import CertificateInfo, leaf_info, pem_blocks
+from certrenew.config import CertificateSpec, ConfigFile, Settings, check_certificate_name
+from certrenew.errors import CertrenewError, UsageError
+from certrenew.keys import key_type_of, load_key
+from certrenew.placeholder import write_placeholder
+from certrenew.renew import Outcome, run
+from certrenew.runtime_api import RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
+from certrenew.store import Account, FileStore
+
+REASONS = {"unspecified": 0, "keyCompromise": 1, "superseded": 4, "cessationOfOperation": 5}
+"""The CRL reason codes (RFC 5280 section 5.3.1) a subscriber may give; CAs refuse the others."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A revocation as the operator confirms it: checked, read from the state, nothing changed yet."""
+
+    name: str
+    bundle: bytes
+    info: CertificateInfo
+    ca: str
+    reason: str
+    replacement: CertificateSpec | None = None
+    """The certificate to order and serve before revoking (--reissue)."""
+    delete: bool = False
+
+    def question(self) -> str:
+        then = (" after serving a new one" if self.replacement else
+                ", then remove it from HAProxy, the ssl dir and the state" if self.delete else "")
+        return (f"Revoke {self.name} (serial {self.info.serial}, names {', '.join(self.info.domains)}) "
+                f"at {self.ca}{then}? [y/N] ")
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Where a deleted certificate went."""
+
+    served_by: str
+    """How HAProxy stopped serving it: a hot update, a reload, or nothing to do."""
+    backup: Path
+    placeholder: Path | None
+    """Written because the certificate was the last one in the ssl dir."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a revocation did, for the report."""
+
+    request: Request
+    already: bool
+    """The CA had revoked the certificate before (alreadyRevoked): the goal holds all the same."""
+    reissued: Outcome | None = None
+    removed: Removal | None = None
+
+    def report(self) -> list[str]:
+        request, lines = self.request, []
+        if self.reissued is not None:
+            lines.append(f"{request.name}: {self.reissued.action}: {self.reissued.detail}")
+        done = "was already revoked" if self.already else f"revoked (reason {request.reason})"
+        lines.append(f"{request.name}: serial {request.info.serial} {done} at {request.ca}")
+        if self.removed is not None:
+            removed = self.removed
+            if removed.placeholder is not None:
+                lines.append(f"{request.name}: it was the last certificate; placeholder written: {removed.placeholder}")
+            lines.append(f"{request.name}: removed from the ssl dir and from HAProxy ({removed.served_by}); "
+                         f"its state is kept in {removed.backup}")
+        elif self.reissued is None:
+            lines.append(f"{request.name}: HAProxy still serves the revoked certificate; replace it with "
+                         f"'certrenew revoke {request.name} --reissue', or remove it with --delete")
+        return lines
+
+
+def reason_code(reason: str) -> int:
+    try:
+        return REASONS[reason]
+    except KeyError:
+        raise UsageError(f"unknown revocation reason {reason!r}; choose one of {', '.join(REASONS)}") from None
+
+
+def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | None,
+            reissue: bool = False, delete: bool = False) -> Request:
+    """Check everything the revocation needs before anyone is asked; changes nothing."""
+    reason_code(reason)
+    store = FileStore(settings.state_dir)
+    bundle = store.load_bundle(check_certificate_name(name))
+    if bundle is None:
+        raise UsageError(f"no certificate named {name!r} in {settings.state_dir} (see certrenew status)")
+    _account(store, settings)
+    info = leaf_info(bundle)
+    in_config = next((spec for spec in config.certificates if spec.name == name), None) if config else None
+    replacement = None
+    if reissue and config is not None:
+        if in_config is None:
+            raise UsageError(f"{name} is not in {config.path}, which --reissue orders from; add it back, "
+                             "or use --delete")
+        replacement = in_config
+    elif reissue:  # the single-domain form: the names and key type it was issued with
+        key_type = key_type_of(load_key(bundle).public_key())
+        if key_type is None:
+            raise UsageError(f"{name} has a key of a type certrenew does not make; list it in a config file "
+                             "with a key_type to --reissue it")
+        replacement = CertificateSpec(name, info.domains, key_type, settings.profile)
+    if delete and config is not None and in_config is not None:
+        raise UsageError(f"{name} is still in {config.path}, so the next run would issue it again; "
+                         "remove it there first, or use --reissue")
+    if delete and not settings.ssl_dir.is_dir():
+        raise UsageError(f"the ssl dir {settings.ssl_dir} does not exist (set --ssl-dir)")
+    return Request(name, bundle, info, settings.directory_url, reason, replacement, delete)
+
+
+def carry_out(settings: Settings, request: Request) -> Result:
+    """Serve the replacement (if any), revoke, then remove (if asked), holding the state dir's lock.
+
+    The lock is not held while the operator reads the question; so, unless a new
+    certificate was just served, the one revoked must still be the one confirmed.
+    """
+    reissued = None
+    if request.replacement is not None:
+        # run() takes the lock itself, and brings every install guarantee (rollback, verify).
+        reissued = run(dataclasses.replace(settings, force=True), [request.replacement])[0]
+        if reissued.failed:
+            raise CertrenewError(f"{request.name}: not revoked, as no new certificate could be served "
+                                 f"({reissued.detail}); HAProxy still serves the old one. Run again, or "
+                                 "revoke without --reissue")
+    store = FileStore(settings.state_dir)
+    with store.lock(settings.lock_timeout):
+        if reissued is None and store.load_bundle(request.name) != request.bundle:
+            raise CertrenewError(f"{request.name} changed since it was read (another run renewed or removed "
+                                 "it?); nothing revoked, run again")
+        already = not _revoke_at_ca(settings, store, request)
+        removed = _remove(settings, store, request.name) if request.delete else None
+    return Result(request, already, reissued, removed)
+
+
+def _account(store: FileStore, settings: Settings) -> Account:
+    account = store.load_account(settings.directory_url)
+    if account is None:
+        raise UsageError(f"no ACME account for {settings.directory_url} in {settings.state_dir}; revocation "
+                         "is signed with the account that ordered the certificate (set --directory to its CA)")
+    return account
+
+
+def _revoke_at_ca(settings: Settings, store: FileStore, request: Request) -> bool:
+    """Revoke at the CA; False when it was revoked already."""
+    from certrenew.acme_client import AcmeClient
+    from certrenew.acme_transport import Deadline
+
+    account = _account(store, settings)
+    client = AcmeClient(settings.directory_url, account.key_pem, Deadline(settings.timeout), settings.ca_bundle)
+    client.login(account.uri, settings.email, settings.agree_tos)
+    cert = x509.load_pem_x509_certificate(pem_blocks(request.bundle)[0])
+    return client.revoke(cert, reason_code(request.reason))
+
+
+def _remove(settings: Settings, store: FileStore, name: str) -> Removal:
+    """Take the certificate out of the ssl dir and every HAProxy, then move its state aside.
+
+    The state goes last, so a removal that fails half-way can be run again
+    (`revoke --delete` once more: the CA then answers that it is revoked already).
+    """
+    ssl_dir = Path(os.path.abspath(settings.ssl_dir))  # HAProxy names files by absolute path
+    file = ssl_dir / f"{name}.pem"
+    placeholder = None
+    if not any(other.suffix == ".pem" and other != file for other in ssl_dir.iterdir()):
+        placeholder = write_placeholder(ssl_dir)  # HAProxy refuses to start on an empty crt dir
+    if file.exists():
+        file.unlink()
+        fsync_directory(ssl_dir)
+    served_by = _unserve(settings, file)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Removal(served_by, store.archive(name, stamp), placeholder)
+
+
+def _unserve(settings: Settings, file: Path) -> str:
+    """Make every HAProxy drop `file` at runtime; reload once if one cannot, or if none is configured."""
+    updated, reasons = [], []
+    for node in (RuntimeApi(address) for address in settings.haproxy_socket):
+        try:
+            crt_list = find_crt_list(node.crt_lists(), str(file.parent))
+            known = next((path for path in node.certificates().files
+                          if PurePosixPath(path) == PurePosixPath(file)), None)
+            if known is None:
+                continue  # this HAProxy never loaded it
+            if crt_list is None:
+                raise Unsupported(f"it loads no crt directory {file.parent}")
+            node.remove_certificate(crt_list, known)
+            updated.append(str(node))
+        except RuntimeApiError as error:
+            reasons.append(f"{node}: {error}" if isinstance(error, Unsupported) else str(error))
+    if settings.haproxy_socket and not reasons:
+        return f"hot update, Runtime API of {', '.join(updated)}" if updated else "no HAProxy had it loaded"
+    haproxy.check_config(settings.haproxy_config)
+    haproxy.reload(settings.reload_command)
+    return "reload" + (f": {'; '.join(reasons)}" if reasons else "")

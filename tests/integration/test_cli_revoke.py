@@ -1,0 +1,189 @@
+"""`certrenew revoke` end to end: pebble revokes (and says so on its management API), HAProxy
+keeps serving, serves a new certificate first, or drops the old one, as asked."""
+
+import os
+import pty
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from lab import Lab
+
+from certrenew.bundle import leaf_info
+from certrenew.placeholder import PLACEHOLDER_FILE, PLACEHOLDER_NAME
+
+NAME = "site.example"
+OTHER = "other.example"
+
+
+def issue(lab, name=NAME):
+    result = lab.certrenew(name)
+    assert result.returncode == 0, result.stderr
+    serial = leaf_info((lab.ssl_dir / f"{name}.pem").read_bytes()).serial
+    lab.wait_served_serial(name, serial)
+    return serial
+
+
+def revoke(lab, *args, env=None):
+    return lab.certrenew("revoke", *args, env=env, stdin=subprocess.DEVNULL)
+
+
+def public_key(cert) -> bytes:
+    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def served_serial_changes(lab, sni, old_serial, timeout=30.0):
+    """The certificate HAProxy serves for `sni` once it no longer serves `old_serial` (a reload is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        served = lab.served_certificate_unverified(sni)
+        if format(served.serial_number, "x") != old_serial:
+            return served
+        time.sleep(0.1)
+    raise AssertionError(f"HAProxy still serves {old_serial} for {sni} after {timeout} s")
+
+
+def test_revoke_with_yes_revokes_at_the_ca_and_the_certificate_stays_served(lab):
+    serial = issue(lab)
+    assert lab.cert_status(serial) == "Valid"
+    result = revoke(lab, NAME, "--yes", "--reason", "keyCompromise")
+    assert result.returncode == 0, result.stderr
+    assert lab.cert_status(serial) == "Revoked"
+    assert f"serial {serial} revoked (reason keyCompromise)" in result.stdout
+    assert "still serves the revoked certificate" in result.stdout and "--reissue" in result.stdout
+    assert format(lab.served_certificate_unverified(NAME).serial_number, "x") == serial
+    assert (lab.state_dir / "certificates" / NAME / "current.pem").exists()
+
+    again = revoke(lab, NAME, "--yes")  # the CA answers alreadyRevoked: the goal holds, exit 0
+    assert again.returncode == 0, again.stderr
+    assert f"serial {serial} was already revoked" in again.stdout
+
+
+def test_refusals_change_nothing(lab):
+    serial = issue(lab)
+    before = sorted(str(path) for path in lab.state_dir.rglob("*"))
+    cases = {
+        "stdin is not a terminal": (NAME,),
+        "no certificate named 'nosuch.example'": ("nosuch.example", "--yes"),
+        "choose one of unspecified, keyCompromise, superseded, cessationOfOperation": (NAME, "--yes", "--reason",
+                                                                                        "affiliationChanged"),
+        "not allowed with argument": (NAME, "--yes", "--reissue", "--delete"),
+    }
+    for message, args in cases.items():
+        result = revoke(lab, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert lab.cert_status(serial) == "Valid"
+    assert sorted(str(path) for path in lab.state_dir.rglob("*")) == before
+
+
+def test_reissue_serves_a_new_key_before_the_old_certificate_is_revoked(lab, tmp_path):
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'[[certificate]]\ndomains = ["{NAME}"]\n')
+    old_serial = issue(lab)
+    old_key = public_key(lab.served_certificate(NAME))
+
+    result = revoke(lab, NAME, "--yes", "--reissue", "--reason", "keyCompromise", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert lab.cert_status(old_serial) == "Revoked"
+    new_serial = leaf_info((lab.ssl_dir / f"{NAME}.pem").read_bytes()).serial
+    assert new_serial != old_serial and lab.cert_status(new_serial) == "Valid"
+    served = lab.wait_served_serial(NAME, new_serial)  # verified against pebble's root
+    assert public_key(served) != old_key
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{NAME}: renewed: serial {new_serial}") and f"serial {old_serial} revoked" in lines[1]
+    status = lab.certrenew("status", "--config", str(config))
+    assert status.returncode == 0 and " ok " in status.stdout, status.stdout
+
+    missing = tmp_path / "other.toml"
+    missing.write_text(f'[[certificate]]\ndomains = ["{OTHER}"]\n')
+    refused = revoke(lab, NAME, "--yes", "--reissue", "--config", str(missing))
+    assert refused.returncode == 2 and "is not in" in refused.stderr
+    assert lab.cert_status(new_serial) == "Valid"
+
+
+def test_delete_over_the_runtime_api_removes_it_everywhere_and_keeps_the_state(lab, tmp_path):
+    serial, other_serial = issue(lab), issue(lab, OTHER)
+    env = {"CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket), "CERTRENEW_RELOAD_COMMAND": "false"}
+    result = revoke(lab, NAME, "--yes", "--delete", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "hot update" in result.stdout
+    assert lab.cert_status(serial) == "Revoked"
+    assert format(lab.served_certificate_unverified(NAME).serial_number, "x") != serial  # at once: no reload
+    assert not (lab.ssl_dir / f"{NAME}.pem").exists()
+    assert not (lab.state_dir / "certificates" / NAME).exists()
+    [backup] = (lab.state_dir / "removed").iterdir()
+    assert backup.name.startswith(f"{NAME}-") and leaf_info((backup / "current.pem").read_bytes()).serial == serial
+    lab.wait_served_serial(OTHER, other_serial)
+    status = lab.certrenew("status", "--json")
+    assert NAME not in status.stdout and OTHER in status.stdout
+    assert subprocess.run(["haproxy", "-c", "-f", str(lab.haproxy_cfg)], capture_output=True).returncode == 0
+
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'[[certificate]]\ndomains = ["{OTHER}"]\n')
+    kept = revoke(lab, OTHER, "--yes", "--delete", "--config", str(config))
+    assert kept.returncode == 2 and "still in" in kept.stderr
+    assert lab.cert_status(other_serial) == "Valid"
+
+
+def test_deleting_the_last_certificate_by_reload_keeps_haproxy_startable(lab):
+    serial = issue(lab)
+    (lab.ssl_dir / PLACEHOLDER_FILE).unlink()  # HAProxy still has it in memory; the dir now holds one file
+    env = {"CERTRENEW_HAPROXY_CONFIG": str(lab.haproxy_cfg)}
+    result = revoke(lab, NAME, "--yes", "--delete", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "placeholder written" in result.stdout and "(reload)" in result.stdout
+    assert lab.cert_status(serial) == "Revoked"
+    assert sorted(path.name for path in lab.ssl_dir.iterdir()) == [PLACEHOLDER_FILE]
+    served = served_serial_changes(lab, NAME, serial)
+    assert PLACEHOLDER_NAME in served.subject.rfc4514_string()
+    assert subprocess.run(["haproxy", "-c", "-f", str(lab.haproxy_cfg)], capture_output=True).returncode == 0
+
+
+def run_on_a_terminal(lab, answer: bytes, *args):
+    """Run `certrenew revoke` with a pseudo-terminal as stdin, typing `answer`."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "certrenew", "revoke", *args], stdin=terminal,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, **lab.certrenew_env})
+        os.write(controller, answer)
+        out, err = process.communicate(timeout=120)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    return process.returncode, out, err
+
+
+def test_the_prompt_on_a_terminal(lab):
+    serial = issue(lab)
+    code, _, err = run_on_a_terminal(lab, b"n\n", NAME)
+    assert code == 1 and "nothing revoked" in err
+    assert f"Revoke {NAME} (serial {serial}, names {NAME}) at {lab.directory_url}? [y/N]" in err
+    assert lab.cert_status(serial) == "Valid"
+
+    code, out, err = run_on_a_terminal(lab, b"y\n", NAME)
+    assert code == 0, err
+    assert lab.cert_status(serial) == "Revoked" and f"serial {serial} revoked" in out
+
+
+@pytest.fixture
+def validating_lab(tmp_path):
+    """A lab whose pebble validates every order afresh, so broken DNS really fails the next order."""
+    with Lab(tmp_path / "lab", pebble_env={"PEBBLE_AUTHZREUSE": "0"}) as running:
+        yield running
+
+
+def test_a_failed_reissue_revokes_nothing_and_the_old_certificate_stays_served(validating_lab):
+    lab = validating_lab
+    serial = issue(lab)
+    lab.break_dns(NAME)  # the new order's validation really fails
+    result = revoke(lab, NAME, "--yes", "--reissue")  # no config: the names and key type it was issued with
+    assert result.returncode == 1
+    assert "not revoked, as no new certificate could be served" in result.stderr and "validation" in result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert lab.cert_status(serial) == "Valid"
+    assert format(lab.served_certificate_unverified(NAME).serial_number, "x") == serial
