@@ -151,3 +151,12 @@ def test_check_with_a_bad_socket_path_fails_on_that_line(lab, tmp_path):
     assert result.returncode == 1
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 1 and failed[0].startswith(f"FAIL HAProxy socket {missing}:"), result.stdout
+
+
+def test_check_with_an_operator_level_socket_fails_on_that_line(lab, tmp_path):
+    operator = lab.workdir / "operator.sock"
+    admin_line = f"    stats socket {lab.admin_socket} mode 660 level admin\n"
+    lab.reconfigure_haproxy(admin_line, admin_line + f"    stats socket {operator} mode 660 level operator\n")
+    result = lab.certrenew("check", "--config", str(_config(lab, tmp_path)), "--haproxy-socket", str(operator))
+    assert result.returncode == 1
+    assert f"FAIL HAProxy socket {operator}: level operator, not admin" in result.stdout, result.stdout
