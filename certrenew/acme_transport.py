@@ -10,7 +10,10 @@ used here and nowhere else (hence `acme` is pinned below its next major version)
 
 import datetime
 import logging
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,6 +21,8 @@ import josepy as jose
 import requests
 import tenacity
 from acme import client, errors, messages
+from cryptography.hazmat.primitives.asymmetric import rsa
+from requests.adapters import HTTPAdapter
 
 from certrenew import __version__, signals
 from certrenew.errors import CertrenewError, ConfigurationError
@@ -30,6 +35,8 @@ MAX_CALL_TIMEOUT = 30.0
 TRANSIENT_ATTEMPTS = 5
 BAD_NONCE_ATTEMPTS = 20
 """A rejected nonce costs one quick round trip, and a CA may reject many (pebble: half, if asked)."""
+MAX_RESPONSE = 1024 * 1024
+"""Bytes read of any answer from the CA: a certificate chain or an ACME object is a few KiB."""
 OUR_MISTAKES = {"invalidContact", "invalidEmail", "unsupportedContact", "invalidProfile",
                 "externalAccountRequired", "userActionRequired"}
 """Problem types (RFC 8555 section 6.7) that a change of our settings fixes, not a later retry:
@@ -72,8 +79,11 @@ class Transport:
     def __init__(self, directory_url: str, account_key_pem: bytes, deadline: Deadline,
                  ca_bundle: str | None = None, counter: RequestCounter | None = None) -> None:
         self.deadline = deadline
-        self.key = jose.JWKEC(key=load_key(account_key_pem))
-        self.net = _Network(deadline, counter, key=self.key, alg=jose.ES256, verify_ssl=ca_bundle or True,
+        private = load_key(account_key_pem)
+        is_rsa = isinstance(private, rsa.RSAPrivateKey)  # certrenew makes ECDSA keys; one from certbot is RSA
+        self.key = jose.JWKRSA(key=private) if is_rsa else jose.JWKEC(key=private)
+        self.net = _Network(deadline, counter, key=self.key, alg=jose.RS256 if is_rsa else jose.ES256,
+                            verify_ssl=ca_bundle or True,
                             user_agent=f"certrenew/{__version__}")
         try:
             directory = messages.Directory.from_json(self.net.get(directory_url).json())
@@ -129,7 +139,11 @@ class Transport:
 
 
 class _Network(client.ClientNetwork):
-    """`ClientNetwork` with bounded retries and per-call timeouts taken from the deadline.
+    """`ClientNetwork` with bounded retries, answers bounded in size, and no request outliving the deadline.
+
+    requests' timeout bounds each read, not the answer: a CA dripping one byte a second
+    would hold a run for ever. So the connections of a request still under way when the
+    time budget runs out are cut, whatever phase it is in.
 
     `counter` counts every request sent (retries and nonce requests included) and every
     one that got no answer or an HTTP error status.
@@ -139,17 +153,39 @@ class _Network(client.ClientNetwork):
         super().__init__(**kwargs)
         self.deadline = deadline
         self.counter = counter
+        self._sockets: weakref.WeakSet = weakref.WeakSet()
+        adapter = _WatchedAdapter(self._sockets)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs["timeout"] = min(MAX_CALL_TIMEOUT, self.deadline.remaining())
+        remaining = self.deadline.remaining()
+        # A silent CA is cut by the deadline, not timed out a moment before it: one message for both.
+        kwargs["timeout"] = min(MAX_CALL_TIMEOUT, remaining + 1)
+        kwargs["hooks"] = {"response": _read_bounded}
+        cutter = threading.Timer(remaining, self._cut)
+        cutter.daemon = True
+        cutter.start()
         failed = True
         try:
             response = super()._send_request(method, url, *args, **kwargs)
             failed = response.status_code >= 400
             return response
+        except requests.RequestException:
+            self.deadline.remaining()  # raises when the deadline is what cut it
+            raise
         finally:
+            cutter.cancel()
             if self.counter is not None:
                 self.counter.count_acme_request(failed)
+
+    def _cut(self) -> None:
+        """Shut down every connection (the budget is spent): a read blocked on one ends at once."""
+        for sock in list(self._sockets):
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: no TLS goodbye
+            except OSError:
+                pass
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
         # Each attempt signs with a fresh nonce, so a badNonce is simply tried again.
@@ -187,6 +223,49 @@ class _Network(client.ClientNetwork):
             error.beyond_deadline = error.seconds is not None and error.seconds >= self.deadline.remaining()
             return not error.beyond_deadline
         return _is_transient(error)
+
+class _WatchedAdapter(HTTPAdapter):
+    """An adapter that remembers each socket it connects, so that the deadline can cut it mid-read."""
+
+    def __init__(self, sockets: weakref.WeakSet) -> None:
+        self._sockets = sockets
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        pools = self.poolmanager.pool_classes_by_scheme
+        self.poolmanager.pool_classes_by_scheme = {scheme: _remembering(pool, self._sockets)
+                                                   for scheme, pool in pools.items()}
+
+
+def _remembering(pool_class: type, sockets: weakref.WeakSet) -> type:
+    """`pool_class` whose connections add their socket to `sockets` once connected."""
+    class Connection(pool_class.ConnectionCls):  # type: ignore[name-defined]
+        def connect(self) -> None:
+            super().connect()
+            sockets.add(self.sock)
+    return type(pool_class.__name__, (pool_class,), {"ConnectionCls": Connection})
+
+
+def _read_bounded(response: requests.Response, **kwargs: Any) -> requests.Response:
+    """Read the body (a response hook, before requests would), refusing one over MAX_RESPONSE bytes."""
+    declared = response.headers.get("Content-Length", "")
+    size = int(declared) if declared.isdigit() else 0
+    chunks = []
+    if size <= MAX_RESPONSE:
+        size = 0
+        for chunk in response.iter_content(64 * 1024):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_RESPONSE:
+                break
+    if size > MAX_RESPONSE:
+        response.close()
+        raise requests.RequestException(f"the answer from {response.url} is larger than "
+                                        f"{MAX_RESPONSE // 1024} KiB", response=response)
+    response._content = b"".join(chunks)
+    return response
+
 
 
 class _RetryLater(Exception):

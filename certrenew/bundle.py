@@ -2,12 +2,19 @@
 
 import datetime
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from certrenew.errors import CertrenewError
+from certrenew.keys import load_key
+
+CLOCK_SKEW = datetime.timedelta(minutes=5)
+"""How far in the future a new certificate's notBefore may be: our clock or the CA's may be a little off
+(Boulder backdates an hour; pebble does not backdate at all)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,56 @@ def build_bundle(fullchain_pem: bytes, key_pem: bytes) -> bytes:
     if not blocks[0].startswith(b"-----BEGIN CERTIFICATE-----"):
         raise CertrenewError("the certificate chain does not start with a certificate")
     return b"".join(blocks)
+
+
+def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], now: datetime.datetime) -> bytes:
+    """The bundle for what the CA returned, once it is proven to be the certificate we ordered.
+
+    HAProxy refuses a bundle whose key does not match, and serves a certificate for the
+    wrong names or an expired one as if it were fine; what reaches the ssl dir must be
+    a parsable chain, each certificate signed by the next, whose leaf carries our key,
+    exactly our names (in any order: Boulder sorts them, pebble does not) and is valid now.
+    The chain is kept as the CA sent it, however many intermediates.
+    """
+    try:
+        blocks = pem_blocks(fullchain_pem)
+    except CertrenewError as error:
+        raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from None
+    if not blocks:
+        raise CertrenewError("the CA's answer is not a certificate chain: it holds no PEM certificate")
+    chain = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            if not block.startswith(b"-----BEGIN CERTIFICATE-----\n"):
+                raise ValueError
+            chain.append(x509.load_pem_x509_certificate(block))
+        except ValueError:
+            raise CertrenewError(f"the CA's answer is not a certificate chain: block {number} "
+                                 "is not a parsable certificate") from None
+    leaf = chain[0]
+    if _spki(leaf.public_key()) != _spki(load_key(key_pem).public_key()):
+        raise CertrenewError("the certificate the CA returned is not for our key")
+    names, ordered = set(certificate_info(leaf).domains), {domain.lower() for domain in domains}
+    if {name.lower() for name in names} != ordered:
+        raise CertrenewError(f"the certificate the CA returned is for {', '.join(sorted(names)) or 'no name'}, "
+                             f"not the ordered {', '.join(sorted(ordered))}")
+    if now >= leaf.not_valid_after_utc:
+        raise CertrenewError(f"the certificate the CA returned expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if now + CLOCK_SKEW < leaf.not_valid_before_utc:
+        raise CertrenewError("the certificate the CA returned is not valid before "
+                             f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    for number, (cert, issuer) in enumerate(zip(chain, chain[1:]), 1):
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            raise CertrenewError(f"the chain the CA returned is broken: certificate {number} "
+                                 f"({cert.subject.rfc4514_string()}) is not signed by the next one "
+                                 f"({issuer.subject.rfc4514_string()})") from None
+    return build_bundle(fullchain_pem, key_pem)
+
+
+def _spki(public_key) -> bytes:
+    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def leaf_info(pem: bytes) -> CertificateInfo:

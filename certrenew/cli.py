@@ -24,6 +24,7 @@ from certrenew.config import (
     load_config,
 )
 from certrenew.errors import CertrenewError, UsageError
+from certrenew.limits import raise_open_files_limit
 
 log = logging.getLogger("certrenew")
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _parser(
         "certrenew",
         "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy) and make HAProxy serve it. "
-        "Other commands: run (every certificate of the config file), status, check, bootstrap-ssl-dir.",
+        "Other commands: run (every certificate of the config file), status, check, bootstrap-ssl-dir, import-certbot.",
     )
     parser.add_argument("domains", nargs="+", metavar="DOMAIN", help="names for the certificate; the first names it")
     return parser
@@ -229,12 +230,48 @@ def _bootstrap(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "status": _status, "check": _check, "bootstrap-ssl-dir": _bootstrap}
+def build_import_parser() -> argparse.ArgumentParser:
+    from certrenew.certbot_import import DEFAULT_CERTBOT_DIR
+
+    parser = _parser(
+        "certrenew import-certbot",
+        "Take over certbot's certificates without reissuing them: each current certificate and key becomes "
+        "certrenew's, certbot's account is reused, and a [[certificate]] per certificate is appended to the config "
+        "file. Reads the certbot directory only; leaves the ssl dir alone. Lists what certbot did that certrenew "
+        "does not (hooks, other authenticators), one line each.",
+        [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "ssl_dir", "listen",
+                                                         "lock_timeout")],
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="certbot certificate names (default: all)")
+    parser.add_argument("--certbot-dir", type=Path, default=DEFAULT_CERTBOT_DIR, metavar="DIR",
+                        help=f"certbot's configuration directory (default {DEFAULT_CERTBOT_DIR})")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be imported; write nothing")
+    parser.add_argument("--force", dest="replace", action="store_true",
+                        help="replace a certificate certrenew already manages under the same name")
+    return parser
+
+
+def _import_certbot(argv: list[str]) -> int:
+    from certrenew.certbot_import import import_certbot
+
+    args = build_import_parser().parse_args(argv)
+    _setup_logging(args)
+    path = Path(args.config or os.environ.get("CERTRENEW_CONFIG") or DEFAULT_CONFIG)
+    settings = build_settings(vars(args), load_config(path) if path.exists() else None)
+    plan = import_certbot(settings, args.certbot_dir, path, args.names, args.dry_run, args.replace)
+    print("\n".join(plan.lines(args.dry_run)))
+    if args.dry_run and plan.appended:
+        print(f"--- to append to {path} ---\n{plan.appended}", end="")
+    return 0 if plan.takeovers else 1
+
+
+COMMANDS = {"run": _run, "status": _status, "check": _check, "bootstrap-ssl-dir": _bootstrap, "import-certbot": _import_certbot}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = COMMANDS.get(argv[0]) if argv else None
+    raise_open_files_limit()
     try:
         with signals.handled():
             return command(argv[1:]) if command else _renew(argv)

@@ -6,6 +6,7 @@ they override each other in that order.
 """
 
 import datetime
+import math
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 from certrenew.challenge import HTTP_01, check_domains
 from certrenew.domains import normalize_domains
 from certrenew.errors import UsageError
+from certrenew.haproxy import split_command
 from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.runtime_api import check_address
@@ -30,9 +32,13 @@ LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_CONFIG = Path("/etc/certrenew/certrenew.toml")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+MAX_SECONDS = 86400.0
+"""The longest --timeout or --lock-timeout: a day. Anything longer is a typo, not a budget."""
+MAX_RENEW_BEFORE = datetime.timedelta(days=1000)
+"""Longer than any certificate lives: a longer --renew-before would renew on every run."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,8 @@ def split_key_types(key_types: str | list[str]) -> list[str]:
     """One key type, or an ECDSA and an RSA one (a list, or separated by a comma) for a dual certificate."""
     items = key_types.split(",") if isinstance(key_types, str) else key_types
     types = [check_key_type(str(item).strip()) for item in items]
+    if not types:
+        raise UsageError("no key type given: name one, or an ECDSA and an RSA one")
     if len(types) > 1 and sorted(t.startswith("rsa") for t in types) != [False, True]:
         raise UsageError(f"a dual certificate takes one ECDSA and one RSA key type (e.g. ecdsa-p256,rsa2048), "
                          f"not {','.join(types)}")
@@ -150,10 +158,30 @@ def _positive(value: float | int) -> float | int:
     return value
 
 
-def _non_negative(value: float) -> float:
-    if value < 0:
-        raise ValueError("must be zero or more")
-    return value
+def _seconds(zero_allowed: bool) -> Callable[[float], float]:
+    """A check for a number of seconds: finite, not negative (nor zero unless allowed), at most a day."""
+    def check(value: float) -> float:
+        if not (math.isfinite(value) and (value >= 0 if zero_allowed else value > 0) and value <= MAX_SECONDS):
+            low = "0" if zero_allowed else "more than 0"
+            raise ValueError(f"must be a number of seconds from {low} to {MAX_SECONDS:g} (a day)")
+        return value
+    return check
+
+
+def _renew_before(text: str) -> datetime.timedelta:
+    try:
+        duration = parse_duration(text)
+    except OverflowError:
+        duration = MAX_RENEW_BEFORE
+    if duration >= MAX_RENEW_BEFORE:
+        raise ValueError(f"{text.strip()} is longer than any certificate lives (at most {MAX_RENEW_BEFORE.days - 1}d)")
+    return duration
+
+
+def _command(text: str) -> str:
+    """The reload command, checked for shell-like quoting now, so a typo fails before the CA is asked."""
+    split_command(text)
+    return text
 
 
 def _existing_file(path: str) -> str:
@@ -226,18 +254,18 @@ OPTIONS = [
     Option("listen", "where the HTTP-01 responder listens, behind HAProxy (default 127.0.0.1:49494)",
            metavar="HOST:PORT", check=check_host_port),
     Option("reload_command", "how to reload HAProxy, run without a shell (default 'systemctl reload haproxy')",
-           metavar="CMD"),
+           metavar="CMD", check=_command),
     Option("key_type", f"{' | '.join(KEY_TYPES)} (default {DEFAULT_KEY_TYPE}); an ECDSA and an RSA type "
            "separated by a comma for a dual certificate", metavar="TYPE", check=check_key_types),
     Option("profile", "ACME profile to ask for, where the CA's directory lists profiles", metavar="NAME"),
     Option("renew_before", "renew this long before expiry, e.g. 30d or 12h (default: with a third of the "
            "lifetime left, half for certificates under 10 days; earlier if the CA's ARI window says so)",
-           metavar="DURATION", check=parse_duration),
+           metavar="DURATION", check=_renew_before),
     Option("concurrency", "certificates ordered at the same time (default 4, gentle on a public CA)", int, "N",
            _positive),
-    Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _positive),
+    Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _seconds(zero_allowed=False)),
     Option("lock_timeout", "how long to wait for another run holding the state dir, in seconds (default 300)",
-           float, "SECONDS", _non_negative),
+           float, "SECONDS", _seconds(zero_allowed=True)),
     Option("force", "renew even if not due", bool),
     Option("self_check", "before ordering, fetch a probe from http://NAME/.well-known/acme-challenge/ as the CA "
            "would, and fail without an order when it does not reach the responder (default on)", bool),
@@ -294,7 +322,7 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
 
 def check_certificate_name(name: str) -> str:
     """A certificate name becomes `<ssl-dir>/<name>.pem`: keep it a plain, visible file name."""
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise UsageError(
             f"invalid certificate name {name!r}: use letters, digits, dots, hyphens and underscores, "
             "starting with a letter or digit"
@@ -354,6 +382,6 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
         raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")
     try:
         domains = normalize_domains(domains)
-        return certificate_specs(str(table.get("name", domains[0])), tuple(domains), key_types, profile)
+        return certificate_specs(table.get("name", domains[0]), tuple(domains), key_types, profile)
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from None

@@ -5,6 +5,7 @@ The Runtime API, which changes a running HAProxy without a reload, is in `runtim
 
 import logging
 import shlex
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,14 +18,28 @@ RELOAD_TIMEOUT = 120
 CHECK_TIMEOUT = 60
 
 
-def reload(command: str) -> None:
-    """Run the reload command (split like a shell would, run without one); fail on non-zero exit.
+def split_command(command: str) -> list[str]:
+    """The reload command as argv, split like a shell would (it runs without one); ValueError if it cannot be.
 
     An operator who needs a shell writes one: `sh -c '...'`.
     """
-    argv = shlex.split(command)
+    argv = shlex.split(command)  # ValueError on an unbalanced quote
     if not argv:
-        raise CertrenewError("the reload command is empty")
+        raise ValueError("the command is empty")
+    return argv
+
+
+def missing_program(command: str) -> str | None:
+    """Why the reload command cannot run (its program is not found or not executable), or None."""
+    program = split_command(command)[0]
+    if shutil.which(program) is None:
+        return f"the reload command's program {program!r} is not found on PATH or not executable"
+    return None
+
+
+def reload(command: str) -> None:
+    """Run the reload command; fail on non-zero exit."""
+    argv = split_command(command)
     log.debug("reloading HAProxy: %s", command)
     result = _run(argv, RELOAD_TIMEOUT, f"reload command {command!r}",
                   f"reload command not found: {argv[0]!r} (set --reload-command)")

@@ -18,7 +18,7 @@ from certrenew.acme_account import new_account_key_pem
 from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme_client import AcmeClient
 from certrenew.acme_transport import Deadline, RequestCounter
-from certrenew.bundle import CertificateInfo, build_bundle, leaf_info, pem_blocks
+from certrenew.bundle import CertificateInfo, check_issued, leaf_info, pem_blocks
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
@@ -103,7 +103,7 @@ class Issuer:
             return self._finish_order(spec)
         info = leaf_info(bundle)
         fits = (
-            list(info.domains) == list(spec.domains)
+            {domain.lower() for domain in info.domains} == set(spec.domains)
             and info.not_after > _now()
             and key_type_of(load_key(bundle).public_key()) == spec.key_type
         )
@@ -127,8 +127,16 @@ class Issuer:
         return self._keep(spec, fullchain, order.key_pem, "installed")
 
     def _keep(self, spec: CertificateSpec, fullchain: str, key_pem: bytes, action: str) -> Issued:
-        """Keep the issued certificate as pending before anything else can fail, then ask for its window."""
-        bundle = build_bundle(fullchain.encode(), key_pem)
+        """Keep the issued certificate as pending before anything else can fail, once it is proven ours,
+        then ask for its window.
+
+        A refused one is not kept, nor is its order: downloading it again would bring the same.
+        """
+        try:
+            bundle = check_issued(fullchain.encode(), key_pem, spec.domains, _now())
+        except CertrenewError:
+            self.store.discard_order(spec.name)
+            raise
         self.store.save_pending(spec.name, bundle)
         return Issued(spec, bundle, action, self._window(spec.name, bundle))
 

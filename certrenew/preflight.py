@@ -17,8 +17,6 @@ import http.client
 import logging
 import os
 import secrets
-import shlex
-import shutil
 import socket
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,9 +139,14 @@ def _fetch(host: str, port: int, name: str, path: str) -> tuple[int, str, str | 
 
 # HAProxy: the admin socket and the reload command, which installing will need.
 
+def socket_checks(settings: Settings) -> list[Check]:
+    """Every Runtime API socket: an install fails on one it cannot use."""
+    return [socket_check(address, settings.ssl_dir) for address in settings.haproxy_socket]
+
+
 def haproxy_checks(settings: Settings) -> list[Check]:
     """Every Runtime API socket, then the reload command: needed when no socket can take a new certificate."""
-    checks = [socket_check(address, settings.ssl_dir) for address in settings.haproxy_socket]
+    checks = socket_checks(settings)
     needed = not checks or any(check.status != OK for check in checks)
     return [*checks, reload_check(settings.reload_command, needed)]
 
@@ -170,11 +173,13 @@ def socket_check(address: str, ssl_dir: Path) -> Check:
 def reload_check(command: str, needed: bool) -> Check:
     """The reload command's program exists; a FAIL only when installing will need it."""
     what = "reload command"
-    argv = shlex.split(command)
-    found = shutil.which(argv[0]) if argv else None
-    if found:
-        return Check(OK, what, f"{command!r} ({found})")
-    missing = f"{argv[0]!r} not found on PATH (set --reload-command)" if argv else "empty (set --reload-command)"
+    try:
+        missing = haproxy.missing_program(command)
+    except ValueError as error:  # an empty or unparsable command
+        missing = str(error)
+    if missing is None:
+        return Check(OK, what, f"{command!r}")
+    missing += " (set --reload-command)"
     if needed:
         return Check(FAIL, what, missing)
     return Check(WARN, what, f"{missing}; needed only when the Runtime API cannot take a certificate")

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from certrenew import signals
+from certrenew import haproxy, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, UsageError
@@ -83,11 +83,12 @@ def _run(settings: Settings, specs: list[CertificateSpec], telemetry) -> list[Ou
 
     if work:
         check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
+        _check_reload_command(settings)
         from certrenew import preflight
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
         from certrenew.responder import Responder
 
-        preflight.require(preflight.haproxy_checks(settings))  # before the CA issues what could not be installed
+        preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
         # The responder opens its port at the first order that needs it and closes it with the run.
         with Responder(settings.listen) as responder:
             issuer = Issuer(settings, store, {responder.challenge_type: responder}, telemetry,
@@ -151,6 +152,20 @@ def _check_ssl_dir(settings: Settings) -> None:
                          f"--ssl-dir {ssl_dir}` (HAProxy needs a placeholder in it to start), or set --ssl-dir")
     if not os.access(ssl_dir, os.W_OK):
         raise CertrenewError(f"the ssl dir {ssl_dir} is not writable by this user")
+
+
+def _check_reload_command(settings: Settings) -> None:
+    """Before ordering: a certificate that cannot be installed is not worth asking the CA for.
+
+    Without a Runtime API socket the reload is the only way in, so a missing program is
+    an error. With sockets it is only the fallback (a certificate HAProxy does not know
+    yet, a socket that fails), so it is a warning and hot updates go on.
+    """
+    problem = haproxy.missing_program(settings.reload_command)
+    if problem and not settings.haproxy_socket:
+        raise UsageError(f"{problem} (set --reload-command)")
+    if problem:
+        log.warning("%s: only hot updates over the Runtime API can install certificates", problem)
 
 
 def _now() -> datetime.datetime:

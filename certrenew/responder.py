@@ -8,6 +8,7 @@ backend port is closed the rest of the time.
 import asyncio
 import logging
 import re
+import socket
 import threading
 from http import HTTPStatus
 
@@ -27,6 +28,8 @@ MAX_HEAD = 8192
 MAX_CONNECTIONS = 512
 """Open connections at once. A new one beyond that closes the oldest, so a flood cannot exhaust
 file descriptors, and cannot keep the CA's fresh connection out either."""
+ACCEPT_RETRY = 0.1
+"""Seconds to wait before accepting again when the system refuses (out of file descriptors)."""
 
 
 class Responder:
@@ -35,7 +38,10 @@ class Responder:
     Use it as a context manager for the run: the port is bound at the first `present`
     (a run that orders nothing never opens it) and free again on exit. The server is asyncio in one thread, so thousands of idle or slow connections cost
     memory, not threads, and a real validation is answered while they wait out their
-    time limit. Every answer closes its connection, so nothing lingers after exit.
+    time limit. Every answer closes its connection, so nothing lingers after exit. It
+    accepts one connection at a time and closes the oldest before taking one beyond
+    MAX_CONNECTIONS, so the cap holds however fast a burst arrives (asyncio's own server
+    accepts a hundred at a time before any of them is looked at).
     """
 
     challenge_type = HTTP_01
@@ -47,7 +53,7 @@ class Responder:
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
         self._starting = threading.Lock()
-        self._connections: dict[asyncio.Task, None] = {}
+        self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
         """Open connections, oldest first."""
 
     def check_domain(self, domain: str) -> None:
@@ -136,28 +142,50 @@ class Responder:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
             host, port = self.address
             try:
-                server = await asyncio.start_server(self._connection, host, port, limit=MAX_HEAD,
-                                                    reuse_address=True)
+                family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+                listener = socket.create_server((host, port), family=family, backlog=128)
             except OSError as error:
                 failure.append(error)
                 started.set()
                 return
             started.set()
-            async with server:
+            with listener:
+                listener.setblocking(False)
+                accepting = asyncio.create_task(self._accept(listener))
                 await self._stop.wait()
-                server.close()
-                for task in list(self._connections):
+                accepting.cancel()
+                for task in [accepting, *self._connections]:
                     task.cancel()
-                await asyncio.gather(*self._connections, return_exceptions=True)
+                await asyncio.gather(accepting, *self._connections, return_exceptions=True)
 
         asyncio.run(main())
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """Take connections one by one, making room first when at the cap."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as error:  # e.g. EMFILE: wait for file descriptors to be freed
+                log.debug("responder: cannot accept: %s", error)
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            if len(self._connections) >= MAX_CONNECTIONS:
+                task, oldest = next(iter(self._connections.items()))
+                del self._connections[task]
+                oldest.transport.abort()
+                task.cancel()
+                await asyncio.sleep(0)  # the aborted socket closes before another is opened
+            try:
+                reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEAD)
+            except OSError:  # gone already
+                sock.close()
+                continue
+            self._connections[asyncio.create_task(self._connection(reader, writer))] = writer
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None  # a connection handler runs as a task
-        if len(self._connections) >= MAX_CONNECTIONS:
-            next(iter(self._connections)).cancel()
-        self._connections[task] = None
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)

@@ -7,17 +7,32 @@ something at that exact step of the order (send certrenew a signal). Pebble buil
 its URLs from the request's Host header, so every URL it hands out points back at
 the proxy and the whole conversation stays observable.
 
+A fault can also let pebble answer and then change the answer (`Forge`: a forged
+certificate chain, garbage, an enormous body), or deliver it so slowly that it never
+ends (`Drip`, `Stall`). The proxy remembers the public key of the last CSR it saw
+finalized, so a forged leaf can carry certrenew's own key and fail only on what the
+test means it to.
+
 Pebble's paths name the ACME steps; `step()` maps them to words the tests use.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
 import http.client
+import json
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 LOOPBACK = "127.0.0.1"
 DROP = "drop"
@@ -52,8 +67,57 @@ class Reply:
                                            *((name.replace("_", "-"), value) for name, value in headers.items())))
 
 
-Fault = Reply | str | None
-"""What `on_request` returns: None to pass the request on, a Reply, or DROP."""
+@dataclass(frozen=True)
+class Forge:
+    """Pebble's answer, if a success, with its body replaced by `make(pebble's body, the last CSR's public key)`."""
+
+    make: Callable[[bytes, object], bytes]
+
+
+@dataclass(frozen=True)
+class Drip:
+    """Pebble's answer, head and body, sent one byte every `interval` seconds."""
+
+    interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Pebble's head and most of its body, then nothing: the answer never ends."""
+
+
+Fault = Reply | Forge | Drip | Stall | str | None
+"""What `on_request` returns: None to pass the request on, a Reply, a Forge, a Drip, a Stall or DROP."""
+SLOW_LIMIT = 120.0
+"""Seconds a Drip or a Stall goes on at most, should the client never hang up."""
+
+
+def forged_chain(public_key, names: list[str], valid_days: tuple[int, int] = (-1, 89)) -> bytes:
+    """A leaf for `public_key` and `names`, valid between the two day offsets from now, and its issuer (not pebble)."""
+    ca = trustme.CA()
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(issuer.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now + datetime.timedelta(days=valid_days[0]))
+            .not_valid_after(now + datetime.timedelta(days=valid_days[1]))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
+            .sign(serialization.load_pem_private_key(ca.private_key_pem.bytes(), None), hashes.SHA256()))
+    return leaf.public_bytes(serialization.Encoding.PEM) + ca.cert_pem.bytes()
+
+
+def csr_public_key(jws_body: bytes):
+    """The public key of the CSR in a finalize request (a JWS whose payload is {"csr": base64url DER})."""
+    payload = json.loads(jws_body)["payload"]
+    csr = json.loads(_unb64(payload))["csr"]
+    return x509.load_der_x509_csr(_unb64(csr)).public_key()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class FaultProxy:
@@ -64,6 +128,10 @@ class FaultProxy:
         self.on_request: Callable[[str, str], Fault] = lambda method, path: None
         self.seen: list[tuple[str, str]] = []
         """(method, step) of every request, in order."""
+        self.csr_key = None
+        """The public key of the last CSR finalized through the proxy."""
+        self.altered = 0
+        """Answers forged, dripped or stalled: proof that the fault happened."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(lab.pebble_cert, lab.pebble_key)
         self._upstream = ssl.create_default_context(cafile=str(lab.ca_bundle))
@@ -109,6 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         self.proxy.seen.append((self.command, step(self.path)))
+        if step(self.path) == "finalize":
+            self.proxy.csr_key = csr_public_key(body)
         fault = self.proxy.on_request(self.command, self.path)
         if fault == DROP:
             self.close_connection = True
@@ -123,15 +193,43 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-        self.send_response(status)
-        for name, value in headers:
-            if name.lower() not in ("connection", "transfer-encoding", "content-length"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
+        if isinstance(fault, Forge) and status != 200:
+            fault = None  # pebble refused (a nonce, 5% of the time): let certrenew see that and retry
+        if isinstance(fault, Forge):
+            payload = fault.make(payload, self.proxy.csr_key)
+        if isinstance(fault, (Forge, Drip, Stall)):
+            self.proxy.altered += 1
+        declared = len(payload) + (1000 if isinstance(fault, Stall) else 0)
+        head = [f"HTTP/1.1 {status} {http.client.responses.get(status, '')}"]
+        head += [f"{name}: {value}" for name, value in headers
+                 if name.lower() not in ("connection", "transfer-encoding", "content-length")]
+        head += [f"Content-Length: {declared}", "Connection: close"]
+        answer = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
         self.close_connection = True
+        if isinstance(fault, Drip):
+            self._drip(answer, fault.interval)
+        elif isinstance(fault, Stall):
+            self.wfile.write(answer)
+            self.wfile.flush()
+            self.connection.settimeout(SLOW_LIMIT)
+            try:
+                self.connection.recv(1)  # until the client hangs up, or SLOW_LIMIT
+            except OSError:
+                pass
+        else:
+            self.wfile.write(answer)
+
+    def _drip(self, answer: bytes, interval: float) -> None:
+        ends = time.monotonic() + SLOW_LIMIT
+        try:
+            for byte in answer:
+                if time.monotonic() > ends:
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(interval)
+        except OSError:  # the client hung up
+            pass
 
     do_GET = do_POST = do_HEAD = _any
 

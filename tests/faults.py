@@ -43,6 +43,26 @@ def complete(bundle: bytes) -> bool:
         return False
 
 
+def held_open(port: int, pid: int | str = "self") -> int:
+    """How many connections to `port` process `pid` holds open: its socket files that are such a connection.
+
+    /proc/net/tcp alone overcounts: it is read in pieces, and lists a socket the process
+    has just closed, or one still waiting in the accept queue, for a moment longer.
+    """
+    server_ends = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+            server_ends.add(f"socket:[{fields[9]}]")
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            held += os.readlink(fd) in server_ends
+        except OSError:  # closed meanwhile
+            pass
+    return held
+
+
 class Guard:
     """Runs certrenew for one fault case against a lab and keeps its ledger line."""
 

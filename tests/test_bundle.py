@@ -1,7 +1,9 @@
+import datetime
+
 import pytest
 import trustme
 
-from certrenew.bundle import build_bundle, leaf_info, pem_blocks
+from certrenew.bundle import build_bundle, check_issued, leaf_info, pem_blocks
 from certrenew.errors import CertrenewError
 
 
@@ -35,3 +37,79 @@ def test_refuses_a_chain_that_is_not_a_certificate(issued):
         build_bundle(issued.private_key_pem.bytes(), issued.private_key_pem.bytes())
     with pytest.raises(CertrenewError, match="no END line"):
         pem_blocks(b"-----BEGIN CERTIFICATE-----\nabc\n")
+
+
+# What the CA returns is proven before it is kept (check_issued).
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+def chain_of(issued) -> bytes:
+    return b"".join(blob.bytes() for blob in issued.cert_chain_pems)
+
+
+def test_check_issued_accepts_our_certificate_whatever_the_order_of_names(issued):
+    key = issued.private_key_pem.bytes()
+    bundle = check_issued(chain_of(issued), key, ["B.example", "a.example"], NOW)
+    assert bundle == build_bundle(chain_of(issued), key)
+
+
+def test_check_issued_keeps_every_intermediate():
+    intermediate = trustme.CA().create_child_ca().create_child_ca()
+    issued = intermediate.issue_cert("a.example")
+    assert len(issued.cert_chain_pems) == 3
+    bundle = check_issued(chain_of(issued), issued.private_key_pem.bytes(), ["a.example"], NOW)
+    assert pem_blocks(bundle)[:3] == [blob.bytes() for blob in issued.cert_chain_pems]
+
+
+def refused(issued, match: str, chain: bytes | None = None, key: bytes | None = None,
+            domains=("a.example", "b.example"), now=NOW) -> None:
+    with pytest.raises(CertrenewError, match=match) as caught:
+        check_issued(chain_of(issued) if chain is None else chain,
+                     issued.private_key_pem.bytes() if key is None else key, domains, now)
+    assert "\n" not in str(caught.value)
+
+
+def test_refuses_a_leaf_for_another_key(ca, issued):
+    other = ca.issue_cert("a.example", "b.example")
+    refused(issued, "not for our key", chain=chain_of(other))
+
+
+def test_refuses_a_leaf_for_other_names(issued):
+    refused(issued, r"is for a\.example, b\.example, not the ordered a\.example, c\.example",
+            domains=("a.example", "c.example"))
+    refused(issued, "not the ordered a.example$", domains=("a.example",))
+
+
+def test_refuses_a_leaf_not_valid_now(ca):
+    expired = ca.issue_cert("a.example", not_before=NOW - datetime.timedelta(days=10),
+                            not_after=NOW - datetime.timedelta(days=1))
+    refused(expired, "expired on", domains=("a.example",))
+    future = ca.issue_cert("a.example", not_before=NOW + datetime.timedelta(hours=1),
+                           not_after=NOW + datetime.timedelta(days=90))
+    refused(future, "not valid before", domains=("a.example",))
+    slightly_ahead = ca.issue_cert("a.example", not_before=NOW + datetime.timedelta(minutes=2),
+                                   not_after=NOW + datetime.timedelta(days=90))
+    check_issued(chain_of(slightly_ahead), slightly_ahead.private_key_pem.bytes(), ["a.example"], NOW)
+
+
+@pytest.mark.parametrize("body, match", [
+    (b"", "holds no PEM certificate"),
+    (b"<html><body>502 Bad Gateway</body></html>\n", "no END line"),
+    (bytes(range(256)) * 4, "no END line"),
+    (b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n", "block 1 is not"),
+])
+def test_refuses_a_body_that_is_not_a_certificate_chain(issued, body, match):
+    refused(issued, "not a certificate chain: .*" + match, chain=body)
+
+
+def test_refuses_garbage_around_the_chain(issued):
+    refused(issued, "no END line", chain=chain_of(issued) + b"trailing garbage\n")
+    refused(issued, "block 1 is not", chain=b"<html>\n" + chain_of(issued))
+    refused(issued, "block 2 is not", chain=chain_of(issued) + issued.private_key_pem.bytes())
+
+
+def test_refuses_a_chain_whose_certificates_do_not_sign_each_other(issued):
+    stranger = trustme.CA().cert_pem.bytes()
+    refused(issued, "chain .* is broken: certificate 1 .* is not signed by the next one",
+            chain=issued.cert_chain_pems[0].bytes() + stranger)

@@ -155,3 +155,34 @@ def test_an_unknown_challenge_type_is_a_usage_error():
 
     with pytest.raises(UsageError, match="unknown challenge type 'tls-alpn-01'; choose one of http-01"):
         certificate_specs("a", ("a.example",), "ecdsa-p256", challenge="tls-alpn-01")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("TIMEOUT", "nan"), ("TIMEOUT", "inf"), ("TIMEOUT", "-5"), ("TIMEOUT", "0"), ("TIMEOUT", "86401"),
+    ("LOCK_TIMEOUT", "nan"), ("LOCK_TIMEOUT", "-1"), ("LOCK_TIMEOUT", "1e9"),
+    ("RENEW_BEFORE", "1000d"), ("RENEW_BEFORE", "99999999999999d"), ("RENEW_BEFORE", "1e400s"),
+    ("RELOAD_COMMAND", "sh -c 'unbalanced"), ("RELOAD_COMMAND", "  "),
+])
+def test_absurd_values_are_usage_errors(name, value):
+    with pytest.raises(UsageError, match=f"invalid CERTRENEW_{name}: ") as caught:
+        build_settings({}, None, {f"CERTRENEW_{name}": value})
+    assert "\n" not in str(caught.value).rstrip("\n'")
+
+
+def test_sensible_bounds_are_accepted(tmp_path):
+    settings = build_settings({}, None, {"CERTRENEW_TIMEOUT": "86400", "CERTRENEW_LOCK_TIMEOUT": "0",
+                                         "CERTRENEW_RENEW_BEFORE": "999d", "CERTRENEW_RELOAD_COMMAND": "a 'b c'"})
+    assert (settings.timeout, settings.lock_timeout, settings.renew_before.days) == (86400, 0, 999)
+    with pytest.raises(UsageError, match="timeout: must be a number of seconds"):
+        config_file(tmp_path, "timeout = inf\n")
+
+
+@pytest.mark.parametrize("table, error", [
+    ('name = "nl\\n"\ndomains = ["a.example"]', "invalid certificate name 'nl\\\\n'"),
+    ('name = 123\ndomains = ["a.example"]', "invalid certificate name 123"),
+    ('name = true\ndomains = ["a.example"]', "invalid certificate name True"),
+    ('domains = ["a.example"]\nkey_type = []', "no key type given"),
+])
+def test_certificate_tables_are_strict(tmp_path, table, error):
+    with pytest.raises(UsageError, match=error):
+        config_file(tmp_path, f"[[certificate]]\n{table}\n")

@@ -4,6 +4,7 @@ import time
 
 import pytest
 import requests
+from faults import held_open
 
 from certrenew import responder as responder_module
 from certrenew.errors import CertrenewError, UsageError
@@ -159,3 +160,34 @@ def test_connections_beyond_the_bound_close_the_oldest(monkeypatch):
         assert held[0].recv(100) == b""  # the oldest made room
         for sock in held:
             sock.close()
+
+
+def test_the_cap_holds_under_a_burst_and_validation_still_works(monkeypatch, open_files):
+    """2000 idle connections as fast as the client can open them; the responder never holds more than the cap."""
+    monkeypatch.setattr(responder_module, "MAX_CONNECTIONS", 64)
+    port = free_port()
+    flood = min(2000, open_files - 200)
+    with Responder(f"127.0.0.1:{port}") as responder:
+        responder.present("a.example", "tok", "tok.thumb")
+        held, most = [], 0
+        try:
+            for index in range(flood):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+                held.append(sock)
+                if index % 100 == 0:
+                    most = max(most, held_open(port))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the responder works through the backlog
+                most = max(most, held_open(port))
+                answer = requests.get(f"http://127.0.0.1:{port}/.well-known/acme-challenge/tok",
+                                      headers={"Host": "a.example"}, timeout=5)
+                if answer.text == "tok.thumb":
+                    break
+            assert answer.text == "tok.thumb"
+            most = max(most, held_open(port))
+        finally:
+            for sock in held:
+                sock.close()
+    assert flood >= 900 and 0 < most <= 64 + 1, (flood, most)

@@ -9,6 +9,7 @@ import pytest
 # here as in `python tests/lab.py`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ari import AriEndpoint  # noqa: E402
 from lab import Lab  # noqa: E402
 
 
@@ -17,6 +18,15 @@ def lab(tmp_path: Path):
     """A fresh lab per test, so no test sees another's accounts, orders or certificates."""
     with Lab(tmp_path / "lab") as running:
         yield running
+
+
+@pytest.fixture
+def ari(lab):
+    """An ARI endpoint in front of the lab's pebble; point --directory at `ari.url + "/dir"`."""
+    endpoint = AriEndpoint(lab)
+    yield endpoint
+    endpoint.server.shutdown()
+    endpoint.server.server_close()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,12 +8,8 @@ test sets. Everything else (orders, challenges, finalization) goes to the real p
 
 import datetime
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-import requests
 from cryptography import x509
 
 from certrenew.acme_ari import ari_cert_id
@@ -21,64 +17,6 @@ from certrenew.bundle import leaf_info
 
 NAME = "ari.example"
 UTC = datetime.timezone.utc
-
-
-class AriEndpoint:
-    """A directory with `renewalInfo`, and a renewal-info resource a test steers."""
-
-    def __init__(self, lab):
-        self.lab = lab
-        self.window = (datetime.timedelta(days=30), datetime.timedelta(days=31))
-        self.retry_after: int | None = 3600
-        self.fail = False
-        self.profiles: dict[str, str] | None = None
-        self.requests: list[str] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                endpoint.answer(self)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, handler):
-        if handler.path == "/dir":
-            directory = requests.get(self.lab.directory_url, verify=str(self.lab.ca_bundle), timeout=5).json()
-            directory["renewalInfo"] = f"{self.url}/renewal-info"
-            if self.profiles is not None:
-                directory["meta"]["profiles"] = self.profiles
-            return self.reply(handler, 200, directory)
-        self.requests.append(handler.path.rsplit("/", 1)[-1])
-        if self.fail:
-            return self.reply(handler, 500, {"type": "urn:ietf:params:acme:error:serverInternal"})
-        now = datetime.datetime.now(UTC)
-        start, end = (now + offset for offset in self.window)
-        window = {"start": start.isoformat().replace("+00:00", "Z"), "end": end.isoformat().replace("+00:00", "Z")}
-        self.reply(handler, 200, {"suggestedWindow": window}, self.retry_after)
-
-    @staticmethod
-    def reply(handler, status, body, retry_after=None):
-        data = json.dumps(body).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        if retry_after is not None:
-            handler.send_header("Retry-After", str(retry_after))
-        handler.end_headers()
-        handler.wfile.write(data)
-
-
-@pytest.fixture
-def ari(lab):
-    endpoint = AriEndpoint(lab)
-    yield endpoint
-    endpoint.server.shutdown()
-    endpoint.server.server_close()
 
 
 def certrenew(lab, ari, *args):

@@ -7,6 +7,7 @@ runs this module and prints the ledger.
 """
 
 import fcntl
+import json
 import os
 import resource
 import shutil
@@ -18,10 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
-from faultproxy import DROP, FaultProxy, Reply
+import trustme
+from cryptography.hazmat.primitives.asymmetric import ec
+from faultproxy import DROP, Drip, FaultProxy, Forge, Reply, Stall, forged_chain
 from faultproxy import step as step_of
-from faults import Guard
+from faults import NAME, Guard, held_open
 from lab import Lab
+
+from certrenew.bundle import pem_blocks
 
 FAST = {"CERTRENEW_TIMEOUT": "20"}
 NO_AUTHZ_REUSE = {"PEBBLE_AUTHZREUSE": "0"}
@@ -177,6 +182,97 @@ def test_ca_stopped_mid_order(guard_for, proxy, lab):
     guard.recover()  # not due: the old certificate stays
     result = guard.run("--force")  # a restarted pebble forgot the account: registered again
     assert result.returncode == 0, result.stderr
+    guard.recover()
+
+
+# What the CA returns.
+
+ENORMOUS = b"-----BEGIN CERTIFICATE-----\n" + b"A" * 64 * 1024 * 1024 + b"\n-----END CERTIFICATE-----\n"
+
+NOT_OURS = {
+    # case: (what replaces pebble's chain, from pebble's body and the CSR's key; the error certrenew names)
+    "CA returns a leaf for another key": (
+        lambda body, key: forged_chain(ec.generate_private_key(ec.SECP256R1()).public_key(), [NAME]),
+        "not for our key"),
+    "CA returns a leaf for other names": (
+        lambda body, key: forged_chain(key, ["other.example"]), "is for other.example, not the ordered site.example"),
+    "CA returns an expired leaf": (lambda body, key: forged_chain(key, [NAME], (-90, -1)), "expired on"),
+    "CA returns a leaf not valid until tomorrow": (lambda body, key: forged_chain(key, [NAME], (1, 90)),
+                                                   "not valid before"),
+    "CA returns a chain not signed in order": (
+        lambda body, key: pem_blocks(body)[0] + trustme.CA().cert_pem.bytes(), "chain the CA returned is broken"),
+    "CA returns HTML instead of the chain": (lambda body, key: b"<html><body>Bad Gateway</body></html>\n",
+                                             "not a certificate chain"),
+    "CA returns garbage DER": (lambda body, key: bytes(range(256)) * 8, "not a certificate chain"),
+    "CA returns an empty chain": (lambda body, key: b"", "holds no PEM certificate"),
+    "CA returns trailing garbage after the chain": (lambda body, key: body + b"garbage\n", "not a certificate chain"),
+    "CA returns an enormous chain (64 MiB)": (lambda body, key: ENORMOUS, "larger than 1024 KiB"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_OURS)
+def test_ca_returns_a_certificate_that_is_not_ours(guard_for, proxy, lab, case):
+    """Refused before it is kept: exit 1, one line naming it, served bundle untouched, failure recorded."""
+    make, error = NOT_OURS[case]
+    guard = guard_for(case, proxy)
+    guard.establish()
+    proxy.on_request = failing("certificate", Forge(make))
+    result = guard.run("--force")
+    assert proxy.altered == 1
+    assert result.returncode == 1 and error in result.stderr, result.stderr
+    assert result.stderr.count("failed:") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert guard.bundle_path.read_bytes() == guard.old
+    guard.survived()
+    state = lab.state_dir / "certificates" / NAME
+    assert not (state / "pending.pem").exists()
+    meta = json.loads((state / "meta.json").read_text())
+    assert meta["failures"] == 1 and error in meta["last_error"] and meta["next_attempt"]
+    status = lab.certrenew("status")
+    assert status.returncode == 1 and "failing" in status.stdout, status.stdout
+    proxy.on_request = lambda method, path: None
+    guard.recover()  # not due (or the download of the kept order, for the enormous one)
+    result = guard.run("--force")
+    assert result.returncode == 0, result.stderr
+    guard.recover()
+
+
+SLOW_CA = {
+    # case: (the step, the fault)
+    "CA drips the directory, a byte a second": ("directory", Drip(1.0)),
+    "CA never finishes the directory": ("directory", Stall()),
+    "CA drips the certificate, a byte a second": ("certificate", Drip(1.0)),
+}
+
+
+@pytest.mark.parametrize("case", SLOW_CA)
+def test_a_slow_ca_ends_the_run_within_its_time_budget(guard_for, proxy, case):
+    at_step, fault = SLOW_CA[case]
+    guard = guard_for(case, proxy)
+    guard.establish()
+    proxy.on_request = failing(at_step, fault)
+    started = time.monotonic()
+    result = guard.run("--force", env={"CERTRENEW_TIMEOUT": "5"}, timeout=60)
+    took = time.monotonic() - started
+    assert proxy.altered >= 1
+    assert result.returncode == 1 and "time budget of 5 s (--timeout)" in result.stderr, result.stderr
+    assert took < 5 + 10, took
+    assert guard.bundle_path.read_bytes() == guard.old
+    guard.survived()
+    proxy.on_request = lambda method, path: None
+    guard.recover()
+
+
+def test_a_reload_command_that_cannot_run_is_refused_before_the_ca_is_asked(guard_for, proxy):
+    guard = guard_for("reload command missing or unbalanced", proxy)
+    guard.establish()
+    seen = len(proxy.seen)
+    for command, error in (("no-such-reloader --now", "'no-such-reloader' is not found on PATH"),
+                           ("sh -c 'unbalanced", "invalid CERTRENEW_RELOAD_COMMAND: No closing quotation")):
+        result = guard.run("--force", env={"CERTRENEW_RELOAD_COMMAND": command})
+        assert result.returncode == 2 and error in result.stderr, result.stderr
+        assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(proxy.seen) == seen  # the CA was not asked
+    guard.survived()
     guard.recover()
 
 
@@ -454,5 +550,50 @@ def test_responder_flood_does_not_block_validation(guard_for, proxy, lab):
     assert proxy.on_request.ran == 1 and proxy.on_request.errors == []
     assert len(held) == 300 and junk_errors == [] and len(junk_connected) > 0
     assert result.returncode == 0, result.stderr
+    guard.survived()
+    guard.recover()
+
+
+BURSTS = {
+    # case: the open-files limit certrenew runs with (soft and hard), or None for the machine's
+    "responder burst (2000 idle connections at once)": None,
+    "responder burst under a 1024 open-files limit": 1024,
+}
+
+
+@pytest.mark.parametrize("case", BURSTS)
+def test_a_burst_of_idle_connections_is_held_to_the_cap(guard_for, proxy, lab, open_files, case):
+    """At the challenge, 2000 idle connections arrive as fast as they can; certrenew holds at most its cap of
+    them, and validation, the CA, the state and HAProxy still get every file they need."""
+    from certrenew.responder import MAX_CONNECTIONS
+
+    limit = BURSTS[case]
+    guard = guard_for(case, proxy)
+    guard.establish()
+    held: list[socket.socket] = []
+    pid: list[int] = []
+    most = [0]
+
+    def burst() -> None:
+        for _ in range(min(2000, open_files - 300)):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", lab.backend_port))
+            held.append(sock)
+        for _ in range(10):  # while the responder works through the backlog
+            most[0] = max(most[0], held_open(lab.backend_port, pid[0]))
+            time.sleep(0.05)
+    proxy.on_request = at("challenge", burst)
+    preexec = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))) if limit else None
+    process = guard.start("--force", preexec_fn=preexec)
+    pid.append(process.pid)
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        for sock in held:
+            sock.close()
+    assert len(held) >= 1500
+    assert process.returncode == 0, err
+    assert 0 < most[0] <= MAX_CONNECTIONS + 1, most[0]
     guard.survived()
     guard.recover()

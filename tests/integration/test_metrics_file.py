@@ -74,7 +74,7 @@ def test_metrics_file_written_when_the_run_itself_fails(lab):
     config = write_config(lab, ["alpha"])
     result = lab.certrenew("run", "--config", str(config), "--metrics-file", str(metrics_file),
                            env={"CERTRENEW_SSL_DIR": str(lab.workdir / "no-such-dir")})
-    assert result.returncode == 1 and "ssl dir" in result.stderr and result.stderr.count("\n") == 1
+    assert result.returncode == 2 and "bootstrap-ssl-dir" in result.stderr and result.stderr.count("\n") == 1
     found = scrape(metrics_file)
     assert found["certrenew_last_run_success"] == 0
     assert found["certrenew_certificate_ready"] == {"alpha": 0}

@@ -1,0 +1,155 @@
+"""Reading certbot's lineages: the renewal conf, key types, what is skipped and what cannot be carried over.
+
+The end-to-end import, on lineages a real certbot made, is tests/integration/test_import_certbot.py.
+"""
+
+import configparser
+import datetime
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+import josepy as jose
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from certrenew.certbot_import import TOP, make_plan, read_renewal_conf
+from certrenew.config import Settings
+from certrenew.keys import key_to_pem, key_type_of
+from certrenew.store import Account, FileStore
+
+SERVER = "https://acme.test/directory"
+
+# As certbot 5 writes it, with what configobj adds for other plugins: a quoted value, a nested section.
+CONF = """\
+version = 5.8.0
+archive_dir = /etc/letsencrypt/archive/example.com
+cert = /etc/letsencrypt/live/example.com/cert.pem
+privkey = /etc/letsencrypt/live/example.com/privkey.pem
+chain = /etc/letsencrypt/live/example.com/chain.pem
+fullchain = /etc/letsencrypt/live/example.com/fullchain.pem
+renew_before_expiry = 30 days
+
+# Options used in the renewal process
+[renewalparams]
+account = fd446262c1edab4ef7d0ad346efb7451
+key_type = ecdsa
+server = https://acme-v02.api.letsencrypt.org/directory
+authenticator = webroot
+webroot_path = /var/www/html,
+pre_hook = "systemctl stop nginx, really"
+renew_hook = date +%s > /tmp/renewed
+preferred_chain = ISRG Root X1
+[[webroot_map]]
+example.com = /var/www/html
+"""
+
+
+def test_the_renewal_conf_reads_as_certbot_wrote_it():
+    conf = read_renewal_conf(CONF)
+    assert conf[TOP]["archive_dir"] == "/etc/letsencrypt/archive/example.com"
+    assert conf[TOP]["renew_before_expiry"] == "30 days"
+    params = conf["renewalparams"]
+    assert params["server"] == "https://acme-v02.api.letsencrypt.org/directory"
+    assert params["pre_hook"] == "systemctl stop nginx, really"  # unquoted
+    assert params["renew_hook"] == "date +%s > /tmp/renewed"  # no interpolation
+    assert conf["[webroot_map]"] == {"example.com": "/var/www/html"}
+
+
+@pytest.mark.parametrize("broken", ["account = a\naccount = b\n", "not a key value pair\n"])
+def test_a_broken_renewal_conf_is_an_error_not_a_guess(broken):
+    with pytest.raises(configparser.Error):
+        read_renewal_conf(CONF.replace("[[webroot_map]]", broken + "[[webroot_map]]"))
+
+
+@pytest.mark.parametrize("make_key, expected", [
+    (lambda: ec.generate_private_key(ec.SECP256R1()), "ecdsa-p256"),
+    (lambda: ec.generate_private_key(ec.SECP384R1()), "ecdsa-p384"),
+    (lambda: rsa.generate_private_key(65537, 2048), "rsa2048"),
+    (lambda: rsa.generate_private_key(65537, 3072), "rsa3072"),
+    (lambda: ec.generate_private_key(ec.SECP521R1()), None),
+    (lambda: rsa.generate_private_key(65537, 1024), None),
+    (lambda: ed25519.Ed25519PrivateKey.generate(), None),
+])
+def test_certbot_key_types_map_to_certrenews_or_to_none(make_key, expected):
+    assert key_type_of(make_key().public_key()) == expected
+
+
+def lineage(root: Path, name: str, key, names: list, params: str = "", must_staple: bool = False) -> None:
+    """A lineage laid out as certbot lays it out, with a self-signed certificate."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=90))
+               .add_extension(x509.SubjectAlternativeName(names), critical=False))
+    if must_staple:
+        builder = builder.add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
+    cert = builder.sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    archive, live = root / "archive" / name, root / "live" / name
+    archive.mkdir(parents=True)
+    live.mkdir(parents=True)
+    for file, data in (("fullchain", cert.public_bytes(Encoding.PEM)), ("privkey", key_to_pem(key))):
+        (archive / f"{file}1.pem").write_bytes(data)
+        os.symlink(f"../../archive/{name}/{file}1.pem", live / f"{file}.pem")
+    (root / "renewal").mkdir(exist_ok=True)
+    (root / "renewal" / f"{name}.conf").write_text(
+        f"version = 5.8.0\n[renewalparams]\naccount = acct\nserver = {SERVER}\n{params}")
+    account = root / "accounts" / "acme.test" / "directory" / "acct"
+    account.mkdir(parents=True, exist_ok=True)
+    (account / "private_key.json").write_text(jose.JWKRSA(key=rsa.generate_private_key(65537, 2048)).json_dumps())
+    (account / "regr.json").write_text(json.dumps({"body": {}, "uri": "https://acme.test/acct/1"}))
+
+
+def plan(tmp_path: Path):
+    settings = Settings(directory=SERVER, state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl")
+    return make_plan(settings, tmp_path / "letsencrypt", tmp_path / "certrenew.toml", None, force=False)
+
+
+def test_what_certrenew_cannot_issue_is_skipped_and_named(tmp_path):
+    root = tmp_path / "letsencrypt"
+    lineage(root, "p521.example", ec.generate_private_key(ec.SECP521R1()), [x509.DNSName("p521.example")])
+    lineage(root, "wild.example", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("*.wild.example")])
+    lineage(root, "ip.example", ec.generate_private_key(ec.SECP256R1()),
+            [x509.DNSName("ip.example"), x509.IPAddress(ipaddress.ip_address("192.0.2.1"))])
+    result = plan(tmp_path)
+    assert result.takeovers == []
+    assert "ECDSA secp521r1, a type certrenew does not issue" in result.skipped["p521.example"]
+    assert "wildcard" in result.skipped["wild.example"]
+    assert "IP addresses" in result.skipped["ip.example"]
+
+
+def test_what_certrenew_does_not_do_is_listed_one_line_each(tmp_path):
+    params = ("authenticator = webroot\nwebroot_path = /var/www/html,\ninstaller = nginx\npre_hook = stop\n"
+              "post_hook = start\nrenew_hook = notify\npreferred_chain = ISRG Root X1\nreuse_key = True\n")
+    root = tmp_path / "letsencrypt"
+    lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()),
+            [x509.DNSName("www.example.com"), x509.DNSName("example.com")], params, must_staple=True)
+    (root / "renewal-hooks" / "deploy").mkdir(parents=True)
+    (root / "renewal-hooks" / "deploy" / "reload-haproxy").write_text("#!/bin/sh\n")
+    result = plan(tmp_path)
+    [item] = result.takeovers
+    assert item.spec.domains == ("example.com", "www.example.com")  # the lineage's name first
+    assert [note.split(":")[0] for note in item.notes] == [
+        "authenticator webroot (/var/www/html)", "installer nginx", "pre hook 'stop'", "post hook 'start'",
+        "deploy hook 'notify'", "preferred_chain 'ISRG Root X1'", "must-staple", "reuse_key"]
+    assert result.notes == [f"certbot: not carried over: {root / 'renewal-hooks/deploy/reload-haproxy'} "
+                            "(a deploy hook for every certificate): certrenew does not run it"]
+    assert result.account.uri == "https://acme.test/acct/1" and b"PRIVATE KEY" in result.account.key_pem
+
+
+def test_an_account_certrenew_already_has_for_the_ca_is_kept(tmp_path):
+    lineage(tmp_path / "letsencrypt", "example.com", ec.generate_private_key(ec.SECP256R1()),
+            [x509.DNSName("example.com")])
+    FileStore(tmp_path / "state").save_account(SERVER, Account(key_to_pem(ec.generate_private_key(ec.SECP256R1())),
+                                                               "https://acme.test/acct/mine"))
+    result = plan(tmp_path)
+    assert result.account is None
+    assert result.takeovers[0].notes == [f"certbot's account acct: certrenew renews with the account it already had "
+                                         f"for {SERVER} (one account per CA)"]
+    assert not any(line.startswith("account:") for line in result.lines(dry_run=False))
