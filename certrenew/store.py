@@ -67,6 +67,8 @@ class CertificateRecord:
     failures: int = 0
     next_attempt: datetime.datetime | None = None
     """After a failure: no new attempt before this time, so a broken name does not hammer the CA."""
+    failed_settings: str | None = None
+    """The certificate's settings at the last failure: a run with other settings is not held back."""
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
