@@ -5,7 +5,9 @@ then the config file (see `certrenew.config`).
 """
 
 import argparse
+import datetime
 import difflib
+import json
 import logging
 import os
 import sys
@@ -17,7 +19,9 @@ from certrenew import __version__, signals
 from certrenew.config import (
     DEFAULT_CONFIG,
     OPTIONS,
+    CertificateSpec,
     ConfigFile,
+    Settings,
     build_settings,
     certificate_specs,
     default_certificate_name,
@@ -35,8 +39,12 @@ EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g.
           "each --flag has a --no-flag form to override a true one from there or the config file. Exit status: 0 done or nothing to do, 1 the run failed, 2 bad usage or input.")
 
 
-ONE_SHOT_OPTIONS = [option for option in OPTIONS if option.name != "metrics_listen"]
+DAEMON_ONLY = ("metrics_listen", "check_interval")
+ONE_SHOT_OPTIONS = [option for option in OPTIONS if option.name not in DAEMON_ONLY]
 """The options of `run` and the single-domain form: all but the daemon's."""
+DAEMON_OPTIONS = [option for option in OPTIONS if option.name not in ("force", "metrics_file")]
+"""The daemon's: no --force (it would renew on every pass), and its metrics are served, not written."""
+LOG_FORMATS = ("text", "json")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +65,8 @@ def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.A
                         help=f"TOML config file (for 'run' and 'status' default {DEFAULT_CONFIG})")
     parser.add_argument("-v", "--verbose", action=argparse.BooleanOptionalAction, help="log every step (and tracebacks)")
     parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, help="print only errors")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        help="text (default) or json: one JSON object per log line, for log shippers")
     parser.add_argument("--version", action="version", version=f"certrenew {__version__}")
     return parser
 
@@ -74,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_run_parser() -> argparse.ArgumentParser:
     return _parser("certrenew run", "Renew every certificate of the config file that is due.")
+
+
+def build_daemon_parser() -> argparse.ArgumentParser:
+    return _parser(
+        "certrenew daemon",
+        "Keep every certificate of the config file valid from a long-running process: a pass when one falls "
+        "due (at the latest every --check-interval), the HTTP-01 responder up all along. SIGHUP re-reads the "
+        "config; SIGTERM or SIGINT stop it (exit 0).",
+        DAEMON_OPTIONS,
+    )
 
 
 def build_status_parser() -> argparse.ArgumentParser:
@@ -136,12 +156,32 @@ def _config(args: argparse.Namespace, required: bool | None) -> ConfigFile | Non
     return load_config(Path(path) if path else DEFAULT_CONFIG)
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, message, logger, and the certificate's name where a line is about one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {"ts": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
+                        timespec="milliseconds"),
+                    "level": record.levelname.lower(), "message": record.getMessage(), "logger": record.name}
+        if hasattr(record, "certificate"):
+            document["name"] = record.certificate
+        if record.exc_info:
+            document["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(document)
+
+
 def _setup_logging(args: argparse.Namespace) -> bool:
-    """Set the log level from -v/-q, else CERTRENEW_VERBOSE/CERTRENEW_QUIET; return whether to be quiet."""
+    """Set the log level from -v/-q, else CERTRENEW_VERBOSE/CERTRENEW_QUIET, and the format from --log-format,
+    else CERTRENEW_LOG_FORMAT; return whether to be quiet."""
     verbose = bool(args.verbose if args.verbose is not None else env_flag("CERTRENEW_VERBOSE"))
     quiet = bool(args.quiet if args.quiet is not None else env_flag("CERTRENEW_QUIET"))
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="certrenew: %(message)s", stream=sys.stderr)
+    log_format = args.log_format or os.environ.get("CERTRENEW_LOG_FORMAT", "text")
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"invalid CERTRENEW_LOG_FORMAT: {log_format!r} (choose {' or '.join(LOG_FORMATS)})")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter("certrenew: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if not verbose:
         logging.getLogger("acme").setLevel(logging.WARNING)
     return quiet
@@ -202,19 +242,45 @@ def _refuse_mistyped_command(domains: list[str]) -> None:
             raise UsageError(f"{domains[0]!r} is not a domain name: did you mean `certrenew {close[0]}`?")
 
 
-def _run(argv: list[str]) -> int:
-    args = build_run_parser().parse_args(argv)
-    quiet = _setup_logging(args)
+def _managed(args: argparse.Namespace) -> tuple[Settings, list[CertificateSpec]]:
+    """The settings and the certificates of the config file that `run` and the daemon manage."""
     config = _config(args, required=True)
     assert config is not None  # required
     if not config.certificates:
         raise UsageError(f"{config.path}: no [[certificate]] to manage")
-    return _renew_recorded(build_settings(vars(args), config), config.certificates, quiet)
+    return build_settings(vars(args), config), config.certificates
+
+
+def _run(argv: list[str]) -> int:
+    args = build_run_parser().parse_args(argv)
+    quiet = _setup_logging(args)
+    return _renew_recorded(*_managed(args), quiet)
+
+
+def _daemon(argv: list[str]) -> int:
+    # SIGHUP first: its default action ends the process, and a reload may come at any moment.
+    with signals.Hangups() as hangups:
+        from certrenew.daemon import Daemon
+
+        args = build_daemon_parser().parse_args(argv)
+        _setup_logging(args)
+
+        def load() -> tuple[Settings, list[CertificateSpec]]:
+            settings, specs = _managed(args)
+            if settings.force:  # from CERTRENEW_FORCE: every pass would order every certificate
+                raise UsageError("the daemon does not take CERTRENEW_FORCE: use `certrenew run --force` once")
+            return settings, specs
+
+        settings, specs = load()
+        try:
+            Daemon(settings, specs, FileStore(settings.state_dir), load, hangups).run()
+        except signals.Interrupted as interrupted:
+            log.info("stopping: %s", interrupted)
+            return signals.exit_abandoning_workers(0)
+    return 0
 
 
 def _status(argv: list[str]) -> int:
-    import json
-
     from certrenew import status
 
     args = build_status_parser().parse_args(argv)
@@ -314,7 +380,7 @@ def _import_certbot(argv: list[str]) -> int:
     return 0 if plan.takeovers else 1
 
 
-COMMANDS = {"run": _run, "status": _status, "check": _check, "revoke": _revoke, "bootstrap-ssl-dir": _bootstrap,
+COMMANDS = {"run": _run, "daemon": _daemon, "status": _status, "check": _check, "revoke": _revoke, "bootstrap-ssl-dir": _bootstrap,
             "import-certbot": _import_certbot}
 
 
@@ -329,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         if log.isEnabledFor(logging.DEBUG):
             log.exception("failed")
         message = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.filename else error
-        print(f"certrenew: error: {message}", file=sys.stderr)
+        if any(isinstance(handler.formatter, JsonFormatter) for handler in logging.getLogger().handlers):
+            log.error("error: %s", message)  # a log shipper reads every line as JSON
+        else:
+            print(f"certrenew: error: {message}", file=sys.stderr)
         return getattr(error, "exit_code", 1)
     except signals.Interrupted as interrupted:
         print(f"certrenew: {interrupted}; stopped cleanly, the next run picks up from here", file=sys.stderr)

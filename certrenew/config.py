@@ -117,6 +117,7 @@ class Settings:
     verify_endpoint: tuple[str, ...] = ()
     metrics_file: Path | None = None
     metrics_listen: str | None = None
+    check_interval: datetime.timedelta = datetime.timedelta(hours=1)
     challenge: str = HTTP_01
     dns_server: DnsServer | None = None
     tsig_key: Path | None = None
@@ -248,6 +249,16 @@ def _renew_before(text: str) -> datetime.timedelta:
     return duration
 
 
+def _check_interval(text: str) -> datetime.timedelta:
+    try:
+        duration = parse_duration(text)
+    except OverflowError:
+        duration = datetime.timedelta.max
+    if not datetime.timedelta(seconds=1) <= duration <= datetime.timedelta(seconds=MAX_SECONDS):
+        raise ValueError(f"{text.strip()} is not between 1s and 1d")
+    return duration
+
+
 def _command(text: str) -> str:
     """The reload command, checked for shell-like quoting now, so a typo fails before the CA is asked."""
     split_command(text)
@@ -370,6 +381,9 @@ OPTIONS = [
            "textfile collector)", Path, "PATH"),
     Option("metrics_listen", "daemon: serve /metrics and /healthz on this address (off unless set; never "
            "the responder's port)", metavar="HOST:PORT", check=check_host_port),
+    Option("check_interval", "daemon: look at the certificates at least this often, e.g. 30m (default 1h; up "
+           "to 5%% earlier at random, so a fleet does not ask the CA in step)", metavar="DURATION",
+           check=_check_interval),
     Option("challenge", f"how to prove control of the names: {HTTP_01} (default, through HAProxy) or {DNS_01} "
            "(TXT records; needed for wildcards)", metavar="TYPE", check=_challenge),
     Option("dns_server", "DNS-01: the primary DNS server to update (RFC 2136) and to find zones and name "

@@ -48,12 +48,18 @@ class Telemetry:
     """Unix time the last run ended; None before the first one has."""
     last_success: bool | None = None
     last_duration: float | None = None
+    pass_errors: int | None = None
+    """The daemon's passes that ended in an error rather than a report (None outside the daemon)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count_acme_request(self, failed: bool) -> None:
         with self._lock:
             self.acme_requests += 1
             self.acme_errors += failed
+
+    def count_pass_error(self) -> None:
+        with self._lock:
+            self.pass_errors = (self.pass_errors or 0) + 1
 
     def record_run(self, success: bool, duration: float) -> None:
         with self._lock:
@@ -143,6 +149,10 @@ def _families(rows: list[CertificateStatus], telemetry: Telemetry | None) -> lis
                                  "ACME requests that got no answer or an error status",
                                  value=telemetry.acme_errors)
     families += [requests, errors]
+    if telemetry.pass_errors is not None:
+        families.append(CounterMetricFamily("certrenew_daemon_pass_errors",
+                                            "daemon passes that failed as a whole (an error, not a certificate)",
+                                            value=telemetry.pass_errors))
     if telemetry.last_run is not None:
         families += [
             GaugeMetricFamily("certrenew_last_run_timestamp_seconds", "when the last run ended, as a Unix time",

@@ -6,6 +6,7 @@ stored in the record; fetching it is the ACME client's job.
 """
 
 import datetime
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from certrenew.store import CertificateRecord
@@ -114,3 +115,29 @@ def due_reason(record: CertificateRecord | None, domains: list[str], key_type: s
     if now >= when:
         return f"due since {minutes(when)}"
     return None
+
+
+def next_wake(certificates: Iterable[tuple[CertificateRecord | None, Sequence[str], str]], now: datetime.datetime,
+              check_interval: datetime.timedelta, renew_before: datetime.timedelta | None = None) -> datetime.datetime:
+    """When a daemon that just ran a pass should run the next: the earliest moment any certificate
+    (record, domains, key type) needs one, and at the latest `check_interval` from `now`.
+
+    A certificate needs a pass when it falls due (its renewal time or the CA's ARI window), when its
+    renewal information is to be fetched again, or when its back-off ends. One that failed through a
+    mistake on our side (no back-off) waits for the regular check, or for a fix and SIGHUP: asking
+    again at once would fail the same way. A time in the past means now.
+    """
+    wake = now + check_interval
+    for record, domains, key_type in certificates:
+        if record is not None and record.failures and (record.next_attempt is None or record.next_attempt > now):
+            when = record.next_attempt
+        elif due_reason(record, list(domains), key_type, now, renew_before) is not None:
+            when = now
+        else:
+            assert record is not None and record.not_after is not None  # else it would be due
+            when = renew_at(record, renew_before)
+            if record.ari_next_check is not None and record.ari_next_check < record.not_after:
+                when = min(when, record.ari_next_check)
+        if when is not None:
+            wake = min(wake, max(when, now))
+    return wake

@@ -25,6 +25,7 @@ from certrenew.store import CertificateRecord, FileStore, Store
 
 if TYPE_CHECKING:
     from certrenew.issue import Installed
+    from certrenew.responder import Responder
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,23 @@ class Outcome:
 
 
 def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None,
-        telemetry=None) -> list[Outcome]:
+        telemetry=None, responder: "Responder | None" = None) -> list[Outcome]:
     """Bring every certificate in `specs` up to date and return what happened to each.
 
     Certificates are independent: one failing does not stop the others, and up to
     `settings.concurrency` are ordered at once. State lives in `store`, by default a
     `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
     its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
-    ACME requests.
+    ACME requests. HTTP-01 is answered by `responder` when given (the daemon's, open
+    for its whole life; left open), else by one this run opens when it orders and closes.
     """
     store = store if store is not None else FileStore(settings.state_dir)
     with store.lock(settings.lock_timeout):
-        return _run(settings, specs, store, telemetry)
+        return _run(settings, specs, store, telemetry, responder)
 
 
-def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry) -> list[Outcome]:
+def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry,
+         responder: "Responder | None") -> list[Outcome]:
     now = _now()
     _check_ssl_dir(settings)
     remove_stale_temps(settings.ssl_dir)
@@ -98,9 +101,11 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         from certrenew.responder import Responder
 
         preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
-        # The responder opens its port at the first order that needs it and closes it with the run;
-        # a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
-        with Responder(settings.listen) as responder, ExitStack() as solvers_open:
+        # A run's own responder opens its port at the first order that needs it and closes it with
+        # the run; a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
+        with ExitStack() as solvers_open:
+            if responder is None:
+                responder = solvers_open.enter_context(Responder(settings.listen))
             solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
             for dns in {spec.dns for spec, _ in work if spec.dns}:
                 solvers[dns] = solvers_open.enter_context(dns.solver())

@@ -1,8 +1,8 @@
 """The HTTP-01 responder: answers the CA's challenge requests that HAProxy forwards to it.
 
-It listens only while orders are in flight (from the first `present` to the end of
-the run) and serves nothing but the key authorizations of those orders, so the
-backend port is closed the rest of the time.
+A run opens the port at its first order and closes it with the run; the daemon opens
+it for its whole life (`start`), so HAProxy's health check keeps the backend up. Either
+way it serves nothing but the key authorizations of the orders in flight.
 """
 
 import asyncio
@@ -63,7 +63,7 @@ class Responder:
         """Nothing to check before ordering: the port is bound at the first `present`."""
 
     def present(self, domain: str, token: str, validation: str) -> None:
-        self._listen()
+        self.start()
         self._validations[token] = (domain, validation)
 
     def wait_ready(self) -> None:
@@ -119,7 +119,7 @@ class Responder:
                 self._thread = None
         self._validations.clear()
 
-    def _listen(self) -> None:
+    def start(self) -> None:
         """Bind the port and start serving, once; a busy port is a clear error (and tried again next time)."""
         with self._starting:
             if self._thread is not None:

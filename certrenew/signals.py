@@ -12,6 +12,7 @@ section ends, so no write is cut half-way; after a signal, workers start no new 
 """
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -130,3 +131,45 @@ def exit_abandoning_workers(code: int) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+class Hangups:
+    """SIGHUP as a wake-up for a sleeping daemon (`systemctl reload` sends it; its default kills).
+
+    The handler only writes a byte to a pipe, which is safe whatever the main thread was
+    doing when the signal came; `sleep` waits on the pipe, so a SIGHUP ends the sleep at
+    once, and one that arrived during a pass ends the next sleep at once. SIGINT and SIGTERM
+    (see `handled`) still end a sleep by raising `Interrupted`.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous = signal.signal(signal.SIGHUP, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        try:
+            os.write(self._write, b"\0")
+        except BlockingIOError:  # the pipe is full of hangups not yet seen: one more adds nothing
+            pass
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True (and the hangups forgotten) if SIGHUP came, else False at the end."""
+        end = time.monotonic() + seconds
+        while True:
+            ready, _, _ = select.select([self._read], [], [], max(end - time.monotonic(), 0))
+            if ready:
+                while True:
+                    try:
+                        os.read(self._read, 4096)
+                    except BlockingIOError:
+                        return True
+            if time.monotonic() >= end:
+                return False
+
+    def __enter__(self) -> "Hangups":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        signal.signal(signal.SIGHUP, self._previous)
+        os.close(self._read)
+        os.close(self._write)

@@ -185,11 +185,14 @@ class Lab:
     beyond 127.0.0.1, and every wait is bounded.
     """
 
-    def __init__(self, workdir: Path, pebble_env: Mapping[str, str] | None = None, dns_server: str | None = None):
+    def __init__(self, workdir: Path, pebble_env: Mapping[str, str] | None = None, dns_server: str | None = None,
+                 certificate_validity: int | None = None):
         """`dns_server` (HOST:PORT, e.g. a tests/bind.py BIND) is where pebble resolves names and
-        looks up DNS-01 records, instead of challtestsrv, which calls every name 127.0.0.1."""
+        looks up DNS-01 records, instead of challtestsrv, which calls every name 127.0.0.1.
+        `certificate_validity` (seconds) is the lifetime pebble gives every certificate (its default: 5 years)."""
         self.workdir = Path(workdir).resolve()
         self.pebble_env = dict(pebble_env or {})
+        self.certificate_validity = certificate_validity
 
         (self.dns_port, self.acme_port, self.management_port, self.challtestsrv_port, self.http_port,
          self.https_port, self.backend_port, self.tls_alpn_port) = free_ports(8)
@@ -288,6 +291,7 @@ class Lab:
             "tlsPort": self.tls_alpn_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
+            **({"certificateValidityPeriod": self.certificate_validity} if self.certificate_validity else {}),
         }}, indent=2))
         env = {"PEBBLE_VA_NOSLEEP": "1", **(self.pebble_env if extra_env is None else extra_env)}
         log = self.workdir / "pebble.log"

@@ -3,7 +3,7 @@ import datetime
 import pytest
 
 from certrenew.config import parse_duration
-from certrenew.policy import ari_check_due, backoff, decide, renew_at
+from certrenew.policy import ari_check_due, backoff, decide, next_wake, renew_at
 from certrenew.store import CertificateRecord
 
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
@@ -82,3 +82,49 @@ def test_durations():
     assert parse_duration("30d") == 30 * DAY and parse_duration("1.5h") == datetime.timedelta(minutes=90)
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration("30 days")
+
+
+HOUR = datetime.timedelta(hours=1)
+A = (["a.example"], "ecdsa-p256")
+
+
+def wake(*records, renew_before=None):
+    return next_wake([(r, *A) for r in records], NOW, HOUR, renew_before)
+
+
+def test_the_daemon_wakes_at_the_earliest_renewal_time_or_after_the_check_interval():
+    assert wake() == NOW + HOUR  # nothing managed: the regular check only
+    assert wake(record(90, 1)) == NOW + HOUR  # due in 59 days
+    assert wake(record(30 / 86400, 0)) == NOW + datetime.timedelta(seconds=15)  # a 30-second certificate
+    assert wake(record(90, 1), record(0.001, 0), record(90, 2)) == NOW + 0.0005 * DAY
+    assert wake(record(90, 1), renew_before=89 * DAY - datetime.timedelta(minutes=5)) == NOW + datetime.timedelta(
+        minutes=5)
+
+
+def test_a_certificate_due_now_or_never_issued_wakes_at_once():
+    assert wake(None) == NOW
+    assert wake(record(90, 61)) == NOW
+    assert next_wake([(record(90, 1), ["b.example"], "ecdsa-p256")], NOW, HOUR) == NOW  # domains changed
+
+
+def test_the_next_ari_check_wakes_it_but_not_after_expiry():
+    asks = record(90, 1)
+    asks.ari_next_check = NOW + 10 * datetime.timedelta(minutes=1)
+    assert wake(asks) == NOW + 10 * datetime.timedelta(minutes=1)
+    expired_meanwhile = record(0.001, 0)
+    expired_meanwhile.ari_next_check = expired_meanwhile.not_after + DAY
+    assert wake(expired_meanwhile) == renew_at(expired_meanwhile)
+
+
+def test_a_back_off_holds_the_wake_until_it_ends_and_our_own_mistake_waits_for_the_check():
+    backing_off = CertificateRecord("a.example", ["a.example"], "ecdsa-p256", failures=2, last_error="CA down",
+                                    next_attempt=NOW + 10 * datetime.timedelta(minutes=1))
+    assert wake(backing_off) == NOW + 10 * datetime.timedelta(minutes=1)
+    mistake = CertificateRecord("a.example", ["a.example"], "ecdsa-p256", failures=1, last_error="bad ACL")
+    assert wake(mistake) == NOW + HOUR  # not a retry loop
+    ended = CertificateRecord("a.example", ["a.example"], "ecdsa-p256", failures=1, last_error="CA down",
+                              next_attempt=NOW - HOUR)
+    assert wake(ended) == NOW
+    recovered = record(90, 1)
+    recovered.failures, recovered.next_attempt = 1, NOW - HOUR  # an ARI check that failed: renewal time rules
+    assert wake(recovered) == NOW + HOUR
