@@ -426,11 +426,11 @@ class Lab:
 
     def start_certrenew(self, *args: str, env: Mapping[str, str | None] | None = None,
                         **popen) -> subprocess.Popen:
-        """Start the certrenew CLI like certrenew() but without waiting, e.g. to signal it mid-run."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "certrenew", *args], cwd=REPO_ROOT, env=self._certrenew_env(env),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
-        )
+        """Start the certrenew CLI like certrenew() but without waiting, e.g. to signal it mid-run.
+        Output goes to pipes unless `popen` says otherwise (a long-lived daemon's to a file, say)."""
+        popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+        return subprocess.Popen([sys.executable, "-m", "certrenew", *args], cwd=REPO_ROOT,
+                                env=self._certrenew_env(env), stdin=subprocess.DEVNULL, **popen)
 
     def _certrenew_env(self, env: Mapping[str, str | None] | None) -> dict[str, str]:
         full_env = {**os.environ, **self.certrenew_env}

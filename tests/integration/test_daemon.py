@@ -1,0 +1,255 @@
+"""`certrenew daemon` as a subprocess against the real lab: issues, renews, re-reads, stops, shares the lock."""
+
+import fcntl
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from container import as_image_user, read_image
+from lab import Lab, free_ports, tcp_accepts, terminate
+from prometheus_client.parser import text_string_to_metric_families
+
+from certrenew.atomicfile import TEMP_PREFIX
+from certrenew.bundle import leaf_info
+
+ONE = '[[certificate]]\nname = "alpha"\ndomains = ["alpha.example", "www.alpha.example"]\n'
+TWO = ONE + '\n[[certificate]]\nname = "beta"\ndomains = ["beta.example"]\n'
+WAIT = 60.0
+"""Seconds any one awaited event may take on a loaded machine (an issuance takes about one)."""
+POLL = 0.1
+
+
+def serial_of(lab, name):
+    path = lab.ssl_dir / f"{name}.pem"
+    return leaf_info(path.read_bytes()).serial if path.exists() else None
+
+
+def poll(what, ready, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = ready()
+        if result:
+            return result
+        time.sleep(POLL)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+class Daemon:
+    """A `certrenew daemon` subprocess with its log in a file (it runs longer than a pipe buffer lasts)."""
+
+    def __init__(self, lab, argv, env=None, process=None):
+        self.lab = lab
+        self.log_path = lab.workdir / f"daemon-{len(list(lab.workdir.glob('daemon-*.log')))}.log"
+        self.metrics_port = free_ports(1)[0]
+        with self.log_path.open("w") as log:
+            self.process = process(log) if process else lab.start_certrenew(
+                "daemon", *argv, "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+                "--haproxy-socket", str(lab.admin_socket), env=env, stdout=log, stderr=log)
+
+    @property
+    def log(self):
+        return self.log_path.read_text()
+
+    def wait_log(self, text, timeout=WAIT):
+        poll(f"{text!r} in the daemon's log", lambda: self.alive() and text in self.log, timeout)
+
+    def alive(self):
+        assert self.process.poll() is None, f"the daemon exited with {self.process.returncode}:\n{self.log}"
+        return True
+
+    def wait_served(self, name, sni, not_serial=None):
+        """Wait until HAProxy serves a bundle of `name` other than `not_serial`; return its serial."""
+        def new_serial():
+            self.alive()
+            serial = serial_of(self.lab, name)
+            return serial if serial not in (None, not_serial) else None
+
+        serial = poll(f"a new {name}", new_serial)
+        self.lab.wait_served_serial(sni, serial)
+        return serial
+
+    def get(self, path):
+        return requests.get(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5)
+
+    def stop(self):
+        """SIGTERM; return (exit status, seconds it took to exit)."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        return code, time.monotonic() - started
+
+
+@pytest.fixture
+def start_daemon():
+    started = []
+
+    def start(lab, config, *args, env=None, process=None):
+        daemon = Daemon(lab, ["--config", str(config), *args], env, process)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        terminate(daemon.process)
+
+
+def write_config(lab, text):
+    path = lab.workdir / "certrenew.toml"
+    path.write_text(text)
+    return path
+
+
+def metric(response, name):
+    return {sample.labels["name"]: sample.value for family in text_string_to_metric_families(response.text)
+            for sample in family.samples if sample.name == name}
+
+
+def test_issues_serves_reports_and_stops_cleanly(lab, start_daemon):
+    daemon = start_daemon(lab, write_config(lab, TWO))
+    serials = {"alpha": daemon.wait_served("alpha", "www.alpha.example"), "beta": daemon.wait_served("beta", "beta.example")}
+    daemon.wait_log("next pass at")
+
+    # Between passes: the responder's port is still open (HAProxy's check keeps the backend up), and it
+    # answers no token, as no order is in flight.
+    assert tcp_accepts(lab.backend_port)
+    challenge = requests.get(f"http://{lab.listen}/.well-known/acme-challenge/abc", timeout=5,
+                             headers={"Host": "alpha.example"})
+    assert challenge.status_code == 404
+    health = daemon.get("/healthz")
+    assert health.status_code == 200 and health.json() == {"healthy": True, "certificates": 2, "unhealthy": []}
+    expiry = metric(daemon.get("/metrics"), "certrenew_certificate_expiration_timestamp_seconds")
+    assert set(expiry) == {"alpha", "beta"}
+    for name, serial in serials.items():
+        assert expiry[name] == leaf_info((lab.ssl_dir / f"{name}.pem").read_bytes()).not_after.timestamp()
+        assert serial_of(lab, name) == serial
+
+    code, took = daemon.stop()
+    assert code == 0 and took < 2.0, daemon.log
+    assert "stopping: interrupted by SIGTERM" in daemon.log and "Traceback" not in daemon.log
+    assert not tcp_accepts(lab.backend_port) and not tcp_accepts(daemon.metrics_port)
+    assert not [path for path in (*lab.ssl_dir.rglob("*"), *lab.state_dir.rglob("*"))
+                if path.name.startswith(TEMP_PREFIX)]
+
+
+def test_sigterm_mid_order_exits_at_once_and_leaves_it_to_resume(lab, start_daemon):
+    daemon = start_daemon(lab, write_config(lab, ONE), "-v")
+    daemon.wait_log("alpha: renewing")  # the pass has started ordering
+    code, took = daemon.stop()
+    assert code == 0 and took < 2.0, daemon.log
+    assert not tcp_accepts(lab.backend_port)
+    again = lab.certrenew("run", "--config", str(lab.workdir / "certrenew.toml"))
+    assert again.returncode == 0 and "alpha: " in again.stdout, again.stderr  # issued, or installed if it got far
+    lab.wait_served_serial("alpha.example", serial_of(lab, "alpha"))
+
+
+def test_thirty_second_certificates_are_renewed_again_and_again(tmp_path, start_daemon):
+    with Lab(tmp_path / "lab", certificate_validity=30) as lab:
+        daemon = start_daemon(lab, write_config(lab, TWO))
+        served = {"alpha": [daemon.wait_served("alpha", "alpha.example")], "beta": [daemon.wait_served("beta", "beta.example")]}
+        for _ in range(2):  # each renewed at half its 30 s: a new serial served every 15 s or so
+            for name, sni in (("alpha", "www.alpha.example"), ("beta", "beta.example")):
+                served[name].append(daemon.wait_served(name, sni, not_serial=served[name][-1]))
+        assert all(len(set(serials)) == 3 for serials in served.values()), served
+        poll("six hot updates logged", lambda: daemon.log.count("served by hot update") >= 6)  # none by reload
+        assert daemon.process.poll() is None  # no restart
+        assert daemon.stop()[0] == 0
+
+
+def test_sighup_issues_a_new_certificate_and_a_broken_file_changes_nothing(lab, start_daemon):
+    config = write_config(lab, ONE)
+    daemon = start_daemon(lab, config)
+    alpha = daemon.wait_served("alpha", "alpha.example")
+    daemon.wait_log("next pass at")
+
+    config.write_text(TWO)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_served("beta", "beta.example", not_serial=None)
+    assert "SIGHUP: config re-read, 2 certificate(s)" in daemon.log
+    assert serial_of(lab, "alpha") == alpha  # not reissued
+
+    config.write_text(TWO + "[[certificate]]\ndomains = [\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_log("SIGHUP: config refused, carrying on with the previous one: ")
+    refused = [line for line in daemon.log.splitlines() if "config refused" in line]
+    assert len(refused) == 1 and str(config) in refused[0]
+    assert tcp_accepts(lab.backend_port) and daemon.get("/healthz").json()["certificates"] == 2
+    lab.wait_served_serial("beta.example", serial_of(lab, "beta"))
+    assert daemon.stop()[0] == 0
+
+
+def test_a_run_by_hand_beside_the_daemon_is_serialised_by_the_lock(lab, start_daemon):
+    config = write_config(lab, ONE)
+    daemon = start_daemon(lab, config, "-v")
+    daemon.wait_served("alpha", "alpha.example")
+    daemon.wait_log("next pass at")
+    status = lab.certrenew("status", "--config", str(config))
+    assert status.returncode == 0 and "alpha" in status.stdout, status.stderr
+
+    # Hold the lock, then ask both for the new certificate: each waits, and once the lock is free
+    # one issues it and the other finds it issued. Without the lock both would order it.
+    config.write_text(TWO)
+    with open(lab.state_dir / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        by_hand = lab.start_certrenew("run", "--config", str(config))
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_log("SIGHUP: config re-read")
+        time.sleep(1.0)  # a moment for either to get past the lock, if it could (it must not)
+        assert serial_of(lab, "beta") is None and by_hand.poll() is None
+    out, err = by_hand.communicate(timeout=WAIT)
+    assert by_hand.returncode == 0, err
+    daemon.wait_log("beta: ")  # the daemon's pass reported on beta (issued, or unchanged at -v)
+    beta = daemon.wait_served("beta", "beta.example")
+    issued = out.count("beta: issued") + daemon.log.count("beta: issued")
+    assert issued == 1, (out, daemon.log)
+    assert serial_of(lab, "beta") == beta
+    assert daemon.stop()[0] == 0
+
+
+def test_the_log_can_be_json(lab, start_daemon):
+    import json
+
+    daemon = start_daemon(lab, write_config(lab, ONE), "--log-format", "json")
+    daemon.wait_served("alpha", "alpha.example")
+    daemon.wait_log("next pass at")
+    lines = [json.loads(line) for line in daemon.log.splitlines()]
+    assert all({"ts", "level", "message", "logger"} <= line.keys() for line in lines)
+    (issued,) = [line for line in lines if line["message"].startswith("alpha: issued")]
+    assert issued["name"] == "alpha" and issued["level"] == "info"
+    assert daemon.stop()[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a command as the image's user")
+def test_the_daemon_runs_as_the_image_runs_it(start_daemon):
+    """The image's entrypoint and command, its environment and user (10001), the volumes as directories
+    owned by that user; the deployment's settings (where the CA and HAProxy are) by CERTRENEW_* as compose
+    would set them, and the metrics port moved to a free loopback one."""
+    image = read_image()
+    with tempfile.TemporaryDirectory() as top:  # not pytest's tmp_path: its parents are closed to other users
+        Path(top).chmod(0o755)
+        with Lab(Path(top) / "lab") as lab:
+            for directory in (lab.state_dir, lab.ssl_dir, *lab.ssl_dir.iterdir(), lab.admin_socket):
+                os.chown(directory, image.uid, image.gid)
+            volumes = {"/var/lib/certrenew": lab.state_dir, "/etc/haproxy/ssl": lab.ssl_dir}
+            config = write_config(lab, ONE)
+            argv = list(image.argv)
+            metrics_port = free_ports(1)[0]
+            argv[argv.index("--metrics-listen") + 1] = f"127.0.0.1:{metrics_port}"
+            command, env = as_image_user(image, argv, volumes)
+            deployment = {key: value for key, value in lab.certrenew_env.items()
+                          if key not in ("CERTRENEW_STATE_DIR", "CERTRENEW_SSL_DIR", "CERTRENEW_RELOAD_COMMAND")}
+            env.update(deployment, CERTRENEW_CONFIG=str(config), CERTRENEW_HAPROXY_SOCKET=str(lab.admin_socket))
+
+            def process(log):
+                return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+            daemon = start_daemon(lab, config, process=process)
+            daemon.metrics_port = metrics_port
+            daemon.wait_served("alpha", "www.alpha.example")
+            assert (lab.ssl_dir / "alpha.pem").stat().st_uid == image.uid
+            assert daemon.get("/healthz").status_code == 200
+            assert daemon.stop()[0] == 0
