@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from certrenew.cli import build_bootstrap_parser, build_parser, build_run_parser, build_status_parser
+from certrenew.cli import build_bootstrap_parser, build_daemon_parser, build_parser, build_run_parser, build_status_parser
 from certrenew.config import DEFAULT_CONFIG
 from certrenew.errors import UsageError
 
@@ -28,7 +28,8 @@ def one_line(result, code):
     return result.stderr
 
 
-@pytest.mark.parametrize("build", [build_parser, build_run_parser, build_status_parser, build_bootstrap_parser])
+@pytest.mark.parametrize("build", [build_parser, build_run_parser, build_status_parser, build_bootstrap_parser,
+                                   build_daemon_parser])
 def test_no_parser_takes_an_abbreviated_option(build):
     with pytest.raises(UsageError, match="unrecognized arguments: --conf"):
         build().parse_args(["--conf", "x.toml", *(["a.example"] if build is build_parser else [])])
@@ -107,3 +108,22 @@ def test_status_with_a_config_that_manages_nothing_is_not_healthy(tmp_path):
     document = json.loads(result.stdout)
     assert (document["healthy"], document["reason"]) == (False, "no certificate is managed: check --config and "
                                                                 "--state-dir")
+
+
+def test_the_daemon_refuses_bad_settings_before_it_starts(tmp_path):
+    config = tmp_path / "certrenew.toml"
+    config.write_text('check_interval = "0s"\n[[certificate]]\ndomains = ["a.example"]\n')
+    assert "check_interval: 0s is not between 1s and 1d" in one_line(certrenew("daemon", "--config", config), 2)
+    config.write_text('[[certificate]]\ndomains = ["a.example"]\n')
+    stderr = one_line(certrenew("daemon", "--config", config, CERTRENEW_FORCE="1"), 2)
+    assert "the daemon does not take CERTRENEW_FORCE" in stderr
+    assert "unrecognized arguments: --force" in one_line(certrenew("daemon", "--config", config, "--force"), 2)
+    assert "unrecognized arguments: --check-interval" in one_line(certrenew("run", "--check-interval", "1h"), 2)
+
+
+def test_errors_are_json_too_with_log_format_json(tmp_path):
+    result = certrenew("run", "--config", tmp_path / "missing.toml", "--log-format", "json")
+    assert result.returncode == 2
+    (line,) = [json.loads(line) for line in result.stderr.splitlines()]
+    assert line["level"] == "error" and line["message"].startswith("error: cannot read config file")
+    assert "invalid CERTRENEW_LOG_FORMAT: 'xml'" in one_line(certrenew("status", CERTRENEW_LOG_FORMAT="xml"), 2)
