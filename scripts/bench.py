@@ -14,6 +14,10 @@ serving the new certificate, or a no-op run returning.
 - a no-op over those N: `certbot renew` against `certrenew run --config FILE`.
 - the peak RSS of the N-certificate run (the largest process for certbot's loop).
 
+`--daemon` measures certrenew alone as a service: with `certrenew daemon` running and pebble
+issuing 30-second certificates, the time from a certificate's renewal time (when it falls
+due) to HAProxy serving its successor; no interpreter start-up in that path.
+
 `--scale` measures certrenew alone at a size no CA lab reaches quickly: a no-op
 `run` and `status` over 10,000 certificates of one config, from synthetic state.
 
@@ -23,6 +27,7 @@ would have on a server long before a timer runs it. Every figure is a median.
 
 import argparse
 import datetime
+import functools
 import os
 import shutil
 import signal
@@ -39,9 +44,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from lab import Lab, log_tail  # noqa: E402
+from lab import Lab, log_tail, parse_serial, terminate  # noqa: E402
 
 from certrenew.bundle import leaf_info  # noqa: E402
+from certrenew.policy import renew_at  # noqa: E402
+from certrenew.store import FileStore  # noqa: E402
 
 # Validation without pebble's random 0-15 s sleeps, and no random badNonce or reused
 # authorizations: both clients see the same CA doing the same work every time.
@@ -450,6 +457,60 @@ def scale(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Sample]]:
     return figures
 
 
+DAEMON_VALIDITY = 30
+"""Seconds pebble's certificates live in --daemon: each falls due (half its lifetime) 15 s after issuance."""
+DAEMON_NAME = "due.bench.example"
+
+
+def daemon_latency(args: argparse.Namespace, workdir: Path) -> list[float]:
+    """Seconds from each renewal time to HAProxy serving the renewed certificate, `args.runs` renewals in a row."""
+    with Lab(workdir / "lab", pebble_env=PEBBLE_ENV, certificate_validity=DAEMON_VALIDITY) as lab:
+        state = workdir / "state"
+        config = workdir / "certrenew.toml"
+        config.write_text(f'[[certificate]]\ndomains = ["{DAEMON_NAME}"]\n')
+        log = workdir / "daemon.log"
+        with log.open("w") as output:
+            daemon = subprocess.Popen([str(args.certrenew), "daemon", "--config", str(config)],
+                                      env={**os.environ, **certrenew_env(lab, state)}, stdin=subprocess.DEVNULL,
+                                      stdout=output, stderr=output)
+        try:
+            store = FileStore(state)
+            record = _wait(lambda: store.load_record(DAEMON_NAME), "the first issuance", daemon, log)
+            samples = []
+            for _ in range(args.runs):
+                due, old = renew_at(record).timestamp(), parse_serial(record.serial)
+                _wait(lambda: lab.served_certificate_unverified(DAEMON_NAME).serial_number != old,
+                      "the renewed certificate served", daemon, log, timeout=DAEMON_VALIDITY)
+                samples.append(time.time() - due)
+                if args.verbose:
+                    print(f"renewal served {samples[-1] * 1000:.0f} ms after it fell due")
+                record = _wait(functools.partial(_renewed, store, old), "the renewal recorded", daemon, log)
+        finally:
+            terminate(daemon)
+    return samples
+
+
+def _renewed(store: FileStore, old_serial: int):
+    record = store.load_record(DAEMON_NAME)
+    return record if record is not None and parse_serial(record.serial or "0") != old_serial else None
+
+
+def _wait(ready: Callable, what: str, process: subprocess.Popen, log: Path, timeout: float = SERVE_TIMEOUT):
+    """Poll `ready` every SERVE_POLL until it returns something true, while `process` lives."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"the daemon exited with {process.returncode}\n{log_tail(log)}")
+        try:
+            result = ready()
+        except (OSError, AttributeError):  # nothing stored or served yet
+            result = None
+        if result:
+            return result
+        time.sleep(SERVE_POLL)
+    raise BenchError(f"{what}: not within {timeout:.0f} s\n{log_tail(log)}")
+
+
 def print_scale(figures: list[tuple[str, Sample]]) -> None:
     for scenario, sample in figures:
         print(f"{scenario:<10} {sample.seconds:6.2f} s   peak RSS {sample.usage.max_rss_kib / 1024:5.1f} MiB   "
@@ -470,6 +531,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, nargs="?", const=10000, metavar="N",
                         help="instead of the comparison, time a no-op run and status over N certificates "
                              "(default 10000) from synthetic state; needs no certbot, pebble or HAProxy")
+    parser.add_argument("--daemon", action="store_true",
+                        help="instead of the comparison, time certrenew daemon from a certificate falling due to "
+                             "HAProxy serving the renewed one (30-second certificates; needs no certbot)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = parser.parse_args()
     # `kill` must unwind through Lab.__exit__ like Ctrl-C, or pebble and HAProxy outlive the bench.
@@ -480,6 +544,14 @@ def main() -> None:
               f"runs, {os.cpu_count()} cores", flush=True)
         with tempfile.TemporaryDirectory(prefix="certrenew-scale-") as workdir:
             print_scale(scale(args, Path(workdir)))
+        return
+    if args.daemon:
+        print(f"certrenew daemon, {DAEMON_VALIDITY}-second certificates from pebble, {args.runs} renewals in a row, "
+              f"{os.cpu_count()} cores", flush=True)
+        with tempfile.TemporaryDirectory(prefix="certrenew-daemon-") as workdir:
+            samples = daemon_latency(args, Path(workdir))
+        print(f"due -> HAProxy serves the renewed certificate: median {statistics.median(samples) * 1000:.0f} ms "
+              f"(min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f})   target < 100 ms")
         return
     if args.profile:
         print(f"certrenew, one certificate, medians of {args.runs} runs", flush=True)
