@@ -34,8 +34,7 @@ from certrenew.config import CertificateSpec, Settings, certificate_specs, load_
 from certrenew.domains import normalize_domains
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import key_to_pem, key_type_of, load_key
-from certrenew.lock import StateLock
-from certrenew.store import Account, CertificateRecord, FileStore
+from certrenew.store import Account, CertificateRecord, FileStore, Store
 
 DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
 TOP = "top"
@@ -151,10 +150,11 @@ def import_certbot(settings: Settings, certbot_dir: Path, config_path: Path, nam
     plan = make_plan(settings, certbot_dir, config_path, names, force)
     if dry_run:
         return plan
-    with StateLock(settings.state_dir, settings.lock_timeout):
+    store = FileStore(settings.state_dir)
+    with store.lock(settings.lock_timeout):
         plan = make_plan(settings, certbot_dir, config_path, names, force)
         if plan.takeovers:
-            apply(plan, FileStore(settings.state_dir))
+            apply(plan, store)
     return plan
 
 
@@ -198,9 +198,9 @@ def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: l
                       appended, _global_hooks(certbot_dir))
 
 
-def apply(plan: ImportPlan, store: FileStore) -> None:
-    """Write the plan: account, each certificate as current (with its record), then the config file."""
-    store.prepare()
+def apply(plan: ImportPlan, store: Store) -> None:
+    """Write the plan (under the store's lock): account, each certificate as current (with its record),
+    then the config file."""
     if plan.account is not None:
         store.save_account(plan.directory_url, plan.account)
     now = datetime.datetime.now(datetime.timezone.utc)

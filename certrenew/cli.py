@@ -27,6 +27,7 @@ from certrenew.config import (
 )
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.limits import raise_open_files_limit
+from certrenew.store import FileStore
 
 log = logging.getLogger("certrenew")
 
@@ -164,18 +165,19 @@ def _renew_recorded(settings, specs, quiet: bool) -> int:
     """`renew.run` and its report; with --metrics-file, then the run's metrics, whatever its outcome."""
     from certrenew.renew import run
 
+    store = FileStore(settings.state_dir)
     if settings.metrics_file is None:
-        return _report(run(settings, specs), quiet)
+        return _report(run(settings, specs, store), quiet)
     from certrenew import metrics, status
 
     telemetry = metrics.Telemetry()
     started, code = time.monotonic(), 1
     try:
-        code = _report(run(settings, specs, telemetry), quiet)
+        code = _report(run(settings, specs, store, telemetry), quiet)
         return code
     finally:
         telemetry.record_run(code == 0, time.monotonic() - started)
-        metrics.write_textfile(settings.metrics_file, status.collect(settings, specs), telemetry)
+        metrics.write_textfile(settings.metrics_file, status.collect(settings, specs, store), telemetry)
 
 
 def _renew(argv: list[str]) -> int:
@@ -219,7 +221,7 @@ def _status(argv: list[str]) -> int:
     _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
-    rows = status.collect(settings, config.certificates if config else None)
+    rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir))
     reason = status.unhealthy(settings, rows)
     if args.json:
         document = {"version": status.JSON_VERSION, "healthy": reason is None, "reason": reason,

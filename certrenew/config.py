@@ -456,10 +456,11 @@ def load_config(path: Path) -> ConfigFile:
         raise UsageError(f"{path}: 'certificate' must be an array of tables: write [[certificate]]")
     certificates = [spec for index, table in enumerate(tables, 1)
                     for spec in _certificate(path, index, table, settings)]
-    names = [spec.name for spec in certificates]
-    for name in names:
-        if names.count(name) > 1:
-            raise UsageError(f"{path}: two certificates are named {name!r}")
+    names: set[str] = set()
+    for spec in certificates:
+        if spec.name in names:
+            raise UsageError(f"{path}: two certificates are named {spec.name!r}")
+        names.add(spec.name)
     return ConfigFile(path, settings, certificates)
 
 

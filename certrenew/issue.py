@@ -25,7 +25,7 @@ from certrenew.errors import CertrenewError
 from certrenew.install import Installer, InstallResult
 from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
 from certrenew.policy import Decision, decide
-from certrenew.store import Account, CertificateRecord, FileStore, PendingOrder
+from certrenew.store import Account, CertificateRecord, PendingOrder, Store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Issuer:
     and keeps them running for the run.
     """
 
-    def __init__(self, settings: Settings, store: FileStore, solvers: Mapping[Hashable, ChallengeSolver],
+    def __init__(self, settings: Settings, store: Store, solvers: Mapping[Hashable, ChallengeSolver],
                  counter: RequestCounter | None = None,
                  before_order: Callable[[CertificateSpec], None] = lambda spec: None) -> None:
         self.settings = settings

@@ -1,4 +1,4 @@
-"""One run at a time per state dir: an exclusive flock on `<state-dir>/lock`.
+"""`FileStore`'s lock, one run at a time per state dir: an exclusive flock on `<state-dir>/lock`.
 
 The kernel releases a flock when its holder exits, however it exits, so a crashed
 or killed run never leaves a stale lock. The holder writes its pid into the file so

@@ -49,6 +49,12 @@ def renew_at(record: CertificateRecord, renew_before: datetime.timedelta | None 
     return when
 
 
+def minutes(when: datetime.datetime) -> str:
+    """`when` as "YYYY-MM-DD HH:MM", for reports; isoformat is twice as fast as strftime, and a
+    run or status over 10,000 certificates formats 10,000 or 20,000 times."""
+    return when.isoformat(" ", "minutes")[:16]
+
+
 def backoff(failures: int) -> datetime.timedelta:
     """How long to wait after `failures` failures in a row: 5 min, doubling, at most a day."""
     return min(FIRST_BACKOFF * 2 ** max(failures - 1, 0), MAX_BACKOFF)
@@ -74,25 +80,26 @@ def decide(
     renew_before: datetime.timedelta | None = None,
 ) -> Decision:
     """Whether the certificate named by `record` must be (re)issued now, and why."""
-    reason = _due_reason(record, domains, key_type, now, renew_before)
+    reason = due_reason(record, domains, key_type, now, renew_before)
     if force:
         return Decision(True, "forced")
     if reason is None:
         assert record is not None and record.not_after is not None  # else there would be a reason
         when = renew_at(record, renew_before)
-        return Decision(False, f"not due until {when:%Y-%m-%d %H:%M} UTC (expires {record.not_after:%Y-%m-%d})")
+        return Decision(False, f"not due until {minutes(when)} UTC (expires {record.not_after.date()})")
     if record is not None and record.next_attempt is not None and now < record.next_attempt:
         return Decision(
             False,
             f"{reason}, but failed {record.failures} time(s) in a row (last: {record.last_error}); "
-            f"next attempt after {record.next_attempt:%Y-%m-%d %H:%M} UTC (or use --force)",
+            f"next attempt after {minutes(record.next_attempt)} UTC (or use --force)",
             deferred=True,
         )
     return Decision(True, reason)
 
 
-def _due_reason(record: CertificateRecord | None, domains: list[str], key_type: str, now: datetime.datetime,
-                renew_before: datetime.timedelta | None) -> str | None:
+def due_reason(record: CertificateRecord | None, domains: list[str], key_type: str, now: datetime.datetime,
+               renew_before: datetime.timedelta | None = None) -> str | None:
+    """Why the certificate is due now, or None if it is not; back-off and --force aside."""
     if record is None or record.not_after is None:
         return "no certificate yet"
     if record.domains != domains:
@@ -102,8 +109,8 @@ def _due_reason(record: CertificateRecord | None, domains: list[str], key_type: 
     if now >= record.not_after:
         return "expired"
     if record.ari_renew_at is not None and now >= record.ari_renew_at:
-        return f"the CA's renewal window (ARI) says renew since {record.ari_renew_at:%Y-%m-%d %H:%M}"
+        return f"the CA's renewal window (ARI) says renew since {minutes(record.ari_renew_at)}"
     when = lifetime_renew_at(record, renew_before)
     if now >= when:
-        return f"due since {when:%Y-%m-%d %H:%M}"
+        return f"due since {minutes(when)}"
     return None

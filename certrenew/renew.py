@@ -1,7 +1,8 @@
 """A renewal run: decide what is due, order it, install it, record it.
 
 This module is the library API behind the CLI. The ACME stack is imported only when
-something is due, so a run with nothing to do reads a few small files and exits.
+something is due, so a run with nothing to do reads one small record per certificate
+and exits.
 """
 
 import datetime
@@ -19,10 +20,8 @@ from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.lock import StateLock
 from certrenew.policy import Decision, ari_check_due, backoff, decide
-from certrenew.requirements import check_acme_stack
-from certrenew.store import CertificateRecord, FileStore
+from certrenew.store import CertificateRecord, FileStore, Store
 
 if TYPE_CHECKING:
     from certrenew.issue import Installed
@@ -44,34 +43,40 @@ class Outcome:
         return self.action in ("failed", "deferred")
 
 
-def run(settings: Settings, specs: list[CertificateSpec], telemetry=None) -> list[Outcome]:
+def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None,
+        telemetry=None) -> list[Outcome]:
     """Bring every certificate in `specs` up to date and return what happened to each.
 
     Certificates are independent: one failing does not stop the others, and up to
-    `settings.concurrency` are ordered at once. One run at a time per state dir: this
-    waits for the state dir's lock first. A `metrics.Telemetry` counts the ACME requests.
+    `settings.concurrency` are ordered at once. State lives in `store`, by default a
+    `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
+    its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
+    ACME requests.
     """
-    with StateLock(settings.state_dir, settings.lock_timeout):
-        return _run(settings, specs, telemetry)
+    store = store if store is not None else FileStore(settings.state_dir)
+    with store.lock(settings.lock_timeout):
+        return _run(settings, specs, store, telemetry)
 
 
-def _run(settings: Settings, specs: list[CertificateSpec], telemetry) -> list[Outcome]:
+def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry) -> list[Outcome]:
     now = _now()
-    store = FileStore(settings.state_dir)
-    store.prepare()
     _check_ssl_dir(settings)
     remove_stale_temps(settings.ssl_dir)
 
     outcomes: dict[str, Outcome] = {}
     work = []
     for spec in specs:
-        record = store.load_record(spec.name)
+        try:
+            if store.unfinished(spec.name):
+                log.info("%s: completing what a previous run left", spec.name)
+                work.append((spec, "resume"))
+                continue
+            record = store.load_record(spec.name)
+        except CertrenewError as error:  # an unreadable record fails its certificate, not the run
+            outcomes[spec.name] = Outcome(spec.name, "failed", str(error))
+            continue
         if record is not None and record.failed_settings not in (None, _settings_of(spec)):
             record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
-        if store.unfinished(spec.name):
-            log.info("%s: completing what a previous run left", spec.name)
-            work.append((spec, "resume"))
-            continue
         decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before)
         if decision.due:
             log.info("%s: renewing (%s)", spec.name, decision.reason)
@@ -84,6 +89,8 @@ def _run(settings: Settings, specs: list[CertificateSpec], telemetry) -> list[Ou
             outcomes[spec.name] = Outcome(spec.name, "unchanged", decision.reason)
 
     if work:
+        from certrenew.requirements import check_acme_stack  # importlib.metadata: not for a no-op
+
         check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
         _check_reload_command(settings)
         from certrenew import preflight
@@ -115,7 +122,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], telemetry) -> list[Ou
     return [outcomes[spec.name] for spec in specs]
 
 
-def _attempt(store: FileStore, now: datetime.datetime, spec: CertificateSpec, step: Callable[[CertificateSpec], Any]):
+def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step: Callable[[CertificateSpec], Any]):
     """Run one certificate's step; a failure is recorded and reported as an Outcome, not raised."""
     try:
         result = step(spec)
@@ -133,12 +140,15 @@ def _installed(item: "Installed") -> Outcome:
     return Outcome(item.issued.spec.name, item.issued.action, detail)
 
 
-def _failed(store: FileStore, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:
+def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:
     """Record a failure with its back-off, so the next runs wait before asking the CA again.
 
     A mistake on our side (`error.backoff` false) is recorded without one: the run after the fix goes ahead.
     """
-    record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
+    try:
+        record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
+    except CertrenewError as unreadable:  # reported, and left for the operator to look at
+        return Outcome(spec.name, "failed", f"{error}; and {unreadable}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = now + backoff(record.failures) if error.backoff else None
     record.failed_settings = _settings_of(spec)

@@ -28,7 +28,6 @@ from certrenew.bundle import CertificateInfo, leaf_info, pem_blocks
 from certrenew.config import CertificateSpec, ConfigFile, Settings, check_certificate_name
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import key_type_of, load_key
-from certrenew.lock import StateLock
 from certrenew.placeholder import write_placeholder
 from certrenew.renew import Outcome, run
 from certrenew.runtime_api import RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
@@ -149,8 +148,8 @@ def carry_out(settings: Settings, request: Request) -> Result:
             raise CertrenewError(f"{request.name}: not revoked, as no new certificate could be served "
                                  f"({reissued.detail}); HAProxy still serves the old one. Run again, or "
                                  "revoke without --reissue")
-    with StateLock(settings.state_dir, settings.lock_timeout):
-        store = FileStore(settings.state_dir)
+    store = FileStore(settings.state_dir)
+    with store.lock(settings.lock_timeout):
         if reissued is None and store.load_bundle(request.name) != request.bundle:
             raise CertrenewError(f"{request.name} changed since it was read (another run renewed or removed "
                                  "it?); nothing revoked, run again")

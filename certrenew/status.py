@@ -4,8 +4,8 @@ import datetime
 from dataclasses import dataclass
 
 from certrenew.config import CertificateSpec, Settings
-from certrenew.policy import decide, renew_at
-from certrenew.store import CertificateRecord, FileStore
+from certrenew.policy import due_reason, minutes, renew_at
+from certrenew.store import CertificateRecord, FileStore, Store
 
 JSON_VERSION = 1
 HEALTHY = "ok"
@@ -50,20 +50,21 @@ class CertificateStatus:
         }
 
 
-def collect(settings: Settings, specs: list[CertificateSpec] | None,
+def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Store | None = None,
             now: datetime.datetime | None = None) -> list[CertificateStatus]:
-    """Every managed certificate (all stored ones when `specs` is None), then the unmanaged ones."""
+    """Every managed certificate (all stored ones when `specs` is None), then the unmanaged ones.
+
+    Reads `store` (by default a `FileStore` in `settings.state_dir`) without taking its
+    lock: status never writes.
+    """
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    store = FileStore(settings.state_dir)
-    stored = store.names() if settings.state_dir.is_dir() else []
-    if specs is None:
-        specs = [_spec_of(store.load_record(name)) for name in stored]
-    managed = {spec.name for spec in specs}
-    rows = [_status(settings, spec, store.load_record(spec.name), now) for spec in specs]
-    for name in stored:
-        if name not in managed:
-            record = store.load_record(name)
-            rows.append(_status(settings, _spec_of(record), record, now, managed=False))
+    store = store if store is not None else FileStore(settings.state_dir)
+    managed = {spec.name for spec in specs or ()}
+    rows = [_status(settings, spec, store.load_record(spec.name), now) for spec in specs or ()]
+    for name in store.names():
+        record = store.load_record(name) if name not in managed else None
+        if record is not None:  # else managed, or only an order or a bundle: nothing recorded yet
+            rows.append(_status(settings, _spec_of(record), record, now, managed=specs is None))
     return rows
 
 
@@ -80,8 +81,7 @@ def unhealthy(settings: Settings, rows: list[CertificateStatus]) -> str | None:
     return ", ".join(bad) or None
 
 
-def _spec_of(record: CertificateRecord | None) -> CertificateSpec:
-    assert record is not None  # a stored name has a record
+def _spec_of(record: CertificateRecord) -> CertificateSpec:
     return CertificateSpec(record.name, tuple(record.domains), record.key_type)
 
 
@@ -100,7 +100,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         state = "failing"
     elif not issued:
         state = "missing"
-    elif decide(record, list(spec.domains), spec.key_type, now, renew_before=settings.renew_before).due:
+    elif due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before) is not None:
         state = "due"
     else:
         state = HEALTHY
@@ -126,11 +126,11 @@ def format_table(rows: list[CertificateStatus]) -> str:
             row.name,
             row.state,
             ",".join(row.domains),
-            f"{row.not_after:%Y-%m-%d %H:%M}" if row.not_after else "-",
+            minutes(row.not_after) if row.not_after else "-",
             f"{row.days_left:.1f}" if row.days_left is not None else "-",
-            f"{row.next_renewal:%Y-%m-%d %H:%M}" if row.next_renewal else "-",
+            minutes(row.next_renewal) if row.next_renewal else "-",
             row.last_result,
         ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1]
-                     for line in lines)
+    widths = [max(map(len, column)) for column in list(zip(*lines))[:-1]]
+    template = "  ".join(f"{{:<{width}}}" for width in widths) + "  {}"
+    return "\n".join(template.format(*line) for line in lines)

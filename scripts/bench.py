@@ -14,11 +14,15 @@ serving the new certificate, or a no-op run returning.
 - a no-op over those N: `certbot renew` against `certrenew run --config FILE`.
 - the peak RSS of the N-certificate run (the largest process for certbot's loop).
 
+`--scale` measures certrenew alone at a size no CA lab reaches quickly: a no-op
+`run` and `status` over 10,000 certificates of one config, from synthetic state.
+
 Each tool registers its ACME account in an untimed warm-up issuance first, as it
 would have on a server long before a timer runs it. Every figure is a median.
 """
 
 import argparse
+import datetime
 import os
 import shutil
 import signal
@@ -46,6 +50,8 @@ EMAIL = "ops@example.com"
 COMMAND_TIMEOUT = 120.0
 SERVE_TIMEOUT = 30.0
 SERVE_POLL = 0.005
+RSS_PROBE = ("/usr/bin/time", "--format", "%M")
+"""GNU time, printing the command's peak RSS in KiB (scripts/setup installs it)."""
 
 
 class BenchError(RuntimeError):
@@ -73,25 +79,29 @@ class Sample:
 def run_measured(argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> Usage:
     """Run a command to completion (bounded by COMMAND_TIMEOUT) and return what it used.
 
-    `os.wait4` reports the resources of this child and the children it waited for, so a
+    `os.wait4` reports the CPU time of this child and the children it waited for, so a
     shell's figure covers the certbot it ran. It also returns the moment the child ends,
-    where `subprocess.run(timeout=...)` polls and can add up to 50 ms.
+    where `subprocess.run(timeout=...)` polls and can add up to 50 ms. The peak RSS comes
+    from GNU time, a small process that forks the command: a process spawned straight from
+    this one starts from this one's high-water mark (vfork and exec keep it), so wait4
+    would report the bench's own 40 MiB as the tool's.
     """
-    with log.open("ab") as out:
+    with log.open("ab") as out, tempfile.NamedTemporaryFile(prefix="certrenew-bench-rss-") as rss:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   cwd=cwd)
-    timer = threading.Timer(COMMAND_TIMEOUT, process.kill)
-    timer.start()
-    try:
-        _, status, usage = os.wait4(process.pid, 0)
-    finally:
-        timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise BenchError(f"{argv[0]} exited with {process.returncode}\n{log_tail(log)}")
-    return Usage(usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+        process = subprocess.Popen([*RSS_PROBE, "--output", rss.name, *argv], stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        timer = threading.Timer(COMMAND_TIMEOUT, process.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise BenchError(f"{argv[0]} exited with {process.returncode}\n{log_tail(log)}")
+        max_rss_kib = int(Path(rss.name).read_text().split()[-1])
+    return Usage(max_rss_kib, usage.ru_utime + usage.ru_stime)
 
 
 def serial_of(bundle: Path) -> str:
@@ -385,6 +395,67 @@ def print_profile(breakdown: list[tuple[str, float]]) -> None:
     print(f"{'total'.ljust(width)}  {sum(seconds for _, seconds in breakdown) * 1000:6.0f} ms")
 
 
+def write_scale_state(home: Path, count: int) -> Path:
+    """A config of `count` certificates, each with a record not yet due and a bundle in the ssl dir.
+
+    Records are written in the store's own format (`encode`), bundles are placeholders:
+    a no-op run reads the records only, and lists the ssl dir for stale temps.
+    """
+    from certrenew.store import CertificateRecord, encode
+
+    state, ssl_dir = home / "state", home / "ssl"
+    ssl_dir.mkdir(parents=True)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    tables = []
+    for index in range(count):
+        name = f"c{index}.scale.bench.example"
+        issued = now - datetime.timedelta(days=10, seconds=index)
+        record = CertificateRecord(
+            name, [name, f"www.{name}"], "ecdsa-p256", serial=format(index + 1, "x"), not_before=issued,
+            not_after=issued + datetime.timedelta(days=90), issued_at=issued,
+            ari_window_start=issued + datetime.timedelta(days=59), ari_window_end=issued + datetime.timedelta(days=61),
+            ari_renew_at=issued + datetime.timedelta(days=60), ari_next_check=now + datetime.timedelta(hours=6))
+        directory = state / "certificates" / name
+        directory.mkdir(parents=True)
+        (directory / "meta.json").write_bytes(encode(record.to_json()))
+        (directory / "current.pem").write_text("placeholder\n")
+        (ssl_dir / f"{name}.pem").write_text("placeholder\n")
+        tables.append(f'[[certificate]]\ndomains = ["{name}", "www.{name}"]\n')
+    config = home / "certrenew.toml"
+    config.write_text(f'state_dir = "{state}"\nssl_dir = "{ssl_dir}"\n'
+                      'directory = "https://127.0.0.1:9/unreachable"\n\n' + "\n".join(tables))
+    return config
+
+
+def scale(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Sample]]:
+    """Median no-op `run` and `status` over `args.scale` certificates, whole processes, and their peak RSS."""
+    config = write_scale_state(workdir, args.scale)
+    log = workdir / "commands.log"
+    env = dict(os.environ)
+    commands = {"no-op run": [str(args.certrenew), "run", "--config", str(config), "-q"],
+                "status": [str(args.certrenew), "status", "--config", str(config)]}
+    run_measured([str(args.certrenew), "run", "--config", str(config)], env, log)  # warms the page cache too
+    if log.read_text().count(": unchanged: not due until") != args.scale:
+        raise BenchError(f"the warm-up run was not a no-op over {args.scale} certificates:\n{log_tail(log)}")
+    figures = []
+    for scenario, argv in commands.items():
+        samples = []
+        for _ in range(args.runs):
+            started = time.perf_counter()
+            usage = run_measured(argv, env, log)  # exit 1 (a failure, an unhealthy status) raises
+            samples.append(Sample(time.perf_counter() - started, usage))
+        figures.append((scenario, Sample(median(samples, lambda s: s.seconds),
+                                         Usage(int(median(samples, lambda s: s.usage.max_rss_kib)),
+                                               median(samples, lambda s: s.usage.cpu_seconds)))))
+    return figures
+
+
+def print_scale(figures: list[tuple[str, Sample]]) -> None:
+    for scenario, sample in figures:
+        print(f"{scenario:<10} {sample.seconds:6.2f} s   peak RSS {sample.usage.max_rss_kib / 1024:5.1f} MiB   "
+              f"CPU (user+sys) {sample.usage.cpu_seconds:.2f} s   target <= 0.5 s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--certbot", type=Path, default=REPO_ROOT / ".bench" / "certbot" / "bin" / "certbot")
@@ -396,11 +467,20 @@ def main() -> None:
                         help="certbot's batch runs (default 1: one takes about 3 s per certificate)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of the comparison, show where certrenew's time for one certificate goes")
+    parser.add_argument("--scale", type=int, nargs="?", const=10000, metavar="N",
+                        help="instead of the comparison, time a no-op run and status over N certificates "
+                             "(default 10000) from synthetic state; needs no certbot, pebble or HAProxy")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = parser.parse_args()
     # `kill` must unwind through Lab.__exit__ like Ctrl-C, or pebble and HAProxy outlive the bench.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
+    if args.scale:
+        print(f"certrenew over {args.scale} certificates of one config, nothing due; medians of {args.runs} "
+              f"runs, {os.cpu_count()} cores", flush=True)
+        with tempfile.TemporaryDirectory(prefix="certrenew-scale-") as workdir:
+            print_scale(scale(args, Path(workdir)))
+        return
     if args.profile:
         print(f"certrenew, one certificate, medians of {args.runs} runs", flush=True)
         with tempfile.TemporaryDirectory(prefix="certrenew-profile-") as workdir:

@@ -10,7 +10,6 @@ def test_a_pending_certificate_with_its_names_in_another_order_is_installed_not_
     issued = trustme.CA().issue_cert("b.example", "a.example")
     bundle = b"".join(blob.bytes() for blob in issued.cert_chain_pems) + issued.private_key_pem.bytes()
     store = FileStore(tmp_path / "state")
-    store.prepare()
     store.save_pending("a.example", bundle)
     issuer = Issuer(Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path), store, solvers={})
     issuer.issue = lambda spec: (_ for _ in ()).throw(AssertionError("ordered again"))

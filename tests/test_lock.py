@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from certrenew import signals
 from certrenew.errors import CertrenewError
 from certrenew.lock import StateLock
 
@@ -26,8 +27,25 @@ def test_a_second_run_gives_up_naming_the_holder(tmp_path):
         assert 0.3 <= time.monotonic() - started < 2
 
 
-def test_a_second_run_waits_for_the_first(tmp_path):
+def test_a_second_run_waits_for_the_first(tmp_path, monkeypatch):
+    polls = threading.Semaphore(0)
+    sleep = signals.sleep
+    monkeypatch.setattr(signals, "sleep", lambda seconds: (polls.release(), sleep(seconds)))
+    order = []
     first = StateLock(tmp_path, timeout=0).__enter__()
-    threading.Timer(0.3, first.__exit__, (None, None, None)).start()
-    with StateLock(tmp_path, timeout=5):
-        pass
+
+    def second():
+        with StateLock(tmp_path, timeout=10):
+            order.append("second acquired")
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    try:
+        # The second found the lock held and is polling for it (without a lock, it never polls).
+        assert polls.acquire(timeout=10), "the second run never waited"
+        assert order == []
+    finally:
+        order.append("first released")
+        first.__exit__(None, None, None)
+        waiter.join(timeout=10)
+    assert order == ["first released", "second acquired"]

@@ -1,25 +1,117 @@
-"""The run's back-off rule: the CA failing is backed off, a mistake on our side is not."""
+"""`renew.run` and `status.collect` over the in-memory store: the paths that need no CA."""
 
 import datetime
+import sys
 
 import pytest
+from memstore import MemoryStore
 
-from certrenew.config import CertificateSpec
+from certrenew import renew, status
+from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.renew import _failed
-from certrenew.store import FileStore
+from certrenew.store import CertificateRecord
 
-NAME = "example.com"
+NOW = datetime.datetime.now(datetime.timezone.utc)
+DAY = datetime.timedelta(days=1)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path, directory="https://127.0.0.1:9/none",
+                    lock_timeout=0)
+
+
+@pytest.fixture
+def no_ca(monkeypatch):
+    """Reaching for the ACME stack fails the test: these runs have nothing to order."""
+    monkeypatch.setitem(sys.modules, "certrenew.issue", None)
+
+
+def spec(name):
+    return CertificateSpec(name, (f"{name}.example",))
+
+
+def issued(name, not_before=NOW - 10 * DAY, lifetime=90 * DAY, **fields):
+    return CertificateRecord(name, [f"{name}.example"], "ecdsa-p256", serial="1f", not_before=not_before,
+                             not_after=not_before + lifetime, **fields)
+
+
+def test_nothing_due_is_unchanged_and_asks_no_ca(settings, no_ca):
+    store = MemoryStore()
+    store.save_record(issued("a"))
+    store.save_record(issued("b", ari_next_check=NOW + DAY))
+    outcomes = renew.run(settings, [spec("a"), spec("b")], store)
+    assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "unchanged")]
+    renew_at = (NOW - 10 * DAY + 60 * DAY).isoformat(" ", "minutes")[:16]
+    assert outcomes[0].detail.startswith(f"not due until {renew_at} UTC (expires ")
+    assert not any(outcome.failed for outcome in outcomes)
+
+
+def test_a_failing_certificate_backs_off_and_its_record_is_left_alone(settings, no_ca):
+    store = MemoryStore()
+    failing = issued("a", not_before=NOW - 89 * DAY, failures=3, last_error="connection refused",
+                     next_attempt=NOW + DAY)
+    store.save_record(failing)
+    [outcome] = renew.run(settings, [spec("a")], store)
+    assert outcome.action == "deferred" and outcome.failed
+    assert "failed 3 time(s) in a row (last: connection refused)" in outcome.detail
+    assert store.load_record("a") == failing
+
+
+def test_an_unreadable_record_fails_its_certificate_only(settings, no_ca):
+    store = MemoryStore()
+    store.save_record(issued("a"))
+    store.documents["b", "record"] = b'{"name": "b", "domains": ["b.example"], "key_type": 5}'
+    outcomes = renew.run(settings, [spec("a"), spec("b")], store)
+    assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed")]
+    assert outcomes[1].detail == "corrupt state file memory:b/record: key_type: expected a string, not 5"
+
+
+def test_a_run_waits_for_the_store_and_gives_up(settings, no_ca):
+    store = MemoryStore()
+    store.save_record(issued("a"))
+    with store.lock(timeout=0):
+        with pytest.raises(CertrenewError, match="gave up after 0 s"):
+            renew.run(settings, [spec("a")], store)
+    assert renew.run(settings, [spec("a")], store)[0].action == "unchanged"
+
+
+def test_status_rows_from_the_store(settings):
+    store = MemoryStore()
+    store.save_record(issued("ok"))
+    store.save_record(issued("due", not_before=NOW - 70 * DAY))
+    store.save_record(issued("expired", not_before=NOW - 91 * DAY))
+    store.save_record(issued("failing", not_before=NOW - 70 * DAY, failures=1, last_error="boom",
+                             next_attempt=NOW + DAY))
+    store.save_record(issued("gone"))
+    store.save_order("ordering", store_order())  # an order, never recorded: not a row
+    names = ["ok", "due", "expired", "failing", "missing"]
+    rows = status.collect(settings, [spec(name) for name in names], store, now=NOW)
+    assert [(row.name, row.state) for row in rows] == [
+        ("ok", "ok"), ("due", "due"), ("expired", "expired"), ("failing", "failing"), ("missing", "missing"),
+        ("gone", "unmanaged")]
+    assert status.unhealthy(settings, rows) == "due is due, expired is expired, failing is failing, missing is missing"
+    assert rows[0].days_left == pytest.approx(80) and rows[3].last_result == "failed: boom"
+    assert rows[3].next_renewal == NOW + DAY  # not before the back-off ends, though due since day 60
+
+    everything = status.collect(settings, None, store, now=NOW)
+    assert [row.name for row in everything] == ["due", "expired", "failing", "gone", "ok"]
+    assert "unmanaged" not in {row.state for row in everything}
+
+
+def store_order():
+    from certrenew.store import PendingOrder
+    return PendingOrder("https://ca.example/order/1", ["ordering.example"], "ecdsa-p256", b"KEY")
 
 
 @pytest.mark.parametrize(("error", "backs_off"), [(CertrenewError("the CA is down"), True),
                                                   (ConfigurationError("bad ACL"), False),
                                                   (UsageError("pass --agree-tos"), False)])
-def test_only_the_ca_failing_starts_the_back_off(tmp_path, error, backs_off):
-    store = FileStore(tmp_path)
-    store.prepare()
-    now = datetime.datetime.now(datetime.timezone.utc)
-    _failed(store, now, CertificateSpec(NAME, (NAME,)), error)
-    record = store.load_record(NAME)
+def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
+    """The CA failing is backed off; a mistake on our side is not, so the run after the fix goes ahead."""
+    store = MemoryStore()
+    _failed(store, NOW, CertificateSpec("example.com", ("example.com",)), error)
+    record = store.load_record("example.com")
     assert record is not None and record.last_error == str(error) and record.failures == 1
     assert (record.next_attempt is not None) is backs_off

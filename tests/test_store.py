@@ -1,82 +1,202 @@
 import datetime
+import json
 import stat
 
 import pytest
+from memstore import MemoryStore
 
 from certrenew.errors import CertrenewError
-from certrenew.store import Account, CertificateRecord, FileStore
+from certrenew.store import Account, CertificateRecord, FileStore, PendingOrder
+
+WHEN = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+ORDER = PendingOrder("https://ca.example/order/1", ["a.example"], "ecdsa-p256", b"-----KEY-----\n")
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request, tmp_path):
+    """Each store, held as a run holds it: the contract below holds for both."""
+    store = FileStore(tmp_path / "state") if request.param == "file" else MemoryStore()
+    with store.lock(timeout=0):
+        yield store
 
 
 @pytest.fixture
-def store(tmp_path):
+def files(tmp_path):
     store = FileStore(tmp_path / "state")
-    store.prepare()
-    return store
+    with store.lock(timeout=0):
+        yield store
 
 
 def mode(path):
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_layout_is_private(store):
+# The contract every store keeps.
+
+def test_an_account_per_ca(store):
     store.save_account("https://ca.example/dir", Account(b"KEY", "https://ca.example/acct/1"))
-    assert mode(store.root) == 0o700
-    key = next(store.root.glob("accounts/*/key.pem"))
-    assert mode(key) == 0o600
     assert store.load_account("https://ca.example/dir") == Account(b"KEY", "https://ca.example/acct/1")
     assert store.load_account("https://other.example/dir") is None
 
 
-def test_record_round_trips(store):
-    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
-    record = CertificateRecord("a", ["a.example"], "rsa2048", serial="ab", not_before=when, not_after=when)
+def test_record_round_trips_with_every_time(store):
+    record = CertificateRecord("a", ["a.example", "www.a.example"], "rsa2048", serial="ab", last_error="boom",
+                               failures=2, **{key: WHEN for key in CertificateRecord.DATETIMES})
+    assert store.load_record("a") is None
     store.save_record(record)
     assert store.load_record("a") == record
+    assert store.load_record("a") is not store.load_record("a")  # a copy: changing it changes nothing stored
     assert store.names() == ["a"]
 
 
 def test_pending_becomes_current_and_current_becomes_previous(store):
     record = CertificateRecord("a", ["a.example"], "ecdsa-p256")
+    with pytest.raises(CertrenewError, match="no pending certificate"):
+        store.promote_pending(record)
     store.save_pending("a", b"ONE")
+    assert store.unfinished("a")
     store.promote_pending(record)
+    assert not store.unfinished("a")
     store.save_pending("a", b"TWO")
     assert store.load_bundle("a") == b"ONE"
     store.promote_pending(record)
     assert (store.load_bundle("a"), store.load_bundle("a", "previous")) == (b"TWO", b"ONE")
-    assert store.load_bundle("a", "pending") is None
-    assert mode(store.root / "certificates" / "a" / "current.pem") == 0o600
+    assert store.load_bundle("a", "pending") is None and store.load_record("a") == record
 
 
-def test_archive_moves_a_certificate_out_of_sight_and_keeps_it(store):
-    store.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+def test_a_discarded_pending_certificate_is_gone(store):
     store.save_pending("a", b"ONE")
-    store.promote_pending(store.load_record("a"))
-    backup = store.archive("a", "20260102T030405Z")
-    assert backup == store.root / "removed" / "a-20260102T030405Z"
+    store.discard_pending("a")
+    store.discard_pending("a")  # already gone: no error
+    assert store.load_bundle("a", "pending") is None and not store.unfinished("a")
+
+
+def test_archive_moves_a_certificate_out_of_sight_and_keeps_it(files):
+    files.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    files.save_pending("a", b"ONE")
+    files.promote_pending(files.load_record("a"))
+    backup = files.archive("a", "20260102T030405Z")
+    assert backup == files.root / "removed" / "a-20260102T030405Z"
     assert (backup / "current.pem").read_bytes() == b"ONE" and mode(backup.parent) == 0o700
-    assert store.names() == [] and store.load_bundle("a") is None
-
-
-def test_prepare_clears_temps_of_a_killed_run(store):
-    temp = store.root / "certificates" / ".certrenew-x.tmp"
-    temp.write_bytes(b"half")
-    store.prepare()
-    assert not temp.exists()
-
-
-def test_corrupt_record_is_a_clear_error(store):
-    (store.root / "certificates" / "a").mkdir()
-    (store.root / "certificates" / "a" / "meta.json").write_text("{not json")
-    with pytest.raises(CertrenewError, match="corrupt state file"):
-        store.load_record("a")
+    assert files.names() == [] and files.load_bundle("a") is None
 
 
 def test_a_validated_order_is_kept_until_its_certificate_is_pending(store):
-    from certrenew.store import PendingOrder
-    order = PendingOrder("https://ca.example/order/1", ["a.example"], "ecdsa-p256", b"-----KEY-----\n")
     assert not store.unfinished("a.example")
-    store.save_order("a.example", order)
-    assert store.unfinished("a.example") and store.load_order("a.example") == order
-    assert mode(store.root / "certificates" / "a.example" / "order.json") == 0o600
+    store.save_order("a.example", ORDER)
+    assert store.unfinished("a.example") and store.load_order("a.example") == ORDER
     store.save_pending("a.example", b"BUNDLE")
     assert store.load_order("a.example") is None and store.unfinished("a.example")
+    store.save_order("b.example", ORDER)
+    store.discard_order("b.example")
+    assert store.load_order("b.example") is None and not store.unfinished("b.example")
+
+
+def test_names_are_every_certificate_with_state(store):
+    store.save_record(CertificateRecord("b", ["b.example"], "ecdsa-p256"))
+    store.save_order("a", ORDER)
+    assert store.names() == ["a", "b"]
+
+
+def test_one_run_holds_the_store_at_a_time(store):
+    # The fixture holds the lock, as a run does: a second run gives up.
+    with pytest.raises(CertrenewError, match="gave up after 0.2 s"):
+        with store.lock(timeout=0.2):
+            pass
+
+
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_the_lock_is_released_when_the_run_ends_however_it_ends(kind, tmp_path):
+    store = FileStore(tmp_path / "state") if kind == "file" else MemoryStore()
+    with pytest.raises(RuntimeError):
+        with store.lock(timeout=0):
+            raise RuntimeError("the run failed")
+    with store.lock(timeout=0):
+        pass
+
+
+# The file store: layout, permissions, temps, and the files on disk.
+
+def test_layout_is_private(files):
+    files.save_account("https://ca.example/dir", Account(b"KEY", "https://ca.example/acct/1"))
+    files.save_pending("a", b"BUNDLE")
+    assert mode(files.root) == 0o700
+    assert mode(next(files.root.glob("accounts/*/key.pem"))) == 0o600
+    assert mode(files.root / "certificates" / "a" / "pending.pem") == 0o600
+
+
+def test_every_state_file_carries_its_format_version(files):
+    files.save_account("https://ca.example/dir", Account(b"KEY", None))
+    files.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256", not_after=WHEN))
+    files.save_order("a", ORDER)
+    written = [*files.root.glob("accounts/*/account.json"), *files.root.glob("certificates/a/*.json")]
+    assert len(written) == 3
+    assert all(json.loads(path.read_text())["version"] == 1 for path in written)
+
+
+def test_a_file_without_a_version_is_read_as_version_1(files):
+    (files.root / "certificates" / "a").mkdir()
+    old = {"name": "a", "domains": ["a.example"], "key_type": "ecdsa-p256", "not_after": WHEN.isoformat()}
+    (files.root / "certificates" / "a" / "meta.json").write_text(json.dumps(old))
+    assert files.load_record("a") == CertificateRecord("a", ["a.example"], "ecdsa-p256", not_after=WHEN)
+
+
+@pytest.mark.parametrize("content, error", [
+    ("{not json", r"corrupt state file .*/certificates/a/meta.json: Expecting property name"),
+    ("[]", r"corrupt state file .*/certificates/a/meta.json: expected a JSON object, not list"),
+    ('{"name": "a", "key_type": "rsa2048"}', r"corrupt state file .*/a/meta.json: .*missing 1 required positional argument: 'domains'"),
+    ('{"name": "a", "domains": "a.example", "key_type": "rsa2048"}', r"meta.json: domains: expected a list"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "failures": "2"}',
+     r"meta.json: failures: expected a whole number, not '2'"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_after": 5}', r"meta.json: not_after: expected a string"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_after": "soon"}', r"meta.json: Invalid isoformat"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_after": "2026-01-02T03:04:05"}',
+     r"meta.json: not_after: '2026-01-02T03:04:05' has no time zone"),
+    ('{"version": 2, "name": "a"}', r"state file .*/a/meta.json has format version 2; this certrenew reads version 1"),
+])
+def test_a_bad_record_is_a_clear_error_naming_its_file(files, content, error):
+    (files.root / "certificates" / "a").mkdir()
+    (files.root / "certificates" / "a" / "meta.json").write_text(content)
+    with pytest.raises(CertrenewError, match=error):
+        files.load_record("a")
+
+
+def test_a_bad_order_or_account_is_a_clear_error_naming_its_file(files):
+    files.save_order("a", ORDER)
+    path = files.root / "certificates" / "a" / "order.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "key_pem": None}))
+    with pytest.raises(CertrenewError, match=r"corrupt state file .*/a/order.json: key_pem: expected a string"):
+        files.load_order("a")
+    files.save_account("https://ca.example/dir", Account(b"KEY", None))
+    [account] = files.root.glob("accounts/*/account.json")
+    account.write_text('{"uri": 7}')
+    with pytest.raises(CertrenewError, match=r"corrupt state file .*/account.json: uri: expected a string"):
+        files.load_account("https://ca.example/dir")
+
+
+def test_the_lock_clears_temps_of_a_killed_run(tmp_path):
+    store = FileStore(tmp_path / "state")
+    with store.lock(timeout=0):
+        store.save_account("https://ca.example/dir", Account(b"KEY", None))
+    temps = [tmp_path / "state" / "certificates" / ".certrenew-x.tmp",
+             next((tmp_path / "state" / "accounts").iterdir()) / ".certrenew-y.tmp"]
+    for temp in temps:
+        temp.write_bytes(b"half")
+    with store.lock(timeout=0):
+        assert not any(temp.exists() for temp in temps)
+        assert store.names() == []
+
+
+def test_a_write_clears_temps_a_killed_run_left_beside_it(files):
+    files.save_pending("a", b"ONE")
+    temp = files.root / "certificates" / "a" / ".certrenew-x.tmp"
+    temp.write_bytes(b"half")
+    assert files.names() == ["a"] and files.load_bundle("a", "pending") == b"ONE"
+    files.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    assert not temp.exists()
+
+
+def test_status_reads_need_no_state_dir(tmp_path):
+    store = FileStore(tmp_path / "none")
+    assert store.names() == [] and store.load_record("a") is None and not store.unfinished("a")
+    assert not (tmp_path / "none").exists()

@@ -49,8 +49,7 @@ class RecordingSolver:
 def issue_with(lab, solver_of) -> tuple[RecordingSolver, object]:
     settings = build_settings({}, environ=lab.certrenew_env)
     store = FileStore(settings.state_dir)
-    store.prepare()
-    with Responder(settings.listen) as responder:
+    with store.lock(timeout=0), Responder(settings.listen) as responder:
         solver = solver_of(responder)
         try:
             result = Issuer(settings, store, {solver.challenge_type: solver}).issue(CertificateSpec(DOMAINS[0], DOMAINS))
