@@ -1,7 +1,7 @@
 """certrenew: an ACME certificate renewer for HAProxy.
 
 The library API: `run(settings, specs)` brings every `CertificateSpec` up to date under
-`Settings` and returns an `Outcome` per certificate. The names load on first use, so
+`Settings` and returns a `Report`: an `Outcome` per certificate, and the hooks that failed. The names load on first use, so
 `import certrenew` (and a run with nothing due) stays free of the ACME stack.
 """
 
@@ -9,14 +9,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["CertificateSpec", "Outcome", "Settings", "run"]
+__all__ = ["CertificateSpec", "Outcome", "Report", "Settings", "run"]
 
 _HOMES = {"CertificateSpec": "certrenew.config", "Settings": "certrenew.config",
-          "Outcome": "certrenew.renew", "run": "certrenew.renew"}
+          "Outcome": "certrenew.renew", "Report": "certrenew.renew", "run": "certrenew.renew"}
 
 if TYPE_CHECKING:
     from certrenew.config import CertificateSpec, Settings
-    from certrenew.renew import Outcome, run
+    from certrenew.renew import Outcome, Report, run
 
 
 def __getattr__(name: str) -> Any:
