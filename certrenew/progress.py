@@ -7,6 +7,7 @@ with nothing to do stays cheap.
 
 import logging
 import threading
+from contextlib import ExitStack
 from typing import TextIO
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Bar(Progress):
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
-        self._bar = self._redirect = None
+        self._cleanup = ExitStack()
 
     def start(self, total: int) -> None:
         super().start(total)
@@ -57,20 +58,16 @@ class Bar(Progress):
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        self._redirect = logging_redirect_tqdm(tqdm_class=tqdm)
-        self._redirect.__enter__()
-        self._bar = tqdm(total=total, file=self.stream, desc="certrenew", unit="cert", leave=False,
-                         dynamic_ncols=True, postfix={"failed": 0})
+        self._cleanup.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
+        self._bar = self._cleanup.enter_context(tqdm(total=total, file=self.stream, desc="certrenew", unit="cert",
+                                                     leave=False, dynamic_ncols=True, postfix={"failed": 0}))
 
     def _show(self, name: str, what: str) -> None:
         self._bar.set_postfix(failed=self.failed, refresh=False)
         self._bar.update(1)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._redirect.__exit__(None, None, None)
-            self._bar = self._redirect = None
+        self._cleanup.close()
 
 
 def for_stream(stream: TextIO, quiet: bool) -> Progress:
