@@ -58,9 +58,11 @@ class Bar(Progress):
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        self._cleanup.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
-        self._bar = self._cleanup.enter_context(tqdm(total=total, file=self.stream, desc="certrenew", unit="cert",
-                                                     leave=False, dynamic_ncols=True, postfix={"failed": 0}))
+        # No monitor thread: the bar moves at every certificate, and a daemon would keep the thread for good.
+        bar_class = type("tqdm", (tqdm,), {"monitor_interval": 0})
+        self._cleanup.enter_context(logging_redirect_tqdm(tqdm_class=bar_class))
+        self._bar = self._cleanup.enter_context(bar_class(total=total, file=self.stream, desc="certrenew", unit="cert",
+                                                          leave=False, dynamic_ncols=True, postfix={"failed": 0}))
 
     def _show(self, name: str, what: str) -> None:
         self._bar.set_postfix(failed=self.failed, refresh=False)
