@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from certrenew import __version__, signals
+from certrenew import signals
 from certrenew.config import (
     DEFAULT_CONFIG,
     OPTIONS,
@@ -32,6 +32,7 @@ from certrenew.config import (
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.limits import raise_open_files_limit
 from certrenew.store import FileStore
+from certrenew.version import __version__
 
 log = logging.getLogger("certrenew")
 
@@ -187,8 +188,10 @@ def _setup_logging(args: argparse.Namespace) -> bool:
     return quiet
 
 
-def _report(outcomes, quiet: bool) -> int:
-    """One line per certificate: failures to stderr, the rest to stdout; exit 1 if any failed."""
+def _report(report, quiet: bool) -> int:
+    """One line per certificate: failures to stderr, the rest to stdout; then, for several, a summary
+    to stderr. Exit 1 if a certificate or a hook failed (the hook already said so, in one line)."""
+    outcomes = report.outcomes
     for outcome in outcomes:
         if outcome.failed:
             print(f"certrenew: {outcome.name}: {outcome.action}: {outcome.detail}", file=sys.stderr)
@@ -198,22 +201,26 @@ def _report(outcomes, quiet: bool) -> int:
     if failed and len(outcomes) > 1:
         print(f"certrenew: {len(failed)} of {len(outcomes)} certificates failed: {', '.join(failed)}",
               file=sys.stderr)
-    return 1 if failed else 0
+    if len(outcomes) > 1 and (report.failed or not quiet):
+        print(f"certrenew: {report.summary()}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _renew_recorded(settings, specs, quiet: bool) -> int:
     """`renew.run` and its report; with --metrics-file, then the run's metrics, whatever its outcome."""
+    from certrenew.progress import for_stream
     from certrenew.renew import run
 
     store = FileStore(settings.state_dir)
+    progress = for_stream(sys.stderr, quiet)
     if settings.metrics_file is None:
-        return _report(run(settings, specs, store), quiet)
+        return _report(run(settings, specs, store, progress=progress), quiet)
     from certrenew import metrics, status
 
     telemetry = metrics.Telemetry()
     started, code = time.monotonic(), 1
     try:
-        code = _report(run(settings, specs, store, telemetry), quiet)
+        code = _report(run(settings, specs, store, telemetry=telemetry, progress=progress), quiet)
         return code
     finally:
         telemetry.record_run(code == 0, time.monotonic() - started)
@@ -261,6 +268,7 @@ def _daemon(argv: list[str]) -> int:
     # SIGHUP first: its default action ends the process, and a reload may come at any moment.
     with signals.Hangups() as hangups:
         from certrenew.daemon import Daemon
+        from certrenew.renew import check_hooks
 
         args = build_daemon_parser().parse_args(argv)
         _setup_logging(args)
@@ -269,6 +277,7 @@ def _daemon(argv: list[str]) -> int:
             settings, specs = _managed(args)
             if settings.force:  # from CERTRENEW_FORCE: every pass would order every certificate
                 raise UsageError("the daemon does not take CERTRENEW_FORCE: use `certrenew run --force` once")
+            check_hooks(settings)  # at start and on SIGHUP, not once a minute in a failing pass
             return settings, specs
 
         settings, specs = load()

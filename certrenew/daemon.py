@@ -85,7 +85,7 @@ class Daemon:
         """One `renew.run`, logged and counted; never raises but `Interrupted`. Returns when to run the next."""
         started = time.monotonic()
         try:
-            outcomes = renew.run(self.settings, self.specs, self.store, self.telemetry, responder)
+            report = renew.run(self.settings, self.specs, self.store, self.telemetry, responder=responder)
         except Exception as error:  # never the daemon's end: say it, count it, try again soon
             expected = isinstance(error, CertrenewError)
             log.error("pass failed: %s", error if expected else repr(error),
@@ -93,12 +93,13 @@ class Daemon:
             self.telemetry.count_pass_error()
             self.telemetry.record_run(False, time.monotonic() - started)
             return _now() + min(RETRY_AFTER_ERROR, self.settings.check_interval)
-        for outcome in outcomes:
+        for outcome in report:
             level = (logging.ERROR if outcome.action == "failed" else logging.WARNING if outcome.failed
                      else logging.DEBUG if outcome.action == "unchanged" else logging.INFO)
             log.log(level, "%s: %s: %s", outcome.name, outcome.action, outcome.detail,
                     extra={"certificate": outcome.name})
-        self.telemetry.record_run(not any(outcome.failed for outcome in outcomes), time.monotonic() - started)
+        log.info("pass done: %s", report.summary())
+        self.telemetry.record_run(not report.failed, time.monotonic() - started)
         return self.next_wake(_now())
 
     def next_wake(self, now: datetime.datetime) -> datetime.datetime:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from certrenew.cli import build_bootstrap_parser, build_daemon_parser, build_parser, build_run_parser, build_status_parser
+from certrenew.cli import (
+    build_bootstrap_parser,
+    build_daemon_parser,
+    build_parser,
+    build_run_parser,
+    build_status_parser,
+)
 from certrenew.config import DEFAULT_CONFIG
 from certrenew.errors import UsageError
 

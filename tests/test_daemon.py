@@ -57,7 +57,7 @@ def test_a_failed_pass_is_counted_and_retried_soon(tmp_path, hangups, caplog):
 
 def test_an_unexpected_exception_is_logged_with_its_traceback_at_verbose(tmp_path, hangups, caplog, monkeypatch):
     subject = make(tmp_path, hangups)
-    monkeypatch.setattr(daemon.renew, "run", lambda *args: {}["boom"])
+    monkeypatch.setattr(daemon.renew, "run", lambda *args, **kwargs: {}["boom"])
     caplog.set_level("DEBUG", logger="certrenew.daemon")
     subject.run_pass(responder=None)
     (line,) = [record for record in caplog.records if record.name == "certrenew.daemon"]

@@ -41,7 +41,7 @@ def test_nothing_due_is_unchanged_and_asks_no_ca(settings, no_ca):
     store = MemoryStore()
     store.save_record(issued("a"))
     store.save_record(issued("b", ari_next_check=NOW + DAY))
-    outcomes = renew.run(settings, [spec("a"), spec("b")], store)
+    outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "unchanged")]
     renew_at = (NOW - 10 * DAY + 60 * DAY).isoformat(" ", "minutes")[:16]
     assert outcomes[0].detail.startswith(f"not due until {renew_at} UTC (expires ")
@@ -63,7 +63,7 @@ def test_an_unreadable_record_fails_its_certificate_only(settings, no_ca):
     store = MemoryStore()
     store.save_record(issued("a"))
     store.documents["b", "record"] = b'{"name": "b", "domains": ["b.example"], "key_type": 5}'
-    outcomes = renew.run(settings, [spec("a"), spec("b")], store)
+    outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed")]
     assert outcomes[1].detail == "corrupt state file memory:b/record: key_type: expected a string, not 5"
 
@@ -74,7 +74,7 @@ def test_a_run_waits_for_the_store_and_gives_up(settings, no_ca):
     with store.lock(timeout=0):
         with pytest.raises(CertrenewError, match="gave up after 0 s"):
             renew.run(settings, [spec("a")], store)
-    assert renew.run(settings, [spec("a")], store)[0].action == "unchanged"
+    assert renew.run(settings, [spec("a")], store).outcomes[0].action == "unchanged"
 
 
 def test_status_rows_from_the_store(settings):
@@ -109,9 +109,9 @@ def store_order():
                                                   (ConfigurationError("bad ACL"), False),
                                                   (UsageError("pass --agree-tos"), False)])
 def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
-    """The run's back-off rule: the CA failing is backed off, a mistake on our side is not."""
+    """The CA failing is backed off; a mistake on our side is not, so the run after the fix goes ahead."""
     store = MemoryStore()
-    _failed(store, NOW, CertificateSpec("a", ("a.example",)), error)
-    record = store.load_record("a")
+    _failed(store, NOW, CertificateSpec("example.com", ("example.com",)), error)
+    record = store.load_record("example.com")
     assert record is not None and record.last_error == str(error) and record.failures == 1
     assert (record.next_attempt is not None) is backs_off

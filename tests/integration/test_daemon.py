@@ -162,15 +162,21 @@ def test_thirty_second_certificates_are_renewed_again_and_again(tmp_path, start_
 
 def test_sighup_issues_a_new_certificate_and_a_broken_file_changes_nothing(lab, start_daemon):
     config = write_config(lab, ONE)
-    daemon = start_daemon(lab, config)
+    deployed = lab.workdir / "deployed"
+    hook = lab.workdir / "deploy-hook"
+    hook.write_text(f'#!/bin/sh\necho "$CERTRENEW_NAME" >> {deployed}\n')
+    hook.chmod(0o755)
+    daemon = start_daemon(lab, config, "--deploy-hook", str(hook))
     alpha = daemon.wait_served("alpha", "alpha.example")
     daemon.wait_log("next pass at")
+    assert deployed.read_text() == "alpha\n"  # the hooks run per pass, as in `run`
 
     config.write_text(TWO)
     daemon.process.send_signal(signal.SIGHUP)
     daemon.wait_served("beta", "beta.example", not_serial=None)
     assert "SIGHUP: config re-read, 2 certificate(s)" in daemon.log
     assert serial_of(lab, "alpha") == alpha  # not reissued
+    poll("the deploy hook for beta", lambda: deployed.read_text() == "alpha\nbeta\n")
 
     config.write_text(TWO + "[[certificate]]\ndomains = [\n")
     daemon.process.send_signal(signal.SIGHUP)
