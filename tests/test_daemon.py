@@ -1,5 +1,5 @@
 """The daemon's own logic over the in-memory store: its wake-up, its failures, SIGHUP, sd_notify.
-What it does against a CA and HAProxy is in tests/integration/test_daemon.py."""
+What it does against a CA and HAProxy is in tests/integration/test_cli_daemon.py."""
 
 import datetime
 import os
