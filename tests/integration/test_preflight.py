@@ -91,7 +91,7 @@ def test_missing_admin_socket_fails_before_any_request_to_the_ca(lab, proxy):
     # The same run with the real socket orders through the same proxy: the counting works.
     fixed = lab.certrenew(NAME, "--haproxy-socket", str(lab.admin_socket), env=proxy.env)
     assert fixed.returncode == 0, fixed.stderr
-    assert proxy.count("new-order") == 1
+    assert proxy.count("new-order") >= 1  # more when pebble rejects a nonce and the order is signed again
 
 
 def test_validation_failure_names_the_fix_and_backs_off_until_the_settings_change(lab):
