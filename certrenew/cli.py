@@ -399,7 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     raise_open_files_limit()
     try:
         with signals.handled():
-            return command(argv[1:]) if command else _renew(argv)
+            try:
+                return command(argv[1:]) if command else _renew(argv)
+            except signals.Interrupted as interrupted:
+                # Still under handled(): abandoned workers keep seeing the cancellation, so
+                # none starts a write once the run has given up its lock.
+                print(f"certrenew: {interrupted}; stopped cleanly, the next run picks up from here", file=sys.stderr)
+                return signals.exit_abandoning_workers(interrupted.exit_code)
     except (CertrenewError, OSError) as error:  # OSError: the state or ssl dir refusing a read or write, say
         if log.isEnabledFor(logging.DEBUG):
             log.exception("failed")
@@ -409,6 +415,3 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"certrenew: error: {message}", file=sys.stderr)
         return getattr(error, "exit_code", 1)
-    except signals.Interrupted as interrupted:
-        print(f"certrenew: {interrupted}; stopped cleanly, the next run picks up from here", file=sys.stderr)
-        return signals.exit_abandoning_workers(interrupted.exit_code)

@@ -38,3 +38,17 @@ def test_workers_see_the_cancellation():
         signals.cancelled.set()
         with pytest.raises(signals.Interrupted):
             signals.check()
+
+
+def test_workers_still_see_the_cancellation_while_the_cli_abandons_them(monkeypatch):
+    """The run has released its lock by then: a worker that missed the signal must not start a write."""
+    from certrenew import cli
+
+    def interrupted(argv):
+        signals._handle(signal.SIGTERM, None)
+
+    seen = []
+    monkeypatch.setitem(cli.COMMANDS, "boom", interrupted)
+    monkeypatch.setattr(signals, "exit_abandoning_workers", lambda code: seen.append(signals.cancelled.is_set()) or code)
+    assert cli.main(["boom"]) == 143
+    assert seen == [True] and not signals.cancelled.is_set()
