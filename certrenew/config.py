@@ -9,11 +9,12 @@ import datetime
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli
 
 from certrenew.challenge import DNS_01, HTTP_01, check_domains
 from certrenew.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
@@ -25,11 +26,6 @@ from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
 from certrenew.runtime_api import check_address
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10 (e.g. Ubuntu 22.04): the same parser, from PyPI
-    import tomli as tomllib
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -446,10 +442,10 @@ def check_certificate_name(name: str) -> str:
 def load_config(path: Path) -> ConfigFile:
     """Read and validate a TOML config file; every error names the file and the key."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomli.loads(path.read_text())
     except OSError as error:
         raise UsageError(f"cannot read config file {path}: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+    except (tomli.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{path}: {error}") from None
 
     settings = {}
