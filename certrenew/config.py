@@ -9,11 +9,12 @@ import datetime
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli
 
 from certrenew.challenge import DNS_01, HTTP_01, check_domains
 from certrenew.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
@@ -25,11 +26,6 @@ from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
 from certrenew.runtime_api import check_address
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10 (e.g. Ubuntu 22.04): the same parser, from PyPI
-    import tomli as tomllib
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -410,6 +406,7 @@ OPTIONS = [
     Option("hook_timeout", "seconds a hook may run before it is killed (default 60)", float, "SECONDS",
            _seconds(zero_allowed=False)),
 ]
+OPTION_NAMED = {option.name: option for option in OPTIONS}
 CLI_ONLY = {"force"}
 """Options that make sense for one invocation, not as a standing setting in a file."""
 
@@ -459,22 +456,21 @@ def check_certificate_name(name: str) -> str:
 def load_config(path: Path) -> ConfigFile:
     """Read and validate a TOML config file; every error names the file and the key."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomli.loads(path.read_text())
     except OSError as error:
         raise UsageError(f"cannot read config file {path}: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+    except (tomli.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{path}: {error}") from None
 
-    options = {option.name: option for option in OPTIONS}
     settings = {}
     for key, value in data.items():
         if key == "certificate":
             continue
-        if key not in options or key in CLI_ONLY:
-            known = ", ".join(sorted(set(options) - CLI_ONLY))
+        if key not in OPTION_NAMED or key in CLI_ONLY:
+            known = ", ".join(sorted(set(OPTION_NAMED) - CLI_ONLY))
             raise UsageError(f"{path}: unknown key {key!r} (known: {known}, [[certificate]])")
         try:
-            settings[key] = options[key].from_toml(value)
+            settings[key] = OPTION_NAMED[key].from_toml(value)
         except (ValueError, UsageError) as error:
             raise UsageError(f"{path}: {key}: {error}") from None
 
@@ -491,14 +487,18 @@ def load_config(path: Path) -> ConfigFile:
     return ConfigFile(path, settings, certificates)
 
 
+CERTIFICATE_OPTIONS = ("challenge", *DNS_OPTIONS)
+"""The options a [[certificate]] table may set for itself, besides its names, key type and profile."""
+CERTIFICATE_KEYS = ("name", "domains", "key_type", "profile", *CERTIFICATE_OPTIONS)
+
+
 def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[CertificateSpec]:
     where = f"{path}: certificate #{index}"
     if not isinstance(table, dict):
         raise UsageError(f"{where}: must be a table")
-    known = ("name", "domains", "key_type", "profile", "challenge", *DNS_OPTIONS)
-    unknown = set(table) - set(known)
+    unknown = table.keys() - CERTIFICATE_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(known)})")
+        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(CERTIFICATE_KEYS)})")
     domains = table.get("domains")
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise UsageError(f"{where}: domains must be a list of strings")
@@ -508,17 +508,16 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
     key_types = table.get("key_type", defaults.get("key_type", DEFAULT_KEY_TYPE))
     if not isinstance(key_types, (str, list)):
         raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")
-    options = {option.name: option for option in OPTIONS}
     own = {}
-    for key in ("challenge", *DNS_OPTIONS):
+    for key in CERTIFICATE_OPTIONS:
         if key in table:
             try:
-                own[key] = options[key].from_toml(table[key])
+                own[key] = OPTION_NAMED[key].from_toml(table[key])
             except (ValueError, UsageError) as error:
                 raise UsageError(f"{where}: {key}: {error}") from None
     challenge = own.get("challenge", defaults.get("challenge", HTTP_01))
-    if challenge != DNS_01 and own.keys() & set(DNS_OPTIONS):
-        raise UsageError(f"{where}: {sorted(own.keys() & set(DNS_OPTIONS))[0]} is for a certificate with "
+    if challenge != DNS_01 and own.keys() & DNS_OPTIONS:
+        raise UsageError(f"{where}: {sorted(own.keys() & DNS_OPTIONS)[0]} is for a certificate with "
                          f'challenge = "{DNS_01}"')
     try:
         domains = normalize_domains(domains)

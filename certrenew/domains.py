@@ -7,7 +7,10 @@ import idna
 
 from certrenew.errors import UsageError
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL_PATTERN = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = re.compile(f"^{_LABEL_PATTERN}$")
+_NORMALIZED = re.compile(rf"(\*\.)?({_LABEL_PATTERN}\.)+{_LABEL_PATTERN}")
+"""A name already in normal form, ASCII: `normalize_domain` would return it unchanged."""
 
 
 def normalize_domain(name: str) -> str:
@@ -16,6 +19,8 @@ def normalize_domain(name: str) -> str:
     "*.example.com" passes as a wildcard; `certrenew.challenge` decides whether the
     certificate's challenge type can validate it.
     """
+    if _NORMALIZED.fullmatch(name) and len(name) <= 253 and not _is_ip_address(name.removeprefix("*.")):
+        return name  # the usual case, a tenth of the checks below (a config of 10,000 certificates)
     original = name
     if name.split() != [name]:  # empty, or white space anywhere
         raise UsageError(f"invalid domain {original!r}: it is empty or contains white space")

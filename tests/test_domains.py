@@ -3,6 +3,9 @@ import pytest
 from certrenew.domains import normalize_domain, normalize_domains
 from certrenew.errors import UsageError
 
+LONGEST = ("a" * 61 + ".") * 4 + "examp"
+"""253 characters, in normal form already: the fast path must still count them."""
+
 
 @pytest.mark.parametrize(
     "given, expected",
@@ -13,6 +16,9 @@ from certrenew.errors import UsageError
         ("a-b.c-d.example", "a-b.c-d.example"),
         ("x" * 63 + ".example", "x" * 63 + ".example"),
         ("*.Bücher.example.", "*.xn--bcher-kva.example"),  # a wildcard is the challenge's call, not a syntax error
+        ("*.a-b.example", "*.a-b.example"),
+        (LONGEST, LONGEST),
+        ("1.2.3.4.5", "1.2.3.4.5"),  # digits, but no IP address
     ],
 )
 def test_normalizes(given, expected):
@@ -27,6 +33,8 @@ def test_normalizes(given, expected):
         ("*example.com", "inner hyphens"),
         ("a.*.example.com", "inner hyphens"),
         ("192.0.2.1", "IP address"),
+        ("*.192.0.2.1", "IP address"),
+        ("example.com\n", "white space"),
         ("::1", "IP address"),
         (".example.com", "starts with a dot"),
         ("a..example", "empty label"),
@@ -35,6 +43,7 @@ def test_normalizes(given, expected):
         ("x" * 64 + ".example", "longer than 63"),
         ("under_score.example", "inner hyphens"),
         (("a" * 60 + ".") * 5 + "example", "253"),
+        (LONGEST + "l", "253"),
         ("localhost", "single-label"),
         ("Stauts.", "single-label"),
     ],
