@@ -18,9 +18,17 @@ from cryptography import x509
 
 from certrenew import signals
 from certrenew.acme_account import register, use_account
-from certrenew.acme_transport import AccountUnknown, Deadline, RequestCounter, Transport, retry_after_seconds
+from certrenew.acme_transport import (
+    AccountUnknown,
+    Deadline,
+    RequestCounter,
+    Transport,
+    problem_code,
+    retry_after_seconds,
+)
 from certrenew.challenge import ChallengeSolver
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, ConfigurationError
+from certrenew.hints import validation_hint
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +132,7 @@ class AcmeClient:
     def _check_profile(self, profile: str | None) -> None:
         offered = self.transport.directory.meta.profiles or {}
         if profile is not None and profile not in offered:
-            raise CertrenewError(
+            raise ConfigurationError(
                 f"the CA does not offer the profile {profile!r} "
                 + (f"(it offers: {', '.join(sorted(offered))})" if offered else "(its directory lists no profiles)")
             )
@@ -172,9 +180,10 @@ class AcmeClient:
         final = self._poll(f"validation of {domain}", authzr.uri, lambda body: body["status"] != "pending")
         body = messages.Authorization.from_json(final.json())
         if body.status != messages.STATUS_VALID:
-            problems = [str(c.error.detail or c.error) for c in body.challenges if c.error is not None]
-            detail = "; ".join(problems) or f"authorization is {body.status.name}"
-            raise CertrenewError(f"{domain}: validation failed: {detail}")
+            errors = [c.error for c in body.challenges if c.error is not None]
+            detail = "; ".join(str(error.detail or error) for error in errors) or f"authorization is {body.status.name}"
+            hints = {hint for error in errors if (hint := validation_hint(problem_code(error), error.detail or "", domain))}
+            raise CertrenewError(f"{domain}: validation failed: {detail}" + "".join(f"; {hint}" for hint in sorted(hints)))
 
     def _finalize(self, order: messages.OrderResource) -> str:
         if order.body.status not in (messages.STATUS_PROCESSING, messages.STATUS_VALID):

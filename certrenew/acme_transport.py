@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from requests.adapters import HTTPAdapter
 
 from certrenew import __version__, signals
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, ConfigurationError
+from certrenew.hints import untrusted_ca
 from certrenew.keys import load_key
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ BAD_NONCE_ATTEMPTS = 20
 """A rejected nonce costs one quick round trip, and a CA may reject many (pebble: half, if asked)."""
 MAX_RESPONSE = 1024 * 1024
 """Bytes read of any answer from the CA: a certificate chain or an ACME object is a few KiB."""
+OUR_MISTAKES = {"invalidContact", "invalidEmail", "unsupportedContact", "invalidProfile",
+                "externalAccountRequired", "userActionRequired"}
+"""Problem types (RFC 8555 section 6.7) that a change of our settings fixes, not a later retry:
+they fail without starting the back-off."""
 
 
 class Deadline:
@@ -83,6 +88,8 @@ class Transport:
         try:
             directory = messages.Directory.from_json(self.net.get(directory_url).json())
         except (requests.RequestException, errors.Error, ValueError) as error:
+            if untrusted(error):
+                raise ConfigurationError(untrusted_ca(directory_url, str(error))) from None
             raise CertrenewError(f"cannot reach the ACME directory {directory_url}: {describe(error)}") from None
         self.client = client.ClientV2(directory, self.net)
 
@@ -121,8 +128,10 @@ class Transport:
                        else f"and still refused after {TRANSIENT_ATTEMPTS} attempts")
             raise CertrenewError(f"the CA refused to {what}: {later} {outcome}; a later run will try again") from None
         except messages.Error as error:
-            unknown = AccountUnknown if error.code == "accountDoesNotExist" else CertrenewError
-            raise unknown(f"the CA refused to {what}: {error.detail or error}") from None
+            kind = {"accountDoesNotExist": AccountUnknown}.get(error.code or "", CertrenewError)
+            if problem_code(error) in OUR_MISTAKES:
+                kind = ConfigurationError
+            raise kind(f"the CA refused to {what}: {error.detail or error}") from None
         except errors.ConflictError as error:
             raise CertrenewError(f"the CA refused to {what}: conflict ({error})") from None
         except (requests.RequestException, errors.ClientError) as error:
@@ -274,6 +283,8 @@ def _is_transient(error: BaseException) -> bool:
     """Worth the same request again: a stale nonce, a dropped connection, a server error."""
     if isinstance(error, messages.Error):
         return error.code in ("badNonce", "serverInternal")
+    if isinstance(error, requests.exceptions.SSLError):
+        return False  # an untrusted certificate stays untrusted: say so at once
     if isinstance(error, (requests.ConnectionError, requests.Timeout)):
         return True
     if isinstance(error, errors.ClientError) and error.args and isinstance(error.args[0], requests.Response):
@@ -306,6 +317,12 @@ def _transient_wait(state: tenacity.RetryCallState) -> float:
     return _exponential(state)
 
 
+def problem_code(error: messages.Error) -> str:
+    """The problem type's last part ("dns", "invalidProfile"), also for types newer than the `acme`
+    library (whose `code` is None for those)."""
+    return str(error.typ).rsplit(":", 1)[-1]
+
+
 def retry_after_seconds(response: requests.Response) -> float | None:
     """The wait a Retry-After header asks for, in seconds; None without one."""
     if "Retry-After" not in response.headers:
@@ -316,6 +333,8 @@ def retry_after_seconds(response: requests.Response) -> float | None:
 
 def describe(error: BaseException) -> str:
     """A network failure in words an operator can act on."""
+    if isinstance(error, requests.exceptions.SSLError):
+        return f"TLS failed ({error}); if the CA's certificate is not trusted, pass --ca-bundle"
     if isinstance(error, requests.ConnectionError):
         return "connection failed (is the CA reachable?)"
     if isinstance(error, requests.Timeout):
@@ -324,3 +343,8 @@ def describe(error: BaseException) -> str:
         response = error.args[0]
         return f"HTTP {response.status_code} from {response.url}"
     return str(error) or type(error).__name__
+
+
+def untrusted(error: BaseException) -> bool:
+    """Whether `error` is a server certificate that does not verify (not a network failure)."""
+    return isinstance(error, requests.exceptions.SSLError) and "certificate verify failed" in str(error)

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _parser(
         "certrenew",
         "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy, or DNS-01) and make HAProxy serve it. "
-        "Other commands: run (every certificate of the config file), status, revoke, bootstrap-ssl-dir, "
+        "Other commands: run (every certificate of the config file), status, check, revoke, bootstrap-ssl-dir, "
         "import-certbot.",
     )
     parser.add_argument("domains", nargs="+", metavar="DOMAIN", help="names for the certificate; the first names it")
@@ -85,6 +85,15 @@ def build_status_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output (see README)")
     return parser
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    return _parser(
+        "certrenew check",
+        "Run every pre-flight check without ordering: config, state and ssl dirs, HAProxy's admin socket, "
+        "haproxy -c, the reload command, the ACME directory, and a probe through HAProxy for every name. "
+        "One line per check; exit 1 if any failed.",
+    )
 
 
 def build_bootstrap_parser() -> argparse.ArgumentParser:
@@ -247,6 +256,19 @@ def _revoke(argv: list[str]) -> int:
     return 0
 
 
+def _check(argv: list[str]) -> int:
+    from certrenew import preflight
+
+    args = build_check_parser().parse_args(argv)
+    _setup_logging(args)
+    config = _config(args, required=None)
+    checks = preflight.run_checks(build_settings(vars(args), config), config.path if config else None,
+                                  config.certificates if config else [])
+    for check in checks:
+        print(check)
+    return 1 if any(check.status == preflight.FAIL for check in checks) else 0
+
+
 def _bootstrap(argv: list[str]) -> int:
     from certrenew.placeholder import write_placeholder
 
@@ -292,7 +314,7 @@ def _import_certbot(argv: list[str]) -> int:
     return 0 if plan.takeovers else 1
 
 
-COMMANDS = {"run": _run, "status": _status, "revoke": _revoke, "bootstrap-ssl-dir": _bootstrap,
+COMMANDS = {"run": _run, "status": _status, "check": _check, "revoke": _revoke, "bootstrap-ssl-dir": _bootstrap,
             "import-certbot": _import_certbot}
 
 

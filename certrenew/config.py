@@ -110,6 +110,8 @@ class Settings:
     timeout: float = 300.0
     lock_timeout: float = 300.0
     force: bool = False
+    self_check: bool = True
+    self_check_address: str | None = None
     haproxy_socket: tuple[str, ...] = ()
     haproxy_config: tuple[Path, ...] = ()
     verify_endpoint: tuple[str, ...] = ()
@@ -352,6 +354,10 @@ OPTIONS = [
     Option("lock_timeout", "how long to wait for another run holding the state dir, in seconds (default 300)",
            float, "SECONDS", _seconds(zero_allowed=True)),
     Option("force", "renew even if not due", bool),
+    Option("self_check", "before ordering, fetch a probe from http://NAME/.well-known/acme-challenge/ as the CA "
+           "would, and fail without an order when it does not reach the responder (default on)", bool),
+    Option("self_check_address", "where the self-check connects instead of NAME:80 (split-horizon DNS, HAProxy "
+           "on another port)", metavar="HOST:PORT", check=check_host_port),
     Option("haproxy_socket", "an HAProxy Runtime API (admin stats socket: a unix path or ipv4@HOST:PORT) to "
            "update in memory, no reload; repeat for several HAProxy processes", metavar="ADDR",
            check=check_address, repeated=True),

@@ -5,9 +5,21 @@ class CertrenewError(Exception):
     """A run failed for a reason the message explains (exit status 1)."""
 
     exit_code = 1
+    backoff = True
+    """Whether the failure starts the back-off (see `policy.backoff`): the CA or a validation
+    failing should not be hammered; a mistake on our side is retried as soon as it is fixed."""
+
+
+class ConfigurationError(CertrenewError):
+    """A mistake on our side that the message names the fix for (exit status 1, no back-off):
+    no --agree-tos, a contact or profile the CA refuses, a path to the responder that does not
+    work, a CA certificate not trusted, an HAProxy socket or reload command that cannot work."""
+
+    backoff = False
 
 
 class UsageError(CertrenewError):
     """Bad usage or bad input, refused before anything was touched (exit status 2)."""
 
     exit_code = 2
+    backoff = False

@@ -9,7 +9,7 @@ into HAProxy at once -> recorded as current, from local state alone.
 import datetime
 import logging
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -64,8 +64,11 @@ class Issuer:
     """
 
     def __init__(self, settings: Settings, store: Store, solvers: Mapping[Hashable, ChallengeSolver],
-                 counter: RequestCounter | None = None) -> None:
+                 counter: RequestCounter | None = None,
+                 before_order: Callable[[CertificateSpec], None] = lambda spec: None) -> None:
         self.settings = settings
+        self.before_order = before_order
+        """Raises to stop an order before the CA hears of it (the pre-flight self-check)."""
         self.counter = counter
         self.store = store
         self.solvers = solvers
@@ -80,6 +83,7 @@ class Issuer:
     def issue(self, spec: CertificateSpec) -> Issued:
         """Order a new certificate for `spec` and keep it as pending."""
         client, solver = self._client(), self._solver(spec)
+        self.before_order(spec)
         domains = list(spec.domains)
         key = generate_key(spec.key_type)
         key_pem = key_to_pem(key)

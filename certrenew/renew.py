@@ -6,6 +6,7 @@ and exits.
 """
 
 import datetime
+import functools
 import logging
 import os
 from collections.abc import Callable, Hashable
@@ -66,11 +67,13 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
     work = []
     for spec in specs:
         try:
+            record = store.load_record(spec.name)
+            if record is not None and record.failed_settings not in (None, _settings_of(spec)):
+                record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
             if store.unfinished(spec.name):
                 log.info("%s: completing what a previous run left", spec.name)
                 work.append((spec, "resume"))
                 continue
-            record = store.load_record(spec.name)
         except CertrenewError as error:  # an unreadable record fails its certificate, not the run
             outcomes[spec.name] = Outcome(spec.name, "failed", str(error))
             continue
@@ -90,16 +93,19 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
 
         check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
         _check_reload_command(settings)
+        from certrenew import preflight
         from certrenew.issue import Issuer  # the ACME stack, only when there is work
         from certrenew.responder import Responder
 
+        preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
         # The responder opens its port at the first order that needs it and closes it with the run;
         # a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
         with Responder(settings.listen) as responder, ExitStack() as solvers_open:
             solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
             for dns in {spec.dns for spec, _ in work if spec.dns}:
                 solvers[dns] = solvers_open.enter_context(dns.solver())
-            issuer = Issuer(settings, store, solvers, telemetry)
+            issuer = Issuer(settings, store, solvers, telemetry,
+                            before_order=functools.partial(preflight.check_path, responder, settings))
             pool = ThreadPoolExecutor(settings.concurrency)
             try:
                 results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1])), work))
@@ -135,15 +141,24 @@ def _installed(item: "Installed") -> Outcome:
 
 
 def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:
-    """Record a failure with its back-off, so the next runs wait before asking the CA again."""
+    """Record a failure with its back-off, so the next runs wait before asking the CA again.
+
+    A mistake on our side (`error.backoff` false) is recorded without one: the run after the fix goes ahead.
+    """
     try:
         record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
     except CertrenewError as unreadable:  # reported, and left for the operator to look at
         return Outcome(spec.name, "failed", f"{error}; and {unreadable}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
-    record.next_attempt = now + backoff(record.failures)
+    record.next_attempt = now + backoff(record.failures) if error.backoff else None
+    record.failed_settings = _settings_of(spec)
     store.save_record(record)
     return Outcome(spec.name, "failed", str(error))
+
+
+def _settings_of(spec: CertificateSpec) -> str:
+    """What of a certificate's settings an order depends on, to tell a retry from a new attempt."""
+    return f"{','.join(spec.domains)} {spec.key_type} {spec.profile or '-'} {spec.challenge}"
 
 
 def _check_ssl_dir(settings: Settings) -> None:

@@ -91,6 +91,8 @@ class CertificateRecord:
     failures: int = 0
     next_attempt: datetime.datetime | None = None
     """After a failure: no new attempt before this time, so a broken name does not hammer the CA."""
+    failed_settings: str | None = None
+    """The certificate's settings at the last failure: a run with other settings is not held back."""
 
     DATETIMES: ClassVar[tuple[str, ...]] = (
         "not_before", "not_after", "issued_at", "ari_window_start", "ari_window_end", "ari_renew_at",

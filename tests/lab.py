@@ -243,6 +243,8 @@ class Lab:
             "CERTRENEW_STATE_DIR": str(self.state_dir),
             "CERTRENEW_SSL_DIR": str(self.ssl_dir),
             "CERTRENEW_LISTEN": self.listen,
+            # The pre-flight self-check goes through HAProxy's http port, as pebble's validation does.
+            "CERTRENEW_SELF_CHECK_ADDRESS": f"{LOOPBACK}:{self.http_port}",
             "CERTRENEW_RELOAD_COMMAND": self.reload_command,
             "CERTRENEW_EMAIL": "ops@example.com",
             "CERTRENEW_AGREE_TOS": "1",
@@ -434,6 +436,12 @@ class Lab:
             else:
                 full_env[name] = value
         return full_env
+
+    def reconfigure_haproxy(self, old: str, new: str) -> None:
+        """Replace `old` (exactly once) in the running HAProxy's config and reload it: a misconfigured load balancer."""
+        self.haproxy_cfg.write_text(render_haproxy_config(self.haproxy_cfg.read_text(), [(old, new)]))
+        check_haproxy_config(self.haproxy_cfg)
+        self.reload_haproxy()
 
     def stop_haproxy(self) -> None:
         """Stop HAProxy, to play a load balancer that is down."""

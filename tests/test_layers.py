@@ -5,9 +5,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "certrenew"
 LAYERS = [
-    "errors", "limits", "requirements", "signals", "hostport", "keytypes", "domains", "atomicfile", "keys", "bundle", "runtime_api",
+    "errors", "hints", "limits", "requirements", "signals", "hostport", "keytypes", "domains", "atomicfile", "keys", "bundle", "runtime_api",
     "haproxy", "verify", "install", "lock", "store", "policy", "challenge", "responder", "dns01", "rfc2136", "dnshook", "config",
-    "acme_transport", "acme_account", "acme_ari", "acme_client", "issue", "status", "metrics", "placeholder", "renew", "revoke", "certbot_import",
+    "acme_transport", "acme_account", "acme_ari", "acme_client", "issue", "status", "metrics", "placeholder", "preflight",
+    "renew", "revoke", "certbot_import",
     "cli", "__main__",
 ]
 """Bottom to top: the data flow's lower steps first, the run and the command line last."""

@@ -8,7 +8,7 @@ from memstore import MemoryStore
 
 from certrenew import renew, status
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.store import CertificateRecord
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -102,3 +102,14 @@ def test_status_rows_from_the_store(settings):
 def store_order():
     from certrenew.store import PendingOrder
     return PendingOrder("https://ca.example/order/1", ["ordering.example"], "ecdsa-p256", b"KEY")
+
+
+@pytest.mark.parametrize(("error", "backs_off"), [(CertrenewError("the CA is down"), True),
+                                                  (ConfigurationError("bad ACL"), False),
+                                                  (UsageError("pass --agree-tos"), False)])
+def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
+    store = MemoryStore()
+    renew._failed(store, NOW, spec("a"), error)
+    record = store.load_record("a")
+    assert record is not None and record.last_error == str(error) and record.failures == 1
+    assert (record.next_attempt is not None) is backs_off

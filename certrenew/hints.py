@@ -1,0 +1,49 @@
+"""What to check when a CA cannot reach certrenew: the fix named, from what was seen.
+
+Shared by the pre-flight self-check (which sees HAProxy's answer itself) and the CA's
+own validation errors (which arrive as RFC 8555 problem documents), so both say the
+same thing about the same mistake. Pure functions: no network, no ACME stack.
+"""
+
+ROUTE = ("check the letsencrypt-request ACL (path_beg /.well-known/acme-challenge/) and the backend's "
+         "server address, which must be certrenew's --listen address")
+"""The usual first-run mistake: HAProxy answers, but not with the responder's answer."""
+
+
+def no_listener(name: str) -> str:
+    return f"nothing accepted a connection on port 80 for {name}: check that HAProxy binds :80 and the firewall"
+
+
+def no_answer(name: str) -> str:
+    return (f"port 80 of {name} did not answer in time: check the firewall, and that the name's A/AAAA "
+            "record points at this HAProxy")
+
+
+def dns_record(name: str) -> str:
+    return f"check the A/AAAA record of {name}: it must point at this HAProxy"
+
+
+def untrusted_ca(url: str, error: str) -> str:
+    """An ACME server whose TLS certificate does not verify (`error`: the TLS library's words):
+    a local setting, not an outage."""
+    start = error.find("certificate verify failed")
+    reason = error[start:].split(" (_ssl.c")[0].rstrip(")'\"") if start >= 0 else error
+    return (f"the TLS certificate of the ACME server {url} is not trusted ({reason}): pass --ca-bundle "
+            "with the CA that signed it, or fix the system's trust store")
+
+
+def validation_hint(code: str | None, detail: str, name: str) -> str | None:
+    """The fix for a failed validation of `name`, from the CA's problem type (`code`, e.g. "dns",
+    the last part of its URN) and its detail text; None when there is nothing better to say."""
+    text = detail.lower()
+    if code == "dns" or "dns problem" in text or "no valid a records" in text:
+        return dns_record(name)
+    if code == "connection" or ("fetching" in text and "timeout" in text):
+        if "refused" in text:
+            return no_listener(name)
+        if "timeout" in text or "timed out" in text or "deadline exceeded" in text:
+            return no_answer(name)
+        return None
+    if code in ("unauthorized", "incorrectResponse") or "invalid response" in text or "non-200" in text:
+        return ROUTE
+    return None

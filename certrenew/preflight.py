@@ -1,0 +1,256 @@
+"""Pre-flight checks: prove what an order will need before the CA is asked for anything.
+
+A CA allows a few failed validations per name per hour, and most first-run failures are
+a HAProxy ACL or backend address that does not reach the responder. So before ordering,
+the run serves a random probe token and fetches it as the CA would (resolve the name,
+port 80, `Host: NAME`, no redirect followed): an answer that is not the probe fails the
+certificate without an order, naming what was seen and what to check. A check that
+cannot conclude from this host (the name does not resolve here, nothing answers) only
+warns: the CA's view of the name may differ from ours.
+
+The HAProxy side of installing (the admin socket, the reload command) is checked before
+ordering too, since an issued certificate that cannot be installed still costs an order.
+`certrenew check` runs all of these, and more, without ordering.
+"""
+
+import http.client
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from certrenew import haproxy, hints
+from certrenew.challenge import HTTP_01
+from certrenew.config import CertificateSpec, Settings
+from certrenew.errors import CertrenewError, ConfigurationError
+from certrenew.hostport import split_host_port
+from certrenew.responder import CHALLENGE_PREFIX, Responder
+from certrenew.runtime_api import RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 5.0
+"""Seconds to connect, and then to get an answer: the CA waits about as long."""
+MAX_BODY = 4096
+"""Bytes of the answer read: a key authorization is under 100, an error page a few hundred."""
+MAX_PROBES = 8
+"""Names of one certificate probed at once."""
+OK, FAIL, WARN = "ok", "FAIL", "warn"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One pre-flight check's verdict, printed as one line by `certrenew check`."""
+
+    status: str
+    """"ok", "FAIL" (an order would fail or be wasted) or "warn" (cannot tell, or only sometimes needed)."""
+    what: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.status:<4} {self.what}: {self.detail}"
+
+
+def require(checks: Iterable[Check], ok_level: int = logging.DEBUG) -> None:
+    """Log the checks (those that passed at `ok_level`); raise one ConfigurationError (no back-off)
+    naming every failure."""
+    failed = []
+    for check in checks:
+        if check.status == OK:
+            log.log(ok_level, "%s: %s", check.what, check.detail)
+        elif check.status == WARN:
+            log.warning("%s: %s", check.what, check.detail)
+        elif check.status == FAIL:
+            failed.append(check.detail if check.what.startswith("http://") else f"{check.what}: {check.detail}")
+    if failed:
+        raise ConfigurationError("; ".join(failed))
+
+
+# The path from the CA to the responder.
+
+def check_path(responder: Responder, settings: Settings, spec: CertificateSpec) -> None:
+    """Before ordering `spec`: every name must reach `responder` through HAProxy, or no order is made."""
+    if not settings.self_check or spec.challenge != HTTP_01:
+        return
+    require(probe_all(responder, settings, spec.domains), logging.INFO)
+
+
+def probe_all(responder: Responder, settings: Settings, names: Sequence[str]) -> list[Check]:
+    """`probe` every name, a few at once: a name that does not answer costs its timeout only once."""
+    with ThreadPoolExecutor(min(len(names), MAX_PROBES) or 1) as pool:
+        return list(pool.map(lambda name: probe(responder, settings, name), names))
+
+
+def probe(responder: Responder, settings: Settings, name: str) -> Check:
+    """Serve a random token on `responder` and fetch it from http://NAME/ the way the CA would."""
+    token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
+    path = f"{CHALLENGE_PREFIX}{token}"
+    url = f"http://{name}{path}"
+    host, port = split_host_port(settings.self_check_address) if settings.self_check_address else (name, 80)
+    where = f"{host}:{port}"
+    responder.present(name, token, value)
+    try:
+        status, reason, location, server, body = _fetch(host, port, name, path)
+    except socket.gaierror as error:
+        return Check(WARN, url, f"{name} does not resolve from this host ({error.strerror}); not checked, "
+                                "the CA's view may differ")
+    except ConnectionRefusedError:
+        return Check(WARN, url, f"{where} refused the connection from this host; not checked, the CA's view "
+                                "may differ (or set --self-check-address)")
+    except (TimeoutError, socket.timeout):
+        return Check(WARN, url, f"{where} did not answer within {PROBE_TIMEOUT:g} s from this host; not checked")
+    except OSError as error:
+        return Check(WARN, url, f"cannot connect to {where} from this host ({error.strerror or error}); not checked")
+    except http.client.HTTPException as error:
+        return Check(FAIL, url, f"{url} answered something that is not HTTP ({type(error).__name__}) at {where}: "
+                                "is HAProxy's http frontend on port 80?")
+    finally:
+        responder.cleanup(name, token)
+    if status == 200 and body == value.encode():
+        return Check(OK, url, f"reached certrenew's responder through {where}")
+    seen = f"{status} {reason}".strip()
+    if location:
+        seen += f" redirecting to {location}"
+    if server:
+        seen += f" from {server}"
+    elif body.startswith(b"<html><body><h1>"):  # HAProxy's own error pages
+        seen += " from HAProxy"
+    if status == 200:
+        seen += " with another body"
+    return Check(FAIL, url, f"{url} answered {seen}, not certrenew's responder on {settings.listen}: {hints.ROUTE}")
+
+
+def _fetch(host: str, port: int, name: str, path: str) -> tuple[int, str, str | None, str | None, bytes]:
+    """GET `path` from host:port with `Host: name`; follow no redirect, read at most MAX_BODY bytes."""
+    connection = http.client.HTTPConnection(host, port, timeout=PROBE_TIMEOUT)
+    try:
+        connection.request("GET", path, headers={"Host": name, "User-Agent": "certrenew self-check",
+                                                 "Connection": "close"})
+        response = connection.getresponse()
+        return (response.status, response.reason, response.getheader("Location"), response.getheader("Server"),
+                response.read(MAX_BODY))
+    finally:
+        connection.close()
+
+
+# HAProxy: the admin socket and the reload command, which installing will need.
+
+def socket_checks(settings: Settings) -> list[Check]:
+    """Every Runtime API socket: an install fails on one it cannot use."""
+    return [socket_check(address, settings.ssl_dir) for address in settings.haproxy_socket]
+
+
+def haproxy_checks(settings: Settings) -> list[Check]:
+    """Every Runtime API socket, then the reload command: needed when no socket can take a new certificate."""
+    checks = socket_checks(settings)
+    needed = not checks or any(check.status != OK for check in checks)
+    return [*checks, reload_check(settings.reload_command, needed)]
+
+
+def socket_check(address: str, ssl_dir: Path) -> Check:
+    """Reachable, at admin level, and loading `ssl_dir` as a crt directory (so new names need no reload)."""
+    what = f"HAProxy socket {address}"
+    node = RuntimeApi(address, timeout=PROBE_TIMEOUT)
+    try:
+        level = node.command("show cli level").strip()
+        if level != "admin":
+            return Check(FAIL, what, f"level {level or 'unknown'}, not admin: add 'level admin' to its stats socket line")
+        crt_lists = node.crt_lists()
+    except Unsupported as error:
+        return Check(WARN, what, f"{error}: certificates are installed with the reload command")
+    except RuntimeApiError as error:
+        return Check(FAIL, what, f"{error}; check --haproxy-socket, that HAProxy runs, and that this user may open it")
+    directory = os.path.abspath(ssl_dir)
+    if find_crt_list(crt_lists, directory) is None:
+        return Check(WARN, what, f"loads no crt directory {directory}: a new certificate needs the reload command")
+    return Check(OK, what, f"admin level, loads the crt directory {directory}")
+
+
+def reload_check(command: str, needed: bool) -> Check:
+    """The reload command's program exists; a FAIL only when installing will need it."""
+    what = "reload command"
+    try:
+        missing = haproxy.missing_program(command)
+    except ValueError as error:  # an empty or unparsable command
+        missing = str(error)
+    if missing is None:
+        return Check(OK, what, f"{command!r}")
+    missing += " (set --reload-command)"
+    if needed:
+        return Check(FAIL, what, missing)
+    return Check(WARN, what, f"{missing}; needed only when the Runtime API cannot take a certificate")
+
+
+# `certrenew check`: everything above and what a first run needs besides.
+
+def run_checks(settings: Settings, config: Path | None, specs: Sequence[CertificateSpec]) -> list[Check]:
+    """Every pre-flight check, without ordering anything: one verdict per line."""
+    checks = [Check(OK, "config", f"{config}: {len(specs)} certificate(s)") if config else
+              Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
+              _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir),
+              *haproxy_checks(settings)]
+    if settings.haproxy_config:
+        checks.append(_config_check(settings.haproxy_config))
+    checks.append(_directory_check(settings.directory_url, settings.ca_bundle))
+    names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
+    if names:
+        with Responder(settings.listen) as responder:
+            try:
+                checks.extend(probe_all(responder, settings, names))
+            except CertrenewError as error:  # the responder cannot listen
+                checks.append(Check(FAIL, "responder", str(error)))
+    return checks
+
+
+def _state_dir_check(state_dir: Path) -> Check:
+    what = f"state dir {state_dir}"
+    if state_dir.is_dir():
+        return (Check(OK, what, "writable") if os.access(state_dir, os.W_OK | os.X_OK)
+                else Check(FAIL, what, "not writable by this user"))
+    parent = next((p for p in state_dir.parents if p.exists()), Path("/"))
+    if os.access(parent, os.W_OK | os.X_OK):
+        return Check(OK, what, f"will be created in {parent}")
+    return Check(FAIL, what, f"does not exist, and this user cannot create it in {parent}")
+
+
+def _ssl_dir_check(ssl_dir: Path) -> Check:
+    what = f"ssl dir {ssl_dir}"
+    if not ssl_dir.is_dir():
+        return Check(FAIL, what, f"does not exist: create it with `certrenew bootstrap-ssl-dir --ssl-dir {ssl_dir}`")
+    if not os.access(ssl_dir, os.W_OK | os.X_OK):
+        return Check(FAIL, what, "not writable by this user")
+    if not any(ssl_dir.glob("*.pem")):
+        return Check(FAIL, what, "no certificate in it, so HAProxy refuses to start: run `certrenew "
+                                 f"bootstrap-ssl-dir --ssl-dir {ssl_dir}`")
+    return Check(OK, what, "writable, HAProxy has a certificate to start with")
+
+
+def _config_check(configs: Sequence[Path]) -> Check:
+    what = "haproxy -c"
+    try:
+        haproxy.check_config(configs)
+    except CertrenewError as error:
+        return Check(FAIL, what, str(error))
+    return Check(OK, what, f"{', '.join(map(str, configs))} accepted")
+
+
+def _directory_check(url: str, ca_bundle: str | None) -> Check:
+    """The ACME directory answers, over TLS this host trusts, with a newOrder URL."""
+    import requests  # only `check` asks, and only once
+
+    what = f"ACME directory {url}"
+    try:
+        response = requests.get(url, verify=ca_bundle or True, timeout=PROBE_TIMEOUT * 2)
+        response.raise_for_status()
+        new_order = response.json().get("newOrder")
+    except requests.exceptions.SSLError as error:
+        return Check(FAIL, what, hints.untrusted_ca(url, str(error)))
+    except (requests.RequestException, ValueError, AttributeError) as error:
+        return Check(FAIL, what, f"cannot read it: {error}")
+    if not new_order:
+        return Check(FAIL, what, "answered, but is not an ACME directory (no newOrder)")
+    return Check(OK, what, "reachable, TLS trusted")

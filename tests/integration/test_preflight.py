@@ -1,0 +1,162 @@
+"""The pre-flight checks against a real HAProxy and pebble: a path that does not reach the
+responder fails without an order (counted through the fault proxy), a working one passes
+with the probe seen by HAProxy, and a mistake on our side does not start the back-off."""
+
+import re
+import time
+
+import pytest
+from faultproxy import FaultProxy
+from lab import LOOPBACK, free_ports, log_tail
+
+from certrenew.placeholder import PLACEHOLDER_FILE
+
+NAME = "www.example.com"
+ACL = "acl letsencrypt-request path_beg -i /.well-known/acme-challenge/\n"
+
+
+@pytest.fixture
+def proxy(lab):
+    with FaultProxy(lab) as running:
+        yield running
+
+
+def _failure_line(result, name=NAME) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"certrenew: {name}: failed:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_misrouted_acl_fails_with_the_hint_and_no_order(lab, proxy):
+    lab.reconfigure_haproxy(ACL, ACL.replace("acme-challenge/", "acme-challenges/"))
+    result = lab.certrenew(NAME, env=proxy.env)
+    assert result.returncode == 1, result.stderr
+    line = _failure_line(result)
+    assert f"http://{NAME}/.well-known/acme-challenge/" in line
+    assert f"answered 301 Moved Permanently redirecting to https://{NAME}/" in line
+    assert f"not certrenew's responder on {lab.listen}" in line and "letsencrypt-request ACL" in line
+    assert proxy.count("directory") >= 1  # certrenew did talk to the CA through the proxy...
+    assert proxy.count("new-order") == 0  # ...and never ordered
+
+
+def test_wrong_backend_port_fails_with_the_hint_and_no_order(lab, proxy):
+    [wrong] = free_ports(1)
+    lab.reconfigure_haproxy(f"server letsencrypt {lab.listen}\n", f"server letsencrypt {LOOPBACK}:{wrong}\n")
+    result = lab.certrenew(NAME, env=proxy.env)
+    assert result.returncode == 1, result.stderr
+    line = _failure_line(result)
+    assert "answered 503 Service Unavailable from HAProxy" in line
+    assert "the backend's server address" in line
+    assert proxy.count("directory") >= 1
+    assert proxy.count("new-order") == 0
+    # A failed self-check is our side's mistake: no back-off, the next run goes ahead.
+    rerun = lab.certrenew(NAME, env=proxy.env)
+    assert "deferred" not in rerun.stderr and "failed:" in rerun.stderr
+
+
+def test_correct_setup_passes_and_haproxy_saw_the_probe(lab):
+    result = lab.certrenew(NAME)
+    assert result.returncode == 0, result.stderr
+    probes = re.findall(rf"http://{re.escape(NAME)}(/\.well-known/acme-challenge/[A-Za-z0-9_-]+): reached "
+                        "certrenew's responder", result.stderr)
+    assert len(probes) == 1, result.stderr
+    deadline = time.monotonic() + 10
+    while probes[0] not in (lab.workdir / "haproxy.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert probes[0] in (lab.workdir / "haproxy.log").read_text(), log_tail(lab.workdir / "haproxy.log")
+    lab.served_certificate(NAME)
+
+
+def test_inconclusive_self_check_warns_and_proceeds(lab):
+    [closed] = free_ports(1)
+    result = lab.certrenew(NAME, env={"CERTRENEW_SELF_CHECK_ADDRESS": f"{LOOPBACK}:{closed}"})
+    assert result.returncode == 0, result.stderr
+    assert f"{LOOPBACK}:{closed} refused the connection from this host; not checked" in result.stderr
+    lab.served_certificate(NAME)
+
+
+def test_no_self_check_skips_the_probe(lab):
+    lab.reconfigure_haproxy(ACL, ACL.replace("acme-challenge/", "acme-challenges/"))
+    result = lab.certrenew(NAME, "--no-self-check")
+    assert result.returncode == 1
+    assert "validation failed" in _failure_line(result)  # the CA was asked, and said no
+
+
+def test_missing_admin_socket_fails_before_any_request_to_the_ca(lab, proxy):
+    missing = lab.workdir / "no-such.sock"
+    result = lab.certrenew(NAME, "--haproxy-socket", str(missing), env=proxy.env)
+    assert result.returncode == 1, result.stderr
+    assert f"HAProxy socket {missing}" in result.stderr and "No such file or directory" in result.stderr
+    assert proxy.seen == []
+    # The same run with the real socket orders through the same proxy: the counting works.
+    fixed = lab.certrenew(NAME, "--haproxy-socket", str(lab.admin_socket), env=proxy.env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert proxy.count("new-order") == 1
+
+
+def test_validation_failure_names_the_fix_and_backs_off_until_the_settings_change(lab):
+    lab.break_dns(NAME)  # the CA connects to 127.0.0.9, where nothing listens; our probe goes to HAProxy
+    result = lab.certrenew(NAME)
+    line = _failure_line(result)
+    assert "validation failed" in line
+    assert f"nothing accepted a connection on port 80 for {NAME}: check that HAProxy binds :80" in line
+    again = lab.certrenew(NAME)
+    assert f"certrenew: {NAME}: deferred:" in again.stderr  # the CA failing is backed off...
+    changed = lab.certrenew(NAME, "--key-type", "rsa2048")
+    assert "deferred" not in changed.stderr and "validation failed" in changed.stderr  # ...unless the settings changed
+
+
+def test_missing_agree_tos_does_not_start_the_back_off(lab):
+    refused = lab.certrenew(NAME, env={"CERTRENEW_AGREE_TOS": None})
+    assert refused.returncode == 1
+    assert "--agree-tos" in _failure_line(refused)
+    agreed = lab.certrenew(NAME, "--agree-tos")
+    assert agreed.returncode == 0, agreed.stderr
+    assert f"{NAME}: issued:" in agreed.stdout
+
+
+def test_untrusted_ca_names_ca_bundle_at_once(lab):
+    started = time.monotonic()
+    result = lab.certrenew(NAME, "-v", env={"CERTRENEW_CA_BUNDLE": None, "REQUESTS_CA_BUNDLE": None,
+                                            "CURL_CA_BUNDLE": None})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    line = _failure_line(result)
+    assert "is not trusted (certificate verify failed" in line and "pass --ca-bundle" in line
+    assert "retrying" not in result.stderr  # a TLS verification failure is not retried
+    assert elapsed < 15, elapsed  # generous under load; the retries alone used to take 4.7 s
+
+
+def _config(lab, tmp_path):
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'[[certificate]]\ndomains = ["{NAME}", "shop.example.com"]\n')
+    return config
+
+
+def test_check_on_a_good_lab_is_all_ok(lab, tmp_path):
+    result = lab.certrenew("check", "--config", str(_config(lab, tmp_path)),
+                           "--haproxy-socket", str(lab.admin_socket), "--haproxy-config", str(lab.haproxy_cfg))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert all(line.startswith("ok ") for line in lines), result.stdout
+    for expected in ("config", "state dir", "ssl dir", f"HAProxy socket {lab.admin_socket}", "reload command",
+                     "haproxy -c", "ACME directory", f"http://{NAME}/", "http://shop.example.com/"):
+        assert any(line.startswith(f"ok   {expected}") for line in lines), (expected, result.stdout)
+    assert sorted(path.name for path in lab.ssl_dir.iterdir()) == [PLACEHOLDER_FILE]  # nothing was ordered
+
+
+def test_check_with_a_bad_socket_path_fails_on_that_line(lab, tmp_path):
+    missing = lab.workdir / "no-such.sock"
+    result = lab.certrenew("check", "--config", str(_config(lab, tmp_path)), "--haproxy-socket", str(missing))
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].startswith(f"FAIL HAProxy socket {missing}:"), result.stdout
+
+
+def test_check_with_an_operator_level_socket_fails_on_that_line(lab, tmp_path):
+    operator = lab.workdir / "operator.sock"
+    admin_line = f"    stats socket {lab.admin_socket} mode 660 level admin\n"
+    lab.reconfigure_haproxy(admin_line, admin_line + f"    stats socket {operator} mode 660 level operator\n")
+    result = lab.certrenew("check", "--config", str(_config(lab, tmp_path)), "--haproxy-socket", str(operator))
+    assert result.returncode == 1
+    assert f"FAIL HAProxy socket {operator}: level operator, not admin" in result.stdout, result.stdout
