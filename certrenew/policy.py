@@ -78,9 +78,10 @@ def decide(
     now: datetime.datetime,
     force: bool = False,
     renew_before: datetime.timedelta | None = None,
+    directory: str | None = None,
 ) -> Decision:
     """Whether the certificate named by `record` must be (re)issued now, and why."""
-    reason = due_reason(record, domains, key_type, now, renew_before)
+    reason = due_reason(record, domains, key_type, now, renew_before, directory)
     if force:
         return Decision(True, "forced")
     if reason is None:
@@ -98,10 +99,18 @@ def decide(
 
 
 def due_reason(record: CertificateRecord | None, domains: list[str], key_type: str, now: datetime.datetime,
-               renew_before: datetime.timedelta | None = None) -> str | None:
-    """Why the certificate is due now, or None if it is not; back-off and --force aside."""
+               renew_before: datetime.timedelta | None = None, directory: str | None = None) -> str | None:
+    """Why the certificate is due now, or None if it is not; back-off and --force aside.
+
+    A certificate from another CA than `directory` (the ACME directory URL the run is told
+    to use) is due at once: a switch from staging to production must not keep the
+    staging certificate until it expires. A record that predates the field is taken as
+    from the current CA.
+    """
     if record is None or record.not_after is None:
         return "no certificate yet"
+    if directory is not None and record.directory not in (None, directory):
+        return f"CA changed (issued by {record.directory})"
     if record.domains != domains:
         return "domains changed"
     if record.key_type != key_type:
