@@ -82,3 +82,14 @@ def test_durations():
     assert parse_duration("30d") == 30 * DAY and parse_duration("1.5h") == datetime.timedelta(minutes=90)
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration("30 days")
+
+
+def test_a_certificate_from_another_ca_is_due_at_once():
+    now = datetime.datetime.now(datetime.timezone.utc)
+    record = CertificateRecord("a", ["a.example"], "ecdsa-p256", serial="1", not_before=now - datetime.timedelta(days=1),
+                               not_after=now + datetime.timedelta(days=89), directory="https://staging.example/dir")
+    decision = decide(record, ["a.example"], "ecdsa-p256", now, directory="https://production.example/dir")
+    assert decision.due and decision.reason == "CA changed (issued by https://staging.example/dir)"
+    assert not decide(record, ["a.example"], "ecdsa-p256", now, directory="https://staging.example/dir").due
+    record.directory = None  # recorded before the CA was: taken as the current one, nothing reissued
+    assert not decide(record, ["a.example"], "ecdsa-p256", now, directory="https://production.example/dir").due
