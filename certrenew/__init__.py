@@ -9,8 +9,9 @@ default a `FileStore` in `settings.state_dir`. The names load on first use, so
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["CertificateSpec", "FileStore", "Outcome", "Settings", "Store", "run"]
+from certrenew.version import __version__
+
+__all__ = ["CertificateSpec", "FileStore", "Outcome", "Settings", "Store", "__version__", "run"]
 
 _HOMES = {"CertificateSpec": "certrenew.config", "Settings": "certrenew.config",
           "Outcome": "certrenew.renew", "run": "certrenew.renew",

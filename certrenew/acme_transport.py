@@ -24,10 +24,11 @@ from acme import client, errors, messages
 from cryptography.hazmat.primitives.asymmetric import rsa
 from requests.adapters import HTTPAdapter
 
-from certrenew import __version__, signals
+from certrenew import signals
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hints import untrusted_ca
 from certrenew.keys import load_key
+from certrenew.version import __version__
 
 log = logging.getLogger(__name__)
 

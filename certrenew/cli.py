@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from certrenew import __version__, signals
+from certrenew import signals
 from certrenew.config import (
     DEFAULT_CONFIG,
     OPTIONS,
@@ -28,6 +28,7 @@ from certrenew.config import (
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.limits import raise_open_files_limit
 from certrenew.store import FileStore
+from certrenew.version import __version__
 
 log = logging.getLogger("certrenew")
 

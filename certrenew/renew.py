@@ -67,16 +67,16 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
     work = []
     for spec in specs:
         try:
-            record = store.load_record(spec.name)
-            if record is not None and record.failed_settings not in (None, _settings_of(spec)):
-                record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
             if store.unfinished(spec.name):
                 log.info("%s: completing what a previous run left", spec.name)
                 work.append((spec, "resume"))
                 continue
+            record = store.load_record(spec.name)
         except CertrenewError as error:  # an unreadable record fails its certificate, not the run
             outcomes[spec.name] = Outcome(spec.name, "failed", str(error))
             continue
+        if record is not None and record.failed_settings not in (None, _settings_of(spec)):
+            record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
         decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
                           settings.directory_url)
         if decision.due:

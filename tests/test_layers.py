@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "certrenew"
 LAYERS = [
-    "errors", "hints", "limits", "requirements", "signals", "hostport", "keytypes", "domains", "atomicfile", "owned", "keys", "bundle", "runtime_api",
+    "version", "errors", "hints", "limits", "requirements", "signals", "hostport", "keytypes", "domains", "atomicfile", "owned", "keys", "bundle", "runtime_api",
     "haproxy", "verify", "install", "lock", "store", "policy", "challenge", "responder", "dns01", "rfc2136", "dnshook", "config",
     "acme_transport", "acme_account", "acme_ari", "acme_client", "issue", "status", "metrics", "placeholder", "preflight",
     "renew", "revoke", "certbot_import",

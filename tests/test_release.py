@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_the_version_has_one_source():
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'dynamic = ["version"]' in pyproject and 'version = {attr = "certrenew.__version__"}' in pyproject
+    assert 'dynamic = ["version"]' in pyproject and 'version = {attr = "certrenew.version.__version__"}' in pyproject
     assert metadata.version("certrenew") == certrenew.__version__
 
 
