@@ -186,7 +186,6 @@ def test_a_state_dir_others_can_write_is_refused(guard_for, lab, tmp_path):
 def reusing_lab(tmp_path):
     """Authorizations reused: repeated orders need no validation, so two runs never contend for the responder's port."""
     with Lab(tmp_path / "reusing", pebble_env={"PEBBLE_AUTHZREUSE": "100"}) as running:
-        running.state_dir.chmod(0o700)
         yield running
 
 
@@ -237,9 +236,3 @@ def test_a_symlinked_bundle_is_replaced_after_a_warning_and_a_rollback_restores_
     guard.recover(expect="installed")
     assert not guard.bundle_path.is_symlink() and elsewhere.read_bytes() == original  # the link's target untouched
     assert json.loads((state(lab) / "meta.json").read_text())["directory"] == lab.directory_url
-
-
-@pytest.fixture(autouse=True)
-def _private_state(lab):
-    """The lab's state dir as certrenew would make it: 0700."""
-    lab.state_dir.chmod(0o700)
