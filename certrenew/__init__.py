@@ -1,8 +1,8 @@
 """certrenew: an ACME certificate renewer for HAProxy.
 
 The library API: `run(settings, specs)` brings every `CertificateSpec` up to date under
-`Settings` and returns an `Outcome` per certificate; its state lives in a `Store`, by
-default a `FileStore` in `settings.state_dir`. The names load on first use, so
+`Settings` and returns a `Report`: an `Outcome` per certificate, and the hooks that failed.
+Its state lives in a `Store`, by default a `FileStore` in `settings.state_dir`. The names load on first use, so
 `import certrenew` (and a run with nothing due) stays free of the ACME stack.
 """
 
@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from certrenew.version import __version__
 
-__all__ = ["CertificateSpec", "FileStore", "Outcome", "Settings", "Store", "__version__", "run"]
+__all__ = ["CertificateSpec", "FileStore", "Outcome", "Report", "Settings", "Store", "__version__", "run"]
 
 _HOMES = {"CertificateSpec": "certrenew.config", "Settings": "certrenew.config",
-          "Outcome": "certrenew.renew", "run": "certrenew.renew",
+          "Outcome": "certrenew.renew", "Report": "certrenew.renew", "run": "certrenew.renew",
           "FileStore": "certrenew.store", "Store": "certrenew.store"}
 
 if TYPE_CHECKING:
     from certrenew.config import CertificateSpec, Settings
-    from certrenew.renew import Outcome, run
+    from certrenew.renew import Outcome, Report, run
     from certrenew.store import FileStore, Store
 
 

@@ -148,8 +148,10 @@ def _setup_logging(args: argparse.Namespace) -> bool:
     return quiet
 
 
-def _report(outcomes, quiet: bool) -> int:
-    """One line per certificate: failures to stderr, the rest to stdout; exit 1 if any failed."""
+def _report(report, quiet: bool) -> int:
+    """One line per certificate: failures to stderr, the rest to stdout; then, for several, a summary
+    to stderr. Exit 1 if a certificate or a hook failed (the hook already said so, in one line)."""
+    outcomes = report.outcomes
     for outcome in outcomes:
         if outcome.failed:
             print(f"certrenew: {outcome.name}: {outcome.action}: {outcome.detail}", file=sys.stderr)
@@ -159,22 +161,26 @@ def _report(outcomes, quiet: bool) -> int:
     if failed and len(outcomes) > 1:
         print(f"certrenew: {len(failed)} of {len(outcomes)} certificates failed: {', '.join(failed)}",
               file=sys.stderr)
-    return 1 if failed else 0
+    if len(outcomes) > 1 and (report.failed or not quiet):
+        print(f"certrenew: {report.summary()}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _renew_recorded(settings, specs, quiet: bool) -> int:
     """`renew.run` and its report; with --metrics-file, then the run's metrics, whatever its outcome."""
+    from certrenew.progress import for_stream
     from certrenew.renew import run
 
     store = FileStore(settings.state_dir)
+    progress = for_stream(sys.stderr, quiet)
     if settings.metrics_file is None:
-        return _report(run(settings, specs, store), quiet)
+        return _report(run(settings, specs, store, progress=progress), quiet)
     from certrenew import metrics, status
 
     telemetry = metrics.Telemetry()
     started, code = time.monotonic(), 1
     try:
-        code = _report(run(settings, specs, store, telemetry), quiet)
+        code = _report(run(settings, specs, store, telemetry=telemetry, progress=progress), quiet)
         return code
     finally:
         telemetry.record_run(code == 0, time.monotonic() - started)

@@ -123,6 +123,10 @@ class Settings:
     dns_zone: str | None = None
     dns_hook: str | None = None
     dns_propagation_timeout: float = PROPAGATION_TIMEOUT
+    pre_hook: str | None = None
+    post_hook: str | None = None
+    deploy_hook: str | None = None
+    hook_timeout: float = 60.0
 
     @property
     def directory_url(self) -> str:
@@ -249,7 +253,7 @@ def _renew_before(text: str) -> datetime.timedelta:
 
 
 def _command(text: str) -> str:
-    """The reload command, checked for shell-like quoting now, so a typo fails before the CA is asked."""
+    """The reload command or a hook, checked for shell-like quoting now, so a typo fails before the CA is asked."""
     split_command(text)
     return text
 
@@ -382,6 +386,15 @@ OPTIONS = [
            "'CMD add|remove RECORD VALUE'", metavar="CMD", check=_dns_hook),
     Option("dns_propagation_timeout", "DNS-01: how long to wait until every name server of the zone "
            "answers the record, in seconds (default 120)", float, "SECONDS", _seconds(zero_allowed=True)),
+    Option("pre_hook", "run before a run that has work (not on a no-op); if it fails, nothing is renewed",
+           metavar="CMD", check=_command),
+    Option("post_hook", "run after a run that had work, even if the work or the pre-hook failed",
+           metavar="CMD", check=_command),
+    Option("deploy_hook", "run once for each certificate HAProxy serves since this run, with CERTRENEW_NAME, "
+           "_DOMAINS, _BUNDLE, _SERIAL, _NOT_AFTER and _ACTION in its environment", metavar="CMD",
+           check=_command),
+    Option("hook_timeout", "seconds a hook may run before it is killed (default 60)", float, "SECONDS",
+           _seconds(zero_allowed=False)),
 ]
 CLI_ONLY = {"force"}
 """Options that make sense for one invocation, not as a standing setting in a file."""

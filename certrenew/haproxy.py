@@ -19,7 +19,8 @@ CHECK_TIMEOUT = 60
 
 
 def split_command(command: str) -> list[str]:
-    """The reload command as argv, split like a shell would (it runs without one); ValueError if it cannot be.
+    """A command (the reload command, a hook) as argv, split like a shell would (it runs without one);
+    ValueError if it cannot be.
 
     An operator who needs a shell writes one: `sh -c '...'`.
     """
@@ -29,11 +30,11 @@ def split_command(command: str) -> list[str]:
     return argv
 
 
-def missing_program(command: str) -> str | None:
-    """Why the reload command cannot run (its program is not found or not executable), or None."""
+def missing_program(command: str, what: str = "the reload command") -> str | None:
+    """Why `what` (the reload command, a hook) cannot run (its program is not found or not executable), or None."""
     program = split_command(command)[0]
     if shutil.which(program) is None:
-        return f"the reload command's program {program!r} is not found on PATH or not executable"
+        return f"{what}'s program {program!r} is not found on PATH or not executable"
     return None
 
 

@@ -12,15 +12,16 @@ import os
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from certrenew import haproxy, signals
+from certrenew import haproxy, hooks, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, Refused, UsageError
 from certrenew.policy import Decision, ari_check_due, backoff, decide
+from certrenew.progress import Progress
 from certrenew.store import CertificateRecord, FileStore, Store
 
 if TYPE_CHECKING:
@@ -29,36 +30,77 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+ACTIONS = ("issued", "renewed", "installed", "unchanged", "deferred", "failed")
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a run did for one certificate."""
 
     name: str
     action: str
-    """"issued", "renewed", "installed" (a pending one), "unchanged", "deferred" (backing off) or "failed"."""
+    """One of ACTIONS: "installed" is a pending one a previous run issued, "deferred" is backing off."""
     detail: str
+    served: hooks.Served | None = None
+    """What HAProxy now serves, for an issued, renewed or installed certificate."""
 
     @property
     def failed(self) -> bool:
         return self.action in ("failed", "deferred")
 
 
-def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None,
-        telemetry=None) -> list[Outcome]:
-    """Bring every certificate in `specs` up to date and return what happened to each.
+@dataclass(frozen=True)
+class Report:
+    """What a run did: one outcome per certificate (iterating the report gives them), and a
+    line for each hook that failed.
+
+    A failed hook fails the run but not a certificate: what HAProxy serves stays
+    installed and recorded, with no back-off.
+    """
+
+    outcomes: list[Outcome]
+    hook_failures: list[str] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter(self.outcomes)
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.hook_failures) or any(outcome.failed for outcome in self.outcomes)
+
+    def summary(self) -> str:
+        """E.g. "3 certificates: 1 renewed, 2 unchanged; 1 hook failed"."""
+        counts = [(sum(outcome.action == action for outcome in self.outcomes), action) for action in ACTIONS]
+        total = len(self.outcomes)
+        line = f"{total} certificate{'s' if total != 1 else ''}: " + ", ".join(f"{n} {a}" for n, a in counts if n)
+        failures = len(self.hook_failures)
+        return line + (f"; {failures} hook{'s' if failures > 1 else ''} failed" if failures else "")
+
+
+def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None, telemetry=None,
+        progress: Progress | None = None) -> Report:
+    """Bring every certificate in `specs` up to date and report what happened to each.
 
     Certificates are independent: one failing does not stop the others, and up to
     `settings.concurrency` are ordered at once. State lives in `store`, by default a
     `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
     its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
-    ACME requests.
+    ACME requests; `progress` shows the orders as they finish (plain log lines by
+    default). A hook whose program is missing is refused (UsageError) before anything
+    is touched.
     """
+    for role, command in (("pre-hook", settings.pre_hook), ("deploy hook", settings.deploy_hook),
+                          ("post-hook", settings.post_hook)):
+        hooks.check_executable(role, command)
     store = store if store is not None else FileStore(settings.state_dir)
     with store.lock(settings.lock_timeout):
-        return _run(settings, specs, store, telemetry)
+        return _run(settings, specs, store, telemetry, progress or Progress())
 
 
-def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry) -> list[Outcome]:
+def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress) -> Report:
     now = _now()
     _check_ssl_dir(settings)
     remove_stale_temps(settings.ssl_dir)
@@ -89,45 +131,88 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         else:
             outcomes[spec.name] = Outcome(spec.name, "unchanged", decision.reason)
 
+    hook_failures = []
     if work:
         from certrenew.requirements import check_acme_stack  # importlib.metadata: not for a no-op
 
         check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
         _check_reload_command(settings)
         from certrenew import preflight
-        from certrenew.issue import Issuer  # the ACME stack, only when there is work
-        from certrenew.responder import Responder
 
         preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
-        # The responder opens its port at the first order that needs it and closes it with the run;
-        # a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
-        with Responder(settings.listen) as responder, ExitStack() as solvers_open:
-            solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
-            for dns in {spec.dns for spec, _ in work if spec.dns}:
-                solvers[dns] = solvers_open.enter_context(dns.solver())
-            issuer = Issuer(settings, store, solvers, telemetry,
-                            before_order=functools.partial(preflight.check_path, responder, settings))
-            pool = ThreadPoolExecutor(settings.concurrency)
-            try:
-                results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1])), work))
-            finally:
-                # After a signal, workers blocked on the CA are not waited for (see signals).
-                pool.shutdown(wait=not signals.cancelled.is_set(), cancel_futures=True)
-            issued = [result for result in results if not isinstance(result, Outcome)]
-            outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
-            outcomes.update(_install(store, now, issuer, issued))
-    return [outcomes[spec.name] for spec in specs]
+        do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress)
+        if any(step != "check" for _, step in work):
+            hook_failures = _with_hooks(settings, work, outcomes, do_work)
+        else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
+            hook_failures = do_work()
+    return Report([outcomes[spec.name] for spec in specs], hook_failures)
 
 
-def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step: Callable[[CertificateSpec], Any]):
+def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
+                do_work: Callable[[], list[str]]) -> list[str]:
+    """The pre-hook, then the work (only if the pre-hook succeeded), then the post-hook whatever happened.
+
+    The post-hook runs even after a failed pre-hook, as it undoes what a pre-hook
+    began (a service stopped, say); only a run stopped by a signal skips it.
+    Returns the lines of the hooks that failed.
+    """
+    failure = hooks.run_hook("pre-hook", settings.pre_hook, settings.hook_timeout)
+    failures = [failure] if failure else []
+    try:
+        if failure:
+            outcomes.update((spec.name, Outcome(spec.name, "failed", "not attempted: the pre-hook failed"))
+                            for spec, _ in work)
+        else:
+            failures += do_work()
+    finally:
+        if not signals.cancelled.is_set():
+            failures += filter(None, [hooks.run_hook("post-hook", settings.post_hook, settings.hook_timeout)])
+    return failures
+
+
+def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
+          telemetry, progress: Progress) -> list[str]:
+    """Order what is due, install it all at once, then run the deploy hook for each certificate HAProxy serves."""
+    from certrenew import preflight
+    from certrenew.issue import Issuer  # the ACME stack, only when there is work
+    from certrenew.responder import Responder
+
+    # The responder opens its port at the first order that needs it and closes it with the run;
+    # a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
+    with Responder(settings.listen) as responder, ExitStack() as solvers_open:
+        solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
+        for dns in {spec.dns for spec, _ in work if spec.dns}:
+            solvers[dns] = solvers_open.enter_context(dns.solver())
+        issuer = Issuer(settings, store, solvers, telemetry,
+                        before_order=functools.partial(preflight.check_path, responder, settings))
+        pool = ThreadPoolExecutor(settings.concurrency)
+        progress.start(len(work))
+        try:
+            results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1]), progress),
+                                    work))
+        finally:
+            progress.close()
+            # After a signal, workers blocked on the CA are not waited for (see signals).
+            pool.shutdown(wait=not signals.cancelled.is_set(), cancel_futures=True)
+        issued = [result for result in results if not isinstance(result, Outcome)]
+        outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
+        installed = _install(store, now, issuer, issued)
+    outcomes.update(installed)
+    served = [outcome.served for outcome in installed.values() if outcome.served]
+    return hooks.run_deploy(settings.deploy_hook, served, settings.hook_timeout)
+
+
+def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step: Callable[[CertificateSpec], Any],
+             progress: Progress):
     """Run one certificate's step; a failure, even one nobody foresaw, is recorded and reported
     as an Outcome, not raised: it must not stop the other certificates."""
     try:
         result = step(spec)
     except Exception as error:
-        return _failed(store, now, spec, _expected(error))
+        result = _failed(store, now, spec, _expected(error))
     if isinstance(result, Decision):  # checked with the CA: still not due
-        return Outcome(spec.name, "unchanged", result.reason)
+        result = Outcome(spec.name, "unchanged", result.reason)
+    progress.advance(spec.name, result.action if isinstance(result, Outcome) else "ordered")
     return result
 
 
@@ -172,7 +257,9 @@ def _installed(item: "Installed") -> Outcome:
     info, result = item.info, item.result
     detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
               f"written to {result.path}, served by {result.method}" + (f" ({result.detail})" if result.detail else ""))
-    return Outcome(item.issued.spec.name, item.issued.action, detail)
+    served = hooks.Served(item.issued.spec.name, item.issued.action, info.domains, result.path, info.serial,
+                          info.not_after)
+    return Outcome(item.issued.spec.name, item.issued.action, detail, served)
 
 
 def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:

@@ -146,7 +146,7 @@ def carry_out(settings: Settings, request: Request) -> Result:
     reissued = None
     if request.replacement is not None:
         # run() takes the lock itself, and brings every install guarantee (rollback, verify).
-        reissued = run(dataclasses.replace(settings, force=True), [request.replacement])[0]
+        reissued = run(dataclasses.replace(settings, force=True), [request.replacement]).outcomes[0]
         if reissued.failed:
             raise CertrenewError(f"{request.name}: not revoked, as no new certificate could be served "
                                  f"({reissued.detail}); HAProxy still serves the old one. Run again, or "

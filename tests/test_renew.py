@@ -11,6 +11,7 @@ from certrenew import renew, status
 from certrenew.bundle import CertificateInfo
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
+from certrenew.progress import Progress
 from certrenew.store import CertificateRecord
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -44,7 +45,7 @@ def test_nothing_due_is_unchanged_and_asks_no_ca(settings, no_ca):
     store = MemoryStore()
     store.save_record(issued("a"))
     store.save_record(issued("b", ari_next_check=NOW + DAY))
-    outcomes = renew.run(settings, [spec("a"), spec("b")], store)
+    outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "unchanged")]
     renew_at = (NOW - 10 * DAY + 60 * DAY).isoformat(" ", "minutes")[:16]
     assert outcomes[0].detail.startswith(f"not due until {renew_at} UTC (expires ")
@@ -66,7 +67,7 @@ def test_an_unreadable_record_fails_its_certificate_only(settings, no_ca):
     store = MemoryStore()
     store.save_record(issued("a"))
     store.documents["b", "record"] = b'{"name": "b", "domains": ["b.example"], "key_type": 5}'
-    outcomes = renew.run(settings, [spec("a"), spec("b")], store)
+    outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed")]
     assert outcomes[1].detail == "corrupt state file memory:b/record: key_type: expected a string, not 5"
 
@@ -77,7 +78,7 @@ def test_a_run_waits_for_the_store_and_gives_up(settings, no_ca):
     with store.lock(timeout=0):
         with pytest.raises(CertrenewError, match="gave up after 0 s"):
             renew.run(settings, [spec("a")], store)
-    assert renew.run(settings, [spec("a")], store)[0].action == "unchanged"
+    assert renew.run(settings, [spec("a")], store).outcomes[0].action == "unchanged"
 
 
 def test_status_rows_from_the_store(settings):
@@ -160,7 +161,7 @@ def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
 
     def step(spec):
         raise KeyError("surprise")
-    outcome = renew._attempt(store, NOW, spec("a"), step)
+    outcome = renew._attempt(store, NOW, spec("a"), step, Progress())
     assert outcome.action == "failed"
     assert outcome.detail == "unexpected KeyError: 'surprise' (run with -v for the traceback)"
     assert store.load_record("a").failures == 1
