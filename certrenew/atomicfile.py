@@ -1,8 +1,13 @@
-"""Atomic file writes: readers see the old file or the new one, never half of either."""
+"""Atomic file writes: readers see the old file or the new one, never half of either.
+
+Temp files are named per run (`.certrenew-<pid>-<random>.tmp`): two runs with their own
+state dirs may share one ssl dir, and neither may delete the other's write in flight.
+"""
 
 import os
 import secrets
 import stat
+import time
 from pathlib import Path
 
 from certrenew import signals
@@ -10,22 +15,26 @@ from certrenew.errors import CertrenewError
 
 TEMP_PREFIX = ".certrenew-"
 TEMP_SUFFIX = ".tmp"
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+STALE_AFTER = 3600.0
+"""Seconds after which a temp is stale even if its pid is alive: that pid was reused."""
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = False) -> None:
     """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync dir.
 
     The new file gets `mode` less the umask, or with `keep_mode` the mode of the file
-    it replaces, so an operator's chmod survives a renewal. The temp file is hidden
+    it replaces, so an operator's chmod survives a renewal; less any write bit for group
+    and others, which would let someone else swap the key or the chain. The temp file is hidden
     and removed on any failure (a full disk included), so a directory HAProxy loads
     wholesale never keeps a partial file and the old `path` stays as it was. A signal
     arriving meanwhile is held until the write is done (see `signals.critical`).
     """
     directory = path.parent
-    temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    temp = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}"
     with signals.critical():
         try:
-            kept = stat.S_IMODE(path.stat().st_mode) if keep_mode and path.exists() else None
+            kept = stat.S_IMODE(path.stat().st_mode) & ~_WRITABLE_BY_OTHERS if keep_mode and path.exists() else None
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             try:
                 with os.fdopen(fd, "wb") as handle:
@@ -53,9 +62,35 @@ def fsync_directory(directory: Path) -> None:
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:
-    """Delete temp files a killed run left behind (HAProxy would try to load them)."""
+    """Delete temp files a killed run left behind (HAProxy would try to load them).
+
+    Only those of a run that is gone (its pid not alive, or the file older than
+    `STALE_AFTER`), and only regular files: a directory named like one is not ours.
+    """
     removed = []
+    now = time.time()
     for temp in directory.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        try:
+            status = temp.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(status.st_mode) or (_writer_alive(temp.name) and now - status.st_mtime < STALE_AFTER):
+            continue
         temp.unlink(missing_ok=True)
         removed.append(temp)
     return removed
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the run that named this temp is still running; a name without a pid (an older
+    certrenew's) has no known writer."""
+    pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -106,6 +106,19 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
     return build_bundle(fullchain_pem, key_pem)
 
 
+def check_kept(bundle: bytes) -> CertificateInfo:
+    """The leaf of a bundle kept between runs (a pending one), once it is proven whole: it
+    parses, and its key is the leaf's. A file that is not would fail every install."""
+    try:
+        leaf = x509.load_pem_x509_certificate(pem_blocks(bundle)[0])
+        key = load_key(bundle)
+    except (CertrenewError, ValueError, TypeError, IndexError) as error:
+        raise CertrenewError(f"cannot be parsed ({error or type(error).__name__})") from None
+    if _spki(leaf.public_key()) != _spki(key.public_key()):
+        raise CertrenewError("holds a key that is not its certificate's")
+    return certificate_info(leaf)
+
+
 def _spki(public_key) -> bytes:
     return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 

@@ -23,3 +23,13 @@ class UsageError(CertrenewError):
 
     exit_code = 2
     backoff = False
+
+
+class Refused(CertrenewError):
+    """HAProxy refused some bundles themselves (an error answer to `set`/`commit ssl cert`, or
+    `haproxy -c` naming their files): those bundles, not HAProxy, are at fault."""
+
+    def __init__(self, message: str, which: list[str]) -> None:
+        super().__init__(message)
+        self.which = which
+        """The certificates refused: their files where the installer raises it, their names after."""

@@ -50,6 +50,14 @@ def reload(command: str) -> None:
         raise CertrenewError(f"reload command {command!r} failed with exit status {result.returncode}{said}")
 
 
+class CheckFailed(CertrenewError):
+    """`haproxy -c` refused the configuration; `output` is all it said (which files it could not load)."""
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
 def check_config(configs: Sequence[Path]) -> None:
     """Run `haproxy -c` on the configuration (all files, as HAProxy would load them); fail with its complaint.
 
@@ -67,7 +75,8 @@ def check_config(configs: Sequence[Path]) -> None:
         alerts = [line.split(" : ", 1)[-1] for line in lines if line.startswith("[ALERT]")] or lines
         said = f": {alerts[0]}" if alerts else ""
         names = ", ".join(str(config) for config in configs)
-        raise CertrenewError(f"the HAProxy configuration ({names}) does not pass haproxy -c{said}")
+        raise CheckFailed(f"the HAProxy configuration ({names}) does not pass haproxy -c{said}",
+                          result.stdout + result.stderr)
 
 
 def _run(argv: list[str], timeout: float, what: str, not_found: str) -> subprocess.CompletedProcess:

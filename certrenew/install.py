@@ -11,7 +11,14 @@ be lost. Then every verify endpoint must serve each new certificate for each of 
 
 If any step fails, every change is undone, newest first: the previous bundles go back
 on disk byte for byte, into each HAProxy's memory, and through a reload if one was
-done, so no node is left serving a certificate that was rolled back on another.
+done, so no node is left serving a certificate that was rolled back on another. When
+HAProxy refused particular bundles (an error answer to `commit ssl cert`, or `haproxy -c`
+naming their files), the error says which (`errors.Refused`), so the run can set them
+aside and install the others without them.
+
+A bundle in the ssl dir that is a symbolic link is replaced by a regular file, after a
+warning naming the link and its target; the rollback copy is what the link led to, the
+bytes HAProxy had.
 """
 
 import functools
@@ -23,8 +30,8 @@ from pathlib import Path, PurePosixPath
 
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
-from certrenew.errors import CertrenewError
-from certrenew.runtime_api import RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
+from certrenew.errors import CertrenewError, Refused
+from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +41,9 @@ RELOAD_GRACE = 30.0
 """Seconds a verify endpoint may take to show a certificate after a reload (new worker start-up)."""
 BUNDLE_MODE = 0o600
 """A new bundle's mode, less the umask: it holds the key, and HAProxy reads it as root (at
-start, at reload) or gets it over the Runtime API. A replaced bundle keeps its mode, so an
-operator who grants a group read access keeps it across renewals."""
+start, at reload) or gets it over the Runtime API. A replaced bundle keeps its mode less
+any write bit for group and others (see `write_atomic`), so an operator who grants a group
+read access keeps it across renewals; certrenew never makes a bundle world-readable itself."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ class Installer:
     def install(self, bundles: Mapping[str, bytes]) -> list[InstallResult]:
         """Install every bundle, or none: on failure everything is put back and the error raised."""
         files = {self.ssl_dir / f"{name}.pem": bundle for name, bundle in bundles.items()}
-        previous = {path: path.read_bytes() if path.exists() else None for path in files}
+        previous = {path: _served(path) for path in files}
         plans = [plan for node in self.nodes for plan in self._plan(node, previous)]  # asks; changes nothing
         changes = _Changes()
         try:
@@ -111,6 +119,9 @@ class Installer:
             failures = changes.roll_back()
             if failures:
                 raise CertrenewError(f"{error}; rollback incomplete: {'; '.join(failures)}") from None
+            if isinstance(error, Refused):
+                names = {str(path): name for name, path in zip(bundles, files)}
+                raise Refused(f"{error}; {_undone(previous)}", [names[path] for path in error.which]) from None
             raise CertrenewError(f"{error}; {_undone(previous)}") from None
         except BaseException:
             changes.roll_back()
@@ -157,6 +168,8 @@ class Installer:
                     continue
                 except Unsupported as error:
                     reason = str(error)
+                except Rejected as error:
+                    raise Refused(f"HAProxy refused {plan.file.name}: {error}", [str(plan.file)]) from None
             if f"{plan.node}: {reason}" not in reasons:
                 reasons.append(f"{plan.node}: {reason}")
         hot = f"Runtime API of {', '.join(updated)}" if updated else ""
@@ -166,7 +179,13 @@ class Installer:
             return "hot update", hot
         if reasons:
             log.warning("falling back to the reload command: %s", "; ".join(reasons))
-        haproxy.check_config(self.configs)
+        try:
+            haproxy.check_config(self.configs)
+        except haproxy.CheckFailed as error:
+            named = [str(path) for path in files if str(path) in error.output]
+            if named:
+                raise Refused(str(error), named) from None
+            raise
         haproxy.reload(self.reload_command)
         changes.add("reloading HAProxy with the previous certificates", lambda: haproxy.reload(self.reload_command))
         return ("hot update and reload" if updated else "reload"), "; ".join(filter(None, [hot, *reasons]))
@@ -194,6 +213,19 @@ class Installer:
                 write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
         except OSError as error:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
+
+
+def _served(path: Path) -> bytes | None:
+    """The bundle HAProxy has from `path` (read through a symbolic link), or None; warns of a link."""
+    if path.is_symlink():
+        log.warning("%s is a symbolic link to %s; it is replaced by a regular file holding the new bundle "
+                    "(the rollback puts back what the link led to)", path, os.readlink(path))
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise CertrenewError(f"cannot read {path}: {error.strerror}") from None
 
 
 def _undone(previous: Mapping[Path, bytes | None]) -> str:

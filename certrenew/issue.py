@@ -18,7 +18,7 @@ from certrenew.acme_account import new_account_key_pem
 from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme_client import AcmeClient
 from certrenew.acme_transport import Deadline, RequestCounter
-from certrenew.bundle import CertificateInfo, check_issued, leaf_info, pem_blocks
+from certrenew.bundle import CertificateInfo, check_issued, check_kept, leaf_info, pem_blocks
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
@@ -89,7 +89,8 @@ class Issuer:
         key_pem = key_to_pem(key)
 
         def keep_order(order_url: str) -> None:
-            self.store.save_order(spec.name, PendingOrder(order_url, domains, spec.key_type, key_pem))
+            self.store.save_order(spec.name, PendingOrder(order_url, domains, spec.key_type, key_pem,
+                                                          self.settings.directory_url))
 
         fullchain = client.obtain(domains, make_csr(key, domains), solver, self._replaces(client, spec),
                                   spec.profile, before_finalize=keep_order)
@@ -98,11 +99,23 @@ class Issuer:
         return self._keep(spec, fullchain, key_pem, "renewed" if renewed else "issued")
 
     def resume(self, spec: CertificateSpec) -> Issued:
-        """Take up what an interrupted or failed run left: a pending certificate, or a validated order."""
+        """Take up what an interrupted or failed run left: a pending certificate, or a validated order.
+
+        Nothing left behind can wedge the runs: what cannot be used is set aside (see
+        `_set_aside`), and what came from another CA or no longer fits is dropped; either
+        way the certificate is ordered anew.
+        """
         bundle = self.store.load_bundle(spec.name, "pending")
         if bundle is None:
             return self._finish_order(spec)
-        info = leaf_info(bundle)
+        try:
+            info = check_kept(bundle)
+            directory = self.store.pending_directory(spec.name)
+        except CertrenewError as error:
+            return self._set_aside(spec, "pending", f"the pending certificate {error}")
+        if not self._same_ca(spec, "pending certificate", directory):
+            self.store.discard_pending(spec.name)
+            return self.issue(spec)
         fits = (
             {domain.lower() for domain in info.domains} == set(spec.domains)
             and info.not_after > _now()
@@ -116,11 +129,18 @@ class Issuer:
 
     def _finish_order(self, spec: CertificateSpec) -> Issued:
         """Download (finalizing first if need be) the order a previous run validated, else order anew."""
-        order = self.store.load_order(spec.name)
-        assert order is not None  # resume() runs only when the store holds a pending bundle or order
+        try:
+            order = self.store.load_order(spec.name)
+            assert order is not None  # resume() runs only when the store holds a pending bundle or order
+            key = load_key(order.key_pem)
+        except (CertrenewError, ValueError, TypeError) as error:
+            return self._set_aside(spec, "order", f"the saved order cannot be used ({error})")
         fullchain = None
+        if not self._same_ca(spec, "saved order", order.directory):
+            self.store.discard_order(spec.name)
+            return self.issue(spec)
         if order.domains == list(spec.domains) and order.key_type == spec.key_type:
-            fullchain = self._client().finish(order.url, make_csr(load_key(order.key_pem), order.domains))
+            fullchain = self._client().finish(order.url, make_csr(key, order.domains))
         if fullchain is None:
             log.info("%s: the order a previous run left cannot be completed; ordering a new one", spec.name)
             self.store.discard_order(spec.name)
@@ -138,8 +158,28 @@ class Issuer:
         except CertrenewError:
             self.store.discard_order(spec.name)
             raise
-        self.store.save_pending(spec.name, bundle)
+        self.store.save_pending(spec.name, bundle, self.settings.directory_url)
         return Issued(spec, bundle, action, self._window(spec.name, bundle))
+
+    def _set_aside(self, spec: CertificateSpec, kind: str, problem: str) -> Issued:
+        """Move an unusable pending certificate or order out of the way, kept for inspection.
+
+        That is a failure, with its back-off, as any other: the next attempt orders anew,
+        at once with --force.
+        """
+        where = self.store.set_aside(spec.name, kind)
+        if self.settings.force:
+            log.warning("%s: %s; set aside as %s; ordering anew (--force)", spec.name, problem, where)
+            return self.issue(spec)
+        raise CertrenewError(f"{problem}; set aside as {where}; the next attempt orders anew (or use --force)")
+
+    def _same_ca(self, spec: CertificateSpec, what: str, directory: str | None) -> bool:
+        """Whether what a previous run left came from the CA this run uses (unrecorded: assume so)."""
+        if directory in (None, self.settings.directory_url):
+            return True
+        log.warning("%s: discarding the %s from %s: this run uses the CA at %s", spec.name, what, directory,
+                    self.settings.directory_url)
+        return False
 
     def check(self, spec: CertificateSpec) -> Issued | Decision:
         """Refresh the CA's renewal window for the current certificate; renew if it now says so."""
@@ -147,7 +187,8 @@ class Issuer:
         assert record is not None  # checked only when the record says a check is due
         _apply_window(record, self._window(spec.name, self.store.load_bundle(spec.name)))
         self.store.save_record(record)
-        decision = decide(record, list(spec.domains), spec.key_type, _now(), renew_before=self.settings.renew_before)
+        decision = decide(record, list(spec.domains), spec.key_type, _now(), renew_before=self.settings.renew_before,
+                          directory=self.settings.directory_url)
         if decision.due:
             log.info("%s: renewing (%s)", spec.name, decision.reason)
             return self.issue(spec)
@@ -170,6 +211,7 @@ class Issuer:
                 not_before=info.not_before,
                 not_after=info.not_after,
                 issued_at=_now(),
+                directory=self.settings.directory_url,
             )
             _apply_window(record, item.window)
             self.store.promote_pending(record)

@@ -2,7 +2,9 @@
 
 The kernel releases a flock when its holder exits, however it exits, so a crashed
 or killed run never leaves a stale lock. The holder writes its pid into the file so
-a run that gives up waiting can say who holds it.
+a run that gives up waiting can say who holds it. The state dir and the lock file must
+be ours alone (see `owned`): the lock is truncated, and a root run must not truncate
+whatever a planted symbolic link points to.
 """
 
 import fcntl
@@ -10,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from certrenew import signals
+from certrenew import owned, signals
 from certrenew.errors import CertrenewError
 
 LOCK_FILE = "lock"
@@ -27,13 +29,9 @@ class StateLock:
 
     def __enter__(self) -> "StateLock":
         state_dir = self.path.parent
+        owned.make_dir(state_dir, follow=True)
         try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as error:
-            raise CertrenewError(f"cannot create the state dir {state_dir}: {error.strerror} (create it for the "
-                                 "user certrenew runs as, or set --state-dir)") from None
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = owned.open_file(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as error:
             raise CertrenewError(f"cannot open the lock file {self.path}: {error.strerror} (the state dir must be "
                                  "writable by the user certrenew runs as)") from None

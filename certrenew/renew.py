@@ -19,13 +19,13 @@ from certrenew import haproxy, hooks, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError, UsageError
+from certrenew.errors import CertrenewError, Refused, UsageError
 from certrenew.policy import Decision, ari_check_due, backoff, decide
 from certrenew.progress import Progress
 from certrenew.store import CertificateRecord, FileStore, Store
 
 if TYPE_CHECKING:
-    from certrenew.issue import Installed
+    from certrenew.issue import Installed, Issued, Issuer
     from certrenew.responder import Responder
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
             continue
         if record is not None and record.failed_settings not in (None, _settings_of(spec)):
             record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
-        decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before)
+        decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
+                          settings.directory_url)
         if decision.due:
             log.info("%s: renewing (%s)", spec.name, decision.reason)
             work.append((spec, "issue"))
@@ -205,29 +206,61 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             pool.shutdown(wait=not signals.cancelled.is_set(), cancel_futures=True)
         issued = [result for result in results if not isinstance(result, Outcome)]
         outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
-        if not issued:
-            return []
-        try:
-            installed = [_installed(item) for item in issuer.install(issued)]
-        except CertrenewError as error:
-            outcomes.update((item.spec.name, _failed(store, now, item.spec, error)) for item in issued)
-            return []
-    outcomes.update((outcome.name, outcome) for outcome in installed)
-    served = [outcome.served for outcome in installed if outcome.served]
+        installed = _install(store, now, issuer, issued)
+    outcomes.update(installed)
+    served = [outcome.served for outcome in installed.values() if outcome.served]
     return hooks.run_deploy(settings.deploy_hook, served, settings.hook_timeout)
 
 
 def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step: Callable[[CertificateSpec], Any],
              progress: Progress):
-    """Run one certificate's step; a failure is recorded and reported as an Outcome, not raised."""
+    """Run one certificate's step; a failure, even one nobody foresaw, is recorded and reported
+    as an Outcome, not raised: it must not stop the other certificates."""
     try:
         result = step(spec)
-    except CertrenewError as error:
-        result = _failed(store, now, spec, error)
+    except Exception as error:
+        result = _failed(store, now, spec, _expected(error))
     if isinstance(result, Decision):  # checked with the CA: still not due
         result = Outcome(spec.name, "unchanged", result.reason)
     progress.advance(spec.name, result.action if isinstance(result, Outcome) else "ordered")
     return result
+
+
+def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "list[Issued]") -> dict[str, Outcome]:
+    """Install the batch, all or none; but a bundle HAProxy refuses must not fail the others for ever.
+
+    The refused ones are set aside (their failure recorded, with its back-off) and the
+    rest tried again at once without them; each round takes one out at least, so this
+    ends. Any other failure fails the whole batch, whose pending certificates stay for
+    the next run.
+    """
+    outcomes: dict[str, Outcome] = {}
+    while issued:
+        try:
+            outcomes.update((item.issued.spec.name, _installed(item)) for item in issuer.install(issued))
+            break
+        except Refused as refused:
+            bad = [item for item in issued if item.spec.name in refused.which]
+            if not bad:
+                outcomes.update((item.spec.name, _failed(store, now, item.spec, refused)) for item in issued)
+                break
+            for item in bad:
+                where = store.set_aside(item.spec.name, "pending")
+                error = CertrenewError(f"{refused}; the refused certificate is set aside as {where}")
+                outcomes[item.spec.name] = _failed(store, now, item.spec, error)
+            issued = [item for item in issued if item not in bad]
+        except Exception as error:
+            outcomes.update((item.spec.name, _failed(store, now, item.spec, _expected(error))) for item in issued)
+            break
+    return outcomes
+
+
+def _expected(error: Exception) -> CertrenewError:
+    """A failure as one line; an unforeseen one names its type, and its traceback is logged at -v."""
+    if isinstance(error, CertrenewError):
+        return error
+    log.debug("unexpected error", exc_info=error)
+    return CertrenewError(f"unexpected {type(error).__name__}: {error} (run with -v for the traceback)")
 
 
 def _installed(item: "Installed") -> Outcome:
@@ -251,7 +284,10 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: 
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = now + backoff(record.failures) if error.backoff else None
     record.failed_settings = _settings_of(spec)
-    store.save_record(record)
+    try:
+        store.save_record(record)
+    except CertrenewError as unwritable:
+        return Outcome(spec.name, "failed", f"{error}; and {unwritable}")
     return Outcome(spec.name, "failed", str(error))
 
 

@@ -45,6 +45,7 @@ class Request:
     bundle: bytes
     info: CertificateInfo
     ca: str
+    """The ACME directory URL of the CA that issued it (recorded), where it is revoked."""
     reason: str
     replacement: CertificateSpec | None = None
     """The certificate to order and serve before revoking (--reissue)."""
@@ -111,7 +112,9 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
     bundle = store.load_bundle(check_certificate_name(name))
     if bundle is None:
         raise UsageError(f"no certificate named {name!r} in {settings.state_dir} (see certrenew status)")
-    _account(store, settings)
+    record = store.load_record(name)
+    ca = record.directory if record is not None and record.directory else settings.directory_url
+    _account(store, settings, ca)
     info = leaf_info(bundle)
     in_config = next((spec for spec in config.certificates if spec.name == name), None) if config else None
     replacement = None
@@ -131,7 +134,7 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
                          "remove it there first, or use --reissue")
     if delete and not settings.ssl_dir.is_dir():
         raise UsageError(f"the ssl dir {settings.ssl_dir} does not exist (set --ssl-dir)")
-    return Request(name, bundle, info, settings.directory_url, reason, replacement, delete)
+    return Request(name, bundle, info, ca, reason, replacement, delete)
 
 
 def carry_out(settings: Settings, request: Request) -> Result:
@@ -158,10 +161,10 @@ def carry_out(settings: Settings, request: Request) -> Result:
     return Result(request, already, reissued, removed)
 
 
-def _account(store: FileStore, settings: Settings) -> Account:
-    account = store.load_account(settings.directory_url)
+def _account(store: FileStore, settings: Settings, ca: str) -> Account:
+    account = store.load_account(ca)
     if account is None:
-        raise UsageError(f"no ACME account for {settings.directory_url} in {settings.state_dir}; revocation "
+        raise UsageError(f"no ACME account for {ca} in {settings.state_dir}; revocation "
                          "is signed with the account that ordered the certificate (set --directory to its CA)")
     return account
 
@@ -171,8 +174,8 @@ def _revoke_at_ca(settings: Settings, store: FileStore, request: Request) -> boo
     from certrenew.acme_client import AcmeClient
     from certrenew.acme_transport import Deadline
 
-    account = _account(store, settings)
-    client = AcmeClient(settings.directory_url, account.key_pem, Deadline(settings.timeout), settings.ca_bundle)
+    account = _account(store, settings, request.ca)
+    client = AcmeClient(request.ca, account.key_pem, Deadline(settings.timeout), settings.ca_bundle)
     client.login(account.uri, settings.email, settings.agree_tos)
     cert = x509.load_pem_x509_certificate(pem_blocks(request.bundle)[0])
     return client.revoke(cert, reason_code(request.reason))

@@ -30,6 +30,10 @@ class RuntimeApiError(CertrenewError):
     """A Runtime API command failed; the message names the node and HAProxy's answer."""
 
 
+class Rejected(RuntimeApiError):
+    """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`): the bundle is at fault."""
+
+
 class Unsupported(RuntimeApiError):
     """This HAProxy cannot do the change at runtime; a reload has to."""
 
@@ -160,21 +164,22 @@ class RuntimeApi:
 
     def _set_and_commit(self, path: str, bundle: bytes) -> None:
         try:
-            answer = self._expect(f"set ssl cert {path}", "Transaction ", payload=bundle)
+            answer = self._expect(f"set ssl cert {path}", "Transaction ", payload=bundle, error=Rejected)
             # HAProxy has one transaction per process; make sure it is ours, not one left open elsewhere.
             if f" {path}!" not in answer:
                 raise RuntimeApiError(f"{self}: set ssl cert {path}: {answer_error(answer)}")
-            self._expect(f"commit ssl cert {path}", "Success!")
+            self._expect(f"commit ssl cert {path}", "Success!", error=Rejected)
         except CertrenewError:
             self._abort(path)
             raise
 
-    def _expect(self, line: str, success: str, payload: bytes | None = None) -> str:
-        """Run a command and fail with HAProxy's words unless its answer contains `success`."""
+    def _expect(self, line: str, success: str, payload: bytes | None = None,
+                error: type[RuntimeApiError] = RuntimeApiError) -> str:
+        """Run a command and fail (with `error`) with HAProxy's words unless its answer contains `success`."""
         log.debug("%s: %s", self, line)
         answer = self.command(line, payload)
         if success not in answer:
-            raise RuntimeApiError(f"{self}: {line}: {answer_error(answer)}")
+            raise error(f"{self}: {line}: {answer_error(answer)}")
         return answer
 
     def _abort(self, path: str) -> None:

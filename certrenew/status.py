@@ -4,6 +4,7 @@ import datetime
 from dataclasses import dataclass
 
 from certrenew.config import CertificateSpec, Settings
+from certrenew.errors import CertrenewError
 from certrenew.policy import due_reason, minutes, renew_at
 from certrenew.store import CertificateRecord, FileStore, Store
 
@@ -55,15 +56,27 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
     """Every managed certificate (all stored ones when `specs` is None), then the unmanaged ones.
 
     Reads `store` (by default a `FileStore` in `settings.state_dir`) without taking its
-    lock: status never writes.
+    lock: status never writes. A record that cannot be read is a row "failing" with the
+    reason, not the end of the report.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     store = store if store is not None else FileStore(settings.state_dir)
     managed = {spec.name for spec in specs or ()}
-    rows = [_status(settings, spec, store.load_record(spec.name), now) for spec in specs or ()]
+    rows = []
+    for spec in specs or ():
+        try:
+            rows.append(_status(settings, spec, store.load_record(spec.name), now))
+        except CertrenewError as error:
+            rows.append(_unreadable(spec, error))
     for name in store.names():
-        record = store.load_record(name) if name not in managed else None
-        if record is not None:  # else managed, or only an order or a bundle: nothing recorded yet
+        if name in managed:
+            continue
+        try:
+            record = store.load_record(name)
+        except CertrenewError as error:
+            rows.append(_unreadable(CertificateSpec(name, ()), error, managed=specs is None))
+            continue
+        if record is not None:  # else only an order or a bundle: nothing recorded yet
             rows.append(_status(settings, _spec_of(record), record, now, managed=specs is None))
     return rows
 
@@ -85,6 +98,11 @@ def _spec_of(record: CertificateRecord) -> CertificateSpec:
     return CertificateSpec(record.name, tuple(record.domains), record.key_type)
 
 
+def _unreadable(spec: CertificateSpec, error: CertrenewError, managed: bool = True) -> CertificateStatus:
+    return CertificateStatus(spec.name, list(spec.domains), "failing" if managed else "unmanaged", None, None, None,
+                             None, str(error), 0)
+
+
 def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord | None,
             now: datetime.datetime, managed: bool = True) -> CertificateStatus:
     not_after = record.not_after if record is not None else None
@@ -100,7 +118,8 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         state = "failing"
     elif not issued:
         state = "missing"
-    elif due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before) is not None:
+    elif due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
+                    settings.directory_url) is not None:
         state = "due"
     else:
         state = HEALTHY

@@ -1,7 +1,8 @@
 """The state store: ACME accounts, certificate keys and chains, and their records.
 
 `Store` is what a run needs from wherever its state lives; `FileStore` keeps it under
-one local directory (0700, keys 0600), written atomically. A store for several nodes
+one local directory (0700, keys 0600), written atomically, and reads and writes only
+what is ours alone (see `owned`). A store for several nodes
 (etcd, say, with a lease for the lock) is another class with the same methods.
 
 Per certificate a store holds bundles (chain and key in one piece, so a key can never
@@ -9,7 +10,10 @@ be paired with the wrong chain): the current one, the previous one for rollback,
 *pending* one, issued but not yet installed, so an install that fails or is interrupted
 never wastes an issued certificate. Before that, from validation to download, it holds
 the *order* (its URL and the new key), so a run that ends after finalizing lets the
-next one download the certificate instead of ordering again.
+next one download the certificate instead of ordering again. Each of these records the
+ACME directory (the CA) it came from, so a switch of CA is seen. A pending certificate or
+an order a run cannot use (unreadable, a key that does not match, refused by HAProxy) is
+*set aside*: kept for the operator to look at, out of every run's way.
 """
 
 import dataclasses
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from certrenew import owned
 from certrenew.atomicfile import fsync_directory, remove_stale_temps, write_atomic
 from certrenew.errors import CertrenewError
 from certrenew.lock import StateLock
@@ -32,6 +37,8 @@ VERSION = 1
 """The format of the state documents; one without "version" predates the field and is version 1."""
 
 BUNDLE_SLOTS = ("current", "previous", "pending")
+SET_ASIDE = {"pending": "pending.pem", "order": "order.json"}
+"""What a run can set aside, and its file in a certificate's directory."""
 READ_SIZE = 16384
 """Enough for a record or a bundle in one read."""
 
@@ -57,14 +64,17 @@ class PendingOrder:
     domains: list[str]
     key_type: str
     key_pem: bytes
+    directory: str | None = None
+    """The CA's ACME directory URL; None in an order kept before it was recorded (taken as the current CA)."""
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "key_pem": self.key_pem.decode("ascii")}
 
     @classmethod
     def from_json(cls, data: dict) -> "PendingOrder":
-        order = cls(data["url"], data["domains"], data["key_type"], _text("key_pem", data["key_pem"]).encode("ascii"))
-        _check_types(order, {"url": _STRING, "key_type": _STRING})
+        order = cls(data["url"], data["domains"], data["key_type"], _text("key_pem", data["key_pem"]).encode("ascii"),
+                    data.get("directory"))
+        _check_types(order, {"url": _STRING, "key_type": _STRING, "directory": _OPTIONAL_STRING})
         _check_domains(order.domains)
         return order
 
@@ -93,6 +103,9 @@ class CertificateRecord:
     """After a failure: no new attempt before this time, so a broken name does not hammer the CA."""
     failed_settings: str | None = None
     """The certificate's settings at the last failure: a run with other settings is not held back."""
+    directory: str | None = None
+    """The ACME directory URL of the CA that issued it; None in a record kept before it was recorded
+    (taken as the current CA, so an upgrade does not reissue everything)."""
 
     DATETIMES: ClassVar[tuple[str, ...]] = (
         "not_before", "not_after", "issued_at", "ari_window_start", "ari_window_end", "ari_renew_at",
@@ -100,7 +113,8 @@ class CertificateRecord:
     )
     """The fields kept as ISO 8601 text in JSON."""
     TYPES: ClassVar[dict[str, Any]] = {"name": _STRING, "key_type": _STRING, "serial": _OPTIONAL_STRING,
-                                       "last_error": _OPTIONAL_STRING, "failures": (int, "a whole number")}
+                                       "last_error": _OPTIONAL_STRING, "failures": (int, "a whole number"),
+                                       "directory": _OPTIONAL_STRING}
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -212,10 +226,18 @@ class Store(Protocol):
     def unfinished(self, name: str) -> bool:
         """Whether an earlier run left an order or a certificate that is not installed yet."""
 
-    def save_pending(self, name: str, bundle: bytes) -> None:
-        """Keep a freshly issued certificate before it is installed anywhere; its order is done."""
+    def save_pending(self, name: str, bundle: bytes, directory: str | None = None) -> None:
+        """Keep a freshly issued certificate, from the CA at `directory`, before it is installed
+        anywhere; its order is done."""
+
+    def pending_directory(self, name: str) -> str | None:
+        """The CA the pending certificate came from; None if not recorded (taken as the current CA)."""
 
     def discard_pending(self, name: str) -> None: ...
+
+    def set_aside(self, name: str, kind: str) -> str:
+        """Move the pending certificate (`kind` "pending") or the order ("order") out of every run's
+        way, kept for the operator to inspect; return where it is now."""
 
     def promote_pending(self, record: CertificateRecord) -> None:
         """Make the pending certificate current, the current one previous, and store `record`;
@@ -232,6 +254,7 @@ class FileStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._certificates = os.path.join(self.root, "certificates")
+        self._checked = False
 
     @contextmanager
     def lock(self, timeout: float) -> Iterator[None]:
@@ -247,15 +270,21 @@ class FileStore:
         in a certificate's own directory are cleared by the next write there, so a run
         does not list ten thousand directories to find none.
         """
-        for directory in (self.root, self.root / "accounts", self.root / "certificates"):
-            try:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError as error:
-                raise CertrenewError(f"cannot create state directory {directory}: {error.strerror}") from None
-        os.chmod(self.root, 0o700)
+        owned.make_dir(self.root, follow=True)  # the lock made it, or checked it
+        for directory in (self.root / "accounts", self.root / "certificates"):
+            owned.make_dir(directory)
+        self._checked = True
         for directory in [self.root, self.root / "accounts", self.root / "certificates",
                           *self.root.glob("accounts/*/")]:
             remove_stale_temps(directory)
+
+    def _check_layout(self) -> None:
+        """Before the first read without the lock (status): the state dir and its top directories are ours."""
+        if not self._checked:
+            if owned.check_dir(self.root, follow=True):
+                for directory in (self.root / "accounts", self.root / "certificates"):
+                    owned.check_dir(directory)
+            self._checked = True
 
     # Accounts, one per ACME directory URL.
 
@@ -266,6 +295,9 @@ class FileStore:
 
     def load_account(self, directory_url: str) -> Account | None:
         directory = self._account_dir(directory_url)
+        self._check_layout()
+        if not owned.check_dir(directory):
+            return None
         key_pem = _read(directory / "key.pem")
         if key_pem is None:
             return None
@@ -275,7 +307,7 @@ class FileStore:
 
     def save_account(self, directory_url: str, account: Account) -> None:
         directory = self._account_dir(directory_url)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owned.make_dir(directory)
         write_atomic(directory / "key.pem", account.key_pem)
         write_atomic(directory / "account.json", encode({"directory": directory_url, "uri": account.uri}))
 
@@ -284,14 +316,22 @@ class FileStore:
     def _path(self, name: str, file: str) -> str:
         return f"{self._certificates}/{name}/{file}"
 
+    def _read(self, name: str, file: str) -> bytes | None:
+        """A file of certificate `name`, or None; read only from a directory and a file that are ours alone."""
+        self._check_layout()
+        if not owned.check_dir(f"{self._certificates}/{name}"):
+            return None
+        return _read(self._path(name, file))
+
     def _writable_dir(self, name: str) -> Path:
         """The certificate's directory, created if need be, cleared of temps a killed run left."""
         directory = self.root / "certificates" / name
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owned.make_dir(directory)
         remove_stale_temps(directory)
         return directory
 
     def names(self) -> list[str]:
+        self._check_layout()
         try:
             entries = os.listdir(self._certificates)
         except FileNotFoundError:
@@ -303,7 +343,7 @@ class FileStore:
         but not lost (it holds the key, should the operator need it back); return where."""
         source = self.root / "certificates" / name
         target = self.root / "removed" / f"{name}-{label}"
-        target.parent.mkdir(mode=0o700, exist_ok=True)
+        owned.make_dir(target.parent)
         os.rename(source, target)
         fsync_directory(source.parent)
         fsync_directory(target.parent)
@@ -316,9 +356,8 @@ class FileStore:
         self._save_json(record.name, "meta.json", record.to_json())
 
     def _load_json(self, name: str, file: str, parse: Callable[[dict], T]) -> T | None:
-        path = self._path(name, file)
-        raw = _read(path)
-        return None if raw is None else decode(raw, parse, path)
+        raw = self._read(name, file)
+        return None if raw is None else decode(raw, parse, self._path(name, file))
 
     def _save_json(self, name: str, file: str, document: dict) -> None:
         write_atomic(self._writable_dir(name) / file, encode(document))
@@ -326,7 +365,7 @@ class FileStore:
     def load_bundle(self, name: str, slot: str = "current") -> bytes | None:
         if slot not in BUNDLE_SLOTS:
             raise ValueError(f"no bundle slot {slot!r}")
-        return _read(self._path(name, f"{slot}.pem"))
+        return self._read(name, f"{slot}.pem")
 
     def save_order(self, name: str, order: PendingOrder) -> None:
         self._save_json(name, "order.json", order.to_json())
@@ -340,12 +379,31 @@ class FileStore:
     def unfinished(self, name: str) -> bool:
         return _exists(self._path(name, "pending.pem")) or _exists(self._path(name, "order.json"))
 
-    def save_pending(self, name: str, bundle: bytes) -> None:
+    def save_pending(self, name: str, bundle: bytes, directory: str | None = None) -> None:
+        # Its CA first: a pending.pem never goes with another one's pending.json.
+        self._save_json(name, "pending.json", {"directory": directory})
         write_atomic(self._writable_dir(name) / "pending.pem", bundle)
         self.discard_order(name)
 
+    def pending_directory(self, name: str) -> str | None:
+        return self._load_json(name, "pending.json", _directory)
+
     def discard_pending(self, name: str) -> None:
         _remove(self._path(name, "pending.pem"))
+        _remove(self._path(name, "pending.json"))
+
+    def set_aside(self, name: str, kind: str) -> str:
+        directory = self._writable_dir(name)
+        rejected = directory / "rejected"
+        owned.make_dir(rejected)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = rejected / f"{stamp}-{SET_ASIDE[kind]}"
+        os.rename(directory / SET_ASIDE[kind], target)
+        fsync_directory(rejected)
+        if kind == "pending":
+            _remove(self._path(name, "pending.json"))
+        fsync_directory(directory)
+        return str(target)
 
     def promote_pending(self, record: CertificateRecord) -> None:
         # Each step is one atomic write and the pending file goes last.
@@ -368,16 +426,25 @@ def _account_uri(data: dict) -> str | None:
     return uri
 
 
-def _read(path: str | Path) -> bytes | None:
-    """The file's bytes, or None if it does not exist.
+def _directory(data: dict) -> str | None:
+    directory = data.get("directory")
+    if directory is not None:
+        _text("directory", directory)
+    return directory
 
-    Open, read, close: `open()` adds two fstats and an lseek per file, a sixth of a
-    no-op run over 10,000 certificates; and no separate exists().
+
+def _read(path: str | Path) -> bytes | None:
+    """The file's bytes, or None if it does not exist; refused unless ours alone (see `owned`).
+
+    Open, fstat, read, close: `open()` adds another fstat and an lseek per file, a sixth
+    of a no-op run over 10,000 certificates; and no separate exists().
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = owned.open_file(path, os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as error:
+        raise CertrenewError(f"cannot read {path}: {error.strerror}") from None
     try:
         chunks = []
         while chunk := os.read(fd, READ_SIZE):

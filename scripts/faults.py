@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SUITE = "tests/integration/test_faults.py"
+SUITE = ["tests/integration/test_faults.py", "tests/integration/test_faults_state.py"]
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "faults.jsonl"
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", SUITE, *sys.argv[1:]], cwd=REPO,
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", *SUITE, *sys.argv[1:]], cwd=REPO,
                                 env={**os.environ, "CERTRENEW_FAULTS_REPORT": str(report)})
         elapsed = time.monotonic() - started
         rows = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []

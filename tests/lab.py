@@ -256,7 +256,7 @@ class Lab:
     def start(self) -> None:
         """Bring up challtestsrv, pebble and HAProxy; on any failure stop what did start."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.state_dir.mkdir(exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, exist_ok=True)  # as an operator makes it (certrenew never chmods one)
         try:
             self._write_pebble_tls()
             self._start_challtestsrv()

@@ -15,10 +15,12 @@ from certrenew.store import BUNDLE_SLOTS, Account, CertificateRecord, PendingOrd
 class MemoryStore:
     def __init__(self) -> None:
         self.documents: dict[tuple[str, str], bytes] = {}
-        """(certificate name, "record" or "order") -> encoded document."""
+        """(certificate name, "record", "order" or "pending") -> encoded document."""
         self.bundles: dict[tuple[str, str], bytes] = {}
         """(certificate name, slot) -> bundle."""
         self.accounts: dict[str, Account] = {}
+        self.rejected: dict[str, bytes] = {}
+        """Where a set-aside pending certificate or order went -> its content."""
         self._lock = threading.Lock()
 
     @contextmanager
@@ -62,12 +64,26 @@ class MemoryStore:
     def unfinished(self, name: str) -> bool:
         return (name, "pending") in self.bundles or (name, "order") in self.documents
 
-    def save_pending(self, name: str, bundle: bytes) -> None:
+    def save_pending(self, name: str, bundle: bytes, directory: str | None = None) -> None:
+        self.documents[name, "pending"] = encode({"directory": directory})
         self.bundles[name, "pending"] = bundle
         self.discard_order(name)
 
+    def pending_directory(self, name: str) -> str | None:
+        return self._load(name, "pending", lambda data: data.get("directory"))
+
     def discard_pending(self, name: str) -> None:
         self.bundles.pop((name, "pending"), None)
+        self.documents.pop((name, "pending"), None)
+
+    def set_aside(self, name: str, kind: str) -> str:
+        where = f"memory:{name}/rejected/{len(self.rejected)}-{kind}"
+        if kind == "pending":
+            self.rejected[where] = self.bundles.pop((name, "pending"))
+            self.documents.pop((name, "pending"), None)
+        else:
+            self.rejected[where] = self.documents.pop((name, kind))
+        return where
 
     def promote_pending(self, record: CertificateRecord) -> None:
         pending = self.bundles.get((record.name, "pending"))

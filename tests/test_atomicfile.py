@@ -1,5 +1,7 @@
 import os
 import stat
+import subprocess
+import time
 
 import pytest
 
@@ -47,3 +49,32 @@ def test_stale_temps_are_removed(tmp_path):
     (tmp_path / "site.pem").write_bytes(b"keep")
     assert [p.name for p in remove_stale_temps(tmp_path)] == [".certrenew-dead.tmp"]
     assert [p.name for p in tmp_path.iterdir()] == ["site.pem"]
+
+
+def test_temps_are_named_per_run_and_only_a_gone_runs_are_removed(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (seen.append(src.name), real_replace(src, dst)))
+    write_atomic(tmp_path / "a.pem", b"one")
+    assert seen[0].startswith(f".certrenew-{os.getpid()}-") and seen[0].endswith(".tmp")
+
+    live = tmp_path / f".certrenew-{os.getpid()}-0123.tmp"  # another thread's write, in flight
+    live.write_bytes(b"half")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f".certrenew-{dead.pid}-4567.tmp"
+    gone.write_bytes(b"half")
+    old = tmp_path / f".certrenew-{os.getpid()}-89ab.tmp"
+    old.write_bytes(b"half")
+    os.utime(old, (time.time() - 2 * 3600,) * 2)  # its pid reused since
+    (tmp_path / ".certrenew-dir.tmp").mkdir()  # not a temp of ours
+    assert sorted(p.name for p in remove_stale_temps(tmp_path)) == sorted([gone.name, old.name])
+    assert live.exists() and (tmp_path / ".certrenew-dir.tmp").is_dir()
+
+
+def test_a_kept_mode_never_lets_others_write(tmp_path):
+    path = tmp_path / "a.pem"
+    write_atomic(path, b"one")
+    path.chmod(0o666)
+    write_atomic(path, b"two", 0o600, keep_mode=True)
+    assert mode(path) == 0o644  # the operator's read bits stay; no one else may write the key

@@ -9,7 +9,7 @@ from fake_haproxy import FakeHAProxy
 
 from certrenew import install
 from certrenew.bundle import build_bundle
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, Refused
 from certrenew.install import Installer
 
 NAME = "site.example"
@@ -115,3 +115,32 @@ def test_a_rollback_says_put_back_only_where_there_was_a_previous_certificate():
     assert install._undone({a: None}) == "the new certificate was removed again (there was none before)"
     assert install._undone({a: b"old", b: None}) == (
         "the previous certificates were put back and the new b.pem removed again")
+
+
+def test_a_bundle_haproxy_refuses_at_commit_is_named_and_everything_put_back(tmp_path, ssl_dir):
+    path = ssl_dir / f"{NAME}.pem"
+    old, new = bundle_of(trustme.CA()), bundle_of(trustme.CA())
+    path.write_bytes(old)
+    fake = haproxy_knowing(tmp_path, path, commit_ssl_cert=f"Committing {path}\nunable to load the key\n")
+    try:
+        with pytest.raises(Refused, match="HAProxy refused site.example.pem: .*unable to load the key") as refused:
+            Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")]).install({NAME: new})
+    finally:
+        fake.close()
+    assert refused.value.which == [NAME]
+    assert path.read_bytes() == old and "abort ssl cert" in fake.commands()
+
+
+def test_a_symlinked_bundle_is_replaced_after_a_warning_and_the_rollback_restores_what_it_led_to(
+        tmp_path, ssl_dir, caplog):
+    elsewhere = tmp_path / "managed-elsewhere.pem"
+    old, new = bundle_of(trustme.CA()), bundle_of(trustme.CA())
+    elsewhere.write_bytes(old)
+    path = ssl_dir / f"{NAME}.pem"
+    path.symlink_to(elsewhere)
+    with pytest.raises(CertrenewError, match="reload command 'false' failed.*previous certificate was put back"):
+        Installer(ssl_dir, "false").install({NAME: new})
+    assert f"{path} is a symbolic link to {elsewhere}" in caplog.text
+    assert not path.is_symlink() and path.read_bytes() == old and elsewhere.read_bytes() == old
+    Installer(ssl_dir, "true").install({NAME: new})
+    assert path.read_bytes() == new and elsewhere.read_bytes() == old

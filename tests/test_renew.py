@@ -2,18 +2,22 @@
 
 import datetime
 import sys
+from pathlib import Path
 
 import pytest
 from memstore import MemoryStore
 
 from certrenew import renew, status
+from certrenew.bundle import CertificateInfo
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
-from certrenew.renew import _failed
+from certrenew.progress import Progress
 from certrenew.store import CertificateRecord
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
+PEM_PATH = Path("/ssl/x.pem")
+INFO = CertificateInfo("1f", NOW, NOW + 90 * DAY, ("x.example",), "00")
 
 
 @pytest.fixture
@@ -109,9 +113,65 @@ def store_order():
                                                   (ConfigurationError("bad ACL"), False),
                                                   (UsageError("pass --agree-tos"), False)])
 def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
-    """The CA failing is backed off; a mistake on our side is not, so the run after the fix goes ahead."""
     store = MemoryStore()
-    _failed(store, NOW, CertificateSpec("example.com", ("example.com",)), error)
-    record = store.load_record("example.com")
+    renew._failed(store, NOW, spec("a"), error)
+    record = store.load_record("a")
     assert record is not None and record.last_error == str(error) and record.failures == 1
     assert (record.next_attempt is not None) is backs_off
+
+
+class RefusingIssuer:
+    """Installs like `Issuer.install` into the store, but HAProxy refuses `refused`'s bundle in any batch."""
+
+    def __init__(self, store, refused):
+        self.store, self.refused, self.batches = store, refused, []
+
+    def install(self, batch):
+        from certrenew.errors import Refused
+        from certrenew.install import InstallResult
+        from certrenew.issue import Installed
+        self.batches.append([item.spec.name for item in batch])
+        if any(item.spec.name == self.refused for item in batch):
+            raise Refused(f"HAProxy refused {self.refused}.pem: bad key; the previous certificates were put back",
+                          [self.refused])
+        for item in batch:
+            self.store.promote_pending(issued(item.spec.name))
+        return [Installed(item, INFO, InstallResult(item.spec.name, PEM_PATH, "hot update")) for item in batch]
+
+
+def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
+    from certrenew.issue import Issued
+    store = MemoryStore()
+    batch = []
+    for name in ("a", "b", "c"):
+        store.save_pending(name, f"BUNDLE {name}".encode())
+        batch.append(Issued(spec(name), f"BUNDLE {name}".encode(), "renewed"))
+    issuer = RefusingIssuer(store, "b")
+    outcomes = renew._install(store, NOW, issuer, batch)
+    assert issuer.batches == [["a", "b", "c"], ["a", "c"]]
+    assert {name: outcome.action for name, outcome in outcomes.items()} == {"a": "renewed", "b": "failed", "c": "renewed"}
+    assert "set aside as memory:b/rejected/" in outcomes["b"].detail
+    assert list(store.rejected.values()) == [b"BUNDLE b"] and not store.unfinished("b")
+    record = store.load_record("b")
+    assert record.failures == 1 and record.next_attempt is not None  # the next attempt waits for the back-off
+
+
+def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
+    store = MemoryStore()
+
+    def step(spec):
+        raise KeyError("surprise")
+    outcome = renew._attempt(store, NOW, spec("a"), step, Progress())
+    assert outcome.action == "failed"
+    assert outcome.detail == "unexpected KeyError: 'surprise' (run with -v for the traceback)"
+    assert store.load_record("a").failures == 1
+
+
+def test_status_shows_an_unreadable_record_as_failing_with_the_reason(settings):
+    store = MemoryStore()
+    store.save_record(issued("ok"))
+    store.documents["bad", "record"] = b"{not json"
+    rows = status.collect(settings, [spec("ok"), spec("bad")], store, now=NOW)
+    assert [(row.name, row.state) for row in rows] == [("ok", "ok"), ("bad", "failing")]
+    assert rows[1].last_result.startswith("failed: corrupt state file memory:bad/record")
+    assert [row.state for row in status.collect(settings, None, store, now=NOW)] == ["failing", "ok"]

@@ -1,6 +1,8 @@
 import datetime
 import json
+import os
 import stat
+from pathlib import Path
 
 import pytest
 from memstore import MemoryStore
@@ -200,3 +202,110 @@ def test_status_reads_need_no_state_dir(tmp_path):
     store = FileStore(tmp_path / "none")
     assert store.names() == [] and store.load_record("a") is None and not store.unfinished("a")
     assert not (tmp_path / "none").exists()
+
+
+# Set aside, and the CA recorded (the contract).
+
+def test_an_unusable_pending_certificate_or_order_is_set_aside_not_lost(store):
+    store.save_pending("a", b"GARBAGE", "https://ca.example/dir")
+    where = store.set_aside("a", "pending")
+    assert "a/rejected/" in where and "pending" in where
+    assert store.load_bundle("a", "pending") is None and store.pending_directory("a") is None
+    assert not store.unfinished("a")
+    store.save_order("a", ORDER)
+    other = store.set_aside("a", "order")
+    assert other != where and store.load_order("a") is None and not store.unfinished("a")
+
+
+def test_the_ca_is_recorded_with_the_record_the_order_and_the_pending_certificate(store):
+    ca = "https://acme-staging.example/dir"
+    store.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256", directory=ca))
+    assert store.load_record("a").directory == ca
+    order = PendingOrder(ORDER.url, ORDER.domains, ORDER.key_type, ORDER.key_pem, ca)
+    store.save_order("a", order)
+    assert store.load_order("a") == order
+    store.save_pending("a", b"ONE", ca)
+    assert store.pending_directory("a") == ca
+    store.promote_pending(store.load_record("a"))
+    assert store.pending_directory("a") is None
+
+
+def test_state_kept_before_the_ca_was_recorded_reads_as_no_ca(files):
+    files.save_order("a", ORDER)
+    path = files.root / "certificates" / "a" / "order.json"
+    document = json.loads(path.read_text())
+    del document["directory"]
+    path.write_text(json.dumps(document))
+    assert files.load_order("a") == ORDER and ORDER.directory is None
+    (files.root / "certificates" / "a" / "pending.pem").write_bytes(b"OLD")
+    assert files.pending_directory("a") is None and files.load_bundle("a", "pending") == b"OLD"
+
+
+def test_a_set_aside_file_is_kept_under_the_state_dir(files):
+    files.save_pending("a", b"GARBAGE")
+    where = Path(files.set_aside("a", "pending"))
+    assert where.parent == files.root / "certificates" / "a" / "rejected" and where.read_bytes() == b"GARBAGE"
+    assert mode(where.parent) == 0o700 and files.names() == ["a"]
+
+
+# The state dir is ours alone.
+
+def test_a_planted_symlink_is_refused_and_its_target_untouched(files, tmp_path):
+    target = tmp_path / "victim"
+    target.write_bytes(b"precious")
+    (files.root / "certificates" / "a").mkdir(mode=0o700)
+    (files.root / "certificates" / "a" / "pending.pem").symlink_to(target)
+    with pytest.raises(CertrenewError, match="pending.pem: it is a symbolic link"):
+        files.load_bundle("a", "pending")
+    assert target.read_bytes() == b"precious"
+
+
+def test_a_symlinked_lock_is_refused_and_not_truncated(tmp_path):
+    target = tmp_path / "victim"
+    target.write_bytes(b"precious")
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "lock").symlink_to(target)
+    with pytest.raises(CertrenewError, match="lock: it is a symbolic link"):
+        with FileStore(tmp_path / "state").lock(timeout=0):
+            pass
+    assert target.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("where", ["state", "state/certificates", "state/certificates/a",
+                                   "state/certificates/a/meta.json"])
+def test_anything_writable_by_others_is_refused(files, where):
+    files.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    path = files.root.parent / where
+    path.chmod(stat.S_IMODE(path.stat().st_mode) | 0o020)
+    with pytest.raises(CertrenewError, match=f"refusing {path}: it is writable by group or others"):
+        FileStore(files.root).load_record("a")
+
+
+def test_an_existing_world_writable_dir_is_refused_and_not_chmod_ed(tmp_path):
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(CertrenewError, match=r"writable by group or others \(mode 1777\); run chmod go-w"):
+        with FileStore(shared).lock(timeout=0):
+            pass
+    assert mode(shared) == 0o1777 and not (shared / "lock").exists()
+
+
+def test_a_missing_state_dir_is_created_private(tmp_path):
+    old = os.umask(0)
+    try:
+        with FileStore(tmp_path / "new" / "state").lock(timeout=0):
+            pass
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "new" / "state") == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_state_dir_owned_by_another_user_is_refused(tmp_path):
+    (tmp_path / "state").mkdir(mode=0o700)
+    os.chown(tmp_path / "state", 65534, 65534)
+    with pytest.raises(CertrenewError, match="is owned by uid 65534, not uid 0"):
+        with FileStore(tmp_path / "state").lock(timeout=0):
+            pass
+    assert not (tmp_path / "state" / "lock").exists()

@@ -10,6 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ari import AriEndpoint  # noqa: E402
+from faultproxy import FaultProxy  # noqa: E402
+from faults import FAST, Guard  # noqa: E402
 from lab import Lab  # noqa: E402
 
 
@@ -27,6 +29,28 @@ def ari(lab):
     yield endpoint
     endpoint.server.shutdown()
     endpoint.server.server_close()
+
+
+@pytest.fixture
+def guard_for(request, lab):
+    """guard_for(case, proxy=None) -> a Guard (fault tests) whose ledger line is written when the test ends."""
+    guards = []
+
+    def make(case: str, proxy: FaultProxy | None = None) -> Guard:
+        guard = Guard(lab, case, {**FAST, **(proxy.env if proxy else {})})
+        guards.append(guard)
+        return guard
+
+    yield make
+    report = getattr(request.node, "rep_call", None)
+    for guard in guards:
+        guard.record(passed=report is not None and report.passed)
+
+
+@pytest.fixture
+def proxy(lab):
+    with FaultProxy(lab) as running:
+        yield running
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -21,14 +21,13 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography.hazmat.primitives.asymmetric import ec
-from faultproxy import DROP, Drip, FaultProxy, Forge, Reply, Stall, forged_chain
+from faultproxy import DROP, Drip, Forge, Reply, Stall, forged_chain
 from faultproxy import step as step_of
-from faults import NAME, Guard, held_open
+from faults import NAME, held_open
 from lab import Lab
 
 from certrenew.bundle import pem_blocks
 
-FAST = {"CERTRENEW_TIMEOUT": "20"}
 NO_AUTHZ_REUSE = {"PEBBLE_AUTHZREUSE": "0"}
 """Every order validates afresh, so faults during validation really happen during validation."""
 
@@ -36,28 +35,6 @@ NO_AUTHZ_REUSE = {"PEBBLE_AUTHZREUSE": "0"}
 @pytest.fixture
 def lab(tmp_path):
     with Lab(tmp_path / "lab", pebble_env=NO_AUTHZ_REUSE) as running:
-        yield running
-
-
-@pytest.fixture
-def guard_for(request, lab):
-    """guard_for(case, proxy=None) -> a Guard whose ledger line is written when the test ends."""
-    guards = []
-
-    def make(case: str, proxy: FaultProxy | None = None) -> Guard:
-        guard = Guard(lab, case, {**FAST, **(proxy.env if proxy else {})})
-        guards.append(guard)
-        return guard
-
-    yield make
-    report = getattr(request.node, "rep_call", None)
-    for guard in guards:
-        guard.record(passed=report is not None and report.passed)
-
-
-@pytest.fixture
-def proxy(lab):
-    with FaultProxy(lab) as running:
         yield running
 
 

@@ -1,0 +1,78 @@
+"""The state dir's rule, like OpenSSH's StrictModes: only we may have put there what we read.
+
+A state dir another user can write to lets that user plant a key, a pending certificate
+HAProxy would serve, or a symbolic link a root run would write through. So every
+directory and file of the state is checked where it is opened: owned by the effective
+user, writable by no group and no other user, and never reached through a symbolic link
+(files are opened with O_NOFOLLOW and checked on the open descriptor, so nothing can be
+swapped between the check and the use). An existing directory is never chmod-ed: it may
+be someone else's (`--state-dir /tmp`).
+"""
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from certrenew.errors import CertrenewError
+
+UNSAFE = stat.S_IWGRP | stat.S_IWOTH
+"""Mode bits that let someone else change what is in a file or directory."""
+
+
+def open_file(path: str | Path, flags: int, mode: int = 0o600) -> int:
+    """os.open for a file of the state: no symbolic link followed, refused unless ours and private."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise CertrenewError(f"refusing {path}: it is a symbolic link, and certrenew follows none in its "
+                                 "state dir (remove it)") from None
+        raise
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise CertrenewError(f"refusing {path}: it is not a regular file")
+        _check(status, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_dir(path: str | Path, follow: bool = False) -> bool:
+    """Refuse a directory that is not ours alone, or a symbolic link (unless `follow`: the state
+    dir itself may be one the operator made); False if it does not exist."""
+    try:
+        status = os.stat(path) if follow else os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if stat.S_ISLNK(status.st_mode):
+        raise CertrenewError(f"refusing {path}: it is a symbolic link, and certrenew follows none in its "
+                             "state dir (remove it)")
+    if not stat.S_ISDIR(status.st_mode):
+        raise CertrenewError(f"refusing {path}: it is not a directory")
+    _check(status, path)
+    return True
+
+
+def make_dir(path: Path, follow: bool = False) -> None:
+    """Create `path` (and missing parents) 0700, or check the one that exists; never chmod it."""
+    if check_dir(path, follow):
+        return
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise CertrenewError(f"cannot create the state dir {path}: {error.strerror} (create it for the "
+                             "user certrenew runs as, or set --state-dir)") from None
+    check_dir(path, follow)
+
+
+def _check(status: os.stat_result, path: str | Path) -> None:
+    user = os.geteuid()
+    if status.st_uid != user:
+        raise CertrenewError(f"refusing {path}: it is owned by uid {status.st_uid}, not uid {user} that certrenew "
+                             f"runs as; only its own user may write certrenew's state (chown it, or set --state-dir)")
+    if status.st_mode & UNSAFE:
+        raise CertrenewError(f"refusing {path}: it is writable by group or others (mode "
+                             f"{stat.S_IMODE(status.st_mode):o}); run chmod go-w {path}, or set --state-dir")

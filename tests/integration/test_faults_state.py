@@ -1,0 +1,238 @@
+"""Fault injection into what runs leave behind: the state dir, the ssl dir, the CA they were told.
+
+Same pattern as test_faults (real CLI, pebble and HAProxy; a `Guard` checks the served
+certificate survived and a clean run recovers); `scripts/faults` runs both modules.
+Here the lab reuses authorizations now and then (pebble's default): these faults are
+not in the validation.
+"""
+
+import json
+import os
+import stat
+import threading
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from faults import NAME, Guard
+from lab import Lab
+
+from certrenew.bundle import pem_blocks
+from certrenew.keys import key_to_pem
+from certrenew.store import FileStore, PendingOrder
+
+OTHERS = ("alpha.example", "beta.example")
+CONFIG = "".join(f'[[certificate]]\ndomains = ["{name}"]\n\n' for name in (NAME, *OTHERS))
+
+
+def state(lab, name=NAME):
+    return lab.state_dir / "certificates" / name
+
+
+def plant(path, content: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_bytes(content)
+    path.chmod(0o600)
+
+
+def run_config(guard, lab, *args):
+    guard.runs += 1
+    config = lab.workdir / "certrenew.toml"
+    config.write_text(CONFIG)
+    return lab.certrenew("run", "--config", str(config), *args, env=guard.env)
+
+
+def lines_of(result) -> dict[str, str]:
+    """Each certificate's outcome ("issued: ...", "failed: ..."), by name: on stdout, or on stderr if it failed."""
+    failures = [line.removeprefix("certrenew: ") for line in result.stderr.splitlines()
+                if ": failed: " in line or ": deferred: " in line]
+    return dict(line.split(": ", 1) for line in result.stdout.splitlines() + failures)
+
+
+def one_line(result) -> str:
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("certrenew: error: ") or ": failed: " in line]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+# What a run left: pending certificates, orders, records.
+
+def test_a_garbage_pending_certificate_fails_alone_and_is_set_aside(guard_for, lab):
+    guard = guard_for("garbage pending.pem among 3 certificates")
+    plant(state(lab) / "pending.pem", b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    result = run_config(guard, lab)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    outcomes = lines_of(result)
+    assert all(outcomes[name].startswith("issued:") for name in OTHERS), outcomes
+    assert "the pending certificate cannot be parsed" in outcomes[NAME] and "set aside as" in outcomes[NAME]
+    for name in OTHERS:
+        lab.wait_served_serial(name, format(lab.served_certificate(name).serial_number, "x"))
+    [rejected] = (state(lab) / "rejected").iterdir()
+    assert rejected.name.endswith("-pending.pem") and b"garbage" in rejected.read_bytes()
+    assert not (lab.ssl_dir / f"{NAME}.pem").exists()
+
+    again = run_config(guard, lab)  # held back: the set-aside counts as a failure
+    assert again.returncode == 1 and "deferred" in lines_of(again)[NAME], again.stdout
+    forced = run_config(guard, lab, "--force")
+    assert forced.returncode == 0 and lines_of(forced)[NAME].startswith("issued"), forced.stderr
+    guard.recover(expect="unchanged")
+
+
+def test_a_pending_certificate_with_the_wrong_key_is_set_aside_not_retried_for_ever(guard_for, lab):
+    guard = guard_for("pending.pem with another key")
+    guard.establish()
+    other_key = key_to_pem(ec.generate_private_key(ec.SECP256R1()))
+    plant(state(lab) / "pending.pem", b"".join(pem_blocks(guard.old)[:-1]) + other_key)
+    result = guard.run()
+    assert "holds a key that is not its certificate's" in one_line(result)
+    assert guard.bundle_path.read_bytes() == guard.old
+    guard.survived()
+    assert not (state(lab) / "pending.pem").exists() and len(list((state(lab) / "rejected").iterdir())) == 1
+    guard.recover(expect="unchanged")  # nothing left to retry; the served certificate is not due
+    assert guard.run("--force").returncode == 0
+    guard.recover()
+
+
+def test_a_corrupt_record_fails_its_certificate_alone_and_status_says_why(guard_for, lab):
+    guard = guard_for("corrupt meta.json among 3 certificates")
+    assert run_config(guard, lab).returncode == 0
+    guard.old = guard.bundle_path.read_bytes()
+    (state(lab) / "meta.json").write_text('{"name": "site.example", "domains": ')
+    result = run_config(guard, lab, "--force")
+    outcomes = lines_of(result)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert all(outcomes[name].startswith("renewed:") for name in OTHERS), outcomes
+    assert outcomes[NAME].startswith("failed: corrupt state file") and "meta.json" in outcomes[NAME]
+    guard.survived()
+    status = lab.certrenew("status", "--config", str(lab.workdir / "certrenew.toml"))
+    row = next(line for line in status.stdout.splitlines() if line.startswith(NAME))
+    assert status.returncode == 1 and "failing" in row and "corrupt state file" in row, status.stdout
+    (state(lab) / "meta.json").unlink()  # the operator's fix
+    guard.recover()
+
+
+# The CA the run is told to use.
+
+def test_switching_ca_reissues_and_drops_what_the_old_ca_left(guard_for, lab, proxy):
+    """Staging to production: pebble directly is CA A, the same pebble through the proxy is CA B."""
+    guard = guard_for("switching CA (staging to production)")
+    guard.establish()
+    guard.env.update(proxy.env)  # from now on the operator's setting is CA B
+    switched = guard.run()
+    assert switched.returncode == 0 and "renewing (CA changed (issued by" in switched.stderr, switched.stderr
+    assert "renewed" in switched.stdout
+    guard.recover(expect="unchanged")
+
+    # A pending certificate from CA A (its install failed) is not installed by a run against CA B.
+    at_a = {"CERTRENEW_DIRECTORY": lab.directory_url, "CERTRENEW_RELOAD_COMMAND": "false"}
+    failed = guard.run("--force", env=at_a)
+    assert failed.returncode == 1 and (state(lab) / "pending.pem").exists(), failed.stderr
+    from_a = pem_blocks((state(lab) / "pending.pem").read_bytes())[0]
+    guard.survived()
+    result = guard.run()
+    assert result.returncode == 0 and "discarding the pending certificate from" in result.stderr, result.stderr
+    assert pem_blocks(guard.bundle_path.read_bytes())[0] != from_a
+    guard.recover(expect="unchanged")
+
+    # An order from a CA that is gone does not block the runs.
+    store = FileStore(lab.state_dir)
+    with store.lock(0):
+        store.save_order(NAME, PendingOrder("https://127.0.0.1:9/order/1", [NAME], "ecdsa-p256",
+                                            key_to_pem(ec.generate_private_key(ec.SECP256R1())),
+                                            "https://127.0.0.1:9/dir"))
+    result = guard.run()
+    assert result.returncode == 0 and "discarding the saved order from https://127.0.0.1:9/dir" in result.stderr
+    guard.recover(expect="unchanged")
+
+
+# The state dir is ours alone.
+
+def test_a_state_dir_others_can_write_is_refused(guard_for, lab, tmp_path):
+    guard = guard_for("state dir not ours (other owner, group-writable, symlinks)")
+    guard.establish()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+
+    def refused(expected, *args, **env):
+        result = guard.run("--force", *args, env=env)
+        assert expected in one_line(result), result.stderr
+        assert victim.read_bytes() == b"precious\n" and guard.bundle_path.read_bytes() == guard.old
+        guard.survived()
+
+    lab.state_dir.chmod(0o770)
+    refused("writable by group or others (mode 770); run chmod go-w")
+    lab.state_dir.chmod(0o700)
+    os.chown(lab.state_dir, 65534, 65534)
+    refused("is owned by uid 65534, not uid 0")
+    os.chown(lab.state_dir, 0, 0)
+    (lab.state_dir / "lock").unlink()
+    (lab.state_dir / "lock").symlink_to(victim)
+    refused("lock: it is a symbolic link")
+    (lab.state_dir / "lock").unlink()
+    (state(lab) / "pending.pem").symlink_to(victim)
+    refused("pending.pem: it is a symbolic link")
+    (state(lab) / "pending.pem").unlink()
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    refused("writable by group or others (mode 1777)", "--state-dir", str(shared))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777 and not list(shared.iterdir())
+    guard.recover()
+
+
+# The ssl dir.
+
+@pytest.fixture
+def reusing_lab(tmp_path):
+    """Authorizations reused: repeated orders need no validation, so two runs never contend for the responder's port."""
+    with Lab(tmp_path / "reusing", pebble_env={"PEBBLE_AUTHZREUSE": "100"}) as running:
+        yield running
+
+
+def test_two_state_dirs_sharing_one_ssl_dir_never_break_each_others_installs(reusing_lab):
+    lab = reusing_lab
+    guard = Guard(lab, "2 state dirs, 1 ssl dir: 24 concurrent installs", {"CERTRENEW_SELF_CHECK": "0"})
+    passed = False
+    try:
+        (lab.ssl_dir / ".certrenew-1-dir.tmp").mkdir()  # named like a temp, but not one: left alone
+        guard.establish()
+        other = {**guard.env, "CERTRENEW_STATE_DIR": str(lab.workdir / "other-state")}
+        assert lab.certrenew("other.example", env=other).returncode == 0  # validated once; reused from now on
+        results: dict[str, list] = {NAME: [], "other.example": []}
+
+        def renew(name, env):
+            for _ in range(12):
+                results[name].append(lab.certrenew(name, "--force", env=env, timeout=120))
+
+        threads = [threading.Thread(target=renew, args=(NAME, guard.env)),
+                   threading.Thread(target=renew, args=("other.example", other))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+        guard.runs += 24
+        failures = [result.stderr for runs in results.values() for result in runs if result.returncode != 0]
+        assert not failures and sum(map(len, results.values())) == 24, failures
+        assert (lab.ssl_dir / ".certrenew-1-dir.tmp").is_dir()
+        guard.survived()
+        guard.recover(expect="unchanged")
+        passed = True
+    finally:
+        guard.record(passed)
+
+
+def test_a_symlinked_bundle_is_replaced_after_a_warning_and_a_rollback_restores_its_bytes(guard_for, lab, tmp_path):
+    guard = guard_for("bundle in the ssl dir is a symlink")
+    guard.establish()
+    elsewhere = tmp_path / "managed-elsewhere.pem"
+    elsewhere.write_bytes(guard.old)
+    guard.bundle_path.unlink()
+    guard.bundle_path.symlink_to(elsewhere)
+    result = guard.run("--force", env={"CERTRENEW_RELOAD_COMMAND": "false"})
+    assert result.returncode == 1 and f"{guard.bundle_path} is a symbolic link to {elsewhere}" in result.stderr
+    assert guard.bundle_path.read_bytes() == guard.old and elsewhere.read_bytes() == guard.old
+    guard.survived()
+    original = guard.old
+    guard.recover(expect="installed")
+    assert not guard.bundle_path.is_symlink() and elsewhere.read_bytes() == original  # the link's target untouched
+    assert json.loads((state(lab) / "meta.json").read_text())["directory"] == lab.directory_url
