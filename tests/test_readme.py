@@ -1,0 +1,85 @@
+"""The README cannot drift from the code: its options table, command synopsis, module list and first commands."""
+
+import re
+from pathlib import Path
+
+from certrenew import cli
+from certrenew.config import OPTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _section(heading: str) -> str:
+    """The text under `## heading`, up to the next heading of the same level."""
+    start = README.index(f"\n## {heading}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end != -1 else None]
+
+
+def _code_blocks(text: str) -> list[str]:
+    return re.findall(r"^```[a-z]*\n(.*?)^```", text, re.M | re.S)
+
+
+def _options_table() -> list[str]:
+    """The rows of the options table: the one whose header starts `| option | environment |`."""
+    lines = README.splitlines()
+    start = lines.index("| option | environment | default | meaning |")
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def _parser_flags() -> set[str]:
+    """Every option string any command's parser accepts (the --no- forms included)."""
+    builders = [cli.build_parser, cli.build_run_parser, cli.build_daemon_parser, cli.build_status_parser,
+                cli.build_check_parser, cli.build_bootstrap_parser, cli.build_revoke_parser, cli.build_import_parser]
+    return {flag for build in builders for flag in build()._option_string_actions}
+
+
+def test_every_option_has_a_row_with_its_flag_and_variable():
+    rows = _options_table()
+    for option in OPTIONS:
+        matching = [row for row in rows if re.search(rf"`{re.escape(option.cli)}[ `]", row)]
+        assert matching, f"no row of the README's options table names {option.cli}"
+        assert any(f"`{option.env}`" in row for row in matching), f"the row of {option.cli} lacks `{option.env}`"
+
+
+def test_no_row_names_an_option_or_variable_that_does_not_exist():
+    flags = _parser_flags()
+    cli_source = (ROOT / "certrenew" / "cli.py").read_text()
+    variables = {option.env for option in OPTIONS}
+    for row in _options_table():
+        name_cells = "|".join(row.split("|")[1:3])  # the option and environment columns
+        for flag in re.findall(r"`(--?[a-z][a-z0-9-]*)", name_cells):
+            assert flag in flags, f"the README's options table names {flag}, which no command takes"
+        for variable in re.findall(r"`(CERTRENEW_[A-Z0-9_]+)`", name_cells):
+            # The few the CLI reads itself (the config file, -v, -q, --log-format) are named in its source.
+            assert variable in variables or f'"{variable}"' in cli_source, \
+                f"the README's options table names {variable}, which certrenew does not read"
+
+
+def test_the_synopsis_lists_every_command_and_only_those():
+    synopsis = _code_blocks(_section("Commands"))[0].splitlines()
+    commands = [line.split()[1] for line in synopsis if line.startswith("certrenew ")]
+    assert "[options]" in commands, "the single-domain form (certrenew [options] DOMAIN ...) is not in the synopsis"
+    named = set(commands) - {"[options]"}
+    assert named == set(cli.COMMANDS), f"synopsis {sorted(named)} != commands {sorted(cli.COMMANDS)}"
+
+
+def test_the_architecture_list_names_every_module_and_only_those():
+    listed = set()
+    for line in _section("Architecture").splitlines():
+        match = re.match(r"- ((?:`\w+`(?:, )?)+):", line)
+        if match:
+            listed.update(re.findall(r"`(\w+)`", match.group(1)))
+    modules = {path.stem for path in (ROOT / "certrenew").glob("*.py")}
+    assert listed == modules, f"missing from the list: {sorted(modules - listed)}; no such module: {sorted(listed - modules)}"
+
+
+def test_the_first_code_block_is_the_demo_and_the_tests():
+    first = _code_blocks(README)[0]
+    assert "scripts/demo" in first and "scripts/test" in first
