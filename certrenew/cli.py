@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _parser(
         "certrenew",
         "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy, or DNS-01) and make HAProxy serve it. "
-        "Other commands: run (every certificate of the config file), status, check, revoke, bootstrap-ssl-dir, "
+        "Other commands: run (every certificate of the config file), daemon, status, check, revoke, bootstrap-ssl-dir, "
         "import-certbot.",
     )
     parser.add_argument("domains", nargs="+", metavar="DOMAIN", help="names for the certificate; the first names it")
