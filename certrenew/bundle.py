@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from certrenew.errors import CertrenewError
-from certrenew.keys import load_key
+from certrenew.keys import is_key_of, load_key
 
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 """How far in the future a new certificate's notBefore may be: our clock or the CA's may be a little off
@@ -85,7 +85,7 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
             raise CertrenewError(f"the CA's answer is not a certificate chain: block {number} "
                                  "is not a parsable certificate") from None
     leaf = chain[0]
-    if _spki(leaf.public_key()) != _spki(load_key(key_pem).public_key()):
+    if not is_key_of(load_key(key_pem), leaf):
         raise CertrenewError("the certificate the CA returned is not for our key")
     names, ordered = set(certificate_info(leaf).domains), {domain.lower() for domain in domains}
     if {name.lower() for name in names} != ordered:
@@ -104,10 +104,6 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
                                  f"({cert.subject.rfc4514_string()}) is not signed by the next one "
                                  f"({issuer.subject.rfc4514_string()})") from None
     return build_bundle(fullchain_pem, key_pem)
-
-
-def _spki(public_key) -> bytes:
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def leaf_info(pem: bytes) -> CertificateInfo:

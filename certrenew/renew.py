@@ -20,7 +20,7 @@ from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.policy import Decision, ari_check_due, backoff, decide
+from certrenew.policy import Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.progress import Progress
 from certrenew.store import CertificateRecord, FileStore, Store
 
@@ -101,7 +101,7 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
 
 
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress) -> Report:
-    now = _now()
+    now = utc_now()
     _check_ssl_dir(settings)
     remove_stale_temps(settings.ssl_dir)
 
@@ -271,7 +271,3 @@ def _check_reload_command(settings: Settings) -> None:
         raise UsageError(f"{problem} (set --reload-command)")
     if problem:
         log.warning("%s: only hot updates over the Runtime API can install certificates", problem)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
