@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certrenew.errors import CertrenewError
@@ -75,15 +75,10 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
         raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from None
     if not blocks:
         raise CertrenewError("the CA's answer is not a certificate chain: it holds no PEM certificate")
-    chain = []
-    for number, block in enumerate(blocks, 1):
-        try:
-            if not block.startswith(b"-----BEGIN CERTIFICATE-----\n"):
-                raise ValueError
-            chain.append(x509.load_pem_x509_certificate(block))
-        except ValueError:
-            raise CertrenewError(f"the CA's answer is not a certificate chain: block {number} "
-                                 "is not a parsable certificate") from None
+    try:
+        chain = _certificates(blocks)
+    except CertrenewError as error:
+        raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from None
     leaf = chain[0]
     if not is_key_of(load_key(key_pem), leaf):
         raise CertrenewError("the certificate the CA returned is not for our key")
@@ -104,6 +99,37 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
                                  f"({cert.subject.rfc4514_string()}) is not signed by the next one "
                                  f"({issuer.subject.rfc4514_string()})") from None
     return build_bundle(fullchain_pem, key_pem)
+
+
+def check_bundle(bundle: bytes) -> None:
+    """Prove a bundle is one HAProxy can load: certificates, then the private key of the first.
+
+    HAProxy refuses to load a bundle whose key does not match, so one reaching the ssl
+    dir would fail the next reload; checked again at install, whatever path it came by.
+    """
+    blocks = pem_blocks(bundle)
+    if len(blocks) < 2:
+        raise CertrenewError("it is not a certificate chain followed by a key")
+    chain = _certificates(blocks[:-1])
+    try:
+        key = load_key(blocks[-1])
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CertrenewError(f"block {len(blocks)} is not a private key") from None
+    if not is_key_of(key, chain[0]):
+        raise CertrenewError("its key is not the key of its certificate")
+
+
+def _certificates(blocks: list[bytes]) -> list[x509.Certificate]:
+    """Each PEM block as a certificate; CertrenewError naming the first that is not one."""
+    chain = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            if not block.startswith(b"-----BEGIN CERTIFICATE-----\n"):
+                raise ValueError
+            chain.append(x509.load_pem_x509_certificate(block))
+        except ValueError:
+            raise CertrenewError(f"block {number} is not a parsable certificate") from None
+    return chain
 
 
 def leaf_info(pem: bytes) -> CertificateInfo:

@@ -115,3 +115,19 @@ def test_a_rollback_says_put_back_only_where_there_was_a_previous_certificate():
     assert install._undone({a: None}) == "the new certificate was removed again (there was none before)"
     assert install._undone({a: b"old", b: None}) == (
         "the previous certificates were put back and the new b.pem removed again")
+
+
+def mismatched_bundle() -> bytes:
+    """A certificate with another certificate's key: what a resumed pending or a library caller could bring."""
+    one, other = trustme.CA().issue_cert(NAME), trustme.CA().issue_cert(NAME)
+    return build_bundle(one.cert_chain_pems[0].bytes(), other.private_key_pem.bytes())
+
+
+@pytest.mark.parametrize("bad", [mismatched_bundle(), b"not a bundle\n", trustme.CA().cert_pem.bytes()],
+                         ids=["key of another certificate", "no PEM", "no key"])
+def test_a_bundle_haproxy_could_not_load_is_refused_before_anything_is_written(tmp_path, ssl_dir, bad):
+    reload_command, marker = reload_marker(tmp_path)
+    good = bundle_of(trustme.CA())
+    with pytest.raises(CertrenewError, match=f"^{NAME}: refusing to install its bundle: "):
+        Installer(ssl_dir, reload_command).install({"first.example": good, NAME: bad})
+    assert list(ssl_dir.iterdir()) == [] and not marker.exists()
