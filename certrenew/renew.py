@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from certrenew import haproxy, hooks, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import ChallengeSolver
-from certrenew.config import CertificateSpec, Settings
+from certrenew.config import CertificateSpec, Settings, check_certificate_name
+from certrenew.domains import check_normalized
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.policy import Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.progress import Progress
@@ -89,9 +90,16 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
     its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
     ACME requests; `progress` shows the orders as they finish (plain log lines by
-    default). A hook whose program is missing is refused (UsageError) before anything
-    is touched.
+    default). A hook whose program is missing, or a certificate whose name is not a
+    plain file name or whose domains are not normalized, is refused (UsageError)
+    before anything is touched.
     """
+    for spec in specs:
+        check_certificate_name(spec.name)  # it becomes <ssl dir>/<name>.pem: "../x" would escape it
+        try:
+            check_normalized(spec.domains)
+        except UsageError as error:
+            raise UsageError(f"{spec.name}: {error}") from None
     for role, command in (("pre-hook", settings.pre_hook), ("deploy hook", settings.deploy_hook),
                           ("post-hook", settings.post_hook)):
         hooks.check_executable(role, command)

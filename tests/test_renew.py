@@ -115,3 +115,18 @@ def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
     record = store.load_record("example.com")
     assert record is not None and record.last_error == str(error) and record.failures == 1
     assert (record.next_attempt is not None) is backs_off
+
+
+@pytest.mark.parametrize("given, message", [
+    (CertificateSpec("../escaped", ("escaped.example",)), "invalid certificate name '../escaped'"),
+    (CertificateSpec("site", ("Site.example.",)), "site: domains Site.example. are not in normal form: give site.example"),
+    (CertificateSpec("site", ("a.example", "a.example")), "site: duplicate domain 'a.example'"),
+    (CertificateSpec("site", ()), "site: no domain given"),
+    (CertificateSpec("site", ("10.0.0.1",)), "site: invalid domain '10.0.0.1': IP addresses"),
+])
+def test_the_library_refuses_a_certificate_it_could_not_keep_before_writing_anything(tmp_path, given, message):
+    settings = Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", reload_command="true")
+    (tmp_path / "ssl").mkdir()
+    with pytest.raises(UsageError, match=message.replace(".", r"\.")):
+        renew.run(settings, [spec("fine"), given])
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["ssl"]
