@@ -103,6 +103,7 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     for role, command in (("pre-hook", settings.pre_hook), ("deploy hook", settings.deploy_hook),
                           ("post-hook", settings.post_hook)):
         hooks.check_executable(role, command)
+    _check_ssl_dir(settings)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
     store = store if store is not None else FileStore(settings.state_dir)
     with store.lock(settings.lock_timeout):
         return _run(settings, specs, store, telemetry, progress or Progress())
@@ -110,7 +111,6 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
 
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress) -> Report:
     now = utc_now()
-    _check_ssl_dir(settings)
     remove_stale_temps(settings.ssl_dir)
 
     outcomes: dict[str, Outcome] = {}
