@@ -6,11 +6,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from certrenew.errors import CertrenewError
-from certrenew.keys import load_key
+from certrenew.keys import is_key_of, load_key
 
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 """How far in the future a new certificate's notBefore may be: our clock or the CA's may be a little off
@@ -75,17 +75,12 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
         raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from None
     if not blocks:
         raise CertrenewError("the CA's answer is not a certificate chain: it holds no PEM certificate")
-    chain = []
-    for number, block in enumerate(blocks, 1):
-        try:
-            if not block.startswith(b"-----BEGIN CERTIFICATE-----\n"):
-                raise ValueError
-            chain.append(x509.load_pem_x509_certificate(block))
-        except ValueError:
-            raise CertrenewError(f"the CA's answer is not a certificate chain: block {number} "
-                                 "is not a parsable certificate") from None
+    try:
+        chain = _certificates(blocks)
+    except CertrenewError as error:
+        raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from None
     leaf = chain[0]
-    if _spki(leaf.public_key()) != _spki(load_key(key_pem).public_key()):
+    if not is_key_of(load_key(key_pem), leaf):
         raise CertrenewError("the certificate the CA returned is not for our key")
     names, ordered = set(certificate_info(leaf).domains), {domain.lower() for domain in domains}
     if {name.lower() for name in names} != ordered:
@@ -106,21 +101,41 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
     return build_bundle(fullchain_pem, key_pem)
 
 
-def check_kept(bundle: bytes) -> CertificateInfo:
-    """The leaf of a bundle kept between runs (a pending one), once it is proven whole: it
-    parses, and its key is the leaf's. A file that is not would fail every install."""
+def check_bundle(bundle: bytes) -> CertificateInfo:
+    """Prove a bundle is one HAProxy can load, and return its leaf: certificates, then the
+    private key of the first.
+
+    HAProxy refuses to load a bundle whose key does not match, so one reaching the ssl dir
+    would fail the next reload (and every start after it). Checked for a pending bundle a
+    run left, and again at install, whatever path a bundle came by.
+    """
     try:
-        leaf = x509.load_pem_x509_certificate(pem_blocks(bundle)[0])
-        key = load_key(bundle)
-    except (CertrenewError, ValueError, TypeError, IndexError) as error:
-        raise CertrenewError(f"cannot be parsed ({error or type(error).__name__})") from None
-    if _spki(leaf.public_key()) != _spki(key.public_key()):
+        blocks = pem_blocks(bundle)
+        if len(blocks) < 2:
+            raise CertrenewError("it is not a certificate chain followed by a key")
+        chain = _certificates(blocks[:-1])
+    except CertrenewError as error:
+        raise CertrenewError(f"cannot be parsed: {error}") from None
+    try:
+        key = load_key(blocks[-1])
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CertrenewError(f"cannot be parsed: block {len(blocks)} is not a private key") from None
+    if not is_key_of(key, chain[0]):
         raise CertrenewError("holds a key that is not its certificate's")
-    return certificate_info(leaf)
+    return certificate_info(chain[0])
 
 
-def _spki(public_key) -> bytes:
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+def _certificates(blocks: list[bytes]) -> list[x509.Certificate]:
+    """Each PEM block as a certificate; CertrenewError naming the first that is not one."""
+    chain = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            if not block.startswith(b"-----BEGIN CERTIFICATE-----\n"):
+                raise ValueError
+            chain.append(x509.load_pem_x509_certificate(block))
+        except ValueError:
+            raise CertrenewError(f"block {number} is not a parsable certificate") from None
+    return chain
 
 
 def leaf_info(pem: bytes) -> CertificateInfo:

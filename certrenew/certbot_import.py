@@ -26,14 +26,13 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from certrenew.atomicfile import write_atomic
 from certrenew.bundle import CertificateInfo, build_bundle, certificate_info, leaf_info, pem_blocks
 from certrenew.config import CertificateSpec, Settings, certificate_specs, load_config
 from certrenew.domains import normalize_domains
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.keys import key_to_pem, key_type_of, load_key
+from certrenew.keys import is_key_of, key_to_pem, key_type_of, load_key
 from certrenew.store import Account, CertificateRecord, FileStore, Store
 
 DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
@@ -258,7 +257,7 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     except (ValueError, TypeError, IndexError, CertrenewError) as error:
         raise UsageError(f"{name}: cannot read the certificate or key in {live}: {error or type(error).__name__}") \
             from None
-    if _public_der(cert.public_key()) != _public_der(key.public_key()):
+    if not is_key_of(key, cert):
         raise UsageError(f"{name}: {live / 'privkey.pem'} is not the key of {live / 'fullchain.pem'}")
 
     key_type = key_type_of(key.public_key())
@@ -286,10 +285,6 @@ def _read(name: str, path: Path) -> bytes:
     except OSError as error:
         target = f" (-> {path.resolve()})" if path.is_symlink() else ""
         raise UsageError(f"{name}: cannot read {path}{target}: {error.strerror}") from None
-
-
-def _public_der(public_key) -> bytes:
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def _not_carried_over(conf: dict[str, dict[str, str]], cert: x509.Certificate, settings: Settings) -> list[str]:

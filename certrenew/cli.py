@@ -217,6 +217,7 @@ def _renew_recorded(settings, specs, quiet: bool) -> int:
         return _report(run(settings, specs, store, progress=progress), quiet)
     from certrenew import metrics, status
 
+    metrics.check_textfile(settings.metrics_file)
     telemetry = metrics.Telemetry()
     started, code = time.monotonic(), 1
     try:

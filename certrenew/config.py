@@ -270,6 +270,12 @@ def _challenge(challenge: str) -> str:
     return challenge
 
 
+def _profile(name: str) -> str:
+    if name.split() != [name]:
+        raise ValueError(f"{name!r} is not a profile name (e.g. shortlived)")
+    return name
+
+
 def _dns_zone(zone: str) -> str:
     zone = normalize_domain(zone)
     if "*" in zone:
@@ -315,8 +321,9 @@ class Option:
     def from_text(self, raw: str | list[str]) -> Any:
         """The value of a command-line argument (a list of them if repeated) or an environment variable."""
         if self.repeated:
-            items = raw if isinstance(raw, list) else re.split(r"[,\s]+", raw.strip())
-            return tuple(self._one(item) for item in items if item)
+            if isinstance(raw, list):  # given on the command line: each counts, an empty one too
+                return tuple(self._one(item) for item in raw)
+            return tuple(self._one(item) for item in re.split(r"[,\s]+", raw.strip()) if item)
         return self._one(raw)
 
     def _one(self, raw: Any) -> Any:
@@ -355,7 +362,8 @@ OPTIONS = [
            metavar="CMD", check=_command),
     Option("key_type", f"{' | '.join(KEY_TYPES)} (default {DEFAULT_KEY_TYPE}); an ECDSA and an RSA type "
            "separated by a comma for a dual certificate", metavar="TYPE", check=check_key_types),
-    Option("profile", "ACME profile to ask for, where the CA's directory lists profiles", metavar="NAME"),
+    Option("profile", "ACME profile to ask for, where the CA's directory lists profiles", metavar="NAME",
+           check=_profile),
     Option("renew_before", "renew this long before expiry, e.g. 30d or 12h (default: with a third of the "
            "lifetime left, half for certificates under 10 days; earlier if the CA's ARI window says so)",
            metavar="DURATION", check=_renew_before),
@@ -436,6 +444,8 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
             except (ValueError, UsageError) as error:
                 raise UsageError(f"invalid {option.cli}: {error}") from None
     settings = Settings(**values)
+    if settings.staging and settings.directory != LETSENCRYPT:
+        raise UsageError(f"--staging and --directory ({settings.directory}) both name a CA; pass one")
     if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == split_host_port(settings.listen)[1]:
         # The responder's port is the one the internet reaches through HAProxy.
         raise UsageError(f"the metrics address {settings.metrics_listen} (--metrics-listen) uses the responder's "

@@ -2,14 +2,15 @@
 
 import ipaddress
 import re
+from collections.abc import Sequence
 
 import idna
 
 from certrenew.errors import UsageError
 
-_LABEL_PATTERN = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-_LABEL = re.compile(f"^{_LABEL_PATTERN}$")
-_NORMALIZED = re.compile(rf"(\*\.)?({_LABEL_PATTERN}\.)+{_LABEL_PATTERN}")
+_LABEL_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = re.compile(_LABEL_PATTERN)
+_NORMALIZED = re.compile(rf"(?:\*\.)?(?:{_LABEL_PATTERN}\.)+{_LABEL_PATTERN}")
 """A name already in normal form, ASCII: `normalize_domain` would return it unchanged."""
 
 
@@ -48,7 +49,7 @@ def normalize_domain(name: str) -> str:
             raise UsageError(f"invalid domain {original!r}: it has an empty label")
         if len(label) > 63:
             raise UsageError(f"invalid domain {original!r}: label {label[:20]!r}... is longer than 63 characters")
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise UsageError(
                 f"invalid domain {original!r}: label {label!r} may hold only letters, digits and "
                 "inner hyphens"
@@ -67,6 +68,22 @@ def normalize_domains(names: list[str]) -> list[str]:
             raise UsageError(f"duplicate domain {name!r}")
         normalized.append(domain)
     return normalized
+
+
+def check_normalized(names: Sequence[str]) -> None:
+    """UsageError unless `names` are already what `normalize_domains` makes of them.
+
+    For certificates handed to the library API: cheaper than normalizing again, as a run
+    checks every certificate it is given (10,000 of them, say) and most come normalized.
+    """
+    if (names and len(set(names)) == len(names)
+            and all(isinstance(name, str) and len(name) <= 253 and _NORMALIZED.fullmatch(name)
+                    and not _is_ip_address(name) for name in names)):
+        return
+    if not all(isinstance(name, str) for name in names):
+        raise UsageError(f"domains must be strings, not {names!r}")
+    normalized = normalize_domains(list(names))  # raises, naming the fault, for an invalid name
+    raise UsageError(f"domains {', '.join(names)} are not in normal form: give {', '.join(normalized)}")
 
 
 def _is_ip_address(name: str) -> bool:

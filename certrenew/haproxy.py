@@ -62,7 +62,8 @@ def check_config(configs: Sequence[Path]) -> None:
     """Run `haproxy -c` on the configuration (all files, as HAProxy would load them); fail with its complaint.
 
     A reload with a broken configuration leaves the old worker running on the old
-    files at best, and a stopped HAProxy at worst, so nothing is reloaded unchecked.
+    files at best, and a stopped HAProxy at worst. Without `configs` (no --haproxy-config)
+    there is nothing to check, and the reload goes ahead unchecked.
     """
     if not configs:
         return

@@ -4,10 +4,11 @@ All bundles of a run are installed as one batch, all or none. The files in the s
 are what HAProxy loads on its next start or reload. Each running HAProxy listed as a
 Runtime API socket is updated in memory (no reload, no dropped connection). The reload
 command runs, once for the batch, only when no socket is configured or one cannot do
-it (an HAProxy older than 2.2, or the ssl dir not being a crt directory it loads), and
-only after `haproxy -c` accepts the configuration: a reload per certificate would make
-HAProxy re-read every certificate each time, and reload signals sent back to back can
-be lost. Then every verify endpoint must serve each new certificate for each of its names.
+it (an HAProxy older than 2.2, or the ssl dir not being a crt directory it loads), and,
+where the configuration is named (--haproxy-config), only after `haproxy -c` accepts it.
+Once per batch: a reload per certificate would make HAProxy re-read every certificate
+each time, and reload signals sent back to back can be lost. Every bundle is proven
+loadable (parsed, its key its certificate's) before any file is written. Then every verify endpoint must serve each new certificate for each of its names.
 
 If any step fails, every change is undone, newest first: the previous bundles go back
 on disk byte for byte, into each HAProxy's memory, and through a reload if one was
@@ -30,6 +31,7 @@ from pathlib import Path, PurePosixPath
 
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
+from certrenew.bundle import check_bundle
 from certrenew.errors import CertrenewError, Refused
 from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 
@@ -102,7 +104,18 @@ class Installer:
         self.verify_endpoints = list(verify_endpoints)
 
     def install(self, bundles: Mapping[str, bytes]) -> list[InstallResult]:
-        """Install every bundle, or none: on failure everything is put back and the error raised."""
+        """Install every bundle, or none: on failure everything is put back and the error raised.
+
+        Each bundle is proven loadable (its key is its certificate's) before anything is written.
+        """
+        unloadable = {}
+        for name, bundle in bundles.items():
+            try:
+                check_bundle(bundle)
+            except CertrenewError as error:
+                unloadable[name] = f"{name}: refusing to install its bundle: {error}"
+        if unloadable:  # refused like a bundle HAProxy refuses: set aside, and the others installed
+            raise Refused("; ".join(unloadable.values()), list(unloadable))
         files = {self.ssl_dir / f"{name}.pem": bundle for name, bundle in bundles.items()}
         previous = {path: _served(path) for path in files}
         plans = [plan for node in self.nodes for plan in self._plan(node, previous)]  # asks; changes nothing

@@ -18,13 +18,13 @@ from certrenew.acme_account import new_account_key_pem
 from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme_client import AcmeClient
 from certrenew.acme_transport import Deadline, RequestCounter
-from certrenew.bundle import CertificateInfo, check_issued, check_kept, leaf_info, pem_blocks
+from certrenew.bundle import CertificateInfo, check_bundle, check_issued, leaf_info, pem_blocks
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.install import Installer, InstallResult
 from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
-from certrenew.policy import Decision, decide
+from certrenew.policy import Decision, decide, utc_now
 from certrenew.store import Account, CertificateRecord, PendingOrder, Store
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class Issuer:
         if bundle is None:
             return self._finish_order(spec)
         try:
-            info = check_kept(bundle)
+            info = check_bundle(bundle)
             directory = self.store.pending_directory(spec.name)
         except CertrenewError as error:
             return self._set_aside(spec, "pending", f"the pending certificate {error}")
@@ -118,7 +118,7 @@ class Issuer:
             return self.issue(spec)
         fits = (
             {domain.lower() for domain in info.domains} == set(spec.domains)
-            and info.not_after > _now()
+            and info.not_after > utc_now()
             and key_type_of(load_key(bundle).public_key()) == spec.key_type
         )
         if not fits:
@@ -154,7 +154,7 @@ class Issuer:
         A refused one is not kept, nor is its order: downloading it again would bring the same.
         """
         try:
-            bundle = check_issued(fullchain.encode(), key_pem, spec.domains, _now())
+            bundle = check_issued(fullchain.encode(), key_pem, spec.domains, utc_now())
         except CertrenewError:
             self.store.discard_order(spec.name)
             raise
@@ -187,7 +187,7 @@ class Issuer:
         assert record is not None  # checked only when the record says a check is due
         _apply_window(record, self._window(spec.name, self.store.load_bundle(spec.name)))
         self.store.save_record(record)
-        decision = decide(record, list(spec.domains), spec.key_type, _now(), renew_before=self.settings.renew_before,
+        decision = decide(record, list(spec.domains), spec.key_type, utc_now(), renew_before=self.settings.renew_before,
                           directory=self.settings.directory_url)
         if decision.due:
             log.info("%s: renewing (%s)", spec.name, decision.reason)
@@ -210,7 +210,7 @@ class Issuer:
                 serial=info.serial,
                 not_before=info.not_before,
                 not_after=info.not_after,
-                issued_at=_now(),
+                issued_at=utc_now(),
                 directory=self.settings.directory_url,
             )
             _apply_window(record, item.window)
@@ -291,13 +291,9 @@ def _apply_window(record: CertificateRecord, window: Window) -> None:
     if window is None:
         record.ari_window_start = record.ari_window_end = record.ari_renew_at = record.ari_next_check = None
     elif isinstance(window, CertrenewError):
-        record.ari_next_check = _now() + datetime.timedelta(hours=6)
+        record.ari_next_check = utc_now() + datetime.timedelta(hours=6)
     else:
         if (window.start, window.end) != (record.ari_window_start, record.ari_window_end):
             record.ari_window_start, record.ari_window_end = window.start, window.end
             record.ari_renew_at = window.pick()
         record.ari_next_check = window.next_check
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)

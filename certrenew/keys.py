@@ -31,6 +31,15 @@ def load_key(pem: bytes):
     return serialization.load_pem_private_key(pem, password=None)
 
 
+def is_key_of(key, certificate: x509.Certificate) -> bool:
+    """Whether `key` (private) is the key `certificate` was issued for: HAProxy refuses a bundle where it is not."""
+    return _spki(key.public_key()) == _spki(certificate.public_key())
+
+
+def _spki(public_key) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def make_csr(key, domains: list[str]) -> bytes:
     """A PEM CSR naming every domain in the SAN.
 

@@ -9,6 +9,7 @@ writes no metrics never loads it.
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from certrenew.atomicfile import write_atomic
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, UsageError
 from certrenew.hostport import split_host_port
 from certrenew.status import HEALTHY, CertificateStatus
 
@@ -95,6 +96,16 @@ def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None) ->
     families = _families(_managed(rows), telemetry.snapshot() if telemetry else None)
     registry.register(_Families(families))
     return generate_latest(registry)
+
+
+def check_textfile(path: Path) -> None:
+    """UsageError unless `path` can be written: found before a run, not after it installed certificates."""
+    if path.is_dir():
+        raise UsageError(f"the metrics file {path} is a directory (--metrics-file)")
+    if not path.parent.is_dir():
+        raise UsageError(f"the metrics file's directory {path.parent} does not exist (--metrics-file)")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"the metrics file's directory {path.parent} is not writable by this user (--metrics-file)")
 
 
 def write_textfile(path: Path, rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> None:

@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from certrenew.atomicfile import write_atomic
 from certrenew.bundle import build_bundle
+from certrenew.errors import UsageError
 from certrenew.keys import generate_key, key_to_pem
 
 PLACEHOLDER_NAME = "placeholder.certrenew.invalid"
@@ -24,7 +25,12 @@ def write_placeholder(ssl_dir: Path) -> Path:
     path = ssl_dir / PLACEHOLDER_FILE
     if path.exists():
         return path
-    ssl_dir.mkdir(parents=True, exist_ok=True)
+    if ssl_dir.exists() and not ssl_dir.is_dir():
+        raise UsageError(f"the ssl dir {ssl_dir} is not a directory (--ssl-dir)")
+    try:
+        ssl_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the ssl dir {ssl_dir}: {error.strerror} (--ssl-dir)") from None
     key = generate_key("ecdsa-p256")
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PLACEHOLDER_NAME)])
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -24,6 +24,11 @@ class Decision:
     """Due, but held back after recent failures (see `backoff`)."""
 
 
+def utc_now() -> datetime.datetime:
+    """The time every decision is made at: aware, in UTC, as certificates and records state theirs."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 def lifetime_renew_at(record: CertificateRecord, renew_before: datetime.timedelta | None = None) -> datetime.datetime:
     """When the lifetime rule says to renew: with a third of the lifetime left, or `renew_before`.
 

@@ -242,6 +242,8 @@ def _directory_check(url: str, ca_bundle: str | None) -> Check:
     """The ACME directory answers, over TLS this host trusts, with a newOrder URL."""
     import requests  # only `check` asks, and only once
 
+    from certrenew.acme_transport import describe
+
     what = f"ACME directory {url}"
     try:
         response = requests.get(url, verify=ca_bundle or True, timeout=PROBE_TIMEOUT * 2)
@@ -250,7 +252,7 @@ def _directory_check(url: str, ca_bundle: str | None) -> Check:
     except requests.exceptions.SSLError as error:
         return Check(FAIL, what, hints.untrusted_ca(url, str(error)))
     except (requests.RequestException, ValueError, AttributeError) as error:
-        return Check(FAIL, what, f"cannot read it: {error}")
+        return Check(FAIL, what, f"cannot read it: {describe(error)}")
     if not new_order:
         return Check(FAIL, what, "answered, but is not an ACME directory (no newOrder)")
     return Check(OK, what, "reachable, TLS trusted")

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from certrenew import haproxy, hooks, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import ChallengeSolver
-from certrenew.config import CertificateSpec, Settings
+from certrenew.config import CertificateSpec, Settings, check_certificate_name
+from certrenew.domains import check_normalized
 from certrenew.errors import CertrenewError, Refused, UsageError
-from certrenew.policy import Decision, ari_check_due, backoff, decide
+from certrenew.policy import Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.progress import Progress
 from certrenew.store import CertificateRecord, FileStore, Store
 
@@ -90,11 +91,20 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
     its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
     ACME requests; `progress` shows the orders as they finish (plain log lines by
-    default). A hook whose program is missing is refused (UsageError) before anything
-    is touched. HTTP-01 is answered by `responder` when given (the daemon's, open for its
-    whole life; left open), else by one this run opens when it orders and closes.
+    default). A hook whose program is missing, or a certificate whose name is not a
+    plain file name or whose domains are not normalized, is refused (UsageError)
+    before anything is touched. HTTP-01 is answered by `responder` when given (the
+    daemon's, open for its whole life; left open), else by one this run opens when it
+    orders and closes.
     """
+    for spec in specs:
+        check_certificate_name(spec.name)  # it becomes <ssl dir>/<name>.pem: "../x" would escape it
+        try:
+            check_normalized(spec.domains)
+        except UsageError as error:
+            raise UsageError(f"{spec.name}: {error}") from None
     check_hooks(settings)
+    _check_ssl_dir(settings)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
     store = store if store is not None else FileStore(settings.state_dir)
     with store.lock(settings.lock_timeout):
         return _run(settings, specs, store, telemetry, progress or Progress(), responder)
@@ -109,8 +119,7 @@ def check_hooks(settings: Settings) -> None:
 
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress,
          responder: "Responder | None") -> Report:
-    now = _now()
-    _check_ssl_dir(settings)
+    now = utc_now()
     remove_stale_temps(settings.ssl_dir)
 
     outcomes: dict[str, Outcome] = {}
@@ -317,7 +326,3 @@ def _check_reload_command(settings: Settings) -> None:
         raise UsageError(f"{problem} (set --reload-command)")
     if problem:
         log.warning("%s: only hot updates over the Runtime API can install certificates", problem)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)

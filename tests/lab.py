@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 import trustme
@@ -39,10 +40,17 @@ LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.1
+PORT_ATTEMPTS = 3
+"""How many sets of fresh ports the lab tries when another process took one between
+`free_ports` and the bind: a race, not a fault of the lab's processes."""
 
 
 class LabError(RuntimeError):
     """A lab process failed to start, reload or answer; the message carries its log tail."""
+
+
+class PortTaken(LabError):
+    """A lab process exited at start because another process had bound its port."""
 
 
 def _below_ephemeral_range() -> range:
@@ -117,16 +125,55 @@ def check_haproxy_config(path: Path) -> None:
         raise LabError(f"haproxy -c rejected {path}:\n{result.stdout}{result.stderr}")
 
 
-def wait_until(what: str, ready: Callable[[], bool], process: subprocess.Popen, log: Path) -> None:
-    """Poll `ready` until it holds; fail fast if `process` dies, and give up after START_TIMEOUT."""
+def wait_until(what: str, ready: Callable[[], bool], process: subprocess.Popen, log: Path, since: int = 0) -> None:
+    """Poll `ready` until it holds; fail fast if `process` dies, and give up after START_TIMEOUT.
+
+    A process that died saying, in its log from offset `since` on, that its address was
+    in use raises PortTaken, so the caller can pick other ports.
+    """
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise LabError(f"{what}: process exited with {process.returncode}\n{log_tail(log)}")
+            error = PortTaken if _address_in_use(log, since) else LabError
+            raise error(f"{what}: process exited with {process.returncode}\n{log_tail(log)}")
         if ready():
             return
         time.sleep(POLL_INTERVAL)
     raise LabError(f"{what}: not ready after {START_TIMEOUT:.0f}s\n{log_tail(log)}")
+
+
+T = TypeVar("T")
+
+
+def on_fresh_ports(start: Callable[[], T], before_retry: Callable[[], None] = lambda: None) -> T:
+    """`start()`, again (after `before_retry()`, which picks other ports) when it raises PortTaken,
+    up to PORT_ATTEMPTS times in all; any other failure is raised at once."""
+    for _ in range(PORT_ATTEMPTS - 1):
+        try:
+            return start()
+        except PortTaken as taken:
+            print(f"lab: a port was taken, starting over on fresh ones: {str(taken).splitlines()[0]}",
+                  file=sys.stderr)
+            before_retry()
+    return start()
+
+
+def _address_in_use(log: Path, since: int) -> bool:
+    """Whether the output a process wrote to `log` from offset `since` on says a bind failed on a taken port."""
+    try:
+        with log.open("rb") as out:
+            out.seek(since)
+            return b"address already in use" in out.read().lower()
+    except FileNotFoundError:
+        return False
+
+
+def log_size(log: Path) -> int:
+    """Where a process started now begins writing to its (appended) log."""
+    try:
+        return log.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def log_tail(log: Path, lines: int = 30) -> str:
@@ -193,15 +240,8 @@ class Lab:
         self.workdir = Path(workdir).resolve()
         self.pebble_env = dict(pebble_env or {})
         self.certificate_validity = certificate_validity
-
-        (self.dns_port, self.acme_port, self.management_port, self.challtestsrv_port, self.http_port,
-         self.https_port, self.backend_port, self.tls_alpn_port) = free_ports(8)
-
-        self.directory_url = f"https://{LOOPBACK}:{self.acme_port}/dir"
-        self.management_url = f"https://{LOOPBACK}:{self.management_port}"
-        self.challtestsrv_url = f"http://{LOOPBACK}:{self.challtestsrv_port}"
-        self.dns_server = dns_server or f"{LOOPBACK}:{self.dns_port}"
-        self.listen = f"{LOOPBACK}:{self.backend_port}"
+        self._given_dns_server = dns_server
+        self._pick_ports()
         self.ca_bundle = self.workdir / "pebble-ca.pem"
         self.pebble_cert = self.workdir / "pebble-cert.pem"
         self.pebble_key = self.workdir / "pebble-key.pem"
@@ -218,6 +258,15 @@ class Lab:
         # pebble makes a new root on every start; certificates issued before a
         # restart must still verify, so every root seen stays trusted.
         self._issuer_roots: list[bytes] = []
+
+    def _pick_ports(self) -> None:
+        (self.dns_port, self.acme_port, self.management_port, self.challtestsrv_port, self.http_port,
+         self.https_port, self.backend_port, self.tls_alpn_port) = free_ports(8)
+        self.directory_url = f"https://{LOOPBACK}:{self.acme_port}/dir"
+        self.management_url = f"https://{LOOPBACK}:{self.management_port}"
+        self.challtestsrv_url = f"http://{LOOPBACK}:{self.challtestsrv_port}"
+        self.dns_server = self._given_dns_server or f"{LOOPBACK}:{self.dns_port}"
+        self.listen = f"{LOOPBACK}:{self.backend_port}"
 
     def __enter__(self) -> Lab:
         self.start()
@@ -254,17 +303,29 @@ class Lab:
         }
 
     def start(self) -> None:
-        """Bring up challtestsrv, pebble and HAProxy; on any failure stop what did start."""
+        """Bring up challtestsrv, pebble and HAProxy; on any failure stop what did start.
+
+        Ports are only free as of `free_ports`: when another process takes one first,
+        the lab starts over on fresh ones, at most PORT_ATTEMPTS times.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(mode=0o700, exist_ok=True)  # as an operator makes it (certrenew never chmods one)
+
+        def start_over() -> None:
+            self.stop()
+            self._pick_ports()
+
         try:
-            self._write_pebble_tls()
-            self._start_challtestsrv()
-            self.start_pebble()
-            self._start_haproxy()
+            on_fresh_ports(self._start_processes, start_over)
         except BaseException:
             self.stop()
             raise
+
+    def _start_processes(self) -> None:
+        self._write_pebble_tls()
+        self._start_challtestsrv()
+        self.start_pebble()
+        self._start_haproxy()
 
     def stop(self) -> None:
         """Stop every lab process; safe to call more than once."""
@@ -295,10 +356,11 @@ class Lab:
         }}, indent=2))
         env = {"PEBBLE_VA_NOSLEEP": "1", **(self.pebble_env if extra_env is None else extra_env)}
         log = self.workdir / "pebble.log"
+        since = log_size(log)
         self._pebble = self._spawn(
             ["pebble", "-config", str(config), "-dnsserver", self.dns_server], log, env
         )
-        wait_until("pebble", self._directory_answers, self._pebble, log)
+        wait_until("pebble", self._directory_answers, self._pebble, log, since)
         self._issuer_roots.append(self.issuer_root())
 
     def stop_pebble(self) -> None:
@@ -379,18 +441,26 @@ class Lab:
         return f"{LOOPBACK}:{self.https_port}"
 
     def start_haproxy_node(self, name: str) -> HAProxyNode:
-        """Start one more HAProxy on the same ssl dir with its own ports and admin socket; stop() stops it."""
-        http_port, https_port = free_ports(2)
+        """Start one more HAProxy on the same ssl dir with its own ports and admin socket; stop() stops it.
+
+        Like start(), it tries fresh ports when another process took one first.
+        """
         admin_socket = self.workdir / f"{name}-admin.sock"
         config = self.workdir / f"{name}.cfg"
-        config.write_text(self._render_haproxy_config(admin_socket, http_port, https_port))
-        check_haproxy_config(config)
         log = self.workdir / f"{name}.log"
-        process = self._spawn(["haproxy", "-W", "-f", str(config)], log)
-        node = HAProxyNode(name, https_port, admin_socket, process)
-        self._nodes.append(node)
-        wait_until(name, lambda: self._https_answers(https_port), process, log)
-        return node
+
+        def start() -> HAProxyNode:
+            http_port, https_port = free_ports(2)
+            config.write_text(self._render_haproxy_config(admin_socket, http_port, https_port))
+            check_haproxy_config(config)
+            since = log_size(log)
+            process = self._spawn(["haproxy", "-W", "-f", str(config)], log)
+            node = HAProxyNode(name, https_port, admin_socket, process)
+            self._nodes.append(node)
+            wait_until(name, lambda: self._https_answers(https_port), process, log, since)
+            return node
+
+        return on_fresh_ports(start)
 
     def wait_served_serial(self, sni: str, serial_hex: str, timeout: float = 10.0,
                            interval: float = POLL_INTERVAL) -> x509.Certificate:
@@ -468,6 +538,7 @@ class Lab:
     def _start_challtestsrv(self) -> None:
         """Start the DNS pebble resolves through: every name is 127.0.0.1, so validation stays on loopback."""
         log = self.workdir / "challtestsrv.log"
+        since = log_size(log)
         self._challtestsrv = self._spawn([
             "pebble-challtestsrv",
             "-defaultIPv4", LOOPBACK,
@@ -476,7 +547,7 @@ class Lab:
             "-http01", "", "-https01", "", "-tlsalpn01", "",
             "-management", f"{LOOPBACK}:{self.challtestsrv_port}",
         ], log)
-        wait_until("pebble-challtestsrv", lambda: tcp_accepts(self.dns_port), self._challtestsrv, log)
+        wait_until("pebble-challtestsrv", lambda: tcp_accepts(self.dns_port), self._challtestsrv, log, since)
 
     def _start_haproxy(self) -> None:
         """Render the shipped config for the lab, check it, and run HAProxy in master-worker mode."""
@@ -484,10 +555,12 @@ class Lab:
         self.haproxy_cfg.write_text(self._render_haproxy_config(self.admin_socket, self.http_port, self.https_port))
         check_haproxy_config(self.haproxy_cfg)
         log = self.workdir / "haproxy.log"
+        since = log_size(log)
         self._haproxy = self._spawn(
             ["haproxy", "-W", "-S", str(self.master_socket), "-f", str(self.haproxy_cfg)], log
         )
-        wait_until("HAProxy", self._https_answers, self._haproxy, log)
+        # Serving TLS is not all: reload_haproxy and the tests talk to the master CLI, which may come up later.
+        wait_until("HAProxy", lambda: self._https_answers() and self._master_answers(), self._haproxy, log, since)
 
     def _render_haproxy_config(self, admin_socket: Path, http_port: int, https_port: int) -> str:
         return render_haproxy_config(
@@ -524,6 +597,13 @@ class Lab:
         try:
             self.served_certificate_unverified("localhost", port)
         except OSError:
+            return False
+        return True
+
+    def _master_answers(self) -> bool:
+        try:
+            self._master_reloads()
+        except (OSError, LabError):
             return False
         return True
 

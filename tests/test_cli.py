@@ -68,11 +68,53 @@ def test_a_single_label_name_is_refused(tmp_path):
 def test_a_missing_ssl_dir_is_bad_input_naming_bootstrap(tmp_path):
     stderr = one_line(certrenew("a.example", "--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl"), 2)
     assert f"the ssl dir {tmp_path / 'ssl'} does not exist: create it with `certrenew bootstrap-ssl-dir" in stderr
+    assert not (tmp_path / "state").exists()  # refused before the lock, which would create it
+
+
+@pytest.mark.parametrize("ssl_dir, said", [("/proc/certrenew-nope", "cannot create the ssl dir /proc/certrenew-nope: "
+                                                                   "No such file or directory (--ssl-dir)"),
+                                           ("file", "is not a directory (--ssl-dir)")])
+def test_bootstrap_into_a_dir_that_cannot_be_is_bad_input(tmp_path, ssl_dir, said):
+    (tmp_path / "file").write_text("")
+    stderr = one_line(certrenew("bootstrap-ssl-dir", "--ssl-dir", tmp_path / ssl_dir), 2)
+    assert said in stderr
+
+
+@pytest.mark.parametrize("option, said", [("--profile", "invalid --profile: '' is not a profile name"),
+                                          ("--haproxy-socket", "invalid --haproxy-socket: : give an absolute unix")])
+def test_an_empty_value_is_refused(tmp_path, option, said):
+    stderr = one_line(certrenew("a.example", "--state-dir", tmp_path / "state", option, ""), 2)
+    assert said in stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_staging_and_another_directory_are_refused_together(tmp_path):
+    stderr = one_line(certrenew("a.example", "--state-dir", tmp_path / "state", "--staging",
+                                "--directory", "https://127.0.0.1:9/dir"), 2)
+    assert "--staging and --directory (https://127.0.0.1:9/dir) both name a CA; pass one" in stderr
+
+
+@pytest.mark.parametrize("where, said", [("missing/certrenew.prom", "directory {} does not exist"),
+                                         ("", "metrics file {} is a directory")])
+def test_a_metrics_file_that_cannot_be_written_is_refused_before_the_run(tmp_path, where, said):
+    (tmp_path / "ssl").mkdir()
+    path = tmp_path / where
+    stderr = one_line(certrenew("a.example", "--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl",
+                                "--directory", "https://127.0.0.1:9/dir", "--metrics-file", path), 2)
+    assert said.format(path.parent if where else path) in stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_check_says_in_words_why_the_acme_directory_cannot_be_read(tmp_path):
+    result = certrenew("check", "--state-dir", tmp_path / "state", "--ssl-dir", tmp_path,
+                       "--directory", "https://127.0.0.1:9/dir")
+    [line] = [line for line in result.stdout.splitlines() if "ACME directory" in line]
+    assert line == "FAIL ACME directory https://127.0.0.1:9/dir: cannot read it: connection failed (is the CA reachable?)"
 
 
 def test_a_state_dir_that_cannot_be_created_says_so(tmp_path):
     (tmp_path / "file").write_text("")
-    stderr = one_line(certrenew("a.example", "--state-dir", tmp_path / "file" / "state"), 1)
+    stderr = one_line(certrenew("a.example", "--state-dir", tmp_path / "file" / "state", "--ssl-dir", tmp_path), 1)
     assert f"cannot create the state dir {tmp_path / 'file' / 'state'}: Not a directory" in stderr
 
 

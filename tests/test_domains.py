@@ -1,6 +1,6 @@
 import pytest
 
-from certrenew.domains import normalize_domain, normalize_domains
+from certrenew.domains import check_normalized, normalize_domain, normalize_domains
 from certrenew.errors import UsageError
 
 LONGEST = ("a" * 61 + ".") * 4 + "examp"
@@ -59,3 +59,11 @@ def test_list_keeps_order_and_refuses_duplicates():
         normalize_domains(["a.example", "A.EXAMPLE."])
     with pytest.raises(UsageError, match="no domain"):
         normalize_domains([])
+
+
+def test_what_normalize_makes_passes_the_cheap_check_and_nothing_else():
+    for names in (["example.com"], ["*.example.com", "example.com"], ["bücher.example", "x-1.a.b.c"], ["a" * 63 + ".com"]):
+        check_normalized(normalize_domains(names))
+    for names in (["Example.com"], ["example.com."], ["bücher.example"], ["-a.example"], ["1.2.3.4"], []):
+        with pytest.raises(UsageError):
+            check_normalized(names)

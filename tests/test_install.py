@@ -144,3 +144,19 @@ def test_a_symlinked_bundle_is_replaced_after_a_warning_and_the_rollback_restore
     assert not path.is_symlink() and path.read_bytes() == old and elsewhere.read_bytes() == old
     Installer(ssl_dir, "true").install({NAME: new})
     assert path.read_bytes() == new and elsewhere.read_bytes() == old
+
+
+def mismatched_bundle() -> bytes:
+    """A certificate with another certificate's key: what a resumed pending or a library caller could bring."""
+    one, other = trustme.CA().issue_cert(NAME), trustme.CA().issue_cert(NAME)
+    return build_bundle(one.cert_chain_pems[0].bytes(), other.private_key_pem.bytes())
+
+
+@pytest.mark.parametrize("bad", [mismatched_bundle(), b"not a bundle\n", trustme.CA().cert_pem.bytes()],
+                         ids=["key of another certificate", "no PEM", "no key"])
+def test_a_bundle_haproxy_could_not_load_is_refused_before_anything_is_written(tmp_path, ssl_dir, bad):
+    reload_command, marker = reload_marker(tmp_path)
+    good = bundle_of(trustme.CA())
+    with pytest.raises(CertrenewError, match=f"^{NAME}: refusing to install its bundle: "):
+        Installer(ssl_dir, reload_command).install({"first.example": good, NAME: bad})
+    assert list(ssl_dir.iterdir()) == [] and not marker.exists()

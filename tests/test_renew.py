@@ -175,3 +175,18 @@ def test_status_shows_an_unreadable_record_as_failing_with_the_reason(settings):
     assert [(row.name, row.state) for row in rows] == [("ok", "ok"), ("bad", "failing")]
     assert rows[1].last_result.startswith("failed: corrupt state file memory:bad/record")
     assert [row.state for row in status.collect(settings, None, store, now=NOW)] == ["failing", "ok"]
+
+
+@pytest.mark.parametrize("given, message", [
+    (CertificateSpec("../escaped", ("escaped.example",)), "invalid certificate name '../escaped'"),
+    (CertificateSpec("site", ("Site.example.",)), "site: domains Site.example. are not in normal form: give site.example"),
+    (CertificateSpec("site", ("a.example", "a.example")), "site: duplicate domain 'a.example'"),
+    (CertificateSpec("site", ()), "site: no domain given"),
+    (CertificateSpec("site", ("10.0.0.1",)), "site: invalid domain '10.0.0.1': IP addresses"),
+])
+def test_the_library_refuses_a_certificate_it_could_not_keep_before_writing_anything(tmp_path, given, message):
+    settings = Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", reload_command="true")
+    (tmp_path / "ssl").mkdir()
+    with pytest.raises(UsageError, match=message.replace(".", r"\.")):
+        renew.run(settings, [spec("fine"), given])
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["ssl"]

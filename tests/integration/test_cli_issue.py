@@ -126,7 +126,9 @@ def test_ca_down_fails_fast_and_keeps_the_old_bundle(lab):
     started = time.monotonic()
     result = lab.certrenew(NAME, "--force", timeout=60)
     assert result.returncode == 1
-    assert time.monotonic() - started < 60
+    # A refused connection is final: no waiting out --timeout (300 s). It takes a few seconds
+    # (interpreter start, retries of a refused connection); 20 s leaves room for a loaded machine.
+    assert time.monotonic() - started < 20
     assert "cannot reach the ACME directory" in result.stderr and "Traceback" not in result.stderr
     assert bundle_path(lab).read_bytes() == old_bundle
     assert served_serial(lab) == leaf_info(old_bundle).serial

@@ -61,6 +61,7 @@ def failing(step: str, fault, times: int | None = None):
             hits.append(path)
             return fault
         return None
+    on_request.hits, on_request.times = hits, times  # what was injected, to check it was
     return on_request
 
 
@@ -94,6 +95,7 @@ def failing_from(step: str, fault):
         if step_of(path) == step:
             tripped.append(path)
         return fault if tripped else None
+    on_request.hits, on_request.times = tripped, None
     return on_request
 
 
@@ -118,10 +120,12 @@ def test_ca_fault_mid_order(guard_for, proxy, case):
     guard = guard_for(case, proxy)
     guard.establish()
     make_fault, succeeds = CA_FAULTS[case]
-    proxy.on_request = make_fault()
+    proxy.on_request = fault = make_fault()
     started = time.monotonic()
     result = guard.run("--force")
     assert (result.returncode == 0) == succeeds, result.stderr
+    # The fault really happened: as often as meant, so a retried case was retried past it.
+    assert len(fault.hits) == fault.times if fault.times else fault.hits, fault.hits
     assert time.monotonic() - started < 20
     if not succeeds:
         assert result.stderr.count("failed:") == 1 and "Traceback" not in result.stderr, result.stderr

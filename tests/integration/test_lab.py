@@ -5,12 +5,16 @@ import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import lab as lab_module
 import pytest
 import requests
 from cryptography.x509 import DNSName, SubjectAlternativeName
 from lab import (
+    PORT_ATTEMPTS,
     SHIPPED_HAPROXY_CFG,
+    Lab,
     LabError,
+    PortTaken,
     check_haproxy_config,
     production_replacements,
     render_haproxy_config,
@@ -155,3 +159,37 @@ def test_restarted_pebble_is_a_new_ca_at_the_same_address(lab):
     lab.start_pebble()
     assert lab.issuer_root() != first_root
 
+
+
+@pytest.fixture
+def taken_port():
+    """A loopback port some other process holds, as one may between free_ports and a lab process's bind."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def test_a_port_taken_before_pebble_binds_it_starts_the_lab_over_on_fresh_ports(tmp_path, monkeypatch, taken_port):
+    real, calls = lab_module.free_ports, []
+
+    def first_hands_out_a_taken_acme_port(count):
+        ports = real(count)
+        calls.append(count)
+        return ports[:1] + [taken_port] + ports[2:] if len(calls) == 1 else ports
+
+    monkeypatch.setattr(lab_module, "free_ports", first_hands_out_a_taken_acme_port)
+    with Lab(tmp_path / "lab") as running:
+        assert running.acme_port != taken_port and running._directory_answers()
+        assert "address already in use" in (tmp_path / "lab" / "pebble.log").read_text().lower()
+        assert running.master_cli("show proc").count("master") >= 1  # the master CLI answers once started
+    assert calls == [8, 8]
+
+
+def test_a_port_taken_every_time_gives_up_after_a_few_attempts(tmp_path, monkeypatch, taken_port):
+    real = lab_module.free_ports
+    monkeypatch.setattr(lab_module, "free_ports", lambda count: real(count)[:1] + [taken_port] + real(count)[2:])
+    with pytest.raises(PortTaken, match="pebble: process exited"):
+        Lab(tmp_path / "lab").start()
+    log = (tmp_path / "lab" / "pebble.log").read_text().lower()
+    assert log.count("address already in use") == PORT_ATTEMPTS

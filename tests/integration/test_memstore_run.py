@@ -1,0 +1,88 @@
+"""The library API over a store that is not the file store: `renew.run` and the Issuer keep everything
+in a MemoryStore, and HAProxy serves what they issued.
+
+pebble runs with PEBBLE_VA_ALWAYS_VALID, so it validates nothing: the Issuer test's solver
+answers no challenge, and the run's responder is never asked.
+"""
+
+import pytest
+from lab import LOOPBACK, Lab
+from memstore import MemoryStore
+
+from certrenew import renew
+from certrenew.bundle import leaf_info
+from certrenew.config import CertificateSpec, Settings
+from certrenew.issue import Issuer
+
+NAME = "memory.example"
+
+
+@pytest.fixture
+def lab(tmp_path):
+    with Lab(tmp_path / "lab", pebble_env={"PEBBLE_VA_ALWAYS_VALID": "1"}) as running:
+        yield running
+
+
+def settings_for(lab: Lab) -> Settings:
+    return Settings(directory=lab.directory_url, ca_bundle=str(lab.ca_bundle), email="ops@example.com",
+                    agree_tos=True, state_dir=lab.state_dir, ssl_dir=lab.ssl_dir, listen=lab.listen,
+                    self_check_address=f"{LOOPBACK}:{lab.http_port}", reload_command=lab.reload_command,
+                    timeout=60, lock_timeout=5)
+
+
+class SilentSolver:
+    """Answers no challenge at all: only a CA that validates nothing issues for it."""
+
+    challenge_type = "http-01"
+
+    def __init__(self) -> None:
+        self.presented: list[str] = []
+
+    def check_domain(self, domain: str) -> None:
+        pass
+
+    def prepare(self, domains: list[str]) -> None:
+        pass
+
+    def present(self, domain: str, token: str, validation: str) -> None:
+        self.presented.append(domain)
+
+    def wait_ready(self) -> None:
+        pass
+
+    def cleanup(self, domain: str, token: str) -> None:
+        pass
+
+
+def assert_kept_and_served(lab: Lab, store: MemoryStore, settings: Settings, spec: CertificateSpec) -> None:
+    bundle = store.load_bundle(spec.name)
+    assert bundle is not None and store.load_bundle(spec.name, "pending") is None
+    info = leaf_info(bundle)
+    record = store.load_record(spec.name)
+    assert record is not None and (record.serial, record.domains) == (info.serial, list(spec.domains))
+    account = store.load_account(settings.directory_url)
+    assert account is not None and account.uri
+    assert (lab.ssl_dir / f"{spec.name}.pem").read_bytes() == bundle
+    lab.wait_served_serial(spec.domains[0], info.serial, timeout=30)
+    assert list(lab.state_dir.iterdir()) == []  # the file store was never touched
+
+
+def test_run_keeps_everything_in_the_store_it_is_given(lab):
+    settings, store, spec = settings_for(lab), MemoryStore(), CertificateSpec(NAME, (NAME, f"www.{NAME}"))
+    [outcome] = renew.run(settings, [spec], store=store)
+    assert outcome.action == "issued", outcome.detail
+    assert_kept_and_served(lab, store, settings, spec)
+    [again] = renew.run(settings, [spec], store=store)
+    assert again.action == "unchanged", again.detail
+
+
+def test_issuer_with_a_solver_of_its_own(lab):
+    settings, store, spec = settings_for(lab), MemoryStore(), CertificateSpec(NAME, (NAME,))
+    solver = SilentSolver()
+    issuer = Issuer(settings, store, {spec.solver_key: solver})
+    issued = issuer.issue(spec)
+    assert issued.action == "issued" and store.load_bundle(NAME, "pending") == issued.bundle
+    [installed] = issuer.install([issued])
+    assert installed.result.method == "reload"
+    assert solver.presented == [NAME]
+    assert_kept_and_served(lab, store, settings, spec)
