@@ -419,14 +419,23 @@ class Lab:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
-    def served_certificate(self, sni: str) -> x509.Certificate:
+    def served_certificate(self, sni: str, timeout: float = 10.0) -> x509.Certificate:
         """The leaf HAProxy serves for `sni`, after verifying its chain to a pebble root and its name.
 
         Only a certificate pebble really issued for `sni`, installed with its
-        intermediate, passes; the placeholder does not.
+        intermediate, passes; the placeholder does not. A reload is asynchronous (the
+        old worker answers for a moment after certrenew exits), so a handshake that does
+        not verify is tried again for up to `timeout` seconds before its error is raised.
         """
         context = ssl.create_default_context(cadata=b"".join(self._issuer_roots).decode())
-        return self._handshake(context, sni)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._handshake(context, sni)
+            except ssl.SSLCertVerificationError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(POLL_INTERVAL)
 
     def served_certificate_unverified(self, sni: str, port: int | None = None) -> x509.Certificate:
         """The leaf HAProxy (or the node on `port`) serves for `sni`, whatever it is (e.g. the placeholder)."""
