@@ -27,7 +27,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
@@ -155,7 +155,7 @@ class Installer:
             )
         plans = []
         for file, content in previous.items():
-            known = next((name for name in table.files if PurePosixPath(name) == PurePosixPath(file)), None)
+            known = table.path_of(str(file))
             if known is not None and content is None:
                 plans.append(_Plan(node, file, reason=f"it has {known} in memory but the file is gone, so a "
                                                       "rollback could not restore it"))

@@ -18,7 +18,7 @@ import dataclasses
 import datetime
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from cryptography import x509
 
@@ -206,8 +206,7 @@ def _unserve(settings: Settings, file: Path) -> str:
     for node in (RuntimeApi(address) for address in settings.haproxy_socket):
         try:
             crt_list = find_crt_list(node.crt_lists(), str(file.parent))
-            known = next((path for path in node.certificates().files
-                          if PurePosixPath(path) == PurePosixPath(file)), None)
+            known = node.certificates().path_of(str(file))
             if known is None:
                 continue  # this HAProxy never loaded it
             if crt_list is None:

@@ -56,6 +56,11 @@ class CertificateTable:
     files: frozenset[str]
     transaction: str | None = None
 
+    def path_of(self, file: str) -> str | None:
+        """The path under which this HAProxy holds `file`, spelled as it spells it; None if it does not."""
+        wanted = PurePosixPath(file)
+        return next((path for path in self.files if PurePosixPath(path) == wanted), None)
+
 
 def parse_show_ssl_cert(answer: str) -> CertificateTable:
     """Parse `show ssl cert`: `# transaction` then `*<path>` while one is open, `# filename` then paths."""
