@@ -1,8 +1,8 @@
 """Revoking a certificate at its CA, then serving a new one or removing the old one everywhere.
 
-Revocation (RFC 8555 section 7.6) is signed with the account key stored for the
-configured CA. The state does not record yet which CA issued a certificate, so the
-configured directory is taken to be it.
+Revocation (RFC 8555 section 7.6) is signed with the account key stored for the CA
+the certificate's record names as its issuer (the configured directory for a record
+that names none).
 
 With a replacement (`--reissue`) the new certificate is ordered and served *before*
 the old one is revoked: HAProxy then never serves a revoked certificate (clients that
