@@ -27,9 +27,6 @@ class ChallengeSolver(Protocol):
     challenge_type: str
     """The ACME challenge type this solver answers: "http-01", "dns-01"."""
 
-    def check_domain(self, domain: str) -> None:
-        """Raise UsageError if this solver can never validate `domain` (HTTP-01: a wildcard)."""
-
     def prepare(self, domains: list[str]) -> None:
         """Check, before the order is created, what can be checked without the validation values
         (DNS-01: the zones exist and the server takes our signed updates), so that a setup that

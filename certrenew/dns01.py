@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from certrenew import signals
-from certrenew.challenge import DNS_01, check_dns01_domain
+from certrenew.challenge import DNS_01
 from certrenew.domains import normalize_domain
 from certrenew.errors import CertrenewError, UsageError
 
@@ -144,9 +144,6 @@ class Dns01Solver:
             abandoned = list(self._presented)
         for domain, token in abandoned:
             self.cleanup(domain, token)
-
-    def check_domain(self, domain: str) -> None:
-        check_dns01_domain(domain)
 
     def prepare(self, domains: list[str]) -> None:
         """Find each record's zone and have the publisher check it, before any order exists.

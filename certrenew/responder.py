@@ -12,7 +12,7 @@ import socket
 import threading
 from http import HTTPStatus
 
-from certrenew.challenge import HTTP_01, refuse_wildcard
+from certrenew.challenge import HTTP_01
 from certrenew.errors import CertrenewError
 from certrenew.hostport import split_host_port
 
@@ -55,9 +55,6 @@ class Responder:
         self._starting = threading.Lock()
         self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
         """Open connections, oldest first."""
-
-    def check_domain(self, domain: str) -> None:
-        refuse_wildcard(domain)
 
     def prepare(self, domains: list[str]) -> None:
         """Nothing to check before ordering: the port is bound at the first `present`."""

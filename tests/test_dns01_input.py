@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from certrenew.dns01 import DnsServer, challenge_record, check_dns01_domain, parse_dns_server
+from certrenew.challenge import check_dns01_domain
+from certrenew.dns01 import DnsServer, challenge_record, parse_dns_server
 from certrenew.dnshook import DnsHook
 from certrenew.errors import UsageError
 from certrenew.rfc2136 import load_tsig_key
@@ -85,9 +86,9 @@ def test_checking_dns01_input_does_not_load_dnspython(tmp_path):
     path.write_text(TSIG_KEYGEN_OUTPUT)
     path.chmod(0o600)
     probe = ("import sys\n"
-             "from certrenew import dns01, dnshook, rfc2136\n"
+             "from certrenew import challenge, dns01, dnshook, rfc2136\n"
              f"rfc2136.load_tsig_key({str(path)!r}); dns01.parse_dns_server('ns1.example.com')\n"
-             "dns01.Dns01Solver(dnshook.DnsHook('true')).check_domain('*.example.com')\n"
+             "dns01.Dns01Solver(dnshook.DnsHook('true')); challenge.check_domains('dns-01', ['*.example.com'])\n"
              "print(sorted(name for name in sys.modules if name == 'dns' or name.startswith('dns.')))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

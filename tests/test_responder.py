@@ -7,6 +7,7 @@ import requests
 from faults import held_open
 
 from certrenew import responder as responder_module
+from certrenew.challenge import check_domains
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.responder import Responder
 
@@ -78,9 +79,9 @@ def test_busy_port_is_a_clear_error():
 
 def test_refuses_wildcards_and_has_nothing_to_wait_for():
     responder = Responder("127.0.0.1:1")
-    responder.check_domain("a.example")
+    check_domains(responder.challenge_type, ["a.example"])
     with pytest.raises(UsageError, match="wildcard certificates need the DNS-01 challenge"):
-        responder.check_domain("*.example.com")
+        check_domains(responder.challenge_type, ["*.example.com"])
     responder.wait_ready()
 
 

@@ -38,9 +38,6 @@ class SilentSolver:
     def __init__(self) -> None:
         self.presented: list[str] = []
 
-    def check_domain(self, domain: str) -> None:
-        pass
-
     def prepare(self, domains: list[str]) -> None:
         pass
 

@@ -26,9 +26,6 @@ class RecordingSolver:
         self.challenge_type = responder.challenge_type
         self.calls: list[tuple[str, ...]] = []
 
-    def check_domain(self, domain: str) -> None:
-        self.responder.check_domain(domain)
-
     def prepare(self, domains: list[str]) -> None:
         self.calls.append(("prepare", *domains))
 
