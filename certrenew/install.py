@@ -8,7 +8,8 @@ it (an HAProxy older than 2.2, or the ssl dir not being a crt directory it loads
 where the configuration is named (--haproxy-config), only after `haproxy -c` accepts it.
 Once per batch: a reload per certificate would make HAProxy re-read every certificate
 each time, and reload signals sent back to back can be lost. Every bundle is proven
-loadable (parsed, its key its certificate's) before any file is written. Then every verify endpoint must serve each new certificate for each of its names.
+loadable (parsed, its key its certificate's) before any file is written. Then every
+verify endpoint must serve each new certificate for each of its names.
 
 If any step fails, every change is undone, newest first: the previous bundles go back
 on disk byte for byte, into each HAProxy's memory, and through a reload if one was
