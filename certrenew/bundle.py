@@ -138,10 +138,14 @@ def _certificates(blocks: list[bytes]) -> list[x509.Certificate]:
     return chain
 
 
+def leaf_certificate(pem: bytes) -> x509.Certificate:
+    """The first certificate of a PEM chain or bundle: the leaf."""
+    return x509.load_pem_x509_certificate(pem_blocks(pem)[0])
+
+
 def leaf_info(pem: bytes) -> CertificateInfo:
     """Read the first certificate of a PEM chain or bundle."""
-    cert = x509.load_pem_x509_certificate(pem_blocks(pem)[0])
-    return certificate_info(cert)
+    return certificate_info(leaf_certificate(pem))
 
 
 def certificate_info(cert: x509.Certificate) -> CertificateInfo:

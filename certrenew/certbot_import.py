@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certrenew.atomicfile import write_atomic
-from certrenew.bundle import CertificateInfo, build_bundle, certificate_info, leaf_info, pem_blocks
+from certrenew.bundle import CertificateInfo, build_bundle, certificate_info, leaf_certificate, leaf_info
 from certrenew.config import CertificateSpec, Settings, certificate_specs, load_config
 from certrenew.domains import normalize_domains
 from certrenew.errors import CertrenewError, UsageError
@@ -252,7 +252,7 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     live = certbot_dir / "live" / name
     fullchain, key_pem = (_read(name, live / file) for file in ("fullchain.pem", "privkey.pem"))
     try:
-        cert = x509.load_pem_x509_certificate(pem_blocks(fullchain)[0])
+        cert = leaf_certificate(fullchain)
         key = load_key(key_pem)
     except (ValueError, TypeError, IndexError, CertrenewError) as error:
         raise UsageError(f"{name}: cannot read the certificate or key in {live}: {error or type(error).__name__}") \

@@ -12,13 +12,11 @@ import threading
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
-from cryptography import x509
-
 from certrenew.acme_account import new_account_key_pem
 from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme_client import AcmeClient
 from certrenew.acme_transport import Deadline, RequestCounter
-from certrenew.bundle import CertificateInfo, check_bundle, check_issued, leaf_info, pem_blocks
+from certrenew.bundle import CertificateInfo, check_bundle, check_issued, leaf_certificate, leaf_info
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
@@ -226,7 +224,7 @@ class Issuer:
                 return None
             if bundle is None:
                 raise CertrenewError("no current certificate to ask about")
-            return renewal_window(client.transport, x509.load_pem_x509_certificate(pem_blocks(bundle)[0]))
+            return renewal_window(client.transport, leaf_certificate(bundle))
         except CertrenewError as error:
             log.warning("%s: no renewal information (%s); the lifetime rule applies", name, error)
             return error
@@ -236,7 +234,7 @@ class Issuer:
         current = self.store.load_bundle(spec.name)
         if current is None or not supports_ari(client.transport):
             return None
-        return ari_cert_id(x509.load_pem_x509_certificate(pem_blocks(current)[0]))
+        return ari_cert_id(leaf_certificate(current))
 
     def _client(self) -> AcmeClient:
         """This thread's logged-in ACME client; a failure to reach the CA is remembered for the others."""

@@ -20,11 +20,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 from certrenew import haproxy
 from certrenew.atomicfile import fsync_directory
-from certrenew.bundle import CertificateInfo, leaf_info, pem_blocks
+from certrenew.bundle import CertificateInfo, leaf_certificate, leaf_info
 from certrenew.config import CertificateSpec, ConfigFile, Settings, check_certificate_name
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import key_type_of, load_key
@@ -177,8 +175,7 @@ def _revoke_at_ca(settings: Settings, store: FileStore, request: Request) -> boo
     account = _account(store, settings, request.ca)
     client = AcmeClient(request.ca, account.key_pem, Deadline(settings.timeout), settings.ca_bundle)
     client.login(account.uri, settings.email, settings.agree_tos)
-    cert = x509.load_pem_x509_certificate(pem_blocks(request.bundle)[0])
-    return client.revoke(cert, reason_code(request.reason))
+    return client.revoke(leaf_certificate(request.bundle), reason_code(request.reason))
 
 
 def _remove(settings: Settings, store: FileStore, name: str) -> Removal:

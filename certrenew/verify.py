@@ -13,10 +13,9 @@ import ssl
 import time
 from collections.abc import Sequence
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from certrenew.bundle import leaf_info, pem_blocks
+from certrenew.bundle import certificate_info, leaf_certificate
 from certrenew.errors import CertrenewError
 from certrenew.hostport import split_host_port
 
@@ -57,8 +56,9 @@ def wait_served(endpoints: Sequence[str], bundle: bytes, grace: float) -> None:
     """
     if not endpoints:
         return
-    info = leaf_info(bundle)
-    rsa_key = isinstance(x509.load_pem_x509_certificate(pem_blocks(bundle)[0]).public_key(), rsa.RSAPublicKey)
+    leaf = leaf_certificate(bundle)
+    info = certificate_info(leaf)
+    rsa_key = isinstance(leaf.public_key(), rsa.RSAPublicKey)
     pending = [(endpoint, name) for endpoint in endpoints for name in info.domains]
     deadline = time.monotonic() + grace
     while True:
