@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from certrenew.atomicfile import write_atomic
 from certrenew.bundle import CertificateInfo, build_bundle, certificate_info, leaf_certificate, leaf_info
 from certrenew.config import CertificateSpec, Settings, certificate_specs, load_config
-from certrenew.domains import normalize_domains
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import is_key_of, key_to_pem, key_type_of, load_key
 from certrenew.store import Account, CertificateRecord, FileStore, Store
@@ -270,8 +269,8 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     if san.get_values_for_type(x509.IPAddress):
         return "the certificate names IP addresses; certrenew issues for DNS names only"
     try:
-        domains = normalize_domains(sorted(san.get_values_for_type(x509.DNSName), key=lambda d: d != name))
-        [spec] = certificate_specs(name, tuple(domains), key_type)  # HTTP-01: no wildcard
+        domains = sorted(san.get_values_for_type(x509.DNSName), key=lambda d: d != name)
+        [spec] = certificate_specs(name, domains, key_type)  # HTTP-01: no wildcard
     except UsageError as error:
         return f"{error}; certbot keeps renewing it"
     notes = _not_carried_over(conf, cert, settings)

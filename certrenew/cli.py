@@ -24,7 +24,6 @@ from certrenew.config import (
     Settings,
     build_settings,
     certificate_specs,
-    default_certificate_name,
     dns_settings,
     env_flag,
     load_config,
@@ -229,15 +228,12 @@ def _renew_recorded(settings, specs, quiet: bool) -> int:
 
 
 def _renew(argv: list[str]) -> int:
-    from certrenew.domains import normalize_domains
-
     args = build_parser().parse_args(argv)
     quiet = _setup_logging(args)
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
-    domains = normalize_domains(args.domains)
-    specs = certificate_specs(default_certificate_name(domains[0]), tuple(domains), settings.key_type,
-                              settings.profile, settings.challenge, dns_settings(settings.challenge, vars(settings)))
+    specs = certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
+                              dns_settings(settings.challenge, vars(settings)))
     return _renew_recorded(settings, specs, quiet)
 
 

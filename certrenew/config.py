@@ -9,7 +9,7 @@ import datetime
 import math
 import os
 import re
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,9 @@ class CertificateSpec:
     """The ACME challenge type that proves control of the names (see `certrenew.challenge`)."""
     dns: DnsSettings | None = None
     """For DNS-01: where and how its records are published."""
+    checked: bool = field(default=False, init=False, compare=False, repr=False)
+    """Made by `certificate_specs`, which normalized its domains and checked its name: a run over
+    10,000 need not check them again. Not an argument, and never copied by `dataclasses.replace`."""
 
     @property
     def solver_key(self) -> Hashable:
@@ -156,22 +159,25 @@ def check_key_types(key_types: str) -> str:
     return key_types
 
 
-def certificate_specs(name: str, domains: tuple[str, ...], key_types: str | list[str], profile: str | None = None,
+def certificate_specs(name: str | None, domains: Sequence[str], key_types: str | list[str], profile: str | None = None,
                       challenge: str = HTTP_01, dns: DnsSettings | None = None) -> list[CertificateSpec]:
-    """The certificates kept for `name`: one `<name>`, or for a dual certificate `<name>.<key type>` per key type.
+    """The certificates kept for `name` (by default named after the first domain): one `<name>`, or for
+    a dual certificate `<name>.<key type>` per key type; `domains` are normalized here.
 
     HAProxy holding an ECDSA and an RSA certificate for the same names serves ECDSA to
     clients that support it and RSA to the others. Each is issued, renewed and recorded
     on its own, and a run installs both in one batch. Names the challenge type cannot
     validate (a wildcard over HTTP-01) are refused here, before anything is touched.
     """
-    check_domains(challenge, domains)
-    check_certificate_name(name)
+    normalized = tuple(normalize_domains(list(domains)))
+    check_domains(challenge, normalized)
+    name = check_certificate_name(name if name is not None else default_certificate_name(normalized[0]))
     types = split_key_types(key_types)
-    if len(types) == 1:
-        return [CertificateSpec(name, domains, types[0], profile, challenge, dns)]
-    return [CertificateSpec(check_certificate_name(f"{name}.{t}"), domains, t, profile, challenge, dns)
-            for t in types]
+    names = [name] if len(types) == 1 else [check_certificate_name(f"{name}.{t}") for t in types]
+    specs = [CertificateSpec(n, normalized, t, profile, challenge, dns) for n, t in zip(names, types)]
+    for spec in specs:
+        object.__setattr__(spec, "checked", True)  # frozen, and no argument: only this function sets it
+    return specs
 
 
 def default_certificate_name(domain: str) -> str:
@@ -530,8 +536,7 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
         raise UsageError(f"{where}: {sorted(own.keys() & DNS_OPTIONS)[0]} is for a certificate with "
                          f'challenge = "{DNS_01}"')
     try:
-        domains = normalize_domains(domains)
-        return certificate_specs(table.get("name", default_certificate_name(domains[0])), tuple(domains),
-                                 key_types, profile, challenge, dns_settings(challenge, {**defaults, **own}))
+        return certificate_specs(table.get("name"), domains, key_types, profile, challenge,
+                                 dns_settings(challenge, {**defaults, **own}))
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from None

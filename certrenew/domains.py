@@ -4,8 +4,6 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-import idna
-
 from certrenew.errors import UsageError
 
 _LABEL_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -34,6 +32,8 @@ def normalize_domain(name: str) -> str:
     if _is_ip_address(name):
         raise UsageError(f"invalid domain {original!r}: IP addresses are not supported, give a DNS name")
     if not name.isascii():
+        import idna  # its tables only for the rare non-ASCII name, not at every start
+
         try:
             name = idna.encode(name, uts46=True).decode("ascii")
         except idna.IDNAError as error:

@@ -126,10 +126,13 @@ class CertificateRecord:
     @classmethod
     def from_json(cls, data: dict) -> "CertificateRecord":
         values = {key: data[key] for key in _RECORD_FIELDS if key in data}  # not "version", nor newer fields
-        for key in cls.DATETIMES:
+        for key in cls.DATETIMES:  # inline, not a call per time: a run over 10,000 certificates reads 70,000
             value = values.get(key)
             if value is not None:
-                values[key] = _datetime(key, value)
+                when = values[key] = datetime.datetime.fromisoformat(value if type(value) is str
+                                                                     else _text(key, value))
+                if when.tzinfo is None:
+                    raise ValueError(f"{key}: {value!r} has no time zone")
         record = cls(**values)
         _check_types(record, cls.TYPES)
         _check_domains(record.domains)
@@ -166,13 +169,6 @@ def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
         raise CertrenewError(f"corrupt state file {where}: {error} is missing") from None
     except (ValueError, TypeError, AttributeError) as error:
         raise CertrenewError(f"corrupt state file {where}: {error}") from None
-
-
-def _datetime(key: str, value: Any) -> datetime.datetime:
-    when = datetime.datetime.fromisoformat(value if type(value) is str else _text(key, value))
-    if when.tzinfo is None:
-        raise ValueError(f"{key}: {value!r} has no time zone")
-    return when
 
 
 def _text(key: str, value: Any) -> str:

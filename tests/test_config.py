@@ -1,3 +1,4 @@
+import dataclasses
 import datetime
 import re
 from pathlib import Path
@@ -71,6 +72,14 @@ key_type = "ecdsa-p384"
         CertificateSpec("shop", ("shop.example", "www.shop.example"), "rsa2048", "shortlived"),
         CertificateSpec("b.example", ("b.example",), "ecdsa-p384"),
     ]
+
+
+def test_specs_certificate_specs_made_are_marked_checked_and_others_are_not(tmp_path):
+    config = config_file(tmp_path, '[[certificate]]\ndomains = ["Shop.Example."]\n')
+    assert [spec.checked for spec in config.certificates] == [True]
+    assert config.certificates == [CertificateSpec("shop.example", ("shop.example",))]
+    assert not CertificateSpec("shop.example", ("Shop.Example.",)).checked
+    assert not dataclasses.replace(config.certificates[0], domains=("Shop.Example.",)).checked
 
 
 @pytest.mark.parametrize("text, says", [
