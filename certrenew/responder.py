@@ -131,7 +131,8 @@ class Responder:
                 host, port = self.address
                 raise CertrenewError(
                     f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; "
-                    "is another ACME client (certbot standalone?) using the port? Set --listen"
+                    "is another ACME client (certbot standalone?) using the port? A certrenew daemon holds it "
+                    "for its whole life: let it do the work (SIGHUP, or systemctl reload). Else set --listen"
                 )
             self._thread = thread
         log.debug("responder listening on %s:%d", *self.address)

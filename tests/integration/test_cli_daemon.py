@@ -196,23 +196,28 @@ def test_a_run_by_hand_beside_the_daemon_is_serialised_by_the_lock(lab, start_da
     status = lab.certrenew("status", "--config", str(config))
     assert status.returncode == 0 and "alpha" in status.stdout, status.stderr
 
-    # Hold the lock, then ask both for the new certificate: each waits, and once the lock is free
-    # one issues it and the other finds it issued. Without the lock both would order it.
+    # Hold the lock, then ask the daemon for the new certificate: its pass waits. A run by hand
+    # started once the daemon holds the lock again waits too, then finds the certificate issued.
     config.write_text(TWO)
     with open(lab.state_dir / "lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        by_hand = lab.start_certrenew("run", "--config", str(config))
         daemon.process.send_signal(signal.SIGHUP)
         daemon.wait_log("SIGHUP: config re-read")
-        time.sleep(1.0)  # a moment for either to get past the lock, if it could (it must not)
-        assert serial_of(lab, "beta") is None and by_hand.poll() is None
+        time.sleep(1.0)  # a moment for the daemon to get past the lock, if it could (it must not)
+        assert serial_of(lab, "beta") is None
+    daemon.wait_log("beta: renewing")  # its pass has the lock now
+    by_hand = lab.start_certrenew("run", "--config", str(config))
     out, err = by_hand.communicate(timeout=WAIT)
     assert by_hand.returncode == 0, err
-    daemon.wait_log("beta: ")  # the daemon's pass reported on beta (issued, or unchanged at -v)
     beta = daemon.wait_served("beta", "beta.example")
-    issued = out.count("beta: issued") + daemon.log.count("beta: issued")
-    assert issued == 1, (out, daemon.log)
+    assert "beta: unchanged" in out and daemon.log.count("beta: issued") == 1, (out, daemon.log)
     assert serial_of(lab, "beta") == beta
+
+    # A run by hand that must order itself cannot: the daemon holds the responder's port, and
+    # the run says so in one line, naming what to do instead.
+    forced = lab.certrenew("run", "--config", str(config), "--force")
+    assert forced.returncode == 1 and "A certrenew daemon holds it for its whole life" in forced.stderr
+    assert serial_of(lab, "beta") == beta and lab.served_certificate("beta.example").serial_number == int(beta, 16)
     assert daemon.stop()[0] == 0
 
 
