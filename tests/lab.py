@@ -390,9 +390,13 @@ class Lab:
     def reload_haproxy(self) -> None:
         """Reload HAProxy as certrenew would, and wait until the master reports the reload done."""
         process = self._running(self._haproxy, "HAProxy")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._master_answers():  # still re-executing for a reload someone else asked for
+            if time.monotonic() >= deadline:
+                raise LabError(f"HAProxy's master CLI did not answer in {START_TIMEOUT:.0f}s")
+            time.sleep(POLL_INTERVAL)
         before = self._master_reloads()
         process.send_signal(signal.SIGUSR2)
-        deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             try:
                 reloads, failed = self._master_reloads()
