@@ -16,9 +16,14 @@ from lab import Lab  # noqa: E402
 
 
 @pytest.fixture
-def lab(tmp_path: Path):
-    """A fresh lab per test, so no test sees another's accounts, orders or certificates."""
-    with Lab(tmp_path / "lab") as running:
+def lab(request, tmp_path: Path):
+    """A fresh lab per test, so no test sees another's accounts, orders or certificates.
+
+    A test (or a module, through `pytestmark`) marked `pebble_env({...})` gets a pebble
+    started with those PEBBLE_* knobs.
+    """
+    marker = request.node.get_closest_marker("pebble_env")
+    with Lab(tmp_path / "lab", pebble_env=marker.args[0] if marker else None) as running:
         yield running
 
 

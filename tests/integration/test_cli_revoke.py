@@ -9,7 +9,6 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from lab import Lab
 
 from certrenew.bundle import leaf_info
 from certrenew.placeholder import PLACEHOLDER_FILE, PLACEHOLDER_NAME
@@ -170,15 +169,8 @@ def test_the_prompt_on_a_terminal(lab):
     assert lab.cert_status(serial) == "Revoked" and f"serial {serial} revoked" in out
 
 
-@pytest.fixture
-def validating_lab(tmp_path):
-    """A lab whose pebble validates every order afresh, so broken DNS really fails the next order."""
-    with Lab(tmp_path / "lab", pebble_env={"PEBBLE_AUTHZREUSE": "0"}) as running:
-        yield running
-
-
-def test_a_failed_reissue_revokes_nothing_and_the_old_certificate_stays_served(validating_lab):
-    lab = validating_lab
+@pytest.mark.pebble_env({"PEBBLE_AUTHZREUSE": "0"})  # every order validated afresh: broken DNS really fails it
+def test_a_failed_reissue_revokes_nothing_and_the_old_certificate_stays_served(lab):
     serial = issue(lab)
     lab.break_dns(NAME)  # the new order's validation really fails
     result = revoke(lab, NAME, "--yes", "--reissue")  # no config: the names and key type it was issued with

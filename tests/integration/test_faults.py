@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from faultproxy import DROP, Drip, Forge, Reply, Stall, forged_chain
 from faultproxy import step as step_of
 from faults import NAME, held_open
-from lab import Lab
 
 from certrenew.bundle import pem_blocks
 
@@ -32,10 +31,7 @@ NO_AUTHZ_REUSE = {"PEBBLE_AUTHZREUSE": "0"}
 """Every order validates afresh, so faults during validation really happen during validation."""
 
 
-@pytest.fixture
-def lab(tmp_path):
-    with Lab(tmp_path / "lab", pebble_env=NO_AUTHZ_REUSE) as running:
-        yield running
+pytestmark = pytest.mark.pebble_env(NO_AUTHZ_REUSE)
 
 
 # The CA.

@@ -14,7 +14,6 @@ import threading
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from faults import NAME, Guard
-from lab import Lab
 
 from certrenew.bundle import pem_blocks
 from certrenew.keys import key_to_pem
@@ -182,15 +181,9 @@ def test_a_state_dir_others_can_write_is_refused(guard_for, lab, tmp_path):
 
 # The ssl dir.
 
-@pytest.fixture
-def reusing_lab(tmp_path):
-    """Authorizations reused: repeated orders need no validation, so two runs never contend for the responder's port."""
-    with Lab(tmp_path / "reusing", pebble_env={"PEBBLE_AUTHZREUSE": "100"}) as running:
-        yield running
-
-
-def test_two_state_dirs_sharing_one_ssl_dir_never_break_each_others_installs(reusing_lab):
-    lab = reusing_lab
+# Authorizations reused: repeated orders need no validation, so two runs never contend for the responder's port.
+@pytest.mark.pebble_env({"PEBBLE_AUTHZREUSE": "100"})
+def test_two_state_dirs_sharing_one_ssl_dir_never_break_each_others_installs(lab):
     guard = Guard(lab, "2 state dirs, 1 ssl dir: 24 concurrent installs", {"CERTRENEW_SELF_CHECK": "0"})
     passed = False
     try:

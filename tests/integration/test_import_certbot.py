@@ -130,11 +130,7 @@ CALM = {"PEBBLE_WFE_NONCEREJECT": "0"}
 """certbot gives up when pebble rejects a nonce (5% of them by default) more than once in a row."""
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """The lab, with a pebble that rejects no nonce, so certbot's runs do not fail at random."""
-    with Lab(tmp_path / "lab", pebble_env=CALM) as running:
-        yield running
+pytestmark = pytest.mark.pebble_env(CALM)  # the `lab` fixture's pebble too
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,7 @@ from certrenew.issue import Issuer
 NAME = "memory.example"
 
 
-@pytest.fixture
-def lab(tmp_path):
-    with Lab(tmp_path / "lab", pebble_env={"PEBBLE_VA_ALWAYS_VALID": "1"}) as running:
-        yield running
+pytestmark = pytest.mark.pebble_env({"PEBBLE_VA_ALWAYS_VALID": "1"})
 
 
 def settings_for(lab: Lab) -> Settings:
