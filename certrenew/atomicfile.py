@@ -20,7 +20,7 @@ STALE_AFTER = 3600.0
 """Seconds after which a temp is stale even if its pid is alive: that pid was reused."""
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = False) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = False, sync: bool = True) -> None:
     """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync dir.
 
     The new file gets `mode` less the umask, or with `keep_mode` the mode of the file
@@ -28,7 +28,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
     and others, which would let someone else swap the key or the chain. The temp file is hidden
     and removed on any failure (a full disk included), so a directory HAProxy loads
     wholesale never keeps a partial file and the old `path` stays as it was. A signal
-    arriving meanwhile is held until the write is done (see `signals.critical`).
+    arriving meanwhile is held until the write is done (see `signals.critical`). Without
+    `sync` nothing is fsynced: for what is worth nothing after a crash.
     """
     directory = path.parent
     temp = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}"
@@ -42,12 +43,14 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
                         os.fchmod(handle.fileno(), kept)
                     handle.write(data)
                     handle.flush()
-                    os.fsync(handle.fileno())
+                    if sync:
+                        os.fsync(handle.fileno())
                 os.replace(temp, path)
             except BaseException:
                 temp.unlink(missing_ok=True)
                 raise
-            fsync_directory(directory)
+            if sync:
+                fsync_directory(directory)
         except OSError as error:
             raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from None
 

@@ -6,14 +6,25 @@ Which names a challenge type can validate at all is known here, without the solv
 the configuration refuses a spec before any solver exists or anything is touched.
 """
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from certrenew.domains import normalize_domain
-from certrenew.errors import UsageError
+from certrenew.errors import CertrenewError, UsageError
 
 HTTP_01 = "http-01"
 DNS_01 = "dns-01"
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+"""A challenge token (RFC 8555 section 8.1: base64url, no padding); it becomes a URL path and a
+key in the store, so nothing else is taken, from the CA or from a request."""
+
+
+def check_token(token: str) -> str:
+    """`token` if it is one (see TOKEN); else CertrenewError: a CA that sends anything else is not followed."""
+    if not isinstance(token, str) or not TOKEN.fullmatch(token):
+        raise CertrenewError(f"refusing challenge token {token!r} from the CA: not base64url (RFC 8555 section 8.1)")
+    return token
 
 
 class ChallengeSolver(Protocol):

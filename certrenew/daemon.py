@@ -5,7 +5,8 @@ A pass is one `renew.run` over the config's certificates, under the store's lock
 pass for a run). Between passes the daemon sleeps until there is work
 (`policy.next_wake`), not on a fixed poll. The HTTP-01 responder stays bound for the
 daemon's whole life, so HAProxy's `check` keeps the backend up; it still answers only
-the tokens of orders in flight.
+the tokens of orders in flight: its own, and those a run by hand beside it published in
+the store because it found the port taken (see `responder`).
 """
 
 import dataclasses
@@ -62,7 +63,7 @@ class Daemon:
     def run(self) -> None:
         """Bind the responder (and the metrics server), then pass and sleep, pass and sleep."""
         with ExitStack() as stack:
-            responder = stack.enter_context(Responder(self.settings.listen))
+            responder = stack.enter_context(Responder(self.settings.listen, self.store))
             responder.start()
             if self.settings.metrics_listen:
                 stack.enter_context(metrics.serve(self.settings.metrics_listen, self.status, self.telemetry))

@@ -30,6 +30,7 @@ from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hostport import split_host_port
 from certrenew.responder import CHALLENGE_PREFIX, Responder
 from certrenew.runtime_api import RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
+from certrenew.store import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     checks.append(_directory_check(settings.directory_url, settings.ca_bundle))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
     if names:
-        with Responder(settings.listen) as responder:
+        with Responder(settings.listen, FileStore(settings.state_dir)) as responder:  # the daemon's, if it runs
             try:
                 checks.extend(probe_all(responder, settings, names))
             except CertrenewError as error:  # the responder cannot listen

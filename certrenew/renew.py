@@ -200,7 +200,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
     # run; a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
     with ExitStack() as solvers_open:
         if responder is None:
-            responder = solvers_open.enter_context(Responder(settings.listen))
+            responder = solvers_open.enter_context(Responder(settings.listen, store))
         solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
         for dns in {spec.dns for spec, _ in work if spec.dns}:
             solvers[dns] = solvers_open.enter_context(dns.solver())

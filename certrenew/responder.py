@@ -3,24 +3,32 @@
 A run opens the port at its first order and closes it with the run; the daemon opens
 it for its whole life (`start`), so HAProxy's health check keeps the backend up. Either
 way it serves nothing but the key authorizations of the orders in flight.
+
+A run by hand beside the daemon finds the port taken. It then *borrows* the daemon's
+responder: once a probe shows the port's holder serves this store's answers, the run
+publishes its own there (`Store.publish_challenge`) and the daemon's responder, which
+looks up in the store every token it does not know, answers the CA for it.
 """
 
 import asyncio
+import errno
+import http.client
 import logging
-import re
+import secrets
 import socket
 import threading
 from http import HTTPStatus
 
-from certrenew.challenge import HTTP_01
+from certrenew.challenge import HTTP_01, TOKEN, check_token
 from certrenew.errors import CertrenewError
 from certrenew.hostport import split_host_port
+from certrenew.store import Store
 
 log = logging.getLogger(__name__)
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
-# RFC 8555 section 8.3: a token is base64url without padding; nothing else may reach the lookup.
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+PROBE_NAME = "borrow-probe.certrenew.invalid"
+"""The Host of the request that checks a borrowed port: a name no CA validates (RFC 6761)."""
 REQUEST_TIMEOUT = 5.0
 """Seconds a client has to send its whole request head: a slow client cannot hold a slot longer."""
 MAX_HEAD = 8192
@@ -46,8 +54,13 @@ class Responder:
 
     challenge_type = HTTP_01
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, store: Store | None = None) -> None:
+        """`store`: where to look up tokens this process does not know, and to publish its
+        own when another process holds the port; without one, only this process's are served."""
         self.address = split_host_port(listen)
+        self._store = store
+        self._borrowed = False
+        """Whether another process's responder (the daemon's) serves this one's answers."""
         self._validations: dict[str, tuple[str, str]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -60,22 +73,34 @@ class Responder:
         """Nothing to check before ordering: the port is bound at the first `present`."""
 
     def present(self, domain: str, token: str, validation: str) -> None:
-        self.start()
+        check_token(token)
+        self.start(borrow=True)
         self._validations[token] = (domain, validation)
+        if self._borrowed:
+            assert self._store is not None  # only a responder with a store borrows
+            self._store.publish_challenge(token, domain, validation)
 
     def wait_ready(self) -> None:
         """Nothing to wait for: a presented token is served at once."""
 
     def cleanup(self, domain: str, token: str) -> None:
-        self._validations.pop(token, None)
+        if self._validations.pop(token, None) is not None and self._borrowed:
+            assert self._store is not None
+            self._store.withdraw_challenge(token)
 
     def lookup(self, token: str, host: str) -> str | None:
         """The key authorization for `token`, only when the request's Host names its domain.
 
         The Host check (as in lego) keeps a rebinding page from reading tokens of
-        other names; HAProxy passes the client's Host header through unchanged.
+        other names; HAProxy passes the client's Host header through unchanged. A token
+        this process did not present is looked up in the store (another process's).
         """
         entry = self._validations.get(token)
+        if entry is None and self._store is not None:
+            try:
+                entry = self._store.find_challenge(token)
+            except CertrenewError as error:  # a broken entry is that token's problem only
+                log.warning("responder: %s", error)
         if entry is None:
             return None
         domain, validation = entry
@@ -98,7 +123,7 @@ class Responder:
         path = target.split("?", 1)[0]
         token = path.removeprefix(CHALLENGE_PREFIX)
         validation = None
-        if path.startswith(CHALLENGE_PREFIX) and _TOKEN.match(token):
+        if path.startswith(CHALLENGE_PREFIX) and TOKEN.fullmatch(token):
             validation = self.lookup(token, host)
         if validation is None:
             return HTTPStatus.NOT_FOUND, b"not found\n", method == "GET"
@@ -114,12 +139,15 @@ class Responder:
                 self._loop.call_soon_threadsafe(self._stop.set)
                 self._thread.join(timeout=REQUEST_TIMEOUT)
                 self._thread = None
-        self._validations.clear()
+        for token in list(self._validations):  # those of an order a signal cut short
+            self.cleanup("", token)
+        self._borrowed = False
 
-    def start(self) -> None:
-        """Bind the port and start serving, once; a busy port is a clear error (and tried again next time)."""
+    def start(self, borrow: bool = False) -> None:
+        """Bind the port and start serving, once. A busy port is a clear error (and tried again
+        next time), unless `borrow` and its holder serves this store's answers (see module doc)."""
         with self._starting:
-            if self._thread is not None:
+            if self._thread is not None or self._borrowed:
                 return
             started = threading.Event()
             failure: list[OSError] = []
@@ -128,14 +156,39 @@ class Responder:
             thread.start()
             started.wait()
             if failure:
+                busy = failure[0].errno == errno.EADDRINUSE
+                if busy and borrow and self._store is not None and self._holder_serves_store():
+                    self._borrowed = True
+                    log.info("responder: %s:%d is held by a certrenew serving this state dir (the daemon): "
+                             "it answers this run's challenges", *self.address)
+                    return
                 host, port = self.address
                 raise CertrenewError(
                     f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; "
-                    "is another ACME client (certbot standalone?) using the port? A certrenew daemon holds it "
-                    "for its whole life: let it do the work (SIGHUP, or systemctl reload). Else set --listen"
+                    + ("the process holding it does not answer this state dir's challenges: is another ACME "
+                       "client (certbot standalone?), or a certrenew daemon with another --state-dir, using it? "
+                       "Stop it, or set --listen" if busy else "set --listen")
                 )
             self._thread = thread
         log.debug("responder listening on %s:%d", *self.address)
+
+    def _holder_serves_store(self) -> bool:
+        """Whether the process on our port answers a token published only in our store."""
+        assert self._store is not None
+        token, value = secrets.token_urlsafe(32), f"certrenew-borrow-probe.{secrets.token_urlsafe(24)}"
+        host, port = self.address
+        self._store.publish_challenge(token, PROBE_NAME, value)
+        connection = http.client.HTTPConnection(_connectable(host), port, timeout=REQUEST_TIMEOUT)
+        try:
+            connection.request("GET", f"{CHALLENGE_PREFIX}{token}", headers={"Host": PROBE_NAME})
+            response = connection.getresponse()
+            return response.status == HTTPStatus.OK and response.read(len(value) + 1) == value.encode()
+        except (OSError, http.client.HTTPException) as error:
+            log.debug("responder: the holder of %s:%d did not answer the probe: %s", host, port, error)
+            return False
+        finally:
+            connection.close()
+            self._store.withdraw_challenge(token)
 
     def _serve(self, started: threading.Event, failure: list) -> None:
         """The responder thread: bind, report, serve until asked to stop, then close everything."""
@@ -192,8 +245,8 @@ class Responder:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             except asyncio.LimitOverrunError:
                 status, body, send_body = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, b"too large\n", True
-            else:
-                status, body, send_body = self.answer(head)
+            else:  # in a thread: a token looked up in the store must not stall the other connections
+                status, body, send_body = await asyncio.to_thread(self.answer, head)
             log.debug("responder: %s %s", writer.get_extra_info("peername"), status.value)
             writer.write(_response(status, body, send_body))
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
@@ -213,6 +266,11 @@ def _response(status: HTTPStatus, body: bytes, send_body: bool) -> bytes:
     if status is HTTPStatus.METHOD_NOT_ALLOWED:
         headers.append("Allow: GET, HEAD")
     return ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + (body if send_body else b"")
+
+
+def _connectable(host: str) -> str:
+    """Where to reach a server listening on `host`: the loopback for a wildcard address."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def _host_name(host: str) -> str:

@@ -14,6 +14,9 @@ next one download the certificate instead of ordering again. Each of these recor
 ACME directory (the CA) it came from, so a switch of CA is seen. A pending certificate or
 an order a run cannot use (unreadable, a key that does not match, refused by HAProxy) is
 *set aside*: kept for the operator to look at, out of every run's way.
+
+A store also carries HTTP-01 answers between processes: a run that finds the responder's
+port held by the daemon publishes its answers here, and the daemon's responder serves them.
 """
 
 import dataclasses
@@ -21,6 +24,7 @@ import datetime
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from urllib.parse import urlsplit
 
 from certrenew import owned
 from certrenew.atomicfile import fsync_directory, remove_stale_temps, write_atomic
+from certrenew.challenge import TOKEN, check_token
 from certrenew.errors import CertrenewError
 from certrenew.lock import StateLock
 
@@ -41,6 +46,9 @@ SET_ASIDE = {"pending": "pending.pem", "order": "order.json"}
 """What a run can set aside, and its file in a certificate's directory."""
 READ_SIZE = 16384
 """Enough for a record or a bundle in one read."""
+CHALLENGE_TTL = datetime.timedelta(hours=1)
+"""How long a published HTTP-01 answer is served: longer than any validation takes, so one
+that a killed run left behind is neither served nor kept for ever."""
 
 T = TypeVar("T")
 _JSON = json.JSONDecoder()
@@ -239,6 +247,16 @@ class Store(Protocol):
         """Make the pending certificate current, the current one previous, and store `record`;
         a run that stops half-way leaves the pending certificate for the next run to install."""
 
+    def publish_challenge(self, token: str, domain: str, validation: str) -> None:
+        """Make the HTTP-01 key authorization `validation` of `domain` available to every responder
+        serving this store, for CHALLENGE_TTL. Needs no lock: each token is an entry of its own."""
+
+    def find_challenge(self, token: str) -> tuple[str, str] | None:
+        """(domain, key authorization) published for `token` and not expired, or None."""
+
+    def withdraw_challenge(self, token: str) -> None:
+        """Forget what was published for `token`; nothing if it is gone already."""
+
 
 class FileStore:
     """State under a local directory; one subdirectory per certificate name.
@@ -392,7 +410,7 @@ class FileStore:
         directory = self._writable_dir(name)
         rejected = directory / "rejected"
         owned.make_dir(rejected)
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = _utc_now().strftime("%Y%m%dT%H%M%S.%fZ")
         target = rejected / f"{stamp}-{SET_ASIDE[kind]}"
         os.rename(directory / SET_ASIDE[kind], target)
         fsync_directory(rejected)
@@ -413,6 +431,55 @@ class FileStore:
         write_atomic(directory / "current.pem", pending)
         self.save_record(record)
         self.discard_pending(record.name)
+
+
+    # HTTP-01 answers published for another process's responder: challenges/<token>.json.
+
+    def _challenge_path(self, token: str) -> str:
+        return f"{self.root}/challenges/{check_token(token)}.json"
+
+    def publish_challenge(self, token: str, domain: str, validation: str) -> None:
+        directory = self.root / "challenges"
+        owned.make_dir(self.root, follow=True)
+        owned.make_dir(directory)
+        _remove_expired(directory)
+        document = {"domain": domain, "validation": validation, "published": _utc_now().isoformat()}
+        # Not fsynced: an answer is worth nothing after a crash, and a run publishes one per name.
+        write_atomic(Path(self._challenge_path(token)), encode(document), sync=False)
+
+    def find_challenge(self, token: str) -> tuple[str, str] | None:
+        self._check_layout()
+        if not TOKEN.fullmatch(token) or not owned.check_dir(self.root / "challenges"):
+            return None
+        path = self._challenge_path(token)
+        raw = _read(path)
+        return None if raw is None else decode(raw, _challenge, path)
+
+    def withdraw_challenge(self, token: str) -> None:
+        _remove(self._challenge_path(token))
+
+
+def _challenge(data: dict) -> tuple[str, str] | None:
+    """A published answer as (domain, key authorization), or None once it has expired."""
+    published = datetime.datetime.fromisoformat(_text("published", data["published"]))
+    if published.tzinfo is None or _utc_now() - published > CHALLENGE_TTL:
+        return None
+    return _text("domain", data["domain"]), _text("validation", data["validation"])
+
+
+def _remove_expired(directory: Path) -> None:
+    """Delete answers (and temps) a killed run left behind, by their age on disk: none is read."""
+    oldest = time.time() - CHALLENGE_TTL.total_seconds()
+    for entry in os.scandir(directory):
+        try:
+            if entry.name.endswith((".json", ".tmp")) and entry.stat(follow_symlinks=False).st_mtime < oldest:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _account_uri(data: dict) -> str | None:

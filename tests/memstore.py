@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from certrenew.challenge import check_token
 from certrenew.errors import CertrenewError
 from certrenew.store import BUNDLE_SLOTS, Account, CertificateRecord, PendingOrder, decode, encode
 
@@ -21,6 +22,8 @@ class MemoryStore:
         self.accounts: dict[str, Account] = {}
         self.rejected: dict[str, bytes] = {}
         """Where a set-aside pending certificate or order went -> its content."""
+        self.challenges: dict[str, tuple[str, str]] = {}
+        """Published HTTP-01 answers: token -> (domain, key authorization); they do not expire here."""
         self._lock = threading.Lock()
 
     @contextmanager
@@ -94,6 +97,15 @@ class MemoryStore:
         self.bundles[record.name, "current"] = pending
         self.save_record(record)
         self.discard_pending(record.name)
+
+    def publish_challenge(self, token: str, domain: str, validation: str) -> None:
+        self.challenges[check_token(token)] = (domain, validation)
+
+    def find_challenge(self, token: str) -> tuple[str, str] | None:
+        return self.challenges.get(token)
+
+    def withdraw_challenge(self, token: str) -> None:
+        self.challenges.pop(token, None)
 
     def _load(self, name: str, kind: str, parse):
         raw = self.documents.get((name, kind))

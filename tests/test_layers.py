@@ -6,8 +6,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "certrenew"
 LAYERS = [
     "version", "errors", "hints", "limits", "requirements", "signals", "progress", "hostport", "keytypes", "domains",
-    "atomicfile", "owned", "keys", "bundle", "runtime_api", "haproxy", "hooks", "verify", "install", "lock", "store", "policy",
-    "challenge", "responder", "dns01", "rfc2136", "dnshook", "config",
+    "atomicfile", "owned", "keys", "bundle", "runtime_api", "haproxy", "hooks", "verify", "install", "lock",
+    "challenge", "store", "policy", "responder", "dns01", "rfc2136", "dnshook", "config",
     "acme_transport", "acme_account", "acme_ari", "acme_client", "issue", "status", "metrics", "placeholder", "preflight",
     "renew", "daemon", "revoke", "certbot_import",
     "cli", "__main__",

@@ -10,6 +10,7 @@ from certrenew import responder as responder_module
 from certrenew.challenge import check_domains
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.responder import Responder
+from certrenew.store import FileStore
 
 
 def free_port() -> int:
@@ -75,6 +76,68 @@ def test_busy_port_is_a_clear_error():
         with Responder(f"127.0.0.1:{s.getsockname()[1]}") as responder:
             with pytest.raises(CertrenewError, match="cannot listen on 127.0.0.1"):
                 responder.present("a.example", "tok", "tok.thumb")
+
+
+# A run beside the daemon: one responder on the port serves every process's answers through the store.
+
+def fetch(port, token, host):
+    return requests.get(f"http://127.0.0.1:{port}/.well-known/acme-challenge/{token}", headers={"Host": host},
+                        timeout=5)
+
+
+def test_a_run_borrows_the_port_of_a_responder_serving_its_store(tmp_path):
+    port, state = free_port(), tmp_path / "state"
+    with Responder(f"127.0.0.1:{port}", FileStore(state)) as daemon, \
+            Responder(f"127.0.0.1:{port}", FileStore(state)) as run:
+        daemon.start()
+        run.present("a.example", "tok", "tok.thumb")  # cannot bind: borrows the daemon's port
+        assert (state / "challenges" / "tok.json").exists()
+        assert fetch(port, "tok", "a.example").text == "tok.thumb"  # the daemon's responder answers it
+        assert fetch(port, "tok", "b.example").status_code == 404  # for its domain only
+        run.present("b.example", "tok2", "tok2.thumb")
+        run.cleanup("a.example", "tok")
+        assert fetch(port, "tok", "a.example").status_code == 404
+        assert not (state / "challenges" / "tok.json").exists()
+    assert list((state / "challenges").iterdir()) == []  # the run withdrew tok2 on exit, the probe at once
+
+
+def test_an_answer_a_process_owns_is_not_written_to_the_store(tmp_path):
+    port, state = free_port(), tmp_path / "state"
+    with Responder(f"127.0.0.1:{port}", FileStore(state)) as own:
+        own.present("a.example", "tok", "tok.thumb")
+        assert fetch(port, "tok", "a.example").text == "tok.thumb"
+    assert not (state / "challenges").exists()
+
+
+def test_a_port_held_by_something_else_is_not_borrowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(responder_module, "REQUEST_TIMEOUT", 0.5)  # the silent holder's probe gives up soon
+    port = free_port()
+    with Responder(f"127.0.0.1:{port}", FileStore(tmp_path / "other")) as daemon, \
+            Responder(f"127.0.0.1:{port}", FileStore(tmp_path / "state")) as run:
+        daemon.start()  # a certrenew, but serving another state dir
+        with pytest.raises(CertrenewError, match="does not answer this state dir's challenges"):
+            run.present("a.example", "tok", "tok.thumb")
+    assert list((tmp_path / "state" / "challenges").iterdir()) == []  # the probe was withdrawn
+    with socket.socket() as s:  # not HTTP at all
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with Responder(f"127.0.0.1:{s.getsockname()[1]}", FileStore(tmp_path / "state")) as run:
+            with pytest.raises(CertrenewError, match="does not answer this state dir's challenges"):
+                run.present("a.example", "tok", "tok.thumb")
+
+
+def test_the_daemon_itself_never_borrows(tmp_path):
+    port, state = free_port(), tmp_path / "state"
+    with Responder(f"127.0.0.1:{port}", FileStore(state)) as first, \
+            Responder(f"127.0.0.1:{port}", FileStore(state)) as second:
+        first.start()
+        with pytest.raises(CertrenewError, match="cannot listen"):
+            second.start()  # a daemon must own the port for its life, not lean on another process
+
+
+def test_a_token_from_the_ca_that_is_not_base64url_is_refused(responder):
+    with pytest.raises(CertrenewError, match="not base64url"):
+        responder.present("a.example", "../../meta", "x")
 
 
 def test_refuses_wildcards_and_has_nothing_to_wait_for():

@@ -309,3 +309,53 @@ def test_a_state_dir_owned_by_another_user_is_refused(tmp_path):
         with FileStore(tmp_path / "state").lock(timeout=0):
             pass
     assert not (tmp_path / "state" / "lock").exists()
+
+
+# HTTP-01 answers published for another process's responder.
+
+def test_a_published_answer_is_found_until_withdrawn(store):
+    store.publish_challenge("tok_en-1", "a.example", "tok_en-1.thumb")
+    assert store.find_challenge("tok_en-1") == ("a.example", "tok_en-1.thumb")
+    assert store.find_challenge("other") is None
+    store.withdraw_challenge("tok_en-1")
+    store.withdraw_challenge("tok_en-1")  # gone already: nothing
+    assert store.find_challenge("tok_en-1") is None
+
+
+@pytest.mark.parametrize("token", ["../meta", "a/b", "", "tok en", "x" * 257])
+def test_a_token_that_is_not_base64url_is_refused(store, token):
+    with pytest.raises(CertrenewError, match="not base64url"):
+        store.publish_challenge(token, "a.example", "v")
+    assert store.find_challenge(token) is None
+
+
+def test_answers_are_private_and_need_no_lock(tmp_path):
+    store = FileStore(tmp_path / "state")  # not locked: a run by hand publishes while the daemon may hold it
+    store.publish_challenge("tok", "a.example", "tok.thumb")
+    path = tmp_path / "state" / "challenges" / "tok.json"
+    assert mode(path) == 0o600 and mode(path.parent) == 0o700
+    assert FileStore(tmp_path / "state").find_challenge("tok") == ("a.example", "tok.thumb")
+
+
+def test_an_answer_a_killed_run_left_expires(files, monkeypatch):
+    import certrenew.store as store_module
+
+    files.publish_challenge("old", "a.example", "old.thumb")
+    path = files.root / "challenges" / "old.json"
+    later = datetime.datetime.now(datetime.timezone.utc) + store_module.CHALLENGE_TTL + datetime.timedelta(seconds=5)
+    monkeypatch.setattr(store_module, "_utc_now", lambda: later)
+    assert files.find_challenge("old") is None  # not served any more
+    past = (later - datetime.timedelta(days=1)).timestamp()
+    os.utime(path, (past, past))
+    files.publish_challenge("new", "a.example", "new.thumb")  # and cleared by the next publication
+    assert not path.exists() and files.find_challenge("new") == ("a.example", "new.thumb")
+
+
+def test_a_planted_answer_link_is_refused(files, tmp_path):
+    files.publish_challenge("tok", "a.example", "tok.thumb")
+    target = tmp_path / "elsewhere.json"
+    target.write_text("{}")
+    link = files.root / "challenges" / "evil.json"
+    link.symlink_to(target)
+    with pytest.raises(CertrenewError, match="symbolic link"):
+        files.find_challenge("evil")

@@ -213,11 +213,19 @@ def test_a_run_by_hand_beside_the_daemon_is_serialised_by_the_lock(lab, start_da
     assert "beta: unchanged" in out and daemon.log.count("beta: issued") == 1, (out, daemon.log)
     assert serial_of(lab, "beta") == beta
 
-    # A run by hand that must order itself cannot: the daemon holds the responder's port, and
-    # the run says so in one line, naming what to do instead.
-    forced = lab.certrenew("run", "--config", str(config), "--force")
-    assert forced.returncode == 1 and "A certrenew daemon holds it for its whole life" in forced.stderr
-    assert serial_of(lab, "beta") == beta and lab.served_certificate("beta.example").serial_number == int(beta, 16)
+    # A run by hand that must order itself finds the responder's port held by the daemon: it
+    # publishes its answers in the state dir, the daemon's responder answers the CA for it.
+    forced = lab.certrenew("run", "--config", str(config), "--force", "--haproxy-socket", str(lab.admin_socket))
+    assert forced.returncode == 0, forced.stderr
+    assert "held by a certrenew serving this state dir" in forced.stderr and "beta: renewed" in forced.stdout
+    renewed = serial_of(lab, "beta")
+    assert renewed != beta and "served by hot update" in forced.stdout
+    lab.wait_served_serial("beta.example", renewed)
+    assert list((lab.state_dir / "challenges").iterdir()) == []  # every answer withdrawn
+    assert tcp_accepts(lab.backend_port) and daemon.log.count("beta: issued") == 1
+    # `certrenew check` beside it proves the path to the daemon's responder the same way.
+    check = lab.certrenew("check", "--config", str(config), "--haproxy-socket", str(lab.admin_socket))
+    assert "FAIL" not in check.stdout and "reached certrenew's responder" in check.stdout, check.stdout
     assert daemon.stop()[0] == 0
 
 
