@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from certrenew import metrics, policy, renew, signals, status
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
-from certrenew.responder import Responder
+from certrenew.responder import PortBusy, Responder
 from certrenew.store import Store
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ RETRY_AFTER_ERROR = datetime.timedelta(minutes=1)
 """After a pass that failed as a whole (the lock held past --lock-timeout, the ssl dir gone)."""
 STUCK_PAUSE = 5.0
 """Seconds to wait when a certificate is still due right after a pass, so nothing ever spins."""
+BIND_RETRY = 0.5
+"""Seconds between tries to open the responder's port while another process holds it."""
 FIXED_AT_START = ("listen", "metrics_listen", "state_dir")
 """Settings bound to what the daemon opened at start (ports, the store): a SIGHUP keeps them."""
 
@@ -64,7 +66,7 @@ class Daemon:
         """Bind the responder (and the metrics server), then pass and sleep, pass and sleep."""
         with ExitStack() as stack:
             responder = stack.enter_context(Responder(self.settings.listen, self.store))
-            responder.start()
+            self.bind(responder)
             if self.settings.metrics_listen:
                 stack.enter_context(metrics.serve(self.settings.metrics_listen, self.status, self.telemetry))
             log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.listen,
@@ -77,6 +79,22 @@ class Daemon:
                         self.reload()
             finally:
                 notify("STOPPING=1")
+
+    def bind(self, responder: Responder) -> None:
+        """Open the responder's port, waiting up to --lock-timeout for a `run` by hand that holds
+        it to finish, as a pass waits for the lock: a restart in the middle of one is not a failure."""
+        deadline = time.monotonic() + self.settings.lock_timeout
+        waiting = False
+        while True:
+            try:
+                return responder.start()
+            except PortBusy as busy:
+                if time.monotonic() >= deadline:
+                    raise
+                if not waiting:
+                    log.warning("%s; waiting up to %g s for it to be free", busy, self.settings.lock_timeout)
+                    waiting = True
+            signals.sleep(BIND_RETRY)
 
     def status(self) -> list[status.CertificateStatus]:
         """The status rows /metrics and /healthz report, read afresh from the store."""

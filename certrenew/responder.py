@@ -40,6 +40,10 @@ ACCEPT_RETRY = 0.1
 """Seconds to wait before accepting again when the system refuses (out of file descriptors)."""
 
 
+class PortBusy(CertrenewError):
+    """Another process holds the port (and serves none of this store's answers)."""
+
+
 class Responder:
     """An HTTP-01 `ChallengeSolver` serving key authorizations on a backend port.
 
@@ -157,18 +161,20 @@ class Responder:
             started.wait()
             if failure:
                 busy = failure[0].errno == errno.EADDRINUSE
-                if busy and borrow and self._store is not None and self._holder_serves_store():
+                borrowable = busy and borrow and self._store is not None
+                if borrowable and self._holder_serves_store():
                     self._borrowed = True
                     log.info("responder: %s:%d is held by a certrenew serving this state dir (the daemon): "
                              "it answers this run's challenges", *self.address)
                     return
                 host, port = self.address
-                raise CertrenewError(
-                    f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; "
-                    + ("the process holding it does not answer this state dir's challenges: is another ACME "
+                why = ("the process holding it does not answer this state dir's challenges: is another ACME "
                        "client (certbot standalone?), or a certrenew daemon with another --state-dir, using it? "
-                       "Stop it, or set --listen" if busy else "set --listen")
-                )
+                       "Stop it, or set --listen" if borrowable else "is another ACME client (certbot "
+                       "standalone?), or a certrenew run, using it? Stop it, or set --listen" if busy
+                       else "set --listen")
+                raise (PortBusy if busy else CertrenewError)(
+                    f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; {why}")
             self._thread = thread
         log.debug("responder listening on %s:%d", *self.address)
 

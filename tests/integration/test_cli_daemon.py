@@ -229,6 +229,21 @@ def test_a_run_by_hand_beside_the_daemon_is_serialised_by_the_lock(lab, start_da
     assert daemon.stop()[0] == 0
 
 
+def test_a_daemon_started_while_a_run_holds_the_port_waits_for_it(lab, start_daemon):
+    import socket
+
+    host, port = lab.listen.rsplit(":", 1)
+    holder = socket.create_server((host, int(port)))  # as a run by hand's responder would, mid-order
+    try:
+        daemon = start_daemon(lab, write_config(lab, ONE), "--lock-timeout", "60")
+        daemon.wait_log("waiting up to 60 s for it to be free")
+        assert serial_of(lab, "alpha") is None
+    finally:
+        holder.close()
+    daemon.wait_served("alpha", "alpha.example")
+    assert tcp_accepts(lab.backend_port) and daemon.stop()[0] == 0
+
+
 def test_the_log_can_be_json(lab, start_daemon):
     import json
 
