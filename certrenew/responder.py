@@ -47,10 +47,10 @@ class PortBusy(CertrenewError):
 class Responder:
     """An HTTP-01 `ChallengeSolver` serving key authorizations on a backend port.
 
-    Use it as a context manager for the run: the port is bound at the first `present`
-    (a run that orders nothing never opens it) and free again on exit. The server is asyncio in one thread, so thousands of idle or slow connections cost
-    memory, not threads, and a real validation is answered while they wait out their
-    time limit. Every answer closes its connection, so nothing lingers after exit. It
+    Use it as a context manager for the run: the port is bound at the first order
+    (a run that orders nothing never opens it) and free again on exit. The server is
+    asyncio in one thread, so thousands of idle or slow connections cost memory, not
+    threads, and a real validation is answered while they wait out their time limit. Every answer closes its connection, so nothing lingers after exit. It
     accepts one connection at a time and closes the oldest before taking one beyond
     MAX_CONNECTIONS, so the cap holds however fast a burst arrives (asyncio's own server
     accepts a hundred at a time before any of them is looked at).
@@ -74,7 +74,9 @@ class Responder:
         """Open connections, oldest first."""
 
     def prepare(self, domains: list[str]) -> None:
-        """Nothing to check before ordering: the port is bound at the first `present`."""
+        """Open the port (or borrow the daemon's) before ordering: a port nobody can serve from
+        fails the certificate without leaving an order, or a failed validation, at the CA."""
+        self.start(borrow=True)
 
     def present(self, domain: str, token: str, validation: str) -> None:
         check_token(token)

@@ -2,7 +2,9 @@
 responder fails without an order (counted through the fault proxy), a working one passes
 with the probe seen by HAProxy, and a mistake on our side does not start the back-off."""
 
+import http.server
 import re
+import threading
 import time
 
 import pytest
@@ -80,6 +82,24 @@ def test_no_self_check_skips_the_probe(lab):
     result = lab.certrenew(NAME, "--no-self-check")
     assert result.returncode == 1
     assert "validation failed" in _failure_line(result)  # the CA was asked, and said no
+
+
+@pytest.mark.parametrize("self_check", ["--self-check", "--no-self-check"])
+def test_a_port_held_by_another_program_fails_before_the_order(lab, proxy, self_check):
+    host, port = lab.listen.rsplit(":", 1)
+    # An HTTP server that knows nothing of our state dir (certbot standalone, say) holds the port.
+    holder = http.server.ThreadingHTTPServer((host, int(port)), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=holder.serve_forever, daemon=True).start()
+    try:
+        result = lab.certrenew(NAME, self_check, env=proxy.env)
+    finally:
+        holder.shutdown()
+        holder.server_close()
+    assert result.returncode == 1, result.stderr
+    line = _failure_line(result)
+    assert f"cannot listen on {lab.listen}" in line and "does not answer this state dir's challenges" in line
+    assert proxy.count("directory") >= 1 and proxy.count("new-order") == 0  # the CA was reached, not asked
+    assert "Traceback" not in result.stderr and not list((lab.state_dir / "challenges").iterdir())
 
 
 def test_missing_admin_socket_fails_before_any_request_to_the_ca(lab, proxy):
