@@ -31,7 +31,8 @@ class RuntimeApiError(CertrenewError):
 
 
 class Rejected(RuntimeApiError):
-    """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`): the bundle is at fault."""
+    """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`, `add ssl crt-list`):
+    the bundle is at fault."""
 
 
 class Unsupported(RuntimeApiError):
@@ -157,7 +158,7 @@ class RuntimeApi:
         self._expect(f"new ssl cert {path}", "New empty certificate store")
         try:
             self._set_and_commit(path, bundle)
-            self._expect(f"add ssl crt-list {crt_list} {path}", "Success!")
+            self._add_to_crt_list(crt_list, path)
         except CertrenewError:
             self._delete(crt_list, path)
             raise
@@ -177,6 +178,17 @@ class RuntimeApi:
         except CertrenewError:
             self._abort(path)
             raise
+
+    def _add_to_crt_list(self, crt_list: str, path: str) -> None:
+        """Serve `path` from `crt_list`: only now does HAProxy load a new certificate into its binds' SSL
+        contexts (`commit ssl cert` of one no bind uses yet builds none), so a failure once it is
+        "Inserting certificate" is the bundle's, e.g. a chain OpenSSL's security level will not load."""
+        line = f"add ssl crt-list {crt_list} {path}"
+        log.debug("%s: %s", self, line)
+        answer = self.command(line)
+        if "Success!" not in answer:
+            error = Rejected if answer.startswith("Inserting certificate") else RuntimeApiError
+            raise error(f"{self}: {line}: {answer_error(answer)}")
 
     def _expect(self, line: str, success: str, payload: bytes | None = None,
                 error: type[RuntimeApiError] = RuntimeApiError) -> str:
