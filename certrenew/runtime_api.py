@@ -10,11 +10,17 @@ HAProxy keeps one certificate transaction per process: `set ssl cert` opens it,
 in between is answered with `abort ssl cert` so nothing half-done stays open.
 """
 
+import grp
 import logging
+import os
+import pwd
 import re
 import socket
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 from certrenew.errors import CertrenewError
 
@@ -33,6 +39,10 @@ class RuntimeApiError(CertrenewError):
 class Rejected(RuntimeApiError):
     """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`, `add ssl crt-list`):
     the bundle is at fault."""
+
+
+class Forbidden(RuntimeApiError):
+    """This user may not connect to the socket; the message names the user and the fix."""
 
 
 class Unsupported(RuntimeApiError):
@@ -121,6 +131,8 @@ class RuntimeApi:
                 chunks = []
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
+        except PermissionError:
+            raise Forbidden(f"HAProxy Runtime API {self}: {self._denied()}") from None
         except OSError as error:
             raise RuntimeApiError(f"HAProxy Runtime API {self}: {error.strerror or error}") from None
         answer = b"".join(chunks).decode(errors="replace")
@@ -142,6 +154,26 @@ class RuntimeApi:
             sock.close()
             raise
         return sock
+
+    def _denied(self) -> str:
+        """Why this user may not connect to the unix socket, and the fix: HAProxy makes the socket its own
+        user's, mode 0600 or its `mode`, and gives it a group only where `stats socket` names one."""
+        path = self.address.removeprefix("unix@")
+        user = _name(pwd.getpwuid, os.geteuid(), "uid")
+        try:
+            info = os.stat(path)
+        except OSError:
+            return f"permission denied for user {user}: a directory on the socket's path is closed to it"
+        owner, group = _name(pwd.getpwuid, info.st_uid, "uid"), _name(grp.getgrgid, info.st_gid, "gid")
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_gid == 0:  # root's group: give the socket one of this user's instead
+            fix = (f"have HAProxy give the socket a group {user} is in: "
+                   f"'stats socket {path} mode 660 level admin {_group_option(os.getegid())}' in haproxy.cfg")
+        else:
+            fix = f"add {user} to group {group}" + ("" if mode & 0o020 else (
+                f", and give that group the socket: 'stats socket {path} mode 660 level admin "
+                f"{_group_option(info.st_gid)}' in haproxy.cfg"))
+        return f"permission denied for user {user} (the socket is {owner}:{group}, mode {mode:04o}): {fix}"
 
     def certificates(self) -> CertificateTable:
         return parse_show_ssl_cert(self.command("show ssl cert"))
@@ -212,3 +244,17 @@ class RuntimeApi:
                 self.command(line)
             except CertrenewError as error:
                 log.warning("%s: %s failed: %s", self, line, error)
+
+
+def _name(lookup: Callable[[int], Any], number: int, kind: str) -> str:
+    """A user's or group's name, or `uid N`/`gid N` where this system has none (a container's user)."""
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return f"{kind} {number}"
+
+
+def _group_option(gid: int) -> str:
+    """How `stats socket` names group `gid`: by name (`group`), or by number (`gid`) where it has none."""
+    name = _name(grp.getgrgid, gid, "gid")
+    return f"group {name}" if not name.startswith("gid ") else name
