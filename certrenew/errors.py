@@ -26,8 +26,8 @@ class UsageError(CertrenewError):
 
 
 class Refused(CertrenewError):
-    """HAProxy refused some bundles themselves (an error answer to `set`/`commit ssl cert`, or
-    `haproxy -c` naming their files): those bundles, not HAProxy, are at fault."""
+    """HAProxy refused some bundles themselves (an error answer to `set`/`commit ssl cert` or
+    `add ssl crt-list`, or `haproxy -c` naming their files): those bundles, not HAProxy, are at fault."""
 
     def __init__(self, message: str, which: list[str]) -> None:
         super().__init__(message)

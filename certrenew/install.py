@@ -14,9 +14,9 @@ verify endpoint must serve each new certificate for each of its names.
 If any step fails, every change is undone, newest first: the previous bundles go back
 on disk byte for byte, into each HAProxy's memory, and through a reload if one was
 done, so no node is left serving a certificate that was rolled back on another. When
-HAProxy refused particular bundles (an error answer to `commit ssl cert`, or `haproxy -c`
-naming their files), the error says which (`errors.Refused`), so the run can set them
-aside and install the others without them.
+HAProxy refused particular bundles (an error answer to `commit ssl cert` or, for a new
+one, `add ssl crt-list`; or `haproxy -c` naming their files), the error says which
+(`errors.Refused`), so the run can set them aside and install the others without them.
 
 A bundle in the ssl dir that is a symbolic link is replaced by a regular file, after a
 warning naming the link and its target; the rollback copy is what the link led to, the

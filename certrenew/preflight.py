@@ -29,7 +29,7 @@ from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hostport import split_host_port
 from certrenew.responder import CHALLENGE_PREFIX, Responder
-from certrenew.runtime_api import RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
+from certrenew.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 from certrenew.store import FileStore
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ def socket_check(address: str, ssl_dir: Path) -> Check:
         crt_lists = node.crt_lists()
     except Unsupported as error:
         return Check(WARN, what, f"{error}: certificates are installed with the reload command")
+    except Forbidden as error:  # its message names the fix
+        return Check(FAIL, what, str(error))
     except RuntimeApiError as error:
         return Check(FAIL, what, f"{error}; check --haproxy-socket, that HAProxy runs, and that this user may open it")
     directory = os.path.abspath(ssl_dir)

@@ -10,11 +10,17 @@ HAProxy keeps one certificate transaction per process: `set ssl cert` opens it,
 in between is answered with `abort ssl cert` so nothing half-done stays open.
 """
 
+import grp
 import logging
+import os
+import pwd
 import re
 import socket
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 from certrenew.errors import CertrenewError
 
@@ -31,7 +37,12 @@ class RuntimeApiError(CertrenewError):
 
 
 class Rejected(RuntimeApiError):
-    """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`): the bundle is at fault."""
+    """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`, `add ssl crt-list`):
+    the bundle is at fault."""
+
+
+class Forbidden(RuntimeApiError):
+    """This user may not connect to the socket; the message names the user and the fix."""
 
 
 class Unsupported(RuntimeApiError):
@@ -120,6 +131,8 @@ class RuntimeApi:
                 chunks = []
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
+        except PermissionError:
+            raise Forbidden(f"HAProxy Runtime API {self}: {self._denied()}") from None
         except OSError as error:
             raise RuntimeApiError(f"HAProxy Runtime API {self}: {error.strerror or error}") from None
         answer = b"".join(chunks).decode(errors="replace")
@@ -142,6 +155,26 @@ class RuntimeApi:
             raise
         return sock
 
+    def _denied(self) -> str:
+        """Why this user may not connect to the unix socket, and the fix: HAProxy makes the socket its own
+        user's, mode 0600 or its `mode`, and gives it a group only where `stats socket` names one."""
+        path = self.address.removeprefix("unix@")
+        user = _name(pwd.getpwuid, os.geteuid(), "uid")
+        try:
+            info = os.stat(path)
+        except OSError:
+            return f"permission denied for user {user}: a directory on the socket's path is closed to it"
+        owner, group = _name(pwd.getpwuid, info.st_uid, "uid"), _name(grp.getgrgid, info.st_gid, "gid")
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_gid == 0:  # root's group: give the socket one of this user's instead
+            fix = (f"have HAProxy give the socket a group {user} is in: "
+                   f"'stats socket {path} mode 660 level admin {_group_option(os.getegid())}' in haproxy.cfg")
+        else:
+            fix = f"add {user} to group {group}" + ("" if mode & 0o020 else (
+                f", and give that group the socket: 'stats socket {path} mode 660 level admin "
+                f"{_group_option(info.st_gid)}' in haproxy.cfg"))
+        return f"permission denied for user {user} (the socket is {owner}:{group}, mode {mode:04o}): {fix}"
+
     def certificates(self) -> CertificateTable:
         return parse_show_ssl_cert(self.command("show ssl cert"))
 
@@ -157,7 +190,7 @@ class RuntimeApi:
         self._expect(f"new ssl cert {path}", "New empty certificate store")
         try:
             self._set_and_commit(path, bundle)
-            self._expect(f"add ssl crt-list {crt_list} {path}", "Success!")
+            self._add_to_crt_list(crt_list, path)
         except CertrenewError:
             self._delete(crt_list, path)
             raise
@@ -177,6 +210,17 @@ class RuntimeApi:
         except CertrenewError:
             self._abort(path)
             raise
+
+    def _add_to_crt_list(self, crt_list: str, path: str) -> None:
+        """Serve `path` from `crt_list`: only now does HAProxy load a new certificate into its binds' SSL
+        contexts (`commit ssl cert` of one no bind uses yet builds none), so a failure once it is
+        "Inserting certificate" is the bundle's, e.g. a chain OpenSSL's security level will not load."""
+        line = f"add ssl crt-list {crt_list} {path}"
+        log.debug("%s: %s", self, line)
+        answer = self.command(line)
+        if "Success!" not in answer:
+            error = Rejected if answer.startswith("Inserting certificate") else RuntimeApiError
+            raise error(f"{self}: {line}: {answer_error(answer)}")
 
     def _expect(self, line: str, success: str, payload: bytes | None = None,
                 error: type[RuntimeApiError] = RuntimeApiError) -> str:
@@ -200,3 +244,17 @@ class RuntimeApi:
                 self.command(line)
             except CertrenewError as error:
                 log.warning("%s: %s failed: %s", self, line, error)
+
+
+def _name(lookup: Callable[[int], Any], number: int, kind: str) -> str:
+    """A user's or group's name, or `uid N`/`gid N` where this system has none (a container's user)."""
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return f"{kind} {number}"
+
+
+def _group_option(gid: int) -> str:
+    """How `stats socket` names group `gid`: by name (`group`), or by number (`gid`) where it has none."""
+    name = _name(grp.getgrgid, gid, "gid")
+    return f"group {name}" if not name.startswith("gid ") else name

@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 LOOPBACK = "127.0.0.1"
@@ -96,17 +97,47 @@ def forged_chain(public_key, names: list[str], valid_days: tuple[int, int] = (-1
     """A leaf for `public_key` and `names`, valid between the two day offsets from now, and its issuer (not pebble)."""
     ca = trustme.CA()
     issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    leaf = _leaf(public_key, names, valid_days, issuer.subject, _key(ca))
+    return leaf.public_bytes(serialization.Encoding.PEM) + ca.cert_pem.bytes()
+
+
+def weak_chain(public_key, names: list[str]) -> bytes:
+    """A leaf for `public_key` and `names` and its issuer, an intermediate with a 1024-bit RSA key.
+
+    certrenew's own checks accept it (each certificate is signed by the next), but OpenSSL's
+    default security level (2: 112 bits) refuses to load such a chain, so HAProxy does.
+    """
+    root = trustme.CA()
+    key = rsa.generate_private_key(65537, 1024)
     now = datetime.datetime.now(datetime.timezone.utc)
-    leaf = (x509.CertificateBuilder()
+    intermediate = (x509.CertificateBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak intermediate")]))
+                    .issuer_name(x509.load_pem_x509_certificate(root.cert_pem.bytes()).subject)
+                    .public_key(key.public_key())
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(now - datetime.timedelta(days=1))
+                    .not_valid_after(now + datetime.timedelta(days=365))
+                    .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                    .sign(_key(root), hashes.SHA256()))
+    leaf = _leaf(public_key, names, (-1, 89), intermediate.subject, key)
+    return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in (leaf, intermediate))
+
+
+def _leaf(public_key, names: list[str], valid_days: tuple[int, int], issuer: x509.Name, issuer_key):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(issuer.subject)
+            .issuer_name(issuer)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now + datetime.timedelta(days=valid_days[0]))
             .not_valid_after(now + datetime.timedelta(days=valid_days[1]))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
-            .sign(serialization.load_pem_private_key(ca.private_key_pem.bytes(), None), hashes.SHA256()))
-    return leaf.public_bytes(serialization.Encoding.PEM) + ca.cert_pem.bytes()
+            .sign(issuer_key, hashes.SHA256()))
+
+
+def _key(ca: trustme.CA):
+    return serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
 
 
 def csr_public_key(jws_body: bytes):

@@ -4,6 +4,7 @@ import pytest
 from fake_haproxy import FakeHAProxy
 
 from certrenew.runtime_api import (
+    Rejected,
     RuntimeApi,
     RuntimeApiError,
     Unsupported,
@@ -92,7 +93,25 @@ def test_adding_a_certificate_cleans_up_when_a_step_fails(fake):
         "del ssl crt-list": "Can't delete the entry\n",
         "del ssl cert": f"Certificate '{PATH}' deleted!\n",
     })
-    with pytest.raises(RuntimeApiError, match="add ssl crt-list .* does not exist"):
+    with pytest.raises(RuntimeApiError, match="add ssl crt-list .* does not exist") as raised:
+        api.add_certificate("/etc/haproxy/ssl", PATH, BUNDLE)
+    assert not isinstance(raised.value, Rejected)  # the crt-list is at fault, not the bundle
+    assert server.commands()[-2:] == ["del ssl crt-list", "del ssl cert"]
+
+
+def test_a_bundle_the_binds_cannot_load_is_rejected_when_added_to_the_crt_list(fake):
+    """A new certificate meets its binds' SSL contexts only at `add ssl crt-list` (HAProxy 2.6's answer)."""
+    server, api = fake({
+        "new ssl cert": f"New empty certificate store '{PATH}'!\n",
+        "set ssl cert": f"Transaction created for certificate {PATH}!\n",
+        "commit ssl cert": f"Committing {PATH}\nSuccess!\n",
+        "add ssl crt-list": f"Inserting certificate '{PATH}' in crt-list '/etc/haproxy/ssl'.\nunable to load chain "
+                            f"certificate into SSL Context '{PATH}'. Make sure you are linking against Openssl "
+                            ">= 1.0.2.\nFailed!\n",
+        "del ssl crt-list": "Can't delete the entry\n",
+        "del ssl cert": f"Certificate '{PATH}' deleted!\n",
+    })
+    with pytest.raises(Rejected, match="unable to load chain certificate"):
         api.add_certificate("/etc/haproxy/ssl", PATH, BUNDLE)
     assert server.commands()[-2:] == ["del ssl crt-list", "del ssl cert"]
 

@@ -13,9 +13,11 @@ import threading
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from faultproxy import Forge, weak_chain
+from faultproxy import step as step_of
 from faults import NAME, Guard
 
-from certrenew.bundle import pem_blocks
+from certrenew.bundle import certificate_info, check_bundle, leaf_certificate, leaf_info, pem_blocks
 from certrenew.keys import key_to_pem
 from certrenew.store import FileStore, PendingOrder
 
@@ -33,10 +35,10 @@ def plant(path, content: bytes) -> None:
     path.chmod(0o600)
 
 
-def run_config(guard, lab, *args):
+def run_config(guard, lab, *args, config_text=CONFIG):
     guard.runs += 1
     config = lab.workdir / "certrenew.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     return lab.certrenew("run", "--config", str(config), *args, env=guard.env)
 
 
@@ -233,3 +235,70 @@ def test_a_symlinked_bundle_is_replaced_after_a_warning_and_a_rollback_restores_
     guard.recover(expect="installed")
     assert not guard.bundle_path.is_symlink() and elsewhere.read_bytes() == original  # the link's target untouched
     assert json.loads((state(lab) / "meta.json").read_text())["directory"] == lab.directory_url
+
+
+# What HAProxy itself refuses: a chain certrenew's checks accept and OpenSSL will not load.
+
+REFUSALS = {
+    # case: (established before, the install settings)
+    "renewal refused at commit ssl cert": (True, lambda lab: {"CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket)}),
+    "new certificate refused at add ssl crt-list": (
+        False, lambda lab: {"CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket)}),
+    "renewal refused by haproxy -c before the reload": (
+        True, lambda lab: {"CERTRENEW_HAPROXY_CONFIG": str(lab.haproxy_cfg)}),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_a_bundle_haproxy_refuses_is_set_aside_and_the_others_installed(guard_for, lab, proxy, case):
+    """The CA sends a chain whose intermediate has a 1024-bit RSA key, for one of two certificates:
+    HAProxy refuses it, what it served stays served, the other certificate is installed in the
+    same run, and the refused one is set aside, so the next runs do not retry it for ever."""
+    established, settings = REFUSALS[case]
+    guard = guard_for(case, proxy)
+    guard.env.update(settings(lab))
+    other = OTHERS[0]
+    config = f'[[certificate]]\ndomains = ["{NAME}"]\n\n[[certificate]]\ndomains = ["{other}"]\n'
+    if established:
+        assert run_config(guard, lab, config_text=config).returncode == 0
+        guard.old = guard.bundle_path.read_bytes()
+        lab.wait_served_serial(NAME, leaf_info(guard.old).serial)
+    forged = []
+
+    def weaken(body: bytes, _) -> bytes:
+        leaf = leaf_certificate(body)
+        if NAME not in leaf_info(body).domains:
+            return body
+        forged.append(weak_chain(leaf.public_key(), [NAME]))  # the leaf carries certrenew's own key
+        return forged[-1]
+
+    proxy.on_request = lambda method, path: Forge(weaken) if step_of(path) == "certificate" else None
+    result = run_config(guard, lab, "--force", config_text=config)
+    assert len(forged) == 1, "the download for the certificate was not forged once"
+    outcomes = lines_of(result)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "unable to load chain certificate" in outcomes[NAME], outcomes  # HAProxy's own words
+    assert "set aside as" in outcomes[NAME], outcomes
+    assert outcomes[other].startswith(("renewed:", "issued:")), outcomes
+    lab.wait_served_serial(other, leaf_info((lab.ssl_dir / f"{other}.pem").read_bytes()).serial)
+    [rejected] = (state(lab) / "rejected").iterdir()
+    assert rejected.name.endswith("-pending.pem") and rejected.read_bytes().startswith(forged[0])
+    check_bundle(rejected.read_bytes())  # certrenew's own checks pass it: only HAProxy could refuse it
+    if established:
+        assert guard.bundle_path.read_bytes() == guard.old
+        assert lab.served_certificate(NAME).serial_number == leaf_certificate(guard.old).serial_number
+        guard.survived()
+    else:
+        assert not guard.bundle_path.exists()
+        assert NAME not in certificate_info(lab.served_certificate_unverified(NAME)).domains  # the placeholder
+
+    proxy.on_request = lambda method, path: None
+    again = run_config(guard, lab, config_text=config)  # the refused bundle is not tried again
+    if established:  # what is served is not due
+        assert again.returncode == 0 and lines_of(again)[NAME].startswith("unchanged"), again.stdout
+    else:  # backed off, as after any failure
+        assert again.returncode == 1 and lines_of(again)[NAME].startswith("deferred"), again.stderr
+    forced = run_config(guard, lab, "--force", config_text=config)
+    assert forced.returncode == 0, forced.stderr
+    assert lines_of(forced)[NAME].startswith(("renewed:", "issued:")), forced.stdout
+    guard.recover(expect="unchanged")

@@ -3,13 +3,19 @@ responder fails without an order (counted through the fault proxy), a working on
 with the probe seen by HAProxy, and a mistake on our side does not start the back-off."""
 
 import http.server
+import os
 import re
+import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from container import as_image_user, read_image
+from cryptography.hazmat.primitives import hashes
 from faultproxy import FaultProxy
-from lab import LOOPBACK, free_ports, log_tail
+from lab import LOOPBACK, Lab, free_ports, log_tail
 
 from certrenew.placeholder import PLACEHOLDER_FILE
 
@@ -112,6 +118,58 @@ def test_missing_admin_socket_fails_before_any_request_to_the_ca(lab, proxy):
     fixed = lab.certrenew(NAME, "--haproxy-socket", str(lab.admin_socket), env=proxy.env)
     assert fixed.returncode == 0, fixed.stderr
     assert proxy.count("new-order") >= 1  # more when pebble rejects a nonce and the order is signed again
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run certrenew as another user")
+def test_an_admin_socket_this_user_may_not_open_is_named_with_the_fix_before_any_order():
+    """certrenew runs as the image's user (10001); HAProxy's admin socket is root's (mode 660, no group
+    given): `check` and a run name the socket, the user and the `stats socket` line that lets it in,
+    the run asks the CA nothing and changes nothing served; once the socket is the user's group's, both pass."""
+    image = read_image()
+    with tempfile.TemporaryDirectory() as top:  # not pytest's tmp_path: its parents are closed to other users
+        Path(top).chmod(0o755)
+        with Lab(Path(top) / "lab") as lab, FaultProxy(lab) as proxy:
+            for path in (lab.state_dir, lab.ssl_dir, *lab.ssl_dir.iterdir()):
+                os.chown(path, image.uid, image.gid)
+            socket = lab.admin_socket
+            assert (socket.stat().st_uid, socket.stat().st_gid) == (0, 0)  # the fault: root's, closed to 10001
+
+            def certrenew(*args):
+                command, env = as_image_user(image, ["certrenew", *args],
+                                             {"/var/lib/certrenew": lab.state_dir, "/etc/haproxy/ssl": lab.ssl_dir})
+                env.update({key: value for key, value in lab.certrenew_env.items()
+                            if key not in ("CERTRENEW_STATE_DIR", "CERTRENEW_SSL_DIR")},
+                           **proxy.env, CERTRENEW_HAPROXY_SOCKET=str(socket))
+                result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+                assert "Traceback" not in result.stderr, result.stderr
+                return result
+
+            def socket_line(output: str) -> str:
+                [line] = [line for line in output.splitlines() if f"HAProxy socket {socket}:" in line]
+                return line
+
+            served = lab.served_certificate_unverified(NAME).fingerprint(hashes.SHA256())
+            before = {path.name: path.read_bytes() for path in lab.ssl_dir.iterdir()}
+            check = certrenew("check")
+            line = socket_line(check.stdout)
+            assert check.returncode == 1 and line.startswith("FAIL"), check.stdout
+            assert "permission denied for user" in line and "the socket is root:" in line, line
+            assert f"'stats socket {socket} mode 660 level admin " in line, line
+
+            proxy.seen.clear()  # check read the ACME directory; the run must not ask the CA even that
+            run = certrenew(NAME)
+            assert run.returncode == 1, run.stderr
+            assert socket_line(run.stderr).startswith("certrenew: error: ") and line[5:] in run.stderr, run.stderr
+            assert proxy.seen == []  # failed before the CA was asked for anything
+            assert {path.name: path.read_bytes() for path in lab.ssl_dir.iterdir()} == before
+            assert lab.served_certificate_unverified(NAME).fingerprint(hashes.SHA256()) == served
+
+            os.chown(socket, -1, image.gid)  # what the advised `stats socket` line makes HAProxy do
+            again = certrenew("check")
+            assert socket_line(again.stdout).startswith("ok"), again.stdout
+            fixed = certrenew(NAME)
+            assert fixed.returncode == 0 and "served by hot update" in fixed.stdout, fixed.stderr
+            lab.served_certificate(NAME)
 
 
 def test_validation_failure_names_the_fix_and_backs_off_until_the_settings_change(lab):
