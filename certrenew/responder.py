@@ -47,7 +47,7 @@ class PortBusy(CertrenewError):
 class Responder:
     """An HTTP-01 `ChallengeSolver` serving key authorizations on a backend port.
 
-    Use it as a context manager for the run: the port is bound at the first order
+    Use it as a context manager for the run: the port is bound at the first `present`
     (a run that orders nothing never opens it) and free again on exit. The server is
     asyncio in one thread, so thousands of idle or slow connections cost memory, not
     threads, and a real validation is answered while they wait out their time limit. Every answer closes its connection, so nothing lingers after exit. It
@@ -74,9 +74,9 @@ class Responder:
         """Open connections, oldest first."""
 
     def prepare(self, domains: list[str]) -> None:
-        """Open the port (or borrow the daemon's) before ordering: a port nobody can serve from
-        fails the certificate without leaving an order, or a failed validation, at the CA."""
-        self.start(borrow=True)
+        """Nothing to check before ordering: the port is opened (or borrowed) at the first `present`,
+        so an order whose authorizations are valid already never needs it (the pre-flight probe,
+        on by default, checks the port before ordering)."""
 
     def present(self, domain: str, token: str, validation: str) -> None:
         check_token(token)
