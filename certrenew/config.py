@@ -333,7 +333,14 @@ class Option:
         return self._one(raw)
 
     def _one(self, raw: Any) -> Any:
-        return self._checked(_flag(raw) if self.kind is bool else self.kind(raw))
+        return self._checked(_flag(raw) if self.kind is bool else self._kind(raw))
+
+    def _kind(self, raw: Any) -> Any:
+        """`raw` as this option's type; an empty path is refused, as Path("") is the current directory
+        (an empty CERTRENEW_STATE_DIR would put the account key wherever certrenew was started)."""
+        if self.kind is Path and not str(raw).strip():
+            raise ValueError("must not be empty")
+        return self.kind(raw)
 
     def from_toml(self, value: Any) -> Any:
         if self.repeated:
@@ -346,7 +353,7 @@ class Option:
         accepted, described = _TOML_TYPES[self.kind]
         if not isinstance(value, accepted) or (self.kind is not bool and isinstance(value, bool)):
             raise ValueError(f"must be {described}")
-        return self._checked(self.kind(value))
+        return self._checked(self._kind(value))
 
     def _checked(self, value: Any) -> Any:
         return self.check(value) if self.check else value

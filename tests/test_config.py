@@ -308,3 +308,17 @@ def test_sensible_bounds_are_accepted(tmp_path):
 def test_certificate_tables_are_strict(tmp_path, table, error):
     with pytest.raises(UsageError, match=error):
         config_file(tmp_path, f"[[certificate]]\n{table}\n")
+
+
+@pytest.mark.parametrize("name", ["STATE_DIR", "SSL_DIR", "METRICS_FILE", "TSIG_KEY"])
+def test_an_empty_path_is_refused_not_taken_for_the_current_directory(tmp_path, name):
+    """Path("") is ".": an empty CERTRENEW_STATE_DIR would put the account key where certrenew was started."""
+    with pytest.raises(UsageError, match=f"invalid CERTRENEW_{name}: must not be empty"):
+        build_settings({}, None, {f"CERTRENEW_{name}": ""})
+    option = name.lower()
+    with pytest.raises(UsageError, match=f"invalid --{option.replace('_', '-')}: must not be empty"):
+        build_settings({option: " "}, None, {})
+    with pytest.raises(UsageError, match=f"{option}: must not be empty"):
+        config_file(tmp_path, f'{option} = ""\n')
+    with pytest.raises(UsageError, match="invalid --haproxy-config: must not be empty"):
+        build_settings({"haproxy_config": ["/etc/haproxy/haproxy.cfg", ""]}, None, {})
