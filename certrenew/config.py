@@ -525,9 +525,10 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
     domains = table.get("domains")
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise UsageError(f"{where}: domains must be a list of strings")
-    profile = table.get("profile", defaults.get("profile"))
-    if profile is not None and not isinstance(profile, str):
-        raise UsageError(f"{where}: profile must be a string")
+    try:  # checked as the top-level key is: "short lived" would reach the CA, and fail there with a back-off
+        profile = OPTION_NAMED["profile"].from_toml(table["profile"]) if "profile" in table else defaults.get("profile")
+    except ValueError as error:
+        raise UsageError(f"{where}: profile {error}") from None
     key_types = table.get("key_type", defaults.get("key_type", DEFAULT_KEY_TYPE))
     if not isinstance(key_types, (str, list)):
         raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")

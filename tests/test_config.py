@@ -89,6 +89,8 @@ def test_specs_certificate_specs_made_are_marked_checked_and_others_are_not(tmp_
     ("[[certificate]]\nname = 'x'\n", "domains must be a list"),
     ("[[certificate]]\nname = '../x'\ndomains = ['a.example']\n", "invalid certificate name"),
     ("[[certificate]]\ndomains = ['a.example']\nprofile = 3\n", "profile must be a string"),
+    ("[[certificate]]\ndomains = ['a.example']\nprofile = 'short lived'\n",
+     "certificate #1: profile 'short lived' is not a profile name"),
     ("x = \n", "Invalid value"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, text, says):
