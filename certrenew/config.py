@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomli
 
@@ -294,6 +295,15 @@ def _dns_hook(command: str) -> str:
     return command
 
 
+def _directory_url(url: str) -> str:
+    """The CA's directory: HTTPS only, since TLS is what makes the answers the CA's. Over plain HTTP anyone
+    on the path could hand back a chain of their own for our key and names, and it would pass every check."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"{url!r} is not an https:// URL, e.g. {LETSENCRYPT}")
+    return url
+
+
 def _existing_file(path: str) -> str:
     if not Path(path).is_file():
         raise ValueError(f"{path} does not exist")
@@ -360,7 +370,7 @@ class Option:
 
 
 OPTIONS = [
-    Option("directory", "ACME directory URL (default Let's Encrypt)", metavar="URL"),
+    Option("directory", "ACME directory URL, https:// (default Let's Encrypt)", metavar="URL", check=_directory_url),
     Option("staging", "use Let's Encrypt's staging CA", bool),
     Option("email", "contact address for the ACME account", metavar="ADDR"),
     Option("agree_tos", "agree to the CA's terms of service (needed to register an account)", bool),

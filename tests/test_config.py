@@ -324,3 +324,15 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_directory(tmp_path, 
         config_file(tmp_path, f'{option} = ""\n')
     with pytest.raises(UsageError, match="invalid --haproxy-config: must not be empty"):
         build_settings({"haproxy_config": ["/etc/haproxy/haproxy.cfg", ""]}, None, {})
+
+
+@pytest.mark.parametrize("url", ["notaurl", "acme-v02.api.letsencrypt.org/directory", "http://ca.example/dir",
+                                 "https:///dir"])
+def test_a_directory_that_is_not_an_https_url_is_refused_before_the_ca_is_asked(tmp_path, url):
+    """A typo there is our mistake: refused at once (exit 2), not a failed order with a back-off."""
+    with pytest.raises(UsageError, match="invalid CERTRENEW_DIRECTORY: .* is not an https:// URL"):
+        build_settings({}, None, {"CERTRENEW_DIRECTORY": url})
+    with pytest.raises(UsageError, match="directory: .* is not an https:// URL"):
+        config_file(tmp_path, f'directory = "{url}"\n')
+    assert build_settings({"directory": "https://127.0.0.1:14000/dir"}, None, {}).directory_url == \
+        "https://127.0.0.1:14000/dir"
