@@ -80,6 +80,11 @@ class AcmeClient:
         self._check_profile(profile)
         solver.prepare(domains)
         order = self._create_order(domains, csr_pem, replaces, profile)
+        # The names to prove come from the CA's answer: publish nothing (a TXT record in our zones, an
+        # argument to the operator's DNS hook) for a name that was not ordered.
+        unordered = sorted({_ordered_name(authzr).lower() for authzr in order.authorizations} - set(domains))
+        if unordered:
+            raise CertrenewError(f"the CA's order asks for proof of {', '.join(unordered)}, which was not ordered")
         key = self.transport.key
         challenges = [(_ordered_name(authzr), self._pick_challenge(authzr, solver.challenge_type))
                       for authzr in order.authorizations if authzr.body.status != messages.STATUS_VALID]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomli
 
@@ -294,6 +295,15 @@ def _dns_hook(command: str) -> str:
     return command
 
 
+def _directory_url(url: str) -> str:
+    """The CA's directory: HTTPS only, since TLS is what makes the answers the CA's. Over plain HTTP anyone
+    on the path could hand back a chain of their own for our key and names, and it would pass every check."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"{url!r} is not an https:// URL, e.g. {LETSENCRYPT}")
+    return url
+
+
 def _existing_file(path: str) -> str:
     if not Path(path).is_file():
         raise ValueError(f"{path} does not exist")
@@ -333,7 +343,14 @@ class Option:
         return self._one(raw)
 
     def _one(self, raw: Any) -> Any:
-        return self._checked(_flag(raw) if self.kind is bool else self.kind(raw))
+        return self._checked(_flag(raw) if self.kind is bool else self._kind(raw))
+
+    def _kind(self, raw: Any) -> Any:
+        """`raw` as this option's type; an empty path is refused, as Path("") is the current directory
+        (an empty CERTRENEW_STATE_DIR would put the account key wherever certrenew was started)."""
+        if self.kind is Path and not str(raw).strip():
+            raise ValueError("must not be empty")
+        return self.kind(raw)
 
     def from_toml(self, value: Any) -> Any:
         if self.repeated:
@@ -346,14 +363,14 @@ class Option:
         accepted, described = _TOML_TYPES[self.kind]
         if not isinstance(value, accepted) or (self.kind is not bool and isinstance(value, bool)):
             raise ValueError(f"must be {described}")
-        return self._checked(self.kind(value))
+        return self._checked(self._kind(value))
 
     def _checked(self, value: Any) -> Any:
         return self.check(value) if self.check else value
 
 
 OPTIONS = [
-    Option("directory", "ACME directory URL (default Let's Encrypt)", metavar="URL"),
+    Option("directory", "ACME directory URL, https:// (default Let's Encrypt)", metavar="URL", check=_directory_url),
     Option("staging", "use Let's Encrypt's staging CA", bool),
     Option("email", "contact address for the ACME account", metavar="ADDR"),
     Option("agree_tos", "agree to the CA's terms of service (needed to register an account)", bool),
@@ -518,9 +535,10 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
     domains = table.get("domains")
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise UsageError(f"{where}: domains must be a list of strings")
-    profile = table.get("profile", defaults.get("profile"))
-    if profile is not None and not isinstance(profile, str):
-        raise UsageError(f"{where}: profile must be a string")
+    try:  # checked as the top-level key is: "short lived" would reach the CA, and fail there with a back-off
+        profile = OPTION_NAMED["profile"].from_toml(table["profile"]) if "profile" in table else defaults.get("profile")
+    except ValueError as error:
+        raise UsageError(f"{where}: profile {error}") from None
     key_types = table.get("key_type", defaults.get("key_type", DEFAULT_KEY_TYPE))
     if not isinstance(key_types, (str, list)):
         raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")

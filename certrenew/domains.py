@@ -78,7 +78,7 @@ def check_normalized(names: Sequence[str]) -> None:
     """
     if (names and len(set(names)) == len(names)
             and all(isinstance(name, str) and len(name) <= 253 and _NORMALIZED.fullmatch(name)
-                    and not _is_ip_address(name) for name in names)):
+                    and not _is_ip_address(name.removeprefix("*.")) for name in names)):
         return
     if not all(isinstance(name, str) for name in names):
         raise UsageError(f"domains must be strings, not {names!r}")

@@ -4,13 +4,14 @@ import argparse
 from pathlib import Path
 
 from certrenew import cli
+from certrenew.errors import UsageError
 
 
-def parse_invocation(argv: list[str]) -> argparse.Namespace | None:
-    """`certrenew SUBCOMMAND ARGS...` as certrenew would parse it; None while certrenew has no
-    such subcommand. Raises UsageError on anything certrenew would refuse."""
+def parse_invocation(argv: list[str]) -> argparse.Namespace:
+    """`certrenew SUBCOMMAND ARGS...` as certrenew would parse it. Raises UsageError on anything
+    certrenew would refuse, a subcommand it does not have included."""
     program, subcommand, *arguments = argv
     assert Path(program).name == "certrenew", argv
     if subcommand not in cli.COMMANDS:
-        return None
+        raise UsageError(f"certrenew has no {subcommand!r} command (it has {', '.join(cli.COMMANDS)})")
     return getattr(cli, f"build_{subcommand.replace('-', '_')}_parser")().parse_args(arguments)

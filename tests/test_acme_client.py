@@ -3,8 +3,12 @@
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
+import josepy as jose
 import pytest
+from acme import challenges, messages
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from certrenew.acme_account import new_account_key_pem
 from certrenew.acme_client import AcmeClient
@@ -71,3 +75,48 @@ def test_telemetry_counts_every_request_and_every_failed_one():
             server.shutdown()
     assert answers == []  # the two server errors were retried
     assert (telemetry.acme_requests, telemetry.acme_errors) == (3, 2)
+
+
+class Recorder:
+    """A challenge solver that only notes what it was asked to publish."""
+
+    challenge_type = "dns-01"
+
+    def __init__(self):
+        self.presented = []
+
+    def prepare(self, domains):
+        pass
+
+    def present(self, domain, token, validation):
+        self.presented.append(domain)
+
+    def wait_ready(self):
+        raise CertrenewError(f"published for {', '.join(self.presented)}")  # no CA here to answer
+
+    def cleanup(self, domain, token):
+        pass
+
+
+def test_an_order_asking_to_prove_a_name_not_ordered_publishes_nothing():
+    """The names to prove come from the CA's answer; a forged one must not become a TXT record or a hook's argument."""
+
+    class ForgingCA(AcmeClient):
+        def __init__(self):
+            self.transport = SimpleNamespace(key=jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())))
+
+        def _check_profile(self, profile):
+            pass
+
+        def _create_order(self, domains, csr_pem, replaces, profile):
+            authorizations = [messages.AuthorizationResource(uri=f"https://ca/authz/{name}", body=messages.Authorization(
+                identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name), status=messages.STATUS_PENDING,
+                challenges=[messages.ChallengeBody(chall=challenges.DNS01(token=b"t" * 32), uri="https://ca/chall",
+                                                   status=messages.STATUS_PENDING)]))
+                for name in ("a.example", "victim.example")]
+            return messages.OrderResource(body=messages.Order(), uri="https://ca/order", authorizations=authorizations)
+
+    solver = Recorder()
+    with pytest.raises(CertrenewError, match="asks for proof of victim.example, which was not ordered"):
+        ForgingCA().obtain(["a.example"], b"csr", solver)
+    assert solver.presented == []

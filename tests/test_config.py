@@ -89,6 +89,8 @@ def test_specs_certificate_specs_made_are_marked_checked_and_others_are_not(tmp_
     ("[[certificate]]\nname = 'x'\n", "domains must be a list"),
     ("[[certificate]]\nname = '../x'\ndomains = ['a.example']\n", "invalid certificate name"),
     ("[[certificate]]\ndomains = ['a.example']\nprofile = 3\n", "profile must be a string"),
+    ("[[certificate]]\ndomains = ['a.example']\nprofile = 'short lived'\n",
+     "certificate #1: profile 'short lived' is not a profile name"),
     ("x = \n", "Invalid value"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, text, says):
@@ -308,3 +310,29 @@ def test_sensible_bounds_are_accepted(tmp_path):
 def test_certificate_tables_are_strict(tmp_path, table, error):
     with pytest.raises(UsageError, match=error):
         config_file(tmp_path, f"[[certificate]]\n{table}\n")
+
+
+@pytest.mark.parametrize("name", ["STATE_DIR", "SSL_DIR", "METRICS_FILE", "TSIG_KEY"])
+def test_an_empty_path_is_refused_not_taken_for_the_current_directory(tmp_path, name):
+    """Path("") is ".": an empty CERTRENEW_STATE_DIR would put the account key where certrenew was started."""
+    with pytest.raises(UsageError, match=f"invalid CERTRENEW_{name}: must not be empty"):
+        build_settings({}, None, {f"CERTRENEW_{name}": ""})
+    option = name.lower()
+    with pytest.raises(UsageError, match=f"invalid --{option.replace('_', '-')}: must not be empty"):
+        build_settings({option: " "}, None, {})
+    with pytest.raises(UsageError, match=f"{option}: must not be empty"):
+        config_file(tmp_path, f'{option} = ""\n')
+    with pytest.raises(UsageError, match="invalid --haproxy-config: must not be empty"):
+        build_settings({"haproxy_config": ["/etc/haproxy/haproxy.cfg", ""]}, None, {})
+
+
+@pytest.mark.parametrize("url", ["notaurl", "acme-v02.api.letsencrypt.org/directory", "http://ca.example/dir",
+                                 "https:///dir"])
+def test_a_directory_that_is_not_an_https_url_is_refused_before_the_ca_is_asked(tmp_path, url):
+    """A typo there is our mistake: refused at once (exit 2), not a failed order with a back-off."""
+    with pytest.raises(UsageError, match="invalid CERTRENEW_DIRECTORY: .* is not an https:// URL"):
+        build_settings({}, None, {"CERTRENEW_DIRECTORY": url})
+    with pytest.raises(UsageError, match="directory: .* is not an https:// URL"):
+        config_file(tmp_path, f'directory = "{url}"\n')
+    assert build_settings({"directory": "https://127.0.0.1:14000/dir"}, None, {}).directory_url == \
+        "https://127.0.0.1:14000/dir"

@@ -64,6 +64,7 @@ def test_list_keeps_order_and_refuses_duplicates():
 def test_what_normalize_makes_passes_the_cheap_check_and_nothing_else():
     for names in (["example.com"], ["*.example.com", "example.com"], ["bücher.example", "x-1.a.b.c"], ["a" * 63 + ".com"]):
         check_normalized(normalize_domains(names))
-    for names in (["Example.com"], ["example.com."], ["bücher.example"], ["-a.example"], ["1.2.3.4"], []):
+    for names in (["Example.com"], ["example.com."], ["bücher.example"], ["-a.example"], ["1.2.3.4"], ["*.1.2.3.4"],
+                  []):
         with pytest.raises(UsageError):
             check_normalized(names)

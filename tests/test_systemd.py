@@ -87,16 +87,17 @@ def test_both_services_share_one_sandbox():
 @pytest.mark.parametrize("unit", SERVICES, ids=lambda path: path.name)
 def test_exec_start_is_a_certrenew_command(unit):
     args = parse_invocation(exec_start(unit))
-    if args is None:
-        # certrenew-daemon.service names `certrenew daemon` before it exists; this turns
-        # into a real check the moment cli.COMMANDS has it.
-        pytest.skip(f"certrenew has no {exec_start(unit)[1]!r} command yet")
     assert args.config == DEFAULT_CONFIG
 
 
 def test_exec_start_check_catches_a_bad_option():
     with pytest.raises(UsageError):
         parse_invocation([INSTALLED_BINARY, "run", "--config", str(DEFAULT_CONFIG), "--no-such-option"])
+
+
+def test_exec_start_check_catches_a_mistyped_command():
+    with pytest.raises(UsageError, match="no 'deamon' command"):
+        parse_invocation([INSTALLED_BINARY, "deamon", "--config", str(DEFAULT_CONFIG)])
 
 
 def test_timer_fires_twice_a_day_spread_and_catching_up():
