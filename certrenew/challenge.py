@@ -15,9 +15,10 @@ from certrenew.errors import CertrenewError, UsageError
 
 HTTP_01 = "http-01"
 DNS_01 = "dns-01"
-TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
-"""A challenge token (RFC 8555 section 8.1: base64url, no padding); it becomes a URL path and a
-key in the store, so nothing else is taken, from the CA or from a request."""
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")
+"""A challenge token (RFC 8555 section 8.1: base64url, no padding; CAs send 43 characters); it
+becomes a URL path and a file name in the store (under NAME_MAX with its suffix), so nothing
+else is taken, from the CA or from a request."""
 
 
 def check_token(token: str) -> str:
