@@ -32,7 +32,7 @@ from pathlib import Path
 
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
-from certrenew.bundle import check_bundle
+from certrenew.bundle import CertificateInfo, check_bundle
 from certrenew.errors import CertrenewError, Refused
 from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 
@@ -52,6 +52,8 @@ read access keeps it across renewals; certrenew never makes a bundle world-reada
 @dataclass(frozen=True)
 class InstallResult:
     name: str
+    info: CertificateInfo
+    """The installed leaf, read when the bundle was proven: the caller need not parse it again."""
     path: Path
     method: str
     """"hot update", "reload" or "hot update and reload"."""
@@ -109,10 +111,10 @@ class Installer:
 
         Each bundle is proven loadable (its key is its certificate's) before anything is written.
         """
-        unloadable = {}
+        unloadable, infos = {}, {}
         for name, bundle in bundles.items():
             try:
-                check_bundle(bundle)
+                infos[name] = check_bundle(bundle)
             except CertrenewError as error:
                 unloadable[name] = f"{name}: refusing to install its bundle: {error}"
         if unloadable:  # refused like a bundle HAProxy refuses: set aside, and the others installed
@@ -140,7 +142,7 @@ class Installer:
         except BaseException:
             changes.roll_back()
             raise
-        return [InstallResult(name, path, method, detail) for name, path in zip(bundles, files)]
+        return [InstallResult(name, infos[name], path, method, detail) for name, path in zip(bundles, files)]
 
     def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None]) -> list[_Plan]:
         """Find out whether `node` can take each certificate at runtime, and under which path."""

@@ -16,7 +16,7 @@ from certrenew.acme_account import new_account_key_pem
 from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme_client import AcmeClient
 from certrenew.acme_transport import Deadline, RequestCounter
-from certrenew.bundle import CertificateInfo, check_bundle, check_issued, leaf_certificate, leaf_info
+from certrenew.bundle import CertificateInfo, check_bundle, check_issued, leaf_certificate
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
@@ -200,7 +200,7 @@ class Issuer:
         results = self.installer.install({item.spec.name: item.bundle for item in issued})
         installed = []
         for item, result in zip(issued, results):
-            info = leaf_info(item.bundle)
+            info = result.info
             record = CertificateRecord(
                 name=item.spec.name,
                 domains=list(item.spec.domains),

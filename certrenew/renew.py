@@ -206,6 +206,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             solvers[dns] = solvers_open.enter_context(dns.solver())
         issuer = Issuer(settings, store, solvers, telemetry,
                         before_order=functools.partial(preflight.check_path, responder, settings))
+        solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))
         try:

@@ -82,3 +82,24 @@ def test_an_answer_within_the_cap_is_read_whole():
         connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                            % (len(body), body))
     assert _Network(Deadline(10), key=None).get(Peer(answer).url).content == body
+
+
+
+def test_requests_share_the_deadlines_one_watchdog_which_close_stops(monkeypatch):
+    """A run sends about ten requests per certificate: none may start a thread of its own."""
+    def answer(connection):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    peer, deadline = Peer(answer), Deadline(60)
+    before = set(threading.enumerate())
+    networks = [_Network(deadline, key=None) for _ in range(2)]
+    [watchdog] = [thread for thread in set(threading.enumerate()) - before if thread.name == "certrenew-deadline"]
+    here, started, start = threading.get_ident(), [], threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start",
+                        lambda thread: (started.append(thread) if threading.get_ident() == here else None,
+                                        start(thread))[1])
+    for network in networks * 5:
+        assert network.get(peer.url).content == b"{}"
+    assert started == []
+    deadline.close()
+    watchdog.join(timeout=5)
+    assert not watchdog.is_alive()

@@ -136,7 +136,7 @@ class RefusingIssuer:
                           [self.refused])
         for item in batch:
             self.store.promote_pending(issued(item.spec.name))
-        return [Installed(item, INFO, InstallResult(item.spec.name, PEM_PATH, "hot update")) for item in batch]
+        return [Installed(item, INFO, InstallResult(item.spec.name, INFO, PEM_PATH, "hot update")) for item in batch]
 
 
 def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
