@@ -23,7 +23,14 @@ from pathlib import Path
 from certrenew import haproxy
 from certrenew.atomicfile import fsync_directory
 from certrenew.bundle import CertificateInfo, leaf_certificate, leaf_info
-from certrenew.config import CertificateSpec, ConfigFile, Settings, check_certificate_name
+from certrenew.config import (
+    CertificateSpec,
+    ConfigFile,
+    Settings,
+    certificate_specs,
+    check_certificate_name,
+    dns_settings,
+)
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import key_type_of, load_key
 from certrenew.placeholder import write_placeholder
@@ -121,12 +128,14 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
             raise UsageError(f"{name} is not in {config.path}, which --reissue orders from; add it back, "
                              "or use --delete")
         replacement = in_config
-    elif reissue:  # the single-domain form: the names and key type it was issued with
+    elif reissue:  # the single-domain form: the names and key type it was issued with, the challenge as given
         key_type = key_type_of(load_key(bundle).public_key())
         if key_type is None:
             raise UsageError(f"{name} has a key of a type certrenew does not make; list it in a config file "
                              "with a key_type to --reissue it")
-        replacement = CertificateSpec(name, info.domains, key_type, settings.profile)
+        # Checked here, so a wildcard without --challenge dns-01 is refused before anything is ordered.
+        [replacement] = certificate_specs(name, info.domains, key_type, settings.profile, settings.challenge,
+                                          dns_settings(settings.challenge, vars(settings)))
     if delete and config is not None and in_config is not None:
         raise UsageError(f"{name} is still in {config.path}, so the next run would issue it again; "
                          "remove it there first, or use --reissue")
