@@ -5,7 +5,8 @@ every request is retried within bounds when the CA answers badNonce, drops the
 connection or fails with a 5xx; a rate limit (429, `rateLimited`) or a 503 with
 Retry-After is waited out when it fits the time budget; and every call is bounded by
 the run's `Deadline`. The library's private `ClientV2._post` and `_post_as_get` are
-used here and nowhere else (hence `acme` is pinned below its next major version).
+used here and nowhere else (hence `acme` is pinned below its next major version). Every
+request, to a URL the CA handed out or a redirect, goes only to the directory's scheme (https).
 """
 
 import datetime
@@ -16,6 +17,7 @@ import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import josepy as jose
 import requests
@@ -113,7 +115,8 @@ class Transport:
         private = load_key(account_key_pem)
         is_rsa = isinstance(private, rsa.RSAPrivateKey)  # certrenew makes ECDSA keys; one from certbot is RSA
         self.key = jose.JWKRSA(key=private) if is_rsa else jose.JWKEC(key=private)
-        self.net = _Network(deadline, counter, key=self.key, alg=jose.RS256 if is_rsa else jose.ES256,
+        self.net = _Network(deadline, counter, urlsplit(directory_url).scheme, key=self.key,
+                            alg=jose.RS256 if is_rsa else jose.ES256,
                             verify_ssl=ca_bundle or True,
                             user_agent=f"certrenew/{__version__}")
         try:
@@ -178,14 +181,17 @@ class _Network(client.ClientNetwork):
 
     `counter` counts every request sent (retries and nonce requests included) and every
     one that got no answer or an HTTP error status.
+
+    Only URLs of `scheme`, the directory's (https:// as the config requires), are followed.
     """
 
-    def __init__(self, deadline: Deadline, counter: RequestCounter | None = None, **kwargs: Any) -> None:
+    def __init__(self, deadline: Deadline, counter: RequestCounter | None = None, scheme: str = "https",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.deadline = deadline
         self.counter = counter
         self._sockets: weakref.WeakSet = weakref.WeakSet()
-        adapter = _WatchedAdapter(self._sockets)
+        adapter = _WatchedAdapter(self._sockets, scheme)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         deadline.at_end(self._cut)
@@ -253,11 +259,25 @@ class _Network(client.ClientNetwork):
         return _is_transient(error)
 
 class _WatchedAdapter(HTTPAdapter):
-    """An adapter that remembers each socket it connects, so that the deadline can cut it mid-read."""
+    """An adapter that sends only to URLs of the directory's scheme, and remembers each socket it
+    connects, so that the deadline can cut it mid-read.
 
-    def __init__(self, sockets: weakref.WeakSet) -> None:
+    Every request passes here, a redirect's included: the URLs the CA hands out (an order, an
+    authorization, a challenge, finalize, the certificate, renewal information) are followed
+    only over TLS. Over plain HTTP anyone on the path could hand back a chain of their own, and
+    the checks of an issued bundle prove its key, names and signatures, not its trust root.
+    """
+
+    def __init__(self, sockets: weakref.WeakSet, scheme: str) -> None:
         self._sockets = sockets
+        self._scheme = scheme
         super().__init__()
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if urlsplit(request.url or "").scheme != self._scheme:
+            raise CertrenewError(f"refusing {request.url} from the CA: not an {self._scheme}:// URL as its "
+                                 "directory is")
+        return super().send(request, *args, **kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)

@@ -32,7 +32,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
     `sync` nothing is fsynced: for what is worth nothing after a crash.
     """
     directory = path.parent
-    temp = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    temp = temp_path(directory)
     with signals.critical():
         try:
             kept = stat.S_IMODE(path.stat().st_mode) & ~_WRITABLE_BY_OTHERS if keep_mode and path.exists() else None
@@ -53,6 +53,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
                 fsync_directory(directory)
         except OSError as error:
             raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def temp_path(directory: Path) -> Path:
+    """A new hidden name in `directory` for this run: HAProxy skips it, and `remove_stale_temps`
+    deletes it once this run is gone."""
+    return directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}"
 
 
 def fsync_directory(directory: Path) -> None:

@@ -407,8 +407,21 @@ def main(argv: list[str] | None = None) -> int:
         if log.isEnabledFor(logging.DEBUG):
             log.exception("failed")
         message = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.filename else error
-        if any(isinstance(handler.formatter, JsonFormatter) for handler in logging.getLogger().handlers):
-            log.error("error: %s", message)  # a log shipper reads every line as JSON
+        if _log_format(argv) == "json":  # a log shipper reads every line as JSON, argparse's complaints too
+            record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (message,), None)
+            print(JsonFormatter().format(record), file=sys.stderr)
         else:
             print(f"certrenew: error: {message}", file=sys.stderr)
         return getattr(error, "exit_code", 1)
+
+
+def _log_format(argv: list[str]) -> str:
+    """--log-format if given, else CERTRENEW_LOG_FORMAT: read apart from the command's parser, so that
+    an error it finds in the rest of the command line still comes out in the format asked for."""
+    early = _Parser(add_help=False, allow_abbrev=False)
+    early.add_argument("--log-format")
+    try:
+        flag = early.parse_known_args(argv)[0].log_format
+    except UsageError:  # --log-format last, without its value: the command's parser says so
+        flag = None
+    return flag or os.environ.get("CERTRENEW_LOG_FORMAT", "text")

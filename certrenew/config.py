@@ -39,6 +39,9 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 MAX_SECONDS = 86400.0
 """The longest --timeout or --lock-timeout: a day. Anything longer is a typo, not a budget."""
+MAX_CONCURRENCY = 64
+"""The most orders at once: each is a thread with its own connections to the CA, and a public CA's
+rate limits stop far fewer; a larger number is a typo, not a plan."""
 MAX_RENEW_BEFORE = datetime.timedelta(days=1000)
 """Longer than any certificate lives: a longer --renew-before would renew on every run."""
 
@@ -230,9 +233,9 @@ def env_flag(name: str, environ: Mapping[str, str] = os.environ) -> bool | None:
         raise UsageError(f"invalid {name}: {error}") from None
 
 
-def _positive(value: float | int) -> float | int:
-    if value <= 0:
-        raise ValueError("must be a positive number")
+def _concurrency(value: int) -> int:
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise ValueError(f"must be a whole number from 1 to {MAX_CONCURRENCY}")
     return value
 
 
@@ -390,8 +393,8 @@ OPTIONS = [
     Option("renew_before", "renew this long before expiry, e.g. 30d or 12h (default: with a third of the "
            "lifetime left, half for certificates under 10 days; earlier if the CA's ARI window says so)",
            metavar="DURATION", check=_renew_before),
-    Option("concurrency", "certificates ordered at the same time (default 4, gentle on a public CA)", int, "N",
-           _positive),
+    Option("concurrency", "certificates ordered at the same time (default 4, gentle on a public CA; at most "
+           f"{MAX_CONCURRENCY})", int, "N", _concurrency),
     Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _seconds(zero_allowed=False)),
     Option("lock_timeout", "how long to wait for another run holding the state dir, in seconds (default 300)",
            float, "SECONDS", _seconds(zero_allowed=True)),

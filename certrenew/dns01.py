@@ -241,12 +241,12 @@ class Dns01Solver:
         import dns.exception
         import dns.resolver
 
-        where = f"at {self.server}" if self.server else "through the system resolver"
         resolver = self._resolver()
+        where = f"at {self.server}" if self.server else f"through the system resolver ({_servers(resolver)})"
         try:
             zone = dns.resolver.zone_for_name(name + ".", resolver=resolver, lifetime=QUERY_TIMEOUT * 3)
         except dns.exception.DNSException as error:
-            raise CertrenewError(f"DNS-01: cannot find the zone of {name} {where}: {error}") from None
+            raise CertrenewError(f"DNS-01: cannot find the zone of {name} {where}: {_said(error)}") from None
         return zone.to_text(omit_final_dot=True)
 
     def _authoritative_servers(self, zone: str) -> list[DnsServer]:
@@ -265,7 +265,7 @@ class Dns01Solver:
         try:
             names = sorted(rdata.target.to_text() for rdata in resolver.resolve(zone + ".", "NS"))
         except dns.exception.DNSException as error:
-            log.warning("DNS-01: no NS set for %s (%s); checking only %s", zone, error,
+            log.warning("DNS-01: no NS set for %s (%s); checking only %s", zone, _said(error),
                         self.server or "nothing")
             names = []
         for name in names:
@@ -278,6 +278,19 @@ class Dns01Solver:
         if not servers:
             raise CertrenewError(f"DNS-01: found no authoritative server for {zone} to check")
         return servers
+
+
+def _servers(resolver) -> str:
+    return ", ".join(str(server) for server in resolver.nameservers)
+
+
+def _said(error: Exception) -> str:
+    """dnspython's error in one sentence: a timeout once, not once for every try of every server."""
+    import dns.resolver
+
+    if isinstance(error, dns.resolver.LifetimeTimeout):
+        return f"no answer within {error.kwargs['timeout']:.0f} s"
+    return str(error)
 
 
 def _first_address(resolver, name: str) -> str | None:

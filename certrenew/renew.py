@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from certrenew import haproxy, hooks, signals
 from certrenew.atomicfile import remove_stale_temps
-from certrenew.challenge import ChallengeSolver
+from certrenew.challenge import ChallengeSolver, check_domains
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
 from certrenew.domains import check_normalized
 from certrenew.errors import CertrenewError, Refused, UsageError
@@ -92,7 +92,8 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
     ACME requests; `progress` shows the orders as they finish (plain log lines by
     default). A hook whose program is missing, or a certificate whose name is not a
-    plain file name or whose domains are not normalized, is refused (UsageError)
+    plain file name, whose domains are not normalized or that its challenge type cannot
+    validate (a wildcard over HTTP-01), is refused (UsageError)
     before anything is touched. HTTP-01 is answered by `responder` when given (the
     daemon's, open for its whole life; left open), else by one this run opens when it
     orders and closes.
@@ -103,6 +104,7 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
         check_certificate_name(spec.name)  # it becomes <ssl dir>/<name>.pem: "../x" would escape it
         try:
             check_normalized(spec.domains)
+            check_domains(spec.challenge, spec.domains)  # a wildcard over HTTP-01 would only fail at the CA
         except UsageError as error:
             raise UsageError(f"{spec.name}: {error}") from None
     check_hooks(settings)

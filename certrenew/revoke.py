@@ -21,9 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certrenew import haproxy
-from certrenew.atomicfile import fsync_directory
+from certrenew.atomicfile import fsync_directory, temp_path
 from certrenew.bundle import CertificateInfo, leaf_certificate, leaf_info
-from certrenew.config import CertificateSpec, ConfigFile, Settings, check_certificate_name
+from certrenew.config import (
+    CertificateSpec,
+    ConfigFile,
+    Settings,
+    certificate_specs,
+    check_certificate_name,
+    dns_settings,
+)
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import key_type_of, load_key
 from certrenew.placeholder import write_placeholder
@@ -121,12 +128,14 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
             raise UsageError(f"{name} is not in {config.path}, which --reissue orders from; add it back, "
                              "or use --delete")
         replacement = in_config
-    elif reissue:  # the single-domain form: the names and key type it was issued with
+    elif reissue:  # the single-domain form: the names and key type it was issued with, the challenge as given
         key_type = key_type_of(load_key(bundle).public_key())
         if key_type is None:
             raise UsageError(f"{name} has a key of a type certrenew does not make; list it in a config file "
                              "with a key_type to --reissue it")
-        replacement = CertificateSpec(name, info.domains, key_type, settings.profile)
+        # Checked here, so a wildcard without --challenge dns-01 is refused before anything is ordered.
+        [replacement] = certificate_specs(name, info.domains, key_type, settings.profile, settings.challenge,
+                                          dns_settings(settings.challenge, vars(settings)))
     if delete and config is not None and in_config is not None:
         raise UsageError(f"{name} is still in {config.path}, so the next run would issue it again; "
                          "remove it there first, or use --reissue")
@@ -179,26 +188,35 @@ def _revoke_at_ca(settings: Settings, store: FileStore, request: Request) -> boo
 
 
 def _remove(settings: Settings, store: FileStore, name: str) -> Removal:
-    """Take the certificate out of the ssl dir and every HAProxy, then move its state aside.
+    """Take the certificate out of every HAProxy and the ssl dir, then move its state aside.
 
-    The state goes last, so a removal that fails half-way can be run again
-    (`revoke --delete` once more: the CA then answers that it is revoked already).
+    HAProxy and the ssl dir agree whatever fails: see `_unserve`. The state goes last, so
+    a removal that fails half-way is completed by running `revoke --delete` once more
+    (the CA then answers that it is revoked already).
     """
     ssl_dir = Path(os.path.abspath(settings.ssl_dir))  # HAProxy names files by absolute path
     file = ssl_dir / f"{name}.pem"
     placeholder = None
     if not any(other.suffix == ".pem" and other != file for other in ssl_dir.iterdir()):
         placeholder = write_placeholder(ssl_dir)  # HAProxy refuses to start on an empty crt dir
-    if file.exists():
-        file.unlink()
-        fsync_directory(ssl_dir)
-    served_by = _unserve(settings, file)
+    try:
+        served_by = _unserve(settings, file)
+    except CertrenewError as error:
+        raise CertrenewError(f"{name}: revoked, but not removed ({error}); the ssl dir and the state keep it: "
+                             f"run 'certrenew revoke {name} --delete' again once that is fixed") from None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Removal(served_by, store.archive(name, stamp), placeholder)
 
 
 def _unserve(settings: Settings, file: Path) -> str:
-    """Make every HAProxy drop `file` at runtime; reload once if one cannot, or if none is configured."""
+    """Make every HAProxy drop `file`, then delete it: over the Runtime API, else by a reload.
+
+    Disk and HAProxy never disagree for long: the Runtime API drops it from memory before
+    the file goes; a reload must not find it, so the file is moved aside (hidden, which
+    HAProxy skips) and put back if `haproxy -c` or the reload fails. An HAProxy that dropped
+    it over its Runtime API before another one failed keeps it dropped; the next attempt
+    finds it gone there.
+    """
     updated, reasons = [], []
     for node in (RuntimeApi(address) for address in settings.haproxy_socket):
         try:
@@ -213,7 +231,23 @@ def _unserve(settings: Settings, file: Path) -> str:
         except RuntimeApiError as error:
             reasons.append(f"{node}: {error}" if isinstance(error, Unsupported) else str(error))
     if settings.haproxy_socket and not reasons:
+        file.unlink(missing_ok=True)
+        fsync_directory(file.parent)
         return f"hot update, Runtime API of {', '.join(updated)}" if updated else "no HAProxy had it loaded"
-    haproxy.check_config(settings.haproxy_config)
-    haproxy.reload(settings.reload_command)
+    aside = temp_path(file.parent)
+    moved = file.exists()
+    if moved:
+        file.rename(aside)
+    try:
+        haproxy.check_config(settings.haproxy_config)
+        haproxy.reload(settings.reload_command)
+    except BaseException as error:
+        if moved:
+            aside.rename(file)  # HAProxy still serves it: so does the ssl dir
+        if reasons and isinstance(error, CertrenewError):
+            raise CertrenewError(f"{error}, after the Runtime API could not: {'; '.join(reasons)}") from None
+        raise
+    finally:
+        fsync_directory(file.parent)
+    aside.unlink(missing_ok=True)
     return "reload" + (f": {'; '.join(reasons)}" if reasons else "")

@@ -1,13 +1,19 @@
 """The transport: no answer outlives the deadline or exceeds MAX_RESPONSE."""
 
+import json
 import socket
+import ssl
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+import trustme
+from acme import messages
 
-from certrenew.acme_transport import MAX_RESPONSE, Deadline, _Network
+from certrenew.acme_account import new_account_key_pem
+from certrenew.acme_transport import MAX_RESPONSE, Deadline, Transport, _Network
 from certrenew.errors import CertrenewError
 
 
@@ -50,7 +56,7 @@ def drip(data: bytes):
     drip(b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 1000),
 ], ids=["body", "headers"])
 def test_a_dripping_peer_is_cut_at_the_deadline(answer):
-    network = _Network(Deadline(2), key=None)
+    network = _Network(Deadline(2), scheme="http", key=None)
     started = time.monotonic()
     with pytest.raises(CertrenewError, match="time budget of 2 s"):
         network.get(Peer(answer).url)
@@ -71,7 +77,7 @@ def test_an_answer_larger_than_the_cap_is_refused(head):
             connection.sendall(b"%x\r\n%s\r\n" % (len(block), block) if b"chunked" in head else block)
             sent.append(len(block))
     with pytest.raises(requests.RequestException, match="larger than 1024 KiB"):
-        _Network(Deadline(10), key=None).get(Peer(answer).url)
+        _Network(Deadline(10), scheme="http", key=None).get(Peer(answer).url)
     assert sum(sent) < 8 * MAX_RESPONSE
 
 
@@ -81,7 +87,7 @@ def test_an_answer_within_the_cap_is_read_whole():
     def answer(connection):
         connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                            % (len(body), body))
-    assert _Network(Deadline(10), key=None).get(Peer(answer).url).content == body
+    assert _Network(Deadline(10), scheme="http", key=None).get(Peer(answer).url).content == body
 
 
 
@@ -91,7 +97,7 @@ def test_requests_share_the_deadlines_one_watchdog_which_close_stops(monkeypatch
         connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
     peer, deadline = Peer(answer), Deadline(60)
     before = set(threading.enumerate())
-    networks = [_Network(deadline, key=None) for _ in range(2)]
+    networks = [_Network(deadline, scheme="http", key=None) for _ in range(2)]
     [watchdog] = [thread for thread in set(threading.enumerate()) - before if thread.name == "certrenew-deadline"]
     here, started, start = threading.get_ident(), [], threading.Thread.start
     monkeypatch.setattr(threading.Thread, "start",
@@ -103,3 +109,70 @@ def test_requests_share_the_deadlines_one_watchdog_which_close_stops(monkeypatch
     deadline.close()
     watchdog.join(timeout=5)
     assert not watchdog.is_alive()
+
+
+class HttpsCA:
+    """A CA on HTTPS (trustme's root) whose directory and nonces are fine, and whose other URLs are
+    given by the test: a plain http:// one, or one that redirects to it."""
+
+    def __init__(self, tmp_path, plain_url):
+        ca = trustme.CA()
+        self.ca_bundle = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_bundle))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(plain_url))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.base = f"https://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self, plain_url):
+        base = lambda: self.base  # noqa: E731 (known once the server is bound)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path != "/dir":
+                    self.send_response(302)
+                    self.send_header("Location", plain_url)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps({"newNonce": f"{base()}/nonce", "newAccount": f"{base()}/account",
+                                   "newOrder": plain_url}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_HEAD(self):
+                self.send_response(200)
+                self.send_header("Replay-Nonce", "bm9uY2U")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+        return Handler
+
+
+ORDER = messages.NewOrder(identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="a.example")])
+
+
+@pytest.mark.parametrize("exchange", ["fetch", "post", "get", "redirect"])
+def test_a_url_from_the_ca_that_is_not_https_is_refused_before_it_is_followed(tmp_path, exchange):
+    asked = []
+    plain = Peer(lambda connection: asked.append(connection))
+    ca = HttpsCA(tmp_path, plain.url)
+    try:
+        transport = Transport(f"{ca.base}/dir", new_account_key_pem(), Deadline(30), str(ca.ca_bundle))
+        calls = {"fetch": lambda: transport.fetch("fetch the order", plain.url),
+                 "post": lambda: transport.post("create the order", transport.directory.newOrder, ORDER),
+                 "get": lambda: transport.get("ask for renewal information", plain.url),
+                 "redirect": lambda: transport.get("ask for renewal information", f"{ca.base}/renewal-info/x")}
+        with pytest.raises(CertrenewError, match=rf"refusing {plain.url} from the CA: not an https:// URL"):
+            calls[exchange]()
+    finally:
+        ca.server.shutdown()
+        plain.server.close()
+    assert asked == []  # nothing was sent to it

@@ -175,3 +175,23 @@ def test_errors_are_json_too_with_log_format_json(tmp_path):
     (line,) = [json.loads(line) for line in result.stderr.splitlines()]
     assert line["level"] == "error" and line["message"].startswith("error: cannot read config file")
     assert "invalid CERTRENEW_LOG_FORMAT: 'xml'" in one_line(certrenew("status", CERTRENEW_LOG_FORMAT="xml"), 2)
+
+
+@pytest.mark.parametrize("args, env, complaint", [
+    ((), {"CERTRENEW_LOG_FORMAT": "json"}, "the following arguments are required: DOMAIN"),
+    (("run", "--log-format", "json", "--no-such-option"), {}, "unrecognized arguments: --no-such-option"),
+    (("a.example", "--log-format=json", "--concurrency"), {"CERTRENEW_LOG_FORMAT": "text"}, "expected one argument"),
+    (("status", "--log-format", "json", "--renew-before"), {}, "expected one argument"),
+])
+def test_usage_errors_follow_the_log_format_too(args, env, complaint):
+    result = certrenew(*args, **env)
+    assert result.returncode == 2, result.stderr
+    (line,) = [json.loads(line) for line in result.stderr.splitlines()]
+    assert line["level"] == "error" and complaint in line["message"], line
+
+
+def test_a_usage_error_is_text_when_the_flag_says_so_or_says_nothing_usable():
+    assert "certrenew: error: the following arguments are required" in one_line(certrenew(), 2)
+    text = one_line(certrenew("a.example", "--log-format", "text", "--bogus", CERTRENEW_LOG_FORMAT="json"), 2)
+    assert text.startswith("certrenew: error: unrecognized arguments: --bogus")
+    assert "invalid choice: 'xml'" in one_line(certrenew("a.example", "--log-format", "xml"), 2)

@@ -336,3 +336,15 @@ def test_a_directory_that_is_not_an_https_url_is_refused_before_the_ca_is_asked(
         config_file(tmp_path, f'directory = "{url}"\n')
     assert build_settings({"directory": "https://127.0.0.1:14000/dir"}, None, {}).directory_url == \
         "https://127.0.0.1:14000/dir"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "65", "99999999999999999999"])
+def test_concurrency_is_bounded_both_ways(tmp_path, value):
+    """Each order in flight is a thread with its own connections: 10^20 of them is a typo."""
+    with pytest.raises(UsageError, match="invalid --concurrency: must be a whole number from 1 to 64"):
+        build_settings({"concurrency": value}, None, {})
+    with pytest.raises(UsageError, match="invalid CERTRENEW_CONCURRENCY: must be a whole number from 1 to 64"):
+        build_settings({}, None, {"CERTRENEW_CONCURRENCY": value})
+    with pytest.raises(UsageError, match="concurrency: must be a whole number from 1 to 64"):
+        config_file(tmp_path, f"concurrency = {value}\n")
+    assert build_settings({"concurrency": "64"}, None, {}).concurrency == 64

@@ -1,14 +1,17 @@
 """DNS-01 input checks: server addresses, names, TSIG key files (the BIND side is in integration/test_dns01.py)."""
 
+import re
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from certrenew import dns01
 from certrenew.challenge import check_dns01_domain
-from certrenew.dns01 import DnsServer, challenge_record, parse_dns_server
+from certrenew.dns01 import Dns01Solver, DnsServer, challenge_record, parse_dns_server
 from certrenew.dnshook import DnsHook
-from certrenew.errors import UsageError
+from certrenew.errors import CertrenewError, UsageError
 from certrenew.rfc2136 import load_tsig_key
 
 TSIG_KEYGEN_OUTPUT = """\
@@ -93,3 +96,15 @@ def test_checking_dns01_input_does_not_load_dnspython(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_dns_server_that_never_answers_is_named_once_in_one_sentence(monkeypatch):
+    monkeypatch.setattr(dns01, "QUERY_TIMEOUT", 0.2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # takes the queries, answers none
+        silent.bind(("127.0.0.1", 0))
+        server = f"127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(CertrenewError) as raised:
+            Dns01Solver(None, parse_dns_server(server)).prepare(["a.example"])
+        assert silent.recv(512, socket.MSG_DONTWAIT)  # it was asked
+    assert re.fullmatch(rf"DNS-01: cannot find the zone of _acme-challenge\.a\.example at {server}: "
+                        r"no answer within \d+ s", str(raised.value)), raised.value

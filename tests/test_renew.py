@@ -1,6 +1,7 @@
 """`renew.run` and `status.collect` over the in-memory store: the paths that need no CA."""
 
 import datetime
+import re
 import sys
 from pathlib import Path
 
@@ -183,10 +184,13 @@ def test_status_shows_an_unreadable_record_as_failing_with_the_reason(settings):
     (CertificateSpec("site", ("a.example", "a.example")), "site: duplicate domain 'a.example'"),
     (CertificateSpec("site", ()), "site: no domain given"),
     (CertificateSpec("site", ("10.0.0.1",)), "site: invalid domain '10.0.0.1': IP addresses"),
+    (CertificateSpec("site", ("*.a.example",)), "site: invalid domain '*.a.example': wildcard certificates need "
+                                                "the DNS-01 challenge"),
+    (CertificateSpec("site", ("a.example",), challenge="tls-alpn-01"), "site: unknown challenge type 'tls-alpn-01'"),
 ])
 def test_the_library_refuses_a_certificate_it_could_not_keep_before_writing_anything(tmp_path, given, message):
     settings = Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", reload_command="true")
     (tmp_path / "ssl").mkdir()
-    with pytest.raises(UsageError, match=message.replace(".", r"\.")):
+    with pytest.raises(UsageError, match=re.escape(message)):
         renew.run(settings, [spec("fine"), given])
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["ssl"]

@@ -128,6 +128,29 @@ def test_delete_over_the_runtime_api_removes_it_everywhere_and_keeps_the_state(l
     assert lab.cert_status(other_serial) == "Valid"
 
 
+def test_a_delete_whose_runtime_api_and_reload_fail_keeps_the_file_haproxy_serves_and_a_rerun_completes(
+        lab, tmp_path):
+    serial = issue(lab)
+    bundle = (lab.ssl_dir / f"{NAME}.pem").read_bytes()
+    broken = {"CERTRENEW_HAPROXY_SOCKET": str(tmp_path / "no-such.sock"), "CERTRENEW_RELOAD_COMMAND": "false"}
+    result = revoke(lab, NAME, "--yes", "--delete", env=broken)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "revoked, but not removed (reload command 'false' failed" in result.stderr
+    assert "after the Runtime API could not" in result.stderr and "no-such.sock" in result.stderr
+    assert f"certrenew revoke {NAME} --delete' again" in result.stderr
+    assert lab.cert_status(serial) == "Revoked"
+    assert (lab.ssl_dir / f"{NAME}.pem").read_bytes() == bundle  # as HAProxy still serves it
+    assert format(lab.served_certificate_unverified(NAME).serial_number, "x") == serial
+    assert not [path for path in lab.ssl_dir.iterdir() if path.name.startswith(".")]  # nothing left aside
+    assert (lab.state_dir / "certificates" / NAME / "current.pem").exists()
+
+    again = revoke(lab, NAME, "--yes", "--delete")  # the lab's reload works
+    assert again.returncode == 0, again.stderr
+    assert f"serial {serial} was already revoked" in again.stdout and "(reload)" in again.stdout
+    assert not (lab.ssl_dir / f"{NAME}.pem").exists() and not (lab.state_dir / "certificates" / NAME).exists()
+    served_serial_changes(lab, NAME, serial)
+
+
 def test_deleting_the_last_certificate_by_reload_keeps_haproxy_startable(lab):
     serial = issue(lab)
     (lab.ssl_dir / PLACEHOLDER_FILE).unlink()  # HAProxy still has it in memory; the dir now holds one file

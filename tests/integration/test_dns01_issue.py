@@ -78,6 +78,21 @@ def test_a_wildcard_and_its_base_name_are_issued_served_for_any_label_and_renewe
     assert re.search(rf"^{re.escape(WILDCARD_NAME)}\s.*ok", status.stdout, re.MULTILINE), status.stdout
 
 
+def test_revoke_reissue_of_a_wildcard_takes_the_challenge_as_given_and_refuses_http01_before_anything(lab, bind):
+    assert lab.certrenew(*rfc2136(bind), f"*.{ZONE}").returncode == 0
+    first = serial_of(lab, WILDCARD_NAME)
+
+    refused = lab.certrenew("revoke", WILDCARD_NAME, "--yes", "--reissue", stdin=subprocess.DEVNULL)
+    assert "wildcard certificates need the DNS-01 challenge" in one_line(refused, 2)
+    assert lab.cert_status(first) == "Valid" and serial_of(lab, WILDCARD_NAME) == first
+
+    reissued = lab.certrenew("revoke", WILDCARD_NAME, "--yes", "--reissue", *rfc2136(bind), stdin=subprocess.DEVNULL)
+    assert reissued.returncode == 0, reissued.stderr
+    second = serial_of(lab, WILDCARD_NAME)
+    assert second != first and lab.cert_status(first) == "Revoked" and lab.cert_status(second) == "Valid"
+    lab.wait_served_serial(f"foo.{ZONE}", second)
+
+
 def test_a_wrong_tsig_secret_fails_before_ordering_with_the_servers_answer(lab, bind, tmp_path):
     wrong = tmp_path / "wrong.key"
     secret = base64.b64encode(secrets.token_bytes(32)).decode()
