@@ -255,15 +255,24 @@ def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "li
             if not bad:
                 outcomes.update((item.spec.name, _failed(store, now, item.spec, refused)) for item in issued)
                 break
-            for item in bad:
-                where = store.set_aside(item.spec.name, "pending")
-                error = CertrenewError(f"{refused}; the refused certificate is set aside as {where}")
-                outcomes[item.spec.name] = _failed(store, now, item.spec, error)
+            outcomes.update((item.spec.name, _refused(store, now, item.spec, refused)) for item in bad)
             issued = [item for item in issued if item not in bad]
         except Exception as error:
             outcomes.update((item.spec.name, _failed(store, now, item.spec, _expected(error))) for item in issued)
             break
     return outcomes
+
+
+def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, refused: Refused) -> Outcome:
+    """A bundle HAProxy refused is set aside, so that the next runs order anew rather than retry it for
+    ever; one whose place in the ssl dir is blocked stays pending for the run after the operator's fix."""
+    from certrenew.install import Blocked  # imported already: the batch came through it
+
+    if isinstance(refused, Blocked):
+        return _failed(store, now, spec, Blocked(f"{refused}; the new certificate stays pending for the run after",
+                                                 refused.which))
+    where = store.set_aside(spec.name, "pending")
+    return _failed(store, now, spec, CertrenewError(f"{refused}; the refused certificate is set aside as {where}"))
 
 
 def _expected(error: Exception) -> CertrenewError:

@@ -123,17 +123,18 @@ def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
 class RefusingIssuer:
     """Installs like `Issuer.install` into the store, but HAProxy refuses `refused`'s bundle in any batch."""
 
-    def __init__(self, store, refused):
+    def __init__(self, store, refused, error=None):
+        from certrenew.errors import Refused
         self.store, self.refused, self.batches = store, refused, []
+        self.error = error or Refused(f"HAProxy refused {refused}.pem: bad key; the previous certificates were put back",
+                                      [refused])
 
     def install(self, batch):
-        from certrenew.errors import Refused
         from certrenew.install import InstallResult
         from certrenew.issue import Installed
         self.batches.append([item.spec.name for item in batch])
         if any(item.spec.name == self.refused for item in batch):
-            raise Refused(f"HAProxy refused {self.refused}.pem: bad key; the previous certificates were put back",
-                          [self.refused])
+            raise self.error
         for item in batch:
             self.store.promote_pending(issued(item.spec.name))
         return [Installed(item, INFO, InstallResult(item.spec.name, PEM_PATH, "hot update")) for item in batch]
@@ -154,6 +155,25 @@ def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_sam
     assert list(store.rejected.values()) == [b"BUNDLE b"] and not store.unfinished("b")
     record = store.load_record("b")
     assert record.failures == 1 and record.next_attempt is not None  # the next attempt waits for the back-off
+
+
+def test_a_certificate_whose_place_in_the_ssl_dir_is_blocked_fails_alone_and_stays_pending():
+    from certrenew.install import Blocked
+    from certrenew.issue import Issued
+    store = MemoryStore()
+    batch = []
+    for name in ("a", "b", "c"):
+        store.save_pending(name, f"BUNDLE {name}".encode())
+        batch.append(Issued(spec(name), f"BUNDLE {name}".encode(), "renewed"))
+    issuer = RefusingIssuer(store, "b", Blocked("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone", ["b"]))
+    outcomes = renew._install(store, NOW, issuer, batch)
+    assert issuer.batches == [["a", "b", "c"], ["a", "c"]]
+    assert {name: outcome.action for name, outcome in outcomes.items()} == {"a": "renewed", "b": "failed", "c": "renewed"}
+    assert outcomes["b"].detail == ("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone; "
+                                    "the new certificate stays pending for the run after")
+    assert store.rejected == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # not set aside: nothing lost
+    record = store.load_record("b")
+    assert record.failures == 1 and record.next_attempt is None  # the operator's to fix: no back-off
 
 
 def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
