@@ -248,7 +248,7 @@ def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "li
     outcomes: dict[str, Outcome] = {}
     while issued:
         try:
-            outcomes.update((item.issued.spec.name, _installed(item)) for item in issuer.install(issued))
+            outcomes.update((item.issued.spec.name, _installed(store, now, item)) for item in issuer.install(issued))
             break
         except Refused as refused:
             bad = [item for item in issued if item.spec.name in refused.which]
@@ -283,13 +283,17 @@ def _expected(error: Exception) -> CertrenewError:
     return CertrenewError(f"unexpected {type(error).__name__}: {error} (run with -v for the traceback)")
 
 
-def _installed(item: "Installed") -> Outcome:
-    info, result = item.info, item.result
+def _installed(store: Store, now: datetime.datetime, item: "Installed") -> Outcome:
+    """What HAProxy serves now; a failure if it could not be recorded as current (no deploy hook until it is)."""
+    info, result, spec = item.info, item.result, item.issued.spec
     detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
               f"written to {result.path}, served by {result.method}" + (f" ({result.detail})" if result.detail else ""))
-    served = hooks.Served(item.issued.spec.name, item.issued.action, info.domains, result.path, info.serial,
-                          info.not_after)
-    return Outcome(item.issued.spec.name, item.issued.action, detail, served)
+    if item.unrecorded is not None:
+        error = _expected(item.unrecorded)
+        return _failed(store, now, spec, CertrenewError(f"{error}; HAProxy serves it ({detail}), but it is not "
+                                                        "recorded as current: the next run records it"))
+    served = hooks.Served(spec.name, item.issued.action, info.domains, result.path, info.serial, info.not_after)
+    return Outcome(spec.name, item.issued.action, detail, served)
 
 
 def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:

@@ -210,3 +210,59 @@ def test_the_library_refuses_a_certificate_it_could_not_keep_before_writing_anyt
     with pytest.raises(UsageError, match=message.replace(".", r"\.")):
         renew.run(settings, [spec("fine"), given])
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["ssl"]
+
+
+class FillingStore(MemoryStore):
+    """Its disk is full for one certificate's record: promoting that one fails, after the others."""
+
+    def __init__(self, full: str) -> None:
+        super().__init__()
+        self.full = full
+
+    def save_record(self, record: CertificateRecord) -> None:
+        if record.name == self.full:
+            raise CertrenewError(f"cannot write memory:{record.name}/record: No space left on device")
+        super().save_record(record)
+
+
+def pending_bundle(store, name: str) -> bytes:
+    """A certificate a previous run issued and could not install: this run installs it, asking no CA."""
+    import trustme
+
+    from certrenew.bundle import build_bundle
+    cert = trustme.CA().issue_cert(f"{name}.example")
+    bundle = build_bundle(b"".join(blob.bytes() for blob in cert.cert_chain_pems), cert.private_key_pem.bytes())
+    store.save_pending(name, bundle)
+    return bundle
+
+
+def test_a_certificate_that_cannot_be_recorded_fails_alone_the_others_served_recorded_and_deployed(tmp_path):
+    """HAProxy takes the batch (a real install into an ssl dir); recording the second fails."""
+    from certrenew.bundle import leaf_info
+    (tmp_path / "ssl").mkdir()
+    deployed = tmp_path / "deployed"
+    settings = Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", directory="https://127.0.0.1:9/none",
+                        reload_command="true", deploy_hook=f"sh -c 'echo $CERTRENEW_NAME >> {deployed}'",
+                        lock_timeout=0, timeout=1)
+    store = FillingStore("b")
+    bundles = {name: pending_bundle(store, name) for name in ("a", "b", "c")}
+    report = renew.run(settings, [spec("a"), spec("b"), spec("c")], store)
+    outcomes = {outcome.name: outcome for outcome in report}
+    assert {name: outcome.action for name, outcome in outcomes.items()} == {"a": "installed", "b": "failed",
+                                                                           "c": "installed"}
+    assert all((tmp_path / "ssl" / f"{name}.pem").read_bytes() == bundles[name] for name in bundles)  # all served
+    serial = leaf_info(bundles["b"]).serial
+    assert outcomes["b"].detail.startswith("cannot write memory:b/record: No space left on device; HAProxy serves it "
+                                           f"(serial {serial}, ")
+    assert "but it is not recorded as current: the next run records it" in outcomes["b"].detail
+    assert outcomes["b"].served is None and outcomes["a"].served is not None
+    assert deployed.read_text().split() == ["a", "c"]  # the deploy hook for what is served and recorded
+    for name in ("a", "c"):
+        assert store.load_bundle(name) == bundles[name] and not store.unfinished(name)
+        assert store.load_record(name).serial == leaf_info(bundles[name]).serial
+    assert store.load_bundle("b", "pending") == bundles["b"] and store.load_record("b") is None  # kept for the next run
+
+    store.full = ""  # room again: the next run records it, and deploys it
+    [again] = renew.run(settings, [spec("b")], store)
+    assert again.action == "installed" and store.load_record("b").serial == serial, again.detail
+    assert deployed.read_text().split() == ["a", "c", "b"]
