@@ -240,10 +240,10 @@ def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step: 
 def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "list[Issued]") -> dict[str, Outcome]:
     """Install the batch, all or none; but a bundle HAProxy refuses must not fail the others for ever.
 
-    The refused ones are set aside (their failure recorded, with its back-off) and the
-    rest tried again at once without them; each round takes one out at least, so this
-    ends. Any other failure fails the whole batch, whose pending certificates stay for
-    the next run.
+    The refused ones are set aside (see `_refused`; their failure recorded) and the rest
+    tried again at once without them; each round takes one out at least, so this ends.
+    Any other failure fails the whole batch, whose pending certificates stay for the next
+    run. Once the batch is served, each certificate has its own outcome (see `_installed`).
     """
     outcomes: dict[str, Outcome] = {}
     while issued:
@@ -271,7 +271,10 @@ def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, refuse
     if isinstance(refused, Blocked):
         return _failed(store, now, spec, Blocked(f"{refused}; the new certificate stays pending for the run after",
                                                  refused.which))
-    where = store.set_aside(spec.name, "pending")
+    try:
+        where = store.set_aside(spec.name, "pending")
+    except Exception as error:  # this certificate's failure too: it stays pending, the others go on
+        return _failed(store, now, spec, CertrenewError(f"{refused}; and it could not be set aside: {_expected(error)}"))
     return _failed(store, now, spec, CertrenewError(f"{refused}; the refused certificate is set aside as {where}"))
 
 

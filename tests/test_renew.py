@@ -140,35 +140,49 @@ class RefusingIssuer:
         return [Installed(item, INFO, InstallResult(item.spec.name, PEM_PATH, "hot update")) for item in batch]
 
 
-def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
+def install_with_b_refused(store, error=None) -> dict:
+    """`renew._install` of a, b and c, kept pending, where installing b fails with `error`
+    (HAProxy refusing it by default): b fails, and a and c are installed in a second round."""
     from certrenew.issue import Issued
-    store = MemoryStore()
-    batch = []
     for name in ("a", "b", "c"):
         store.save_pending(name, f"BUNDLE {name}".encode())
-        batch.append(Issued(spec(name), f"BUNDLE {name}".encode(), "renewed"))
-    issuer = RefusingIssuer(store, "b")
+    batch = [Issued(spec(name), f"BUNDLE {name}".encode(), "renewed") for name in ("a", "b", "c")]
+    issuer = RefusingIssuer(store, "b", error)
     outcomes = renew._install(store, NOW, issuer, batch)
     assert issuer.batches == [["a", "b", "c"], ["a", "c"]]
     assert {name: outcome.action for name, outcome in outcomes.items()} == {"a": "renewed", "b": "failed", "c": "renewed"}
+    return outcomes
+
+
+def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
+    store = MemoryStore()
+    outcomes = install_with_b_refused(store)
     assert "set aside as memory:b/rejected/" in outcomes["b"].detail
     assert list(store.rejected.values()) == [b"BUNDLE b"] and not store.unfinished("b")
     record = store.load_record("b")
     assert record.failures == 1 and record.next_attempt is not None  # the next attempt waits for the back-off
 
 
+class UnmovableStore(MemoryStore):
+    """Nothing can be set aside: its rename fails as FileStore's does, wrapped in one line."""
+
+    def set_aside(self, name: str, kind: str) -> str:
+        raise CertrenewError(f"cannot set aside memory:{name}/{kind}: Read-only file system")
+
+
+def test_a_refused_certificate_that_cannot_be_set_aside_fails_alone_and_the_rest_is_installed():
+    store = UnmovableStore()
+    outcomes = install_with_b_refused(store)
+    assert outcomes["b"].detail == ("HAProxy refused b.pem: bad key; the previous certificates were put back; and it "
+                                    "could not be set aside: cannot set aside memory:b/pending: Read-only file system")
+    assert store.load_bundle("b", "pending") == b"BUNDLE b"  # still there: nothing lost
+    assert store.load_record("b").failures == 1
+
+
 def test_a_certificate_whose_place_in_the_ssl_dir_is_blocked_fails_alone_and_stays_pending():
     from certrenew.install import Blocked
-    from certrenew.issue import Issued
     store = MemoryStore()
-    batch = []
-    for name in ("a", "b", "c"):
-        store.save_pending(name, f"BUNDLE {name}".encode())
-        batch.append(Issued(spec(name), f"BUNDLE {name}".encode(), "renewed"))
-    issuer = RefusingIssuer(store, "b", Blocked("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone", ["b"]))
-    outcomes = renew._install(store, NOW, issuer, batch)
-    assert issuer.batches == [["a", "b", "c"], ["a", "c"]]
-    assert {name: outcome.action for name, outcome in outcomes.items()} == {"a": "renewed", "b": "failed", "c": "renewed"}
+    outcomes = install_with_b_refused(store, Blocked("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone", ["b"]))
     assert outcomes["b"].detail == ("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone; "
                                     "the new certificate stays pending for the run after")
     assert store.rejected == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # not set aside: nothing lost

@@ -364,3 +364,39 @@ def test_a_bundle_haproxy_refuses_is_set_aside_and_the_others_installed(guard_fo
     assert forced.returncode == 0, forced.stderr
     assert lines_of(forced)[NAME].startswith(("renewed:", "issued:")), forced.stdout
     guard.recover(expect="unchanged")
+
+
+def test_a_refused_bundle_that_cannot_be_set_aside_fails_alone_and_stays_pending(guard_for, lab, proxy):
+    """HAProxy refuses one certificate's chain, and its state dir has a file where `rejected/` goes:
+    that certificate fails in one line (the run does not end without outcomes), the other is renewed."""
+    guard = guard_for("a refused bundle that cannot be set aside", proxy)
+    guard.env.update({"CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket)})
+    other = OTHERS[0]
+    config = f'[[certificate]]\ndomains = ["{NAME}"]\n\n[[certificate]]\ndomains = ["{other}"]\n'
+    assert run_config(guard, lab, config_text=config).returncode == 0
+    guard.old = guard.bundle_path.read_bytes()
+    plant(state(lab) / "rejected", b"not a directory\n")
+
+    def weaken(body: bytes, _) -> bytes:
+        leaf = leaf_certificate(body)
+        return weak_chain(leaf.public_key(), [NAME]) if NAME in leaf_info(body).domains else body
+
+    proxy.on_request = lambda method, path: Forge(weaken) if step_of(path) == "certificate" else None
+    result = run_config(guard, lab, "--force", config_text=config)
+    outcomes = lines_of(result)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "unable to load chain certificate" in outcomes[NAME], outcomes
+    assert (f"and it could not be set aside: refusing {state(lab) / 'rejected'}: it is not a directory"
+            in outcomes[NAME]), outcomes
+    assert outcomes[other].startswith("renewed:"), outcomes
+    assert (state(lab) / "pending.pem").exists()  # kept: nothing lost
+    guard.survived()
+
+    proxy.on_request = lambda method, path: None
+    (state(lab) / "rejected").unlink()  # the operator's fix: the next run sets it aside
+    again = run_config(guard, lab, config_text=config)
+    assert again.returncode == 1 and "set aside as" in lines_of(again)[NAME], again.stderr
+    assert not (state(lab) / "pending.pem").exists()
+    guard.survived()
+    assert run_config(guard, lab, "--force", config_text=config).returncode == 0
+    guard.recover(expect="unchanged")
