@@ -20,12 +20,16 @@ one, `add ssl crt-list`; or `haproxy -c` naming their files), the error says whi
 
 A bundle in the ssl dir that is a symbolic link is replaced by a regular file, after a
 warning naming the link and its target; the rollback copy is what the link led to, the
-bytes HAProxy had.
+bytes HAProxy had. Where something else is in a bundle's place (a FIFO, which would block
+the read, a device such as /dev/zero, which would never end it, a directory, a file larger
+than any bundle) it is left alone and that certificate refused (`Blocked`): it must be seen
+before anything is written, as the rollback could not put it back.
 """
 
 import functools
 import logging
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,7 @@ from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
 from certrenew.bundle import CertificateInfo, check_bundle
 from certrenew.errors import CertrenewError, Refused
+from certrenew.limits import MAX_BUNDLE
 from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,17 @@ BUNDLE_MODE = 0o600
 start, at reload) or gets it over the Runtime API. A replaced bundle keeps its mode less
 any write bit for group and others (see `write_atomic`), so an operator who grants a group
 read access keeps it across renewals; certrenew never makes a bundle world-readable itself."""
+
+_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
+
+
+class Blocked(Refused):
+    """Certificates whose place in the ssl dir holds what no bundle can be read from or put back
+    into: the operator's mistake, not the bundle's nor the CA's. They fail without a back-off and
+    stay pending for the run after the fix; the others are installed."""
+
+    backoff = False
 
 
 @dataclass(frozen=True)
@@ -119,8 +135,15 @@ class Installer:
                 unloadable[name] = f"{name}: refusing to install its bundle: {error}"
         if unloadable:  # refused like a bundle HAProxy refuses: set aside, and the others installed
             raise Refused("; ".join(unloadable.values()), list(unloadable))
-        files = {self.ssl_dir / f"{name}.pem": bundle for name, bundle in bundles.items()}
-        previous = {path: _served(path) for path in files}
+        files = {self.path_of(name): bundle for name, bundle in bundles.items()}
+        previous, blocked = {}, {}
+        for name, path in zip(bundles, files):
+            try:
+                previous[path] = _served(path)
+            except CertrenewError as error:
+                blocked[name] = str(error)
+        if blocked:  # nothing changed yet
+            raise Blocked("; ".join(blocked.values()), list(blocked))
         plans = [plan for node in self.nodes for plan in self._plan(node, previous)]  # asks; changes nothing
         changes = _Changes()
         try:
@@ -143,6 +166,23 @@ class Installer:
             changes.roll_back()
             raise
         return [InstallResult(name, infos[name], path, method, detail) for name, path in zip(bundles, files)]
+
+    def path_of(self, name: str) -> Path:
+        return self.ssl_dir / f"{name}.pem"
+
+    def check_place(self, name: str) -> None:
+        """Refuse (`Blocked`) a certificate whose bundle's place holds what no bundle can be read from,
+        before it is ordered: the CA is not asked for what could not be installed."""
+        path = self.path_of(name)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise Blocked(str(_unreadable(path, error)), [name]) from None
+        problem = _not_a_bundle(path, info.st_mode, info.st_size)
+        if problem:
+            raise Blocked(problem, [name])
 
     def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None]) -> list[_Plan]:
         """Find out whether `node` can take each certificate at runtime, and under which path."""
@@ -232,16 +272,58 @@ class Installer:
 
 
 def _served(path: Path) -> bytes | None:
-    """The bundle HAProxy has from `path` (read through a symbolic link), or None; warns of a link."""
-    if path.is_symlink():
-        log.warning("%s is a symbolic link to %s; it is replaced by a regular file holding the new bundle "
-                    "(the rollback puts back what the link led to)", path, os.readlink(path))
+    """The bundle HAProxy has from `path` (read through a symbolic link), or None; warns of a link.
+
+    Opened without blocking and checked on the open descriptor, then read no further than
+    MAX_BUNDLE: a FIFO or a device in the bundle's place is refused, never waited on.
+    """
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise CertrenewError(f"cannot read {path}: {error.strerror}") from None
+        raise _unreadable(path, error) from None
+    try:
+        info = os.fstat(fd)
+        problem = _not_a_bundle(path, info.st_mode, info.st_size)
+        content = b""
+        if not problem:
+            with open(fd, "rb", closefd=False) as file:
+                content = file.read(MAX_BUNDLE + 1)
+            problem = _not_a_bundle(path, info.st_mode, len(content))  # grown since the fstat
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    finally:
+        os.close(fd)
+    if problem:
+        raise CertrenewError(problem)
+    if os.path.islink(path):
+        log.warning("%s is a symbolic link to %s; it is replaced by a regular file holding the new bundle "
+                    "(the rollback puts back what the link led to)", path, os.readlink(path))
+    return content
+
+
+def _not_a_bundle(path: Path, mode: int, size: int) -> str | None:
+    """Why what is at `path` (of `mode` and `size`) cannot be a bundle, in one line naming it; None if it can."""
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        return f"{_named(path)} is {kind}, not a bundle: left alone; move it out of the ssl dir"
+    if size > MAX_BUNDLE:
+        return (f"{_named(path)} is larger than any bundle (over {MAX_BUNDLE // 1024 ** 2} MiB): left alone; "
+                "move it out of the ssl dir")
+    return None
+
+
+def _named(path: Path) -> str:
+    """`path`, and where it leads if it is a symbolic link."""
+    try:
+        return f"{path} (a symbolic link to {os.readlink(path)})"
+    except OSError:  # not a link
+        return str(path)
+
+
+def _unreadable(path: Path, error: OSError) -> CertrenewError:
+    return CertrenewError(f"cannot read {path}: {error.strerror or error}")
 
 
 def _undone(previous: Mapping[Path, bytes | None]) -> str:

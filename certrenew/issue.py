@@ -50,6 +50,9 @@ class Installed:
     issued: Issued
     info: CertificateInfo
     result: InstallResult
+    unrecorded: Exception | None = None
+    """Why it is served but could not be recorded as current (a full state disk, say): it stays
+    pending, and the next run records it."""
 
 
 class Issuer:
@@ -80,6 +83,7 @@ class Issuer:
 
     def issue(self, spec: CertificateSpec) -> Issued:
         """Order a new certificate for `spec` and keep it as pending."""
+        self.installer.check_place(spec.name)
         client, solver = self._client(), self._solver(spec)
         self.before_order(spec)
         domains = list(spec.domains)
@@ -103,6 +107,7 @@ class Issuer:
         `_set_aside`), and what came from another CA or no longer fits is dropped; either
         way the certificate is ordered anew.
         """
+        self.installer.check_place(spec.name)
         bundle = self.store.load_bundle(spec.name, "pending")
         if bundle is None:
             return self._finish_order(spec)
@@ -195,7 +200,9 @@ class Issuer:
     def install(self, issued: list[Issued]) -> list[Installed]:
         """Install the issued certificates into HAProxy together, then record each as current.
 
-        Touches only HAProxy and local state: the renewal windows came with the downloads.
+        Each is recorded on its own: one that cannot be does not make the others' records
+        untrue (see `Installed.unrecorded`). Touches only HAProxy and local state: the
+        renewal windows came with the downloads.
         """
         results = self.installer.install({item.spec.name: item.bundle for item in issued})
         installed = []
@@ -212,7 +219,11 @@ class Issuer:
                 directory=self.settings.directory_url,
             )
             _apply_window(record, item.window)
-            self.store.promote_pending(record)
+            try:
+                self.store.promote_pending(record)
+            except Exception as error:  # even one nobody foresaw: the others are served and recorded
+                installed.append(Installed(item, info, result, error))
+                continue
             installed.append(Installed(item, info, result))
         return installed
 

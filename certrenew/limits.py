@@ -1,6 +1,12 @@
-"""Process limits a run needs raised before it starts."""
+"""Limits: the process limits a run needs raised before it starts, and the sizes it refuses beyond."""
 
 import resource
+
+MAX_BUNDLE = 2 * 1024 * 1024
+"""The largest bundle certrenew reads from the ssl dir, in bytes. The chain a CA sends is at
+most 1 MiB (`acme_transport.MAX_RESPONSE`) and a key a few KiB; twice that leaves room for
+what an operator adds (DH parameters, a longer chain), while a link to /dev/zero or a
+runaway file is refused instead of read until memory runs out."""
 
 
 def raise_open_files_limit() -> None:

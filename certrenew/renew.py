@@ -243,30 +243,42 @@ def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step: 
 def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "list[Issued]") -> dict[str, Outcome]:
     """Install the batch, all or none; but a bundle HAProxy refuses must not fail the others for ever.
 
-    The refused ones are set aside (their failure recorded, with its back-off) and the
-    rest tried again at once without them; each round takes one out at least, so this
-    ends. Any other failure fails the whole batch, whose pending certificates stay for
-    the next run.
+    The refused ones are set aside (see `_refused`; their failure recorded) and the rest
+    tried again at once without them; each round takes one out at least, so this ends.
+    Any other failure fails the whole batch, whose pending certificates stay for the next
+    run. Once the batch is served, each certificate has its own outcome (see `_installed`).
     """
     outcomes: dict[str, Outcome] = {}
     while issued:
         try:
-            outcomes.update((item.issued.spec.name, _installed(item)) for item in issuer.install(issued))
+            outcomes.update((item.issued.spec.name, _installed(store, now, item)) for item in issuer.install(issued))
             break
         except Refused as refused:
             bad = [item for item in issued if item.spec.name in refused.which]
             if not bad:
                 outcomes.update((item.spec.name, _failed(store, now, item.spec, refused)) for item in issued)
                 break
-            for item in bad:
-                where = store.set_aside(item.spec.name, "pending")
-                error = CertrenewError(f"{refused}; the refused certificate is set aside as {where}")
-                outcomes[item.spec.name] = _failed(store, now, item.spec, error)
+            outcomes.update((item.spec.name, _refused(store, now, item.spec, refused)) for item in bad)
             issued = [item for item in issued if item not in bad]
         except Exception as error:
             outcomes.update((item.spec.name, _failed(store, now, item.spec, _expected(error))) for item in issued)
             break
     return outcomes
+
+
+def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, refused: Refused) -> Outcome:
+    """A bundle HAProxy refused is set aside, so that the next runs order anew rather than retry it for
+    ever; one whose place in the ssl dir is blocked stays pending for the run after the operator's fix."""
+    from certrenew.install import Blocked  # imported already: the batch came through it
+
+    if isinstance(refused, Blocked):
+        return _failed(store, now, spec, Blocked(f"{refused}; the new certificate stays pending for the run after",
+                                                 refused.which))
+    try:
+        where = store.set_aside(spec.name, "pending")
+    except Exception as error:  # this certificate's failure too: it stays pending, the others go on
+        return _failed(store, now, spec, CertrenewError(f"{refused}; and it could not be set aside: {_expected(error)}"))
+    return _failed(store, now, spec, CertrenewError(f"{refused}; the refused certificate is set aside as {where}"))
 
 
 def _expected(error: Exception) -> CertrenewError:
@@ -277,13 +289,17 @@ def _expected(error: Exception) -> CertrenewError:
     return CertrenewError(f"unexpected {type(error).__name__}: {error} (run with -v for the traceback)")
 
 
-def _installed(item: "Installed") -> Outcome:
-    info, result = item.info, item.result
+def _installed(store: Store, now: datetime.datetime, item: "Installed") -> Outcome:
+    """What HAProxy serves now; a failure if it could not be recorded as current (no deploy hook until it is)."""
+    info, result, spec = item.info, item.result, item.issued.spec
     detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
               f"written to {result.path}, served by {result.method}" + (f" ({result.detail})" if result.detail else ""))
-    served = hooks.Served(item.issued.spec.name, item.issued.action, info.domains, result.path, info.serial,
-                          info.not_after)
-    return Outcome(item.issued.spec.name, item.issued.action, detail, served)
+    if item.unrecorded is not None:
+        error = _expected(item.unrecorded)
+        return _failed(store, now, spec, CertrenewError(f"{error}; HAProxy serves it ({detail}), but it is not "
+                                                        "recorded as current: the next run records it"))
+    served = hooks.Served(spec.name, item.issued.action, info.domains, result.path, info.serial, info.not_after)
+    return Outcome(spec.name, item.issued.action, detail, served)
 
 
 def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:

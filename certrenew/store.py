@@ -411,12 +411,15 @@ class FileStore:
         rejected = directory / "rejected"
         owned.make_dir(rejected)
         stamp = _utc_now().strftime("%Y%m%dT%H%M%S.%fZ")
-        target = rejected / f"{stamp}-{SET_ASIDE[kind]}"
-        os.rename(directory / SET_ASIDE[kind], target)
-        fsync_directory(rejected)
-        if kind == "pending":
-            _remove(self._path(name, "pending.json"))
-        fsync_directory(directory)
+        source, target = directory / SET_ASIDE[kind], rejected / f"{stamp}-{SET_ASIDE[kind]}"
+        try:
+            os.rename(source, target)
+            fsync_directory(rejected)
+            if kind == "pending":
+                _remove(self._path(name, "pending.json"))
+            fsync_directory(directory)
+        except OSError as error:
+            raise CertrenewError(f"cannot set aside {source}: {error.strerror or error}") from None
         return str(target)
 
     def promote_pending(self, record: CertificateRecord) -> None:

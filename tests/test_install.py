@@ -1,16 +1,19 @@
 """The Installer against a fake Runtime API: hot update, fallback to a reload, rollback on every path."""
 
+import os
+import re
 import socket
+import threading
 from pathlib import Path
 
 import pytest
 import trustme
 from fake_haproxy import FakeHAProxy
 
-from certrenew import install
+from certrenew import install, limits
 from certrenew.bundle import build_bundle
 from certrenew.errors import CertrenewError, Refused
-from certrenew.install import Installer
+from certrenew.install import Blocked, Installer
 
 NAME = "site.example"
 
@@ -160,3 +163,50 @@ def test_a_bundle_haproxy_could_not_load_is_refused_before_anything_is_written(t
     with pytest.raises(CertrenewError, match=f"^{NAME}: refusing to install its bundle: "):
         Installer(ssl_dir, reload_command).install({"first.example": good, NAME: bad})
     assert list(ssl_dir.iterdir()) == [] and not marker.exists()
+
+
+def within(seconds: float, call):
+    """What `call()` returns or raises, failing the test if it has not done so within `seconds` (a read that hangs)."""
+    outcome: list = []
+
+    def target():
+        try:
+            outcome.append(("returned", call()))
+        except BaseException as error:  # handed to the test
+            outcome.append(("raised", error))
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still running after {seconds} s"
+    kind, value = outcome[0]
+    if kind == "raised":
+        raise value
+    return value
+
+
+PLACES = {
+    "FIFO": (lambda path: os.mkfifo(path), r" is a named pipe \(FIFO\), not a bundle"),
+    "link to /dev/zero": (lambda path: path.symlink_to("/dev/zero"),
+                          r" \(a symbolic link to /dev/zero\) is a character device, not a bundle"),
+    "directory": (lambda path: path.mkdir(), " is a directory, not a bundle"),
+    "file larger than any bundle": (lambda path: path.write_bytes(b"#" * (limits.MAX_BUNDLE + 1)),
+                                    r" is larger than any bundle \(over 2 MiB\)"),
+}
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_what_is_not_a_bundle_in_its_place_is_refused_unread_and_left_alone(tmp_path, ssl_dir, place):
+    plant, message = PLACES[place]
+    path = ssl_dir / f"{NAME}.pem"
+    plant(path)
+    before = os.lstat(path)
+    reload_command, marker = reload_marker(tmp_path)
+    installer = Installer(ssl_dir, reload_command)
+    with pytest.raises(Blocked, match=f"^{re.escape(str(path))}{message}: left alone; move it out of the ssl dir$") as seen:
+        installer.check_place(NAME)  # before ordering
+    assert seen.value.which == [NAME] and not seen.value.backoff
+    with pytest.raises(Blocked, match=f"^{re.escape(str(path))}{message}") as blocked:  # at the install (planted meanwhile)
+        within(10, lambda: installer.install({"first.example": bundle_of(trustme.CA()), NAME: bundle_of(trustme.CA())}))
+    assert blocked.value.which == [NAME]
+    assert os.lstat(path) == before and sorted(ssl_dir.iterdir()) == [path] and not marker.exists()
+    installer.check_place("first.example")  # nothing there: nothing to refuse

@@ -124,37 +124,71 @@ def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
 class RefusingIssuer:
     """Installs like `Issuer.install` into the store, but HAProxy refuses `refused`'s bundle in any batch."""
 
-    def __init__(self, store, refused):
+    def __init__(self, store, refused, error=None):
+        from certrenew.errors import Refused
         self.store, self.refused, self.batches = store, refused, []
+        self.error = error or Refused(f"HAProxy refused {refused}.pem: bad key; the previous certificates were put back",
+                                      [refused])
 
     def install(self, batch):
-        from certrenew.errors import Refused
         from certrenew.install import InstallResult
         from certrenew.issue import Installed
         self.batches.append([item.spec.name for item in batch])
         if any(item.spec.name == self.refused for item in batch):
-            raise Refused(f"HAProxy refused {self.refused}.pem: bad key; the previous certificates were put back",
-                          [self.refused])
+            raise self.error
         for item in batch:
             self.store.promote_pending(issued(item.spec.name))
         return [Installed(item, INFO, InstallResult(item.spec.name, INFO, PEM_PATH, "hot update")) for item in batch]
 
 
-def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
+def install_with_b_refused(store, error=None) -> dict:
+    """`renew._install` of a, b and c, kept pending, where installing b fails with `error`
+    (HAProxy refusing it by default): b fails, and a and c are installed in a second round."""
     from certrenew.issue import Issued
-    store = MemoryStore()
-    batch = []
     for name in ("a", "b", "c"):
         store.save_pending(name, f"BUNDLE {name}".encode())
-        batch.append(Issued(spec(name), f"BUNDLE {name}".encode(), "renewed"))
-    issuer = RefusingIssuer(store, "b")
+    batch = [Issued(spec(name), f"BUNDLE {name}".encode(), "renewed") for name in ("a", "b", "c")]
+    issuer = RefusingIssuer(store, "b", error)
     outcomes = renew._install(store, NOW, issuer, batch)
     assert issuer.batches == [["a", "b", "c"], ["a", "c"]]
     assert {name: outcome.action for name, outcome in outcomes.items()} == {"a": "renewed", "b": "failed", "c": "renewed"}
+    return outcomes
+
+
+def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
+    store = MemoryStore()
+    outcomes = install_with_b_refused(store)
     assert "set aside as memory:b/rejected/" in outcomes["b"].detail
     assert list(store.rejected.values()) == [b"BUNDLE b"] and not store.unfinished("b")
     record = store.load_record("b")
     assert record.failures == 1 and record.next_attempt is not None  # the next attempt waits for the back-off
+
+
+class UnmovableStore(MemoryStore):
+    """Nothing can be set aside: its rename fails as FileStore's does, wrapped in one line."""
+
+    def set_aside(self, name: str, kind: str) -> str:
+        raise CertrenewError(f"cannot set aside memory:{name}/{kind}: Read-only file system")
+
+
+def test_a_refused_certificate_that_cannot_be_set_aside_fails_alone_and_the_rest_is_installed():
+    store = UnmovableStore()
+    outcomes = install_with_b_refused(store)
+    assert outcomes["b"].detail == ("HAProxy refused b.pem: bad key; the previous certificates were put back; and it "
+                                    "could not be set aside: cannot set aside memory:b/pending: Read-only file system")
+    assert store.load_bundle("b", "pending") == b"BUNDLE b"  # still there: nothing lost
+    assert store.load_record("b").failures == 1
+
+
+def test_a_certificate_whose_place_in_the_ssl_dir_is_blocked_fails_alone_and_stays_pending():
+    from certrenew.install import Blocked
+    store = MemoryStore()
+    outcomes = install_with_b_refused(store, Blocked("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone", ["b"]))
+    assert outcomes["b"].detail == ("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone; "
+                                    "the new certificate stays pending for the run after")
+    assert store.rejected == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # not set aside: nothing lost
+    record = store.load_record("b")
+    assert record.failures == 1 and record.next_attempt is None  # the operator's to fix: no back-off
 
 
 def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
@@ -194,3 +228,59 @@ def test_the_library_refuses_a_certificate_it_could_not_keep_before_writing_anyt
     with pytest.raises(UsageError, match=re.escape(message)):
         renew.run(settings, [spec("fine"), given])
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["ssl"]
+
+
+class FillingStore(MemoryStore):
+    """Its disk is full for one certificate's record: promoting that one fails, after the others."""
+
+    def __init__(self, full: str) -> None:
+        super().__init__()
+        self.full = full
+
+    def save_record(self, record: CertificateRecord) -> None:
+        if record.name == self.full:
+            raise CertrenewError(f"cannot write memory:{record.name}/record: No space left on device")
+        super().save_record(record)
+
+
+def pending_bundle(store, name: str) -> bytes:
+    """A certificate a previous run issued and could not install: this run installs it, asking no CA."""
+    import trustme
+
+    from certrenew.bundle import build_bundle
+    cert = trustme.CA().issue_cert(f"{name}.example")
+    bundle = build_bundle(b"".join(blob.bytes() for blob in cert.cert_chain_pems), cert.private_key_pem.bytes())
+    store.save_pending(name, bundle)
+    return bundle
+
+
+def test_a_certificate_that_cannot_be_recorded_fails_alone_the_others_served_recorded_and_deployed(tmp_path):
+    """HAProxy takes the batch (a real install into an ssl dir); recording the second fails."""
+    from certrenew.bundle import leaf_info
+    (tmp_path / "ssl").mkdir()
+    deployed = tmp_path / "deployed"
+    settings = Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", directory="https://127.0.0.1:9/none",
+                        reload_command="true", deploy_hook=f"sh -c 'echo $CERTRENEW_NAME >> {deployed}'",
+                        lock_timeout=0, timeout=1)
+    store = FillingStore("b")
+    bundles = {name: pending_bundle(store, name) for name in ("a", "b", "c")}
+    report = renew.run(settings, [spec("a"), spec("b"), spec("c")], store)
+    outcomes = {outcome.name: outcome for outcome in report}
+    assert {name: outcome.action for name, outcome in outcomes.items()} == {"a": "installed", "b": "failed",
+                                                                           "c": "installed"}
+    assert all((tmp_path / "ssl" / f"{name}.pem").read_bytes() == bundles[name] for name in bundles)  # all served
+    serial = leaf_info(bundles["b"]).serial
+    assert outcomes["b"].detail.startswith("cannot write memory:b/record: No space left on device; HAProxy serves it "
+                                           f"(serial {serial}, ")
+    assert "but it is not recorded as current: the next run records it" in outcomes["b"].detail
+    assert outcomes["b"].served is None and outcomes["a"].served is not None
+    assert deployed.read_text().split() == ["a", "c"]  # the deploy hook for what is served and recorded
+    for name in ("a", "c"):
+        assert store.load_bundle(name) == bundles[name] and not store.unfinished(name)
+        assert store.load_record(name).serial == leaf_info(bundles[name]).serial
+    assert store.load_bundle("b", "pending") == bundles["b"] and store.load_record("b") is None  # kept for the next run
+
+    store.full = ""  # room again: the next run records it, and deploys it
+    [again] = renew.run(settings, [spec("b")], store)
+    assert again.action == "installed" and store.load_record("b").serial == serial, again.detail
+    assert deployed.read_text().split() == ["a", "c", "b"]

@@ -248,6 +248,15 @@ def test_a_set_aside_file_is_kept_under_the_state_dir(files):
     assert mode(where.parent) == 0o700 and files.names() == ["a"]
 
 
+def test_a_file_that_cannot_be_set_aside_is_one_error_naming_it(files):
+    files.save_pending("a", b"GARBAGE")
+    pending = files.root / "certificates" / "a" / "pending.pem"
+    pending.unlink()  # gone meanwhile (removed by hand): os.rename fails
+    with pytest.raises(CertrenewError, match=f"^cannot set aside {pending}: No such file or directory$"):
+        files.set_aside("a", "pending")
+    assert list((files.root / "certificates" / "a" / "rejected").iterdir()) == []
+
+
 # The state dir is ours alone.
 
 def test_a_planted_symlink_is_refused_and_its_target_untouched(files, tmp_path):

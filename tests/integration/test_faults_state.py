@@ -35,11 +35,11 @@ def plant(path, content: bytes) -> None:
     path.chmod(0o600)
 
 
-def run_config(guard, lab, *args, config_text=CONFIG):
+def run_config(guard, lab, *args, config_text=CONFIG, env=None):
     guard.runs += 1
     config = lab.workdir / "certrenew.toml"
     config.write_text(config_text)
-    return lab.certrenew("run", "--config", str(config), *args, env=guard.env)
+    return lab.certrenew("run", "--config", str(config), *args, env={**guard.env, **(env or {})}, timeout=120)
 
 
 def lines_of(result) -> dict[str, str]:
@@ -237,6 +237,68 @@ def test_a_symlinked_bundle_is_replaced_after_a_warning_and_a_rollback_restores_
     assert json.loads((state(lab) / "meta.json").read_text())["directory"] == lab.directory_url
 
 
+def test_a_fifo_or_a_link_to_dev_zero_in_a_bundles_place_fails_that_certificate_alone_and_loses_nothing(
+        guard_for, lab):
+    """An operator's mistake in the ssl dir: the run does not hang on the FIFO nor read /dev/zero
+    until memory runs out (each run is killed after 120 s, failing the test); those two fail before
+    they are ordered, or keep their pending certificate, and the third is renewed or installed."""
+    guard = guard_for("a FIFO and a link to /dev/zero where bundles should be")
+    fifo, device = (lab.ssl_dir / f"{name}.pem" for name in OTHERS)
+    hot = {"CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket)}  # no reload: HAProxy would read the FIFO at one
+
+    def plant_mistakes() -> None:
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+        device.unlink(missing_ok=True)
+        device.symlink_to("/dev/zero")
+
+    def blocked(result) -> None:
+        outcomes = lines_of(result)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert outcomes[OTHERS[0]] == f"failed: {fifo} is a named pipe (FIFO), not a bundle: left alone; " \
+                                      "move it out of the ssl dir", outcomes
+        assert outcomes[OTHERS[1]] == (f"failed: {device} (a symbolic link to /dev/zero) is a character device, "
+                                       "not a bundle: left alone; move it out of the ssl dir"), outcomes
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.readlink(device) == "/dev/zero"  # left alone
+        for name in OTHERS:  # an operator's mistake: no back-off
+            assert json.loads((state(lab, name) / "meta.json").read_text())["next_attempt"] is None
+        guard.survived()
+
+    assert run_config(guard, lab).returncode == 0
+    guard.old = guard.bundle_path.read_bytes()
+    served = {name: lab.served_certificate(name).serial_number for name in OTHERS}
+
+    plant_mistakes()  # before ordering: the CA is not asked for what could not be installed
+    result = run_config(guard, lab, "--force", env=hot)
+    blocked(result)
+    assert lines_of(result)[NAME].startswith("renewed:"), result.stdout
+    for name in OTHERS:
+        assert not {"order.json", "pending.pem"} & {path.name for path in state(lab, name).iterdir()}
+        assert lab.served_certificate(name).serial_number == served[name]  # HAProxy's memory untouched
+    guard.recover(expect="unchanged")
+
+    fifo.unlink()
+    device.unlink()
+    failed = run_config(guard, lab, "--force", env={"CERTRENEW_RELOAD_COMMAND": "false"})  # leaves three pending
+    assert failed.returncode == 1 and all((state(lab, name) / "pending.pem").exists() for name in (NAME, *OTHERS))
+    pending = {name: (state(lab, name) / "pending.pem").read_bytes() for name in OTHERS}
+    plant_mistakes()  # after ordering: what was issued stays pending
+    result = run_config(guard, lab, env=hot)
+    blocked(result)
+    assert lines_of(result)[NAME].startswith("installed:"), result.stdout
+    assert {name: (state(lab, name) / "pending.pem").read_bytes() for name in OTHERS} == pending
+    guard.old = guard.bundle_path.read_bytes()
+
+    fifo.unlink()  # the operator's fix
+    device.unlink()
+    fixed = run_config(guard, lab, env=hot)
+    assert fixed.returncode == 0, fixed.stderr
+    for name in OTHERS:
+        assert lines_of(fixed)[name].startswith("installed:"), fixed.stdout
+        lab.wait_served_serial(name, leaf_info(pending[name]).serial)
+    guard.recover(expect="unchanged")
+
+
 # What HAProxy itself refuses: a chain certrenew's checks accept and OpenSSL will not load.
 
 REFUSALS = {
@@ -301,4 +363,40 @@ def test_a_bundle_haproxy_refuses_is_set_aside_and_the_others_installed(guard_fo
     forced = run_config(guard, lab, "--force", config_text=config)
     assert forced.returncode == 0, forced.stderr
     assert lines_of(forced)[NAME].startswith(("renewed:", "issued:")), forced.stdout
+    guard.recover(expect="unchanged")
+
+
+def test_a_refused_bundle_that_cannot_be_set_aside_fails_alone_and_stays_pending(guard_for, lab, proxy):
+    """HAProxy refuses one certificate's chain, and its state dir has a file where `rejected/` goes:
+    that certificate fails in one line (the run does not end without outcomes), the other is renewed."""
+    guard = guard_for("a refused bundle that cannot be set aside", proxy)
+    guard.env.update({"CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket)})
+    other = OTHERS[0]
+    config = f'[[certificate]]\ndomains = ["{NAME}"]\n\n[[certificate]]\ndomains = ["{other}"]\n'
+    assert run_config(guard, lab, config_text=config).returncode == 0
+    guard.old = guard.bundle_path.read_bytes()
+    plant(state(lab) / "rejected", b"not a directory\n")
+
+    def weaken(body: bytes, _) -> bytes:
+        leaf = leaf_certificate(body)
+        return weak_chain(leaf.public_key(), [NAME]) if NAME in leaf_info(body).domains else body
+
+    proxy.on_request = lambda method, path: Forge(weaken) if step_of(path) == "certificate" else None
+    result = run_config(guard, lab, "--force", config_text=config)
+    outcomes = lines_of(result)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "unable to load chain certificate" in outcomes[NAME], outcomes
+    assert (f"and it could not be set aside: refusing {state(lab) / 'rejected'}: it is not a directory"
+            in outcomes[NAME]), outcomes
+    assert outcomes[other].startswith("renewed:"), outcomes
+    assert (state(lab) / "pending.pem").exists()  # kept: nothing lost
+    guard.survived()
+
+    proxy.on_request = lambda method, path: None
+    (state(lab) / "rejected").unlink()  # the operator's fix: the next run sets it aside
+    again = run_config(guard, lab, config_text=config)
+    assert again.returncode == 1 and "set aside as" in lines_of(again)[NAME], again.stderr
+    assert not (state(lab) / "pending.pem").exists()
+    guard.survived()
+    assert run_config(guard, lab, "--force", config_text=config).returncode == 0
     guard.recover(expect="unchanged")
