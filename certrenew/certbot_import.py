@@ -31,6 +31,7 @@ from certrenew.atomicfile import write_atomic
 from certrenew.bundle import CertificateInfo, build_bundle, certificate_info, leaf_certificate, leaf_info
 from certrenew.config import CertificateSpec, Settings, certificate_specs, load_config
 from certrenew.errors import CertrenewError, UsageError
+from certrenew.install import read_bundle_file
 from certrenew.keys import is_key_of, key_to_pem, key_type_of, load_key
 from certrenew.store import Account, CertificateRecord, FileStore, Store
 
@@ -395,8 +396,8 @@ def _served(ssl_dir: Path) -> dict[str, list[Path]]:
     """The bundles in the ssl dir by the fingerprint of their leaf certificate."""
     served: dict[str, list[Path]] = {}
     for path in sorted(ssl_dir.glob("*.pem")) if ssl_dir.is_dir() else []:
-        try:
-            served.setdefault(leaf_info(path.read_bytes()).fingerprint, []).append(path)
+        try:  # bounded, and a FIFO or a device named like a bundle is passed over, not waited on
+            served.setdefault(leaf_info(read_bundle_file(path) or b"").fingerprint, []).append(path)
         except (OSError, ValueError, IndexError, CertrenewError):
             continue
     return served

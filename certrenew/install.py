@@ -272,10 +272,20 @@ class Installer:
 
 
 def _served(path: Path) -> bytes | None:
-    """The bundle HAProxy has from `path` (read through a symbolic link), or None; warns of a link.
+    """The bundle HAProxy has from `path` (read through a symbolic link), or None; warns of a link."""
+    content = read_bundle_file(path)
+    if content is not None and os.path.islink(path):
+        log.warning("%s is a symbolic link to %s; it is replaced by a regular file holding the new bundle "
+                    "(the rollback puts back what the link led to)", path, os.readlink(path))
+    return content
+
+
+def read_bundle_file(path: Path) -> bytes | None:
+    """What a bundle file of the ssl dir holds (through a symbolic link), or None if there is none.
 
     Opened without blocking and checked on the open descriptor, then read no further than
-    MAX_BUNDLE: a FIFO or a device in the bundle's place is refused, never waited on.
+    MAX_BUNDLE: a FIFO or a device in the bundle's place is refused (CertrenewError), never
+    waited on.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -297,9 +307,6 @@ def _served(path: Path) -> bytes | None:
         os.close(fd)
     if problem:
         raise CertrenewError(problem)
-    if os.path.islink(path):
-        log.warning("%s is a symbolic link to %s; it is replaced by a regular file holding the new bundle "
-                    "(the rollback puts back what the link led to)", path, os.readlink(path))
     return content
 
 

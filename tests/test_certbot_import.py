@@ -153,3 +153,18 @@ def test_an_account_certrenew_already_has_for_the_ca_is_kept(tmp_path):
     assert result.takeovers[0].notes == [f"certbot's account acct: certrenew renews with the account it already had "
                                          f"for {SERVER} (one account per CA)"]
     assert not any(line.startswith("account:") for line in result.lines(dry_run=False))
+
+
+def test_a_fifo_named_like_a_bundle_in_the_ssl_dir_is_passed_over_not_waited_on(tmp_path):
+    import threading
+
+    lineage(tmp_path / "letsencrypt", "example.com", ec.generate_private_key(ec.SECP256R1()),
+            [x509.DNSName("example.com")])
+    (tmp_path / "ssl").mkdir()
+    os.mkfifo(tmp_path / "ssl" / "example.com.pem")  # nobody ever writes to it: a plain read blocks for ever
+    result = []
+    worker = threading.Thread(target=lambda: result.append(plan(tmp_path)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert result, "import waited on a FIFO in the ssl dir"
+    assert any("holds another certificate" in note for note in result[0].takeovers[0].ssl_dir)
