@@ -11,13 +11,11 @@ only publishes: certrenew itself then waits until the zone's name servers answer
 from __future__ import annotations
 
 import logging
-import os
 import shlex
-import signal
-import subprocess
 
 from certrenew.dns01 import TxtRecord
 from certrenew.errors import CertrenewError, UsageError
+from certrenew.hooks import run_command
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +46,21 @@ class DnsHook:
 
     def _run(self, action: str, record: TxtRecord) -> None:
         argv = [*self.argv, action, record.name, record.value]
-        env = {**os.environ, "CERTRENEW_DOMAIN": record.domain, "CERTRENEW_DNS_RECORD": record.name,
+        env = {"CERTRENEW_DOMAIN": record.domain, "CERTRENEW_DNS_RECORD": record.name,
                "CERTRENEW_DNS_VALUE": record.value}
         what = f"DNS hook {self.argv[0]} {action} {record.name}"
         log.debug("running %s", shlex.join(argv))
         try:
-            # Its own process group, so a timeout also ends what a hook script started (curl, sleep),
-            # which would otherwise hold its output pipe open and us with it.
-            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True, start_new_session=True)
+            status, said = run_command(argv, self.timeout, env)
         except FileNotFoundError:
             raise CertrenewError(f"DNS hook not found: {self.argv[0]!r} (set --dns-hook)") from None
         except PermissionError:
             raise CertrenewError(f"DNS hook {self.argv[0]!r} is not executable") from None
-        with process:
-            try:
-                stdout, stderr = process.communicate(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.communicate()
-                raise CertrenewError(f"{what} did not finish within {self.timeout:g} s") from None
-        if process.returncode != 0:
-            output = (stderr or stdout).strip().splitlines()
-            said = f": {output[-1]}" if output else ""
-            raise CertrenewError(f"{what} failed with exit status {process.returncode}{said}")
+        except OSError as error:
+            raise CertrenewError(f"DNS hook {self.argv[0]!r} could not start: {error.strerror}") from None
+        for line in said:
+            log.debug("%s: %s", what, line)
+        if status is None:
+            raise CertrenewError(f"{what} did not finish within {self.timeout:g} s")
+        if status != 0:
+            raise CertrenewError(f"{what} failed with exit status {status}" + (f": {said[-1]}" if said else ""))

@@ -70,21 +70,10 @@ def run_hook(role: str, command: str | None, timeout: float,
         return None
     argv = split_command(command)
     log.debug("running the %s: %s", role, command)
-    with tempfile.TemporaryFile() as output:
-        try:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **(environment or {})}, start_new_session=True)
-        except OSError as error:
-            return _failed(f"{role} {command!r} could not start: {error.strerror}: {argv[0]}")
-        try:
-            status = process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            status = None
-        finally:
-            if process.poll() is None:  # interrupted (a signal), not timed out: leave nothing behind
-                _kill_group(process)
-        said = _tail(output)
+    try:
+        status, said = run_command(argv, timeout, environment)
+    except OSError as error:
+        return _failed(f"{role} {command!r} could not start: {error.strerror}: {argv[0]}")
     for line in said:
         log.info("%s: %s", role, line)
     if status is None:
@@ -93,6 +82,29 @@ def run_hook(role: str, command: str | None, timeout: float,
         what = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
         return _failed(f"{role} {command!r} {what}" + (f": {said[-1]}" if said else ""))
     return None
+
+
+def run_command(argv: list[str], timeout: float,
+                environment: Mapping[str, str] | None = None) -> tuple[int | None, list[str]]:
+    """Run an operator's command as the module doc says: (its exit status, None if killed at the timeout;
+    the last lines it wrote). OSError if it cannot start.
+
+    Its output goes to a file, not a pipe, and the wait is for the command itself: a program
+    it left running in a session of its own (ssh's ControlPersist, a daemon) may keep its
+    output open for ever, and a pipe would be read until that ends.
+    """
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(environment or {})}, start_new_session=True)
+        try:
+            status = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            status = None
+        finally:
+            if process.poll() is None:  # interrupted (a signal), not timed out: leave nothing behind
+                _kill_group(process)
+        return status, _tail(output)
 
 
 def _failed(line: str) -> str:

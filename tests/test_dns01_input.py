@@ -1,9 +1,12 @@
 """DNS-01 input checks: server addresses, names, TSIG key files (the BIND side is in integration/test_dns01.py)."""
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -81,6 +84,30 @@ def test_a_missing_key_file_is_one_line(tmp_path):
 def test_a_bad_hook_command_is_a_usage_error(command):
     with pytest.raises(UsageError, match="DNS hook"):
         DnsHook(command)
+
+
+RECORD = dns01.TxtRecord("a.example", "_acme-challenge.a.example", "a.example", "value")
+
+
+def test_a_hook_that_writes_bytes_that_are_not_utf8_fails_in_its_own_words():
+    hook = DnsHook("""sh -c 'printf "\\377 no API token\\n" >&2; exit 3' hook""")
+    with pytest.raises(CertrenewError) as failure:
+        hook.add(RECORD)
+    assert str(failure.value) == ("DNS hook sh add _acme-challenge.a.example failed with exit status 3: "
+                                  "\ufffd no API token")
+
+
+def test_a_hook_is_done_when_it_exits_though_what_it_left_running_holds_its_output(tmp_path):
+    """As ssh's ControlPersist does: a program in a session of its own keeps the hook's stdout open."""
+    pid_file = tmp_path / "pid"
+    hook = DnsHook(f"sh -c 'setsid sleep 40 & echo $! > {pid_file}; echo added' hook", timeout=2)
+    started = time.monotonic()
+    try:
+        hook.add(RECORD)
+        took = time.monotonic() - started
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert took < 20, f"waited {took:.0f} s for what the hook left running"
 
 
 def test_checking_dns01_input_does_not_load_dnspython(tmp_path):
