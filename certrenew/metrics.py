@@ -30,6 +30,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text format `generate_latest` writes, which every scraper reads."""
 REQUEST_TIMEOUT = 5.0
 """Seconds a scraper has to send its request: a silent client cannot hold a thread longer."""
+MAX_REQUESTS = 16
+"""Requests served at once, each in a thread; a connection beyond that is closed unanswered. A
+client that dribbles a byte every few seconds holds its thread for ever, and the daemon's
+renewals need threads of the same process: a flood of those must not use them all up."""
 
 
 @dataclass
@@ -236,11 +240,31 @@ def serve(listen: str, source: Callable[[], list[CertificateStatus]],
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128
+    """The listen backlog (socketserver's is 5): connections beyond it wait a second or more to be taken."""
 
     def __init__(self, address: tuple[str, int], handler, metrics: MetricsServer) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.metrics = metrics
+        self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
         super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("metrics: %d requests in progress; closing the connection of %s", MAX_REQUESTS, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: give its slot back
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):

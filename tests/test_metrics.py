@@ -4,6 +4,7 @@ import datetime
 import os
 import socket
 import threading
+import time
 
 import pytest
 import requests
@@ -163,6 +164,43 @@ def test_server_reports_a_failing_source_and_keeps_serving():
         answer = requests.get(f"{base}/healthz", timeout=5)
         assert answer.status_code == 500 and "state dir unreadable" in answer.text
         assert requests.get(f"{base}/nothing", timeout=5).status_code == 404
+
+
+def test_slow_clients_hold_at_most_max_requests_threads_and_scrapes_work_once_they_go():
+    with metrics.serve(f"127.0.0.1:{_port()}", lambda: [row("alpha")]) as server:
+        before = threading.active_count()
+        slow = [socket.create_connection(server.address, timeout=5) for _ in range(metrics.MAX_REQUESTS + 40)]
+        try:
+            for client in slow:
+                client.sendall(b"G")  # and never the rest of the request
+            most, waiting, deadline = 0, list(slow), time.monotonic() + 1.5  # well before any times out
+            while time.monotonic() < deadline:
+                waiting = [client for client in waiting if not _closed(client)]
+                most = max(most, threading.active_count() - before)
+            assert most <= metrics.MAX_REQUESTS
+            assert len(waiting) < len(slow), "the connections beyond MAX_REQUESTS are closed unanswered"
+        finally:
+            for client in slow:
+                client.close()
+        deadline = time.monotonic() + 10
+        while True:  # their threads see the close and give their slots back
+            try:
+                answer = requests.get("http://%s:%d/healthz" % server.address, timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "no slot came free"
+        assert answer.status_code == 200
+
+
+def _closed(client: socket.socket) -> bool:
+    """Whether the server closed `client` (EOF or reset), waiting a hundredth of a second."""
+    client.settimeout(0.01)
+    try:
+        return client.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
 
 
 def test_a_taken_port_is_one_clear_error():
