@@ -65,6 +65,8 @@ class Responder:
         self._store = store
         self._borrowed = False
         """Whether another process's responder (the daemon's) serves this one's answers."""
+        self._published: set[str] = set()
+        """The tokens this one published in the store, to withdraw."""
         self._validations: dict[str, tuple[str, str]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -85,13 +87,15 @@ class Responder:
         if self._borrowed:
             assert self._store is not None  # only a responder with a store borrows
             self._store.publish_challenge(token, domain, validation)
+            self._published.add(token)
 
     def wait_ready(self) -> None:
         """Nothing to wait for: a presented token is served at once."""
 
     def cleanup(self, domain: str, token: str) -> None:
-        if self._validations.pop(token, None) is not None and self._borrowed:
+        if self._validations.pop(token, None) is not None and token in self._published:
             assert self._store is not None
+            self._published.discard(token)
             self._store.withdraw_challenge(token)
 
     def lookup(self, token: str, host: str) -> str | None:
@@ -153,9 +157,10 @@ class Responder:
 
     def start(self, borrow: bool = False) -> None:
         """Bind the port and start serving, once. A busy port is a clear error (and tried again
-        next time), unless `borrow` and its holder serves this store's answers (see module doc)."""
+        next time), unless `borrow` and its holder serves this store's answers (see module doc).
+        A borrowed port is tried again at each call: if the daemon has stopped, the run serves itself."""
         with self._starting:
-            if self._thread is not None or self._borrowed:
+            if self._thread is not None:
                 return
             started = threading.Event()
             failure: list[OSError] = []
@@ -165,6 +170,8 @@ class Responder:
             started.wait()
             if failure:
                 busy = failure[0].errno == errno.EADDRINUSE
+                if busy and self._borrowed:  # still the daemon's
+                    return
                 borrowable = busy and borrow and self._store is not None
                 if borrowable and self._holder_serves_store():
                     self._borrowed = True
@@ -180,6 +187,10 @@ class Responder:
                 raise (PortBusy if busy else CertrenewError)(
                     f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; {why}")
             self._thread = thread
+            if self._borrowed:
+                self._borrowed = False
+                log.info("responder: %s:%d is free again (the daemon stopped?): this run answers its challenges "
+                         "itself", *self.address)
         log.debug("responder listening on %s:%d", *self.address)
 
     def _holder_serves_store(self) -> bool:

@@ -101,6 +101,24 @@ def test_a_run_borrows_the_port_of_a_responder_serving_its_store(tmp_path):
     assert list((state / "challenges").iterdir()) == []  # the run withdrew tok2 on exit, the probe at once
 
 
+def test_a_run_whose_daemon_stopped_answers_its_challenges_itself(tmp_path):
+    port, state = free_port(), tmp_path / "state"
+    with Responder(f"127.0.0.1:{port}", FileStore(state)) as run:
+        with Responder(f"127.0.0.1:{port}", FileStore(state)) as daemon:
+            daemon.start()
+            run.present("a.example", "tok", "tok.thumb")  # borrowed
+            assert (state / "challenges" / "tok.json").exists()
+        with pytest.raises(requests.ConnectionError):  # the daemon is gone: nothing listens
+            fetch(port, "tok", "a.example")
+        run.present("b.example", "tok2", "tok2.thumb")  # the port is free: the run takes it
+        assert fetch(port, "tok2", "b.example").text == "tok2.thumb"
+        assert fetch(port, "tok", "a.example").text == "tok.thumb"  # and answers what it had published
+        assert not (state / "challenges" / "tok2.json").exists()  # its own now: nothing published
+        run.cleanup("a.example", "tok")
+        assert not (state / "challenges" / "tok.json").exists()  # what it had published is withdrawn
+        assert fetch(port, "tok", "a.example").status_code == 404
+
+
 def test_an_answer_a_process_owns_is_not_written_to_the_store(tmp_path):
     port, state = free_port(), tmp_path / "state"
     with Responder(f"127.0.0.1:{port}", FileStore(state)) as own:
