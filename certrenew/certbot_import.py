@@ -352,6 +352,8 @@ def _read_account(certbot_dir: Path, directory_url: str, account_id: str) -> Acc
     try:
         jwk = jose.JWK.json_loads((directory / "private_key.json").read_text())
         uri = json.loads((directory / "regr.json").read_text())["uri"]
+        if not isinstance(uri, str) or not uri.startswith("https://"):  # stored, it must read back
+            raise ValueError(f"regr.json: the account URI {uri!r} is not an https:// URL")
     except OSError as error:
         raise UsageError(f"certbot account {account_id}: cannot read {error.filename}: {error.strerror}") from None
     except (ValueError, KeyError, TypeError, jose.DeserializationError) as error:

@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from certrenew.certbot_import import TOP, make_plan, read_renewal_conf
 from certrenew.config import Settings
+from certrenew.errors import UsageError
 from certrenew.keys import key_to_pem, key_type_of
 from certrenew.store import Account, FileStore
 
@@ -153,6 +154,16 @@ def test_an_account_certrenew_already_has_for_the_ca_is_kept(tmp_path):
     assert result.takeovers[0].notes == [f"certbot's account acct: certrenew renews with the account it already had "
                                          f"for {SERVER} (one account per CA)"]
     assert not any(line.startswith("account:") for line in result.lines(dry_run=False))
+
+
+@pytest.mark.parametrize("uri", [5, None, ["https://acme.test/acct/1"], "acct/1"])
+def test_an_account_uri_that_is_not_an_https_url_is_refused_not_stored(tmp_path, uri):
+    """Stored as it came, a number made the account file unreadable: every later run failed on it."""
+    root = tmp_path / "letsencrypt"
+    lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")])
+    (root / "accounts" / "acme.test" / "directory" / "acct" / "regr.json").write_text(json.dumps({"uri": uri}))
+    with pytest.raises(UsageError, match="certbot account acct: malformed account files .*not an https:// URL"):
+        plan(tmp_path)
 
 
 def test_a_fifo_named_like_a_bundle_in_the_ssl_dir_is_passed_over_not_waited_on(tmp_path):
