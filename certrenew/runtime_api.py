@@ -30,6 +30,8 @@ TIMEOUT = 10.0
 """Seconds to wait for one answer; a commit re-signs every SNI context, so allow some."""
 
 _ADDRESS = re.compile(r"^ipv4@(?P<host>[^:\s]+):(?P<port>\d{1,5})$")
+_SPECIAL = re.compile(r"([\\;\s])")
+"""What HAProxy's CLI reads as syntax in an argument: the escape, the command separator, blanks."""
 
 
 class RuntimeApiError(CertrenewError):
@@ -47,6 +49,14 @@ class Forbidden(RuntimeApiError):
 
 class Unsupported(RuntimeApiError):
     """This HAProxy cannot do the change at runtime; a reload has to."""
+
+
+def argument(path: str) -> str:
+    """`path` as one argument of a command: unescaped, a space would cut it in two and a `;` start
+    another command (`set ssl cert /etc/my certs/a.pem` sets `/etc/my`)."""
+    if "\n" in path or "\r" in path:
+        raise RuntimeApiError(f"{path!r}: a line break cannot be passed to HAProxy's Runtime API")
+    return _SPECIAL.sub(r"\\\1", path)
 
 
 def check_address(address: str) -> str:
@@ -187,7 +197,7 @@ class RuntimeApi:
 
     def add_certificate(self, crt_list: str, path: str, bundle: bytes) -> None:
         """Load `bundle` as a new certificate `path` and serve it from `crt_list` (a crt directory)."""
-        self._expect(f"new ssl cert {path}", "New empty certificate store")
+        self._expect(f"new ssl cert {argument(path)}", "New empty certificate store")
         try:
             self._set_and_commit(path, bundle)
             self._add_to_crt_list(crt_list, path)
@@ -197,16 +207,16 @@ class RuntimeApi:
 
     def remove_certificate(self, crt_list: str, path: str) -> None:
         """Undo add_certificate: stop serving `path` and free it."""
-        self._expect(f"del ssl crt-list {crt_list} {path}", "deleted in crtlist")
-        self._expect(f"del ssl cert {path}", "deleted!")
+        self._expect(f"del ssl crt-list {argument(crt_list)} {argument(path)}", "deleted in crtlist")
+        self._expect(f"del ssl cert {argument(path)}", "deleted!")
 
     def _set_and_commit(self, path: str, bundle: bytes) -> None:
         try:
-            answer = self._expect(f"set ssl cert {path}", "Transaction ", payload=bundle, error=Rejected)
+            answer = self._expect(f"set ssl cert {argument(path)}", "Transaction ", payload=bundle, error=Rejected)
             # HAProxy has one transaction per process; make sure it is ours, not one left open elsewhere.
             if f" {path}!" not in answer:
                 raise RuntimeApiError(f"{self}: set ssl cert {path}: {answer_error(answer)}")
-            self._expect(f"commit ssl cert {path}", "Success!", error=Rejected)
+            self._expect(f"commit ssl cert {argument(path)}", "Success!", error=Rejected)
         except CertrenewError:
             self._abort(path)
             raise
@@ -215,7 +225,7 @@ class RuntimeApi:
         """Serve `path` from `crt_list`: only now does HAProxy load a new certificate into its binds' SSL
         contexts (`commit ssl cert` of one no bind uses yet builds none), so a failure once it is
         "Inserting certificate" is the bundle's, e.g. a chain OpenSSL's security level will not load."""
-        line = f"add ssl crt-list {crt_list} {path}"
+        line = f"add ssl crt-list {argument(crt_list)} {argument(path)}"
         log.debug("%s: %s", self, line)
         answer = self.command(line)
         if "Success!" not in answer:
@@ -233,13 +243,13 @@ class RuntimeApi:
 
     def _abort(self, path: str) -> None:
         try:
-            self.command(f"abort ssl cert {path}")
+            self.command(f"abort ssl cert {argument(path)}")
         except CertrenewError as error:
             log.warning("%s: could not abort the transaction for %s: %s", self, path, error)
 
     def _delete(self, crt_list: str, path: str) -> None:
         """Best-effort cleanup of a half-added certificate, so a retry can add it again."""
-        for line in (f"del ssl crt-list {crt_list} {path}", f"del ssl cert {path}"):
+        for line in (f"del ssl crt-list {argument(crt_list)} {argument(path)}", f"del ssl cert {argument(path)}"):
             try:
                 self.command(line)
             except CertrenewError as error:

@@ -9,7 +9,7 @@ import time
 from cryptography import x509
 
 from certrenew.bundle import leaf_info
-from certrenew.runtime_api import RuntimeApi
+from certrenew.runtime_api import RuntimeApi, argument, find_crt_list
 from certrenew.verify import served_fingerprint
 
 NAME = "site.example"
@@ -247,3 +247,17 @@ def test_a_failed_first_install_does_not_claim_to_put_back_a_previous_certificat
     assert "put back" not in result.stderr
     assert not bundle_path(lab).exists()
     assert (lab.state_dir / "certificates" / NAME / "pending.pem").exists()  # kept for the next run
+
+
+def test_the_runtime_api_takes_a_path_with_a_space_or_a_semicolon_as_one_argument(lab):
+    """HAProxy's CLI splits at blanks and runs what follows a `;` as another command."""
+    api = RuntimeApi(str(lab.admin_socket))
+    crt_list = find_crt_list(api.crt_lists(), str(lab.ssl_dir))
+    assert crt_list is not None
+    path = f"{lab.ssl_dir}/a b;show info.pem"
+    api.add_certificate(crt_list, path, (lab.ssl_dir / "000-certrenew-placeholder.pem").read_bytes())
+    assert api.certificates().path_of(path) == path
+    assert f"{lab.ssl_dir}/a" not in api.certificates().files  # nothing set under the cut-off name
+    assert path in api.command(f"show ssl crt-list {argument(crt_list)}")
+    api.remove_certificate(crt_list, path)
+    assert api.certificates().path_of(path) is None
