@@ -83,7 +83,8 @@ def check_config(configs: Sequence[Path]) -> None:
 def _run(argv: list[str], timeout: float, what: str, not_found: str) -> subprocess.CompletedProcess:
     """Run `argv` without a shell or stdin, bounded by `timeout`; a missing program or a hang is an error."""
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
+                              stdin=subprocess.DEVNULL)  # output that is not UTF-8 is still its words
     except FileNotFoundError:
         raise CertrenewError(not_found) from None
     except subprocess.TimeoutExpired:

@@ -10,7 +10,7 @@ import pytest
 import trustme
 from fake_haproxy import FakeHAProxy
 
-from certrenew import install, limits
+from certrenew import haproxy, install, limits
 from certrenew.bundle import build_bundle
 from certrenew.errors import CertrenewError, Refused
 from certrenew.install import Blocked, Installer
@@ -210,3 +210,9 @@ def test_what_is_not_a_bundle_in_its_place_is_refused_unread_and_left_alone(tmp_
     assert blocked.value.which == [NAME]
     assert os.lstat(path) == before and sorted(ssl_dir.iterdir()) == [path] and not marker.exists()
     installer.check_place("first.example")  # nothing there: nothing to refuse
+
+
+def test_a_reload_command_that_writes_bytes_that_are_not_utf8_fails_in_its_own_words():
+    with pytest.raises(CertrenewError) as failure:
+        haproxy.reload("""sh -c 'printf "\\377 no pid file\\n" >&2; exit 1' reload""")
+    assert str(failure.value).endswith("failed with exit status 1: \ufffd no pid file")
