@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 import tomli
 
 from certrenew.challenge import DNS_01, HTTP_01, check_domains
+from certrenew.command import split_command
 from certrenew.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
 from certrenew.dnshook import DnsHook
 from certrenew.domains import normalize_domain, normalize_domains
 from certrenew.errors import UsageError
-from certrenew.haproxy import split_command
 from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key

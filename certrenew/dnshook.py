@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import shlex
 
+from certrenew.command import run_command
 from certrenew.dns01 import TxtRecord
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.hooks import run_command
 
 log = logging.getLogger(__name__)
 

@@ -4,12 +4,11 @@ The Runtime API, which changes a running HAProxy without a reload, is in `runtim
 """
 
 import logging
-import shlex
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from certrenew.command import run_command, split_command
 from certrenew.errors import CertrenewError
 
 log = logging.getLogger(__name__)
@@ -18,36 +17,21 @@ RELOAD_TIMEOUT = 120
 CHECK_TIMEOUT = 60
 
 
-def split_command(command: str) -> list[str]:
-    """A command (the reload command, a hook) as argv, split like a shell would (it runs without one);
-    ValueError if it cannot be.
-
-    An operator who needs a shell writes one: `sh -c '...'`.
-    """
-    argv = shlex.split(command)  # ValueError on an unbalanced quote
-    if not argv:
-        raise ValueError("the command is empty")
-    return argv
-
-
-def missing_program(command: str, what: str = "the reload command") -> str | None:
-    """Why `what` (the reload command, a hook) cannot run (its program is not found or not executable), or None."""
-    program = split_command(command)[0]
-    if shutil.which(program) is None:
-        return f"{what}'s program {program!r} is not found on PATH or not executable"
-    return None
-
-
 def reload(command: str) -> None:
-    """Run the reload command; fail on non-zero exit."""
+    """Run the reload command (as an operator's command: see `command`); fail on non-zero exit."""
     argv = split_command(command)
     log.debug("reloading HAProxy: %s", command)
-    result = _run(argv, RELOAD_TIMEOUT, f"reload command {command!r}",
-                  f"reload command not found: {argv[0]!r} (set --reload-command)")
-    if result.returncode != 0:
-        output = (result.stderr or result.stdout).strip().splitlines()
-        said = f": {output[-1]}" if output else ""
-        raise CertrenewError(f"reload command {command!r} failed with exit status {result.returncode}{said}")
+    try:
+        status, said = run_command(argv, RELOAD_TIMEOUT)
+    except FileNotFoundError:
+        raise CertrenewError(f"reload command not found: {argv[0]!r} (set --reload-command)") from None
+    except OSError as error:
+        raise CertrenewError(f"reload command {command!r} could not start: {error.strerror}") from None
+    if status is None:
+        raise CertrenewError(f"reload command {command!r} did not finish within {RELOAD_TIMEOUT} s and was killed")
+    if status != 0:
+        said_last = f": {said[-1]}" if said else ""
+        raise CertrenewError(f"reload command {command!r} failed with exit status {status}{said_last}")
 
 
 class CheckFailed(CertrenewError):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from certrenew import haproxy, hints
 from certrenew.challenge import HTTP_01
+from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hostport import split_host_port
@@ -183,7 +184,7 @@ def reload_check(command: str, needed: bool) -> Check:
     """The reload command's program exists; a FAIL only when installing will need it."""
     what = "reload command"
     try:
-        missing = haproxy.missing_program(command)
+        missing = missing_program(command)
     except ValueError as error:  # an empty or unparsable command
         missing = str(error)
     if missing is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from certrenew import hooks
+from certrenew.command import OUTPUT_LINES
 from certrenew.errors import UsageError
 
 
@@ -64,7 +65,7 @@ def test_a_chatty_hook_keeps_only_the_end_of_its_output(tmp_path, caplog):
     command = script(tmp_path, "yes line | head -c 10000000; echo last words; exit 1")
     failure = hooks.run_hook("pre-hook", command, 30)
     assert failure.endswith(": last words")
-    assert caplog.text.count("pre-hook: line") == hooks.OUTPUT_LINES - 1
+    assert caplog.text.count("pre-hook: line") == OUTPUT_LINES - 1
 
 
 def test_a_hook_that_vanished_after_the_check_fails_in_one_line(tmp_path):

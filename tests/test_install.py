@@ -216,3 +216,8 @@ def test_a_reload_command_that_writes_bytes_that_are_not_utf8_fails_in_its_own_w
     with pytest.raises(CertrenewError) as failure:
         haproxy.reload("""sh -c 'printf "\\377 no pid file\\n" >&2; exit 1' reload""")
     assert str(failure.value).endswith("failed with exit status 1: \ufffd no pid file")
+
+
+def test_a_reload_command_is_done_when_it_exits_though_what_it_started_holds_its_output():
+    # e.g. a reload over ssh with ControlPersist: the master connection lives on, output open.
+    assert within(20, lambda: haproxy.reload("""sh -c 'setsid sleep 60 & echo reloaded'""")) is None
