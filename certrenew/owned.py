@@ -22,8 +22,8 @@ UNSAFE = stat.S_IWGRP | stat.S_IWOTH
 
 def open_file(path: str | Path, flags: int, mode: int = 0o600) -> int:
     """os.open for a file of the state: no symbolic link followed, refused unless ours and private."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:  # O_NONBLOCK: a FIFO planted in the state dir is refused below, not waited on here
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise CertrenewError(f"refusing {path}: it is a symbolic link, and certrenew follows none in its "

@@ -111,7 +111,7 @@ class Responder:
         if entry is None and self._store is not None:
             try:
                 entry = self._store.find_challenge(token)
-            except CertrenewError as error:  # a broken entry is that token's problem only
+            except (CertrenewError, OSError) as error:  # a broken entry is that token's problem only
                 log.warning("responder: %s", error)
         if entry is None:
             return None

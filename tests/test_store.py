@@ -370,3 +370,27 @@ def test_a_planted_answer_link_is_refused(files, tmp_path):
     link.symlink_to(target)
     with pytest.raises(CertrenewError, match="symbolic link"):
         files.find_challenge("evil")
+
+
+@pytest.mark.parametrize("where", ["certificates/a.example/meta.json", "challenges/tok.json"])
+def test_a_fifo_planted_in_the_state_dir_is_refused_not_waited_on(files, where):
+    import threading
+
+    files.save_record(CertificateRecord("a.example", ["a.example"], "ecdsa-p256"))
+    files.publish_challenge("other", "a.example", "other.thumb")
+    path = files.root / where
+    path.unlink(missing_ok=True)
+    os.mkfifo(path, 0o600)  # nobody writes to it: a blocking open would wait for ever
+    read = {"certificates/a.example/meta.json": lambda: files.load_record("a.example"),
+            "challenges/tok.json": lambda: files.find_challenge("tok")}[where]
+    outcome = []
+
+    def attempt():
+        try:
+            read()
+        except CertrenewError as error:
+            outcome.append(str(error))
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert outcome and "not a regular file" in outcome[0]
