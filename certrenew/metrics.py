@@ -29,11 +29,11 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text format `generate_latest` writes, which every scraper reads."""
 REQUEST_TIMEOUT = 5.0
-"""Seconds a scraper has to send its request: a silent client cannot hold a thread longer."""
+"""Seconds a connection may last in all, request and answer: a silent client, or one that
+dribbles a byte every few seconds, cannot hold a thread longer."""
 MAX_REQUESTS = 16
-"""Requests served at once, each in a thread; a connection beyond that is closed unanswered. A
-client that dribbles a byte every few seconds holds its thread for ever, and the daemon's
-renewals need threads of the same process: a flood of those must not use them all up."""
+"""Requests served at once, each in a thread; a connection beyond that is closed unanswered.
+The daemon's renewals need threads of the same process: a flood must not use them all up."""
 
 
 @dataclass
@@ -247,6 +247,9 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.metrics = metrics
         self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
+        self._deadlines: dict[socket.socket, float] = {}
+        """Connections being served, and when each is cut (see `service_actions`)."""
+        self._deadlines_lock = threading.Lock()
         super().__init__(address, handler)
 
     def process_request(self, request, client_address) -> None:
@@ -261,10 +264,26 @@ class _Server(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request, client_address) -> None:
+        with self._deadlines_lock:
+            self._deadlines[request] = time.monotonic() + REQUEST_TIMEOUT
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._deadlines_lock:
+                del self._deadlines[request]
             self._slots.release()
+
+    def service_actions(self) -> None:
+        """Cut the connections past their deadline; `serve_forever` calls this twice a second,
+        so the whole-connection bound costs no thread of its own."""
+        now = time.monotonic()
+        with self._deadlines_lock:
+            late = [connection for connection, deadline in self._deadlines.items() if deadline < now]
+        for connection in late:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)  # its reads end at once, and so does its thread
+            except OSError:  # closed meanwhile
+                pass
 
 
 class _Handler(BaseHTTPRequestHandler):

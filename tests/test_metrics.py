@@ -192,6 +192,23 @@ def test_slow_clients_hold_at_most_max_requests_threads_and_scrapes_work_once_th
         assert answer.status_code == 200
 
 
+def test_a_client_that_dribbles_its_request_is_cut_at_the_deadline(monkeypatch):
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 1.0)
+    with metrics.serve(f"127.0.0.1:{_port()}", lambda: [row("alpha")]) as server:
+        with socket.create_connection(server.address, timeout=5) as client:
+            started = time.monotonic()
+            for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 200:  # a byte each 0.2 s: no read ever times out
+                if _closed(client):
+                    break
+                try:
+                    client.sendall(bytes([byte]))
+                except OSError:  # reset: cut
+                    break
+                time.sleep(0.2)
+            took = time.monotonic() - started
+    assert took < 4, f"the dribbling client kept its connection for {took:.1f} s"
+
+
 def _closed(client: socket.socket) -> bool:
     """Whether the server closed `client` (EOF or reset), waiting a hundredth of a second."""
     client.settimeout(0.01)
