@@ -109,7 +109,7 @@ class Daemon:
             expected = isinstance(error, CertrenewError)
             log.error("pass failed: %s", error if expected else repr(error),
                       exc_info=not expected and log.isEnabledFor(logging.DEBUG))
-            self.telemetry.count_pass_error()
+            self.telemetry.record_pass(failed=True)
             self.telemetry.record_run(False, time.monotonic() - started)
             return _now() + min(RETRY_AFTER_ERROR, self.settings.check_interval)
         for outcome in report:
@@ -118,6 +118,7 @@ class Daemon:
             log.log(level, "%s: %s: %s", outcome.name, outcome.action, outcome.detail,
                     extra={"certificate": outcome.name})
         log.info("pass done: %s", report.summary())
+        self.telemetry.record_pass(failed=False)
         self.telemetry.record_run(not report.failed, time.monotonic() - started)
         return self.next_wake(_now())
 

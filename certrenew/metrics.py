@@ -31,6 +31,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUEST_TIMEOUT = 5.0
 """Seconds a connection may last in all, request and answer: a silent client, or one that
 dribbles a byte every few seconds, cannot hold a thread longer."""
+MAX_FAILING_PASSES = 3
+"""Daemon passes failed as a whole in a row (a minute apart) after which /healthz says unhealthy."""
 MAX_REQUESTS = 16
 """Requests served at once, each in a thread; a connection beyond that is closed unanswered.
 The daemon's renewals need threads of the same process: a flood must not use them all up."""
@@ -55,6 +57,8 @@ class Telemetry:
     last_duration: float | None = None
     pass_errors: int | None = None
     """The daemon's passes that ended in an error rather than a report (None outside the daemon)."""
+    failing_passes: int = 0
+    """Of those, the ones in a row up to now: the daemon cannot do its work while this grows."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count_acme_request(self, failed: bool) -> None:
@@ -62,9 +66,12 @@ class Telemetry:
             self.acme_requests += 1
             self.acme_errors += failed
 
-    def count_pass_error(self) -> None:
+    def record_pass(self, failed: bool) -> None:
+        """A daemon's pass ended: in an error (`failed`: the lock held too long, the ssl dir gone) or a report."""
         with self._lock:
-            self.pass_errors = (self.pass_errors or 0) + 1
+            if failed:
+                self.pass_errors = (self.pass_errors or 0) + 1
+            self.failing_passes = self.failing_passes + 1 if failed else 0
 
     def record_run(self, success: bool, duration: float) -> None:
         with self._lock:
@@ -81,15 +88,22 @@ def _managed(rows: list[CertificateStatus]) -> list[CertificateStatus]:
     return [row for row in rows if row.state != "unmanaged"]
 
 
-def health(rows: list[CertificateStatus]) -> tuple[bool, dict]:
+def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> tuple[bool, dict]:
     """Whether every managed certificate is healthy in the sense of `status`, and the /healthz document.
 
     Nothing managed is not healthy, as in `status`: a probe pointed at the wrong config fails loudly.
+    A daemon (`telemetry`) whose last MAX_FAILING_PASSES passes failed as a whole is not healthy
+    either, though its certificates still are: it cannot renew them.
     """
     rows = _managed(rows)
     unhealthy = [row.name for row in rows if row.state != HEALTHY]
     ok = bool(rows) and not unhealthy
-    return ok, {"healthy": ok, "certificates": len(rows), "unhealthy": unhealthy}
+    document: dict = {"healthy": ok, "certificates": len(rows), "unhealthy": unhealthy}
+    if telemetry is not None and telemetry.pass_errors is not None:
+        failing = telemetry.snapshot().failing_passes
+        document["healthy"] = ok = ok and failing < MAX_FAILING_PASSES
+        document["failing_passes"] = failing
+    return ok, document
 
 
 def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> bytes:
@@ -226,7 +240,7 @@ class MetricsServer:
         if path == "/metrics":
             return HTTPStatus.OK, CONTENT_TYPE, render(self.source(), self.telemetry)
         if path == "/healthz":
-            ok, document = health(self.source())
+            ok, document = health(self.source(), self.telemetry)
             status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
             return status, "application/json", json.dumps(document).encode() + b"\n"
         return HTTPStatus.NOT_FOUND, "text/plain", b"not found\n"

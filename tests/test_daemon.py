@@ -50,6 +50,7 @@ def test_a_failed_pass_is_counted_and_retried_soon(tmp_path, hangups, caplog):
     subject = make(tmp_path, hangups)  # the ssl dir does not exist: the pass fails as a whole
     wake = subject.run_pass(responder=None)
     assert subject.telemetry.pass_errors == 1 and subject.telemetry.last_success is False
+    assert subject.telemetry.failing_passes == 1
     assert datetime.timedelta(0) < wake - datetime.datetime.now(datetime.timezone.utc) <= daemon.RETRY_AFTER_ERROR
     (line,) = [record for record in caplog.records if record.name == "certrenew.daemon"]
     assert line.getMessage().startswith("pass failed: the ssl dir") and not line.exc_info

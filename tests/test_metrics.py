@@ -94,6 +94,20 @@ def test_health_document():
     assert metrics.health([row("old", "unmanaged")])[0] is False
 
 
+def test_a_daemon_whose_passes_keep_failing_is_not_healthy():
+    daemon = metrics.Telemetry(pass_errors=0)
+    for _ in range(metrics.MAX_FAILING_PASSES - 1):
+        daemon.record_pass(failed=True)
+    assert metrics.health([row("alpha")], daemon) == (
+        True, {"healthy": True, "certificates": 1, "unhealthy": [], "failing_passes": 2})
+    daemon.record_pass(failed=True)  # the certificates are fine, but nothing renews them
+    assert metrics.health([row("alpha")], daemon)[1] == {"healthy": False, "certificates": 1, "unhealthy": [],
+                                                         "failing_passes": 3}
+    daemon.record_pass(failed=False)
+    assert metrics.health([row("alpha")], daemon)[0] and daemon.pass_errors == 3
+    assert "failing_passes" not in metrics.health([row("alpha")], metrics.Telemetry())[1]  # a run's: no passes
+
+
 def test_telemetry_counts_from_many_threads():
     telemetry = metrics.Telemetry()
     threads = [threading.Thread(target=lambda: [telemetry.count_acme_request(i % 2 == 0) for i in range(1000)])

@@ -121,7 +121,8 @@ def test_issues_serves_reports_and_stops_cleanly(lab, start_daemon):
                              headers={"Host": "alpha.example"})
     assert challenge.status_code == 404
     health = daemon.get("/healthz")
-    assert health.status_code == 200 and health.json() == {"healthy": True, "certificates": 2, "unhealthy": []}
+    assert health.status_code == 200 and health.json() == {"healthy": True, "certificates": 2, "unhealthy": [],
+                                                           "failing_passes": 0}
     expiry = metric(daemon.get("/metrics"), "certrenew_certificate_expiration_timestamp_seconds")
     assert set(expiry) == {"alpha", "beta"}
     for name, serial in serials.items():
