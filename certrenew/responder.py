@@ -50,10 +50,11 @@ class Responder:
     Use it as a context manager for the run: the port is bound at the first `present`
     (a run that orders nothing never opens it) and free again on exit. The server is
     asyncio in one thread, so thousands of idle or slow connections cost memory, not
-    threads, and a real validation is answered while they wait out their time limit. Every answer closes its connection, so nothing lingers after exit. It
-    accepts one connection at a time and closes the oldest before taking one beyond
-    MAX_CONNECTIONS, so the cap holds however fast a burst arrives (asyncio's own server
-    accepts a hundred at a time before any of them is looked at).
+    threads, and a real validation is answered while they wait out their time limit.
+    Every answer closes its connection, so nothing lingers after exit. It accepts one
+    connection at a time and closes the oldest before taking one beyond MAX_CONNECTIONS,
+    so the cap holds however fast a burst arrives (asyncio's own server accepts a
+    hundred at a time before any of them is looked at).
     """
 
     challenge_type = HTTP_01
