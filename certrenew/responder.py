@@ -180,11 +180,15 @@ class Responder:
                              "it answers this run's challenges", *self.address)
                     return
                 host, port = self.address
-                why = ("the process holding it does not answer this state dir's challenges: is another ACME "
-                       "client (certbot standalone?), or a certrenew daemon with another --state-dir, using it? "
-                       "Stop it, or set --listen" if borrowable else "is another ACME client (certbot "
-                       "standalone?), or a certrenew run, using it? Stop it, or set --listen" if busy
-                       else "set --listen")
+                if borrowable:
+                    why = ("the process holding it does not answer this state dir's challenges: is another ACME "
+                           "client (certbot standalone?), or a certrenew daemon with another --state-dir, using "
+                           "it? Stop it, or set --listen")
+                elif busy:
+                    why = ("is another ACME client (certbot standalone?), or a certrenew run, using it? Stop it, "
+                           "or set --listen")
+                else:
+                    why = "set --listen"
                 raise (PortBusy if busy else CertrenewError)(
                     f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; {why}")
             self._thread = thread
