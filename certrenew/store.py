@@ -435,7 +435,6 @@ class FileStore:
         self.save_record(record)
         self.discard_pending(record.name)
 
-
     # HTTP-01 answers published for another process's responder: challenges/<token>.json.
 
     def _challenge_path(self, token: str) -> str:
