@@ -176,6 +176,8 @@ def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: l
     served = _served(settings.ssl_dir)
     for index, item in enumerate(takeovers):
         managed = item.spec.name in configured or store.load_record(item.spec.name) is not None
+        if managed and item.spec.name not in configured and store.load_bundle(item.spec.name) == item.bundle:
+            managed = False  # an import that failed before its config was written took it over: finish it
         if managed and not force:
             raise UsageError(f"{item.spec.name}: certrenew already manages a certificate of that name "
                              "(in the config or the state dir); --force replaces it with certbot's")
@@ -199,7 +201,13 @@ def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: l
 
 def apply(plan: ImportPlan, store: Store) -> None:
     """Write the plan (under the store's lock): account, each certificate as current (with its record),
-    then the config file."""
+    then the config file.
+
+    Not undone when a write fails half-way (a full disk, a config that cannot be written):
+    undoing could fail too, and a kill cannot undo. The same import run again recognises
+    the certificates it took over already (certbot's very bundle, not yet in the config)
+    and finishes, without --force.
+    """
     if plan.account is not None:
         store.save_account(plan.directory_url, plan.account)
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -213,8 +221,13 @@ def apply(plan: ImportPlan, store: Store) -> None:
             ari_next_check=now,
         ))
     if plan.appended:
-        plan.config_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(plan.config_path, plan.config_text.encode(), mode=0o644, keep_mode=True)
+        try:
+            plan.config_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(plan.config_path, plan.config_text.encode(), mode=0o644, keep_mode=True)
+        except OSError as error:
+            raise CertrenewError(f"cannot write {plan.config_path}: {error.strerror}; the certificates are taken "
+                                 "over in the state dir: run the same import again once the config can be "
+                                 "written, it finishes what this one began") from None
 
 
 def _lineage_names(certbot_dir: Path, names: list[str] | None) -> list[str]:
@@ -280,11 +293,16 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
 
 
 def _read(name: str, path: Path) -> bytes:
+    """A PEM file of certbot's, read as the ssl dir's bundles are: a FIFO, a device or an oversized
+    file is refused in one line naming it, not waited on or read until memory runs out."""
     try:
-        return path.read_bytes()
-    except OSError as error:
+        content = read_bundle_file(path, "PEM file", "not imported; certbot keeps regular files there")
+    except CertrenewError as error:
+        raise UsageError(f"{name}: {error}") from None
+    if content is None:
         target = f" (-> {path.resolve()})" if path.is_symlink() else ""
-        raise UsageError(f"{name}: cannot read {path}{target}: {error.strerror}") from None
+        raise UsageError(f"{name}: cannot read {path}{target}: no such file")
+    return content
 
 
 def _not_carried_over(conf: dict[str, dict[str, str]], cert: x509.Certificate, settings: Settings) -> list[str]:

@@ -181,12 +181,12 @@ class Dns01Solver:
             records = [record for record, owner in self._presented.values() if owner == me]
         if not records:
             return
-        zones = {record.zone: self._authoritative_servers(record.zone) for record in records}
+        deadline = time.monotonic() + self.propagation_timeout  # the NS look-ups count too
+        zones = {zone: self._authoritative_servers(zone, deadline) for zone in {record.zone for record in records}}
         pending: dict[tuple[DnsServer, str], set[str]] = {}
         for record in records:
             for server in zones[record.zone]:
                 pending.setdefault((server, record.name), set()).add(record.value)
-        deadline = time.monotonic() + self.propagation_timeout
         interval = FIRST_POLL
         last_seen: dict[tuple[DnsServer, str], str] = {}
         while True:
@@ -249,12 +249,13 @@ class Dns01Solver:
             raise CertrenewError(f"DNS-01: cannot find the zone of {name} {where}: {_said(error)}") from None
         return zone.to_text(omit_final_dot=True)
 
-    def _authoritative_servers(self, zone: str) -> list[DnsServer]:
-        """The configured server, plus one address of every NS name of `zone` that resolves.
+    def _authoritative_servers(self, zone: str, deadline: float) -> list[DnsServer]:
+        """The configured server, plus one address of every NS name of `zone` that resolves before `deadline`.
 
         An NS whose address is the configured server's is that server (which may listen on
         another port). A name that does not resolve is left out with a warning: it is not
-        ours to fix, and the CA cannot reach it either.
+        ours to fix, and the CA cannot reach it either. The look-ups end at `deadline` (the
+        propagation timeout's), so many names that never answer do not hold the order longer.
         """
         import dns.exception
         import dns.resolver
@@ -263,14 +264,18 @@ class Dns01Solver:
         servers = [self.server] if self.server else []
         known = {self.server.ip()} if self.server else set()
         try:
-            names = sorted(rdata.target.to_text() for rdata in resolver.resolve(zone + ".", "NS"))
+            names = sorted(rdata.target.to_text()
+                           for rdata in resolver.resolve(zone + ".", "NS", lifetime=_lifetime(resolver, deadline)))
         except dns.exception.DNSException as error:
             log.warning("DNS-01: no NS set for %s (%s); checking only %s", zone, _said(error),
                         self.server or "nothing")
             names = []
         for name in names:
-            address = _first_address(resolver, name)
-            if address is None:
+            address = _first_address(resolver, name, deadline)
+            if address is None and time.monotonic() >= deadline:
+                log.warning("DNS-01: the propagation timeout ran out looking up NS %s of %s; not checking it",
+                            name, zone)
+            elif address is None:
                 log.warning("DNS-01: NS %s of %s does not resolve; not checking it", name, zone)
             elif address not in known:
                 known.add(address)
@@ -293,13 +298,21 @@ def _said(error: Exception) -> str:
     return str(error)
 
 
-def _first_address(resolver, name: str) -> str | None:
-    """One address of `name`, IPv4 first: the CA reaches a name server by any one of them."""
+def _lifetime(resolver, deadline: float) -> float:
+    """How long a look-up may take: the resolver's own limit, cut at `deadline` (at least a moment)."""
+    return max(min(resolver.lifetime, deadline - time.monotonic()), 0.1)
+
+
+def _first_address(resolver, name: str, deadline: float) -> str | None:
+    """One address of `name`, IPv4 first: the CA reaches a name server by any one of them.
+    None when it has none, or `deadline` passed before it was found."""
     import dns.exception
 
     for rdtype in ("A", "AAAA"):
+        if time.monotonic() >= deadline:
+            return None
         try:
-            return resolver.resolve(name, rdtype)[0].address
+            return resolver.resolve(name, rdtype, lifetime=_lifetime(resolver, deadline))[0].address
         except dns.exception.DNSException:
             continue
     return None

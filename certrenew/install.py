@@ -53,6 +53,7 @@ start, at reload) or gets it over the Runtime API. A replaced bundle keeps its m
 any write bit for group and others (see `write_atomic`), so an operator who grants a group
 read access keeps it across renewals; certrenew never makes a bundle world-readable itself."""
 
+SSL_DIR_ADVICE = "left alone; move it out of the ssl dir"
 _KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
           stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
 
@@ -280,12 +281,13 @@ def _served(path: Path) -> bytes | None:
     return content
 
 
-def read_bundle_file(path: Path) -> bytes | None:
+def read_bundle_file(path: Path, noun: str = "bundle", advice: str = SSL_DIR_ADVICE) -> bytes | None:
     """What a bundle file of the ssl dir holds (through a symbolic link), or None if there is none.
 
     Opened without blocking and checked on the open descriptor, then read no further than
     MAX_BUNDLE: a FIFO or a device in the bundle's place is refused (CertrenewError), never
-    waited on.
+    waited on. Any other PEM file read from a place not ours (certbot's) is read the same
+    way, named a `noun` with its own `advice` in the refusal.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -295,12 +297,12 @@ def read_bundle_file(path: Path) -> bytes | None:
         raise _unreadable(path, error) from None
     try:
         info = os.fstat(fd)
-        problem = _not_a_bundle(path, info.st_mode, info.st_size)
+        problem = _not_a_bundle(path, info.st_mode, info.st_size, noun, advice)
         content = b""
         if not problem:
             with open(fd, "rb", closefd=False) as file:
                 content = file.read(MAX_BUNDLE + 1)
-            problem = _not_a_bundle(path, info.st_mode, len(content))  # grown since the fstat
+            problem = _not_a_bundle(path, info.st_mode, len(content), noun, advice)  # grown since the fstat
     except OSError as error:
         raise _unreadable(path, error) from None
     finally:
@@ -310,14 +312,13 @@ def read_bundle_file(path: Path) -> bytes | None:
     return content
 
 
-def _not_a_bundle(path: Path, mode: int, size: int) -> str | None:
+def _not_a_bundle(path: Path, mode: int, size: int, noun: str = "bundle", advice: str = SSL_DIR_ADVICE) -> str | None:
     """Why what is at `path` (of `mode` and `size`) cannot be a bundle, in one line naming it; None if it can."""
     if not stat.S_ISREG(mode):
         kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-        return f"{_named(path)} is {kind}, not a bundle: left alone; move it out of the ssl dir"
+        return f"{_named(path)} is {kind}, not a {noun}: {advice}"
     if size > MAX_BUNDLE:
-        return (f"{_named(path)} is larger than any bundle (over {MAX_BUNDLE // 1024 ** 2} MiB): left alone; "
-                "move it out of the ssl dir")
+        return f"{_named(path)} is larger than any {noun} (over {MAX_BUNDLE // 1024 ** 2} MiB): {advice}"
     return None
 
 

@@ -139,7 +139,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         except CertrenewError as error:  # an unreadable record fails its certificate, not the run
             outcomes[spec.name] = Outcome(spec.name, "failed", str(error))
             continue
-        if record is not None and record.failed_settings not in (None, _settings_of(spec)):
+        if record is not None and record.failed_settings not in (None, _settings_of(spec, settings.directory_url)):
             record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
         decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
                           settings.directory_url)
@@ -213,8 +213,8 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))
         try:
-            results = list(pool.map(lambda item: _attempt(store, now, item[0], getattr(issuer, item[1]), progress),
-                                    work))
+            results = list(pool.map(lambda item: _attempt(store, now, item[0], settings.directory_url,
+                                                          getattr(issuer, item[1]), progress), work))
         finally:
             progress.close()
             # After a signal, workers blocked on the CA are not waited for (see signals).
@@ -227,14 +227,14 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
     return hooks.run_deploy(settings.deploy_hook, served, settings.hook_timeout)
 
 
-def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, step: Callable[[CertificateSpec], Any],
-             progress: Progress):
+def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str,
+             step: Callable[[CertificateSpec], Any], progress: Progress):
     """Run one certificate's step; a failure, even one nobody foresaw, is recorded and reported
     as an Outcome, not raised: it must not stop the other certificates."""
     try:
         result = step(spec)
     except Exception as error:
-        result = _failed(store, now, spec, _expected(error))
+        result = _failed(store, now, spec, directory, _expected(error))
     if isinstance(result, Decision):  # checked with the CA: still not due
         result = Outcome(spec.name, "unchanged", result.reason)
     progress.advance(spec.name, result.action if isinstance(result, Outcome) else "ordered")
@@ -250,36 +250,39 @@ def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "li
     run. Once the batch is served, each certificate has its own outcome (see `_installed`).
     """
     outcomes: dict[str, Outcome] = {}
+    directory = issuer.settings.directory_url
     while issued:
         try:
-            outcomes.update((item.issued.spec.name, _installed(store, now, item)) for item in issuer.install(issued))
+            outcomes.update((item.issued.spec.name, _installed(store, now, directory, item))
+                            for item in issuer.install(issued))
             break
         except Refused as refused:
             bad = [item for item in issued if item.spec.name in refused.which]
             if not bad:
-                outcomes.update((item.spec.name, _failed(store, now, item.spec, refused)) for item in issued)
+                outcomes.update((item.spec.name, _failed(store, now, item.spec, directory, refused)) for item in issued)
                 break
-            outcomes.update((item.spec.name, _refused(store, now, item.spec, refused)) for item in bad)
+            outcomes.update((item.spec.name, _refused(store, now, item.spec, directory, refused)) for item in bad)
             issued = [item for item in issued if item not in bad]
         except Exception as error:
-            outcomes.update((item.spec.name, _failed(store, now, item.spec, _expected(error))) for item in issued)
+            outcomes.update((item.spec.name, _failed(store, now, item.spec, directory, _expected(error)))
+                            for item in issued)
             break
     return outcomes
 
 
-def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, refused: Refused) -> Outcome:
+def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str, refused: Refused) -> Outcome:
     """A bundle HAProxy refused is set aside, so that the next runs order anew rather than retry it for
     ever; one whose place in the ssl dir is blocked stays pending for the run after the operator's fix."""
     from certrenew.install import Blocked  # imported already: the batch came through it
 
     if isinstance(refused, Blocked):
-        return _failed(store, now, spec, Blocked(f"{refused}; the new certificate stays pending for the run after",
+        return _failed(store, now, spec, directory, Blocked(f"{refused}; the new certificate stays pending for the run after",
                                                  refused.which))
     try:
         where = store.set_aside(spec.name, "pending")
     except Exception as error:  # this certificate's failure too: it stays pending, the others go on
-        return _failed(store, now, spec, CertrenewError(f"{refused}; and it could not be set aside: {_expected(error)}"))
-    return _failed(store, now, spec, CertrenewError(f"{refused}; the refused certificate is set aside as {where}"))
+        return _failed(store, now, spec, directory, CertrenewError(f"{refused}; and it could not be set aside: {_expected(error)}"))
+    return _failed(store, now, spec, directory, CertrenewError(f"{refused}; the refused certificate is set aside as {where}"))
 
 
 def _expected(error: Exception) -> CertrenewError:
@@ -290,20 +293,21 @@ def _expected(error: Exception) -> CertrenewError:
     return CertrenewError(f"unexpected {type(error).__name__}: {error} (run with -v for the traceback)")
 
 
-def _installed(store: Store, now: datetime.datetime, item: "Installed") -> Outcome:
+def _installed(store: Store, now: datetime.datetime, directory: str, item: "Installed") -> Outcome:
     """What HAProxy serves now; a failure if it could not be recorded as current (no deploy hook until it is)."""
     info, result, spec = item.info, item.result, item.issued.spec
     detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
               f"written to {result.path}, served by {result.method}" + (f" ({result.detail})" if result.detail else ""))
     if item.unrecorded is not None:
         error = _expected(item.unrecorded)
-        return _failed(store, now, spec, CertrenewError(f"{error}; HAProxy serves it ({detail}), but it is not "
+        return _failed(store, now, spec, directory, CertrenewError(f"{error}; HAProxy serves it ({detail}), but it is not "
                                                         "recorded as current: the next run records it"))
     served = hooks.Served(spec.name, item.issued.action, info.domains, result.path, info.serial, info.not_after)
     return Outcome(spec.name, item.issued.action, detail, served)
 
 
-def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: CertrenewError) -> Outcome:
+def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str,
+            error: CertrenewError) -> Outcome:
     """Record a failure with its back-off, so the next runs wait before asking the CA again.
 
     A mistake on our side (`error.backoff` false) is recorded without one: the run after the fix goes ahead.
@@ -314,7 +318,7 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: 
         return Outcome(spec.name, "failed", f"{error}; and {unreadable}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = now + backoff(record.failures) if error.backoff else None
-    record.failed_settings = _settings_of(spec)
+    record.failed_settings = _settings_of(spec, directory)
     try:
         store.save_record(record)
     except CertrenewError as unwritable:
@@ -322,9 +326,10 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, error: 
     return Outcome(spec.name, "failed", str(error))
 
 
-def _settings_of(spec: CertificateSpec) -> str:
-    """What of a certificate's settings an order depends on, to tell a retry from a new attempt."""
-    return f"{','.join(spec.domains)} {spec.key_type} {spec.profile or '-'} {spec.challenge}"
+def _settings_of(spec: CertificateSpec, directory: str) -> str:
+    """What an order depends on (the certificate's settings and the CA's directory URL), to tell a retry
+    from a new attempt: a back-off earned against a mistyped URL ends when it is fixed."""
+    return f"{','.join(spec.domains)} {spec.key_type} {spec.profile or '-'} {spec.challenge} {directory}"
 
 
 def _check_ssl_dir(settings: Settings) -> None:

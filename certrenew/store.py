@@ -267,15 +267,19 @@ class FileStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._certificates = os.path.join(self.root, "certificates")
-        self._checked = False
+        self._accounts, self._certificates = (os.path.join(self.root, top) for top in ("accounts", "certificates"))
+        self._locked = False
 
     @contextmanager
     def lock(self, timeout: float) -> Iterator[None]:
         """An exclusive flock on `<root>/lock` (see `certrenew.lock`); once held, ready the layout."""
         with StateLock(self.root, timeout):
             self._prepare()
-            yield
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
 
     def _prepare(self) -> None:
         """Create the layout with private permissions and clear temps of a killed run.
@@ -287,18 +291,20 @@ class FileStore:
         owned.make_dir(self.root, follow=True)  # the lock made it, or checked it
         for directory in (self.root / "accounts", self.root / "certificates"):
             owned.make_dir(directory)
-        self._checked = True
         for directory in [self.root, self.root / "accounts", self.root / "certificates",
                           *self.root.glob("accounts/*/")]:
             remove_stale_temps(directory)
 
     def _check_layout(self) -> None:
-        """Before the first read without the lock (status): the state dir and its top directories are ours."""
-        if not self._checked:
-            if owned.check_dir(self.root, follow=True):
-                for directory in (self.root / "accounts", self.root / "certificates"):
-                    owned.check_dir(directory)
-            self._checked = True
+        """Before a read: the state dir and its top directories are ours.
+
+        Checked when the lock is taken (`_prepare`), and at every read without it: status,
+        and a daemon's /metrics and /healthz between passes, in a process that lives for months.
+        A few stats; a run over ten thousand certificates holds the lock and pays none.
+        """
+        if not self._locked and owned.check_dir(self.root, follow=True):
+            for directory in (self._accounts, self._certificates):
+                owned.check_dir(directory)
 
     # Accounts, one per ACME directory URL.
 

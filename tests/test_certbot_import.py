@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 
 import josepy as jose
@@ -18,9 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from certrenew.certbot_import import TOP, make_plan, read_renewal_conf
+from certrenew import limits
+from certrenew.certbot_import import TOP, import_certbot, make_plan, read_renewal_conf
 from certrenew.config import Settings
-from certrenew.errors import UsageError
+from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import key_to_pem, key_type_of
 from certrenew.store import Account, FileStore
 
@@ -179,3 +181,54 @@ def test_a_fifo_named_like_a_bundle_in_the_ssl_dir_is_passed_over_not_waited_on(
     worker.join(timeout=10)
     assert result, "import waited on a FIFO in the ssl dir"
     assert any("holds another certificate" in note for note in result[0].takeovers[0].ssl_dir)
+
+
+@pytest.mark.parametrize(("file", "make", "said"), [
+    ("fullchain", os.mkfifo, r"is a named pipe \(FIFO\), not a PEM file"),
+    ("privkey", lambda path: os.symlink("/dev/zero", path), r"is a character device, not a PEM file"),
+    ("fullchain", lambda path: path.write_bytes(b"#" * (limits.MAX_BUNDLE + 1)),
+     r"is larger than any PEM file \(over 2 MiB\)"),
+])
+def test_a_live_file_that_is_no_pem_file_is_refused_in_one_line_not_waited_on_or_read_whole(tmp_path, file, make,
+                                                                                             said):
+    import threading
+
+    root = tmp_path / "letsencrypt"
+    lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")])
+    target = root / "archive" / "example.com" / f"{file}1.pem"  # where live/'s link leads
+    target.unlink()
+    make(target)
+    raised = []
+
+    def attempt():
+        try:
+            plan(tmp_path)
+        except UsageError as error:
+            raised.append(str(error))
+    worker = threading.Thread(target=attempt, daemon=True)  # a plain read of a FIFO blocks for ever
+    worker.start()
+    worker.join(timeout=10)
+    assert len(raised) == 1, "import waited on what is in live/, or took it"
+    assert re.fullmatch(rf"example\.com: {re.escape(str(root / 'live' / 'example.com' / file))}\.pem "
+                        rf"\(a symbolic link to \.\./\.\./archive/example\.com/{file}1\.pem\) {said}.*: not imported; "
+                        r"certbot keeps regular files there", raised[0]), raised[0]
+
+
+def test_an_import_whose_config_could_not_be_written_is_finished_by_the_same_import_without_force(tmp_path):
+    root = tmp_path / "letsencrypt"
+    for name in ("a.example", "b.example"):
+        lineage(root, name, ec.generate_private_key(ec.SECP256R1()), [x509.DNSName(name)])
+    settings = Settings(directory=SERVER, state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl")
+    config = tmp_path / "etc" / "certrenew.toml"
+    config.parent.write_text("a file where the config's directory goes")
+    with pytest.raises(CertrenewError, match=rf"cannot write {re.escape(str(config))}: .*run the same import again"):
+        import_certbot(settings, root, config)
+    store = FileStore(settings.state_dir)
+    assert store.names() == ["a.example", "b.example"] and not config.exists()  # half done: the state, no config
+    config.parent.unlink()
+    plan = import_certbot(settings, root, config)  # the same import, no --force
+    assert [item.spec.name for item in plan.takeovers] == ["a.example", "b.example"]
+    assert not any(item.managed for item in plan.takeovers)  # its own work, not "replacing what certrenew had"
+    assert config.read_text().count("[[certificate]]") == 2
+    with pytest.raises(UsageError, match="certrenew already manages"):  # now done: a third is refused as before
+        import_certbot(settings, root, config)

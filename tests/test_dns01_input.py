@@ -135,3 +135,35 @@ def test_a_dns_server_that_never_answers_is_named_once_in_one_sentence(monkeypat
         assert silent.recv(512, socket.MSG_DONTWAIT)  # it was asked
     assert re.fullmatch(rf"DNS-01: cannot find the zone of _acme-challenge\.a\.example at {server}: "
                         r"no answer within \d+ s", str(raised.value)), raised.value
+
+
+class Quiet:
+    """A publisher that publishes nowhere: these tests are about the waiting."""
+
+    def check(self, zone):
+        pass
+
+    def add(self, record):
+        pass
+
+    def remove(self, record):
+        pass
+
+
+def test_the_ns_look_ups_count_against_the_propagation_timeout():
+    import dns.message
+    import dns.rdatatype
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # takes the queries, answers none
+        silent.bind(("127.0.0.1", 0))
+        server = f"127.0.0.1:{silent.getsockname()[1]}"
+        solver = Dns01Solver(Quiet(), parse_dns_server(server), zone="a.example", propagation_timeout=1.0)
+        solver.present("a.example", "token", "value")
+        started = time.monotonic()
+        with pytest.raises(CertrenewError) as raised:
+            solver.wait_ready()
+        took = time.monotonic() - started
+        first = dns.message.from_wire(silent.recv(512, socket.MSG_DONTWAIT))
+    assert first.question[0].rdtype == dns.rdatatype.NS  # the NS look-up was asked, and never answered
+    assert str(raised.value).startswith(f"DNS-01: _acme-challenge.a.example TXT not visible at {server} after 1 s")
+    assert took < dns01.QUERY_TIMEOUT  # one look-up alone could take 2 x QUERY_TIMEOUT before

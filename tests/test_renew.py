@@ -1,5 +1,6 @@
 """`renew.run` and `status.collect` over the in-memory store: the paths that need no CA."""
 
+import dataclasses
 import datetime
 import re
 import sys
@@ -18,6 +19,7 @@ from certrenew.store import CertificateRecord
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
 PEM_PATH = Path("/ssl/x.pem")
+CA = "https://ca.example/directory"
 INFO = CertificateInfo("1f", NOW, NOW + 90 * DAY, ("x.example",), "00")
 
 
@@ -115,10 +117,28 @@ def store_order():
                                                   (UsageError("pass --agree-tos"), False)])
 def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
     store = MemoryStore()
-    renew._failed(store, NOW, spec("a"), error)
+    renew._failed(store, NOW, spec("a"), CA, error)
     record = store.load_record("a")
     assert record is not None and record.last_error == str(error) and record.failures == 1
     assert (record.next_attempt is not None) is backs_off
+
+
+def test_fixing_the_directory_url_ends_a_back_off_earned_against_the_wrong_one(settings, monkeypatch):
+    store = MemoryStore()
+    wrong = "https://acme.example/wrong-path"
+    renew._failed(store, NOW, spec("a"), wrong, CertrenewError("the CA answered 404"))
+    assert store.load_record("a").next_attempt > NOW  # backing off
+    ordered = []
+
+    def work(_settings, _store, _now, work, outcomes, *_):  # what would be ordered, not ordered
+        ordered.extend((item.name, step) for item, step in work)
+        outcomes.update((item.name, renew.Outcome(item.name, "failed", "not ordered")) for item, _ in work)
+        return []
+    monkeypatch.setattr(renew, "_work", work)
+    [outcome] = renew.run(dataclasses.replace(settings, directory=wrong), [spec("a")], store)
+    assert outcome.action == "deferred" and ordered == []  # the same URL: a retry, held back
+    renew.run(settings, [spec("a")], store)  # the URL fixed: a new attempt, at once
+    assert ordered == [("a", "issue")]
 
 
 class RefusingIssuer:
@@ -127,6 +147,7 @@ class RefusingIssuer:
     def __init__(self, store, refused, error=None):
         from certrenew.errors import Refused
         self.store, self.refused, self.batches = store, refused, []
+        self.settings = Settings(directory=CA)
         self.error = error or Refused(f"HAProxy refused {refused}.pem: bad key; the previous certificates were put back",
                                       [refused])
 
@@ -196,7 +217,7 @@ def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
 
     def step(spec):
         raise KeyError("surprise")
-    outcome = renew._attempt(store, NOW, spec("a"), step, Progress())
+    outcome = renew._attempt(store, NOW, spec("a"), CA, step, Progress())
     assert outcome.action == "failed"
     assert outcome.detail == "unexpected KeyError: 'surprise' (run with -v for the traceback)"
     assert store.load_record("a").failures == 1

@@ -290,6 +290,26 @@ def test_anything_writable_by_others_is_refused(files, where):
         FileStore(files.root).load_record("a")
 
 
+@pytest.mark.parametrize("where", ["state", "state/accounts", "state/certificates"])
+def test_a_long_lived_store_checks_its_top_directories_again_at_every_read_without_the_lock(tmp_path, where):
+    from certrenew import status
+    from certrenew.config import CertificateSpec, Settings
+
+    store = FileStore(tmp_path / "state")  # a daemon's: one object for months
+    with store.lock(timeout=0):  # a pass
+        store.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    settings, specs = Settings(state_dir=store.root), [CertificateSpec("a", ("a.example",))]
+    [row] = status.collect(settings, specs, store)  # /metrics between passes: checked, and fine
+    assert row.state == "missing" and store.find_challenge("token") is None
+    path = tmp_path / where
+    path.chmod(stat.S_IMODE(path.stat().st_mode) | 0o020)  # made group-writable while the daemon runs
+    refused = f"refusing {path}: it is writable by group or others"
+    with pytest.raises(CertrenewError, match=refused):
+        status.collect(settings, specs, store)  # the next scrape
+    with pytest.raises(CertrenewError, match=refused):
+        store.find_challenge("token")  # the responder's look-up between passes
+
+
 def test_an_existing_world_writable_dir_is_refused_and_not_chmod_ed(tmp_path):
     shared = tmp_path / "tmp"
     shared.mkdir()
