@@ -46,6 +46,8 @@ SET_ASIDE = {"pending": "pending.pem", "order": "order.json"}
 """What a run can set aside, and its file in a certificate's directory."""
 READ_SIZE = 16384
 """Enough for a record or a bundle in one read."""
+RECHECK_AFTER = 1.0
+"""Seconds a check of the top directories holds for reads without the lock (see `_check_layout`)."""
 CHALLENGE_TTL = datetime.timedelta(hours=1)
 """How long a published HTTP-01 answer is served: longer than any validation takes, so one
 that a killed run left behind is neither served nor kept for ever."""
@@ -269,6 +271,8 @@ class FileStore:
         self.root = Path(root)
         self._accounts, self._certificates = (os.path.join(self.root, top) for top in ("accounts", "certificates"))
         self._locked = False
+        self._checked_at = -RECHECK_AFTER
+        """When (time.monotonic) a read without the lock last checked the top directories."""
 
     @contextmanager
     def lock(self, timeout: float) -> Iterator[None]:
@@ -298,13 +302,17 @@ class FileStore:
     def _check_layout(self) -> None:
         """Before a read: the state dir and its top directories are ours.
 
-        Checked when the lock is taken (`_prepare`), and at every read without it: status,
-        and a daemon's /metrics and /healthz between passes, in a process that lives for months.
-        A few stats; a run over ten thousand certificates holds the lock and pays none.
+        Checked when the lock is taken (`_prepare`), and without it at most every RECHECK_AFTER
+        seconds: `status` over ten thousand certificates checks once, and a daemon's /metrics
+        and /healthz between passes, in a process that lives for months, check at each request.
         """
-        if not self._locked and owned.check_dir(self.root, follow=True):
+        now = time.monotonic()
+        if self._locked or now - self._checked_at < RECHECK_AFTER:
+            return
+        if owned.check_dir(self.root, follow=True):
             for directory in (self._accounts, self._certificates):
                 owned.check_dir(directory)
+        self._checked_at = now
 
     # Accounts, one per ACME directory URL.
 

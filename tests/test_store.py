@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from memstore import MemoryStore
 
+import certrenew.store as store_module
 from certrenew.errors import CertrenewError
 from certrenew.store import Account, CertificateRecord, FileStore, PendingOrder
 
@@ -291,10 +292,12 @@ def test_anything_writable_by_others_is_refused(files, where):
 
 
 @pytest.mark.parametrize("where", ["state", "state/accounts", "state/certificates"])
-def test_a_long_lived_store_checks_its_top_directories_again_at_every_read_without_the_lock(tmp_path, where):
+def test_a_long_lived_store_checks_its_top_directories_again_at_a_later_read_without_the_lock(
+        tmp_path, where, monkeypatch):
     from certrenew import status
     from certrenew.config import CertificateSpec, Settings
 
+    monkeypatch.setattr(store_module, "RECHECK_AFTER", 0.0)  # every read is "a second later"
     store = FileStore(tmp_path / "state")  # a daemon's: one object for months
     with store.lock(timeout=0):  # a pass
         store.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
@@ -308,6 +311,20 @@ def test_a_long_lived_store_checks_its_top_directories_again_at_every_read_witho
         status.collect(settings, specs, store)  # the next scrape
     with pytest.raises(CertrenewError, match=refused):
         store.find_challenge("token")  # the responder's look-up between passes
+
+
+def test_reads_without_the_lock_check_the_top_directories_once_a_second(tmp_path, monkeypatch):
+    store = FileStore(tmp_path / "state")
+    with store.lock(timeout=0):
+        for name in ("a", "b", "c"):
+            store.save_record(CertificateRecord(name, [f"{name}.example"], "ecdsa-p256"))
+    checked = []
+    check_dir = store_module.owned.check_dir
+    monkeypatch.setattr(store_module.owned, "check_dir",
+                        lambda path, follow=False: checked.append(str(path)) or check_dir(path, follow))
+    for name in ("a", "b", "c"):  # status over many certificates: one check, not one per record
+        store.load_record(name)
+    assert checked.count(str(store.root)) == 1
 
 
 def test_an_existing_world_writable_dir_is_refused_and_not_chmod_ed(tmp_path):
@@ -369,8 +386,6 @@ def test_answers_are_private_and_need_no_lock(tmp_path):
 
 
 def test_an_answer_a_killed_run_left_expires(files, monkeypatch):
-    import certrenew.store as store_module
-
     files.publish_challenge("old", "a.example", "old.thumb")
     path = files.root / "challenges" / "old.json"
     later = datetime.datetime.now(datetime.timezone.utc) + store_module.CHALLENGE_TTL + datetime.timedelta(seconds=5)
