@@ -239,7 +239,8 @@ def test_slow_and_idle_clients_do_not_block_a_validation(responder):
     try:
         started = time.monotonic()
         answer = get(responder, "/.well-known/acme-challenge/tok")
-        assert answer.status_code == 200 and time.monotonic() - started < 1
+        # Blocked behind even one slowloris, it would wait out REQUEST_TIMEOUT; half of it is generous under load.
+        assert answer.status_code == 200 and time.monotonic() - started < responder_module.REQUEST_TIMEOUT / 2
     finally:
         for sock in idle:
             sock.close()
