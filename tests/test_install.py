@@ -75,17 +75,21 @@ def test_an_haproxy_without_the_commands_gets_the_reload(tmp_path, ssl_dir):
     assert marker.exists()
 
 
+def closed_endpoint() -> str:
+    """A verify endpoint where nothing listens: every certificate fails the check."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{closed.getsockname()[1]}"
+
+
 def test_a_certificate_not_served_afterwards_is_put_back_on_disk_and_in_memory(tmp_path, ssl_dir, monkeypatch):
     monkeypatch.setattr(install, "HOT_UPDATE_GRACE", 0.2)
     path = ssl_dir / f"{NAME}.pem"
     old, new = bundle_of(trustme.CA()), bundle_of(trustme.CA())
     path.write_bytes(old)
     fake = haproxy_knowing(tmp_path, path)
-    with socket.socket() as closed:  # a verify endpoint where nothing listens
-        closed.bind(("127.0.0.1", 0))
-        endpoint = f"127.0.0.1:{closed.getsockname()[1]}"
     reload_command, marker = reload_marker(tmp_path)
-    installer = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")], verify_endpoints=[endpoint])
+    installer = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")], verify_endpoints=[closed_endpoint()])
     try:
         with pytest.raises(CertrenewError, match="gives no TLS handshake.*previous certificate was put back"):
             installer.install({NAME: new})
@@ -94,13 +98,6 @@ def test_a_certificate_not_served_afterwards_is_put_back_on_disk_and_in_memory(t
     assert path.read_bytes() == old and not marker.exists()
     assert fake.commands()[2:] == ["set ssl cert", "commit ssl cert", "set ssl cert", "commit ssl cert"]
     assert fake.requests[2].endswith(new + b"\n") and fake.requests[4].endswith(old + b"\n")
-
-
-def closed_endpoint() -> str:
-    """A verify endpoint where nothing listens: every certificate fails the check."""
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{closed.getsockname()[1]}"
 
 
 def test_a_certificate_added_at_runtime_and_not_served_is_removed_again(tmp_path, ssl_dir, monkeypatch):
