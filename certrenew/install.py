@@ -101,6 +101,10 @@ class _Changes:
     def add(self, what: str, step: Callable[[], None]) -> None:
         self.undo.append((what, step))
 
+    def add_last(self, what: str, step: Callable[[], None]) -> None:
+        """A step run after every other: a reload must find the previous files already put back."""
+        self.undo.insert(0, (what, step))
+
     def roll_back(self) -> list[str]:
         """Undo everything that can be undone; return what could not."""
         failures = []
@@ -244,7 +248,8 @@ class Installer:
                 raise Refused(str(error), named) from None
             raise
         haproxy.reload(self.reload_command)
-        changes.add("reloading HAProxy with the previous certificates", lambda: haproxy.reload(self.reload_command))
+        changes.add_last("reloading HAProxy with the previous certificates",
+                         lambda: haproxy.reload(self.reload_command))
         return ("hot update and reload" if updated else "reload"), "; ".join(filter(None, [hot, *reasons]))
 
     @staticmethod

@@ -63,6 +63,32 @@ def test_a_dripping_peer_is_cut_at_the_deadline(answer):
     assert time.monotonic() - started < 3.5
 
 
+
+def test_a_connection_the_ca_never_accepts_is_given_up_at_the_deadline():
+    """The watchdog cuts only connected sockets: a connect that hangs (a firewall dropping SYNs) is
+    bounded by the request's own timeout, which the deadline shortens."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as server:
+        port = server.getsockname()[1]
+        queued = []
+        for _ in range(8):  # fill the accept queue: the kernel drops further SYNs
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            queued.append(client)
+        with socket.socket() as probe:  # the fault really happens: a connect now hangs
+            probe.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                probe.connect(("127.0.0.1", port))
+        started = time.monotonic()
+        try:
+            with pytest.raises(CertrenewError, match="time budget of 1 s"):
+                _Network(Deadline(1), scheme="http", key=None).get(f"http://127.0.0.1:{port}/dir")
+        finally:
+            for client in queued:
+                client.close()
+    assert time.monotonic() - started < 10  # MAX_CALL_TIMEOUT (30 s) without the deadline's bound
+
+
 @pytest.mark.parametrize("head", [
     b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_RESPONSE + 1),
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",

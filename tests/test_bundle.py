@@ -3,7 +3,7 @@ import datetime
 import pytest
 import trustme
 
-from certrenew.bundle import build_bundle, check_issued, leaf_info, pem_blocks
+from certrenew.bundle import build_bundle, check_bundle, check_issued, leaf_info, pem_blocks
 from certrenew.errors import CertrenewError
 
 
@@ -93,6 +93,15 @@ def test_refuses_a_leaf_not_valid_now(ca):
     check_issued(chain_of(slightly_ahead), slightly_ahead.private_key_pem.bytes(), ["a.example"], NOW)
 
 
+def test_the_validity_window_is_cut_at_its_edges(ca):
+    """Expired the very second it ends; too early once past the five minutes of clock skew."""
+    ends_now = ca.issue_cert("a.example", not_before=NOW - datetime.timedelta(days=10), not_after=NOW)
+    refused(ends_now, "expired on", domains=("a.example",))
+    too_early = ca.issue_cert("a.example", not_before=NOW + datetime.timedelta(minutes=6),
+                              not_after=NOW + datetime.timedelta(days=90))
+    refused(too_early, "not valid before", domains=("a.example",))
+
+
 @pytest.mark.parametrize("body, match", [
     (b"", "holds no PEM certificate"),
     (b"<html><body>502 Bad Gateway</body></html>\n", "no END line"),
@@ -113,3 +122,26 @@ def test_refuses_a_chain_whose_certificates_do_not_sign_each_other(issued):
     stranger = trustme.CA().cert_pem.bytes()
     refused(issued, "chain .* is broken: certificate 1 .* is not signed by the next one",
             chain=issued.cert_chain_pems[0].bytes() + stranger)
+
+
+# A bundle is proven loadable before it is installed (check_bundle).
+
+def test_check_bundle_reads_the_leaf_of_a_chain_with_intermediates():
+    intermediate = trustme.CA().create_child_ca()
+    issued = intermediate.issue_cert("a.example")
+    bundle = build_bundle(chain_of(issued), issued.private_key_pem.bytes())
+    assert len(pem_blocks(bundle)) == 3
+    assert check_bundle(bundle) == leaf_info(chain_of(issued))
+
+
+def test_check_bundle_refuses_a_key_that_is_not_the_leafs(ca, issued):
+    other = ca.issue_cert("a.example")
+    with pytest.raises(CertrenewError, match="holds a key that is not its certificate's"):
+        check_bundle(build_bundle(chain_of(issued), other.private_key_pem.bytes()))
+
+
+@pytest.mark.parametrize("part", ["certificate", "key"])
+def test_check_bundle_refuses_a_lone_block(issued, part):
+    block = chain_of(issued) if part == "certificate" else issued.private_key_pem.bytes()
+    with pytest.raises(CertrenewError, match="cannot be parsed: it is not a certificate chain followed by a key"):
+        check_bundle(block)

@@ -10,10 +10,11 @@ import pytest
 import trustme
 from fake_haproxy import FakeHAProxy
 
-from certrenew import haproxy, install, limits
-from certrenew.bundle import build_bundle
+from certrenew import haproxy, install, limits, signals
+from certrenew.bundle import build_bundle, pem_blocks
 from certrenew.errors import CertrenewError, Refused
 from certrenew.install import Blocked, Installer
+from certrenew.runtime_api import RuntimeApiError
 
 NAME = "site.example"
 
@@ -74,17 +75,21 @@ def test_an_haproxy_without_the_commands_gets_the_reload(tmp_path, ssl_dir):
     assert marker.exists()
 
 
+def closed_endpoint() -> str:
+    """A verify endpoint where nothing listens: every certificate fails the check."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{closed.getsockname()[1]}"
+
+
 def test_a_certificate_not_served_afterwards_is_put_back_on_disk_and_in_memory(tmp_path, ssl_dir, monkeypatch):
     monkeypatch.setattr(install, "HOT_UPDATE_GRACE", 0.2)
     path = ssl_dir / f"{NAME}.pem"
     old, new = bundle_of(trustme.CA()), bundle_of(trustme.CA())
     path.write_bytes(old)
     fake = haproxy_knowing(tmp_path, path)
-    with socket.socket() as closed:  # a verify endpoint where nothing listens
-        closed.bind(("127.0.0.1", 0))
-        endpoint = f"127.0.0.1:{closed.getsockname()[1]}"
     reload_command, marker = reload_marker(tmp_path)
-    installer = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")], verify_endpoints=[endpoint])
+    installer = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")], verify_endpoints=[closed_endpoint()])
     try:
         with pytest.raises(CertrenewError, match="gives no TLS handshake.*previous certificate was put back"):
             installer.install({NAME: new})
@@ -93,6 +98,110 @@ def test_a_certificate_not_served_afterwards_is_put_back_on_disk_and_in_memory(t
     assert path.read_bytes() == old and not marker.exists()
     assert fake.commands()[2:] == ["set ssl cert", "commit ssl cert", "set ssl cert", "commit ssl cert"]
     assert fake.requests[2].endswith(new + b"\n") and fake.requests[4].endswith(old + b"\n")
+
+
+def test_a_certificate_added_at_runtime_and_not_served_is_removed_again(tmp_path, ssl_dir, monkeypatch):
+    monkeypatch.setattr(install, "HOT_UPDATE_GRACE", 0.2)
+    path = ssl_dir / f"{NAME}.pem"
+    fake = FakeHAProxy(tmp_path / "admin.sock", {
+        "show ssl crt-list": f"{ssl_dir}\n\n",
+        "show ssl cert": "# filename\n\n",
+        "new ssl cert": f"New empty certificate store '{path}'!\n",
+        "set ssl cert": f"Transaction created for certificate {path}!\n",
+        "commit ssl cert": f"Committing {path}.\nSuccess!\n",
+        "add ssl crt-list": f"Inserting certificate '{path}' in crt-list '{ssl_dir}'.\nSuccess!\n",
+        "del ssl crt-list": f"Entry '{path}' deleted in crtlist '{ssl_dir}'!\n",
+        "del ssl cert": f"Certificate '{path}' deleted!\n",
+    })
+    installer = Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")], verify_endpoints=[closed_endpoint()])
+    try:
+        with pytest.raises(CertrenewError, match="gives no TLS handshake.*new certificate was removed again"):
+            installer.install({NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert "add ssl crt-list" in fake.commands()  # it was served, then taken out again
+    assert fake.commands()[-2:] == ["del ssl crt-list", "del ssl cert"]
+    assert not path.exists()
+
+
+def test_a_certificate_installed_by_reload_and_not_served_is_reloaded_away(tmp_path, ssl_dir, monkeypatch):
+    monkeypatch.setattr(install, "RELOAD_GRACE", 0.2)
+    path = ssl_dir / f"{NAME}.pem"
+    old = bundle_of(trustme.CA())
+    path.write_bytes(old)
+    reloads = tmp_path / "reloads"
+    installer = Installer(ssl_dir, f"sh -c 'cat {path} >> {reloads}'", verify_endpoints=[closed_endpoint()])
+    with pytest.raises(CertrenewError, match="gives no TLS handshake.*previous certificate was put back"):
+        installer.install({NAME: bundle_of(trustme.CA())})
+    new_reloaded, old_reloaded = pem_blocks(reloads.read_bytes())[::2]  # what each reload had HAProxy load
+    assert new_reloaded != old_reloaded and old_reloaded == pem_blocks(old)[0]
+    assert path.read_bytes() == old
+
+
+def test_a_reload_is_given_the_reload_grace_and_a_hot_update_the_shorter_one(tmp_path, ssl_dir, monkeypatch):
+    graces = []
+    monkeypatch.setattr(install.verify, "wait_served", lambda endpoints, bundle, grace: graces.append(grace))
+    Installer(ssl_dir, "true").install({NAME: bundle_of(trustme.CA())})
+    path = ssl_dir / f"{NAME}.pem"
+    fake = haproxy_knowing(tmp_path, path)
+    try:
+        Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")]).install({NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert graces == [install.RELOAD_GRACE, install.HOT_UPDATE_GRACE]
+
+
+def test_a_signal_during_the_install_puts_the_previous_certificate_back(tmp_path, ssl_dir):
+    path = ssl_dir / f"{NAME}.pem"
+    old = bundle_of(trustme.CA())
+    path.write_bytes(old)
+    with signals.handled(), pytest.raises(signals.Interrupted, match="SIGTERM"):
+        Installer(ssl_dir, "sh -c 'kill -TERM $PPID; sleep 5'").install({NAME: bundle_of(trustme.CA())})
+    assert path.read_bytes() == old
+
+
+def test_haproxy_c_naming_a_new_bundle_refuses_that_certificate(tmp_path, ssl_dir, monkeypatch):
+    path = ssl_dir / f"{NAME}.pem"
+    checked = []
+
+    def check_config(configs):
+        checked.append(path.read_bytes())
+        raise haproxy.CheckFailed("does not pass haproxy -c", f"unable to load SSL certificate from '{path}'")
+    monkeypatch.setattr(haproxy, "check_config", check_config)
+    new = bundle_of(trustme.CA())
+    reload_command, marker = reload_marker(tmp_path)
+    with pytest.raises(Refused, match="does not pass haproxy -c") as refused:
+        Installer(ssl_dir, reload_command, configs=[tmp_path / "haproxy.cfg"]).install({NAME: new})
+    assert checked == [new]  # the check really ran on the new bundle
+    assert refused.value.which == [NAME] and not path.exists() and not marker.exists()
+
+
+def test_a_certificate_in_memory_whose_file_is_gone_is_left_to_the_reload(tmp_path, ssl_dir):
+    path = ssl_dir / f"{NAME}.pem"
+    fake = haproxy_knowing(tmp_path, path)
+    reload_command, marker = reload_marker(tmp_path)
+    try:
+        [result] = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install(
+            {NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert result.method == "reload" and "the file is gone" in result.detail and marker.exists()
+    assert "set ssl cert" not in fake.commands()
+
+
+def test_an_open_transaction_stops_the_install_before_anything_changes(tmp_path, ssl_dir):
+    path = ssl_dir / f"{NAME}.pem"
+    old = bundle_of(trustme.CA())
+    path.write_bytes(old)
+    fake = haproxy_knowing(tmp_path, path, show_ssl_cert=f"# transaction\n*{path}\n# filename\n{path}\n\n")
+    reload_command, marker = reload_marker(tmp_path)
+    try:
+        with pytest.raises(RuntimeApiError, match=f"transaction for {path} is open.*'abort ssl cert {path}'"):
+            Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install({NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert path.read_bytes() == old and not marker.exists()
+    assert fake.commands() == ["show ssl crt-list", "show ssl cert"]
 
 
 def test_a_refused_commit_leaves_the_old_file_and_aborts(tmp_path, ssl_dir):

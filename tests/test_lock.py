@@ -49,3 +49,24 @@ def test_a_second_run_waits_for_the_first(tmp_path, monkeypatch):
         first.__exit__(None, None, None)
         waiter.join(timeout=10)
     assert order == ["first released", "second acquired"]
+
+
+def test_a_shorter_pid_replaces_a_longer_one_whole(tmp_path):
+    (tmp_path / "lock").write_text("4194304999\n")  # a previous holder's, longer than any real pid
+    (tmp_path / "lock").chmod(0o600)
+    with StateLock(tmp_path, timeout=0) as lock:
+        assert lock.path.read_text() == f"{os.getpid()}\n"
+
+
+def test_a_run_that_gives_up_waiting_keeps_no_descriptor_open(tmp_path):
+    """A daemon gives up on the lock at every pass while another run holds it: no descriptor may leak."""
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with StateLock(tmp_path, timeout=0):
+        before = open_descriptors()
+        for _ in range(3):
+            with pytest.raises(CertrenewError, match="holds the lock"):
+                with StateLock(tmp_path, timeout=0):
+                    pass
+        assert open_descriptors() == before

@@ -58,6 +58,20 @@ def test_an_earlier_ari_time_wins_and_a_later_one_does_not_delay():
     assert decide(late, ["a.example"], "ecdsa-p256", NOW).due
 
 
+def test_the_daemon_wakes_for_an_ari_window_earlier_than_the_lifetime_rule():
+    asked_early = record(90, 1)
+    asked_early.ari_renew_at = NOW + 10 * datetime.timedelta(minutes=1)
+    assert wake(asked_early) == NOW + 10 * datetime.timedelta(minutes=1)
+    assert renew_at(asked_early) == asked_early.ari_renew_at
+    assert "not due until 2026-06-01 00:10 UTC" in decide(asked_early, *A, NOW).reason
+
+
+def test_a_wake_time_in_the_past_is_now():
+    overdue_check = record(90, 1)
+    overdue_check.ari_next_check = NOW - HOUR
+    assert wake(overdue_check) == NOW
+
+
 def test_failures_back_off_unless_forced():
     failing = CertificateRecord("a.example", ["a.example"], "ecdsa-p256", failures=2, last_error="boom",
                                 next_attempt=NOW + DAY)
@@ -73,9 +87,11 @@ def test_ari_check_waits_for_retry_after_and_stops_at_expiry():
     assert not ari_check_due(checked, NOW)  # the CA has no ARI: never
     checked.ari_next_check = NOW + DAY
     assert not ari_check_due(checked, NOW)
-    checked.ari_next_check = NOW - DAY
+    checked.ari_next_check = NOW  # the very moment the CA named
     assert ari_check_due(checked, NOW)
-    assert not ari_check_due(record(90, 91), NOW)
+    expired = record(90, 91)
+    expired.ari_next_check = NOW - DAY  # a check that would be due, but the certificate expired
+    assert not ari_check_due(expired, NOW)
 
 
 def test_durations():

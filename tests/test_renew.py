@@ -176,6 +176,20 @@ def install_with_b_refused(store, error=None) -> dict:
     return outcomes
 
 
+
+def test_a_refusal_naming_no_certificate_of_the_batch_fails_the_batch_once():
+    """Each round must take one certificate out, or the install loop would never end."""
+    from certrenew.errors import Refused
+    from certrenew.issue import Issued
+    store = MemoryStore()
+    store.save_pending("a", b"BUNDLE a")
+    issuer = RefusingIssuer(store, "a", Refused("HAProxy refused elsewhere.pem", ["elsewhere"]))
+    install = issuer.install
+    issuer.install = lambda batch: install(batch) if len(issuer.batches) < 3 else pytest.fail("installs for ever")
+    outcomes = renew._install(store, NOW, issuer, [Issued(spec("a"), b"BUNDLE a", "renewed")])
+    assert issuer.batches == [["a"]] and outcomes["a"].action == "failed"
+    assert store.load_bundle("a", "pending") == b"BUNDLE a"  # not set aside: it was not the one refused
+
 def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
     store = MemoryStore()
     outcomes = install_with_b_refused(store)

@@ -1,5 +1,8 @@
 import os
 import signal
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -52,3 +55,74 @@ def test_workers_still_see_the_cancellation_while_the_cli_abandons_them(monkeypa
     monkeypatch.setattr(signals, "exit_abandoning_workers", lambda code: seen.append(signals.cancelled.is_set()) or code)
     assert cli.main(["boom"]) == 143
     assert seen == [True] and not signals.cancelled.is_set()
+
+
+def test_sigint_becomes_interrupted_with_exit_status_130():
+    with pytest.raises(signals.Interrupted) as raised:
+        with signals.handled():
+            os.kill(os.getpid(), signal.SIGINT)
+            signals.sleep(5)
+    assert raised.value.exit_code == 130 and "SIGINT" in str(raised.value)
+
+
+def test_a_second_signal_does_not_cut_the_cleanup_of_the_first():
+    cleaned = []
+    with pytest.raises(signals.Interrupted, match="SIGTERM"):
+        with signals.handled():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                signals.sleep(5)
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # the operator presses Ctrl-C while it unwinds
+                cleaned.append("responder closed")
+    assert cleaned == ["responder closed"]
+
+
+def test_a_held_signal_is_raised_when_the_outermost_critical_section_ends():
+    steps = []
+    with pytest.raises(signals.Interrupted):
+        with signals.handled():
+            with signals.critical():
+                with signals.critical():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    steps.append("inner done")
+                steps.append("outer done")  # still one write: the signal waits for it
+            steps.append("after the sections")
+    assert steps == ["inner done", "outer done"]
+
+
+def test_a_worker_starts_no_write_once_the_run_is_cancelled(tmp_path):
+    target, outcome = tmp_path / "meta.json", []
+
+    def worker():
+        try:
+            write_atomic(target, b"new")
+        except signals.Interrupted:
+            outcome.append("interrupted")
+    with signals.handled():
+        signals.cancelled.set()
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(timeout=10)
+    assert outcome == ["interrupted"] and not target.exists()
+
+
+def test_the_process_ends_only_once_a_workers_write_is_done(tmp_path):
+    """exit_abandoning_workers leaves a worker blocked on the CA, never one half-way through a write."""
+    done = tmp_path / "done"
+    program = f"""
+import threading, time
+from certrenew import signals
+entered = threading.Event()
+def worker():
+    with signals.finishing():
+        entered.set()
+        time.sleep(0.5)
+        open({str(done)!r}, "w").close()
+    time.sleep(60)  # then blocked on the CA: abandoned
+threading.Thread(target=worker).start()
+entered.wait(10)
+signals.exit_abandoning_workers(143)
+"""
+    result = subprocess.run([sys.executable, "-c", program], timeout=30)
+    assert result.returncode == 143 and done.exists()

@@ -67,6 +67,40 @@ def test_pending_becomes_current_and_current_becomes_previous(store):
     assert store.load_bundle("a", "pending") is None and store.load_record("a") == record
 
 
+
+def failing_write_of(monkeypatch, file: str) -> list[str]:
+    """Make the FileStore's atomic write of `file` fail (a full disk, a crash); return the names it was asked for."""
+    from certrenew import store as store_module
+    real, asked = store_module.write_atomic, []
+
+    def write_atomic(path, *args, **kwargs):
+        asked.append(Path(path).name)
+        if Path(path).name == file:
+            raise OSError(28, "No space left on device")
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(store_module, "write_atomic", write_atomic)
+    return asked
+
+
+def test_a_promotion_cut_short_keeps_the_pending_certificate(files, monkeypatch):
+    """pending.pem goes only once current.pem and meta.json are written: a run cut short between two
+    steps promotes it again, the certificate the CA issued is never lost."""
+    files.save_pending("a", b"ONE")
+    for step in ("current.pem", "meta.json"):
+        asked = failing_write_of(monkeypatch, step)
+        with pytest.raises(OSError):
+            files.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+        assert step in asked  # the fault really happened
+        assert files.load_bundle("a", "pending") == b"ONE"
+        monkeypatch.undo()
+
+
+def test_a_pending_certificate_is_never_saved_without_its_ca(files, monkeypatch):
+    asked = failing_write_of(monkeypatch, "pending.json")
+    with pytest.raises(OSError):
+        files.save_pending("a", b"ONE", "https://ca.example/dir")
+    assert asked == ["pending.json"] and files.load_bundle("a", "pending") is None
+
 def test_a_discarded_pending_certificate_is_gone(store):
     store.save_pending("a", b"ONE")
     store.discard_pending("a")
@@ -156,6 +190,7 @@ def test_a_file_without_a_version_is_read_as_version_1(files):
     ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_after": "2026-01-02T03:04:05"}',
      r"meta.json: not_after: '2026-01-02T03:04:05' has no time zone"),
     ('{"version": 2, "name": "a"}', r"state file .*/a/meta.json has format version 2; this certrenew reads version 1"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048"}\n{"name": "b"', r"meta.json: extra data after the document"),
 ])
 def test_a_bad_record_is_a_clear_error_naming_its_file(files, content, error):
     (files.root / "certificates" / "a").mkdir()

@@ -3,6 +3,7 @@ checks what they serve, and undoes everything when something is wrong."""
 
 import socket
 import ssl
+import sys
 import threading
 import time
 
@@ -114,6 +115,50 @@ def test_served_certificate_mismatch_rolls_back_every_node(lab):
     for port in (lab.https_port, second.https_port, stale.https_port):
         assert served_serial(lab, port=port) == new
 
+
+
+SYNCHRONOUS_RELOAD = """
+import os, signal, socket, sys, time
+master, pid, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + 30
+def reloads():  # the master's reload count; its CLI drops while it re-executes
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX) as cli:
+                cli.settimeout(5)
+                cli.connect(master)
+                cli.sendall(b"show proc\\n")
+                cli.shutdown(socket.SHUT_WR)
+                answer = b"".join(iter(lambda: cli.recv(65536), b"")).decode()
+            return next(int(f[2]) for f in map(str.split, answer.splitlines()) if len(f) > 4 and f[1] == "master")
+        except (OSError, StopIteration):
+            time.sleep(0.05)
+    sys.exit("HAProxy did not reload")
+before = reloads()
+os.kill(pid, signal.SIGUSR2)
+while reloads() <= before:
+    time.sleep(0.05)
+"""
+"""A reload command that returns once HAProxy has re-read its files (as `systemctl reload` of a
+Type=notify-reload unit does), where `kill -USR2` returns before: the master loads the certificates."""
+
+
+def test_a_reload_whose_certificate_is_not_served_everywhere_is_reloaded_back_to_the_old_one(lab):
+    """No Runtime API: the new bundle goes in by a reload, a node the run does not reload keeps the old
+    certificate, so the check fails (after the reload grace, 30 s). The rollback must reload HAProxy
+    once the old bundle is back on disk, or HAProxy goes on serving the certificate that was rolled back."""
+    old = issue_by_reload(lab)
+    old_bundle = bundle_path(lab).read_bytes()
+    stale = lab.start_haproxy_node("stale")
+    script = lab.workdir / "synchronous-reload.py"
+    script.write_text(SYNCHRONOUS_RELOAD)
+    haproxy_pid = lab.reload_command.split()[-1]
+    result = run(lab, NAME, "--force", expect=1, env={
+        "CERTRENEW_RELOAD_COMMAND": f"{sys.executable} {script} {lab.master_socket} {haproxy_pid}",
+        "CERTRENEW_VERIFY_ENDPOINT": f"{lab.https_endpoint} {stale.https_endpoint}"})
+    assert f"{stale.https_endpoint} serves another certificate for {NAME}" in result.stderr
+    assert "previous certificate was put back" in result.stderr
+    assert bundle_path(lab).read_bytes() == old_bundle
+    lab.wait_served_serial(NAME, old)
 
 def test_two_haproxy_processes_are_updated_together(lab):
     second = lab.start_haproxy_node("second")

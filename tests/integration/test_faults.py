@@ -150,8 +150,9 @@ def test_rate_limit_beyond_the_deadline_fails_fast_and_clearly(guard_for, proxy)
 def test_ca_stopped_mid_order(guard_for, proxy, lab):
     guard = guard_for("CA process stopped mid-order", proxy)
     guard.establish()
-    proxy.on_request = at("challenge", lab.stop_pebble)
+    proxy.on_request = stop = at("challenge", lab.stop_pebble)
     result = guard.run("--force")
+    assert stop.ran == 1 and stop.errors == []  # pebble really was stopped mid-order
     assert result.returncode == 1 and "Traceback" not in result.stderr
     guard.survived()
     proxy.on_request = lambda method, path: None
@@ -340,6 +341,8 @@ def test_signal(guard_for, proxy, lab, signum, point):
     process.append(guard.start("--force", env=env))
     out, err = process[0].communicate(timeout=60)
     ended = time.monotonic()
+    if point in PROXY_POINTS:  # the signal was sent where meant, and the run ended within the wait
+        assert (proxy.on_request.ran, proxy.on_request.errors) == (1, [])
     proxy.on_request = lambda method, path: None
     if signum == signal.SIGTERM:
         assert process[0].returncode == 143, err
@@ -349,6 +352,8 @@ def test_signal(guard_for, proxy, lab, signum, point):
     else:
         assert process[0].returncode == -signal.SIGKILL
     guard.survived(killed=signum == signal.SIGKILL)
+    if signum == signal.SIGTERM and point == "during install":  # an install cut short by a signal is rolled back
+        assert guard.bundle_path.read_bytes() == guard.old
     orders = proxy.count("new-order")
     recovered = guard.recover()
     if point in ("at finalize", "at the download", "during install"):

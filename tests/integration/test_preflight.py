@@ -47,6 +47,19 @@ def test_misrouted_acl_fails_with_the_hint_and_no_order(lab, proxy):
     assert proxy.count("new-order") == 0  # ...and never ordered
 
 
+
+def test_a_route_answering_200_with_another_body_fails_with_no_order(lab, proxy):
+    """A 200 is not enough (a catch-all page, another site's backend): only the probe's own token proves the route."""
+    lab.reconfigure_haproxy("    use_backend letsencrypt_backend if letsencrypt-request\n",
+                            "    http-request return status 200 content-type text/plain string ok "
+                            "if letsencrypt-request\n")
+    result = lab.certrenew(NAME, env=proxy.env)
+    assert result.returncode == 1, result.stderr
+    line = _failure_line(result)
+    assert "answered 200 OK with another body" in line and f"not certrenew's responder on {lab.listen}" in line
+    assert proxy.count("directory") >= 1
+    assert proxy.count("new-order") == 0
+
 def test_wrong_backend_port_fails_with_the_hint_and_no_order(lab, proxy):
     [wrong] = free_ports(1)
     lab.reconfigure_haproxy(f"server letsencrypt {lab.listen}\n", f"server letsencrypt {LOOPBACK}:{wrong}\n")
