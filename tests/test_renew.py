@@ -124,10 +124,10 @@ def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
 
 
 def test_fixing_the_directory_url_ends_a_back_off_earned_against_the_wrong_one(settings, monkeypatch):
-    store = MemoryStore()
+    store, now = MemoryStore(), datetime.datetime.now(datetime.timezone.utc)  # not NOW: the run reads the clock
     wrong = "https://acme.example/wrong-path"
-    renew._failed(store, NOW, spec("a"), wrong, CertrenewError("the CA answered 404"))
-    assert store.load_record("a").next_attempt > NOW  # backing off
+    renew._failed(store, now, spec("a"), wrong, CertrenewError("the CA answered 404"))
+    assert store.load_record("a").next_attempt > now  # backing off
     ordered = []
 
     def work(_settings, _store, _now, work, outcomes, *_):  # what would be ordered, not ordered
