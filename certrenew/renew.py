@@ -259,7 +259,8 @@ def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "li
         except Refused as refused:
             bad = [item for item in issued if item.spec.name in refused.which]
             if not bad:
-                outcomes.update((item.spec.name, _failed(store, now, item.spec, directory, refused)) for item in issued)
+                outcomes.update((item.spec.name, _failed(store, now, item.spec, directory, refused))
+                                for item in issued)
                 break
             outcomes.update((item.spec.name, _refused(store, now, item.spec, directory, refused)) for item in bad)
             issued = [item for item in issued if item not in bad]
@@ -275,14 +276,17 @@ def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, direct
     ever; one whose place in the ssl dir is blocked stays pending for the run after the operator's fix."""
     from certrenew.install import Blocked  # imported already: the batch came through it
 
+    error: CertrenewError
     if isinstance(refused, Blocked):
-        return _failed(store, now, spec, directory, Blocked(f"{refused}; the new certificate stays pending for the run after",
-                                                 refused.which))
-    try:
-        where = store.set_aside(spec.name, "pending")
-    except Exception as error:  # this certificate's failure too: it stays pending, the others go on
-        return _failed(store, now, spec, directory, CertrenewError(f"{refused}; and it could not be set aside: {_expected(error)}"))
-    return _failed(store, now, spec, directory, CertrenewError(f"{refused}; the refused certificate is set aside as {where}"))
+        error = Blocked(f"{refused}; the new certificate stays pending for the run after", refused.which)
+    else:
+        try:
+            where = store.set_aside(spec.name, "pending")
+        except Exception as unmovable:  # this certificate's failure too: it stays pending, the others go on
+            error = CertrenewError(f"{refused}; and it could not be set aside: {_expected(unmovable)}")
+        else:
+            error = CertrenewError(f"{refused}; the refused certificate is set aside as {where}")
+    return _failed(store, now, spec, directory, error)
 
 
 def _expected(error: Exception) -> CertrenewError:
@@ -299,9 +303,9 @@ def _installed(store: Store, now: datetime.datetime, directory: str, item: "Inst
     detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
               f"written to {result.path}, served by {result.method}" + (f" ({result.detail})" if result.detail else ""))
     if item.unrecorded is not None:
-        error = _expected(item.unrecorded)
-        return _failed(store, now, spec, directory, CertrenewError(f"{error}; HAProxy serves it ({detail}), but it is not "
-                                                        "recorded as current: the next run records it"))
+        error = CertrenewError(f"{_expected(item.unrecorded)}; HAProxy serves it ({detail}), but it is not "
+                               "recorded as current: the next run records it")
+        return _failed(store, now, spec, directory, error)
     served = hooks.Served(spec.name, item.issued.action, info.domains, result.path, info.serial, info.not_after)
     return Outcome(spec.name, item.issued.action, detail, served)
 
