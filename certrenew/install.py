@@ -266,7 +266,8 @@ class Installer:
 
     @staticmethod
     def _restore(path: Path, previous: bytes | None) -> None:
-        log.warning("restoring the previous contents of %s", path)
+        log.warning("removing %s: there was none before" if previous is None
+                    else "restoring the previous contents of %s", path)
         try:
             if previous is None:
                 path.unlink(missing_ok=True)

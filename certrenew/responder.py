@@ -14,6 +14,7 @@ import asyncio
 import errno
 import http.client
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -183,14 +184,15 @@ class Responder:
                 if borrowable:
                     why = ("the process holding it does not answer this state dir's challenges: is another ACME "
                            "client (certbot standalone?), or a certrenew daemon with another --state-dir, using "
-                           "it? Stop it, or set --listen")
+                           "it? Stop it, or ")
                 elif busy:
-                    why = ("is another ACME client (certbot standalone?), or a certrenew run, using it? Stop it, "
-                           "or set --listen")
+                    why = "is another ACME client (certbot standalone?), or a certrenew run, using it? Stop it, or "
                 else:
-                    why = "set --listen"
+                    why = ""
+                reason = os.strerror(failure[0].errno) if failure[0].errno else str(failure[0])  # not the address again
                 raise (PortBusy if busy else CertrenewError)(
-                    f"cannot listen on {host}:{port} for HTTP-01 challenges: {failure[0].strerror}; {why}")
+                    f"cannot listen on {host}:{port} for HTTP-01 challenges: {reason}; {why}set --listen "
+                    "(and point letsencrypt_backend's server in haproxy.cfg at it)")
             self._thread = thread
             if self._borrowed:
                 self._borrowed = False
