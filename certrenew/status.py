@@ -110,16 +110,19 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
     next_renewal = renew_at(issued, settings.renew_before) if issued else None
     if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
         next_renewal = record.next_attempt
+    due = issued is None or due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
+                                       settings.directory_url) is not None
     if not managed:
         state = "unmanaged"
     elif not_after is not None and now >= not_after:
         state = "expired"
-    elif record is not None and record.failures:
+    elif record is not None and record.failures and due:
+        # A failed --force on a certificate not yet due leaves it serving and in time: its error is
+        # shown in last_result, but keeping status red until the renewal time would cry wolf.
         state = "failing"
     elif not issued:
         state = "missing"
-    elif due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
-                    settings.directory_url) is not None:
+    elif due:
         state = "due"
     else:
         state = HEALTHY

@@ -247,6 +247,23 @@ def test_status_shows_an_unreadable_record_as_failing_with_the_reason(settings):
     assert [row.state for row in status.collect(settings, None, store, now=NOW)] == ["failing", "ok"]
 
 
+def test_a_failed_forced_attempt_shows_in_status_but_only_a_due_certificate_is_failing(settings):
+    store = MemoryStore()
+    store.save_record(issued("early"))  # served, and not due for 50 days: a --force that failed
+    store.save_record(issued("due", not_before=NOW - 89 * DAY))
+
+    def busy(spec):
+        raise CertrenewError("port 80 is busy")
+    for name in ("early", "due"):
+        assert renew._attempt(store, NOW, spec(name), CA, busy, Progress()).action == "failed"
+    assert [store.load_record(name).failures for name in ("early", "due")] == [1, 1]  # the faults happened
+    rows = status.collect(settings, [spec("early"), spec("due")], store, now=NOW)
+    assert [(row.name, row.state, row.last_result) for row in rows] == [
+        ("early", "ok", "failed: port 80 is busy"), ("due", "failing", "failed: port 80 is busy")]
+    assert status.unhealthy(settings, rows) == "due is failing"
+    assert status.unhealthy(settings, rows[:1]) is None
+
+
 @pytest.mark.parametrize("given, message", [
     (CertificateSpec("../escaped", ("escaped.example",)), "invalid certificate name '../escaped'"),
     (CertificateSpec("site", ("Site.example.",)), "site: domains Site.example. are not in normal form: give site.example"),
