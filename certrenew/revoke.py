@@ -11,7 +11,9 @@ stays valid only for the seconds an order takes. If the new one cannot be served
 the old one is not revoked: the site keeps working and the operator decides.
 
 With `--delete` the certificate leaves every HAProxy (over the Runtime API, else by a
-reload), the ssl dir and the state dir, whose files are kept under `removed/`.
+reload), the ssl dir and the state dir, whose files are kept under `removed/`. A name
+that was never issued (a mistyped one whose order failed) has nothing to revoke or
+unserve: `--delete` only moves its state there, or `status` would report it for ever.
 """
 
 import dataclasses
@@ -47,8 +49,9 @@ class Request:
     """A revocation as the operator confirms it: checked, read from the state, nothing changed yet."""
 
     name: str
-    bundle: bytes
-    info: CertificateInfo
+    bundle: bytes | None
+    """None: never issued, so `--delete` only moves the state aside."""
+    info: CertificateInfo | None
     ca: str
     """The ACME directory URL of the CA that issued it (recorded), where it is revoked."""
     reason: str
@@ -57,6 +60,8 @@ class Request:
     delete: bool = False
 
     def question(self) -> str:
+        if self.info is None:
+            return f"Remove the state of {self.name} (never issued, nothing to revoke)? [y/N] "
         then = (" after serving a new one" if self.replacement else
                 ", then remove it from HAProxy, the ssl dir and the state" if self.delete else "")
         return (f"Revoke {self.name} (serial {self.info.serial}, names {', '.join(self.info.domains)}) "
@@ -86,6 +91,9 @@ class Result:
 
     def report(self) -> list[str]:
         request, lines = self.request, []
+        if request.info is None:
+            assert self.removed is not None  # a never-issued certificate is only ever deleted
+            return [f"{request.name}: never issued, nothing to revoke; its state is moved to {self.removed.backup}"]
         if self.reissued is not None:
             lines.append(f"{request.name}: {self.reissued.action}: {self.reissued.detail}")
         done = "was already revoked" if self.already else f"revoked (reason {request.reason})"
@@ -115,13 +123,18 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
     reason_code(reason)
     store = FileStore(settings.state_dir)
     bundle = store.load_bundle(check_certificate_name(name))
+    in_config = next((spec for spec in config.certificates if spec.name == name), None) if config else None
+    if delete and config is not None and in_config is not None:
+        raise UsageError(f"{name} is still in {config.path}, so the next run would issue it again; "
+                         "remove it there first, or use --reissue")
     if bundle is None:
+        if delete and name in store.names():
+            return Request(name, None, None, settings.directory_url, reason, delete=True)
         raise UsageError(f"no certificate named {name!r} in {settings.state_dir} (see certrenew status)")
     record = store.load_record(name)
     ca = record.directory if record is not None and record.directory else settings.directory_url
     _account(store, settings, ca)
     info = leaf_info(bundle)
-    in_config = next((spec for spec in config.certificates if spec.name == name), None) if config else None
     replacement = None
     if reissue and config is not None:
         if in_config is None:
@@ -136,9 +149,6 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
         # Checked here, so a wildcard without --challenge dns-01 is refused before anything is ordered.
         [replacement] = certificate_specs(name, info.domains, key_type, settings.profile, settings.challenge,
                                           dns_settings(settings.challenge, vars(settings)))
-    if delete and config is not None and in_config is not None:
-        raise UsageError(f"{name} is still in {config.path}, so the next run would issue it again; "
-                         "remove it there first, or use --reissue")
     if delete and not settings.ssl_dir.is_dir():
         raise UsageError(f"the ssl dir {settings.ssl_dir} does not exist (set --ssl-dir)")
     return Request(name, bundle, info, ca, reason, replacement, delete)
@@ -163,6 +173,8 @@ def carry_out(settings: Settings, request: Request) -> Result:
         if reissued is None and store.load_bundle(request.name) != request.bundle:
             raise CertrenewError(f"{request.name} changed since it was read (another run renewed or removed "
                                  "it?); nothing revoked, run again")
+        if request.info is None:  # never issued: nothing at the CA, in HAProxy or in the ssl dir
+            return Result(request, False, removed=Removal("never served", _archive(store, request.name), None))
         already = not _revoke_at_ca(settings, store, request)
         removed = _remove(settings, store, request.name) if request.delete else None
     return Result(request, already, reissued, removed)
@@ -184,6 +196,7 @@ def _revoke_at_ca(settings: Settings, store: FileStore, request: Request) -> boo
     account = _account(store, settings, request.ca)
     client = AcmeClient(request.ca, account.key_pem, Deadline(settings.timeout), settings.ca_bundle)
     client.login(account.uri, settings.email, settings.agree_tos)
+    assert request.bundle is not None  # carry_out only moves a never-issued one aside
     return client.revoke(leaf_certificate(request.bundle), reason_code(request.reason))
 
 
@@ -204,8 +217,12 @@ def _remove(settings: Settings, store: FileStore, name: str) -> Removal:
     except CertrenewError as error:
         raise CertrenewError(f"{name}: revoked, but not removed ({error}); the ssl dir and the state keep it: "
                              f"run 'certrenew revoke {name} --delete' again once that is fixed") from None
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Removal(served_by, store.archive(name, stamp), placeholder)
+    return Removal(served_by, _archive(store, name), placeholder)
+
+
+def _archive(store: FileStore, name: str) -> Path:
+    """Move the certificate's state under `removed/`, stamped with the time."""
+    return store.archive(name, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
 
 
 def _unserve(settings: Settings, file: Path) -> str:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from lab import free_ports
 
 from certrenew.bundle import leaf_info
 from certrenew.placeholder import PLACEHOLDER_FILE, PLACEHOLDER_NAME
@@ -202,3 +203,28 @@ def test_a_failed_reissue_revokes_nothing_and_the_old_certificate_stays_served(l
     assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
     assert lab.cert_status(serial) == "Valid"
     assert format(lab.served_certificate_unverified(NAME).serial_number, "x") == serial
+
+
+def test_delete_of_a_name_never_issued_moves_its_state_aside_and_status_forgets_it(lab, tmp_path):
+    [closed] = free_ports(1)
+    mistyped = "wrongacl.example"
+    failed = lab.certrenew(mistyped, env={"CERTRENEW_DIRECTORY": f"https://127.0.0.1:{closed}/dir"})
+    assert failed.returncode == 1 and not (lab.ssl_dir / f"{mistyped}.pem").exists()
+    assert lab.certrenew("status").returncode == 1  # the fault: a record that keeps status red
+
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'[[certificate]]\ndomains = ["{mistyped}"]\n')
+    kept = revoke(lab, mistyped, "--yes", "--delete", "--config", str(config))
+    assert kept.returncode == 2 and "still in" in kept.stderr
+    assert (lab.state_dir / "certificates" / mistyped).is_dir()
+
+    result = revoke(lab, mistyped, "--yes", "--delete")
+    assert result.returncode == 0, result.stderr
+    [backup] = (lab.state_dir / "removed").iterdir()
+    assert result.stdout == f"{mistyped}: never issued, nothing to revoke; its state is moved to {backup}\n"
+    assert not (lab.state_dir / "certificates" / mistyped).exists()
+    status = lab.certrenew("status", "--json")
+    assert mistyped not in status.stdout
+
+    nothing = revoke(lab, mistyped, "--yes", "--delete")  # gone now: refused as any unknown name
+    assert nothing.returncode == 2 and "no certificate named" in nothing.stderr
