@@ -8,7 +8,7 @@ fixed one-second sleeps.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import josepy as jose
@@ -135,12 +135,9 @@ class AcmeClient:
         return self._finalize(messages.OrderResource(body=body, uri=order_url, csr_pem=csr_pem))
 
     def _check_profile(self, profile: str | None) -> None:
-        offered = self.transport.directory.meta.profiles or {}
-        if profile is not None and profile not in offered:
-            raise ConfigurationError(
-                f"the CA does not offer the profile {profile!r} "
-                + (f"(it offers: {', '.join(sorted(offered))})" if offered else "(its directory lists no profiles)")
-            )
+        problem = profile_problem(profile, self.transport.directory.meta.profiles)
+        if problem is not None:
+            raise ConfigurationError(problem)
 
     def _create_order(self, domains: list[str], csr_pem: bytes, replaces: str | None,
                       profile: str | None) -> messages.OrderResource:
@@ -219,3 +216,12 @@ def _ordered_name(authzr: messages.AuthorizationResource) -> str:
     """The name as ordered: a wildcard's authorization carries the base name and a flag."""
     name = authzr.body.identifier.value
     return f"*.{name}" if authzr.body.wildcard else name
+
+
+def profile_problem(profile: str | None, offered: Mapping[str, Any] | None) -> str | None:
+    """Why a CA whose directory lists `offered` (its meta.profiles; None: it lists none) cannot
+    issue `profile`, or None when it can; `certrenew check` asks the same before any order."""
+    if profile is None or profile in (offered or {}):
+        return None
+    return f"the CA does not offer the profile {profile!r} " + (
+        f"(it offers: {', '.join(sorted(offered))})" if offered else "(its directory lists no profiles)")

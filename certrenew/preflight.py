@@ -205,7 +205,9 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
               *haproxy_checks(settings)]
     if settings.haproxy_config:
         checks.append(_config_check(settings.haproxy_config))
-    checks.append(_directory_check(settings.directory_url, settings.ca_bundle))
+    profiles = {spec.profile for spec in specs} | {settings.profile}
+    checks.extend(_directory_checks(settings.directory_url, settings.ca_bundle, sorted(filter(None, profiles))))
+    checks.extend(map(_endpoint_check, settings.verify_endpoint))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
     if names:
         with Responder(settings.listen, FileStore(settings.state_dir)) as responder:  # the daemon's, if it runs
@@ -248,21 +250,39 @@ def _config_check(configs: Sequence[Path]) -> Check:
     return Check(OK, what, f"{', '.join(map(str, configs))} accepted")
 
 
-def _directory_check(url: str, ca_bundle: str | None) -> Check:
-    """The ACME directory answers, over TLS this host trusts, with a newOrder URL."""
+def _directory_checks(url: str, ca_bundle: str | None, profiles: Sequence[str]) -> list[Check]:
+    """The ACME directory answers, over TLS this host trusts, with a newOrder URL, and lists every
+    profile in `profiles` (as the order would require: see `acme_client.profile_problem`)."""
     import requests  # only `check` asks, and only once
 
+    from certrenew.acme_client import profile_problem
     from certrenew.acme_transport import describe
 
     what = f"ACME directory {url}"
     try:
         response = requests.get(url, verify=ca_bundle or True, timeout=PROBE_TIMEOUT * 2)
         response.raise_for_status()
-        new_order = response.json().get("newOrder")
+        directory = response.json()
+        new_order = directory.get("newOrder")
+        offered = (directory.get("meta") or {}).get("profiles")
     except requests.exceptions.SSLError as error:
-        return Check(FAIL, what, hints.untrusted_ca(url, str(error)))
+        return [Check(FAIL, what, hints.untrusted_ca(url, str(error)))]
     except (requests.RequestException, ValueError, AttributeError) as error:
-        return Check(FAIL, what, f"cannot read it: {describe(error)}")
+        return [Check(FAIL, what, f"cannot read it: {describe(error)}")]
     if not new_order:
-        return Check(FAIL, what, "answered, but is not an ACME directory (no newOrder)")
-    return Check(OK, what, "reachable, TLS trusted")
+        return [Check(FAIL, what, "answered, but is not an ACME directory (no newOrder)")]
+    problems = ((profile, profile_problem(profile, offered)) for profile in profiles)
+    return [Check(OK, what, "reachable, TLS trusted"),
+            *(Check(FAIL, f"profile {profile!r}", problem) if problem else Check(OK, f"profile {profile!r}", "offered")
+              for profile, problem in problems)]
+
+
+def _endpoint_check(endpoint: str) -> Check:
+    """A --verify-endpoint that takes no connection would fail, and roll back, every install."""
+    what = f"verify endpoint {endpoint}"
+    try:
+        socket.create_connection(split_host_port(endpoint), timeout=PROBE_TIMEOUT).close()
+    except OSError as error:
+        return Check(FAIL, what, f"accepts no TCP connection ({error.strerror or error}): every install would "
+                                 "fail its served-certificate check and be rolled back; check --verify-endpoint")
+    return Check(OK, what, "accepts TCP connections")

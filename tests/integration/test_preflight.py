@@ -253,3 +253,21 @@ def test_check_with_an_operator_level_socket_fails_on_that_line(lab, tmp_path):
     result = lab.certrenew("check", "--config", str(_config(lab, tmp_path)), "--haproxy-socket", str(operator))
     assert result.returncode == 1
     assert f"FAIL HAProxy socket {operator}: level operator, not admin" in result.stdout, result.stdout
+
+
+def test_check_fails_on_a_profile_the_ca_does_not_list_and_a_verify_endpoint_that_takes_no_connection(
+        lab, tmp_path):
+    [closed] = free_ports(1)
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'verify_endpoint = ["{lab.https_endpoint}", "{LOOPBACK}:{closed}"]\n\n'
+                      f'[[certificate]]\ndomains = ["{NAME}"]\nprofile = "shortlived"\n')
+    result = lab.certrenew("check", "--config", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert failed == [  # pebble 2.4's directory lists no profiles: the order would be refused so
+        "FAIL profile 'shortlived': the CA does not offer the profile 'shortlived' (its directory lists no profiles)",
+        f"FAIL verify endpoint {LOOPBACK}:{closed}: accepts no TCP connection (Connection refused): every install "
+        "would fail its served-certificate check and be rolled back; check --verify-endpoint"], result.stdout
+    assert f"ok   verify endpoint {lab.https_endpoint}: accepts TCP connections" in result.stdout
+    run = lab.certrenew("run", "--config", str(config))  # what check foretold
+    assert run.returncode == 1 and "the CA does not offer the profile 'shortlived'" in run.stderr, run.stderr
