@@ -531,8 +531,23 @@ class Lab:
         self.reload_haproxy()
 
     def stop_haproxy(self) -> None:
-        """Stop HAProxy, to play a load balancer that is down."""
+        """Stop HAProxy, to play a load balancer that is down, and wait until nothing answers on its ports.
+
+        A SIGTERM that reaches the master while it re-executes for a reload (certrenew's, a
+        moment ago) can leave the worker it is starting behind, which binds the ports after
+        the master is gone: so wait for the master first, and check the ports after.
+        """
+        deadline = time.monotonic() + START_TIMEOUT
+        while self._haproxy is not None and self._haproxy.poll() is None and not self._master_answers():
+            if time.monotonic() >= deadline:
+                raise LabError(f"HAProxy's master CLI did not answer in {START_TIMEOUT:.0f}s")
+            time.sleep(POLL_INTERVAL)
         terminate(self._haproxy)
+        while tcp_accepts(self.http_port) or tcp_accepts(self.https_port):
+            if time.monotonic() >= deadline:
+                raise LabError(f"something still answers on HAProxy's ports after it stopped\n"
+                               f"{log_tail(self.workdir / 'haproxy.log')}")
+            time.sleep(POLL_INTERVAL)
 
     def start_haproxy(self) -> None:
         """Start HAProxy again on the lab's ports, e.g. after stop_haproxy()."""
