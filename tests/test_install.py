@@ -47,16 +47,22 @@ def reload_marker(tmp_path: Path) -> tuple[str, Path]:
     return f"touch {marker}", marker
 
 
+def install_via(fake: FakeHAProxy, tmp_path: Path, ssl_dir: Path, bundles: dict[str, bytes]):
+    """`Installer.install` through `fake` (the Runtime API at tmp_path/admin.sock), reloading with
+    `reload_marker`'s command; `fake` is closed after, however the install ends."""
+    try:
+        return Installer(ssl_dir, reload_marker(tmp_path)[0], [str(tmp_path / "admin.sock")]).install(bundles)
+    finally:
+        fake.close()
+
+
 def test_a_certificate_haproxy_has_is_replaced_in_memory_without_a_reload(tmp_path, ssl_dir):
     path = ssl_dir / f"{NAME}.pem"
     old, new = bundle_of(trustme.CA()), bundle_of(trustme.CA())
     path.write_bytes(old)
     fake = haproxy_knowing(tmp_path, path)
-    reload_command, marker = reload_marker(tmp_path)
-    try:
-        [result] = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install({NAME: new})
-    finally:
-        fake.close()
+    marker = reload_marker(tmp_path)[1]
+    [result] = install_via(fake, tmp_path, ssl_dir, {NAME: new})
     assert (result.name, result.path, result.method) == (NAME, path, "hot update")
     assert path.read_bytes() == new and not marker.exists()
     assert fake.commands() == ["show ssl crt-list", "show ssl cert", "set ssl cert", "commit ssl cert"]
@@ -65,12 +71,8 @@ def test_a_certificate_haproxy_has_is_replaced_in_memory_without_a_reload(tmp_pa
 
 def test_an_haproxy_without_the_commands_gets_the_reload(tmp_path, ssl_dir):
     fake = FakeHAProxy(tmp_path / "admin.sock", {})  # answers every command "Unknown command"
-    reload_command, marker = reload_marker(tmp_path)
-    try:
-        [result] = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install(
-            {NAME: bundle_of(trustme.CA())})
-    finally:
-        fake.close()
+    marker = reload_marker(tmp_path)[1]
+    [result] = install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
     assert result.method == "reload" and "older than 2.2" in result.detail
     assert marker.exists()
 
@@ -179,12 +181,8 @@ def test_haproxy_c_naming_a_new_bundle_refuses_that_certificate(tmp_path, ssl_di
 def test_a_certificate_in_memory_whose_file_is_gone_is_left_to_the_reload(tmp_path, ssl_dir):
     path = ssl_dir / f"{NAME}.pem"
     fake = haproxy_knowing(tmp_path, path)
-    reload_command, marker = reload_marker(tmp_path)
-    try:
-        [result] = Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install(
-            {NAME: bundle_of(trustme.CA())})
-    finally:
-        fake.close()
+    marker = reload_marker(tmp_path)[1]
+    [result] = install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
     assert result.method == "reload" and "the file is gone" in result.detail and marker.exists()
     assert "set ssl cert" not in fake.commands()
 
@@ -194,12 +192,9 @@ def test_an_open_transaction_stops_the_install_before_anything_changes(tmp_path,
     old = bundle_of(trustme.CA())
     path.write_bytes(old)
     fake = haproxy_knowing(tmp_path, path, show_ssl_cert=f"# transaction\n*{path}\n# filename\n{path}\n\n")
-    reload_command, marker = reload_marker(tmp_path)
-    try:
-        with pytest.raises(RuntimeApiError, match=f"transaction for {path} is open.*'abort ssl cert {path}'"):
-            Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install({NAME: bundle_of(trustme.CA())})
-    finally:
-        fake.close()
+    marker = reload_marker(tmp_path)[1]
+    with pytest.raises(RuntimeApiError, match=f"transaction for {path} is open.*'abort ssl cert {path}'"):
+        install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
     assert path.read_bytes() == old and not marker.exists()
     assert fake.commands() == ["show ssl crt-list", "show ssl cert"]
 
@@ -210,12 +205,9 @@ def test_a_refused_commit_leaves_the_old_file_and_aborts(tmp_path, ssl_dir):
     path.write_bytes(old)
     fake = haproxy_knowing(tmp_path, path, commit_ssl_cert="unable to load the certificate.\nCan't commit!\n",
                            abort_ssl_cert=f"Transaction aborted for certificate '{path}'!\n")
-    reload_command, marker = reload_marker(tmp_path)
-    try:
-        with pytest.raises(CertrenewError, match="Can't commit|unable to load"):
-            Installer(ssl_dir, reload_command, [str(tmp_path / "admin.sock")]).install({NAME: bundle_of(trustme.CA())})
-    finally:
-        fake.close()
+    marker = reload_marker(tmp_path)[1]
+    with pytest.raises(CertrenewError, match="Can't commit|unable to load"):
+        install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
     assert path.read_bytes() == old and not marker.exists()
     assert fake.commands()[-1] == "abort ssl cert"
     assert not [p for p in ssl_dir.iterdir() if p.name != path.name]  # no temp file left

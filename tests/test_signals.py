@@ -10,14 +10,16 @@ from certrenew import signals
 from certrenew.atomicfile import TEMP_PREFIX, write_atomic
 
 
-def test_sigterm_becomes_interrupted_with_exit_status_143():
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_become_interrupted_with_their_exit_status(signum, exit_code):
+    before = signal.getsignal(signum)
     with pytest.raises(signals.Interrupted) as raised:
         with signals.handled():
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
             signals.sleep(5)
-    assert raised.value.exit_code == 143 and "SIGTERM" in str(raised.value)
+    assert raised.value.exit_code == exit_code and signal.Signals(signum).name in str(raised.value)
     assert not signals.cancelled.is_set()  # reset for the next run in this process
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signum) is before
 
 
 def test_a_signal_during_a_write_is_held_until_the_file_is_complete(tmp_path, monkeypatch):
@@ -55,14 +57,6 @@ def test_workers_still_see_the_cancellation_while_the_cli_abandons_them(monkeypa
     monkeypatch.setattr(signals, "exit_abandoning_workers", lambda code: seen.append(signals.cancelled.is_set()) or code)
     assert cli.main(["boom"]) == 143
     assert seen == [True] and not signals.cancelled.is_set()
-
-
-def test_sigint_becomes_interrupted_with_exit_status_130():
-    with pytest.raises(signals.Interrupted) as raised:
-        with signals.handled():
-            os.kill(os.getpid(), signal.SIGINT)
-            signals.sleep(5)
-    assert raised.value.exit_code == 130 and "SIGINT" in str(raised.value)
 
 
 def test_a_second_signal_does_not_cut_the_cleanup_of_the_first():
