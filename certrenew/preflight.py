@@ -29,7 +29,7 @@ from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hostport import split_host_port
-from certrenew.responder import CHALLENGE_PREFIX, Responder
+from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
 from certrenew.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 from certrenew.store import FileStore
 
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 5.0
 """Seconds to connect, and then to get an answer: the CA waits about as long."""
-MAX_BODY = 4096
-"""Bytes of the answer read: a key authorization is under 100, an error page a few hundred."""
 MAX_PROBES = 8
 """Names of one certificate probed at once."""
 OK, FAIL, WARN = "ok", "FAIL", "warn"
@@ -96,13 +94,12 @@ def probe_all(responder: Responder, settings: Settings, names: Sequence[str]) ->
 def probe(responder: Responder, settings: Settings, name: str) -> Check:
     """Serve a random token on `responder` and fetch it from http://NAME/ the way the CA would."""
     token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
-    path = f"{CHALLENGE_PREFIX}{token}"
-    url = f"http://{name}{path}"
+    url = f"http://{name}{CHALLENGE_PREFIX}{token}"
     host, port = split_host_port(settings.self_check_address) if settings.self_check_address else (name, 80)
     where = f"{host}:{port}"
     responder.present(name, token, value)
     try:
-        status, reason, location, server, body = _fetch(host, port, name, path)
+        answer = ask(host, port, name, token, PROBE_TIMEOUT)
     except socket.gaierror as error:
         return Check(WARN, url, f"{name} does not resolve from this host ({error.strerror}); not checked, "
                                 "the CA's view may differ")
@@ -118,31 +115,18 @@ def probe(responder: Responder, settings: Settings, name: str) -> Check:
                                 "is HAProxy's http frontend on port 80?")
     finally:
         responder.cleanup(name, token)
-    if status == 200 and body == value.encode():
+    if answer.status == 200 and answer.body == value.encode():
         return Check(OK, url, f"reached certrenew's responder through {where}")
-    seen = f"{status} {reason}".strip()
-    if location:
-        seen += f" redirecting to {location}"
-    if server:
-        seen += f" from {server}"
-    elif body.startswith(b"<html><body><h1>"):  # HAProxy's own error pages
+    seen = f"{answer.status} {answer.reason}".strip()
+    if answer.location:
+        seen += f" redirecting to {answer.location}"
+    if answer.server:
+        seen += f" from {answer.server}"
+    elif answer.body.startswith(b"<html><body><h1>"):  # HAProxy's own error pages
         seen += " from HAProxy"
-    if status == 200:
+    if answer.status == 200:
         seen += " with another body"
     return Check(FAIL, url, f"{url} answered {seen}, not certrenew's responder on {settings.listen}: {hints.ROUTE}")
-
-
-def _fetch(host: str, port: int, name: str, path: str) -> tuple[int, str, str | None, str | None, bytes]:
-    """GET `path` from host:port with `Host: name`; follow no redirect, read at most MAX_BODY bytes."""
-    connection = http.client.HTTPConnection(host, port, timeout=PROBE_TIMEOUT)
-    try:
-        connection.request("GET", path, headers={"Host": name, "User-Agent": "certrenew self-check",
-                                                 "Connection": "close"})
-        response = connection.getresponse()
-        return (response.status, response.reason, response.getheader("Location"), response.getheader("Server"),
-                response.read(MAX_BODY))
-    finally:
-        connection.close()
 
 
 # HAProxy: the admin socket and the reload command, which installing will need.

@@ -18,6 +18,7 @@ import os
 import secrets
 import socket
 import threading
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from certrenew.challenge import HTTP_01, TOKEN, check_token
@@ -37,6 +38,8 @@ MAX_HEAD = 8192
 MAX_CONNECTIONS = 512
 """Open connections at once. A new one beyond that closes the oldest, so a flood cannot exhaust
 file descriptors, and cannot keep the CA's fresh connection out either."""
+PROBE_BODY = 4096
+"""Bytes of a probe's answer read: a key authorization is under a hundred, an error page a few hundred."""
 ACCEPT_RETRY = 0.1
 """Seconds to wait before accepting again when the system refuses (out of file descriptors)."""
 
@@ -206,16 +209,13 @@ class Responder:
         token, value = secrets.token_urlsafe(32), f"certrenew-borrow-probe.{secrets.token_urlsafe(24)}"
         host, port = self.address
         self._store.publish_challenge(token, PROBE_NAME, value)
-        connection = http.client.HTTPConnection(_connectable(host), port, timeout=REQUEST_TIMEOUT)
         try:
-            connection.request("GET", f"{CHALLENGE_PREFIX}{token}", headers={"Host": PROBE_NAME})
-            response = connection.getresponse()
-            return response.status == HTTPStatus.OK and response.read(len(value) + 1) == value.encode()
+            answer = ask(_connectable(host), port, PROBE_NAME, token, REQUEST_TIMEOUT)
+            return answer.status == HTTPStatus.OK and answer.body == value.encode()
         except (OSError, http.client.HTTPException) as error:
             log.debug("responder: the holder of %s:%d did not answer the probe: %s", host, port, error)
             return False
         finally:
-            connection.close()
             self._store.withdraw_challenge(token)
 
     def _serve(self, started: threading.Event, failure: list) -> None:
@@ -285,6 +285,32 @@ class Responder:
             self._connections.pop(task, None)
             if not writer.is_closing():
                 writer.transport.abort()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a server said to a challenge request: enough to tell certrenew's responder from anything else."""
+
+    status: int
+    reason: str
+    location: str | None
+    server: str | None
+    body: bytes
+    """Its first PROBE_BODY bytes."""
+
+
+def ask(host: str, port: int, name: str, token: str, timeout: float) -> Answer:
+    """GET the challenge path of `token` from host:port with `Host: name`, as the CA would: no redirect
+    followed, at most PROBE_BODY bytes read. The pre-flight probe and the borrow probe ask this way."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", f"{CHALLENGE_PREFIX}{token}",
+                           headers={"Host": name, "User-Agent": "certrenew probe", "Connection": "close"})
+        response = connection.getresponse()
+        return Answer(response.status, response.reason, response.getheader("Location"), response.getheader("Server"),
+                      response.read(PROBE_BODY))
+    finally:
+        connection.close()
 
 
 def _response(status: HTTPStatus, body: bytes, send_body: bool) -> bytes:
