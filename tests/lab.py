@@ -206,6 +206,17 @@ def tcp_accepts(port: int) -> bool:
     return True
 
 
+def closed_by_peer(client: socket.socket) -> bool:
+    """Whether the server closed `client` (EOF or reset), waiting a hundredth of a second."""
+    client.settimeout(0.01)
+    try:
+        return client.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 def parse_serial(serial_hex: str) -> int:
     """Read a serial written as hex, with or without colons (as openssl and HAProxy print it)."""
     return int(serial_hex.replace(":", ""), 16)

@@ -1,17 +1,21 @@
 """`certrenew daemon` as a subprocess against the real lab: issues, renews, re-reads, stops, shares the lock."""
 
+import contextlib
 import fcntl
 import os
+import re
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 from container import as_image_user, read_image
-from lab import Lab, free_ports, tcp_accepts, terminate
+from lab import Lab, closed_by_peer, free_ports, tcp_accepts, terminate
 from prometheus_client.parser import text_string_to_metric_families
 
 from certrenew.atomicfile import TEMP_PREFIX
@@ -135,6 +139,92 @@ def test_issues_serves_reports_and_stops_cleanly(lab, start_daemon):
     assert not tcp_accepts(lab.backend_port) and not tcp_accepts(daemon.metrics_port)
     assert not [path for path in (*lab.ssl_dir.rglob("*"), *lab.state_dir.rglob("*"))
                 if path.name.startswith(TEMP_PREFIX)]
+
+
+class HugeHeads:
+    """Clients sending requests of 99 headers of 65 KB each to `address`, in `threads` threads, one connection
+    after another until stopped: what took the stdlib's server to 600 MB. Each ends its head only when all
+    have sent theirs, so a server that keeps what it reads holds all of them at once. Counts what it did."""
+
+    HEADER = b"a" * 65000
+
+    def __init__(self, address, threads=16):
+        self.address = address
+        self.stop = threading.Event()
+        self.sent: list[int] = []
+        """Bytes of headers the kernel took on each connection (before the server stopped reading, say)."""
+        self._lock = threading.Lock()
+        self._together = threading.Barrier(threads, timeout=10)
+        self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def _send(self):
+        while not self.stop.is_set():
+            sent = 0
+            try:
+                with socket.create_connection(self.address, timeout=5) as client:
+                    try:
+                        client.sendall(b"GET /metrics HTTP/1.1\r\nHost: flood\r\n")
+                        for index in range(99):
+                            client.sendall(b"X-%d: %s\r\n" % (index, self.HEADER))
+                            sent += len(self.HEADER)
+                    finally:
+                        with contextlib.suppress(threading.BrokenBarrierError):
+                            self._together.wait()
+                    client.sendall(b"\r\n")
+                    client.recv(1)
+            except OSError:  # refused, reset, or no answer: the server's choice
+                pass
+            with self._lock:
+                self.sent.append(sent)
+
+    def join(self):
+        self.stop.set()
+        self._together.abort()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def peak_rss(pid):
+    """The process's peak resident memory so far (VmHWM), in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB$", status, re.M)[1]) * 1024
+
+
+def test_a_flood_of_huge_heads_and_idle_clients_leaves_memory_bounded_and_health_answered(lab, start_daemon,
+                                                                                        open_files):
+    daemon = start_daemon(lab, write_config(lab, ONE))
+    daemon.wait_served("alpha", "alpha.example")
+    daemon.wait_log("next pass at")
+    address = ("127.0.0.1", daemon.metrics_port)
+    before = peak_rss(daemon.process.pid)
+
+    flood = HugeHeads(address)
+    idle = []
+    try:
+        poll("the flood under way", lambda: len(flood.sent) >= 48)  # three times the stdlib server's 16 threads
+        idle = [socket.create_connection(address, timeout=5) for _ in range(100)]
+        for client in idle:
+            client.sendall(b"G")  # and nothing more
+        try:
+            health: requests.Response | Exception = daemon.get("/healthz")
+        except requests.RequestException as error:
+            health = error
+        during = all(thread.is_alive() for thread in flood.threads)
+        still_open = sum(not closed_by_peer(client) for client in idle)
+    finally:
+        flood.join()
+        for client in idle:
+            client.close()
+    grown = peak_rss(daemon.process.pid) - before
+
+    assert len(flood.sent) >= 48 and sum(flood.sent) > 48 * 99 * len(HugeHeads.HEADER), "the flood was sent"
+    assert grown < 32 * 1024 ** 2, f"the flood took the daemon's peak memory {grown / 1024 ** 2:.0f} MB higher"
+    assert isinstance(health, requests.Response) and health.status_code == 200, health
+    assert during and still_open == len(idle), "answered during the flood, not after it"
+    assert daemon.get("/healthz").status_code == 200
+    assert daemon.stop()[0] == 0
 
 
 def test_sigterm_mid_order_exits_at_once_and_leaves_it_to_resume(lab, start_daemon):
@@ -262,7 +352,7 @@ def test_the_log_can_be_json(lab, start_daemon):
 def test_the_daemon_runs_as_the_image_runs_it(start_daemon):
     """The image's entrypoint and command, its environment and user (10001), the volumes as directories
     owned by that user; the deployment's settings (where the CA and HAProxy are) by CERTRENEW_* as compose
-    would set them, and the metrics port moved to a free loopback one."""
+    would set them, and the metrics address moved to a free loopback port by CERTRENEW_METRICS_LISTEN."""
     image = read_image()
     with tempfile.TemporaryDirectory() as top:  # not pytest's tmp_path: its parents are closed to other users
         Path(top).chmod(0o755)
@@ -271,13 +361,12 @@ def test_the_daemon_runs_as_the_image_runs_it(start_daemon):
                 os.chown(directory, image.uid, image.gid)
             volumes = {"/var/lib/certrenew": lab.state_dir, "/etc/haproxy/ssl": lab.ssl_dir}
             config = write_config(lab, ONE)
-            argv = list(image.argv)
             metrics_port = free_ports(1)[0]
-            argv[argv.index("--metrics-listen") + 1] = f"127.0.0.1:{metrics_port}"
-            command, env = as_image_user(image, argv, volumes)
+            command, env = as_image_user(image, image.argv, volumes)
             deployment = {key: value for key, value in lab.certrenew_env.items()
                           if key not in ("CERTRENEW_STATE_DIR", "CERTRENEW_SSL_DIR", "CERTRENEW_RELOAD_COMMAND")}
-            env.update(deployment, CERTRENEW_CONFIG=str(config), CERTRENEW_HAPROXY_SOCKET=str(lab.admin_socket))
+            env.update(deployment, CERTRENEW_CONFIG=str(config), CERTRENEW_HAPROXY_SOCKET=str(lab.admin_socket),
+                       CERTRENEW_METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
 
             def process(log):
                 return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
