@@ -25,6 +25,7 @@ from certrenew.domains import normalize_domain, normalize_domains
 from certrenew.errors import UsageError
 from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
+from certrenew.limits import MAX_CONFIG, Unfit, read_regular
 from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
 from certrenew.runtime_api import check_address
 
@@ -490,12 +491,19 @@ def check_certificate_name(name: str) -> str:
 
 
 def load_config(path: Path) -> ConfigFile:
-    """Read and validate a TOML config file; every error names the file and the key."""
+    """Read and validate a TOML config file; every error names the file and the key.
+
+    Whatever is in its place, the answer is a config or one UsageError: a FIFO, a device,
+    a directory or a file over MAX_CONFIG is refused unread (`limits.read_regular`), and
+    TOML nested too deeply for the parser (RecursionError) is refused like any other error.
+    """
     try:
-        data = tomli.loads(path.read_text())
+        data = tomli.loads(read_regular(path, MAX_CONFIG).decode())
+    except Unfit as unfit:
+        raise UsageError(f"cannot read config file {path}: {unfit}") from None
     except OSError as error:
         raise UsageError(f"cannot read config file {path}: {error.strerror}") from None
-    except (tomli.TOMLDecodeError, UnicodeDecodeError) as error:
+    except (tomli.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise UsageError(f"{path}: {error}") from None
 
     settings = {}

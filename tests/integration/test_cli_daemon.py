@@ -17,9 +17,11 @@ import requests
 from container import as_image_user, read_image
 from lab import Lab, closed_by_peer, free_ports, tcp_accepts, terminate
 from prometheus_client.parser import text_string_to_metric_families
+from unfit import COMPLAINTS, UNFIT, place
 
 from certrenew.atomicfile import TEMP_PREFIX
 from certrenew.bundle import leaf_info
+from certrenew.limits import MAX_CONFIG
 
 ONE = '[[certificate]]\nname = "alpha"\ndomains = ["alpha.example", "www.alpha.example"]\n'
 TWO = ONE + '\n[[certificate]]\nname = "beta"\ndomains = ["beta.example"]\n'
@@ -276,6 +278,36 @@ def test_sighup_issues_a_new_certificate_and_a_broken_file_changes_nothing(lab, 
     assert len(refused) == 1 and str(config) in refused[0]
     assert tcp_accepts(lab.backend_port) and daemon.get("/healthz").json()["certificates"] == 2
     lab.wait_served_serial("beta.example", serial_of(lab, "beta"))
+    assert daemon.stop()[0] == 0
+
+
+def test_sighup_with_a_config_it_cannot_read_keeps_the_old_one_whatever_stands_in_its_place(lab, start_daemon):
+    """TOML nested too deeply killed the daemon (RecursionError); a FIFO blocked the SIGHUP for ever while
+    /healthz said healthy. Each is one line now, the daemon carrying on with the config it had."""
+    config = write_config(lab, ONE)
+    daemon = start_daemon(lab, config)
+    daemon.wait_served("alpha", "alpha.example")
+    daemon.wait_log("next pass at")
+    for count, what in enumerate(["deep", *UNFIT], 1):
+        if config.is_dir():
+            config.rmdir()
+        else:
+            config.unlink()
+        if what == "deep":
+            config.write_text(ONE + "x = " + "[" * 500 + "]" * 500 + "\n")
+        else:
+            place(config, what, MAX_CONFIG)
+        daemon.process.send_signal(signal.SIGHUP)
+        poll(f"the {what} config refused", lambda: daemon.alive() and daemon.log.count("config refused") == count)
+        refused = [line for line in daemon.log.splitlines() if "config refused" in line][-1]
+        assert str(config) in refused and (COMPLAINTS.get(what) or "nested more than") in refused, refused
+        assert daemon.get("/healthz").json()["certificates"] == 1
+    assert "Traceback" not in daemon.log
+
+    config.unlink()
+    config.write_text(TWO)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_log("SIGHUP: config re-read, 2 certificate(s)")
     assert daemon.stop()[0] == 0
 
 
