@@ -381,7 +381,7 @@ def test_the_log_can_be_json(lab, start_daemon):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a command as the image's user")
-def test_the_daemon_runs_as_the_image_runs_it(start_daemon):
+def test_the_daemon_runs_as_the_image_runs_it(start_daemon, site_for_anyone):
     """The image's entrypoint and command, its environment and user (10001), the volumes as directories
     owned by that user; the deployment's settings (where the CA and HAProxy are) by CERTRENEW_* as compose
     would set them, and the metrics address moved to a free loopback port by CERTRENEW_METRICS_LISTEN."""
@@ -394,7 +394,7 @@ def test_the_daemon_runs_as_the_image_runs_it(start_daemon):
             volumes = {"/var/lib/certrenew": lab.state_dir, "/etc/haproxy/ssl": lab.ssl_dir}
             config = write_config(lab, ONE)
             metrics_port = free_ports(1)[0]
-            command, env = as_image_user(image, image.argv, volumes)
+            command, env = as_image_user(image, image.argv, volumes, site_for_anyone)
             deployment = {key: value for key, value in lab.certrenew_env.items()
                           if key not in ("CERTRENEW_STATE_DIR", "CERTRENEW_SSL_DIR", "CERTRENEW_RELOAD_COMMAND")}
             env.update(deployment, CERTRENEW_CONFIG=str(config), CERTRENEW_HAPROXY_SOCKET=str(lab.admin_socket),
