@@ -1,12 +1,12 @@
-"""A small HTTP server that no client can exhaust, for the endpoints the daemon keeps open to others.
+"""A small HTTP server that no client can exhaust: the HTTP-01 responder's, and the daemon's /metrics and /healthz.
 
-It serves GET (and HEAD) of a few fixed paths, one request per connection: the request
+It answers GET (and HEAD), one request per connection: the request
 head is read within REQUEST_TIMEOUT and at most MAX_HEAD bytes, answered, and the
 connection closed, so nothing lingers after the server stops. It is asyncio in one
 thread: thousands of idle or slow connections cost memory, not threads, and a request
 that arrives whole is answered while they wait out their time. At most MAX_CONNECTIONS
 are open; taking one beyond closes the oldest, so the bound holds however fast a burst
-comes, and a health check's fresh connection is never the one left out.
+comes, and a fresh connection (the CA's, a health check's) is never the one left out.
 
 The stdlib's `http.server` it replaces for /metrics read up to 100 headers of 64 KiB
 each per request, in a thread per connection: 16 such requests took the daemon to
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 5.0
 """Seconds a client has to send its whole request head, and then to take the answer."""
 MAX_HEAD = 8192
-"""Bytes of request line and headers accepted (so a few hundred headers at most); a scraper
-or a health check sends a few hundred."""
+"""Bytes of request line and headers accepted (so a few hundred headers at most); a CA's
+validation, a scraper or a health check sends a few hundred."""
 MAX_CONNECTIONS = 512
 """Open connections at once: with MAX_HEAD, what bounds the memory a flood can take."""
 ACCEPT_RETRY = 0.1
