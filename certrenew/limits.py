@@ -15,8 +15,8 @@ MAX_CONFIG = 8 * 1024 * 1024
 MAX_KEY_FILE = 64 * 1024
 """The largest key file read (a TSIG key file is a few lines)."""
 
-KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-         stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
+_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
 """What a path holds that is not a regular file, as a refusal names it."""
 
 
@@ -31,7 +31,7 @@ class Unfit(ValueError):
 
 def kind_of(mode: int) -> str | None:
     """What a file of `mode` (st_mode) is, as a refusal names it; None for a regular file."""
-    return None if stat.S_ISREG(mode) else KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def read_regular(path: str | Path, limit: int) -> bytes:
