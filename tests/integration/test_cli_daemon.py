@@ -194,8 +194,7 @@ def peak_rss(pid):
     return int(re.search(r"^VmHWM:\s+(\d+) kB$", status, re.M)[1]) * 1024
 
 
-def test_a_flood_of_huge_heads_and_idle_clients_leaves_memory_bounded_and_health_answered(lab, start_daemon,
-                                                                                        open_files):
+def test_a_flood_of_huge_heads_and_idle_clients_leaves_memory_bounded_and_health_answered(lab, start_daemon):
     daemon = start_daemon(lab, write_config(lab, ONE))
     daemon.wait_served("alpha", "alpha.example")
     daemon.wait_log("next pass at")
