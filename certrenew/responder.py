@@ -23,7 +23,7 @@ from http import HTTPStatus
 
 from certrenew.challenge import HTTP_01, TOKEN, check_token
 from certrenew.errors import CertrenewError
-from certrenew.hostport import split_host_port
+from certrenew.listen import parse_listen
 from certrenew.store import Store
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ ACCEPT_RETRY = 0.1
 
 
 class PortBusy(CertrenewError):
-    """Another process holds the port (and serves none of this store's answers)."""
+    """Another process holds the address (and serves none of this store's answers)."""
 
 
 class Responder:
@@ -66,7 +66,7 @@ class Responder:
     def __init__(self, listen: str, store: Store | None = None) -> None:
         """`store`: where to look up tokens this process does not know, and to publish its
         own when another process holds the port; without one, only this process's are served."""
-        self.address = split_host_port(listen)
+        self.address = parse_listen(listen)
         self._store = store
         self._borrowed = False
         """Whether another process's responder (the daemon's) serves this one's answers."""
@@ -168,22 +168,23 @@ class Responder:
             if self._thread is not None:
                 return
             started = threading.Event()
-            failure: list[OSError] = []
+            failure: list[Exception] = []
             thread = threading.Thread(target=self._serve, args=(started, failure), daemon=True,
                                       name="certrenew-responder")
             thread.start()
             started.wait()
             if failure:
+                if not isinstance(failure[0], OSError):  # says what is wrong with the address, and the fix
+                    raise failure[0]
                 busy = failure[0].errno == errno.EADDRINUSE
                 if busy and self._borrowed:  # still the daemon's
                     return
                 borrowable = busy and borrow and self._store is not None
                 if borrowable and self._holder_serves_store():
                     self._borrowed = True
-                    log.info("responder: %s:%d is held by a certrenew serving this state dir (the daemon): "
-                             "it answers this run's challenges", *self.address)
+                    log.info("responder: %s is held by a certrenew serving this state dir (the daemon): "
+                             "it answers this run's challenges", self.address)
                     return
-                host, port = self.address
                 if borrowable:
                     why = ("the process holding it does not answer this state dir's challenges: is another ACME "
                            "client (certbot standalone?), or a certrenew daemon with another --state-dir, using "
@@ -194,26 +195,26 @@ class Responder:
                     why = ""
                 reason = os.strerror(failure[0].errno) if failure[0].errno else str(failure[0])  # not the address again
                 raise (PortBusy if busy else CertrenewError)(
-                    f"cannot listen on {host}:{port} for HTTP-01 challenges: {reason}; {why}set --listen "
+                    f"cannot listen on {self.address} for HTTP-01 challenges: {reason}; {why}set --listen "
                     "(and point letsencrypt_backend's server in haproxy.cfg at it)")
             self._thread = thread
             if self._borrowed:
                 self._borrowed = False
-                log.info("responder: %s:%d is free again (the daemon stopped?): this run answers its challenges "
-                         "itself", *self.address)
-        log.debug("responder listening on %s:%d", *self.address)
+                log.info("responder: %s is free again (the daemon stopped?): this run answers its challenges "
+                         "itself", self.address)
+        log.debug("responder listening on %s", self.address)
 
     def _holder_serves_store(self) -> bool:
         """Whether the process on our port answers a token published only in our store."""
         assert self._store is not None
         token, value = secrets.token_urlsafe(32), f"certrenew-borrow-probe.{secrets.token_urlsafe(24)}"
-        host, port = self.address
+        address = self.address
         self._store.publish_challenge(token, PROBE_NAME, value)
         try:
-            answer = ask(_connectable(host), port, PROBE_NAME, token, REQUEST_TIMEOUT)
+            answer = ask(_connectable(address.host), address.port, PROBE_NAME, token, REQUEST_TIMEOUT, address.path)
             return answer.status == HTTPStatus.OK and answer.body == value.encode()
         except (OSError, http.client.HTTPException) as error:
-            log.debug("responder: the holder of %s:%d did not answer the probe: %s", host, port, error)
+            log.debug("responder: the holder of %s did not answer the probe: %s", address, error)
             return False
         finally:
             self._store.withdraw_challenge(token)
@@ -222,11 +223,9 @@ class Responder:
         """The responder thread: bind, report, serve until asked to stop, then close everything."""
         async def main() -> None:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            host, port = self.address
             try:
-                family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-                listener = socket.create_server((host, port), family=family, backlog=128)
-            except OSError as error:
+                listener = self.address.bind()
+            except (OSError, CertrenewError) as error:
                 failure.append(error)
                 started.set()
                 return
@@ -239,6 +238,7 @@ class Responder:
                 for task in [accepting, *self._connections]:
                     task.cancel()
                 await asyncio.gather(accepting, *self._connections, return_exceptions=True)
+            self.address.release()
 
         asyncio.run(main())
 
@@ -299,10 +299,12 @@ class Answer:
     """Its first PROBE_BODY bytes."""
 
 
-def ask(host: str, port: int, name: str, token: str, timeout: float) -> Answer:
-    """GET the challenge path of `token` from host:port with `Host: name`, as the CA would: no redirect
-    followed, at most PROBE_BODY bytes read. The pre-flight probe and the borrow probe ask this way."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+def ask(host: str, port: int, name: str, token: str, timeout: float, unix: str | None = None) -> Answer:
+    """GET the challenge path of `token` from host:port (or the `unix` socket) with `Host: name`, as the CA
+    would: no redirect followed, at most PROBE_BODY bytes read. The pre-flight probe and the borrow probe
+    ask this way."""
+    connection = (http.client.HTTPConnection(host, port, timeout=timeout) if unix is None
+                  else _UnixConnection(unix, timeout))
     try:
         connection.request("GET", f"{CHALLENGE_PREFIX}{token}",
                            headers={"Host": name, "User-Agent": "certrenew probe", "Connection": "close"})
@@ -311,6 +313,19 @@ def ask(host: str, port: int, name: str, token: str, timeout: float) -> Answer:
                       response.read(PROBE_BODY))
     finally:
         connection.close()
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: the borrow probe's way to the daemon's responder."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
 
 
 def _response(status: HTTPStatus, body: bytes, send_body: bool) -> bytes:
