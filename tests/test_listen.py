@@ -3,6 +3,7 @@ other local user can take it and answer the CA's validations for our names; HOST
 
 import errno
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from certrenew.listen import DEFAULT_LISTEN, parse_listen, takeover_risk
 from certrenew.responder import PortBusy, Responder, ask
 from certrenew.store import FileStore
 
+SHIPPED_HAPROXY_CFG = Path(__file__).resolve().parent.parent / "haproxy" / "haproxy.cfg"
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 TAKE = """
 import os, socket, sys
@@ -63,6 +65,14 @@ def test_a_path_is_a_unix_socket_and_anything_else_host_port():
     assert (parse_listen("[::1]:80").host, parse_listen("[::1]:80").port) == ("::1", 80)
     with pytest.raises(ValueError, match="a unix socket path .* or HOST:PORT"):
         parse_listen("run/x.sock")
+
+
+def test_the_shipped_haproxy_cfg_reaches_the_default_socket_through_its_chroot():
+    """HAProxy connects to a unix@ server after its chroot: the path it names is inside it."""
+    cfg = SHIPPED_HAPROXY_CFG.read_text()
+    chroot = re.search(r"^\s*chroot (\S+)$", cfg, re.M)[1]
+    server = re.search(r"^\s*server letsencrypt unix@(\S+)$", cfg, re.M)[1]
+    assert chroot + server == DEFAULT_LISTEN == Settings().listen
 
 
 def test_check_names_a_port_another_user_could_take():
