@@ -13,10 +13,12 @@ through HAProxy), so the socket is open to whoever may enter its directory: the 
 decides who that is (e.g. group haproxy, mode 0750).
 """
 
+import contextlib
 import errno
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from certrenew.errors import CertrenewError
@@ -45,20 +47,23 @@ class Address:
     def __str__(self) -> str:
         return self.path or f"{self.host}:{self.port}"
 
-    def bind(self) -> socket.socket:
-        """A listening socket; OSError EADDRINUSE when another process listens there."""
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[socket.socket]:
+        """A listening socket, closed on exit (a unix socket's file removed with it, unless another
+        listener took the path since). OSError EADDRINUSE: another process listens there."""
         if self.path is None:
             family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
-            return socket.create_server((self.host, self.port), family=family, backlog=128)
-        return _bind_unix(self.path)
-
-    def release(self) -> None:
-        """Once the listener is closed: remove its socket file, unless another listener took the path since."""
+            with socket.create_server((self.host, self.port), family=family, backlog=128) as listener:
+                yield listener
+            return
+        listener, made = _bind_unix(self.path)
         try:
-            if self.path is not None and _stale(self.path):
-                os.unlink(self.path)
-        except (OSError, CertrenewError):  # gone, or not ours to remove
-            pass
+            with listener:
+                yield listener
+        finally:
+            with contextlib.suppress(OSError):
+                if _file_id(os.lstat(self.path)) == made:
+                    os.unlink(self.path)
 
 
 def parse_listen(listen: str) -> Address:
@@ -100,7 +105,8 @@ def create_hint(directory: str) -> str:
     return f"create it for certrenew's user (install -d -o certrenew -g haproxy -m 0750 {directory}), or set --listen"
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str) -> tuple[socket.socket, tuple[int, int]]:
+    """A listening socket on `path`, and the file it made (to remove that one only)."""
     directory = os.path.dirname(path)
     if not check_socket_dir(path):
         try:
@@ -119,12 +125,17 @@ def _bind_unix(path: str) -> socket.socket:
                 raise
             os.unlink(path)
             listener.bind(path)
+        made = _file_id(os.lstat(path))
         os.chmod(path, SOCKET_MODE)  # by path: nobody else can swap it in our directory
         listener.listen(128)
     except BaseException:
         listener.close()
         raise
-    return listener
+    return listener, made
+
+
+def _file_id(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
 
 
 def _stale(path: str) -> bool:

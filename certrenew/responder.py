@@ -11,6 +11,7 @@ looks up in the store every token it does not know, answers the CA for it.
 """
 
 import asyncio
+import contextlib
 import errno
 import http.client
 import logging
@@ -223,14 +224,14 @@ class Responder:
         """The responder thread: bind, report, serve until asked to stop, then close everything."""
         async def main() -> None:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            try:
-                listener = self.address.bind()
-            except (OSError, CertrenewError) as error:
-                failure.append(error)
+            with contextlib.ExitStack() as bound:
+                try:
+                    listener = bound.enter_context(self.address.listening())
+                except (OSError, CertrenewError) as error:
+                    failure.append(error)
+                    started.set()
+                    return
                 started.set()
-                return
-            started.set()
-            with listener:
                 listener.setblocking(False)
                 accepting = asyncio.create_task(self._accept(listener))
                 await self._stop.wait()
@@ -238,7 +239,6 @@ class Responder:
                 for task in [accepting, *self._connections]:
                     task.cancel()
                 await asyncio.gather(accepting, *self._connections, return_exceptions=True)
-            self.address.release()
 
         asyncio.run(main())
 
