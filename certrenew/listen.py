@@ -32,6 +32,8 @@ DIR_MODE = 0o711
 """A directory certrenew makes itself: HAProxy's user, in no group of ours, must enter it to connect."""
 PRIVILEGED_PORTS = 1024
 """Ports below this one only root (CAP_NET_BIND_SERVICE) may bind."""
+MAX_PATH = 107
+"""Bytes of a unix socket path (sun_path, less its NUL)."""
 CONNECT_TIMEOUT = 5.0
 """Seconds to tell whether a socket file left behind still has a listener."""
 
@@ -69,6 +71,8 @@ class Address:
 def parse_listen(listen: str) -> Address:
     """An absolute path is a unix socket; anything else must be HOST:PORT."""
     if listen.startswith("/"):
+        if len(os.fsencode(listen)) > MAX_PATH:
+            raise ValueError(f"{listen}: a unix socket path is at most {MAX_PATH} bytes long")
         return Address(path=listen)
     try:
         host, port = split_host_port(listen)

@@ -65,6 +65,8 @@ def test_a_path_is_a_unix_socket_and_anything_else_host_port():
     assert (parse_listen("[::1]:80").host, parse_listen("[::1]:80").port) == ("::1", 80)
     with pytest.raises(ValueError, match="a unix socket path .* or HOST:PORT"):
         parse_listen("run/x.sock")
+    with pytest.raises(ValueError, match="at most 107 bytes"):
+        parse_listen("/" + "x" * 107)
 
 
 def test_the_shipped_haproxy_cfg_reaches_the_default_socket_through_its_chroot():
