@@ -8,8 +8,8 @@ its URLs from the request's Host header, so every URL it hands out points back a
 the proxy and the whole conversation stays observable.
 
 A fault can also let pebble answer and then change the answer (`Forge`: a forged
-certificate chain, garbage, an enormous body), or deliver it so slowly that it never
-ends (`Drip`, `Stall`). The proxy remembers the public key of the last CSR it saw
+certificate chain, garbage, an enormous body), lose it (`LOSE`), or deliver it so
+slowly that it never ends (`Drip`, `Stall`). The proxy remembers the public key of the last CSR it saw
 finalized, so a forged leaf can carry certrenew's own key and fail only on what the
 test means it to.
 
@@ -37,6 +37,8 @@ from cryptography.x509.oid import NameOID
 
 LOOPBACK = "127.0.0.1"
 DROP = "drop"
+LOSE = "lose"
+"""Pebble gets the request and answers it, but the connection is dropped before certrenew hears."""
 
 STEPS = {
     "/dir": "directory", "/nonce-plz": "nonce", "/sign-me-up": "account", "/my-account/": "account",
@@ -88,7 +90,7 @@ class Stall:
 
 
 Fault = Reply | Forge | Drip | Stall | str | None
-"""What `on_request` returns: None to pass the request on, a Reply, a Forge, a Drip, a Stall or DROP."""
+"""What `on_request` returns: None to pass the request on, a Reply, a Forge, a Drip, a Stall, DROP or LOSE."""
 SLOW_LIMIT = 120.0
 """Seconds a Drip or a Stall goes on at most, should the client never hang up."""
 
@@ -224,6 +226,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
+        if fault == LOSE:
+            self.proxy.altered += 1
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         if isinstance(fault, Forge) and status != 200:
             fault = None  # pebble refused (a nonce, 5% of the time): let certrenew see that and retry
         if isinstance(fault, Forge):
