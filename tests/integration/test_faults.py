@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography.hazmat.primitives.asymmetric import ec
-from faultproxy import DROP, LOSE, Drip, Forge, Reply, Stall, forged_chain
+from faultproxy import DROP, LOSE, Drip, Forge, Reply, Skew, Stall, forged_chain
 from faultproxy import step as step_of
 from faults import NAME, held_open
 
@@ -223,6 +223,36 @@ def test_a_ca_that_forgot_the_account_is_asked_for_the_keys_account_again(guard_
     assert result.returncode == 0 and "registering the key again" in result.stderr, result.stderr
     assert proxy.count("account") == accounts + 1  # one newAccount, answered with the key's account
     guard.recover()
+
+
+# The host's clock.
+
+CLOCKS = {
+    # case: (the CA's clock less this host's, in minutes; whether the run orders)
+    "10 min behind the CA's": (10, False),
+    "1 min behind the CA's (tolerated)": (1, True),
+    "10 min ahead of the CA's (harmless)": (-10, True),
+}
+
+
+@pytest.mark.parametrize("case", CLOCKS)
+def test_a_host_clock_behind_the_cas_is_named_before_anything_is_ordered(guard_for, proxy, case):
+    """A certificate issued by a CA whose clock is ahead would be refused here as not yet valid, an order
+    each time: the CA's Date header tells first. The proxy dates pebble's answers by another clock."""
+    minutes, orders = CLOCKS[case]
+    guard = guard_for(f"host clock {case}", proxy)
+    proxy.on_request = lambda method, path: Skew(minutes * 60)
+    result = guard.run()
+    assert proxy.altered >= 1
+    if orders:
+        assert result.returncode == 0 and proxy.count("new-order") == 1, result.stderr
+    else:
+        assert result.returncode == 1 and result.stderr.count("failed:") == 1, result.stderr
+        assert "this host's clock is 10 min behind the CA's" in result.stderr, result.stderr
+        assert "sync the clock (chrony, systemd-timesyncd)" in result.stderr and "Traceback" not in result.stderr
+        assert proxy.count("new-order") == proxy.count("account") == 0  # refused before registering, too
+    proxy.on_request = lambda method, path: None
+    guard.recover()  # no back-off: the run after the fix goes ahead
 
 
 # What the CA returns.
