@@ -23,6 +23,8 @@ COPY --from=build /opt/certrenew /opt/certrenew
 
 # Settings by CERTRENEW_* variables (they override the TOML file); the certificates
 # themselves are listed in /etc/certrenew/certrenew.toml, mounted read-only.
+# The responder on TCP (not the default unix socket): HAProxy runs in another container,
+# and no other user runs in this one to take the port.
 ENV PATH=/opt/certrenew/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CERTRENEW_STATE_DIR=/var/lib/certrenew \

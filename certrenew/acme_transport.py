@@ -10,6 +10,7 @@ request, to a URL the CA handed out or a redirect, goes only to the directory's 
 """
 
 import datetime
+import email.utils
 import logging
 import socket
 import threading
@@ -120,12 +121,15 @@ class Transport:
                             verify_ssl=ca_bundle or True,
                             user_agent=f"certrenew/{__version__}")
         try:
-            directory = messages.Directory.from_json(self.net.get(directory_url).json())
+            answer = self.net.get(directory_url)
+            directory = messages.Directory.from_json(answer.json())
         except (requests.RequestException, errors.Error, ValueError) as error:
             if untrusted(error):
                 raise ConfigurationError(untrusted_ca(directory_url, str(error))) from None
             raise CertrenewError(f"cannot reach the ACME directory {directory_url}: {describe(error)}") from None
         self.client = client.ClientV2(directory, self.net)
+        self.ca_clock_ahead = clock_ahead(answer)
+        """How far the CA's clock is ahead of this host's (None: its answer had no Date header)."""
 
     @property
     def directory(self) -> messages.Directory:
@@ -372,11 +376,35 @@ def problem_code(error: messages.Error) -> str:
 
 
 def retry_after_seconds(response: requests.Response) -> float | None:
-    """The wait a Retry-After header asks for, in seconds; None without one."""
-    if "Retry-After" not in response.headers:
+    """The wait a Retry-After header asks for, in seconds; None without one, or with one that is
+    neither a number of seconds nor an HTTP-date (RFC 9110 section 10.2.3).
+
+    An HTTP-date is measured from the answer's own Date when it has one, so neither a host
+    clock that is off nor a local timezone changes the wait.
+    """
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    when = _http_date(value)
+    if when is None:
         return None
-    when = client.ClientV2.retry_after(response, 0)
-    return max((when - datetime.datetime.now()).total_seconds(), 0.0)
+    sent = _http_date(response.headers.get("Date", "")) or datetime.datetime.now(datetime.timezone.utc)
+    return max((when - sent).total_seconds(), 0.0)
+
+
+def clock_ahead(response: requests.Response) -> datetime.timedelta | None:
+    """How far the clock of the server that sent `response` is ahead of this host's, by its Date header."""
+    sent = _http_date(response.headers.get("Date", ""))
+    return None if sent is None else sent - datetime.datetime.now(datetime.timezone.utc)
+
+
+def _http_date(text: str) -> datetime.datetime | None:
+    """An HTTP-date (RFC 9110 section 5.6.7, always GMT) as an aware time; None if it is not one."""
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.timezone.utc)
 
 
 def describe(error: BaseException) -> str:

@@ -9,12 +9,27 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.keys import is_key_of, load_key
 
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 """How far in the future a new certificate's notBefore may be: our clock or the CA's may be a little off
 (Boulder backdates an hour; pebble does not backdate at all)."""
+
+
+def check_clock(ca_ahead: datetime.timedelta | None) -> None:
+    """Refuse to order while this host's clock is behind the CA's by more than CLOCK_SKEW: a CA
+    that does not backdate issues certificates `check_issued` would throw away, an order each.
+
+    A clock ahead of the CA's harms no order (certificates only look a little older), and
+    a skew within CLOCK_SKEW is what that check tolerates anyway: both pass in silence.
+    """
+    if ca_ahead is None or ca_ahead <= CLOCK_SKEW:
+        return
+    raise ConfigurationError(
+        f"this host's clock is {ca_ahead.total_seconds() / 60:.0f} min behind the CA's (the Date of its answer): a certificate "
+        "issued now would be refused as not yet valid; nothing was ordered; sync the clock (chrony, "
+        "systemd-timesyncd) and run again")
 
 
 @dataclass(frozen=True)

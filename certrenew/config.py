@@ -26,6 +26,7 @@ from certrenew.errors import UsageError
 from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.limits import MAX_CONFIG, Unfit, read_regular
+from certrenew.listen import DEFAULT_LISTEN, check_listen, parse_listen
 from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
 from certrenew.runtime_api import check_address
 
@@ -105,7 +106,7 @@ class Settings:
     ca_bundle: str | None = None
     state_dir: Path = Path("/var/lib/certrenew")
     ssl_dir: Path = Path("/etc/haproxy/ssl")
-    listen: str = "127.0.0.1:49494"
+    listen: str = DEFAULT_LISTEN
     reload_command: str = "systemctl reload haproxy"
     key_type: str = DEFAULT_KEY_TYPE
     profile: str | None = None
@@ -383,8 +384,8 @@ OPTIONS = [
     Option("state_dir", "accounts, keys, certificates and records (default /var/lib/certrenew)", Path, "DIR"),
     Option("ssl_dir", "HAProxy's crt directory, one <name>.pem per certificate (default /etc/haproxy/ssl)",
            Path, "DIR"),
-    Option("listen", "where the HTTP-01 responder listens, behind HAProxy (default 127.0.0.1:49494)",
-           metavar="HOST:PORT", check=check_host_port),
+    Option("listen", "where the HTTP-01 responder listens, behind HAProxy: a unix socket path (default "
+           f"{DEFAULT_LISTEN}) or HOST:PORT", metavar="PATH|HOST:PORT", check=check_listen),
     Option("reload_command", "how to reload HAProxy, run without a shell (default 'systemctl reload haproxy')",
            metavar="CMD", check=_command),
     Option("key_type", f"{' | '.join(KEY_TYPES)} (default {DEFAULT_KEY_TYPE}); an ECDSA and an RSA type "
@@ -473,7 +474,7 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
     settings = Settings(**values)
     if settings.staging and settings.directory != LETSENCRYPT:
         raise UsageError(f"--staging and --directory ({settings.directory}) both name a CA; pass one")
-    if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == split_host_port(settings.listen)[1]:
+    if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == parse_listen(settings.listen).port:
         # The responder's port is the one the internet reaches through HAProxy.
         raise UsageError(f"the metrics address {settings.metrics_listen} (--metrics-listen) uses the responder's "
                          f"port (--listen {settings.listen}); choose another port")

@@ -6,7 +6,8 @@ same thing about the same mistake. Pure functions: no network, no ACME stack.
 """
 
 ROUTE = ("check the letsencrypt-request ACL (path_beg /.well-known/acme-challenge/) and the backend's "
-         "server address, which must be certrenew's --listen address")
+         "server address, which must be certrenew's --listen address (a unix socket's path as seen inside "
+         "HAProxy's chroot)")
 """The usual first-run mistake: HAProxy answers, but not with the responder's answer."""
 
 

@@ -1,4 +1,4 @@
-"""HOST:PORT addresses, as the responder's --listen and the --verify-endpoint options take them."""
+"""HOST:PORT addresses, as --listen (for TCP), --metrics-listen and --verify-endpoint take them."""
 
 
 def split_host_port(address: str) -> tuple[str, int]:

@@ -57,12 +57,6 @@ class Response:
 Handler = Callable[[Request], Response]
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A socket listening on host:port (an IPv6 address too), for `Server`; OSError if it cannot be."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    return socket.create_server((host, port), family=family, backlog=128)
-
-
 def parse(head: bytes) -> Request | Response:
     """The request in `head` (request line and headers, up to the blank line), or the error answer to it."""
     lines = head.decode("latin-1").split("\r\n")

@@ -16,7 +16,7 @@ from certrenew.acme_account import new_account_key_pem
 from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme_client import AcmeClient
 from certrenew.acme_transport import Deadline, RequestCounter
-from certrenew.bundle import CertificateInfo, check_bundle, check_issued, leaf_certificate
+from certrenew.bundle import CertificateInfo, check_bundle, check_clock, check_issued, leaf_certificate
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
@@ -273,6 +273,7 @@ class Issuer:
         account = self._account
         client = AcmeClient(settings.directory_url, account.key_pem, self.deadline, settings.ca_bundle,
                             self.counter)
+        check_clock(client.transport.ca_clock_ahead)  # at the first login of the run: before any order
         self._remember_account(client.login(account.uri, settings.email, settings.agree_tos))
         return client
 

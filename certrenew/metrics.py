@@ -7,6 +7,7 @@ next render, and a renewed one keeps a single series (the serial is not a label)
 writes no metrics never loads it.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from certrenew import httpd
 from certrenew.atomicfile import write_atomic
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.hostport import split_host_port
+from certrenew.listen import Address
 from certrenew.status import HEALTHY, CertificateStatus
 
 log = logging.getLogger(__name__)
@@ -202,6 +204,7 @@ class MetricsServer:
         self.source = source
         self.telemetry = telemetry
         self._server: httpd.Server | None = None
+        self._serving = contextlib.ExitStack()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -211,18 +214,18 @@ class MetricsServer:
         return str(host), port
 
     def __enter__(self) -> "MetricsServer":
+        host, port = split_host_port(self.listen)
         try:
-            listener = httpd.listen(*split_host_port(self.listen))
+            listener = self._serving.enter_context(Address(host=host, port=port).listening())
         except OSError as error:
             raise CertrenewError(f"cannot listen on {self.listen} for metrics: {error.strerror}; "
                                  "set --metrics-listen") from None
-        self._server = httpd.Server(listener, self.answer, "certrenew-metrics").__enter__()
+        self._server = self._serving.enter_context(httpd.Server(listener, self.answer, "certrenew-metrics"))
         log.debug("metrics on http://%s:%d/metrics", *self.address)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        assert self._server is not None, "entered"
-        self._server.__exit__(*exc_info)
+        self._serving.close()
 
     def answer(self, request: httpd.Request) -> httpd.Response:
         """The answer to a GET of /metrics, /healthz, or anything else (404)."""

@@ -40,19 +40,20 @@ def open_file(path: str | Path, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
-def check_dir(path: str | Path, follow: bool = False) -> bool:
+def check_dir(path: str | Path, follow: bool = False, option: str = "--state-dir") -> bool:
     """Refuse a directory that is not ours alone, or a symbolic link (unless `follow`: the state
-    dir itself may be one the operator made); False if it does not exist."""
+    dir itself may be one the operator made); False if it does not exist. `option` is the setting
+    that names another directory."""
     try:
         status = os.stat(path) if follow else os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return False
     if stat.S_ISLNK(status.st_mode):
-        raise CertrenewError(f"refusing {path}: it is a symbolic link, and certrenew follows none in its "
-                             "state dir (remove it)")
+        raise CertrenewError(f"refusing {path}: it is a symbolic link, and certrenew follows none where it "
+                             f"keeps its files (remove it, or set {option})")
     if not stat.S_ISDIR(status.st_mode):
         raise CertrenewError(f"refusing {path}: it is not a directory")
-    _check(status, path)
+    _check(status, path, option)
     return True
 
 
@@ -68,11 +69,11 @@ def make_dir(path: Path, follow: bool = False) -> None:
     check_dir(path, follow)
 
 
-def _check(status: os.stat_result, path: str | Path) -> None:
+def _check(status: os.stat_result, path: str | Path, option: str = "--state-dir") -> None:
     user = os.geteuid()
     if status.st_uid != user:
         raise CertrenewError(f"refusing {path}: it is owned by uid {status.st_uid}, not uid {user} that certrenew "
-                             f"runs as; only its own user may write certrenew's state (chown it, or set --state-dir)")
+                             f"runs as; only its own user may write there (chown it, or set {option})")
     if status.st_mode & UNSAFE:
         raise CertrenewError(f"refusing {path}: it is writable by group or others (mode "
-                             f"{stat.S_IMODE(status.st_mode):o}); run chmod go-w {path}, or set --state-dir")
+                             f"{stat.S_IMODE(status.st_mode):o}); run chmod go-w {path}, or set {option}")

@@ -29,6 +29,7 @@ from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hostport import split_host_port
+from certrenew.listen import check_socket_dir, create_hint, parse_listen, takeover_risk
 from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
 from certrenew.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 from certrenew.store import FileStore
@@ -185,7 +186,7 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     """Every pre-flight check, without ordering anything: one verdict per line."""
     checks = [Check(OK, "config", f"{config}: {len(specs)} certificate(s)") if config else
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
-              _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir),
+              _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir), _listen_check(settings.listen),
               *haproxy_checks(settings)]
     if settings.haproxy_config:
         checks.append(_config_check(settings.haproxy_config))
@@ -211,6 +212,27 @@ def _state_dir_check(state_dir: Path) -> Check:
     if os.access(parent, os.W_OK | os.X_OK):
         return Check(OK, what, f"will be created in {parent}")
     return Check(FAIL, what, f"does not exist, and this user cannot create it in {parent}")
+
+
+def _listen_check(listen: str) -> Check:
+    """Whoever holds the responder's address answers the CA for our names (see certrenew.listen)."""
+    what = f"responder address {listen}"
+    risk = takeover_risk(listen)
+    if risk:
+        return Check(WARN, what, risk)
+    path = parse_listen(listen).path
+    if path is None:
+        return Check(OK, what, "a privileged port, which only root can bind")
+    directory = os.path.dirname(path)
+    try:
+        exists = check_socket_dir(path)
+    except CertrenewError as error:
+        return Check(FAIL, what, str(error))
+    if exists:
+        return Check(OK, what, f"a unix socket in {directory}, which only this user can write")
+    if os.access(os.path.dirname(directory), os.W_OK | os.X_OK):
+        return Check(OK, what, f"{directory} will be created")
+    return Check(FAIL, what, f"{directory} does not exist: {create_hint(directory)}")
 
 
 def _ssl_dir_check(ssl_dir: Path) -> Check:

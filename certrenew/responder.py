@@ -10,11 +10,13 @@ publishes its own there (`Store.publish_challenge`) and the daemon's responder, 
 looks up in the store every token it does not know, answers the CA for it.
 """
 
+import contextlib
 import errno
 import http.client
 import logging
 import os
 import secrets
+import socket
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -22,7 +24,7 @@ from http import HTTPStatus
 from certrenew import httpd
 from certrenew.challenge import HTTP_01, TOKEN, check_token
 from certrenew.errors import CertrenewError
-from certrenew.hostport import split_host_port
+from certrenew.listen import parse_listen
 from certrenew.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,13 @@ CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 PROBE_NAME = "borrow-probe.certrenew.invalid"
 """The Host of the request that checks a borrowed port: a name no CA validates (RFC 6761)."""
 PROBE_TIMEOUT = 5.0
-"""Seconds the borrow probe waits for the port's holder to answer."""
+"""Seconds the borrow probe waits for the address's holder to answer."""
 PROBE_BODY = 4096
 """Bytes of a probe's answer read: a key authorization is under a hundred, an error page a few hundred."""
 
 
 class PortBusy(CertrenewError):
-    """Another process holds the port (and serves none of this store's answers)."""
+    """Another process holds the address (and serves none of this store's answers)."""
 
 
 class Responder:
@@ -54,14 +56,15 @@ class Responder:
     def __init__(self, listen: str, store: Store | None = None) -> None:
         """`store`: where to look up tokens this process does not know, and to publish its
         own when another process holds the port; without one, only this process's are served."""
-        self.address = split_host_port(listen)
+        self.address = parse_listen(listen)
         self._store = store
         self._borrowed = False
         """Whether another process's responder (the daemon's) serves this one's answers."""
         self._published: set[str] = set()
         """The tokens this one published in the store, to withdraw."""
         self._validations: dict[str, tuple[str, str]] = {}
-        self._server: httpd.Server | None = None
+        self._serving: contextlib.ExitStack | None = None
+        """The bound address and its server, while this process serves it."""
         self._starting = threading.Lock()
 
     def prepare(self, domains: list[str]) -> None:
@@ -122,9 +125,9 @@ class Responder:
 
     def __exit__(self, *exc_info: object) -> None:
         with self._starting:
-            if self._server is not None:
-                self._server.__exit__(*exc_info)
-                self._server = None
+            if self._serving is not None:
+                self._serving.close()
+                self._serving = None
         for token in list(self._validations):  # those of an order a signal cut short
             self.cleanup("", token)
         self._borrowed = False
@@ -134,10 +137,11 @@ class Responder:
         next time), unless `borrow` and its holder serves this store's answers (see module doc).
         A borrowed port is tried again at each call: if the daemon has stopped, the run serves itself."""
         with self._starting:
-            if self._server is not None:
+            if self._serving is not None:
                 return
-            try:
-                listener = httpd.listen(*self.address)
+            serving = contextlib.ExitStack()
+            try:  # a CertrenewError (what is wrong with the address, and the fix) goes up as it is
+                listener = serving.enter_context(self.address.listening())
             except OSError as failure:
                 busy = failure.errno == errno.EADDRINUSE
                 if busy and self._borrowed:  # still the daemon's
@@ -145,10 +149,9 @@ class Responder:
                 borrowable = busy and borrow and self._store is not None
                 if borrowable and self._holder_serves_store():
                     self._borrowed = True
-                    log.info("responder: %s:%d is held by a certrenew serving this state dir (the daemon): "
-                             "it answers this run's challenges", *self.address)
+                    log.info("responder: %s is held by a certrenew serving this state dir (the daemon): "
+                             "it answers this run's challenges", self.address)
                     return
-                host, port = self.address
                 if borrowable:
                     why = ("the process holding it does not answer this state dir's challenges: is another ACME "
                            "client (certbot standalone?), or a certrenew daemon with another --state-dir, using "
@@ -159,26 +162,27 @@ class Responder:
                     why = ""
                 reason = os.strerror(failure.errno) if failure.errno else str(failure)  # not the address again
                 raise (PortBusy if busy else CertrenewError)(
-                    f"cannot listen on {host}:{port} for HTTP-01 challenges: {reason}; {why}set --listen "
+                    f"cannot listen on {self.address} for HTTP-01 challenges: {reason}; {why}set --listen "
                     "(and point letsencrypt_backend's server in haproxy.cfg at it)") from None
-            self._server = httpd.Server(listener, self.answer, "certrenew-responder").__enter__()
+            serving.enter_context(httpd.Server(listener, self.answer, "certrenew-responder"))
+            self._serving = serving
             if self._borrowed:
                 self._borrowed = False
-                log.info("responder: %s:%d is free again (the daemon stopped?): this run answers its challenges "
-                         "itself", *self.address)
-        log.debug("responder listening on %s:%d", *self.address)
+                log.info("responder: %s is free again (the daemon stopped?): this run answers its challenges "
+                         "itself", self.address)
+        log.debug("responder listening on %s", self.address)
 
     def _holder_serves_store(self) -> bool:
         """Whether the process on our port answers a token published only in our store."""
         assert self._store is not None
         token, value = secrets.token_urlsafe(32), f"certrenew-borrow-probe.{secrets.token_urlsafe(24)}"
-        host, port = self.address
+        address = self.address
         self._store.publish_challenge(token, PROBE_NAME, value)
         try:
-            answer = ask(_connectable(host), port, PROBE_NAME, token, PROBE_TIMEOUT)
+            answer = ask(_connectable(address.host), address.port, PROBE_NAME, token, PROBE_TIMEOUT, address.path)
             return answer.status == HTTPStatus.OK and answer.body == value.encode()
         except (OSError, http.client.HTTPException) as error:
-            log.debug("responder: the holder of %s:%d did not answer the probe: %s", host, port, error)
+            log.debug("responder: the holder of %s did not answer the probe: %s", address, error)
             return False
         finally:
             self._store.withdraw_challenge(token)
@@ -196,10 +200,12 @@ class Answer:
     """Its first PROBE_BODY bytes."""
 
 
-def ask(host: str, port: int, name: str, token: str, timeout: float) -> Answer:
-    """GET the challenge path of `token` from host:port with `Host: name`, as the CA would: no redirect
-    followed, at most PROBE_BODY bytes read. The pre-flight probe and the borrow probe ask this way."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+def ask(host: str, port: int, name: str, token: str, timeout: float, unix: str | None = None) -> Answer:
+    """GET the challenge path of `token` from host:port (or the `unix` socket) with `Host: name`, as the CA
+    would: no redirect followed, at most PROBE_BODY bytes read. The pre-flight probe and the borrow probe
+    ask this way."""
+    connection = (http.client.HTTPConnection(host, port, timeout=timeout) if unix is None
+                  else _UnixConnection(unix, timeout))
     try:
         connection.request("GET", f"{CHALLENGE_PREFIX}{token}",
                            headers={"Host": name, "User-Agent": "certrenew probe", "Connection": "close"})
@@ -208,6 +214,19 @@ def ask(host: str, port: int, name: str, token: str, timeout: float) -> Answer:
                       response.read(PROBE_BODY))
     finally:
         connection.close()
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: the borrow probe's way to the daemon's responder."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
 
 
 def _connectable(host: str) -> str:

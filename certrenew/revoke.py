@@ -162,6 +162,7 @@ def carry_out(settings: Settings, request: Request) -> Result:
     """
     reissued = None
     if request.replacement is not None:
+        _discard_unfinished(settings, request.name)
         # run() takes the lock itself, and brings every install guarantee (rollback, verify).
         reissued = run(dataclasses.replace(settings, force=True), [request.replacement]).outcomes[0]
         if reissued.failed:
@@ -178,6 +179,19 @@ def carry_out(settings: Settings, request: Request) -> Result:
         already = not _revoke_at_ca(settings, store, request)
         removed = _remove(settings, store, request.name) if request.delete else None
     return Result(request, already, reissued, removed)
+
+
+def _discard_unfinished(settings: Settings, name: str) -> None:
+    """Drop what an earlier run left for `name`: a pending certificate, a validated order.
+
+    Their keys sat in the state dir beside the one being revoked, so whatever exposed
+    that one may have exposed them: installing or finishing them (as a run resumes)
+    would serve a key the operator means to be rid of. The run then orders with a new one.
+    """
+    store = FileStore(settings.state_dir)
+    with store.lock(settings.lock_timeout):
+        store.discard_pending(name)
+        store.discard_order(name)
 
 
 def _account(store: FileStore, settings: Settings, ca: str) -> Account:

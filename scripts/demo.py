@@ -29,7 +29,7 @@ def served(lab: Lab, sni: str) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="certrenew-demo-") as workdir, Lab(Path(workdir)) as lab:
+    with tempfile.TemporaryDirectory(prefix="certrenew-demo-") as workdir, Lab(Path(workdir), unix_socket=True) as lab:
         print(f"pebble (ACME CA): {lab.directory_url}, validating HTTP-01 through HAProxy on :{lab.http_port}")
         print(f"HAProxy: http :{lab.http_port} (acme-challenge ACL -> {lab.listen}), https :{lab.https_port}, "
               f"crt {lab.ssl_dir}/")

@@ -8,8 +8,8 @@ its URLs from the request's Host header, so every URL it hands out points back a
 the proxy and the whole conversation stays observable.
 
 A fault can also let pebble answer and then change the answer (`Forge`: a forged
-certificate chain, garbage, an enormous body), or deliver it so slowly that it never
-ends (`Drip`, `Stall`). The proxy remembers the public key of the last CSR it saw
+certificate chain, garbage, an enormous body), lose it (`LOSE`), date it by another
+clock (`Skew`), or deliver it so slowly that it never ends (`Drip`, `Stall`). The proxy remembers the public key of the last CSR it saw
 finalized, so a forged leaf can carry certrenew's own key and fail only on what the
 test means it to.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import email.utils
 import http.client
 import json
 import ssl
@@ -37,6 +38,8 @@ from cryptography.x509.oid import NameOID
 
 LOOPBACK = "127.0.0.1"
 DROP = "drop"
+LOSE = "lose"
+"""Pebble gets the request and answers it, but the connection is dropped before certrenew hears."""
 
 STEPS = {
     "/dir": "directory", "/nonce-plz": "nonce", "/sign-me-up": "account", "/my-account/": "account",
@@ -87,8 +90,19 @@ class Stall:
     """Pebble's head and most of its body, then nothing: the answer never ends."""
 
 
-Fault = Reply | Forge | Drip | Stall | str | None
-"""What `on_request` returns: None to pass the request on, a Reply, a Forge, a Drip, a Stall or DROP."""
+@dataclass(frozen=True)
+class Skew:
+    """Pebble's answer with its Date header moved by `seconds`: a CA whose clock is not this host's."""
+
+    seconds: float
+
+    def date(self, value: str) -> str:
+        moved = email.utils.parsedate_to_datetime(value) + datetime.timedelta(seconds=self.seconds)
+        return email.utils.format_datetime(moved, usegmt=True)
+
+
+Fault = Reply | Forge | Drip | Stall | Skew | str | None
+"""What `on_request` returns: None to pass the request on, a Reply, a Forge, a Drip, a Stall, a Skew, DROP or LOSE."""
 SLOW_LIMIT = 120.0
 """Seconds a Drip or a Stall goes on at most, should the client never hang up."""
 
@@ -224,11 +238,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
+        if fault == LOSE:
+            self.proxy.altered += 1
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         if isinstance(fault, Forge) and status != 200:
             fault = None  # pebble refused (a nonce, 5% of the time): let certrenew see that and retry
         if isinstance(fault, Forge):
             payload = fault.make(payload, self.proxy.csr_key)
-        if isinstance(fault, (Forge, Drip, Stall)):
+        if isinstance(fault, Skew):
+            headers = [(name, fault.date(value) if name.lower() == "date" else value) for name, value in headers]
+        if isinstance(fault, (Forge, Drip, Stall, Skew)):
             self.proxy.altered += 1
         declared = len(payload) + (1000 if isinstance(fault, Stall) else 0)
         head = [f"HTTP/1.1 {status} {http.client.responses.get(status, '')}"]

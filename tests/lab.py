@@ -36,6 +36,8 @@ if str(REPO_ROOT) not in sys.path:  # `python tests/lab.py` from a checkout that
 from certrenew.placeholder import write_placeholder  # noqa: E402
 
 SHIPPED_HAPROXY_CFG = REPO_ROOT / "haproxy" / "haproxy.cfg"
+SHIPPED_SOCKET = "certrenew/http-01.sock"
+"""Where the shipped haproxy.cfg finds the responder, inside HAProxy's chroot."""
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -244,11 +246,15 @@ class Lab:
     """
 
     def __init__(self, workdir: Path, pebble_env: Mapping[str, str] | None = None, dns_server: str | None = None,
-                 certificate_validity: int | None = None):
+                 certificate_validity: int | None = None, unix_socket: bool = False):
         """`dns_server` (HOST:PORT, e.g. a tests/bind.py BIND) is where pebble resolves names and
         looks up DNS-01 records, instead of challtestsrv, which calls every name 127.0.0.1.
-        `certificate_validity` (seconds) is the lifetime pebble gives every certificate (its default: 5 years)."""
+        `certificate_validity` (seconds) is the lifetime pebble gives every certificate (its default: 5 years).
+        `unix_socket`: the responder on a unix socket in HAProxy's chroot, as shipped; else on a TCP port
+        (which the tests of a busy, flooded or borrowed responder port use)."""
         self.workdir = Path(workdir).resolve()
+        self.chroot = self.workdir / "haproxy-root" if unix_socket else None
+        """HAProxy's chroot, where the responder's socket is; None: no chroot, the responder on TCP."""
         self.pebble_env = dict(pebble_env or {})
         self.certificate_validity = certificate_validity
         self._given_dns_server = dns_server
@@ -277,7 +283,7 @@ class Lab:
         self.management_url = f"https://{LOOPBACK}:{self.management_port}"
         self.challtestsrv_url = f"http://{LOOPBACK}:{self.challtestsrv_port}"
         self.dns_server = self._given_dns_server or f"{LOOPBACK}:{self.dns_port}"
-        self.listen = f"{LOOPBACK}:{self.backend_port}"
+        self.listen = str(self.chroot / SHIPPED_SOCKET) if self.chroot else f"{LOOPBACK}:{self.backend_port}"
 
     def __enter__(self) -> Lab:
         self.start()
@@ -321,6 +327,8 @@ class Lab:
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(mode=0o700, exist_ok=True)  # as an operator makes it (certrenew never chmods one)
+        if self.chroot:
+            self.chroot.mkdir(exist_ok=True)
 
         def start_over() -> None:
             self.stop()
@@ -608,11 +616,12 @@ class Lab:
                 # Loopback IPv4 only, so the lab runs on hosts without IPv6 too.
                 ("bind :::80 v4v6\n", f"bind {LOOPBACK}:{http_port}\n"),
                 ("bind :::443 v4v6 ssl", f"bind {LOOPBACK}:{https_port} ssl"),
-                ("server letsencrypt 127.0.0.1:49494\n", f"server letsencrypt {self.listen}\n"),
+                *([] if self.chroot else [(f"server letsencrypt unix@/{SHIPPED_SOCKET}\n",
+                                           f"server letsencrypt {self.listen}\n")]),
                 # No syslog here: send HAProxy's logs to its log file instead.
                 ("log /dev/log local0\n", "log stderr format short local0\n"),
-                # The lab needs neither a haproxy user nor a chroot dir on the host.
-                ("    chroot /var/lib/haproxy\n", ""),
+                # The lab needs neither a haproxy user nor /var/lib/haproxy on the host.
+                ("    chroot /var/lib/haproxy\n", f"    chroot {self.chroot}\n" if self.chroot else ""),
                 ("    user haproxy\n", ""),
                 ("    group haproxy\n", ""),
             ],

@@ -1,5 +1,7 @@
 """The transport: no answer outlives the deadline or exceeds MAX_RESPONSE."""
 
+import datetime
+import email.utils
 import json
 import socket
 import ssl
@@ -13,7 +15,14 @@ import trustme
 from acme import messages
 
 from certrenew.acme_account import new_account_key_pem
-from certrenew.acme_transport import MAX_RESPONSE, Deadline, Transport, _Network
+from certrenew.acme_transport import (
+    MAX_RESPONSE,
+    Deadline,
+    Transport,
+    _Network,
+    clock_ahead,
+    retry_after_seconds,
+)
 from certrenew.errors import CertrenewError
 
 
@@ -202,3 +211,50 @@ def test_a_url_from_the_ca_that_is_not_https_is_refused_before_it_is_followed(tm
         ca.server.shutdown()
         plain.server.close()
     assert asked == []  # nothing was sent to it
+
+
+# Dates from the CA.
+
+@pytest.fixture
+def kolkata(monkeypatch):
+    """This process in a timezone 5 h 30 min east of UTC (local time is what a naive datetime means)."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def answer_with(**headers: str) -> requests.Response:
+    response = requests.Response()
+    response.headers.update({name.replace("_", "-"): value for name, value in headers.items()})
+    return response
+
+
+def http_date(moment: datetime.datetime) -> str:
+    return email.utils.format_datetime(moment, usegmt=True)
+
+
+def test_a_retry_after_date_is_a_wait_from_the_answers_date_whatever_the_local_timezone(kolkata):
+    assert time.localtime().tm_gmtoff == 5.5 * 3600  # the zone really is not UTC
+    sent = datetime.datetime(2026, 12, 5, 12, 0, tzinfo=datetime.timezone.utc)
+    later = answer_with(Retry_After=http_date(sent + datetime.timedelta(seconds=90)), Date=http_date(sent))
+    assert retry_after_seconds(later) == 90.0
+    assert retry_after_seconds(answer_with(Retry_After="7")) == 7.0
+    assert retry_after_seconds(answer_with(Retry_After="soon")) is None
+    assert retry_after_seconds(answer_with()) is None
+
+
+def test_a_retry_after_date_without_the_answers_date_is_measured_from_now_in_utc(kolkata):
+    """The library's parser gives a naive UTC time and compares it with local time: 5 h 30 min off here."""
+    in_a_minute = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=60)
+    wait = retry_after_seconds(answer_with(Retry_After=http_date(in_a_minute)))
+    assert wait is not None and 55 <= wait <= 60
+
+
+def test_the_cas_clock_is_read_from_the_date_of_its_answer():
+    ahead = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=10)
+    measured = clock_ahead(answer_with(Date=http_date(ahead)))
+    assert measured is not None and abs(measured - datetime.timedelta(minutes=10)) < datetime.timedelta(seconds=5)
+    assert clock_ahead(answer_with()) is None
+    assert clock_ahead(answer_with(Date="yesterday")) is None

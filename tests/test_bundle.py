@@ -3,8 +3,8 @@ import datetime
 import pytest
 import trustme
 
-from certrenew.bundle import build_bundle, check_bundle, check_issued, leaf_info, pem_blocks
-from certrenew.errors import CertrenewError
+from certrenew.bundle import CLOCK_SKEW, build_bundle, check_bundle, check_clock, check_issued, leaf_info, pem_blocks
+from certrenew.errors import CertrenewError, ConfigurationError
 
 
 @pytest.fixture
@@ -145,3 +145,10 @@ def test_check_bundle_refuses_a_lone_block(issued, part):
     block = chain_of(issued) if part == "certificate" else issued.private_key_pem.bytes()
     with pytest.raises(CertrenewError, match="cannot be parsed: it is not a certificate chain followed by a key"):
         check_bundle(block)
+
+
+def test_an_order_is_refused_only_when_this_hosts_clock_is_behind_the_cas_beyond_the_tolerated_skew():
+    for ca_ahead in (None, CLOCK_SKEW, -datetime.timedelta(hours=2)):
+        check_clock(ca_ahead)  # within what check_issued tolerates, or harmless (a clock ahead), or unknown
+    with pytest.raises(ConfigurationError, match="clock is 6 min behind the CA's.*sync the clock"):
+        check_clock(CLOCK_SKEW + datetime.timedelta(minutes=1))

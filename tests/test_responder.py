@@ -197,12 +197,12 @@ def test_refuses_wildcards_and_has_nothing_to_wait_for():
 
 @pytest.mark.parametrize("bad", ["49494", "host:", ":80", "h:99999", "h:port"])
 def test_listen_address_is_checked(bad):
-    with pytest.raises(ValueError, match="expected HOST:PORT"):
+    with pytest.raises(ValueError, match="or HOST:PORT"):
         Responder(bad)
 
 
 def raw(responder, data: bytes, timeout=5) -> bytes:
-    with socket.create_connection(("127.0.0.1", responder.address[1]), timeout=timeout) as sock:
+    with socket.create_connection(("127.0.0.1", responder.address.port), timeout=timeout) as sock:
         sock.sendall(data)
         chunks = []
         while chunk := sock.recv(4096):
@@ -234,7 +234,7 @@ def test_refuses_bad_requests_with_a_tiny_body(responder, request_head, status):
 def test_slow_and_idle_clients_do_not_block_a_validation(responder):
     responder.present("a.example", "tok", "tok.thumb")
     threads = threading.active_count()  # other tests' servers may still be winding down: count ours only
-    idle = [socket.create_connection(("127.0.0.1", responder.address[1])) for _ in range(200)]
+    idle = [socket.create_connection(("127.0.0.1", responder.address.port)) for _ in range(200)]
     for sock in idle[:100]:
         sock.sendall(b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHo")  # a slowloris, mid-header
     try:

@@ -5,6 +5,7 @@ systemd is not PID 1 where the tests run, so the units are checked with systemd-
 (which needs no running systemd; scripts/setup installs it), not started.
 """
 
+import os
 import re
 import shlex
 import subprocess
@@ -16,6 +17,7 @@ from invocation import parse_invocation
 
 from certrenew.config import DEFAULT_CONFIG
 from certrenew.errors import UsageError
+from certrenew.listen import DEFAULT_LISTEN
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 SERVICES = sorted(SYSTEMD.glob("*.service"))
@@ -81,6 +83,7 @@ def test_both_services_share_one_sandbox():
         sandboxes.append(settings[start:])
     assert len(SERVICES) == 2 and sandboxes[0] == sandboxes[1]
     assert ("ReadWritePaths", "/etc/haproxy/ssl") in sandboxes[0]
+    assert ("ReadWritePaths", f"-{os.path.dirname(DEFAULT_LISTEN)}") in sandboxes[0]  # the responder's socket
     assert ("StateDirectory", "certrenew") in sandboxes[0]
 
 

@@ -366,6 +366,24 @@ def test_a_daemon_started_while_a_run_holds_the_port_waits_for_it(lab, start_dae
     assert tcp_accepts(lab.backend_port) and daemon.stop()[0] == 0
 
 
+def test_on_the_shipped_unix_socket_a_run_beside_the_daemon_borrows_its_responder(tmp_path, start_daemon):
+    with Lab(tmp_path / "lab", unix_socket=True) as lab:
+        socket = Path(lab.listen)
+        config = write_config(lab, ONE)
+        daemon = start_daemon(lab, config)
+        alpha = daemon.wait_served("alpha", "alpha.example")
+        assert socket.is_socket()
+        forced = lab.certrenew("run", "--config", str(config), "--force", "--haproxy-socket", str(lab.admin_socket))
+        assert forced.returncode == 0, forced.stderr
+        assert f"responder: {socket} is held by a certrenew serving this state dir" in forced.stderr
+        renewed = serial_of(lab, "alpha")
+        assert renewed != alpha and "alpha: renewed" in forced.stdout
+        lab.wait_served_serial("alpha.example", renewed)
+        assert socket.is_socket() and daemon.log.count("alpha: issued") == 1  # the daemon's, still
+        assert daemon.stop()[0] == 0
+        assert not socket.exists()
+
+
 def test_the_log_can_be_json(lab, start_daemon):
     import json
 

@@ -9,17 +9,22 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from faultproxy import Reply
+from faultproxy import step as step_of
+from faults import public_der
 from lab import free_ports
 
 from certrenew.bundle import leaf_info
+from certrenew.keys import load_key
 from certrenew.placeholder import PLACEHOLDER_FILE, PLACEHOLDER_NAME
+from certrenew.store import FileStore
 
 NAME = "site.example"
 OTHER = "other.example"
 
 
-def issue(lab, name=NAME):
-    result = lab.certrenew(name)
+def issue(lab, name=NAME, env=None):
+    result = lab.certrenew(name, env=env)
     assert result.returncode == 0, result.stderr
     serial = leaf_info((lab.ssl_dir / f"{name}.pem").read_bytes()).serial
     lab.wait_served_serial(name, serial)
@@ -103,6 +108,48 @@ def test_reissue_serves_a_new_key_before_the_old_certificate_is_revoked(lab, tmp
     refused = revoke(lab, NAME, "--yes", "--reissue", "--config", str(missing))
     assert refused.returncode == 2 and "is not in" in refused.stderr
     assert lab.cert_status(new_serial) == "Valid"
+
+
+LEFT_BEHIND = {
+    # what an earlier run left (the fault that left it): read from the state, its key's public part
+    "a pending certificate (the reload failed)": ({"CERTRENEW_RELOAD_COMMAND": "false"}, "certificate"),
+    "a validated order (the download failed)": ({}, "order"),
+}
+
+
+@pytest.mark.parametrize("case", LEFT_BEHIND)
+def test_reissue_orders_with_a_new_key_not_one_an_earlier_run_left(lab, proxy, tmp_path, case):
+    """Their keys sat in the state dir beside the leaked one: --reissue discards them, never serves them."""
+    env, kind = LEFT_BEHIND[case]
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'[[certificate]]\ndomains = ["{NAME}"]\n')
+    old_serial = issue(lab, env=proxy.env)
+    old_key = public_key(lab.served_certificate(NAME))
+    if kind == "order":
+        proxy.on_request = lambda method, path: Reply(500, b"oops") if step_of(path) == "certificate" else None
+    failed = lab.certrenew("run", "--config", str(config), "--force", env={**proxy.env, **env})
+    assert failed.returncode == 1, failed.stderr
+    proxy.on_request = lambda method, path: None
+    store = FileStore(lab.state_dir)
+    if kind == "order":
+        order = store.load_order(NAME)
+        assert order is not None, failed.stderr  # the fault happened: a validated order is left
+        left_key = public_der(load_key(order.key_pem).public_key())
+    else:
+        pending = store.load_bundle(NAME, "pending")
+        assert pending is not None, failed.stderr  # the fault happened: a pending certificate is left
+        left_key = public_der(load_key(pending).public_key())
+    orders = proxy.count("new-order")
+
+    result = revoke(lab, NAME, "--yes", "--reissue", "--reason", "keyCompromise", "--config", str(config),
+                    env=proxy.env)
+    assert result.returncode == 0, result.stderr
+    new_serial = leaf_info((lab.ssl_dir / f"{NAME}.pem").read_bytes()).serial
+    served = lab.wait_served_serial(NAME, new_serial)
+    assert public_key(served) not in (old_key, left_key)
+    assert proxy.count("new-order") == orders + 1  # ordered anew
+    assert lab.cert_status(old_serial) == "Revoked"
+    assert not store.unfinished(NAME)
 
 
 def test_delete_over_the_runtime_api_removes_it_everywhere_and_keeps_the_state(lab, tmp_path):

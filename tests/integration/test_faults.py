@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography.hazmat.primitives.asymmetric import ec
-from faultproxy import DROP, Drip, Forge, Reply, Stall, forged_chain
+from faultproxy import DROP, LOSE, Drip, Forge, Reply, Skew, Stall, forged_chain
 from faultproxy import step as step_of
 from faults import NAME, held_open
 
 from certrenew.bundle import pem_blocks
+from certrenew.store import FileStore
 
 NO_AUTHZ_REUSE = {"PEBBLE_AUTHZREUSE": "0"}
 """Every order validates afresh, so faults during validation really happen during validation."""
@@ -161,6 +162,97 @@ def test_ca_stopped_mid_order(guard_for, proxy, lab):
     result = guard.run("--force")  # a restarted pebble forgot the account: registered again
     assert result.returncode == 0, result.stderr
     guard.recover()
+
+
+# The account.
+
+@pytest.mark.parametrize("times", [1, None], ids=["once", "every time"])
+def test_a_lost_answer_to_the_registration_does_not_wedge_the_runs(guard_for, proxy, lab, times):
+    """Pebble registers the key, certrenew never hears so: asked again, the CA answers with the
+    key's account (RFC 8555 section 7.3.1), in the same run (lost once) or the next (lost every time)."""
+    guard = guard_for(f"CA's answer to the registration lost {'once' if times else 'every time'}", proxy)
+    proxy.on_request = lost = failing("account", LOSE, times=times)
+    result = guard.run()
+    assert proxy.altered == len(lost.hits) >= 1  # pebble answered, and certrenew did not hear it
+    if times is None:
+        assert result.returncode == 1 and "cannot register the account" in result.stderr, result.stderr
+        account = FileStore(lab.state_dir).load_account(proxy.directory_url)
+        assert account is not None and account.uri is None  # the key is kept, with no account URL
+    else:
+        assert result.returncode == 0, result.stderr
+    proxy.on_request = lambda method, path: None
+    if times is None:  # past the back-off the failure earned; not agreeing again: the account is only looked up
+        again = guard.run("--force", env={"CERTRENEW_AGREE_TOS": None})
+        assert again.returncode == 0, again.stderr
+    guard.recover()
+    assert FileStore(lab.state_dir).load_account(proxy.directory_url).uri
+
+
+def test_sigterm_during_the_registration_and_the_next_run_picks_up(guard_for, proxy):
+    guard = guard_for("SIGTERM during the registration", proxy)
+    process: list[subprocess.Popen] = []
+
+    def kill_and_wait() -> None:
+        process[0].send_signal(signal.SIGTERM)
+        process[0].wait(10)
+
+    proxy.on_request = stop = at("account", kill_and_wait)  # pebble registers the key once certrenew is gone
+    process.append(guard.start())
+    out, err = process[0].communicate(timeout=60)
+    assert (stop.ran, stop.errors) == (1, [])
+    assert process[0].returncode == 143 and "the next run picks up from here" in err, err
+    proxy.on_request = lambda method, path: None
+    guard.recover()  # as it said
+
+
+def test_a_ca_that_forgot_the_account_is_asked_for_the_keys_account_again(guard_for, proxy, lab):
+    """A restarted pebble forgets the stored account; a run registers the key again but fails before
+    it stores the new URL; the next run's registration must find that account, not fail on a conflict."""
+    guard = guard_for("CA restarted, account registered again by a failed run", proxy)
+    guard.establish()
+    lab.stop_pebble()
+    lab.start_pebble()
+    proxy.on_request = fault = failing_from("challenge", INTERNAL)
+    failed = guard.run("--force")
+    assert failed.returncode == 1 and fault.hits, failed.stderr
+    assert "registering the key again" in failed.stderr, failed.stderr
+    guard.survived()
+    proxy.on_request = lambda method, path: None
+    accounts = proxy.count("account")
+    result = guard.run("--force")
+    assert result.returncode == 0 and "registering the key again" in result.stderr, result.stderr
+    assert proxy.count("account") == accounts + 1  # one newAccount, answered with the key's account
+    guard.recover()
+
+
+# The host's clock.
+
+CLOCKS = {
+    # case: (the CA's clock less this host's, in minutes; whether the run orders)
+    "10 min behind the CA's": (10, False),
+    "1 min behind the CA's (tolerated)": (1, True),
+    "10 min ahead of the CA's (harmless)": (-10, True),
+}
+
+
+@pytest.mark.parametrize("case", CLOCKS)
+def test_a_host_clock_behind_the_cas_is_named_before_anything_is_ordered(guard_for, proxy, case):
+    """A certificate issued by a CA whose clock is ahead would be refused here as not yet valid, an order
+    each time: the CA's Date header tells first. The proxy dates pebble's answers by another clock."""
+    minutes, orders = CLOCKS[case]
+    guard = guard_for(f"host clock {case}", proxy)
+    proxy.on_request = lambda method, path: Skew(minutes * 60)
+    result = guard.run()
+    assert proxy.altered >= 1
+    if orders:
+        assert result.returncode == 0 and proxy.count("new-order") == 1, result.stderr
+    else:
+        assert result.returncode == 1 and result.stderr.count("failed:") == 1, result.stderr
+        assert "this host's clock is 10 min behind the CA's" in result.stderr, result.stderr
+        assert "sync the clock (chrony, systemd-timesyncd)" in result.stderr and "Traceback" not in result.stderr
+        assert proxy.count("new-order") == proxy.count("account") == 0  # refused before registering, too
+    proxy.on_request = lambda method, path: None
+    guard.recover()  # no back-off: the run after the fix goes ahead
 
 
 # What the CA returns.

@@ -53,7 +53,7 @@ def issue_with(lab, solver_of) -> tuple[RecordingSolver, object]:
         except CertrenewError as error:
             result = error
     with pytest.raises(ConnectionRefusedError):  # the caller's exit closed the port
-        socket.create_connection(responder.address, timeout=2)
+        socket.create_connection((responder.address.host, responder.address.port), timeout=2)
     return solver, result
 
 
