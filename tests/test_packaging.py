@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,14 @@ def test_the_wheel_runs_from_a_clean_virtualenv(dist, tmp_path):
     assert (version.returncode, version.stdout) == (0, f"certrenew {certrenew.__version__}\n"), version.stderr
     usage = subprocess.run([bin_dir / "certrenew", "--help"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 0 and usage.stdout.startswith("usage: certrenew"), usage.stderr
+
+
+def test_the_wheel_holds_every_module(dist):
+    """Every module of the source tree, a new subpackage's too (pyproject lists packages by name)."""
+    (wheel,) = dist.glob("certrenew-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        modules = {name for name in archive.namelist() if name.endswith(".py")}
+    assert modules == {str(path.relative_to(ROOT)) for path in (ROOT / "certrenew").rglob("*.py")}
 
 
 def test_the_sdist_holds_the_source_the_units_and_the_docs(dist):
