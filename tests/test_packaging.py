@@ -96,7 +96,8 @@ def test_the_sdist_holds_the_source_the_units_and_the_docs(dist):
 def test_the_documented_install_works_and_its_units_verify(dist):
     """The Install block as written, but for apt (the packages must be installed already)
     and systemctl (systemd is not PID 1 here): `systemd-analyze verify` stands in for it,
-    which fails if ExecStart's program is missing; then certrenew runs as its user, and
+    which fails if ExecStart's program is missing; then certrenew runs as its user (and writes
+    HAProxy's placeholder into the ssl dir), and
     each path a unit must find (ReadWritePaths= without "-", a file: Documentation=) exists."""
     (sdist,) = dist.glob("certrenew-*.tar.gz")
     script, packages, units = [SANDBOX], [], []
@@ -122,6 +123,7 @@ def test_the_documented_install_works_and_its_units_verify(dist):
         f"verdict=$(systemd-analyze verify --man=no {' '.join(units)} 2>&1)",
         '[ -z "$verdict" ] || { echo "systemd-analyze verify: $verdict" >&2; exit 1; }',
         "runuser -u certrenew -- certrenew --version",
+        "runuser -u certrenew -- certrenew bootstrap-ssl-dir",  # set-up's next step: the ssl dir is the user's
         f"ls -d {' '.join(sorted(needed))}",
     ]
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", "\n".join(script),
