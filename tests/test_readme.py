@@ -1,4 +1,5 @@
-"""The README cannot drift from the code: its options table, command synopsis, module list and first commands."""
+"""The README cannot drift from the code: its options table, command synopsis, module list and first commands,
+and the sections the shipped files point at."""
 
 import re
 from pathlib import Path
@@ -83,3 +84,27 @@ def test_the_architecture_list_names_every_module_and_only_those():
 def test_the_first_code_block_is_the_demo_and_the_tests():
     first = _code_blocks(README)[0]
     assert "scripts/demo" in first and "scripts/test" in first
+
+
+def _anchors() -> set[str]:
+    """The ids GitHub gives the README's headings: lower case, punctuation dropped, spaces to hyphens."""
+    prose = re.sub(r"^```.*?^```", "", README, flags=re.M | re.S)  # a `# comment` in a code block is no heading
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.+)$", prose, re.M)}
+
+
+def test_the_shipped_files_point_at_readme_sections_that_exist():
+    """The Dockerfile, the units, HAProxy's config and the examples name a section as README.md#anchor
+    (a quoted heading goes stale unseen), and each anchor is one of the README's headings."""
+    anchors = _anchors()
+    shipped = [ROOT / "Dockerfile", *(path for folder in ("systemd", "haproxy", "examples")
+                                      for path in (ROOT / folder).rglob("*") if path.is_file())]
+    pointers = 0
+    for path in shipped:
+        text = path.read_text()
+        vague = re.findall(r".*\bREADME\b(?!\.md).*", text)
+        assert not vague, f"{path.relative_to(ROOT)}: name the README's section as README.md#anchor: {vague}"
+        for anchor in re.findall(r"README\.md#([\w-]+)", text):
+            assert anchor in anchors, f"{path.relative_to(ROOT)}: README.md#{anchor}: the README has no such section"
+            pointers += 1
+    assert pointers >= 4  # the Dockerfile, both units, the compose example
