@@ -131,27 +131,14 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
     work = []
     for spec in specs:
         try:
-            if store.unfinished(spec.name):
-                log.info("%s: completing what a previous run left", spec.name)
-                work.append((spec, "resume"))
-                continue
-            record = store.load_record(spec.name)
-        except CertrenewError as error:  # an unreadable record fails its certificate, not the run
-            outcomes[spec.name] = Outcome(spec.name, "failed", str(error))
+            step = _step(settings, store, spec, now)
+        except Exception as error:  # an unreadable record, or a fault nobody foresaw, fails its certificate alone
+            outcomes[spec.name] = Outcome(spec.name, "failed", str(_expected(error)))
             continue
-        if record is not None and record.failed_settings not in (None, _settings_of(spec, settings.directory_url)):
-            record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
-        decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
-                          settings.directory_url)
-        if decision.due:
-            log.info("%s: renewing (%s)", spec.name, decision.reason)
-            work.append((spec, "issue"))
-        elif decision.deferred:
-            outcomes[spec.name] = Outcome(spec.name, "deferred", decision.reason)
-        elif ari_check_due(record, now):
-            work.append((spec, "check"))
+        if isinstance(step, Outcome):
+            outcomes[spec.name] = step
         else:
-            outcomes[spec.name] = Outcome(spec.name, "unchanged", decision.reason)
+            work.append((spec, step))
 
     hook_failures = []
     if work:
@@ -168,6 +155,26 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
             hook_failures = do_work()
     return Report([outcomes[spec.name] for spec in specs], hook_failures)
+
+
+def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime) -> str | Outcome:
+    """What this run does for `spec`: an Issuer step ("resume", "issue" or "check"), or the Outcome of doing nothing."""
+    if store.unfinished(spec.name):
+        log.info("%s: completing what a previous run left", spec.name)
+        return "resume"
+    record = store.load_record(spec.name)
+    if record is not None and record.failed_settings not in (None, _settings_of(spec, settings.directory_url)):
+        record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
+    decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
+                      settings.directory_url)
+    if decision.due:
+        log.info("%s: renewing (%s)", spec.name, decision.reason)
+        return "issue"
+    if decision.deferred:
+        return Outcome(spec.name, "deferred", decision.reason)
+    if ari_check_due(record, now):
+        return "check"
+    return Outcome(spec.name, "unchanged", decision.reason)
 
 
 def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],

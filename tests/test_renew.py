@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime
+import json
 import re
 import sys
 from pathlib import Path
@@ -73,6 +74,33 @@ def test_an_unreadable_record_fails_its_certificate_only(settings, no_ca):
     outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed")]
     assert outcomes[1].detail == "corrupt state file memory:b/record: key_type: expected a string, not 5"
+
+
+def test_a_record_well_formed_but_inconsistent_fails_its_certificate_alone_in_run_and_status(settings, no_ca):
+    store = MemoryStore()
+    store.save_record(issued("a"))
+    store.save_record(issued("c"))
+    bad = {**issued("b").to_json(), "not_before": None}  # it made the decision fail an assert, and the run end
+    store.documents["b", "record"] = json.dumps(bad).encode()
+    outcomes = renew.run(settings, [spec("a"), spec("b"), spec("c")], store).outcomes
+    assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed"), ("c", "unchanged")]
+    reason = "corrupt state file memory:b/record: not_before and not_after go together, but only one of them is set"
+    assert outcomes[1].detail == reason
+    rows = status.collect(settings, [spec("a"), spec("b"), spec("c")], store, now=NOW)
+    assert [(row.name, row.state, row.last_result) for row in rows] == [
+        ("a", "ok", "ok"), ("b", "failing", f"failed: {reason}"), ("c", "ok", "ok")]
+
+
+def test_a_fault_nobody_foresaw_while_deciding_fails_that_certificate_alone(settings, no_ca, monkeypatch):
+    store = MemoryStore()
+    store.save_record(issued("a"))
+    store.save_record(issued("b"))
+    load_record = store.load_record
+    monkeypatch.setattr(store, "load_record", lambda name: 1 / 0 if name == "a" else load_record(name))
+    outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
+    assert [(o.name, o.action, o.detail) for o in outcomes] == [
+        ("a", "failed", "unexpected ZeroDivisionError: division by zero (run with -v for the traceback)"),
+        ("b", "unchanged", outcomes[1].detail)]
 
 
 def test_a_run_waits_for_the_store_and_gives_up(settings, no_ca):
