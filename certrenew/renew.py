@@ -21,7 +21,7 @@ from certrenew.challenge import ChallengeSolver, check_domains
 from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
 from certrenew.domains import check_normalized
-from certrenew.errors import CertrenewError, Refused, UsageError
+from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
 from certrenew.policy import Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.progress import Progress
 from certrenew.store import CertificateRecord, FileStore, Store
@@ -322,13 +322,15 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     """Record a failure with its back-off, so the next runs wait before asking the CA again.
 
     A mistake on our side (`error.backoff` false) is recorded without one: the run after the fix goes ahead.
+    An order refused by the budget waits until the budget frees.
     """
     try:
         record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
     except CertrenewError as unreadable:  # reported, and left for the operator to look at
         return Outcome(spec.name, "failed", f"{error}; and {unreadable}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
-    record.next_attempt = now + backoff(record.failures) if error.backoff else None
+    record.next_attempt = (error.until if isinstance(error, OverBudget)
+                           else now + backoff(record.failures) if error.backoff else None)
     record.failed_settings = _settings_of(spec, directory)
     try:
         store.save_record(record)
