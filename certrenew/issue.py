@@ -154,8 +154,8 @@ class Issuer:
     def _check_budget(self, spec: CertificateSpec) -> None:
         """Refuse to order past the certificate's budget (`policy.ORDER_BUDGET`), whatever asked for it;
         the operator's --force (and so `revoke --reissue`) orders anyway, with a warning."""
-        now = utc_now()
-        until = budget_ends(self.store.load_record(spec.name), now)
+        until = budget_ends(self.store.load_record(spec.name), spec.order_settings(self.settings.directory_url),
+                            utc_now())
         if until is None:
             return
         spent = (f"the CA issued {ORDER_BUDGET} certificates for it in the last "
@@ -168,9 +168,9 @@ class Issuer:
 
     def _count_issue(self, spec: CertificateSpec) -> None:
         """Count a certificate the CA issued against the budget, before it is checked: a refused one counts too."""
-        now = utc_now()
+        now, settings = utc_now(), spec.order_settings(self.settings.directory_url)
         record = self.store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
-        record.recent_issues = [*recent_issues(record, now), now]
+        record.recent_issues, record.issued_settings = [*recent_issues(record, settings, now), now], settings
         self.store.save_record(record)
 
     def _keep(self, spec: CertificateSpec, fullchain: str, key_pem: bytes, action: str) -> Issued:
@@ -232,8 +232,9 @@ class Issuer:
         installed = []
         for item, result in zip(issued, results):
             info = result.info
+            settings = item.spec.order_settings(self.settings.directory_url)
             try:
-                issues = recent_issues(self.store.load_record(item.spec.name), utc_now())
+                issues = recent_issues(self.store.load_record(item.spec.name), settings, utc_now())
             except CertrenewError as error:  # the new record replaces it: only its budget is lost
                 log.warning("%s: %s", item.spec.name, error)
                 issues = []
@@ -247,6 +248,7 @@ class Issuer:
                 issued_at=utc_now(),
                 directory=self.settings.directory_url,
                 recent_issues=issues,
+                issued_settings=settings,
             )
             _apply_window(record, item.window)
             try:

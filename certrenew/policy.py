@@ -74,15 +74,22 @@ def ari_renew_at(record: CertificateRecord) -> datetime.datetime | None:
     return record.ari_renew_at
 
 
-def recent_issues(record: CertificateRecord | None, now: datetime.datetime) -> list[datetime.datetime]:
-    """The times the CA issued a certificate for `record` within BUDGET_PERIOD before `now`, oldest first."""
-    return sorted(when for when in record.recent_issues if when > now - BUDGET_PERIOD) if record else []
+def recent_issues(record: CertificateRecord | None, settings: str, now: datetime.datetime) -> list[datetime.datetime]:
+    """The times the CA issued a certificate for `record` with these `settings` (`CertificateSpec.order_settings`)
+    within BUDGET_PERIOD before `now`, oldest first.
+
+    Issues with other settings do not count: a change of names, key type or CA is the operator's,
+    once, not a loop; a certificate from the staging CA must not hold back the production one.
+    """
+    if record is None or record.issued_settings != settings:
+        return []
+    return sorted(when for when in record.recent_issues if when > now - BUDGET_PERIOD)
 
 
-def budget_ends(record: CertificateRecord | None, now: datetime.datetime) -> datetime.datetime | None:
-    """When the certificate may be ordered again, if it has had ORDER_BUDGET certificates within
-    BUDGET_PERIOD; None while it may be ordered now."""
-    issues = recent_issues(record, now)
+def budget_ends(record: CertificateRecord | None, settings: str, now: datetime.datetime) -> datetime.datetime | None:
+    """When the certificate may be ordered again, if it has had ORDER_BUDGET certificates with these
+    `settings` within BUDGET_PERIOD; None while it may be ordered now."""
+    issues = recent_issues(record, settings, now)
     return issues[-ORDER_BUDGET] + BUDGET_PERIOD if len(issues) >= ORDER_BUDGET else None
 
 

@@ -163,7 +163,7 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
         log.info("%s: completing what a previous run left", spec.name)
         return "resume"
     record = store.load_record(spec.name)
-    if record is not None and record.failed_settings not in (None, _settings_of(spec, settings.directory_url)):
+    if record is not None and record.failed_settings not in (None, spec.order_settings(settings.directory_url)):
         record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
     decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
                       settings.directory_url)
@@ -331,18 +331,12 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = (error.until if isinstance(error, OverBudget)
                            else now + backoff(record.failures) if error.backoff else None)
-    record.failed_settings = _settings_of(spec, directory)
+    record.failed_settings = spec.order_settings(directory)
     try:
         store.save_record(record)
     except CertrenewError as unwritable:
         return Outcome(spec.name, "failed", f"{error}; and {unwritable}")
     return Outcome(spec.name, "failed", str(error))
-
-
-def _settings_of(spec: CertificateSpec, directory: str) -> str:
-    """What an order depends on (the certificate's settings and the CA's directory URL), to tell a retry
-    from a new attempt: a back-off earned against a mistyped URL ends when it is fixed."""
-    return f"{','.join(spec.domains)} {spec.key_type} {spec.profile or '-'} {spec.challenge} {directory}"
 
 
 def _check_ssl_dir(settings: Settings) -> None:

@@ -119,6 +119,8 @@ class CertificateRecord:
     (taken as the current CA, so an upgrade does not reissue everything)."""
     recent_issues: list[datetime.datetime] = dataclasses.field(default_factory=list)
     """When the CA issued it a certificate, within the last `policy.BUDGET_PERIOD`: its order budget."""
+    issued_settings: str | None = None
+    """The certificate's settings when those were issued: other settings start a fresh budget."""
 
     DATETIMES: ClassVar[tuple[str, ...]] = (
         "not_before", "not_after", "issued_at", "ari_window_start", "ari_window_end", "ari_renew_at",
@@ -126,7 +128,8 @@ class CertificateRecord:
     )
     """The fields kept as ISO 8601 text in JSON."""
     TYPES: ClassVar[dict[str, Any]] = {"name": _STRING, "key_type": _STRING, "serial": _OPTIONAL_STRING,
-                                       "last_error": _OPTIONAL_STRING, "directory": _OPTIONAL_STRING}
+                                       "last_error": _OPTIONAL_STRING, "directory": _OPTIONAL_STRING,
+                                       "failed_settings": _OPTIONAL_STRING, "issued_settings": _OPTIONAL_STRING}
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)

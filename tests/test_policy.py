@@ -82,16 +82,17 @@ def test_a_window_that_closed_before_the_certificate_was_issued_is_not_about_it(
     assert "ARI" in decide(older, ["a.example"], "ecdsa-p256", NOW).reason  # a mass revocation's window
 
 
-def test_the_order_budget_is_a_rolling_day_of_issued_certificates():
+def test_the_order_budget_is_a_rolling_day_of_certificates_issued_with_the_same_settings():
     hour = datetime.timedelta(hours=1)
     spent = record(90, 0)
     assert ORDER_BUDGET == 3 and BUDGET_PERIOD == DAY
-    spent.recent_issues = [NOW - 30 * hour, NOW - 20 * hour, NOW - 2 * hour]
-    assert budget_ends(spent, NOW) is None  # the first fell out of the day
+    spent.recent_issues, spent.issued_settings = [NOW - 30 * hour, NOW - 20 * hour, NOW - 2 * hour], "S"
+    assert budget_ends(spent, "S", NOW) is None  # the first fell out of the day
     spent.recent_issues.append(NOW - hour)
-    assert budget_ends(spent, NOW) == NOW + 4 * hour  # when the one 20 h ago falls out
-    assert budget_ends(spent, NOW + 4 * hour) is None
-    assert budget_ends(None, NOW) is None
+    assert budget_ends(spent, "S", NOW) == NOW + 4 * hour  # when the one 20 h ago falls out
+    assert budget_ends(spent, "S", NOW + 4 * hour) is None
+    assert budget_ends(spent, "other names, key type or CA", NOW) is None  # a fresh budget
+    assert budget_ends(None, "S", NOW) is None
 
 
 def test_the_daemon_wakes_for_an_ari_window_earlier_than_the_lifetime_rule():
