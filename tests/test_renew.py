@@ -13,12 +13,13 @@ from memstore import MemoryStore
 from certrenew import renew, status
 from certrenew.bundle import CertificateInfo
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError, ConfigurationError, UsageError
+from certrenew.errors import CertrenewError, ConfigurationError, OverBudget, UsageError
 from certrenew.progress import Progress
 from certrenew.store import CertificateRecord
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
+HOUR = datetime.timedelta(hours=1)
 PEM_PATH = Path("/ssl/x.pem")
 CA = "https://ca.example/directory"
 INFO = CertificateInfo("1f", NOW, NOW + 90 * DAY, ("x.example",), "00")
@@ -263,6 +264,18 @@ def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
     assert outcome.action == "failed"
     assert outcome.detail == "unexpected KeyError: 'surprise' (run with -v for the traceback)"
     assert store.load_record("a").failures == 1
+
+
+def test_an_order_over_budget_waits_until_the_budget_frees_not_for_the_back_off(settings, no_ca):
+    store = MemoryStore()
+    store.save_record(issued("a", ari_window_start=NOW - DAY, ari_window_end=NOW + DAY, ari_renew_at=NOW - DAY))
+    outcome = renew._failed(store, NOW, spec("a"), settings.directory_url,
+                            OverBudget("not ordered: its budget", NOW + 20 * HOUR))
+    assert outcome.action == "failed" and store.load_record("a").next_attempt == NOW + 20 * HOUR
+    [held] = renew.run(settings, [spec("a")], store)  # due by its window, held back until then
+    assert held.action == "deferred" and "its budget" in held.detail
+    [row] = status.collect(settings, [spec("a")], store, now=NOW)
+    assert (row.state, row.next_renewal) == ("failing", NOW + 20 * HOUR)
 
 
 def test_status_shows_an_unreadable_record_as_failing_with_the_reason(settings):
