@@ -143,12 +143,15 @@ class CertificateRecord:
     def from_json(cls, data: dict, name: str | None = None) -> "CertificateRecord":
         """The record in `data`, checked as a whole (see `check`); `name`: the certificate it must be of."""
         values = {key: data[key] for key in _RECORD_FIELDS if key in data}  # not "version", nor newer fields
-        for key in cls.DATETIMES:
+        for key in cls.DATETIMES:  # inline, not a call per time: a run over 10,000 certificates reads 70,000
             value = values.get(key)
             if value is not None:
-                values[key] = _datetime(key, value)
-        if "recent_issues" in values:
-            issues = values["recent_issues"]
+                when = values[key] = datetime.datetime.fromisoformat(value if type(value) is str
+                                                                     else _text(key, value))
+                if when.tzinfo is None:
+                    raise ValueError(f"{key}: {value!r} has no time zone")
+        issues = values.get("recent_issues")
+        if issues:  # at most ORDER_BUDGET, and none in most records
             if not isinstance(issues, list):
                 raise ValueError(f"recent_issues: expected a list of times, not {issues!r}")
             values["recent_issues"] = [_datetime("recent_issues", value) for value in issues]
@@ -168,11 +171,12 @@ class CertificateRecord:
             raise ValueError(f"name: {self.name!r}, but this is the record of {name!r}")
         if type(self.failures) is not int or self.failures < 0:
             raise ValueError(f"failures: expected a whole number, not {self.failures!r}")
-        for start, end in (("not_before", "not_after"), ("ari_window_start", "ari_window_end")):
-            first, last = getattr(self, start), getattr(self, end)
+        for start, first, end, last in (("not_before", self.not_before, "not_after", self.not_after),
+                                        ("ari_window_start", self.ari_window_start, "ari_window_end",
+                                         self.ari_window_end)):
             if (first is None) != (last is None):
                 raise ValueError(f"{start} and {end} go together, but only one of them is set")
-            if first is not None and first > last:
+            if first is not None and last is not None and first > last:
                 raise ValueError(f"{start} {first.isoformat()} is after {end} {last.isoformat()}")
 
 
@@ -181,7 +185,7 @@ _RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(CertificateRec
 
 def _datetime(key: str, value: Any) -> datetime.datetime:
     """A time as kept in JSON: ISO 8601 text with its time zone."""
-    when = datetime.datetime.fromisoformat(value if type(value) is str else _text(key, value))
+    when = datetime.datetime.fromisoformat(_text(key, value))
     if when.tzinfo is None:
         raise ValueError(f"{key}: {value!r} has no time zone")
     return when
