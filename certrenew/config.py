@@ -94,6 +94,12 @@ class CertificateSpec:
         for DNS-01 the one of its DNS settings (they may differ from certificate to certificate)."""
         return self.dns if self.dns is not None else self.challenge
 
+    def order_settings(self, directory: str) -> str:
+        """What an order depends on (these settings and the CA's directory URL), to tell a retry from a
+        new attempt: a change ends a back-off (one earned against a mistyped URL ends when it is fixed)
+        and starts a fresh order budget (a switch from staging to production is not a loop)."""
+        return f"{','.join(self.domains)} {self.key_type} {self.profile or '-'} {self.challenge} {directory}"
+
 
 @dataclass(frozen=True)
 class Settings:

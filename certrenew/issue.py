@@ -19,10 +19,10 @@ from certrenew.acme_transport import Deadline, RequestCounter
 from certrenew.bundle import CertificateInfo, check_bundle, check_clock, check_issued, leaf_certificate
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, OverBudget
 from certrenew.install import Installer, InstallResult
 from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
-from certrenew.policy import Decision, decide, utc_now
+from certrenew.policy import BUDGET_PERIOD, ORDER_BUDGET, Decision, budget_ends, decide, minutes, recent_issues, utc_now
 from certrenew.store import Account, CertificateRecord, PendingOrder, Store
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class Issuer:
     def issue(self, spec: CertificateSpec) -> Issued:
         """Order a new certificate for `spec` and keep it as pending."""
         self.installer.check_place(spec.name)
+        self._check_budget(spec)
         client, solver = self._client(), self._solver(spec)
         self.before_order(spec)
         domains = list(spec.domains)
@@ -150,12 +151,35 @@ class Issuer:
             return self.issue(spec)
         return self._keep(spec, fullchain, order.key_pem, "installed")
 
+    def _check_budget(self, spec: CertificateSpec) -> None:
+        """Refuse to order past the certificate's budget (`policy.ORDER_BUDGET`), whatever asked for it;
+        the operator's --force (and so `revoke --reissue`) orders anyway, with a warning."""
+        until = budget_ends(self.store.load_record(spec.name), spec.order_settings(self.settings.directory_url),
+                            utc_now())
+        if until is None:
+            return
+        spent = (f"the CA issued {ORDER_BUDGET} certificates for it in the last "
+                 f"{BUDGET_PERIOD.total_seconds() / 3600:g} h, its budget")
+        if self.settings.force:
+            log.warning("%s: %s; ordering anyway (--force)", spec.name, spent)
+            return
+        raise OverBudget(f"not ordered: {spent} (is the CA's renewal window, or the clock, asking again and "
+                         f"again?); next order after {minutes(until)} UTC, or now with --force", until)
+
+    def _count_issue(self, spec: CertificateSpec) -> None:
+        """Count a certificate the CA issued against the budget, before it is checked: a refused one counts too."""
+        now, settings = utc_now(), spec.order_settings(self.settings.directory_url)
+        record = self.store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
+        record.recent_issues, record.issued_settings = [*recent_issues(record, settings, now), now], settings
+        self.store.save_record(record)
+
     def _keep(self, spec: CertificateSpec, fullchain: str, key_pem: bytes, action: str) -> Issued:
         """Keep the issued certificate as pending before anything else can fail, once it is proven ours,
         then ask for its window.
 
         A refused one is not kept, nor is its order: downloading it again would bring the same.
         """
+        self._count_issue(spec)
         try:
             bundle = check_issued(fullchain.encode(), key_pem, spec.domains, utc_now())
         except CertrenewError:
@@ -208,6 +232,12 @@ class Issuer:
         installed = []
         for item, result in zip(issued, results):
             info = result.info
+            settings = item.spec.order_settings(self.settings.directory_url)
+            try:
+                issues = recent_issues(self.store.load_record(item.spec.name), settings, utc_now())
+            except CertrenewError as error:  # the new record replaces it: only its budget is lost
+                log.warning("%s: %s", item.spec.name, error)
+                issues = []
             record = CertificateRecord(
                 name=item.spec.name,
                 domains=list(item.spec.domains),
@@ -217,6 +247,8 @@ class Issuer:
                 not_after=info.not_after,
                 issued_at=utc_now(),
                 directory=self.settings.directory_url,
+                recent_issues=issues,
+                issued_settings=settings,
             )
             _apply_window(record, item.window)
             try:

@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import signal
@@ -351,6 +352,35 @@ def test_a_run_by_hand_beside_the_daemon_is_serialised_by_the_lock(lab, start_da
     assert daemon.stop()[0] == 0
 
 
+def test_a_record_that_does_not_hold_together_fails_its_certificate_alone_everywhere(lab, start_daemon):
+    config = write_config(lab, TWO)
+    assert lab.certrenew("run", "--config", str(config)).returncode == 0
+    meta = lab.state_dir / "certificates" / "beta" / "meta.json"
+    meta.write_text(meta.read_text().replace('"not_before": "', '"not_before": null, "was": "'))  # parseable JSON
+    config.write_text(TWO + '\n[[certificate]]\nname = "gamma"\ndomains = ["gamma.example"]\n')
+    reason = f"corrupt state file {meta}: not_before and not_after go together, but only one of them is set"
+
+    run = lab.certrenew("run", "--config", str(config))
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "alpha: unchanged" in run.stdout and "gamma: issued" in run.stdout, run.stdout
+    assert f"beta: failed: {reason}" in run.stderr
+    status = lab.certrenew("status", "--config", str(config), "--json")
+    rows = {row["name"]: row for row in json.loads(status.stdout)["certificates"]}
+    assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
+    assert {name: row["state"] for name, row in rows.items()} == {"alpha": "ok", "beta": "failing", "gamma": "ok"}
+    assert rows["beta"]["last_result"].startswith(f"failed: {reason}")
+
+    daemon = start_daemon(lab, config)
+    daemon.wait_log("pass done: 3 certificates: 2 unchanged, 1 failed")
+    health = daemon.get("/healthz")
+    assert health.status_code == 503 and health.json()["unhealthy"] == ["beta"]
+    metrics = daemon.get("/metrics")
+    assert metrics.status_code == 200
+    assert set(metric(metrics, "certrenew_certificate_expiration_timestamp_seconds")) == {"alpha", "gamma"}
+    assert metric(metrics, "certrenew_certificate_ready") == {"alpha": 1.0, "beta": 0.0, "gamma": 1.0}
+    assert daemon.stop()[0] == 0 and "Traceback" not in daemon.log
+
+
 def test_a_daemon_started_while_a_run_holds_the_port_waits_for_it(lab, start_daemon):
     import socket
 
@@ -385,8 +415,6 @@ def test_on_the_shipped_unix_socket_a_run_beside_the_daemon_borrows_its_responde
 
 
 def test_the_log_can_be_json(lab, start_daemon):
-    import json
-
     daemon = start_daemon(lab, write_config(lab, ONE), "--log-format", "json")
     daemon.wait_served("alpha", "alpha.example")
     daemon.wait_log("next pass at")
