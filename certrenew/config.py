@@ -102,6 +102,8 @@ class Settings:
     staging: bool = False
     email: str | None = None
     agree_tos: bool = False
+    eab_kid: str | None = None
+    eab_hmac_key_file: Path | None = None
     ca_bundle: str | None = None
     state_dir: Path = Path("/var/lib/certrenew")
     ssl_dir: Path = Path("/etc/haproxy/ssl")
@@ -308,6 +310,12 @@ def _directory_url(url: str) -> str:
     return url
 
 
+def _eab_kid(kid: str) -> str:
+    if kid.split() != [kid]:
+        raise ValueError(f"{kid!r} is not a key id: give it as the CA wrote it")
+    return kid
+
+
 def _existing_file(path: str) -> str:
     if not Path(path).is_file():
         raise ValueError(f"{path} does not exist")
@@ -378,6 +386,10 @@ OPTIONS = [
     Option("staging", "use Let's Encrypt's staging CA", bool),
     Option("email", "contact address for the ACME account", metavar="ADDR"),
     Option("agree_tos", "agree to the CA's terms of service (needed to register an account)", bool),
+    Option("eab_kid", "external account binding: the key id the CA gave, for a CA that binds new accounts to "
+           "an account with it (ZeroSSL, Google, SSL.com, Sectigo)", metavar="KID", check=_eab_kid),
+    Option("eab_hmac_key_file", "external account binding: a file (mode 600) holding the HMAC key the CA gave "
+           "with the key id, base64url; read only when an account is created", Path, "PATH"),
     Option("ca_bundle", "CA bundle to verify the ACME server (default: system store or REQUESTS_CA_BUNDLE)",
            metavar="PATH", check=_existing_file),
     Option("state_dir", "accounts, keys, certificates and records (default /var/lib/certrenew)", Path, "DIR"),
@@ -473,6 +485,9 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
     settings = Settings(**values)
     if settings.staging and settings.directory != LETSENCRYPT:
         raise UsageError(f"--staging and --directory ({settings.directory}) both name a CA; pass one")
+    if (settings.eab_kid is None) != (settings.eab_hmac_key_file is None):
+        raise UsageError("an external account binding takes both the key id (--eab-kid) and the file of its HMAC "
+                         "key (--eab-hmac-key-file)")
     if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == parse_listen(settings.listen).port:
         # The responder's port is the one the internet reaches through HAProxy.
         raise UsageError(f"the metrics address {settings.metrics_listen} (--metrics-listen) uses the responder's "

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
-from certrenew.acme_account import new_account_key_pem
+from certrenew.acme_account import ExternalAccount, new_account_key_pem
 from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme_client import AcmeClient
 from certrenew.acme_transport import Deadline, RequestCounter
@@ -274,7 +274,8 @@ class Issuer:
         client = AcmeClient(settings.directory_url, account.key_pem, self.deadline, settings.ca_bundle,
                             self.counter)
         check_clock(client.transport.ca_clock_ahead)  # at the first login of the run: before any order
-        self._remember_account(client.login(account.uri, settings.email, settings.agree_tos))
+        eab = ExternalAccount(settings.eab_kid, settings.eab_hmac_key_file) if settings.eab_kid and settings.eab_hmac_key_file else None
+        self._remember_account(client.login(account.uri, settings.email, settings.agree_tos, eab))
         return client
 
     def _remember_account(self, uri: str) -> None:

@@ -348,3 +348,11 @@ def test_concurrency_is_bounded_both_ways(tmp_path, value):
     with pytest.raises(UsageError, match="concurrency: must be a whole number from 1 to 64"):
         config_file(tmp_path, f"concurrency = {value}\n")
     assert build_settings({"concurrency": "64"}, None, {}).concurrency == 64
+
+
+@pytest.mark.parametrize("given", [{"eab_kid": "kid-1"}, {"eab_hmac_key_file": "/etc/certrenew/eab.key"}])
+def test_an_external_account_binding_takes_both_the_key_id_and_the_key_file(given):
+    with pytest.raises(UsageError, match="takes both the key id .--eab-kid. and the file"):
+        build_settings(given, environ={})
+    both = build_settings({"eab_kid": "kid-1", "eab_hmac_key_file": "/etc/certrenew/eab.key"}, environ={})
+    assert (both.eab_kid, both.eab_hmac_key_file) == ("kid-1", Path("/etc/certrenew/eab.key"))
