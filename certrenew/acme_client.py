@@ -27,6 +27,7 @@ from certrenew.acme_transport import (
     retry_after_seconds,
 )
 from certrenew.challenge import ChallengeSolver
+from certrenew.domains import is_ip_address
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hints import validation_hint
 
@@ -156,7 +157,8 @@ class AcmeClient:
 
     def _new_order(self, domains: list[str], csr_pem: bytes, replaces: str | None,
                    profile: str | None) -> messages.OrderResource:
-        identifiers = tuple(messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=d) for d in domains)
+        identifiers = tuple(messages.Identifier(typ=messages.IDENTIFIER_IP if is_ip_address(d) else messages.IDENTIFIER_FQDN,
+                                                value=d) for d in domains)
         new_order = _NewOrder(identifiers=identifiers, replaces=replaces, profile=profile)
         response = self.transport.post("create the order", self.transport.directory["newOrder"], new_order)
         body = messages.Order.from_json(response.json())

@@ -21,7 +21,7 @@ from certrenew.challenge import DNS_01, HTTP_01, check_domains
 from certrenew.command import split_command
 from certrenew.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
 from certrenew.dnshook import DnsHook
-from certrenew.domains import normalize_domain, normalize_domains
+from certrenew.domains import is_ip_address, normalize_domain, normalize_domains
 from certrenew.errors import UsageError
 from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
@@ -36,6 +36,8 @@ DEFAULT_CONFIG = Path("/etc/certrenew/certrenew.toml")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")
 WILDCARD_PREFIX = "_wildcard."
 """A wildcard certificate's default name: `*.example.com` -> `_wildcard.example.com` (as mkcert names it)."""
+IP_PREFIX = "ip-"
+"""An IP address certificate's default name: `192.0.2.1` -> `ip-192.0.2.1`, `2001:db8::1` -> `ip-2001-db8--1`."""
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 MAX_SECONDS = 86400.0
@@ -188,8 +190,11 @@ def certificate_specs(name: str | None, domains: Sequence[str], key_types: str |
 
 
 def default_certificate_name(domain: str) -> str:
-    """A certificate is named after its first domain; a wildcard's `*` would be a glob in a file name."""
-    return WILDCARD_PREFIX + domain[2:] if domain.startswith("*.") else domain
+    """A certificate is named after its first domain; a wildcard's `*` would be a glob in a file name, an IPv6
+    address's `:` a separator in HAProxy's Runtime API commands and in PATH-like lists, so both are replaced."""
+    if domain.startswith("*."):
+        return WILDCARD_PREFIX + domain[2:]
+    return IP_PREFIX + domain.replace(":", "-") if is_ip_address(domain) else domain
 
 
 DNS_OPTIONS = ("dns_server", "tsig_key", "dns_zone", "dns_hook", "dns_propagation_timeout")

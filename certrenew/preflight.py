@@ -95,12 +95,13 @@ def probe_all(responder: Responder, settings: Settings, names: Sequence[str]) ->
 def probe(responder: Responder, settings: Settings, name: str) -> Check:
     """Serve a random token on `responder` and fetch it from http://NAME/ the way the CA would."""
     token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
-    url = f"http://{name}{CHALLENGE_PREFIX}{token}"
+    authority = f"[{name}]" if ":" in name else name  # an IPv6 address, in a URL and a Host header
+    url = f"http://{authority}{CHALLENGE_PREFIX}{token}"
     host, port = split_host_port(settings.self_check_address) if settings.self_check_address else (name, 80)
-    where = f"{host}:{port}"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     responder.present(name, token, value)
     try:
-        answer = ask(host, port, name, token, PROBE_TIMEOUT)
+        answer = ask(host, port, authority, token, PROBE_TIMEOUT)
     except socket.gaierror as error:
         return Check(WARN, url, f"{name} does not resolve from this host ({error.strerror}); not checked, "
                                 "the CA's view may differ")
