@@ -132,6 +132,9 @@ class Settings:
     dns_zone: str | None = None
     dns_hook: str | None = None
     dns_propagation_timeout: float = PROPAGATION_TIMEOUT
+    caa_check: bool = False
+    caa_resolver: DnsServer | None = None
+    caa_identity: tuple[str, ...] = ()
     pre_hook: str | None = None
     post_hook: str | None = None
     deploy_hook: str | None = None
@@ -448,6 +451,12 @@ OPTIONS = [
            "'CMD add|remove RECORD VALUE'", metavar="CMD", check=_dns_hook),
     Option("dns_propagation_timeout", "DNS-01: how long to wait until every name server of the zone "
            "answers the record, in seconds (default 120)", float, "SECONDS", _seconds(zero_allowed=True)),
+    Option("caa_check", "before ordering, look up each name's CAA records (RFC 8659) and refuse, without an "
+           "order, a name they forbid to this CA, account or challenge (default off)", bool),
+    Option("caa_resolver", "CAA: the DNS resolver to ask (default: the system's)", metavar="HOST[:PORT]",
+           check=parse_dns_server),
+    Option("caa_identity", "CAA: the CA's issuer domain (e.g. letsencrypt.org) when its directory lists none "
+           "(caaIdentities); repeat for several", metavar="DOMAIN", check=_dns_zone, repeated=True),
     Option("pre_hook", "run before a run that has work (not on a no-op); if it fails, nothing is renewed",
            metavar="CMD", check=_command),
     Option("post_hook", "run after a run that had work, even if the work or the pre-hook failed",

@@ -9,7 +9,7 @@ into HAProxy at once -> recorded as current, from local state alone.
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from certrenew.acme_account import ExternalAccount, new_account_key_pem
@@ -85,6 +85,11 @@ class Issuer:
         """Order a new certificate for `spec` and keep it as pending."""
         self.installer.check_place(spec.name)
         client, solver = self._client(), self._solver(spec)
+        if self.settings.caa_check:
+            from certrenew import caa  # only when asked: no lookup, no dnspython on the usual path
+
+            caa.require(spec.domains, caa_identities(client.transport.directory.meta.caa_identities, self.settings),
+                        client.account_uri, spec.challenge, self.settings.caa_resolver)
         self.before_order(spec)
         domains = list(spec.domains)
         key = generate_key(spec.key_type)
@@ -291,6 +296,11 @@ class Issuer:
         if solver is None:
             raise CertrenewError(f"no solver for the {spec.challenge} challenge in this run")
         return solver
+
+
+def caa_identities(listed: Sequence[str] | None, settings: Settings) -> list[str]:
+    """The CA's issuer domains for CAA: those its directory lists (caaIdentities), else --caa-identity."""
+    return list(listed or settings.caa_identity)
 
 
 def _apply_window(record: CertificateRecord, window: Window) -> None:

@@ -194,6 +194,8 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     profiles = {spec.profile for spec in specs} | {settings.profile}
     checks.extend(_directory_checks(settings.directory_url, settings.ca_bundle, sorted(filter(None, profiles))))
     checks.extend(map(_endpoint_check, settings.verify_endpoint))
+    if settings.caa_check:
+        checks.extend(_caa_checks(settings, specs))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
     if names:
         with Responder(settings.listen, FileStore(settings.state_dir)) as responder:  # the daemon's, if it runs
@@ -282,6 +284,33 @@ def _directory_checks(url: str, ca_bundle: str | None, profiles: Sequence[str]) 
     return [Check(OK, what, "reachable, TLS trusted"),
             *(Check(FAIL, f"profile {profile!r}", problem) if problem else Check(OK, f"profile {profile!r}", "offered")
               for profile, problem in problems)]
+
+
+def _caa_checks(settings: Settings, specs: Sequence[CertificateSpec]) -> list[Check]:
+    """Each name's CAA verdict for this CA, the account of the state dir and the certificate's challenge
+    (see `certrenew.caa`), then the record that would pin them all to this account."""
+    import requests
+
+    from certrenew import caa
+    from certrenew.issue import caa_identities
+
+    try:
+        meta = requests.get(settings.directory_url, verify=settings.ca_bundle or True,
+                            timeout=PROBE_TIMEOUT * 2).json().get("meta") or {}
+    except (requests.RequestException, ValueError, AttributeError):
+        meta = {}  # the directory's own check says why
+    identities = caa_identities(meta.get("caaIdentities"), settings)
+    account = FileStore(settings.state_dir).load_account(settings.directory_url)
+    uri = account.uri if account else None
+    verdicts = {(name, spec.challenge): caa.verdict(name, identities, uri, spec.challenge, settings.caa_resolver)
+                for spec in specs for name in spec.domains}
+    checks = [Check({True: OK, False: FAIL, None: WARN}[verdict.allowed], f"CAA {name}", verdict.detail)
+              for (name, _), verdict in verdicts.items()]
+    if identities and uri:
+        methods = ",".join(sorted({spec.challenge for spec in specs}))
+        checks.append(Check(OK, "CAA pin", "to let only this account issue, publish at each name or a parent: "
+                                           + caa.pin_record("NAME", identities[0], uri, methods)))
+    return checks
 
 
 def _endpoint_check(endpoint: str) -> Check:
