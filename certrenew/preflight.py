@@ -27,7 +27,7 @@ from certrenew import haproxy, hints
 from certrenew.challenge import HTTP_01
 from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError, ConfigurationError
+from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.hostport import split_host_port
 from certrenew.listen import check_socket_dir, create_hint, parse_listen, takeover_risk
 from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
@@ -194,6 +194,8 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     profiles = {spec.profile for spec in specs} | {settings.profile}
     checks.extend(_directory_checks(settings.directory_url, settings.ca_bundle, sorted(filter(None, profiles))))
     checks.extend(map(_endpoint_check, settings.verify_endpoint))
+    if settings.eab_kid and settings.eab_hmac_key_file:
+        checks.append(_eab_check(settings.eab_kid, settings.eab_hmac_key_file))
     if settings.caa_check:
         checks.extend(_caa_checks(settings, specs))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
@@ -284,6 +286,18 @@ def _directory_checks(url: str, ca_bundle: str | None, profiles: Sequence[str]) 
     return [Check(OK, what, "reachable, TLS trusted"),
             *(Check(FAIL, f"profile {profile!r}", problem) if problem else Check(OK, f"profile {profile!r}", "offered")
               for profile, problem in problems)]
+
+
+def _eab_check(kid: str, key_file: Path) -> Check:
+    """The EAB key file can be read as registering will read it (the CA alone can tell whether it is right)."""
+    from certrenew.acme_account import ExternalAccount
+
+    what = f"external account binding {kid!r}"
+    try:
+        ExternalAccount(kid, key_file).hmac_key()
+    except UsageError as error:
+        return Check(FAIL, what, str(error))
+    return Check(OK, what, f"{key_file} holds a key, readable by this user only; used when an account is created")
 
 
 def _caa_checks(settings: Settings, specs: Sequence[CertificateSpec]) -> list[Check]:

@@ -61,3 +61,15 @@ def test_an_account_is_created_only_with_the_binding_the_ca_gave(tmp_path):
         lab.wait_served_serial(NAME, leaf_info((lab.ssl_dir / f"{NAME}.pem").read_bytes()).serial)
         again = lab.certrenew(NAME, "--force")
         assert again.returncode == 0, again.stderr
+
+
+def test_check_reads_the_key_file_as_registering_will(tmp_path):
+    with Lab(tmp_path / "lab", eab_keys={KID: KEY}) as lab:
+        path = key_file(tmp_path, KEY)
+        checked = lab.certrenew("check", env=eab(path))
+        assert f"ok   external account binding {KID!r}: {path} holds a key" in checked.stdout, checked.stdout
+        path.chmod(0o644)
+        checked = lab.certrenew("check", env=eab(path))
+        assert (f"FAIL external account binding {KID!r}: EAB HMAC key file (--eab-hmac-key-file) {path} is open to "
+                "others (mode 0644): chmod 600 it") in checked.stdout, checked.stdout
+        assert checked.returncode == 1 and KEY not in checked.stdout + checked.stderr
