@@ -299,7 +299,7 @@ def _profile(name: str) -> str:
 
 def _dns_zone(zone: str) -> str:
     zone = normalize_domain(zone)
-    if "*" in zone:
+    if "*" in zone or is_ip_address(zone):
         raise ValueError(f"{zone!r} is not a zone name")
     return zone
 

@@ -366,3 +366,5 @@ def test_an_ip_address_certificate_gets_a_plain_file_name_and_no_dns01():
         assert spec.name == name and spec.domains[1] == "www.example.com"
     with pytest.raises(UsageError, match="192.0.2.1 is an IP address, which DNS-01 cannot validate .* http-01"):
         certificate_specs(None, ["example.com", "192.0.2.1"], "ecdsa-p256", challenge="dns-01")
+    with pytest.raises(UsageError, match="'192.0.2.1' is not a zone name"):
+        build_settings({"dns_zone": "192.0.2.1"}, environ={})
