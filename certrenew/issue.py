@@ -9,10 +9,10 @@ into HAProxy at once -> recorded as current, from local state alone.
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
-from certrenew.acme_account import new_account_key_pem
+from certrenew.acme_account import ExternalAccount, new_account_key_pem
 from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme_client import AcmeClient
 from certrenew.acme_transport import Deadline, RequestCounter
@@ -86,6 +86,11 @@ class Issuer:
         self.installer.check_place(spec.name)
         self._check_budget(spec)
         client, solver = self._client(), self._solver(spec)
+        if self.settings.caa_check:
+            from certrenew import caa  # only when asked: no lookup, no dnspython on the usual path
+
+            caa.require(spec.domains, caa_identities(client.transport.directory.meta.caa_identities, self.settings),
+                        client.account_uri, spec.challenge, self.settings.caa_resolver)
         self.before_order(spec)
         domains = list(spec.domains)
         key = generate_key(spec.key_type)
@@ -306,7 +311,8 @@ class Issuer:
         client = AcmeClient(settings.directory_url, account.key_pem, self.deadline, settings.ca_bundle,
                             self.counter)
         check_clock(client.transport.ca_clock_ahead)  # at the first login of the run: before any order
-        self._remember_account(client.login(account.uri, settings.email, settings.agree_tos))
+        eab = ExternalAccount(settings.eab_kid, settings.eab_hmac_key_file) if settings.eab_kid and settings.eab_hmac_key_file else None
+        self._remember_account(client.login(account.uri, settings.email, settings.agree_tos, eab))
         return client
 
     def _remember_account(self, uri: str) -> None:
@@ -322,6 +328,11 @@ class Issuer:
         if solver is None:
             raise CertrenewError(f"no solver for the {spec.challenge} challenge in this run")
         return solver
+
+
+def caa_identities(listed: Sequence[str] | None, settings: Settings) -> list[str]:
+    """The CA's issuer domains for CAA: those its directory lists (caaIdentities), else --caa-identity."""
+    return list(listed or settings.caa_identity)
 
 
 def _apply_window(record: CertificateRecord, window: Window) -> None:

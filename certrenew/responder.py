@@ -13,6 +13,7 @@ looks up in the store every token it does not know, answers the CA for it.
 import contextlib
 import errno
 import http.client
+import ipaddress
 import logging
 import os
 import secrets
@@ -235,9 +236,12 @@ def _connectable(host: str) -> str:
 
 
 def _host_name(host: str) -> str:
-    """The name part of a Host header: no port, no brackets, lower case, no trailing dot."""
-    if host.startswith("["):
+    """The name part of a Host header: no port, no brackets, lower case, no trailing dot; an IPv6
+    address in the canonical form `domains` gives it."""
+    if host.startswith("["):  # an IPv6 address, which the CA may write in any of its forms
         host = host[1:].partition("]")[0]
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_address(host).compressed
     else:
         host = host.rpartition(":")[0] if host.count(":") == 1 else host
     return host.lower().rstrip(".")

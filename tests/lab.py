@@ -246,17 +246,20 @@ class Lab:
     """
 
     def __init__(self, workdir: Path, pebble_env: Mapping[str, str] | None = None, dns_server: str | None = None,
-                 certificate_validity: int | None = None, unix_socket: bool = False):
+                 certificate_validity: int | None = None, unix_socket: bool = False,
+                 eab_keys: Mapping[str, str] | None = None):
         """`dns_server` (HOST:PORT, e.g. a tests/bind.py BIND) is where pebble resolves names and
         looks up DNS-01 records, instead of challtestsrv, which calls every name 127.0.0.1.
         `certificate_validity` (seconds) is the lifetime pebble gives every certificate (its default: 5 years).
         `unix_socket`: the responder on a unix socket in HAProxy's chroot, as shipped; else on a TCP port
-        (which the tests of a busy, flooded or borrowed responder port use)."""
+        (which the tests of a busy, flooded or borrowed responder port use).
+        `eab_keys` (key id: base64url HMAC key): pebble then registers only accounts bound to one of them."""
         self.workdir = Path(workdir).resolve()
         self.chroot = self.workdir / "haproxy-root" if unix_socket else None
         """HAProxy's chroot, where the responder's socket is; None: no chroot, the responder on TCP."""
         self.pebble_env = dict(pebble_env or {})
         self.certificate_validity = certificate_validity
+        self.eab_keys = dict(eab_keys or {})
         self._given_dns_server = dns_server
         self._pick_ports()
         self.ca_bundle = self.workdir / "pebble-ca.pem"
@@ -370,7 +373,8 @@ class Lab:
             "httpPort": self.http_port,
             "tlsPort": self.tls_alpn_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
+            "externalAccountBindingRequired": bool(self.eab_keys),
+            **({"externalAccountMACKeys": self.eab_keys} if self.eab_keys else {}),
             **({"certificateValidityPeriod": self.certificate_validity} if self.certificate_validity else {}),
         }}, indent=2))
         env = {"PEBBLE_VA_NOSLEEP": "1", **(self.pebble_env if extra_env is None else extra_env)}

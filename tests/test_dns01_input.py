@@ -61,7 +61,8 @@ def test_dns01_accepts_names_and_wildcards(domain):
 
 @pytest.mark.parametrize("domain, complaint", [
     ("*.*.example.com", "whole first label"), ("foo.*.example.com", "whole first label"),
-    ("*example.com", "whole first label"), ("exa mple.com", "white space"), ("192.0.2.1", "IP addresses"),
+    ("*example.com", "whole first label"), ("exa mple.com", "white space"), ("192.0.2.1", "an IP address, which DNS-01 cannot"),
+    ("2001:db8::1", "an IP address, which DNS-01 cannot"),
 ])
 def test_dns01_refuses_what_no_ca_can_validate(domain, complaint):
     with pytest.raises(UsageError, match=complaint):

@@ -310,7 +310,7 @@ def test_a_failed_forced_attempt_shows_in_status_but_only_a_due_certificate_is_f
     (CertificateSpec("site", ("Site.example.",)), "site: domains Site.example. are not in normal form: give site.example"),
     (CertificateSpec("site", ("a.example", "a.example")), "site: duplicate domain 'a.example'"),
     (CertificateSpec("site", ()), "site: no domain given"),
-    (CertificateSpec("site", ("10.0.0.1",)), "site: invalid domain '10.0.0.1': IP addresses"),
+    (CertificateSpec("site", ("2001:DB8::1",)), "site: domains 2001:DB8::1 are not in normal form: give 2001:db8::1"),
     (CertificateSpec("site", ("*.a.example",)), "site: invalid domain '*.a.example': wildcard certificates need "
                                                 "the DNS-01 challenge"),
     (CertificateSpec("site", ("a.example",), challenge="tls-alpn-01"), "site: unknown challenge type 'tls-alpn-01'"),

@@ -44,6 +44,16 @@ def test_serves_the_key_authorization_for_its_domain_only(responder):
     assert head.status_code == 200 and head.text == ""
 
 
+def test_an_ip_address_is_answered_for_its_host_header_in_any_form(responder):
+    responder.present("192.0.2.1", "tok4", "tok4.thumb")
+    responder.present("2001:db8::1", "tok6", "tok6.thumb")
+    assert get(responder, "/.well-known/acme-challenge/tok4", host="192.0.2.1").text == "tok4.thumb"
+    for host in ("[2001:db8::1]", "[2001:DB8:0:0::1]:80"):
+        assert get(responder, "/.well-known/acme-challenge/tok6", host=host).text == "tok6.thumb"
+    assert get(responder, "/.well-known/acme-challenge/tok6", host="[2001:db8::2]").status_code == 404
+    assert get(responder, "/.well-known/acme-challenge/tok4", host="192.0.2.2").status_code == 404
+
+
 def test_refuses_everything_else(responder):
     responder.present("a.example", "tok", "tok.thumb")
     assert get(responder, "/.well-known/acme-challenge/other").status_code == 404
