@@ -390,14 +390,45 @@ COMMANDS = {"run": _run, "daemon": _daemon, "status": _status, "check": _check, 
             "import-certbot": _import_certbot}
 
 
+CERTBOT_HABITS = {
+    "renew": "`certrenew run`",
+    "certonly": "`certrenew DOMAIN [DOMAIN ...]`",
+    "certificates": "`certrenew status`",
+    "delete": "`certrenew revoke NAME --delete`",
+    "help": "`certrenew --help` (or `certrenew COMMAND --help`)",
+}
+"""certbot's commands and what certrenew calls them: an operator's fingers remember certbot."""
+CERTBOT_DOMAIN_FLAGS = ("-d", "--domain", "--domains")
+
+
+def _command(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The subcommand and the rest of the command line: options may come before the subcommand
+    (`certrenew --log-format json run`), as most tools allow; None for the single-domain form."""
+    takes_value = {option for build in (build_parser, build_revoke_parser, build_import_parser, build_status_parser)
+                   for action in build()._actions if action.nargs != 0 for option in action.option_strings}
+    index = 0
+    while index < len(argv) and argv[index].startswith("-") and argv[index] not in ("--", *CERTBOT_DOMAIN_FLAGS):
+        index += 2 if argv[index] in takes_value else 1
+    word = argv[index] if index < len(argv) else None
+    if word in CERTBOT_HABITS:
+        raise UsageError(f"{word!r} is certbot's command; certrenew's is {CERTBOT_HABITS[word]}")
+    if word in COMMANDS:
+        return word, argv[:index] + argv[index + 1:]
+    names = [name for flag, value in zip(argv, argv[1:]) if flag in CERTBOT_DOMAIN_FLAGS for name in value.split(",")]
+    if names:
+        raise UsageError(f"certrenew takes the names as arguments, not with -d: `certrenew {' '.join(names)}` "
+                         "(the first names the certificate)")
+    return None, argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = COMMANDS.get(argv[0]) if argv else None
     raise_open_files_limit()
     try:
         with signals.handled():
             try:
-                return command(argv[1:]) if command else _renew(argv)
+                name, rest = _command(argv)
+                return COMMANDS[name](rest) if name else _renew(rest)
             except signals.Interrupted as interrupted:
                 # Still under handled(): abandoned workers keep seeing the cancellation, so
                 # none starts a write once the run has given up its lock.

@@ -195,3 +195,31 @@ def test_a_usage_error_is_text_when_the_flag_says_so_or_says_nothing_usable():
     text = one_line(certrenew("a.example", "--log-format", "text", "--bogus", CERTRENEW_LOG_FORMAT="json"), 2)
     assert text.startswith("certrenew: error: unrecognized arguments: --bogus")
     assert "invalid choice: 'xml'" in one_line(certrenew("a.example", "--log-format", "xml"), 2)
+
+
+@pytest.mark.parametrize("args, meant", [
+    (("renew",), "`certrenew run`"),
+    (("certificates",), "`certrenew status`"),
+    (("delete", "--cert-name", "example.com"), "`certrenew revoke NAME --delete`"),
+    (("help",), "`certrenew --help`"),
+    (("-q", "renew"), "`certrenew run`"),
+])
+def test_a_certbot_command_is_answered_with_certrenews(tmp_path, args, meant):
+    stderr = one_line(certrenew(*args, "--state-dir", tmp_path / "state"), 2)
+    assert f"is certbot's command; certrenew's is {meant}" in stderr and "invalid domain" not in stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_certbots_dash_d_is_answered_with_the_names_as_arguments(tmp_path):
+    stderr = one_line(certrenew("--agree-tos", "-d", "example.com", "-d", "www.example.com,b.example"), 2)
+    assert "not with -d: `certrenew example.com www.example.com b.example`" in stderr
+
+
+@pytest.mark.parametrize("before", [("--log-format", "json"), ("--config", "CONFIG"), ("-q", "--log-format=json")])
+def test_options_may_come_before_the_subcommand(tmp_path, before):
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[[certificate]]\ndomains = ["a.example"]\n')
+    args = [str(config) if arg == "CONFIG" else arg for arg in before]
+    result = certrenew(*args, "status", *([] if "--config" in before else ["--config", config]))
+    assert result.returncode == 1, result.stderr  # not healthy: never issued; but read as `status`
+    assert "a.example" in result.stdout and "invalid domain" not in result.stderr
