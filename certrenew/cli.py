@@ -234,7 +234,21 @@ def _renew(argv: list[str]) -> int:
     settings = build_settings(vars(args), _config(args, required=False))
     specs = certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
                               dns_settings(settings.challenge, vars(settings)))
+    if not settings.force:
+        _refuse_dropping_names(FileStore(settings.state_dir), specs)
     return _renew_recorded(settings, specs, quiet)
+
+
+def _refuse_dropping_names(store: FileStore, specs: list[CertificateSpec]) -> None:
+    """`certrenew example.com` for a certificate that also has www.example.com would reissue it
+    without: certbot asks first, and the command line is where a name is forgotten, so that takes
+    --force. (A config file edited to drop a name says so on purpose.)"""
+    for spec in specs:
+        record = store.load_record(spec.name)
+        dropped = [domain for domain in record.domains if domain not in spec.domains] if record else []
+        if record and record.not_after and dropped:
+            raise UsageError(f"certificate {spec.name} also has {', '.join(dropped)}: name them all to keep them "
+                             f"(`certrenew {' '.join(record.domains)}`), or pass --force to drop them")
 
 
 

@@ -223,3 +223,27 @@ def test_options_may_come_before_the_subcommand(tmp_path, before):
     result = certrenew(*args, "status", *([] if "--config" in before else ["--config", config]))
     assert result.returncode == 1, result.stderr  # not healthy: never issued; but read as `status`
     assert "a.example" in result.stdout and "invalid domain" not in result.stderr
+
+
+def _issued_record(state_dir, name, domains):
+    import datetime
+
+    from certrenew.store import CertificateRecord, FileStore
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    store = FileStore(state_dir)
+    with store.lock(5):
+        store.save_record(CertificateRecord(name, domains, "ecdsa-p256", "07f4", now, now + datetime.timedelta(days=90)))
+
+
+def test_dropping_a_name_from_a_certificate_takes_force(tmp_path):
+    (tmp_path / "ssl").mkdir()
+    _issued_record(tmp_path / "state", "example.com", ["example.com", "www.example.com"])
+    where = ("--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl", "--directory", "http://127.0.0.1:9/dir")
+    stderr = one_line(certrenew("EXAMPLE.com", *where), 2)
+    assert ("certificate example.com also has www.example.com: name them all to keep them "
+            "(`certrenew example.com www.example.com`), or pass --force to drop them") in stderr
+    kept = certrenew("example.com", "www.example.com", *where)
+    assert kept.returncode == 0 and "example.com: unchanged: not due until" in kept.stdout, kept.stderr
+    forced = certrenew("example.com", "--force", "--reload-command", "true", *where)
+    assert forced.returncode != 0 and "also has" not in forced.stderr  # past the guard, to the (absent) CA
