@@ -239,7 +239,7 @@ def _issued_record(state_dir, name, domains):
 def test_dropping_a_name_from_a_certificate_takes_force(tmp_path):
     (tmp_path / "ssl").mkdir()
     _issued_record(tmp_path / "state", "example.com", ["example.com", "www.example.com"])
-    where = ("--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl", "--directory", "http://127.0.0.1:9/dir")
+    where = ("--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl", "--directory", "https://127.0.0.1:9/dir")
     stderr = one_line(certrenew("EXAMPLE.com", *where), 2)
     assert ("certificate example.com also has www.example.com: name them all to keep them "
             "(`certrenew example.com www.example.com`), or pass --force to drop them") in stderr
