@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,21 @@ def test_dropping_a_name_from_a_certificate_takes_force(tmp_path):
     assert kept.returncode == 0 and "example.com: unchanged: not due until" in kept.stdout, kept.stderr
     forced = certrenew("example.com", "--force", "--reload-command", "true", *where)
     assert forced.returncode != 0 and "also has" not in forced.stderr  # past the guard, to the (absent) CA
+
+
+def test_a_run_waiting_for_the_lock_says_at_once_who_holds_it(tmp_path):
+    from certrenew.lock import StateLock
+
+    (tmp_path / "ssl").mkdir()
+    with StateLock(tmp_path / "state", timeout=0):
+        waiting = subprocess.Popen([sys.executable, "-m", "certrenew", "a.example", "--state-dir", tmp_path / "state",
+                                    "--ssl-dir", tmp_path / "ssl", "--lock-timeout", "60"],
+                                   cwd=REPO, stderr=subprocess.PIPE, text=True)
+        try:  # while the lock is still held: said at once, not after 60 s
+            assert select.select([waiting.stderr], [], [], 20)[0], "nothing said while waiting"
+            first = waiting.stderr.readline()
+        finally:
+            waiting.kill()
+            waiting.communicate()
+    assert first == (f"certrenew: another certrenew run (pid {os.getpid()}) holds the lock on {tmp_path / 'state'}; "
+                     "waiting up to 60 s for it (--lock-timeout)\n")
