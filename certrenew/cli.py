@@ -416,10 +416,11 @@ CERTBOT_DOMAIN_FLAGS = ("-d", "--domain", "--domains")
 
 
 def _command(argv: list[str]) -> tuple[str | None, list[str]]:
-    """The subcommand and the rest of the command line: options may come before the subcommand
-    (`certrenew --log-format json run`), as most tools allow; None for the single-domain form."""
-    takes_value = {option for build in (build_parser, build_revoke_parser, build_import_parser, build_status_parser)
-                   for action in build()._actions if action.nargs != 0 for option in action.option_strings}
+    """The subcommand and the rest of the command line: the shared options may come before the
+    subcommand (`certrenew --log-format json run`), as most tools allow; None for the single-domain
+    form. (Not revoke's or import-certbot's parsers: they import what a no-op run must not.)"""
+    takes_value = {option for action in build_parser()._actions if action.nargs != 0
+                   for option in action.option_strings}
     index = 0
     while index < len(argv) and argv[index].startswith("-") and argv[index] not in ("--", *CERTBOT_DOMAIN_FLAGS):
         index += 2 if argv[index] in takes_value else 1
