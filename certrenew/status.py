@@ -19,7 +19,7 @@ class CertificateStatus:
     name: str
     domains: list[str]
     state: str
-    """"ok", "due", "failing", "expired", "missing" (never issued) or "unmanaged" (not in the config)."""
+    """"ok", "due", "failing", "expired", "revoked", "missing" (never issued) or "unmanaged" (not in the config)."""
     serial: str | None
     not_after: datetime.datetime | None
     days_left: float | None
@@ -107,7 +107,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
             now: datetime.datetime, managed: bool = True) -> CertificateStatus:
     not_after = record.not_after if record is not None else None
     issued = record if not_after is not None else None
-    next_renewal = renew_at(issued, settings.renew_before) if issued else None
+    next_renewal = (issued.revoked or renew_at(issued, settings.renew_before)) if issued else None
     if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
         next_renewal = record.next_attempt
     due = issued is None or due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
@@ -122,6 +122,8 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         state = "failing"
     elif not issued:
         state = "missing"
+    elif issued.revoked:
+        state = "revoked"
     elif due:
         state = "due"
     else:

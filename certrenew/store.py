@@ -116,10 +116,12 @@ class CertificateRecord:
     directory: str | None = None
     """The ACME directory URL of the CA that issued it; None in a record kept before it was recorded
     (taken as the current CA, so an upgrade does not reissue everything)."""
+    revoked: datetime.datetime | None = None
+    """When `certrenew revoke` revoked this certificate at the CA: it is due at once, whatever its expiry."""
 
     DATETIMES: ClassVar[tuple[str, ...]] = (
         "not_before", "not_after", "issued_at", "ari_window_start", "ari_window_end", "ari_renew_at",
-        "ari_next_check", "last_attempt", "next_attempt",
+        "ari_next_check", "last_attempt", "next_attempt", "revoked",
     )
     """The fields kept as ISO 8601 text in JSON."""
     TYPES: ClassVar[dict[str, Any]] = {"name": _STRING, "key_type": _STRING, "serial": _OPTIONAL_STRING,

@@ -1,6 +1,7 @@
 """`certrenew revoke` end to end: pebble revokes (and says so on its management API), HAProxy
 keeps serving, serves a new certificate first, or drops the old one, as asked."""
 
+import json
 import os
 import pty
 import subprocess
@@ -52,7 +53,7 @@ def test_revoke_with_yes_revokes_at_the_ca_and_the_certificate_stays_served(lab)
     assert result.returncode == 0, result.stderr
     assert lab.cert_status(serial) == "Revoked"
     assert f"serial {serial} revoked (reason keyCompromise)" in result.stdout
-    assert "still serves the revoked certificate" in result.stdout and "--reissue" in result.stdout
+    assert "still serves the revoked certificate until the next run replaces it" in result.stdout
     assert format(lab.served_certificate_unverified(NAME).serial_number, "x") == serial
     assert (lab.state_dir / "certificates" / NAME / "current.pem").exists()
 
@@ -228,3 +229,17 @@ def test_delete_of_a_name_never_issued_moves_its_state_aside_and_status_forgets_
 
     nothing = revoke(lab, mistyped, "--yes", "--delete")  # gone now: refused as any unknown name
     assert nothing.returncode == 2 and "no certificate named" in nothing.stderr
+
+
+def test_a_revoked_certificate_still_served_is_unhealthy_and_due_at_once(lab):
+    serial = issue(lab)
+    assert revoke(lab, NAME, "--yes").returncode == 0
+    status = lab.certrenew("status", "--json")
+    assert status.returncode == 1, status.stdout
+    (row,) = [row for row in json.loads(status.stdout)["certificates"] if row["name"] == NAME]
+    assert row["state"] == "revoked"
+    result = lab.certrenew(NAME)  # a timer's run: not "not due until" its expiry
+    assert result.returncode == 0, result.stderr
+    assert f"{NAME}: renewing (revoked at" in result.stderr and f"{NAME}: renewed:" in result.stdout
+    assert format(served_serial_changes(lab, NAME, serial).serial_number, "x") != serial
+    assert lab.certrenew("status").returncode == 0  # the new certificate is not revoked
