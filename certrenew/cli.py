@@ -202,6 +202,11 @@ def _report(report, quiet: bool) -> int:
               file=sys.stderr)
     if len(outcomes) > 1 and (report.failed or not quiet):
         print(f"certrenew: {report.summary()}", file=sys.stderr)
+    deferred = [outcome.name for outcome in outcomes if outcome.action == "deferred"]
+    if deferred:  # failed before, and again: maybe for ever
+        from certrenew.status import forget_hint
+
+        print(f"certrenew: {forget_hint(deferred)}", file=sys.stderr)
     return 1 if report.failed else 0
 
 
@@ -317,7 +322,9 @@ def _status(argv: list[str]) -> int:
         if rows:
             print(status.format_table(rows))
         if reason:
-            print(f"certrenew: not healthy: {reason}", file=sys.stderr)
+            failing = [row.name for row in rows if row.state == "failing"]
+            hint = f" ({status.forget_hint(failing)})" if failing else ""
+            print(f"certrenew: not healthy: {reason}{hint}", file=sys.stderr)
     return 0 if reason is None else 1
 
 

@@ -94,6 +94,13 @@ def unhealthy(settings: Settings, rows: list[CertificateStatus]) -> str | None:
     return ", ".join(bad) or None
 
 
+def forget_hint(names: list[str]) -> str:
+    """What stops a certificate failing for ever (a mistyped or abandoned name): it is not dropped by itself."""
+    name = names[0] if len(names) == 1 else "NAME"
+    return (f"a name no longer wanted stops failing once it is out of the config and "
+            f"`certrenew revoke {name} --delete` has removed it")
+
+
 def _spec_of(record: CertificateRecord) -> CertificateSpec:
     return CertificateSpec(record.name, tuple(record.domains), record.key_type)
 

@@ -266,3 +266,25 @@ def test_a_run_waiting_for_the_lock_says_at_once_who_holds_it(tmp_path):
             waiting.communicate()
     assert first == (f"certrenew: another certrenew run (pid {os.getpid()}) holds the lock on {tmp_path / 'state'}; "
                      "waiting up to 60 s for it (--lock-timeout)\n")
+
+
+def test_a_name_failing_again_and_again_says_how_to_drop_it(tmp_path):
+    import datetime
+
+    from certrenew.store import CertificateRecord, FileStore
+
+    store, now = FileStore(tmp_path / "state"), datetime.datetime.now(datetime.timezone.utc)
+    with store.lock(5):
+        store.save_record(CertificateRecord("typo.example", ["typo.example"], "ecdsa-p256", last_attempt=now,
+                                            last_error="NXDOMAIN", failures=7,
+                                            next_attempt=now + datetime.timedelta(hours=12)))
+    (tmp_path / "ssl").mkdir()
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\nssl_dir = "{tmp_path / "ssl"}"\n'
+                      '[[certificate]]\ndomains = ["typo.example"]\n')
+    hint = "a name no longer wanted stops failing once it is out of the config and " \
+           "`certrenew revoke typo.example --delete` has removed it"
+    run = certrenew("run", "--config", config)
+    assert run.returncode == 1 and "typo.example: deferred:" in run.stderr and hint in run.stderr, run.stderr
+    status = certrenew("status", "--config", config)
+    assert status.returncode == 1 and f"typo.example is failing ({hint})" in one_line(status, 1)
