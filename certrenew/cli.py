@@ -108,12 +108,16 @@ def build_status_parser() -> argparse.ArgumentParser:
 
 
 def build_check_parser() -> argparse.ArgumentParser:
-    return _parser(
+    parser = _parser(
         "certrenew check",
         "Run every pre-flight check without ordering: config, state and ssl dirs, HAProxy's admin socket, "
-        "haproxy -c, the reload command, the ACME directory, and a probe through HAProxy for every name. "
-        "One line per check; exit 1 if any failed.",
+        "haproxy -c, the reload command, the ACME directory, and a probe through HAProxy for every name "
+        "(those of the config file, and the DOMAINs given, as the single-domain form takes them). "
+        "One line per check, and one for what could not be checked; exit 1 if any failed.",
     )
+    parser.add_argument("domains", nargs="*", metavar="DOMAIN", help="names to probe, as `certrenew DOMAIN...` "
+                        "would order them")
+    return parser
 
 
 def build_bootstrap_parser() -> argparse.ArgumentParser:
@@ -355,8 +359,12 @@ def _check(argv: list[str]) -> int:
     args = build_check_parser().parse_args(argv)
     _setup_logging(args)
     config = _config(args, required=None)
-    checks = preflight.run_checks(build_settings(vars(args), config), config.path if config else None,
-                                  config.certificates if config else [])
+    settings = build_settings(vars(args), config)
+    specs = list(config.certificates) if config else []
+    if args.domains:
+        specs += certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
+                                   dns_settings(settings.challenge, vars(settings)))
+    checks = preflight.run_checks(settings, config.path if config else None, specs)
     for check in checks:
         print(check)
     return 1 if any(check.status == preflight.FAIL for check in checks) else 0

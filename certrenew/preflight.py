@@ -199,6 +199,10 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
                 checks.extend(probe_all(responder, settings, names))
             except CertrenewError as error:  # the responder cannot listen
                 checks.append(Check(FAIL, "responder", str(error)))
+    else:  # all ok would read as "ready to order", and the probe is what most first orders fail on
+        checks.append(Check(WARN, "probe", "no HTTP-01 name to probe, so the path from the CA through HAProxy to "
+                                           "the responder is not checked: name them (`certrenew check DOMAIN...`) "
+                                           "or give --config"))
     return checks
 
 
