@@ -25,7 +25,6 @@ from pathlib import Path
 
 from certrenew import haproxy, hints
 from certrenew.challenge import HTTP_01
-from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hostport import split_host_port
@@ -165,12 +164,9 @@ def socket_check(address: str, ssl_dir: Path) -> Check:
 
 
 def reload_check(command: str, needed: bool) -> Check:
-    """The reload command's program exists; a FAIL only when installing will need it."""
+    """The reload command would run (see `haproxy.reload_problem`); a FAIL only when installing will need it."""
     what = "reload command"
-    try:
-        missing = missing_program(command)
-    except ValueError as error:  # an empty or unparsable command
-        missing = str(error)
+    missing = haproxy.reload_problem(command)
     if missing is None:
         return Check(OK, what, f"{command!r}")
     missing += " (set --reload-command)"

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from certrenew import hooks, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import ChallengeSolver, check_domains
-from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
 from certrenew.domains import check_normalized
 from certrenew.errors import CertrenewError, Refused, UsageError
@@ -352,7 +351,9 @@ def _check_reload_command(settings: Settings) -> None:
     an error. With sockets it is only the fallback (a certificate HAProxy does not know
     yet, a socket that fails), so it is a warning and hot updates go on.
     """
-    problem = missing_program(settings.reload_command)
+    from certrenew.haproxy import reload_problem
+
+    problem = reload_problem(settings.reload_command)
     if problem and not settings.haproxy_socket:
         raise UsageError(f"{problem} (set --reload-command)")
     if problem:

@@ -288,3 +288,17 @@ def test_a_name_failing_again_and_again_says_how_to_drop_it(tmp_path):
     assert run.returncode == 1 and "typo.example: deferred:" in run.stderr and hint in run.stderr, run.stderr
     status = certrenew("status", "--config", config)
     assert status.returncode == 1 and f"typo.example is failing ({hint})" in one_line(status, 1)
+
+
+def test_a_systemctl_reload_that_would_fail_is_found_before_ordering(tmp_path):
+    # This host's systemd does not answer (a container), or has no such unit: either way the reload would fail.
+    reload = "systemctl reload certrenew-no-such-unit.service"
+    (tmp_path / "ssl").mkdir()
+    where = ("--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl", "--reload-command", reload)
+    check = certrenew("check", *where, "--directory", "https://127.0.0.1:9/dir")
+    (line,) = [line for line in check.stdout.splitlines() if "reload command" in line]
+    assert line.startswith(f"FAIL reload command: {reload!r} would fail: systemd ") and \
+        line.endswith("(set --reload-command)"), line
+    run = certrenew("a.example", *where, "--directory", "https://127.0.0.1:9/dir", "--agree-tos")
+    assert run.returncode == 2 and f"error: {reload!r} would fail: systemd " in run.stderr, run.stderr
+    assert "ACME directory" not in run.stderr  # refused before the CA is asked: no order to waste
