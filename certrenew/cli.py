@@ -44,6 +44,22 @@ ONE_SHOT_OPTIONS = [option for option in OPTIONS if option.name not in DAEMON_ON
 """The options of `run` and the single-domain form: all but the daemon's."""
 DAEMON_OPTIONS = [option for option in OPTIONS if option.name not in ("force", "metrics_file")]
 """The daemon's: no --force (it would renew on every pass), and its metrics are served, not written."""
+NO_RENEWAL_OPTIONS = [option for option in ONE_SHOT_OPTIONS
+                      if option.name not in ("force", "metrics_file", "concurrency", "renew_before", "key_type")]
+"""Those of check and revoke, which decide no renewal: none that only the renewal reads."""
+CONFIG_NAMED = "TOML config file of settings, read only when named here or by CERTRENEW_CONFIG"
+CONFIG_IF_PRESENT = f"TOML config file, read if present (default {DEFAULT_CONFIG})"
+COMMAND_USAGE = """certrenew [options] DOMAIN [DOMAIN ...]
+       certrenew COMMAND [options] ...   (certrenew COMMAND --help lists its options)"""
+COMMAND_SUMMARIES = {
+    "run": "renew every certificate of the config file that is due",
+    "daemon": "keep them valid from a long-running process",
+    "status": "show every certificate; exit 1 when one is not healthy",
+    "check": "run every pre-flight check without ordering",
+    "revoke": "revoke a certificate at the CA (and --reissue or --delete it)",
+    "bootstrap-ssl-dir": "write a placeholder so HAProxy can start",
+    "import-certbot": "take over certbot's certificates without reissuing them",
+}
 LOG_FORMATS = ("text", "json")
 
 
@@ -52,17 +68,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.ArgumentParser:
+def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS, config: str = CONFIG_IF_PRESENT,
+            **details) -> argparse.ArgumentParser:
+    """A command's parser: `options` of the shared ones, `config` the help of its --config."""
     # No abbreviations: a mistyped --agree-to must not pass for --agree-tos.
-    parser = _Parser(prog=prog, description=description, epilog=EPILOG, allow_abbrev=False)
+    parser = _Parser(prog=prog, description=description, epilog=EPILOG, allow_abbrev=False, **details)
     for option in options:
         if option.kind is bool:
             parser.add_argument(option.cli, action=argparse.BooleanOptionalAction, help=option.help)
         else:
             parser.add_argument(option.cli, metavar=option.metavar, help=option.help,
                                 action="append" if option.repeated else "store")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help=f"TOML config file (for 'run' and 'status' default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", type=Path, metavar="FILE", help=config)
     parser.add_argument("-v", "--verbose", action=argparse.BooleanOptionalAction, help="log every step (and tracebacks)")
     parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, help="print only errors")
     parser.add_argument("--log-format", choices=LOG_FORMATS,
@@ -72,18 +89,31 @@ def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.A
 
 
 def build_parser() -> argparse.ArgumentParser:
+    commands = "\n".join(f"  {command:<19}{summary}" for command, summary in COMMAND_SUMMARIES.items())
     parser = _parser(
         "certrenew",
-        "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy, or DNS-01) and make HAProxy serve it. "
-        "Other commands: run (every certificate of the config file), daemon, status, check, revoke, bootstrap-ssl-dir, "
-        "import-certbot.",
+        "Obtain or renew a certificate for DOMAINs over ACME (HTTP-01 behind HAProxy, or DNS-01) and make "
+        f"HAProxy serve it.\n\ncommands:\n{commands}",
+        config=CONFIG_NAMED, usage=COMMAND_USAGE, formatter_class=_ListsAsWritten,
     )
     parser.add_argument("domains", nargs="+", metavar="DOMAIN", help="names for the certificate; the first names it")
     return parser
 
 
+class _ListsAsWritten(argparse.HelpFormatter):
+    """Paragraphs wrapped as usual, but a list (a paragraph of several lines: the commands) kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n\n".join(paragraph if "\n" in paragraph else fill(paragraph, width, indent)
+                           for paragraph in text.split("\n\n"))
+
+
+CONFIG_REQUIRED = f"TOML config file listing the certificates (default {DEFAULT_CONFIG})"
+
+
 def build_run_parser() -> argparse.ArgumentParser:
-    return _parser("certrenew run", "Renew every certificate of the config file that is due.")
+    return _parser("certrenew run", "Renew every certificate of the config file that is due.", config=CONFIG_REQUIRED)
 
 
 def build_daemon_parser() -> argparse.ArgumentParser:
@@ -92,7 +122,7 @@ def build_daemon_parser() -> argparse.ArgumentParser:
         "Keep every certificate of the config file valid from a long-running process: a pass when one falls "
         "due (at the latest every --check-interval), the HTTP-01 responder up all along. SIGHUP re-reads the "
         "config; SIGTERM or SIGINT stop it (exit 0).",
-        DAEMON_OPTIONS,
+        DAEMON_OPTIONS, CONFIG_REQUIRED,
     )
 
 
@@ -114,6 +144,7 @@ def build_check_parser() -> argparse.ArgumentParser:
         "haproxy -c, the reload command, the ACME directory, and a probe through HAProxy for every name "
         "(those of the config file, and the DOMAINs given, as the single-domain form takes them). "
         "One line per check, and one for what could not be checked; exit 1 if any failed.",
+        NO_RENEWAL_OPTIONS,
     )
     parser.add_argument("domains", nargs="*", metavar="DOMAIN", help="names to probe, as `certrenew DOMAIN...` "
                         "would order them")
@@ -125,7 +156,7 @@ def build_bootstrap_parser() -> argparse.ArgumentParser:
         "certrenew bootstrap-ssl-dir",
         "Write a self-signed placeholder into the ssl dir so HAProxy can start before any real certificate "
         "exists (HAProxy refuses an empty crt directory).",
-        [option for option in OPTIONS if option.name == "ssl_dir"],
+        [option for option in OPTIONS if option.name == "ssl_dir"], CONFIG_NAMED,
     )
 
 
@@ -136,8 +167,7 @@ def build_revoke_parser() -> argparse.ArgumentParser:
         "certrenew revoke",
         "Revoke the current certificate of NAME at the CA (the configured directory), after asking on a "
         "terminal. It stays served unless --reissue serves a new one first, or --delete removes it.",
-        [option for option in ONE_SHOT_OPTIONS
-         if option.name not in ("force", "metrics_file", "concurrency", "renew_before", "key_type")],
+        NO_RENEWAL_OPTIONS,
     )
     parser.add_argument("name", metavar="NAME", help="the certificate's name, as certrenew status lists it")
     parser.add_argument("--reason", default="unspecified", metavar="REASON",
@@ -391,6 +421,7 @@ def build_import_parser() -> argparse.ArgumentParser:
         "does not (hooks, other authenticators), one line each.",
         [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "ssl_dir", "listen",
                                                          "lock_timeout")],
+        f"TOML config file the certificates are appended to, created if missing (default {DEFAULT_CONFIG})",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="certbot certificate names (default: all)")
     parser.add_argument("--certbot-dir", type=Path, default=DEFAULT_CERTBOT_DIR, metavar="DIR",

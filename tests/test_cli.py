@@ -302,3 +302,21 @@ def test_a_systemctl_reload_that_would_fail_is_found_before_ordering(tmp_path):
     run = certrenew("a.example", *where, "--directory", "https://127.0.0.1:9/dir", "--agree-tos")
     assert run.returncode == 2 and f"error: {reload!r} would fail: systemd " in run.stderr, run.stderr
     assert "ACME directory" not in run.stderr  # refused before the CA is asked: no order to waste
+
+
+def test_help_lists_every_command_and_each_command_only_the_options_it_reads():
+    from certrenew.cli import COMMANDS
+
+    top = certrenew("--help")
+    assert top.returncode == 0 and "certrenew COMMAND [options]" in top.stdout.split("\n\n")[0]
+    for command in COMMANDS:
+        assert f"\n  {command} " in top.stdout, command
+    check = certrenew("check", "--help").stdout
+    for meaningless in ("--force", "--metrics-file", "--key-type"):
+        assert meaningless not in check
+    configs = {command: " ".join(certrenew(command, "--help").stdout.split("--config FILE")[-1].split()[:8])
+               for command in ("run", "status", "check", "revoke")}
+    assert configs["run"].startswith("TOML config file listing the certificates (default /etc/certrenew")
+    for command in ("status", "check", "revoke"):
+        assert configs[command].startswith("TOML config file, read if present"), configs
+    assert "read only when named" in " ".join(top.stdout.split("--config FILE")[-1].split())
