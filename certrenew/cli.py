@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from certrenew import signals
 from certrenew.config import (
@@ -204,9 +205,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document)
 
 
-def _setup_logging(args: argparse.Namespace) -> bool:
+@dataclass(frozen=True)
+class Output:
+    """A command's own lines (outcomes, checks, tables, errors) as its log lines are: text, or with
+    --log-format json one JSON object per line, so a log shipper reads every line certrenew writes."""
+
+    quiet: bool = False
+    json: bool = False
+
+    def result(self, line: str, name: str | None = None, level: int = logging.INFO) -> None:
+        """A line of what the command found or did, on stdout."""
+        self._write(sys.stdout, "", line, name, level)
+
+    def problem(self, line: str, name: str | None = None, level: int = logging.ERROR) -> None:
+        """A line about what went wrong (or a summary), on stderr after "certrenew: " as the log's."""
+        self._write(sys.stderr, "certrenew: ", line, name, level)
+
+    def _write(self, stream: TextIO, prefix: str, line: str, name: str | None, level: int) -> None:
+        if self.json:
+            record = logging.LogRecord(log.name, level, __file__, 0, line, None, None)
+            if name is not None:
+                record.certificate = name
+            line, prefix = JsonFormatter().format(record), ""
+        print(prefix + line, file=stream)
+
+
+def _setup_logging(args: argparse.Namespace) -> Output:
     """Set the log level from -v/-q, else CERTRENEW_VERBOSE/CERTRENEW_QUIET, and the format from --log-format,
-    else CERTRENEW_LOG_FORMAT; return whether to be quiet."""
+    else CERTRENEW_LOG_FORMAT; the command's own lines follow them."""
     verbose = bool(args.verbose if args.verbose is not None else env_flag("CERTRENEW_VERBOSE"))
     quiet = bool(args.quiet if args.quiet is not None else env_flag("CERTRENEW_QUIET"))
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
@@ -218,48 +244,48 @@ def _setup_logging(args: argparse.Namespace) -> bool:
     logging.basicConfig(level=level, handlers=[handler])
     if not verbose:
         logging.getLogger("acme").setLevel(logging.WARNING)
-    return quiet
+    return Output(quiet, log_format == "json")
 
 
-def _report(report, quiet: bool) -> int:
+def _report(report, output: Output) -> int:
     """One line per certificate: failures to stderr, the rest to stdout; then, for several, a summary
     to stderr. Exit 1 if a certificate or a hook failed (the hook already said so, in one line)."""
     outcomes = report.outcomes
     for outcome in outcomes:
+        line = f"{outcome.name}: {outcome.action}: {outcome.detail}"
         if outcome.failed:
-            print(f"certrenew: {outcome.name}: {outcome.action}: {outcome.detail}", file=sys.stderr)
-        elif not quiet:
-            print(f"{outcome.name}: {outcome.action}: {outcome.detail}")
+            output.problem(line, outcome.name, logging.ERROR if outcome.action == "failed" else logging.WARNING)
+        elif not output.quiet:
+            output.result(line, outcome.name)
     failed = [outcome.name for outcome in outcomes if outcome.failed]
     if failed and len(outcomes) > 1:
-        print(f"certrenew: {len(failed)} of {len(outcomes)} certificates failed: {', '.join(failed)}",
-              file=sys.stderr)
-    if len(outcomes) > 1 and (report.failed or not quiet):
-        print(f"certrenew: {report.summary()}", file=sys.stderr)
+        output.problem(f"{len(failed)} of {len(outcomes)} certificates failed: {', '.join(failed)}")
+    if len(outcomes) > 1 and (report.failed or not output.quiet):
+        output.problem(report.summary(), level=logging.ERROR if report.failed else logging.INFO)
     deferred = [outcome.name for outcome in outcomes if outcome.action == "deferred"]
     if deferred:  # failed before, and again: maybe for ever
         from certrenew.status import forget_hint
 
-        print(f"certrenew: {forget_hint(deferred)}", file=sys.stderr)
+        output.problem(forget_hint(deferred), level=logging.WARNING)
     return 1 if report.failed else 0
 
 
-def _renew_recorded(settings, specs, quiet: bool) -> int:
+def _renew_recorded(settings, specs, output: Output) -> int:
     """`renew.run` and its report; with --metrics-file, then the run's metrics, whatever its outcome."""
     from certrenew.progress import for_stream
     from certrenew.renew import run
 
     store = FileStore(settings.state_dir)
-    progress = for_stream(sys.stderr, quiet)
+    progress = for_stream(sys.stderr, output.quiet or output.json)  # a bar is no JSON
     if settings.metrics_file is None:
-        return _report(run(settings, specs, store, progress=progress), quiet)
+        return _report(run(settings, specs, store, progress=progress), output)
     from certrenew import metrics, status
 
     metrics.check_textfile(settings.metrics_file)
     telemetry = metrics.Telemetry()
     started, code = time.monotonic(), 1
     try:
-        code = _report(run(settings, specs, store, telemetry=telemetry, progress=progress), quiet)
+        code = _report(run(settings, specs, store, telemetry=telemetry, progress=progress), output)
         return code
     finally:
         telemetry.record_run(code == 0, time.monotonic() - started)
@@ -268,14 +294,14 @@ def _renew_recorded(settings, specs, quiet: bool) -> int:
 
 def _renew(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    quiet = _setup_logging(args)
+    output = _setup_logging(args)
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
     specs = certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
                               dns_settings(settings.challenge, vars(settings)))
     if not settings.force:
         _refuse_dropping_names(FileStore(settings.state_dir), specs)
-    return _renew_recorded(settings, specs, quiet)
+    return _renew_recorded(settings, specs, output)
 
 
 def _refuse_dropping_names(store: FileStore, specs: list[CertificateSpec]) -> None:
@@ -310,8 +336,8 @@ def _managed(args: argparse.Namespace) -> tuple[Settings, list[CertificateSpec]]
 
 def _run(argv: list[str]) -> int:
     args = build_run_parser().parse_args(argv)
-    quiet = _setup_logging(args)
-    return _renew_recorded(*_managed(args), quiet)
+    output = _setup_logging(args)
+    return _renew_recorded(*_managed(args), output)
 
 
 def _daemon(argv: list[str]) -> int:
@@ -343,7 +369,7 @@ def _status(argv: list[str]) -> int:
     from certrenew import status
 
     args = build_status_parser().parse_args(argv)
-    _setup_logging(args)
+    output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
     rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir))
@@ -351,14 +377,18 @@ def _status(argv: list[str]) -> int:
     if args.json:
         document = {"version": status.JSON_VERSION, "healthy": reason is None, "reason": reason,
                     "certificates": [row.to_json() for row in rows]}
-        print(json.dumps(document, indent=2))
+        print(json.dumps(document, indent=None if output.json else 2))  # one line among JSON log lines
     else:
-        if rows:
-            print(status.format_table(rows))
+        lines = status.format_table(rows).splitlines() if rows else []
+        if output.json:  # one object per certificate, not the header
+            for row, line in zip(rows, lines[1:]):
+                output.result(line.rstrip(), row.name)
+        elif lines:
+            print("\n".join(lines))
         if reason:
             failing = [row.name for row in rows if row.state == "failing"]
             hint = f" ({status.forget_hint(failing)})" if failing else ""
-            print(f"certrenew: not healthy: {reason}{hint}", file=sys.stderr)
+            output.problem(f"not healthy: {reason}{hint}")
     return 0 if reason is None else 1
 
 
@@ -366,7 +396,7 @@ def _revoke(argv: list[str]) -> int:
     from certrenew import revoke
 
     args = build_revoke_parser().parse_args(argv)
-    quiet = _setup_logging(args)
+    output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
     request = revoke.prepare(settings, args.name, args.reason, config, args.reissue, args.delete)
@@ -375,11 +405,11 @@ def _revoke(argv: list[str]) -> int:
             raise UsageError("stdin is not a terminal to confirm on: pass --yes to revoke without asking")
         print(request.question(), end="", file=sys.stderr, flush=True)
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            print("certrenew: nothing revoked", file=sys.stderr)
+            output.problem("nothing revoked", request.name)
             return 1
     for line in revoke.carry_out(settings, request).report():
-        if not quiet:
-            print(line)
+        if not output.quiet:
+            output.result(line, request.name)
     return 0
 
 
@@ -387,7 +417,7 @@ def _check(argv: list[str]) -> int:
     from certrenew import preflight
 
     args = build_check_parser().parse_args(argv)
-    _setup_logging(args)
+    output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
     specs = list(config.certificates) if config else []
@@ -395,8 +425,9 @@ def _check(argv: list[str]) -> int:
         specs += certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
                                    dns_settings(settings.challenge, vars(settings)))
     checks = preflight.run_checks(settings, config.path if config else None, specs)
+    levels = {preflight.OK: logging.INFO, preflight.WARN: logging.WARNING, preflight.FAIL: logging.ERROR}
     for check in checks:
-        print(check)
+        output.result(str(check), level=levels[check.status])
     return 1 if any(check.status == preflight.FAIL for check in checks) else 0
 
 
@@ -404,9 +435,9 @@ def _bootstrap(argv: list[str]) -> int:
     from certrenew.placeholder import write_placeholder
 
     args = build_bootstrap_parser().parse_args(argv)
-    _setup_logging(args)
+    output = _setup_logging(args)
     settings = build_settings(vars(args), _config(args, required=False))
-    print(f"placeholder: {write_placeholder(settings.ssl_dir)}")
+    output.result(f"placeholder: {write_placeholder(settings.ssl_dir)}")
     return 0
 
 
@@ -436,13 +467,17 @@ def _import_certbot(argv: list[str]) -> int:
     from certrenew.certbot_import import import_certbot
 
     args = build_import_parser().parse_args(argv)
-    _setup_logging(args)
+    output = _setup_logging(args)
     path = Path(args.config or os.environ.get("CERTRENEW_CONFIG") or DEFAULT_CONFIG)
     settings = build_settings(vars(args), load_config(path) if path.exists() else None)
     plan = import_certbot(settings, args.certbot_dir, path, args.names, args.dry_run, args.replace)
-    print("\n".join(plan.lines(args.dry_run)))
+    for line in plan.lines(args.dry_run):
+        output.result(line)
     if args.dry_run and plan.appended:
-        print(f"--- to append to {path} ---\n{plan.appended}", end="")
+        if output.json:
+            output.result(f"to append to {path}:\n{plan.appended}")
+        else:
+            print(f"--- to append to {path} ---\n{plan.appended}", end="")
     return 0 if plan.takeovers else 1
 
 
@@ -493,17 +528,15 @@ def main(argv: list[str] | None = None) -> int:
             except signals.Interrupted as interrupted:
                 # Still under handled(): abandoned workers keep seeing the cancellation, so
                 # none starts a write once the run has given up its lock.
-                print(f"certrenew: {interrupted}; stopped cleanly, the next run picks up from here", file=sys.stderr)
+                Output(json=_log_format(argv) == "json").problem(
+                    f"{interrupted}; stopped cleanly, the next run picks up from here", level=logging.WARNING)
                 return signals.exit_abandoning_workers(interrupted.exit_code)
     except (CertrenewError, OSError) as error:  # OSError: the state or ssl dir refusing a read or write, say
         if log.isEnabledFor(logging.DEBUG):
             log.exception("failed")
         message = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.filename else error
-        if _log_format(argv) == "json":  # a log shipper reads every line as JSON, argparse's complaints too
-            record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (message,), None)
-            print(JsonFormatter().format(record), file=sys.stderr)
-        else:
-            print(f"certrenew: error: {message}", file=sys.stderr)
+        # A log shipper reads every line as JSON, argparse's complaints too.
+        Output(json=_log_format(argv) == "json").problem(f"error: {message}")
         return getattr(error, "exit_code", 1)
 
 

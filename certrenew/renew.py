@@ -131,7 +131,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
     for spec in specs:
         try:
             if store.unfinished(spec.name):
-                log.info("%s: completing what a previous run left", spec.name)
+                log.info("%s: completing what a previous run left", spec.name, extra={"certificate": spec.name})
                 work.append((spec, "resume"))
                 continue
             record = store.load_record(spec.name)
@@ -143,7 +143,10 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
                           settings.directory_url)
         if decision.due:
-            log.info("%s: renewing (%s)", spec.name, decision.reason)
+            if record is None or record.not_after is None:  # "renewing (no certificate yet)" reads as a bug
+                log.info("%s: issuing", spec.name, extra={"certificate": spec.name})
+            else:
+                log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
             work.append((spec, "issue"))
         elif decision.deferred:
             outcomes[spec.name] = Outcome(spec.name, "deferred", decision.reason)
