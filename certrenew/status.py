@@ -34,6 +34,8 @@ class CertificateStatus:
         return "ok" if self.serial else "never issued"
 
     def to_json(self) -> dict:
+        from certrenew.bundle import serial_hex  # cryptography: not for status's other readers (metrics, a no-op run)
+
         def when(value):
             return value.replace(microsecond=0).isoformat() if value else None
 
@@ -41,8 +43,8 @@ class CertificateStatus:
             "name": self.name,
             "domains": self.domains,
             "state": self.state,
-            # As openssl prints it: whole bytes, so an even number of hex digits.
-            "serial": self.serial.zfill(len(self.serial) + len(self.serial) % 2) if self.serial else None,
+            # As everywhere (see `serial_hex`), a record written before it used that spelling included.
+            "serial": serial_hex(int(self.serial, 16)) if self.serial else None,
             "not_after": when(self.not_after),
             "days_left": None if self.days_left is None else round(self.days_left, 2),
             "next_renewal": when(self.next_renewal),
