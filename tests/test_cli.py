@@ -320,3 +320,28 @@ def test_help_lists_every_command_and_each_command_only_the_options_it_reads():
     for command in ("status", "check", "revoke"):
         assert configs[command].startswith("TOML config file, read if present"), configs
     assert "read only when named" in " ".join(top.stdout.split("--config FILE")[-1].split())
+
+
+@pytest.mark.parametrize("line, said", [
+    ('agree-tos = true\n', "unknown key 'agree-tos': did you mean 'agree_tos'?"),
+    ('haproxy_sockets = ["/run/haproxy/admin.sock"]\n', "unknown key 'haproxy_sockets': did you mean 'haproxy_socket'?"),
+    ('[[certificate]]\ndomain = ["a.example"]\n', "certificate #1: unknown key 'domain': did you mean 'domains'?"),
+])
+def test_a_misspelt_config_key_is_answered_with_the_right_one(tmp_path, line, said):
+    config = tmp_path / "certrenew.toml"
+    config.write_text(line)
+    stderr = one_line(certrenew("status", "--config", config), 2)
+    assert said in stderr and "known:" not in stderr
+
+
+def test_a_list_key_given_one_string_is_a_list_of_one(tmp_path):
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'state_dir = "{tmp_path}"\nhaproxy_socket = "/run/haproxy/admin.sock"\n'
+                      'verify_endpoint = "127.0.0.1:443"\n[[certificate]]\ndomains = "a.example"\n')
+    result = certrenew("status", "--config", config)
+    assert result.returncode == 1 and "a.example is missing" in result.stderr, result.stderr  # read, not refused
+    from certrenew.config import load_config
+
+    loaded = load_config(config)
+    assert loaded.settings["haproxy_socket"] == ("/run/haproxy/admin.sock",)
+    assert loaded.settings["verify_endpoint"] == ("127.0.0.1:443",) and loaded.certificates[0].domains == ("a.example",)
