@@ -10,6 +10,7 @@ import difflib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -524,13 +525,18 @@ def main(argv: list[str] | None = None) -> int:
         with signals.handled():
             try:
                 name, rest = _command(argv)
-                return COMMANDS[name](rest) if name else _renew(rest)
+                code = COMMANDS[name](rest) if name else _renew(rest)
+                sys.stdout.flush()  # a reader gone (`status | head -1`) shows here, not at the interpreter's exit
+                return code
             except signals.Interrupted as interrupted:
                 # Still under handled(): abandoned workers keep seeing the cancellation, so
                 # none starts a write once the run has given up its lock.
                 Output(json=_log_format(argv) == "json").problem(
                     f"{interrupted}; stopped cleanly, the next run picks up from here", level=logging.WARNING)
                 return signals.exit_abandoning_workers(interrupted.exit_code)
+    except BrokenPipeError:  # as Unix tools end on SIGPIPE: quietly, with its status; the rest of the output has nowhere to go
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (CertrenewError, OSError) as error:  # OSError: the state or ssl dir refusing a read or write, say
         if log.isEnabledFor(logging.DEBUG):
             log.exception("failed")

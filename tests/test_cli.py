@@ -345,3 +345,16 @@ def test_a_list_key_given_one_string_is_a_list_of_one(tmp_path):
     loaded = load_config(config)
     assert loaded.settings["haproxy_socket"] == ("/run/haproxy/admin.sock",)
     assert loaded.settings["verify_endpoint"] == ("127.0.0.1:443",) and loaded.certificates[0].domains == ("a.example",)
+
+
+
+@pytest.mark.parametrize("args", [("status", "--json"), ("status",)])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, args):
+    _issued_record(tmp_path, "example.com", ["example.com"])
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CERTRENEW_")}
+    process = subprocess.Popen([sys.executable, "-m", "certrenew", *args, "--state-dir", tmp_path], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.close()  # `| head -1` done before certrenew writes: its writes find no reader
+    stderr = process.communicate(timeout=60)[1].decode()
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr
+    assert process.returncode == 141  # as a tool killed by SIGPIPE: the shell's 128 + 13
