@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from certrenew import haproxy, hints
+from certrenew import haproxy, hints, owned
 from certrenew.challenge import HTTP_01
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError
@@ -154,13 +154,22 @@ def socket_check(address: str, ssl_dir: Path) -> Check:
     except Unsupported as error:
         return Check(WARN, what, f"{error}: certificates are installed with the reload command")
     except Forbidden as error:  # its message names the fix
-        return Check(FAIL, what, str(error))
+        return Check(FAIL, what, _unprefixed(error, address))
     except RuntimeApiError as error:
-        return Check(FAIL, what, f"{error}; check --haproxy-socket, that HAProxy runs, and that this user may open it")
+        return Check(FAIL, what, f"{_unprefixed(error, address)}; check --haproxy-socket, that HAProxy runs, "
+                                 "and that this user may open it")
     directory = os.path.abspath(ssl_dir)
     if find_crt_list(crt_lists, directory) is None:
         return Check(WARN, what, f"loads no crt directory {directory}: a new certificate needs the reload command")
     return Check(OK, what, f"admin level, loads the crt directory {directory}")
+
+
+def _unprefixed(error: RuntimeApiError, address: str) -> str:
+    """The error without the socket it names first: the check's line names it already."""
+    text = str(error)
+    for prefix in (f"HAProxy Runtime API {address}: ", f"{address}: "):
+        text = text.removeprefix(prefix)
+    return text
 
 
 def reload_check(command: str, needed: bool) -> Check:
@@ -218,7 +227,7 @@ def _ssl_dir_check(ssl_dir: Path) -> Check:
     if not ssl_dir.is_dir():
         return Check(FAIL, what, f"does not exist: create it with `certrenew bootstrap-ssl-dir --ssl-dir {ssl_dir}`")
     if not os.access(ssl_dir, os.W_OK | os.X_OK):
-        return Check(FAIL, what, "not writable by this user")
+        return Check(FAIL, what, owned.not_writable(ssl_dir))
     if not any(ssl_dir.glob("*.pem")):
         return Check(FAIL, what, "no certificate in it, so HAProxy refuses to start: run `certrenew "
                                  f"bootstrap-ssl-dir --ssl-dir {ssl_dir}`")

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from certrenew import hooks, signals
+from certrenew import hooks, owned, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import ChallengeSolver, check_domains
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
@@ -344,7 +344,7 @@ def _check_ssl_dir(settings: Settings) -> None:
         raise UsageError(f"the ssl dir {ssl_dir} does not exist: create it with `certrenew bootstrap-ssl-dir "
                          f"--ssl-dir {ssl_dir}` (HAProxy needs a placeholder in it to start), or set --ssl-dir")
     if not os.access(ssl_dir, os.W_OK):
-        raise CertrenewError(f"the ssl dir {ssl_dir} is not writable by this user")
+        raise CertrenewError(f"the ssl dir {ssl_dir} is {owned.not_writable(ssl_dir)}")
 
 
 def _check_reload_command(settings: Settings) -> None:

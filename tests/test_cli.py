@@ -358,3 +358,38 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, args):
     stderr = process.communicate(timeout=60)[1].decode()
     assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr
     assert process.returncode == 141  # as a tool killed by SIGPIPE: the shell's 128 + 13
+
+
+def test_an_ssl_dir_not_writable_names_its_owner_and_the_fix():
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # not under pytest's, closed to other users
+        _ssl_dir_not_writable(Path(top))
+
+
+def _ssl_dir_not_writable(tmp_path):
+    tmp_path.chmod(0o755)
+    ssl = tmp_path / "ssl"
+    ssl.mkdir(mode=0o755)
+    (ssl / "placeholder.pem").write_text("")
+    # As root, run as nobody (root writes anywhere); else a directory closed to this user.
+    as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    if not as_user:
+        ssl.chmod(0o555)
+    user = "nobody" if as_user else __import__("pwd").getpwuid(os.geteuid()).pw_name
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CERTRENEW_")}
+    fix = f"not writable by user {user} (it is "
+    for args in (("a.example",), ("check",)):
+        result = subprocess.run([*as_user, sys.executable, "-m", "certrenew", *args, "--ssl-dir", ssl, "--state-dir",
+                                 tmp_path / "state", "--directory", "https://127.0.0.1:9/dir"],
+                                cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+        said = result.stderr if args == ("a.example",) else result.stdout
+        assert fix in said and f"`chown {user} {ssl}`" in said and "chmod g+w" in said, said
+
+
+def test_a_socket_check_names_the_socket_once(tmp_path):
+    missing = tmp_path / "no-such.sock"
+    result = certrenew("check", "--haproxy-socket", missing, "--state-dir", tmp_path, "--ssl-dir", tmp_path,
+                       "--directory", "https://127.0.0.1:9/dir", "--reload-command", "true")
+    (line,) = [line for line in result.stdout.splitlines() if str(missing) in line]
+    assert line.startswith(f"FAIL HAProxy socket {missing}: No such file") and line.count(str(missing)) == 1, line
