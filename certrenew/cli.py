@@ -49,6 +49,7 @@ DAEMON_OPTIONS = [option for option in OPTIONS if option.name not in ("force", "
 NO_RENEWAL_OPTIONS = [option for option in ONE_SHOT_OPTIONS
                       if option.name not in ("force", "metrics_file", "concurrency", "renew_before", "key_type")]
 """Those of check and revoke, which decide no renewal: none that only the renewal reads."""
+CONFIG_REQUIRED = f"TOML config file listing the certificates (default {DEFAULT_CONFIG})"
 CONFIG_NAMED = "TOML config file of settings, read only when named here or by CERTRENEW_CONFIG"
 CONFIG_IF_PRESENT = f"TOML config file, read if present (default {DEFAULT_CONFIG})"
 COMMAND_USAGE = """certrenew [options] DOMAIN [DOMAIN ...]
@@ -109,9 +110,6 @@ class _ListsAsWritten(argparse.HelpFormatter):
         fill = super()._fill_text
         return "\n\n".join(paragraph if "\n" in paragraph else fill(paragraph, width, indent)
                            for paragraph in text.split("\n\n"))
-
-
-CONFIG_REQUIRED = f"TOML config file listing the certificates (default {DEFAULT_CONFIG})"
 
 
 def build_run_parser() -> argparse.ArgumentParser:
