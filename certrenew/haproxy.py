@@ -50,7 +50,7 @@ def reload_problem(command: str) -> str | None:
     words = [arg for arg in argv[1:] if not arg.startswith("-")]
     if problem or Path(argv[0]).name != "systemctl" or not words or words[0] not in SYSTEMCTL_RELOADS:
         return problem
-    options = [arg for arg in argv[1:] if arg.startswith("-")]  # --user, -H HOST: ask the same systemd
+    options = [arg for arg in argv[1:] if arg.startswith("-")]  # --user, say: ask the same systemd
     try:
         status, said = run_command([argv[0], *options, "show", "--property=LoadState", "--value", *words[1:]],
                                    SYSTEMD_TIMEOUT)
