@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,16 @@ class Blocked(Refused):
     stay pending for the run after the fix; the others are installed."""
 
     backoff = False
+    set_aside = False
+
+
+class NotServed(Refused):
+    """Certificates a verify endpoint does not serve once installed, each with its own reason:
+    HAProxy took them, so what it serves instead (another bundle claiming their names, say) is
+    at fault, not they. They stay pending and the batch is put back; the run installs the
+    others without them, so one shadowed name fails alone."""
+
+    set_aside = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,9 @@ class InstallResult:
     """"hot update", "reload" or "hot update and reload"."""
     detail: str = ""
     """Which HAProxy processes took which path, and why a reload was needed."""
+    confirmed: bool = True
+    """False for a reload nothing could confirm (no Runtime API to ask, no verify endpoint): the
+    bundle is written and the reload command exited 0, but whether HAProxy serves it is unknown."""
 
 
 @dataclass(frozen=True)
@@ -96,12 +110,12 @@ class _Plan:
 class _Changes:
     """What an install changed so far, as undo steps run newest first."""
 
-    undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
 
-    def add(self, what: str, step: Callable[[], None]) -> None:
+    def add(self, what: str, step: Callable[[], object]) -> None:
         self.undo.append((what, step))
 
-    def add_last(self, what: str, step: Callable[[], None]) -> None:
+    def add_last(self, what: str, step: Callable[[], object]) -> None:
         """A step run after every other: a reload must find the previous files already put back."""
         self.undo.insert(0, (what, step))
 
@@ -155,22 +169,40 @@ class Installer:
             for path, bundle in files.items():
                 changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path]))
                 write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True)
-            method, detail = self._serve(files, previous, plans, changes)
-            grace = HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE
-            for bundle in files.values():
-                verify.wait_served(self.verify_endpoints, bundle, grace)
+            method, detail, confirmed = self._serve(files, previous, plans, changes)
+            self._verify(files, HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE)
         except CertrenewError as error:
             failures = changes.roll_back()
             if failures:
                 raise CertrenewError(f"{error}; rollback incomplete: {'; '.join(failures)}") from None
+            undone = _undone(previous)
             if isinstance(error, Refused):
                 names = {str(path): name for name, path in zip(bundles, files)}
-                raise Refused(f"{error}; {_undone(previous)}", [names[path] for path in error.which]) from None
-            raise CertrenewError(f"{error}; {_undone(previous)}") from None
+                raise type(error)(f"{error}; {undone}", [names[path] for path in error.which],
+                                  {names[path]: f"{reason}; {undone}" for path, reason in error.each.items()}) from None
+            raise CertrenewError(f"{error}; {undone}") from None
         except BaseException:
             changes.roll_back()
             raise
-        return [InstallResult(name, infos[name], path, method, detail) for name, path in zip(bundles, files)]
+        if not confirmed:
+            log.warning("the reload command exited 0, but nothing tells whether HAProxy took the reload: give "
+                        "--haproxy-socket (its worker is asked) or --verify-endpoint (the served certificate is)")
+        return [InstallResult(name, infos[name], path, method, detail, confirmed)
+                for name, path in zip(bundles, files)]
+
+    def _verify(self, files: Mapping[Path, bytes], grace: float) -> None:
+        """Every verify endpoint serves every bundle (`NotServed` names each that is not), within
+        `grace` seconds for them all: one left unserved costs the grace once, not once per bundle."""
+        deadline = time.monotonic() + grace
+        unserved = {}
+        for path, bundle in files.items():
+            try:
+                verify.wait_served(self.verify_endpoints, bundle, max(0.0, deadline - time.monotonic()))
+            except CertrenewError as error:
+                unserved[str(path)] = str(error)
+        if unserved:
+            raise NotServed("; ".join(f"{Path(path).name}: {reason}" for path, reason in unserved.items()),
+                            list(unserved), unserved)
 
     def path_of(self, name: str) -> Path:
         return self.ssl_dir / f"{name}.pem"
@@ -216,9 +248,13 @@ class Installer:
         return plans
 
     def _serve(self, files: Mapping[Path, bytes], previous: Mapping[Path, bytes | None], plans: list[_Plan],
-               changes: _Changes) -> tuple[str, str]:
-        """Hot-update what the nodes can take, then reload once if anything is left (or no node is configured)."""
-        updated, reasons = [], []
+               changes: _Changes) -> tuple[str, str, bool]:
+        """Hot-update what the nodes can take, then reload once if anything is left (or no node is configured).
+
+        Returns the method, its detail, and whether HAProxy is known to serve the files: a reload
+        is confirmed by each node it was for (a new worker) or, after this, by the verify endpoints.
+        """
+        updated, reasons, reloading = [], [], []
         for plan in plans:
             reason = plan.reason
             if plan.path is not None:
@@ -233,11 +269,13 @@ class Installer:
                     raise Refused(f"HAProxy refused {plan.file.name}: {error}", [str(plan.file)]) from None
             if f"{plan.node}: {reason}" not in reasons:
                 reasons.append(f"{plan.node}: {reason}")
+            if plan.node not in reloading:
+                reloading.append(plan.node)
         hot = f"Runtime API of {', '.join(updated)}" if updated else ""
         if updated:
             log.info("hot update via the %s", hot)
         if plans and not reasons:
-            return "hot update", hot
+            return "hot update", hot, True
         if reasons:
             log.warning("falling back to the reload command: %s", "; ".join(reasons))
         try:
@@ -247,10 +285,11 @@ class Installer:
             if named:
                 raise Refused(str(error), named) from None
             raise
-        haproxy.reload(self.reload_command)
+        confirmed = haproxy.reload(self.reload_command, reloading, RELOAD_GRACE)
         changes.add_last("reloading HAProxy with the previous certificates",
                          lambda: haproxy.reload(self.reload_command))
-        return ("hot update and reload" if updated else "reload"), "; ".join(filter(None, [hot, *reasons]))
+        return (("hot update and reload" if updated else "reload"), "; ".join(filter(None, [hot, *reasons])),
+                confirmed or bool(self.verify_endpoints))
 
     @staticmethod
     def _hot_update(plan: _Plan, bundle: bytes, previous: bytes | None, changes: _Changes) -> None:
