@@ -30,14 +30,17 @@ import functools
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
-from certrenew.bundle import CertificateInfo, check_bundle
+from certrenew.bundle import CertificateInfo, certificate_info, check_bundle, leaf_certificate
 from certrenew.errors import CertrenewError, Refused
 from certrenew.limits import MAX_BUNDLE
 from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
@@ -140,6 +143,8 @@ class Installer:
         self.nodes = [RuntimeApi(address) for address in sockets]
         self.configs = list(configs)
         self.verify_endpoints = list(verify_endpoints)
+        self._lock = threading.Lock()
+        self._claims: Claims | None = None
 
     def install(self, bundles: Mapping[str, bytes]) -> list[InstallResult]:
         """Install every bundle, or none: on failure everything is put back and the error raised.
@@ -207,17 +212,23 @@ class Installer:
     def path_of(self, name: str) -> Path:
         return self.ssl_dir / f"{name}.pem"
 
-    def check_place(self, name: str) -> None:
-        """Refuse (`Blocked`) a certificate whose bundle's place holds what no bundle can be read from,
-        before it is ordered: the CA is not asked for what could not be installed."""
+    def check_place(self, name: str, domains: Sequence[str] = (), key_type: str = "") -> None:
+        """Refuse (`Blocked`) a certificate before it is ordered when its bundle's place holds what no
+        bundle can be read from, or another bundle in the ssl dir claims one of its `domains` (see
+        `shadowing`): the CA is not asked for what could not be installed, or not served."""
         path = self.path_of(name)
         try:
             info = os.stat(path)
         except FileNotFoundError:
-            return
+            info = None
         except OSError as error:
             raise Blocked(str(_unreadable(path, error)), [name]) from None
-        problem = _not_a_bundle(path, info.st_mode, info.st_size)
+        problem = _not_a_bundle(path, info.st_mode, info.st_size) if info else None
+        if not problem and domains:
+            with self._lock:  # the ssl dir is read once per run, by the first certificate's worker
+                if self._claims is None:
+                    self._claims = claims(self.ssl_dir)
+            problem = shadowing(self._claims, path, domains, key_type)
         if problem:
             raise Blocked(problem, [name])
 
@@ -315,6 +326,65 @@ class Installer:
                 write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
         except OSError as error:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
+
+
+Claims = dict[str, list[tuple[Path, str]]]
+"""DNS name (lower case) -> the files of the ssl dir whose certificate names it, with its key's kind."""
+NOT_LOADED = (".issuer", ".ocsp", ".sctl", ".key")
+"""What HAProxy passes over in a crt directory, besides dot files: the extra files beside a bundle."""
+
+
+def claims(ssl_dir: Path) -> Claims:
+    """Which names the certificates HAProxy loads from `ssl_dir` claim, read as bounded as a bundle.
+
+    What is not a bundle (a key, a FIFO, a file that is no certificate) claims nothing.
+    """
+    found: Claims = {}
+    try:
+        entries = sorted(os.scandir(ssl_dir), key=lambda entry: entry.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name.endswith(NOT_LOADED):
+            continue
+        path = ssl_dir / entry.name
+        try:
+            leaf = leaf_certificate(read_bundle_file(path) or b"")
+        except (OSError, ValueError, IndexError, CertrenewError):
+            continue
+        for name in certificate_info(leaf).domains:
+            found.setdefault(name.lower(), []).append((path, key_kind(leaf.public_key())))
+    return found
+
+
+def key_kind(key_or_type: object) -> str:
+    """"RSA" or "ECDSA" for a public key or a key type (`rsa2048`): HAProxy serves one of each for a name."""
+    if isinstance(key_or_type, str):
+        return "RSA" if key_or_type.startswith("rsa") else "ECDSA"
+    if isinstance(key_or_type, rsa.RSAPublicKey):
+        return "RSA"
+    return "ECDSA" if isinstance(key_or_type, ec.EllipticCurvePublicKey) else type(key_or_type).__name__
+
+
+def shadowing(found: Claims, own: Path, domains: Sequence[str], key_type: str) -> str | None:
+    """Why the certificate to be written to `own` would not be what HAProxy serves, in one line naming
+    the files and the fix; None if nothing else claims its names.
+
+    HAProxy loads every bundle of its crt directory; for a name two of them claim with
+    the same kind of key, it goes on serving the one it had first (an older
+    `example.com.pem` left when the certificate was renamed `main`), which nothing then
+    renews. A verify endpoint would show it only after the order, and roll back.
+    """
+    kind = key_kind(key_type)
+    others: dict[Path, list[str]] = {}
+    for domain in domains:
+        for path, their_kind in found.get(domain.lower(), []):
+            if path != own and their_kind == kind:
+                others.setdefault(path, []).append(domain)
+    return "; ".join(
+        f"{path} claims {', '.join(names)} too, with an {kind} key: HAProxy loads every bundle of the ssl dir "
+        f"and may go on serving that one instead of {own.name}, and nothing renews it; move it out of the ssl "
+        f"dir (or name this certificate {path.stem!r} in the config)" for path, names in others.items()) or None
 
 
 def _served(path: Path) -> bytes | None:

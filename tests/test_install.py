@@ -364,3 +364,25 @@ def test_a_reload_command_that_writes_bytes_that_are_not_utf8_fails_in_its_own_w
 def test_a_reload_command_is_done_when_it_exits_though_what_it_started_holds_its_output():
     # e.g. a reload over ssh with ControlPersist: the master connection lives on, output open.
     assert within(20, lambda: haproxy.reload("""sh -c 'setsid sleep 60 & echo reloaded'""")) is False  # unconfirmed
+
+
+def leaf_bundle(*names: str, key_type: trustme.KeyType = trustme.KeyType.ECDSA) -> bytes:
+    leaf = trustme.CA().issue_cert(*names, key_type=key_type)
+    return build_bundle(b"".join(blob.bytes() for blob in leaf.cert_chain_pems), leaf.private_key_pem.bytes())
+
+
+def test_another_bundle_claiming_a_name_with_the_same_kind_of_key_refuses_the_certificate_before_ordering(ssl_dir):
+    (ssl_dir / "example.com.pem").write_bytes(leaf_bundle("example.com", "www.example.com"))  # a single-domain run's
+    (ssl_dir / "main.pem").write_bytes(leaf_bundle("example.com"))  # its own: replaced, so no shadow
+    (ssl_dir / "rsa.pem").write_bytes(leaf_bundle("www.example.com", key_type=trustme.KeyType.RSA))  # served beside it
+    (ssl_dir / ".hidden.pem").write_bytes(leaf_bundle("www.example.com"))  # HAProxy passes over a dot file
+    installer = Installer(ssl_dir, "true")
+    with pytest.raises(Blocked) as refused:
+        installer.check_place("main", ("example.com", "www.example.com", "api.example.com"), "ecdsa-p256")
+    assert str(refused.value) == (
+        f"{ssl_dir}/example.com.pem claims example.com, www.example.com too, with an ECDSA key: HAProxy loads every "
+        "bundle of the ssl dir and may go on serving that one instead of main.pem, and nothing renews it; move it "
+        "out of the ssl dir (or name this certificate 'example.com' in the config)")
+    installer.check_place("other", ("api.example.com",), "ecdsa-p256")  # no name of its claimed elsewhere
+    with pytest.raises(Blocked, match="rsa.pem claims www.example.com too, with an RSA key"):
+        Installer(ssl_dir, "true").check_place("main-rsa", ("www.example.com",), "rsa2048")

@@ -10,6 +10,7 @@ import time
 from cryptography import x509
 
 from certrenew.bundle import leaf_info
+from certrenew.haproxy import worker_pid
 from certrenew.runtime_api import RuntimeApi, argument, find_crt_list
 from certrenew.verify import served_fingerprint
 
@@ -182,15 +183,34 @@ def test_an_unreachable_node_is_named_and_nothing_changes(lab):
     assert served_serial(lab) == old
 
 
-def test_a_socket_without_the_crt_directory_falls_back_to_the_reload_command(lab):
+def reloading_other_ssl_dir(lab):
+    """Settings where the Runtime API cannot take the certificate (HAProxy loads no crt directory
+    `other-ssl`), so the lab's reload command runs, and the socket tells whether it took."""
     other = lab.workdir / "other-ssl"
     other.mkdir()
-    marker = lab.workdir / "reloaded"
-    result = run(lab, env={"CERTRENEW_SSL_DIR": str(other), "CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket),
-                           "CERTRENEW_RELOAD_COMMAND": f"touch {marker}"})
+    return other, {"CERTRENEW_SSL_DIR": str(other), "CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket)}
+
+
+def test_a_socket_without_the_crt_directory_falls_back_to_the_reload_command(lab):
+    other, env = reloading_other_ssl_dir(lab)
+    reloads = lab.master_reloads()[0]
+    result = run(lab, env=env)
     assert "served by reload" in result.stdout and f"loads no crt directory {other}" in result.stdout
     assert "falling back to the reload command" in result.stderr
-    assert marker.exists()
+    assert lab.master_reloads()[0] > reloads  # the new worker it saw
+
+
+def test_a_reload_the_runtime_api_shows_did_not_take_fails_and_is_rolled_back(lab):
+    other, env = reloading_other_ssl_dir(lab)
+    lab.haproxy_cfg.write_text(lab.haproxy_cfg.read_text() + "    no-such-keyword\n")  # HAProxy will refuse it
+    worker = worker_pid(RuntimeApi(str(lab.admin_socket)))
+    failed = lab.master_reloads()[1]
+    result = run(lab, env=env, expect=1)
+    assert "exited 0, but HAProxy" in result.stderr and "still runs the worker it ran before" in result.stderr
+    assert "did not take" in result.stderr and "new certificate was removed again" in result.stderr
+    assert lab.master_reloads()[1] > failed  # the fault happened: the master refused the reload (twice: the rollback's)
+    assert worker_pid(RuntimeApi(str(lab.admin_socket))) == worker  # and its old worker serves on
+    assert list(other.iterdir()) == []
 
 
 def test_a_dual_certificate_serves_ecdsa_or_rsa_by_client(lab):
