@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import trustme
 from cryptography import x509
 
 from certrenew.bundle import leaf_info
@@ -326,3 +327,21 @@ def test_the_runtime_api_takes_a_path_with_a_space_or_a_semicolon_as_one_argumen
     assert path in api.command(f"show ssl crt-list {argument(crt_list)}")
     api.remove_certificate(crt_list, path)
     assert api.certificates().path_of(path) is None
+
+
+def test_a_certificate_haproxy_serves_another_for_fails_alone_in_its_own_words_and_the_batch_is_served(lab):
+    legacy = lab.workdir / "legacy.pem"  # outside the ssl dir, where no pre-flight looks: only serving tells
+    leaf = trustme.CA().issue_cert("shadow.example")
+    legacy.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems) + leaf.private_key_pem.bytes())
+    lab.reconfigure_haproxy(f"crt {lab.ssl_dir}/\n", f"crt {legacy} crt {lab.ssl_dir}/\n")
+    config = lab.workdir / "certrenew.toml"
+    config.write_text('[[certificate]]\nname = "main"\ndomains = ["shadow.example"]\n\n'
+                      '[[certificate]]\nname = "other"\ndomains = ["other.example"]\n')
+    result = run(lab, "run", "--config", str(config), env=hot(lab), expect=1)
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("certrenew: main: failed: ")]
+    assert f"served-certificate check: {lab.https_endpoint} serves another certificate for shadow.example" in line
+    assert "other.example" not in line and "the new certificate stays pending for the run after" in line
+    assert "other: issued" in result.stdout and "served by hot update" in result.stdout
+    assert served_serial(lab, "other.example") == installed_serial(lab, "other")
+    assert not bundle_path(lab, "main").exists()  # put back: there was none
+    assert served_serial(lab, "shadow.example") == leaf_info(legacy.read_bytes()).serial  # the fault: the legacy one
