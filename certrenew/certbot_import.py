@@ -28,7 +28,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certrenew.atomicfile import write_atomic
-from certrenew.bundle import CertificateInfo, build_bundle, certificate_info, leaf_certificate, leaf_info
+from certrenew.bundle import (
+    CLOCK_SKEW,
+    CertificateInfo,
+    build_bundle,
+    certificate_info,
+    certificates,
+    chain_problem,
+    leaf_info,
+    pem_blocks,
+)
 from certrenew.config import CertificateSpec, Settings, certificate_specs, load_config
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.install import read_bundle_file
@@ -250,7 +259,7 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     """
     conf_path = certbot_dir / "renewal" / f"{name}.conf"
     try:
-        conf = read_renewal_conf(conf_path.read_text())
+        conf = read_renewal_conf(_read(name, conf_path, "renewal conf").decode())
     except (configparser.Error, UnicodeDecodeError) as error:
         raise UsageError(f"{name}: cannot read {conf_path}: {' '.join(str(error).split())}") from None
     params = conf.get("renewalparams", {})
@@ -265,13 +274,17 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     live = certbot_dir / "live" / name
     fullchain, key_pem = (_read(name, live / file) for file in ("fullchain.pem", "privkey.pem"))
     try:
-        cert = leaf_certificate(fullchain)
+        chain = certificates(pem_blocks(fullchain))
+        cert = chain[0]
         key = load_key(key_pem)
     except (ValueError, TypeError, IndexError, CertrenewError) as error:
         raise UsageError(f"{name}: cannot read the certificate or key in {live}: {error or type(error).__name__}") \
             from None
     if not is_key_of(key, cert):
         raise UsageError(f"{name}: {live / 'privkey.pem'} is not the key of {live / 'fullchain.pem'}")
+    problem = _not_issued(chain, datetime.datetime.now(datetime.timezone.utc))
+    if problem:
+        return f"{live / 'fullchain.pem'}: {problem}; certbot keeps it, or add it to the config for certrenew to order"
 
     key_type = key_type_of(key.public_key())
     if key_type is None:
@@ -292,11 +305,40 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
                     certificate_info(cert), params["account"], notes)
 
 
-def _read(name: str, path: Path) -> bytes:
-    """A PEM file of certbot's, read as the ssl dir's bundles are: a FIFO, a device or an oversized
+def _not_issued(chain: list[x509.Certificate], now: datetime.datetime) -> str | None:
+    """Why certbot's certificate is not one a CA issued and still valid, or None: the proof an issued
+    certificate passes (see `bundle.check_issued`), where the names are the certificate's own.
+
+    Whatever sits in live/ is taken for the CA's otherwise (a self-signed certificate valid
+    for 100 years was imported, and reported ok until it expired). That its issuer is the
+    CA of the account cannot be proven here: no ACME resource names a CA's intermediates.
+    """
+    leaf = chain[0]
+    if len(chain) < 2:
+        self_signed = leaf.issuer == leaf.subject and chain_problem([leaf, leaf]) is None
+        return "its certificate is self-signed, not issued by a CA" if self_signed else \
+            f"it holds no certificate of its issuer ({leaf.issuer.rfc4514_string()})"
+    problem = chain_problem(chain)
+    if problem:
+        return f"its chain is broken: {problem}"
+    try:
+        issuer_is_ca = chain[1].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        issuer_is_ca = False
+    if not issuer_is_ca:
+        return f"its issuer ({chain[1].subject.rfc4514_string()}) is not a CA certificate"
+    if now >= leaf.not_valid_after_utc:
+        return f"it expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    if now + CLOCK_SKEW < leaf.not_valid_before_utc:
+        return f"it is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
+def _read(name: str, path: Path, noun: str = "PEM file") -> bytes:
+    """A file of certbot's, read as the ssl dir's bundles are: a FIFO, a device or an oversized
     file is refused in one line naming it, not waited on or read until memory runs out."""
     try:
-        content = read_bundle_file(path, "PEM file", "not imported; certbot keeps regular files there")
+        content = read_bundle_file(path, noun, "not imported; certbot keeps regular files there")
     except CertrenewError as error:
         raise UsageError(f"{name}: {error}") from None
     if content is None:
@@ -368,8 +410,8 @@ def _read_account(certbot_dir: Path, directory_url: str, account_id: str) -> Acc
     import josepy as jose  # the ACME stack, only for an import
 
     try:
-        jwk = jose.JWK.json_loads((directory / "private_key.json").read_text())
-        uri = json.loads((directory / "regr.json").read_text())["uri"]
+        jwk = jose.JWK.json_loads(_read(f"certbot account {account_id}", directory / "private_key.json", "certbot account file"))
+        uri = json.loads(_read(f"certbot account {account_id}", directory / "regr.json", "certbot account file"))["uri"]
         if not isinstance(uri, str) or not uri.startswith("https://"):  # stored, it must read back
             raise ValueError(f"regr.json: the account URI {uri!r} is not an https:// URL")
     except OSError as error:

@@ -83,21 +83,31 @@ def test_certbot_key_types_map_to_certrenews_or_to_none(make_key, expected):
     assert key_type_of(make_key().public_key()) == expected
 
 
-def lineage(root: Path, name: str, key, names: list, params: str = "", must_staple: bool = False) -> None:
-    """A lineage laid out as certbot lays it out, with a self-signed certificate."""
+def lineage(root: Path, name: str, key, names: list, params: str = "", must_staple: bool = False,
+            self_signed: bool = False, valid_days: tuple[int, int] = (0, 90)) -> None:
+    """A lineage laid out as certbot lays it out, its certificate issued by a test CA (or `self_signed`)."""
     now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = key if self_signed else ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name if self_signed else "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=3650))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
     builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")]))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=90))
+               .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now + datetime.timedelta(days=valid_days[0]))
+               .not_valid_after(now + datetime.timedelta(days=valid_days[1]))
                .add_extension(x509.SubjectAlternativeName(names), critical=False))
     if must_staple:
         builder = builder.add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
-    cert = builder.sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    signer = key if self_signed else ca_key
+    cert = builder.sign(signer, None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    chain = b"" if self_signed else ca.public_bytes(Encoding.PEM)
     archive, live = root / "archive" / name, root / "live" / name
     archive.mkdir(parents=True)
     live.mkdir(parents=True)
-    for file, data in (("fullchain", cert.public_bytes(Encoding.PEM)), ("privkey", key_to_pem(key))):
+    for file, data in (("fullchain", cert.public_bytes(Encoding.PEM) + chain), ("privkey", key_to_pem(key))):
         (archive / f"{file}1.pem").write_bytes(data)
         os.symlink(f"../../archive/{name}/{file}1.pem", live / f"{file}.pem")
     (root / "renewal").mkdir(exist_ok=True)
@@ -232,3 +242,60 @@ def test_an_import_whose_config_could_not_be_written_is_finished_by_the_same_imp
     assert config.read_text().count("[[certificate]]") == 2
     with pytest.raises(UsageError, match="certrenew already manages"):  # now done: a third is refused as before
         import_certbot(settings, root, config)
+
+
+@pytest.mark.parametrize(("kind", "said"), [
+    ({"self_signed": True, "valid_days": (0, 36525)}, "its certificate is self-signed, not issued by a CA"),
+    ({"valid_days": (-90, -1)}, "it expired on "),
+    ({"valid_days": (2, 92)}, "it is not valid before "),
+])
+def test_a_certificate_no_ca_issued_or_not_valid_now_is_skipped_not_imported(tmp_path, kind, said):
+    root = tmp_path / "letsencrypt"
+    lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")], **kind)
+    lineage(root, "good.example", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("good.example")])
+    result = plan(tmp_path)
+    assert [item.spec.name for item in result.takeovers] == ["good.example"]  # the others go on
+    assert result.skipped["example.com"].startswith(f"{root / 'live' / 'example.com' / 'fullchain.pem'}: {said}")
+    assert result.skipped["example.com"].endswith("; certbot keeps it, or add it to the config for certrenew to order")
+
+
+def test_a_chain_whose_next_certificate_did_not_sign_the_leaf_is_skipped(tmp_path):
+    root = tmp_path / "letsencrypt"
+    lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")])
+    lineage(root, "other.example", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("other.example")])
+    fullchain = root / "archive" / "example.com" / "fullchain1.pem"
+    other_ca = (root / "archive" / "other.example" / "fullchain1.pem").read_bytes().split(b"-----END CERTIFICATE-----\n")[1]
+    fullchain.write_bytes(fullchain.read_bytes().split(b"-----END CERTIFICATE-----\n")[0] + b"-----END CERTIFICATE-----\n"
+                          + other_ca + b"-----END CERTIFICATE-----\n")
+    assert "its chain is broken: certificate 1 (CN=example.com) is not signed by the next one (CN=test CA)" in (
+        plan(tmp_path).skipped["example.com"])
+
+
+@pytest.mark.parametrize(("file", "make", "said"), [
+    ("renewal/example.com.conf", lambda path: os.symlink("/dev/zero", path), "is a character device, not a renewal conf"),
+    ("renewal/example.com.conf", os.mkfifo, r"is a named pipe \(FIFO\), not a renewal conf"),
+    ("accounts/acme.test/directory/acct/regr.json", os.mkfifo, r"is a named pipe \(FIFO\), not a certbot account file"),
+    ("accounts/acme.test/directory/acct/private_key.json", lambda path: os.symlink("/dev/zero", path),
+     "is a character device, not a certbot account file"),
+])
+def test_every_certbot_file_must_be_a_regular_file_read_bounded(tmp_path, file, make, said):
+    """/dev/zero read until MemoryError, and a FIFO hung the import."""
+    import threading
+
+    root = tmp_path / "letsencrypt"
+    lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")])
+    (root / file).unlink()
+    make(root / file)
+    raised = []
+
+    def attempt():
+        try:
+            plan(tmp_path)
+        except UsageError as error:
+            raised.append(str(error))
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert len(raised) == 1, "import waited on a certbot file, or read it whole"
+    assert re.search(rf"{re.escape(str(root / file))} .*{said}: not imported; certbot keeps regular files there",
+                     raised[0]), raised[0]
