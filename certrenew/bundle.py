@@ -156,15 +156,19 @@ def leaf_info(pem: bytes) -> CertificateInfo:
 
 
 def certificate_info(cert: x509.Certificate) -> CertificateInfo:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        domains = tuple(san.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        domains = ()
     return CertificateInfo(
         serial=format(cert.serial_number, "x"),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
-        domains=domains,
+        domains=dns_names(cert),
         fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
     )
+
+
+def dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    """The DNS names of the certificate's subjectAltName, as it lists them."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(san.get_values_for_type(x509.DNSName))

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
-from certrenew.bundle import CertificateInfo, certificate_info, check_bundle, leaf_certificate
+from certrenew.bundle import CertificateInfo, check_bundle, dns_names, leaf_certificate
 from certrenew.errors import CertrenewError, Refused
 from certrenew.limits import MAX_BUNDLE
 from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
@@ -352,8 +352,9 @@ def claims(ssl_dir: Path) -> Claims:
             leaf = leaf_certificate(read_bundle_file(path) or b"")
         except (OSError, ValueError, IndexError, CertrenewError):
             continue
-        for name in certificate_info(leaf).domains:
-            found.setdefault(name.lower(), []).append((path, key_kind(leaf.public_key())))
+        kind = key_kind(leaf.public_key())
+        for name in dns_names(leaf):
+            found.setdefault(name.lower(), []).append((path, kind))
     return found
 
 
@@ -416,7 +417,10 @@ def read_bundle_file(path: Path, noun: str = "bundle", advice: str = SSL_DIR_ADV
         content = b""
         if not problem:
             with open(fd, "rb", closefd=False) as file:
-                content = file.read(MAX_BUNDLE + 1)
+                # As large as the file: a buffer of MAX_BUNDLE for each read cost more than the parse.
+                content = file.read(info.st_size + 1)
+                if len(content) > info.st_size:  # grown since the fstat: the rest, as bounded
+                    content += file.read(MAX_BUNDLE + 1 - len(content))
             problem = _not_a_bundle(path, info.st_mode, len(content), noun, advice)  # grown since the fstat
     except OSError as error:
         raise _unreadable(path, error) from None
