@@ -385,7 +385,13 @@ def shadowing(found: Claims, own: Path, domains: Sequence[str], key_type: str) -
     return "; ".join(
         f"{path} claims {', '.join(names)} too, with an {kind} key: HAProxy loads every bundle of the ssl dir "
         f"and may go on serving that one instead of {own.name}, and nothing renews it; move it out of the ssl "
-        f"dir (or name this certificate {path.stem!r} in the config)" for path, names in others.items()) or None
+        f"dir{_or_rename(own, path)}" for path, names in others.items()) or None
+
+
+def _or_rename(own: Path, other: Path) -> str:
+    """The other fix, where there is one: a dual certificate's half (`main.ecdsa-p256`) cannot take
+    the name of the single certificate it was (`main`)."""
+    return "" if own.stem.startswith(f"{other.stem}.") else f" (or name this certificate {other.stem!r} in the config)"
 
 
 def _served(path: Path) -> bytes | None:

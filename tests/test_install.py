@@ -386,3 +386,5 @@ def test_another_bundle_claiming_a_name_with_the_same_kind_of_key_refuses_the_ce
     installer.check_place("other", ("api.example.com",), "ecdsa-p256")  # no name of its claimed elsewhere
     with pytest.raises(Blocked, match="rsa.pem claims www.example.com too, with an RSA key"):
         Installer(ssl_dir, "true").check_place("main-rsa", ("www.example.com",), "rsa2048")
+    with pytest.raises(Blocked, match=r"move it out of the ssl dir$"):  # a dual certificate's half: no rename
+        Installer(ssl_dir, "true").check_place("rsa.rsa2048", ("www.example.com",), "rsa2048")
