@@ -35,6 +35,7 @@ from certrenew.bundle import (
     certificate_info,
     certificates,
     chain_problem,
+    leaf_certificate,
     leaf_info,
     pem_blocks,
 )
@@ -45,6 +46,8 @@ from certrenew.keys import is_key_of, key_to_pem, key_type_of, load_key
 from certrenew.store import Account, CertificateRecord, FileStore, Store
 
 DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
+ASK_TIMEOUT = 10.0
+"""Seconds for each question to the CA (its directory, a certificate's renewal information)."""
 TOP = "top"
 """The section name given to a renewal conf's top-level keys (configobj needs no header for them)."""
 HOOKS = {"pre_hook": "pre hook", "post_hook": "post hook", "renew_hook": "deploy hook",
@@ -196,6 +199,9 @@ def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: l
                               "type than certbot's certificate has, so the next run reissues it")
         takeovers[index] = dataclasses.replace(item, managed=managed, ssl_dir=_ssl_dir_notes(settings, item, served))
 
+    unknown, asked = _unknown_to_the_ca(settings, takeovers) if takeovers else ({}, [])
+    skipped.update(unknown)
+    takeovers = [item for item in takeovers if item.lineage not in unknown]
     account, account_id = _account(store, certbot_dir, directory_url, takeovers) if takeovers else (None, "")
     original = config_path.read_text() if config_path.exists() else ""
     appended = "".join(_toml(item, certbot_dir) for item in takeovers if item.spec.name not in configured)
@@ -205,7 +211,7 @@ def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: l
         appended = "\n" + appended
     _check_config(config_path, original + appended)
     return ImportPlan(directory_url, takeovers, skipped, account, account_id, config_path, original + appended,
-                      appended, _global_hooks(certbot_dir))
+                      appended, asked + _global_hooks(certbot_dir))
 
 
 def apply(plan: ImportPlan, store: Store) -> None:
@@ -310,8 +316,8 @@ def _not_issued(chain: list[x509.Certificate], now: datetime.datetime) -> str | 
     certificate passes (see `bundle.check_issued`), where the names are the certificate's own.
 
     Whatever sits in live/ is taken for the CA's otherwise (a self-signed certificate valid
-    for 100 years was imported, and reported ok until it expired). That its issuer is the
-    CA of the account cannot be proven here: no ACME resource names a CA's intermediates.
+    for 100 years was imported, and reported ok until it expired). Whether the issuer is the
+    CA's is for the CA to say (see `_unknown_to_the_ca`).
     """
     leaf = chain[0]
     if len(chain) < 2:
@@ -332,6 +338,48 @@ def _not_issued(chain: list[x509.Certificate], now: datetime.datetime) -> str | 
     if now + CLOCK_SKEW < leaf.not_valid_before_utc:
         return f"it is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
     return None
+
+
+def _unknown_to_the_ca(settings: Settings, takeovers: list[Takeover]) -> tuple[dict[str, str], list[str]]:
+    """The lineages whose certificate the CA says it did not issue (why, by lineage), and a note
+    where it could not be asked.
+
+    No chain shows that its issuer is the CA's: no ACME resource names a CA's
+    intermediates. But a CA that speaks ARI (RFC 9773) answers renewal information for its
+    own certificates only, 404 for another's (Let's Encrypt's Boulder does), so one GET per
+    certificate tells. A CA without ARI (pebble), or one that does not answer, leaves the
+    proof to the chain, and a note says so.
+    """
+    import requests  # only an import asks, once per certificate
+
+    from certrenew.acme_ari import ari_cert_id
+    from certrenew.acme_transport import describe
+
+    url, verify = settings.directory_url, settings.ca_bundle or True
+    try:
+        response = requests.get(url, verify=verify, timeout=ASK_TIMEOUT)
+        response.raise_for_status()
+        base = response.json().get("renewalInfo")
+    except (requests.RequestException, ValueError, AttributeError) as error:
+        return {}, [f"certbot: the CA at {url} could not be asked whether it issued these certificates "
+                    f"({describe(error)}); only their chains prove them"]
+    if not isinstance(base, str):
+        return {}, [f"certbot: the CA at {url} offers no renewal information (ARI), which would show it issued "
+                    "these certificates; only their chains prove them"]
+    unknown = {}
+    for item in takeovers:
+        try:
+            status = requests.get(f"{base.rstrip('/')}/{ari_cert_id(leaf_certificate(item.bundle))}", verify=verify,
+                                  timeout=ASK_TIMEOUT).status_code
+        except x509.ExtensionNotFound:  # no authority key identifier: no CA's certificate lacks one
+            status = 404
+        except requests.RequestException:
+            continue
+        if status == 404:
+            unknown[item.lineage] = (f"the CA at {url} does not know its certificate (its renewal information is "
+                                     "404 Not Found): another CA issued it; certbot keeps it, or add it to the "
+                                     "config for certrenew to order")
+    return unknown, []
 
 
 def _read(name: str, path: Path, noun: str = "PEM file") -> bytes:

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
+import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -106,6 +108,8 @@ def test_import_then_noop_then_certrenew_renews_with_certbots_account_naming_cer
     lab.reload_haproxy()
 
     served = {p.name: p.read_bytes() for p in lab.ssl_dir.iterdir()}
+    assert set(ari.requests) == {ari_cert_id(live_cert(certbot_dir, name)) for name in LINEAGES}  # the import's proof
+    ari.requests.clear()
     noop = lab.certrenew("run", "--config", str(config), env=env)
     assert noop.returncode == 0, noop.stderr
     assert [line.split(":")[:2] for line in noop.stdout.splitlines()] == [
@@ -130,6 +134,30 @@ def test_import_then_noop_then_certrenew_renews_with_certbots_account_naming_cer
     certbot_account = json.loads(next((certbot_dir / "accounts").rglob("regr.json")).read_text())["uri"]
     assert json.loads((accounts[0] / "account.json").read_text())["uri"] == certbot_account
     assert tree(certbot_dir) == before
+
+
+def test_a_certificate_the_ca_says_another_issued_is_skipped_and_the_others_imported(lab, ari, tmp_path):
+    server = f"{ari.url}/dir"
+    certbot_dir = certbot(lab, tmp_path, server)
+    intermediate = x509.load_pem_x509_certificate(
+        requests.get(f"{lab.management_url}/intermediates/0", verify=str(lab.ca_bundle), timeout=5).content)
+    ari.issuers = [intermediate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest]
+    # Another CA's certificate for the same name, with a chain as good as pebble's.
+    other_ca = trustme.CA()
+    leaf = other_ca.issue_cert("rsa.example")
+    archive = certbot_dir / "archive" / "rsa.example"
+    (archive / "fullchain1.pem").write_bytes(leaf.cert_chain_pems[0].bytes() + other_ca.cert_pem.bytes())
+    (archive / "privkey1.pem").write_bytes(leaf.private_key_pem.bytes())
+    config = tmp_path / "certrenew.toml"
+    config.write_text(CONFIG)
+    result = lab.certrenew("import-certbot", "--certbot-dir", str(certbot_dir), "--config", str(config),
+                           env={"CERTRENEW_DIRECTORY": server})
+    assert result.returncode == 0, result.stderr
+    assert "ec.example: imported:" in result.stdout
+    assert (f"rsa.example: skipped: the CA at {server} does not know its certificate (its renewal information is "
+            "404 Not Found): another CA issued it") in result.stdout
+    assert [spec.name for spec in load_config(config).certificates] == ["ec.example"]
+    assert len(set(ari.requests)) == 2  # each certificate asked about (again when the plan is made under the lock)
 
 
 CALM = {"PEBBLE_WFE_NONCEREJECT": "0"}
