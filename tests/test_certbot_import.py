@@ -26,7 +26,8 @@ from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import key_to_pem, key_type_of
 from certrenew.store import Account, FileStore
 
-SERVER = "https://acme.test/directory"
+SERVER = "https://127.0.0.1:9/directory"
+"""No CA answers there, at once: an import's question whether the CA issued a certificate fails without a wait."""
 
 # As certbot 5 writes it, with what configobj adds for other plugins: a quoted value, a nested section.
 CONF = """\
@@ -113,7 +114,7 @@ def lineage(root: Path, name: str, key, names: list, params: str = "", must_stap
     (root / "renewal").mkdir(exist_ok=True)
     (root / "renewal" / f"{name}.conf").write_text(
         f"version = 5.8.0\n[renewalparams]\naccount = acct\nserver = {SERVER}\n{params}")
-    account = root / "accounts" / "acme.test" / "directory" / "acct"
+    account = root / "accounts" / "127.0.0.1:9" / "directory" / "acct"
     account.mkdir(parents=True, exist_ok=True)
     (account / "private_key.json").write_text(jose.JWKRSA(key=rsa.generate_private_key(65537, 2048)).json_dumps())
     (account / "regr.json").write_text(json.dumps({"body": {}, "uri": "https://acme.test/acct/1"}))
@@ -175,7 +176,7 @@ def test_an_account_uri_that_is_not_an_https_url_is_refused_not_stored(tmp_path,
     """Stored as it came, a number made the account file unreadable: every later run failed on it."""
     root = tmp_path / "letsencrypt"
     lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")])
-    (root / "accounts" / "acme.test" / "directory" / "acct" / "regr.json").write_text(json.dumps({"uri": uri}))
+    (root / "accounts" / "127.0.0.1:9" / "directory" / "acct" / "regr.json").write_text(json.dumps({"uri": uri}))
     with pytest.raises(UsageError, match="certbot account acct: malformed account files .*not an https:// URL"):
         plan(tmp_path)
 
@@ -276,8 +277,8 @@ def test_a_chain_whose_next_certificate_did_not_sign_the_leaf_is_skipped(tmp_pat
 @pytest.mark.parametrize(("file", "make", "said"), [
     ("renewal/example.com.conf", lambda path: os.symlink("/dev/zero", path), "is a character device, not a renewal conf"),
     ("renewal/example.com.conf", os.mkfifo, r"is a named pipe \(FIFO\), not a renewal conf"),
-    ("accounts/acme.test/directory/acct/regr.json", os.mkfifo, r"is a named pipe \(FIFO\), not a certbot account file"),
-    ("accounts/acme.test/directory/acct/private_key.json", lambda path: os.symlink("/dev/zero", path),
+    ("accounts/127.0.0.1:9/directory/acct/regr.json", os.mkfifo, r"is a named pipe \(FIFO\), not a certbot account file"),
+    ("accounts/127.0.0.1:9/directory/acct/private_key.json", lambda path: os.symlink("/dev/zero", path),
      "is a character device, not a certbot account file"),
 ])
 def test_every_certbot_file_must_be_a_regular_file_read_bounded(tmp_path, file, make, said):
