@@ -7,9 +7,12 @@ command runs, once for the batch, only when no socket is configured or one canno
 it (an HAProxy older than 2.2, or the ssl dir not being a crt directory it loads), and,
 where the configuration is named (--haproxy-config), only after `haproxy -c` accepts it.
 Once per batch: a reload per certificate would make HAProxy re-read every certificate
-each time, and reload signals sent back to back can be lost. Every bundle is proven
-loadable (parsed, its key its certificate's) before any file is written. Then every
-verify endpoint must serve each new certificate for each of its names.
+each time, and reload signals sent back to back can be lost. A reload command's exit 0
+proves little, so a reload is said to serve only when each Runtime API it was for
+answers from a new worker, or the verify endpoints see it (`InstallResult.confirmed`).
+Every bundle is proven loadable (parsed, its key its certificate's) before any file is
+written. Then every verify endpoint must serve each new certificate for each of its
+names; one it does not serve fails alone (`NotServed`).
 
 If any step fails, every change is undone, newest first: the previous bundles go back
 on disk byte for byte, into each HAProxy's memory, and through a reload if one was
@@ -23,7 +26,8 @@ warning naming the link and its target; the rollback copy is what the link led t
 bytes HAProxy had. Where something else is in a bundle's place (a FIFO, which would block
 the read, a device such as /dev/zero, which would never end it, a directory, a file larger
 than any bundle) it is left alone and that certificate refused (`Blocked`): it must be seen
-before anything is written, as the rollback could not put it back.
+before anything is written, as the rollback could not put it back. So is a certificate
+whose names another bundle in the ssl dir claims (`shadowing`), before it is ordered.
 """
 
 import functools
