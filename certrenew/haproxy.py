@@ -37,13 +37,15 @@ def reload(command: str, nodes: Sequence[RuntimeApi] = (), grace: float = 0.0) -
     _run_reload(command)
     deadline = time.monotonic() + grace
     for node, before in workers:
-        while _same_worker(node, before):
+        now: str | None = before
+        while now in (before, None):
             if time.monotonic() >= deadline:
+                seen = f"still runs the worker it ran before (pid {before})" if now else "does not answer"
                 raise CertrenewError(
-                    f"reload command {command!r} exited 0, but HAProxy {node} still runs the worker it ran "
-                    f"before (pid {before}) {grace:g} s later: the reload did not take (a configuration it "
-                    "refuses? see HAProxy's log, or haproxy -c)")
+                    f"reload command {command!r} exited 0, but HAProxy {node} {seen} {grace:g} s later: the "
+                    "reload did not take (a configuration it refuses? see HAProxy's log, or haproxy -c)")
             time.sleep(POLL_INTERVAL)
+            now = _answering(node)
     return bool(workers)
 
 
@@ -56,12 +58,12 @@ def worker_pid(node: RuntimeApi) -> str:
     return pid
 
 
-def _same_worker(node: RuntimeApi, before: str) -> bool:
-    """Whether `node` is still answered by worker `before`; while the socket changes hands, assume so."""
+def _answering(node: RuntimeApi) -> str | None:
+    """The pid of the worker answering `node`, or None while none does (the socket changing hands)."""
     try:
-        return worker_pid(node) == before
+        return worker_pid(node)
     except RuntimeApiError:
-        return True
+        return None
 
 
 def _run_reload(command: str) -> None:

@@ -388,3 +388,12 @@ def test_another_bundle_claiming_a_name_with_the_same_kind_of_key_refuses_the_ce
         Installer(ssl_dir, "true").check_place("main-rsa", ("www.example.com",), "rsa2048")
     with pytest.raises(Blocked, match=r"move it out of the ssl dir$"):  # a dual certificate's half: no rename
         Installer(ssl_dir, "true").check_place("rsa.rsa2048", ("www.example.com",), "rsa2048")
+
+
+def test_a_reload_after_which_the_runtime_api_no_longer_answers_fails(tmp_path):
+    """A socket that no new worker opens (HAProxy gone, or its config lost the stats socket) proves nothing."""
+    fake = FakeHAProxy(tmp_path / "admin.sock", {"show info": "Pid: 7\n"})
+    node = haproxy.RuntimeApi(str(tmp_path / "admin.sock"))
+    with pytest.raises(CertrenewError, match=r"but HAProxy .*admin.sock does not answer 0.5 s later: the reload did not take"):
+        haproxy.reload(f"sh -c 'rm {tmp_path / 'admin.sock'}'", [node], 0.5)
+    fake.close()
