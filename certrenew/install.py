@@ -39,7 +39,7 @@ from certrenew.atomicfile import fsync_directory, write_atomic
 from certrenew.bundle import CertificateInfo, check_bundle
 from certrenew.errors import CertrenewError, Refused
 from certrenew.limits import MAX_BUNDLE
-from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
+from certrenew.runtime_api import Rejected, RuntimeApi, TransactionOpen, Unsupported, find_crt_list
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +197,7 @@ class Installer:
         except Unsupported as error:
             return [_Plan(node, file, reason=str(error)) for file in previous]
         if table.transaction is not None:
-            raise RuntimeApiError(
-                f"{node}: a certificate transaction for {table.transaction} is open (another tool's, or an "
-                f"interrupted run's); end it with 'abort ssl cert {table.transaction}' and run again"
-            )
+            raise TransactionOpen(node, table.transaction)
         plans = []
         for file, content in previous.items():
             known = table.path_of(str(file))

@@ -7,7 +7,10 @@ blank line, which is why bundles never contain one.
 
 HAProxy keeps one certificate transaction per process: `set ssl cert` opens it,
 `commit ssl cert` applies it to every bind that uses the certificate, and any failure
-in between is answered with `abort ssl cert` so nothing half-done stays open.
+in between is answered with `abort ssl cert` so nothing half-done stays open. While
+another file's transaction is open (another tool's), 3.x refuses `set ssl cert`, but
+2.6 puts the payload into that transaction: it is aborted then, since committing it
+would serve our certificate under the other file's name.
 """
 
 import grp
@@ -29,6 +32,10 @@ log = logging.getLogger(__name__)
 TIMEOUT = 10.0
 """Seconds to wait for one answer; a commit re-signs every SNI context, so allow some."""
 
+_SET = re.compile(r"^Transaction (?:created|updated) for certificate (?P<path>.*)!$", re.M)
+"""`set ssl cert` took the payload, into the transaction of this file (2.6: whichever is open)."""
+_OTHERS = re.compile(r"^The ongoing transaction is about '(?P<path>.*)' but you are trying to set ", re.M)
+"""`set ssl cert` refused while another file's transaction is open (3.x)."""
 _ADDRESS = re.compile(r"^ipv4@(?P<host>[^:\s]+):(?P<port>\d{1,5})$")
 _SPECIAL = re.compile(r"([\\;\s])")
 """What HAProxy's CLI reads as syntax in an argument: the escape, the command separator, blanks."""
@@ -41,6 +48,17 @@ class RuntimeApiError(CertrenewError):
 class Rejected(RuntimeApiError):
     """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`, `add ssl crt-list`):
     the bundle is at fault."""
+
+
+class TransactionOpen(RuntimeApiError):
+    """HAProxy holds a certificate transaction for another file, and only one at a time: whoever opened it
+    must end it. Neither the bundle nor this node's configuration is at fault."""
+
+    def __init__(self, node: object, path: str, aborted: bool = False) -> None:
+        fix = (f"HAProxy put this certificate into it, so it was aborted: whoever opened it must set {path} again"
+               if aborted else f"end it with 'abort ssl cert {path}' and run again")
+        super().__init__(f"{node}: a certificate transaction for {path} is open (another tool's, or an "
+                         f"interrupted run's); {fix}")
 
 
 class Forbidden(RuntimeApiError):
@@ -211,11 +229,18 @@ class RuntimeApi:
         self._expect(f"del ssl cert {argument(path)}", "deleted!")
 
     def _set_and_commit(self, path: str, bundle: bytes) -> None:
+        line = f"set ssl cert {argument(path)}"
+        log.debug("%s: %s", self, line)
+        answer = self.command(line, bundle)
+        others, taken = _OTHERS.search(answer), _SET.search(answer)
+        if others:  # refused, nothing changed
+            raise TransactionOpen(self, others["path"])
+        if taken and taken["path"] != path:  # HAProxy has one transaction per process, and this is not ours
+            self._abort(taken["path"])
+            raise TransactionOpen(self, taken["path"], aborted=True)
         try:
-            answer = self._expect(f"set ssl cert {argument(path)}", "Transaction ", payload=bundle, error=Rejected)
-            # HAProxy has one transaction per process; make sure it is ours, not one left open elsewhere.
-            if f" {path}!" not in answer:
-                raise RuntimeApiError(f"{self}: set ssl cert {path}: {answer_error(answer)}")
+            if not taken:
+                raise Rejected(f"{self}: {line}: {answer_error(answer)}")
             self._expect(f"commit ssl cert {argument(path)}", "Success!", error=Rejected)
         except CertrenewError:
             self._abort(path)

@@ -36,4 +36,8 @@ class FakeHAProxy:
         return [" ".join(request.decode().split("\n")[0].split()[:3]) for request in self.requests]
 
     def close(self):
+        """Stop answering, the thread first: closed while it waits in accept, the socket's descriptor could be
+        reused by the next test's fake and that test's commands answered from these answers."""
+        self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept, which a close alone does not
+        self.thread.join(5)
         self.server.close()

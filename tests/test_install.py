@@ -199,6 +199,20 @@ def test_an_open_transaction_stops_the_install_before_anything_changes(tmp_path,
     assert fake.commands() == ["show ssl crt-list", "show ssl cert"]
 
 
+def test_a_transaction_opened_by_another_tool_during_the_install_is_not_blamed_on_the_bundle(tmp_path, ssl_dir):
+    """HAProxy 3.4 refuses `set ssl cert` while another file's transaction is open (one opened after the
+    install looked): the certificate is not refused, and the error names the transaction to end."""
+    path, other = ssl_dir / f"{NAME}.pem", ssl_dir / "other.pem"
+    old = bundle_of(trustme.CA())
+    path.write_bytes(old)
+    fake = haproxy_knowing(tmp_path, path, set_ssl_cert=f"The ongoing transaction is about '{other}' but you are "
+                                                        f"trying to set '{path}'\nCan't update {path}!\n")
+    with pytest.raises(CertrenewError, match=f"transaction for {other} is open .*'abort ssl cert {other}'") as raised:
+        install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
+    assert not isinstance(raised.value, Refused)
+    assert path.read_bytes() == old and "commit ssl cert" not in fake.commands()
+
+
 def test_a_refused_commit_leaves_the_old_file_and_aborts(tmp_path, ssl_dir):
     path = ssl_dir / f"{NAME}.pem"
     old = bundle_of(trustme.CA())
