@@ -17,6 +17,8 @@ from certrenew.placeholder import write_placeholder
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "compose"
 SERVER_OPTIONS = "check resolvers docker init-addr last,libc,none"
+TESTED_LINES = ("2.6", "3.4")
+"""The HAProxy lines scripts/test runs the suite against."""
 
 
 def haproxy_cfg() -> str:
@@ -55,6 +57,11 @@ def test_the_containers_meet_where_the_configs_say():
     assert config.certificates and settings.agree_tos and settings.email
     assert settings.haproxy_socket == (admin_socket,)
     assert host in services and int(port) == split_host_port(settings.listen)[1]
+
+
+def test_the_haproxy_image_is_of_a_tested_line():
+    name, _, tag = compose_services()["haproxy"]["image"].partition(":")
+    assert name == "haproxy" and tag in TESTED_LINES
 
 
 @pytest.fixture
