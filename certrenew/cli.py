@@ -233,7 +233,7 @@ def _renew(argv: list[str]) -> int:
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
     specs = certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
-                              dns_settings(settings.challenge, vars(settings)))
+                              dns_settings(settings.challenge, vars(settings)), settings.crt_list_options)
     return _renew_recorded(settings, specs, quiet)
 
 

@@ -18,6 +18,11 @@ HAProxy refused particular bundles (an error answer to `commit ssl cert` or, for
 one, `add ssl crt-list`; or `haproxy -c` naming their files), the error says which
 (`errors.Refused`), so the run can set them aside and install the others without them.
 
+With a crt-list file (--crt-list) instead of a crt directory, each bundle is served by
+a line of it naming the bundle: a new certificate's line is added to the file (written
+atomically, the operator's lines untouched, put back on rollback) and, over the Runtime
+API, with `add ssl crt-list`; a renewal replaces the certificate and keeps its line.
+
 A bundle in the ssl dir that is a symbolic link is replaced by a regular file, after a
 warning naming the link and its target; the rollback copy is what the link led to, the
 bytes HAProxy had. Where something else is in a bundle's place (a FIFO, which would block
@@ -37,6 +42,7 @@ from pathlib import Path
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
 from certrenew.bundle import CertificateInfo, check_bundle
+from certrenew.crtlist import CrtList, entry_line
 from certrenew.errors import CertrenewError, Refused
 from certrenew.limits import MAX_BUNDLE
 from certrenew.runtime_api import Rejected, RuntimeApi, TransactionOpen, Unsupported, find_crt_list
@@ -88,7 +94,9 @@ class _Plan:
     path: str | None = None
     """The certificate's path as this HAProxy names it; None when only a reload can do it."""
     crt_list: str | None = None
-    """The crt directory to add a certificate HAProxy does not have yet; None to replace one it has."""
+    """The crt directory or crt-list to add a certificate HAProxy does not have yet; None to replace one it has."""
+    line: str | None = None
+    """The crt-list line to add it with (a crt directory takes the path alone)."""
     reason: str = ""
 
 
@@ -120,17 +128,20 @@ class Installer:
     """Puts bundles into `ssl_dir` as `<name>.pem` and makes each HAProxy serve them."""
 
     def __init__(self, ssl_dir: Path, reload_command: str, sockets: Sequence[str] = (),
-                 configs: Sequence[Path] = (), verify_endpoints: Sequence[str] = ()) -> None:
+                 configs: Sequence[Path] = (), verify_endpoints: Sequence[str] = (),
+                 crt_list: Path | None = None) -> None:
         self.ssl_dir = Path(os.path.abspath(ssl_dir))  # HAProxy names files by absolute path
+        self.crt_list = Path(os.path.abspath(crt_list)) if crt_list else None
         self.reload_command = reload_command
         self.nodes = [RuntimeApi(address) for address in sockets]
         self.configs = list(configs)
         self.verify_endpoints = list(verify_endpoints)
 
-    def install(self, bundles: Mapping[str, bytes]) -> list[InstallResult]:
+    def install(self, bundles: Mapping[str, bytes], options: Mapping[str, str] | None = None) -> list[InstallResult]:
         """Install every bundle, or none: on failure everything is put back and the error raised.
 
         Each bundle is proven loadable (its key is its certificate's) before anything is written.
+        `options` are a certificate's crt-list options by name, for a line the crt-list lacks.
         """
         unloadable, infos = {}, {}
         for name, bundle in bundles.items():
@@ -149,12 +160,15 @@ class Installer:
                 blocked[name] = str(error)
         if blocked:  # nothing changed yet
             raise Blocked("; ".join(blocked.values()), list(blocked))
-        plans = [plan for node in self.nodes for plan in self._plan(node, previous)]  # asks; changes nothing
+        crt_list, lines = self._crt_list_lines(bundles, options or {})
+        plans = [plan for node in self.nodes for plan in self._plan(node, previous, lines)]  # asks; changes nothing
         changes = _Changes()
         try:
             for path, bundle in files.items():
                 changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path]))
                 write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True)
+            if crt_list is not None:
+                self._add_lines(crt_list, lines, changes)
             method, detail = self._serve(files, previous, plans, changes)
             grace = HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE
             for bundle in files.values():
@@ -189,10 +203,33 @@ class Installer:
         if problem:
             raise Blocked(problem, [name])
 
-    def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None]) -> list[_Plan]:
+    def _crt_list_lines(self, bundles: Mapping[str, bytes],
+                        options: Mapping[str, str]) -> tuple[CrtList | None, dict[Path, str]]:
+        """The crt-list as it is, and the line serving each bundle: the one it has, else a new one."""
+        if self.crt_list is None:
+            return None, {}
+        crt_list, lines = CrtList.read(self.crt_list), {}
+        for name in bundles:
+            file = self.path_of(name)
+            lines[file] = crt_list.entry(file) or entry_line(file, options.get(name, ""))
+        return crt_list, lines
+
+    @staticmethod
+    def _add_lines(crt_list: CrtList, lines: Mapping[Path, str], changes: _Changes) -> None:
+        """Add the lines the crt-list lacks, in one atomic write; the rollback writes back what it was."""
+        updated = crt_list
+        for file, line in lines.items():
+            if crt_list.entry(file) is None:
+                updated = updated.with_entry(line)
+        if updated != crt_list:
+            changes.add(f"restoring {crt_list.path}", crt_list.write)
+            updated.write()
+
+    def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None], lines: Mapping[Path, str]) -> list[_Plan]:
         """Find out whether `node` can take each certificate at runtime, and under which path."""
+        served_from = self.crt_list or self.ssl_dir
         try:
-            crt_list = find_crt_list(node.crt_lists(), str(self.ssl_dir))
+            crt_list = find_crt_list(node.crt_lists(), str(served_from))
             table = node.certificates()
         except Unsupported as error:
             return [_Plan(node, file, reason=str(error)) for file in previous]
@@ -206,10 +243,13 @@ class Installer:
                                                       "rollback could not restore it"))
             elif known is not None:
                 plans.append(_Plan(node, file, known))
+            elif crt_list is not None and self.crt_list is not None:
+                plans.append(_Plan(node, file, str(file), crt_list, lines[file]))
             elif crt_list is not None:
                 plans.append(_Plan(node, file, f"{crt_list}/{file.name}", crt_list))
             else:
-                plans.append(_Plan(node, file, reason=f"it loads no crt directory {self.ssl_dir}"))
+                kind = "crt-list" if self.crt_list else "crt directory"
+                plans.append(_Plan(node, file, reason=f"it loads no {kind} {served_from}"))
         return plans
 
     def _serve(self, files: Mapping[Path, bytes], previous: Mapping[Path, bytes | None], plans: list[_Plan],
@@ -258,7 +298,7 @@ class Installer:
             node.replace_certificate(where, bundle)
             changes.add(f"{node}: putting back {where}", lambda: node.replace_certificate(where, previous))
         else:
-            node.add_certificate(crt_list, where, bundle)
+            node.add_certificate(crt_list, where, bundle, plan.line)
             changes.add(f"{node}: removing {where}", lambda: node.remove_certificate(crt_list, where))
 
     @staticmethod

@@ -74,7 +74,7 @@ class Issuer:
         self.store = store
         self.solvers = solvers
         self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
-                                   settings.haproxy_config, settings.verify_endpoint)
+                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list)
         self.deadline = Deadline(settings.timeout)
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -204,7 +204,8 @@ class Issuer:
         untrue (see `Installed.unrecorded`). Touches only HAProxy and local state: the
         renewal windows came with the downloads.
         """
-        results = self.installer.install({item.spec.name: item.bundle for item in issued})
+        results = self.installer.install({item.spec.name: item.bundle for item in issued},
+                                         {item.spec.name: item.spec.crt_list_options for item in issued})
         installed = []
         for item, result in zip(issued, results):
             info = result.info

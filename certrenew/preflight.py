@@ -27,6 +27,7 @@ from certrenew import haproxy, hints
 from certrenew.challenge import HTTP_01
 from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
+from certrenew.crtlist import CrtList
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hostport import split_host_port
 from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
@@ -187,6 +188,8 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
               _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir),
               *haproxy_checks(settings)]
+    if settings.crt_list:
+        checks.append(_crt_list_check(settings.crt_list))
     if settings.haproxy_config:
         checks.append(_config_check(settings.haproxy_config))
     profiles = {spec.profile for spec in specs} | {settings.profile}
@@ -223,6 +226,22 @@ def _ssl_dir_check(ssl_dir: Path) -> Check:
         return Check(FAIL, what, "no certificate in it, so HAProxy refuses to start: run `certrenew "
                                  f"bootstrap-ssl-dir --ssl-dir {ssl_dir}`")
     return Check(OK, what, "writable, HAProxy has a certificate to start with")
+
+
+def _crt_list_check(path: Path) -> Check:
+    """Every line of the crt-list names a file that exists: HAProxy refuses to start (or reload) otherwise.
+    A relative name is HAProxy's crt-base's, which only HAProxy's configuration knows: not checked."""
+    what = f"crt-list {path}"
+    try:
+        files = CrtList.read(path).files()
+    except CertrenewError as error:
+        return Check(FAIL, what, str(error))
+    missing = [f"line {number}: {file} does not exist" for number, file in files
+               if file.startswith("/") and not Path(file).exists()]
+    if missing:
+        return Check(FAIL, what, f"{'; '.join(missing)}: HAProxy will not start or reload with it (restore the "
+                                 "file, or remove the line)")
+    return Check(OK, what, f"{len(files)} line(s), every file exists")
 
 
 def _config_check(configs: Sequence[Path]) -> Check:

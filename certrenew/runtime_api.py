@@ -213,12 +213,13 @@ class RuntimeApi:
         """Swap the certificate HAProxy loaded from `path` for `bundle`, in memory."""
         self._set_and_commit(path, bundle)
 
-    def add_certificate(self, crt_list: str, path: str, bundle: bytes) -> None:
-        """Load `bundle` as a new certificate `path` and serve it from `crt_list` (a crt directory)."""
+    def add_certificate(self, crt_list: str, path: str, bundle: bytes, line: str | None = None) -> None:
+        """Load `bundle` as a new certificate `path` and serve it from `crt_list` (a crt directory, or a
+        crt-list file with `line`: the path, its bind options and SNI filters)."""
         self._expect(f"new ssl cert {argument(path)}", "New empty certificate store")
         try:
             self._set_and_commit(path, bundle)
-            self._add_to_crt_list(crt_list, path)
+            self._add_to_crt_list(crt_list, path, line)
         except CertrenewError:
             self._delete(crt_list, path)
             raise
@@ -246,16 +247,16 @@ class RuntimeApi:
             self._abort(path)
             raise
 
-    def _add_to_crt_list(self, crt_list: str, path: str) -> None:
+    def _add_to_crt_list(self, crt_list: str, path: str, line: str | None) -> None:
         """Serve `path` from `crt_list`: only now does HAProxy load a new certificate into its binds' SSL
         contexts (`commit ssl cert` of one no bind uses yet builds none), so a failure once it is
         "Inserting certificate" is the bundle's, e.g. a chain OpenSSL's security level will not load."""
-        line = f"add ssl crt-list {argument(crt_list)} {argument(path)}"
-        log.debug("%s: %s", self, line)
-        answer = self.command(line)
+        command = f"add ssl crt-list {argument(crt_list)}"
+        log.debug("%s: %s %s", self, command, line or path)
+        answer = self.command(command, line.encode()) if line else self.command(f"{command} {argument(path)}")
         if "Success!" not in answer:
             error = Rejected if answer.startswith("Inserting certificate") else RuntimeApiError
-            raise error(f"{self}: {line}: {answer_error(answer)}")
+            raise error(f"{self}: {command} {line or path}: {answer_error(answer)}")
 
     def _expect(self, line: str, success: str, payload: bytes | None = None,
                 error: type[RuntimeApiError] = RuntimeApiError) -> str:

@@ -348,3 +348,17 @@ def test_concurrency_is_bounded_both_ways(tmp_path, value):
     with pytest.raises(UsageError, match="concurrency: must be a whole number from 1 to 64"):
         config_file(tmp_path, f"concurrency = {value}\n")
     assert build_settings({"concurrency": "64"}, None, {}).concurrency == 64
+
+
+def test_crt_list_options_are_per_certificate_with_a_top_level_default(tmp_path):
+    config = config_file(tmp_path, 'crt_list = "/etc/haproxy/certs.lst"\ncrt_list_options = "[alpn h2]"\n'
+                                   '[[certificate]]\ndomains = ["a.example"]\n'
+                                   '[[certificate]]\ndomains = ["b.example"]\ncrt_list_options = "b.example"\n')
+    assert [spec.crt_list_options for spec in config.certificates] == ["[alpn h2]", "b.example"]
+    assert build_settings({}, config, {}).crt_list == Path("/etc/haproxy/certs.lst")
+
+
+@pytest.mark.parametrize("options", ["[alpn h2] # a comment", "a.example\\n/etc/other.pem"])
+def test_crt_list_options_that_would_end_the_line_are_refused(tmp_path, options):
+    with pytest.raises(UsageError, match="certificate #1: crt_list_options: .*line break or a '#'"):
+        config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example"]\ncrt_list_options = "{options}"\n')

@@ -336,3 +336,55 @@ def test_a_reload_command_that_writes_bytes_that_are_not_utf8_fails_in_its_own_w
 def test_a_reload_command_is_done_when_it_exits_though_what_it_started_holds_its_output():
     # e.g. a reload over ssh with ControlPersist: the master connection lives on, output open.
     assert within(20, lambda: haproxy.reload("""sh -c 'setsid sleep 60 & echo reloaded'""")) is None
+
+
+def crt_list_haproxy(tmp_path: Path, crt_list: Path, add_answer: str) -> FakeHAProxy:
+    """A fake HAProxy serving `crt_list` (a crt-list file) and no certificate of ours yet."""
+    return FakeHAProxy(tmp_path / "admin.sock", {
+        "show ssl crt-list": f"{crt_list}\n\n",
+        "show ssl cert": "# filename\n/etc/haproxy/main.pem\n\n",
+        "new ssl cert": "New empty certificate store!\n",
+        "set ssl cert": f"Transaction created for certificate {tmp_path / 'ssl' / NAME}.pem!\n",
+        "commit ssl cert": "Success!\n",
+        "add ssl crt-list": add_answer,
+        "del ssl crt-list": "Entry deleted in crtlist!\n",
+        "del ssl cert": "deleted!\n",
+    })
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["added", "refused and rolled back"])
+def test_a_new_certificate_gets_its_crt_list_line_in_the_file_and_in_memory_or_neither(tmp_path, ssl_dir, refused):
+    crt_list = tmp_path / "certs.lst"
+    operator = "# mine\n/etc/haproxy/main.pem [alpn h2] example.com\n"
+    crt_list.write_text(operator)
+    add_answer = "Inserting certificate.\nunable to load the chain\nFailed!\n" if refused else "Inserting.\nSuccess!\n"
+    fake = crt_list_haproxy(tmp_path, crt_list, add_answer)
+    line = f"{ssl_dir / NAME}.pem [alpn h2] {NAME}"
+    try:
+        installer = Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")], crt_list=crt_list)
+        if refused:
+            with pytest.raises(Refused, match="unable to load the chain"):
+                installer.install({NAME: bundle_of(trustme.CA())}, {NAME: f"[alpn h2] {NAME}"})
+        else:
+            [result] = installer.install({NAME: bundle_of(trustme.CA())}, {NAME: f"[alpn h2] {NAME}"})
+            assert result.method == "hot update"
+    finally:
+        fake.close()
+    add = next(request for request in fake.requests if request.startswith(b"add ssl crt-list"))
+    assert add == f"add ssl crt-list {crt_list} <<\n{line}\n\n".encode()
+    assert crt_list.read_text() == (operator if refused else operator + line + "\n")
+    assert ("del ssl crt-list" in fake.commands()) == refused
+
+
+def test_an_haproxy_not_loading_the_crt_list_gets_the_reload_with_the_line_in_the_file(tmp_path, ssl_dir):
+    crt_list = tmp_path / "certs.lst"
+    crt_list.write_text("")
+    fake = crt_list_haproxy(tmp_path, tmp_path / "other.lst", "")
+    marker = reload_marker(tmp_path)[1]
+    try:
+        [result] = Installer(ssl_dir, reload_marker(tmp_path)[0], [str(tmp_path / "admin.sock")],
+                             crt_list=crt_list).install({NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert result.method == "reload" and f"it loads no crt-list {crt_list}" in result.detail and marker.exists()
+    assert crt_list.read_text() == f"{ssl_dir / NAME}.pem\n"
