@@ -94,9 +94,11 @@ class _Plan:
     path: str | None = None
     """The certificate's path as this HAProxy names it; None when only a reload can do it."""
     crt_list: str | None = None
-    """The crt directory or crt-list to add a certificate HAProxy does not have yet; None to replace one it has."""
+    """The crt directory or crt-list to serve it from, where it is not served from it yet; else None."""
     line: str | None = None
     """The crt-list line to add it with (a crt directory takes the path alone)."""
+    new: bool = False
+    """HAProxy does not have it yet: a new certificate, not a replaced one."""
     reason: str = ""
 
 
@@ -235,18 +237,22 @@ class Installer:
             return [_Plan(node, file, reason=str(error)) for file in previous]
         if table.transaction is not None:
             raise TransactionOpen(node, table.transaction)
+        # A crt-list's entries, as its file's lines will be: one HAProxy has from elsewhere gets its entry too.
+        entries = node.crt_list_entries(crt_list) if crt_list is not None and self.crt_list else None
         plans = []
         for file, content in previous.items():
             known = table.path_of(str(file))
             if known is not None and content is None:
                 plans.append(_Plan(node, file, reason=f"it has {known} in memory but the file is gone, so a "
                                                       "rollback could not restore it"))
+            elif known is not None and entries is not None and known not in entries:
+                plans.append(_Plan(node, file, known, crt_list, lines[file]))
             elif known is not None:
                 plans.append(_Plan(node, file, known))
             elif crt_list is not None and self.crt_list is not None:
-                plans.append(_Plan(node, file, str(file), crt_list, lines[file]))
+                plans.append(_Plan(node, file, str(file), crt_list, lines[file], new=True))
             elif crt_list is not None:
-                plans.append(_Plan(node, file, f"{crt_list}/{file.name}", crt_list))
+                plans.append(_Plan(node, file, f"{crt_list}/{file.name}", crt_list, new=True))
             else:
                 kind = "crt-list" if self.crt_list else "crt directory"
                 plans.append(_Plan(node, file, reason=f"it loads no {kind} {served_from}"))
@@ -293,13 +299,17 @@ class Installer:
     def _hot_update(plan: _Plan, bundle: bytes, previous: bytes | None, changes: _Changes) -> None:
         node, where, crt_list = plan.node, plan.path, plan.crt_list
         assert where is not None  # only a plan with a path is hot-updated
-        if crt_list is None:
-            assert previous is not None  # HAProxy has the certificate, so the ssl dir had it (see _plan)
-            node.replace_certificate(where, bundle)
-            changes.add(f"{node}: putting back {where}", lambda: node.replace_certificate(where, previous))
-        else:
+        if plan.new:
+            assert crt_list is not None  # see _plan
             node.add_certificate(crt_list, where, bundle, plan.line)
             changes.add(f"{node}: removing {where}", lambda: node.remove_certificate(crt_list, where))
+            return
+        assert previous is not None  # HAProxy has the certificate, so the ssl dir had it (see _plan)
+        node.replace_certificate(where, bundle)
+        changes.add(f"{node}: putting back {where}", lambda: node.replace_certificate(where, previous))
+        if crt_list is not None:
+            node.list_certificate(crt_list, where, plan.line)
+            changes.add(f"{node}: taking {where} out of {crt_list}", lambda: node.unlist_certificate(crt_list, where))
 
     @staticmethod
     def _restore(path: Path, previous: bytes | None) -> None:

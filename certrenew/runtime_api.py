@@ -209,6 +209,11 @@ class RuntimeApi:
     def crt_lists(self) -> list[str]:
         return parse_show_crt_lists(self.command("show ssl crt-list"))
 
+    def crt_list_entries(self, crt_list: str) -> frozenset[str]:
+        """The certificate files `crt_list` serves (`show ssl crt-list FILE`: one entry per line, path first)."""
+        answer = self.command(f"show ssl crt-list {argument(crt_list)}")
+        return frozenset(line.split()[0] for line in answer.splitlines() if line.strip() and not line.startswith("#"))
+
     def replace_certificate(self, path: str, bundle: bytes) -> None:
         """Swap the certificate HAProxy loaded from `path` for `bundle`, in memory."""
         self._set_and_commit(path, bundle)
@@ -219,15 +224,19 @@ class RuntimeApi:
         self._expect(f"new ssl cert {argument(path)}", "New empty certificate store")
         try:
             self._set_and_commit(path, bundle)
-            self._add_to_crt_list(crt_list, path, line)
+            self.list_certificate(crt_list, path, line)
         except CertrenewError:
             self._delete(crt_list, path)
             raise
 
     def remove_certificate(self, crt_list: str, path: str) -> None:
         """Undo add_certificate: stop serving `path` and free it."""
-        self._expect(f"del ssl crt-list {argument(crt_list)} {argument(path)}", "deleted in crtlist")
+        self.unlist_certificate(crt_list, path)
         self._expect(f"del ssl cert {argument(path)}", "deleted!")
+
+    def unlist_certificate(self, crt_list: str, path: str) -> None:
+        """Undo list_certificate: `crt_list` no longer serves `path`."""
+        self._expect(f"del ssl crt-list {argument(crt_list)} {argument(path)}", "deleted in crtlist")
 
     def _set_and_commit(self, path: str, bundle: bytes) -> None:
         line = f"set ssl cert {argument(path)}"
@@ -247,8 +256,9 @@ class RuntimeApi:
             self._abort(path)
             raise
 
-    def _add_to_crt_list(self, crt_list: str, path: str, line: str | None) -> None:
-        """Serve `path` from `crt_list`: only now does HAProxy load a new certificate into its binds' SSL
+    def list_certificate(self, crt_list: str, path: str, line: str | None = None) -> None:
+        """Serve `path` from `crt_list` (a crt-list file with `line`: its options and SNI filters, as in the
+        file): only now does HAProxy load a new certificate into its binds' SSL
         contexts (`commit ssl cert` of one no bind uses yet builds none), so a failure once it is
         "Inserting certificate" is the bundle's, e.g. a chain OpenSSL's security level will not load."""
         command = f"add ssl crt-list {argument(crt_list)}"

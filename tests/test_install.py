@@ -388,3 +388,22 @@ def test_an_haproxy_not_loading_the_crt_list_gets_the_reload_with_the_line_in_th
         fake.close()
     assert result.method == "reload" and f"it loads no crt-list {crt_list}" in result.detail and marker.exists()
     assert crt_list.read_text() == f"{ssl_dir / NAME}.pem\n"
+
+
+def test_a_certificate_haproxy_has_but_not_in_the_crt_list_is_replaced_and_listed(tmp_path, ssl_dir):
+    """Its line goes into the file, so its entry goes into the running crt-list: they never disagree."""
+    path, crt_list = ssl_dir / f"{NAME}.pem", tmp_path / "certs.lst"
+    path.write_bytes(bundle_of(trustme.CA()))
+    crt_list.write_text("")
+    fake = haproxy_knowing(tmp_path, path)
+    fake.answers.update({"show ssl crt-list": f"{crt_list}\n/etc/haproxy/main.pem\n\n",  # a crt-list, an entry
+                         "add ssl crt-list": "Inserting.\nSuccess!\n"})
+    try:
+        [result] = Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")], crt_list=crt_list).install(
+            {NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert result.method == "hot update"
+    assert fake.commands()[-3:] == ["set ssl cert", "commit ssl cert", "add ssl crt-list"]
+    assert fake.requests[-1] == f"add ssl crt-list {crt_list} <<\n{path}\n\n".encode()
+    assert crt_list.read_text() == f"{path}\n"

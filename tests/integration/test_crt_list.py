@@ -88,3 +88,21 @@ def test_check_names_a_line_whose_file_is_missing(lab):
     crt_list.write_text(operator_lines(lab))
     result = lab.certrenew("check", "--crt-list", str(crt_list))
     assert f"ok   crt-list {crt_list}: 1 line(s), every file exists" in result.stdout
+
+
+def test_a_certificate_haproxy_serves_from_its_crt_directory_is_listed_when_renewed(lab):
+    """Moving to a crt-list: the certificate HAProxy has from the crt directory gets its line in
+    the file and its entry in the running crt-list, as a reload would give it."""
+    lab.certrenew(NAME, f"www.{NAME}")  # served from the crt directory
+    bundle = lab.ssl_dir / f"{NAME}.pem"
+    crt_list = lab.workdir / "certs.lst"
+    crt_list.write_text(operator_lines(lab))
+    lab.reconfigure_haproxy(f"crt {lab.ssl_dir}/\n", f"crt {lab.ssl_dir}/ crt-list {crt_list}\n")
+    assert not any(entry.startswith(str(bundle)) for entry in entries(lab, crt_list))
+
+    run(lab, crt_list, "run", "--force")
+
+    assert crt_list.read_text() == operator_lines(lab) + f"{bundle} {OPTIONS}\n"
+    [entry] = [entry for entry in entries(lab, crt_list) if entry.startswith(str(bundle))]
+    assert "alpn h2,http/1.1" in entry
+    assert served_serial(lab) == leaf_info(bundle.read_bytes()).serial
