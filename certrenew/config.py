@@ -35,6 +35,7 @@ DEFAULT_CONFIG = Path("/etc/certrenew/certrenew.toml")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")
 WILDCARD_PREFIX = "_wildcard."
 """A wildcard certificate's default name: `*.example.com` -> `_wildcard.example.com` (as mkcert names it)."""
+_CRT_STORE = re.compile(r"@[^/\s]+/\S+")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 MAX_SECONDS = 86400.0
@@ -84,6 +85,8 @@ class CertificateSpec:
     """For DNS-01: where and how its records are published."""
     crt_list_options: str = ""
     """What follows the bundle's path on its line of the --crt-list file: `[bind options]` and SNI filters."""
+    crt_store: str | None = None
+    """The crt-store entry (`@<store>/<alias>`) HAProxy loads the bundle's file as, to replace it under that name."""
     checked: bool = field(default=False, init=False, compare=False, repr=False)
     """Made by `certificate_specs`, which normalized its domains and checked its name: a run over
     10,000 need not check them again. Not an argument, and never copied by `dataclasses.replace`."""
@@ -169,7 +172,7 @@ def check_key_types(key_types: str) -> str:
 
 def certificate_specs(name: str | None, domains: Sequence[str], key_types: str | list[str], profile: str | None = None,
                       challenge: str = HTTP_01, dns: DnsSettings | None = None,
-                      crt_list_options: str | None = None) -> list[CertificateSpec]:
+                      crt_list_options: str | None = None, crt_store: str | None = None) -> list[CertificateSpec]:
     """The certificates kept for `name` (by default named after the first domain): one `<name>`, or for
     a dual certificate `<name>.<key type>` per key type; `domains` are normalized here.
 
@@ -182,8 +185,11 @@ def certificate_specs(name: str | None, domains: Sequence[str], key_types: str |
     check_domains(challenge, normalized)
     name = check_certificate_name(name if name is not None else default_certificate_name(normalized[0]))
     types = split_key_types(key_types)
+    if crt_store is not None and len(types) > 1:
+        raise UsageError(f"crt_store names one certificate, not the {len(types)} of a dual one: give each its own "
+                         "[[certificate]] and crt-store entry")
     names = [name] if len(types) == 1 else [check_certificate_name(f"{name}.{t}") for t in types]
-    specs = [CertificateSpec(n, normalized, t, profile, challenge, dns, crt_list_options or "")
+    specs = [CertificateSpec(n, normalized, t, profile, challenge, dns, crt_list_options or "", crt_store)
              for n, t in zip(names, types)]
     for spec in specs:
         object.__setattr__(spec, "checked", True)  # frozen, and no argument: only this function sets it
@@ -543,7 +549,7 @@ def load_config(path: Path) -> ConfigFile:
 
 CERTIFICATE_OPTIONS = ("challenge", *DNS_OPTIONS, "crt_list_options")
 """The options a [[certificate]] table may set for itself, besides its names, key type and profile."""
-CERTIFICATE_KEYS = ("name", "domains", "key_type", "profile", *CERTIFICATE_OPTIONS)
+CERTIFICATE_KEYS = ("name", "domains", "key_type", "profile", "crt_store", *CERTIFICATE_OPTIONS)
 
 
 def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[CertificateSpec]:
@@ -560,6 +566,9 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
         profile = OPTION_NAMED["profile"].from_toml(table["profile"]) if "profile" in table else defaults.get("profile")
     except ValueError as error:
         raise UsageError(f"{where}: profile {error}") from None
+    crt_store = table.get("crt_store")
+    if crt_store is not None and not (isinstance(crt_store, str) and _CRT_STORE.fullmatch(crt_store)):
+        raise UsageError(f"{where}: crt_store must name a crt-store entry as HAProxy does, '@<store>/<alias>'")
     key_types = table.get("key_type", defaults.get("key_type", DEFAULT_KEY_TYPE))
     if not isinstance(key_types, (str, list)):
         raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")
@@ -577,6 +586,6 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
     try:
         return certificate_specs(table.get("name"), domains, key_types, profile, challenge,
                                  dns_settings(challenge, {**defaults, **own}),
-                                 own.get("crt_list_options", defaults.get("crt_list_options")))
+                                 own.get("crt_list_options", defaults.get("crt_list_options")), crt_store)
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from None

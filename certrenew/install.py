@@ -22,6 +22,9 @@ With a crt-list file (--crt-list) instead of a crt directory, each bundle is ser
 a line of it naming the bundle: a new certificate's line is added to the file (written
 atomically, the operator's lines untouched, put back on rollback) and, over the Runtime
 API, with `add ssl crt-list`; a renewal replaces the certificate and keeps its line.
+A certificate HAProxy loads in a `crt-store` section (`load crt <file> alias <alias>`) is
+replaced under its store name, `@<store>/<alias>`, once that entry is known to load the
+bundle's file: a reload or restart then serves the same certificate.
 
 A bundle in the ssl dir that is a symbolic link is replaced by a regular file, after a
 warning naming the link and its target; the rollback copy is what the link led to, the
@@ -37,7 +40,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
@@ -82,6 +85,16 @@ class InstallResult:
     """"hot update", "reload" or "hot update and reload"."""
     detail: str = ""
     """Which HAProxy processes took which path, and why a reload was needed."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How HAProxy serves one certificate besides from its bundle's file (see `config.CertificateSpec`)."""
+
+    crt_list_options: str = ""
+    """What follows the bundle's path on a new line of the crt-list."""
+    crt_store: str | None = None
+    """The crt-store entry that loads the bundle's file, `@<store>/<alias>`."""
 
 
 @dataclass(frozen=True)
@@ -139,11 +152,11 @@ class Installer:
         self.configs = list(configs)
         self.verify_endpoints = list(verify_endpoints)
 
-    def install(self, bundles: Mapping[str, bytes], options: Mapping[str, str] | None = None) -> list[InstallResult]:
+    def install(self, bundles: Mapping[str, bytes], serving: Mapping[str, Serving] | None = None) -> list[InstallResult]:
         """Install every bundle, or none: on failure everything is put back and the error raised.
 
         Each bundle is proven loadable (its key is its certificate's) before anything is written.
-        `options` are a certificate's crt-list options by name, for a line the crt-list lacks.
+        `serving` says, by name, how HAProxy serves a certificate besides from its file.
         """
         unloadable, infos = {}, {}
         for name, bundle in bundles.items():
@@ -162,8 +175,11 @@ class Installer:
                 blocked[name] = str(error)
         if blocked:  # nothing changed yet
             raise Blocked("; ".join(blocked.values()), list(blocked))
-        crt_list, lines = self._crt_list_lines(bundles, options or {})
-        plans = [plan for node in self.nodes for plan in self._plan(node, previous, lines)]  # asks; changes nothing
+        serving = serving or {}
+        crt_list, lines = self._crt_list_lines(bundles, serving)
+        stores = {path: (name, store) for name, path in zip(bundles, files)
+                  if (store := serving.get(name, Serving()).crt_store) is not None}
+        plans = [plan for node in self.nodes for plan in self._plan(node, previous, lines, stores)]  # changes nothing
         changes = _Changes()
         try:
             for path, bundle in files.items():
@@ -206,14 +222,14 @@ class Installer:
             raise Blocked(problem, [name])
 
     def _crt_list_lines(self, bundles: Mapping[str, bytes],
-                        options: Mapping[str, str]) -> tuple[CrtList | None, dict[Path, str]]:
+                        serving: Mapping[str, Serving]) -> tuple[CrtList | None, dict[Path, str]]:
         """The crt-list as it is, and the line serving each bundle: the one it has, else a new one."""
         if self.crt_list is None:
             return None, {}
         crt_list, lines = CrtList.read(self.crt_list), {}
         for name in bundles:
             file = self.path_of(name)
-            lines[file] = crt_list.entry(file) or entry_line(file, options.get(name, ""))
+            lines[file] = crt_list.entry(file) or entry_line(file, serving.get(name, Serving()).crt_list_options)
         return crt_list, lines
 
     @staticmethod
@@ -227,7 +243,8 @@ class Installer:
             changes.add(f"restoring {crt_list.path}", crt_list.write)
             updated.write()
 
-    def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None], lines: Mapping[Path, str]) -> list[_Plan]:
+    def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None], lines: Mapping[Path, str],
+              stores: Mapping[Path, tuple[str, str]]) -> list[_Plan]:
         """Find out whether `node` can take each certificate at runtime, and under which path."""
         served_from = self.crt_list or self.ssl_dir
         try:
@@ -241,6 +258,9 @@ class Installer:
         entries = node.crt_list_entries(crt_list) if crt_list is not None and self.crt_list else None
         plans = []
         for file, content in previous.items():
+            if file in stores:
+                plans.append(_store_plan(node, file, *stores[file], table.path_of(stores[file][1])))
+                continue
             known = table.path_of(str(file))
             if known is not None and content is None:
                 plans.append(_Plan(node, file, reason=f"it has {known} in memory but the file is gone, so a "
@@ -323,6 +343,23 @@ class Installer:
                 write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
         except OSError as error:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
+
+
+def _store_plan(node: RuntimeApi, file: Path, name: str, store: str, known: str | None) -> _Plan:
+    """Replace the crt-store entry `store` if it loads `file` (a reload or restart then serves what
+    memory does); refuse the certificate (`Blocked`) if it loads another file."""
+    if known is None:
+        return _Plan(node, file, reason=f"it has no crt-store entry {store}")
+    loaded = node.loaded_file(known)
+    if loaded is not None and not _may_be(PurePosixPath(loaded), file):
+        raise Blocked(f"{name}: {node}: {store} loads {loaded}, not {file}, so a reload would serve that file, not "
+                      f"the renewed certificate: point its `load crt` at {file}", [name])
+    return _Plan(node, file, known)
+
+
+def _may_be(loaded: PurePosixPath, file: Path) -> bool:
+    """Whether HAProxy's `loaded` may name `file`: the same path, or its tail under a `crt-base` we cannot see."""
+    return bool(loaded.parts) and PurePosixPath(file).parts[-len(loaded.parts):] == loaded.parts
 
 
 def _served(path: Path) -> bytes | None:

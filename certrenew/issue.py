@@ -20,7 +20,7 @@ from certrenew.bundle import CertificateInfo, check_bundle, check_issued, leaf_c
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
-from certrenew.install import Installer, InstallResult
+from certrenew.install import Installer, InstallResult, Serving
 from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
 from certrenew.policy import Decision, decide, utc_now
 from certrenew.store import Account, CertificateRecord, PendingOrder, Store
@@ -205,7 +205,8 @@ class Issuer:
         renewal windows came with the downloads.
         """
         results = self.installer.install({item.spec.name: item.bundle for item in issued},
-                                         {item.spec.name: item.spec.crt_list_options for item in issued})
+                                         {item.spec.name: Serving(item.spec.crt_list_options, item.spec.crt_store)
+                                          for item in issued})
         installed = []
         for item, result in zip(issued, results):
             info = result.info

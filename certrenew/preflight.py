@@ -134,7 +134,8 @@ def probe(responder: Responder, settings: Settings, name: str) -> Check:
 
 def socket_checks(settings: Settings) -> list[Check]:
     """Every Runtime API socket: an install fails on one it cannot use."""
-    return [socket_check(address, settings.ssl_dir) for address in settings.haproxy_socket]
+    served_from, kind = (settings.crt_list, "crt-list") if settings.crt_list else (settings.ssl_dir, "crt directory")
+    return [socket_check(address, served_from, kind) for address in settings.haproxy_socket]
 
 
 def haproxy_checks(settings: Settings) -> list[Check]:
@@ -144,8 +145,9 @@ def haproxy_checks(settings: Settings) -> list[Check]:
     return [*checks, reload_check(settings.reload_command, needed)]
 
 
-def socket_check(address: str, ssl_dir: Path) -> Check:
-    """Reachable, at admin level, and loading `ssl_dir` as a crt directory (so new names need no reload)."""
+def socket_check(address: str, ssl_dir: Path, kind: str = "crt directory") -> Check:
+    """Reachable, at admin level, and loading `ssl_dir` as a crt directory (or the crt-list file: `kind`),
+    so new names need no reload."""
     what = f"HAProxy socket {address}"
     node = RuntimeApi(address, timeout=PROBE_TIMEOUT)
     try:
@@ -161,8 +163,8 @@ def socket_check(address: str, ssl_dir: Path) -> Check:
         return Check(FAIL, what, f"{error}; check --haproxy-socket, that HAProxy runs, and that this user may open it")
     directory = os.path.abspath(ssl_dir)
     if find_crt_list(crt_lists, directory) is None:
-        return Check(WARN, what, f"loads no crt directory {directory}: a new certificate needs the reload command")
-    return Check(OK, what, f"admin level, loads the crt directory {directory}")
+        return Check(WARN, what, f"loads no {kind} {directory}: a new certificate needs the reload command")
+    return Check(OK, what, f"admin level, loads the {kind} {directory}")
 
 
 def reload_check(command: str, needed: bool) -> Check:

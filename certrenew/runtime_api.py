@@ -214,6 +214,14 @@ class RuntimeApi:
         answer = self.command(f"show ssl crt-list {argument(crt_list)}")
         return frozenset(line.split()[0] for line in answer.splitlines() if line.strip() and not line.startswith("#"))
 
+    def loaded_file(self, path: str) -> str | None:
+        """The file HAProxy loaded certificate `path` from, as its config names it (relative to a `crt-base`
+        where it is): a crt-store entry's `load crt`. None where HAProxy does not say (before 3.0)."""
+        for line in self.command(f"show ssl cert {argument(path)}").splitlines():
+            if line.startswith("Crt filename: "):
+                return line.removeprefix("Crt filename: ").strip()
+        return None
+
     def replace_certificate(self, path: str, bundle: bytes) -> None:
         """Swap the certificate HAProxy loaded from `path` for `bundle`, in memory."""
         self._set_and_commit(path, bundle)

@@ -13,7 +13,7 @@ from fake_haproxy import FakeHAProxy
 from certrenew import haproxy, install, limits, signals
 from certrenew.bundle import build_bundle, pem_blocks
 from certrenew.errors import CertrenewError, Refused
-from certrenew.install import Blocked, Installer
+from certrenew.install import Blocked, Installer, Serving
 from certrenew.runtime_api import RuntimeApiError
 
 NAME = "site.example"
@@ -364,9 +364,9 @@ def test_a_new_certificate_gets_its_crt_list_line_in_the_file_and_in_memory_or_n
         installer = Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")], crt_list=crt_list)
         if refused:
             with pytest.raises(Refused, match="unable to load the chain"):
-                installer.install({NAME: bundle_of(trustme.CA())}, {NAME: f"[alpn h2] {NAME}"})
+                installer.install({NAME: bundle_of(trustme.CA())}, {NAME: Serving(f"[alpn h2] {NAME}")})
         else:
-            [result] = installer.install({NAME: bundle_of(trustme.CA())}, {NAME: f"[alpn h2] {NAME}"})
+            [result] = installer.install({NAME: bundle_of(trustme.CA())}, {NAME: Serving(f"[alpn h2] {NAME}")})
             assert result.method == "hot update"
     finally:
         fake.close()

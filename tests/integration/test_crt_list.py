@@ -80,14 +80,15 @@ def test_a_certificate_is_added_renewed_and_deleted_beside_the_operators_lines(l
     assert served_serial(lab, "a.placeholder.test") == served_serial(lab)
 
 
-def test_check_names_a_line_whose_file_is_missing(lab):
-    crt_list = lab.workdir / "certs.lst"
-    crt_list.write_text(operator_lines(lab) + f"{lab.ssl_dir}/gone.pem [alpn h2] gone.example\n")
-    result = lab.certrenew("check", "--crt-list", str(crt_list))
-    assert f"FAIL crt-list {crt_list}: line 4: {lab.ssl_dir}/gone.pem does not exist" in result.stdout
-    crt_list.write_text(operator_lines(lab))
-    result = lab.certrenew("check", "--crt-list", str(crt_list))
+def test_check_names_a_line_whose_file_is_missing_and_the_haproxy_loading_the_crt_list(lab):
+    crt_list = crt_list_lab(lab)
+    env = {"CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket)}
+    result = lab.certrenew("check", "--crt-list", str(crt_list), env=env)
     assert f"ok   crt-list {crt_list}: 1 line(s), every file exists" in result.stdout
+    assert f"admin level, loads the crt-list {crt_list}" in result.stdout
+    crt_list.write_text(operator_lines(lab) + f"{lab.ssl_dir}/gone.pem [alpn h2] gone.example\n")
+    result = lab.certrenew("check", "--crt-list", str(crt_list), env=env)
+    assert f"FAIL crt-list {crt_list}: line 4: {lab.ssl_dir}/gone.pem does not exist" in result.stdout
 
 
 def test_a_certificate_haproxy_serves_from_its_crt_directory_is_listed_when_renewed(lab):
