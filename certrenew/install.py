@@ -259,7 +259,7 @@ class Installer:
         plans = []
         for file, content in previous.items():
             if file in stores:
-                plans.append(_store_plan(node, file, *stores[file], table.path_of(stores[file][1])))
+                plans.append(_store_plan(node, file, *stores[file], table.path_of(stores[file][1]), content))
                 continue
             known = table.path_of(str(file))
             if known is not None and content is None:
@@ -345,11 +345,15 @@ class Installer:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
 
 
-def _store_plan(node: RuntimeApi, file: Path, name: str, store: str, known: str | None) -> _Plan:
+def _store_plan(node: RuntimeApi, file: Path, name: str, store: str, known: str | None,
+                content: bytes | None) -> _Plan:
     """Replace the crt-store entry `store` if it loads `file` (a reload or restart then serves what
     memory does); refuse the certificate (`Blocked`) if it loads another file."""
     if known is None:
         return _Plan(node, file, reason=f"it has no crt-store entry {store}")
+    if content is None:
+        return _Plan(node, file, reason=f"it has {store} in memory but {file} is gone, so a rollback could not "
+                                        "restore it")
     loaded = node.loaded_file(known)
     if loaded is not None and not _may_be(PurePosixPath(loaded), file):
         raise Blocked(f"{name}: {node}: {store} loads {loaded}, not {file}, so a reload would serve that file, not "

@@ -407,3 +407,15 @@ def test_a_certificate_haproxy_has_but_not_in_the_crt_list_is_replaced_and_liste
     assert fake.commands()[-3:] == ["set ssl cert", "commit ssl cert", "add ssl crt-list"]
     assert fake.requests[-1] == f"add ssl crt-list {crt_list} <<\n{path}\n\n".encode()
     assert crt_list.read_text() == f"{path}\n"
+
+
+def test_a_crt_store_entry_whose_file_is_gone_is_left_to_the_reload(tmp_path, ssl_dir):
+    fake = FakeHAProxy(tmp_path / "admin.sock", {"show ssl crt-list": "\n", "show ssl cert": "# filename\n@web/site\n\n"})
+    marker = reload_marker(tmp_path)[1]
+    try:
+        [result] = Installer(ssl_dir, reload_marker(tmp_path)[0], [str(tmp_path / "admin.sock")]).install(
+            {NAME: bundle_of(trustme.CA())}, {NAME: Serving(crt_store="@web/site")})
+    finally:
+        fake.close()
+    assert result.method == "reload" and "it has @web/site in memory but" in result.detail and marker.exists()
+    assert "set ssl cert" not in fake.commands()
