@@ -10,6 +10,7 @@ HAProxy keeps one certificate transaction per process: `set ssl cert` opens it,
 in between is answered with `abort ssl cert` so nothing half-done stays open.
 """
 
+import functools
 import grp
 import logging
 import os
@@ -79,8 +80,12 @@ class CertificateTable:
 
     def path_of(self, file: str) -> str | None:
         """The path under which this HAProxy holds `file`, spelled as it spells it; None if it does not."""
-        wanted = PurePosixPath(file)
-        return next((path for path in self.files if PurePosixPath(path) == wanted), None)
+        return self._spelled.get(PurePosixPath(file))
+
+    @functools.cached_property
+    def _spelled(self) -> dict[PurePosixPath, str]:
+        """Each file by its path: a batch looks up each of its certificates, and HAProxy may hold thousands."""
+        return {PurePosixPath(path): path for path in self.files}
 
 
 def parse_show_ssl_cert(answer: str) -> CertificateTable:
