@@ -216,8 +216,9 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
         solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
         for dns in {spec.dns for spec, _ in work if spec.dns}:
             solvers[dns] = solvers_open.enter_context(dns.solver())
+        probed = preflight.probe_ahead(responder, settings, [spec for spec, step in work if step == "issue"])
         issuer = Issuer(settings, store, solvers, telemetry,
-                        before_order=functools.partial(preflight.check_path, responder, settings))
+                        before_order=functools.partial(preflight.check_path, responder, settings, probed))
         solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))
