@@ -18,13 +18,14 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from certrenew import haproxy, hints
-from certrenew.challenge import HTTP_01
+from certrenew.challenge import HTTP_01, TLS_ALPN_01
 from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError
@@ -33,6 +34,9 @@ from certrenew.listen import check_socket_dir, create_hint, parse_listen, takeov
 from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
 from certrenew.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 from certrenew.store import FileStore
+
+if TYPE_CHECKING:
+    from certrenew.tlsalpn01 import TlsAlpnResponder
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +77,26 @@ def require(checks: Iterable[Check], ok_level: int = logging.DEBUG) -> None:
 
 # The path from the CA to the responder.
 
-def check_path(responder: Responder, settings: Settings, spec: CertificateSpec) -> None:
-    """Before ordering `spec`: every name must reach `responder` through HAProxy, or no order is made."""
-    if not settings.self_check or spec.challenge != HTTP_01:
+def check_path(solvers: Mapping[Hashable, Any], settings: Settings, spec: CertificateSpec) -> None:
+    """Before ordering `spec`: every name must reach its responder through HAProxy, or no order is made."""
+    probe_one = PROBES.get(spec.challenge)
+    if not settings.self_check or probe_one is None:
         return
-    require(probe_all(responder, settings, spec.domains), logging.INFO)
+    require(probe_all(solvers[spec.challenge], settings, spec.domains, probe_one), logging.INFO)
 
 
-def probe_all(responder: Responder, settings: Settings, names: Sequence[str]) -> list[Check]:
+def probe_all(responder: Any, settings: Settings, names: Sequence[str],
+              probe_one: Callable[[Any, Settings, str], Check] | None = None) -> list[Check]:
     """`probe` every name, a few at once: a name that does not answer costs its timeout only once.
 
     A single name is probed in this thread: a pool's thread start and join cost more
     than the probe, once per certificate in a run of many.
     """
+    probe_one = probe_one or probe
     if len(names) <= 1:
-        return [probe(responder, settings, name) for name in names]
+        return [probe_one(responder, settings, name) for name in names]
     with ThreadPoolExecutor(min(len(names), MAX_PROBES)) as pool:
-        return list(pool.map(lambda name: probe(responder, settings, name), names))
+        return list(pool.map(lambda name: probe_one(responder, settings, name), names))
 
 
 def probe(responder: Responder, settings: Settings, name: str) -> Check:
@@ -128,6 +135,48 @@ def probe(responder: Responder, settings: Settings, name: str) -> Check:
     if answer.status == 200:
         seen += " with another body"
     return Check(FAIL, url, f"{url} answered {seen}, not certrenew's responder on {settings.listen}: {hints.ROUTE}")
+
+
+def probe_tls(responder: "TlsAlpnResponder", settings: Settings, name: str) -> Check:
+    """Serve a challenge certificate for a random key authorization on `responder` and shake hands
+    with NAME:443 for it the way the CA would (SNI NAME, ALPN acme-tls/1)."""
+    import ssl  # with the responder, only for a TLS-ALPN-01 certificate
+
+    from certrenew.tlsalpn01 import fetch_certificate, proves
+
+    token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
+    host, port = split_host_port(settings.self_check_address) if settings.self_check_address else (name, 443)
+    what, where = f"tls-alpn-01 {name}", f"{host}:{port}"
+    route = (f"not certrenew's TLS-ALPN-01 responder on {settings.tls_alpn_listen}: check that HAProxy's port-443 "
+             "TCP frontend sends { req.ssl_alpn acme-tls/1 } to the certrenew_tls_alpn backend, whose server "
+             "must be --tls-alpn-listen (see haproxy/tls-alpn-01.cfg)")
+    responder.present(name, token, value)
+    try:
+        cert = fetch_certificate(host, port, name, PROBE_TIMEOUT)
+    except socket.gaierror as error:
+        return Check(WARN, what, f"{name} does not resolve from this host ({error.strerror}); not checked, "
+                                 "the CA's view may differ")
+    except ConnectionRefusedError:
+        return Check(WARN, what, f"{where} refused the connection from this host; not checked, the CA's view "
+                                 "may differ (or set --self-check-address)")
+    except (TimeoutError, socket.timeout):
+        return Check(WARN, what, f"{where} did not answer within {PROBE_TIMEOUT:g} s from this host; not checked")
+    except ssl.SSLError as error:
+        return Check(FAIL, what, f"the handshake with {where} for ALPN acme-tls/1 failed ({error.reason}): {route}")
+    except OSError as error:
+        return Check(FAIL, what, f"{where} closed the handshake for ALPN acme-tls/1 "
+                                 f"({error.strerror or type(error).__name__}): {route}")
+    finally:
+        responder.cleanup(name, token)
+    if cert is None:
+        return Check(FAIL, what, f"{where} did not choose ALPN acme-tls/1 (a TLS frontend of HAProxy?): {route}")
+    if not proves(cert, name, value):
+        return Check(FAIL, what, f"{where} answered with a certificate for {cert.subject.rfc4514_string()}: {route}")
+    return Check(OK, what, f"reached certrenew's TLS-ALPN-01 responder through {where}")
+
+
+PROBES: dict[str, Callable[[Any, Settings, str], Check]] = {HTTP_01: probe, TLS_ALPN_01: probe_tls}
+"""How the path of each challenge type is probed before ordering; DNS-01's solver checks its own."""
 
 
 # HAProxy: the admin socket and the reload command, which installing will need.
