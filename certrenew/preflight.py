@@ -147,9 +147,7 @@ def probe_tls(responder: "TlsAlpnResponder", settings: Settings, name: str) -> C
     token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
     host, port = split_host_port(settings.self_check_address) if settings.self_check_address else (name, 443)
     what, where = f"tls-alpn-01 {name}", f"{host}:{port}"
-    route = (f"not certrenew's TLS-ALPN-01 responder on {settings.tls_alpn_listen}: check that HAProxy's port-443 "
-             "TCP frontend sends { req.ssl_alpn acme-tls/1 } to the certrenew_tls_alpn backend, whose server "
-             "must be --tls-alpn-listen (see haproxy/tls-alpn-01.cfg)")
+    route = f"not certrenew's TLS-ALPN-01 responder on {settings.tls_alpn_listen}: {hints.TLS_ROUTE}"
     responder.present(name, token, value)
     try:
         cert = fetch_certificate(host, port, name, PROBE_TIMEOUT)
