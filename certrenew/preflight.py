@@ -247,6 +247,15 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
                 checks.extend(probe_all(responder, settings, names))
             except CertrenewError as error:  # the responder cannot listen
                 checks.append(Check(FAIL, "responder", str(error)))
+    names = list(dict.fromkeys(name for spec in specs if spec.challenge == TLS_ALPN_01 for name in spec.domains))
+    if names:
+        from certrenew.tlsalpn01 import TlsAlpnResponder
+
+        with TlsAlpnResponder(settings.tls_alpn_listen) as tls_responder:
+            try:
+                checks.extend(probe_all(tls_responder, settings, names, probe_tls))
+            except CertrenewError as error:
+                checks.append(Check(FAIL, "TLS-ALPN-01 responder", str(error)))
     return checks
 
 

@@ -5,6 +5,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 
 import pytest
 from cryptography import x509
@@ -57,8 +58,10 @@ def test_the_name_in_flight_gets_its_challenge_certificate_over_acme_tls_1(respo
 ])
 def test_any_other_handshake_is_refused_before_a_certificate_is_sent(responder, sni, alpn):
     _, port = responder
-    with pytest.raises((ssl.SSLError, ConnectionError)):
+    with pytest.raises((ssl.SSLError, ConnectionError)) as refused:
         handshake(port, sni, alpn)
+    if alpn == [ACME_TLS_1]:  # told why: no certificate for that name (without acme-tls/1: just closed)
+        assert "UNRECOGNIZED_NAME" in str(refused.value)
 
 
 def test_a_name_is_served_only_until_its_cleanup(responder):
@@ -94,3 +97,12 @@ def test_the_shipped_snippet_with_haproxy_cfg_passes_haproxy_c(tmp_path, program
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "Configuration file is valid" in checked.stdout + checked.stderr
     assert "bind abns@certrenew-https accept-proxy ssl alpn h2,http/1.1 crt /etc/haproxy/ssl/" in SNIPPET.read_text()
+
+
+def test_no_other_module_loads_it_so_the_http_01_path_never_does():
+    """It is imported where a TLS-ALPN-01 certificate is ordered or checked, never with a module."""
+    others = sorted(path.stem for path in (SHIPPED_HAPROXY_CFG.parents[1] / "certrenew").glob("*.py")
+                    if path.stem not in ("tlsalpn01", "__main__"))
+    probe = f"import sys\nfor name in {others!r}: __import__('certrenew.' + name)\nprint('certrenew.tlsalpn01' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert loaded.stdout == "False\n", loaded.stderr

@@ -74,3 +74,12 @@ def test_without_the_probe_the_cas_failure_names_the_alpn_route(lab, tmp_path):
     [failed] = [line for line in run.stderr.splitlines() if line.startswith(f"certrenew: {NAME}: failed:")]
     assert 'validation failed: Cannot negotiate ALPN protocol "acme-tls/1"' in failed, failed
     assert failed.endswith(f"; {TLS_ROUTE}") and "letsencrypt-request" not in failed, failed
+
+
+def test_check_probes_a_tls_alpn_01_certificate_through_haproxy(lab, tmp_path):
+    run_args = tls_alpn_config(lab, tmp_path)
+    check = lab.certrenew("check", *run_args[1:])
+    assert f"ok   tls-alpn-01 {NAME}: reached certrenew's TLS-ALPN-01 responder through " in check.stdout, check.stdout
+    lab.reconfigure_haproxy(ROUTE, "")
+    check = lab.certrenew("check", *run_args[1:])
+    assert check.returncode == 1 and f"FAIL tls-alpn-01 {NAME}: " in check.stdout, check.stdout
