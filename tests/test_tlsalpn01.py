@@ -6,6 +6,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 
 import pytest
 from cryptography import x509
@@ -106,3 +107,20 @@ def test_no_other_module_loads_it_so_the_http_01_path_never_does():
     probe = f"import sys\nfor name in {others!r}: __import__('certrenew.' + name)\nprint('certrenew.tlsalpn01' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert loaded.stdout == "False\n", loaded.stderr
+
+
+def test_another_token_for_the_name_waits_until_the_first_is_cleaned_up(responder):
+    """SNI is all the CA sends: a dual certificate's twin order must not replace the certificate in flight."""
+    running, port = responder
+    other = "u" * 43 + ".thumbprint"
+    second = threading.Thread(target=running.present, args=(NAME, "u" * 43, other))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()
+    cert = fetch_certificate("127.0.0.1", port, NAME, 5)
+    assert cert is not None and proves(cert, NAME, KEY_AUTHORIZATION)
+    running.cleanup(NAME, TOKEN)
+    second.join(10)
+    assert not second.is_alive()
+    cert = fetch_certificate("127.0.0.1", port, NAME, 5)
+    assert cert is not None and proves(cert, NAME, other)

@@ -83,3 +83,12 @@ def test_check_probes_a_tls_alpn_01_certificate_through_haproxy(lab, tmp_path):
     lab.reconfigure_haproxy(ROUTE, "")
     check = lab.certrenew("check", *run_args[1:])
     assert check.returncode == 1 and f"FAIL tls-alpn-01 {NAME}: " in check.stdout, check.stdout
+
+
+def test_both_twins_of_a_dual_certificate_are_issued_over_tls_alpn_01(lab, tmp_path):
+    """Two orders for the same names at once: each name is answered for one of them at a time."""
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'[[certificate]]\ndomains = ["{NAME}", "www.{NAME}"]\nkey_type = "ecdsa-p256,rsa2048"\n'
+                      'challenge = "tls-alpn-01"\n')
+    run = lab.certrenew("run", "--config", str(config), "--self-check-address", f"{LOOPBACK}:{lab.https_port}")
+    assert run.returncode == 0 and "2 certificates: 2 issued" in run.stderr, run.stdout + run.stderr
