@@ -30,12 +30,15 @@ ENV PATH=/opt/certrenew/bin:$PATH \
     CERTRENEW_STATE_DIR=/var/lib/certrenew \
     CERTRENEW_SSL_DIR=/etc/haproxy/ssl \
     CERTRENEW_LISTEN=0.0.0.0:49494
+# /metrics and /healthz, set here rather than on the command line so that CERTRENEW_METRICS_LISTEN
+# (compose's `environment:`) moves it like any other setting; the HEALTHCHECK follows it.
+ENV CERTRENEW_METRICS_LISTEN=0.0.0.0:9797
 VOLUME ["/var/lib/certrenew", "/etc/haproxy/ssl"]
 # 49494: the HTTP-01 responder, for HAProxy's letsencrypt_backend only.
 # 9797: /metrics and /healthz; never publish it to the internet.
 EXPOSE 49494 9797
 USER 10001:10001
 HEALTHCHECK --interval=60s --timeout=10s --start-period=5m --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9797/healthz', timeout=5)"]
+    CMD ["python", "-c", "import os, urllib.request; host, _, port = os.environ['CERTRENEW_METRICS_LISTEN'].rpartition(':'); host = {'0.0.0.0': '127.0.0.1', '[::]': '[::1]'}.get(host, host); urllib.request.urlopen(f'http://{host}:{port}/healthz', timeout=5)"]
 ENTRYPOINT ["certrenew"]
-CMD ["daemon", "--metrics-listen", "0.0.0.0:9797"]
+CMD ["daemon"]

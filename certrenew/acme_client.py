@@ -17,7 +17,7 @@ from acme import messages
 from cryptography import x509
 
 from certrenew import signals
-from certrenew.acme_account import register, use_account
+from certrenew.acme_account import ExternalAccount, register, use_account
 from certrenew.acme_transport import (
     AccountUnknown,
     Deadline,
@@ -27,6 +27,7 @@ from certrenew.acme_transport import (
     retry_after_seconds,
 )
 from certrenew.challenge import ChallengeSolver
+from certrenew.domains import is_ip_address
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.hints import validation_hint
 
@@ -51,15 +52,16 @@ class AcmeClient:
                  ca_bundle: str | None = None, counter: RequestCounter | None = None) -> None:
         self.transport = Transport(directory_url, account_key_pem, deadline, ca_bundle, counter)
 
-    def login(self, uri: str | None, email: str | None, agree_tos: bool) -> str:
-        """Act as the account at `uri`, or register the key when there is none; return the URI.
+    def login(self, uri: str | None, email: str | None, agree_tos: bool, eab: ExternalAccount | None = None) -> str:
+        """Act as the account at `uri`, or register the key (bound by `eab` if given) when there is
+        none; return the URI.
 
         A known account costs no round trip. Should the CA have forgotten it (a test CA
         restarted, an account deactivated), the first order registers the key again.
         """
-        self._email, self._agree_tos = email, agree_tos
+        self._email, self._agree_tos, self._eab = email, agree_tos, eab
         if uri is None:
-            uri = register(self.transport, email, agree_tos)
+            uri = register(self.transport, email, agree_tos, eab)
         use_account(self.transport, uri)
         return uri
 
@@ -146,7 +148,7 @@ class AcmeClient:
             return self._new_order(domains, csr_pem, replaces, profile)
         except AccountUnknown:
             log.warning("the CA does not know account %s; registering the key again", self.account_uri)
-            use_account(self.transport, register(self.transport, self._email, self._agree_tos))
+            use_account(self.transport, register(self.transport, self._email, self._agree_tos, self._eab))
         except CertrenewError as error:
             if replaces is None:
                 raise
@@ -155,7 +157,8 @@ class AcmeClient:
 
     def _new_order(self, domains: list[str], csr_pem: bytes, replaces: str | None,
                    profile: str | None) -> messages.OrderResource:
-        identifiers = tuple(messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=d) for d in domains)
+        identifiers = tuple(messages.Identifier(typ=messages.IDENTIFIER_IP if is_ip_address(d) else messages.IDENTIFIER_FQDN,
+                                                value=d) for d in domains)
         new_order = _NewOrder(identifiers=identifiers, replaces=replaces, profile=profile)
         response = self.transport.post("create the order", self.transport.directory["newOrder"], new_order)
         body = messages.Order.from_json(response.json())

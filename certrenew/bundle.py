@@ -40,6 +40,7 @@ class CertificateInfo:
     not_before: datetime.datetime
     not_after: datetime.datetime
     domains: tuple[str, ...]
+    """The DNS names of its SAN, then its IP addresses (in canonical form, as `domains` writes them)."""
     fingerprint: str
 
     @property
@@ -166,7 +167,7 @@ def leaf_info(pem: bytes) -> CertificateInfo:
 def certificate_info(cert: x509.Certificate) -> CertificateInfo:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        domains = tuple(san.get_values_for_type(x509.DNSName))
+        domains = (*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress)))
     except x509.ExtensionNotFound:
         domains = ()
     return CertificateInfo(

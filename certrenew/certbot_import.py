@@ -281,7 +281,7 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     except x509.ExtensionNotFound:
         return "the certificate names no DNS names"
     if san.get_values_for_type(x509.IPAddress):
-        return "the certificate names IP addresses; certrenew issues for DNS names only"
+        return "the certificate names IP addresses, which import-certbot does not take over: add it as a [[certificate]]"
     try:
         domains = sorted(san.get_values_for_type(x509.DNSName), key=lambda d: d != name)
         [spec] = certificate_specs(name, domains, key_type)  # HTTP-01: no wildcard

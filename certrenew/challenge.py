@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from certrenew.domains import normalize_domain
+from certrenew.domains import is_ip_address, normalize_domain
 from certrenew.errors import CertrenewError, UsageError
 
 HTTP_01 = "http-01"
@@ -75,6 +75,9 @@ def check_dns01_domain(domain: str) -> None:
     base = domain.removeprefix("*.")
     if "*" in base:
         raise UsageError(f"invalid domain {domain!r}: a wildcard must be the whole first label, as in *.example.com")
+    if is_ip_address(base):
+        raise UsageError(f"{domain} is an IP address, which DNS-01 cannot validate (no zone holds its TXT record; "
+                         f"RFC 8738): give it a certificate of its own with the {HTTP_01} challenge")
     normalize_domain(base)
 
 

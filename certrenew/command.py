@@ -16,6 +16,8 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 
+from certrenew.limits import kind_of
+
 log = logging.getLogger(__name__)
 
 OUTPUT_LIMIT = 4096
@@ -40,8 +42,12 @@ def split_command(command: str) -> list[str]:
 def missing_program(command: str, what: str = "the reload command") -> str | None:
     """Why `what` (the reload command, a hook) cannot run (its program is not found or not executable), or None."""
     program = split_command(command)[0]
-    if shutil.which(program) is None:
+    found = shutil.which(program)
+    if found is None:
         return f"{what}'s program {program!r} is not found on PATH or not executable"
+    kind = kind_of(os.stat(found).st_mode)
+    if kind:  # which() passes an executable FIFO or device, which exec() then refuses
+        return f"{what}'s program {found} is {kind}, not a program"
     return None
 
 

@@ -21,10 +21,11 @@ from certrenew.challenge import DNS_01, HTTP_01, TLS_ALPN_01, check_domains
 from certrenew.command import split_command
 from certrenew.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
 from certrenew.dnshook import DnsHook
-from certrenew.domains import normalize_domain, normalize_domains
+from certrenew.domains import is_ip_address, normalize_domain, normalize_domains
 from certrenew.errors import UsageError
 from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
+from certrenew.limits import MAX_CONFIG, Unfit, read_regular
 from certrenew.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
 from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
 from certrenew.runtime_api import check_address
@@ -36,6 +37,8 @@ DEFAULT_CONFIG = Path("/etc/certrenew/certrenew.toml")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")
 WILDCARD_PREFIX = "_wildcard."
 """A wildcard certificate's default name: `*.example.com` -> `_wildcard.example.com` (as mkcert names it)."""
+IP_PREFIX = "ip-"
+"""An IP address certificate's default name: `192.0.2.1` -> `ip-192.0.2.1`, `2001:db8::1` -> `ip-2001-db8--1`."""
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 MAX_SECONDS = 86400.0
@@ -93,6 +96,12 @@ class CertificateSpec:
         for DNS-01 the one of its DNS settings (they may differ from certificate to certificate)."""
         return self.dns if self.dns is not None else self.challenge
 
+    def order_settings(self, directory: str) -> str:
+        """What an order depends on (these settings and the CA's directory URL), to tell a retry from a
+        new attempt: a change ends a back-off (one earned against a mistyped URL ends when it is fixed)
+        and starts a fresh order budget (a switch from staging to production is not a loop)."""
+        return f"{','.join(self.domains)} {self.key_type} {self.profile or '-'} {self.challenge} {directory}"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -102,6 +111,8 @@ class Settings:
     staging: bool = False
     email: str | None = None
     agree_tos: bool = False
+    eab_kid: str | None = None
+    eab_hmac_key_file: Path | None = None
     ca_bundle: str | None = None
     state_dir: Path = Path("/var/lib/certrenew")
     ssl_dir: Path = Path("/etc/haproxy/ssl")
@@ -129,6 +140,9 @@ class Settings:
     dns_zone: str | None = None
     dns_hook: str | None = None
     dns_propagation_timeout: float = PROPAGATION_TIMEOUT
+    caa_check: bool = False
+    caa_resolver: DnsServer | None = None
+    caa_identity: tuple[str, ...] = ()
     pre_hook: str | None = None
     post_hook: str | None = None
     deploy_hook: str | None = None
@@ -187,8 +201,11 @@ def certificate_specs(name: str | None, domains: Sequence[str], key_types: str |
 
 
 def default_certificate_name(domain: str) -> str:
-    """A certificate is named after its first domain; a wildcard's `*` would be a glob in a file name."""
-    return WILDCARD_PREFIX + domain[2:] if domain.startswith("*.") else domain
+    """A certificate is named after its first domain; a wildcard's `*` would be a glob in a file name, an IPv6
+    address's `:` a separator in HAProxy's Runtime API commands and in PATH-like lists, so both are replaced."""
+    if domain.startswith("*."):
+        return WILDCARD_PREFIX + domain[2:]
+    return IP_PREFIX + domain.replace(":", "-") if is_ip_address(domain) else domain
 
 
 DNS_OPTIONS = ("dns_server", "tsig_key", "dns_zone", "dns_hook", "dns_propagation_timeout")
@@ -290,7 +307,7 @@ def _profile(name: str) -> str:
 
 def _dns_zone(zone: str) -> str:
     zone = normalize_domain(zone)
-    if "*" in zone:
+    if "*" in zone or is_ip_address(zone):
         raise ValueError(f"{zone!r} is not a zone name")
     return zone
 
@@ -307,6 +324,12 @@ def _directory_url(url: str) -> str:
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"{url!r} is not an https:// URL, e.g. {LETSENCRYPT}")
     return url
+
+
+def _eab_kid(kid: str) -> str:
+    if kid.split() != [kid]:
+        raise ValueError(f"{kid!r} is not a key id: give it as the CA wrote it")
+    return kid
 
 
 def _existing_file(path: str) -> str:
@@ -379,6 +402,10 @@ OPTIONS = [
     Option("staging", "use Let's Encrypt's staging CA", bool),
     Option("email", "contact address for the ACME account", metavar="ADDR"),
     Option("agree_tos", "agree to the CA's terms of service (needed to register an account)", bool),
+    Option("eab_kid", "external account binding: the key id the CA gave, for a CA that binds new accounts to "
+           "an account with it (ZeroSSL, Google, SSL.com, Sectigo)", metavar="KID", check=_eab_kid),
+    Option("eab_hmac_key_file", "external account binding: a file (mode 600) holding the HMAC key the CA gave "
+           "with the key id, base64url; read only when an account is created", Path, "PATH"),
     Option("ca_bundle", "CA bundle to verify the ACME server (default: system store or REQUESTS_CA_BUNDLE)",
            metavar="PATH", check=_existing_file),
     Option("state_dir", "accounts, keys, certificates and records (default /var/lib/certrenew)", Path, "DIR"),
@@ -436,6 +463,12 @@ OPTIONS = [
            "'CMD add|remove RECORD VALUE'", metavar="CMD", check=_dns_hook),
     Option("dns_propagation_timeout", "DNS-01: how long to wait until every name server of the zone "
            "answers the record, in seconds (default 120)", float, "SECONDS", _seconds(zero_allowed=True)),
+    Option("caa_check", "before ordering, look up each name's CAA records (RFC 8659) and refuse, without an "
+           "order, a name they forbid to this CA, account or challenge (default off)", bool),
+    Option("caa_resolver", "CAA: the DNS resolver to ask (default: the system's)", metavar="HOST[:PORT]",
+           check=parse_dns_server),
+    Option("caa_identity", "CAA: the CA's issuer domain (e.g. letsencrypt.org) when its directory lists none "
+           "(caaIdentities); repeat for several", metavar="DOMAIN", check=_dns_zone, repeated=True),
     Option("pre_hook", "run before a run that has work (not on a no-op); if it fails, nothing is renewed",
            metavar="CMD", check=_command),
     Option("post_hook", "run after a run that had work, even if the work or the pre-hook failed",
@@ -478,6 +511,9 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
     settings = Settings(**values)
     if settings.staging and settings.directory != LETSENCRYPT:
         raise UsageError(f"--staging and --directory ({settings.directory}) both name a CA; pass one")
+    if (settings.eab_kid is None) != (settings.eab_hmac_key_file is None):
+        raise UsageError("an external account binding takes both the key id (--eab-kid) and the file of its HMAC "
+                         "key (--eab-hmac-key-file)")
     if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == parse_listen(settings.listen).port:
         # The responder's port is the one the internet reaches through HAProxy.
         raise UsageError(f"the metrics address {settings.metrics_listen} (--metrics-listen) uses the responder's "
@@ -496,12 +532,19 @@ def check_certificate_name(name: str) -> str:
 
 
 def load_config(path: Path) -> ConfigFile:
-    """Read and validate a TOML config file; every error names the file and the key."""
+    """Read and validate a TOML config file; every error names the file and the key.
+
+    Whatever is in its place, the answer is a config or one UsageError: a FIFO, a device,
+    a directory or a file over MAX_CONFIG is refused unread (`limits.read_regular`), and
+    TOML nested too deeply for the parser (RecursionError) is refused like any other error.
+    """
     try:
-        data = tomli.loads(path.read_text())
+        data = tomli.loads(read_regular(path, MAX_CONFIG).decode())
+    except Unfit as unfit:
+        raise UsageError(f"cannot read config file {path}: {unfit}") from None
     except OSError as error:
         raise UsageError(f"cannot read config file {path}: {error.strerror}") from None
-    except (tomli.TOMLDecodeError, UnicodeDecodeError) as error:
+    except (tomli.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise UsageError(f"{path}: {error}") from None
 
     settings = {}

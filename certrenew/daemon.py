@@ -144,11 +144,14 @@ class Daemon:
         return self.hangups.sleep(seconds)
 
     def reload(self) -> None:
-        """Re-read the config (SIGHUP); keep the old one, with one log line, if the new one is refused."""
+        """Re-read the config (SIGHUP); keep the old one, with one log line, if the new one is refused,
+        whatever the reason: a daemon that a bad edit could kill would take renewals down with it."""
         try:
             settings, specs = self.load()
-        except CertrenewError as error:
-            log.error("SIGHUP: config refused, carrying on with the previous one: %s", error)
+        except Exception as error:
+            expected = isinstance(error, CertrenewError)
+            log.error("SIGHUP: config refused, carrying on with the previous one: %s", error if expected else repr(error),
+                      exc_info=not expected and log.isEnabledFor(logging.DEBUG))
             return
         for name in FIXED_AT_START:
             if getattr(settings, name) != getattr(self.settings, name):

@@ -1,4 +1,8 @@
-"""Domain names: normalized to the form the CA and HAProxy see, refused early when invalid."""
+"""Domain names and IP addresses: normalized to the form the CA and HAProxy see, refused early when invalid.
+
+An IP address is a name too (RFC 8738): ordered as an `ip` identifier, validated over
+HTTP-01 at the address itself, and written in its one canonical form ("2001:db8::1").
+"""
 
 import ipaddress
 import re
@@ -13,12 +17,13 @@ _NORMALIZED = re.compile(rf"(?:\*\.)?(?:{_LABEL_PATTERN}\.)+{_LABEL_PATTERN}")
 
 
 def normalize_domain(name: str) -> str:
-    """Lower-case A-label form without a trailing dot, or UsageError naming the fault.
+    """Lower-case A-label form without a trailing dot (an IP address: its canonical form), or
+    UsageError naming the fault.
 
     "*.example.com" passes as a wildcard; `certrenew.challenge` decides whether the
     certificate's challenge type can validate it.
     """
-    if _NORMALIZED.fullmatch(name) and len(name) <= 253 and not _is_ip_address(name.removeprefix("*.")):
+    if _NORMALIZED.fullmatch(name) and len(name) <= 253 and not is_ip_address(name.removeprefix("*.")):
         return name  # the usual case, a tenth of the checks below (a config of 10,000 certificates)
     original = name
     if name.split() != [name]:  # empty, or white space anywhere
@@ -29,8 +34,8 @@ def normalize_domain(name: str) -> str:
     # A wildcard is a whole leftmost "*" label; whether a challenge can validate it is the solver's call.
     wildcard = "*." if name.startswith("*.") else ""
     name = name.removeprefix(wildcard)
-    if _is_ip_address(name):
-        raise UsageError(f"invalid domain {original!r}: IP addresses are not supported, give a DNS name")
+    if is_ip_address(name):
+        return _normalize_ip(original, name, wildcard)
     if not name.isascii():
         import idna  # its tables only for the rare non-ASCII name, not at every start
 
@@ -78,15 +83,18 @@ def check_normalized(names: Sequence[str]) -> None:
     """
     if (names and len(set(names)) == len(names)
             and all(isinstance(name, str) and len(name) <= 253 and _NORMALIZED.fullmatch(name)
-                    and not _is_ip_address(name.removeprefix("*.")) for name in names)):
+                    and not is_ip_address(name.removeprefix("*.")) for name in names)):
         return
     if not all(isinstance(name, str) for name in names):
         raise UsageError(f"domains must be strings, not {names!r}")
     normalized = normalize_domains(list(names))  # raises, naming the fault, for an invalid name
+    if normalized == list(names):  # IP addresses, which the quick test above leaves to this one
+        return
     raise UsageError(f"domains {', '.join(names)} are not in normal form: give {', '.join(normalized)}")
 
 
-def _is_ip_address(name: str) -> bool:
+def is_ip_address(name: str) -> bool:
+    """Whether `name` is an IPv4 or IPv6 address (an IPv6 one may come in brackets, as in a URL)."""
     name = name.strip("[]")
     if ":" not in name and not name.replace(".", "").isdigit():
         return False  # neither IPv6 nor dotted digits: the usual answer, without raising (10,000 names)
@@ -95,3 +103,13 @@ def _is_ip_address(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _normalize_ip(original: str, address: str, wildcard: str) -> str:
+    ip = ipaddress.ip_address(address.strip("[]"))
+    if wildcard:
+        raise UsageError(f"invalid domain {original!r}: a wildcard covers DNS names, not IP addresses")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        raise UsageError(f"invalid domain {original!r}: a scoped IPv6 address means a link of this host only; "
+                         f"give the address without %{ip.scope_id}")
+    return ip.compressed

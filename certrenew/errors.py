@@ -1,5 +1,7 @@
 """Errors an operator can act on; the CLI prints their message as one line."""
 
+import datetime
+
 
 class CertrenewError(Exception):
     """A run failed for a reason the message explains (exit status 1)."""
@@ -33,3 +35,11 @@ class Refused(CertrenewError):
         super().__init__(message)
         self.which = which
         """The certificates refused: their files where the installer raises it, their names after."""
+
+
+class OverBudget(CertrenewError):
+    """The certificate had its `policy.ORDER_BUDGET` of certificates within a day: no order before `until`."""
+
+    def __init__(self, message: str, until: datetime.datetime) -> None:
+        super().__init__(message)
+        self.until = until

@@ -29,7 +29,6 @@ before anything is written, as the rollback could not put it back.
 import functools
 import logging
 import os
-import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
 from certrenew.bundle import CertificateInfo, check_bundle
 from certrenew.errors import CertrenewError, Refused
-from certrenew.limits import MAX_BUNDLE
+from certrenew.limits import MAX_BUNDLE, Unfit, kind_of, read_regular
 from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 
 log = logging.getLogger(__name__)
@@ -54,8 +53,6 @@ any write bit for group and others (see `write_atomic`), so an operator who gran
 read access keeps it across renewals; certrenew never makes a bundle world-readable itself."""
 
 SSL_DIR_ADVICE = "left alone; move it out of the ssl dir"
-_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-          stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
 
 
 class Blocked(Refused):
@@ -290,42 +287,32 @@ def _served(path: Path) -> bytes | None:
 def read_bundle_file(path: Path, noun: str = "bundle", advice: str = SSL_DIR_ADVICE) -> bytes | None:
     """What a bundle file of the ssl dir holds (through a symbolic link), or None if there is none.
 
-    Opened without blocking and checked on the open descriptor, then read no further than
-    MAX_BUNDLE: a FIFO or a device in the bundle's place is refused (CertrenewError), never
-    waited on. Any other PEM file read from a place not ours (certbot's) is read the same
-    way, named a `noun` with its own `advice` in the refusal.
+    Read as `limits.read_regular` reads, no further than MAX_BUNDLE: a FIFO or a device in
+    the bundle's place is refused (CertrenewError), never waited on. Any other PEM file read
+    from a place not ours (certbot's) is read the same way, named a `noun` with its own
+    `advice` in the refusal.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_regular(path, MAX_BUNDLE)
     except FileNotFoundError:
         return None
+    except Unfit as unfit:
+        raise CertrenewError(_not_a(path, unfit.kind, noun, advice)) from None
     except OSError as error:
         raise _unreadable(path, error) from None
-    try:
-        info = os.fstat(fd)
-        problem = _not_a_bundle(path, info.st_mode, info.st_size, noun, advice)
-        content = b""
-        if not problem:
-            with open(fd, "rb", closefd=False) as file:
-                content = file.read(MAX_BUNDLE + 1)
-            problem = _not_a_bundle(path, info.st_mode, len(content), noun, advice)  # grown since the fstat
-    except OSError as error:
-        raise _unreadable(path, error) from None
-    finally:
-        os.close(fd)
-    if problem:
-        raise CertrenewError(problem)
-    return content
 
 
 def _not_a_bundle(path: Path, mode: int, size: int, noun: str = "bundle", advice: str = SSL_DIR_ADVICE) -> str | None:
     """Why what is at `path` (of `mode` and `size`) cannot be a bundle, in one line naming it; None if it can."""
-    if not stat.S_ISREG(mode):
-        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    kind = kind_of(mode)
+    return _not_a(path, kind, noun, advice) if kind or size > MAX_BUNDLE else None
+
+
+def _not_a(path: Path, kind: str | None, noun: str, advice: str) -> str:
+    """The refusal of what is at `path`: `kind` of file, or (None) too large."""
+    if kind:
         return f"{_named(path)} is {kind}, not a {noun}: {advice}"
-    if size > MAX_BUNDLE:
-        return f"{_named(path)} is larger than any {noun} (over {MAX_BUNDLE // 1024 ** 2} MiB): {advice}"
-    return None
+    return f"{_named(path)} is larger than any {noun} (over {MAX_BUNDLE // 1024 ** 2} MiB): {advice}"
 
 
 def _named(path: Path) -> str:

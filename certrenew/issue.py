@@ -9,20 +9,20 @@ into HAProxy at once -> recorded as current, from local state alone.
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
-from certrenew.acme_account import new_account_key_pem
+from certrenew.acme_account import ExternalAccount, new_account_key_pem
 from certrenew.acme_ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme_client import AcmeClient
 from certrenew.acme_transport import Deadline, RequestCounter
 from certrenew.bundle import CertificateInfo, check_bundle, check_clock, check_issued, leaf_certificate
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, OverBudget
 from certrenew.install import Installer, InstallResult
 from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
-from certrenew.policy import Decision, decide, utc_now
+from certrenew.policy import BUDGET_PERIOD, ORDER_BUDGET, Decision, budget_ends, decide, minutes, recent_issues, utc_now
 from certrenew.store import Account, CertificateRecord, PendingOrder, Store
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,13 @@ class Issuer:
     def issue(self, spec: CertificateSpec) -> Issued:
         """Order a new certificate for `spec` and keep it as pending."""
         self.installer.check_place(spec.name)
+        self._check_budget(spec)
         client, solver = self._client(), self._solver(spec)
+        if self.settings.caa_check:
+            from certrenew import caa  # only when asked: no lookup, no dnspython on the usual path
+
+            caa.require(spec.domains, caa_identities(client.transport.directory.meta.caa_identities, self.settings),
+                        client.account_uri, spec.challenge, self.settings.caa_resolver)
         self.before_order(spec)
         domains = list(spec.domains)
         key = generate_key(spec.key_type)
@@ -150,12 +156,35 @@ class Issuer:
             return self.issue(spec)
         return self._keep(spec, fullchain, order.key_pem, "installed")
 
+    def _check_budget(self, spec: CertificateSpec) -> None:
+        """Refuse to order past the certificate's budget (`policy.ORDER_BUDGET`), whatever asked for it;
+        the operator's --force (and so `revoke --reissue`) orders anyway, with a warning."""
+        until = budget_ends(self.store.load_record(spec.name), spec.order_settings(self.settings.directory_url),
+                            utc_now())
+        if until is None:
+            return
+        spent = (f"the CA issued {ORDER_BUDGET} certificates for it in the last "
+                 f"{BUDGET_PERIOD.total_seconds() / 3600:g} h, its budget")
+        if self.settings.force:
+            log.warning("%s: %s; ordering anyway (--force)", spec.name, spent)
+            return
+        raise OverBudget(f"not ordered: {spent} (is the CA's renewal window, or the clock, asking again and "
+                         f"again?); next order after {minutes(until)} UTC, or now with --force", until)
+
+    def _count_issue(self, spec: CertificateSpec) -> None:
+        """Count a certificate the CA issued against the budget, before it is checked: a refused one counts too."""
+        now, settings = utc_now(), spec.order_settings(self.settings.directory_url)
+        record = self.store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
+        record.recent_issues, record.issued_settings = [*recent_issues(record, settings, now), now], settings
+        self.store.save_record(record)
+
     def _keep(self, spec: CertificateSpec, fullchain: str, key_pem: bytes, action: str) -> Issued:
         """Keep the issued certificate as pending before anything else can fail, once it is proven ours,
         then ask for its window.
 
         A refused one is not kept, nor is its order: downloading it again would bring the same.
         """
+        self._count_issue(spec)
         try:
             bundle = check_issued(fullchain.encode(), key_pem, spec.domains, utc_now())
         except CertrenewError:
@@ -208,6 +237,12 @@ class Issuer:
         installed = []
         for item, result in zip(issued, results):
             info = result.info
+            settings = item.spec.order_settings(self.settings.directory_url)
+            try:
+                issues = recent_issues(self.store.load_record(item.spec.name), settings, utc_now())
+            except CertrenewError as error:  # the new record replaces it: only its budget is lost
+                log.warning("%s: %s", item.spec.name, error)
+                issues = []
             record = CertificateRecord(
                 name=item.spec.name,
                 domains=list(item.spec.domains),
@@ -217,6 +252,8 @@ class Issuer:
                 not_after=info.not_after,
                 issued_at=utc_now(),
                 directory=self.settings.directory_url,
+                recent_issues=issues,
+                issued_settings=settings,
             )
             _apply_window(record, item.window)
             try:
@@ -274,7 +311,8 @@ class Issuer:
         client = AcmeClient(settings.directory_url, account.key_pem, self.deadline, settings.ca_bundle,
                             self.counter)
         check_clock(client.transport.ca_clock_ahead)  # at the first login of the run: before any order
-        self._remember_account(client.login(account.uri, settings.email, settings.agree_tos))
+        eab = ExternalAccount(settings.eab_kid, settings.eab_hmac_key_file) if settings.eab_kid and settings.eab_hmac_key_file else None
+        self._remember_account(client.login(account.uri, settings.email, settings.agree_tos, eab))
         return client
 
     def _remember_account(self, uri: str) -> None:
@@ -290,6 +328,11 @@ class Issuer:
         if solver is None:
             raise CertrenewError(f"no solver for the {spec.challenge} challenge in this run")
         return solver
+
+
+def caa_identities(listed: Sequence[str] | None, settings: Settings) -> list[str]:
+    """The CA's issuer domains for CAA: those its directory lists (caaIdentities), else --caa-identity."""
+    return list(listed or settings.caa_identity)
 
 
 def _apply_window(record: CertificateRecord, window: Window) -> None:

@@ -1,10 +1,13 @@
 """Private keys and certificate signing requests."""
 
+import ipaddress
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from certrenew.domains import is_ip_address
 from certrenew.keytypes import KEY_TYPES, check_key_type
 
 _CURVES = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
@@ -41,16 +44,19 @@ def _spki(public_key) -> bytes:
 
 
 def make_csr(key, domains: list[str]) -> bytes:
-    """A PEM CSR naming every domain in the SAN.
+    """A PEM CSR naming every domain (an IP address as an iPAddress) in the SAN.
 
-    The first domain is also the common name when it fits the 64-character limit of
-    that field; CAs read the SAN either way.
+    The first domain is also the common name when it is a DNS name that fits the
+    64-character limit of that field; CAs read the SAN either way (and Let's Encrypt
+    puts no IP address in a common name).
     """
-    subject = [x509.NameAttribute(NameOID.COMMON_NAME, domains[0])] if len(domains[0]) <= 64 else []
+    subject = ([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]
+               if len(domains[0]) <= 64 and not is_ip_address(domains[0]) else [])
+    names = [x509.IPAddress(ipaddress.ip_address(d)) if is_ip_address(d) else x509.DNSName(d) for d in domains]
     builder = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name(subject))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
     )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 

@@ -7,35 +7,30 @@ next render, and a renewed one keeps a single series (the serial is not a label)
 writes no metrics never loads it.
 """
 
+import contextlib
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from certrenew import httpd
 from certrenew.atomicfile import write_atomic
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.hostport import split_host_port
+from certrenew.listen import Address
 from certrenew.status import HEALTHY, CertificateStatus
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text format `generate_latest` writes, which every scraper reads."""
-REQUEST_TIMEOUT = 5.0
-"""Seconds a connection may last in all, request and answer: a silent client, or one that
-dribbles a byte every few seconds, cannot hold a thread longer."""
 MAX_FAILING_PASSES = 3
 """Daemon passes failed as a whole in a row (a minute apart) after which /healthz says unhealthy."""
-MAX_REQUESTS = 16
-"""Requests served at once, each in a thread; a connection beyond that is closed unanswered.
-The daemon's renewals need threads of the same process: a flood must not use them all up."""
 
 
 @dataclass
@@ -198,8 +193,9 @@ class MetricsServer:
     """`GET /metrics` and `GET /healthz` on a port of their own, for the daemon.
 
     Each request reads `source()` (the current status rows) afresh. Use it as a context
-    manager: the port is bound on entry and free again on exit. HTTP/1.0, one request per
-    connection, so nothing lingers after exit.
+    manager: the port is bound on entry and free again on exit. The server is `httpd`'s,
+    like the responder's: request heads of a few KiB, idle clients costing no thread, so
+    a flood takes bounded memory and a health check is still answered during one.
     """
 
     def __init__(self, listen: str, source: Callable[[], list[CertificateStatus]],
@@ -207,115 +203,46 @@ class MetricsServer:
         self.listen = listen
         self.source = source
         self.telemetry = telemetry
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: httpd.Server | None = None
+        self._serving = contextlib.ExitStack()
 
     @property
     def address(self) -> tuple[str, int]:
         """The host and port bound (the real port when `listen` asked for port 0)."""
         assert self._server is not None, "enter the server first"
-        host, port = self._server.server_address[:2]
+        host, port = self._server.listener.getsockname()[:2]
         return str(host), port
 
     def __enter__(self) -> "MetricsServer":
+        host, port = split_host_port(self.listen)
         try:
-            self._server = _Server(split_host_port(self.listen), _Handler, self)
+            listener = self._serving.enter_context(Address(host=host, port=port).listening())
         except OSError as error:
             raise CertrenewError(f"cannot listen on {self.listen} for metrics: {error.strerror}; "
                                  "set --metrics-listen") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="certrenew-metrics")
-        self._thread.start()
+        self._server = self._serving.enter_context(httpd.Server(listener, self.answer, "certrenew-metrics"))
         log.debug("metrics on http://%s:%d/metrics", *self.address)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        assert self._server is not None and self._thread is not None, "entered"
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._serving.close()
 
-    def answer(self, path: str) -> tuple[HTTPStatus, str, bytes]:
-        """(status, content type, body) for a GET of `path`."""
-        path = path.split("?", 1)[0]
-        if path == "/metrics":
-            return HTTPStatus.OK, CONTENT_TYPE, render(self.source(), self.telemetry)
-        if path == "/healthz":
-            ok, document = health(self.source(), self.telemetry)
-            status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-            return status, "application/json", json.dumps(document).encode() + b"\n"
-        return HTTPStatus.NOT_FOUND, "text/plain", b"not found\n"
+    def answer(self, request: httpd.Request) -> httpd.Response:
+        """The answer to a GET of /metrics, /healthz, or anything else (404)."""
+        try:
+            if request.path == "/metrics":
+                return httpd.Response(HTTPStatus.OK, render(self.source(), self.telemetry), CONTENT_TYPE)
+            if request.path == "/healthz":
+                ok, document = health(self.source(), self.telemetry)
+                status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
+                return httpd.Response(status, json.dumps(document).encode() + b"\n", "application/json")
+        except Exception as error:  # e.g. an unreadable state dir: say so, and keep serving
+            log.warning("metrics: %s failed: %s", request.path, error, exc_info=log.isEnabledFor(logging.DEBUG))
+            return httpd.Response(HTTPStatus.INTERNAL_SERVER_ERROR, f"{error}\n".encode())
+        return httpd.Response(HTTPStatus.NOT_FOUND, b"not found\n")
 
 
 def serve(listen: str, source: Callable[[], list[CertificateStatus]],
           telemetry: Telemetry | None = None) -> MetricsServer:
     """A `MetricsServer` on `listen` (HOST:PORT); enter it to start serving."""
     return MetricsServer(listen, source, telemetry)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    """The listen backlog (socketserver's is 5): connections beyond it wait a second or more to be taken."""
-
-    def __init__(self, address: tuple[str, int], handler, metrics: MetricsServer) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.metrics = metrics
-        self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
-        self._deadlines: dict[socket.socket, float] = {}
-        """Connections being served, and when each is cut (see `service_actions`)."""
-        self._deadlines_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.debug("metrics: %d requests in progress; closing the connection of %s", MAX_REQUESTS, client_address)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread started: give its slot back
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        with self._deadlines_lock:
-            self._deadlines[request] = time.monotonic() + REQUEST_TIMEOUT
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._deadlines_lock:
-                del self._deadlines[request]
-            self._slots.release()
-
-    def service_actions(self) -> None:
-        """Cut the connections past their deadline; `serve_forever` calls this twice a second,
-        so the whole-connection bound costs no thread of its own."""
-        now = time.monotonic()
-        with self._deadlines_lock:
-            late = [connection for connection, deadline in self._deadlines.items() if deadline < now]
-        for connection in late:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)  # its reads end at once, and so does its thread
-            except OSError:  # closed meanwhile
-                pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "certrenew"
-    timeout = REQUEST_TIMEOUT
-
-    def do_GET(self) -> None:
-        try:
-            status, content_type, body = self.server.metrics.answer(self.path)
-        except Exception as error:  # e.g. an unreadable state dir: say so, and keep serving
-            log.warning("metrics: %s failed: %s", self.path, error, exc_info=log.isEnabledFor(logging.DEBUG))
-            status, content_type, body = HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", f"{error}\n".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:
-        log.debug("metrics: %s %s", self.address_string(), format % args)

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, UsageError
 
 UNSAFE = stat.S_IWGRP | stat.S_IWOTH
 """Mode bits that let someone else change what is in a file or directory."""
@@ -77,3 +77,32 @@ def _check(status: os.stat_result, path: str | Path, option: str = "--state-dir"
     if status.st_mode & UNSAFE:
         raise CertrenewError(f"refusing {path}: it is writable by group or others (mode "
                              f"{stat.S_IMODE(status.st_mode):o}); run chmod go-w {path}, or set {option}")
+
+
+def read_secret(path: str | Path, what: str, limit: int) -> bytes:
+    """A secret the operator names by path (an EAB HMAC key): a regular file of this user's, at most
+    `limit` bytes, that no one else may read or change; UsageError (one line) naming the fix.
+
+    A symbolic link is followed, unlike in the state dir: a mounted secret (a Kubernetes secret
+    volume) is one; what is checked is the file opened, on its descriptor.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as error:
+        raise UsageError(f"{what} {path}: cannot read it: {error.strerror}") from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise UsageError(f"{what} {path} is not a regular file")
+        if status.st_uid != os.geteuid():
+            raise UsageError(f"{what} {path} is owned by uid {status.st_uid}, not uid {os.geteuid()} that certrenew "
+                             "runs as: chown it, it is a secret")
+        if status.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise UsageError(f"{what} {path} is open to others (mode {stat.S_IMODE(status.st_mode):04o}): chmod 600 "
+                             "it, it is a secret")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise UsageError(f"{what} {path} is larger than {limit} bytes: is it the right file?")
+    return data

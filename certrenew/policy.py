@@ -14,6 +14,11 @@ from certrenew.store import CertificateRecord
 SHORT_LIVED = datetime.timedelta(days=10)
 FIRST_BACKOFF = datetime.timedelta(minutes=5)
 MAX_BACKOFF = datetime.timedelta(days=1)
+ORDER_BUDGET = 3
+"""Certificates the CA may issue for one certificate name within BUDGET_PERIOD, whatever asks for more (an
+ARI window, a clock far off, a bug): Let's Encrypt allows 5 for the same names a week. The first, a change of
+names or key type, and one to spare; beyond that only the operator's --force orders."""
+BUDGET_PERIOD = datetime.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,42 @@ def renew_at(record: CertificateRecord, renew_before: datetime.timedelta | None 
     mass revocation); the rule stays the safety net when ARI is silent.
     """
     when = lifetime_renew_at(record, renew_before)
-    if record.ari_renew_at is not None:
-        when = min(when, record.ari_renew_at)
-    return when
+    ari = ari_renew_at(record)
+    return when if ari is None else min(when, ari)
+
+
+def ari_renew_at(record: CertificateRecord) -> datetime.datetime | None:
+    """The time picked in the CA's ARI window, if that window is about this certificate.
+
+    A window that had closed when the certificate was issued cannot ask to replace it: it is
+    its predecessor's, or the CA's mistake, or a clock far off. Followed, it would renew each new
+    certificate at once, for ever (the daemon every few seconds); ignored, the lifetime rule
+    holds until the CA's next answer.
+    """
+    issued = record.issued_at or record.not_before
+    end = record.ari_window_end
+    if issued is not None and end is not None and end <= issued:
+        return None
+    return record.ari_renew_at
+
+
+def recent_issues(record: CertificateRecord | None, settings: str, now: datetime.datetime) -> list[datetime.datetime]:
+    """The times the CA issued a certificate for `record` with these `settings` (`CertificateSpec.order_settings`)
+    within BUDGET_PERIOD before `now`, oldest first.
+
+    Issues with other settings do not count: a change of names, key type or CA is the operator's,
+    once, not a loop; a certificate from the staging CA must not hold back the production one.
+    """
+    if record is None or record.issued_settings != settings:
+        return []
+    return sorted(when for when in record.recent_issues if when > now - BUDGET_PERIOD)
+
+
+def budget_ends(record: CertificateRecord | None, settings: str, now: datetime.datetime) -> datetime.datetime | None:
+    """When the certificate may be ordered again, if it has had ORDER_BUDGET certificates with these
+    `settings` within BUDGET_PERIOD; None while it may be ordered now."""
+    issues = recent_issues(record, settings, now)
+    return issues[-ORDER_BUDGET] + BUDGET_PERIOD if len(issues) >= ORDER_BUDGET else None
 
 
 def minutes(when: datetime.datetime) -> str:
@@ -123,8 +161,9 @@ def due_reason(record: CertificateRecord | None, domains: list[str], key_type: s
         return "key type changed"
     if now >= record.not_after:
         return "expired"
-    if record.ari_renew_at is not None and now >= record.ari_renew_at:
-        return f"the CA's renewal window (ARI) says renew since {minutes(record.ari_renew_at)}"
+    ari = ari_renew_at(record)
+    if ari is not None and now >= ari:
+        return f"the CA's renewal window (ARI) says renew since {minutes(ari)}"
     when = lifetime_renew_at(record, renew_before)
     if now >= when:
         return f"due since {minutes(when)}"

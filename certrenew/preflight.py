@@ -28,7 +28,7 @@ from certrenew import haproxy, hints
 from certrenew.challenge import HTTP_01, TLS_ALPN_01
 from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError, ConfigurationError
+from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.hostport import split_host_port
 from certrenew.listen import check_socket_dir, create_hint, parse_listen, takeover_risk
 from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
@@ -102,12 +102,13 @@ def probe_all(responder: Any, settings: Settings, names: Sequence[str],
 def probe(responder: Responder, settings: Settings, name: str) -> Check:
     """Serve a random token on `responder` and fetch it from http://NAME/ the way the CA would."""
     token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
-    url = f"http://{name}{CHALLENGE_PREFIX}{token}"
+    authority = f"[{name}]" if ":" in name else name  # an IPv6 address, in a URL and a Host header
+    url = f"http://{authority}{CHALLENGE_PREFIX}{token}"
     host, port = split_host_port(settings.self_check_address) if settings.self_check_address else (name, 80)
-    where = f"{host}:{port}"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     responder.present(name, token, value)
     try:
-        answer = ask(host, port, name, token, PROBE_TIMEOUT)
+        answer = ask(host, port, authority, token, PROBE_TIMEOUT)
     except socket.gaierror as error:
         return Check(WARN, url, f"{name} does not resolve from this host ({error.strerror}); not checked, "
                                 "the CA's view may differ")
@@ -240,6 +241,10 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     profiles = {spec.profile for spec in specs} | {settings.profile}
     checks.extend(_directory_checks(settings.directory_url, settings.ca_bundle, sorted(filter(None, profiles))))
     checks.extend(map(_endpoint_check, settings.verify_endpoint))
+    if settings.eab_kid and settings.eab_hmac_key_file:
+        checks.append(_eab_check(settings.eab_kid, settings.eab_hmac_key_file))
+    if settings.caa_check:
+        checks.extend(_caa_checks(settings, specs))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
     if names:
         with Responder(settings.listen, FileStore(settings.state_dir)) as responder:  # the daemon's, if it runs
@@ -337,6 +342,45 @@ def _directory_checks(url: str, ca_bundle: str | None, profiles: Sequence[str]) 
     return [Check(OK, what, "reachable, TLS trusted"),
             *(Check(FAIL, f"profile {profile!r}", problem) if problem else Check(OK, f"profile {profile!r}", "offered")
               for profile, problem in problems)]
+
+
+def _eab_check(kid: str, key_file: Path) -> Check:
+    """The EAB key file can be read as registering will read it (the CA alone can tell whether it is right)."""
+    from certrenew.acme_account import ExternalAccount
+
+    what = f"external account binding {kid!r}"
+    try:
+        ExternalAccount(kid, key_file).hmac_key()
+    except UsageError as error:
+        return Check(FAIL, what, str(error))
+    return Check(OK, what, f"{key_file} holds a key, readable by this user only; used when an account is created")
+
+
+def _caa_checks(settings: Settings, specs: Sequence[CertificateSpec]) -> list[Check]:
+    """Each name's CAA verdict for this CA, the account of the state dir and the certificate's challenge
+    (see `certrenew.caa`), then the record that would pin them all to this account."""
+    import requests
+
+    from certrenew import caa
+    from certrenew.issue import caa_identities
+
+    try:
+        meta = requests.get(settings.directory_url, verify=settings.ca_bundle or True,
+                            timeout=PROBE_TIMEOUT * 2).json().get("meta") or {}
+    except (requests.RequestException, ValueError, AttributeError):
+        meta = {}  # the directory's own check says why
+    identities = caa_identities(meta.get("caaIdentities"), settings)
+    account = FileStore(settings.state_dir).load_account(settings.directory_url)
+    uri = account.uri if account else None
+    verdicts = {(name, spec.challenge): caa.verdict(name, identities, uri, spec.challenge, settings.caa_resolver)
+                for spec in specs for name in spec.domains}
+    checks = [Check({True: OK, False: FAIL, None: WARN}[verdict.allowed], f"CAA {name}", verdict.detail)
+              for (name, _), verdict in verdicts.items()]
+    if identities and uri:
+        methods = ",".join(sorted({spec.challenge for spec in specs}))
+        checks.append(Check(OK, "CAA pin", "to let only this account issue, publish at each name or a parent: "
+                                           + caa.pin_record("NAME", identities[0], uri, methods)))
+    return checks
 
 
 def _endpoint_check(endpoint: str) -> Check:

@@ -21,7 +21,7 @@ from certrenew.challenge import TLS_ALPN_01, ChallengeSolver, check_domains
 from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
 from certrenew.domains import check_normalized
-from certrenew.errors import CertrenewError, Refused, UsageError
+from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
 from certrenew.policy import Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.progress import Progress
 from certrenew.store import CertificateRecord, FileStore, Store
@@ -131,27 +131,14 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
     work = []
     for spec in specs:
         try:
-            if store.unfinished(spec.name):
-                log.info("%s: completing what a previous run left", spec.name)
-                work.append((spec, "resume"))
-                continue
-            record = store.load_record(spec.name)
-        except CertrenewError as error:  # an unreadable record fails its certificate, not the run
-            outcomes[spec.name] = Outcome(spec.name, "failed", str(error))
+            step = _step(settings, store, spec, now)
+        except Exception as error:  # an unreadable record, or a fault nobody foresaw, fails its certificate alone
+            outcomes[spec.name] = Outcome(spec.name, "failed", str(_expected(error)))
             continue
-        if record is not None and record.failed_settings not in (None, _settings_of(spec, settings.directory_url)):
-            record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
-        decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
-                          settings.directory_url)
-        if decision.due:
-            log.info("%s: renewing (%s)", spec.name, decision.reason)
-            work.append((spec, "issue"))
-        elif decision.deferred:
-            outcomes[spec.name] = Outcome(spec.name, "deferred", decision.reason)
-        elif ari_check_due(record, now):
-            work.append((spec, "check"))
+        if isinstance(step, Outcome):
+            outcomes[spec.name] = step
         else:
-            outcomes[spec.name] = Outcome(spec.name, "unchanged", decision.reason)
+            work.append((spec, step))
 
     hook_failures = []
     if work:
@@ -168,6 +155,26 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
             hook_failures = do_work()
     return Report([outcomes[spec.name] for spec in specs], hook_failures)
+
+
+def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime) -> str | Outcome:
+    """What this run does for `spec`: an Issuer step ("resume", "issue" or "check"), or the Outcome of doing nothing."""
+    if store.unfinished(spec.name):
+        log.info("%s: completing what a previous run left", spec.name)
+        return "resume"
+    record = store.load_record(spec.name)
+    if record is not None and record.failed_settings not in (None, spec.order_settings(settings.directory_url)):
+        record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
+    decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
+                      settings.directory_url)
+    if decision.due:
+        log.info("%s: renewing (%s)", spec.name, decision.reason)
+        return "issue"
+    if decision.deferred:
+        return Outcome(spec.name, "deferred", decision.reason)
+    if ari_check_due(record, now):
+        return "check"
+    return Outcome(spec.name, "unchanged", decision.reason)
 
 
 def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
@@ -319,25 +326,21 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     """Record a failure with its back-off, so the next runs wait before asking the CA again.
 
     A mistake on our side (`error.backoff` false) is recorded without one: the run after the fix goes ahead.
+    An order refused by the budget waits until the budget frees.
     """
     try:
         record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
     except CertrenewError as unreadable:  # reported, and left for the operator to look at
         return Outcome(spec.name, "failed", f"{error}; and {unreadable}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
-    record.next_attempt = now + backoff(record.failures) if error.backoff else None
-    record.failed_settings = _settings_of(spec, directory)
+    record.next_attempt = (error.until if isinstance(error, OverBudget)
+                           else now + backoff(record.failures) if error.backoff else None)
+    record.failed_settings = spec.order_settings(directory)
     try:
         store.save_record(record)
     except CertrenewError as unwritable:
         return Outcome(spec.name, "failed", f"{error}; and {unwritable}")
     return Outcome(spec.name, "failed", str(error))
-
-
-def _settings_of(spec: CertificateSpec, directory: str) -> str:
-    """What an order depends on (the certificate's settings and the CA's directory URL), to tell a retry
-    from a new attempt: a back-off earned against a mistyped URL ends when it is fixed."""
-    return f"{','.join(spec.domains)} {spec.key_type} {spec.profile or '-'} {spec.challenge} {directory}"
 
 
 def _check_ssl_dir(settings: Settings) -> None:

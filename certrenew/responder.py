@@ -10,10 +10,10 @@ publishes its own there (`Store.publish_challenge`) and the daemon's responder, 
 looks up in the store every token it does not know, answers the CA for it.
 """
 
-import asyncio
 import contextlib
 import errno
 import http.client
+import ipaddress
 import logging
 import os
 import secrets
@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from certrenew import httpd
 from certrenew.challenge import HTTP_01, TOKEN, check_token
 from certrenew.errors import CertrenewError
 from certrenew.listen import parse_listen
@@ -32,17 +33,10 @@ log = logging.getLogger(__name__)
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 PROBE_NAME = "borrow-probe.certrenew.invalid"
 """The Host of the request that checks a borrowed port: a name no CA validates (RFC 6761)."""
-REQUEST_TIMEOUT = 5.0
-"""Seconds a client has to send its whole request head: a slow client cannot hold a slot longer."""
-MAX_HEAD = 8192
-"""Bytes of request line and headers accepted; a CA's request needs a few hundred."""
-MAX_CONNECTIONS = 512
-"""Open connections at once. A new one beyond that closes the oldest, so a flood cannot exhaust
-file descriptors, and cannot keep the CA's fresh connection out either."""
+PROBE_TIMEOUT = 5.0
+"""Seconds the borrow probe waits for the address's holder to answer."""
 PROBE_BODY = 4096
 """Bytes of a probe's answer read: a key authorization is under a hundred, an error page a few hundred."""
-ACCEPT_RETRY = 0.1
-"""Seconds to wait before accepting again when the system refuses (out of file descriptors)."""
 
 
 class PortBusy(CertrenewError):
@@ -54,12 +48,8 @@ class Responder:
 
     Use it as a context manager for the run: the port is bound at the first `present`
     (a run that orders nothing never opens it) and free again on exit. The server is
-    asyncio in one thread, so thousands of idle or slow connections cost memory, not
-    threads, and a real validation is answered while they wait out their time limit.
-    Every answer closes its connection, so nothing lingers after exit. It accepts one
-    connection at a time and closes the oldest before taking one beyond MAX_CONNECTIONS,
-    so the cap holds however fast a burst arrives (asyncio's own server accepts a
-    hundred at a time before any of them is looked at).
+    `httpd`'s: thousands of idle or slow connections cost memory, not threads, and a
+    real validation is answered while they wait out their time limit.
     """
 
     challenge_type = HTTP_01
@@ -74,12 +64,9 @@ class Responder:
         self._published: set[str] = set()
         """The tokens this one published in the store, to withdraw."""
         self._validations: dict[str, tuple[str, str]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop: asyncio.Event | None = None
+        self._serving: contextlib.ExitStack | None = None
+        """The bound address and its server, while this process serves it."""
         self._starting = threading.Lock()
-        self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
-        """Open connections, oldest first."""
 
     def prepare(self, domains: list[str]) -> None:
         """Nothing to check before ordering: the port is opened (or borrowed) at the first `present`,
@@ -124,39 +111,24 @@ class Responder:
         domain, validation = entry
         return validation if _host_name(host) == domain else None
 
-    def answer(self, head: bytes) -> tuple[HTTPStatus, bytes, bool]:
-        """(status, body, whether to send the body) for a request head, request line first."""
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            return HTTPStatus.BAD_REQUEST, b"bad request\n", True
-        method, target, _ = parts
-        if method not in ("GET", "HEAD"):
-            return HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", True
-        host = ""
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "host":
-                host = value.strip()
-        path = target.split("?", 1)[0]
-        token = path.removeprefix(CHALLENGE_PREFIX)
+    def answer(self, request: httpd.Request) -> httpd.Response:
+        """The key authorization for a GET of a challenge path, else 404."""
+        token = request.path.removeprefix(CHALLENGE_PREFIX)
         validation = None
-        if path.startswith(CHALLENGE_PREFIX) and TOKEN.fullmatch(token):
-            validation = self.lookup(token, host)
+        if request.path.startswith(CHALLENGE_PREFIX) and TOKEN.fullmatch(token):
+            validation = self.lookup(token, request.headers.get("host", ""))
         if validation is None:
-            return HTTPStatus.NOT_FOUND, b"not found\n", method == "GET"
-        return HTTPStatus.OK, validation.encode("ascii"), method == "GET"
+            return httpd.Response(HTTPStatus.NOT_FOUND, b"not found\n")
+        return httpd.Response(HTTPStatus.OK, validation.encode("ascii"))
 
     def __enter__(self) -> "Responder":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         with self._starting:
-            if self._thread is not None:
-                assert self._loop is not None and self._stop is not None  # set before the thread reports
-                self._loop.call_soon_threadsafe(self._stop.set)
-                self._thread.join(timeout=REQUEST_TIMEOUT)
-                self._thread = None
+            if self._serving is not None:
+                self._serving.close()
+                self._serving = None
         for token in list(self._validations):  # those of an order a signal cut short
             self.cleanup("", token)
         self._borrowed = False
@@ -166,18 +138,13 @@ class Responder:
         next time), unless `borrow` and its holder serves this store's answers (see module doc).
         A borrowed port is tried again at each call: if the daemon has stopped, the run serves itself."""
         with self._starting:
-            if self._thread is not None:
+            if self._serving is not None:
                 return
-            started = threading.Event()
-            failure: list[Exception] = []
-            thread = threading.Thread(target=self._serve, args=(started, failure), daemon=True,
-                                      name="certrenew-responder")
-            thread.start()
-            started.wait()
-            if failure:
-                if not isinstance(failure[0], OSError):  # says what is wrong with the address, and the fix
-                    raise failure[0]
-                busy = failure[0].errno == errno.EADDRINUSE
+            serving = contextlib.ExitStack()
+            try:  # a CertrenewError (what is wrong with the address, and the fix) goes up as it is
+                listener = serving.enter_context(self.address.listening())
+            except OSError as failure:
+                busy = failure.errno == errno.EADDRINUSE
                 if busy and self._borrowed:  # still the daemon's
                     return
                 borrowable = busy and borrow and self._store is not None
@@ -194,11 +161,12 @@ class Responder:
                     why = "is another ACME client (certbot standalone?), or a certrenew run, using it? Stop it, or "
                 else:
                     why = ""
-                reason = os.strerror(failure[0].errno) if failure[0].errno else str(failure[0])  # not the address again
+                reason = os.strerror(failure.errno) if failure.errno else str(failure)  # not the address again
                 raise (PortBusy if busy else CertrenewError)(
                     f"cannot listen on {self.address} for HTTP-01 challenges: {reason}; {why}set --listen "
-                    "(and point letsencrypt_backend's server in haproxy.cfg at it)")
-            self._thread = thread
+                    "(and point letsencrypt_backend's server in haproxy.cfg at it)") from None
+            serving.enter_context(httpd.Server(listener, self.answer, "certrenew-responder"))
+            self._serving = serving
             if self._borrowed:
                 self._borrowed = False
                 log.info("responder: %s is free again (the daemon stopped?): this run answers its challenges "
@@ -212,79 +180,13 @@ class Responder:
         address = self.address
         self._store.publish_challenge(token, PROBE_NAME, value)
         try:
-            answer = ask(_connectable(address.host), address.port, PROBE_NAME, token, REQUEST_TIMEOUT, address.path)
+            answer = ask(_connectable(address.host), address.port, PROBE_NAME, token, PROBE_TIMEOUT, address.path)
             return answer.status == HTTPStatus.OK and answer.body == value.encode()
         except (OSError, http.client.HTTPException) as error:
             log.debug("responder: the holder of %s did not answer the probe: %s", address, error)
             return False
         finally:
             self._store.withdraw_challenge(token)
-
-    def _serve(self, started: threading.Event, failure: list) -> None:
-        """The responder thread: bind, report, serve until asked to stop, then close everything."""
-        async def main() -> None:
-            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            with contextlib.ExitStack() as bound:
-                try:
-                    listener = bound.enter_context(self.address.listening())
-                except (OSError, CertrenewError) as error:
-                    failure.append(error)
-                    started.set()
-                    return
-                started.set()
-                listener.setblocking(False)
-                accepting = asyncio.create_task(self._accept(listener))
-                await self._stop.wait()
-                accepting.cancel()
-                for task in [accepting, *self._connections]:
-                    task.cancel()
-                await asyncio.gather(accepting, *self._connections, return_exceptions=True)
-
-        asyncio.run(main())
-
-    async def _accept(self, listener: socket.socket) -> None:
-        """Take connections one by one, making room first when at the cap."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(listener)
-            except OSError as error:  # e.g. EMFILE: wait for file descriptors to be freed
-                log.debug("responder: cannot accept: %s", error)
-                await asyncio.sleep(ACCEPT_RETRY)
-                continue
-            if len(self._connections) >= MAX_CONNECTIONS:
-                task, oldest = next(iter(self._connections.items()))
-                del self._connections[task]
-                oldest.transport.abort()
-                task.cancel()
-                await asyncio.sleep(0)  # the aborted socket closes before another is opened
-            try:
-                reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEAD)
-            except OSError:  # gone already
-                sock.close()
-                continue
-            self._connections[asyncio.create_task(self._connection(reader, writer))] = writer
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # a connection handler runs as a task
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-            except asyncio.LimitOverrunError:
-                status, body, send_body = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, b"too large\n", True
-            else:
-                status, body, send_body = self.answer(head)
-            log.debug("responder: %s %s", writer.get_extra_info("peername"), status.value)
-            writer.write(_response(status, body, send_body))
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
-            writer.close()  # after the few hundred bytes written, so they are sent, not dropped
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass  # a slow, silent or vanished client, or one evicted or shut down: just drop it
-        finally:
-            self._connections.pop(task, None)
-            if not writer.is_closing():
-                writer.transport.abort()
 
 
 @dataclass(frozen=True)
@@ -328,24 +230,18 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def _response(status: HTTPStatus, body: bytes, send_body: bool) -> bytes:
-    """An HTTP/1.1 response that closes the connection; the Allow header goes with a 405."""
-    headers = [f"HTTP/1.1 {status.value} {status.phrase}", "Server: certrenew", "Content-Type: text/plain",
-               f"Content-Length: {len(body)}", "Connection: close"]
-    if status is HTTPStatus.METHOD_NOT_ALLOWED:
-        headers.append("Allow: GET, HEAD")
-    return ("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + (body if send_body else b"")
-
-
 def _connectable(host: str) -> str:
     """Where to reach a server listening on `host`: the loopback for a wildcard address."""
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def _host_name(host: str) -> str:
-    """The name part of a Host header: no port, no brackets, lower case, no trailing dot."""
-    if host.startswith("["):
+    """The name part of a Host header: no port, no brackets, lower case, no trailing dot; an IPv6
+    address in the canonical form `domains` gives it."""
+    if host.startswith("["):  # an IPv6 address, which the CA may write in any of its forms
         host = host[1:].partition("]")[0]
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_address(host).compressed
     else:
         host = host.rpartition(":")[0] if host.count(":") == 1 else host
     return host.lower().rstrip(".")

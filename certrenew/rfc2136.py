@@ -19,6 +19,7 @@ from typing import Any
 
 from certrenew.dns01 import DnsServer, TxtRecord
 from certrenew.errors import CertrenewError, UsageError
+from certrenew.limits import MAX_KEY_FILE, Unfit, read_regular
 
 TTL = 60
 """Seconds resolvers may cache the challenge record: short, since it lives only for one order."""
@@ -55,8 +56,8 @@ def load_tsig_key(path: str | Path) -> TsigKey:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as error:
+        text = read_regular(path, MAX_KEY_FILE).decode("ascii")
+    except (OSError, UnicodeDecodeError, Unfit) as error:
         raise UsageError(f"TSIG key file {path}: cannot read it: {getattr(error, 'strerror', None) or error}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(f"TSIG key file {path} is readable by others (mode {stat.S_IMODE(mode):04o}); "

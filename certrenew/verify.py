@@ -16,12 +16,17 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certrenew.bundle import certificate_info, leaf_certificate
+from certrenew.domains import is_ip_address
 from certrenew.errors import CertrenewError
 from certrenew.hostport import split_host_port
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 5.0
+NO_SNI = ("; a TLS client sends no SNI for an IP address, so HAProxy serves it the bind's default certificate: "
+          "make this one the default (its bundle the first crt of the bind, or default-crt)")
+"""A TLS client names no IP address in SNI (RFC 6066), nor does this check: what it sees for one is what
+every client connecting to that address sees."""
 POLL_INTERVAL = 0.2
 
 
@@ -80,5 +85,6 @@ def wait_served(endpoints: Sequence[str], bundle: bytes, grace: float) -> None:
         more = f", and {len(pending) - 1} more endpoint/name pairs" if len(pending) > 1 else ""
         raise CertrenewError(
             f"served-certificate check: {endpoint} {what}, not the new one (serial {info.serial}){more}"
+            + (NO_SNI if is_ip_address(name) else "")
         )
     log.debug("every endpoint serves serial %s", info.serial)

@@ -31,6 +31,7 @@ from lab import LOOPBACK, START_TIMEOUT, free_ports, terminate, wait_until  # no
 
 ZONE = "example.test"
 KEY_NAME = "certrenew-test"
+CAA_ISSUER = "pebble.test"
 
 ZONE_FILE = f"""\
 $TTL 60
@@ -39,8 +40,17 @@ $TTL 60
 ns1     A     {LOOPBACK}
 @       A     {LOOPBACK}
 *       A     {LOOPBACK}
+@       CAA   0 issue "{CAA_ISSUER}"
+other-ca  CAA 0 issue "ca.invalid"
+other-ca  A   {LOOPBACK}
+pinned    CAA 0 issue "{CAA_ISSUER}; accounturi=https://ca.invalid/acct/1"
+pinned    A   {LOOPBACK}
+dns-only  CAA 0 issue "{CAA_ISSUER}; validationmethods=dns-01"
+dns-only  A   {LOOPBACK}
 """
-"""ns1 is 127.0.0.1: the zone's NS set names this very server, as for a primary that is also public."""
+"""ns1 is 127.0.0.1: the zone's NS set names this very server, as for a primary that is also public.
+CAA (RFC 8659) lets only CAA_ISSUER (the lab's pebble, by --caa-identity) issue for the zone; three
+names forbid it: another CA's, another account's (RFC 8657 accounturi), another challenge's."""
 
 LAGGING_ZONE = "lagging.test"
 LAGGING_ZONE_FILE = f"""\

@@ -6,13 +6,16 @@ environment, user and volumes from here and runs them as a subprocess instead.
 
 import json
 import os
+import shutil
 import sys
-import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
 
@@ -81,10 +84,46 @@ def _runnable_by_anyone(path: Path) -> bool:
     return path.exists() and all(part.stat().st_mode & 0o001 for part in (path, *path.parents))
 
 
-def as_image_user(image: Image, argv: list[str], volumes: Mapping[str, Path]) -> tuple[list[str], dict[str, str]]:
+def install_for_anyone(top: Path) -> Path:
+    """Install certrenew and what it needs at run time into `top`/site-packages, for the image's user.
+
+    The checkout and its virtualenv may lie where no other user can enter (a clone under
+    root's home, or under `mktemp -d`, mode 0700), so the user the image runs as could not
+    import them from there. This copies the checkout's package (not the editable install's
+    pointer back to it) and every file of the distributions it requires, found through their
+    metadata, as pip installed them; `top` and its parents must be open to every user.
+    """
+    if not _runnable_by_anyone(top):
+        raise PermissionError(f"{top} or a directory above it is closed to other users")
+    site = top / "site-packages"
+    shutil.copytree(DOCKERFILE.parent / "certrenew", site / "certrenew", ignore=shutil.ignore_patterns("__pycache__"))
+    for distribution in _requirements(metadata.distribution("certrenew")):
+        for file in distribution.files or []:
+            if ".." not in file.parts and "__pycache__" not in file.parts:  # not its scripts in bin/
+                (site / file).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(distribution.locate_file(file), site / file)
+    return site
+
+
+def _requirements(distribution: metadata.Distribution) -> list[metadata.Distribution]:
+    """Every distribution `distribution` needs at run time, directly or not (no extras)."""
+    found: dict[str, metadata.Distribution] = {}
+    waiting = [distribution]
+    while waiting:
+        for line in waiting.pop().requires or []:
+            requirement = Requirement(line)
+            name = canonicalize_name(requirement.name)
+            if name not in found and (requirement.marker is None or requirement.marker.evaluate({"extra": ""})):
+                found[name] = metadata.distribution(name)
+                waiting.append(found[name])
+    return list(found.values())
+
+
+def as_image_user(image: Image, argv: list[str], volumes: Mapping[str, Path],
+                  site: Path) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that run the image's `argv` as its user here (root only).
 
-    `certrenew` becomes `python -m certrenew` on this checkout and virtualenv, with an
+    `certrenew` becomes `python -m certrenew` on `site` (made by `install_for_anyone`), with an
     interpreter of the same version that the image's user may execute: the virtualenv's
     own may live under a home directory closed to other users.
     """
@@ -96,7 +135,6 @@ def as_image_user(image: Image, argv: list[str], volumes: Mapping[str, Path]) ->
     if python is None:
         raise LookupError(f"no Python {version} that an unprivileged user may run")
     env = image.environment(volumes)
-    env["PYTHONPATH"] = os.pathsep.join([str(DOCKERFILE.parent), sysconfig.get_paths()["purelib"],
-                                         sysconfig.get_paths()["platlib"]])
+    env["PYTHONPATH"] = str(site)
     setpriv = ["setpriv", f"--reuid={image.uid}", f"--regid={image.gid}", "--clear-groups"]
     return [*setpriv, str(python), "-m", "certrenew", *argv[1:]], env

@@ -37,9 +37,10 @@ from certrenew.placeholder import write_placeholder  # noqa: E402
 
 SHIPPED_HAPROXY_CFG = REPO_ROOT / "haproxy" / "haproxy.cfg"
 SHIPPED_SOCKET = "certrenew/http-01.sock"
+"""Where the shipped haproxy.cfg finds the responder, inside HAProxy's chroot."""
 SHIPPED_TLS_ALPN = REPO_ROOT / "haproxy" / "tls-alpn-01.cfg"
 SHIPPED_TLS_ALPN_SOCKET = "certrenew/tls-alpn-01.sock"
-"""Where the shipped haproxy.cfg finds the responder, inside HAProxy's chroot."""
+"""Where the shipped tls-alpn-01.cfg finds the TLS-ALPN-01 responder, inside HAProxy's chroot."""
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -210,6 +211,17 @@ def tcp_accepts(port: int) -> bool:
     return True
 
 
+def closed_by_peer(client: socket.socket) -> bool:
+    """Whether the server closed `client` (EOF or reset), waiting a hundredth of a second."""
+    client.settimeout(0.01)
+    try:
+        return client.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 def parse_serial(serial_hex: str) -> int:
     """Read a serial written as hex, with or without colons (as openssl and HAProxy print it)."""
     return int(serial_hex.replace(":", ""), 16)
@@ -237,19 +249,22 @@ class Lab:
     """
 
     def __init__(self, workdir: Path, pebble_env: Mapping[str, str] | None = None, dns_server: str | None = None,
-                 certificate_validity: int | None = None, unix_socket: bool = False, tls_alpn: bool = False):
+                 certificate_validity: int | None = None, unix_socket: bool = False, tls_alpn: bool = False,
+                 eab_keys: Mapping[str, str] | None = None):
         """`dns_server` (HOST:PORT, e.g. a tests/bind.py BIND) is where pebble resolves names and
         looks up DNS-01 records, instead of challtestsrv, which calls every name 127.0.0.1.
         `certificate_validity` (seconds) is the lifetime pebble gives every certificate (its default: 5 years).
         `unix_socket`: the responder on a unix socket in HAProxy's chroot, as shipped; else on a TCP port
         (which the tests of a busy, flooded or borrowed responder port use). `tls_alpn`: HAProxy runs
-        haproxy/tls-alpn-01.cfg too, its TCP frontend on the https port, where pebble validates TLS-ALPN-01."""
+        haproxy/tls-alpn-01.cfg too, its TCP frontend on the https port, where pebble validates TLS-ALPN-01.
+        `eab_keys` (key id: base64url HMAC key): pebble then registers only accounts bound to one of them."""
         self.workdir = Path(workdir).resolve()
         self.chroot = self.workdir / "haproxy-root" if unix_socket else None
         """HAProxy's chroot, where the responder's socket is; None: no chroot, the responder on TCP."""
         self.tls_alpn = tls_alpn
         self.pebble_env = dict(pebble_env or {})
         self.certificate_validity = certificate_validity
+        self.eab_keys = dict(eab_keys or {})
         self._given_dns_server = dns_server
         self._pick_ports()
         self.ca_bundle = self.workdir / "pebble-ca.pem"
@@ -366,7 +381,8 @@ class Lab:
             "httpPort": self.http_port,
             "tlsPort": self.https_port if self.tls_alpn else self.tls_alpn_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
+            "externalAccountBindingRequired": bool(self.eab_keys),
+            **({"externalAccountMACKeys": self.eab_keys} if self.eab_keys else {}),
             **({"certificateValidityPeriod": self.certificate_validity} if self.certificate_validity else {}),
         }}, indent=2))
         env = {"PEBBLE_VA_NOSLEEP": "1", **(self.pebble_env if extra_env is None else extra_env)}

@@ -152,3 +152,14 @@ def test_an_order_is_refused_only_when_this_hosts_clock_is_behind_the_cas_beyond
         check_clock(ca_ahead)  # within what check_issued tolerates, or harmless (a clock ahead), or unknown
     with pytest.raises(ConfigurationError, match="clock is 6 min behind the CA's.*sync the clock"):
         check_clock(CLOCK_SKEW + datetime.timedelta(minutes=1))
+
+
+def test_ip_addresses_of_the_san_are_names_of_the_certificate_in_canonical_form(ca):
+    """RFC 8738: the CA puts an ordered IP address in an iPAddress SAN entry, not a dNSName."""
+    issued = ca.issue_cert("a.example", "2001:db8:0::1", "192.0.2.1")
+    fullchain, key = issued.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(), issued.private_key_pem.bytes()
+    assert leaf_info(fullchain).domains == ("a.example", "2001:db8::1", "192.0.2.1")
+    check_issued(fullchain, key, ["192.0.2.1", "2001:db8::1", "a.example"], datetime.datetime.now(datetime.timezone.utc))
+    with pytest.raises(CertrenewError, match="not the ordered 192.0.2.1, 2001:db8::1, a.example, b.example"):
+        check_issued(fullchain, key, ["192.0.2.1", "2001:db8::1", "a.example", "b.example"],
+                     datetime.datetime.now(datetime.timezone.utc))

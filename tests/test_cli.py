@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from unfit import COMPLAINTS, UNFIT, place
 
 from certrenew.cli import (
     build_bootstrap_parser,
@@ -17,6 +18,7 @@ from certrenew.cli import (
 )
 from certrenew.config import DEFAULT_CONFIG
 from certrenew.errors import UsageError
+from certrenew.limits import MAX_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,3 +197,15 @@ def test_a_usage_error_is_text_when_the_flag_says_so_or_says_nothing_usable():
     text = one_line(certrenew("a.example", "--log-format", "text", "--bogus", CERTRENEW_LOG_FORMAT="json"), 2)
     assert text.startswith("certrenew: error: unrecognized arguments: --bogus")
     assert "invalid choice: 'xml'" in one_line(certrenew("a.example", "--log-format", "xml"), 2)
+
+
+@pytest.mark.parametrize("what", [*UNFIT, "deep"])
+def test_a_config_that_cannot_be_read_is_one_line_exit_2(tmp_path, what):
+    config = tmp_path / "certrenew.toml"
+    if what == "deep":  # past tomli's nesting limit: it raises RecursionError
+        config.write_text("x = " + "[" * 500 + "]" * 500 + "\n")
+    else:
+        place(config, what, MAX_CONFIG)
+    line = one_line(certrenew("run", "--config", config, "--state-dir", tmp_path / "state"), 2)
+    assert str(config) in line
+    assert (COMPLAINTS.get(what) or "nested more than") in line, line

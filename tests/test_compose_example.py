@@ -95,7 +95,7 @@ def test_the_check_passes_only_thanks_to_init_addr(local_cfg):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a command as the image's user")
-def test_ssl_bootstrap_runs_as_the_image_runs_it():
+def test_ssl_bootstrap_runs_as_the_image_runs_it(site_for_anyone):
     """The compose init step: the image's entrypoint with the service's command, its environment,
     its unprivileged user, and the volume as a directory owned by that user."""
     image = read_image()
@@ -105,7 +105,8 @@ def test_ssl_bootstrap_runs_as_the_image_runs_it():
         for directory in volumes.values():
             directory.mkdir()
             os.chown(directory, image.uid, image.gid)
-        argv, env = as_image_user(image, image.entrypoint + compose_services()["ssl-bootstrap"]["command"], volumes)
+        argv, env = as_image_user(image, image.entrypoint + compose_services()["ssl-bootstrap"]["command"], volumes,
+                                  site_for_anyone)
         result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         (placeholder,) = volumes["/etc/haproxy/ssl"].iterdir()

@@ -359,3 +359,23 @@ def test_concurrency_is_bounded_both_ways(tmp_path, value):
     with pytest.raises(UsageError, match="concurrency: must be a whole number from 1 to 64"):
         config_file(tmp_path, f"concurrency = {value}\n")
     assert build_settings({"concurrency": "64"}, None, {}).concurrency == 64
+
+
+@pytest.mark.parametrize("given", [{"eab_kid": "kid-1"}, {"eab_hmac_key_file": "/etc/certrenew/eab.key"}])
+def test_an_external_account_binding_takes_both_the_key_id_and_the_key_file(given):
+    with pytest.raises(UsageError, match="takes both the key id .--eab-kid. and the file"):
+        build_settings(given, environ={})
+    both = build_settings({"eab_kid": "kid-1", "eab_hmac_key_file": "/etc/certrenew/eab.key"}, environ={})
+    assert (both.eab_kid, both.eab_hmac_key_file) == ("kid-1", Path("/etc/certrenew/eab.key"))
+
+
+def test_an_ip_address_certificate_gets_a_plain_file_name_and_no_dns01():
+    from certrenew.config import certificate_specs
+
+    for given, name in (("192.0.2.1", "ip-192.0.2.1"), ("2001:DB8::1", "ip-2001-db8--1"), ("[::1]", "ip---1")):
+        [spec] = certificate_specs(None, [given, "www.example.com"], "ecdsa-p256")
+        assert spec.name == name and spec.domains[1] == "www.example.com"
+    with pytest.raises(UsageError, match="192.0.2.1 is an IP address, which DNS-01 cannot validate .* http-01"):
+        certificate_specs(None, ["example.com", "192.0.2.1"], "ecdsa-p256", challenge="dns-01")
+    with pytest.raises(UsageError, match="'192.0.2.1' is not a zone name"):
+        build_settings({"dns_zone": "192.0.2.1"}, environ={})

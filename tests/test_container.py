@@ -2,7 +2,6 @@
 the container are ones certrenew accepts. No container engine runs here: the image is
 linted and read (tests/container.py), not built."""
 
-import re
 import subprocess
 import sys
 import threading
@@ -39,12 +38,13 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path):
 
 def test_read_image_matches_the_dockerfile():
     image = read_image(parent_env={"PATH": BASE_PATH})
-    assert (image.entrypoint, image.cmd) == (["certrenew"], ["daemon", "--metrics-listen", "0.0.0.0:9797"])
+    assert (image.entrypoint, image.cmd) == (["certrenew"], ["daemon"])
     assert (image.uid, image.gid) == (10001, 10001)
     assert image.volumes == ["/var/lib/certrenew", "/etc/haproxy/ssl"]
     assert image.env["PATH"] == f"/opt/certrenew/bin:{BASE_PATH}"
     assert image.env["CERTRENEW_LISTEN"] == "0.0.0.0:49494"
-    assert image.healthcheck[:2] == ["python", "-c"] and "http://127.0.0.1:9797/healthz" in image.healthcheck[2]
+    assert image.env["CERTRENEW_METRICS_LISTEN"] == "0.0.0.0:9797"
+    assert image.healthcheck[:2] == ["python", "-c"] and "/healthz" in image.healthcheck[2]
 
 
 def test_image_environment_puts_volumes_where_the_test_says(tmp_path):
@@ -67,8 +67,22 @@ def test_image_environment_is_valid_certrenew_settings():
 
 def test_image_command_is_a_certrenew_command():
     image = read_image()
-    args = parse_invocation(image.argv)
-    assert args.metrics_listen == "0.0.0.0:9797"
+    assert parse_invocation(image.argv).metrics_listen is None  # the address comes from the environment
+
+
+def test_the_image_metrics_address_is_moved_by_the_environment_and_the_command_line():
+    """The documented precedence: the command line over CERTRENEW_METRICS_LISTEN, compose's `environment:`
+    over the image's ENV (the image's address is no command-line flag, which would override both)."""
+    image = read_image(parent_env={"PATH": BASE_PATH})
+
+    def metrics_listen(environment, argv=()):
+        return build_settings(vars(parse_invocation([*image.argv, *argv])), None,
+                              environ={**image.env, **environment}).metrics_listen
+
+    assert metrics_listen({}) == "0.0.0.0:9797"
+    assert metrics_listen({"CERTRENEW_METRICS_LISTEN": "127.0.0.1:9100"}) == "127.0.0.1:9100"
+    assert metrics_listen({"CERTRENEW_METRICS_LISTEN": "127.0.0.1:9100"},
+                          ["--metrics-listen", "127.0.0.1:9200"]) == "127.0.0.1:9200"
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies():
@@ -104,20 +118,21 @@ def health_server():
     server.server_close()
 
 
-def test_healthcheck_fails_unless_healthz_says_200(health_server):
-    """The HEALTHCHECK as written, with only the interpreter and the port put where this test has them."""
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])
+def test_healthcheck_fails_unless_healthz_says_200(health_server, host):
+    """The HEALTHCHECK as written, with the interpreter this test has, asking the address the daemon
+    listens on (CERTRENEW_METRICS_LISTEN as the container has it): the loopback for a wildcard."""
     image = read_image()
-    metrics_port = image.argv[image.argv.index("--metrics-listen") + 1].rpartition(":")[2]
     python, flag, code = image.healthcheck
-    assert re.search(rf"127\.0\.0\.1:{metrics_port}/healthz", code)
-    here = [sys.executable, flag, code.replace(f":{metrics_port}/", f":{health_server.server_port}/")]
+    here = [sys.executable, flag, code]
+    env = {**image.env, "CERTRENEW_METRICS_LISTEN": f"{host}:{health_server.server_port}"}
 
     def exit_code(status):
         _Health.status = status
-        return subprocess.run(here, capture_output=True, timeout=30).returncode
+        return subprocess.run(here, env=env, capture_output=True, timeout=30).returncode
 
     assert exit_code(200) == 0
     assert exit_code(503) != 0
     health_server.shutdown()
     health_server.server_close()
-    assert subprocess.run(here, capture_output=True, timeout=30).returncode != 0  # nothing listening
+    assert subprocess.run(here, env=env, capture_output=True, timeout=30).returncode != 0  # nothing listening

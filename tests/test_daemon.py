@@ -66,16 +66,20 @@ def test_an_unexpected_exception_is_logged_with_its_traceback_at_verbose(tmp_pat
     assert subject.telemetry.pass_errors == 1
 
 
-def test_a_refused_config_on_sighup_keeps_the_old_one(tmp_path, hangups, caplog):
+@pytest.mark.parametrize("error, said", [
+    (UsageError("certrenew.toml: unknown key 'x'"), "certrenew.toml: unknown key 'x'"),
+    (RecursionError("too deep"), "RecursionError('too deep')"),  # a failure nobody expected: still not the end
+])
+def test_a_refused_config_on_sighup_keeps_the_old_one(tmp_path, hangups, caplog, error, said):
     def broken():
-        raise UsageError("certrenew.toml: unknown key 'x'")
+        raise error
 
     subject = make(tmp_path, hangups, load=broken)
     before = (subject.settings, subject.specs)
     subject.reload()
     assert (subject.settings, subject.specs) == before
     assert [record.getMessage() for record in caplog.records] == [
-        "SIGHUP: config refused, carrying on with the previous one: certrenew.toml: unknown key 'x'"]
+        f"SIGHUP: config refused, carrying on with the previous one: {said}"]
 
 
 def test_sighup_keeps_the_ports_and_the_store_it_started_with(tmp_path, hangups, caplog):

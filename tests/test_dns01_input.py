@@ -9,12 +9,14 @@ import sys
 import time
 
 import pytest
+from unfit import COMPLAINTS, UNFIT, place
 
 from certrenew import dns01
 from certrenew.challenge import check_dns01_domain
 from certrenew.dns01 import Dns01Solver, DnsServer, challenge_record, parse_dns_server
 from certrenew.dnshook import DnsHook
 from certrenew.errors import CertrenewError, UsageError
+from certrenew.limits import MAX_KEY_FILE
 from certrenew.rfc2136 import load_tsig_key
 
 TSIG_KEYGEN_OUTPUT = """\
@@ -59,7 +61,8 @@ def test_dns01_accepts_names_and_wildcards(domain):
 
 @pytest.mark.parametrize("domain, complaint", [
     ("*.*.example.com", "whole first label"), ("foo.*.example.com", "whole first label"),
-    ("*example.com", "whole first label"), ("exa mple.com", "white space"), ("192.0.2.1", "IP addresses"),
+    ("*example.com", "whole first label"), ("exa mple.com", "white space"), ("192.0.2.1", "an IP address, which DNS-01 cannot"),
+    ("2001:db8::1", "an IP address, which DNS-01 cannot"),
 ])
 def test_dns01_refuses_what_no_ca_can_validate(domain, complaint):
     with pytest.raises(UsageError, match=complaint):
@@ -78,6 +81,15 @@ def test_a_tsig_keygen_file_is_read(tmp_path):
 def test_a_missing_key_file_is_one_line(tmp_path):
     with pytest.raises(UsageError, match=r"^TSIG key file .*missing.key: cannot read it: No such file or directory$"):
         load_tsig_key(tmp_path / "missing.key")
+
+
+@pytest.mark.parametrize("what", UNFIT)
+def test_a_key_file_that_is_no_regular_file_or_too_large_is_one_line_unread(tmp_path, what):
+    """A FIFO would block the start (or a SIGHUP) for ever, /dev/zero be read until memory runs out."""
+    path = place(tmp_path / "tsig.key", what, MAX_KEY_FILE)
+    with pytest.raises(UsageError, match=rf"^TSIG key file {re.escape(str(path))}: cannot read it: it is "
+                                         rf"{re.escape(COMPLAINTS[what])}"):
+        load_tsig_key(path)
 
 
 @pytest.mark.parametrize("command", ["", "   ", "'unclosed"])

@@ -19,6 +19,11 @@ LONGEST = ("a" * 61 + ".") * 4 + "examp"
         ("*.a-b.example", "*.a-b.example"),
         (LONGEST, LONGEST),
         ("1.2.3.4.5", "1.2.3.4.5"),  # digits, but no IP address
+        ("192.0.2.1", "192.0.2.1"),  # an IP address is a name too (RFC 8738), in its canonical form
+        ("192.0.2.1.", "192.0.2.1"),
+        ("2001:DB8:0:0::1", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("::1", "::1"),
     ],
 )
 def test_normalizes(given, expected):
@@ -32,10 +37,9 @@ def test_normalizes(given, expected):
         ("has space.example", "white space"),
         ("*example.com", "inner hyphens"),
         ("a.*.example.com", "inner hyphens"),
-        ("192.0.2.1", "IP address"),
-        ("*.192.0.2.1", "IP address"),
+        ("*.192.0.2.1", "a wildcard covers DNS names, not IP addresses"),
+        ("fe80::1%eth0", "scoped IPv6 address .* without %eth0"),
         ("example.com\n", "white space"),
-        ("::1", "IP address"),
         (".example.com", "starts with a dot"),
         ("a..example", "empty label"),
         ("-a.example", "inner hyphens"),
@@ -62,9 +66,10 @@ def test_list_keeps_order_and_refuses_duplicates():
 
 
 def test_what_normalize_makes_passes_the_cheap_check_and_nothing_else():
-    for names in (["example.com"], ["*.example.com", "example.com"], ["bücher.example", "x-1.a.b.c"], ["a" * 63 + ".com"]):
+    for names in (["example.com"], ["*.example.com", "example.com"], ["bücher.example", "x-1.a.b.c"], ["a" * 63 + ".com"],
+                  ["1.2.3.4", "2001:db8::1", "example.com"]):
         check_normalized(normalize_domains(names))
-    for names in (["Example.com"], ["example.com."], ["bücher.example"], ["-a.example"], ["1.2.3.4"], ["*.1.2.3.4"],
-                  []):
+    for names in (["Example.com"], ["example.com."], ["bücher.example"], ["-a.example"], ["2001:DB8::1"], ["[::1]"],
+                  ["*.1.2.3.4"], []):
         with pytest.raises(UsageError):
             check_normalized(names)

@@ -86,6 +86,14 @@ def test_a_missing_or_not_executable_program_is_a_usage_error(tmp_path):
     hooks.check_executable("post-hook", None)
 
 
+def test_a_program_that_is_no_regular_file_is_a_usage_error(tmp_path):
+    """which() finds an executable FIFO; running it would fail at every run (or block if read)."""
+    fifo = tmp_path / "hook"
+    os.mkfifo(fifo, 0o755)
+    with pytest.raises(UsageError, match=rf"the deploy hook's program {fifo} is a named pipe \(FIFO\), not a program"):
+        hooks.check_executable("deploy hook", str(fifo))
+
+
 def test_the_deploy_hook_runs_once_per_certificate_with_its_facts(tmp_path):
     log = tmp_path / "log"
     command = script(tmp_path, f'echo "$CERTRENEW_NAME|$CERTRENEW_DOMAINS|$CERTRENEW_BUNDLE|$CERTRENEW_SERIAL|'

@@ -3,7 +3,16 @@ import datetime
 import pytest
 
 from certrenew.config import parse_duration
-from certrenew.policy import ari_check_due, backoff, decide, next_wake, renew_at
+from certrenew.policy import (
+    BUDGET_PERIOD,
+    ORDER_BUDGET,
+    ari_check_due,
+    backoff,
+    budget_ends,
+    decide,
+    next_wake,
+    renew_at,
+)
 from certrenew.store import CertificateRecord
 
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
@@ -56,6 +65,34 @@ def test_an_earlier_ari_time_wins_and_a_later_one_does_not_delay():
     late = record(90, 61)
     late.ari_renew_at = NOW + 10 * DAY
     assert decide(late, ["a.example"], "ecdsa-p256", NOW).due
+
+
+def test_a_window_that_closed_before_the_certificate_was_issued_is_not_about_it():
+    fresh = record(90, 0)
+    fresh.issued_at = NOW
+    fresh.ari_window_start, fresh.ari_window_end = NOW - 2 * DAY, NOW - DAY  # the CA's answer for the new one
+    fresh.ari_renew_at = NOW - 1.5 * DAY
+    assert not decide(fresh, ["a.example"], "ecdsa-p256", NOW).due
+    assert renew_at(fresh) == NOW + 60 * DAY  # the lifetime rule
+    assert next_wake([(fresh, ["a.example"], "ecdsa-p256")], NOW, DAY) == NOW + DAY
+    fresh.ari_window_end = NOW + datetime.timedelta(seconds=1)  # open when it was issued: it asks to renew it
+    assert "ARI" in decide(fresh, ["a.example"], "ecdsa-p256", NOW).reason
+    older = record(90, 10)  # no issued_at (a record from before it was kept): its notBefore stands in
+    older.ari_window_start, older.ari_window_end, older.ari_renew_at = NOW - 2 * DAY, NOW - DAY, NOW - 1.5 * DAY
+    assert "ARI" in decide(older, ["a.example"], "ecdsa-p256", NOW).reason  # a mass revocation's window
+
+
+def test_the_order_budget_is_a_rolling_day_of_certificates_issued_with_the_same_settings():
+    hour = datetime.timedelta(hours=1)
+    spent = record(90, 0)
+    assert ORDER_BUDGET == 3 and BUDGET_PERIOD == DAY
+    spent.recent_issues, spent.issued_settings = [NOW - 30 * hour, NOW - 20 * hour, NOW - 2 * hour], "S"
+    assert budget_ends(spent, "S", NOW) is None  # the first fell out of the day
+    spent.recent_issues.append(NOW - hour)
+    assert budget_ends(spent, "S", NOW) == NOW + 4 * hour  # when the one 20 h ago falls out
+    assert budget_ends(spent, "S", NOW + 4 * hour) is None
+    assert budget_ends(spent, "other names, key type or CA", NOW) is None  # a fresh budget
+    assert budget_ends(None, "S", NOW) is None
 
 
 def test_the_daemon_wakes_for_an_ari_window_earlier_than_the_lifetime_rule():

@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime
+import json
 import re
 import sys
 from pathlib import Path
@@ -12,12 +13,13 @@ from memstore import MemoryStore
 from certrenew import renew, status
 from certrenew.bundle import CertificateInfo
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError, ConfigurationError, UsageError
+from certrenew.errors import CertrenewError, ConfigurationError, OverBudget, UsageError
 from certrenew.progress import Progress
 from certrenew.store import CertificateRecord
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
+HOUR = datetime.timedelta(hours=1)
 PEM_PATH = Path("/ssl/x.pem")
 CA = "https://ca.example/directory"
 INFO = CertificateInfo("1f", NOW, NOW + 90 * DAY, ("x.example",), "00")
@@ -73,6 +75,33 @@ def test_an_unreadable_record_fails_its_certificate_only(settings, no_ca):
     outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed")]
     assert outcomes[1].detail == "corrupt state file memory:b/record: key_type: expected a string, not 5"
+
+
+def test_a_record_well_formed_but_inconsistent_fails_its_certificate_alone_in_run_and_status(settings, no_ca):
+    store = MemoryStore()
+    store.save_record(issued("a"))
+    store.save_record(issued("c"))
+    bad = {**issued("b").to_json(), "not_before": None}  # it made the decision fail an assert, and the run end
+    store.documents["b", "record"] = json.dumps(bad).encode()
+    outcomes = renew.run(settings, [spec("a"), spec("b"), spec("c")], store).outcomes
+    assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed"), ("c", "unchanged")]
+    reason = "corrupt state file memory:b/record: not_before and not_after go together, but only one of them is set"
+    assert outcomes[1].detail == reason
+    rows = status.collect(settings, [spec("a"), spec("b"), spec("c")], store, now=NOW)
+    assert [(row.name, row.state, row.last_result) for row in rows] == [
+        ("a", "ok", "ok"), ("b", "failing", f"failed: {reason}"), ("c", "ok", "ok")]
+
+
+def test_a_fault_nobody_foresaw_while_deciding_fails_that_certificate_alone(settings, no_ca, monkeypatch):
+    store = MemoryStore()
+    store.save_record(issued("a"))
+    store.save_record(issued("b"))
+    load_record = store.load_record
+    monkeypatch.setattr(store, "load_record", lambda name: 1 / 0 if name == "a" else load_record(name))
+    outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
+    assert [(o.name, o.action, o.detail) for o in outcomes] == [
+        ("a", "failed", "unexpected ZeroDivisionError: division by zero (run with -v for the traceback)"),
+        ("b", "unchanged", outcomes[1].detail)]
 
 
 def test_a_run_waits_for_the_store_and_gives_up(settings, no_ca):
@@ -237,6 +266,18 @@ def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
     assert store.load_record("a").failures == 1
 
 
+def test_an_order_over_budget_waits_until_the_budget_frees_not_for_the_back_off(settings, no_ca):
+    store = MemoryStore()
+    store.save_record(issued("a", ari_window_start=NOW - DAY, ari_window_end=NOW + DAY, ari_renew_at=NOW - DAY))
+    outcome = renew._failed(store, NOW, spec("a"), settings.directory_url,
+                            OverBudget("not ordered: its budget", NOW + 20 * HOUR))
+    assert outcome.action == "failed" and store.load_record("a").next_attempt == NOW + 20 * HOUR
+    [held] = renew.run(settings, [spec("a")], store)  # due by its window, held back until then
+    assert held.action == "deferred" and "its budget" in held.detail
+    [row] = status.collect(settings, [spec("a")], store, now=NOW)
+    assert (row.state, row.next_renewal) == ("failing", NOW + 20 * HOUR)
+
+
 def test_status_shows_an_unreadable_record_as_failing_with_the_reason(settings):
     store = MemoryStore()
     store.save_record(issued("ok"))
@@ -269,7 +310,7 @@ def test_a_failed_forced_attempt_shows_in_status_but_only_a_due_certificate_is_f
     (CertificateSpec("site", ("Site.example.",)), "site: domains Site.example. are not in normal form: give site.example"),
     (CertificateSpec("site", ("a.example", "a.example")), "site: duplicate domain 'a.example'"),
     (CertificateSpec("site", ()), "site: no domain given"),
-    (CertificateSpec("site", ("10.0.0.1",)), "site: invalid domain '10.0.0.1': IP addresses"),
+    (CertificateSpec("site", ("2001:DB8::1",)), "site: domains 2001:DB8::1 are not in normal form: give 2001:db8::1"),
     (CertificateSpec("site", ("*.a.example",)), "site: invalid domain '*.a.example': wildcard certificates need "
                                                 "the DNS-01 challenge"),
     (CertificateSpec("site", ("a.example",), challenge="tls-alpn-02"), "site: unknown challenge type 'tls-alpn-02'"),

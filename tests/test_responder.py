@@ -7,6 +7,7 @@ import pytest
 import requests
 from faults import held_open
 
+from certrenew import httpd
 from certrenew import responder as responder_module
 from certrenew.challenge import check_domains
 from certrenew.errors import CertrenewError, UsageError
@@ -41,6 +42,16 @@ def test_serves_the_key_authorization_for_its_domain_only(responder):
     assert get(responder, "/.well-known/acme-challenge/tok_en-1", host="a.example.").text == "tok_en-1.thumb"
     head = get(responder, "/.well-known/acme-challenge/tok_en-1", method="HEAD")
     assert head.status_code == 200 and head.text == ""
+
+
+def test_an_ip_address_is_answered_for_its_host_header_in_any_form(responder):
+    responder.present("192.0.2.1", "tok4", "tok4.thumb")
+    responder.present("2001:db8::1", "tok6", "tok6.thumb")
+    assert get(responder, "/.well-known/acme-challenge/tok4", host="192.0.2.1").text == "tok4.thumb"
+    for host in ("[2001:db8::1]", "[2001:DB8:0:0::1]:80"):
+        assert get(responder, "/.well-known/acme-challenge/tok6", host=host).text == "tok6.thumb"
+    assert get(responder, "/.well-known/acme-challenge/tok6", host="[2001:db8::2]").status_code == 404
+    assert get(responder, "/.well-known/acme-challenge/tok4", host="192.0.2.2").status_code == 404
 
 
 def test_refuses_everything_else(responder):
@@ -130,7 +141,7 @@ def test_an_answer_a_process_owns_is_not_written_to_the_store(tmp_path):
 
 
 def test_a_port_held_by_something_else_is_not_borrowed(tmp_path, monkeypatch):
-    monkeypatch.setattr(responder_module, "REQUEST_TIMEOUT", 0.5)  # the silent holder's probe gives up soon
+    monkeypatch.setattr(responder_module, "PROBE_TIMEOUT", 0.5)  # the silent holder's probe gives up soon
     port = free_port()
     with Responder(f"127.0.0.1:{port}", FileStore(tmp_path / "other")) as daemon, \
             Responder(f"127.0.0.1:{port}", FileStore(tmp_path / "state")) as run:
@@ -240,7 +251,7 @@ def test_slow_and_idle_clients_do_not_block_a_validation(responder):
         started = time.monotonic()
         answer = get(responder, "/.well-known/acme-challenge/tok")
         # Blocked behind even one slowloris, it would wait out REQUEST_TIMEOUT; half of it is generous under load.
-        assert answer.status_code == 200 and time.monotonic() - started < responder_module.REQUEST_TIMEOUT / 2
+        assert answer.status_code == 200 and time.monotonic() - started < httpd.REQUEST_TIMEOUT / 2
     finally:
         for sock in idle:
             sock.close()
@@ -248,7 +259,7 @@ def test_slow_and_idle_clients_do_not_block_a_validation(responder):
 
 
 def test_a_slow_client_is_cut_off_after_the_request_time_limit(monkeypatch):
-    monkeypatch.setattr(responder_module, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(httpd, "REQUEST_TIMEOUT", 0.5)
     port = free_port()
     with Responder(f"127.0.0.1:{port}") as responder:
         responder.present("a.example", "tok", "tok.thumb")
@@ -260,7 +271,7 @@ def test_a_slow_client_is_cut_off_after_the_request_time_limit(monkeypatch):
 
 
 def test_connections_beyond_the_bound_close_the_oldest(monkeypatch):
-    monkeypatch.setattr(responder_module, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(httpd, "MAX_CONNECTIONS", 3)
     port = free_port()
     with Responder(f"127.0.0.1:{port}") as responder:
         responder.present("a.example", "tok", "tok.thumb")
@@ -276,7 +287,7 @@ def test_connections_beyond_the_bound_close_the_oldest(monkeypatch):
 
 def test_the_cap_holds_under_a_burst_and_validation_still_works(monkeypatch, open_files):
     """2000 idle connections as fast as the client can open them; the responder never holds more than the cap."""
-    monkeypatch.setattr(responder_module, "MAX_CONNECTIONS", 64)
+    monkeypatch.setattr(httpd, "MAX_CONNECTIONS", 64)
     port = free_port()
     flood = min(2000, open_files - 200)
     with Responder(f"127.0.0.1:{port}") as responder:

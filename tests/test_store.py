@@ -44,7 +44,8 @@ def test_an_account_per_ca(store):
 
 def test_record_round_trips_with_every_time(store):
     record = CertificateRecord("a", ["a.example", "www.a.example"], "rsa2048", serial="ab", last_error="boom",
-                               failures=2, **{key: WHEN for key in CertificateRecord.DATETIMES})
+                               failures=2, recent_issues=[WHEN, WHEN],
+                               **{key: WHEN for key in CertificateRecord.DATETIMES})
     assert store.load_record("a") is None
     store.save_record(record)
     assert store.load_record("a") == record
@@ -173,9 +174,11 @@ def test_every_state_file_carries_its_format_version(files):
 
 def test_a_file_without_a_version_is_read_as_version_1(files):
     (files.root / "certificates" / "a").mkdir()
-    old = {"name": "a", "domains": ["a.example"], "key_type": "ecdsa-p256", "not_after": WHEN.isoformat()}
+    old = {"name": "a", "domains": ["a.example"], "key_type": "ecdsa-p256", "not_before": WHEN.isoformat(),
+           "not_after": WHEN.isoformat()}
     (files.root / "certificates" / "a" / "meta.json").write_text(json.dumps(old))
-    assert files.load_record("a") == CertificateRecord("a", ["a.example"], "ecdsa-p256", not_after=WHEN)
+    assert files.load_record("a") == CertificateRecord("a", ["a.example"], "ecdsa-p256", not_before=WHEN,
+                                                       not_after=WHEN)
 
 
 @pytest.mark.parametrize("content, error", [
@@ -191,12 +194,35 @@ def test_a_file_without_a_version_is_read_as_version_1(files):
      r"meta.json: not_after: '2026-01-02T03:04:05' has no time zone"),
     ('{"version": 2, "name": "a"}', r"state file .*/a/meta.json has format version 2; this certrenew reads version 1"),
     ('{"name": "a", "domains": [], "key_type": "rsa2048"}\n{"name": "b"', r"meta.json: extra data after the document"),
+    # Each field well-typed, the whole inconsistent: refused when read, not when the decision trips on it.
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_before": null, "not_after": "2026-01-02T03:04:05Z"}',
+     r"meta.json: not_before and not_after go together, but only one of them is set; repair it, or move it "
+     r"away and the next run orders a anew"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_before": "2026-02-01T00:00:00Z", '
+     '"not_after": "2026-01-01T00:00:00Z"}', r"meta.json: not_before 2026-02-01T00:00:00\+00:00 is after not_after"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "ari_window_start": "2026-01-01T00:00:00Z"}',
+     r"meta.json: ari_window_start and ari_window_end go together"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "failures": -1}', r"meta.json: failures: expected a whole number"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "failures": true}', r"meta.json: failures: expected a whole number"),
+    ('{"name": "b", "domains": [], "key_type": "rsa2048"}', r"meta.json: name: 'b', but this is the record of 'a'"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "recent_issues": "2026-01-01T00:00:00Z"}',
+     r"meta.json: recent_issues: expected a list of times"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "recent_issues": ["2026-01-01"]}',
+     r"meta.json: recent_issues: '2026-01-01' has no time zone"),
 ])
 def test_a_bad_record_is_a_clear_error_naming_its_file(files, content, error):
     (files.root / "certificates" / "a").mkdir()
     (files.root / "certificates" / "a" / "meta.json").write_text(content)
     with pytest.raises(CertrenewError, match=error):
         files.load_record("a")
+
+
+def test_a_record_of_a_newer_certrenew_s_extra_field_is_read_without_it(files):
+    """Same format version, one more field: forward-compatible, as the version would change otherwise."""
+    files.save_record(CertificateRecord("a", ["a.example"], "rsa2048"))
+    path = files.root / "certificates" / "a" / "meta.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "ari_explanation": "https://ca.example/why"}))
+    assert files.load_record("a") == CertificateRecord("a", ["a.example"], "rsa2048")
 
 
 def test_a_bad_order_or_account_is_a_clear_error_naming_its_file(files):

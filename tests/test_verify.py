@@ -28,7 +28,8 @@ def serving():
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         cert.configure_cert(context)
         listener = socket.create_server(("127.0.0.1", 0))
-        server = {"socket": listener, "handshakes": 0}
+        server = {"socket": listener, "handshakes": 0, "sni": []}
+        context.sni_callback = lambda tls, name, context: server["sni"].append(name)
 
         def serve() -> None:
             while True:
@@ -81,3 +82,16 @@ def test_another_certificate_for_the_same_names_fails_after_the_grace(serving):
 
 def test_no_endpoint_means_nothing_to_check():
     verify.wait_served([], b"not even a bundle", grace=1)
+
+
+def test_an_ip_address_is_checked_as_a_client_connecting_to_it_sees_it_without_sni(serving):
+    ca = trustme.CA()
+    ours = ca.issue_cert("127.0.0.1")
+    endpoint = serving(ours)
+    verify.wait_served([endpoint], bundle_of(ours), grace=0)
+    assert serving.servers[0]["sni"] == [None]  # RFC 6066: no IP address in SNI, as no client sends one
+
+    other = serving(ca.issue_cert("127.0.0.1"))
+    with pytest.raises(CertrenewError, match="a TLS client sends no SNI for an IP address, so HAProxy serves it "
+                                             "the bind's default certificate: make this one the default"):
+        verify.wait_served([other], bundle_of(ours), grace=0)

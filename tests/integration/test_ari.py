@@ -9,14 +9,19 @@ test sets. Everything else (orders, challenges, finalization) goes to the real p
 import datetime
 import json
 import time
+from contextlib import contextmanager
 
 from cryptography import x509
+from lab import terminate
 
 from certrenew.acme_ari import ari_cert_id
 from certrenew.bundle import leaf_info
 
 NAME = "ari.example"
 UTC = datetime.timezone.utc
+DAY = datetime.timedelta(days=1)
+WAIT = 60.0
+"""Seconds any one awaited event may take on a loaded machine (an issuance takes about one)."""
 
 
 def certrenew(lab, ari, *args):
@@ -48,6 +53,68 @@ def test_window_is_stored_and_not_asked_again_before_retry_after(lab, ari):
     assert len(ari.requests) == 1  # Retry-After (an hour) has not passed: no network at all
 
 
+@contextmanager
+def daemon(lab, ari):
+    """A `certrenew daemon` of NAME through the ARI endpoint; yields a function that reads its log."""
+    config = lab.workdir / "certrenew.toml"
+    config.write_text(f'[[certificate]]\nname = "{NAME}"\ndomains = ["{NAME}"]\n')
+    log_path = lab.workdir / "daemon.log"
+    with log_path.open("w") as log:
+        process = lab.start_certrenew("daemon", "--config", str(config), "--check-interval", "1h",
+                                      "--haproxy-socket", str(lab.admin_socket), stdout=log, stderr=log,
+                                      env={"CERTRENEW_DIRECTORY": f"{ari.url}/dir"})
+    try:
+        yield log_path.read_text
+    finally:
+        terminate(process)
+
+
+def wait_for(what, ready):
+    deadline = time.monotonic() + WAIT
+    while not ready():
+        assert time.monotonic() < deadline, f"{what}: not within {WAIT:.0f} s"
+        time.sleep(0.1)
+
+
+def issued(ari):
+    """The certificates issued so far: each one's window is asked for right after its download."""
+    return len(set(ari.requests))
+
+
+def test_a_daemon_does_not_renew_a_new_certificate_on_a_window_that_is_already_over(lab, ari):
+    ari.window = (-2 * DAY, -DAY)  # whatever certificate it is asked about: a CA that is wrong, or a clock
+    with daemon(lab, ari) as log:
+        wait_for("the first pass", lambda: "pass done" in log())
+        assert issued(ari) == 1
+        time.sleep(20)  # four passes 5 s apart, each renewing again, without the fix
+        assert issued(ari) == 1, log()
+        assert log().count(": renewing (") == 1 and "next pass at" in log()
+    assert ari.requests == [ari_cert_id(current_cert(lab))]  # the window was asked for the new certificate
+    assert record(lab)["ari_window_end"] < datetime.datetime.now(UTC) - DAY + datetime.timedelta(minutes=1)
+
+
+def test_a_certificate_is_issued_at_most_three_times_a_day_whatever_the_ca_says(lab, ari):
+    # A window open when each new certificate is issued: it asks for renewal at once, every time.
+    ari.window = (-DAY, datetime.timedelta(seconds=30))
+    with daemon(lab, ari) as log:
+        wait_for("the budget spent", lambda: "not ordered: the CA issued 3 certificates" in log())
+        assert issued(ari) == 3
+        time.sleep(10)  # two passes, had it gone back to the 5 s pause of a certificate still due
+        assert issued(ari) == 3 and log().count("not ordered") == 1, log()
+        status = lab.certrenew("status", "--config", str(lab.workdir / "certrenew.toml"), "--json")
+    [row] = json.loads(status.stdout)["certificates"]
+    assert row["state"] == "failing" and "its budget" in row["last_result"], row
+    next_order = datetime.datetime.fromisoformat(row["next_renewal"])
+    assert DAY - datetime.timedelta(minutes=5) < next_order - datetime.datetime.now(UTC) <= DAY
+
+    env = {"CERTRENEW_DIRECTORY": f"{ari.url}/dir"}
+    held = lab.certrenew("run", "--config", str(lab.workdir / "certrenew.toml"), env=env)  # the record holds it
+    assert held.returncode == 1 and "its budget" in held.stderr and issued(ari) == 3, held.stderr
+    forced = lab.certrenew("run", "--config", str(lab.workdir / "certrenew.toml"), "--force", env=env)
+    assert forced.returncode == 0 and issued(ari) == 4, forced.stderr
+    assert "its budget; ordering anyway (--force)" in forced.stderr
+
+
 def test_emergency_window_in_the_past_renews_at_once_naming_the_replaced_certificate(lab, ari):
     ari.retry_after = 1
     assert certrenew(lab, ari).returncode == 0
@@ -55,8 +122,10 @@ def test_emergency_window_in_the_past_renews_at_once_naming_the_replaced_certifi
     unchanged = certrenew(lab, ari)
     assert "unchanged" in unchanged.stdout
 
-    ari.window = (-datetime.timedelta(days=2), -datetime.timedelta(days=1))  # the CA moved it earlier
-    time.sleep(1.2)
+    # The CA moved it earlier: over already, but after the certificate was issued (a window over before
+    # then is not about it, see the daemon test above).
+    ari.window = (-DAY, -datetime.timedelta(seconds=1))
+    time.sleep(2)
     renewed = certrenew(lab, ari, "-v")
     assert renewed.returncode == 0, renewed.stderr
     assert "renewed" in renewed.stdout and "ARI" in renewed.stderr

@@ -1,21 +1,28 @@
 """`certrenew daemon` as a subprocess against the real lab: issues, renews, re-reads, stops, shares the lock."""
 
+import contextlib
 import fcntl
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 from container import as_image_user, read_image
-from lab import Lab, free_ports, tcp_accepts, terminate
+from lab import Lab, closed_by_peer, free_ports, tcp_accepts, terminate
 from prometheus_client.parser import text_string_to_metric_families
+from unfit import COMPLAINTS, UNFIT, place
 
 from certrenew.atomicfile import TEMP_PREFIX
 from certrenew.bundle import leaf_info
+from certrenew.limits import MAX_CONFIG
 
 ONE = '[[certificate]]\nname = "alpha"\ndomains = ["alpha.example", "www.alpha.example"]\n'
 TWO = ONE + '\n[[certificate]]\nname = "beta"\ndomains = ["beta.example"]\n'
@@ -137,6 +144,91 @@ def test_issues_serves_reports_and_stops_cleanly(lab, start_daemon):
                 if path.name.startswith(TEMP_PREFIX)]
 
 
+class HugeHeads:
+    """Clients sending requests of 99 headers of 65 KB each to `address`, in `threads` threads, one connection
+    after another until stopped: what took the stdlib's server to 600 MB. Each ends its head only when all
+    have sent theirs, so a server that keeps what it reads holds all of them at once. Counts what it did."""
+
+    HEADER = b"a" * 65000
+
+    def __init__(self, address, threads=16):
+        self.address = address
+        self.stop = threading.Event()
+        self.sent: list[int] = []
+        """Bytes of headers the kernel took on each connection (before the server stopped reading, say)."""
+        self._lock = threading.Lock()
+        self._together = threading.Barrier(threads, timeout=10)
+        self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def _send(self):
+        while not self.stop.is_set():
+            sent = 0
+            try:
+                with socket.create_connection(self.address, timeout=5) as client:
+                    try:
+                        client.sendall(b"GET /metrics HTTP/1.1\r\nHost: flood\r\n")
+                        for index in range(99):
+                            client.sendall(b"X-%d: %s\r\n" % (index, self.HEADER))
+                            sent += len(self.HEADER)
+                    finally:
+                        with contextlib.suppress(threading.BrokenBarrierError):
+                            self._together.wait()
+                    client.sendall(b"\r\n")
+                    client.recv(1)
+            except OSError:  # refused, reset, or no answer: the server's choice
+                pass
+            with self._lock:
+                self.sent.append(sent)
+
+    def join(self):
+        self.stop.set()
+        self._together.abort()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def peak_rss(pid):
+    """The process's peak resident memory so far (VmHWM), in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB$", status, re.M)[1]) * 1024
+
+
+def test_a_flood_of_huge_heads_and_idle_clients_leaves_memory_bounded_and_health_answered(lab, start_daemon):
+    daemon = start_daemon(lab, write_config(lab, ONE))
+    daemon.wait_served("alpha", "alpha.example")
+    daemon.wait_log("next pass at")
+    address = ("127.0.0.1", daemon.metrics_port)
+    before = peak_rss(daemon.process.pid)
+
+    flood = HugeHeads(address)
+    idle = []
+    try:
+        poll("the flood under way", lambda: len(flood.sent) >= 48)  # three times the stdlib server's 16 threads
+        idle = [socket.create_connection(address, timeout=5) for _ in range(100)]
+        for client in idle:
+            client.sendall(b"G")  # and nothing more
+        try:
+            health: requests.Response | Exception = daemon.get("/healthz")
+        except requests.RequestException as error:
+            health = error
+        during = all(thread.is_alive() for thread in flood.threads)
+        still_open = sum(not closed_by_peer(client) for client in idle)
+    finally:
+        flood.join()
+        for client in idle:
+            client.close()
+    grown = peak_rss(daemon.process.pid) - before
+
+    assert len(flood.sent) >= 48 and sum(flood.sent) > 48 * 99 * len(HugeHeads.HEADER), "the flood was sent"
+    assert grown < 32 * 1024 ** 2, f"the flood took the daemon's peak memory {grown / 1024 ** 2:.0f} MB higher"
+    assert isinstance(health, requests.Response) and health.status_code == 200, health
+    assert during and still_open == len(idle), "answered during the flood, not after it"
+    assert daemon.get("/healthz").status_code == 200
+    assert daemon.stop()[0] == 0
+
+
 def test_sigterm_mid_order_exits_at_once_and_leaves_it_to_resume(lab, start_daemon):
     daemon = start_daemon(lab, write_config(lab, ONE), "-v")
     daemon.wait_log("alpha: renewing")  # the pass has started ordering
@@ -189,6 +281,36 @@ def test_sighup_issues_a_new_certificate_and_a_broken_file_changes_nothing(lab, 
     assert daemon.stop()[0] == 0
 
 
+def test_sighup_with_a_config_it_cannot_read_keeps_the_old_one_whatever_stands_in_its_place(lab, start_daemon):
+    """TOML nested too deeply killed the daemon (RecursionError); a FIFO blocked the SIGHUP for ever while
+    /healthz said healthy. Each is one line now, the daemon carrying on with the config it had."""
+    config = write_config(lab, ONE)
+    daemon = start_daemon(lab, config)
+    daemon.wait_served("alpha", "alpha.example")
+    daemon.wait_log("next pass at")
+    for count, what in enumerate(["deep", *UNFIT], 1):
+        if config.is_dir():
+            config.rmdir()
+        else:
+            config.unlink()
+        if what == "deep":
+            config.write_text(ONE + "x = " + "[" * 500 + "]" * 500 + "\n")
+        else:
+            place(config, what, MAX_CONFIG)
+        daemon.process.send_signal(signal.SIGHUP)
+        poll(f"the {what} config refused", lambda: daemon.alive() and daemon.log.count("config refused") == count)
+        refused = [line for line in daemon.log.splitlines() if "config refused" in line][-1]
+        assert str(config) in refused and (COMPLAINTS.get(what) or "nested more than") in refused, refused
+        assert daemon.get("/healthz").json()["certificates"] == 1
+    assert "Traceback" not in daemon.log
+
+    config.unlink()
+    config.write_text(TWO)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_log("SIGHUP: config re-read, 2 certificate(s)")
+    assert daemon.stop()[0] == 0
+
+
 def test_a_run_by_hand_beside_the_daemon_is_serialised_by_the_lock(lab, start_daemon):
     config = write_config(lab, ONE)
     daemon = start_daemon(lab, config, "-v")
@@ -230,6 +352,35 @@ def test_a_run_by_hand_beside_the_daemon_is_serialised_by_the_lock(lab, start_da
     assert daemon.stop()[0] == 0
 
 
+def test_a_record_that_does_not_hold_together_fails_its_certificate_alone_everywhere(lab, start_daemon):
+    config = write_config(lab, TWO)
+    assert lab.certrenew("run", "--config", str(config)).returncode == 0
+    meta = lab.state_dir / "certificates" / "beta" / "meta.json"
+    meta.write_text(meta.read_text().replace('"not_before": "', '"not_before": null, "was": "'))  # parseable JSON
+    config.write_text(TWO + '\n[[certificate]]\nname = "gamma"\ndomains = ["gamma.example"]\n')
+    reason = f"corrupt state file {meta}: not_before and not_after go together, but only one of them is set"
+
+    run = lab.certrenew("run", "--config", str(config))
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "alpha: unchanged" in run.stdout and "gamma: issued" in run.stdout, run.stdout
+    assert f"beta: failed: {reason}" in run.stderr
+    status = lab.certrenew("status", "--config", str(config), "--json")
+    rows = {row["name"]: row for row in json.loads(status.stdout)["certificates"]}
+    assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
+    assert {name: row["state"] for name, row in rows.items()} == {"alpha": "ok", "beta": "failing", "gamma": "ok"}
+    assert rows["beta"]["last_result"].startswith(f"failed: {reason}")
+
+    daemon = start_daemon(lab, config)
+    daemon.wait_log("pass done: 3 certificates: 2 unchanged, 1 failed")
+    health = daemon.get("/healthz")
+    assert health.status_code == 503 and health.json()["unhealthy"] == ["beta"]
+    metrics = daemon.get("/metrics")
+    assert metrics.status_code == 200
+    assert set(metric(metrics, "certrenew_certificate_expiration_timestamp_seconds")) == {"alpha", "gamma"}
+    assert metric(metrics, "certrenew_certificate_ready") == {"alpha": 1.0, "beta": 0.0, "gamma": 1.0}
+    assert daemon.stop()[0] == 0 and "Traceback" not in daemon.log
+
+
 def test_a_daemon_started_while_a_run_holds_the_port_waits_for_it(lab, start_daemon):
     import socket
 
@@ -264,8 +415,6 @@ def test_on_the_shipped_unix_socket_a_run_beside_the_daemon_borrows_its_responde
 
 
 def test_the_log_can_be_json(lab, start_daemon):
-    import json
-
     daemon = start_daemon(lab, write_config(lab, ONE), "--log-format", "json")
     daemon.wait_served("alpha", "alpha.example")
     daemon.wait_log("next pass at")
@@ -277,10 +426,10 @@ def test_the_log_can_be_json(lab, start_daemon):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a command as the image's user")
-def test_the_daemon_runs_as_the_image_runs_it(start_daemon):
+def test_the_daemon_runs_as_the_image_runs_it(start_daemon, site_for_anyone):
     """The image's entrypoint and command, its environment and user (10001), the volumes as directories
     owned by that user; the deployment's settings (where the CA and HAProxy are) by CERTRENEW_* as compose
-    would set them, and the metrics port moved to a free loopback one."""
+    would set them, and the metrics address moved to a free loopback port by CERTRENEW_METRICS_LISTEN."""
     image = read_image()
     with tempfile.TemporaryDirectory() as top:  # not pytest's tmp_path: its parents are closed to other users
         Path(top).chmod(0o755)
@@ -289,13 +438,12 @@ def test_the_daemon_runs_as_the_image_runs_it(start_daemon):
                 os.chown(directory, image.uid, image.gid)
             volumes = {"/var/lib/certrenew": lab.state_dir, "/etc/haproxy/ssl": lab.ssl_dir}
             config = write_config(lab, ONE)
-            argv = list(image.argv)
             metrics_port = free_ports(1)[0]
-            argv[argv.index("--metrics-listen") + 1] = f"127.0.0.1:{metrics_port}"
-            command, env = as_image_user(image, argv, volumes)
+            command, env = as_image_user(image, image.argv, volumes, site_for_anyone)
             deployment = {key: value for key, value in lab.certrenew_env.items()
                           if key not in ("CERTRENEW_STATE_DIR", "CERTRENEW_SSL_DIR", "CERTRENEW_RELOAD_COMMAND")}
-            env.update(deployment, CERTRENEW_CONFIG=str(config), CERTRENEW_HAPROXY_SOCKET=str(lab.admin_socket))
+            env.update(deployment, CERTRENEW_CONFIG=str(config), CERTRENEW_HAPROXY_SOCKET=str(lab.admin_socket),
+                       CERTRENEW_METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
 
             def process(log):
                 return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)

@@ -640,7 +640,7 @@ BURSTS = {
 def test_a_burst_of_idle_connections_is_held_to_the_cap(guard_for, proxy, lab, open_files, case):
     """At the challenge, 2000 idle connections arrive as fast as they can; certrenew holds at most its cap of
     them, and validation, the CA, the state and HAProxy still get every file they need."""
-    from certrenew.responder import MAX_CONNECTIONS
+    from certrenew.httpd import MAX_CONNECTIONS
 
     limit = BURSTS[case]
     guard = guard_for(case, proxy)

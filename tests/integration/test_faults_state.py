@@ -6,6 +6,7 @@ Here the lab reuses authorizations now and then (pebble's default): these faults
 not in the validation.
 """
 
+import datetime
 import json
 import os
 import stat
@@ -94,11 +95,21 @@ def test_a_pending_certificate_with_the_wrong_key_is_set_aside_not_retried_for_e
     guard.recover()
 
 
-def test_a_corrupt_record_fails_its_certificate_alone_and_status_says_why(guard_for, lab):
-    guard = guard_for("corrupt meta.json among 3 certificates")
+CORRUPT_RECORDS = {
+    # case: what becomes of meta.json
+    "corrupt meta.json among 3 certificates": lambda text: '{"name": "site.example", "domains": ',
+    "meta.json with not_after and no not_before among 3 certificates":
+        lambda text: json.dumps({**json.loads(text), "not_before": None}),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT_RECORDS)
+def test_a_corrupt_record_fails_its_certificate_alone_and_status_says_why(guard_for, lab, case):
+    guard = guard_for(case)
     assert run_config(guard, lab).returncode == 0
     guard.old = guard.bundle_path.read_bytes()
-    (state(lab) / "meta.json").write_text('{"name": "site.example", "domains": ')
+    meta = state(lab) / "meta.json"
+    meta.write_text(CORRUPT_RECORDS[case](meta.read_text()))
     result = run_config(guard, lab, "--force")
     outcomes = lines_of(result)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
@@ -144,6 +155,16 @@ def test_switching_ca_reissues_and_drops_what_the_old_ca_left(guard_for, lab, pr
     result = guard.run()
     assert result.returncode == 0 and "discarding the saved order from https://127.0.0.1:9/dir" in result.stderr
     guard.recover(expect="unchanged")
+
+
+def test_a_renewal_window_already_over_renews_a_new_certificate_once_not_at_every_run(guard_for, lab, ari):
+    guard = guard_for("the CA's renewal window (ARI) already over")
+    guard.env["CERTRENEW_DIRECTORY"] = f"{ari.url}/dir"
+    ari.window = (-datetime.timedelta(days=2), -datetime.timedelta(days=1))
+    guard.establish()
+    for _ in range(3):
+        guard.recover(expect="unchanged")  # each run ordered anew without the fix
+    assert len(ari.requests) == 1  # one certificate, its window asked once
 
 
 # The state dir is ours alone.

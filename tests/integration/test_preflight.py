@@ -136,7 +136,7 @@ def test_missing_admin_socket_fails_before_any_request_to_the_ca(lab, proxy):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run certrenew as another user")
-def test_an_admin_socket_this_user_may_not_open_is_named_with_the_fix_before_any_order():
+def test_an_admin_socket_this_user_may_not_open_is_named_with_the_fix_before_any_order(site_for_anyone):
     """certrenew runs as the image's user (10001); HAProxy's admin socket is root's (mode 660, no group
     given): `check` and a run name the socket, the user and the `stats socket` line that lets it in,
     the run asks the CA nothing and changes nothing served; once the socket is the user's group's, both pass."""
@@ -151,7 +151,8 @@ def test_an_admin_socket_this_user_may_not_open_is_named_with_the_fix_before_any
 
             def certrenew(*args):
                 command, env = as_image_user(image, ["certrenew", *args],
-                                             {"/var/lib/certrenew": lab.state_dir, "/etc/haproxy/ssl": lab.ssl_dir})
+                                             {"/var/lib/certrenew": lab.state_dir, "/etc/haproxy/ssl": lab.ssl_dir},
+                                             site_for_anyone)
                 env.update({key: value for key, value in lab.certrenew_env.items()
                             if key not in ("CERTRENEW_STATE_DIR", "CERTRENEW_SSL_DIR")},
                            **proxy.env, CERTRENEW_HAPROXY_SOCKET=str(socket))
