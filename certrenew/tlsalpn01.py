@@ -13,6 +13,7 @@ Imported only by a run with a TLS-ALPN-01 certificate: the HTTP-01 path never lo
 import contextlib
 import datetime
 import hashlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -74,17 +75,34 @@ challenges.Challenge.register(TLSALPN01)
 challenges.ChallengeResponse.register(TLSALPN01Response)
 
 
+def server_name(domain: str) -> str:
+    """The SNI the CA sends for `domain`: the name itself, for an IP address its reverse-DNS name
+    (RFC 8738 section 6: SNI carries no address)."""
+    try:
+        return ipaddress.ip_address(domain).reverse_pointer
+    except ValueError:
+        return domain
+
+
+def _subject_name(domain: str) -> x509.GeneralName:
+    """The certificate's one name: an iPAddress SAN for an address (RFC 8738 section 6), else a dNSName."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(domain))
+    except ValueError:
+        return x509.DNSName(domain)
+
+
 def challenge_certificate(domain: str, key_authorization: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A fresh key and the self-signed certificate RFC 8737 section 3 asks for: `domain` as its
     only name, the digest of `key_authorization` in a critical acmeIdentifier extension."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acme-tls-alpn-01")])
     digest = hashlib.sha256(key_authorization.encode()).digest()
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - VALIDITY)
             .not_valid_after(now + VALIDITY)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([_subject_name(domain)]), critical=False)
             .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
             .sign(key, hashes.SHA256()))
     return key, cert
@@ -93,13 +111,12 @@ def challenge_certificate(domain: str, key_authorization: str) -> tuple[ec.Ellip
 def proves(cert: x509.Certificate, domain: str, key_authorization: str) -> bool:
     """Whether `cert` is what the CA accepts for `domain` and `key_authorization` (the probe's verdict)."""
     try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.DNSName)
+        names = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         identifier = cert.extensions.get_extension_for_oid(ACME_IDENTIFIER)
     except x509.ExtensionNotFound:
         return False
     digest = hashlib.sha256(key_authorization.encode()).digest()
-    return (names == [domain] and identifier.critical and isinstance(identifier.value, x509.UnrecognizedExtension)
+    return (names == [_subject_name(domain)] and identifier.critical and isinstance(identifier.value, x509.UnrecognizedExtension)
             and identifier.value.value == b"\x04\x20" + digest)
 
 
@@ -111,7 +128,7 @@ def fetch_certificate(host: str, port: int, domain: str, timeout: float) -> x509
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     context.set_alpn_protocols([ACME_TLS_1])
     with socket.create_connection((host, port), timeout=timeout) as raw:
-        with context.wrap_socket(raw, server_hostname=domain) as tls:
+        with context.wrap_socket(raw, server_hostname=server_name(domain)) as tls:
             if tls.selected_alpn_protocol() != ACME_TLS_1:
                 return None
             der = tls.getpeercert(binary_form=True)
@@ -168,7 +185,7 @@ class TlsAlpnResponder:
     def __init__(self, listen: str) -> None:
         self.address = parse_listen(listen)
         self._served: dict[str, tuple[str, ssl.SSLContext]] = {}
-        """name -> (token, the context holding its challenge certificate)."""
+        """SNI (see `server_name`) -> (token, the context holding its challenge certificate)."""
         self._changed = threading.Condition()
         self._context = self._new_context()
         self._context.sni_callback = self._select
@@ -192,18 +209,18 @@ class TlsAlpnResponder:
                             + cert.public_bytes(serialization.Encoding.PEM))
             context.load_cert_chain(pem)  # the ssl module reads certificates from files only
         with self._changed:
-            if not self._changed.wait_for(lambda: domain not in self._served, WAIT_FOR_NAME):
+            if not self._changed.wait_for(lambda: server_name(domain) not in self._served, WAIT_FOR_NAME):
                 raise CertrenewError(f"{domain}: another order kept validating it over {TLS_ALPN_01} for "
                                      f"{WAIT_FOR_NAME:g} s; this order is tried again next run")
-            self._served[domain] = (token, context)
+            self._served[server_name(domain)] = (token, context)
 
     def wait_ready(self) -> None:
         """Nothing to wait for: a presented certificate is served at once."""
 
     def cleanup(self, domain: str, token: str) -> None:
         with self._changed:
-            if self._served.get(domain, ("",))[0] == token:
-                del self._served[domain]
+            if self._served.get(server_name(domain), ("",))[0] == token:
+                del self._served[server_name(domain)]
                 self._changed.notify_all()
 
     def __enter__(self) -> "TlsAlpnResponder":

@@ -124,3 +124,19 @@ def test_another_token_for_the_name_waits_until_the_first_is_cleaned_up(responde
     assert not second.is_alive()
     cert = fetch_certificate("127.0.0.1", port, NAME, 5)
     assert cert is not None and proves(cert, NAME, other)
+
+
+@pytest.mark.parametrize("address, sni", [("192.0.2.1", "1.2.0.192.in-addr.arpa"),
+                                          ("2001:db8::1", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa")])
+def test_an_ip_address_is_answered_under_its_reverse_dns_name_with_an_ip_san(responder, address, sni):
+    """RFC 8738 section 6: SNI carries no address, so the CA sends the reverse-DNS name."""
+    running, port = responder
+    running.present(address, TOKEN, KEY_AUTHORIZATION)
+    cert = fetch_certificate("127.0.0.1", port, address, 5)
+    assert cert is not None and proves(cert, address, KEY_AUTHORIZATION)
+    assert [str(ip) for ip in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            .get_values_for_type(x509.IPAddress)] == [address]
+    with handshake(port, sni, [ACME_TLS_1]) as tls:
+        assert tls.selected_alpn_protocol() == ACME_TLS_1
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        handshake(port, address, [ACME_TLS_1])  # (Python sends no SNI for an address: nothing to answer)

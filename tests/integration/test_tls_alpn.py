@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from faultproxy import FaultProxy
 from lab import LOOPBACK, Lab
 
@@ -92,3 +93,15 @@ def test_both_twins_of_a_dual_certificate_are_issued_over_tls_alpn_01(lab, tmp_p
                       'challenge = "tls-alpn-01"\n')
     run = lab.certrenew("run", "--config", str(config), "--self-check-address", f"{LOOPBACK}:{lab.https_port}")
     assert run.returncode == 0 and "2 certificates: 2 issued" in run.stderr, run.stdout + run.stderr
+
+
+def test_an_ip_address_certificate_is_issued_over_tls_alpn_01(lab, tmp_path):
+    """RFC 8738 section 6: pebble asks for the address under its reverse-DNS name; the bundle holds an IP SAN."""
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'[[certificate]]\ndomains = ["{LOOPBACK}"]\nchallenge = "tls-alpn-01"\n')
+    run = lab.certrenew("run", "--config", str(config), "--self-check-address", f"{LOOPBACK}:{lab.https_port}")
+    assert run.returncode == 0 and f"ip-{LOOPBACK}: issued" in run.stdout, run.stdout + run.stderr
+    assert f"tls-alpn-01 {LOOPBACK}: reached certrenew's TLS-ALPN-01 responder" in run.stderr
+    bundle = x509.load_pem_x509_certificate((lab.ssl_dir / f"ip-{LOOPBACK}.pem").read_bytes())
+    assert [str(address) for address in bundle.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            .value.get_values_for_type(x509.IPAddress)] == [LOOPBACK]
