@@ -197,7 +197,8 @@ class TlsAlpnResponder:
         """Nothing to check before ordering: the pre-flight probe (on by default) checks the route."""
 
     def present(self, domain: str, token: str, validation: str) -> None:
-        """Serve the challenge certificate for `validation` (the key authorization) under SNI `domain`."""
+        """Serve the challenge certificate for `validation` (the key authorization) to the SNI the CA
+        sends for `domain` (`server_name`)."""
         check_token(token)
         self.start()
         context = self._new_context()
@@ -317,9 +318,10 @@ class TlsAlpnResponder:
         finally:
             connection.sendall(outgoing.read())  # the last flight, or the alert that ends it
 
-    def _select(self, tls: Any, server_name: str | None, context: ssl.SSLContext) -> int | None:
-        """SNI callback: swap in the named challenge certificate's context, or refuse the handshake."""
-        entry = self._served.get((server_name or "").lower().rstrip("."))
+    def _select(self, tls: Any, sni: str | None, context: ssl.SSLContext) -> int | None:
+        """SNI callback: swap in the named challenge certificate's context, or refuse the handshake (the
+        base context holds no certificate, so nothing else could be sent anyway)."""
+        entry = self._served.get((sni or "").lower().rstrip("."))
         if entry is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         tls.context = entry[1]
