@@ -128,6 +128,7 @@ class Settings:
     force: bool = False
     self_check: bool = True
     self_check_address: str | None = None
+    self_check_tls_address: str | None = None
     haproxy_socket: tuple[str, ...] = ()
     haproxy_config: tuple[Path, ...] = ()
     verify_endpoint: tuple[str, ...] = ()
@@ -435,6 +436,8 @@ OPTIONS = [
            "would, and fail without an order when it does not reach the responder (default on)", bool),
     Option("self_check_address", "where the self-check connects instead of NAME:80 (split-horizon DNS, HAProxy "
            "on another port)", metavar="HOST:PORT", check=check_host_port),
+    Option("self_check_tls_address", f"where the self-check of a {TLS_ALPN_01} certificate connects instead of "
+           "NAME:443", metavar="HOST:PORT", check=check_host_port),
     Option("haproxy_socket", "an HAProxy Runtime API (admin stats socket: a unix path or ipv4@HOST:PORT) to "
            "update in memory, no reload; repeat for several HAProxy processes", metavar="ADDR",
            check=check_address, repeated=True),

@@ -146,7 +146,7 @@ def probe_tls(responder: "TlsAlpnResponder", settings: Settings, name: str) -> C
     from certrenew.tlsalpn01 import fetch_certificate, proves
 
     token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
-    host, port = split_host_port(settings.self_check_address) if settings.self_check_address else (name, 443)
+    host, port = split_host_port(settings.self_check_tls_address) if settings.self_check_tls_address else (name, 443)
     what, where = f"tls-alpn-01 {name}", f"{host}:{port}"
     route = f"not certrenew's TLS-ALPN-01 responder on {settings.tls_alpn_listen}: {hints.TLS_ROUTE}"
     responder.present(name, token, value)

@@ -325,6 +325,8 @@ class Lab:
             "CERTRENEW_TLS_ALPN_LISTEN": self.tls_alpn_listen,
             # The pre-flight self-check goes through HAProxy's http port, as pebble's validation does.
             "CERTRENEW_SELF_CHECK_ADDRESS": f"{LOOPBACK}:{self.http_port}",
+            # And TLS-ALPN-01's through the port pebble validates it on.
+            "CERTRENEW_SELF_CHECK_TLS_ADDRESS": f"{LOOPBACK}:{self.https_port if self.tls_alpn else self.tls_alpn_port}",
             "CERTRENEW_RELOAD_COMMAND": self.reload_command,
             "CERTRENEW_EMAIL": "ops@example.com",
             "CERTRENEW_AGREE_TOS": "1",

@@ -34,7 +34,7 @@ def proxy(lab):
 def tls_alpn_config(lab, tmp_path: Path) -> list[str]:
     config = tmp_path / "certrenew.toml"
     config.write_text(f'[[certificate]]\ndomains = ["{NAME}"]\nchallenge = "tls-alpn-01"\n')
-    return ["run", "--config", str(config), "--self-check-address", f"{LOOPBACK}:{lab.https_port}"]
+    return ["run", "--config", str(config)]
 
 
 def acme_connections(lab) -> int:
@@ -86,20 +86,22 @@ def test_check_probes_a_tls_alpn_01_certificate_through_haproxy(lab, tmp_path):
     assert check.returncode == 1 and f"FAIL tls-alpn-01 {NAME}: " in check.stdout, check.stdout
 
 
-def test_both_twins_of_a_dual_certificate_are_issued_over_tls_alpn_01(lab, tmp_path):
-    """Two orders for the same names at once: each name is answered for one of them at a time."""
+def test_a_dual_certificate_and_an_http_01_one_are_issued_in_one_run(lab, tmp_path):
+    """Two orders for the same names at once: each name is answered for one of them at a time. Each
+    challenge is probed on its own port, and the HTTP-01 certificate goes on through port 80."""
     config = tmp_path / "certrenew.toml"
     config.write_text(f'[[certificate]]\ndomains = ["{NAME}", "www.{NAME}"]\nkey_type = "ecdsa-p256,rsa2048"\n'
-                      'challenge = "tls-alpn-01"\n')
-    run = lab.certrenew("run", "--config", str(config), "--self-check-address", f"{LOOPBACK}:{lab.https_port}")
-    assert run.returncode == 0 and "2 certificates: 2 issued" in run.stderr, run.stdout + run.stderr
+                      'challenge = "tls-alpn-01"\n[[certificate]]\ndomains = ["web.example"]\n')
+    run = lab.certrenew("run", "--config", str(config))
+    assert run.returncode == 0 and "3 certificates: 3 issued" in run.stderr, run.stdout + run.stderr
+    assert "reached certrenew's responder" in run.stderr and "warn" not in run.stderr.lower(), run.stderr
 
 
 def test_an_ip_address_certificate_is_issued_over_tls_alpn_01(lab, tmp_path):
     """RFC 8738 section 6: pebble asks for the address under its reverse-DNS name; the bundle holds an IP SAN."""
     config = tmp_path / "certrenew.toml"
     config.write_text(f'[[certificate]]\ndomains = ["{LOOPBACK}"]\nchallenge = "tls-alpn-01"\n')
-    run = lab.certrenew("run", "--config", str(config), "--self-check-address", f"{LOOPBACK}:{lab.https_port}")
+    run = lab.certrenew("run", "--config", str(config))
     assert run.returncode == 0 and f"ip-{LOOPBACK}: issued" in run.stdout, run.stdout + run.stderr
     assert f"tls-alpn-01 {LOOPBACK}: reached certrenew's TLS-ALPN-01 responder" in run.stderr
     bundle = x509.load_pem_x509_certificate((lab.ssl_dir / f"ip-{LOOPBACK}.pem").read_bytes())
