@@ -164,6 +164,13 @@ def leaf_info(pem: bytes) -> CertificateInfo:
     return certificate_info(leaf_certificate(pem))
 
 
+def serial_hex(number: int) -> str:
+    """A serial as openssl and HAProxy print it: hex in whole bytes, so an even number of digits
+    (lower case). One spelling in every output, record and hook, so that grep finds it."""
+    digits = format(number, "x")
+    return digits.zfill(len(digits) + len(digits) % 2)
+
+
 def certificate_info(cert: x509.Certificate) -> CertificateInfo:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -171,7 +178,7 @@ def certificate_info(cert: x509.Certificate) -> CertificateInfo:
     except x509.ExtensionNotFound:
         domains = ()
     return CertificateInfo(
-        serial=format(cert.serial_number, "x"),
+        serial=serial_hex(cert.serial_number),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         domains=domains,

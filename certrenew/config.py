@@ -6,6 +6,7 @@ they override each other in that order.
 """
 
 import datetime
+import difflib
 import math
 import os
 import re
@@ -383,6 +384,8 @@ class Option:
 
     def from_toml(self, value: Any) -> Any:
         if self.repeated:
+            if isinstance(value, str):  # haproxy_socket = "/run/haproxy/admin.sock": a list of one, plainly meant
+                value = [value]
             if not isinstance(value, list):
                 raise ValueError("must be a list, e.g. [\"...\", \"...\"]")
             return tuple(self._one_from_toml(item) for item in value)
@@ -555,8 +558,7 @@ def load_config(path: Path) -> ConfigFile:
         if key == "certificate":
             continue
         if key not in OPTION_NAMED or key in CLI_ONLY:
-            known = ", ".join(sorted(set(OPTION_NAMED) - CLI_ONLY))
-            raise UsageError(f"{path}: unknown key {key!r} (known: {known}, [[certificate]])")
+            raise _unknown_key(str(path), key, [*sorted(set(OPTION_NAMED) - CLI_ONLY), "[[certificate]]"])
         try:
             settings[key] = OPTION_NAMED[key].from_toml(value)
         except (ValueError, UsageError) as error:
@@ -575,6 +577,14 @@ def load_config(path: Path) -> ConfigFile:
     return ConfigFile(path, settings, certificates)
 
 
+def _unknown_key(where: str, key: str, known: Sequence[str]) -> UsageError:
+    """The key meant (agree-tos, written as on the command line, is agree_tos), else every known one."""
+    close = difflib.get_close_matches(key.replace("-", "_"), known, n=1, cutoff=0.7)
+    if close:
+        return UsageError(f"{where}: unknown key {key!r}: did you mean {close[0]!r}?")
+    return UsageError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+
+
 CERTIFICATE_OPTIONS = ("challenge", *DNS_OPTIONS)
 """The options a [[certificate]] table may set for itself, besides its names, key type and profile."""
 CERTIFICATE_KEYS = ("name", "domains", "key_type", "profile", *CERTIFICATE_OPTIONS)
@@ -586,8 +596,10 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
         raise UsageError(f"{where}: must be a table")
     unknown = table.keys() - CERTIFICATE_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(CERTIFICATE_KEYS)})")
+        raise _unknown_key(where, sorted(unknown)[0], CERTIFICATE_KEYS)
     domains = table.get("domains")
+    if isinstance(domains, str):  # domains = "example.com": a list of one
+        domains = [domains]
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise UsageError(f"{where}: domains must be a list of strings")
     try:  # checked as the top-level key is: "short lived" would reach the CA, and fail there with a back-off

@@ -8,13 +8,15 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from certrenew.command import run_command, split_command
+from certrenew.command import missing_program, run_command, split_command
 from certrenew.errors import CertrenewError
 
 log = logging.getLogger(__name__)
 
 RELOAD_TIMEOUT = 120
 CHECK_TIMEOUT = 60
+SYSTEMD_TIMEOUT = 5
+SYSTEMCTL_RELOADS = ("reload", "restart", "reload-or-restart", "try-restart", "try-reload-or-restart")
 
 
 def reload(command: str) -> None:
@@ -32,6 +34,34 @@ def reload(command: str) -> None:
     if status != 0:
         said_last = f": {said[-1]}" if said else ""
         raise CertrenewError(f"reload command {command!r} failed with exit status {status}{said_last}")
+
+
+def reload_problem(command: str) -> str | None:
+    """Why the reload command would fail, as far as can be told without running it, or None.
+
+    Its program must exist; and `systemctl reload UNIT` fails on a host whose systemd does not
+    answer (a container, a chroot) or has no such unit: found now, that costs no order.
+    """
+    try:
+        problem = missing_program(command)
+    except ValueError as error:  # an empty or unparsable command
+        return str(error)
+    argv = split_command(command)
+    words = [arg for arg in argv[1:] if not arg.startswith("-")]
+    if problem or Path(argv[0]).name != "systemctl" or not words or words[0] not in SYSTEMCTL_RELOADS:
+        return problem
+    options = [arg for arg in argv[1:] if arg.startswith("-")]  # --user, say: ask the same systemd
+    try:
+        status, said = run_command([argv[0], *options, "show", "--property=LoadState", "--value", *words[1:]],
+                                   SYSTEMD_TIMEOUT)
+    except OSError as error:
+        return f"{argv[0]} could not start: {error.strerror}"
+    if status != 0:
+        return f"{command!r} would fail: systemd does not answer ({said[-1] if said else f'exit status {status}'})"
+    missing = [unit for unit, state in zip(words[1:], said) if state == "not-found"]
+    if missing:
+        return f"{command!r} would fail: systemd has no unit {', '.join(missing)}"
+    return None
 
 
 class CheckFailed(CertrenewError):

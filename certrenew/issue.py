@@ -131,7 +131,8 @@ class Issuer:
             and key_type_of(load_key(bundle).public_key()) == spec.key_type
         )
         if not fits:
-            log.info("%s: the pending certificate no longer fits; ordering a new one", spec.name)
+            log.info("%s: the pending certificate no longer fits; ordering a new one", spec.name,
+                     extra={"certificate": spec.name})
             self.store.discard_pending(spec.name)
             return self.issue(spec)
         return Issued(spec, bundle, "installed", self._window(spec.name, bundle))
@@ -151,7 +152,8 @@ class Issuer:
         if order.domains == list(spec.domains) and order.key_type == spec.key_type:
             fullchain = self._client().finish(order.url, make_csr(key, order.domains))
         if fullchain is None:
-            log.info("%s: the order a previous run left cannot be completed; ordering a new one", spec.name)
+            log.info("%s: the order a previous run left cannot be completed; ordering a new one", spec.name,
+                     extra={"certificate": spec.name})
             self.store.discard_order(spec.name)
             return self.issue(spec)
         return self._keep(spec, fullchain, order.key_pem, "installed")
@@ -201,7 +203,8 @@ class Issuer:
         """
         where = self.store.set_aside(spec.name, kind)
         if self.settings.force:
-            log.warning("%s: %s; set aside as %s; ordering anew (--force)", spec.name, problem, where)
+            log.warning("%s: %s; set aside as %s; ordering anew (--force)", spec.name, problem, where,
+                        extra={"certificate": spec.name})
             return self.issue(spec)
         raise CertrenewError(f"{problem}; set aside as {where}; the next attempt orders anew (or use --force)")
 
@@ -210,7 +213,7 @@ class Issuer:
         if directory in (None, self.settings.directory_url):
             return True
         log.warning("%s: discarding the %s from %s: this run uses the CA at %s", spec.name, what, directory,
-                    self.settings.directory_url)
+                    self.settings.directory_url, extra={"certificate": spec.name})
         return False
 
     def check(self, spec: CertificateSpec) -> Issued | Decision:
@@ -222,7 +225,7 @@ class Issuer:
         decision = decide(record, list(spec.domains), spec.key_type, utc_now(), renew_before=self.settings.renew_before,
                           directory=self.settings.directory_url)
         if decision.due:
-            log.info("%s: renewing (%s)", spec.name, decision.reason)
+            log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
             return self.issue(spec)
         return decision
 
@@ -274,7 +277,8 @@ class Issuer:
                 raise CertrenewError("no current certificate to ask about")
             return renewal_window(client.transport, leaf_certificate(bundle))
         except CertrenewError as error:
-            log.warning("%s: no renewal information (%s); the lifetime rule applies", name, error)
+            log.warning("%s: no renewal information (%s); the lifetime rule applies", name, error,
+                        extra={"certificate": name})
             return error
 
     def _replaces(self, client: AcmeClient, spec: CertificateSpec) -> str | None:

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certrenew import haproxy, hints
+from certrenew import haproxy, hints, owned
 from certrenew.challenge import HTTP_01, TLS_ALPN_01
-from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.hostport import split_host_port
@@ -204,22 +203,28 @@ def socket_check(address: str, ssl_dir: Path) -> Check:
     except Unsupported as error:
         return Check(WARN, what, f"{error}: certificates are installed with the reload command")
     except Forbidden as error:  # its message names the fix
-        return Check(FAIL, what, str(error))
+        return Check(FAIL, what, _unprefixed(error, address))
     except RuntimeApiError as error:
-        return Check(FAIL, what, f"{error}; check --haproxy-socket, that HAProxy runs, and that this user may open it")
+        return Check(FAIL, what, f"{_unprefixed(error, address)}; check --haproxy-socket, that HAProxy runs, "
+                                 "and that this user may open it")
     directory = os.path.abspath(ssl_dir)
     if find_crt_list(crt_lists, directory) is None:
         return Check(WARN, what, f"loads no crt directory {directory}: a new certificate needs the reload command")
     return Check(OK, what, f"admin level, loads the crt directory {directory}")
 
 
+def _unprefixed(error: RuntimeApiError, address: str) -> str:
+    """The error without the socket it names first: the check's line names it already."""
+    text = str(error)
+    for prefix in (f"HAProxy Runtime API {address}: ", f"{address}: "):
+        text = text.removeprefix(prefix)
+    return text
+
+
 def reload_check(command: str, needed: bool) -> Check:
-    """The reload command's program exists; a FAIL only when installing will need it."""
+    """The reload command would run (see `haproxy.reload_problem`); a FAIL only when installing will need it."""
     what = "reload command"
-    try:
-        missing = missing_program(command)
-    except ValueError as error:  # an empty or unparsable command
-        missing = str(error)
+    missing = haproxy.reload_problem(command)
     if missing is None:
         return Check(OK, what, f"{command!r}")
     missing += " (set --reload-command)"
@@ -252,15 +257,19 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
                 checks.extend(probe_all(responder, settings, names))
             except CertrenewError as error:  # the responder cannot listen
                 checks.append(Check(FAIL, "responder", str(error)))
-    names = list(dict.fromkeys(name for spec in specs if spec.challenge == TLS_ALPN_01 for name in spec.domains))
-    if names:
+    tls_names = list(dict.fromkeys(name for spec in specs if spec.challenge == TLS_ALPN_01 for name in spec.domains))
+    if tls_names:
         from certrenew.tlsalpn01 import TlsAlpnResponder
 
         with TlsAlpnResponder(settings.tls_alpn_listen) as tls_responder:
             try:
-                checks.extend(probe_all(tls_responder, settings, names, probe_tls))
+                checks.extend(probe_all(tls_responder, settings, tls_names, probe_tls))
             except CertrenewError as error:
                 checks.append(Check(FAIL, "TLS-ALPN-01 responder", str(error)))
+    if not names and not tls_names:  # all ok would read as "ready to order", and the probe is what most first orders fail on
+        checks.append(Check(WARN, "probe", "no HTTP-01 name to probe, so the path from the CA through HAProxy to "
+                                           "the responder is not checked: name them (`certrenew check DOMAIN...`) "
+                                           "or give --config"))
     return checks
 
 
@@ -301,7 +310,7 @@ def _ssl_dir_check(ssl_dir: Path) -> Check:
     if not ssl_dir.is_dir():
         return Check(FAIL, what, f"does not exist: create it with `certrenew bootstrap-ssl-dir --ssl-dir {ssl_dir}`")
     if not os.access(ssl_dir, os.W_OK | os.X_OK):
-        return Check(FAIL, what, "not writable by this user")
+        return Check(FAIL, what, owned.not_writable(ssl_dir))
     if not any(ssl_dir.glob("*.pem")):
         return Check(FAIL, what, "no certificate in it, so HAProxy refuses to start: run `certrenew "
                                  f"bootstrap-ssl-dir --ssl-dir {ssl_dir}`")

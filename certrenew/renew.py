@@ -15,10 +15,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from certrenew import hooks, signals
+from certrenew import hooks, owned, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import TLS_ALPN_01, ChallengeSolver, check_domains
-from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
 from certrenew.domains import check_normalized
 from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
@@ -160,7 +159,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
 def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime) -> str | Outcome:
     """What this run does for `spec`: an Issuer step ("resume", "issue" or "check"), or the Outcome of doing nothing."""
     if store.unfinished(spec.name):
-        log.info("%s: completing what a previous run left", spec.name)
+        log.info("%s: completing what a previous run left", spec.name, extra={"certificate": spec.name})
         return "resume"
     record = store.load_record(spec.name)
     if record is not None and record.failed_settings not in (None, spec.order_settings(settings.directory_url)):
@@ -168,7 +167,10 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
     decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
                       settings.directory_url)
     if decision.due:
-        log.info("%s: renewing (%s)", spec.name, decision.reason)
+        if record is None or record.not_after is None:  # "renewing (no certificate yet)" reads as a bug
+            log.info("%s: issuing", spec.name, extra={"certificate": spec.name})
+        else:
+            log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
         return "issue"
     if decision.deferred:
         return Outcome(spec.name, "deferred", decision.reason)
@@ -349,7 +351,7 @@ def _check_ssl_dir(settings: Settings) -> None:
         raise UsageError(f"the ssl dir {ssl_dir} does not exist: create it with `certrenew bootstrap-ssl-dir "
                          f"--ssl-dir {ssl_dir}` (HAProxy needs a placeholder in it to start), or set --ssl-dir")
     if not os.access(ssl_dir, os.W_OK):
-        raise CertrenewError(f"the ssl dir {ssl_dir} is not writable by this user")
+        raise CertrenewError(f"the ssl dir {ssl_dir} is {owned.not_writable(ssl_dir)}")
 
 
 def _check_reload_command(settings: Settings) -> None:
@@ -359,7 +361,9 @@ def _check_reload_command(settings: Settings) -> None:
     an error. With sockets it is only the fallback (a certificate HAProxy does not know
     yet, a socket that fails), so it is a warning and hot updates go on.
     """
-    problem = missing_program(settings.reload_command)
+    from certrenew.haproxy import reload_problem
+
+    problem = reload_problem(settings.reload_command)
     if problem and not settings.haproxy_socket:
         raise UsageError(f"{problem} (set --reload-command)")
     if problem:

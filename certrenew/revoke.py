@@ -105,8 +105,8 @@ class Result:
             lines.append(f"{request.name}: removed from the ssl dir and from HAProxy ({removed.served_by}); "
                          f"its state is kept in {removed.backup}")
         elif self.reissued is None:
-            lines.append(f"{request.name}: HAProxy still serves the revoked certificate; replace it with "
-                         f"'certrenew revoke {request.name} --reissue', or remove it with --delete")
+            lines.append(f"{request.name}: HAProxy still serves the revoked certificate until the next run "
+                         f"replaces it (it is due now); remove it with 'certrenew revoke {request.name} --delete'")
         return lines
 
 
@@ -178,6 +178,8 @@ def carry_out(settings: Settings, request: Request) -> Result:
             return Result(request, False, removed=Removal("never served", _archive(store, request.name), None))
         already = not _revoke_at_ca(settings, store, request)
         removed = _remove(settings, store, request.name) if request.delete else None
+        if removed is None and reissued is None:  # still served: the next run must replace it
+            _record_revoked(store, request.name)
     return Result(request, already, reissued, removed)
 
 
@@ -192,6 +194,11 @@ def _discard_unfinished(settings: Settings, name: str) -> None:
     with store.lock(settings.lock_timeout):
         store.discard_pending(name)
         store.discard_order(name)
+def _record_revoked(store: FileStore, name: str) -> None:
+    record = store.load_record(name)
+    if record is not None:
+        record.revoked = datetime.datetime.now(datetime.timezone.utc)
+        store.save_record(record)
 
 
 def _account(store: FileStore, settings: Settings, ca: str) -> Account:

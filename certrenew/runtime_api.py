@@ -10,19 +10,16 @@ HAProxy keeps one certificate transaction per process: `set ssl cert` opens it,
 in between is answered with `abort ssl cert` so nothing half-done stays open.
 """
 
-import grp
 import logging
 import os
-import pwd
 import re
 import socket
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
 from certrenew.errors import CertrenewError
+from certrenew.owned import group_name, user_name
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +166,12 @@ class RuntimeApi:
         """Why this user may not connect to the unix socket, and the fix: HAProxy makes the socket its own
         user's, mode 0600 or its `mode`, and gives it a group only where `stats socket` names one."""
         path = self.address.removeprefix("unix@")
-        user = _name(pwd.getpwuid, os.geteuid(), "uid")
+        user = user_name(os.geteuid())
         try:
             info = os.stat(path)
         except OSError:
             return f"permission denied for user {user}: a directory on the socket's path is closed to it"
-        owner, group = _name(pwd.getpwuid, info.st_uid, "uid"), _name(grp.getgrgid, info.st_gid, "gid")
+        owner, group = user_name(info.st_uid), group_name(info.st_gid)
         mode = stat.S_IMODE(info.st_mode)
         if info.st_gid == 0:  # root's group: give the socket one of this user's instead
             fix = (f"have HAProxy give the socket a group {user} is in: "
@@ -256,15 +253,7 @@ class RuntimeApi:
                 log.warning("%s: %s failed: %s", self, line, error)
 
 
-def _name(lookup: Callable[[int], Any], number: int, kind: str) -> str:
-    """A user's or group's name, or `uid N`/`gid N` where this system has none (a container's user)."""
-    try:
-        return lookup(number)[0]
-    except KeyError:
-        return f"{kind} {number}"
-
-
 def _group_option(gid: int) -> str:
     """How `stats socket` names group `gid`: by name (`group`), or by number (`gid`) where it has none."""
-    name = _name(grp.getgrgid, gid, "gid")
+    name = group_name(gid)
     return f"group {name}" if not name.startswith("gid ") else name

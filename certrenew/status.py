@@ -19,7 +19,7 @@ class CertificateStatus:
     name: str
     domains: list[str]
     state: str
-    """"ok", "due", "failing", "expired", "missing" (never issued) or "unmanaged" (not in the config)."""
+    """"ok", "due", "failing", "expired", "revoked", "missing" (never issued) or "unmanaged" (not in the config)."""
     serial: str | None
     not_after: datetime.datetime | None
     days_left: float | None
@@ -34,6 +34,8 @@ class CertificateStatus:
         return "ok" if self.serial else "never issued"
 
     def to_json(self) -> dict:
+        from certrenew.bundle import serial_hex  # cryptography: not for status's other readers (metrics, a no-op run)
+
         def when(value):
             return value.replace(microsecond=0).isoformat() if value else None
 
@@ -41,8 +43,8 @@ class CertificateStatus:
             "name": self.name,
             "domains": self.domains,
             "state": self.state,
-            # As openssl prints it: whole bytes, so an even number of hex digits.
-            "serial": self.serial.zfill(len(self.serial) + len(self.serial) % 2) if self.serial else None,
+            # As everywhere (see `serial_hex`), a record written before it used that spelling included.
+            "serial": serial_hex(int(self.serial, 16)) if self.serial else None,
             "not_after": when(self.not_after),
             "days_left": None if self.days_left is None else round(self.days_left, 2),
             "next_renewal": when(self.next_renewal),
@@ -94,6 +96,13 @@ def unhealthy(settings: Settings, rows: list[CertificateStatus]) -> str | None:
     return ", ".join(bad) or None
 
 
+def forget_hint(names: list[str]) -> str:
+    """What stops a certificate failing for ever (a mistyped or abandoned name): it is not dropped by itself."""
+    name = names[0] if len(names) == 1 else "NAME"
+    return (f"a name no longer wanted stops failing once it is out of the config and "
+            f"`certrenew revoke {name} --delete` has removed it")
+
+
 def _spec_of(record: CertificateRecord) -> CertificateSpec:
     return CertificateSpec(record.name, tuple(record.domains), record.key_type)
 
@@ -107,7 +116,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
             now: datetime.datetime, managed: bool = True) -> CertificateStatus:
     not_after = record.not_after if record is not None else None
     issued = record if not_after is not None else None
-    next_renewal = renew_at(issued, settings.renew_before) if issued else None
+    next_renewal = (issued.revoked or renew_at(issued, settings.renew_before)) if issued else None
     if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
         next_renewal = record.next_attempt
     due = issued is None or due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
@@ -122,6 +131,8 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         state = "failing"
     elif not issued:
         state = "missing"
+    elif issued.revoked:
+        state = "revoked"
     elif due:
         state = "due"
     else:

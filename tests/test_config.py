@@ -123,7 +123,7 @@ def test_list_options_are_checked(tmp_path):
     with pytest.raises(UsageError, match="--verify-endpoint: nohost: expected HOST:PORT"):
         build_settings({"verify_endpoint": ["nohost"]}, None, {})
     with pytest.raises(UsageError, match="haproxy_socket: must be a list"):
-        config_file(tmp_path, 'haproxy_socket = "/run/a.sock"\n')
+        config_file(tmp_path, 'haproxy_socket = 3\n')
 
 
 def test_a_dual_certificate_is_an_ecdsa_and_an_rsa_certificate(tmp_path):

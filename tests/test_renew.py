@@ -28,7 +28,7 @@ INFO = CertificateInfo("1f", NOW, NOW + 90 * DAY, ("x.example",), "00")
 @pytest.fixture
 def settings(tmp_path):
     return Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path, directory="https://127.0.0.1:9/none",
-                    lock_timeout=0)
+                    lock_timeout=0, reload_command="true")
 
 
 @pytest.fixture

@@ -33,3 +33,18 @@ def test_unhealthy_names_each_certificate_that_is_not_ok():
     assert unhealthy(settings, [row("a"), row("b", state="unmanaged")]) is None
     assert unhealthy(settings, [row("a", state="failing"), row("b"), row("c", state="due")]) == \
         "a is failing, c is due"
+
+
+
+def test_a_revoked_certificate_is_not_healthy_and_due_since_its_revocation(tmp_path):
+    from certrenew.status import collect
+    from certrenew.store import CertificateRecord, FileStore
+
+    store = FileStore(tmp_path)
+    with store.lock(5):
+        store.save_record(CertificateRecord("a.example", ["a.example"], "ecdsa-p256", "1", NOW,
+                                            NOW + datetime.timedelta(days=90), revoked=NOW))
+    settings = Settings(state_dir=tmp_path)
+    (row,) = collect(settings, None, store, now=NOW + datetime.timedelta(hours=1))
+    assert (row.state, row.next_renewal) == ("revoked", NOW)
+    assert unhealthy(settings, [row]) == "a.example is revoked"

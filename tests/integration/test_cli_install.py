@@ -9,7 +9,7 @@ import time
 
 from cryptography import x509
 
-from certrenew.bundle import leaf_info
+from certrenew.bundle import leaf_info, serial_hex
 from certrenew.runtime_api import RuntimeApi, argument, find_crt_list
 from certrenew.verify import served_fingerprint
 
@@ -26,7 +26,7 @@ def installed_serial(lab, name=NAME) -> str:
 
 
 def served_serial(lab, sni=NAME, port=None) -> str:
-    return format(lab.served_certificate_unverified(sni, port).serial_number, "x")
+    return serial_hex(lab.served_certificate_unverified(sni, port).serial_number)
 
 
 def hot(lab, *sockets, endpoints=()):
@@ -60,7 +60,7 @@ def test_hot_update_replaces_a_loaded_certificate_without_a_reload(lab):
     assert new != old
     assert "served by hot update" in result.stdout and str(lab.admin_socket) in result.stdout
     # Served at once, with its chain: the reload command fails, so only the Runtime API can have done it.
-    assert format(lab.served_certificate(NAME).serial_number, "x") == new
+    assert serial_hex(lab.served_certificate(NAME).serial_number) == new
     assert (lab.state_dir / "certificates" / NAME / "current.pem").read_bytes() == bundle_path(lab).read_bytes()
     # The file stays the source of truth: a later reload serves the same certificate.
     lab.reload_haproxy()
@@ -71,7 +71,7 @@ def test_a_brand_new_certificate_is_added_at_runtime(lab):
     result = run(lab, env=hot(lab))
     serial = installed_serial(lab)
     assert "served by hot update" in result.stdout
-    assert format(lab.served_certificate(NAME).serial_number, "x") == serial
+    assert serial_hex(lab.served_certificate(NAME).serial_number) == serial
     listed = lab_runtime(lab, f"show ssl crt-list -n {lab.ssl_dir}")
     assert f"{lab.ssl_dir}/{NAME}.pem" in listed
     assert served_serial(lab, "other.example") != serial  # SNI picks it only for its own names

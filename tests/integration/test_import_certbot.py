@@ -17,7 +17,7 @@ from cryptography import x509
 from lab import REPO_ROOT, Lab
 
 from certrenew.acme_ari import ari_cert_id
-from certrenew.bundle import leaf_info
+from certrenew.bundle import leaf_info, serial_hex
 from certrenew.config import load_config
 
 CERTBOT = REPO_ROOT / ".bench" / "certbot" / "bin" / "certbot"
@@ -75,7 +75,7 @@ def test_import_then_noop_then_certrenew_renews_with_certbots_account_naming_cer
         (lab.ssl_dir / file).write_bytes((live / "fullchain.pem").read_bytes() + (live / "privkey.pem").read_bytes())
     lab.reload_haproxy()
     for name in LINEAGES:
-        lab.wait_served_serial(name, format(live_cert(certbot_dir, name).serial_number, "x"))
+        lab.wait_served_serial(name, serial_hex(live_cert(certbot_dir, name).serial_number))
     config = tmp_path / "certrenew.toml"
     config.write_text(CONFIG)
     before = tree(certbot_dir)

@@ -134,3 +134,29 @@ def test_status_json_reports_each_certificate_and_health(lab):
 
     table = lab.certrenew("status", "--config", str(config))
     assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:2] == ["NAME", "STATE"]
+
+
+
+def test_log_format_json_covers_every_line_of_every_command(lab):
+    config = write_config(lab)
+    lines = []
+    for args in (("run", "--config", str(config)), ("status", "--config", str(config)),
+                 ("status", "--config", str(config), "--json"), ("check", "--config", str(config)),
+                 ("bootstrap-ssl-dir", "--ssl-dir", str(lab.workdir / "ssl2")), ("bad..name",)):
+        result = lab.certrenew(*args, "--log-format", "json")
+        lines += [(args[0], line) for stream in (result.stdout, result.stderr) for line in stream.splitlines()]
+    documents = []
+    for command, line in lines:
+        try:
+            documents.append((command, json.loads(line)))
+        except ValueError:
+            raise AssertionError(f"{command}: not a JSON line: {line!r}") from None
+    logged = [(command, document) for command, document in documents if "message" in document]  # not status --json
+    assert {command for command, _ in logged} == {"run", "status", "check", "bootstrap-ssl-dir", "bad..name"}
+    named = {(command, document.get("name")) for command, document in logged}
+    for name in ("alpha", "beta.example", "gamma"):
+        assert ("run", name) in named and ("status", name) in named, (name, named)
+    issued = [document for command, document in logged if command == "run" and ": issued: " in document["message"]]
+    assert len(issued) == 3 and all(document["message"].startswith(document["name"]) for document in issued)
+    ordering = [document for _, document in logged if ": issuing" in document["message"]]
+    assert len(ordering) == 3 and all("name" in document for document in ordering), ordering
