@@ -371,7 +371,8 @@ def _status(argv: list[str]) -> int:
     output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
-    rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir))
+    rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir),
+                          read_ssl_dir=True)
     reason = status.unhealthy(settings, rows)
     if args.json:
         document = {"version": status.JSON_VERSION, "healthy": reason is None, "reason": reason,

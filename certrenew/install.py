@@ -7,9 +7,12 @@ command runs, once for the batch, only when no socket is configured or one canno
 it (an HAProxy older than 2.2, or the ssl dir not being a crt directory it loads), and,
 where the configuration is named (--haproxy-config), only after `haproxy -c` accepts it.
 Once per batch: a reload per certificate would make HAProxy re-read every certificate
-each time, and reload signals sent back to back can be lost. Every bundle is proven
-loadable (parsed, its key its certificate's) before any file is written. Then every
-verify endpoint must serve each new certificate for each of its names.
+each time, and reload signals sent back to back can be lost. A reload command's exit 0
+proves little, so a reload is said to serve only when each Runtime API it was for
+answers from a new worker, or the verify endpoints see it (`InstallResult.confirmed`).
+Every bundle is proven loadable (parsed, its key its certificate's) before any file is
+written. Then every verify endpoint must serve each new certificate for each of its
+names; one it does not serve fails alone (`NotServed`).
 
 If any step fails, every change is undone, newest first: the previous bundles go back
 on disk byte for byte, into each HAProxy's memory, and through a reload if one was
@@ -23,19 +26,24 @@ warning naming the link and its target; the rollback copy is what the link led t
 bytes HAProxy had. Where something else is in a bundle's place (a FIFO, which would block
 the read, a device such as /dev/zero, which would never end it, a directory, a file larger
 than any bundle) it is left alone and that certificate refused (`Blocked`): it must be seen
-before anything is written, as the rollback could not put it back.
+before anything is written, as the rollback could not put it back. So is a certificate
+whose names another bundle in the ssl dir claims (`shadowing`), before it is ordered.
 """
 
 import functools
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
-from certrenew.bundle import CertificateInfo, check_bundle
+from certrenew.bundle import CertificateInfo, check_bundle, leaf_certificate, san_names
 from certrenew.errors import CertrenewError, Refused
 from certrenew.limits import MAX_BUNDLE, Unfit, kind_of, read_regular
 from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
@@ -61,6 +69,16 @@ class Blocked(Refused):
     stay pending for the run after the fix; the others are installed."""
 
     backoff = False
+    set_aside = False
+
+
+class NotServed(Refused):
+    """Certificates a verify endpoint does not serve once installed, each with its own reason:
+    HAProxy took them, so what it serves instead (another bundle claiming their names, say) is
+    at fault, not they. They stay pending and the batch is put back; the run installs the
+    others without them, so one shadowed name fails alone."""
+
+    set_aside = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,9 @@ class InstallResult:
     """"hot update", "reload" or "hot update and reload"."""
     detail: str = ""
     """Which HAProxy processes took which path, and why a reload was needed."""
+    confirmed: bool = True
+    """False for a reload nothing could confirm (no Runtime API to ask, no verify endpoint): the
+    bundle is written and the reload command exited 0, but whether HAProxy serves it is unknown."""
 
 
 @dataclass(frozen=True)
@@ -93,12 +114,12 @@ class _Plan:
 class _Changes:
     """What an install changed so far, as undo steps run newest first."""
 
-    undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
 
-    def add(self, what: str, step: Callable[[], None]) -> None:
+    def add(self, what: str, step: Callable[[], object]) -> None:
         self.undo.append((what, step))
 
-    def add_last(self, what: str, step: Callable[[], None]) -> None:
+    def add_last(self, what: str, step: Callable[[], object]) -> None:
         """A step run after every other: a reload must find the previous files already put back."""
         self.undo.insert(0, (what, step))
 
@@ -123,6 +144,8 @@ class Installer:
         self.nodes = [RuntimeApi(address) for address in sockets]
         self.configs = list(configs)
         self.verify_endpoints = list(verify_endpoints)
+        self._lock = threading.Lock()
+        self._claims: Claims | None = None
 
     def install(self, bundles: Mapping[str, bytes]) -> list[InstallResult]:
         """Install every bundle, or none: on failure everything is put back and the error raised.
@@ -152,37 +175,61 @@ class Installer:
             for path, bundle in files.items():
                 changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path]))
                 write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True)
-            method, detail = self._serve(files, previous, plans, changes)
-            grace = HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE
-            for bundle in files.values():
-                verify.wait_served(self.verify_endpoints, bundle, grace)
+            method, detail, confirmed = self._serve(files, previous, plans, changes)
+            self._verify(files, HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE)
         except CertrenewError as error:
             failures = changes.roll_back()
             if failures:
                 raise CertrenewError(f"{error}; rollback incomplete: {'; '.join(failures)}") from None
+            undone = _undone(previous)
             if isinstance(error, Refused):
                 names = {str(path): name for name, path in zip(bundles, files)}
-                raise Refused(f"{error}; {_undone(previous)}", [names[path] for path in error.which]) from None
-            raise CertrenewError(f"{error}; {_undone(previous)}") from None
+                raise type(error)(f"{error}; {undone}", [names[path] for path in error.which],
+                                  {names[path]: f"{reason}; {undone}" for path, reason in error.each.items()}) from None
+            raise CertrenewError(f"{error}; {undone}") from None
         except BaseException:
             changes.roll_back()
             raise
-        return [InstallResult(name, infos[name], path, method, detail) for name, path in zip(bundles, files)]
+        if not confirmed:
+            log.warning("the reload command exited 0, but nothing tells whether HAProxy took the reload: give "
+                        "--haproxy-socket (its worker is asked) or --verify-endpoint (the served certificate is)")
+        return [InstallResult(name, infos[name], path, method, detail, confirmed)
+                for name, path in zip(bundles, files)]
+
+    def _verify(self, files: Mapping[Path, bytes], grace: float) -> None:
+        """Every verify endpoint serves every bundle (`NotServed` names each that is not), within
+        `grace` seconds for them all: one left unserved costs the grace once, not once per bundle."""
+        deadline = time.monotonic() + grace
+        unserved = {}
+        for path, bundle in files.items():
+            try:
+                verify.wait_served(self.verify_endpoints, bundle, max(0.0, deadline - time.monotonic()))
+            except CertrenewError as error:
+                unserved[str(path)] = str(error)
+        if unserved:
+            raise NotServed("; ".join(f"{Path(path).name}: {reason}" for path, reason in unserved.items()),
+                            list(unserved), unserved)
 
     def path_of(self, name: str) -> Path:
         return self.ssl_dir / f"{name}.pem"
 
-    def check_place(self, name: str) -> None:
-        """Refuse (`Blocked`) a certificate whose bundle's place holds what no bundle can be read from,
-        before it is ordered: the CA is not asked for what could not be installed."""
+    def check_place(self, name: str, domains: Sequence[str] = (), key_type: str = "") -> None:
+        """Refuse (`Blocked`) a certificate before it is ordered when its bundle's place holds what no
+        bundle can be read from, or another bundle in the ssl dir claims one of its `domains` (see
+        `shadowing`): the CA is not asked for what could not be installed, or not served."""
         path = self.path_of(name)
         try:
             info = os.stat(path)
         except FileNotFoundError:
-            return
+            info = None
         except OSError as error:
             raise Blocked(str(_unreadable(path, error)), [name]) from None
-        problem = _not_a_bundle(path, info.st_mode, info.st_size)
+        problem = _not_a_bundle(path, info.st_mode, info.st_size) if info else None
+        if not problem and domains:
+            with self._lock:  # the ssl dir is read once per run, by the first certificate's worker
+                if self._claims is None:
+                    self._claims = claims(self.ssl_dir)
+            problem = shadowing(self._claims, path, domains, key_type)
         if problem:
             raise Blocked(problem, [name])
 
@@ -213,9 +260,13 @@ class Installer:
         return plans
 
     def _serve(self, files: Mapping[Path, bytes], previous: Mapping[Path, bytes | None], plans: list[_Plan],
-               changes: _Changes) -> tuple[str, str]:
-        """Hot-update what the nodes can take, then reload once if anything is left (or no node is configured)."""
-        updated, reasons = [], []
+               changes: _Changes) -> tuple[str, str, bool]:
+        """Hot-update what the nodes can take, then reload once if anything is left (or no node is configured).
+
+        Returns the method, its detail, and whether HAProxy is known to serve the files: a reload
+        is confirmed by each node it was for (a new worker) or, after this, by the verify endpoints.
+        """
+        updated, reasons, reloading = [], [], []
         for plan in plans:
             reason = plan.reason
             if plan.path is not None:
@@ -230,11 +281,13 @@ class Installer:
                     raise Refused(f"HAProxy refused {plan.file.name}: {error}", [str(plan.file)]) from None
             if f"{plan.node}: {reason}" not in reasons:
                 reasons.append(f"{plan.node}: {reason}")
+            if plan.node not in reloading:
+                reloading.append(plan.node)
         hot = f"Runtime API of {', '.join(updated)}" if updated else ""
         if updated:
             log.info("hot update via the %s", hot)
         if plans and not reasons:
-            return "hot update", hot
+            return "hot update", hot, True
         if reasons:
             log.warning("falling back to the reload command: %s", "; ".join(reasons))
         try:
@@ -244,10 +297,11 @@ class Installer:
             if named:
                 raise Refused(str(error), named) from None
             raise
-        haproxy.reload(self.reload_command)
+        confirmed = haproxy.reload(self.reload_command, reloading, RELOAD_GRACE)
         changes.add_last("reloading HAProxy with the previous certificates",
                          lambda: haproxy.reload(self.reload_command))
-        return ("hot update and reload" if updated else "reload"), "; ".join(filter(None, [hot, *reasons]))
+        return (("hot update and reload" if updated else "reload"), "; ".join(filter(None, [hot, *reasons])),
+                confirmed or bool(self.verify_endpoints))
 
     @staticmethod
     def _hot_update(plan: _Plan, bundle: bytes, previous: bytes | None, changes: _Changes) -> None:
@@ -273,6 +327,72 @@ class Installer:
                 write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
         except OSError as error:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
+
+
+Claims = dict[str, list[tuple[Path, str]]]
+"""DNS name (lower case) -> the files of the ssl dir whose certificate names it, with its key's kind."""
+NOT_LOADED = (".issuer", ".ocsp", ".sctl", ".key")
+"""What HAProxy passes over in a crt directory, besides dot files: the extra files beside a bundle."""
+
+
+def claims(ssl_dir: Path) -> Claims:
+    """Which names the certificates HAProxy loads from `ssl_dir` claim, read as bounded as a bundle.
+
+    What is not a bundle (a key, a FIFO, a file that is no certificate) claims nothing.
+    """
+    found: Claims = {}
+    try:
+        entries = sorted(os.scandir(ssl_dir), key=lambda entry: entry.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name.endswith(NOT_LOADED):
+            continue
+        path = ssl_dir / entry.name
+        try:
+            leaf = leaf_certificate(read_bundle_file(path) or b"")
+        except (OSError, ValueError, IndexError, CertrenewError):
+            continue
+        kind = key_kind(leaf.public_key())
+        for name in san_names(leaf):
+            found.setdefault(name.lower(), []).append((path, kind))
+    return found
+
+
+def key_kind(key_or_type: object) -> str:
+    """"RSA" or "ECDSA" for a public key or a key type (`rsa2048`): HAProxy serves one of each for a name."""
+    if isinstance(key_or_type, str):
+        return "RSA" if key_or_type.startswith("rsa") else "ECDSA"
+    if isinstance(key_or_type, rsa.RSAPublicKey):
+        return "RSA"
+    return "ECDSA" if isinstance(key_or_type, ec.EllipticCurvePublicKey) else type(key_or_type).__name__
+
+
+def shadowing(found: Claims, own: Path, domains: Sequence[str], key_type: str) -> str | None:
+    """Why the certificate to be written to `own` would not be what HAProxy serves, in one line naming
+    the files and the fix; None if nothing else claims its names.
+
+    HAProxy loads every bundle of its crt directory; for a name two of them claim with
+    the same kind of key, it goes on serving the one it had first (an older
+    `example.com.pem` left when the certificate was renamed `main`), which nothing then
+    renews. A verify endpoint would show it only after the order, and roll back.
+    """
+    kind = key_kind(key_type)
+    others: dict[Path, list[str]] = {}
+    for domain in domains:
+        for path, their_kind in found.get(domain.lower(), []):
+            if path != own and their_kind == kind:
+                others.setdefault(path, []).append(domain)
+    return "; ".join(
+        f"{path} claims {', '.join(names)} too, with an {kind} key: HAProxy loads every bundle of the ssl dir "
+        f"and may go on serving that one instead of {own.name}, and nothing renews it; move it out of the ssl "
+        f"dir{_or_rename(own, path)}" for path, names in others.items()) or None
+
+
+def _or_rename(own: Path, other: Path) -> str:
+    """The other fix, where there is one: a dual certificate's half (`main.ecdsa-p256`) cannot take
+    the name of the single certificate it was (`main`)."""
+    return "" if own.stem.startswith(f"{other.stem}.") else f" (or name this certificate {other.stem!r} in the config)"
 
 
 def _served(path: Path) -> bytes | None:

@@ -83,7 +83,7 @@ class Issuer:
 
     def issue(self, spec: CertificateSpec) -> Issued:
         """Order a new certificate for `spec` and keep it as pending."""
-        self.installer.check_place(spec.name)
+        self.installer.check_place(spec.name, spec.domains, spec.key_type)
         self._check_budget(spec)
         client, solver = self._client(), self._solver(spec)
         if self.settings.caa_check:
@@ -113,7 +113,7 @@ class Issuer:
         `_set_aside`), and what came from another CA or no longer fits is dropped; either
         way the certificate is ordered anew.
         """
-        self.installer.check_place(spec.name)
+        self.installer.check_place(spec.name, spec.domains, spec.key_type)
         bundle = self.store.load_bundle(spec.name, "pending")
         if bundle is None:
             return self._finish_order(spec)

@@ -29,6 +29,7 @@ from certrenew.challenge import HTTP_01, TLS_ALPN_01
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.hostport import split_host_port
+from certrenew.install import claims, shadowing
 from certrenew.listen import check_socket_dir, create_hint, parse_listen, takeover_risk
 from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
 from certrenew.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
@@ -240,7 +241,7 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     checks = [Check(OK, "config", f"{config}: {len(specs)} certificate(s)") if config else
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
               _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir), _listen_check(settings.listen),
-              *haproxy_checks(settings)]
+              *_shadow_checks(settings.ssl_dir, specs), *haproxy_checks(settings)]
     if settings.haproxy_config:
         checks.append(_config_check(settings.haproxy_config))
     profiles = {spec.profile for spec in specs} | {settings.profile}
@@ -315,6 +316,16 @@ def _ssl_dir_check(ssl_dir: Path) -> Check:
         return Check(FAIL, what, "no certificate in it, so HAProxy refuses to start: run `certrenew "
                                  f"bootstrap-ssl-dir --ssl-dir {ssl_dir}`")
     return Check(OK, what, "writable, HAProxy has a certificate to start with")
+
+
+def _shadow_checks(ssl_dir: Path, specs: Sequence[CertificateSpec]) -> list[Check]:
+    """A FAIL for each certificate another bundle in the ssl dir shadows: a run refuses to order it."""
+    directory = Path(os.path.abspath(ssl_dir))
+    found = claims(directory)
+    problems = [(spec.name, shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type))
+                for spec in specs]
+    failed = [Check(FAIL, f"certificate {name}", problem) for name, problem in problems if problem]
+    return failed or ([Check(OK, "ssl dir bundles", "no other bundle claims a certificate's names")] if specs else [])
 
 
 def _config_check(configs: Sequence[Path]) -> Check:

@@ -286,19 +286,19 @@ def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "li
 
 def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str, refused: Refused) -> Outcome:
     """A bundle HAProxy refused is set aside, so that the next runs order anew rather than retry it for
-    ever; one whose place in the ssl dir is blocked stays pending for the run after the operator's fix."""
-    from certrenew.install import Blocked  # imported already: the batch came through it
-
+    ever; one not at fault (its place in the ssl dir blocked, another bundle served instead) stays
+    pending for the run after the operator's fix. Each says its own reason, not the batch's."""
+    reason = refused.reason(spec.name)
     error: CertrenewError
-    if isinstance(refused, Blocked):
-        error = Blocked(f"{refused}; the new certificate stays pending for the run after", refused.which)
+    if not refused.set_aside:
+        error = type(refused)(f"{reason}; the new certificate stays pending for the run after", refused.which)
     else:
         try:
             where = store.set_aside(spec.name, "pending")
         except Exception as unmovable:  # this certificate's failure too: it stays pending, the others go on
-            error = CertrenewError(f"{refused}; and it could not be set aside: {_expected(unmovable)}")
+            error = CertrenewError(f"{reason}; and it could not be set aside: {_expected(unmovable)}")
         else:
-            error = CertrenewError(f"{refused}; the refused certificate is set aside as {where}")
+            error = CertrenewError(f"{reason}; the refused certificate is set aside as {where}")
     return _failed(store, now, spec, directory, error)
 
 
@@ -313,8 +313,9 @@ def _expected(error: Exception) -> CertrenewError:
 def _installed(store: Store, now: datetime.datetime, directory: str, item: "Installed") -> Outcome:
     """What HAProxy serves now; a failure if it could not be recorded as current (no deploy hook until it is)."""
     info, result, spec = item.info, item.result, item.issued.spec
+    how = f"served by {result.method}" if result.confirmed else f"{result.method} not confirmed"
     detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
-              f"written to {result.path}, served by {result.method}" + (f" ({result.detail})" if result.detail else ""))
+              f"written to {result.path}, {how}" + (f" ({result.detail})" if result.detail else ""))
     if item.unrecorded is not None:
         error = CertrenewError(f"{_expected(item.unrecorded)}; HAProxy serves it ({detail}), but it is not "
                                "recorded as current: the next run records it")

@@ -1,7 +1,9 @@
 """`certrenew status`: what each certificate looks like right now, from stored state alone."""
 
 import datetime
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
@@ -19,16 +21,21 @@ class CertificateStatus:
     name: str
     domains: list[str]
     state: str
-    """"ok", "due", "failing", "expired", "revoked", "missing" (never issued) or "unmanaged" (not in the config)."""
+    """"ok", "due", "failing", "expired", "revoked", "missing" (never issued), "shadowed" (another bundle in
+    the ssl dir claims its names) or "unmanaged" (not in the config)."""
     serial: str | None
     not_after: datetime.datetime | None
     days_left: float | None
     next_renewal: datetime.datetime | None
     last_error: str | None
     failures: int
+    shadowed_by: str | None = None
+    """Why a run refuses to order it: another bundle in the ssl dir claims its names (see `install.shadowing`)."""
 
     @property
     def last_result(self) -> str:
+        if self.shadowed_by:
+            return f"refused: {self.shadowed_by}"
         if self.last_error:
             return f"failed: {self.last_error}"
         return "ok" if self.serial else "never issued"
@@ -54,12 +61,14 @@ class CertificateStatus:
 
 
 def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Store | None = None,
-            now: datetime.datetime | None = None) -> list[CertificateStatus]:
+            now: datetime.datetime | None = None, read_ssl_dir: bool = False) -> list[CertificateStatus]:
     """Every managed certificate (all stored ones when `specs` is None), then the unmanaged ones.
 
     Reads `store` (by default a `FileStore` in `settings.state_dir`) without taking its
     lock: status never writes. A record that cannot be read is a row "failing" with the
-    reason, not the end of the report.
+    reason, not the end of the report. With `read_ssl_dir`, the ssl dir's bundles are read too,
+    and a certificate another one shadows is "shadowed": `certrenew status` asks, the
+    daemon's endpoints, asked every few seconds, do not.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     store = store if store is not None else FileStore(settings.state_dir)
@@ -70,6 +79,8 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
             rows.append(_status(settings, spec, store.load_record(spec.name), now))
         except CertrenewError as error:
             rows.append(_unreadable(spec, error))
+    if read_ssl_dir and specs:
+        rows = _shadowed(settings, specs, rows)
     for name in store.names():
         if name in managed:
             continue
@@ -101,6 +112,17 @@ def forget_hint(names: list[str]) -> str:
     name = names[0] if len(names) == 1 else "NAME"
     return (f"a name no longer wanted stops failing once it is out of the config and "
             f"`certrenew revoke {name} --delete` has removed it")
+def _shadowed(settings: Settings, specs: list[CertificateSpec], rows: list[CertificateStatus]) -> list[CertificateStatus]:
+    """`rows` (one per spec, in order), those another bundle in the ssl dir shadows marked so."""
+    from certrenew.install import claims, shadowing  # cryptography: only when the ssl dir is read
+
+    directory = Path(os.path.abspath(settings.ssl_dir))
+    found = claims(directory)
+    for index, spec in enumerate(specs):
+        problem = shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type)
+        if problem:
+            rows[index] = replace(rows[index], state="shadowed", shadowed_by=problem)
+    return rows
 
 
 def _spec_of(record: CertificateRecord) -> CertificateSpec:

@@ -2,10 +2,14 @@
 
 import resource
 import shutil
+import socket
+import ssl
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
+import trustme
 from container import install_for_anyone
 
 
@@ -28,3 +32,37 @@ def site_for_anyone():
         yield install_for_anyone(top)
     finally:
         shutil.rmtree(top)
+
+
+@pytest.fixture
+def serving():
+    """serving(cert) -> "127.0.0.1:PORT" where a TLS server presents `cert`; handshakes are counted."""
+    servers = []
+
+    def start(cert: trustme.LeafCert) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert.configure_cert(context)
+        listener = socket.create_server(("127.0.0.1", 0))
+        server = {"socket": listener, "handshakes": 0, "sni": []}
+        context.sni_callback = lambda tls, name, context: server["sni"].append(name)
+
+        def serve() -> None:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:
+                    return
+                try:
+                    with context.wrap_socket(connection, server_side=True):
+                        server["handshakes"] += 1
+                except OSError:
+                    connection.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{listener.getsockname()[1]}"
+
+    start.servers = servers
+    yield start
+    for server in servers:
+        server["socket"].close()

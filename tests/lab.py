@@ -428,11 +428,11 @@ class Lab:
             if time.monotonic() >= deadline:
                 raise LabError(f"HAProxy's master CLI did not answer in {START_TIMEOUT:.0f}s")
             time.sleep(POLL_INTERVAL)
-        before = self._master_reloads()
+        before = self.master_reloads()
         process.send_signal(signal.SIGUSR2)
         while time.monotonic() < deadline:
             try:
-                reloads, failed = self._master_reloads()
+                reloads, failed = self.master_reloads()
             except OSError:  # the master re-executes itself to reload; its CLI drops meanwhile
                 time.sleep(POLL_INTERVAL)
                 continue
@@ -674,12 +674,12 @@ class Lab:
 
     def _master_answers(self) -> bool:
         try:
-            self._master_reloads()
+            self.master_reloads()
         except (OSError, LabError):
             return False
         return True
 
-    def _master_reloads(self) -> tuple[int, int]:
+    def master_reloads(self) -> tuple[int, int]:
         """(reloads, failed reloads) from the master's line of `show proc`."""
         for line in self.master_cli("show proc").splitlines():
             fields = line.split()

@@ -92,7 +92,8 @@ def status_of(lab, name):
 
 def test_a_failing_deploy_hook_fails_the_run_but_never_the_certificate(lab):
     hook = executable(lab.workdir / "fail.sh", "#!/bin/sh\necho 'chat server unreachable' >&2\nexit 4\n")
-    result = lab.certrenew("solo.example", "--deploy-hook", hook, "-q")
+    # The verify endpoint confirms the reload: no warning that nothing could.
+    result = lab.certrenew("solo.example", "--deploy-hook", hook, "-q", "--verify-endpoint", lab.https_endpoint)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == f"certrenew: deploy hook for solo.example {hook!r} exited with status 4: " \
                             "chat server unreachable\n"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from faultproxy import DROP, LOSE, Drip, Forge, Reply, Skew, Stall, forged_chain
 from faultproxy import step as step_of
@@ -399,6 +400,28 @@ def test_haproxy_reload_failing(guard_for):
     guard.survived()
     assert guard.bundle_path.read_bytes() == guard.old
     guard.recover(expect="installed")
+
+
+def test_haproxy_reload_exits_0_but_does_not_take(guard_for, lab):
+    guard = guard_for("HAProxy reload exits 0 but does not take")
+    guard.establish()
+    config = lab.haproxy_cfg.read_text()
+    lab.haproxy_cfg.write_text(config + "    no-such-keyword\n")  # an operator's edit HAProxy will refuse
+    failed_before = lab.master_reloads()[1]
+    result = guard.run("--force")  # the lab's reload command: kill -USR2, which exits 0 whatever HAProxy does
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "served by reload" not in result.stdout and "reload not confirmed" in result.stdout
+    assert "nothing tells whether HAProxy took the reload" in result.stderr
+    # The fault happened: the master refused the reload, and its old worker serves the old certificate.
+    deadline = time.monotonic() + 10
+    while lab.master_reloads()[1] <= failed_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lab.master_reloads()[1] > failed_before
+    assert lab.served_certificate(NAME).serial_number == x509.load_pem_x509_certificate(guard.old).serial_number
+    guard.survived()
+    lab.haproxy_cfg.write_text(config)  # the operator's fix, and the reload it needs, serve the new one
+    lab.reload_haproxy()
+    guard.recover(expect="unchanged")
 
 
 # Signals.
