@@ -297,7 +297,7 @@ def _renew(argv: list[str]) -> int:
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
     specs = certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
-                              dns_settings(settings.challenge, vars(settings)))
+                              dns_settings(settings.challenge, vars(settings)), settings.crt_list_options)
     if not settings.force:
         _refuse_dropping_names(FileStore(settings.state_dir), specs)
     return _renew_recorded(settings, specs, output)

@@ -21,6 +21,14 @@ HAProxy refused particular bundles (an error answer to `commit ssl cert` or, for
 one, `add ssl crt-list`; or `haproxy -c` naming their files), the error says which
 (`errors.Refused`), so the run can set them aside and install the others without them.
 
+With a crt-list file (--crt-list) instead of a crt directory, each bundle is served by
+a line of it naming the bundle: a new certificate's line is added to the file (written
+atomically, the operator's lines untouched, put back on rollback) and, over the Runtime
+API, with `add ssl crt-list`; a renewal replaces the certificate and keeps its line.
+A certificate HAProxy loads in a `crt-store` section (`load crt <file> alias <alias>`) is
+replaced under its store name, `@<store>/<alias>`, once that entry is known to load the
+bundle's file: a reload or restart then serves the same certificate.
+
 A bundle in the ssl dir that is a symbolic link is replaced by a regular file, after a
 warning naming the link and its target; the rollback copy is what the link led to, the
 bytes HAProxy had. Where something else is in a bundle's place (a FIFO, which would block
@@ -37,16 +45,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certrenew import haproxy, verify
 from certrenew.atomicfile import fsync_directory, write_atomic
 from certrenew.bundle import CertificateInfo, check_bundle, leaf_certificate, san_names
+from certrenew.crtlist import CrtList, entry_line
 from certrenew.errors import CertrenewError, Refused
 from certrenew.limits import MAX_BUNDLE, Unfit, kind_of, read_regular
-from certrenew.runtime_api import Rejected, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
+from certrenew.runtime_api import Rejected, RuntimeApi, TransactionOpen, Unsupported, find_crt_list
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,16 @@ class InstallResult:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """How HAProxy serves one certificate besides from its bundle's file (see `config.CertificateSpec`)."""
+
+    crt_list_options: str = ""
+    """What follows the bundle's path on a new line of the crt-list."""
+    crt_store: str | None = None
+    """The crt-store entry that loads the bundle's file, `@<store>/<alias>`."""
+
+
+@dataclass(frozen=True)
 class _Plan:
     """How one HAProxy process will take one certificate, decided before anything changes."""
 
@@ -106,7 +125,11 @@ class _Plan:
     path: str | None = None
     """The certificate's path as this HAProxy names it; None when only a reload can do it."""
     crt_list: str | None = None
-    """The crt directory to add a certificate HAProxy does not have yet; None to replace one it has."""
+    """The crt directory or crt-list to serve it from, where it is not served from it yet; else None."""
+    line: str | None = None
+    """The crt-list line to add it with (a crt directory takes the path alone)."""
+    new: bool = False
+    """HAProxy does not have it yet: a new certificate, not a replaced one."""
     reason: str = ""
 
 
@@ -138,8 +161,10 @@ class Installer:
     """Puts bundles into `ssl_dir` as `<name>.pem` and makes each HAProxy serve them."""
 
     def __init__(self, ssl_dir: Path, reload_command: str, sockets: Sequence[str] = (),
-                 configs: Sequence[Path] = (), verify_endpoints: Sequence[str] = ()) -> None:
+                 configs: Sequence[Path] = (), verify_endpoints: Sequence[str] = (),
+                 crt_list: Path | None = None) -> None:
         self.ssl_dir = Path(os.path.abspath(ssl_dir))  # HAProxy names files by absolute path
+        self.crt_list = Path(os.path.abspath(crt_list)) if crt_list else None
         self.reload_command = reload_command
         self.nodes = [RuntimeApi(address) for address in sockets]
         self.configs = list(configs)
@@ -147,10 +172,11 @@ class Installer:
         self._lock = threading.Lock()
         self._claims: Claims | None = None
 
-    def install(self, bundles: Mapping[str, bytes]) -> list[InstallResult]:
+    def install(self, bundles: Mapping[str, bytes], serving: Mapping[str, Serving] | None = None) -> list[InstallResult]:
         """Install every bundle, or none: on failure everything is put back and the error raised.
 
         Each bundle is proven loadable (its key is its certificate's) before anything is written.
+        `serving` says, by name, how HAProxy serves a certificate besides from its file.
         """
         unloadable, infos = {}, {}
         for name, bundle in bundles.items():
@@ -169,12 +195,18 @@ class Installer:
                 blocked[name] = str(error)
         if blocked:  # nothing changed yet
             raise Blocked("; ".join(blocked.values()), list(blocked))
-        plans = [plan for node in self.nodes for plan in self._plan(node, previous)]  # asks; changes nothing
+        serving = serving or {}
+        crt_list, lines = self._crt_list_lines(bundles, serving)
+        stores = {path: (name, store) for name, path in zip(bundles, files)
+                  if (store := serving.get(name, Serving()).crt_store) is not None}
+        plans = [plan for node in self.nodes for plan in self._plan(node, previous, lines, stores)]  # changes nothing
         changes = _Changes()
         try:
             for path, bundle in files.items():
                 changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path]))
                 write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True)
+            if crt_list is not None:
+                self._add_lines(crt_list, lines, changes)
             method, detail, confirmed = self._serve(files, previous, plans, changes)
             self._verify(files, HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE)
         except CertrenewError as error:
@@ -233,30 +265,61 @@ class Installer:
         if problem:
             raise Blocked(problem, [name])
 
-    def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None]) -> list[_Plan]:
+    def _crt_list_lines(self, bundles: Mapping[str, bytes],
+                        serving: Mapping[str, Serving]) -> tuple[CrtList | None, dict[Path, str]]:
+        """The crt-list as it is, and the line serving each bundle: the one it has, else a new one."""
+        if self.crt_list is None:
+            return None, {}
+        crt_list, lines = CrtList.read(self.crt_list), {}
+        for name in bundles:
+            file = self.path_of(name)
+            lines[file] = crt_list.entry(file) or entry_line(file, serving.get(name, Serving()).crt_list_options)
+        return crt_list, lines
+
+    @staticmethod
+    def _add_lines(crt_list: CrtList, lines: Mapping[Path, str], changes: _Changes) -> None:
+        """Add the lines the crt-list lacks, in one atomic write; the rollback writes back what it was."""
+        updated = crt_list
+        for file, line in lines.items():
+            if crt_list.entry(file) is None:
+                updated = updated.with_entry(line)
+        if updated != crt_list:
+            changes.add(f"restoring {crt_list.path}", crt_list.write)
+            updated.write()
+
+    def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None], lines: Mapping[Path, str],
+              stores: Mapping[Path, tuple[str, str]]) -> list[_Plan]:
         """Find out whether `node` can take each certificate at runtime, and under which path."""
+        served_from = self.crt_list or self.ssl_dir
         try:
-            crt_list = find_crt_list(node.crt_lists(), str(self.ssl_dir))
+            crt_list = find_crt_list(node.crt_lists(), str(served_from))
             table = node.certificates()
         except Unsupported as error:
             return [_Plan(node, file, reason=str(error)) for file in previous]
         if table.transaction is not None:
-            raise RuntimeApiError(
-                f"{node}: a certificate transaction for {table.transaction} is open (another tool's, or an "
-                f"interrupted run's); end it with 'abort ssl cert {table.transaction}' and run again"
-            )
+            raise TransactionOpen(node, table.transaction)
+        # A crt-list's entries, as its file's lines will be: one HAProxy has from elsewhere gets its entry too.
+        entries = node.crt_list_entries(crt_list) if crt_list is not None and self.crt_list else None
         plans = []
         for file, content in previous.items():
+            if file in stores:
+                plans.append(_store_plan(node, file, *stores[file], table.path_of(stores[file][1]), content))
+                continue
             known = table.path_of(str(file))
             if known is not None and content is None:
                 plans.append(_Plan(node, file, reason=f"it has {known} in memory but the file is gone, so a "
                                                       "rollback could not restore it"))
+            elif known is not None and entries is not None and known not in entries:
+                plans.append(_Plan(node, file, known, crt_list, lines[file]))
             elif known is not None:
                 plans.append(_Plan(node, file, known))
+            elif crt_list is not None and self.crt_list is not None:
+                plans.append(_Plan(node, file, str(file), crt_list, lines[file], new=True))
             elif crt_list is not None:
-                plans.append(_Plan(node, file, f"{crt_list}/{file.name}", crt_list))
+                plans.append(_Plan(node, file, f"{crt_list}/{file.name}", crt_list, new=True))
             else:
-                plans.append(_Plan(node, file, reason=f"it loads no crt directory {self.ssl_dir}"))
+                kind = "crt-list" if self.crt_list else "crt directory"
+                plans.append(_Plan(node, file, reason=f"it loads no {kind} {served_from}"))
         return plans
 
     def _serve(self, files: Mapping[Path, bytes], previous: Mapping[Path, bytes | None], plans: list[_Plan],
@@ -307,13 +370,17 @@ class Installer:
     def _hot_update(plan: _Plan, bundle: bytes, previous: bytes | None, changes: _Changes) -> None:
         node, where, crt_list = plan.node, plan.path, plan.crt_list
         assert where is not None  # only a plan with a path is hot-updated
-        if crt_list is None:
-            assert previous is not None  # HAProxy has the certificate, so the ssl dir had it (see _plan)
-            node.replace_certificate(where, bundle)
-            changes.add(f"{node}: putting back {where}", lambda: node.replace_certificate(where, previous))
-        else:
-            node.add_certificate(crt_list, where, bundle)
+        if plan.new:
+            assert crt_list is not None  # see _plan
+            node.add_certificate(crt_list, where, bundle, plan.line)
             changes.add(f"{node}: removing {where}", lambda: node.remove_certificate(crt_list, where))
+            return
+        assert previous is not None  # HAProxy has the certificate, so the ssl dir had it (see _plan)
+        node.replace_certificate(where, bundle)
+        changes.add(f"{node}: putting back {where}", lambda: node.replace_certificate(where, previous))
+        if crt_list is not None:
+            node.list_certificate(crt_list, where, plan.line)
+            changes.add(f"{node}: taking {where} out of {crt_list}", lambda: node.unlist_certificate(crt_list, where))
 
     @staticmethod
     def _restore(path: Path, previous: bytes | None) -> None:
@@ -327,6 +394,27 @@ class Installer:
                 write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
         except OSError as error:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
+
+
+def _store_plan(node: RuntimeApi, file: Path, name: str, store: str, known: str | None,
+                content: bytes | None) -> _Plan:
+    """Replace the crt-store entry `store` if it loads `file` (a reload or restart then serves what
+    memory does); refuse the certificate (`Blocked`) if it loads another file."""
+    if known is None:
+        return _Plan(node, file, reason=f"it has no crt-store entry {store}")
+    if content is None:
+        return _Plan(node, file, reason=f"it has {store} in memory but {file} is gone, so a rollback could not "
+                                        "restore it")
+    loaded = node.loaded_file(known)
+    if loaded is not None and not _may_be(PurePosixPath(loaded), file):
+        raise Blocked(f"{name}: {node}: {store} loads {loaded}, not {file}, so a reload would serve that file, not "
+                      f"the renewed certificate: point its `load crt` at {file}", [name])
+    return _Plan(node, file, known)
+
+
+def _may_be(loaded: PurePosixPath, file: Path) -> bool:
+    """Whether HAProxy's `loaded` may name `file`: the same path, or its tail under a `crt-base` we cannot see."""
+    return bool(loaded.parts) and PurePosixPath(file).parts[-len(loaded.parts):] == loaded.parts
 
 
 Claims = dict[str, list[tuple[Path, str]]]

@@ -20,7 +20,7 @@ from certrenew.bundle import CertificateInfo, check_bundle, check_clock, check_i
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, OverBudget
-from certrenew.install import Installer, InstallResult
+from certrenew.install import Installer, InstallResult, Serving
 from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
 from certrenew.policy import BUDGET_PERIOD, ORDER_BUDGET, Decision, budget_ends, decide, minutes, recent_issues, utc_now
 from certrenew.store import Account, CertificateRecord, PendingOrder, Store
@@ -74,7 +74,7 @@ class Issuer:
         self.store = store
         self.solvers = solvers
         self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
-                                   settings.haproxy_config, settings.verify_endpoint)
+                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list)
         self.deadline = Deadline(settings.timeout)
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -236,7 +236,9 @@ class Issuer:
         untrue (see `Installed.unrecorded`). Touches only HAProxy and local state: the
         renewal windows came with the downloads.
         """
-        results = self.installer.install({item.spec.name: item.bundle for item in issued})
+        results = self.installer.install({item.spec.name: item.bundle for item in issued},
+                                         {item.spec.name: Serving(item.spec.crt_list_options, item.spec.crt_store)
+                                          for item in issued})
         installed = []
         for item, result in zip(issued, results):
             info = result.info

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from certrenew import haproxy, hints, owned
 from certrenew.challenge import HTTP_01, TLS_ALPN_01
 from certrenew.config import CertificateSpec, Settings
+from certrenew.crtlist import CrtList
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.hostport import split_host_port
 from certrenew.install import claims, shadowing
@@ -182,7 +183,8 @@ PROBES: dict[str, Callable[[Any, Settings, str], Check]] = {HTTP_01: probe, TLS_
 
 def socket_checks(settings: Settings) -> list[Check]:
     """Every Runtime API socket: an install fails on one it cannot use."""
-    return [socket_check(address, settings.ssl_dir) for address in settings.haproxy_socket]
+    served_from, kind = (settings.crt_list, "crt-list") if settings.crt_list else (settings.ssl_dir, "crt directory")
+    return [socket_check(address, served_from, kind) for address in settings.haproxy_socket]
 
 
 def haproxy_checks(settings: Settings) -> list[Check]:
@@ -192,8 +194,9 @@ def haproxy_checks(settings: Settings) -> list[Check]:
     return [*checks, reload_check(settings.reload_command, needed)]
 
 
-def socket_check(address: str, ssl_dir: Path) -> Check:
-    """Reachable, at admin level, and loading `ssl_dir` as a crt directory (so new names need no reload)."""
+def socket_check(address: str, ssl_dir: Path, kind: str = "crt directory") -> Check:
+    """Reachable, at admin level, and loading `ssl_dir` as a crt directory (or the crt-list file: `kind`),
+    so new names need no reload."""
     what = f"HAProxy socket {address}"
     node = RuntimeApi(address, timeout=PROBE_TIMEOUT)
     try:
@@ -210,8 +213,8 @@ def socket_check(address: str, ssl_dir: Path) -> Check:
                                  "and that this user may open it")
     directory = os.path.abspath(ssl_dir)
     if find_crt_list(crt_lists, directory) is None:
-        return Check(WARN, what, f"loads no crt directory {directory}: a new certificate needs the reload command")
-    return Check(OK, what, f"admin level, loads the crt directory {directory}")
+        return Check(WARN, what, f"loads no {kind} {directory}: a new certificate needs the reload command")
+    return Check(OK, what, f"admin level, loads the {kind} {directory}")
 
 
 def _unprefixed(error: RuntimeApiError, address: str) -> str:
@@ -242,6 +245,8 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
               _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir), _listen_check(settings.listen),
               *_shadow_checks(settings.ssl_dir, specs), *haproxy_checks(settings)]
+    if settings.crt_list:
+        checks.append(_crt_list_check(settings.crt_list))
     if settings.haproxy_config:
         checks.append(_config_check(settings.haproxy_config))
     profiles = {spec.profile for spec in specs} | {settings.profile}
@@ -326,6 +331,22 @@ def _shadow_checks(ssl_dir: Path, specs: Sequence[CertificateSpec]) -> list[Chec
                 for spec in specs]
     failed = [Check(FAIL, f"certificate {name}", problem) for name, problem in problems if problem]
     return failed or ([Check(OK, "ssl dir bundles", "no other bundle claims a certificate's names")] if specs else [])
+
+
+def _crt_list_check(path: Path) -> Check:
+    """Every line of the crt-list names a file that exists: HAProxy refuses to start (or reload) otherwise.
+    A relative name is HAProxy's crt-base's, which only HAProxy's configuration knows: not checked."""
+    what = f"crt-list {path}"
+    try:
+        files = CrtList.read(path).files()
+    except CertrenewError as error:
+        return Check(FAIL, what, str(error))
+    missing = [f"line {number}: {file} does not exist" for number, file in files
+               if file.startswith("/") and not Path(file).exists()]
+    if missing:
+        return Check(FAIL, what, f"{'; '.join(missing)}: HAProxy will not start or reload with it (restore the "
+                                 "file, or remove the line)")
+    return Check(OK, what, f"{len(files)} line(s), every file exists")
 
 
 def _config_check(configs: Sequence[Path]) -> Check:

@@ -1,9 +1,11 @@
 """Fixtures shared by unit and integration tests."""
 
+import os
 import resource
 import shutil
 import socket
 import ssl
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -11,6 +13,15 @@ from pathlib import Path
 import pytest
 import trustme
 from container import install_for_anyone
+
+
+def pytest_report_header() -> str:
+    """Which HAProxy this run tests (scripts/test runs the suite once per HAProxy line, first on PATH)."""
+    path = shutil.which("haproxy")
+    if path is None:
+        return "haproxy: none on PATH"
+    said = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+    return f"haproxy: {' '.join(said[0].split()[:3]) if said else 'no version'} ({os.path.realpath(path)})"
 
 
 @pytest.fixture

@@ -39,8 +39,8 @@ class FakeHAProxy:
         return [" ".join(request.decode().split("\n")[0].split()[:3]) for request in self.requests]
 
     def close(self):
-        """Stop serving before the socket is closed: a thread left in `accept` could take the next
-        fake's socket when it gets the same file descriptor, and answer with these answers."""
-        self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept
-        self.thread.join()
+        """Stop answering, the thread first: closed while it waits in accept, the socket's descriptor could be
+        reused by the next test's fake and that test's commands answered from these answers."""
+        self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept, which a close alone does not
+        self.thread.join(5)
         self.server.close()

@@ -122,11 +122,12 @@ def production_replacements(ssl_dir: Path, admin_socket: Path) -> list[tuple[str
 
 
 def check_haproxy_config(path: Path) -> None:
-    """Run `haproxy -c` on `path`; raise with HAProxy's own words when it is rejected."""
+    """Run `haproxy -c` on `path`; raise with HAProxy's own words when it is rejected, or warns that a
+    keyword is deprecated (the shipped config must run on the next HAProxy line too)."""
     result = subprocess.run(
         ["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=START_TIMEOUT
     )
-    if result.returncode != 0:
+    if result.returncode != 0 or "deprecated" in result.stdout + result.stderr:
         raise LabError(f"haproxy -c rejected {path}:\n{result.stdout}{result.stderr}")
 
 

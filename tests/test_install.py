@@ -14,7 +14,7 @@ from fake_haproxy import FakeHAProxy
 from certrenew import haproxy, install, limits, signals
 from certrenew.bundle import build_bundle, pem_blocks
 from certrenew.errors import CertrenewError, Refused
-from certrenew.install import Blocked, Installer
+from certrenew.install import Blocked, Installer, Serving
 from certrenew.runtime_api import RuntimeApiError
 
 NAME = "site.example"
@@ -241,6 +241,20 @@ def test_an_open_transaction_stops_the_install_before_anything_changes(tmp_path,
     assert fake.commands() == ["show ssl crt-list", "show ssl cert"]
 
 
+def test_a_transaction_opened_by_another_tool_during_the_install_is_not_blamed_on_the_bundle(tmp_path, ssl_dir):
+    """HAProxy 3.4 refuses `set ssl cert` while another file's transaction is open (one opened after the
+    install looked): the certificate is not refused, and the error names the transaction to end."""
+    path, other = ssl_dir / f"{NAME}.pem", ssl_dir / "other.pem"
+    old = bundle_of(trustme.CA())
+    path.write_bytes(old)
+    fake = haproxy_knowing(tmp_path, path, set_ssl_cert=f"The ongoing transaction is about '{other}' but you are "
+                                                        f"trying to set '{path}'\nCan't update {path}!\n")
+    with pytest.raises(CertrenewError, match=f"transaction for {other} is open .*'abort ssl cert {other}'") as raised:
+        install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
+    assert not isinstance(raised.value, Refused)
+    assert path.read_bytes() == old and "commit ssl cert" not in fake.commands()
+
+
 def test_a_refused_commit_leaves_the_old_file_and_aborts(tmp_path, ssl_dir):
     path = ssl_dir / f"{NAME}.pem"
     old = bundle_of(trustme.CA())
@@ -397,3 +411,90 @@ def test_a_reload_after_which_the_runtime_api_no_longer_answers_fails(tmp_path):
     with pytest.raises(CertrenewError, match=r"but HAProxy .*admin.sock does not answer 0.5 s later: the reload did not take"):
         haproxy.reload(f"sh -c 'rm {tmp_path / 'admin.sock'}'", [node], 0.5)
     fake.close()
+
+
+
+
+def crt_list_haproxy(tmp_path: Path, crt_list: Path, add_answer: str) -> FakeHAProxy:
+    """A fake HAProxy serving `crt_list` (a crt-list file) and no certificate of ours yet."""
+    return FakeHAProxy(tmp_path / "admin.sock", {
+        "show ssl crt-list": f"{crt_list}\n\n",
+        "show ssl cert": "# filename\n/etc/haproxy/main.pem\n\n",
+        "new ssl cert": "New empty certificate store!\n",
+        "set ssl cert": f"Transaction created for certificate {tmp_path / 'ssl' / NAME}.pem!\n",
+        "commit ssl cert": "Success!\n",
+        "add ssl crt-list": add_answer,
+        "del ssl crt-list": "Entry deleted in crtlist!\n",
+        "del ssl cert": "deleted!\n",
+    })
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["added", "refused and rolled back"])
+def test_a_new_certificate_gets_its_crt_list_line_in_the_file_and_in_memory_or_neither(tmp_path, ssl_dir, refused):
+    crt_list = tmp_path / "certs.lst"
+    operator = "# mine\n/etc/haproxy/main.pem [alpn h2] example.com\n"
+    crt_list.write_text(operator)
+    add_answer = "Inserting certificate.\nunable to load the chain\nFailed!\n" if refused else "Inserting.\nSuccess!\n"
+    fake = crt_list_haproxy(tmp_path, crt_list, add_answer)
+    line = f"{ssl_dir / NAME}.pem [alpn h2] {NAME}"
+    try:
+        installer = Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")], crt_list=crt_list)
+        if refused:
+            with pytest.raises(Refused, match="unable to load the chain"):
+                installer.install({NAME: bundle_of(trustme.CA())}, {NAME: Serving(f"[alpn h2] {NAME}")})
+        else:
+            [result] = installer.install({NAME: bundle_of(trustme.CA())}, {NAME: Serving(f"[alpn h2] {NAME}")})
+            assert result.method == "hot update"
+    finally:
+        fake.close()
+    add = next(request for request in fake.requests if request.startswith(b"add ssl crt-list"))
+    assert add == f"add ssl crt-list {crt_list} <<\n{line}\n\n".encode()
+    assert crt_list.read_text() == (operator if refused else operator + line + "\n")
+    assert ("del ssl crt-list" in fake.commands()) == refused
+
+
+def test_an_haproxy_not_loading_the_crt_list_gets_the_reload_with_the_line_in_the_file(tmp_path, ssl_dir):
+    crt_list = tmp_path / "certs.lst"
+    crt_list.write_text("")
+    fake = crt_list_haproxy(tmp_path, tmp_path / "other.lst", "")
+    fake.answers.update(worker(tmp_path))
+    marker = reload_marker(tmp_path)[1]
+    try:
+        [result] = Installer(ssl_dir, reload_marker(tmp_path)[0], [str(tmp_path / "admin.sock")],
+                             crt_list=crt_list).install({NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert result.method == "reload" and f"it loads no crt-list {crt_list}" in result.detail and marker.exists()
+    assert crt_list.read_text() == f"{ssl_dir / NAME}.pem\n"
+
+
+def test_a_certificate_haproxy_has_but_not_in_the_crt_list_is_replaced_and_listed(tmp_path, ssl_dir):
+    """Its line goes into the file, so its entry goes into the running crt-list: they never disagree."""
+    path, crt_list = ssl_dir / f"{NAME}.pem", tmp_path / "certs.lst"
+    path.write_bytes(bundle_of(trustme.CA()))
+    crt_list.write_text("")
+    fake = haproxy_knowing(tmp_path, path)
+    fake.answers.update({"show ssl crt-list": f"{crt_list}\n/etc/haproxy/main.pem\n\n",  # a crt-list, an entry
+                         "add ssl crt-list": "Inserting.\nSuccess!\n"})
+    try:
+        [result] = Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")], crt_list=crt_list).install(
+            {NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert result.method == "hot update"
+    assert fake.commands()[-3:] == ["set ssl cert", "commit ssl cert", "add ssl crt-list"]
+    assert fake.requests[-1] == f"add ssl crt-list {crt_list} <<\n{path}\n\n".encode()
+    assert crt_list.read_text() == f"{path}\n"
+
+
+def test_a_crt_store_entry_whose_file_is_gone_is_left_to_the_reload(tmp_path, ssl_dir):
+    fake = FakeHAProxy(tmp_path / "admin.sock", {"show ssl crt-list": "\n", "show ssl cert": "# filename\n@web/site\n\n",
+                                                 **worker(tmp_path)})
+    marker = reload_marker(tmp_path)[1]
+    try:
+        [result] = Installer(ssl_dir, reload_marker(tmp_path)[0], [str(tmp_path / "admin.sock")]).install(
+            {NAME: bundle_of(trustme.CA())}, {NAME: Serving(crt_store="@web/site")})
+    finally:
+        fake.close()
+    assert result.method == "reload" and "it has @web/site in memory but" in result.detail and marker.exists()
+    assert "set ssl cert" not in fake.commands()
