@@ -90,9 +90,10 @@ def recent_issues(record: CertificateRecord | None, settings: str, now: datetime
 
 def budget_ends(record: CertificateRecord | None, settings: str, now: datetime.datetime) -> datetime.datetime | None:
     """When the certificate may be ordered again, if it has had ORDER_BUDGET certificates with these
-    `settings` within BUDGET_PERIOD; None while it may be ordered now."""
+    `settings` within BUDGET_PERIOD; None while it may be ordered now. An issue recorded in the future (a
+    clock set back since, a record edited) counts as now: a day's wait, not one until then (or an overflow)."""
     issues = recent_issues(record, settings, now)
-    return issues[-ORDER_BUDGET] + BUDGET_PERIOD if len(issues) >= ORDER_BUDGET else None
+    return min(issues[-ORDER_BUDGET], now) + BUDGET_PERIOD if len(issues) >= ORDER_BUDGET else None
 
 
 def minutes(when: datetime.datetime) -> str:
