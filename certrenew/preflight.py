@@ -270,8 +270,8 @@ def _ssl_dir_check(ssl_dir: Path) -> Check:
 def _shadow_checks(ssl_dir: Path, specs: Sequence[CertificateSpec]) -> list[Check]:
     """A FAIL for each certificate another bundle in the ssl dir shadows: a run refuses to order it."""
     directory = Path(os.path.abspath(ssl_dir))
-    found = claims(directory)
-    problems = [(spec.name, shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type))
+    found, managed = claims(directory), {directory / f"{spec.name}.pem" for spec in specs}
+    problems = [(spec.name, shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type, managed))
                 for spec in specs]
     failed = [Check(FAIL, f"certificate {name}", problem) for name, problem in problems if problem]
     return failed or ([Check(OK, "ssl dir bundles", "no other bundle claims a certificate's names")] if specs else [])

@@ -148,7 +148,8 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         from certrenew import preflight
 
         preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
-        do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder)
+        do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder,
+                                    [spec.name for spec in specs])
         if any(step != "check" for _, step in work):
             hook_failures = _with_hooks(settings, work, outcomes, do_work)
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
@@ -202,8 +203,9 @@ def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
 
 
 def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
-          telemetry, progress: Progress, responder: "Responder | None") -> list[str]:
-    """Order what is due, install it all at once, then run the deploy hook for each certificate HAProxy serves."""
+          telemetry, progress: Progress, responder: "Responder | None", managed: list[str]) -> list[str]:
+    """Order what is due, install it all at once, then run the deploy hook for each certificate HAProxy serves.
+    `managed`: every certificate of the run, due or not (their bundles shadow none of these)."""
     from certrenew import preflight
     from certrenew.issue import Issuer  # the ACME stack, only when there is work
     from certrenew.responder import Responder
@@ -217,7 +219,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
         for dns in {spec.dns for spec, _ in work if spec.dns}:
             solvers[dns] = solvers_open.enter_context(dns.solver())
         issuer = Issuer(settings, store, solvers, telemetry,
-                        before_order=functools.partial(preflight.check_path, responder, settings))
+                        before_order=functools.partial(preflight.check_path, responder, settings), managed=managed)
         solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))
