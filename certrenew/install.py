@@ -259,7 +259,7 @@ class Installer:
         except OSError as error:
             raise Blocked(str(_unreadable(path, error)), [name]) from None
         problem = _not_a_bundle(path, info.st_mode, info.st_size) if info else None
-        if not problem and domains:
+        if not problem and domains and self.crt_list is None:  # see `shadowing`
             with self._lock:  # the ssl dir is read once per run, by the first certificate's worker
                 if self._claims is None:
                     self._claims = claims(self.ssl_dir)
@@ -469,6 +469,8 @@ def shadowing(found: Claims, own: Path, domains: Sequence[str], key_type: str,
     the same kind of key, it goes on serving the one it had first (an older
     `example.com.pem` left when the certificate was renamed `main`), which nothing then
     renews. A verify endpoint would show it only after the order, and roll back.
+    Not so with a crt-list (not asked then): HAProxy serves the files it lists, each for the SNI
+    its line gives, and other bundles of their directory not at all.
     """
     kind = key_kind(key_type)
     others: dict[Path, list[str]] = {}

@@ -197,7 +197,7 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     checks = [Check(OK, "config", f"{config}: {len(specs)} certificate(s)") if config else
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
               _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir), _listen_check(settings.listen),
-              *_shadow_checks(settings.ssl_dir, specs), *haproxy_checks(settings)]
+              *([] if settings.crt_list else _shadow_checks(settings.ssl_dir, specs)), *haproxy_checks(settings)]
     if settings.crt_list:
         checks.append(_crt_list_check(settings.crt_list))
     if settings.haproxy_config:

@@ -79,7 +79,7 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
             rows.append(_status(settings, spec, store.load_record(spec.name), now))
         except CertrenewError as error:
             rows.append(_unreadable(spec, error))
-    if read_ssl_dir and specs:
+    if read_ssl_dir and specs and not settings.crt_list:  # see install.shadowing
         rows = _shadowed(settings, specs, rows)
     for name in store.names():
         if name in managed:
