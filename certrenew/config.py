@@ -569,7 +569,7 @@ def load_config(path: Path) -> ConfigFile:
     TOML nested too deeply for the parser (RecursionError) is refused like any other error.
     """
     try:
-        data = tomli.loads(read_regular(path, MAX_CONFIG).decode())
+        data = tomli.loads(read_regular(path, MAX_CONFIG, commands=True).decode())
     except Unfit as unfit:
         raise UsageError(f"cannot read config file {path}: {unfit}") from None
     except OSError as error:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from certrenew.atomicfile import write_atomic
 from certrenew.errors import CertrenewError
+from certrenew.limits import MAX_CONFIG, Unfit, read_regular
 
 MODE = 0o644
 """A new crt-list's mode: it names files, it holds no key."""
@@ -39,10 +40,14 @@ class CrtList:
 
     @classmethod
     def read(cls, path: Path) -> "CrtList":
+        """Read bounded, as a config is: a FIFO in its place would hang the run holding the state dir's
+        lock, a link to /dev/zero would read until memory runs out."""
         try:
-            text = path.read_text()
+            text = read_regular(path, MAX_CONFIG).decode()
         except OSError as error:
             raise CertrenewError(f"cannot read the crt-list {path}: {error.strerror or error}") from None
+        except (Unfit, UnicodeDecodeError) as error:
+            raise CertrenewError(f"cannot read the crt-list {path}: {error}") from None
         return cls(path, tuple(text.splitlines(keepends=True)))
 
     @property

@@ -43,7 +43,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -162,7 +162,8 @@ class Installer:
 
     def __init__(self, ssl_dir: Path, reload_command: str, sockets: Sequence[str] = (),
                  configs: Sequence[Path] = (), verify_endpoints: Sequence[str] = (),
-                 crt_list: Path | None = None) -> None:
+                 crt_list: Path | None = None, managed: Iterable[str] = ()) -> None:
+        """`managed`: the certificates of the config, whose bundles are renewed and so shadow nothing."""
         self.ssl_dir = Path(os.path.abspath(ssl_dir))  # HAProxy names files by absolute path
         self.crt_list = Path(os.path.abspath(crt_list)) if crt_list else None
         self.reload_command = reload_command
@@ -171,6 +172,7 @@ class Installer:
         self.verify_endpoints = list(verify_endpoints)
         self._lock = threading.Lock()
         self._claims: Claims | None = None
+        self.managed = frozenset(self.path_of(name) for name in managed)
 
     def install(self, bundles: Mapping[str, bytes], serving: Mapping[str, Serving] | None = None) -> list[InstallResult]:
         """Install every bundle, or none: on failure everything is put back and the error raised.
@@ -261,11 +263,11 @@ class Installer:
         except OSError as error:
             raise Blocked(str(_unreadable(path, error)), [name]) from None
         problem = _not_a_bundle(path, info.st_mode, info.st_size) if info else None
-        if not problem and domains:
+        if not problem and domains and self.crt_list is None:  # see `shadowing`
             with self._lock:  # the ssl dir is read once per run, by the first certificate's worker
                 if self._claims is None:
                     self._claims = claims(self.ssl_dir)
-            problem = shadowing(self._claims, path, domains, key_type)
+            problem = shadowing(self._claims, path, domains, key_type, self.managed)
         if problem:
             raise Blocked(problem, [name])
 
@@ -460,20 +462,25 @@ def key_kind(key_or_type: object) -> str:
     return "ECDSA" if isinstance(key_or_type, ec.EllipticCurvePublicKey) else type(key_or_type).__name__
 
 
-def shadowing(found: Claims, own: Path, domains: Sequence[str], key_type: str) -> str | None:
+def shadowing(found: Claims, own: Path, domains: Sequence[str], key_type: str,
+              managed: Collection[Path] = ()) -> str | None:
     """Why the certificate to be written to `own` would not be what HAProxy serves, in one line naming
-    the files and the fix; None if nothing else claims its names.
+    the files and the fix; None if nothing else claims its names. The bundles of the config's other
+    certificates (`managed`) are renewed: two that share a name (the apex in both) are the operator's
+    choice, and refusing them would leave each one's other names to expire.
 
     HAProxy loads every bundle of its crt directory; for a name two of them claim with
     the same kind of key, it goes on serving the one it had first (an older
     `example.com.pem` left when the certificate was renamed `main`), which nothing then
     renews. A verify endpoint would show it only after the order, and roll back.
+    Not so with a crt-list (not asked then): HAProxy serves the files it lists, each for the SNI
+    its line gives, and other bundles of their directory not at all.
     """
     kind = key_kind(key_type)
     others: dict[Path, list[str]] = {}
     for domain in domains:
         for path, their_kind in found.get(domain.lower(), []):
-            if path != own and their_kind == kind:
+            if path != own and their_kind == kind and path not in managed:
                 others.setdefault(path, []).append(domain)
     return "; ".join(
         f"{path} claims {', '.join(names)} too, with an {kind} key: HAProxy loads every bundle of the ssl dir "

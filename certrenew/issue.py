@@ -9,7 +9,7 @@ into HAProxy at once -> recorded as current, from local state alone.
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -67,7 +67,9 @@ class Issuer:
 
     def __init__(self, settings: Settings, store: Store, solvers: Mapping[Hashable, ChallengeSolver],
                  counter: RequestCounter | None = None,
-                 before_order: Callable[[CertificateSpec], None] = lambda spec: None) -> None:
+                 before_order: Callable[[CertificateSpec], None] = lambda spec: None,
+                 managed: Iterable[str] = ()) -> None:
+        """`managed`: the names of every certificate of the config (see `install.shadowing`)."""
         self.settings = settings
         self.before_order = before_order
         """Raises to stop an order before the CA hears of it (the pre-flight self-check)."""
@@ -75,7 +77,7 @@ class Issuer:
         self.store = store
         self.solvers = solvers
         self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
-                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list)
+                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list, managed)
         self.deadline = Deadline(settings.timeout)
         self._lock = threading.RLock()
         self._local = threading.local()

@@ -1,5 +1,6 @@
 """Limits: the process limits a run needs raised before it starts, and the sizes it refuses beyond."""
 
+import errno
 import os
 import resource
 import stat
@@ -34,8 +35,10 @@ def kind_of(mode: int) -> str | None:
     return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
-def read_regular(path: str | Path, limit: int) -> bytes:
+def read_regular(path: str | Path, limit: int, commands: bool = False) -> bytes:
     """The bytes of the regular file at `path` (through a symbolic link), if there are no more than `limit`.
+    `commands`: it names commands certrenew runs (a config's hooks), so one any user may write is refused
+    (PermissionError): whoever writes it runs what they like as certrenew's user, with its keys.
 
     Opened without blocking and checked on the open descriptor: a FIFO is refused, never
     waited on (it would block for ever); a device or a directory is refused, never read
@@ -49,6 +52,9 @@ def read_regular(path: str | Path, limit: int) -> bytes:
         kind = kind_of(info.st_mode)
         if kind or info.st_size > limit:
             raise Unfit(kind, limit)
+        if commands and info.st_mode & stat.S_IWOTH:
+            raise PermissionError(errno.EPERM, "any user may write it, and it names the commands certrenew "
+                                  f"runs (its hooks): chmod o-w {path}")
         with open(fd, "rb", closefd=False) as file:
             # As large as the file: a buffer of `limit` for each read cost more than parsing a bundle.
             content = file.read(info.st_size + 1)

@@ -14,6 +14,8 @@ from certrenew.store import CertificateRecord
 SHORT_LIVED = datetime.timedelta(days=10)
 FIRST_BACKOFF = datetime.timedelta(minutes=5)
 MAX_BACKOFF = datetime.timedelta(days=1)
+MAX_DOUBLINGS = int(MAX_BACKOFF / FIRST_BACKOFF).bit_length()
+"""Doublings of FIRST_BACKOFF that reach MAX_BACKOFF."""
 ORDER_BUDGET = 3
 """Certificates the CA may issue for one certificate name within BUDGET_PERIOD, whatever asks for more (an
 ARI window, a clock far off, a bug): Let's Encrypt allows 5 for the same names a week. The first, a change of
@@ -88,9 +90,10 @@ def recent_issues(record: CertificateRecord | None, settings: str, now: datetime
 
 def budget_ends(record: CertificateRecord | None, settings: str, now: datetime.datetime) -> datetime.datetime | None:
     """When the certificate may be ordered again, if it has had ORDER_BUDGET certificates with these
-    `settings` within BUDGET_PERIOD; None while it may be ordered now."""
+    `settings` within BUDGET_PERIOD; None while it may be ordered now. An issue recorded in the future (a
+    clock set back since, a record edited) counts as now: a day's wait, not one until then (or an overflow)."""
     issues = recent_issues(record, settings, now)
-    return issues[-ORDER_BUDGET] + BUDGET_PERIOD if len(issues) >= ORDER_BUDGET else None
+    return min(issues[-ORDER_BUDGET], now) + BUDGET_PERIOD if len(issues) >= ORDER_BUDGET else None
 
 
 def minutes(when: datetime.datetime) -> str:
@@ -100,8 +103,9 @@ def minutes(when: datetime.datetime) -> str:
 
 
 def backoff(failures: int) -> datetime.timedelta:
-    """How long to wait after `failures` failures in a row: 5 min, doubling, at most a day."""
-    return min(FIRST_BACKOFF * 2 ** max(failures - 1, 0), MAX_BACKOFF)
+    """How long to wait after `failures` failures in a row: 5 min, doubling, at most a day. The doubling
+    stops past a day: a record's count may be any whole number, and 5 min * 2**1000000 overflows."""
+    return min(FIRST_BACKOFF * 2 ** min(max(failures - 1, 0), MAX_DOUBLINGS), MAX_BACKOFF)
 
 
 def ari_check_due(record: CertificateRecord | None, now: datetime.datetime) -> bool:

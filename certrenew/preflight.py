@@ -272,7 +272,7 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     checks = [Check(OK, "config", f"{config}: {len(specs)} certificate(s)") if config else
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
               _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir), _listen_check(settings.listen),
-              *_shadow_checks(settings.ssl_dir, specs), *haproxy_checks(settings)]
+              *([] if settings.crt_list else _shadow_checks(settings.ssl_dir, specs)), *haproxy_checks(settings)]
     if settings.crt_list:
         checks.append(_crt_list_check(settings.crt_list))
     if settings.haproxy_config:
@@ -354,8 +354,8 @@ def _ssl_dir_check(ssl_dir: Path) -> Check:
 def _shadow_checks(ssl_dir: Path, specs: Sequence[CertificateSpec]) -> list[Check]:
     """A FAIL for each certificate another bundle in the ssl dir shadows: a run refuses to order it."""
     directory = Path(os.path.abspath(ssl_dir))
-    found = claims(directory)
-    problems = [(spec.name, shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type))
+    found, managed = claims(directory), {directory / f"{spec.name}.pem" for spec in specs}
+    problems = [(spec.name, shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type, managed))
                 for spec in specs]
     failed = [Check(FAIL, f"certificate {name}", problem) for name, problem in problems if problem]
     return failed or ([Check(OK, "ssl dir bundles", "no other bundle claims a certificate's names")] if specs else [])

@@ -9,7 +9,7 @@ import datetime
 import functools
 import logging
 import os
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -83,8 +83,9 @@ class Report:
 
 
 def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None, telemetry=None,
-        progress: Progress | None = None, responder: "Responder | None" = None) -> Report:
+        progress: Progress | None = None, responder: "Responder | None" = None, others: Sequence[str] = ()) -> Report:
     """Bring every certificate in `specs` up to date and report what happened to each.
+    `others`: the config's certificates not in `specs` (revoke --reissue runs one), which shadow none of them.
 
     Certificates are independent: one failing does not stop the others, and up to
     `settings.concurrency` are ordered at once. State lives in `store`, by default a
@@ -111,7 +112,7 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     _check_ssl_dir(settings)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
     store = store if store is not None else FileStore(settings.state_dir)
     with store.lock(settings.lock_timeout):
-        return _run(settings, specs, store, telemetry, progress or Progress(), responder)
+        return _run(settings, specs, store, telemetry, progress or Progress(), responder, others)
 
 
 def check_hooks(settings: Settings) -> None:
@@ -122,7 +123,7 @@ def check_hooks(settings: Settings) -> None:
 
 
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress,
-         responder: "Responder | None") -> Report:
+         responder: "Responder | None", others: Sequence[str]) -> Report:
     now = utc_now()
     remove_stale_temps(settings.ssl_dir)
 
@@ -148,7 +149,8 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         from certrenew import preflight
 
         preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
-        do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder)
+        do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder,
+                                    [*others, *(spec.name for spec in specs)])
         if any(step != "check" for _, step in work):
             hook_failures = _with_hooks(settings, work, outcomes, do_work)
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
@@ -202,8 +204,9 @@ def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
 
 
 def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
-          telemetry, progress: Progress, responder: "Responder | None") -> list[str]:
-    """Order what is due, install it all at once, then run the deploy hook for each certificate HAProxy serves."""
+          telemetry, progress: Progress, responder: "Responder | None", managed: list[str]) -> list[str]:
+    """Order what is due, install it all at once, then run the deploy hook for each certificate HAProxy serves.
+    `managed`: every certificate of the run, due or not (their bundles shadow none of these)."""
     from certrenew import preflight
     from certrenew.issue import Issuer  # the ACME stack, only when there is work
     from certrenew.responder import Responder
@@ -222,7 +225,8 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             solvers[TLS_ALPN_01] = solvers_open.enter_context(TlsAlpnResponder(settings.tls_alpn_listen))
         probed = preflight.probe_ahead(responder, settings, [spec for spec, step in work if step == "issue"])
         issuer = Issuer(settings, store, solvers, telemetry,
-                        before_order=functools.partial(preflight.check_path, solvers, settings, probed))
+                        before_order=functools.partial(preflight.check_path, solvers, settings, probed),
+                        managed=managed)
         solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))

@@ -59,6 +59,8 @@ class Request:
     replacement: CertificateSpec | None = None
     """The certificate to order and serve before revoking (--reissue)."""
     delete: bool = False
+    others: tuple[str, ...] = ()
+    """The config's other certificates: the replacement's order is not refused as shadowed by them."""
 
     def question(self) -> str:
         if self.info is None:
@@ -152,7 +154,8 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
                                           dns_settings(settings.challenge, vars(settings)))
     if delete and not settings.ssl_dir.is_dir():
         raise UsageError(f"the ssl dir {settings.ssl_dir} does not exist (set --ssl-dir)")
-    return Request(name, bundle, info, ca, reason, replacement, delete)
+    others = tuple(spec.name for spec in config.certificates if spec.name != name) if config else ()
+    return Request(name, bundle, info, ca, reason, replacement, delete, others)
 
 
 def carry_out(settings: Settings, request: Request) -> Result:
@@ -165,7 +168,8 @@ def carry_out(settings: Settings, request: Request) -> Result:
     if request.replacement is not None:
         _discard_unfinished(settings, request.name)
         # run() takes the lock itself, and brings every install guarantee (rollback, verify).
-        reissued = run(dataclasses.replace(settings, force=True), [request.replacement]).outcomes[0]
+        reissued = run(dataclasses.replace(settings, force=True), [request.replacement],
+                       others=request.others).outcomes[0]
         if reissued.failed:
             raise CertrenewError(f"{request.name}: not revoked, as no new certificate could be served "
                                  f"({reissued.detail}); HAProxy still serves the old one. Run again, or "

@@ -79,7 +79,7 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
             rows.append(_status(settings, spec, store.load_record(spec.name), now))
         except CertrenewError as error:
             rows.append(_unreadable(spec, error))
-    if read_ssl_dir and specs:
+    if read_ssl_dir and specs and not settings.crt_list:  # see install.shadowing
         rows = _shadowed(settings, specs, rows)
     for name in store.names():
         if name in managed:
@@ -117,9 +117,9 @@ def _shadowed(settings: Settings, specs: list[CertificateSpec], rows: list[Certi
     from certrenew.install import claims, shadowing  # cryptography: only when the ssl dir is read
 
     directory = Path(os.path.abspath(settings.ssl_dir))
-    found = claims(directory)
+    found, managed = claims(directory), {directory / f"{spec.name}.pem" for spec in specs}
     for index, spec in enumerate(specs):
-        problem = shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type)
+        problem = shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type, managed)
         if problem:
             rows[index] = replace(rows[index], state="shadowed", shadowed_by=problem)
     return rows

@@ -152,10 +152,10 @@ class CertificateRecord:
                                                                      else _text(key, value))
                 if when.tzinfo is None:
                     raise ValueError(f"{key}: {value!r} has no time zone")
-        issues = values.get("recent_issues")
+        issues = values.get("recent_issues", [])
+        if not isinstance(issues, list):  # null too: the budget and every later save iterate it
+            raise ValueError(f"recent_issues: expected a list of times, not {issues!r}")
         if issues:  # at most ORDER_BUDGET, and none in most records
-            if not isinstance(issues, list):
-                raise ValueError(f"recent_issues: expected a list of times, not {issues!r}")
             values["recent_issues"] = [_datetime("recent_issues", value) for value in issues]
         record = cls(**values)
         record.check(name)

@@ -211,6 +211,31 @@ def test_a_config_that_cannot_be_read_is_one_line_exit_2(tmp_path, what):
     line = one_line(certrenew("run", "--config", config, "--state-dir", tmp_path / "state"), 2)
     assert str(config) in line
     assert (COMPLAINTS.get(what) or "nested more than") in line, line
+
+
+@pytest.mark.parametrize("what", UNFIT)
+def test_a_crt_list_that_cannot_be_read_is_a_fail_line_not_a_hang(tmp_path, what):
+    """The crt-list is read in the install, under the state dir's lock: a FIFO would hang every run after."""
+    crt_list = place(tmp_path / "crt.lst", what, MAX_CONFIG)
+    result = certrenew("check", "--crt-list", crt_list, "--state-dir", tmp_path / "state", "--ssl-dir", tmp_path,
+                       "--directory", "https://127.0.0.1:1/directory")
+    assert f"FAIL crt-list {crt_list}: cannot read the crt-list {crt_list}: it is {COMPLAINTS[what]}" in result.stdout, (
+        result.stdout + result.stderr)
+
+
+def test_a_config_any_user_may_write_is_refused_before_its_hooks_run(tmp_path):
+    """Its hooks are commands certrenew runs, with every key it holds: whoever may write it may run anything."""
+    marker = tmp_path / "hook-ran"
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'pre_hook = "touch {marker}"\n[[certificate]]\ndomains = ["a.example"]\n')
+    config.chmod(0o666)
+    line = one_line(certrenew("run", "--config", config, "--state-dir", tmp_path / "state", "--directory",
+                              "https://127.0.0.1:1/directory", "--no-self-check"), 2)
+    assert f"cannot read config file {config}: any user may write it" in line and "chmod o-w" in line, line
+    assert not marker.exists()
+    config.chmod(0o644)  # writable by its owner alone: read
+    assert "any user may write" not in certrenew("run", "--config", config, "--state-dir", tmp_path / "state",
+                                                 "--directory", "https://127.0.0.1:1/directory").stderr
 @pytest.mark.parametrize("args, meant", [
     (("renew",), "`certrenew run`"),
     (("certificates",), "`certrenew status`"),

@@ -402,6 +402,9 @@ def test_another_bundle_claiming_a_name_with_the_same_kind_of_key_refuses_the_ce
         Installer(ssl_dir, "true").check_place("main-rsa", ("www.example.com",), "rsa2048")
     with pytest.raises(Blocked, match=r"move it out of the ssl dir$"):  # a dual certificate's half: no rename
         Installer(ssl_dir, "true").check_place("rsa.rsa2048", ("www.example.com",), "rsa2048")
+    # Another certificate of the config sharing a name is renewed too: each is the only one for its other names.
+    Installer(ssl_dir, "true", managed=["main", "example.com"]).check_place("main", ("example.com", "api.example.com"),
+                                                                            "ecdsa-p256")
 
 
 def test_a_reload_after_which_the_runtime_api_no_longer_answers_fails(tmp_path):

@@ -93,6 +93,9 @@ def test_the_order_budget_is_a_rolling_day_of_certificates_issued_with_the_same_
     assert budget_ends(spent, "S", NOW + 4 * hour) is None
     assert budget_ends(spent, "other names, key type or CA", NOW) is None  # a fresh budget
     assert budget_ends(None, "S", NOW) is None
+    ahead = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)  # a record edited, a clock set back
+    spent.recent_issues = [ahead, ahead, ahead]
+    assert budget_ends(spent, "S", NOW) == NOW + DAY
 
 
 def test_the_daemon_wakes_for_an_ari_window_earlier_than_the_lifetime_rule():
@@ -116,7 +119,7 @@ def test_failures_back_off_unless_forced():
     assert not decision.due and decision.deferred and "boom" in decision.reason
     assert decide(failing, ["a.example"], "ecdsa-p256", NOW, force=True).due
     assert [backoff(n) for n in (1, 2, 3)] == [datetime.timedelta(minutes=m) for m in (5, 10, 20)]
-    assert backoff(30) == datetime.timedelta(days=1)
+    assert backoff(30) == backoff(10**6) == datetime.timedelta(days=1)  # any count a record may hold
 
 
 def test_ari_check_waits_for_retry_after_and_stops_at_expiry():

@@ -207,6 +207,10 @@ def test_a_file_without_a_version_is_read_as_version_1(files):
     ('{"name": "b", "domains": [], "key_type": "rsa2048"}', r"meta.json: name: 'b', but this is the record of 'a'"),
     ('{"name": "a", "domains": [], "key_type": "rsa2048", "recent_issues": "2026-01-01T00:00:00+00:00"}',
      r"meta.json: recent_issues: expected a list of times"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "recent_issues": null}',
+     r"meta.json: recent_issues: expected a list of times, not None"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "recent_issues": 0}',
+     r"meta.json: recent_issues: expected a list of times, not 0"),
     ('{"name": "a", "domains": [], "key_type": "rsa2048", "recent_issues": ["2026-01-01"]}',
      r"meta.json: recent_issues: '2026-01-01' has no time zone"),
 ])

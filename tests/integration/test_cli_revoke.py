@@ -290,3 +290,17 @@ def test_a_revoked_certificate_still_served_is_unhealthy_and_due_at_once(lab):
     assert f"{NAME}: renewing (revoked at" in result.stderr and f"{NAME}: renewed:" in result.stdout
     assert serial_hex(served_serial_changes(lab, NAME, serial).serial_number) != serial
     assert lab.certrenew("status").returncode == 0  # the new certificate is not revoked
+
+
+def test_reissue_of_a_certificate_sharing_a_name_with_another_of_the_config(lab, tmp_path):
+    """A key compromise is no time to be refused: the config's other certificate, which shares the apex,
+    is renewed by certrenew too, so it shadows nothing."""
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'[[certificate]]\nname = "main"\ndomains = ["{NAME}", "www.{NAME}"]\n\n'
+                      f'[[certificate]]\nname = "api"\ndomains = ["api.{NAME}", "{NAME}"]\n')
+    assert lab.certrenew("run", "--config", str(config)).returncode == 0
+    old_serial = leaf_info((lab.ssl_dir / "api.pem").read_bytes()).serial
+    result = revoke(lab, "api", "--yes", "--reissue", "--reason", "keyCompromise", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert lab.cert_status(old_serial) == "Revoked"
+    lab.wait_served_serial(f"api.{NAME}", leaf_info((lab.ssl_dir / "api.pem").read_bytes()).serial)

@@ -4,7 +4,9 @@ and `revoke --delete` takes both away; file and memory agree after each run (a r
 
 import subprocess
 
-from certrenew.bundle import leaf_info
+import trustme
+
+from certrenew.bundle import leaf_info, serial_hex
 from certrenew.runtime_api import RuntimeApi, argument
 
 NAME = "site.example"
@@ -47,7 +49,7 @@ def entries(lab, crt_list) -> list[str]:
 
 
 def served_serial(lab, sni=NAME) -> str:
-    return format(lab.served_certificate_unverified(sni).serial_number, "x")
+    return serial_hex(lab.served_certificate_unverified(sni).serial_number)
 
 
 def test_a_certificate_is_added_renewed_and_deleted_beside_the_operators_lines(lab):
@@ -107,3 +109,15 @@ def test_a_certificate_haproxy_serves_from_its_crt_directory_is_listed_when_rene
     [entry] = [entry for entry in entries(lab, crt_list) if entry.startswith(str(bundle))]
     assert "alpn h2,http/1.1" in entry
     assert served_serial(lab) == leaf_info(bundle.read_bytes()).serial
+
+
+def test_a_bundle_of_the_ssl_dir_the_crt_list_does_not_name_shadows_nothing(lab):
+    """HAProxy loads a crt-list's files, not the directory they sit in: another bundle there for the same
+    names (one a frontend of its own lists, one left unlisted) is not served, so it blocks no order."""
+    crt_list = crt_list_lab(lab)
+    unlisted = lab.ssl_dir / "unlisted.pem"
+    leaf = trustme.CA().issue_cert(NAME, key_type=trustme.KeyType.ECDSA)
+    unlisted.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems) + leaf.private_key_pem.bytes())
+    issued = run(lab, crt_list, "run")
+    assert "served by hot update" in issued.stdout
+    assert served_serial(lab) == leaf_info((lab.ssl_dir / f"{NAME}.pem").read_bytes()).serial

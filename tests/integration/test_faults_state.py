@@ -100,6 +100,8 @@ CORRUPT_RECORDS = {
     "corrupt meta.json among 3 certificates": lambda text: '{"name": "site.example", "domains": ',
     "meta.json with not_after and no not_before among 3 certificates":
         lambda text: json.dumps({**json.loads(text), "not_before": None}),
+    "meta.json with recent_issues null among 3 certificates":
+        lambda text: json.dumps({**json.loads(text), "recent_issues": None}),
 }
 
 

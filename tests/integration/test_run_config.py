@@ -204,3 +204,29 @@ def test_a_bundle_of_a_single_domain_run_shadowing_a_configured_certificate_fail
     fixed = run(lab, config, env=proxy.env)
     assert fixed.returncode == 0 and "main: issued" in fixed.stdout, fixed.stderr
     lab.wait_served_serial("www.shadow.example", serial_of(lab, "main"))
+
+
+OVERLAPPING = """
+[[certificate]]
+name = "main"
+domains = ["overlap.example", "www.overlap.example"]
+
+[[certificate]]
+name = "api"
+domains = ["api.overlap.example", "overlap.example"]
+"""
+
+
+def test_two_configured_certificates_sharing_a_name_are_both_renewed(lab):
+    """Two certificates of the config that share a name (the apex in both) are the operator's choice: each
+    is the only one for its other names, so each must go on being renewed (the second run here)."""
+    config = write_config(lab, OVERLAPPING)
+    first = run(lab, config)
+    assert first.returncode == 0 and "main: issued" in first.stdout and "api: issued" in first.stdout, first.stderr
+    again = run(lab, config, "--force")
+    assert again.returncode == 0, again.stderr
+    assert "main: renewed" in again.stdout and "api: renewed" in again.stdout, again.stdout
+    check = lab.certrenew("check", "--config", str(config))
+    assert "FAIL certificate" not in check.stdout and "ok   ssl dir bundles" in check.stdout, check.stdout
+    status = lab.certrenew("status", "--config", str(config), "--json")
+    assert {row["state"] for row in json.loads(status.stdout)["certificates"]} == {"ok"}, status.stdout
