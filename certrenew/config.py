@@ -104,6 +104,17 @@ class CertificateSpec:
 
 
 @dataclass(frozen=True)
+class Ca:
+    """A CA to order from: its ACME directory, the bundle its TLS is checked against, and the binding its
+    new account takes."""
+
+    directory: str
+    ca_bundle: str | None = None
+    eab_kid: str | None = None
+    eab_hmac_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where to get certificates from, where to keep them, and how to make HAProxy serve them."""
 
@@ -114,6 +125,7 @@ class Settings:
     eab_kid: str | None = None
     eab_hmac_key_file: Path | None = None
     ca_bundle: str | None = None
+    fallback_directory: tuple[str, ...] = ()
     state_dir: Path = Path("/var/lib/certrenew")
     ssl_dir: Path = Path("/etc/haproxy/ssl")
     listen: str = DEFAULT_LISTEN
@@ -150,6 +162,19 @@ class Settings:
     @property
     def directory_url(self) -> str:
         return LETSENCRYPT_STAGING if self.staging and self.directory == LETSENCRYPT else self.directory
+
+    @property
+    def cas(self) -> tuple[Ca, ...]:
+        """The CAs in the order an order tries them: the directory with its account binding, then each
+        fallback. A binding's key id belongs to one CA, so the fallbacks take none; they share the CA
+        bundle (one file may hold several roots)."""
+        first = Ca(self.directory_url, self.ca_bundle, self.eab_kid, self.eab_hmac_key_file)
+        return (first, *(Ca(url, self.ca_bundle) for url in self.fallback_directory if url != first.directory))
+
+    @property
+    def directory_urls(self) -> tuple[str, ...]:
+        """Every CA a certificate may come from without being reissued."""
+        return tuple(ca.directory for ca in self.cas)
 
 
 def parse_duration(text: str) -> datetime.timedelta:
@@ -405,6 +430,9 @@ OPTIONS = [
            "an account with it (ZeroSSL, Google, SSL.com, Sectigo)", metavar="KID", check=_eab_kid),
     Option("eab_hmac_key_file", "external account binding: a file (mode 600) holding the HMAC key the CA gave "
            "with the key id, base64url; read only when an account is created", Path, "PATH"),
+    Option("fallback_directory", "ACME directory URL of a CA to order from when the one before cannot issue "
+           "(unreachable, 5xx, rate-limited, validation failing); repeat for several, tried in order",
+           metavar="URL", check=_directory_url, repeated=True),
     Option("ca_bundle", "CA bundle to verify the ACME server (default: system store or REQUESTS_CA_BUNDLE)",
            metavar="PATH", check=_existing_file),
     Option("state_dir", "accounts, keys, certificates and records (default /var/lib/certrenew)", Path, "DIR"),

@@ -313,7 +313,7 @@ def _caa_checks(settings: Settings, specs: Sequence[CertificateSpec]) -> list[Ch
                             timeout=PROBE_TIMEOUT * 2).json().get("meta") or {}
     except (requests.RequestException, ValueError, AttributeError):
         meta = {}  # the directory's own check says why
-    identities = caa_identities(meta.get("caaIdentities"), settings)
+    identities = caa_identities(meta.get("caaIdentities"), settings.caa_identity)
     account = FileStore(settings.state_dir).load_account(settings.directory_url)
     uri = account.uri if account else None
     verdicts = {(name, spec.challenge): caa.verdict(name, identities, uri, spec.challenge, settings.caa_resolver)
