@@ -6,7 +6,7 @@ stored in the record; fetching it is the ACME client's job.
 """
 
 import datetime
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from certrenew.store import CertificateRecord
@@ -122,7 +122,7 @@ def decide(
     now: datetime.datetime,
     force: bool = False,
     renew_before: datetime.timedelta | None = None,
-    directories: Collection[str] | None = None,
+    directories: tuple[str, ...] | None = None,
 ) -> Decision:
     """Whether the certificate named by `record` must be (re)issued now, and why."""
     reason = due_reason(record, domains, key_type, now, renew_before, directories)
@@ -144,7 +144,7 @@ def decide(
 
 def due_reason(record: CertificateRecord | None, domains: list[str], key_type: str, now: datetime.datetime,
                renew_before: datetime.timedelta | None = None,
-               directories: Collection[str] | None = None) -> str | None:
+               directories: tuple[str, ...] | None = None) -> str | None:
     """Why the certificate is due now, or None if it is not; back-off and --force aside.
 
     A certificate from a CA not in `directories` (the ACME directory URLs the run is told
@@ -174,7 +174,7 @@ def due_reason(record: CertificateRecord | None, domains: list[str], key_type: s
 
 def next_wake(certificates: Iterable[tuple[CertificateRecord | None, Sequence[str], str]], now: datetime.datetime,
               check_interval: datetime.timedelta, renew_before: datetime.timedelta | None = None,
-              directories: Collection[str] | None = None) -> datetime.datetime:
+              directories: tuple[str, ...] | None = None) -> datetime.datetime:
     """When a daemon that just ran a pass should run the next: the earliest moment any certificate
     (record, domains, key type) needs one, and at the latest `check_interval` from `now`. A
     certificate from a CA not in `directories` is due at once.

@@ -166,7 +166,7 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
     if record is not None and record.failed_settings not in (None, spec.order_settings(settings.directory_url)):
         record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
     decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
-                      settings.directory_url)
+                      settings.directory_urls)
     if decision.due:
         log.info("%s: renewing (%s)", spec.name, decision.reason)
         return "issue"

@@ -238,6 +238,36 @@ class HAProxyNode:
         return f"{LOOPBACK}:{self.https_port}"
 
 
+@dataclass(frozen=True)
+class SecondCa:
+    """Another pebble beside the lab's (see `Lab.start_second_ca`)."""
+
+    directory_url: str
+    management_url: str
+    ca_bundle: Path
+    process: subprocess.Popen
+
+    def intermediate(self) -> x509.Certificate:
+        """The certificate this CA signs leaves with."""
+        return x509.load_pem_x509_certificate(self._get("intermediates/0"))
+
+    def root(self) -> bytes:
+        """PEM of this CA's root."""
+        return self._get("roots/0")
+
+    def _get(self, path: str) -> bytes:
+        response = requests.get(f"{self.management_url}/{path}", verify=self.ca_bundle, timeout=5)
+        response.raise_for_status()
+        return response.content
+
+
+def _answers(url: str, ca_bundle: Path) -> bool:
+    try:
+        return requests.get(url, verify=ca_bundle, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
 class Lab:
     """pebble, its DNS (challtestsrv) and HAProxy on loopback, living under one work dir.
 
@@ -275,6 +305,7 @@ class Lab:
         self._challtestsrv: subprocess.Popen | None = None
         self._haproxy: subprocess.Popen | None = None
         self._nodes: list[HAProxyNode] = []
+        self._second_cas: list[SecondCa] = []
         # pebble makes a new root on every start; certificates issued before a
         # restart must still verify, so every root seen stays trusted.
         self._issuer_roots: list[bytes] = []
@@ -351,7 +382,8 @@ class Lab:
 
     def stop(self) -> None:
         """Stop every lab process; safe to call more than once."""
-        for process in (*(node.process for node in self._nodes), self._haproxy, self._pebble, self._challtestsrv):
+        for process in (*(node.process for node in self._nodes), *(ca.process for ca in self._second_cas),
+                        self._haproxy, self._pebble, self._challtestsrv):
             terminate(process)
 
     def start_pebble(self, extra_env: Mapping[str, str] | None = None) -> None:
@@ -363,28 +395,45 @@ class Lab:
         """
         if self._pebble is not None and self._pebble.poll() is None:
             raise LabError("pebble is already running")
-        config = self.workdir / "pebble.json"
+        self._pebble = self._spawn_pebble("pebble", self.acme_port, self.management_port, self.http_port,
+                                          self.pebble_env if extra_env is None else extra_env)
+        self._issuer_roots.append(self.issuer_root())
+
+    def start_second_ca(self, http_port: int | None = None) -> SecondCa:
+        """Start another pebble beside the lab's: a second CA with its own roots and accounts, resolving
+        through the lab's DNS and validating through HAProxy (or at `http_port`: where nothing listens,
+        its every validation fails while the probe through HAProxy passes); the lab's CA bundle trusts
+        its API, and `served_certificate` its root. Stopped with the lab."""
+        acme_port, management_port = free_ports(2)
+        second = SecondCa(f"https://{LOOPBACK}:{acme_port}/dir", f"https://{LOOPBACK}:{management_port}", self.ca_bundle,
+                          self._spawn_pebble("pebble2", acme_port, management_port, http_port or self.http_port, {}))
+        self._second_cas.append(second)
+        self._issuer_roots.append(second.root())  # what it issues verifies as served
+        return second
+
+    def _spawn_pebble(self, name: str, acme_port: int, management_port: int, http_port: int,
+                      env: Mapping[str, str]) -> subprocess.Popen:
+        config = self.workdir / f"{name}.json"
         config.write_text(json.dumps({"pebble": {
-            "listenAddress": f"{LOOPBACK}:{self.acme_port}",
-            "managementListenAddress": f"{LOOPBACK}:{self.management_port}",
+            "listenAddress": f"{LOOPBACK}:{acme_port}",
+            "managementListenAddress": f"{LOOPBACK}:{management_port}",
             "certificate": str(self.pebble_cert),
             "privateKey": str(self.pebble_key),
             # Validate through HAProxy's http frontend, as a real CA would.
-            "httpPort": self.http_port,
+            "httpPort": http_port,
             "tlsPort": self.tls_alpn_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": bool(self.eab_keys),
             **({"externalAccountMACKeys": self.eab_keys} if self.eab_keys else {}),
             **({"certificateValidityPeriod": self.certificate_validity} if self.certificate_validity else {}),
         }}, indent=2))
-        env = {"PEBBLE_VA_NOSLEEP": "1", **(self.pebble_env if extra_env is None else extra_env)}
-        log = self.workdir / "pebble.log"
+        log = self.workdir / f"{name}.log"
         since = log_size(log)
-        self._pebble = self._spawn(
-            ["pebble", "-config", str(config), "-dnsserver", self.dns_server], log, env
-        )
-        wait_until("pebble", self._directory_answers, self._pebble, log, since)
-        self._issuer_roots.append(self.issuer_root())
+        process = self._spawn(["pebble", "-config", str(config), "-dnsserver", self.dns_server], log,
+                              {"PEBBLE_VA_NOSLEEP": "1", **env})
+        directory_url = f"https://{LOOPBACK}:{acme_port}/dir"
+        wait_until(name, lambda: _answers(directory_url, self.ca_bundle), process, log, since)
+        return process
 
     def stop_pebble(self) -> None:
         """Stop pebble, leaving its ports unanswered, to play a CA that is down."""
@@ -639,11 +688,6 @@ class Lab:
                 env={**os.environ, **(extra_env or {})}, cwd=self.workdir,
             )
 
-    def _directory_answers(self) -> bool:
-        try:
-            return requests.get(self.directory_url, verify=self.ca_bundle, timeout=2).ok
-        except requests.RequestException:
-            return False
 
     def _https_answers(self, port: int | None = None) -> bool:
         try:
