@@ -4,10 +4,13 @@ What the second issues is served by HAProxy and recorded as its; the renewal ask
 """
 
 import json
+import signal
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 from cryptography import x509
+from faultproxy import Reply, step
 from lab import free_ports
 
 from certrenew.bundle import leaf_info
@@ -75,6 +78,59 @@ def test_a_validation_failing_at_the_first_ca_while_the_probe_passes_falls_throu
     assert f"trying {lab.directory_url}" in line
     served_by(lab, lab_intermediate(lab))
     assert recorded_ca(lab) == lab.directory_url
+
+
+@pytest.mark.parametrize("fault", [Reply.problem(429, "rateLimited", "too many new orders", Retry_After="3600"),
+                                   Reply.problem(503, "serverInternal", "down for maintenance", Retry_After="3600")],
+                         ids=["rate-limited", "503"])
+def test_a_first_ca_refusing_new_orders_falls_through(lab, proxy, fault):
+    second = lab.start_second_ca()
+    refused = []
+
+    def on_request(method: str, path: str):
+        if step(path) == "new-order":
+            refused.append(path)
+            return fault
+        return None
+
+    proxy.on_request = on_request
+    issued = lab.certrenew(NAME, env={**proxy.env, "CERTRENEW_FALLBACK_DIRECTORY": second.directory_url})
+    assert issued.returncode == 0, issued.stderr
+    assert len(refused) == 1  # the first CA really refused the order, and was not asked again
+    [line] = [line for line in issued.stderr.splitlines() if "not issued by" in line]
+    assert f"not issued by {proxy.directory_url} (the CA refused to" in line, line
+    assert json.loads(fault.body)["detail"] in line, line
+    served_by(lab, second.intermediate())
+    assert recorded_ca(lab) == second.directory_url
+
+
+def test_an_order_a_killed_run_left_at_the_first_ca_is_ordered_from_the_next_when_the_first_fails(lab, proxy):
+    second = lab.start_second_ca()
+    env = {**proxy.env, "CERTRENEW_FALLBACK_DIRECTORY": second.directory_url}
+    run, killed = [], []
+
+    def kill_at_finalize(method: str, path: str):
+        if step(path) == "finalize" and not killed:
+            killed.append(path)
+            run[0].kill()
+            run[0].wait(10)
+        return None
+
+    proxy.on_request = kill_at_finalize
+    run.append(lab.start_certrenew(NAME, env=env))
+    run[0].communicate(timeout=60)
+    assert killed and run[0].returncode == -signal.SIGKILL
+    order = json.loads((lab.state_dir / "certificates" / NAME / "order.json").read_text())
+    assert order["directory"] == proxy.directory_url  # left at the first CA
+
+    proxy.on_request = lambda method, path: Reply.problem(503, "serverInternal", "down", Retry_After="3600")
+    resumed = lab.certrenew(NAME, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"the order a previous run left at {proxy.directory_url} cannot be completed" in resumed.stderr
+    assert f"not issued by {proxy.directory_url}" in resumed.stderr  # the first CA is asked first, still
+    served_by(lab, second.intermediate())
+    assert recorded_ca(lab) == second.directory_url
+    assert not (lab.state_dir / "certificates" / NAME / "order.json").exists()
 
 
 def test_without_a_fallback_the_first_ca_failing_fails_the_certificate(lab):
