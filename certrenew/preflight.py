@@ -192,7 +192,8 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     if settings.haproxy_config:
         checks.append(_config_check(settings.haproxy_config))
     profiles = {spec.profile for spec in specs} | {settings.profile}
-    checks.extend(_directory_checks(settings.directory_url, settings.ca_bundle, sorted(filter(None, profiles))))
+    for ca in settings.cas:  # a fallback CA too: it is wanted when the first fails, not found broken then
+        checks.extend(_directory_checks(ca.directory, ca.ca_bundle, sorted(filter(None, profiles))))
     checks.extend(map(_endpoint_check, settings.verify_endpoint))
     if settings.eab_kid and settings.eab_hmac_key_file:
         checks.append(_eab_check(settings.eab_kid, settings.eab_hmac_key_file))

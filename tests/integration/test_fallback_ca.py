@@ -133,6 +133,24 @@ def test_an_order_a_killed_run_left_at_the_first_ca_is_ordered_from_the_next_whe
     assert not (lab.state_dir / "certificates" / NAME / "order.json").exists()
 
 
+def test_a_failing_probe_is_ours_and_asks_no_other_ca(lab):
+    second = lab.start_second_ca()
+    [wrong] = free_ports(1)
+    lab.reconfigure_haproxy(f"server letsencrypt {lab.listen}\n", f"server letsencrypt 127.0.0.1:{wrong}\n")
+    failed = lab.certrenew(NAME, env={"CERTRENEW_FALLBACK_DIRECTORY": second.directory_url})
+    assert failed.returncode == 1 and "answered 503 Service Unavailable from HAProxy" in failed.stderr, failed.stderr
+    assert "not issued by" not in failed.stderr, failed.stderr
+    assert len(list((lab.state_dir / "accounts").iterdir())) == 1  # the second CA never heard of us
+
+
+def test_check_reads_every_ca_directory(lab):
+    [dead_port] = free_ports(1)
+    broken = f"https://127.0.0.1:{dead_port}/dir"
+    result = lab.certrenew("check", env={"CERTRENEW_FALLBACK_DIRECTORY": broken})
+    assert f"ok   ACME directory {lab.directory_url}" in result.stdout, result.stdout
+    assert f"FAIL ACME directory {broken}: cannot read it" in result.stdout, result.stdout
+
+
 def test_without_a_fallback_the_first_ca_failing_fails_the_certificate(lab):
     lab.stop_pebble()
     failed = lab.certrenew(NAME)
