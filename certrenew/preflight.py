@@ -195,8 +195,8 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     for ca in settings.cas:  # a fallback CA too: it is wanted when the first fails, not found broken then
         checks.extend(_directory_checks(ca.directory, ca.ca_bundle, sorted(filter(None, profiles))))
     checks.extend(map(_endpoint_check, settings.verify_endpoint))
-    if settings.eab_kid and settings.eab_hmac_key_file:
-        checks.append(_eab_check(settings.eab_kid, settings.eab_hmac_key_file))
+    checks.extend(_eab_check(ca.eab_kid, ca.eab_hmac_key_file) for ca in settings.cas
+                  if ca.eab_kid and ca.eab_hmac_key_file)
     if settings.caa_check:
         checks.extend(_caa_checks(settings, specs))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))

@@ -3,7 +3,9 @@
 What the second issues is served by HAProxy and recorded as its; the renewal asks the first again.
 """
 
+import base64
 import json
+import secrets
 import signal
 from urllib.parse import urlsplit
 
@@ -11,7 +13,7 @@ import pytest
 import requests
 from cryptography import x509
 from faultproxy import Reply, step
-from lab import free_ports
+from lab import Lab, free_ports
 
 from certrenew.bundle import leaf_info
 
@@ -149,6 +151,27 @@ def test_check_reads_every_ca_directory(lab):
     result = lab.certrenew("check", env={"CERTRENEW_FALLBACK_DIRECTORY": broken})
     assert f"ok   ACME directory {lab.directory_url}" in result.stdout, result.stdout
     assert f"FAIL ACME directory {broken}: cannot read it" in result.stdout, result.stdout
+
+
+def test_a_first_ca_refusing_an_unbound_account_falls_through_to_one_bound_by_its_own_table(tmp_path):
+    """Both CAs bind accounts (EAB); only the fallback's [ca."URL"] table gives a binding."""
+    kid, key = "kid-fallback", base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    with Lab(tmp_path / "lab", eab_keys={kid: key}) as lab:
+        second = lab.start_second_ca()
+        key_file = tmp_path / "second.key"
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        config = tmp_path / "certrenew.toml"
+        config.write_text(f'fallback_directory = ["{second.directory_url}"]\n'
+                          f'[ca."{second.directory_url}"]\neab_kid = "{kid}"\neab_hmac_key_file = "{key_file}"\n'
+                          f'[[certificate]]\ndomains = ["{NAME}"]\n')
+        issued = lab.certrenew("run", "--config", str(config))
+        assert issued.returncode == 0, issued.stderr
+        [line] = [line for line in issued.stderr.splitlines() if "not issued by" in line]
+        assert f"not issued by {lab.directory_url} (the CA refused to register the account" in line, line
+        assert "pass --eab-kid and --eab-hmac-key-file" in line and key not in issued.stderr, line
+        served_by(lab, second.intermediate())
+        assert recorded_ca(lab) == second.directory_url
 
 
 def test_without_a_fallback_the_first_ca_failing_fails_the_certificate(lab):
