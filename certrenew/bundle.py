@@ -92,7 +92,7 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
     if not blocks:
         raise CertrenewError("the CA's answer is not a certificate chain: it holds no PEM certificate")
     try:
-        chain = _certificates(blocks)
+        chain = certificates(blocks)
     except CertrenewError as error:
         raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from None
     leaf = chain[0]
@@ -107,14 +107,21 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
     if now + CLOCK_SKEW < leaf.not_valid_before_utc:
         raise CertrenewError("the certificate the CA returned is not valid before "
                              f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    problem = chain_problem(chain)
+    if problem:
+        raise CertrenewError(f"the chain the CA returned is broken: {problem}")
+    return build_bundle(fullchain_pem, key_pem)
+
+
+def chain_problem(chain: list[x509.Certificate]) -> str | None:
+    """Why `chain` is not each certificate signed by the next one, or None."""
     for number, (cert, issuer) in enumerate(zip(chain, chain[1:]), 1):
         try:
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):
-            raise CertrenewError(f"the chain the CA returned is broken: certificate {number} "
-                                 f"({cert.subject.rfc4514_string()}) is not signed by the next one "
-                                 f"({issuer.subject.rfc4514_string()})") from None
-    return build_bundle(fullchain_pem, key_pem)
+            return (f"certificate {number} ({cert.subject.rfc4514_string()}) is not signed by the next one "
+                    f"({issuer.subject.rfc4514_string()})")
+    return None
 
 
 def check_bundle(bundle: bytes) -> CertificateInfo:
@@ -129,7 +136,7 @@ def check_bundle(bundle: bytes) -> CertificateInfo:
         blocks = pem_blocks(bundle)
         if len(blocks) < 2:
             raise CertrenewError("it is not a certificate chain followed by a key")
-        chain = _certificates(blocks[:-1])
+        chain = certificates(blocks[:-1])
     except CertrenewError as error:
         raise CertrenewError(f"cannot be parsed: {error}") from None
     try:
@@ -141,7 +148,7 @@ def check_bundle(bundle: bytes) -> CertificateInfo:
     return certificate_info(chain[0])
 
 
-def _certificates(blocks: list[bytes]) -> list[x509.Certificate]:
+def certificates(blocks: list[bytes]) -> list[x509.Certificate]:
     """Each PEM block as a certificate; CertrenewError naming the first that is not one."""
     chain = []
     for number, block in enumerate(blocks, 1):
@@ -164,16 +171,28 @@ def leaf_info(pem: bytes) -> CertificateInfo:
     return certificate_info(leaf_certificate(pem))
 
 
+def serial_hex(number: int) -> str:
+    """A serial as openssl and HAProxy print it: hex in whole bytes, so an even number of digits
+    (lower case). One spelling in every output, record and hook, so that grep finds it."""
+    digits = format(number, "x")
+    return digits.zfill(len(digits) + len(digits) % 2)
+
+
 def certificate_info(cert: x509.Certificate) -> CertificateInfo:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        domains = (*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress)))
-    except x509.ExtensionNotFound:
-        domains = ()
     return CertificateInfo(
-        serial=format(cert.serial_number, "x"),
+        serial=serial_hex(cert.serial_number),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
-        domains=domains,
+        domains=san_names(cert),
         fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
     )
+
+
+def san_names(cert: x509.Certificate) -> tuple[str, ...]:
+    """The names of the certificate's subjectAltName: its DNS names as it lists them, then its IP
+    addresses (RFC 8738) in canonical form."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return (*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress)))

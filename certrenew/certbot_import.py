@@ -28,7 +28,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certrenew.atomicfile import write_atomic
-from certrenew.bundle import CertificateInfo, build_bundle, certificate_info, leaf_certificate, leaf_info
+from certrenew.bundle import (
+    CLOCK_SKEW,
+    CertificateInfo,
+    build_bundle,
+    certificate_info,
+    certificates,
+    chain_problem,
+    leaf_certificate,
+    leaf_info,
+    pem_blocks,
+)
 from certrenew.config import CertificateSpec, Settings, certificate_specs, load_config
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.install import read_bundle_file
@@ -36,6 +46,8 @@ from certrenew.keys import is_key_of, key_to_pem, key_type_of, load_key
 from certrenew.store import Account, CertificateRecord, FileStore, Store
 
 DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
+ASK_TIMEOUT = 10.0
+"""Seconds for each question to the CA (its directory, a certificate's renewal information)."""
 TOP = "top"
 """The section name given to a renewal conf's top-level keys (configobj needs no header for them)."""
 HOOKS = {"pre_hook": "pre hook", "post_hook": "post hook", "renew_hook": "deploy hook",
@@ -187,6 +199,9 @@ def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: l
                               "type than certbot's certificate has, so the next run reissues it")
         takeovers[index] = dataclasses.replace(item, managed=managed, ssl_dir=_ssl_dir_notes(settings, item, served))
 
+    unknown, asked = _unknown_to_the_ca(settings, takeovers) if takeovers else ({}, [])
+    skipped.update(unknown)
+    takeovers = [item for item in takeovers if item.lineage not in unknown]
     account, account_id = _account(store, certbot_dir, directory_url, takeovers) if takeovers else (None, "")
     original = config_path.read_text() if config_path.exists() else ""
     appended = "".join(_toml(item, certbot_dir) for item in takeovers if item.spec.name not in configured)
@@ -196,7 +211,7 @@ def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: l
         appended = "\n" + appended
     _check_config(config_path, original + appended)
     return ImportPlan(directory_url, takeovers, skipped, account, account_id, config_path, original + appended,
-                      appended, _global_hooks(certbot_dir))
+                      appended, asked + _global_hooks(certbot_dir))
 
 
 def apply(plan: ImportPlan, store: Store) -> None:
@@ -250,7 +265,7 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     """
     conf_path = certbot_dir / "renewal" / f"{name}.conf"
     try:
-        conf = read_renewal_conf(conf_path.read_text())
+        conf = read_renewal_conf(_read(name, conf_path, "renewal conf").decode())
     except (configparser.Error, UnicodeDecodeError) as error:
         raise UsageError(f"{name}: cannot read {conf_path}: {' '.join(str(error).split())}") from None
     params = conf.get("renewalparams", {})
@@ -265,13 +280,17 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     live = certbot_dir / "live" / name
     fullchain, key_pem = (_read(name, live / file) for file in ("fullchain.pem", "privkey.pem"))
     try:
-        cert = leaf_certificate(fullchain)
+        chain = certificates(pem_blocks(fullchain))
+        cert = chain[0]
         key = load_key(key_pem)
     except (ValueError, TypeError, IndexError, CertrenewError) as error:
         raise UsageError(f"{name}: cannot read the certificate or key in {live}: {error or type(error).__name__}") \
             from None
     if not is_key_of(key, cert):
         raise UsageError(f"{name}: {live / 'privkey.pem'} is not the key of {live / 'fullchain.pem'}")
+    problem = _not_issued(chain, datetime.datetime.now(datetime.timezone.utc))
+    if problem:
+        return f"{live / 'fullchain.pem'}: {problem}; certbot keeps it, or add it to the config for certrenew to order"
 
     key_type = key_type_of(key.public_key())
     if key_type is None:
@@ -292,11 +311,82 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
                     certificate_info(cert), params["account"], notes)
 
 
-def _read(name: str, path: Path) -> bytes:
-    """A PEM file of certbot's, read as the ssl dir's bundles are: a FIFO, a device or an oversized
+def _not_issued(chain: list[x509.Certificate], now: datetime.datetime) -> str | None:
+    """Why certbot's certificate is not one a CA issued and still valid, or None: the proof an issued
+    certificate passes (see `bundle.check_issued`), where the names are the certificate's own.
+
+    Whatever sits in live/ is taken for the CA's otherwise (a self-signed certificate valid
+    for 100 years was imported, and reported ok until it expired). Whether the issuer is the
+    CA's is for the CA to say (see `_unknown_to_the_ca`).
+    """
+    leaf = chain[0]
+    if len(chain) < 2:
+        self_signed = leaf.issuer == leaf.subject and chain_problem([leaf, leaf]) is None
+        return "its certificate is self-signed, not issued by a CA" if self_signed else \
+            f"it holds no certificate of its issuer ({leaf.issuer.rfc4514_string()})"
+    problem = chain_problem(chain)
+    if problem:
+        return f"its chain is broken: {problem}"
+    try:
+        issuer_is_ca = chain[1].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        issuer_is_ca = False
+    if not issuer_is_ca:
+        return f"its issuer ({chain[1].subject.rfc4514_string()}) is not a CA certificate"
+    if now >= leaf.not_valid_after_utc:
+        return f"it expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    if now + CLOCK_SKEW < leaf.not_valid_before_utc:
+        return f"it is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
+def _unknown_to_the_ca(settings: Settings, takeovers: list[Takeover]) -> tuple[dict[str, str], list[str]]:
+    """The lineages whose certificate the CA says it did not issue (why, by lineage), and a note
+    where it could not be asked.
+
+    No chain shows that its issuer is the CA's: no ACME resource names a CA's
+    intermediates. But a CA that speaks ARI (RFC 9773) answers renewal information for its
+    own certificates only, 404 for another's (Let's Encrypt's Boulder does), so one GET per
+    certificate tells. A CA without ARI (pebble), or one that does not answer, leaves the
+    proof to the chain, and a note says so.
+    """
+    import requests  # only an import asks, once per certificate
+
+    from certrenew.acme_ari import ari_cert_id
+    from certrenew.acme_transport import describe
+
+    url, verify = settings.directory_url, settings.ca_bundle or True
+    try:
+        response = requests.get(url, verify=verify, timeout=ASK_TIMEOUT)
+        response.raise_for_status()
+        base = response.json().get("renewalInfo")
+    except (requests.RequestException, ValueError, AttributeError) as error:
+        return {}, [f"certbot: the CA at {url} could not be asked whether it issued these certificates "
+                    f"({describe(error)}); only their chains prove them"]
+    if not isinstance(base, str):
+        return {}, [f"certbot: the CA at {url} offers no renewal information (ARI), which would show it issued "
+                    "these certificates; only their chains prove them"]
+    unknown = {}
+    for item in takeovers:
+        try:
+            status = requests.get(f"{base.rstrip('/')}/{ari_cert_id(leaf_certificate(item.bundle))}", verify=verify,
+                                  timeout=ASK_TIMEOUT).status_code
+        except x509.ExtensionNotFound:  # no authority key identifier: no CA's certificate lacks one
+            status = 404
+        except requests.RequestException:
+            continue
+        if status == 404:
+            unknown[item.lineage] = (f"the CA at {url} does not know its certificate (its renewal information is "
+                                     "404 Not Found): another CA issued it; certbot keeps it, or add it to the "
+                                     "config for certrenew to order")
+    return unknown, []
+
+
+def _read(name: str, path: Path, noun: str = "PEM file") -> bytes:
+    """A file of certbot's, read as the ssl dir's bundles are: a FIFO, a device or an oversized
     file is refused in one line naming it, not waited on or read until memory runs out."""
     try:
-        content = read_bundle_file(path, "PEM file", "not imported; certbot keeps regular files there")
+        content = read_bundle_file(path, noun, "not imported; certbot keeps regular files there")
     except CertrenewError as error:
         raise UsageError(f"{name}: {error}") from None
     if content is None:
@@ -368,8 +458,8 @@ def _read_account(certbot_dir: Path, directory_url: str, account_id: str) -> Acc
     import josepy as jose  # the ACME stack, only for an import
 
     try:
-        jwk = jose.JWK.json_loads((directory / "private_key.json").read_text())
-        uri = json.loads((directory / "regr.json").read_text())["uri"]
+        jwk = jose.JWK.json_loads(_read(f"certbot account {account_id}", directory / "private_key.json", "certbot account file"))
+        uri = json.loads(_read(f"certbot account {account_id}", directory / "regr.json", "certbot account file"))["uri"]
         if not isinstance(uri, str) or not uri.startswith("https://"):  # stored, it must read back
             raise ValueError(f"regr.json: the account URI {uri!r} is not an https:// URL")
     except OSError as error:

@@ -10,10 +10,12 @@ import difflib
 import json
 import logging
 import os
+import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from certrenew import signals
 from certrenew.config import (
@@ -44,6 +46,23 @@ ONE_SHOT_OPTIONS = [option for option in OPTIONS if option.name not in DAEMON_ON
 """The options of `run` and the single-domain form: all but the daemon's."""
 DAEMON_OPTIONS = [option for option in OPTIONS if option.name not in ("force", "metrics_file")]
 """The daemon's: no --force (it would renew on every pass), and its metrics are served, not written."""
+NO_RENEWAL_OPTIONS = [option for option in ONE_SHOT_OPTIONS
+                      if option.name not in ("force", "metrics_file", "concurrency", "renew_before", "key_type")]
+"""Those of check and revoke, which decide no renewal: none that only the renewal reads."""
+CONFIG_REQUIRED = f"TOML config file listing the certificates (default {DEFAULT_CONFIG})"
+CONFIG_NAMED = "TOML config file of settings, read only when named here or by CERTRENEW_CONFIG"
+CONFIG_IF_PRESENT = f"TOML config file, read if present (default {DEFAULT_CONFIG})"
+COMMAND_USAGE = """certrenew [options] DOMAIN [DOMAIN ...]
+       certrenew COMMAND [options] ...   (certrenew COMMAND --help lists its options)"""
+COMMAND_SUMMARIES = {
+    "run": "renew every certificate of the config file that is due",
+    "daemon": "keep them valid from a long-running process",
+    "status": "show every certificate; exit 1 when one is not healthy",
+    "check": "run every pre-flight check without ordering",
+    "revoke": "revoke a certificate at the CA (and --reissue or --delete it)",
+    "bootstrap-ssl-dir": "write a placeholder so HAProxy can start",
+    "import-certbot": "take over certbot's certificates without reissuing them",
+}
 LOG_FORMATS = ("text", "json")
 
 
@@ -52,17 +71,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.ArgumentParser:
+def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS, config: str = CONFIG_IF_PRESENT,
+            **details) -> argparse.ArgumentParser:
+    """A command's parser: `options` of the shared ones, `config` the help of its --config."""
     # No abbreviations: a mistyped --agree-to must not pass for --agree-tos.
-    parser = _Parser(prog=prog, description=description, epilog=EPILOG, allow_abbrev=False)
+    parser = _Parser(prog=prog, description=description, epilog=EPILOG, allow_abbrev=False, **details)
     for option in options:
         if option.kind is bool:
             parser.add_argument(option.cli, action=argparse.BooleanOptionalAction, help=option.help)
         else:
             parser.add_argument(option.cli, metavar=option.metavar, help=option.help,
                                 action="append" if option.repeated else "store")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help=f"TOML config file (for 'run' and 'status' default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", type=Path, metavar="FILE", help=config)
     parser.add_argument("-v", "--verbose", action=argparse.BooleanOptionalAction, help="log every step (and tracebacks)")
     parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, help="print only errors")
     parser.add_argument("--log-format", choices=LOG_FORMATS,
@@ -72,18 +92,28 @@ def _parser(prog: str, description: str, options=ONE_SHOT_OPTIONS) -> argparse.A
 
 
 def build_parser() -> argparse.ArgumentParser:
+    commands = "\n".join(f"  {command:<19}{summary}" for command, summary in COMMAND_SUMMARIES.items())
     parser = _parser(
         "certrenew",
-        "Obtain or renew a certificate over ACME (HTTP-01 behind HAProxy, or DNS-01) and make HAProxy serve it. "
-        "Other commands: run (every certificate of the config file), daemon, status, check, revoke, bootstrap-ssl-dir, "
-        "import-certbot.",
+        "Obtain or renew a certificate for DOMAINs over ACME (HTTP-01 behind HAProxy, or DNS-01) and make "
+        f"HAProxy serve it.\n\ncommands:\n{commands}",
+        config=CONFIG_NAMED, usage=COMMAND_USAGE, formatter_class=_ListsAsWritten,
     )
     parser.add_argument("domains", nargs="+", metavar="DOMAIN", help="names for the certificate; the first names it")
     return parser
 
 
+class _ListsAsWritten(argparse.HelpFormatter):
+    """Paragraphs wrapped as usual, but a list (a paragraph of several lines: the commands) kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n\n".join(paragraph if "\n" in paragraph else fill(paragraph, width, indent)
+                           for paragraph in text.split("\n\n"))
+
+
 def build_run_parser() -> argparse.ArgumentParser:
-    return _parser("certrenew run", "Renew every certificate of the config file that is due.")
+    return _parser("certrenew run", "Renew every certificate of the config file that is due.", config=CONFIG_REQUIRED)
 
 
 def build_daemon_parser() -> argparse.ArgumentParser:
@@ -92,7 +122,7 @@ def build_daemon_parser() -> argparse.ArgumentParser:
         "Keep every certificate of the config file valid from a long-running process: a pass when one falls "
         "due (at the latest every --check-interval), the HTTP-01 responder up all along. SIGHUP re-reads the "
         "config; SIGTERM or SIGINT stop it (exit 0).",
-        DAEMON_OPTIONS,
+        DAEMON_OPTIONS, CONFIG_REQUIRED,
     )
 
 
@@ -108,12 +138,17 @@ def build_status_parser() -> argparse.ArgumentParser:
 
 
 def build_check_parser() -> argparse.ArgumentParser:
-    return _parser(
+    parser = _parser(
         "certrenew check",
         "Run every pre-flight check without ordering: config, state and ssl dirs, HAProxy's admin socket, "
-        "haproxy -c, the reload command, the ACME directory, and a probe through HAProxy for every name. "
-        "One line per check; exit 1 if any failed.",
+        "haproxy -c, the reload command, the ACME directory, and a probe through HAProxy for every name "
+        "(those of the config file, and the DOMAINs given, as the single-domain form takes them). "
+        "One line per check, and one for what could not be checked; exit 1 if any failed.",
+        NO_RENEWAL_OPTIONS,
     )
+    parser.add_argument("domains", nargs="*", metavar="DOMAIN", help="names to probe, as `certrenew DOMAIN...` "
+                        "would order them")
+    return parser
 
 
 def build_bootstrap_parser() -> argparse.ArgumentParser:
@@ -121,7 +156,7 @@ def build_bootstrap_parser() -> argparse.ArgumentParser:
         "certrenew bootstrap-ssl-dir",
         "Write a self-signed placeholder into the ssl dir so HAProxy can start before any real certificate "
         "exists (HAProxy refuses an empty crt directory).",
-        [option for option in OPTIONS if option.name == "ssl_dir"],
+        [option for option in OPTIONS if option.name == "ssl_dir"], CONFIG_NAMED,
     )
 
 
@@ -132,8 +167,7 @@ def build_revoke_parser() -> argparse.ArgumentParser:
         "certrenew revoke",
         "Revoke the current certificate of NAME at the CA (the configured directory), after asking on a "
         "terminal. It stays served unless --reissue serves a new one first, or --delete removes it.",
-        [option for option in ONE_SHOT_OPTIONS
-         if option.name not in ("force", "metrics_file", "concurrency", "renew_before", "key_type")],
+        NO_RENEWAL_OPTIONS,
     )
     parser.add_argument("name", metavar="NAME", help="the certificate's name, as certrenew status lists it")
     parser.add_argument("--reason", default="unspecified", metavar="REASON",
@@ -170,9 +204,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document)
 
 
-def _setup_logging(args: argparse.Namespace) -> bool:
+@dataclass(frozen=True)
+class Output:
+    """A command's own lines (outcomes, checks, tables, errors) as its log lines are: text, or with
+    --log-format json one JSON object per line, so a log shipper reads every line certrenew writes."""
+
+    quiet: bool = False
+    json: bool = False
+
+    def result(self, line: str, name: str | None = None, level: int = logging.INFO) -> None:
+        """A line of what the command found or did, on stdout."""
+        self._write(sys.stdout, "", line, name, level)
+
+    def problem(self, line: str, name: str | None = None, level: int = logging.ERROR) -> None:
+        """A line about what went wrong (or a summary), on stderr after "certrenew: " as the log's."""
+        self._write(sys.stderr, "certrenew: ", line, name, level)
+
+    def _write(self, stream: TextIO, prefix: str, line: str, name: str | None, level: int) -> None:
+        if self.json:
+            record = logging.LogRecord(log.name, level, __file__, 0, line, None, None)
+            if name is not None:
+                record.certificate = name
+            line, prefix = JsonFormatter().format(record), ""
+        print(prefix + line, file=stream)
+
+
+def _setup_logging(args: argparse.Namespace) -> Output:
     """Set the log level from -v/-q, else CERTRENEW_VERBOSE/CERTRENEW_QUIET, and the format from --log-format,
-    else CERTRENEW_LOG_FORMAT; return whether to be quiet."""
+    else CERTRENEW_LOG_FORMAT; the command's own lines follow them."""
     verbose = bool(args.verbose if args.verbose is not None else env_flag("CERTRENEW_VERBOSE"))
     quiet = bool(args.quiet if args.quiet is not None else env_flag("CERTRENEW_QUIET"))
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
@@ -184,43 +243,48 @@ def _setup_logging(args: argparse.Namespace) -> bool:
     logging.basicConfig(level=level, handlers=[handler])
     if not verbose:
         logging.getLogger("acme").setLevel(logging.WARNING)
-    return quiet
+    return Output(quiet, log_format == "json")
 
 
-def _report(report, quiet: bool) -> int:
+def _report(report, output: Output) -> int:
     """One line per certificate: failures to stderr, the rest to stdout; then, for several, a summary
     to stderr. Exit 1 if a certificate or a hook failed (the hook already said so, in one line)."""
     outcomes = report.outcomes
     for outcome in outcomes:
+        line = f"{outcome.name}: {outcome.action}: {outcome.detail}"
         if outcome.failed:
-            print(f"certrenew: {outcome.name}: {outcome.action}: {outcome.detail}", file=sys.stderr)
-        elif not quiet:
-            print(f"{outcome.name}: {outcome.action}: {outcome.detail}")
+            output.problem(line, outcome.name, logging.ERROR if outcome.action == "failed" else logging.WARNING)
+        elif not output.quiet:
+            output.result(line, outcome.name)
     failed = [outcome.name for outcome in outcomes if outcome.failed]
     if failed and len(outcomes) > 1:
-        print(f"certrenew: {len(failed)} of {len(outcomes)} certificates failed: {', '.join(failed)}",
-              file=sys.stderr)
-    if len(outcomes) > 1 and (report.failed or not quiet):
-        print(f"certrenew: {report.summary()}", file=sys.stderr)
+        output.problem(f"{len(failed)} of {len(outcomes)} certificates failed: {', '.join(failed)}")
+    if len(outcomes) > 1 and (report.failed or not output.quiet):
+        output.problem(report.summary(), level=logging.ERROR if report.failed else logging.INFO)
+    deferred = [outcome.name for outcome in outcomes if outcome.action == "deferred"]
+    if deferred:  # failed before, and again: maybe for ever
+        from certrenew.status import forget_hint
+
+        output.problem(forget_hint(deferred), level=logging.WARNING)
     return 1 if report.failed else 0
 
 
-def _renew_recorded(settings, specs, quiet: bool) -> int:
+def _renew_recorded(settings, specs, output: Output) -> int:
     """`renew.run` and its report; with --metrics-file, then the run's metrics, whatever its outcome."""
     from certrenew.progress import for_stream
     from certrenew.renew import run
 
     store = FileStore(settings.state_dir)
-    progress = for_stream(sys.stderr, quiet)
+    progress = for_stream(sys.stderr, output.quiet or output.json)  # a bar is no JSON
     if settings.metrics_file is None:
-        return _report(run(settings, specs, store, progress=progress), quiet)
+        return _report(run(settings, specs, store, progress=progress), output)
     from certrenew import metrics, status
 
     metrics.check_textfile(settings.metrics_file)
     telemetry = metrics.Telemetry()
     started, code = time.monotonic(), 1
     try:
-        code = _report(run(settings, specs, store, telemetry=telemetry, progress=progress), quiet)
+        code = _report(run(settings, specs, store, telemetry=telemetry, progress=progress), output)
         return code
     finally:
         telemetry.record_run(code == 0, time.monotonic() - started)
@@ -229,12 +293,26 @@ def _renew_recorded(settings, specs, quiet: bool) -> int:
 
 def _renew(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    quiet = _setup_logging(args)
+    output = _setup_logging(args)
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
     specs = certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
-                              dns_settings(settings.challenge, vars(settings)))
-    return _renew_recorded(settings, specs, quiet)
+                              dns_settings(settings.challenge, vars(settings)), settings.crt_list_options)
+    if not settings.force:
+        _refuse_dropping_names(FileStore(settings.state_dir), specs)
+    return _renew_recorded(settings, specs, output)
+
+
+def _refuse_dropping_names(store: FileStore, specs: list[CertificateSpec]) -> None:
+    """`certrenew example.com` for a certificate that also has www.example.com would reissue it
+    without: certbot asks first, and the command line is where a name is forgotten, so that takes
+    --force. (A config file edited to drop a name says so on purpose.)"""
+    for spec in specs:
+        record = store.load_record(spec.name)
+        dropped = [domain for domain in record.domains if domain not in spec.domains] if record else []
+        if record and record.not_after and dropped:
+            raise UsageError(f"certificate {spec.name} also has {', '.join(dropped)}: name them all to keep them "
+                             f"(`certrenew {' '.join(record.domains)}`), or pass --force to drop them")
 
 
 
@@ -257,8 +335,8 @@ def _managed(args: argparse.Namespace) -> tuple[Settings, list[CertificateSpec]]
 
 def _run(argv: list[str]) -> int:
     args = build_run_parser().parse_args(argv)
-    quiet = _setup_logging(args)
-    return _renew_recorded(*_managed(args), quiet)
+    output = _setup_logging(args)
+    return _renew_recorded(*_managed(args), output)
 
 
 def _daemon(argv: list[str]) -> int:
@@ -290,20 +368,27 @@ def _status(argv: list[str]) -> int:
     from certrenew import status
 
     args = build_status_parser().parse_args(argv)
-    _setup_logging(args)
+    output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
-    rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir))
+    rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir),
+                          read_ssl_dir=True)
     reason = status.unhealthy(settings, rows)
     if args.json:
         document = {"version": status.JSON_VERSION, "healthy": reason is None, "reason": reason,
                     "certificates": [row.to_json() for row in rows]}
-        print(json.dumps(document, indent=2))
+        print(json.dumps(document, indent=None if output.json else 2))  # one line among JSON log lines
     else:
-        if rows:
-            print(status.format_table(rows))
+        lines = status.format_table(rows).splitlines() if rows else []
+        if output.json:  # one object per certificate, not the header
+            for row, line in zip(rows, lines[1:]):
+                output.result(line.rstrip(), row.name)
+        elif lines:
+            print("\n".join(lines))
         if reason:
-            print(f"certrenew: not healthy: {reason}", file=sys.stderr)
+            failing = [row.name for row in rows if row.state == "failing"]
+            hint = f" ({status.forget_hint(failing)})" if failing else ""
+            output.problem(f"not healthy: {reason}{hint}")
     return 0 if reason is None else 1
 
 
@@ -311,7 +396,7 @@ def _revoke(argv: list[str]) -> int:
     from certrenew import revoke
 
     args = build_revoke_parser().parse_args(argv)
-    quiet = _setup_logging(args)
+    output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
     request = revoke.prepare(settings, args.name, args.reason, config, args.reissue, args.delete)
@@ -320,11 +405,11 @@ def _revoke(argv: list[str]) -> int:
             raise UsageError("stdin is not a terminal to confirm on: pass --yes to revoke without asking")
         print(request.question(), end="", file=sys.stderr, flush=True)
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            print("certrenew: nothing revoked", file=sys.stderr)
+            output.problem("nothing revoked", request.name)
             return 1
     for line in revoke.carry_out(settings, request).report():
-        if not quiet:
-            print(line)
+        if not output.quiet:
+            output.result(line, request.name)
     return 0
 
 
@@ -332,12 +417,17 @@ def _check(argv: list[str]) -> int:
     from certrenew import preflight
 
     args = build_check_parser().parse_args(argv)
-    _setup_logging(args)
+    output = _setup_logging(args)
     config = _config(args, required=None)
-    checks = preflight.run_checks(build_settings(vars(args), config), config.path if config else None,
-                                  config.certificates if config else [])
+    settings = build_settings(vars(args), config)
+    specs = list(config.certificates) if config else []
+    if args.domains:
+        specs += certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
+                                   dns_settings(settings.challenge, vars(settings)))
+    checks = preflight.run_checks(settings, config.path if config else None, specs)
+    levels = {preflight.OK: logging.INFO, preflight.WARN: logging.WARNING, preflight.FAIL: logging.ERROR}
     for check in checks:
-        print(check)
+        output.result(str(check), level=levels[check.status])
     return 1 if any(check.status == preflight.FAIL for check in checks) else 0
 
 
@@ -345,9 +435,9 @@ def _bootstrap(argv: list[str]) -> int:
     from certrenew.placeholder import write_placeholder
 
     args = build_bootstrap_parser().parse_args(argv)
-    _setup_logging(args)
+    output = _setup_logging(args)
     settings = build_settings(vars(args), _config(args, required=False))
-    print(f"placeholder: {write_placeholder(settings.ssl_dir)}")
+    output.result(f"placeholder: {write_placeholder(settings.ssl_dir)}")
     return 0
 
 
@@ -362,6 +452,7 @@ def build_import_parser() -> argparse.ArgumentParser:
         "does not (hooks, other authenticators), one line each.",
         [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "ssl_dir", "listen",
                                                          "lock_timeout")],
+        f"TOML config file the certificates are appended to, created if missing (default {DEFAULT_CONFIG})",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="certbot certificate names (default: all)")
     parser.add_argument("--certbot-dir", type=Path, default=DEFAULT_CERTBOT_DIR, metavar="DIR",
@@ -376,13 +467,17 @@ def _import_certbot(argv: list[str]) -> int:
     from certrenew.certbot_import import import_certbot
 
     args = build_import_parser().parse_args(argv)
-    _setup_logging(args)
+    output = _setup_logging(args)
     path = Path(args.config or os.environ.get("CERTRENEW_CONFIG") or DEFAULT_CONFIG)
     settings = build_settings(vars(args), load_config(path) if path.exists() else None)
     plan = import_certbot(settings, args.certbot_dir, path, args.names, args.dry_run, args.replace)
-    print("\n".join(plan.lines(args.dry_run)))
+    for line in plan.lines(args.dry_run):
+        output.result(line)
     if args.dry_run and plan.appended:
-        print(f"--- to append to {path} ---\n{plan.appended}", end="")
+        if output.json:
+            output.result(f"to append to {path}:\n{plan.appended}")
+        else:
+            print(f"--- to append to {path} ---\n{plan.appended}", end="")
     return 0 if plan.takeovers else 1
 
 
@@ -390,28 +485,63 @@ COMMANDS = {"run": _run, "daemon": _daemon, "status": _status, "check": _check, 
             "import-certbot": _import_certbot}
 
 
+CERTBOT_HABITS = {
+    "renew": "`certrenew run`",
+    "certonly": "`certrenew DOMAIN [DOMAIN ...]`",
+    "certificates": "`certrenew status`",
+    "delete": "`certrenew revoke NAME --delete`",
+    "help": "`certrenew --help` (or `certrenew COMMAND --help`)",
+}
+"""certbot's commands and what certrenew calls them: an operator's fingers remember certbot."""
+CERTBOT_DOMAIN_FLAGS = ("-d", "--domain", "--domains")
+
+
+def _command(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The subcommand and the rest of the command line: the shared options may come before the
+    subcommand (`certrenew --log-format json run`), as most tools allow; None for the single-domain
+    form. (Not revoke's or import-certbot's parsers: they import what a no-op run must not.)"""
+    takes_value = {option for action in build_parser()._actions if action.nargs != 0
+                   for option in action.option_strings}
+    index = 0
+    while index < len(argv) and argv[index].startswith("-") and argv[index] not in ("--", *CERTBOT_DOMAIN_FLAGS):
+        index += 2 if argv[index] in takes_value else 1
+    word = argv[index] if index < len(argv) else None
+    if word in CERTBOT_HABITS:
+        raise UsageError(f"{word!r} is certbot's command; certrenew's is {CERTBOT_HABITS[word]}")
+    if word in COMMANDS:
+        return word, argv[:index] + argv[index + 1:]
+    names = [name for flag, value in zip(argv, argv[1:]) if flag in CERTBOT_DOMAIN_FLAGS for name in value.split(",")]
+    if names:
+        raise UsageError(f"certrenew takes the names as arguments, not with -d: `certrenew {' '.join(names)}` "
+                         "(the first names the certificate)")
+    return None, argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = COMMANDS.get(argv[0]) if argv else None
     raise_open_files_limit()
     try:
         with signals.handled():
             try:
-                return command(argv[1:]) if command else _renew(argv)
+                name, rest = _command(argv)
+                code = COMMANDS[name](rest) if name else _renew(rest)
+                sys.stdout.flush()  # a reader gone (`status | head -1`) shows here, not at the interpreter's exit
+                return code
             except signals.Interrupted as interrupted:
                 # Still under handled(): abandoned workers keep seeing the cancellation, so
                 # none starts a write once the run has given up its lock.
-                print(f"certrenew: {interrupted}; stopped cleanly, the next run picks up from here", file=sys.stderr)
+                Output(json=_log_format(argv) == "json").problem(
+                    f"{interrupted}; stopped cleanly, the next run picks up from here", level=logging.WARNING)
                 return signals.exit_abandoning_workers(interrupted.exit_code)
+    except BrokenPipeError:  # as Unix tools end on SIGPIPE: quietly, with its status; the rest of the output has nowhere to go
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (CertrenewError, OSError) as error:  # OSError: the state or ssl dir refusing a read or write, say
         if log.isEnabledFor(logging.DEBUG):
             log.exception("failed")
         message = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.filename else error
-        if _log_format(argv) == "json":  # a log shipper reads every line as JSON, argparse's complaints too
-            record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (message,), None)
-            print(JsonFormatter().format(record), file=sys.stderr)
-        else:
-            print(f"certrenew: error: {message}", file=sys.stderr)
+        # A log shipper reads every line as JSON, argparse's complaints too.
+        Output(json=_log_format(argv) == "json").problem(f"error: {message}")
         return getattr(error, "exit_code", 1)
 
 

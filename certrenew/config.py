@@ -6,6 +6,7 @@ they override each other in that order.
 """
 
 import datetime
+import difflib
 import math
 import os
 import re
@@ -39,6 +40,7 @@ WILDCARD_PREFIX = "_wildcard."
 """A wildcard certificate's default name: `*.example.com` -> `_wildcard.example.com` (as mkcert names it)."""
 IP_PREFIX = "ip-"
 """An IP address certificate's default name: `192.0.2.1` -> `ip-192.0.2.1`, `2001:db8::1` -> `ip-2001-db8--1`."""
+_CRT_STORE = re.compile(r"@[^/\s]+/\S+")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 MAX_SECONDS = 86400.0
@@ -86,6 +88,10 @@ class CertificateSpec:
     """The ACME challenge type that proves control of the names (see `certrenew.challenge`)."""
     dns: DnsSettings | None = None
     """For DNS-01: where and how its records are published."""
+    crt_list_options: str = ""
+    """What follows the bundle's path on its line of the --crt-list file: `[bind options]` and SNI filters."""
+    crt_store: str | None = None
+    """The crt-store entry (`@<store>/<alias>`) HAProxy loads the bundle's file as, to replace it under that name."""
     checked: bool = field(default=False, init=False, compare=False, repr=False)
     """Made by `certificate_specs`, which normalized its domains and checked its name: a run over
     10,000 need not check them again. Not an argument, and never copied by `dataclasses.replace`."""
@@ -142,6 +148,8 @@ class Settings:
     self_check: bool = True
     self_check_address: str | None = None
     haproxy_socket: tuple[str, ...] = ()
+    crt_list: Path | None = None
+    crt_list_options: str | None = None
     haproxy_config: tuple[Path, ...] = ()
     verify_endpoint: tuple[str, ...] = ()
     metrics_file: Path | None = None
@@ -208,7 +216,8 @@ def check_key_types(key_types: str) -> str:
 
 
 def certificate_specs(name: str | None, domains: Sequence[str], key_types: str | list[str], profile: str | None = None,
-                      challenge: str = HTTP_01, dns: DnsSettings | None = None) -> list[CertificateSpec]:
+                      challenge: str = HTTP_01, dns: DnsSettings | None = None,
+                      crt_list_options: str | None = None, crt_store: str | None = None) -> list[CertificateSpec]:
     """The certificates kept for `name` (by default named after the first domain): one `<name>`, or for
     a dual certificate `<name>.<key type>` per key type; `domains` are normalized here.
 
@@ -221,8 +230,12 @@ def certificate_specs(name: str | None, domains: Sequence[str], key_types: str |
     check_domains(challenge, normalized)
     name = check_certificate_name(name if name is not None else default_certificate_name(normalized[0]))
     types = split_key_types(key_types)
+    if crt_store is not None and len(types) > 1:
+        raise UsageError(f"crt_store names one certificate, not the {len(types)} of a dual one: give each its own "
+                         "[[certificate]] and crt-store entry")
     names = [name] if len(types) == 1 else [check_certificate_name(f"{name}.{t}") for t in types]
-    specs = [CertificateSpec(n, normalized, t, profile, challenge, dns) for n, t in zip(names, types)]
+    specs = [CertificateSpec(n, normalized, t, profile, challenge, dns, crt_list_options or "", crt_store)
+             for n, t in zip(names, types)]
     for spec in specs:
         object.__setattr__(spec, "checked", True)  # frozen, and no argument: only this function sets it
     return specs
@@ -360,6 +373,13 @@ def _eab_kid(kid: str) -> str:
     return kid
 
 
+def _crt_list_options(text: str) -> str:
+    """One crt-list line's options: what a line break would end, or a `#` turn into a comment, cannot be."""
+    if any(char in text for char in "\r\n#"):
+        raise ValueError(f"{text!r}: a crt-list line's options cannot hold a line break or a '#'")
+    return text
+
+
 def _existing_file(path: str) -> str:
     if not Path(path).is_file():
         raise ValueError(f"{path} does not exist")
@@ -410,6 +430,8 @@ class Option:
 
     def from_toml(self, value: Any) -> Any:
         if self.repeated:
+            if isinstance(value, str):  # haproxy_socket = "/run/haproxy/admin.sock": a list of one, plainly meant
+                value = [value]
             if not isinstance(value, list):
                 raise ValueError("must be a list, e.g. [\"...\", \"...\"]")
             return tuple(self._one_from_toml(item) for item in value)
@@ -466,6 +488,11 @@ OPTIONS = [
     Option("haproxy_socket", "an HAProxy Runtime API (admin stats socket: a unix path or ipv4@HOST:PORT) to "
            "update in memory, no reload; repeat for several HAProxy processes", metavar="ADDR",
            check=check_address, repeated=True),
+    Option("crt_list", "HAProxy's crt-list file a bind loads (`crt-list PATH`): each certificate is served by a "
+           "line of it naming its bundle in the ssl dir, added (and removed by revoke --delete) by certrenew",
+           Path, "PATH"),
+    Option("crt_list_options", "what follows the bundle on its crt-list line: [bind options] and SNI filters, "
+           "in HAProxy's syntax, e.g. '[alpn h2] www.example.com'", metavar="TEXT", check=_crt_list_options),
     Option("haproxy_config", "HAProxy configuration to check with 'haproxy -c' before any reload; repeat "
            "for several -f files", Path, "PATH", repeated=True),
     Option("verify_endpoint", "after installing, check that this TLS address serves the new certificate for "
@@ -583,8 +610,7 @@ def load_config(path: Path) -> ConfigFile:
         if key in ("certificate", "ca"):
             continue
         if key not in OPTION_NAMED or key in CLI_ONLY:
-            known = ", ".join(sorted(set(OPTION_NAMED) - CLI_ONLY))
-            raise UsageError(f"{path}: unknown key {key!r} (known: {known}, [[certificate]], [ca.\"URL\"])")
+            raise _unknown_key(str(path), key, [*sorted(set(OPTION_NAMED) - CLI_ONLY), "[[certificate]]", '[ca."URL"]'])
         try:
             settings[key] = OPTION_NAMED[key].from_toml(value)
         except (ValueError, UsageError) as error:
@@ -636,9 +662,17 @@ def _fallback_ca(path: Path, url: str, table: Any) -> Ca:
     return Ca(directory, **own)
 
 
-CERTIFICATE_OPTIONS = ("challenge", *DNS_OPTIONS)
+def _unknown_key(where: str, key: str, known: Sequence[str]) -> UsageError:
+    """The key meant (agree-tos, written as on the command line, is agree_tos), else every known one."""
+    close = difflib.get_close_matches(key.replace("-", "_"), known, n=1, cutoff=0.7)
+    if close:
+        return UsageError(f"{where}: unknown key {key!r}: did you mean {close[0]!r}?")
+    return UsageError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+
+
+CERTIFICATE_OPTIONS = ("challenge", *DNS_OPTIONS, "crt_list_options")
 """The options a [[certificate]] table may set for itself, besides its names, key type and profile."""
-CERTIFICATE_KEYS = ("name", "domains", "key_type", "profile", *CERTIFICATE_OPTIONS)
+CERTIFICATE_KEYS = ("name", "domains", "key_type", "profile", "crt_store", *CERTIFICATE_OPTIONS)
 
 
 def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[CertificateSpec]:
@@ -647,14 +681,19 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
         raise UsageError(f"{where}: must be a table")
     unknown = table.keys() - CERTIFICATE_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(CERTIFICATE_KEYS)})")
+        raise _unknown_key(where, sorted(unknown)[0], CERTIFICATE_KEYS)
     domains = table.get("domains")
+    if isinstance(domains, str):  # domains = "example.com": a list of one
+        domains = [domains]
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise UsageError(f"{where}: domains must be a list of strings")
     try:  # checked as the top-level key is: "short lived" would reach the CA, and fail there with a back-off
         profile = OPTION_NAMED["profile"].from_toml(table["profile"]) if "profile" in table else defaults.get("profile")
     except ValueError as error:
         raise UsageError(f"{where}: profile {error}") from None
+    crt_store = table.get("crt_store")
+    if crt_store is not None and not (isinstance(crt_store, str) and _CRT_STORE.fullmatch(crt_store)):
+        raise UsageError(f"{where}: crt_store must name a crt-store entry as HAProxy does, '@<store>/<alias>'")
     key_types = table.get("key_type", defaults.get("key_type", DEFAULT_KEY_TYPE))
     if not isinstance(key_types, (str, list)):
         raise UsageError(f"{where}: key_type must be a string, or a list of an ECDSA and an RSA type")
@@ -671,6 +710,7 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
                          f'challenge = "{DNS_01}"')
     try:
         return certificate_specs(table.get("name"), domains, key_types, profile, challenge,
-                                 dns_settings(challenge, {**defaults, **own}))
+                                 dns_settings(challenge, {**defaults, **own}),
+                                 own.get("crt_list_options", defaults.get("crt_list_options")), crt_store)
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from None

@@ -31,10 +31,19 @@ class Refused(CertrenewError):
     """HAProxy refused some bundles themselves (an error answer to `set`/`commit ssl cert` or
     `add ssl crt-list`, or `haproxy -c` naming their files): those bundles, not HAProxy, are at fault."""
 
-    def __init__(self, message: str, which: list[str]) -> None:
+    set_aside = True
+    """Whether the bundles are at fault, so set aside and ordered anew; else they stay pending
+    for the run after the operator's fix (a subclass says why)."""
+
+    def __init__(self, message: str, which: list[str], each: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.which = which
         """The certificates refused: their files where the installer raises it, their names after."""
+        self.each = each or {}
+        """Each one's own reason where it has one, so no certificate is blamed for another's fault."""
+
+    def reason(self, which: str) -> str:
+        return self.each.get(which, str(self))
 
 
 class OverBudget(CertrenewError):

@@ -20,7 +20,7 @@ from certrenew.bundle import CertificateInfo, check_bundle, check_clock, check_i
 from certrenew.challenge import ChallengeSolver
 from certrenew.config import Ca, CertificateSpec, Settings
 from certrenew.errors import CertrenewError, OverBudget, UsageError
-from certrenew.install import Installer, InstallResult
+from certrenew.install import Installer, InstallResult, Serving
 from certrenew.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
 from certrenew.policy import BUDGET_PERIOD, ORDER_BUDGET, Decision, budget_ends, decide, minutes, recent_issues, utc_now
 from certrenew.store import Account, CertificateRecord, PendingOrder, Store
@@ -106,7 +106,7 @@ class Issuer:
         self.store = store
         self.solvers = solvers
         self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
-                                   settings.haproxy_config, settings.verify_endpoint)
+                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list)
         self.deadline = Deadline(settings.timeout)
         self._lock = threading.RLock()
         self._sessions = {ca.directory: _Session(ca) for ca in settings.cas}
@@ -117,7 +117,7 @@ class Issuer:
         What fails at a CA and may not at the next (see `falls_through`) is logged in one
         line and the next CA is asked; the last one's failure is the certificate's.
         """
-        self.installer.check_place(spec.name)
+        self.installer.check_place(spec.name, spec.domains, spec.key_type)
         solver, cas, probe = self._solver(spec), self.settings.cas, _Probe(lambda: self.before_order(spec))
         for ca, then in zip(cas, cas[1:]):
             try:
@@ -125,7 +125,8 @@ class Issuer:
             except CertrenewError as error:
                 if probe.failed or not falls_through(error):
                     raise
-                log.warning("%s: not issued by %s (%s); trying %s", spec.name, ca.directory, error, then.directory)
+                log.warning("%s: not issued by %s (%s); trying %s", spec.name, ca.directory, error, then.directory,
+                            extra={"certificate": spec.name})
         return self._issue_at(cas[-1].directory, spec, solver, probe)
 
     def _issue_at(self, directory: str, spec: CertificateSpec, solver: ChallengeSolver,
@@ -160,7 +161,7 @@ class Issuer:
         `_set_aside`), and what came from another CA or no longer fits is dropped; either
         way the certificate is ordered anew.
         """
-        self.installer.check_place(spec.name)
+        self.installer.check_place(spec.name, spec.domains, spec.key_type)
         bundle = self.store.load_bundle(spec.name, "pending")
         if bundle is None:
             return self._finish_order(spec)
@@ -178,7 +179,8 @@ class Issuer:
             and key_type_of(load_key(bundle).public_key()) == spec.key_type
         )
         if not fits:
-            log.info("%s: the pending certificate no longer fits; ordering a new one", spec.name)
+            log.info("%s: the pending certificate no longer fits; ordering a new one", spec.name,
+                     extra={"certificate": spec.name})
             self.store.discard_pending(spec.name)
             return self.issue(spec)
         return Issued(spec, bundle, "installed", self._window(spec.name, bundle, directory), directory)
@@ -206,11 +208,12 @@ class Issuer:
                 if len(self.settings.cas) == 1 or not falls_through(error):
                     raise
                 log.warning("%s: the order a previous run left at %s cannot be completed (%s); ordering anew",
-                            spec.name, directory, error)
+                            spec.name, directory, error, extra={"certificate": spec.name})
                 self.store.discard_order(spec.name)
                 return self.issue(spec)
         if fullchain is None:
-            log.info("%s: the order a previous run left cannot be completed; ordering a new one", spec.name)
+            log.info("%s: the order a previous run left cannot be completed; ordering a new one", spec.name,
+                     extra={"certificate": spec.name})
             self.store.discard_order(spec.name)
             return self.issue(spec)
         return self._keep(spec, fullchain, order.key_pem, "installed", directory)
@@ -259,7 +262,8 @@ class Issuer:
         """
         where = self.store.set_aside(spec.name, kind)
         if self.settings.force:
-            log.warning("%s: %s; set aside as %s; ordering anew (--force)", spec.name, problem, where)
+            log.warning("%s: %s; set aside as %s; ordering anew (--force)", spec.name, problem, where,
+                        extra={"certificate": spec.name})
             return self.issue(spec)
         raise CertrenewError(f"{problem}; set aside as {where}; the next attempt orders anew (or use --force)")
 
@@ -268,7 +272,7 @@ class Issuer:
         if directory is None or directory in self._sessions:
             return True
         log.warning("%s: discarding the %s from %s: this run uses the CA at %s", spec.name, what, directory,
-                    " or ".join(self._sessions))
+                    " or ".join(self._sessions), extra={"certificate": spec.name})
         return False
 
     def check(self, spec: CertificateSpec) -> Issued | Decision:
@@ -280,7 +284,7 @@ class Issuer:
         decision = decide(record, list(spec.domains), spec.key_type, utc_now(), renew_before=self.settings.renew_before,
                           directories=self.settings.directory_urls)
         if decision.due:
-            log.info("%s: renewing (%s)", spec.name, decision.reason)
+            log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
             return self.issue(spec)
         return decision
 
@@ -291,7 +295,9 @@ class Issuer:
         untrue (see `Installed.unrecorded`). Touches only HAProxy and local state: the
         renewal windows came with the downloads.
         """
-        results = self.installer.install({item.spec.name: item.bundle for item in issued})
+        results = self.installer.install({item.spec.name: item.bundle for item in issued},
+                                         {item.spec.name: Serving(item.spec.crt_list_options, item.spec.crt_store)
+                                          for item in issued})
         installed = []
         for item, result in zip(issued, results):
             info = result.info
@@ -333,7 +339,8 @@ class Issuer:
                 raise CertrenewError("no current certificate to ask about")
             return renewal_window(client.transport, leaf_certificate(bundle))
         except CertrenewError as error:
-            log.warning("%s: no renewal information (%s); the lifetime rule applies", name, error)
+            log.warning("%s: no renewal information (%s); the lifetime rule applies", name, error,
+                        extra={"certificate": name})
             return error
 
     def _replaces(self, client: AcmeClient, spec: CertificateSpec, directory: str) -> str | None:

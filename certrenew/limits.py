@@ -50,7 +50,10 @@ def read_regular(path: str | Path, limit: int) -> bytes:
         if kind or info.st_size > limit:
             raise Unfit(kind, limit)
         with open(fd, "rb", closefd=False) as file:
-            content = file.read(limit + 1)
+            # As large as the file: a buffer of `limit` for each read cost more than parsing a bundle.
+            content = file.read(info.st_size + 1)
+            if len(content) > info.st_size:  # grown since the fstat: the rest, as bounded
+                content += file.read(limit + 1 - len(content))
     finally:
         os.close(fd)
     if len(content) > limit:

@@ -8,12 +8,15 @@ whatever a planted symbolic link points to.
 """
 
 import fcntl
+import logging
 import os
 import time
 from pathlib import Path
 
 from certrenew import owned, signals
 from certrenew.errors import CertrenewError
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = "lock"
 POLL = 0.1
@@ -53,12 +56,17 @@ class StateLock:
 
     def _wait(self, fd: int) -> None:
         end = time.monotonic() + self.timeout
+        said = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 pass
+            if not said and self.timeout > 0:  # at once: a silent wait of minutes looks like a hang
+                log.warning("another certrenew run (pid %s) holds the lock on %s; waiting up to %g s for it "
+                            "(--lock-timeout)", _holder(fd), self.path.parent, self.timeout)
+                said = True
             if time.monotonic() >= end:
                 raise CertrenewError(
                     f"another certrenew run (pid {_holder(fd)}) holds the lock on {self.path.parent}; "

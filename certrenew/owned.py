@@ -10,7 +10,9 @@ be someone else's (`--state-dir /tmp`).
 """
 
 import errno
+import grp
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -106,3 +108,28 @@ def read_secret(path: str | Path, what: str, limit: int) -> bytes:
     if len(data) > limit:
         raise UsageError(f"{what} {path} is larger than {limit} bytes: is it the right file?")
     return data
+
+
+def user_name(uid: int) -> str:
+    """A user's name, or `uid N` where this system has none (a container's user)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def group_name(gid: int) -> str:
+    """A group's name, or `gid N` where this system has none."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
+
+
+def not_writable(directory: Path) -> str:
+    """Why this user may not write in `directory`, and the fix: its owner, group and mode named, as
+    HAProxy's socket refusal names them (`runtime_api`)."""
+    user, info = user_name(os.geteuid()), os.stat(directory)
+    owner, group = user_name(info.st_uid), group_name(info.st_gid)
+    return (f"not writable by user {user} (it is {owner}:{group}, mode {stat.S_IMODE(info.st_mode):04o}): "
+            f"`chown {user} {directory}`, or add {user} to group {group} and `chmod g+w {directory}`")

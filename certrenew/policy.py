@@ -155,6 +155,8 @@ def due_reason(record: CertificateRecord | None, domains: list[str], key_type: s
     """
     if record is None or record.not_after is None:
         return "no certificate yet"
+    if record.revoked is not None:
+        return f"revoked at {minutes(record.revoked)} UTC"
     if directories is not None and record.directory is not None and record.directory not in directories:
         return f"CA changed (issued by {record.directory})"
     if record.domains != domains:

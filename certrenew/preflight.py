@@ -23,12 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from certrenew import haproxy, hints
+from certrenew import haproxy, hints, owned
 from certrenew.challenge import HTTP_01
-from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings
+from certrenew.crtlist import CrtList
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.hostport import split_host_port
+from certrenew.install import claims, shadowing
 from certrenew.listen import check_socket_dir, create_hint, parse_listen, takeover_risk
 from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
 from certrenew.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
@@ -135,7 +136,8 @@ def probe(responder: Responder, settings: Settings, name: str) -> Check:
 
 def socket_checks(settings: Settings) -> list[Check]:
     """Every Runtime API socket: an install fails on one it cannot use."""
-    return [socket_check(address, settings.ssl_dir) for address in settings.haproxy_socket]
+    served_from, kind = (settings.crt_list, "crt-list") if settings.crt_list else (settings.ssl_dir, "crt directory")
+    return [socket_check(address, served_from, kind) for address in settings.haproxy_socket]
 
 
 def haproxy_checks(settings: Settings) -> list[Check]:
@@ -145,8 +147,9 @@ def haproxy_checks(settings: Settings) -> list[Check]:
     return [*checks, reload_check(settings.reload_command, needed)]
 
 
-def socket_check(address: str, ssl_dir: Path) -> Check:
-    """Reachable, at admin level, and loading `ssl_dir` as a crt directory (so new names need no reload)."""
+def socket_check(address: str, ssl_dir: Path, kind: str = "crt directory") -> Check:
+    """Reachable, at admin level, and loading `ssl_dir` as a crt directory (or the crt-list file: `kind`),
+    so new names need no reload."""
     what = f"HAProxy socket {address}"
     node = RuntimeApi(address, timeout=PROBE_TIMEOUT)
     try:
@@ -157,22 +160,28 @@ def socket_check(address: str, ssl_dir: Path) -> Check:
     except Unsupported as error:
         return Check(WARN, what, f"{error}: certificates are installed with the reload command")
     except Forbidden as error:  # its message names the fix
-        return Check(FAIL, what, str(error))
+        return Check(FAIL, what, _unprefixed(error, address))
     except RuntimeApiError as error:
-        return Check(FAIL, what, f"{error}; check --haproxy-socket, that HAProxy runs, and that this user may open it")
+        return Check(FAIL, what, f"{_unprefixed(error, address)}; check --haproxy-socket, that HAProxy runs, "
+                                 "and that this user may open it")
     directory = os.path.abspath(ssl_dir)
     if find_crt_list(crt_lists, directory) is None:
-        return Check(WARN, what, f"loads no crt directory {directory}: a new certificate needs the reload command")
-    return Check(OK, what, f"admin level, loads the crt directory {directory}")
+        return Check(WARN, what, f"loads no {kind} {directory}: a new certificate needs the reload command")
+    return Check(OK, what, f"admin level, loads the {kind} {directory}")
+
+
+def _unprefixed(error: RuntimeApiError, address: str) -> str:
+    """The error without the socket it names first: the check's line names it already."""
+    text = str(error)
+    for prefix in (f"HAProxy Runtime API {address}: ", f"{address}: "):
+        text = text.removeprefix(prefix)
+    return text
 
 
 def reload_check(command: str, needed: bool) -> Check:
-    """The reload command's program exists; a FAIL only when installing will need it."""
+    """The reload command would run (see `haproxy.reload_problem`); a FAIL only when installing will need it."""
     what = "reload command"
-    try:
-        missing = missing_program(command)
-    except ValueError as error:  # an empty or unparsable command
-        missing = str(error)
+    missing = haproxy.reload_problem(command)
     if missing is None:
         return Check(OK, what, f"{command!r}")
     missing += " (set --reload-command)"
@@ -188,7 +197,9 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     checks = [Check(OK, "config", f"{config}: {len(specs)} certificate(s)") if config else
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
               _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir), _listen_check(settings.listen),
-              *haproxy_checks(settings)]
+              *_shadow_checks(settings.ssl_dir, specs), *haproxy_checks(settings)]
+    if settings.crt_list:
+        checks.append(_crt_list_check(settings.crt_list))
     if settings.haproxy_config:
         checks.append(_config_check(settings.haproxy_config))
     profiles = {spec.profile for spec in specs} | {settings.profile}
@@ -206,6 +217,10 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
                 checks.extend(probe_all(responder, settings, names))
             except CertrenewError as error:  # the responder cannot listen
                 checks.append(Check(FAIL, "responder", str(error)))
+    else:  # all ok would read as "ready to order", and the probe is what most first orders fail on
+        checks.append(Check(WARN, "probe", "no HTTP-01 name to probe, so the path from the CA through HAProxy to "
+                                           "the responder is not checked: name them (`certrenew check DOMAIN...`) "
+                                           "or give --config"))
     return checks
 
 
@@ -246,11 +261,37 @@ def _ssl_dir_check(ssl_dir: Path) -> Check:
     if not ssl_dir.is_dir():
         return Check(FAIL, what, f"does not exist: create it with `certrenew bootstrap-ssl-dir --ssl-dir {ssl_dir}`")
     if not os.access(ssl_dir, os.W_OK | os.X_OK):
-        return Check(FAIL, what, "not writable by this user")
+        return Check(FAIL, what, owned.not_writable(ssl_dir))
     if not any(ssl_dir.glob("*.pem")):
         return Check(FAIL, what, "no certificate in it, so HAProxy refuses to start: run `certrenew "
                                  f"bootstrap-ssl-dir --ssl-dir {ssl_dir}`")
     return Check(OK, what, "writable, HAProxy has a certificate to start with")
+
+
+def _shadow_checks(ssl_dir: Path, specs: Sequence[CertificateSpec]) -> list[Check]:
+    """A FAIL for each certificate another bundle in the ssl dir shadows: a run refuses to order it."""
+    directory = Path(os.path.abspath(ssl_dir))
+    found = claims(directory)
+    problems = [(spec.name, shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type))
+                for spec in specs]
+    failed = [Check(FAIL, f"certificate {name}", problem) for name, problem in problems if problem]
+    return failed or ([Check(OK, "ssl dir bundles", "no other bundle claims a certificate's names")] if specs else [])
+
+
+def _crt_list_check(path: Path) -> Check:
+    """Every line of the crt-list names a file that exists: HAProxy refuses to start (or reload) otherwise.
+    A relative name is HAProxy's crt-base's, which only HAProxy's configuration knows: not checked."""
+    what = f"crt-list {path}"
+    try:
+        files = CrtList.read(path).files()
+    except CertrenewError as error:
+        return Check(FAIL, what, str(error))
+    missing = [f"line {number}: {file} does not exist" for number, file in files
+               if file.startswith("/") and not Path(file).exists()]
+    if missing:
+        return Check(FAIL, what, f"{'; '.join(missing)}: HAProxy will not start or reload with it (restore the "
+                                 "file, or remove the line)")
+    return Check(OK, what, f"{len(files)} line(s), every file exists")
 
 
 def _config_check(configs: Sequence[Path]) -> Check:

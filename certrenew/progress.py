@@ -40,7 +40,7 @@ class Progress:
 
     def _show(self, name: str, what: str) -> None:
         log.info("%s: %s (%d of %d done, %d failed, %d remaining)", name, what, self.done, self.total, self.failed,
-                 self.total - self.done)
+                 self.total - self.done, extra={"certificate": name})
 
 
 class Bar(Progress):

@@ -15,10 +15,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from certrenew import hooks, signals
+from certrenew import hooks, owned, signals
 from certrenew.atomicfile import remove_stale_temps
 from certrenew.challenge import ChallengeSolver, check_domains
-from certrenew.command import missing_program
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
 from certrenew.domains import check_normalized
 from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
@@ -160,7 +159,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
 def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime) -> str | Outcome:
     """What this run does for `spec`: an Issuer step ("resume", "issue" or "check"), or the Outcome of doing nothing."""
     if store.unfinished(spec.name):
-        log.info("%s: completing what a previous run left", spec.name)
+        log.info("%s: completing what a previous run left", spec.name, extra={"certificate": spec.name})
         return "resume"
     record = store.load_record(spec.name)
     if record is not None and record.failed_settings not in (None, spec.order_settings(settings.directory_url)):
@@ -168,7 +167,10 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
     decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
                       settings.directory_urls)
     if decision.due:
-        log.info("%s: renewing (%s)", spec.name, decision.reason)
+        if record is None or record.not_after is None:  # "renewing (no certificate yet)" reads as a bug
+            log.info("%s: issuing", spec.name, extra={"certificate": spec.name})
+        else:
+            log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
         return "issue"
     if decision.deferred:
         return Outcome(spec.name, "deferred", decision.reason)
@@ -280,19 +282,19 @@ def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "li
 
 def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str, refused: Refused) -> Outcome:
     """A bundle HAProxy refused is set aside, so that the next runs order anew rather than retry it for
-    ever; one whose place in the ssl dir is blocked stays pending for the run after the operator's fix."""
-    from certrenew.install import Blocked  # imported already: the batch came through it
-
+    ever; one not at fault (its place in the ssl dir blocked, another bundle served instead) stays
+    pending for the run after the operator's fix. Each says its own reason, not the batch's."""
+    reason = refused.reason(spec.name)
     error: CertrenewError
-    if isinstance(refused, Blocked):
-        error = Blocked(f"{refused}; the new certificate stays pending for the run after", refused.which)
+    if not refused.set_aside:
+        error = type(refused)(f"{reason}; the new certificate stays pending for the run after", refused.which)
     else:
         try:
             where = store.set_aside(spec.name, "pending")
         except Exception as unmovable:  # this certificate's failure too: it stays pending, the others go on
-            error = CertrenewError(f"{refused}; and it could not be set aside: {_expected(unmovable)}")
+            error = CertrenewError(f"{reason}; and it could not be set aside: {_expected(unmovable)}")
         else:
-            error = CertrenewError(f"{refused}; the refused certificate is set aside as {where}")
+            error = CertrenewError(f"{reason}; the refused certificate is set aside as {where}")
     return _failed(store, now, spec, directory, error)
 
 
@@ -307,8 +309,9 @@ def _expected(error: Exception) -> CertrenewError:
 def _installed(store: Store, now: datetime.datetime, directory: str, item: "Installed") -> Outcome:
     """What HAProxy serves now; a failure if it could not be recorded as current (no deploy hook until it is)."""
     info, result, spec = item.info, item.result, item.issued.spec
+    how = f"served by {result.method}" if result.confirmed else f"{result.method} not confirmed"
     detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
-              f"written to {result.path}, served by {result.method}" + (f" ({result.detail})" if result.detail else ""))
+              f"written to {result.path}, {how}" + (f" ({result.detail})" if result.detail else ""))
     if item.unrecorded is not None:
         error = CertrenewError(f"{_expected(item.unrecorded)}; HAProxy serves it ({detail}), but it is not "
                                "recorded as current: the next run records it")
@@ -345,7 +348,7 @@ def _check_ssl_dir(settings: Settings) -> None:
         raise UsageError(f"the ssl dir {ssl_dir} does not exist: create it with `certrenew bootstrap-ssl-dir "
                          f"--ssl-dir {ssl_dir}` (HAProxy needs a placeholder in it to start), or set --ssl-dir")
     if not os.access(ssl_dir, os.W_OK):
-        raise CertrenewError(f"the ssl dir {ssl_dir} is not writable by this user")
+        raise CertrenewError(f"the ssl dir {ssl_dir} is {owned.not_writable(ssl_dir)}")
 
 
 def _check_reload_command(settings: Settings) -> None:
@@ -355,7 +358,9 @@ def _check_reload_command(settings: Settings) -> None:
     an error. With sockets it is only the fallback (a certificate HAProxy does not know
     yet, a socket that fails), so it is a warning and hot updates go on.
     """
-    problem = missing_program(settings.reload_command)
+    from certrenew.haproxy import reload_problem
+
+    problem = reload_problem(settings.reload_command)
     if problem and not settings.haproxy_socket:
         raise UsageError(f"{problem} (set --reload-command)")
     if problem:

@@ -11,7 +11,7 @@ stays valid only for the seconds an order takes. If the new one cannot be served
 the old one is not revoked: the site keeps working and the operator decides.
 
 With `--delete` the certificate leaves every HAProxy (over the Runtime API, else by a
-reload), the ssl dir and the state dir, whose files are kept under `removed/`. A name
+reload), the ssl dir, the --crt-list file (its line) and the state dir, whose files are kept under `removed/`. A name
 that was never issued (a mistyped one whose order failed) has nothing to revoke or
 unserve: `--delete` only moves its state there, or `status` would report it for ever.
 """
@@ -33,6 +33,7 @@ from certrenew.config import (
     check_certificate_name,
     dns_settings,
 )
+from certrenew.crtlist import CrtList
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import key_type_of, load_key
 from certrenew.placeholder import write_placeholder
@@ -105,8 +106,8 @@ class Result:
             lines.append(f"{request.name}: removed from the ssl dir and from HAProxy ({removed.served_by}); "
                          f"its state is kept in {removed.backup}")
         elif self.reissued is None:
-            lines.append(f"{request.name}: HAProxy still serves the revoked certificate; replace it with "
-                         f"'certrenew revoke {request.name} --reissue', or remove it with --delete")
+            lines.append(f"{request.name}: HAProxy still serves the revoked certificate until the next run "
+                         f"replaces it (it is due now); remove it with 'certrenew revoke {request.name} --delete'")
         return lines
 
 
@@ -178,6 +179,8 @@ def carry_out(settings: Settings, request: Request) -> Result:
             return Result(request, False, removed=Removal("never served", _archive(store, request.name), None))
         already = not _revoke_at_ca(settings, store, request)
         removed = _remove(settings, store, request.name) if request.delete else None
+        if removed is None and reissued is None:  # still served: the next run must replace it
+            _record_revoked(store, request.name)
     return Result(request, already, reissued, removed)
 
 
@@ -192,6 +195,11 @@ def _discard_unfinished(settings: Settings, name: str) -> None:
     with store.lock(settings.lock_timeout):
         store.discard_pending(name)
         store.discard_order(name)
+def _record_revoked(store: FileStore, name: str) -> None:
+    record = store.load_record(name)
+    if record is not None:
+        record.revoked = datetime.datetime.now(datetime.timezone.utc)
+        store.save_record(record)
 
 
 def _account(store: FileStore, settings: Settings, ca: str) -> Account:
@@ -248,20 +256,27 @@ def _unserve(settings: Settings, file: Path) -> str:
     it over its Runtime API before another one failed keeps it dropped; the next attempt
     finds it gone there.
     """
+    listed = CrtList.read(Path(os.path.abspath(settings.crt_list))) if settings.crt_list else None
+    served_from = listed.path if listed else file.parent
     updated, reasons = [], []
     for node in (RuntimeApi(address) for address in settings.haproxy_socket):
         try:
-            crt_list = find_crt_list(node.crt_lists(), str(file.parent))
+            crt_list = find_crt_list(node.crt_lists(), str(served_from))
             known = node.certificates().path_of(str(file))
             if known is None:
                 continue  # this HAProxy never loaded it
             if crt_list is None:
-                raise Unsupported(f"it loads no crt directory {file.parent}")
+                raise Unsupported(f"it loads no {'crt-list' if listed else 'crt directory'} {served_from}")
             node.remove_certificate(crt_list, known)
             updated.append(str(node))
         except RuntimeApiError as error:
             reasons.append(f"{node}: {error}" if isinstance(error, Unsupported) else str(error))
+    unlisted = listed.without(file) if listed else None  # None, too, when no line names it
+    if unlisted == listed:
+        unlisted = None
     if settings.haproxy_socket and not reasons:
+        if unlisted is not None:
+            unlisted.write()
         file.unlink(missing_ok=True)
         fsync_directory(file.parent)
         return f"hot update, Runtime API of {', '.join(updated)}" if updated else "no HAProxy had it loaded"
@@ -270,11 +285,15 @@ def _unserve(settings: Settings, file: Path) -> str:
     if moved:
         file.rename(aside)
     try:
+        if unlisted is not None:
+            unlisted.write()
         haproxy.check_config(settings.haproxy_config)
         haproxy.reload(settings.reload_command)
     except BaseException as error:
         if moved:
             aside.rename(file)  # HAProxy still serves it: so does the ssl dir
+        if listed is not None and unlisted is not None:
+            listed.write()  # and its crt-list line
         if reasons and isinstance(error, CertrenewError):
             raise CertrenewError(f"{error}, after the Runtime API could not: {'; '.join(reasons)}") from None
         raise

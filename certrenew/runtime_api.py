@@ -7,28 +7,32 @@ blank line, which is why bundles never contain one.
 
 HAProxy keeps one certificate transaction per process: `set ssl cert` opens it,
 `commit ssl cert` applies it to every bind that uses the certificate, and any failure
-in between is answered with `abort ssl cert` so nothing half-done stays open.
+in between is answered with `abort ssl cert` so nothing half-done stays open. While
+another file's transaction is open (another tool's), 3.x refuses `set ssl cert`, but
+2.6 puts the payload into that transaction: it is aborted then, since committing it
+would serve our certificate under the other file's name.
 """
 
-import grp
 import logging
 import os
-import pwd
 import re
 import socket
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
 from certrenew.errors import CertrenewError
+from certrenew.owned import group_name, user_name
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 10.0
 """Seconds to wait for one answer; a commit re-signs every SNI context, so allow some."""
 
+_SET = re.compile(r"^Transaction (?:created|updated) for certificate (?P<path>.*)!$", re.M)
+"""`set ssl cert` took the payload, into the transaction of this file (2.6: whichever is open)."""
+_OTHERS = re.compile(r"^The ongoing transaction is about '(?P<path>.*)' but you are trying to set ", re.M)
+"""`set ssl cert` refused while another file's transaction is open (3.x)."""
 _ADDRESS = re.compile(r"^ipv4@(?P<host>[^:\s]+):(?P<port>\d{1,5})$")
 _SPECIAL = re.compile(r"([\\;\s])")
 """What HAProxy's CLI reads as syntax in an argument: the escape, the command separator, blanks."""
@@ -41,6 +45,17 @@ class RuntimeApiError(CertrenewError):
 class Rejected(RuntimeApiError):
     """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`, `add ssl crt-list`):
     the bundle is at fault."""
+
+
+class TransactionOpen(RuntimeApiError):
+    """HAProxy holds a certificate transaction for another file, and only one at a time: whoever opened it
+    must end it. Neither the bundle nor this node's configuration is at fault."""
+
+    def __init__(self, node: object, path: str, aborted: bool = False) -> None:
+        fix = (f"HAProxy put this certificate into it, so it was aborted: whoever opened it must set {path} again"
+               if aborted else f"end it with 'abort ssl cert {path}' and run again")
+        super().__init__(f"{node}: a certificate transaction for {path} is open (another tool's, or an "
+                         f"interrupted run's); {fix}")
 
 
 class Forbidden(RuntimeApiError):
@@ -169,12 +184,12 @@ class RuntimeApi:
         """Why this user may not connect to the unix socket, and the fix: HAProxy makes the socket its own
         user's, mode 0600 or its `mode`, and gives it a group only where `stats socket` names one."""
         path = self.address.removeprefix("unix@")
-        user = _name(pwd.getpwuid, os.geteuid(), "uid")
+        user = user_name(os.geteuid())
         try:
             info = os.stat(path)
         except OSError:
             return f"permission denied for user {user}: a directory on the socket's path is closed to it"
-        owner, group = _name(pwd.getpwuid, info.st_uid, "uid"), _name(grp.getgrgid, info.st_gid, "gid")
+        owner, group = user_name(info.st_uid), group_name(info.st_gid)
         mode = stat.S_IMODE(info.st_mode)
         if info.st_gid == 0:  # root's group: give the socket one of this user's instead
             fix = (f"have HAProxy give the socket a group {user} is in: "
@@ -191,46 +206,72 @@ class RuntimeApi:
     def crt_lists(self) -> list[str]:
         return parse_show_crt_lists(self.command("show ssl crt-list"))
 
+    def crt_list_entries(self, crt_list: str) -> frozenset[str]:
+        """The certificate files `crt_list` serves (`show ssl crt-list FILE`: one entry per line, path first)."""
+        answer = self.command(f"show ssl crt-list {argument(crt_list)}")
+        return frozenset(line.split()[0] for line in answer.splitlines() if line.strip() and not line.startswith("#"))
+
+    def loaded_file(self, path: str) -> str | None:
+        """The file HAProxy loaded certificate `path` from, as its config names it (relative to a `crt-base`
+        where it is): a crt-store entry's `load crt`. None where HAProxy does not say (before 3.0)."""
+        for line in self.command(f"show ssl cert {argument(path)}").splitlines():
+            if line.startswith("Crt filename: "):
+                return line.removeprefix("Crt filename: ").strip()
+        return None
+
     def replace_certificate(self, path: str, bundle: bytes) -> None:
         """Swap the certificate HAProxy loaded from `path` for `bundle`, in memory."""
         self._set_and_commit(path, bundle)
 
-    def add_certificate(self, crt_list: str, path: str, bundle: bytes) -> None:
-        """Load `bundle` as a new certificate `path` and serve it from `crt_list` (a crt directory)."""
+    def add_certificate(self, crt_list: str, path: str, bundle: bytes, line: str | None = None) -> None:
+        """Load `bundle` as a new certificate `path` and serve it from `crt_list` (a crt directory, or a
+        crt-list file with `line`: the path, its bind options and SNI filters)."""
         self._expect(f"new ssl cert {argument(path)}", "New empty certificate store")
         try:
             self._set_and_commit(path, bundle)
-            self._add_to_crt_list(crt_list, path)
+            self.list_certificate(crt_list, path, line)
         except CertrenewError:
             self._delete(crt_list, path)
             raise
 
     def remove_certificate(self, crt_list: str, path: str) -> None:
         """Undo add_certificate: stop serving `path` and free it."""
-        self._expect(f"del ssl crt-list {argument(crt_list)} {argument(path)}", "deleted in crtlist")
+        self.unlist_certificate(crt_list, path)
         self._expect(f"del ssl cert {argument(path)}", "deleted!")
 
+    def unlist_certificate(self, crt_list: str, path: str) -> None:
+        """Undo list_certificate: `crt_list` no longer serves `path`."""
+        self._expect(f"del ssl crt-list {argument(crt_list)} {argument(path)}", "deleted in crtlist")
+
     def _set_and_commit(self, path: str, bundle: bytes) -> None:
+        line = f"set ssl cert {argument(path)}"
+        log.debug("%s: %s", self, line)
+        answer = self.command(line, bundle)
+        others, taken = _OTHERS.search(answer), _SET.search(answer)
+        if others:  # refused, nothing changed
+            raise TransactionOpen(self, others["path"])
+        if taken and taken["path"] != path:  # HAProxy has one transaction per process, and this is not ours
+            self._abort(taken["path"])
+            raise TransactionOpen(self, taken["path"], aborted=True)
         try:
-            answer = self._expect(f"set ssl cert {argument(path)}", "Transaction ", payload=bundle, error=Rejected)
-            # HAProxy has one transaction per process; make sure it is ours, not one left open elsewhere.
-            if f" {path}!" not in answer:
-                raise RuntimeApiError(f"{self}: set ssl cert {path}: {answer_error(answer)}")
+            if not taken:
+                raise Rejected(f"{self}: {line}: {answer_error(answer)}")
             self._expect(f"commit ssl cert {argument(path)}", "Success!", error=Rejected)
         except CertrenewError:
             self._abort(path)
             raise
 
-    def _add_to_crt_list(self, crt_list: str, path: str) -> None:
-        """Serve `path` from `crt_list`: only now does HAProxy load a new certificate into its binds' SSL
+    def list_certificate(self, crt_list: str, path: str, line: str | None = None) -> None:
+        """Serve `path` from `crt_list` (a crt-list file with `line`: its options and SNI filters, as in the
+        file): only now does HAProxy load a new certificate into its binds' SSL
         contexts (`commit ssl cert` of one no bind uses yet builds none), so a failure once it is
         "Inserting certificate" is the bundle's, e.g. a chain OpenSSL's security level will not load."""
-        line = f"add ssl crt-list {argument(crt_list)} {argument(path)}"
-        log.debug("%s: %s", self, line)
-        answer = self.command(line)
+        command = f"add ssl crt-list {argument(crt_list)}"
+        log.debug("%s: %s %s", self, command, line or path)
+        answer = self.command(command, line.encode()) if line else self.command(f"{command} {argument(path)}")
         if "Success!" not in answer:
             error = Rejected if answer.startswith("Inserting certificate") else RuntimeApiError
-            raise error(f"{self}: {line}: {answer_error(answer)}")
+            raise error(f"{self}: {command} {line or path}: {answer_error(answer)}")
 
     def _expect(self, line: str, success: str, payload: bytes | None = None,
                 error: type[RuntimeApiError] = RuntimeApiError) -> str:
@@ -256,15 +297,7 @@ class RuntimeApi:
                 log.warning("%s: %s failed: %s", self, line, error)
 
 
-def _name(lookup: Callable[[int], Any], number: int, kind: str) -> str:
-    """A user's or group's name, or `uid N`/`gid N` where this system has none (a container's user)."""
-    try:
-        return lookup(number)[0]
-    except KeyError:
-        return f"{kind} {number}"
-
-
 def _group_option(gid: int) -> str:
     """How `stats socket` names group `gid`: by name (`group`), or by number (`gid`) where it has none."""
-    name = _name(grp.getgrgid, gid, "gid")
+    name = group_name(gid)
     return f"group {name}" if not name.startswith("gid ") else name

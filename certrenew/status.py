@@ -1,7 +1,9 @@
 """`certrenew status`: what each certificate looks like right now, from stored state alone."""
 
 import datetime
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from certrenew.config import CertificateSpec, Settings
@@ -20,23 +22,30 @@ class CertificateStatus:
     name: str
     domains: list[str]
     state: str
-    """"ok", "due", "failing", "expired", "missing" (never issued) or "unmanaged" (not in the config)."""
+    """"ok", "due", "failing", "expired", "revoked", "missing" (never issued), "shadowed" (another bundle in
+    the ssl dir claims its names) or "unmanaged" (not in the config)."""
     serial: str | None
     not_after: datetime.datetime | None
     days_left: float | None
     next_renewal: datetime.datetime | None
     last_error: str | None
     failures: int
+    shadowed_by: str | None = None
+    """Why a run refuses to order it: another bundle in the ssl dir claims its names (see `install.shadowing`)."""
     ca: str | None = None
     """The ACME directory URL of the CA that issued the current certificate (a fallback's, say)."""
 
     @property
     def last_result(self) -> str:
+        if self.shadowed_by:
+            return f"refused: {self.shadowed_by}"
         if self.last_error:
             return f"failed: {self.last_error}"
         return "ok" if self.serial else "never issued"
 
     def to_json(self) -> dict:
+        from certrenew.bundle import serial_hex  # cryptography: not for status's other readers (metrics, a no-op run)
+
         def when(value):
             return value.replace(microsecond=0).isoformat() if value else None
 
@@ -44,8 +53,8 @@ class CertificateStatus:
             "name": self.name,
             "domains": self.domains,
             "state": self.state,
-            # As openssl prints it: whole bytes, so an even number of hex digits.
-            "serial": self.serial.zfill(len(self.serial) + len(self.serial) % 2) if self.serial else None,
+            # As everywhere (see `serial_hex`), a record written before it used that spelling included.
+            "serial": serial_hex(int(self.serial, 16)) if self.serial else None,
             "not_after": when(self.not_after),
             "days_left": None if self.days_left is None else round(self.days_left, 2),
             "next_renewal": when(self.next_renewal),
@@ -56,12 +65,14 @@ class CertificateStatus:
 
 
 def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Store | None = None,
-            now: datetime.datetime | None = None) -> list[CertificateStatus]:
+            now: datetime.datetime | None = None, read_ssl_dir: bool = False) -> list[CertificateStatus]:
     """Every managed certificate (all stored ones when `specs` is None), then the unmanaged ones.
 
     Reads `store` (by default a `FileStore` in `settings.state_dir`) without taking its
     lock: status never writes. A record that cannot be read is a row "failing" with the
-    reason, not the end of the report.
+    reason, not the end of the report. With `read_ssl_dir`, the ssl dir's bundles are read too,
+    and a certificate another one shadows is "shadowed": `certrenew status` asks, the
+    daemon's endpoints, asked every few seconds, do not.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     store = store if store is not None else FileStore(settings.state_dir)
@@ -72,6 +83,8 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
             rows.append(_status(settings, spec, store.load_record(spec.name), now))
         except CertrenewError as error:
             rows.append(_unreadable(spec, error))
+    if read_ssl_dir and specs:
+        rows = _shadowed(settings, specs, rows)
     for name in store.names():
         if name in managed:
             continue
@@ -98,6 +111,24 @@ def unhealthy(settings: Settings, rows: list[CertificateStatus]) -> str | None:
     return ", ".join(bad) or None
 
 
+def forget_hint(names: list[str]) -> str:
+    """What stops a certificate failing for ever (a mistyped or abandoned name): it is not dropped by itself."""
+    name = names[0] if len(names) == 1 else "NAME"
+    return (f"a name no longer wanted stops failing once it is out of the config and "
+            f"`certrenew revoke {name} --delete` has removed it")
+def _shadowed(settings: Settings, specs: list[CertificateSpec], rows: list[CertificateStatus]) -> list[CertificateStatus]:
+    """`rows` (one per spec, in order), those another bundle in the ssl dir shadows marked so."""
+    from certrenew.install import claims, shadowing  # cryptography: only when the ssl dir is read
+
+    directory = Path(os.path.abspath(settings.ssl_dir))
+    found = claims(directory)
+    for index, spec in enumerate(specs):
+        problem = shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type)
+        if problem:
+            rows[index] = replace(rows[index], state="shadowed", shadowed_by=problem)
+    return rows
+
+
 def _spec_of(record: CertificateRecord) -> CertificateSpec:
     return CertificateSpec(record.name, tuple(record.domains), record.key_type)
 
@@ -111,7 +142,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
             now: datetime.datetime, managed: bool = True) -> CertificateStatus:
     not_after = record.not_after if record is not None else None
     issued = record if not_after is not None else None
-    next_renewal = renew_at(issued, settings.renew_before) if issued else None
+    next_renewal = (issued.revoked or renew_at(issued, settings.renew_before)) if issued else None
     if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
         next_renewal = record.next_attempt
     due = issued is None or due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
@@ -126,6 +157,8 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         state = "failing"
     elif not issued:
         state = "missing"
+    elif issued.revoked:
+        state = "revoked"
     elif due:
         state = "due"
     else:

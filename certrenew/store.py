@@ -121,10 +121,12 @@ class CertificateRecord:
     """When the CA issued it a certificate, within the last `policy.BUDGET_PERIOD`: its order budget."""
     issued_settings: str | None = None
     """The certificate's settings when those were issued: other settings start a fresh budget."""
+    revoked: datetime.datetime | None = None
+    """When `certrenew revoke` revoked this certificate at the CA: it is due at once, whatever its expiry."""
 
     DATETIMES: ClassVar[tuple[str, ...]] = (
         "not_before", "not_after", "issued_at", "ari_window_start", "ari_window_end", "ari_renew_at",
-        "ari_next_check", "last_attempt", "next_attempt",
+        "ari_next_check", "last_attempt", "next_attempt", "revoked",
     )
     """The fields kept as ISO 8601 text in JSON."""
     TYPES: ClassVar[dict[str, Any]] = {"name": _STRING, "key_type": _STRING, "serial": _OPTIONAL_STRING,

@@ -18,6 +18,11 @@ serving the new certificate, or a no-op run returning.
 issuing 30-second certificates, the time from a certificate's renewal time (when it falls
 due) to HAProxy serving its successor; no interpreter start-up in that path.
 
+`--native` puts HAProxy 3.4's own (experimental) ACME client beside certrenew, both on HAProxy
+3.4 and the same pebble: one certificate until served, N certificates until all are served,
+the orders one reload causes, and the certificates a restart loses (HAProxy keeps the ones it
+orders in memory only). The exact HAProxy config it runs is `native_config`.
+
 `--scale` measures certrenew alone at a size no CA lab reaches quickly: a no-op
 `run` and `status` over 10,000 certificates of one config, from synthetic state.
 
@@ -26,6 +31,7 @@ would have on a server long before a timer runs it. Every figure is a median.
 """
 
 import argparse
+import contextlib
 import datetime
 import functools
 import os
@@ -37,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +51,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+from cryptography.utils import CryptographyDeprecationWarning  # noqa: E402
 from lab import Lab, log_tail, parse_serial, terminate  # noqa: E402
 
 from certrenew.bundle import leaf_info  # noqa: E402
@@ -306,6 +314,212 @@ def bench(args: argparse.Namespace, workdir: Path) -> list[Row]:
     ]
 
 
+HAPROXY_34 = Path(os.environ.get("HAPROXY_BIN") or REPO_ROOT.parent / "shared" / "haproxy-3.4" / "haproxy")
+"""HAProxy 3.4, found as scripts/test finds it."""
+
+
+def native_config(lab: Lab, store: Path, names: list[str]) -> str:
+    """HAProxy 3.4 as its own ACME client on the lab's ports: one crt-store entry per name, ordered
+    at start (no certificate on disk: a temporary key pair until then), HTTP-01 answered from the
+    map the client fills. The CA's URL names localhost (3.4 checks the name in pebble's certificate,
+    never an IP), which the lab's DNS, every name 127.0.0.1, resolves for its HTTP client."""
+    loads = "".join(f'    load crt "{name}.pem" acme pebble domains "{name}" alias "{name}"\n' for name in names)
+    return f"""global
+    expose-experimental-directives
+    stats socket {store}/admin.sock level admin
+    httpclient.ssl.ca-file {lab.ca_bundle}
+    httpclient.resolvers.id lab
+    httpclient.resolvers.prefer ipv4
+
+resolvers lab
+    nameserver challtestsrv {lab.dns_server}
+
+acme pebble
+    directory https://localhost:{lab.acme_port}/dir
+    contact {EMAIL}
+    challenge http-01
+    keytype ECDSA
+    curves P-256
+    map virt@acme
+
+crt-store acme
+    crt-base {store}
+{loads}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+
+frontend http
+    bind {lab.https_endpoint.split(":")[0]}:{lab.http_port}
+    http-request return status 200 content-type text/plain lf-string "%[path,field(-1,/)].%[path,field(-1,/),map(virt@acme)]\\n" if {{ path_beg '/.well-known/acme-challenge/' }}
+
+frontend https
+    bind {lab.https_endpoint} ssl {" ".join(f'crt "@acme/{name}"' for name in names)}
+    http-request return status 200 content-type text/plain string "ok"
+"""
+
+
+class NativeHAProxy:
+    """HAProxy 3.4 running `native_config` (master-worker) in `store`; the lab's own HAProxy is stopped meanwhile."""
+
+    def __init__(self, lab: Lab, store: Path, names: list[str]) -> None:
+        self.lab, self.store, self.names = lab, store, names
+        store.mkdir(parents=True, exist_ok=True)
+        (store / "haproxy.cfg").write_text(native_config(lab, store, names))
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "NativeHAProxy":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> float:
+        """Start it and wait until it answers TLS; return the moment it was started (time.monotonic)."""
+        with (self.store / "haproxy.log").open("ab") as log:
+            started = time.monotonic()
+            self.process = subprocess.Popen([str(HAPROXY_34), "-W", "-f", str(self.store / "haproxy.cfg")],
+                                            cwd=self.store, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        _wait(lambda: self._answers(), "HAProxy 3.4", self.process, self.store / "haproxy.log")
+        return started
+
+    def _answers(self) -> bool:
+        try:
+            self.lab.served_certificate_unverified(self.names[0])
+        except OSError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        terminate(self.process)
+
+    def reload(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGUSR2)
+
+    def cli(self, command: str) -> str:
+        import socket
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(self.store / "admin.sock"))
+            sock.sendall(command.encode() + b"\n")
+            return b"".join(iter(functools.partial(sock.recv, 65536), b"")).decode()
+
+
+def served_from_pebble(lab: Lab, name: str) -> int | None:
+    """The serial HAProxy serves for `name` if pebble issued it (chain verified), else None."""
+    try:
+        return lab.served_certificate(name, timeout=0).serial_number
+    except (OSError, ValueError):
+        return None
+
+
+def newly_served(lab: Lab, names: list[str], before: dict[str, int], timeout: float) -> dict[str, int]:
+    """The serials of the names served a pebble certificate other than `before`'s, waiting up to `timeout`
+    seconds for all of them."""
+    deadline, served = time.monotonic() + timeout, {}
+    while len(served) < len(names) and time.monotonic() < deadline:
+        for name in names:
+            serial = served_from_pebble(lab, name)
+            if name not in served and serial is not None and serial != before.get(name):
+                served[name] = serial
+        time.sleep(SERVE_POLL * 4)
+    return served
+
+
+def wait_all_served(lab: Lab, names: list[str], before: dict[str, int], timeout: float = 120.0) -> dict[str, int]:
+    """Wait until every name is served a pebble certificate other than `before`'s; return their serials."""
+    served = newly_served(lab, names, before, timeout)
+    if len(served) < len(names):
+        raise BenchError(f"HAProxy served {len(served)} of {len(names)} new certificates within {timeout:.0f} s")
+    return served
+
+
+def native(args: argparse.Namespace, workdir: Path) -> list[tuple[str, str, str]]:
+    """The rows of `--native`: (scenario, HAProxy 3.4's ACME client, certrenew)."""
+    n, runs = args.certificates, args.runs
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)  # HAProxy's temporary certificates: serial 0
+    with Lab(workdir / "lab", pebble_env=PEBBLE_ENV) as lab:
+        tool = Certrenew(lab, workdir / "certrenew", args.certrenew)
+        tool.issue(["warmup.certrenew.bench.example"])
+        one = [tool.issue([f"one{run}.certrenew.bench.example"]).seconds for run in range(runs)]
+        names = [f"c{i}.certrenew.bench.example" for i in range(n)]
+        batch = tool.fresh(workdir / "certrenew-batch")
+        many = batch.issue(names).seconds
+        serials = {name: served_from_pebble(lab, name) for name in names}
+        lab.reload_haproxy()
+        reordered = sum(": renewed" in line or ": issued" in line for line in batch_run(batch).splitlines())
+        lab.stop_haproxy()
+        lab.start_haproxy()
+        lost = sum(served_from_pebble(lab, name) != serials[name] for name in names)
+        lab.stop_haproxy()
+
+        with NativeHAProxy(lab, workdir / "native-warmup", ["warmup.native.bench.example"]) as node:
+            node.start()
+            served = wait_all_served(lab, node.names, {})  # registers the account
+            native_one = []
+            for _ in range(runs):  # a renewal started by hand: the whole order, as certrenew's issue
+                started = time.monotonic()
+                node.cli(f"acme renew @acme/{node.names[0]}")
+                served = wait_all_served(lab, node.names, served)
+                native_one.append(time.monotonic() - started)
+        with NativeHAProxy(lab, workdir / "native", [f"c{i}.native.bench.example" for i in range(n)]) as node:
+            shutil.copy(workdir / "native-warmup" / "pebble.account.key", node.store)  # registered already
+            started = node.start()
+            served = wait_all_served(lab, node.names, {})
+            native_many = time.monotonic() - started
+            node.reload()
+            native_reordered = len(newly_served(lab, node.names, served, timeout=60))
+            served = {name: served_from_pebble(lab, name) or 0 for name in node.names}
+            node.stop()
+            node.start()
+            native_lost = sum(served_from_pebble(lab, name) != served[name] for name in node.names)
+            wait_all_served(lab, node.names, {})
+        lab.start_haproxy()
+    return [
+        ("one certificate, until HAProxy serves it", f"{statistics.median(native_one):.2f} s",
+         f"{statistics.median(one):.2f} s"),
+        (f"{n} certificates, until HAProxy serves all", f"{native_many:.2f} s", f"{many:.2f} s"),
+        (f"orders caused by one reload ({n} certificates)", str(native_reordered), str(reordered)),
+        (f"certificates lost by a restart ({n})", str(native_lost), str(lost)),
+    ]
+
+
+def batch_run(tool: "Certrenew") -> str:
+    """A `certrenew run` of the tool's config, as a timer would start it; what it printed."""
+    result = subprocess.run([str(tool.executable), "run", "--config", str(tool.config)], env=tool.env,
+                            capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    if result.returncode != 0:
+        raise BenchError(f"certrenew run failed: {result.stderr}")
+    return result.stdout
+
+
+@contextlib.contextmanager
+def on_path(program: Path):
+    """`program` first on PATH as `haproxy`, for the lab and certrenew (as scripts/test does for a test run)."""
+    if not os.access(program, os.X_OK):
+        raise BenchError(f"no HAProxy 3.4 at {program}: set HAPROXY_BIN")
+    with tempfile.TemporaryDirectory(prefix="certrenew-haproxy-") as bin_dir:
+        os.symlink(program.resolve(), Path(bin_dir) / "haproxy")
+        saved = os.environ["PATH"]
+        os.environ["PATH"] = f"{bin_dir}:{saved}"
+        try:
+            yield
+        finally:
+            os.environ["PATH"] = saved
+
+
+def print_native(rows: list[tuple[str, str, str]]) -> None:
+    table = [("scenario", "HAProxy 3.4 ACME", "certrenew"), *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    for number, line in enumerate(table):
+        print("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                        for i, (cell, width) in enumerate(zip(line, widths))).rstrip())
+        if number == 0:
+            print("  ".join("-" * width for width in widths))
+
+
 def startup_seconds(python: Path, code: str, runs: int, cwd: Path) -> float:
     """Median wall time of a fresh interpreter running `code`.
 
@@ -534,6 +748,9 @@ def main() -> None:
     parser.add_argument("--daemon", action="store_true",
                         help="instead of the comparison, time certrenew daemon from a certificate falling due to "
                              "HAProxy serving the renewed one (30-second certificates; needs no certbot)")
+    parser.add_argument("--native", action="store_true",
+                        help="instead of the comparison, HAProxy 3.4's own ACME client beside certrenew, both on "
+                             "HAProxy 3.4 (HAPROXY_BIN, or ../shared/haproxy-3.4/haproxy); use --certificates 20")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = parser.parse_args()
     # `kill` must unwind through Lab.__exit__ like Ctrl-C, or pebble and HAProxy outlive the bench.
@@ -552,6 +769,12 @@ def main() -> None:
             samples = daemon_latency(args, Path(workdir))
         print(f"due -> HAProxy serves the renewed certificate: median {statistics.median(samples) * 1000:.0f} ms "
               f"(min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f})   target < 100 ms")
+        return
+    if args.native:
+        print(f"HAProxy 3.4's ACME client vs certrenew on HAProxy 3.4, against pebble (PEBBLE_VA_NOSLEEP=1) on "
+              f"loopback, {os.cpu_count()} cores; one certificate: medians of {args.runs} runs", flush=True)
+        with tempfile.TemporaryDirectory(prefix="certrenew-native-") as workdir, on_path(HAPROXY_34):
+            print_native(native(args, Path(workdir)))
         return
     if args.profile:
         print(f"certrenew, one certificate, medians of {args.runs} runs", flush=True)

@@ -14,8 +14,15 @@ from certrenew.bundle import leaf_info  # noqa: E402
 DOMAINS = ["demo.example", "www.demo.example"]
 
 
+def command_line(lab: Lab, *args: str) -> str:
+    """The whole command as run, its environment included: copied without it, certrenew would order
+    from Let's Encrypt's production CA into /var/lib/certrenew."""
+    settings = [f"{name}={shlex.quote(value)}" for name, value in lab.certrenew_env.items()]
+    return " \\\n    ".join([*settings, f".venv/bin/certrenew {shlex.join(args)}"])
+
+
 def show(lab: Lab, *args: str) -> None:
-    print(f"\n$ certrenew {shlex.join(args)}")
+    print(f"\n$ {command_line(lab, *args)}")
     result = lab.certrenew(*args)
     sys.stdout.write(result.stderr + result.stdout)
     if result.returncode != 0:

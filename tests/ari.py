@@ -1,5 +1,6 @@
 """An ARI endpoint in front of pebble (which has none): a directory with `renewalInfo`."""
 
+import base64
 import datetime
 import json
 import ssl
@@ -21,6 +22,9 @@ class AriEndpoint:
         self.fail = False
         self.profiles: dict[str, str] | None = None
         self.requests: list[str] = []
+        self.issuers: list[bytes] | None = None
+        """The key ids of the issuers it answers for, as Boulder answers for its own only: a certificate
+        of another issuer is 404 Not Found. None: it answers for any."""
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,7 +49,12 @@ class AriEndpoint:
             if self.profiles is not None:
                 directory["meta"]["profiles"] = self.profiles
             return self.reply(handler, 200, directory)
-        self.requests.append(handler.path.rsplit("/", 1)[-1])
+        cert_id = handler.path.rsplit("/", 1)[-1]
+        self.requests.append(cert_id)
+        key_id = base64.urlsafe_b64decode(cert_id.split(".")[0] + "==")
+        if self.issuers is not None and key_id not in self.issuers:
+            return self.reply(handler, 404, {"type": "urn:ietf:params:acme:error:malformed",
+                                             "detail": "an Authority Key Identifier that did not match a known issuer"})
         if self.fail:
             return self.reply(handler, 500, {"type": "urn:ietf:params:acme:error:serverInternal"})
         now = datetime.datetime.now(UTC)

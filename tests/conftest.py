@@ -1,12 +1,27 @@
 """Fixtures shared by unit and integration tests."""
 
+import os
 import resource
 import shutil
+import socket
+import ssl
+import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
+import trustme
 from container import install_for_anyone
+
+
+def pytest_report_header() -> str:
+    """Which HAProxy this run tests (scripts/test runs the suite once per HAProxy line, first on PATH)."""
+    path = shutil.which("haproxy")
+    if path is None:
+        return "haproxy: none on PATH"
+    said = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+    return f"haproxy: {' '.join(said[0].split()[:3]) if said else 'no version'} ({os.path.realpath(path)})"
 
 
 @pytest.fixture
@@ -28,3 +43,37 @@ def site_for_anyone():
         yield install_for_anyone(top)
     finally:
         shutil.rmtree(top)
+
+
+@pytest.fixture
+def serving():
+    """serving(cert) -> "127.0.0.1:PORT" where a TLS server presents `cert`; handshakes are counted."""
+    servers = []
+
+    def start(cert: trustme.LeafCert) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert.configure_cert(context)
+        listener = socket.create_server(("127.0.0.1", 0))
+        server = {"socket": listener, "handshakes": 0, "sni": []}
+        context.sni_callback = lambda tls, name, context: server["sni"].append(name)
+
+        def serve() -> None:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:
+                    return
+                try:
+                    with context.wrap_socket(connection, server_side=True):
+                        server["handshakes"] += 1
+                except OSError:
+                    connection.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{listener.getsockname()[1]}"
+
+    start.servers = servers
+    yield start
+    for server in servers:
+        server["socket"].close()

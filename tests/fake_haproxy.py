@@ -2,13 +2,15 @@
 
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
 class FakeHAProxy:
-    """A unix socket answering each command (one per connection) from `answers`, recording what it got."""
+    """A unix socket answering each command (one per connection) from `answers` (a string, or a function
+    for an answer that changes), recording what it got."""
 
-    def __init__(self, path: Path, answers: dict[str, str]):
+    def __init__(self, path: Path, answers: dict[str, str | Callable[[], str]]):
         self.answers = answers
         self.requests: list[bytes] = []
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -30,10 +32,15 @@ class FakeHAProxy:
                     data += conn.recv(65536)
                 self.requests.append(data)
                 verb = " ".join(data.decode().split()[:3])
-                conn.sendall(self.answers.get(verb, "Unknown command, but maybe...\n").encode() + b"\n")
+                answer = self.answers.get(verb, "Unknown command, but maybe...\n")
+                conn.sendall((answer() if callable(answer) else answer).encode() + b"\n")
 
     def commands(self) -> list[str]:
         return [" ".join(request.decode().split("\n")[0].split()[:3]) for request in self.requests]
 
     def close(self):
+        """Stop answering, the thread first: closed while it waits in accept, the socket's descriptor could be
+        reused by the next test's fake and that test's commands answered from these answers."""
+        self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept, which a close alone does not
+        self.thread.join(5)
         self.server.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from certrenew.bundle import leaf_info, pem_blocks
+from certrenew.bundle import leaf_info, pem_blocks, serial_hex
 from certrenew.keys import load_key
 
 NAME = "site.example"
@@ -149,7 +149,7 @@ class Guard:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if format(self.lab.served_certificate(NAME).serial_number, "x") in serials:
+                if serial_hex(self.lab.served_certificate(NAME).serial_number) in serials:
                     return True
             except OSError:
                 pass

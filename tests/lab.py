@@ -119,11 +119,12 @@ def production_replacements(ssl_dir: Path, admin_socket: Path) -> list[tuple[str
 
 
 def check_haproxy_config(path: Path) -> None:
-    """Run `haproxy -c` on `path`; raise with HAProxy's own words when it is rejected."""
+    """Run `haproxy -c` on `path`; raise with HAProxy's own words when it is rejected, or warns that a
+    keyword is deprecated (the shipped config must run on the next HAProxy line too)."""
     result = subprocess.run(
         ["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=START_TIMEOUT
     )
-    if result.returncode != 0:
+    if result.returncode != 0 or "deprecated" in result.stdout + result.stderr:
         raise LabError(f"haproxy -c rejected {path}:\n{result.stdout}{result.stderr}")
 
 
@@ -467,11 +468,11 @@ class Lab:
             if time.monotonic() >= deadline:
                 raise LabError(f"HAProxy's master CLI did not answer in {START_TIMEOUT:.0f}s")
             time.sleep(POLL_INTERVAL)
-        before = self._master_reloads()
+        before = self.master_reloads()
         process.send_signal(signal.SIGUSR2)
         while time.monotonic() < deadline:
             try:
-                reloads, failed = self._master_reloads()
+                reloads, failed = self.master_reloads()
             except OSError:  # the master re-executes itself to reload; its CLI drops meanwhile
                 time.sleep(POLL_INTERVAL)
                 continue
@@ -698,12 +699,12 @@ class Lab:
 
     def _master_answers(self) -> bool:
         try:
-            self._master_reloads()
+            self.master_reloads()
         except (OSError, LabError):
             return False
         return True
 
-    def _master_reloads(self) -> tuple[int, int]:
+    def master_reloads(self) -> tuple[int, int]:
         """(reloads, failed reloads) from the master's line of `show proc`."""
         for line in self.master_cli("show proc").splitlines():
             fields = line.split()

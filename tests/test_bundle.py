@@ -163,3 +163,25 @@ def test_ip_addresses_of_the_san_are_names_of_the_certificate_in_canonical_form(
     with pytest.raises(CertrenewError, match="not the ordered 192.0.2.1, 2001:db8::1, a.example, b.example"):
         check_issued(fullchain, key, ["192.0.2.1", "2001:db8::1", "a.example", "b.example"],
                      datetime.datetime.now(datetime.timezone.utc))
+def test_a_serial_is_spelt_as_openssl_spells_it_everywhere(tmp_path):
+    import subprocess
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certrenew.status import CertificateStatus
+
+    key, name = ec.generate_private_key(ec.SECP256R1()), x509.Name.from_rfc4514_string("CN=a.example")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(0x7f438e1de1d7180).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+    openssl = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", tmp_path / "cert.pem"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    serial = leaf_info(cert.public_bytes(Encoding.PEM)).serial  # what run, records and CERTRENEW_SERIAL say
+    assert openssl == "serial=07F438E1DE1D7180" and serial == "07f438e1de1d7180"
+    row = CertificateStatus("a", ["a.example"], "ok", "7f438e1de1d7180", None, None, None, None, 0)  # an older record
+    assert row.to_json()["serial"] == serial

@@ -26,7 +26,8 @@ from certrenew.errors import CertrenewError, UsageError
 from certrenew.keys import key_to_pem, key_type_of
 from certrenew.store import Account, FileStore
 
-SERVER = "https://acme.test/directory"
+SERVER = "https://127.0.0.1:9/directory"
+"""No CA answers there, at once: an import's question whether the CA issued a certificate fails without a wait."""
 
 # As certbot 5 writes it, with what configobj adds for other plugins: a quoted value, a nested section.
 CONF = """\
@@ -83,27 +84,37 @@ def test_certbot_key_types_map_to_certrenews_or_to_none(make_key, expected):
     assert key_type_of(make_key().public_key()) == expected
 
 
-def lineage(root: Path, name: str, key, names: list, params: str = "", must_staple: bool = False) -> None:
-    """A lineage laid out as certbot lays it out, with a self-signed certificate."""
+def lineage(root: Path, name: str, key, names: list, params: str = "", must_staple: bool = False,
+            self_signed: bool = False, valid_days: tuple[int, int] = (0, 90)) -> None:
+    """A lineage laid out as certbot lays it out, its certificate issued by a test CA (or `self_signed`)."""
     now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = key if self_signed else ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name if self_signed else "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=3650))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
     builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")]))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=90))
+               .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now + datetime.timedelta(days=valid_days[0]))
+               .not_valid_after(now + datetime.timedelta(days=valid_days[1]))
                .add_extension(x509.SubjectAlternativeName(names), critical=False))
     if must_staple:
         builder = builder.add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
-    cert = builder.sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    signer = key if self_signed else ca_key
+    cert = builder.sign(signer, None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    chain = b"" if self_signed else ca.public_bytes(Encoding.PEM)
     archive, live = root / "archive" / name, root / "live" / name
     archive.mkdir(parents=True)
     live.mkdir(parents=True)
-    for file, data in (("fullchain", cert.public_bytes(Encoding.PEM)), ("privkey", key_to_pem(key))):
+    for file, data in (("fullchain", cert.public_bytes(Encoding.PEM) + chain), ("privkey", key_to_pem(key))):
         (archive / f"{file}1.pem").write_bytes(data)
         os.symlink(f"../../archive/{name}/{file}1.pem", live / f"{file}.pem")
     (root / "renewal").mkdir(exist_ok=True)
     (root / "renewal" / f"{name}.conf").write_text(
         f"version = 5.8.0\n[renewalparams]\naccount = acct\nserver = {SERVER}\n{params}")
-    account = root / "accounts" / "acme.test" / "directory" / "acct"
+    account = root / "accounts" / "127.0.0.1:9" / "directory" / "acct"
     account.mkdir(parents=True, exist_ok=True)
     (account / "private_key.json").write_text(jose.JWKRSA(key=rsa.generate_private_key(65537, 2048)).json_dumps())
     (account / "regr.json").write_text(json.dumps({"body": {}, "uri": "https://acme.test/acct/1"}))
@@ -141,8 +152,10 @@ def test_what_certrenew_does_not_do_is_listed_one_line_each(tmp_path):
     assert [note.split(":")[0] for note in item.notes] == [
         "authenticator webroot (/var/www/html)", "installer nginx", "pre hook 'stop'", "post hook 'start'",
         "deploy hook 'notify'", "preferred_chain 'ISRG Root X1'", "must-staple", "reuse_key"]
-    assert result.notes == [f"certbot: not carried over: {root / 'renewal-hooks/deploy/reload-haproxy'} "
-                            "(a deploy hook for every certificate): certrenew does not run it"]
+    assert result.notes[0].startswith(f"certbot: the CA at {SERVER} could not be asked whether it issued these "
+                                      "certificates (connection failed")  # no such CA here
+    assert result.notes[1:] == [f"certbot: not carried over: {root / 'renewal-hooks/deploy/reload-haproxy'} "
+                                "(a deploy hook for every certificate): certrenew does not run it"]
     assert result.account.uri == "https://acme.test/acct/1" and b"PRIVATE KEY" in result.account.key_pem
 
 
@@ -163,7 +176,7 @@ def test_an_account_uri_that_is_not_an_https_url_is_refused_not_stored(tmp_path,
     """Stored as it came, a number made the account file unreadable: every later run failed on it."""
     root = tmp_path / "letsencrypt"
     lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")])
-    (root / "accounts" / "acme.test" / "directory" / "acct" / "regr.json").write_text(json.dumps({"uri": uri}))
+    (root / "accounts" / "127.0.0.1:9" / "directory" / "acct" / "regr.json").write_text(json.dumps({"uri": uri}))
     with pytest.raises(UsageError, match="certbot account acct: malformed account files .*not an https:// URL"):
         plan(tmp_path)
 
@@ -232,3 +245,60 @@ def test_an_import_whose_config_could_not_be_written_is_finished_by_the_same_imp
     assert config.read_text().count("[[certificate]]") == 2
     with pytest.raises(UsageError, match="certrenew already manages"):  # now done: a third is refused as before
         import_certbot(settings, root, config)
+
+
+@pytest.mark.parametrize(("kind", "said"), [
+    ({"self_signed": True, "valid_days": (0, 36525)}, "its certificate is self-signed, not issued by a CA"),
+    ({"valid_days": (-90, -1)}, "it expired on "),
+    ({"valid_days": (2, 92)}, "it is not valid before "),
+])
+def test_a_certificate_no_ca_issued_or_not_valid_now_is_skipped_not_imported(tmp_path, kind, said):
+    root = tmp_path / "letsencrypt"
+    lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")], **kind)
+    lineage(root, "good.example", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("good.example")])
+    result = plan(tmp_path)
+    assert [item.spec.name for item in result.takeovers] == ["good.example"]  # the others go on
+    assert result.skipped["example.com"].startswith(f"{root / 'live' / 'example.com' / 'fullchain.pem'}: {said}")
+    assert result.skipped["example.com"].endswith("; certbot keeps it, or add it to the config for certrenew to order")
+
+
+def test_a_chain_whose_next_certificate_did_not_sign_the_leaf_is_skipped(tmp_path):
+    root = tmp_path / "letsencrypt"
+    lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")])
+    lineage(root, "other.example", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("other.example")])
+    fullchain = root / "archive" / "example.com" / "fullchain1.pem"
+    other_ca = (root / "archive" / "other.example" / "fullchain1.pem").read_bytes().split(b"-----END CERTIFICATE-----\n")[1]
+    fullchain.write_bytes(fullchain.read_bytes().split(b"-----END CERTIFICATE-----\n")[0] + b"-----END CERTIFICATE-----\n"
+                          + other_ca + b"-----END CERTIFICATE-----\n")
+    assert "its chain is broken: certificate 1 (CN=example.com) is not signed by the next one (CN=test CA)" in (
+        plan(tmp_path).skipped["example.com"])
+
+
+@pytest.mark.parametrize(("file", "make", "said"), [
+    ("renewal/example.com.conf", lambda path: os.symlink("/dev/zero", path), "is a character device, not a renewal conf"),
+    ("renewal/example.com.conf", os.mkfifo, r"is a named pipe \(FIFO\), not a renewal conf"),
+    ("accounts/127.0.0.1:9/directory/acct/regr.json", os.mkfifo, r"is a named pipe \(FIFO\), not a certbot account file"),
+    ("accounts/127.0.0.1:9/directory/acct/private_key.json", lambda path: os.symlink("/dev/zero", path),
+     "is a character device, not a certbot account file"),
+])
+def test_every_certbot_file_must_be_a_regular_file_read_bounded(tmp_path, file, make, said):
+    """/dev/zero read until MemoryError, and a FIFO hung the import."""
+    import threading
+
+    root = tmp_path / "letsencrypt"
+    lineage(root, "example.com", ec.generate_private_key(ec.SECP256R1()), [x509.DNSName("example.com")])
+    (root / file).unlink()
+    make(root / file)
+    raised = []
+
+    def attempt():
+        try:
+            plan(tmp_path)
+        except UsageError as error:
+            raised.append(str(error))
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert len(raised) == 1, "import waited on a certbot file, or read it whole"
+    assert re.search(rf"{re.escape(str(root / file))} .*{said}: not imported; certbot keeps regular files there",
+                     raised[0]), raised[0]

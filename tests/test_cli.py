@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,198 @@ def test_a_config_that_cannot_be_read_is_one_line_exit_2(tmp_path, what):
     line = one_line(certrenew("run", "--config", config, "--state-dir", tmp_path / "state"), 2)
     assert str(config) in line
     assert (COMPLAINTS.get(what) or "nested more than") in line, line
+@pytest.mark.parametrize("args, meant", [
+    (("renew",), "`certrenew run`"),
+    (("certificates",), "`certrenew status`"),
+    (("delete", "--cert-name", "example.com"), "`certrenew revoke NAME --delete`"),
+    (("help",), "`certrenew --help`"),
+    (("-q", "renew"), "`certrenew run`"),
+])
+def test_a_certbot_command_is_answered_with_certrenews(tmp_path, args, meant):
+    stderr = one_line(certrenew(*args, "--state-dir", tmp_path / "state"), 2)
+    assert f"is certbot's command; certrenew's is {meant}" in stderr and "invalid domain" not in stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_certbots_dash_d_is_answered_with_the_names_as_arguments(tmp_path):
+    stderr = one_line(certrenew("--agree-tos", "-d", "example.com", "-d", "www.example.com,b.example"), 2)
+    assert "not with -d: `certrenew example.com www.example.com b.example`" in stderr
+
+
+@pytest.mark.parametrize("before", [("--log-format", "json"), ("--config", "CONFIG"), ("-q", "--log-format=json")])
+def test_options_may_come_before_the_subcommand(tmp_path, before):
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[[certificate]]\ndomains = ["a.example"]\n')
+    args = [str(config) if arg == "CONFIG" else arg for arg in before]
+    result = certrenew(*args, "status", *([] if "--config" in before else ["--config", config]))
+    assert result.returncode == 1, result.stderr  # not healthy: never issued; but read as `status`
+    assert "a.example" in result.stdout and "invalid domain" not in result.stderr
+
+
+def _issued_record(state_dir, name, domains):
+    import datetime
+
+    from certrenew.store import CertificateRecord, FileStore
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    store = FileStore(state_dir)
+    with store.lock(5):
+        store.save_record(CertificateRecord(name, domains, "ecdsa-p256", "07f4", now, now + datetime.timedelta(days=90)))
+
+
+def test_dropping_a_name_from_a_certificate_takes_force(tmp_path):
+    (tmp_path / "ssl").mkdir()
+    _issued_record(tmp_path / "state", "example.com", ["example.com", "www.example.com"])
+    where = ("--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl", "--directory", "https://127.0.0.1:9/dir")
+    stderr = one_line(certrenew("EXAMPLE.com", *where), 2)
+    assert ("certificate example.com also has www.example.com: name them all to keep them "
+            "(`certrenew example.com www.example.com`), or pass --force to drop them") in stderr
+    kept = certrenew("example.com", "www.example.com", *where)
+    assert kept.returncode == 0 and "example.com: unchanged: not due until" in kept.stdout, kept.stderr
+    forced = certrenew("example.com", "--force", "--reload-command", "true", *where)
+    assert forced.returncode != 0 and "also has" not in forced.stderr  # past the guard, to the (absent) CA
+
+
+def test_a_run_waiting_for_the_lock_says_at_once_who_holds_it(tmp_path):
+    from certrenew.lock import StateLock
+
+    (tmp_path / "ssl").mkdir()
+    with StateLock(tmp_path / "state", timeout=0):
+        waiting = subprocess.Popen([sys.executable, "-m", "certrenew", "a.example", "--state-dir", tmp_path / "state",
+                                    "--ssl-dir", tmp_path / "ssl", "--lock-timeout", "60"],
+                                   cwd=REPO, stderr=subprocess.PIPE, text=True)
+        try:  # while the lock is still held: said at once, not after 60 s
+            assert select.select([waiting.stderr], [], [], 20)[0], "nothing said while waiting"
+            first = waiting.stderr.readline()
+        finally:
+            waiting.kill()
+            waiting.communicate()
+    assert first == (f"certrenew: another certrenew run (pid {os.getpid()}) holds the lock on {tmp_path / 'state'}; "
+                     "waiting up to 60 s for it (--lock-timeout)\n")
+
+
+def test_a_name_failing_again_and_again_says_how_to_drop_it(tmp_path):
+    import datetime
+
+    from certrenew.store import CertificateRecord, FileStore
+
+    store, now = FileStore(tmp_path / "state"), datetime.datetime.now(datetime.timezone.utc)
+    with store.lock(5):
+        store.save_record(CertificateRecord("typo.example", ["typo.example"], "ecdsa-p256", last_attempt=now,
+                                            last_error="NXDOMAIN", failures=7,
+                                            next_attempt=now + datetime.timedelta(hours=12)))
+    (tmp_path / "ssl").mkdir()
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\nssl_dir = "{tmp_path / "ssl"}"\n'
+                      '[[certificate]]\ndomains = ["typo.example"]\n')
+    hint = "a name no longer wanted stops failing once it is out of the config and " \
+           "`certrenew revoke typo.example --delete` has removed it"
+    run = certrenew("run", "--config", config)
+    assert run.returncode == 1 and "typo.example: deferred:" in run.stderr and hint in run.stderr, run.stderr
+    status = certrenew("status", "--config", config)
+    assert status.returncode == 1 and f"typo.example is failing ({hint})" in one_line(status, 1)
+
+
+def test_a_systemctl_reload_that_would_fail_is_found_before_ordering(tmp_path):
+    # This host's systemd does not answer (a container), or has no such unit: either way the reload would fail.
+    reload = "systemctl reload certrenew-no-such-unit.service"
+    (tmp_path / "ssl").mkdir()
+    where = ("--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl", "--reload-command", reload)
+    check = certrenew("check", *where, "--directory", "https://127.0.0.1:9/dir")
+    (line,) = [line for line in check.stdout.splitlines() if "reload command" in line]
+    assert line.startswith(f"FAIL reload command: {reload!r} would fail: systemd ") and \
+        line.endswith("(set --reload-command)"), line
+    run = certrenew("a.example", *where, "--directory", "https://127.0.0.1:9/dir", "--agree-tos")
+    assert run.returncode == 2 and f"error: {reload!r} would fail: systemd " in run.stderr, run.stderr
+    assert "ACME directory" not in run.stderr  # refused before the CA is asked: no order to waste
+
+
+def test_help_lists_every_command_and_each_command_only_the_options_it_reads():
+    from certrenew.cli import COMMANDS
+
+    top = certrenew("--help")
+    assert top.returncode == 0 and "certrenew COMMAND [options]" in top.stdout.split("\n\n")[0]
+    for command in COMMANDS:
+        assert f"\n  {command} " in top.stdout, command
+    check = certrenew("check", "--help").stdout
+    for meaningless in ("--force", "--metrics-file", "--key-type"):
+        assert meaningless not in check
+    configs = {command: " ".join(certrenew(command, "--help").stdout.split("--config FILE")[-1].split()[:8])
+               for command in ("run", "status", "check", "revoke")}
+    assert configs["run"].startswith("TOML config file listing the certificates (default /etc/certrenew")
+    for command in ("status", "check", "revoke"):
+        assert configs[command].startswith("TOML config file, read if present"), configs
+    assert "read only when named" in " ".join(top.stdout.split("--config FILE")[-1].split())
+
+
+@pytest.mark.parametrize("line, said", [
+    ('agree-tos = true\n', "unknown key 'agree-tos': did you mean 'agree_tos'?"),
+    ('haproxy_sockets = ["/run/haproxy/admin.sock"]\n', "unknown key 'haproxy_sockets': did you mean 'haproxy_socket'?"),
+    ('[[certificate]]\ndomain = ["a.example"]\n', "certificate #1: unknown key 'domain': did you mean 'domains'?"),
+])
+def test_a_misspelt_config_key_is_answered_with_the_right_one(tmp_path, line, said):
+    config = tmp_path / "certrenew.toml"
+    config.write_text(line)
+    stderr = one_line(certrenew("status", "--config", config), 2)
+    assert said in stderr and "known:" not in stderr
+
+
+def test_a_list_key_given_one_string_is_a_list_of_one(tmp_path):
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'state_dir = "{tmp_path}"\nhaproxy_socket = "/run/haproxy/admin.sock"\n'
+                      'verify_endpoint = "127.0.0.1:443"\n[[certificate]]\ndomains = "a.example"\n')
+    result = certrenew("status", "--config", config)
+    assert result.returncode == 1 and "a.example is missing" in result.stderr, result.stderr  # read, not refused
+    from certrenew.config import load_config
+
+    loaded = load_config(config)
+    assert loaded.settings["haproxy_socket"] == ("/run/haproxy/admin.sock",)
+    assert loaded.settings["verify_endpoint"] == ("127.0.0.1:443",) and loaded.certificates[0].domains == ("a.example",)
+
+
+
+@pytest.mark.parametrize("args", [("status", "--json"), ("status",)])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, args):
+    _issued_record(tmp_path, "example.com", ["example.com"])
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CERTRENEW_")}
+    process = subprocess.Popen([sys.executable, "-m", "certrenew", *args, "--state-dir", tmp_path], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.close()  # `| head -1` done before certrenew writes: its writes find no reader
+    stderr = process.communicate(timeout=60)[1].decode()
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr
+    assert process.returncode == 141  # as a tool killed by SIGPIPE: the shell's 128 + 13
+
+
+def test_an_ssl_dir_not_writable_names_its_owner_and_the_fix():
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # not under pytest's, closed to other users
+        _ssl_dir_not_writable(Path(top))
+
+
+def _ssl_dir_not_writable(tmp_path):
+    tmp_path.chmod(0o755)
+    ssl = tmp_path / "ssl"
+    ssl.mkdir(mode=0o755)
+    (ssl / "placeholder.pem").write_text("")
+    # As root, run as nobody (root writes anywhere); else a directory closed to this user.
+    as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    if not as_user:
+        ssl.chmod(0o555)
+    user = "nobody" if as_user else __import__("pwd").getpwuid(os.geteuid()).pw_name
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CERTRENEW_")}
+    fix = f"not writable by user {user} (it is "
+    for args in (("a.example",), ("check",)):
+        result = subprocess.run([*as_user, sys.executable, "-m", "certrenew", *args, "--ssl-dir", ssl, "--state-dir",
+                                 tmp_path / "state", "--directory", "https://127.0.0.1:9/dir"],
+                                cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+        said = result.stderr if args == ("a.example",) else result.stdout
+        assert fix in said and f"`chown {user} {ssl}`" in said and "chmod g+w" in said, said
+
+
+def test_a_socket_check_names_the_socket_once(tmp_path):
+    missing = tmp_path / "no-such.sock"
+    result = certrenew("check", "--haproxy-socket", missing, "--state-dir", tmp_path, "--ssl-dir", tmp_path,
+                       "--directory", "https://127.0.0.1:9/dir", "--reload-command", "true")
+    (line,) = [line for line in result.stdout.splitlines() if str(missing) in line]
+    assert line.startswith(f"FAIL HAProxy socket {missing}: No such file") and line.count(str(missing)) == 1, line

@@ -17,6 +17,8 @@ from certrenew.placeholder import write_placeholder
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "compose"
 SERVER_OPTIONS = "check resolvers docker init-addr last,libc,none"
+TESTED_LINES = ("2.6", "3.4")
+"""The HAProxy lines scripts/test runs the suite against."""
 
 
 def haproxy_cfg() -> str:
@@ -57,6 +59,11 @@ def test_the_containers_meet_where_the_configs_say():
     assert host in services and int(port) == split_host_port(settings.listen)[1]
 
 
+def test_the_haproxy_image_is_of_a_tested_line():
+    name, _, tag = compose_services()["haproxy"]["image"].partition(":")
+    assert name == "haproxy" and tag in TESTED_LINES
+
+
 @pytest.fixture
 def local_cfg(tmp_path) -> Path:
     """The example's haproxy.cfg with its socket dir and crt dir moved to temporary directories."""
@@ -71,12 +78,15 @@ def local_cfg(tmp_path) -> Path:
 
 
 def haproxy_check(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=60)
+    """`haproxy -c`, verbose: 3.x says "Configuration file is valid" only with -V (2.6 always did)."""
+    return subprocess.run(["haproxy", "-c", "-V", "-f", str(path)], capture_output=True, text=True, timeout=60)
 
 
 def test_haproxy_accepts_the_example_config(local_cfg):
     result = haproxy_check(local_cfg)
-    assert result.returncode == 0 and "Configuration file is valid" in result.stdout, result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert result.returncode == 0 and "Configuration file is valid" in result.stdout, said
+    assert "deprecated" not in said  # e.g. `master-worker` in global, deprecated since 3.3 (use -W)
 
 
 def test_the_check_passes_only_thanks_to_init_addr(local_cfg):

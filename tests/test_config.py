@@ -123,7 +123,7 @@ def test_list_options_are_checked(tmp_path):
     with pytest.raises(UsageError, match="--verify-endpoint: nohost: expected HOST:PORT"):
         build_settings({"verify_endpoint": ["nohost"]}, None, {})
     with pytest.raises(UsageError, match="haproxy_socket: must be a list"):
-        config_file(tmp_path, 'haproxy_socket = "/run/a.sock"\n')
+        config_file(tmp_path, 'haproxy_socket = 3\n')
 
 
 def test_a_dual_certificate_is_an_ecdsa_and_an_rsa_certificate(tmp_path):
@@ -368,6 +368,34 @@ def test_an_ip_address_certificate_gets_a_plain_file_name_and_no_dns01():
         certificate_specs(None, ["example.com", "192.0.2.1"], "ecdsa-p256", challenge="dns-01")
     with pytest.raises(UsageError, match="'192.0.2.1' is not a zone name"):
         build_settings({"dns_zone": "192.0.2.1"}, environ={})
+
+
+def test_crt_list_options_are_per_certificate_with_a_top_level_default(tmp_path):
+    config = config_file(tmp_path, 'crt_list = "/etc/haproxy/certs.lst"\ncrt_list_options = "[alpn h2]"\n'
+                                   '[[certificate]]\ndomains = ["a.example"]\n'
+                                   '[[certificate]]\ndomains = ["b.example"]\ncrt_list_options = "b.example"\n')
+    assert [spec.crt_list_options for spec in config.certificates] == ["[alpn h2]", "b.example"]
+    assert build_settings({}, config, {}).crt_list == Path("/etc/haproxy/certs.lst")
+
+
+@pytest.mark.parametrize("options", ["[alpn h2] # a comment", "a.example\\n/etc/other.pem"])
+def test_crt_list_options_that_would_end_the_line_are_refused(tmp_path, options):
+    with pytest.raises(UsageError, match="certificate #1: crt_list_options: .*line break or a '#'"):
+        config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example"]\ncrt_list_options = "{options}"\n')
+
+
+def test_a_crt_store_entry_is_named_per_certificate(tmp_path):
+    config = config_file(tmp_path, '[[certificate]]\ndomains = ["a.example"]\ncrt_store = "@web/site"\n')
+    assert config.certificates[0].crt_store == "@web/site"
+
+
+@pytest.mark.parametrize("table, error", [
+    ('crt_store = "web/site"', r"crt_store must name a crt-store entry as HAProxy does, '@<store>/<alias>'"),
+    ('crt_store = "@web/site"\nkey_type = ["ecdsa-p256", "rsa2048"]', "crt_store names one certificate, not the 2"),
+])
+def test_a_crt_store_entry_that_cannot_be_one_is_refused(tmp_path, table, error):
+    with pytest.raises(UsageError, match=re.escape(error)):
+        config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example"]\n{table}\n')
 
 
 FIRST, SECOND, THIRD = "https://first.example/dir", "https://second.example/dir", "https://third.example/dir"

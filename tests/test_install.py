@@ -4,6 +4,7 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from fake_haproxy import FakeHAProxy
 from certrenew import haproxy, install, limits, signals
 from certrenew.bundle import build_bundle, pem_blocks
 from certrenew.errors import CertrenewError, Refused
-from certrenew.install import Blocked, Installer
+from certrenew.install import Blocked, Installer, Serving
 from certrenew.runtime_api import RuntimeApiError
 
 NAME = "site.example"
@@ -38,6 +39,7 @@ def haproxy_knowing(tmp_path: Path, path: Path, **answers: str) -> FakeHAProxy:
         "show ssl cert": f"# filename\n{path}\n\n",
         "set ssl cert": f"Transaction created for certificate {path}!\n",
         "commit ssl cert": f"Committing {path}.\nSuccess!\n",
+        **worker(tmp_path),
         **{verb.replace("_", " "): answer for verb, answer in answers.items()},
     })
 
@@ -69,12 +71,36 @@ def test_a_certificate_haproxy_has_is_replaced_in_memory_without_a_reload(tmp_pa
     assert fake.requests[2].endswith(new + b"\n")
 
 
+def worker(tmp_path: Path) -> dict[str, Callable[[], str]]:
+    """`show info` as HAProxy's worker answers it: another pid once `reload_marker`'s command ran."""
+    marker = reload_marker(tmp_path)[1]
+    return {"show info": lambda: f"Name: HAProxy\nPid: {2 if marker.exists() else 1}\nUptime_sec: 1\n"}
+
+
 def test_an_haproxy_without_the_commands_gets_the_reload(tmp_path, ssl_dir):
-    fake = FakeHAProxy(tmp_path / "admin.sock", {})  # answers every command "Unknown command"
+    fake = FakeHAProxy(tmp_path / "admin.sock", worker(tmp_path))  # answers every other command "Unknown command"
     marker = reload_marker(tmp_path)[1]
     [result] = install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
-    assert result.method == "reload" and "older than 2.2" in result.detail
-    assert marker.exists()
+    assert result.method == "reload" and "older than 2.2" in result.detail and result.confirmed
+    assert marker.exists() and fake.commands().count("show info") >= 2  # its worker, before and after
+
+
+def test_a_reload_that_leaves_the_old_worker_running_fails_and_puts_everything_back(tmp_path, ssl_dir, monkeypatch):
+    monkeypatch.setattr(install, "RELOAD_GRACE", 0.5)
+    path = ssl_dir / f"{NAME}.pem"
+    old = bundle_of(trustme.CA())
+    path.write_bytes(old)
+    fake = FakeHAProxy(tmp_path / "admin.sock", {"show info": "Pid: 7\n"})  # a master that could not load its config
+    with pytest.raises(CertrenewError, match=r"exited 0, but HAProxy .* still runs the worker it ran before "
+                                             r"\(pid 7\).*did not take.*previous certificate was put back"):
+        install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
+    assert path.read_bytes() == old and reload_marker(tmp_path)[1].exists()
+
+
+def test_a_reload_nothing_can_ask_about_is_not_confirmed(tmp_path, ssl_dir):
+    reload_command, marker = reload_marker(tmp_path)
+    [result] = Installer(ssl_dir, reload_command).install({NAME: bundle_of(trustme.CA())})
+    assert (result.method, result.confirmed) == ("reload", False) and marker.exists()
 
 
 def closed_endpoint() -> str:
@@ -100,6 +126,22 @@ def test_a_certificate_not_served_afterwards_is_put_back_on_disk_and_in_memory(t
     assert path.read_bytes() == old and not marker.exists()
     assert fake.commands()[2:] == ["set ssl cert", "commit ssl cert", "set ssl cert", "commit ssl cert"]
     assert fake.requests[2].endswith(new + b"\n") and fake.requests[4].endswith(old + b"\n")
+
+
+def test_a_verify_endpoint_serving_another_certificate_for_one_name_blames_that_certificate_alone(
+        tmp_path, ssl_dir, serving, monkeypatch):
+    monkeypatch.setattr(install, "RELOAD_GRACE", 0.5)
+    ca = trustme.CA()
+    served, shadowed = ca.issue_cert("a.example"), ca.issue_cert("b.example")
+    bundles = {name: build_bundle(b"".join(blob.bytes() for blob in leaf.cert_chain_pems), leaf.private_key_pem.bytes())
+               for name, leaf in (("a", served), ("b", shadowed))}
+    installer = Installer(ssl_dir, "true", verify_endpoints=[serving(served)])  # serves a's for every name
+    with pytest.raises(install.NotServed) as failure:
+        installer.install(bundles)
+    assert failure.value.which == ["b"] and list(failure.value.each) == ["b"]
+    assert failure.value.reason("b").startswith(f"served-certificate check: {installer.verify_endpoints[0]} serves "
+                                                "another certificate for b.example")
+    assert list(ssl_dir.iterdir()) == []  # the batch put back; the run installs a again without b
 
 
 def test_a_certificate_added_at_runtime_and_not_served_is_removed_again(tmp_path, ssl_dir, monkeypatch):
@@ -150,7 +192,7 @@ def test_a_reload_is_given_the_reload_grace_and_a_hot_update_the_shorter_one(tmp
         Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")]).install({NAME: bundle_of(trustme.CA())})
     finally:
         fake.close()
-    assert graces == [install.RELOAD_GRACE, install.HOT_UPDATE_GRACE]
+    assert [round(grace) for grace in graces] == [round(install.RELOAD_GRACE), round(install.HOT_UPDATE_GRACE)]
 
 
 def test_a_signal_during_the_install_puts_the_previous_certificate_back(tmp_path, ssl_dir):
@@ -197,6 +239,20 @@ def test_an_open_transaction_stops_the_install_before_anything_changes(tmp_path,
         install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
     assert path.read_bytes() == old and not marker.exists()
     assert fake.commands() == ["show ssl crt-list", "show ssl cert"]
+
+
+def test_a_transaction_opened_by_another_tool_during_the_install_is_not_blamed_on_the_bundle(tmp_path, ssl_dir):
+    """HAProxy 3.4 refuses `set ssl cert` while another file's transaction is open (one opened after the
+    install looked): the certificate is not refused, and the error names the transaction to end."""
+    path, other = ssl_dir / f"{NAME}.pem", ssl_dir / "other.pem"
+    old = bundle_of(trustme.CA())
+    path.write_bytes(old)
+    fake = haproxy_knowing(tmp_path, path, set_ssl_cert=f"The ongoing transaction is about '{other}' but you are "
+                                                        f"trying to set '{path}'\nCan't update {path}!\n")
+    with pytest.raises(CertrenewError, match=f"transaction for {other} is open .*'abort ssl cert {other}'") as raised:
+        install_via(fake, tmp_path, ssl_dir, {NAME: bundle_of(trustme.CA())})
+    assert not isinstance(raised.value, Refused)
+    assert path.read_bytes() == old and "commit ssl cert" not in fake.commands()
 
 
 def test_a_refused_commit_leaves_the_old_file_and_aborts(tmp_path, ssl_dir):
@@ -321,4 +377,124 @@ def test_a_reload_command_that_writes_bytes_that_are_not_utf8_fails_in_its_own_w
 
 def test_a_reload_command_is_done_when_it_exits_though_what_it_started_holds_its_output():
     # e.g. a reload over ssh with ControlPersist: the master connection lives on, output open.
-    assert within(20, lambda: haproxy.reload("""sh -c 'setsid sleep 60 & echo reloaded'""")) is None
+    assert within(20, lambda: haproxy.reload("""sh -c 'setsid sleep 60 & echo reloaded'""")) is False  # unconfirmed
+
+
+def leaf_bundle(*names: str, key_type: trustme.KeyType = trustme.KeyType.ECDSA) -> bytes:
+    leaf = trustme.CA().issue_cert(*names, key_type=key_type)
+    return build_bundle(b"".join(blob.bytes() for blob in leaf.cert_chain_pems), leaf.private_key_pem.bytes())
+
+
+def test_another_bundle_claiming_a_name_with_the_same_kind_of_key_refuses_the_certificate_before_ordering(ssl_dir):
+    (ssl_dir / "example.com.pem").write_bytes(leaf_bundle("example.com", "www.example.com"))  # a single-domain run's
+    (ssl_dir / "main.pem").write_bytes(leaf_bundle("example.com"))  # its own: replaced, so no shadow
+    (ssl_dir / "rsa.pem").write_bytes(leaf_bundle("www.example.com", key_type=trustme.KeyType.RSA))  # served beside it
+    (ssl_dir / ".hidden.pem").write_bytes(leaf_bundle("www.example.com"))  # HAProxy passes over a dot file
+    installer = Installer(ssl_dir, "true")
+    with pytest.raises(Blocked) as refused:
+        installer.check_place("main", ("example.com", "www.example.com", "api.example.com"), "ecdsa-p256")
+    assert str(refused.value) == (
+        f"{ssl_dir}/example.com.pem claims example.com, www.example.com too, with an ECDSA key: HAProxy loads every "
+        "bundle of the ssl dir and may go on serving that one instead of main.pem, and nothing renews it; move it "
+        "out of the ssl dir (or name this certificate 'example.com' in the config)")
+    installer.check_place("other", ("api.example.com",), "ecdsa-p256")  # no name of its claimed elsewhere
+    with pytest.raises(Blocked, match="rsa.pem claims www.example.com too, with an RSA key"):
+        Installer(ssl_dir, "true").check_place("main-rsa", ("www.example.com",), "rsa2048")
+    with pytest.raises(Blocked, match=r"move it out of the ssl dir$"):  # a dual certificate's half: no rename
+        Installer(ssl_dir, "true").check_place("rsa.rsa2048", ("www.example.com",), "rsa2048")
+
+
+def test_a_reload_after_which_the_runtime_api_no_longer_answers_fails(tmp_path):
+    """A socket that no new worker opens (HAProxy gone, or its config lost the stats socket) proves nothing."""
+    fake = FakeHAProxy(tmp_path / "admin.sock", {"show info": "Pid: 7\n"})
+    node = haproxy.RuntimeApi(str(tmp_path / "admin.sock"))
+    with pytest.raises(CertrenewError, match=r"but HAProxy .*admin.sock does not answer 0.5 s later: the reload did not take"):
+        haproxy.reload(f"sh -c 'rm {tmp_path / 'admin.sock'}'", [node], 0.5)
+    fake.close()
+
+
+
+
+def crt_list_haproxy(tmp_path: Path, crt_list: Path, add_answer: str) -> FakeHAProxy:
+    """A fake HAProxy serving `crt_list` (a crt-list file) and no certificate of ours yet."""
+    return FakeHAProxy(tmp_path / "admin.sock", {
+        "show ssl crt-list": f"{crt_list}\n\n",
+        "show ssl cert": "# filename\n/etc/haproxy/main.pem\n\n",
+        "new ssl cert": "New empty certificate store!\n",
+        "set ssl cert": f"Transaction created for certificate {tmp_path / 'ssl' / NAME}.pem!\n",
+        "commit ssl cert": "Success!\n",
+        "add ssl crt-list": add_answer,
+        "del ssl crt-list": "Entry deleted in crtlist!\n",
+        "del ssl cert": "deleted!\n",
+    })
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["added", "refused and rolled back"])
+def test_a_new_certificate_gets_its_crt_list_line_in_the_file_and_in_memory_or_neither(tmp_path, ssl_dir, refused):
+    crt_list = tmp_path / "certs.lst"
+    operator = "# mine\n/etc/haproxy/main.pem [alpn h2] example.com\n"
+    crt_list.write_text(operator)
+    add_answer = "Inserting certificate.\nunable to load the chain\nFailed!\n" if refused else "Inserting.\nSuccess!\n"
+    fake = crt_list_haproxy(tmp_path, crt_list, add_answer)
+    line = f"{ssl_dir / NAME}.pem [alpn h2] {NAME}"
+    try:
+        installer = Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")], crt_list=crt_list)
+        if refused:
+            with pytest.raises(Refused, match="unable to load the chain"):
+                installer.install({NAME: bundle_of(trustme.CA())}, {NAME: Serving(f"[alpn h2] {NAME}")})
+        else:
+            [result] = installer.install({NAME: bundle_of(trustme.CA())}, {NAME: Serving(f"[alpn h2] {NAME}")})
+            assert result.method == "hot update"
+    finally:
+        fake.close()
+    add = next(request for request in fake.requests if request.startswith(b"add ssl crt-list"))
+    assert add == f"add ssl crt-list {crt_list} <<\n{line}\n\n".encode()
+    assert crt_list.read_text() == (operator if refused else operator + line + "\n")
+    assert ("del ssl crt-list" in fake.commands()) == refused
+
+
+def test_an_haproxy_not_loading_the_crt_list_gets_the_reload_with_the_line_in_the_file(tmp_path, ssl_dir):
+    crt_list = tmp_path / "certs.lst"
+    crt_list.write_text("")
+    fake = crt_list_haproxy(tmp_path, tmp_path / "other.lst", "")
+    fake.answers.update(worker(tmp_path))
+    marker = reload_marker(tmp_path)[1]
+    try:
+        [result] = Installer(ssl_dir, reload_marker(tmp_path)[0], [str(tmp_path / "admin.sock")],
+                             crt_list=crt_list).install({NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert result.method == "reload" and f"it loads no crt-list {crt_list}" in result.detail and marker.exists()
+    assert crt_list.read_text() == f"{ssl_dir / NAME}.pem\n"
+
+
+def test_a_certificate_haproxy_has_but_not_in_the_crt_list_is_replaced_and_listed(tmp_path, ssl_dir):
+    """Its line goes into the file, so its entry goes into the running crt-list: they never disagree."""
+    path, crt_list = ssl_dir / f"{NAME}.pem", tmp_path / "certs.lst"
+    path.write_bytes(bundle_of(trustme.CA()))
+    crt_list.write_text("")
+    fake = haproxy_knowing(tmp_path, path)
+    fake.answers.update({"show ssl crt-list": f"{crt_list}\n/etc/haproxy/main.pem\n\n",  # a crt-list, an entry
+                         "add ssl crt-list": "Inserting.\nSuccess!\n"})
+    try:
+        [result] = Installer(ssl_dir, "false", [str(tmp_path / "admin.sock")], crt_list=crt_list).install(
+            {NAME: bundle_of(trustme.CA())})
+    finally:
+        fake.close()
+    assert result.method == "hot update"
+    assert fake.commands()[-3:] == ["set ssl cert", "commit ssl cert", "add ssl crt-list"]
+    assert fake.requests[-1] == f"add ssl crt-list {crt_list} <<\n{path}\n\n".encode()
+    assert crt_list.read_text() == f"{path}\n"
+
+
+def test_a_crt_store_entry_whose_file_is_gone_is_left_to_the_reload(tmp_path, ssl_dir):
+    fake = FakeHAProxy(tmp_path / "admin.sock", {"show ssl crt-list": "\n", "show ssl cert": "# filename\n@web/site\n\n",
+                                                 **worker(tmp_path)})
+    marker = reload_marker(tmp_path)[1]
+    try:
+        [result] = Installer(ssl_dir, reload_marker(tmp_path)[0], [str(tmp_path / "admin.sock")]).install(
+            {NAME: bundle_of(trustme.CA())}, {NAME: Serving(crt_store="@web/site")})
+    finally:
+        fake.close()
+    assert result.method == "reload" and "it has @web/site in memory but" in result.detail and marker.exists()
+    assert "set ssl cert" not in fake.commands()

@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "certrenew"
 LAYERS = [
     "version", "errors", "hints", "limits", "requirements", "signals", "progress", "hostport", "httpd", "keytypes", "domains",
-    "atomicfile", "owned", "listen", "keys", "bundle", "runtime_api", "command", "haproxy", "hooks", "verify", "install", "lock",
+    "atomicfile", "owned", "listen", "keys", "bundle", "runtime_api", "crtlist", "command", "haproxy", "hooks", "verify", "install", "lock",
     "challenge", "store", "policy", "responder", "dns01", "caa", "rfc2136", "dnshook", "config",
     "acme_transport", "acme_account", "acme_ari", "acme_client", "issue", "status", "metrics", "placeholder", "preflight",
     "renew", "daemon", "revoke", "certbot_import",

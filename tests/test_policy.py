@@ -208,3 +208,10 @@ def test_the_daemon_wakes_at_once_for_a_certificate_from_another_ca():
     certificates = [(from_staging, *A)]
     assert next_wake(certificates, NOW, HOUR, directories=("https://production.example/dir",)) == NOW
     assert next_wake(certificates, NOW, HOUR, directories=("https://staging.example/dir",)) == NOW + HOUR
+
+
+def test_a_revoked_certificate_is_due_at_once_and_wakes_the_daemon():
+    revoked = record(90, 1)
+    revoked.revoked = NOW - DAY
+    assert decide(revoked, ["a.example"], "ecdsa-p256", NOW).reason == "revoked at 2026-05-31 00:00 UTC"
+    assert next_wake([(revoked, ["a.example"], "ecdsa-p256")], NOW, DAY) == NOW

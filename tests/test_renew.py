@@ -28,7 +28,7 @@ INFO = CertificateInfo("1f", NOW, NOW + 90 * DAY, ("x.example",), "00")
 @pytest.fixture
 def settings(tmp_path):
     return Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path, directory="https://127.0.0.1:9/none",
-                    lock_timeout=0)
+                    lock_timeout=0, reload_command="true")
 
 
 @pytest.fixture
@@ -253,6 +253,16 @@ def test_a_certificate_whose_place_in_the_ssl_dir_is_blocked_fails_alone_and_sta
     assert store.rejected == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # not set aside: nothing lost
     record = store.load_record("b")
     assert record.failures == 1 and record.next_attempt is None  # the operator's to fix: no back-off
+
+
+def test_a_certificate_not_served_after_its_install_fails_alone_in_its_own_words_and_stays_pending():
+    from certrenew.install import NotServed
+    store = MemoryStore()
+    blame = "served-certificate check: 127.0.0.1:443 serves another certificate for b.example"
+    outcomes = install_with_b_refused(store, NotServed(f"b.pem: {blame}", ["b"], {"b": f"{blame}; put back"}))
+    assert outcomes["b"].detail == f"{blame}; put back; the new certificate stays pending for the run after"
+    assert "b.example" not in outcomes["a"].detail + outcomes["c"].detail  # nobody else is blamed
+    assert store.rejected == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # kept: HAProxy took it
 
 
 def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):

@@ -1,4 +1,7 @@
-"""The Runtime API client against a fake HAProxy socket that answers like HAProxy 2.6 does."""
+"""The Runtime API client against a fake HAProxy socket that answers like HAProxy 2.6 does (or 3.4, where
+their answers differ)."""
+
+import re
 
 import pytest
 from fake_haproxy import FakeHAProxy
@@ -7,6 +10,7 @@ from certrenew.runtime_api import (
     Rejected,
     RuntimeApi,
     RuntimeApiError,
+    TransactionOpen,
     Unsupported,
     check_address,
     find_crt_list,
@@ -77,11 +81,32 @@ def test_a_failed_commit_is_aborted_with_haproxys_words(fake):
     assert server.commands() == ["set ssl cert", "commit ssl cert", "abort ssl cert"]
 
 
-def test_a_transaction_for_another_file_is_not_committed(fake):
-    server, api = fake({"set ssl cert": "Transaction updated for certificate /etc/haproxy/ssl/other.pem!\n"})
-    with pytest.raises(RuntimeApiError, match="other.pem"):
+OTHER = "/etc/haproxy/ssl/other.pem"
+
+
+def test_another_files_transaction_that_took_the_payload_is_aborted_not_committed(fake):
+    """HAProxy 2.6 puts the payload into whichever transaction is open: committed, it would serve
+    this certificate under the other file's name."""
+    server, api = fake({
+        "set ssl cert": f"Transaction updated for certificate {OTHER}!\n",
+        "abort ssl cert": f"Transaction aborted for certificate '{OTHER}'!\n",
+    })
+    with pytest.raises(TransactionOpen, match=f"transaction for {OTHER} is open .* so it was aborted"):
         api.replace_certificate(PATH, BUNDLE)
-    assert "commit ssl cert" not in server.commands()
+    assert server.commands() == ["set ssl cert", "abort ssl cert"]
+    assert server.requests[-1] == f"abort ssl cert {OTHER}\n".encode()
+
+
+def test_another_files_open_transaction_is_named_and_left_to_its_owner(fake):
+    """HAProxy 3.4 refuses `set ssl cert` then, changing nothing: not the bundle's fault (not Rejected)."""
+    server, api = fake({
+        "set ssl cert": f"The ongoing transaction is about '{OTHER}' but you are trying to set '{PATH}'\n"
+                        f"Can't update {PATH}!\n",
+    })
+    with pytest.raises(TransactionOpen, match=f"transaction for {OTHER} is open .*'abort ssl cert {OTHER}'") as raised:
+        api.replace_certificate(PATH, BUNDLE)
+    assert not isinstance(raised.value, Rejected)
+    assert server.commands() == ["set ssl cert"]  # neither committed nor aborted: the transaction is not ours
 
 
 def test_adding_a_certificate_cleans_up_when_a_step_fails(fake):
@@ -99,19 +124,23 @@ def test_adding_a_certificate_cleans_up_when_a_step_fails(fake):
     assert server.commands()[-2:] == ["del ssl crt-list", "del ssl cert"]
 
 
-def test_a_bundle_the_binds_cannot_load_is_rejected_when_added_to_the_crt_list(fake):
-    """A new certificate meets its binds' SSL contexts only at `add ssl crt-list` (HAProxy 2.6's answer)."""
+@pytest.mark.parametrize("refusal", [
+    f"unable to load chain certificate into SSL Context '{PATH}'. Make sure you are linking against Openssl "
+    ">= 1.0.2.",  # HAProxy 2.6, a chain OpenSSL's security level will not load
+    f"unable to load SSL private key into SSL Context '{PATH}': passed a null parameter.",  # 3.4: no key
+], ids=["2.6 chain", "3.4 no key"])
+def test_a_bundle_the_binds_cannot_load_is_rejected_when_added_to_the_crt_list(fake, refusal):
+    """A new certificate meets its binds' SSL contexts only at `add ssl crt-list`; HAProxy 3.4 commits even one
+    without a key (2.6 refuses that at commit)."""
     server, api = fake({
         "new ssl cert": f"New empty certificate store '{PATH}'!\n",
         "set ssl cert": f"Transaction created for certificate {PATH}!\n",
         "commit ssl cert": f"Committing {PATH}\nSuccess!\n",
-        "add ssl crt-list": f"Inserting certificate '{PATH}' in crt-list '/etc/haproxy/ssl'.\nunable to load chain "
-                            f"certificate into SSL Context '{PATH}'. Make sure you are linking against Openssl "
-                            ">= 1.0.2.\nFailed!\n",
+        "add ssl crt-list": f"Inserting certificate '{PATH}' in crt-list '/etc/haproxy/ssl'.\n{refusal}\nFailed!\n",
         "del ssl crt-list": "Can't delete the entry\n",
         "del ssl cert": f"Certificate '{PATH}' deleted!\n",
     })
-    with pytest.raises(Rejected, match="unable to load chain certificate"):
+    with pytest.raises(Rejected, match=re.escape(refusal)):
         api.add_certificate("/etc/haproxy/ssl", PATH, BUNDLE)
     assert server.commands()[-2:] == ["del ssl crt-list", "del ssl cert"]
 

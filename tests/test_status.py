@@ -33,3 +33,38 @@ def test_unhealthy_names_each_certificate_that_is_not_ok():
     assert unhealthy(settings, [row("a"), row("b", state="unmanaged")]) is None
     assert unhealthy(settings, [row("a", state="failing"), row("b"), row("c", state="due")]) == \
         "a is failing, c is due"
+
+
+
+def test_a_revoked_certificate_is_not_healthy_and_due_since_its_revocation(tmp_path):
+    from certrenew.status import collect
+    from certrenew.store import CertificateRecord, FileStore
+
+    store = FileStore(tmp_path)
+    with store.lock(5):
+        store.save_record(CertificateRecord("a.example", ["a.example"], "ecdsa-p256", "1", NOW,
+                                            NOW + datetime.timedelta(days=90), revoked=NOW))
+    settings = Settings(state_dir=tmp_path)
+    (row,) = collect(settings, None, store, now=NOW + datetime.timedelta(hours=1))
+    assert (row.state, row.next_renewal) == ("revoked", NOW)
+    assert unhealthy(settings, [row]) == "a.example is revoked"
+
+
+def test_a_certificate_another_bundle_in_the_ssl_dir_shadows_is_shadowed_when_status_reads_the_ssl_dir(tmp_path):
+    import trustme
+
+    from certrenew.bundle import build_bundle
+    from certrenew.config import CertificateSpec
+    from certrenew.status import collect
+
+    (tmp_path / "ssl").mkdir()
+    leaf = trustme.CA().issue_cert("example.com")
+    (tmp_path / "ssl" / "example.com.pem").write_bytes(
+        build_bundle(b"".join(blob.bytes() for blob in leaf.cert_chain_pems), leaf.private_key_pem.bytes()))
+    settings = Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl")
+    specs = [CertificateSpec("main", ("example.com",)), CertificateSpec("other", ("other.example",))]
+    assert [row.state for row in collect(settings, specs)] == ["missing", "missing"]  # the daemon's: state alone
+    main, other = collect(settings, specs, read_ssl_dir=True)
+    assert (main.state, other.state) == ("shadowed", "missing")
+    assert main.last_result.startswith(f"refused: {tmp_path / 'ssl' / 'example.com.pem'} claims example.com too")
+    assert unhealthy(settings, [main, other]) == "main is shadowed, other is missing"

@@ -195,17 +195,17 @@ def test_a_file_without_a_version_is_read_as_version_1(files):
     ('{"version": 2, "name": "a"}', r"state file .*/a/meta.json has format version 2; this certrenew reads version 1"),
     ('{"name": "a", "domains": [], "key_type": "rsa2048"}\n{"name": "b"', r"meta.json: extra data after the document"),
     # Each field well-typed, the whole inconsistent: refused when read, not when the decision trips on it.
-    ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_before": null, "not_after": "2026-01-02T03:04:05Z"}',
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_before": null, "not_after": "2026-01-02T03:04:05+00:00"}',
      r"meta.json: not_before and not_after go together, but only one of them is set; repair it, or move it "
      r"away and the next run orders a anew"),
-    ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_before": "2026-02-01T00:00:00Z", '
-     '"not_after": "2026-01-01T00:00:00Z"}', r"meta.json: not_before 2026-02-01T00:00:00\+00:00 is after not_after"),
-    ('{"name": "a", "domains": [], "key_type": "rsa2048", "ari_window_start": "2026-01-01T00:00:00Z"}',
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "not_before": "2026-02-01T00:00:00+00:00", '
+     '"not_after": "2026-01-01T00:00:00+00:00"}', r"meta.json: not_before 2026-02-01T00:00:00\+00:00 is after not_after"),
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "ari_window_start": "2026-01-01T00:00:00+00:00"}',
      r"meta.json: ari_window_start and ari_window_end go together"),
     ('{"name": "a", "domains": [], "key_type": "rsa2048", "failures": -1}', r"meta.json: failures: expected a whole number"),
     ('{"name": "a", "domains": [], "key_type": "rsa2048", "failures": true}', r"meta.json: failures: expected a whole number"),
     ('{"name": "b", "domains": [], "key_type": "rsa2048"}', r"meta.json: name: 'b', but this is the record of 'a'"),
-    ('{"name": "a", "domains": [], "key_type": "rsa2048", "recent_issues": "2026-01-01T00:00:00Z"}',
+    ('{"name": "a", "domains": [], "key_type": "rsa2048", "recent_issues": "2026-01-01T00:00:00+00:00"}',
      r"meta.json: recent_issues: expected a list of times"),
     ('{"name": "a", "domains": [], "key_type": "rsa2048", "recent_issues": ["2026-01-01"]}',
      r"meta.json: recent_issues: '2026-01-01' has no time zone"),

@@ -1,8 +1,5 @@
 """verify.wait_served against a real TLS server on loopback serving a trustme certificate."""
 
-import socket
-import ssl
-import threading
 import time
 
 import pytest
@@ -17,40 +14,6 @@ NAME = "site.example"
 
 def bundle_of(cert: trustme.LeafCert) -> bytes:
     return build_bundle(b"".join(blob.bytes() for blob in cert.cert_chain_pems), cert.private_key_pem.bytes())
-
-
-@pytest.fixture
-def serving():
-    """serving(cert) -> "127.0.0.1:PORT" where a TLS server presents `cert`; handshakes are counted."""
-    servers = []
-
-    def start(cert: trustme.LeafCert) -> str:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        cert.configure_cert(context)
-        listener = socket.create_server(("127.0.0.1", 0))
-        server = {"socket": listener, "handshakes": 0, "sni": []}
-        context.sni_callback = lambda tls, name, context: server["sni"].append(name)
-
-        def serve() -> None:
-            while True:
-                try:
-                    connection, _ = listener.accept()
-                except OSError:
-                    return
-                try:
-                    with context.wrap_socket(connection, server_side=True):
-                        server["handshakes"] += 1
-                except OSError:
-                    connection.close()
-
-        threading.Thread(target=serve, daemon=True).start()
-        servers.append(server)
-        return f"127.0.0.1:{listener.getsockname()[1]}"
-
-    start.servers = servers
-    yield start
-    for server in servers:
-        server["socket"].close()
 
 
 def handshakes(server: dict, at_least: int) -> int:

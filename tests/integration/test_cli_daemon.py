@@ -231,7 +231,7 @@ def test_a_flood_of_huge_heads_and_idle_clients_leaves_memory_bounded_and_health
 
 def test_sigterm_mid_order_exits_at_once_and_leaves_it_to_resume(lab, start_daemon):
     daemon = start_daemon(lab, write_config(lab, ONE), "-v")
-    daemon.wait_log("alpha: renewing")  # the pass has started ordering
+    daemon.wait_log("alpha: issuing")  # the pass has started ordering
     code, took = daemon.stop()
     assert code == 0 and took < 2.0, daemon.log
     assert not tcp_accepts(lab.backend_port)
@@ -328,7 +328,7 @@ def test_a_run_by_hand_beside_the_daemon_is_serialised_by_the_lock(lab, start_da
         daemon.wait_log("SIGHUP: config re-read")
         time.sleep(1.0)  # a moment for the daemon to get past the lock, if it could (it must not)
         assert serial_of(lab, "beta") is None
-    daemon.wait_log("beta: renewing")  # its pass has the lock now
+    daemon.wait_log("beta: issuing")  # its pass has the lock now
     by_hand = lab.start_certrenew("run", "--config", str(config))
     out, err = by_hand.communicate(timeout=WAIT)
     assert by_hand.returncode == 0, err

@@ -10,6 +10,7 @@ DEPLOY_HOOK = """#!{python}
 # Record this hook's environment and the certificate HAProxy serves for its first name right now.
 import json, os, socket, ssl
 from cryptography import x509
+from certrenew.bundle import serial_hex
 context = ssl.create_default_context()
 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
 domain = os.environ["CERTRENEW_DOMAINS"].split()[0]
@@ -17,7 +18,7 @@ with socket.create_connection(("127.0.0.1", {port}), timeout=5) as raw:
     with context.wrap_socket(raw, server_hostname=domain) as tls:
         served = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 facts = {{key: value for key, value in os.environ.items() if key.startswith("CERTRENEW_")}}
-facts["served_serial"] = format(served.serial_number, "x")
+facts["served_serial"] = serial_hex(served.serial_number)
 with open({events!r}, "a") as events:
     events.write("deploy " + json.dumps(facts) + "\\n")
 """
@@ -91,7 +92,8 @@ def status_of(lab, name):
 
 def test_a_failing_deploy_hook_fails_the_run_but_never_the_certificate(lab):
     hook = executable(lab.workdir / "fail.sh", "#!/bin/sh\necho 'chat server unreachable' >&2\nexit 4\n")
-    result = lab.certrenew("solo.example", "--deploy-hook", hook, "-q")
+    # The verify endpoint confirms the reload: no warning that nothing could.
+    result = lab.certrenew("solo.example", "--deploy-hook", hook, "-q", "--verify-endpoint", lab.https_endpoint)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == f"certrenew: deploy hook for solo.example {hook!r} exited with status 4: " \
                             "chat server unreachable\n"

@@ -7,9 +7,11 @@ import sys
 import threading
 import time
 
+import trustme
 from cryptography import x509
 
-from certrenew.bundle import leaf_info
+from certrenew.bundle import leaf_info, serial_hex
+from certrenew.haproxy import worker_pid
 from certrenew.runtime_api import RuntimeApi, argument, find_crt_list
 from certrenew.verify import served_fingerprint
 
@@ -26,7 +28,7 @@ def installed_serial(lab, name=NAME) -> str:
 
 
 def served_serial(lab, sni=NAME, port=None) -> str:
-    return format(lab.served_certificate_unverified(sni, port).serial_number, "x")
+    return serial_hex(lab.served_certificate_unverified(sni, port).serial_number)
 
 
 def hot(lab, *sockets, endpoints=()):
@@ -60,7 +62,7 @@ def test_hot_update_replaces_a_loaded_certificate_without_a_reload(lab):
     assert new != old
     assert "served by hot update" in result.stdout and str(lab.admin_socket) in result.stdout
     # Served at once, with its chain: the reload command fails, so only the Runtime API can have done it.
-    assert format(lab.served_certificate(NAME).serial_number, "x") == new
+    assert serial_hex(lab.served_certificate(NAME).serial_number) == new
     assert (lab.state_dir / "certificates" / NAME / "current.pem").read_bytes() == bundle_path(lab).read_bytes()
     # The file stays the source of truth: a later reload serves the same certificate.
     lab.reload_haproxy()
@@ -71,7 +73,7 @@ def test_a_brand_new_certificate_is_added_at_runtime(lab):
     result = run(lab, env=hot(lab))
     serial = installed_serial(lab)
     assert "served by hot update" in result.stdout
-    assert format(lab.served_certificate(NAME).serial_number, "x") == serial
+    assert serial_hex(lab.served_certificate(NAME).serial_number) == serial
     listed = lab_runtime(lab, f"show ssl crt-list -n {lab.ssl_dir}")
     assert f"{lab.ssl_dir}/{NAME}.pem" in listed
     assert served_serial(lab, "other.example") != serial  # SNI picks it only for its own names
@@ -182,15 +184,34 @@ def test_an_unreachable_node_is_named_and_nothing_changes(lab):
     assert served_serial(lab) == old
 
 
-def test_a_socket_without_the_crt_directory_falls_back_to_the_reload_command(lab):
+def reloading_other_ssl_dir(lab):
+    """Settings where the Runtime API cannot take the certificate (HAProxy loads no crt directory
+    `other-ssl`), so the lab's reload command runs, and the socket tells whether it took."""
     other = lab.workdir / "other-ssl"
     other.mkdir()
-    marker = lab.workdir / "reloaded"
-    result = run(lab, env={"CERTRENEW_SSL_DIR": str(other), "CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket),
-                           "CERTRENEW_RELOAD_COMMAND": f"touch {marker}"})
+    return other, {"CERTRENEW_SSL_DIR": str(other), "CERTRENEW_HAPROXY_SOCKET": str(lab.admin_socket)}
+
+
+def test_a_socket_without_the_crt_directory_falls_back_to_the_reload_command(lab):
+    other, env = reloading_other_ssl_dir(lab)
+    reloads = lab.master_reloads()[0]
+    result = run(lab, env=env)
     assert "served by reload" in result.stdout and f"loads no crt directory {other}" in result.stdout
     assert "falling back to the reload command" in result.stderr
-    assert marker.exists()
+    assert lab.master_reloads()[0] > reloads  # the new worker it saw
+
+
+def test_a_reload_the_runtime_api_shows_did_not_take_fails_and_is_rolled_back(lab):
+    other, env = reloading_other_ssl_dir(lab)
+    lab.haproxy_cfg.write_text(lab.haproxy_cfg.read_text() + "    no-such-keyword\n")  # HAProxy will refuse it
+    worker = worker_pid(RuntimeApi(str(lab.admin_socket)))
+    failed = lab.master_reloads()[1]
+    result = run(lab, env=env, expect=1)
+    assert "exited 0, but HAProxy" in result.stderr and "still runs the worker it ran before" in result.stderr
+    assert "did not take" in result.stderr and "new certificate was removed again" in result.stderr
+    assert lab.master_reloads()[1] > failed  # the fault happened: the master refused the reload (twice: the rollback's)
+    assert worker_pid(RuntimeApi(str(lab.admin_socket))) == worker  # and its old worker serves on
+    assert list(other.iterdir()) == []
 
 
 def test_a_dual_certificate_serves_ecdsa_or_rsa_by_client(lab):
@@ -306,3 +327,21 @@ def test_the_runtime_api_takes_a_path_with_a_space_or_a_semicolon_as_one_argumen
     assert path in api.command(f"show ssl crt-list {argument(crt_list)}")
     api.remove_certificate(crt_list, path)
     assert api.certificates().path_of(path) is None
+
+
+def test_a_certificate_haproxy_serves_another_for_fails_alone_in_its_own_words_and_the_batch_is_served(lab):
+    legacy = lab.workdir / "legacy.pem"  # outside the ssl dir, where no pre-flight looks: only serving tells
+    leaf = trustme.CA().issue_cert("shadow.example")
+    legacy.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems) + leaf.private_key_pem.bytes())
+    lab.reconfigure_haproxy(f"crt {lab.ssl_dir}/\n", f"crt {legacy} crt {lab.ssl_dir}/\n")
+    config = lab.workdir / "certrenew.toml"
+    config.write_text('[[certificate]]\nname = "main"\ndomains = ["shadow.example"]\n\n'
+                      '[[certificate]]\nname = "other"\ndomains = ["other.example"]\n')
+    result = run(lab, "run", "--config", str(config), env=hot(lab), expect=1)
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("certrenew: main: failed: ")]
+    assert f"served-certificate check: {lab.https_endpoint} serves another certificate for shadow.example" in line
+    assert "other.example" not in line and "the new certificate stays pending for the run after" in line
+    assert "other: issued" in result.stdout and "served by hot update" in result.stdout
+    assert served_serial(lab, "other.example") == installed_serial(lab, "other")
+    assert not bundle_path(lab, "main").exists()  # put back: there was none
+    assert served_serial(lab, "shadow.example") == leaf_info(legacy.read_bytes()).serial  # the fault: the legacy one

@@ -9,7 +9,7 @@ import time
 import pytest
 from cryptography import x509
 
-from certrenew.bundle import leaf_info, pem_blocks
+from certrenew.bundle import leaf_info, pem_blocks, serial_hex
 
 NAME = "site.example"
 
@@ -25,7 +25,7 @@ def issue(lab, *domains, env=None):
 
 
 def served_serial(lab, sni=NAME) -> str:
-    return format(lab.served_certificate(sni).serial_number, "x")
+    return serial_hex(lab.served_certificate(sni).serial_number)
 
 
 def test_first_issue_is_served_then_a_second_run_does_nothing(lab):

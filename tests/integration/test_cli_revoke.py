@@ -1,6 +1,7 @@
 """`certrenew revoke` end to end: pebble revokes (and says so on its management API), HAProxy
 keeps serving, serves a new certificate first, or drops the old one, as asked."""
 
+import json
 import os
 import pty
 import subprocess
@@ -14,7 +15,7 @@ from faultproxy import step as step_of
 from faults import public_der
 from lab import free_ports
 
-from certrenew.bundle import leaf_info
+from certrenew.bundle import leaf_info, serial_hex
 from certrenew.keys import load_key
 from certrenew.placeholder import PLACEHOLDER_FILE, PLACEHOLDER_NAME
 from certrenew.store import FileStore
@@ -44,7 +45,7 @@ def served_serial_changes(lab, sni, old_serial, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         served = lab.served_certificate_unverified(sni)
-        if format(served.serial_number, "x") != old_serial:
+        if serial_hex(served.serial_number) != old_serial:
             return served
         time.sleep(0.1)
     raise AssertionError(f"HAProxy still serves {old_serial} for {sni} after {timeout} s")
@@ -57,8 +58,8 @@ def test_revoke_with_yes_revokes_at_the_ca_and_the_certificate_stays_served(lab)
     assert result.returncode == 0, result.stderr
     assert lab.cert_status(serial) == "Revoked"
     assert f"serial {serial} revoked (reason keyCompromise)" in result.stdout
-    assert "still serves the revoked certificate" in result.stdout and "--reissue" in result.stdout
-    assert format(lab.served_certificate_unverified(NAME).serial_number, "x") == serial
+    assert "still serves the revoked certificate until the next run replaces it" in result.stdout
+    assert serial_hex(lab.served_certificate_unverified(NAME).serial_number) == serial
     assert (lab.state_dir / "certificates" / NAME / "current.pem").exists()
 
     again = revoke(lab, NAME, "--yes")  # the CA answers alreadyRevoked: the goal holds, exit 0
@@ -159,7 +160,7 @@ def test_delete_over_the_runtime_api_removes_it_everywhere_and_keeps_the_state(l
     assert result.returncode == 0, result.stderr
     assert "hot update" in result.stdout
     assert lab.cert_status(serial) == "Revoked"
-    assert format(lab.served_certificate_unverified(NAME).serial_number, "x") != serial  # at once: no reload
+    assert serial_hex(lab.served_certificate_unverified(NAME).serial_number) != serial  # at once: no reload
     assert not (lab.ssl_dir / f"{NAME}.pem").exists()
     assert not (lab.state_dir / "certificates" / NAME).exists()
     [backup] = (lab.state_dir / "removed").iterdir()
@@ -188,7 +189,7 @@ def test_a_delete_whose_runtime_api_and_reload_fail_keeps_the_file_haproxy_serve
     assert f"certrenew revoke {NAME} --delete' again" in result.stderr
     assert lab.cert_status(serial) == "Revoked"
     assert (lab.ssl_dir / f"{NAME}.pem").read_bytes() == bundle  # as HAProxy still serves it
-    assert format(lab.served_certificate_unverified(NAME).serial_number, "x") == serial
+    assert serial_hex(lab.served_certificate_unverified(NAME).serial_number) == serial
     assert not [path for path in lab.ssl_dir.iterdir() if path.name.startswith(".")]  # nothing left aside
     assert (lab.state_dir / "certificates" / NAME / "current.pem").exists()
 
@@ -249,7 +250,7 @@ def test_a_failed_reissue_revokes_nothing_and_the_old_certificate_stays_served(l
     assert "not revoked, as no new certificate could be served" in result.stderr and "validation" in result.stderr
     assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
     assert lab.cert_status(serial) == "Valid"
-    assert format(lab.served_certificate_unverified(NAME).serial_number, "x") == serial
+    assert serial_hex(lab.served_certificate_unverified(NAME).serial_number) == serial
 
 
 def test_delete_of_a_name_never_issued_moves_its_state_aside_and_status_forgets_it(lab, tmp_path):
@@ -275,3 +276,17 @@ def test_delete_of_a_name_never_issued_moves_its_state_aside_and_status_forgets_
 
     nothing = revoke(lab, mistyped, "--yes", "--delete")  # gone now: refused as any unknown name
     assert nothing.returncode == 2 and "no certificate named" in nothing.stderr
+
+
+def test_a_revoked_certificate_still_served_is_unhealthy_and_due_at_once(lab):
+    serial = issue(lab)
+    assert revoke(lab, NAME, "--yes").returncode == 0
+    status = lab.certrenew("status", "--json")
+    assert status.returncode == 1, status.stdout
+    (row,) = [row for row in json.loads(status.stdout)["certificates"] if row["name"] == NAME]
+    assert row["state"] == "revoked"
+    result = lab.certrenew(NAME)  # a timer's run: not "not due until" its expiry
+    assert result.returncode == 0, result.stderr
+    assert f"{NAME}: renewing (revoked at" in result.stderr and f"{NAME}: renewed:" in result.stdout
+    assert serial_hex(served_serial_changes(lab, NAME, serial).serial_number) != serial
+    assert lab.certrenew("status").returncode == 0  # the new certificate is not revoked

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from faultproxy import DROP, LOSE, Drip, Forge, Reply, Skew, Stall, forged_chain
 from faultproxy import step as step_of
@@ -401,6 +402,28 @@ def test_haproxy_reload_failing(guard_for):
     guard.recover(expect="installed")
 
 
+def test_haproxy_reload_exits_0_but_does_not_take(guard_for, lab):
+    guard = guard_for("HAProxy reload exits 0 but does not take")
+    guard.establish()
+    config = lab.haproxy_cfg.read_text()
+    lab.haproxy_cfg.write_text(config + "    no-such-keyword\n")  # an operator's edit HAProxy will refuse
+    failed_before = lab.master_reloads()[1]
+    result = guard.run("--force")  # the lab's reload command: kill -USR2, which exits 0 whatever HAProxy does
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "served by reload" not in result.stdout and "reload not confirmed" in result.stdout
+    assert "nothing tells whether HAProxy took the reload" in result.stderr
+    # The fault happened: the master refused the reload, and its old worker serves the old certificate.
+    deadline = time.monotonic() + 10
+    while lab.master_reloads()[1] <= failed_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lab.master_reloads()[1] > failed_before
+    assert lab.served_certificate(NAME).serial_number == x509.load_pem_x509_certificate(guard.old).serial_number
+    guard.survived()
+    lab.haproxy_cfg.write_text(config)  # the operator's fix, and the reload it needs, serve the new one
+    lab.reload_haproxy()
+    guard.recover(expect="unchanged")
+
+
 # Signals.
 
 POINTS = ["before the order", "at the challenge", "during validation", "at finalize", "at the download",
@@ -479,8 +502,9 @@ def test_lock_held_names_the_holder_and_times_out(guard_for, lab):
         started = time.monotonic()
         result = guard.run("--force", "--lock-timeout", "1")
         assert result.returncode == 1 and 1 <= time.monotonic() - started < 5
-        assert "pid 4242" in result.stderr and "--lock-timeout" in result.stderr
-        assert result.stderr.count("\n") == 1
+        waiting, gave_up = result.stderr.splitlines()  # said at once, then at the end
+        assert "pid 4242" in waiting and "waiting up to 1 s" in waiting
+        assert "pid 4242" in gave_up and "gave up after 1 s (--lock-timeout)" in gave_up
         assert guard.bundle_path.read_bytes() == guard.old
     guard.survived()
     guard.recover()

@@ -18,7 +18,7 @@ from faultproxy import Forge, weak_chain
 from faultproxy import step as step_of
 from faults import NAME, Guard
 
-from certrenew.bundle import certificate_info, check_bundle, leaf_certificate, leaf_info, pem_blocks
+from certrenew.bundle import certificate_info, check_bundle, leaf_certificate, leaf_info, pem_blocks, serial_hex
 from certrenew.keys import key_to_pem
 from certrenew.store import FileStore, PendingOrder
 
@@ -68,7 +68,7 @@ def test_a_garbage_pending_certificate_fails_alone_and_is_set_aside(guard_for, l
     assert all(outcomes[name].startswith("issued:") for name in OTHERS), outcomes
     assert "the pending certificate cannot be parsed" in outcomes[NAME] and "set aside as" in outcomes[NAME]
     for name in OTHERS:
-        lab.wait_served_serial(name, format(lab.served_certificate(name).serial_number, "x"))
+        lab.wait_served_serial(name, serial_hex(lab.served_certificate(name).serial_number))
     [rejected] = (state(lab) / "rejected").iterdir()
     assert rejected.name.endswith("-pending.pem") and b"garbage" in rejected.read_bytes()
     assert not (lab.ssl_dir / f"{NAME}.pem").exists()

@@ -4,6 +4,7 @@ certbot runs as operators ran it behind HAProxy (`certonly --standalone` on the 
 backend port), from the venv scripts/setup installs into .bench/certbot.
 """
 
+import datetime
 import hashlib
 import json
 import os
@@ -13,12 +14,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
+import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from lab import REPO_ROOT, Lab
 
 from certrenew.acme_ari import ari_cert_id
-from certrenew.bundle import leaf_info
+from certrenew.bundle import leaf_info, serial_hex
 from certrenew.config import load_config
+from certrenew.keys import key_to_pem
 
 CERTBOT = REPO_ROOT / ".bench" / "certbot" / "bin" / "certbot"
 LINEAGES = {
@@ -75,7 +83,7 @@ def test_import_then_noop_then_certrenew_renews_with_certbots_account_naming_cer
         (lab.ssl_dir / file).write_bytes((live / "fullchain.pem").read_bytes() + (live / "privkey.pem").read_bytes())
     lab.reload_haproxy()
     for name in LINEAGES:
-        lab.wait_served_serial(name, format(live_cert(certbot_dir, name).serial_number, "x"))
+        lab.wait_served_serial(name, serial_hex(live_cert(certbot_dir, name).serial_number))
     config = tmp_path / "certrenew.toml"
     config.write_text(CONFIG)
     before = tree(certbot_dir)
@@ -100,6 +108,8 @@ def test_import_then_noop_then_certrenew_renews_with_certbots_account_naming_cer
     lab.reload_haproxy()
 
     served = {p.name: p.read_bytes() for p in lab.ssl_dir.iterdir()}
+    assert set(ari.requests) == {ari_cert_id(live_cert(certbot_dir, name)) for name in LINEAGES}  # the import's proof
+    ari.requests.clear()
     noop = lab.certrenew("run", "--config", str(config), env=env)
     assert noop.returncode == 0, noop.stderr
     assert [line.split(":")[:2] for line in noop.stdout.splitlines()] == [
@@ -124,6 +134,30 @@ def test_import_then_noop_then_certrenew_renews_with_certbots_account_naming_cer
     certbot_account = json.loads(next((certbot_dir / "accounts").rglob("regr.json")).read_text())["uri"]
     assert json.loads((accounts[0] / "account.json").read_text())["uri"] == certbot_account
     assert tree(certbot_dir) == before
+
+
+def test_a_certificate_the_ca_says_another_issued_is_skipped_and_the_others_imported(lab, ari, tmp_path):
+    server = f"{ari.url}/dir"
+    certbot_dir = certbot(lab, tmp_path, server)
+    intermediate = x509.load_pem_x509_certificate(
+        requests.get(f"{lab.management_url}/intermediates/0", verify=str(lab.ca_bundle), timeout=5).content)
+    ari.issuers = [intermediate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest]
+    # Another CA's certificate for the same name, with a chain as good as pebble's.
+    other_ca = trustme.CA()
+    leaf = other_ca.issue_cert("rsa.example")
+    archive = certbot_dir / "archive" / "rsa.example"
+    (archive / "fullchain1.pem").write_bytes(leaf.cert_chain_pems[0].bytes() + other_ca.cert_pem.bytes())
+    (archive / "privkey1.pem").write_bytes(leaf.private_key_pem.bytes())
+    config = tmp_path / "certrenew.toml"
+    config.write_text(CONFIG)
+    result = lab.certrenew("import-certbot", "--certbot-dir", str(certbot_dir), "--config", str(config),
+                           env={"CERTRENEW_DIRECTORY": server})
+    assert result.returncode == 0, result.stderr
+    assert "ec.example: imported:" in result.stdout
+    assert (f"rsa.example: skipped: the CA at {server} does not know its certificate (its renewal information is "
+            "404 Not Found): another CA issued it") in result.stdout
+    assert [spec.name for spec in load_config(config).certificates] == ["ec.example"]
+    assert len(set(ari.requests)) == 2  # each certificate asked about (again when the plan is made under the lock)
 
 
 CALM = {"PEBBLE_WFE_NONCEREJECT": "0"}
@@ -234,3 +268,38 @@ def test_a_certificate_certrenew_manages_is_replaced_only_with_force(offline):
     assert "rsa.example: imported (replacing what certrenew had)" in forced.stdout
     assert offline.config.read_text().count("[[certificate]]") == 2  # rsa.example is not appended twice
     assert (offline.state / "certificates" / "rsa.example" / "previous.pem").exists()
+
+
+def test_a_self_signed_certificate_in_a_lineage_is_skipped_and_the_others_imported(offline):
+    """It was imported, and reported ok until 2093."""
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rsa.example")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    forged = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(now)
+              .not_valid_after(now + datetime.timedelta(days=36525))
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("rsa.example")]), critical=False)
+              .sign(key, hashes.SHA256()))
+    archive = offline.certbot_dir / "archive" / "rsa.example"
+    (archive / "fullchain1.pem").write_bytes(forged.public_bytes(Encoding.PEM))
+    (archive / "privkey1.pem").write_bytes(key_to_pem(key))
+    result = offline()
+    assert result.returncode == 0, result.stderr
+    assert "ec.example: imported:" in result.stdout
+    assert (f"rsa.example: skipped: {offline.certbot_dir / 'live' / 'rsa.example' / 'fullchain.pem'}: its certificate "
+            "is self-signed, not issued by a CA; certbot keeps it") in result.stdout
+    assert [spec.name for spec in load_config(offline.config).certificates] == ["ec.example"]
+    assert not (offline.state / "certificates" / "rsa.example").exists()
+
+
+@pytest.mark.parametrize(("make", "said"), [
+    (lambda path: os.symlink("/dev/zero", path), " (a symbolic link to /dev/zero) is a character device"),
+    (os.mkfifo, " is a named pipe (FIFO)")], ids=["/dev/zero", "FIFO"])
+def test_a_renewal_conf_that_is_not_a_regular_file_is_refused_in_one_line_not_read_or_waited_on(offline, make, said):
+    conf = offline.certbot_dir / "renewal" / "ec.example.conf"
+    conf.unlink()
+    make(conf)
+    result = offline()  # within the fixture's timeout: a FIFO hung the import, /dev/zero ran it out of memory
+    assert refused(result, f"ec.example: {conf}{said}, not a renewal conf: not imported; certbot keeps regular "
+                           "files there"), result.stderr
+    assert unchanged(offline, {}) and not offline.state.exists()

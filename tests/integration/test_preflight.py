@@ -276,3 +276,15 @@ def test_check_fails_on_a_profile_the_ca_does_not_list_and_a_verify_endpoint_tha
     assert f"ok   verify endpoint {lab.https_endpoint}: accepts TCP connections" in result.stdout
     run = lab.certrenew("run", "--config", str(config))  # what check foretold
     assert run.returncode == 1 and "the CA does not offer the profile 'shortlived'" in run.stderr, run.stderr
+
+
+def test_check_probes_the_names_given_as_the_single_domain_form_takes_them(lab):
+    result = lab.certrenew("check", NAME.upper(), "shop.example.com", "--haproxy-socket", str(lab.admin_socket))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in (NAME, "shop.example.com"):
+        assert any(line.startswith(f"ok   http://{name}/") for line in result.stdout.splitlines()), result.stdout
+    assert "warn probe" not in result.stdout
+    assert sorted(path.name for path in lab.ssl_dir.iterdir()) == [PLACEHOLDER_FILE]  # nothing was ordered
+    bare = lab.certrenew("check", "--haproxy-socket", str(lab.admin_socket))  # the lab names no config
+    assert "warn probe: no HTTP-01 name to probe, so the path from the CA through HAProxy to the responder is " \
+           "not checked: name them (`certrenew check DOMAIN...`) or give --config" in bare.stdout, bare.stdout

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from certrenew.bundle import leaf_info
 
 CONFIG = """
@@ -134,3 +136,71 @@ def test_status_json_reports_each_certificate_and_health(lab):
 
     table = lab.certrenew("status", "--config", str(config))
     assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:2] == ["NAME", "STATE"]
+
+
+
+def test_log_format_json_covers_every_line_of_every_command(lab):
+    config = write_config(lab)
+    lines = []
+    for args in (("run", "--config", str(config)), ("status", "--config", str(config)),
+                 ("status", "--config", str(config), "--json"), ("check", "--config", str(config)),
+                 ("bootstrap-ssl-dir", "--ssl-dir", str(lab.workdir / "ssl2")), ("bad..name",)):
+        result = lab.certrenew(*args, "--log-format", "json")
+        lines += [(args[0], line) for stream in (result.stdout, result.stderr) for line in stream.splitlines()]
+    documents = []
+    for command, line in lines:
+        try:
+            documents.append((command, json.loads(line)))
+        except ValueError:
+            raise AssertionError(f"{command}: not a JSON line: {line!r}") from None
+    logged = [(command, document) for command, document in documents if "message" in document]  # not status --json
+    assert {command for command, _ in logged} == {"run", "status", "check", "bootstrap-ssl-dir", "bad..name"}
+    named = {(command, document.get("name")) for command, document in logged}
+    for name in ("alpha", "beta.example", "gamma"):
+        assert ("run", name) in named and ("status", name) in named, (name, named)
+    issued = [document for command, document in logged if command == "run" and ": issued: " in document["message"]]
+    assert len(issued) == 3 and all(document["message"].startswith(document["name"]) for document in issued)
+    ordering = [document for _, document in logged if ": issuing" in document["message"]]
+    assert len(ordering) == 3 and all("name" in document for document in ordering), ordering
+
+
+SHADOWED = """
+[[certificate]]
+name = "main"
+domains = ["shadow.example", "www.shadow.example"]
+
+[[certificate]]
+name = "other"
+domains = ["other.example"]
+"""
+
+
+@pytest.mark.pebble_env({"PEBBLE_WFE_NONCEREJECT": "0"})  # a rejected nonce sends a new-order again: count exact
+def test_a_bundle_of_a_single_domain_run_shadowing_a_configured_certificate_fails_it_alone_before_ordering(lab, proxy):
+    before = lab.certrenew("shadow.example", "www.shadow.example")  # the run before the operator wrote a config
+    assert before.returncode == 0, before.stderr
+    stray = lab.ssl_dir / "shadow.example.pem"
+    config = write_config(lab, SHADOWED)
+    orders = proxy.count("new-order")
+    result = run(lab, config, env=proxy.env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "other: issued" in result.stdout and proxy.count("new-order") == orders + 1  # none for main
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("certrenew: main: failed: ")]
+    assert (f"{stray} claims shadow.example, www.shadow.example too, with an ECDSA key: HAProxy loads every bundle "
+            "of the ssl dir and may go on serving that one instead of main.pem, and nothing renews it; move it out of "
+            "the ssl dir (or name this certificate 'shadow.example' in the config)") in line
+    assert "other" not in line  # its own reason alone
+    assert not (lab.ssl_dir / "main.pem").exists()
+    lab.wait_served_serial("other.example", serial_of(lab, "other"))
+
+    check = lab.certrenew("check", "--config", str(config), env=proxy.env)
+    assert check.returncode == 1 and f"FAIL certificate main: {stray} claims shadow.example" in check.stdout
+    status = lab.certrenew("status", "--config", str(config), "--json", env=proxy.env)
+    rows = {row["name"]: row for row in json.loads(status.stdout)["certificates"]}
+    assert status.returncode == 1 and rows["main"]["state"] == "shadowed" and rows["other"]["state"] == "ok"
+    assert rows["main"]["last_result"].startswith(f"refused: {stray} claims")
+
+    stray.unlink()  # the fix the line names; the run's reload has HAProxy drop it
+    fixed = run(lab, config, env=proxy.env)
+    assert fixed.returncode == 0 and "main: issued" in fixed.stdout, fixed.stderr
+    lab.wait_served_serial("www.shadow.example", serial_of(lab, "main"))

@@ -1,0 +1,75 @@
+"""The Runtime API client against the lab's real HAProxy, where HAProxy lines answer differently
+(scripts/test runs these on Debian's 2.6 and on 3.4): each failure is blamed on the right party
+and leaves nothing of certrenew's open or half-added."""
+
+import re
+
+import pytest
+import trustme
+
+from certrenew.bundle import build_bundle, leaf_info
+from certrenew.runtime_api import Rejected, RuntimeApi, TransactionOpen, argument, find_crt_list
+
+
+def bundle(name: str) -> bytes:
+    cert = trustme.CA().issue_cert(name)
+    return build_bundle(b"".join(blob.bytes() for blob in cert.cert_chain_pems), cert.private_key_pem.bytes())
+
+
+def transaction_serial(api: RuntimeApi, path: str) -> str:
+    """The serial of the certificate an open transaction holds for `path` (`show ssl cert *PATH`)."""
+    found = re.search(r"^Serial: (\S+)", api.command(f"show ssl cert *{argument(path)}"), re.M)
+    assert found, f"no transaction open for {path}"
+    return found[1].lower().lstrip("0")
+
+
+def serial(pem: bytes) -> str:
+    return leaf_info(pem).serial.lower().lstrip("0")
+
+
+@pytest.fixture
+def api(lab) -> RuntimeApi:
+    return RuntimeApi(str(lab.admin_socket))
+
+
+@pytest.fixture
+def crt_list(lab, api) -> str:
+    found = find_crt_list(api.crt_lists(), str(lab.ssl_dir))
+    assert found is not None
+    return found
+
+
+def test_another_tools_open_transaction_is_named_and_never_takes_certrenews_certificate(lab, api, crt_list):
+    """3.4 refuses `set ssl cert` for another file then; 2.6 put the payload into that transaction, so
+    certrenew aborts it. Either way the error names the transaction, not the bundle."""
+    ours = f"{lab.ssl_dir}/site.example.pem"
+    api.add_certificate(crt_list, ours, bundle("site.example"))
+    placeholder = f"{lab.ssl_dir}/000-certrenew-placeholder.pem"
+    theirs = bundle("other.example")
+    assert "Transaction created" in api.command(f"set ssl cert {argument(placeholder)}", theirs)
+    assert api.certificates().transaction == placeholder  # the other tool's transaction is really open
+    new = bundle("site.example")
+
+    with pytest.raises(TransactionOpen, match=f"transaction for {placeholder} is open") as raised:
+        api.replace_certificate(ours, new)
+
+    assert not isinstance(raised.value, Rejected)
+    after = api.certificates().transaction
+    assert after in (None, placeholder)
+    if after is not None:  # left to its owner (3.4), holding what its owner put in
+        assert transaction_serial(api, placeholder) == serial(theirs)
+        api.command(f"abort ssl cert {argument(placeholder)}")
+    assert serial(new) not in api.command(f"show ssl cert {argument(ours)}").lower()
+
+
+def test_a_bundle_without_a_key_is_rejected_and_leaves_nothing_behind(lab, api, crt_list):
+    """2.6 refuses it at `commit ssl cert`; 3.4 commits it and refuses it only at `add ssl crt-list`."""
+    path = f"{lab.ssl_dir}/site.example.pem"
+    cert_only = trustme.CA().issue_cert("site.example").cert_chain_pems[0].bytes()
+
+    with pytest.raises(Rejected, match="private key"):
+        api.add_certificate(crt_list, path, cert_only)
+
+    table = api.certificates()
+    assert table.path_of(path) is None and table.transaction is None
+    assert path not in api.command(f"show ssl crt-list {argument(crt_list)}")
