@@ -174,6 +174,19 @@ def test_a_first_ca_refusing_an_unbound_account_falls_through_to_one_bound_by_it
         assert recorded_ca(lab) == second.directory_url
 
 
+def test_a_healthy_first_ca_costs_no_request_more_and_the_fallback_hears_nothing(lab, proxy):
+    second = lab.start_second_ca()
+    steps = ("directory", "new-order", "challenge", "finalize", "certificate")  # not the polls, which vary
+    alone = lab.certrenew("alone.example", env=proxy.env)
+    assert alone.returncode == 0, alone.stderr
+    requests_alone, proxy.seen[:] = [step for _, step in proxy.seen if step in steps], []
+    with_fallback = lab.certrenew(NAME, env={**proxy.env, "CERTRENEW_FALLBACK_DIRECTORY": second.directory_url})
+    assert with_fallback.returncode == 0, with_fallback.stderr
+    assert [step for _, step in proxy.seen if step in steps] == requests_alone
+    assert len(list((lab.state_dir / "accounts").iterdir())) == 1  # the second CA was never even logged in to
+    served_by(lab, lab_intermediate(lab))
+
+
 def test_without_a_fallback_the_first_ca_failing_fails_the_certificate(lab):
     lab.stop_pebble()
     failed = lab.certrenew(NAME)
