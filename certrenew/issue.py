@@ -91,9 +91,9 @@ class Issuer:
     """Orders, installs and records certificates for one run; safe to use from several threads.
 
     Each thread gets its own ACME client per CA (a `requests` session and its nonces are not
-    shared); each CA's account is registered once, and only when an order comes to it. `solvers` answer the challenges, by each
-    spec's `solver_key` (its challenge type, or its DNS settings): the caller creates them
-    and keeps them running for the run.
+    shared); each CA's account is registered once, and only when an order comes to it.
+    `solvers` answer the challenges, by each spec's `solver_key` (its challenge type, or its
+    DNS settings): the caller creates them and keeps them running for the run.
     """
 
     def __init__(self, settings: Settings, store: Store, solvers: Mapping[Hashable, ChallengeSolver],
