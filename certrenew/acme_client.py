@@ -185,9 +185,10 @@ class AcmeClient:
         final = self._poll(f"validation of {domain}", authzr.uri, lambda body: body["status"] != "pending")
         body = messages.Authorization.from_json(final.json())
         if body.status != messages.STATUS_VALID:
-            errors = [c.error for c in body.challenges if c.error is not None]
-            detail = "; ".join(str(error.detail or error) for error in errors) or f"authorization is {body.status.name}"
-            hints = {hint for error in errors if (hint := validation_hint(problem_code(error), error.detail or "", domain))}
+            failed = [(c.chall.typ, c.error) for c in body.challenges if c.error is not None]
+            detail = "; ".join(str(error.detail or error) for _, error in failed) or f"authorization is {body.status.name}"
+            hints = {hint for typ, error in failed
+                     if (hint := validation_hint(problem_code(error), error.detail or "", domain, typ))}
             raise CertrenewError(f"{domain}: validation failed: {detail}" + "".join(f"; {hint}" for hint in sorted(hints)))
 
     def _finalize(self, order: messages.OrderResource) -> str:

@@ -20,7 +20,8 @@ STALE_AFTER = 3600.0
 """Seconds after which a temp is stale even if its pid is alive: that pid was reused."""
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = False, sync: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = False, sync: bool = True,
+                 sync_directory: bool = True) -> None:
     """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync dir.
 
     The new file gets `mode` less the umask, or with `keep_mode` the mode of the file
@@ -29,7 +30,9 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
     and removed on any failure (a full disk included), so a directory HAProxy loads
     wholesale never keeps a partial file and the old `path` stays as it was. A signal
     arriving meanwhile is held until the write is done (see `signals.critical`). Without
-    `sync` nothing is fsynced: for what is worth nothing after a crash.
+    `sync` nothing is fsynced: for what is worth nothing after a crash. Without `sync_directory`
+    the rename is not made durable: for a caller that writes many files in one directory and
+    fsyncs it once.
     """
     directory = path.parent
     temp = temp_path(directory)
@@ -49,7 +52,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
             except BaseException:
                 temp.unlink(missing_ok=True)
                 raise
-            if sync:
+            if sync and sync_directory:
                 fsync_directory(directory)
         except OSError as error:
             raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from None

@@ -1,6 +1,6 @@
 """The challenge solver interface: how an order proves control of a name.
 
-The HTTP-01 responder is one solver; a DNS-01 provider is another. A solver only
+The HTTP-01 responder is one solver; a DNS-01 provider is another, the TLS-ALPN-01 responder a third. A solver only
 publishes and withdraws what the CA will look up; the order flow stays the same.
 Which names a challenge type can validate at all is known here, without the solver:
 the configuration refuses a spec before any solver exists or anything is touched.
@@ -15,6 +15,7 @@ from certrenew.errors import CertrenewError, UsageError
 
 HTTP_01 = "http-01"
 DNS_01 = "dns-01"
+TLS_ALPN_01 = "tls-alpn-01"
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")
 """A challenge token (RFC 8555 section 8.1: base64url, no padding; CAs send 43 characters); it
 becomes a URL path and a file name in the store (under NAME_MAX with its suffix), so nothing
@@ -37,7 +38,7 @@ class ChallengeSolver(Protocol):
     """
 
     challenge_type: str
-    """The ACME challenge type this solver answers: "http-01", "dns-01"."""
+    """The ACME challenge type this solver answers: "http-01", "dns-01", "tls-alpn-01"."""
 
     def prepare(self, domains: list[str]) -> None:
         """Check, before the order is created, what can be checked without the validation values
@@ -47,7 +48,7 @@ class ChallengeSolver(Protocol):
     def present(self, domain: str, token: str, validation: str) -> None:
         """Make `validation` visible to the CA for `domain` until `cleanup`.
 
-        `validation` is the key authorization for http-01, the TXT value for dns-01;
+        `validation` is the key authorization for http-01 and tls-alpn-01, the TXT value for dns-01;
         `domain` is the identifier as ordered, "*.example.com" for a wildcard.
         """
 
@@ -60,11 +61,12 @@ class ChallengeSolver(Protocol):
 
 
 def refuse_wildcard(domain: str) -> None:
-    """The domain check of a solver that answers over HTTP: a wildcard has no host to ask."""
+    """The domain check of a solver the CA asks on the host itself (HTTP-01, TLS-ALPN-01 by RFC 8737
+    section 3): a wildcard has no host to ask."""
     if domain.startswith("*."):
         raise UsageError(
             f"invalid domain {domain!r}: wildcard certificates need the DNS-01 challenge; "
-            "HTTP-01 cannot validate them"
+            "HTTP-01 and TLS-ALPN-01 cannot validate them"
         )
 
 
@@ -79,7 +81,8 @@ def check_dns01_domain(domain: str) -> None:
     normalize_domain(base)
 
 
-DOMAIN_CHECKS: dict[str, Callable[[str], None]] = {HTTP_01: refuse_wildcard, DNS_01: check_dns01_domain}
+DOMAIN_CHECKS: dict[str, Callable[[str], None]] = {HTTP_01: refuse_wildcard, DNS_01: check_dns01_domain,
+                                                   TLS_ALPN_01: refuse_wildcard}
 """Each challenge type's rule for the names it can validate; a new solver adds its own."""
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import tomli
 
-from certrenew.challenge import DNS_01, HTTP_01, check_domains
+from certrenew.challenge import DNS_01, HTTP_01, TLS_ALPN_01, check_domains
 from certrenew.command import split_command
 from certrenew.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
 from certrenew.dnshook import DnsHook
@@ -27,7 +27,7 @@ from certrenew.errors import UsageError
 from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.limits import MAX_CONFIG, Unfit, read_regular
-from certrenew.listen import DEFAULT_LISTEN, check_listen, parse_listen
+from certrenew.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
 from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
 from certrenew.runtime_api import check_address
 
@@ -137,6 +137,7 @@ class Settings:
     state_dir: Path = Path("/var/lib/certrenew")
     ssl_dir: Path = Path("/etc/haproxy/ssl")
     listen: str = DEFAULT_LISTEN
+    tls_alpn_listen: str = DEFAULT_TLS_ALPN_LISTEN
     reload_command: str = "systemctl reload haproxy"
     key_type: str = DEFAULT_KEY_TYPE
     profile: str | None = None
@@ -147,6 +148,7 @@ class Settings:
     force: bool = False
     self_check: bool = True
     self_check_address: str | None = None
+    self_check_tls_address: str | None = None
     haproxy_socket: tuple[str, ...] = ()
     crt_list: Path | None = None
     crt_list_options: str | None = None
@@ -466,6 +468,9 @@ OPTIONS = [
            Path, "DIR"),
     Option("listen", "where the HTTP-01 responder listens, behind HAProxy: a unix socket path (default "
            f"{DEFAULT_LISTEN}) or HOST:PORT", metavar="PATH|HOST:PORT", check=check_listen),
+    Option("tls_alpn_listen", "where the TLS-ALPN-01 responder listens, behind HAProxy's TCP frontend on port 443 "
+           f"(default {DEFAULT_TLS_ALPN_LISTEN}); only while a {TLS_ALPN_01} certificate is ordered",
+           metavar="PATH|HOST:PORT", check=check_listen),
     Option("reload_command", "how to reload HAProxy, run without a shell (default 'systemctl reload haproxy')",
            metavar="CMD", check=_command),
     Option("key_type", f"{' | '.join(KEY_TYPES)} (default {DEFAULT_KEY_TYPE}); an ECDSA and an RSA type "
@@ -485,6 +490,8 @@ OPTIONS = [
            "would, and fail without an order when it does not reach the responder (default on)", bool),
     Option("self_check_address", "where the self-check connects instead of NAME:80 (split-horizon DNS, HAProxy "
            "on another port)", metavar="HOST:PORT", check=check_host_port),
+    Option("self_check_tls_address", f"where the self-check of a {TLS_ALPN_01} certificate connects instead of "
+           "NAME:443", metavar="HOST:PORT", check=check_host_port),
     Option("haproxy_socket", "an HAProxy Runtime API (admin stats socket: a unix path or ipv4@HOST:PORT) to "
            "update in memory, no reload; repeat for several HAProxy processes", metavar="ADDR",
            check=check_address, repeated=True),
@@ -505,8 +512,9 @@ OPTIONS = [
     Option("check_interval", "daemon: look at the certificates at least this often, e.g. 30m (default 1h; up "
            "to 5%% earlier at random, so a fleet does not ask the CA in step)", metavar="DURATION",
            check=_check_interval),
-    Option("challenge", f"how to prove control of the names: {HTTP_01} (default, through HAProxy) or {DNS_01} "
-           "(TXT records; needed for wildcards)", metavar="TYPE", check=_challenge),
+    Option("challenge", f"how to prove control of the names: {HTTP_01} (default, through HAProxy), {DNS_01} "
+           f"(TXT records; needed for wildcards) or {TLS_ALPN_01} (through HAProxy's port 443, when port 80 is "
+           "closed)", metavar="TYPE", check=_challenge),
     Option("dns_server", "DNS-01: the primary DNS server to update (RFC 2136) and to find zones and name "
            "servers at", metavar="HOST[:PORT]", check=parse_dns_server),
     Option("tsig_key", "DNS-01: TSIG key file as tsig-keygen writes it (mode 600) to sign the updates with",

@@ -204,7 +204,11 @@ class Installer:
         try:
             for path, bundle in files.items():
                 changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path]))
-                write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True)
+                write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True, sync_directory=False)
+            try:
+                fsync_directory(self.ssl_dir)  # the renames made durable once for the batch, not once per bundle
+            except OSError as error:
+                raise CertrenewError(f"cannot write {self.ssl_dir}: {error.strerror or error}") from None
             if crt_list is not None:
                 self._add_lines(crt_list, lines, changes)
             method, detail, confirmed = self._serve(files, previous, plans, changes)

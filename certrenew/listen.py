@@ -26,6 +26,8 @@ from certrenew.hostport import split_host_port
 from certrenew.owned import check_dir
 
 DEFAULT_LISTEN = "/var/lib/haproxy/certrenew/http-01.sock"
+DEFAULT_TLS_ALPN_LISTEN = "/var/lib/haproxy/certrenew/tls-alpn-01.sock"
+"""The TLS-ALPN-01 responder's, beside it (see `certrenew.tlsalpn01`), for the same reasons."""
 SOCKET_MODE = 0o666
 """Connectable by anyone who may enter the directory (HAProxy's user need not share a group with us)."""
 DIR_MODE = 0o711

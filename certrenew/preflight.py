@@ -18,13 +18,14 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from certrenew import haproxy, hints, owned
-from certrenew.challenge import HTTP_01
+from certrenew.challenge import HTTP_01, TLS_ALPN_01
 from certrenew.config import CertificateSpec, Settings
 from certrenew.crtlist import CrtList
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
@@ -35,12 +36,15 @@ from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
 from certrenew.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 from certrenew.store import FileStore
 
+if TYPE_CHECKING:
+    from certrenew.tlsalpn01 import TlsAlpnResponder
+
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 5.0
 """Seconds to connect, and then to get an answer: the CA waits about as long."""
 MAX_PROBES = 8
-"""Names of one certificate probed at once."""
+"""Names probed at once."""
 OK, FAIL, WARN = "ok", "FAIL", "warn"
 
 
@@ -74,23 +78,54 @@ def require(checks: Iterable[Check], ok_level: int = logging.DEBUG) -> None:
 
 # The path from the CA to the responder.
 
-def check_path(responder: Responder, settings: Settings, spec: CertificateSpec) -> None:
-    """Before ordering `spec`: every name must reach `responder` through HAProxy, or no order is made."""
-    if not settings.self_check or spec.challenge != HTTP_01:
+def probe_ahead(responder: Responder, settings: Settings, specs: Iterable[CertificateSpec]) -> dict[str, Check]:
+    """Probe every HTTP-01 name of the orders a run is about to make, all at once, before the first order.
+
+    Probed inside each order, a probe waited on the threads busy with other orders: the
+    responder's thread and the probing one each wait for the GIL at every step of the round trip
+    (up to `sys.getswitchinterval()`, 5 ms, each time), so a probe that takes under a millisecond
+    alone took about 0.1 s in a busy batch, and its order's worker waited. Here they run while the
+    process has nothing else to do. The verdicts are for `check_path`. Empty when the responder
+    cannot listen: each order then meets that error, and reports it, itself.
+    """
+    if not settings.self_check:
+        return {}
+    names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
+    try:
+        return dict(zip(names, probe_all(responder, settings, names)))
+    except CertrenewError:
+        return {}
+
+
+def check_path(solvers: Mapping[Hashable, Any], settings: Settings, probed: Mapping[str, Check],
+               spec: CertificateSpec) -> None:
+    """Before ordering `spec`: every name must reach its responder through HAProxy, or no order is made.
+    An HTTP-01 name `probe_ahead` probed is not probed again; any other (a TLS-ALPN-01 name, an order a
+    renewal-info check or a resumed one turned into) is probed now."""
+    probe_one = PROBES.get(spec.challenge)
+    if not settings.self_check or probe_one is None:
         return
-    require(probe_all(responder, settings, spec.domains), logging.INFO)
+    known = probed if spec.challenge == HTTP_01 else {}
+    unprobed = [name for name in spec.domains if name not in known]
+    fresh = dict(zip(unprobed, probe_all(solvers[spec.challenge], settings, unprobed, probe_one)))
+    require([known.get(name) or fresh[name] for name in spec.domains], logging.INFO)
 
 
-def probe_all(responder: Responder, settings: Settings, names: Sequence[str]) -> list[Check]:
+def probe_all(responder: Any, settings: Settings, names: Sequence[str],
+              probe_one: Callable[[Any, Settings, str], Check] | None = None) -> list[Check]:
     """`probe` every name, a few at once: a name that does not answer costs its timeout only once.
 
     A single name is probed in this thread: a pool's thread start and join cost more
-    than the probe, once per certificate in a run of many.
+    than the probe. Those not started yet are dropped when a signal ends the run.
     """
+    probe_one = probe_one or probe
     if len(names) <= 1:
-        return [probe(responder, settings, name) for name in names]
-    with ThreadPoolExecutor(min(len(names), MAX_PROBES)) as pool:
-        return list(pool.map(lambda name: probe(responder, settings, name), names))
+        return [probe_one(responder, settings, name) for name in names]
+    pool = ThreadPoolExecutor(min(len(names), MAX_PROBES))
+    try:
+        return list(pool.map(lambda name: probe_one(responder, settings, name), names))
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def probe(responder: Responder, settings: Settings, name: str) -> Check:
@@ -130,6 +165,46 @@ def probe(responder: Responder, settings: Settings, name: str) -> Check:
     if answer.status == 200:
         seen += " with another body"
     return Check(FAIL, url, f"{url} answered {seen}, not certrenew's responder on {settings.listen}: {hints.ROUTE}")
+
+
+def probe_tls(responder: "TlsAlpnResponder", settings: Settings, name: str) -> Check:
+    """Serve a challenge certificate for a random key authorization on `responder` and shake hands
+    with NAME:443 for it the way the CA would (SNI NAME, ALPN acme-tls/1)."""
+    import ssl  # with the responder, only for a TLS-ALPN-01 certificate
+
+    from certrenew.tlsalpn01 import fetch_certificate, proves
+
+    token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
+    host, port = split_host_port(settings.self_check_tls_address) if settings.self_check_tls_address else (name, 443)
+    what, where = f"tls-alpn-01 {name}", f"{host}:{port}"
+    route = f"not certrenew's TLS-ALPN-01 responder on {settings.tls_alpn_listen}: {hints.TLS_ROUTE}"
+    responder.present(name, token, value)
+    try:
+        cert = fetch_certificate(host, port, name, PROBE_TIMEOUT)
+    except socket.gaierror as error:
+        return Check(WARN, what, f"{name} does not resolve from this host ({error.strerror}); not checked, "
+                                 "the CA's view may differ")
+    except ConnectionRefusedError:
+        return Check(WARN, what, f"{where} refused the connection from this host; not checked, the CA's view "
+                                 "may differ (or set --self-check-address)")
+    except (TimeoutError, socket.timeout):
+        return Check(WARN, what, f"{where} did not answer within {PROBE_TIMEOUT:g} s from this host; not checked")
+    except ssl.SSLError as error:
+        return Check(FAIL, what, f"the handshake with {where} for ALPN acme-tls/1 failed ({error.reason}): {route}")
+    except OSError as error:
+        return Check(FAIL, what, f"{where} closed the handshake for ALPN acme-tls/1 "
+                                 f"({error.strerror or type(error).__name__}): {route}")
+    finally:
+        responder.cleanup(name, token)
+    if cert is None:
+        return Check(FAIL, what, f"{where} did not choose ALPN acme-tls/1 (a TLS frontend of HAProxy?): {route}")
+    if not proves(cert, name, value):
+        return Check(FAIL, what, f"{where} answered with a certificate for {cert.subject.rfc4514_string()}: {route}")
+    return Check(OK, what, f"reached certrenew's TLS-ALPN-01 responder through {where}")
+
+
+PROBES: dict[str, Callable[[Any, Settings, str], Check]] = {HTTP_01: probe, TLS_ALPN_01: probe_tls}
+"""How the path of each challenge type is probed before ordering; DNS-01's solver checks its own."""
 
 
 # HAProxy: the admin socket and the reload command, which installing will need.
@@ -217,7 +292,16 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
                 checks.extend(probe_all(responder, settings, names))
             except CertrenewError as error:  # the responder cannot listen
                 checks.append(Check(FAIL, "responder", str(error)))
-    else:  # all ok would read as "ready to order", and the probe is what most first orders fail on
+    tls_names = list(dict.fromkeys(name for spec in specs if spec.challenge == TLS_ALPN_01 for name in spec.domains))
+    if tls_names:
+        from certrenew.tlsalpn01 import TlsAlpnResponder
+
+        with TlsAlpnResponder(settings.tls_alpn_listen) as tls_responder:
+            try:
+                checks.extend(probe_all(tls_responder, settings, tls_names, probe_tls))
+            except CertrenewError as error:
+                checks.append(Check(FAIL, "TLS-ALPN-01 responder", str(error)))
+    if not names and not tls_names:  # all ok would read as "ready to order", and the probe is what most first orders fail on
         checks.append(Check(WARN, "probe", "no HTTP-01 name to probe, so the path from the CA through HAProxy to "
                                            "the responder is not checked: name them (`certrenew check DOMAIN...`) "
                                            "or give --config"))

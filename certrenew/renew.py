@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from certrenew import hooks, owned, signals
 from certrenew.atomicfile import remove_stale_temps
-from certrenew.challenge import ChallengeSolver, check_domains
+from certrenew.challenge import TLS_ALPN_01, ChallengeSolver, check_domains
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
 from certrenew.domains import check_normalized
 from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
@@ -216,8 +216,13 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
         solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
         for dns in {spec.dns for spec, _ in work if spec.dns}:
             solvers[dns] = solvers_open.enter_context(dns.solver())
+        if any(spec.challenge == TLS_ALPN_01 for spec, _ in work):
+            from certrenew.tlsalpn01 import TlsAlpnResponder  # and acme learns the challenge type, before any order
+
+            solvers[TLS_ALPN_01] = solvers_open.enter_context(TlsAlpnResponder(settings.tls_alpn_listen))
+        probed = preflight.probe_ahead(responder, settings, [spec for spec, step in work if step == "issue"])
         issuer = Issuer(settings, store, solvers, telemetry,
-                        before_order=functools.partial(preflight.check_path, responder, settings))
+                        before_order=functools.partial(preflight.check_path, solvers, settings, probed))
         solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))

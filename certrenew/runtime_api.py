@@ -13,6 +13,7 @@ another file's transaction is open (another tool's), 3.x refuses `set ssl cert`,
 would serve our certificate under the other file's name.
 """
 
+import functools
 import logging
 import os
 import re
@@ -94,8 +95,12 @@ class CertificateTable:
 
     def path_of(self, file: str) -> str | None:
         """The path under which this HAProxy holds `file`, spelled as it spells it; None if it does not."""
-        wanted = PurePosixPath(file)
-        return next((path for path in self.files if PurePosixPath(path) == wanted), None)
+        return self._spelled.get(PurePosixPath(file))
+
+    @functools.cached_property
+    def _spelled(self) -> dict[PurePosixPath, str]:
+        """Each file by its path: a batch looks up each of its certificates, and HAProxy may hold thousands."""
+        return {PurePosixPath(path): path for path in self.files}
 
 
 def parse_show_ssl_cert(answer: str) -> CertificateTable:

@@ -12,6 +12,8 @@ serving the new certificate, or a no-op run returning.
   `certrenew run --config FILE`; timed until HAProxy serves the last one, then every
   one is checked (untimed) against pebble's root.
 - a no-op over those N: `certbot renew` against `certrenew run --config FILE`.
+- a large batch (`--large`, 1,000 certificates) from one config, certrenew alone: certbot's
+  column is its N-certificate run scaled up, not measured (it would take most of an hour).
 - the peak RSS of the N-certificate run (the largest process for certbot's loop).
 
 `--daemon` measures certrenew alone as a service: with `certrenew daemon` running and pebble
@@ -234,13 +236,15 @@ class Row:
     certrenew: float
     unit: str
     target: str
+    certbot_note: str = ""
+    """Beside certbot's figure, e.g. "(x10)" for one scaled up, not measured."""
 
     def cells(self) -> list[str]:
         def show(value: float) -> str:
             return f"{value:.2f} {self.unit}" if value < 100 else f"{value:.0f} {self.unit}"
         ratio = self.certbot / self.certrenew
-        return [self.scenario, show(self.certbot), show(self.certrenew), f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x",
-                self.target]
+        return [self.scenario, " ".join(filter(None, [show(self.certbot), self.certbot_note])), show(self.certrenew),
+                f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x", self.target]
 
 
 def print_table(rows: list[Row]) -> None:
@@ -300,13 +304,25 @@ def bench(args: argparse.Namespace, workdir: Path) -> list[Row]:
                 noop[name].append(last[name].noop())
                 say(f"no-op, {name}: {noop[name][-1].seconds:.2f} s")
 
+        large = []
+        for run in range(args.batch_runs if args.large else 0):
+            clear_bundles(lab, previous)
+            domains = [f"c{i}.l{run}.certrenew.bench.example" for i in range(args.large)]
+            large.append(tools["certrenew"].fresh(workdir / f"certrenew-large{run}").issue(domains))
+            say(f"{args.large} certificates, certrenew: {large[-1].seconds:.2f} s")
+            check_all_served(lab, domains)
+            previous = domains
+
     def row(scenario, samples, field, unit, target):
         return Row(scenario, median(samples["certbot"], field), median(samples["certrenew"], field), unit, target)
 
     n = args.certificates
+    scaled = [Row(f"{args.large:,} certificates from one config", median(batch["certbot"], lambda s: s.seconds) *
+                  args.large / n, median(large, lambda s: s.seconds), "s", "<= 20 s", f"(x{args.large / n:g})")]
     return [
         row("one certificate, until HAProxy serves it", one, lambda s: s.seconds, "s", ">= 7x"),
         row(f"{n} certificates from one config", batch, lambda s: s.seconds, "s", ">= 20x"),
+        *(scaled if large else []),
         row(f"no-op run over {n} certificates", noop, lambda s: s.seconds, "s", ">= 3x"),
         row(f"peak RSS, {n}-certificate run", batch, lambda s: s.usage.max_rss_kib / 1024, "MiB", "> 1x"),
         row("CPU time (user+sys), one certificate", one, lambda s: s.usage.cpu_seconds, "s", ""),
@@ -561,7 +577,7 @@ class PhaseClock:
 
 def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float]]:
     """Where one certificate's time goes: startup and imports in fresh interpreters, the rest in-process."""
-    from certrenew import acme_client, issue, renew
+    from certrenew import acme_client, issue, preflight, renew
     from certrenew.config import CertificateSpec, build_settings
     from certrenew.install import Installer
     from certrenew.responder import Responder
@@ -583,9 +599,10 @@ def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float]]:
             clock.watch(acme_client.AcmeClient, "_create_order", "ACME: new order and authorizations")
             clock.watch(acme_client.AcmeClient, "_wait_authorization", "ACME: challenge validation (polling)")
             clock.watch(acme_client.AcmeClient, "_finalize", "ACME: finalize, issuance, download")
-            clock.watch(Responder, "_listen", "responder start and stop")
+            clock.watch(Responder, "start", "responder start and stop")
             clock.watch(Responder, "__exit__", "responder start and stop")
             clock.watch(Installer, "install", "install: write bundle, hot update over the Runtime API")
+            clock.watch(preflight, "probe_all", "pre-flight probe through HAProxy")
             started = time.perf_counter()
             try:
                 [outcome] = renew.run(settings, [CertificateSpec(domain, (domain,))])
@@ -737,7 +754,10 @@ def main() -> None:
     parser.add_argument("--certrenew", type=Path, default=REPO_ROOT / ".bench" / "certrenew" / "bin" / "certrenew")
     parser.add_argument("--runs", type=int, default=5, help="runs of the one-certificate and no-op scenarios")
     parser.add_argument("--certificates", type=int, default=100, help="certificates in the batch (default 100)")
-    parser.add_argument("--batch-runs", type=int, default=3, help="certrenew's batch runs (default 3)")
+    parser.add_argument("--batch-runs", type=int, default=3, help="certrenew's batch runs, each size (default 3)")
+    parser.add_argument("--large", type=int, default=1000, metavar="N",
+                        help="certificates in certrenew's large batch (default 1000; 0: none); certbot's figure "
+                             "is its --certificates run scaled up")
     parser.add_argument("--certbot-batch-runs", type=int, default=1,
                         help="certbot's batch runs (default 1: one takes about 3 s per certificate)")
     parser.add_argument("--profile", action="store_true",
@@ -785,12 +805,15 @@ def main() -> None:
     print(f"{version} vs certrenew, against pebble (PEBBLE_VA_NOSLEEP=1) and HAProxy on loopback, "
           f"{os.cpu_count()} cores; medians of {args.runs} runs (one certificate, no-op), "
           f"{args.certbot_batch_runs} certbot and {args.batch_runs} certrenew run(s) of {args.certificates} "
-          "certificates", flush=True)
+          f"certificates{f', {args.batch_runs} certrenew run(s) of {args.large:,}' if args.large else ''}", flush=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="certrenew-bench-") as workdir:
         rows = bench(args, Path(workdir))
     print()
     print_table(rows)
+    if args.large:
+        print(f"(x{args.large / args.certificates:g}): certbot's {args.certificates}-certificate run times "
+              f"{args.large / args.certificates:g}, not measured")
     print(f"\n(bench took {time.monotonic() - started:.0f} s)")
 
 

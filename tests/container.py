@@ -129,12 +129,18 @@ def as_image_user(image: Image, argv: list[str], volumes: Mapping[str, Path],
     """
     if argv[0] != "certrenew":
         raise ValueError(f"not a certrenew command: {argv}")
+    env = image.environment(volumes)
+    env["PYTHONPATH"] = str(site)
+    setpriv = ["setpriv", f"--reuid={image.uid}", f"--regid={image.gid}", "--clear-groups"]
+    return [*setpriv, str(python_for_anyone()), "-m", "certrenew", *argv[1:]], env
+
+
+def python_for_anyone() -> Path:
+    """An interpreter of this one's version that any user may run (with `install_for_anyone`'s site):
+    the virtualenv's own may live under a home directory closed to other users."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     interpreters = [Path(os.path.realpath(sys.executable)), Path(f"/usr/bin/python{version}")]
     python = next((path for path in interpreters if _runnable_by_anyone(path)), None)
     if python is None:
         raise LookupError(f"no Python {version} that an unprivileged user may run")
-    env = image.environment(volumes)
-    env["PYTHONPATH"] = str(site)
-    setpriv = ["setpriv", f"--reuid={image.uid}", f"--regid={image.gid}", "--clear-groups"]
-    return [*setpriv, str(python), "-m", "certrenew", *argv[1:]], env
+    return python

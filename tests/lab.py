@@ -38,6 +38,9 @@ from certrenew.placeholder import write_placeholder  # noqa: E402
 SHIPPED_HAPROXY_CFG = REPO_ROOT / "haproxy" / "haproxy.cfg"
 SHIPPED_SOCKET = "certrenew/http-01.sock"
 """Where the shipped haproxy.cfg finds the responder, inside HAProxy's chroot."""
+SHIPPED_TLS_ALPN = REPO_ROOT / "haproxy" / "tls-alpn-01.cfg"
+SHIPPED_TLS_ALPN_SOCKET = "certrenew/tls-alpn-01.sock"
+"""Where the shipped tls-alpn-01.cfg finds the TLS-ALPN-01 responder, inside HAProxy's chroot."""
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -277,17 +280,19 @@ class Lab:
     """
 
     def __init__(self, workdir: Path, pebble_env: Mapping[str, str] | None = None, dns_server: str | None = None,
-                 certificate_validity: int | None = None, unix_socket: bool = False,
+                 certificate_validity: int | None = None, unix_socket: bool = False, tls_alpn: bool = False,
                  eab_keys: Mapping[str, str] | None = None):
         """`dns_server` (HOST:PORT, e.g. a tests/bind.py BIND) is where pebble resolves names and
         looks up DNS-01 records, instead of challtestsrv, which calls every name 127.0.0.1.
         `certificate_validity` (seconds) is the lifetime pebble gives every certificate (its default: 5 years).
         `unix_socket`: the responder on a unix socket in HAProxy's chroot, as shipped; else on a TCP port
-        (which the tests of a busy, flooded or borrowed responder port use).
+        (which the tests of a busy, flooded or borrowed responder port use). `tls_alpn`: HAProxy runs
+        haproxy/tls-alpn-01.cfg too, its TCP frontend on the https port, where pebble validates TLS-ALPN-01.
         `eab_keys` (key id: base64url HMAC key): pebble then registers only accounts bound to one of them."""
         self.workdir = Path(workdir).resolve()
         self.chroot = self.workdir / "haproxy-root" if unix_socket else None
         """HAProxy's chroot, where the responder's socket is; None: no chroot, the responder on TCP."""
+        self.tls_alpn = tls_alpn
         self.pebble_env = dict(pebble_env or {})
         self.certificate_validity = certificate_validity
         self.eab_keys = dict(eab_keys or {})
@@ -319,6 +324,8 @@ class Lab:
         self.challtestsrv_url = f"http://{LOOPBACK}:{self.challtestsrv_port}"
         self.dns_server = self._given_dns_server or f"{LOOPBACK}:{self.dns_port}"
         self.listen = str(self.chroot / SHIPPED_SOCKET) if self.chroot else f"{LOOPBACK}:{self.backend_port}"
+        self.tls_alpn_listen = (str(self.chroot / SHIPPED_TLS_ALPN_SOCKET) if self.chroot
+                                else f"{LOOPBACK}:{self.tls_alpn_port}")
 
     def __enter__(self) -> Lab:
         self.start()
@@ -347,8 +354,11 @@ class Lab:
             "CERTRENEW_STATE_DIR": str(self.state_dir),
             "CERTRENEW_SSL_DIR": str(self.ssl_dir),
             "CERTRENEW_LISTEN": self.listen,
+            "CERTRENEW_TLS_ALPN_LISTEN": self.tls_alpn_listen,
             # The pre-flight self-check goes through HAProxy's http port, as pebble's validation does.
             "CERTRENEW_SELF_CHECK_ADDRESS": f"{LOOPBACK}:{self.http_port}",
+            # And TLS-ALPN-01's through the port pebble validates it on.
+            "CERTRENEW_SELF_CHECK_TLS_ADDRESS": f"{LOOPBACK}:{self.https_port if self.tls_alpn else self.tls_alpn_port}",
             "CERTRENEW_RELOAD_COMMAND": self.reload_command,
             "CERTRENEW_EMAIL": "ops@example.com",
             "CERTRENEW_AGREE_TOS": "1",
@@ -422,7 +432,7 @@ class Lab:
             "privateKey": str(self.pebble_key),
             # Validate through HAProxy's http frontend, as a real CA would.
             "httpPort": http_port,
-            "tlsPort": self.tls_alpn_port,
+            "tlsPort": self.https_port if self.tls_alpn else self.tls_alpn_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": bool(self.eab_keys),
             **({"externalAccountMACKeys": self.eab_keys} if self.eab_keys else {}),
@@ -664,12 +674,14 @@ class Lab:
         wait_until("HAProxy", lambda: self._https_answers() and self._master_answers(), self._haproxy, log, since)
 
     def _render_haproxy_config(self, admin_socket: Path, http_port: int, https_port: int) -> str:
-        return render_haproxy_config(
+        internal = f"abns@certrenew-https-{https_port}"  # abstract names are host-wide: one per lab
+        shipped = render_haproxy_config(
             SHIPPED_HAPROXY_CFG.read_text(),
             production_replacements(self.ssl_dir, admin_socket) + [
                 # Loopback IPv4 only, so the lab runs on hosts without IPv6 too.
                 ("bind :::80 v4v6\n", f"bind {LOOPBACK}:{http_port}\n"),
-                ("bind :::443 v4v6 ssl", f"bind {LOOPBACK}:{https_port} ssl"),
+                ("bind :::443 v4v6 ssl", f"bind {internal} accept-proxy ssl" if self.tls_alpn
+                 else f"bind {LOOPBACK}:{https_port} ssl"),
                 *([] if self.chroot else [(f"server letsencrypt unix@/{SHIPPED_SOCKET}\n",
                                            f"server letsencrypt {self.listen}\n")]),
                 # No syslog here: send HAProxy's logs to its log file instead.
@@ -680,6 +692,14 @@ class Lab:
                 ("    group haproxy\n", ""),
             ],
         )
+        if not self.tls_alpn:
+            return shipped
+        return shipped + "\n" + render_haproxy_config(SHIPPED_TLS_ALPN.read_text(), [
+            ("bind :::443 v4v6\n", f"bind {LOOPBACK}:{https_port}\n"),
+            ("abns@certrenew-https send-proxy-v2", f"{internal} send-proxy-v2"),
+            *([] if self.chroot else [(f"server certrenew unix@/{SHIPPED_TLS_ALPN_SOCKET}\n",
+                                       f"server certrenew {self.tls_alpn_listen}\n")]),
+        ])
 
     def _spawn(self, argv: list[str], log: Path, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen:
         """Start a lab process with its output appended to `log` (appended, so restarts keep history)."""

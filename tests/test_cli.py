@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from container import python_for_anyone
 from unfit import COMPLAINTS, UNFIT, place
 
 from certrenew.cli import (
@@ -372,14 +373,14 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, args):
     assert process.returncode == 141  # as a tool killed by SIGPIPE: the shell's 128 + 13
 
 
-def test_an_ssl_dir_not_writable_names_its_owner_and_the_fix():
+def test_an_ssl_dir_not_writable_names_its_owner_and_the_fix(site_for_anyone):
     import tempfile
 
     with tempfile.TemporaryDirectory(dir="/tmp") as top:  # not under pytest's, closed to other users
-        _ssl_dir_not_writable(Path(top))
+        _ssl_dir_not_writable(Path(top), site_for_anyone)
 
 
-def _ssl_dir_not_writable(tmp_path):
+def _ssl_dir_not_writable(tmp_path, site):
     tmp_path.chmod(0o755)
     ssl = tmp_path / "ssl"
     ssl.mkdir(mode=0o755)
@@ -390,11 +391,15 @@ def _ssl_dir_not_writable(tmp_path):
         ssl.chmod(0o555)
     user = "nobody" if as_user else __import__("pwd").getpwuid(os.geteuid()).pw_name
     env = {key: value for key, value in os.environ.items() if not key.startswith("CERTRENEW_")}
+    # nobody may not enter the checkout, nor run its virtualenv's interpreter (a clone under root's home).
+    python = str(python_for_anyone()) if as_user else sys.executable
+    if as_user:
+        env["PYTHONPATH"] = str(site)
     fix = f"not writable by user {user} (it is "
     for args in (("a.example",), ("check",)):
-        result = subprocess.run([*as_user, sys.executable, "-m", "certrenew", *args, "--ssl-dir", ssl, "--state-dir",
+        result = subprocess.run([*as_user, python, "-m", "certrenew", *args, "--ssl-dir", ssl, "--state-dir",
                                  tmp_path / "state", "--directory", "https://127.0.0.1:9/dir"],
-                                cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
         said = result.stderr if args == ("a.example",) else result.stdout
         assert fix in said and f"`chown {user} {ssl}`" in said and "chmod g+w" in said, said
 

@@ -145,7 +145,8 @@ domains = ["blog.example"]
             config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example"]\nkey_type = {pair}\n')
 
 
-WILDCARD = "invalid domain '*.example.com': wildcard certificates need the DNS-01 challenge; HTTP-01 cannot validate them"
+WILDCARD = ("invalid domain '*.example.com': wildcard certificates need the DNS-01 challenge; HTTP-01 and TLS-ALPN-01 "
+            "cannot validate them")
 
 
 def test_a_wildcard_over_http01_is_refused_in_the_config_file(tmp_path):
@@ -165,8 +166,18 @@ def test_a_wildcard_on_the_command_line_is_exit_2_before_anything_is_touched(tmp
 def test_an_unknown_challenge_type_is_a_usage_error():
     from certrenew.config import certificate_specs
 
-    with pytest.raises(UsageError, match="unknown challenge type 'tls-alpn-01'; choose one of http-01"):
-        certificate_specs("a", ("a.example",), "ecdsa-p256", challenge="tls-alpn-01")
+    with pytest.raises(UsageError, match="unknown challenge type 'tls-alpn-02'; choose one of http-01"):
+        certificate_specs("a", ("a.example",), "ecdsa-p256", challenge="tls-alpn-02")
+
+
+def test_tls_alpn_01_is_taken_per_certificate_and_at_the_top_but_not_for_a_wildcard(tmp_path):
+    config = config_file(tmp_path, 'challenge = "tls-alpn-01"\n[[certificate]]\ndomains = ["a.example"]\n'
+                                   '[[certificate]]\ndomains = ["b.example"]\nchallenge = "http-01"\n')
+    assert [spec.challenge for spec in config.certificates] == ["tls-alpn-01", "http-01"]
+    config = config_file(tmp_path, '[[certificate]]\ndomains = ["a.example"]\nchallenge = "tls-alpn-01"\n')
+    assert config.certificates[0].solver_key == "tls-alpn-01"
+    with pytest.raises(UsageError, match="TLS-ALPN-01 cannot validate them"):
+        config_file(tmp_path, '[[certificate]]\ndomains = ["*.a.example"]\nchallenge = "tls-alpn-01"\n')
 
 
 TSIG_KEY = 'key "certrenew" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0IQ==";\n};\n'
@@ -239,7 +250,7 @@ def test_a_top_level_challenge_is_every_certificates_default(tmp_path):
     ('challenge = "dns-01"\ndns_hook = "hook"\ndns_propagation_timeout = inf', "dns_propagation_timeout: must be"),
     ('challenge = "dns-01"\ndns_hook = "hook"\ndns_propagation_timeout = -1', "dns_propagation_timeout: must be"),
     ('challenge = "dns-01"\ndns_hook = "hook"\ndns_zone = "*.example.com"', "dns_zone: "),
-    ('challenge = "dns-02"', "unknown challenge type 'dns-02'; choose one of http-01, dns-01"),
+    ('challenge = "dns-02"', "unknown challenge type 'dns-02'; choose one of http-01, dns-01, tls-alpn-01"),
     ('dns_server = "192.0.2.53"', 'dns_server is for a certificate with challenge = "dns-01"'),
     ('challenge = "dns-01"\ndns_server = "192.0.2.53"\ntsig_key = "{key}-missing"', "cannot read it"),
 ])

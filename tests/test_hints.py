@@ -36,6 +36,15 @@ def test_validation_hint(code, detail, expected):
     assert hints.validation_hint(code, detail, NAME) == expected
 
 
+@pytest.mark.parametrize(("code", "detail", "expected"), [  # pebble 2.4
+    ("unauthorized", 'Cannot negotiate ALPN protocol "acme-tls/1" for tls-alpn-01 challenge', hints.TLS_ROUTE),
+    ("connection", f"127.0.0.9: Connecting to {NAME}:443: dial tcp 127.0.0.9:443: connect: connection refused",
+     hints.no_listener(NAME, 443)),
+])
+def test_a_tls_alpn_01_validation_hint_names_port_443_and_its_alpn_route(code, detail, expected):
+    assert hints.validation_hint(code, detail, NAME, "tls-alpn-01") == expected
+
+
 def test_untrusted_ca_names_the_reason_and_ca_bundle():
     error = ("HTTPSConnectionPool(host='127.0.0.1', port=14000): Max retries exceeded with url: /dir (Caused by "
              "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "

@@ -7,7 +7,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "certrenew"
 LAYERS = [
     "version", "errors", "hints", "limits", "requirements", "signals", "progress", "hostport", "httpd", "keytypes", "domains",
     "atomicfile", "owned", "listen", "keys", "bundle", "runtime_api", "crtlist", "command", "haproxy", "hooks", "verify", "install", "lock",
-    "challenge", "store", "policy", "responder", "dns01", "caa", "rfc2136", "dnshook", "config",
+    "challenge", "store", "policy", "responder", "tlsalpn01", "dns01", "caa", "rfc2136", "dnshook", "config",
     "acme_transport", "acme_account", "acme_ari", "acme_client", "issue", "status", "metrics", "placeholder", "preflight",
     "renew", "daemon", "revoke", "certbot_import",
     "cli", "__main__",

@@ -323,7 +323,7 @@ def test_a_failed_forced_attempt_shows_in_status_but_only_a_due_certificate_is_f
     (CertificateSpec("site", ("2001:DB8::1",)), "site: domains 2001:DB8::1 are not in normal form: give 2001:db8::1"),
     (CertificateSpec("site", ("*.a.example",)), "site: invalid domain '*.a.example': wildcard certificates need "
                                                 "the DNS-01 challenge"),
-    (CertificateSpec("site", ("a.example",), challenge="tls-alpn-01"), "site: unknown challenge type 'tls-alpn-01'"),
+    (CertificateSpec("site", ("a.example",), challenge="tls-alpn-02"), "site: unknown challenge type 'tls-alpn-02'"),
 ])
 def test_the_library_refuses_a_certificate_it_could_not_keep_before_writing_anything(tmp_path, given, message):
     settings = Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", reload_command="true")

@@ -1,0 +1,48 @@
+"""What a batch costs, counted rather than timed, against a real pebble and HAProxy: the
+probe round trips, the requests to the CA and the HAProxy commands per certificate, and
+that every probe is done before the first order (inside the orders, each probe waited
+on the GIL behind the busy workers: 0.1 s a certificate, five times the batch's time).
+A count does not move with the machine's load; a regression of any of them fails here."""
+
+import collections
+
+import pytest
+from faultproxy import FaultProxy
+from lab import LOOPBACK
+from relay import Relay
+
+pytestmark = pytest.mark.pebble_env({"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+                                     "PEBBLE_AUTHZREUSE": "0"})
+CERTIFICATES = 6
+
+
+def test_a_batch_probes_each_name_once_before_any_order_and_counts_its_requests(lab, tmp_path):
+    names = [f"c{index}.batch.example" for index in range(CERTIFICATES)]
+    config = tmp_path / "certrenew.toml"
+    config.write_text("".join(f'[[certificate]]\ndomains = ["{name}"]\n\n' for name in names))
+    with FaultProxy(lab) as proxy, \
+            Relay("probe", (LOOPBACK, lab.http_port), seen=proxy.seen) as probes, \
+            Relay("haproxy", str(lab.admin_socket), tmp_path / "admin.sock", seen=proxy.seen) as commands:
+        result = lab.certrenew("run", "--config", str(config), env={
+            **proxy.env, "CERTRENEW_SELF_CHECK_ADDRESS": f"{LOOPBACK}:{probes.address[1]}",
+            "CERTRENEW_HAPROXY_SOCKET": str(tmp_path / "admin.sock"), "CERTRENEW_CONCURRENCY": "2"})
+        assert result.returncode == 0, result.stderr
+    steps = [step for _, step in proxy.seen]
+    # One probe round trip per name, every one before the CA hears of any order.
+    assert len(probes.lines()) == CERTIFICATES
+    assert max(steps.index(line) for line in probes.lines()) < steps.index("new-order"), steps
+    # Per certificate: one order, one challenge answered, one finalize, one download; the account is
+    # looked up once, and each of the two workers logs in once (directory, a first nonce). Only the
+    # polls (authorization, order) depend on how fast pebble validates, so they are not counted.
+    requests = collections.Counter(step for method, step in proxy.seen if method in ("GET", "HEAD", "POST"))
+    assert {step: requests[step] for step in ("new-order", "challenge", "finalize", "certificate")} == \
+        dict.fromkeys(("new-order", "challenge", "finalize", "certificate"), CERTIFICATES), requests
+    assert (requests["account"], requests["directory"], requests["nonce"]) == (1, 2, 2), requests
+    # HAProxy: four commands per new certificate (new, set, commit, add to the crt directory), and four
+    # for the batch (the pre-flight's level and crt-list, the install's crt-list and certificate table).
+    verbs = collections.Counter(" ".join(line.split()[:3]) for line in commands.lines())
+    assert verbs == {"new ssl cert": CERTIFICATES, "set ssl cert": CERTIFICATES, "commit ssl cert": CERTIFICATES,
+                     "add ssl crt-list": CERTIFICATES, "show cli level": 1, "show ssl crt-list": 2,
+                     "show ssl cert": 1}, verbs
+    for name in names:
+        lab.served_certificate(name)
