@@ -7,6 +7,7 @@ import base64
 import json
 import secrets
 import signal
+import subprocess
 from urllib.parse import urlsplit
 
 import pytest
@@ -185,6 +186,25 @@ def test_a_healthy_first_ca_costs_no_request_more_and_the_fallback_hears_nothing
     assert [step for _, step in proxy.seen if step in steps] == requests_alone
     assert len(list((lab.state_dir / "accounts").iterdir())) == 1  # the second CA was never even logged in to
     served_by(lab, lab_intermediate(lab))
+
+
+def test_a_fallback_with_its_own_ca_bundle_issues_and_revokes_there(lab, tmp_path):
+    """The second CA's API has a TLS certificate the top-level --ca-bundle does not trust: only its table's does."""
+    second = lab.start_second_ca(own_tls=True)
+    assert second.ca_bundle != lab.ca_bundle
+    config = tmp_path / "certrenew.toml"
+    config.write_text(f'fallback_directory = ["{second.directory_url}"]\n'
+                      f'[ca."{second.directory_url}"]\nca_bundle = "{second.ca_bundle}"\n'
+                      f'[[certificate]]\ndomains = ["{NAME}"]\n')
+    lab.stop_pebble()
+    issued = lab.certrenew("run", "--config", str(config))
+    assert issued.returncode == 0, issued.stderr
+    assert recorded_ca(lab) == second.directory_url
+    serial = served_by(lab, second.intermediate()).serial_number
+
+    revoked = lab.certrenew("revoke", NAME, "--yes", "--config", str(config), stdin=subprocess.DEVNULL)
+    assert revoked.returncode == 0, revoked.stderr
+    assert second.cert_status(format(serial, "x")) == "Revoked"
 
 
 def test_without_a_fallback_the_first_ca_failing_fails_the_certificate(lab):
