@@ -726,6 +726,9 @@ class Lab:
             )
 
 
+    def _directory_answers(self) -> bool:
+        return _answers(self.directory_url, self.ca_bundle)
+
     def _https_answers(self, port: int | None = None) -> bool:
         try:
             self.served_certificate_unverified("localhost", port)

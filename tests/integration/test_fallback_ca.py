@@ -175,6 +175,7 @@ def test_a_first_ca_refusing_an_unbound_account_falls_through_to_one_bound_by_it
         assert recorded_ca(lab) == second.directory_url
 
 
+@pytest.mark.pebble_env({"PEBBLE_WFE_NONCEREJECT": "0"})  # no nonce refused at random: the same requests each time
 def test_a_healthy_first_ca_costs_no_request_more_and_the_fallback_hears_nothing(lab, proxy):
     second = lab.start_second_ca()
     steps = ("directory", "new-order", "challenge", "finalize", "certificate")  # not the polls, which vary
