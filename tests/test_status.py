@@ -77,5 +77,5 @@ def test_the_issuing_ca_is_in_the_json_as_its_url_and_in_the_table_as_its_host()
     fallback = dataclasses.replace(row(), ca="https://acme.example.net:14000/dir")
     assert fallback.to_json()["ca"] == "https://acme.example.net:14000/dir"
     header, line = format_table([fallback, row("never", "missing", None)]).splitlines()[:2]
-    column = header.index(" CA ") + 2
+    column = header.index(" CA ") + 1
     assert line[column:].startswith("acme.example.net:14000 ")
