@@ -110,7 +110,9 @@ class Issuer:
                                    settings.haproxy_config, settings.verify_endpoint, settings.crt_list)
         self.deadline = Deadline(settings.timeout)
         self._lock = threading.RLock()
-        self._sessions = {ca.directory: _Session(ca) for ca in settings.cas}
+        self.cas = settings.cas
+        """The CAs to order from, in order (see `Settings.cas`)."""
+        self._sessions = {ca.directory: _Session(ca) for ca in self.cas}
 
     def issue(self, spec: CertificateSpec) -> Issued:
         """Order a new certificate for `spec` from the first CA that issues it, and keep it as pending.
@@ -119,7 +121,7 @@ class Issuer:
         line and the next CA is asked; the last one's failure is the certificate's.
         """
         self.installer.check_place(spec.name, spec.domains, spec.key_type)
-        solver, cas, probe = self._solver(spec), self.settings.cas, _Probe(lambda: self.before_order(spec))
+        solver, cas, probe = self._solver(spec), self.cas, _Probe(lambda: self.before_order(spec))
         for ca, then in zip(cas, cas[1:]):
             try:
                 return self._issue_at(ca.directory, spec, solver, probe)
@@ -206,7 +208,7 @@ class Issuer:
             try:
                 fullchain = self._client(directory).finish(order.url, make_csr(key, order.domains))
             except CertrenewError as error:
-                if len(self.settings.cas) == 1 or not falls_through(error):
+                if len(self.cas) == 1 or not falls_through(error):
                     raise
                 log.warning("%s: the order a previous run left at %s cannot be completed (%s); ordering anew",
                             spec.name, directory, error, extra={"certificate": spec.name})
@@ -283,7 +285,7 @@ class Issuer:
         _apply_window(record, self._window(spec.name, self.store.load_bundle(spec.name), record.directory))
         self.store.save_record(record)
         decision = decide(record, list(spec.domains), spec.key_type, utc_now(), renew_before=self.settings.renew_before,
-                          directories=self.settings.directory_urls)
+                          directories=tuple(self._sessions))
         if decision.due:
             log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
             return self.issue(spec)
