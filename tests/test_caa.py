@@ -1,5 +1,5 @@
 """CAA verdicts (RFC 8659, RFC 8657) from records as a resolver returns them; the lookups themselves
-run against BIND in tests/integration/test_caa.py."""
+run against BIND in tests/integration/test_caa_order.py."""
 
 import pytest
 
