@@ -127,6 +127,8 @@ class Transport:
             if untrusted(error):
                 raise ConfigurationError(untrusted_ca(directory_url, str(error))) from None
             raise CertrenewError(f"cannot reach the ACME directory {directory_url}: {describe(error)}") from None
+        except _RetryLater as later:  # a 429, or a 503 with Retry-After, past the retries or the time budget
+            raise CertrenewError(f"the ACME directory {directory_url} answers {later}; a later run will try again") from None
         self.client = client.ClientV2(directory, self.net)
         self.ca_clock_ahead = clock_ahead(answer)
         """How far the CA's clock is ahead of this host's (None: its answer had no Date header)."""

@@ -11,7 +11,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,6 +110,17 @@ class CertificateSpec:
 
 
 @dataclass(frozen=True)
+class Ca:
+    """A CA to order from: its ACME directory, the bundle its TLS is checked against, and the binding its
+    new account takes."""
+
+    directory: str
+    ca_bundle: str | None = None
+    eab_kid: str | None = None
+    eab_hmac_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where to get certificates from, where to keep them, and how to make HAProxy serve them."""
 
@@ -120,6 +131,9 @@ class Settings:
     eab_kid: str | None = None
     eab_hmac_key_file: Path | None = None
     ca_bundle: str | None = None
+    fallback_directory: tuple[str, ...] = ()
+    fallback_ca: tuple[Ca, ...] = ()
+    """What a config file's [ca."URL"] tables give a fallback CA of its own: a CA bundle, an account binding."""
     state_dir: Path = Path("/var/lib/certrenew")
     ssl_dir: Path = Path("/etc/haproxy/ssl")
     listen: str = DEFAULT_LISTEN
@@ -160,6 +174,21 @@ class Settings:
     @property
     def directory_url(self) -> str:
         return LETSENCRYPT_STAGING if self.staging and self.directory == LETSENCRYPT else self.directory
+
+    @property
+    def cas(self) -> tuple[Ca, ...]:
+        """The CAs in the order an order tries them: the directory with the top-level CA bundle and account
+        binding, then each fallback with its own (`fallback_ca`). A binding's key id belongs to one CA, so a
+        fallback has none unless its table gives one; its CA bundle is the top-level one unless given."""
+        first = Ca(self.directory_url, self.ca_bundle, self.eab_kid, self.eab_hmac_key_file)
+        own = {ca.directory: ca for ca in self.fallback_ca}
+        fallbacks = [own.get(url, Ca(url)) for url in self.fallback_directory if url != first.directory]
+        return (first, *(replace(ca, ca_bundle=ca.ca_bundle or self.ca_bundle) for ca in fallbacks))
+
+    @property
+    def directory_urls(self) -> tuple[str, ...]:
+        """Every CA a certificate may come from without being reissued."""
+        return tuple(ca.directory for ca in self.cas)
 
 
 def parse_duration(text: str) -> datetime.timedelta:
@@ -429,6 +458,9 @@ OPTIONS = [
            "an account with it (ZeroSSL, Google, SSL.com, Sectigo)", metavar="KID", check=_eab_kid),
     Option("eab_hmac_key_file", "external account binding: a file (mode 600) holding the HMAC key the CA gave "
            "with the key id, base64url; read only when an account is created", Path, "PATH"),
+    Option("fallback_directory", "ACME directory URL of a CA to order from when the one before cannot issue "
+           "(unreachable, 5xx, rate-limited, validation failing); repeat for several, tried in order",
+           metavar="URL", check=_directory_url, repeated=True),
     Option("ca_bundle", "CA bundle to verify the ACME server (default: system store or REQUESTS_CA_BUNDLE)",
            metavar="PATH", check=_existing_file),
     Option("state_dir", "accounts, keys, certificates and records (default /var/lib/certrenew)", Path, "DIR"),
@@ -544,6 +576,10 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
     if (settings.eab_kid is None) != (settings.eab_hmac_key_file is None):
         raise UsageError("an external account binding takes both the key id (--eab-kid) and the file of its HMAC "
                          "key (--eab-hmac-key-file)")
+    unlisted = sorted({ca.directory for ca in settings.fallback_ca} - set(settings.fallback_directory))
+    if unlisted:
+        raise UsageError(f'[ca."{unlisted[0]}"] describes no fallback CA: add it to fallback_directory '
+                         "(--fallback-directory), or remove the table")
     if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == parse_listen(settings.listen).port:
         # The responder's port is the one the internet reaches through HAProxy.
         raise UsageError(f"the metrics address {settings.metrics_listen} (--metrics-listen) uses the responder's "
@@ -579,14 +615,20 @@ def load_config(path: Path) -> ConfigFile:
 
     settings = {}
     for key, value in data.items():
-        if key == "certificate":
+        if key in ("certificate", "ca"):
             continue
         if key not in OPTION_NAMED or key in CLI_ONLY:
-            raise _unknown_key(str(path), key, [*sorted(set(OPTION_NAMED) - CLI_ONLY), "[[certificate]]"])
+            raise _unknown_key(str(path), key, [*sorted(set(OPTION_NAMED) - CLI_ONLY), "[[certificate]]", '[ca."URL"]'])
         try:
             settings[key] = OPTION_NAMED[key].from_toml(value)
         except (ValueError, UsageError) as error:
             raise UsageError(f"{path}: {key}: {error}") from None
+
+    cas = data.get("ca", {})
+    if not isinstance(cas, dict):
+        raise UsageError(f'{path}: \'ca\' must be tables, one per fallback CA: write [ca."https://..."]')
+    if cas:
+        settings["fallback_ca"] = tuple(_fallback_ca(path, url, table) for url, table in cas.items())
 
     tables = data.get("certificate", [])
     if not isinstance(tables, list):
@@ -599,6 +641,33 @@ def load_config(path: Path) -> ConfigFile:
             raise UsageError(f"{path}: two certificates are named {spec.name!r}")
         names.add(spec.name)
     return ConfigFile(path, settings, certificates)
+
+
+CA_KEYS = ("ca_bundle", "eab_kid", "eab_hmac_key_file")
+"""What a [ca."URL"] table may give its fallback CA."""
+
+
+def _fallback_ca(path: Path, url: str, table: Any) -> Ca:
+    where = f'{path}: [ca."{url}"]'
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: must be a table")
+    unknown = table.keys() - set(CA_KEYS)
+    if unknown:
+        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(CA_KEYS)})")
+    try:
+        directory = _directory_url(url)
+    except ValueError as error:
+        raise UsageError(f"{where}: {error}") from None
+    own = {}
+    for key in CA_KEYS:
+        if key in table:
+            try:
+                own[key] = OPTION_NAMED[key].from_toml(table[key])
+            except (ValueError, UsageError) as error:
+                raise UsageError(f"{where}: {key}: {error}") from None
+    if ("eab_kid" in own) != ("eab_hmac_key_file" in own):
+        raise UsageError(f"{where}: an external account binding takes both eab_kid and eab_hmac_key_file")
+    return Ca(directory, **own)
 
 
 def _unknown_key(where: str, key: str, known: Sequence[str]) -> UsageError:

@@ -132,7 +132,8 @@ class Daemon:
                 certificates.append((self.store.load_record(spec.name), spec.domains, spec.key_type))
             except CertrenewError:  # unreadable: every pass reports it, the regular one is soon enough
                 continue
-        return policy.next_wake(certificates, now, interval, self.settings.renew_before, self.settings.directory_url)
+        return policy.next_wake(certificates, now, interval, self.settings.renew_before,
+                                 self.settings.directory_urls)
 
     def sleep_until(self, wake: datetime.datetime) -> bool:
         """Sleep until `wake`; True if a SIGHUP ended the sleep first."""

@@ -126,10 +126,10 @@ def decide(
     now: datetime.datetime,
     force: bool = False,
     renew_before: datetime.timedelta | None = None,
-    directory: str | None = None,
+    directories: tuple[str, ...] | None = None,
 ) -> Decision:
     """Whether the certificate named by `record` must be (re)issued now, and why."""
-    reason = due_reason(record, domains, key_type, now, renew_before, directory)
+    reason = due_reason(record, domains, key_type, now, renew_before, directories)
     if force:
         return Decision(True, "forced")
     if reason is None:
@@ -147,19 +147,21 @@ def decide(
 
 
 def due_reason(record: CertificateRecord | None, domains: list[str], key_type: str, now: datetime.datetime,
-               renew_before: datetime.timedelta | None = None, directory: str | None = None) -> str | None:
+               renew_before: datetime.timedelta | None = None,
+               directories: tuple[str, ...] | None = None) -> str | None:
     """Why the certificate is due now, or None if it is not; back-off and --force aside.
 
-    A certificate from another CA than `directory` (the ACME directory URL the run is told
-    to use) is due at once: a switch from staging to production must not keep the
-    staging certificate until it expires. A record that predates the field is taken as
-    from the current CA.
+    A certificate from a CA not in `directories` (the ACME directory URLs the run is told
+    to use: the CA and its fallbacks) is due at once: a switch from staging to production
+    must not keep the staging certificate until it expires; one a fallback issued is kept
+    until its renewal, which tries the first CA again. A record that predates the field is
+    taken as from the current CA.
     """
     if record is None or record.not_after is None:
         return "no certificate yet"
     if record.revoked is not None:
         return f"revoked at {minutes(record.revoked)} UTC"
-    if directory is not None and record.directory not in (None, directory):
+    if directories is not None and record.directory is not None and record.directory not in directories:
         return f"CA changed (issued by {record.directory})"
     if record.domains != domains:
         return "domains changed"
@@ -178,10 +180,10 @@ def due_reason(record: CertificateRecord | None, domains: list[str], key_type: s
 
 def next_wake(certificates: Iterable[tuple[CertificateRecord | None, Sequence[str], str]], now: datetime.datetime,
               check_interval: datetime.timedelta, renew_before: datetime.timedelta | None = None,
-              directory: str | None = None) -> datetime.datetime:
+              directories: tuple[str, ...] | None = None) -> datetime.datetime:
     """When a daemon that just ran a pass should run the next: the earliest moment any certificate
     (record, domains, key type) needs one, and at the latest `check_interval` from `now`. A
-    certificate from another CA than `directory` is due at once.
+    certificate from a CA not in `directories` is due at once.
 
     A certificate needs a pass when it falls due (its renewal time or the CA's ARI window), when its
     renewal information is to be fetched again, or when its back-off ends. One that failed through a
@@ -192,7 +194,7 @@ def next_wake(certificates: Iterable[tuple[CertificateRecord | None, Sequence[st
     for record, domains, key_type in certificates:
         if record is not None and record.failures and (record.next_attempt is None or record.next_attempt > now):
             when = record.next_attempt
-        elif due_reason(record, list(domains), key_type, now, renew_before, directory) is not None:
+        elif due_reason(record, list(domains), key_type, now, renew_before, directories) is not None:
             when = now
         else:
             assert record is not None and record.not_after is not None  # else it would be due

@@ -278,10 +278,11 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     if settings.haproxy_config:
         checks.append(_config_check(settings.haproxy_config))
     profiles = {spec.profile for spec in specs} | {settings.profile}
-    checks.extend(_directory_checks(settings.directory_url, settings.ca_bundle, sorted(filter(None, profiles))))
+    for ca in settings.cas:  # a fallback CA too: it is wanted when the first fails, not found broken then
+        checks.extend(_directory_checks(ca.directory, ca.ca_bundle, sorted(filter(None, profiles))))
     checks.extend(map(_endpoint_check, settings.verify_endpoint))
-    if settings.eab_kid and settings.eab_hmac_key_file:
-        checks.append(_eab_check(settings.eab_kid, settings.eab_hmac_key_file))
+    checks.extend(_eab_check(ca.eab_kid, ca.eab_hmac_key_file) for ca in settings.cas
+                  if ca.eab_kid and ca.eab_hmac_key_file)
     if settings.caa_check:
         checks.extend(_caa_checks(settings, specs))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
@@ -438,7 +439,7 @@ def _caa_checks(settings: Settings, specs: Sequence[CertificateSpec]) -> list[Ch
                             timeout=PROBE_TIMEOUT * 2).json().get("meta") or {}
     except (requests.RequestException, ValueError, AttributeError):
         meta = {}  # the directory's own check says why
-    identities = caa_identities(meta.get("caaIdentities"), settings)
+    identities = caa_identities(meta.get("caaIdentities"), settings.caa_identity)
     account = FileStore(settings.state_dir).load_account(settings.directory_url)
     uri = account.uri if account else None
     verdicts = {(name, spec.challenge): caa.verdict(name, identities, uri, spec.challenge, settings.caa_resolver)

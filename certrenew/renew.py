@@ -167,7 +167,7 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
     if record is not None and record.failed_settings not in (None, spec.order_settings(settings.directory_url)):
         record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
     decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
-                      settings.directory_url)
+                      settings.directory_urls)
     if decision.due:
         if record is None or record.not_after is None:  # "renewing (no certificate yet)" reads as a bug
             log.info("%s: issuing", spec.name, extra={"certificate": spec.name})

@@ -220,7 +220,8 @@ def _revoke_at_ca(settings: Settings, store: FileStore, request: Request) -> boo
     from certrenew.acme_transport import Deadline
 
     account = _account(store, settings, request.ca)
-    client = AcmeClient(request.ca, account.key_pem, Deadline(settings.timeout), settings.ca_bundle)
+    ca_bundle = next((ca.ca_bundle for ca in settings.cas if ca.directory == request.ca), settings.ca_bundle)
+    client = AcmeClient(request.ca, account.key_pem, Deadline(settings.timeout), ca_bundle)
     client.login(account.uri, settings.email, settings.agree_tos)
     assert request.bundle is not None  # carry_out only moves a never-issued one aside
     return client.revoke(leaf_certificate(request.bundle), reason_code(request.reason))

@@ -4,6 +4,7 @@ import datetime
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
@@ -31,6 +32,8 @@ class CertificateStatus:
     failures: int
     shadowed_by: str | None = None
     """Why a run refuses to order it: another bundle in the ssl dir claims its names (see `install.shadowing`)."""
+    ca: str | None = None
+    """The ACME directory URL of the CA that issued the current certificate (a fallback's, say)."""
 
     @property
     def last_result(self) -> str:
@@ -57,6 +60,7 @@ class CertificateStatus:
             "next_renewal": when(self.next_renewal),
             "last_result": self.last_result,
             "failures": self.failures,
+            "ca": self.ca,
         }
 
 
@@ -142,7 +146,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
     if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
         next_renewal = record.next_attempt
     due = issued is None or due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
-                                       settings.directory_url) is not None
+                                       settings.directory_urls) is not None
     if not managed:
         state = "unmanaged"
     elif not_after is not None and now >= not_after:
@@ -169,12 +173,13 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         next_renewal=next_renewal,
         last_error=record.last_error if record else None,
         failures=record.failures if record else 0,
+        ca=(issued.directory or settings.directory_url) if issued else None,  # unrecorded: the configured CA
     )
 
 
 def format_table(rows: list[CertificateStatus]) -> str:
     """A plain text table, one row per certificate."""
-    header = ("NAME", "STATE", "DOMAINS", "NOT AFTER", "DAYS LEFT", "NEXT RENEWAL", "LAST RESULT")
+    header = ("NAME", "STATE", "DOMAINS", "NOT AFTER", "DAYS LEFT", "NEXT RENEWAL", "CA", "LAST RESULT")
     lines = [header]
     for row in rows:
         lines.append((
@@ -184,6 +189,7 @@ def format_table(rows: list[CertificateStatus]) -> str:
             minutes(row.not_after) if row.not_after else "-",
             f"{row.days_left:.1f}" if row.days_left is not None else "-",
             minutes(row.next_renewal) if row.next_renewal else "-",
+            urlsplit(row.ca).netloc if row.ca else "-",  # the host tells CAs apart; the URL is in --json
             row.last_result,
         ))
     widths = [max(map(len, column)) for column in list(zip(*lines))[:-1]]

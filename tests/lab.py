@@ -242,6 +242,48 @@ class HAProxyNode:
         return f"{LOOPBACK}:{self.https_port}"
 
 
+@dataclass(frozen=True)
+class SecondCa:
+    """Another pebble beside the lab's (see `Lab.start_second_ca`)."""
+
+    directory_url: str
+    management_url: str
+    ca_bundle: Path
+    process: subprocess.Popen
+
+    def intermediate(self) -> x509.Certificate:
+        """The certificate this CA signs leaves with."""
+        return x509.load_pem_x509_certificate(self._get("intermediates/0"))
+
+    def root(self) -> bytes:
+        """PEM of this CA's root."""
+        return self._get("roots/0")
+
+    def cert_status(self, serial_hex: str) -> str:
+        """What this CA says of the certificate with this serial: "Valid" or "Revoked"."""
+        return cert_status(self.management_url, self.ca_bundle, serial_hex)
+
+    def _get(self, path: str) -> bytes:
+        response = requests.get(f"{self.management_url}/{path}", verify=self.ca_bundle, timeout=5)
+        response.raise_for_status()
+        return response.content
+
+
+def cert_status(management_url: str, ca_bundle: Path, serial_hex: str) -> str:
+    """What the pebble at `management_url` says of the certificate with this serial: "Valid" or "Revoked"."""
+    serial = format(parse_serial(serial_hex), "x")  # pebble's spelling: lower-case hex, no leading zeros
+    response = requests.get(f"{management_url}/cert-status-by-serial/{serial}", verify=ca_bundle, timeout=5)
+    response.raise_for_status()
+    return response.json()["Status"]
+
+
+def _answers(url: str, ca_bundle: Path) -> bool:
+    try:
+        return requests.get(url, verify=ca_bundle, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
 class Lab:
     """pebble, its DNS (challtestsrv) and HAProxy on loopback, living under one work dir.
 
@@ -281,6 +323,7 @@ class Lab:
         self._challtestsrv: subprocess.Popen | None = None
         self._haproxy: subprocess.Popen | None = None
         self._nodes: list[HAProxyNode] = []
+        self._second_cas: list[SecondCa] = []
         # pebble makes a new root on every start; certificates issued before a
         # restart must still verify, so every root seen stays trusted.
         self._issuer_roots: list[bytes] = []
@@ -362,7 +405,8 @@ class Lab:
 
     def stop(self) -> None:
         """Stop every lab process; safe to call more than once."""
-        for process in (*(node.process for node in self._nodes), self._haproxy, self._pebble, self._challtestsrv):
+        for process in (*(node.process for node in self._nodes), *(ca.process for ca in self._second_cas),
+                        self._haproxy, self._pebble, self._challtestsrv):
             terminate(process)
 
     def start_pebble(self, extra_env: Mapping[str, str] | None = None) -> None:
@@ -374,28 +418,50 @@ class Lab:
         """
         if self._pebble is not None and self._pebble.poll() is None:
             raise LabError("pebble is already running")
-        config = self.workdir / "pebble.json"
+        self._pebble = self._spawn_pebble("pebble", self.acme_port, self.management_port, self.http_port,
+                                          self.pebble_env if extra_env is None else extra_env)
+        self._issuer_roots.append(self.issuer_root())
+
+    def start_second_ca(self, http_port: int | None = None, own_tls: bool = False) -> SecondCa:
+        """Start another pebble beside the lab's: a second CA with its own roots and accounts, resolving
+        through the lab's DNS and validating through HAProxy (or at `http_port`: where nothing listens,
+        its every validation fails while the probe through HAProxy passes); the lab's CA bundle trusts
+        its API (with `own_tls`, only its own `ca_bundle` does), and `served_certificate` its root.
+        Stopped with the lab."""
+        acme_port, management_port = free_ports(2)
+        tls = "pebble2" if own_tls else "pebble"
+        bundle = self._write_pebble_tls(tls) if own_tls else self.ca_bundle
+        second = SecondCa(f"https://{LOOPBACK}:{acme_port}/dir", f"https://{LOOPBACK}:{management_port}", bundle,
+                          self._spawn_pebble("pebble2", acme_port, management_port, http_port or self.http_port, {},
+                                             tls))
+        self._second_cas.append(second)
+        self._issuer_roots.append(second.root())  # what it issues verifies as served
+        return second
+
+    def _spawn_pebble(self, name: str, acme_port: int, management_port: int, http_port: int,
+                      env: Mapping[str, str], tls: str = "pebble") -> subprocess.Popen:
+        """Run pebble `name` with the TLS files `_write_pebble_tls(tls)` made."""
+        config = self.workdir / f"{name}.json"
         config.write_text(json.dumps({"pebble": {
-            "listenAddress": f"{LOOPBACK}:{self.acme_port}",
-            "managementListenAddress": f"{LOOPBACK}:{self.management_port}",
-            "certificate": str(self.pebble_cert),
-            "privateKey": str(self.pebble_key),
+            "listenAddress": f"{LOOPBACK}:{acme_port}",
+            "managementListenAddress": f"{LOOPBACK}:{management_port}",
+            "certificate": str(self.workdir / f"{tls}-cert.pem"),
+            "privateKey": str(self.workdir / f"{tls}-key.pem"),
             # Validate through HAProxy's http frontend, as a real CA would.
-            "httpPort": self.http_port,
+            "httpPort": http_port,
             "tlsPort": self.https_port if self.tls_alpn else self.tls_alpn_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": bool(self.eab_keys),
             **({"externalAccountMACKeys": self.eab_keys} if self.eab_keys else {}),
             **({"certificateValidityPeriod": self.certificate_validity} if self.certificate_validity else {}),
         }}, indent=2))
-        env = {"PEBBLE_VA_NOSLEEP": "1", **(self.pebble_env if extra_env is None else extra_env)}
-        log = self.workdir / "pebble.log"
+        log = self.workdir / f"{name}.log"
         since = log_size(log)
-        self._pebble = self._spawn(
-            ["pebble", "-config", str(config), "-dnsserver", self.dns_server], log, env
-        )
-        wait_until("pebble", self._directory_answers, self._pebble, log, since)
-        self._issuer_roots.append(self.issuer_root())
+        process = self._spawn(["pebble", "-config", str(config), "-dnsserver", self.dns_server], log,
+                              {"PEBBLE_VA_NOSLEEP": "1", **env})
+        directory_url = f"https://{LOOPBACK}:{acme_port}/dir"
+        wait_until(name, lambda: _answers(directory_url, self.workdir / f"{tls}-ca.pem"), process, log, since)
+        return process
 
     def stop_pebble(self) -> None:
         """Stop pebble, leaving its ports unanswered, to play a CA that is down."""
@@ -415,11 +481,7 @@ class Lab:
 
     def cert_status(self, serial_hex: str) -> str:
         """What pebble says of the certificate with this serial: "Valid" or "Revoked"."""
-        serial = format(parse_serial(serial_hex), "x")  # pebble's spelling: lower-case hex, no leading zeros
-        response = requests.get(f"{self.management_url}/cert-status-by-serial/{serial}",
-                                verify=self.ca_bundle, timeout=5)
-        response.raise_for_status()
-        return response.json()["Status"]
+        return cert_status(self.management_url, self.ca_bundle, serial_hex)
 
     def reload_haproxy(self) -> None:
         """Reload HAProxy as certrenew would, and wait until the master reports the reload done."""
@@ -589,13 +651,16 @@ class Lab:
             raise LabError("HAProxy is already running")
         self._start_haproxy()
 
-    def _write_pebble_tls(self) -> None:
-        """Give pebble a server certificate for its HTTPS API, and clients the CA to trust it with."""
+    def _write_pebble_tls(self, name: str = "pebble") -> Path:
+        """Give pebble `name` a server certificate for its HTTPS API (NAME-cert.pem, NAME-key.pem), and
+        clients the CA to trust it with (NAME-ca.pem, returned)."""
         ca = trustme.CA()
         leaf = ca.issue_cert("localhost", LOOPBACK)
-        ca.cert_pem.write_to_path(str(self.ca_bundle))
-        leaf.private_key_pem.write_to_path(str(self.pebble_key))
-        self.pebble_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        bundle = self.workdir / f"{name}-ca.pem"
+        ca.cert_pem.write_to_path(str(bundle))
+        leaf.private_key_pem.write_to_path(str(self.workdir / f"{name}-key.pem"))
+        (self.workdir / f"{name}-cert.pem").write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        return bundle
 
     def _start_challtestsrv(self) -> None:
         """Start the DNS pebble resolves through: every name is 127.0.0.1, so validation stays on loopback."""
@@ -660,11 +725,9 @@ class Lab:
                 env={**os.environ, **(extra_env or {})}, cwd=self.workdir,
             )
 
+
     def _directory_answers(self) -> bool:
-        try:
-            return requests.get(self.directory_url, verify=self.ca_bundle, timeout=2).ok
-        except requests.RequestException:
-            return False
+        return _answers(self.directory_url, self.ca_bundle)
 
     def _https_answers(self, port: int | None = None) -> bool:
         try:

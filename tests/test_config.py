@@ -407,3 +407,44 @@ def test_a_crt_store_entry_is_named_per_certificate(tmp_path):
 def test_a_crt_store_entry_that_cannot_be_one_is_refused(tmp_path, table, error):
     with pytest.raises(UsageError, match=re.escape(error)):
         config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example"]\n{table}\n')
+
+
+FIRST, SECOND, THIRD = "https://first.example/dir", "https://second.example/dir", "https://third.example/dir"
+
+
+def test_fallback_cas_come_after_the_directory_in_order_each_with_its_own_bundle_and_binding(tmp_path):
+    bundle, key = tmp_path / "second-ca.pem", tmp_path / "eab.key"
+    bundle.write_text("")
+    config = config_file(tmp_path, f'directory = "{FIRST}"\neab_kid = "kid-1"\neab_hmac_key_file = "/k1"\n'
+                                   f'ca_bundle = "{__file__}"\nfallback_directory = ["{SECOND}", "{THIRD}"]\n'
+                                   f'[ca."{SECOND}"]\nca_bundle = "{bundle}"\neab_kid = "kid-2"\n'
+                                   f'eab_hmac_key_file = "{key}"\n')
+    first, second, third = build_settings({}, config, {}).cas
+    assert (first.directory, first.eab_kid, first.ca_bundle) == (FIRST, "kid-1", __file__)
+    assert (second.directory, second.eab_kid, second.eab_hmac_key_file, second.ca_bundle) == (SECOND, "kid-2", key,
+                                                                                               str(bundle))
+    assert (third.directory, third.eab_kid, third.ca_bundle) == (THIRD, None, __file__)  # no other CA's binding
+
+
+def test_fallback_directories_from_the_environment_and_the_command_line():
+    settings = build_settings({"directory": FIRST}, None, {"CERTRENEW_FALLBACK_DIRECTORY": f"{SECOND},{THIRD}"})
+    assert settings.directory_urls == (FIRST, SECOND, THIRD)
+    assert build_settings({"directory": FIRST, "fallback_directory": [THIRD]}, None, {}).directory_urls == (FIRST, THIRD)
+    assert build_settings({"directory": FIRST}, None, {}).directory_urls == (FIRST,)
+    with pytest.raises(UsageError, match="invalid --fallback-directory: 'http://x.example/dir' is not an https://"):
+        build_settings({"fallback_directory": ["http://x.example/dir"]}, None, {})
+
+
+@pytest.mark.parametrize("text, message", [
+    (f'fallback_directory = ["{SECOND}"]\n[ca."{THIRD}"]\neab_kid = "k"\neab_hmac_key_file = "/k"\n',
+     f'\\[ca."{THIRD}"\\] describes no fallback CA: add it to fallback_directory'),
+    (f'fallback_directory = ["{SECOND}"]\n[ca."{SECOND}"]\neab_kid = "k"\n',
+     "takes both eab_kid and eab_hmac_key_file"),
+    (f'fallback_directory = ["{SECOND}"]\n[ca."{SECOND}"]\nemail = "a@example.com"\n', "unknown key 'email'"),
+    (f'[ca."{SECOND}"]\nca_bundle = "/no/such.pem"\n', "ca_bundle: /no/such.pem does not exist"),
+    ('[ca."http://plain.example/dir"]\n', "is not an https:// URL"),
+    ('ca = "x"\n', "'ca' must be tables"),
+])
+def test_a_ca_table_that_cannot_work_is_refused_naming_it(tmp_path, text, message):
+    with pytest.raises(UsageError, match=message):
+        build_settings({}, config_file(tmp_path, text), {})

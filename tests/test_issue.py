@@ -13,6 +13,6 @@ def test_a_pending_certificate_with_its_names_in_another_order_is_installed_not_
     store.save_pending("a.example", bundle)
     issuer = Issuer(Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path), store, solvers={})
     issuer.issue = lambda spec: (_ for _ in ()).throw(AssertionError("ordered again"))
-    issuer._window = lambda name, bundle: None  # no CA here to ask for a renewal window
+    issuer._window = lambda name, bundle, directory: None  # no CA here to ask for a renewal window
     resumed = issuer.resume(CertificateSpec("a.example", ("a.example", "b.example")))
     assert resumed.action == "installed" and resumed.bundle == bundle

@@ -190,19 +190,27 @@ def test_a_certificate_from_another_ca_is_due_at_once():
     now = datetime.datetime.now(datetime.timezone.utc)
     record = CertificateRecord("a", ["a.example"], "ecdsa-p256", serial="1", not_before=now - datetime.timedelta(days=1),
                                not_after=now + datetime.timedelta(days=89), directory="https://staging.example/dir")
-    decision = decide(record, ["a.example"], "ecdsa-p256", now, directory="https://production.example/dir")
+    decision = decide(record, ["a.example"], "ecdsa-p256", now, directories=("https://production.example/dir",))
     assert decision.due and decision.reason == "CA changed (issued by https://staging.example/dir)"
-    assert not decide(record, ["a.example"], "ecdsa-p256", now, directory="https://staging.example/dir").due
+    assert not decide(record, ["a.example"], "ecdsa-p256", now, directories=("https://staging.example/dir",)).due
     record.directory = None  # recorded before the CA was: taken as the current one, nothing reissued
-    assert not decide(record, ["a.example"], "ecdsa-p256", now, directory="https://production.example/dir").due
+    assert not decide(record, ["a.example"], "ecdsa-p256", now, directories=("https://production.example/dir",)).due
+
+
+def test_a_certificate_from_a_fallback_ca_is_kept_until_its_renewal():
+    now = datetime.datetime.now(datetime.timezone.utc)
+    record = CertificateRecord("a", ["a.example"], "ecdsa-p256", serial="1", not_before=now - datetime.timedelta(days=1),
+                               not_after=now + datetime.timedelta(days=89), directory="https://second.example/dir")
+    cas = ("https://first.example/dir", "https://second.example/dir")
+    assert not decide(record, ["a.example"], "ecdsa-p256", now, directories=cas).due
 
 
 def test_the_daemon_wakes_at_once_for_a_certificate_from_another_ca():
     from_staging = record(90, 1)
     from_staging.directory = "https://staging.example/dir"
     certificates = [(from_staging, *A)]
-    assert next_wake(certificates, NOW, HOUR, directory="https://production.example/dir") == NOW
-    assert next_wake(certificates, NOW, HOUR, directory="https://staging.example/dir") == NOW + HOUR
+    assert next_wake(certificates, NOW, HOUR, directories=("https://production.example/dir",)) == NOW
+    assert next_wake(certificates, NOW, HOUR, directories=("https://staging.example/dir",)) == NOW + HOUR
 
 
 def test_a_revoked_certificate_is_due_at_once_and_wakes_the_daemon():

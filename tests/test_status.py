@@ -1,3 +1,4 @@
+import dataclasses
 import datetime
 from pathlib import Path
 
@@ -68,3 +69,13 @@ def test_a_certificate_another_bundle_in_the_ssl_dir_shadows_is_shadowed_when_st
     assert (main.state, other.state) == ("shadowed", "missing")
     assert main.last_result.startswith(f"refused: {tmp_path / 'ssl' / 'example.com.pem'} claims example.com too")
     assert unhealthy(settings, [main, other]) == "main is shadowed, other is missing"
+
+
+def test_the_issuing_ca_is_in_the_json_as_its_url_and_in_the_table_as_its_host():
+    from certrenew.status import format_table
+
+    fallback = dataclasses.replace(row(), ca="https://acme.example.net:14000/dir")
+    assert fallback.to_json()["ca"] == "https://acme.example.net:14000/dir"
+    header, line = format_table([fallback, row("never", "missing", None)]).splitlines()[:2]
+    column = header.index(" CA ") + 1
+    assert line[column:].startswith("acme.example.net:14000 ")
