@@ -15,20 +15,26 @@ from certrenew.keys import is_key_of, load_key
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 """How far in the future a new certificate's notBefore may be: our clock or the CA's may be a little off
 (Boulder backdates an hour; pebble does not backdate at all)."""
+CLOCK_AHEAD = datetime.timedelta(hours=1)
+"""How far this host's clock may be ahead of the CA's: Let's Encrypt backdates an hour anyway, and no
+renewal point (a fraction of a lifetime of days, an ARI window of hours) is finer than that."""
 
 
 def check_clock(ca_ahead: datetime.timedelta | None) -> None:
-    """Refuse to order while this host's clock is behind the CA's by more than CLOCK_SKEW: a CA
-    that does not backdate issues certificates `check_issued` would throw away, an order each.
-
-    A clock ahead of the CA's harms no order (certificates only look a little older), and
-    a skew within CLOCK_SKEW is what that check tolerates anyway: both pass in silence.
+    """Refuse to order while this host's clock is behind the CA's by more than CLOCK_SKEW (a CA
+    that does not backdate issues certificates `check_issued` would throw away, an order each),
+    or ahead of it by more than CLOCK_AHEAD (certificates look older than they are: renewed on
+    every pass once past the renewal point, thrown away as expired once past their lifetime).
+    A skew within both passes in silence; it shifts no renewal decision that matters.
     """
-    if ca_ahead is None or ca_ahead <= CLOCK_SKEW:
+    if ca_ahead is None or -CLOCK_AHEAD <= ca_ahead <= CLOCK_SKEW:
         return
+    behind = ca_ahead > CLOCK_SKEW
+    harm = ("a certificate issued now would be refused as not yet valid" if behind else
+            "certificates would look older than they are (renewed on every run, or thrown away as expired)")
     raise ConfigurationError(
-        f"this host's clock is {ca_ahead.total_seconds() / 60:.0f} min behind the CA's (the Date of its answer): a certificate "
-        "issued now would be refused as not yet valid; nothing was ordered; sync the clock (chrony, "
+        f"this host's clock is {abs(ca_ahead.total_seconds()) / 60:.0f} min {'behind' if behind else 'ahead of'} "
+        f"the CA's (the Date of its answer): {harm}; nothing was ordered; sync the clock (chrony, "
         "systemd-timesyncd) and run again")
 
 

@@ -30,8 +30,9 @@ DEFAULT_TLS_ALPN_LISTEN = "/var/lib/haproxy/certrenew/tls-alpn-01.sock"
 """The TLS-ALPN-01 responder's, beside it (see `certrenew.tlsalpn01`), for the same reasons."""
 SOCKET_MODE = 0o666
 """Connectable by anyone who may enter the directory (HAProxy's user need not share a group with us)."""
-DIR_MODE = 0o711
-"""A directory certrenew makes itself: HAProxy's user, in no group of ours, must enter it to connect."""
+DIR_MODE = 0o750
+"""A directory certrenew makes itself, with its parent's group (HAProxy's, for a chroot made for it):
+who may enter may connect, and a flood of connections fills the listen queue, failing the validations."""
 PRIVILEGED_PORTS = 1024
 """Ports below this one only root (CAP_NET_BIND_SERVICE) may bind."""
 MAX_PATH = 107
@@ -106,6 +107,19 @@ def check_socket_dir(path: str) -> bool:
     return check_dir(os.path.dirname(path), option="--listen")
 
 
+def flood_risk(path: str) -> str | None:
+    """Why any local user could flood the socket `path` with connections (its directory lets others
+    in), or None when none can (or it does not exist yet)."""
+    directory = os.path.dirname(path)
+    try:
+        if not os.stat(directory).st_mode & stat.S_IXOTH:
+            return None
+    except FileNotFoundError:
+        return None
+    return (f"any local user may enter {directory} and flood the responder's socket with connections, failing the "
+            f"CA's validations: let only HAProxy's group in (install -d -o certrenew -g haproxy -m 0750 {directory})")
+
+
 def create_hint(directory: str) -> str:
     """How to make the socket's directory: HAProxy's group may enter it, only certrenew's user write it."""
     return f"create it for certrenew's user (install -d -o certrenew -g haproxy -m 0750 {directory}), or set --listen"
@@ -116,7 +130,9 @@ def _bind_unix(path: str) -> tuple[socket.socket, tuple[int, int]]:
     directory = os.path.dirname(path)
     if not check_socket_dir(path):
         try:
-            os.mkdir(directory)
+            os.mkdir(directory, 0o700)
+            with contextlib.suppress(PermissionError):  # not ours to give: our group, which `check`'s probe tries
+                os.chown(directory, -1, os.stat(os.path.dirname(directory)).st_gid)
             os.chmod(directory, DIR_MODE)  # whatever the umask
         except OSError as error:
             raise CertrenewError(f"cannot create {directory} for the responder's socket: {error.strerror}; "

@@ -31,7 +31,7 @@ from certrenew.crtlist import CrtList
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.hostport import split_host_port
 from certrenew.install import claims, shadowing
-from certrenew.listen import check_socket_dir, create_hint, parse_listen, takeover_risk
+from certrenew.listen import check_socket_dir, create_hint, flood_risk, parse_listen, takeover_risk
 from certrenew.responder import CHALLENGE_PREFIX, Responder, ask
 from certrenew.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 from certrenew.store import FileStore
@@ -334,9 +334,12 @@ def _listen_check(listen: str) -> Check:
     except CertrenewError as error:
         return Check(FAIL, what, str(error))
     if exists:
-        return Check(OK, what, f"a unix socket in {directory}, which only this user can write")
+        risk = flood_risk(path)
+        return Check(WARN, what, risk) if risk else Check(OK, what, f"a unix socket in {directory}, which only "
+                                                                      "this user can write")
     if os.access(os.path.dirname(directory), os.W_OK | os.X_OK):
-        return Check(OK, what, f"{directory} will be created")
+        return Check(OK, what, f"{directory} will be created, mode 0750 with its parent's group (HAProxy's user "
+                               "must be in it to connect)")
     return Check(FAIL, what, f"{directory} does not exist: {create_hint(directory)}")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from certrenew.config import Settings
 from certrenew.errors import CertrenewError
-from certrenew.listen import DEFAULT_LISTEN, parse_listen, takeover_risk
+from certrenew.listen import DEFAULT_LISTEN, flood_risk, parse_listen, takeover_risk
 from certrenew.responder import PortBusy, Responder, ask
 from certrenew.store import FileStore
 
@@ -24,14 +24,16 @@ TAKE = """
 import os, socket, sys
 kind, where = sys.argv[1], sys.argv[2]
 try:
-    if kind == "unix":
+    if kind == "connect":
+        socket.socket(socket.AF_UNIX).connect(where)
+    elif kind == "unix":
         if os.path.lexists(where):
             os.unlink(where)
         socket.socket(socket.AF_UNIX).bind(where)
     else:
         host, _, port = where.rpartition(":")
         socket.socket().bind((host, int(port)))
-    print("taken")
+    print("connected" if kind == "connect" else "taken")
 except OSError as error:
     print(os.strerror(error.errno))
 """
@@ -43,6 +45,12 @@ def take_as_nobody(listen: str) -> str:
     address = parse_listen(listen)
     kind, where = ("unix", address.path) if address.path else ("tcp", str(address))
     return subprocess.run([*NOBODY, "/usr/bin/python3", "-c", TAKE, kind, where], capture_output=True, text=True,
+                          timeout=30, check=True).stdout.strip()
+
+
+def connect_as_nobody(path: str) -> str:
+    """What another local user (uid 65534) gets when it connects to the socket `path`: 'connected', or the error."""
+    return subprocess.run([*NOBODY, "/usr/bin/python3", "-c", TAKE, "connect", path], capture_output=True, text=True,
                           timeout=30, check=True).stdout.strip()
 
 
@@ -103,13 +111,32 @@ def test_another_user_cannot_take_the_default_address(shared):
     assert take_as_nobody(str(shared / "open" / "h.sock")) == "taken"  # the test's other user can bind
 
 
-def test_serves_on_a_unix_socket_connectable_by_haproxys_user_and_leaves_nothing(shared):
+def test_serves_on_a_unix_socket_connectable_by_haproxys_group_alone_and_leaves_nothing(shared):
+    """The directory it makes takes its parent's group (HAProxy's, for a chroot made for it): another
+    local user may not connect, and so cannot fill the listen queue and fail the validations."""
+    os.chown(shared, -1, 65533)
     path = shared / "certrenew" / "http-01.sock"
     with Responder(str(path)) as responder:
         responder.present("a.example", "tok", "tok.thumb")
         assert get(str(path), "tok").body == b"tok.thumb"
-        assert (path.parent.stat().st_mode & 0o777, path.stat().st_mode & 0o777) == (0o711, 0o666)
+        assert (path.parent.stat().st_mode & 0o777, path.stat().st_mode & 0o777) == (0o750, 0o666)
+        assert path.parent.stat().st_gid == 65533
+        assert connect_as_nobody(str(path)) == os.strerror(errno.EACCES)
+        assert flood_risk(str(path)) is None
     assert not path.exists() and path.parent.is_dir()
+
+
+def test_a_directory_any_user_may_enter_is_named_as_a_flood_risk(shared):
+    path = shared / "certrenew" / "http-01.sock"
+    assert flood_risk(str(path)) is None  # not there yet: certrenew makes it 0750
+    path.parent.mkdir()
+    path.parent.chmod(0o711)
+    with Responder(str(path)) as responder:
+        responder.start()
+        assert connect_as_nobody(str(path)) == "connected"
+    assert flood_risk(str(path)) == (
+        f"any local user may enter {path.parent} and flood the responder's socket with connections, failing the CA's "
+        f"validations: let only HAProxy's group in (install -d -o certrenew -g haproxy -m 0750 {path.parent})")
 
 
 def test_a_directory_another_user_can_write_is_refused(shared):

@@ -30,6 +30,13 @@ def test_check_is_all_ok_and_a_certificate_is_issued_through_the_socket(lab, tmp
     lab.served_certificate(NAME)
     socket_dir = lab.chroot / "certrenew"
     assert list(socket_dir.iterdir()) == []  # the run's socket is gone with it
+    assert socket_dir.stat().st_mode & 0o777 == 0o750  # as certrenew made it: HAProxy (root here) enters
+
+    socket_dir.chmod(0o711)  # any local user may enter, and so flood the socket with connections
+    check = lab.certrenew("check", "--config", str(config), "--haproxy-config", str(lab.haproxy_cfg))
+    assert check.returncode == 0 and (f"warn responder address {lab.listen}: any local user may enter {socket_dir} "
+                                      "and flood") in check.stdout, check.stdout
+    assert f"-m 0750 {socket_dir})" in check.stdout
 
 
 def test_a_server_path_outside_haproxys_chroot_fails_check_naming_the_chroot(lab, tmp_path):
