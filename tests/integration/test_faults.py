@@ -238,6 +238,7 @@ CLOCKS = {
 
 
 @pytest.mark.parametrize("case", CLOCKS)
+@pytest.mark.pebble_env({**NO_AUTHZ_REUSE, "PEBBLE_WFE_NONCEREJECT": "0"})  # a refused nonce sends new-order again
 def test_a_host_clock_behind_the_cas_is_named_before_anything_is_ordered(guard_for, proxy, case):
     """A certificate issued by a CA whose clock is ahead would be refused here as not yet valid, an order
     each time; one far behind would look expired, or due, on every run: the CA's Date header tells first.
@@ -460,7 +461,7 @@ def test_signal(guard_for, proxy, lab, signum, point):
     out, err = process[0].communicate(timeout=60)
     ended = time.monotonic()
     if point in PROXY_POINTS:  # the signal was sent where meant, and the run ended within the wait
-        assert (proxy.on_request.ran, proxy.on_request.errors) == (1, [])
+        assert (proxy.on_request.ran, proxy.on_request.errors) == (1, []), err
     proxy.on_request = lambda method, path: None
     if signum == signal.SIGTERM:
         assert process[0].returncode == 143, err
