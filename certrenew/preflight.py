@@ -138,16 +138,9 @@ def probe(responder: Responder, settings: Settings, name: str) -> Check:
     responder.present(name, token, value)
     try:
         answer = ask(host, port, authority, token, PROBE_TIMEOUT)
-    except socket.gaierror as error:
-        return Check(WARN, url, f"{name} does not resolve from this host ({error.strerror}); not checked, "
-                                "the CA's view may differ")
-    except ConnectionRefusedError:
-        return Check(WARN, url, f"{where} refused the connection from this host; not checked, the CA's view "
-                                "may differ (or set --self-check-address)")
-    except (TimeoutError, socket.timeout):
-        return Check(WARN, url, f"{where} did not answer within {PROBE_TIMEOUT:g} s from this host; not checked")
     except OSError as error:
-        return Check(WARN, url, f"cannot connect to {where} from this host ({error.strerror or error}); not checked")
+        return (_not_reached(error, name, url, where, "--self-check-address") or
+                Check(WARN, url, f"cannot connect to {where} from this host ({error.strerror or error}); not checked"))
     except http.client.HTTPException as error:
         return Check(FAIL, url, f"{url} answered something that is not HTTP ({type(error).__name__}) at {where}: "
                                 "is HAProxy's http frontend on port 80?")
@@ -181,19 +174,12 @@ def probe_tls(responder: "TlsAlpnResponder", settings: Settings, name: str) -> C
     responder.present(name, token, value)
     try:
         cert = fetch_certificate(host, port, name, PROBE_TIMEOUT)
-    except socket.gaierror as error:
-        return Check(WARN, what, f"{name} does not resolve from this host ({error.strerror}); not checked, "
-                                 "the CA's view may differ")
-    except ConnectionRefusedError:
-        return Check(WARN, what, f"{where} refused the connection from this host; not checked, the CA's view "
-                                 "may differ (or set --self-check-address)")
-    except (TimeoutError, socket.timeout):
-        return Check(WARN, what, f"{where} did not answer within {PROBE_TIMEOUT:g} s from this host; not checked")
     except ssl.SSLError as error:
         return Check(FAIL, what, f"the handshake with {where} for ALPN acme-tls/1 failed ({error.reason}): {route}")
     except OSError as error:
-        return Check(FAIL, what, f"{where} closed the handshake for ALPN acme-tls/1 "
-                                 f"({error.strerror or type(error).__name__}): {route}")
+        return (_not_reached(error, name, what, where, "--self-check-tls-address") or
+                Check(FAIL, what, f"{where} closed the handshake for ALPN acme-tls/1 "
+                                  f"({error.strerror or type(error).__name__}): {route}"))
     finally:
         responder.cleanup(name, token)
     if cert is None:
@@ -201,6 +187,20 @@ def probe_tls(responder: "TlsAlpnResponder", settings: Settings, name: str) -> C
     if not proves(cert, name, value):
         return Check(FAIL, what, f"{where} answered with a certificate for {cert.subject.rfc4514_string()}: {route}")
     return Check(OK, what, f"reached certrenew's TLS-ALPN-01 responder through {where}")
+
+
+def _not_reached(error: OSError, name: str, what: str, where: str, option: str) -> Check | None:
+    """The warning for a probe that could not reach `where` from this host, where the CA's view may
+    differ (split horizon, a firewall): nothing is proven either way, so the order goes ahead."""
+    if isinstance(error, socket.gaierror):
+        return Check(WARN, what, f"{name} does not resolve from this host ({error.strerror}); not checked, "
+                                 "the CA's view may differ")
+    if isinstance(error, ConnectionRefusedError):
+        return Check(WARN, what, f"{where} refused the connection from this host; not checked, the CA's view "
+                                 f"may differ (or set {option})")
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return Check(WARN, what, f"{where} did not answer within {PROBE_TIMEOUT:g} s from this host; not checked")
+    return None
 
 
 PROBES: dict[str, Callable[[Any, Settings, str], Check]] = {HTTP_01: probe, TLS_ALPN_01: probe_tls}
