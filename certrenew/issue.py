@@ -122,7 +122,7 @@ class Issuer:
         What fails at a CA and may not at the next (see `falls_through`) is logged in one
         line and the next CA is asked; the last one's failure is the certificate's.
         """
-        self.installer.check_place(spec.name, spec.domains, spec.key_type)
+        self._check_place(spec)
         solver, cas, probe = self._solver(spec), self.cas, _Probe(lambda: self.before_order(spec))
         for ca, then in zip(cas, cas[1:]):
             try:
@@ -133,6 +133,11 @@ class Issuer:
                 log.warning("%s: not issued by %s (%s); trying %s", spec.name, ca.directory, error, then.directory,
                             extra={"certificate": spec.name})
         return self._issue_at(cas[-1].directory, spec, solver, probe)
+
+    def _check_place(self, spec: CertificateSpec) -> None:
+        """See `Installer.check_place`. A certificate HAProxy loads from a crt-store entry is served
+        from that entry, not from whatever the ssl dir holds, so no other bundle there shadows it."""
+        self.installer.check_place(spec.name, () if spec.crt_store else spec.domains, spec.key_type)
 
     def _issue_at(self, directory: str, spec: CertificateSpec, solver: ChallengeSolver,
                   probe: Callable[[], None]) -> Issued:
@@ -166,7 +171,7 @@ class Issuer:
         `_set_aside`), and what came from another CA or no longer fits is dropped; either
         way the certificate is ordered anew.
         """
-        self.installer.check_place(spec.name, spec.domains, spec.key_type)
+        self._check_place(spec)
         bundle = self.store.load_bundle(spec.name, "pending")
         if bundle is None:
             return self._finish_order(spec)

@@ -360,7 +360,7 @@ def _shadow_checks(ssl_dir: Path, specs: Sequence[CertificateSpec]) -> list[Chec
     directory = Path(os.path.abspath(ssl_dir))
     found, managed = claims(directory), {directory / f"{spec.name}.pem" for spec in specs}
     problems = [(spec.name, shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type, managed))
-                for spec in specs]
+                for spec in specs if not spec.crt_store]  # served from its crt-store entry (Issuer._check_place)
     failed = [Check(FAIL, f"certificate {name}", problem) for name, problem in problems if problem]
     return failed or ([Check(OK, "ssl dir bundles", "no other bundle claims a certificate's names")] if specs else [])
 

@@ -123,6 +123,8 @@ def _shadowed(settings: Settings, specs: list[CertificateSpec], rows: list[Certi
     directory = Path(os.path.abspath(settings.ssl_dir))
     found, managed = claims(directory), {directory / f"{spec.name}.pem" for spec in specs}
     for index, spec in enumerate(specs):
+        if spec.crt_store:  # served from its crt-store entry (see issue.Issuer._check_place)
+            continue
         problem = shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type, managed)
         if problem:
             rows[index] = replace(rows[index], state="shadowed", shadowed_by=problem)

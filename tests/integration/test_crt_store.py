@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from certrenew.bundle import leaf_info
+from certrenew.bundle import leaf_info, serial_hex
 
 NAME = "site.example"
 STORE = "@web/site"
@@ -40,7 +40,7 @@ def renew(lab, expect=0):
 
 
 def served_serial(lab) -> str:
-    return format(lab.served_certificate_unverified(NAME).serial_number, "x")
+    return serial_hex(lab.served_certificate_unverified(NAME).serial_number)
 
 
 def test_a_stored_certificate_is_renewed_in_place_and_still_served_after_a_reload(lab):
