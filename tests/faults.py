@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -89,6 +90,14 @@ class Guard:
     def establish(self) -> None:
         """A first certificate, served: what every fault must not lose."""
         self.recover()
+
+    def forget_account(self) -> None:
+        """Make the next order a new account's, so the CA has no valid authorization of ours to reuse
+        and the order goes through its challenge. pebble reuses one now and then even with
+        PEBBLE_AUTHZREUSE=0 (its test is `rand.Intn(100) > percent`: about one order in a hundred),
+        and a fault placed at the challenge or the validation then never happens."""
+        for account in (self.lab.state_dir / "accounts").iterdir():
+            shutil.rmtree(account)
 
     def survived(self, killed: bool = False, served: bool = True) -> None:
         """After a faulty run: old bundle intact or a complete new one; nothing left behind.

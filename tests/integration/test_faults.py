@@ -117,6 +117,7 @@ CA_FAULTS = {
 def test_ca_fault_mid_order(guard_for, proxy, case):
     guard = guard_for(case, proxy)
     guard.establish()
+    guard.forget_account()  # the order goes through its challenge: the faults placed there happen
     make_fault, succeeds = CA_FAULTS[case]
     proxy.on_request = fault = make_fault()
     started = time.monotonic()
@@ -442,6 +443,7 @@ def test_signal(guard_for, proxy, lab, signum, point):
     name = signal.Signals(signum).name
     guard = guard_for(f"{name} {point}", proxy)
     guard.establish()
+    guard.forget_account()  # the order goes through its challenge and validation, where some signals are sent
     process: list[subprocess.Popen] = []
     signalled: list[float] = []
 
