@@ -213,7 +213,7 @@ def test_a_ca_that_forgot_the_account_is_asked_for_the_keys_account_again(guard_
     guard = guard_for("CA restarted, account registered again by a failed run", proxy)
     guard.establish()
     lab.stop_pebble()
-    lab.start_pebble()
+    lab.start_pebble({**NO_AUTHZ_REUSE, "PEBBLE_WFE_NONCEREJECT": "0"})  # a refused nonce sends newAccount again
     proxy.on_request = fault = failing_from("challenge", INTERNAL)
     failed = guard.run("--force")
     assert failed.returncode == 1 and fault.hits, failed.stderr
