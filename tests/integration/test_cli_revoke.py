@@ -119,6 +119,7 @@ LEFT_BEHIND = {
 
 
 @pytest.mark.parametrize("case", LEFT_BEHIND)
+@pytest.mark.pebble_env({"PEBBLE_WFE_NONCEREJECT": "0"})  # a refused nonce sends new-order again: count exact
 def test_reissue_orders_with_a_new_key_not_one_an_earlier_run_left(lab, proxy, tmp_path, case):
     """Their keys sat in the state dir beside the leaked one: --reissue discards them, never serves them."""
     env, kind = LEFT_BEHIND[case]
