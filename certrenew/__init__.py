@@ -14,13 +14,13 @@ from certrenew.version import __version__
 __all__ = ["CertificateSpec", "FileStore", "Outcome", "Report", "Settings", "Store", "__version__", "run"]
 
 _HOMES = {"CertificateSpec": "certrenew.config", "Settings": "certrenew.config",
-          "Outcome": "certrenew.renew", "Report": "certrenew.renew", "run": "certrenew.renew",
-          "FileStore": "certrenew.store", "Store": "certrenew.store"}
+          "Outcome": "certrenew.renewal.renew", "Report": "certrenew.renewal.renew", "run": "certrenew.renewal.renew",
+          "FileStore": "certrenew.state.store", "Store": "certrenew.state.store"}
 
 if TYPE_CHECKING:
     from certrenew.config import CertificateSpec, Settings
-    from certrenew.renew import Outcome, Report, run
-    from certrenew.store import FileStore, Store
+    from certrenew.renewal.renew import Outcome, Report, run
+    from certrenew.state.store import FileStore, Store
 
 
 def __getattr__(name: str) -> Any:

@@ -1,3 +1,3 @@
-from certrenew.cli import main
+from certrenew.cli.commands import main
 
 raise SystemExit(main())

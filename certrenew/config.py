@@ -18,18 +18,18 @@ from urllib.parse import urlsplit
 
 import tomli
 
-from certrenew.challenge import DNS_01, HTTP_01, TLS_ALPN_01, check_domains
-from certrenew.command import split_command
-from certrenew.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
-from certrenew.dnshook import DnsHook
-from certrenew.domains import is_ip_address, normalize_domain, normalize_domains
+from certrenew.challenge.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
+from certrenew.challenge.dnshook import DnsHook
+from certrenew.challenge.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
+from certrenew.challenge.solver import DNS_01, HTTP_01, TLS_ALPN_01, check_domains
 from certrenew.errors import UsageError
-from certrenew.hostport import check_host_port, split_host_port
-from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
-from certrenew.limits import MAX_CONFIG, Unfit, read_regular
-from certrenew.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
-from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
-from certrenew.runtime_api import check_address
+from certrenew.haproxy.runtime_api import check_address
+from certrenew.pki.domains import is_ip_address, normalize_domain, normalize_domains
+from certrenew.pki.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
+from certrenew.system.command import split_command
+from certrenew.system.hostport import check_host_port, split_host_port
+from certrenew.system.limits import MAX_CONFIG, Unfit, read_regular
+from certrenew.system.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -54,7 +54,7 @@ MAX_RENEW_BEFORE = datetime.timedelta(days=1000)
 
 @dataclass(frozen=True)
 class DnsSettings:
-    """How a DNS-01 certificate's records get published and checked (see `certrenew.dns01`).
+    """How a DNS-01 certificate's records get published and checked (see `certrenew.challenge.dns01`).
 
     Hashable: the certificates of a run that share these settings share one solver.
     """
@@ -85,7 +85,7 @@ class CertificateSpec:
     profile: str | None = None
     """An ACME profile (e.g. "shortlived") to ask for; only where the CA's directory lists it."""
     challenge: str = HTTP_01
-    """The ACME challenge type that proves control of the names (see `certrenew.challenge`)."""
+    """The ACME challenge type that proves control of the names (see `certrenew.challenge.solver`)."""
     dns: DnsSettings | None = None
     """For DNS-01: where and how its records are published."""
     crt_list_options: str = ""

@@ -50,15 +50,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.utils import CryptographyDeprecationWarning
+
+from certrenew.pki.bundle import leaf_info
+from certrenew.renewal.policy import renew_at
+from certrenew.state.store import FileStore
+from tests.harness.lab import Lab, log_tail, parse_serial, terminate
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-from cryptography.utils import CryptographyDeprecationWarning  # noqa: E402
-from lab import Lab, log_tail, parse_serial, terminate  # noqa: E402
-
-from certrenew.bundle import leaf_info  # noqa: E402
-from certrenew.policy import renew_at  # noqa: E402
-from certrenew.store import FileStore  # noqa: E402
 
 # Validation without pebble's random 0-15 s sleeps, and no random badNonce or reused
 # authorizations: both clients see the same CA doing the same work every time.
@@ -577,15 +576,16 @@ class PhaseClock:
 
 def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float]]:
     """Where one certificate's time goes: startup and imports in fresh interpreters, the rest in-process."""
-    from certrenew import acme_client, issue, preflight, renew
+    from certrenew.acme import orders
+    from certrenew.challenge.responder import Responder
     from certrenew.config import CertificateSpec, build_settings
-    from certrenew.install import Installer
-    from certrenew.responder import Responder
+    from certrenew.haproxy.install import Installer
+    from certrenew.renewal import issue, preflight, renew
 
     interpreter = args.certrenew.parent / "python"  # the venv certrenew is installed in
     python = startup_seconds(interpreter, "pass", args.runs, workdir)
-    noop_imports = startup_seconds(interpreter, "import certrenew.cli, certrenew.renew", args.runs, workdir)
-    acme_imports = startup_seconds(interpreter, "import certrenew.cli, certrenew.renew, certrenew.issue",
+    noop_imports = startup_seconds(interpreter, "import certrenew.cli.commands, certrenew.renewal.renew", args.runs, workdir)
+    acme_imports = startup_seconds(interpreter, "import certrenew.cli.commands, certrenew.renewal.renew, certrenew.renewal.issue",
                                    args.runs, workdir)
     runs = []
     with Lab(workdir / "lab", pebble_env=PEBBLE_ENV) as lab:
@@ -596,9 +596,9 @@ def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float]]:
             clock.watch(issue, "generate_key", "key generation and CSR")
             clock.watch(issue, "make_csr", "key generation and CSR")
             clock.watch(issue.Issuer, "_login", "ACME: directory and account")
-            clock.watch(acme_client.AcmeClient, "_create_order", "ACME: new order and authorizations")
-            clock.watch(acme_client.AcmeClient, "_wait_authorization", "ACME: challenge validation (polling)")
-            clock.watch(acme_client.AcmeClient, "_finalize", "ACME: finalize, issuance, download")
+            clock.watch(orders.AcmeClient, "_create_order", "ACME: new order and authorizations")
+            clock.watch(orders.AcmeClient, "_wait_authorization", "ACME: challenge validation (polling)")
+            clock.watch(orders.AcmeClient, "_finalize", "ACME: finalize, issuance, download")
             clock.watch(Responder, "start", "responder start and stop")
             clock.watch(Responder, "__exit__", "responder start and stop")
             clock.watch(Installer, "install", "install: write bundle, hot update over the Runtime API")
@@ -639,7 +639,7 @@ def write_scale_state(home: Path, count: int) -> Path:
     Records are written in the store's own format (`encode`), bundles are placeholders:
     a no-op run reads the records only, and lists the ssl dir for stale temps.
     """
-    from certrenew.store import CertificateRecord, encode
+    from certrenew.state.store import CertificateRecord, encode
 
     state, ssl_dir = home / "state", home / "ssl"
     ssl_dir.mkdir(parents=True)

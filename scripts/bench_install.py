@@ -13,22 +13,19 @@ import os
 import socket
 import ssl
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
-from lab import Lab  # noqa: E402
 
-from certrenew.bundle import build_bundle  # noqa: E402
-from certrenew.install import Installer  # noqa: E402
-from certrenew.keys import generate_key, key_to_pem  # noqa: E402
+from certrenew.haproxy.install import Installer  # noqa: E402
+from certrenew.pki.bundle import build_bundle  # noqa: E402
+from certrenew.pki.keys import generate_key, key_to_pem  # noqa: E402
+from tests.harness.lab import Lab
 
 REQUEST_TIMEOUT = 5.0
 

@@ -5,11 +5,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from lab import Lab  # noqa: E402
-
-from certrenew.bundle import leaf_info  # noqa: E402
+from certrenew.pki.bundle import leaf_info  # noqa: E402
+from tests.harness.lab import Lab
 
 DOMAINS = ["demo.example", "www.demo.example"]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import trustme
-from container import install_for_anyone
+
+from tests.harness.container import install_for_anyone
 
 
 def pytest_report_header() -> str:

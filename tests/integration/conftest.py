@@ -1,18 +1,13 @@
-"""Fixtures for tests that run certrenew against a real pebble and HAProxy (see tests/lab.py)."""
+"""Fixtures for tests that run certrenew against a real pebble and HAProxy (see tests/harness/lab.py)."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-# tests/ is not a package; put it on the path so `lab` imports the same way
-# here as in `python tests/lab.py`.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ari import AriEndpoint  # noqa: E402
-from faultproxy import FaultProxy  # noqa: E402
-from faults import FAST, Guard  # noqa: E402
-from lab import Lab  # noqa: E402
+from tests.harness.ari import AriEndpoint
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.faults import FAST, Guard
+from tests.harness.lab import Lab
 
 
 @pytest.fixture

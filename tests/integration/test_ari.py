@@ -12,10 +12,10 @@ import time
 from contextlib import contextmanager
 
 from cryptography import x509
-from lab import terminate
 
-from certrenew.acme_ari import ari_cert_id
-from certrenew.bundle import leaf_info
+from certrenew.acme.ari import ari_cert_id
+from certrenew.pki.bundle import leaf_info
+from tests.harness.lab import terminate
 
 NAME = "ari.example"
 UTC = datetime.timezone.utc

@@ -7,9 +7,10 @@ A count does not move with the machine's load; a regression of any of them fails
 import collections
 
 import pytest
-from faultproxy import FaultProxy
-from lab import LOOPBACK
-from relay import Relay
+
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.lab import LOOPBACK
+from tests.harness.relay import Relay
 
 pytestmark = pytest.mark.pebble_env({"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
                                      "PEBBLE_AUTHZREUSE": "0"})

@@ -1,17 +1,13 @@
-"""CAA checked before ordering (RFC 8659, RFC 8657), with real answers from BIND (tests/bind.py):
+"""CAA checked before ordering (RFC 8659, RFC 8657), with real answers from BIND (tests/harness/bind.py):
 a name whose records forbid this CA, this account or HTTP-01 is refused without an order, in one
 line quoting the record; an allowed one is issued; `certrenew check` gives each name's verdict."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bind import CAA_ISSUER, ZONE, Bind  # noqa: E402
-from lab import Lab  # noqa: E402
+from tests.harness.bind import CAA_ISSUER, ZONE, Bind
+from tests.harness.lab import Lab
 
 ALLOWED = f"site.{ZONE}"
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from container import as_image_user, read_image
-from lab import Lab, closed_by_peer, free_ports, tcp_accepts, terminate
 from prometheus_client.parser import text_string_to_metric_families
-from unfit import COMPLAINTS, UNFIT, place
 
-from certrenew.atomicfile import TEMP_PREFIX
-from certrenew.bundle import leaf_info
-from certrenew.limits import MAX_CONFIG
+from certrenew.pki.bundle import leaf_info
+from certrenew.system.atomicfile import TEMP_PREFIX
+from certrenew.system.limits import MAX_CONFIG
+from tests.harness.container import as_image_user, read_image
+from tests.harness.lab import Lab, closed_by_peer, free_ports, tcp_accepts, terminate
+from tests.harness.unfit import COMPLAINTS, UNFIT, place
 
 ONE = '[[certificate]]\nname = "alpha"\ndomains = ["alpha.example", "www.alpha.example"]\n'
 TWO = ONE + '\n[[certificate]]\nname = "beta"\ndomains = ["beta.example"]\n'

@@ -4,13 +4,13 @@ import json
 import sys
 import time
 
-from certrenew.bundle import leaf_info
+from certrenew.pki.bundle import leaf_info
 
 DEPLOY_HOOK = """#!{python}
 # Record this hook's environment and the certificate HAProxy serves for its first name right now.
 import json, os, socket, ssl
 from cryptography import x509
-from certrenew.bundle import serial_hex
+from certrenew.pki.bundle import serial_hex
 context = ssl.create_default_context()
 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
 domain = os.environ["CERTRENEW_DOMAINS"].split()[0]

@@ -10,10 +10,10 @@ import time
 import trustme
 from cryptography import x509
 
-from certrenew.bundle import leaf_info, serial_hex
-from certrenew.haproxy import worker_pid
-from certrenew.runtime_api import RuntimeApi, argument, find_crt_list
-from certrenew.verify import served_fingerprint
+from certrenew.haproxy.runtime_api import RuntimeApi, argument, find_crt_list
+from certrenew.haproxy.service import worker_pid
+from certrenew.haproxy.verify import served_fingerprint
+from certrenew.pki.bundle import leaf_info, serial_hex
 
 NAME = "site.example"
 FAILING_RELOAD = "sh -c 'echo reload must not run >&2; exit 7'"

@@ -9,7 +9,7 @@ import time
 import pytest
 from cryptography import x509
 
-from certrenew.bundle import leaf_info, pem_blocks, serial_hex
+from certrenew.pki.bundle import leaf_info, pem_blocks, serial_hex
 
 NAME = "site.example"
 

@@ -10,15 +10,15 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from faultproxy import Reply
-from faultproxy import step as step_of
-from faults import public_der
-from lab import free_ports
 
-from certrenew.bundle import leaf_info, serial_hex
-from certrenew.keys import load_key
-from certrenew.placeholder import PLACEHOLDER_FILE, PLACEHOLDER_NAME
-from certrenew.store import FileStore
+from certrenew.pki.bundle import leaf_info, serial_hex
+from certrenew.pki.keys import load_key
+from certrenew.pki.placeholder import PLACEHOLDER_FILE, PLACEHOLDER_NAME
+from certrenew.state.store import FileStore
+from tests.harness.faultproxy import Reply
+from tests.harness.faultproxy import step as step_of
+from tests.harness.faults import public_der
+from tests.harness.lab import free_ports
 
 NAME = "site.example"
 OTHER = "other.example"

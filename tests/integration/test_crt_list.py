@@ -6,8 +6,8 @@ import subprocess
 
 import trustme
 
-from certrenew.bundle import leaf_info, serial_hex
-from certrenew.runtime_api import RuntimeApi, argument
+from certrenew.haproxy.runtime_api import RuntimeApi, argument
+from certrenew.pki.bundle import leaf_info, serial_hex
 
 NAME = "site.example"
 OPTIONS = "[alpn h2,http/1.1 ssl-min-ver TLSv1.2] site.example www.site.example"

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from certrenew.bundle import leaf_info, serial_hex
+from certrenew.pki.bundle import leaf_info, serial_hex
 
 NAME = "site.example"
 STORE = "@web/site"

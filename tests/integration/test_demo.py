@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_demo_prints_each_command_whole_with_its_environment():
-    result = subprocess.run([sys.executable, "scripts/demo.py"], cwd=REPO, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "scripts.demo"], cwd=REPO, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout.replace(" \\\n", " ")  # a shell reads a backslash-newline as a space

@@ -1,28 +1,24 @@
-"""The DNS-01 solver against a real BIND 9 (tests/bind.py): RFC 2136 updates signed with TSIG,
+"""The DNS-01 solver against a real BIND 9 (tests/harness/bind.py): RFC 2136 updates signed with TSIG,
 the hook path driving nsupdate, and the propagation wait asking the zone's name servers."""
 
 import base64
 import logging
 import re
 import secrets
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from certrenew import signals
-from certrenew.dns01 import Dns01Solver, TxtRecord, parse_dns_server
-from certrenew.dnshook import DnsHook
+from certrenew.challenge.dns01 import Dns01Solver, TxtRecord, parse_dns_server
+from certrenew.challenge.dnshook import DnsHook
+from certrenew.challenge.rfc2136 import Rfc2136Publisher, load_tsig_key
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.rfc2136 import Rfc2136Publisher, load_tsig_key
+from certrenew.system import signals
+from tests.harness.bind import KEY_NAME, LAGGING_ZONE, ZONE, Bind
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bind import KEY_NAME, LAGGING_ZONE, ZONE, Bind  # noqa: E402
-
-HOOK = Path(__file__).resolve().parents[1] / "nsupdate-hook"
+HOOK = Path(__file__).resolve().parents[1] / "harness" / "nsupdate-hook"
 RECORD = f"_acme-challenge.{ZONE}"
 
 
@@ -162,7 +158,7 @@ def test_a_failing_hook_is_one_line_and_a_failing_cleanup_only_a_warning(bind, c
     # present() succeeded (the record is there) but remove fails: logged, not raised.
     remover_fails = hook_solver(bind, f"""sh -c 'test "$4" = add && exec "$0" "$@"' """
                                       f"{HOOK} 127.0.0.1 {bind.port} {bind.key_file}")
-    with caplog.at_level(logging.WARNING, logger="certrenew.dns01"):
+    with caplog.at_level(logging.WARNING, logger="certrenew.challenge.dns01"):
         stale = value()
         remover_fails.present(f"stale.{ZONE}", "token", stale)
         remover_fails.cleanup(f"stale.{ZONE}", "token")
@@ -199,7 +195,7 @@ def test_wait_ready_checks_every_name_server_of_the_zone(bind, caplog):
     validation = value()
     solver.present(f"*.{LAGGING_ZONE}", "token", validation)
     assert bind.txt(f"_acme-challenge.{LAGGING_ZONE}") == {validation}  # the primary has it
-    with caplog.at_level(logging.WARNING, logger="certrenew.dns01"):
+    with caplog.at_level(logging.WARNING, logger="certrenew.challenge.dns01"):
         with pytest.raises(CertrenewError, match=f"_acme-challenge.{LAGGING_ZONE} TXT not visible at 127.0.0.2:53 "):
             solver.wait_ready()
     assert "NS ns.unresolvable.invalid. of lagging.test does not resolve" in caplog.text
@@ -254,7 +250,7 @@ def test_a_signal_ends_wait_ready_at_once(bind):
 
 def test_pebble_resolves_through_bind(bind, tmp_path):
     """A Lab pointed at BIND: pebble finds www.example.test by BIND's wildcard, and nothing BIND does not serve."""
-    from lab import Lab
+    from tests.harness.lab import Lab
 
     with Lab(tmp_path / "lab", dns_server=bind.address) as lab:
         served = lab.certrenew(f"www.{ZONE}")

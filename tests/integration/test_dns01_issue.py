@@ -1,4 +1,4 @@
-"""DNS-01 end to end: the real certrenew CLI, a real BIND 9 (tests/bind.py) that pebble asks for the
+"""DNS-01 end to end: the real certrenew CLI, a real BIND 9 (tests/harness/bind.py) that pebble asks for the
 TXT records and the addresses, and the real HAProxy serving what was issued."""
 
 import base64
@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from certrenew.bundle import leaf_info
+from certrenew.pki.bundle import leaf_info
+from tests.harness.bind import LAGGING_ZONE, ZONE, Bind
+from tests.harness.lab import Lab, parse_serial
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bind import LAGGING_ZONE, ZONE, Bind  # noqa: E402
-from lab import Lab, parse_serial  # noqa: E402
-
-HOOK = Path(__file__).resolve().parents[1] / "nsupdate-hook"
+HOOK = Path(__file__).resolve().parents[1] / "harness" / "nsupdate-hook"
 RECORD = f"_acme-challenge.{ZONE}"
 WILDCARD_NAME = f"_wildcard.{ZONE}"
 

@@ -5,9 +5,8 @@ import base64
 import json
 import secrets
 
-from lab import Lab
-
-from certrenew.bundle import leaf_info
+from certrenew.pki.bundle import leaf_info
+from tests.harness.lab import Lab
 
 NAME = "site.example"
 KID = "kid-certrenew"

@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from cryptography import x509
-from faultproxy import Reply, step
-from lab import Lab, free_ports
 
-from certrenew.bundle import leaf_info
+from certrenew.pki.bundle import leaf_info
+from tests.harness.faultproxy import Reply, step
+from tests.harness.lab import Lab, free_ports
 
 NAME = "site.example"
 

@@ -22,12 +22,12 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from faultproxy import DROP, LOSE, Drip, Forge, Reply, Skew, Stall, forged_chain
-from faultproxy import step as step_of
-from faults import NAME, held_open
 
-from certrenew.bundle import pem_blocks
-from certrenew.store import FileStore
+from certrenew.pki.bundle import pem_blocks
+from certrenew.state.store import FileStore
+from tests.harness.faultproxy import DROP, LOSE, Drip, Forge, Reply, Skew, Stall, forged_chain
+from tests.harness.faultproxy import step as step_of
+from tests.harness.faults import NAME, held_open
 
 NO_AUTHZ_REUSE = {"PEBBLE_AUTHZREUSE": "0"}
 """Every order validates afresh, so faults during validation really happen during validation."""
@@ -669,7 +669,7 @@ BURSTS = {
 def test_a_burst_of_idle_connections_is_held_to_the_cap(guard_for, proxy, lab, open_files, case):
     """At the challenge, 2000 idle connections arrive as fast as they can; certrenew holds at most its cap of
     them, and validation, the CA, the state and HAProxy still get every file they need."""
-    from certrenew.httpd import MAX_CONNECTIONS
+    from certrenew.system.httpd import MAX_CONNECTIONS
 
     limit = BURSTS[case]
     guard = guard_for(case, proxy)

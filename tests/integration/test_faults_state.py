@@ -14,13 +14,13 @@ import threading
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from faultproxy import Forge, weak_chain
-from faultproxy import step as step_of
-from faults import NAME, Guard
 
-from certrenew.bundle import certificate_info, check_bundle, leaf_certificate, leaf_info, pem_blocks, serial_hex
-from certrenew.keys import key_to_pem
-from certrenew.store import FileStore, PendingOrder
+from certrenew.pki.bundle import certificate_info, check_bundle, leaf_certificate, leaf_info, pem_blocks, serial_hex
+from certrenew.pki.keys import key_to_pem
+from certrenew.state.store import FileStore, PendingOrder
+from tests.harness.faultproxy import Forge, weak_chain
+from tests.harness.faultproxy import step as step_of
+from tests.harness.faults import NAME, Guard
 
 OTHERS = ("alpha.example", "beta.example")
 CONFIG = "".join(f'[[certificate]]\ndomains = ["{name}"]\n\n' for name in (NAME, *OTHERS))

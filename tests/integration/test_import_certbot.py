@@ -21,12 +21,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
-from lab import REPO_ROOT, Lab
 
-from certrenew.acme_ari import ari_cert_id
-from certrenew.bundle import leaf_info, serial_hex
+from certrenew.acme.ari import ari_cert_id
 from certrenew.config import load_config
-from certrenew.keys import key_to_pem
+from certrenew.pki.bundle import leaf_info, serial_hex
+from certrenew.pki.keys import key_to_pem
+from tests.harness.lab import REPO_ROOT, Lab
 
 CERTBOT = REPO_ROOT / ".bench" / "certbot" / "bin" / "certbot"
 LINEAGES = {

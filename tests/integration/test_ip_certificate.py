@@ -6,7 +6,7 @@ import ipaddress
 
 from cryptography import x509
 
-from certrenew.bundle import leaf_info
+from certrenew.pki.bundle import leaf_info
 
 IP = "127.0.0.1"
 NAME = "ip-127.0.0.1"

@@ -5,11 +5,13 @@ import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import lab as lab_module
 import pytest
 import requests
 from cryptography.x509 import DNSName, SubjectAlternativeName
-from lab import (
+
+from certrenew.pki.placeholder import PLACEHOLDER_NAME, write_placeholder
+from tests.harness import lab as lab_module
+from tests.harness.lab import (
     PORT_ATTEMPTS,
     SHIPPED_HAPROXY_CFG,
     Lab,
@@ -19,8 +21,6 @@ from lab import (
     production_replacements,
     render_haproxy_config,
 )
-
-from certrenew.placeholder import PLACEHOLDER_NAME, write_placeholder
 
 
 @pytest.fixture

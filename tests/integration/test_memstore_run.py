@@ -6,13 +6,13 @@ answers no challenge, and the run's responder is never asked.
 """
 
 import pytest
-from lab import LOOPBACK, Lab
-from memstore import MemoryStore
 
-from certrenew import renew
-from certrenew.bundle import leaf_info
 from certrenew.config import CertificateSpec, Settings
-from certrenew.issue import Issuer
+from certrenew.pki.bundle import leaf_info
+from certrenew.renewal import renew
+from certrenew.renewal.issue import Issuer
+from tests.harness.lab import LOOPBACK, Lab
+from tests.harness.memstore import MemoryStore
 
 NAME = "memory.example"
 

@@ -2,7 +2,7 @@
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from certrenew.bundle import leaf_info
+from certrenew.pki.bundle import leaf_info
 
 CERTIFICATES = {"alpha": "alpha.example", "beta": "beta.example"}
 

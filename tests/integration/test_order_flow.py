@@ -9,11 +9,11 @@ import socket
 
 import pytest
 
+from certrenew.challenge.responder import Responder
 from certrenew.config import CertificateSpec, build_settings
 from certrenew.errors import CertrenewError
-from certrenew.issue import Issuer
-from certrenew.responder import Responder
-from certrenew.store import FileStore
+from certrenew.renewal.issue import Issuer
+from certrenew.state.store import FileStore
 
 DOMAINS = ("flow.example", "www.flow.example")
 

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from container import as_image_user, read_image
 from cryptography.hazmat.primitives import hashes
-from faultproxy import FaultProxy
-from lab import LOOPBACK, Lab, free_ports, log_tail
 
-from certrenew.placeholder import PLACEHOLDER_FILE
+from certrenew.pki.placeholder import PLACEHOLDER_FILE
+from tests.harness.container import as_image_user, read_image
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.lab import LOOPBACK, Lab, free_ports, log_tail
 
 NAME = "www.example.com"
 ACL = "acl letsencrypt-request path_beg -i /.well-known/acme-challenge/\n"

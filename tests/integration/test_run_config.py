@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from certrenew.bundle import leaf_info
+from certrenew.pki.bundle import leaf_info
 
 CONFIG = """
 [[certificate]]

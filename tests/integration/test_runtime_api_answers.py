@@ -7,8 +7,8 @@ import re
 import pytest
 import trustme
 
-from certrenew.bundle import build_bundle, leaf_info
-from certrenew.runtime_api import Rejected, RuntimeApi, TransactionOpen, argument, find_crt_list
+from certrenew.haproxy.runtime_api import Rejected, RuntimeApi, TransactionOpen, argument, find_crt_list
+from certrenew.pki.bundle import build_bundle, leaf_info
 
 
 def bundle(name: str) -> bytes:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from faultproxy import FaultProxy
-from lab import LOOPBACK, Lab
 
-from certrenew.hints import TLS_ROUTE
-from certrenew.tlsalpn01 import fetch_certificate
+from certrenew.challenge.tlsalpn01 import fetch_certificate
+from certrenew.system.hints import TLS_ROUTE
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.lab import LOOPBACK, Lab
 
 NAME = "site.example"
 ROUTE = "    use_backend certrenew_tls_alpn if { req.ssl_alpn acme-tls/1 }\n"

@@ -1,11 +1,12 @@
 """The shipped set-up: HAProxy, chrooted, reaches the responder on a unix socket in a directory only
-certrenew's user can write (tests/test_listen.py: another local user cannot take it)."""
+certrenew's user can write (tests/unit/system/test_listen.py: another local user cannot take it)."""
 
 import tempfile
 from pathlib import Path
 
 import pytest
-from lab import Lab
+
+from tests.harness.lab import Lab
 
 NAME = "site.example"
 

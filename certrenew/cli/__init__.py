@@ -1,0 +1,1 @@
+"""The command line: commands, daemon, status, metrics, revoke, certbot import."""

@@ -1,0 +1,183 @@
+"""`certrenew daemon`: keep the certificates valid from a long-running process.
+
+A pass is one `renew.run` over the config's certificates, under the store's lock, so a
+`certrenew run` or `status` by hand works beside the daemon (a run waits for a pass, a
+pass for a run). Between passes the daemon sleeps until there is work
+(`policy.next_wake`), not on a fixed poll. The HTTP-01 responder stays bound for the
+daemon's whole life, so HAProxy's `check` keeps the backend up; it still answers only
+the tokens of orders in flight: its own, and those a run by hand beside it published in
+the store because it found the port taken (see `responder`).
+"""
+
+import dataclasses
+import datetime
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+
+from certrenew.challenge.responder import PortBusy, Responder
+from certrenew.cli import metrics, status
+from certrenew.config import CertificateSpec, Settings
+from certrenew.errors import CertrenewError
+from certrenew.renewal import policy, renew
+from certrenew.state.store import Store
+from certrenew.system import signals
+
+log = logging.getLogger(__name__)
+
+JITTER = 0.05
+"""The regular check comes up to this fraction of --check-interval early, at random, so
+daemons started together do not ask the CA together. Renewal times, ARI checks and the
+ends of back-offs are kept to the second: they are spread already (ARI picks a random time
+in the CA's window; certificates issued at different moments fall due at different ones)."""
+MAX_JITTER = datetime.timedelta(minutes=5)
+RETRY_AFTER_ERROR = datetime.timedelta(minutes=1)
+"""After a pass that failed as a whole (the lock held past --lock-timeout, the ssl dir gone)."""
+STUCK_PAUSE = 5.0
+"""Seconds to wait when a certificate is still due right after a pass, so nothing ever spins."""
+BIND_RETRY = 0.5
+"""Seconds between tries to open the responder's port while another process holds it."""
+FIXED_AT_START = ("listen", "metrics_listen", "state_dir")
+"""Settings bound to what the daemon opened at start (ports, the store): a SIGHUP keeps them."""
+
+Config = tuple[Settings, list[CertificateSpec]]
+
+
+class Daemon:
+    """Passes over one store's certificates until SIGTERM or SIGINT (`signals.Interrupted`).
+
+    The store is passed in, and the config re-read through `load` on SIGHUP, so one
+    process could later hold several daemons; nothing lives at module level.
+    """
+
+    def __init__(self, settings: Settings, specs: list[CertificateSpec], store: Store,
+                 load: Callable[[], Config], hangups: signals.Hangups, rng: random.Random | None = None) -> None:
+        self.settings, self.specs = settings, specs
+        self.store = store
+        self.load = load
+        self.hangups = hangups
+        self.rng = rng or random.Random()
+        self.telemetry = metrics.Telemetry(pass_errors=0)
+        """One for the daemon's life: its counters only grow."""
+
+    def run(self) -> None:
+        """Bind the responder (and the metrics server), then pass and sleep, pass and sleep."""
+        with ExitStack() as stack:
+            responder = stack.enter_context(Responder(self.settings.listen, self.store))
+            self.bind(responder)
+            if self.settings.metrics_listen:
+                stack.enter_context(metrics.serve(self.settings.metrics_listen, self.status, self.telemetry))
+            log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.listen,
+                     f", metrics on {self.settings.metrics_listen}" if self.settings.metrics_listen else "")
+            notify("READY=1")
+            try:
+                while True:
+                    wake = self.run_pass(responder)
+                    if self.sleep_until(wake):
+                        self.reload()
+            finally:
+                notify("STOPPING=1")
+
+    def bind(self, responder: Responder) -> None:
+        """Open the responder's port, waiting up to --lock-timeout for a `run` by hand that holds
+        it to finish, as a pass waits for the lock: a restart in the middle of one is not a failure."""
+        deadline = time.monotonic() + self.settings.lock_timeout
+        waiting = False
+        while True:
+            try:
+                return responder.start()
+            except PortBusy as busy:
+                if time.monotonic() >= deadline:
+                    raise
+                if not waiting:
+                    log.warning("%s; waiting up to %g s for it to be free", busy, self.settings.lock_timeout)
+                    waiting = True
+            signals.sleep(BIND_RETRY)
+
+    def status(self) -> list[status.CertificateStatus]:
+        """The status rows /metrics and /healthz report, read afresh from the store."""
+        return status.collect(self.settings, self.specs, self.store)
+
+    def run_pass(self, responder: Responder) -> datetime.datetime:
+        """One `renew.run`, logged and counted; never raises but `Interrupted`. Returns when to run the next."""
+        started = time.monotonic()
+        try:
+            report = renew.run(self.settings, self.specs, self.store, self.telemetry, responder=responder)
+        except Exception as error:  # never the daemon's end: say it, count it, try again soon
+            expected = isinstance(error, CertrenewError)
+            log.error("pass failed: %s", error if expected else repr(error),
+                      exc_info=not expected and log.isEnabledFor(logging.DEBUG))
+            self.telemetry.record_pass(failed=True)
+            self.telemetry.record_run(False, time.monotonic() - started)
+            return _now() + min(RETRY_AFTER_ERROR, self.settings.check_interval)
+        for outcome in report:
+            level = (logging.ERROR if outcome.action == "failed" else logging.WARNING if outcome.failed
+                     else logging.DEBUG if outcome.action == "unchanged" else logging.INFO)
+            log.log(level, "%s: %s: %s", outcome.name, outcome.action, outcome.detail,
+                    extra={"certificate": outcome.name})
+        log.info("pass done: %s", report.summary())
+        self.telemetry.record_pass(failed=False)
+        self.telemetry.record_run(not report.failed, time.monotonic() - started)
+        return self.next_wake(_now())
+
+    def next_wake(self, now: datetime.datetime) -> datetime.datetime:
+        """`policy.next_wake` over the stored records, with the regular check jittered early."""
+        interval = self.settings.check_interval
+        interval -= min(interval * JITTER, MAX_JITTER) * self.rng.random()
+        certificates = []
+        for spec in self.specs:
+            try:
+                certificates.append((self.store.load_record(spec.name), spec.domains, spec.key_type))
+            except CertrenewError:  # unreadable: every pass reports it, the regular one is soon enough
+                continue
+        return policy.next_wake(certificates, now, interval, self.settings.renew_before,
+                                 self.settings.directory_urls)
+
+    def sleep_until(self, wake: datetime.datetime) -> bool:
+        """Sleep until `wake`; True if a SIGHUP ended the sleep first."""
+        seconds = (wake - _now()).total_seconds()
+        if seconds <= 0:
+            seconds = STUCK_PAUSE
+        at = _now() + datetime.timedelta(seconds=seconds)
+        log.info("next pass at %s UTC (in %.0f s)", at.isoformat(" ", "seconds")[:19], seconds)
+        return self.hangups.sleep(seconds)
+
+    def reload(self) -> None:
+        """Re-read the config (SIGHUP); keep the old one, with one log line, if the new one is refused,
+        whatever the reason: a daemon that a bad edit could kill would take renewals down with it."""
+        try:
+            settings, specs = self.load()
+        except Exception as error:
+            expected = isinstance(error, CertrenewError)
+            log.error("SIGHUP: config refused, carrying on with the previous one: %s", error if expected else repr(error),
+                      exc_info=not expected and log.isEnabledFor(logging.DEBUG))
+            return
+        for name in FIXED_AT_START:
+            if getattr(settings, name) != getattr(self.settings, name):
+                log.warning("SIGHUP: %s changed; restart the daemon to apply it", name)
+        self.settings = dataclasses.replace(settings, **{name: getattr(self.settings, name) for name in FIXED_AT_START})
+        self.specs = specs
+        log.info("SIGHUP: config re-read, %d certificate(s)", len(specs))
+
+
+def notify(state: str) -> None:
+    """Tell systemd (Type=notify) how the daemon is doing; nothing without $NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as error:
+        log.warning("cannot tell systemd %s at %s: %s", state, address, error)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)

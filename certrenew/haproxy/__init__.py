@@ -1,0 +1,1 @@
+"""Making HAProxy serve a bundle: Runtime API, crt-list, reload, install with rollback, verify."""

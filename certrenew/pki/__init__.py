@@ -1,0 +1,1 @@
+"""Keys, names and bundles: what a certificate is made of, checked before anything serves it."""

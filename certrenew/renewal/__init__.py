@@ -1,0 +1,1 @@
+"""One run: what is due, the pre-flight probe, issuing, installing, hooks, progress."""

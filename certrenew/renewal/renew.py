@@ -1,0 +1,379 @@
+"""A renewal run: decide what is due, order it, install it, record it.
+
+This module is the library API behind the CLI. The ACME stack is imported only when
+something is due, so a run with nothing to do reads one small record per certificate
+and exits.
+"""
+
+import datetime
+import functools
+import logging
+import os
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from certrenew.challenge.solver import TLS_ALPN_01, ChallengeSolver, check_domains
+from certrenew.config import CertificateSpec, Settings, check_certificate_name
+from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
+from certrenew.pki.domains import check_normalized
+from certrenew.renewal import hooks
+from certrenew.renewal.policy import Decision, ari_check_due, backoff, decide, utc_now
+from certrenew.renewal.progress import Progress
+from certrenew.state.store import CertificateRecord, FileStore, Store
+from certrenew.system import owned, signals
+from certrenew.system.atomicfile import remove_stale_temps
+
+if TYPE_CHECKING:
+    from certrenew.challenge.responder import Responder
+    from certrenew.renewal.issue import Installed, Issued, Issuer
+
+log = logging.getLogger(__name__)
+
+
+ACTIONS = ("issued", "renewed", "installed", "unchanged", "deferred", "failed")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run did for one certificate."""
+
+    name: str
+    action: str
+    """One of ACTIONS: "installed" is a pending one a previous run issued, "deferred" is backing off."""
+    detail: str
+    served: hooks.Served | None = None
+    """What HAProxy now serves, for an issued, renewed or installed certificate."""
+
+    @property
+    def failed(self) -> bool:
+        return self.action in ("failed", "deferred")
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a run did: one outcome per certificate (iterating the report gives them), and a
+    line for each hook that failed.
+
+    A failed hook fails the run but not a certificate: what HAProxy serves stays
+    installed and recorded, with no back-off.
+    """
+
+    outcomes: list[Outcome]
+    hook_failures: list[str] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter(self.outcomes)
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.hook_failures) or any(outcome.failed for outcome in self.outcomes)
+
+    def summary(self) -> str:
+        """E.g. "3 certificates: 1 renewed, 2 unchanged; 1 hook failed"."""
+        counts = [(sum(outcome.action == action for outcome in self.outcomes), action) for action in ACTIONS]
+        total = len(self.outcomes)
+        line = f"{total} certificate{'s' if total != 1 else ''}: " + ", ".join(f"{n} {a}" for n, a in counts if n)
+        failures = len(self.hook_failures)
+        return line + (f"; {failures} hook{'s' if failures > 1 else ''} failed" if failures else "")
+
+
+def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None, telemetry=None,
+        progress: Progress | None = None, responder: "Responder | None" = None, others: Sequence[str] = ()) -> Report:
+    """Bring every certificate in `specs` up to date and report what happened to each.
+    `others`: the config's certificates not in `specs` (revoke --reissue runs one), which shadow none of them.
+
+    Certificates are independent: one failing does not stop the others, and up to
+    `settings.concurrency` are ordered at once. State lives in `store`, by default a
+    `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
+    its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
+    ACME requests; `progress` shows the orders as they finish (plain log lines by
+    default). A hook whose program is missing, or a certificate whose name is not a
+    plain file name, whose domains are not normalized or that its challenge type cannot
+    validate (a wildcard over HTTP-01), is refused (UsageError)
+    before anything is touched. HTTP-01 is answered by `responder` when given (the
+    daemon's, open for its whole life; left open), else by one this run opens when it
+    orders and closes.
+    """
+    for spec in specs:
+        if spec.checked:  # certificate_specs made it: a config of 10,000 would be checked twice
+            continue
+        check_certificate_name(spec.name)  # it becomes <ssl dir>/<name>.pem: "../x" would escape it
+        try:
+            check_normalized(spec.domains)
+            check_domains(spec.challenge, spec.domains)  # a wildcard over HTTP-01 would only fail at the CA
+        except UsageError as error:
+            raise UsageError(f"{spec.name}: {error}") from None
+    check_hooks(settings)
+    _check_ssl_dir(settings)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
+    store = store if store is not None else FileStore(settings.state_dir)
+    with store.lock(settings.lock_timeout):
+        return _run(settings, specs, store, telemetry, progress or Progress(), responder, others)
+
+
+def check_hooks(settings: Settings) -> None:
+    """Refuse (UsageError) a hook whose program is missing, before anything is touched."""
+    for role, command in (("pre-hook", settings.pre_hook), ("deploy hook", settings.deploy_hook),
+                          ("post-hook", settings.post_hook)):
+        hooks.check_executable(role, command)
+
+
+def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress,
+         responder: "Responder | None", others: Sequence[str]) -> Report:
+    now = utc_now()
+    remove_stale_temps(settings.ssl_dir)
+
+    outcomes: dict[str, Outcome] = {}
+    work = []
+    for spec in specs:
+        try:
+            step = _step(settings, store, spec, now)
+        except Exception as error:  # an unreadable record, or a fault nobody foresaw, fails its certificate alone
+            outcomes[spec.name] = Outcome(spec.name, "failed", str(_expected(error)))
+            continue
+        if isinstance(step, Outcome):
+            outcomes[spec.name] = step
+        else:
+            work.append((spec, step))
+
+    hook_failures = []
+    if work:
+        from certrenew.system.requirements import check_acme_stack  # importlib.metadata: not for a no-op
+
+        check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
+        _check_reload_command(settings)
+        from certrenew.renewal import preflight
+
+        preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
+        do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder,
+                                    [*others, *(spec.name for spec in specs)])
+        if any(step != "check" for _, step in work):
+            hook_failures = _with_hooks(settings, work, outcomes, do_work)
+        else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
+            hook_failures = do_work()
+    return Report([outcomes[spec.name] for spec in specs], hook_failures)
+
+
+def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime) -> str | Outcome:
+    """What this run does for `spec`: an Issuer step ("resume", "issue" or "check"), or the Outcome of doing nothing."""
+    if store.unfinished(spec.name):
+        log.info("%s: completing what a previous run left", spec.name, extra={"certificate": spec.name})
+        return "resume"
+    record = store.load_record(spec.name)
+    if record is not None and record.failed_settings not in (None, spec.order_settings(settings.directory_url)):
+        record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
+    decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
+                      settings.directory_urls)
+    if decision.due:
+        if record is None or record.not_after is None:  # "renewing (no certificate yet)" reads as a bug
+            log.info("%s: issuing", spec.name, extra={"certificate": spec.name})
+        else:
+            log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
+        return "issue"
+    if decision.deferred:
+        return Outcome(spec.name, "deferred", decision.reason)
+    if ari_check_due(record, now):
+        return "check"
+    return Outcome(spec.name, "unchanged", decision.reason)
+
+
+def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
+                do_work: Callable[[], list[str]]) -> list[str]:
+    """The pre-hook, then the work (only if the pre-hook succeeded), then the post-hook whatever happened.
+
+    The post-hook runs even after a failed pre-hook, as it undoes what a pre-hook
+    began (a service stopped, say); only a run stopped by a signal skips it.
+    Returns the lines of the hooks that failed.
+    """
+    failure = hooks.run_hook("pre-hook", settings.pre_hook, settings.hook_timeout)
+    failures = [failure] if failure else []
+    try:
+        if failure:
+            outcomes.update((spec.name, Outcome(spec.name, "failed", "not attempted: the pre-hook failed"))
+                            for spec, _ in work)
+        else:
+            failures += do_work()
+    finally:
+        if not signals.cancelled.is_set():
+            failures += filter(None, [hooks.run_hook("post-hook", settings.post_hook, settings.hook_timeout)])
+    return failures
+
+
+def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
+          telemetry, progress: Progress, responder: "Responder | None", managed: list[str]) -> list[str]:
+    """Order what is due, install it all at once, then run the deploy hook for each certificate HAProxy serves.
+    `managed`: every certificate of the run, due or not (their bundles shadow none of these)."""
+    from certrenew.challenge.responder import Responder
+    from certrenew.renewal import preflight
+    from certrenew.renewal.issue import Issuer  # the ACME stack, only when there is work
+
+    # A run's own responder opens its port at the first order that needs it and closes it with the
+    # run; a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
+    with ExitStack() as solvers_open:
+        if responder is None:
+            responder = solvers_open.enter_context(Responder(settings.listen, store))
+        solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
+        for dns in {spec.dns for spec, _ in work if spec.dns}:
+            solvers[dns] = solvers_open.enter_context(dns.solver())
+        if any(spec.challenge == TLS_ALPN_01 for spec, _ in work):
+            from certrenew.challenge.tlsalpn01 import (
+                TlsAlpnResponder,  # and acme learns the challenge type, before any order
+            )
+
+            solvers[TLS_ALPN_01] = solvers_open.enter_context(TlsAlpnResponder(settings.tls_alpn_listen))
+        probed = preflight.probe_ahead(responder, settings, [spec for spec, step in work if step == "issue"])
+        issuer = Issuer(settings, store, solvers, telemetry,
+                        before_order=functools.partial(preflight.check_path, solvers, settings, probed),
+                        managed=managed)
+        solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
+        pool = ThreadPoolExecutor(settings.concurrency)
+        progress.start(len(work))
+        try:
+            results = list(pool.map(lambda item: _attempt(store, now, item[0], settings.directory_url,
+                                                          getattr(issuer, item[1]), progress), work))
+        finally:
+            progress.close()
+            # After a signal, workers blocked on the CA are not waited for (see signals).
+            pool.shutdown(wait=not signals.cancelled.is_set(), cancel_futures=True)
+        issued = [result for result in results if not isinstance(result, Outcome)]
+        outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
+        installed = _install(store, now, issuer, issued)
+    outcomes.update(installed)
+    served = [outcome.served for outcome in installed.values() if outcome.served]
+    return hooks.run_deploy(settings.deploy_hook, served, settings.hook_timeout)
+
+
+def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str,
+             step: Callable[[CertificateSpec], Any], progress: Progress):
+    """Run one certificate's step; a failure, even one nobody foresaw, is recorded and reported
+    as an Outcome, not raised: it must not stop the other certificates."""
+    try:
+        result = step(spec)
+    except Exception as error:
+        result = _failed(store, now, spec, directory, _expected(error))
+    if isinstance(result, Decision):  # checked with the CA: still not due
+        result = Outcome(spec.name, "unchanged", result.reason)
+    progress.advance(spec.name, result.action if isinstance(result, Outcome) else "ordered")
+    return result
+
+
+def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "list[Issued]") -> dict[str, Outcome]:
+    """Install the batch, all or none; but a bundle HAProxy refuses must not fail the others for ever.
+
+    The refused ones are set aside (see `_refused`; their failure recorded) and the rest
+    tried again at once without them; each round takes one out at least, so this ends.
+    Any other failure fails the whole batch, whose pending certificates stay for the next
+    run. Once the batch is served, each certificate has its own outcome (see `_installed`).
+    """
+    outcomes: dict[str, Outcome] = {}
+    directory = issuer.settings.directory_url
+    while issued:
+        try:
+            outcomes.update((item.issued.spec.name, _installed(store, now, directory, item))
+                            for item in issuer.install(issued))
+            break
+        except Refused as refused:
+            bad = [item for item in issued if item.spec.name in refused.which]
+            if not bad:
+                outcomes.update((item.spec.name, _failed(store, now, item.spec, directory, refused))
+                                for item in issued)
+                break
+            outcomes.update((item.spec.name, _refused(store, now, item.spec, directory, refused)) for item in bad)
+            issued = [item for item in issued if item not in bad]
+        except Exception as error:
+            outcomes.update((item.spec.name, _failed(store, now, item.spec, directory, _expected(error)))
+                            for item in issued)
+            break
+    return outcomes
+
+
+def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str, refused: Refused) -> Outcome:
+    """A bundle HAProxy refused is set aside, so that the next runs order anew rather than retry it for
+    ever; one not at fault (its place in the ssl dir blocked, another bundle served instead) stays
+    pending for the run after the operator's fix. Each says its own reason, not the batch's."""
+    reason = refused.reason(spec.name)
+    error: CertrenewError
+    if not refused.set_aside:
+        error = type(refused)(f"{reason}; the new certificate stays pending for the run after", refused.which)
+    else:
+        try:
+            where = store.set_aside(spec.name, "pending")
+        except Exception as unmovable:  # this certificate's failure too: it stays pending, the others go on
+            error = CertrenewError(f"{reason}; and it could not be set aside: {_expected(unmovable)}")
+        else:
+            error = CertrenewError(f"{reason}; the refused certificate is set aside as {where}")
+    return _failed(store, now, spec, directory, error)
+
+
+def _expected(error: Exception) -> CertrenewError:
+    """A failure as one line; an unforeseen one names its type, and its traceback is logged at -v."""
+    if isinstance(error, CertrenewError):
+        return error
+    log.debug("unexpected error", exc_info=error)
+    return CertrenewError(f"unexpected {type(error).__name__}: {error} (run with -v for the traceback)")
+
+
+def _installed(store: Store, now: datetime.datetime, directory: str, item: "Installed") -> Outcome:
+    """What HAProxy serves now; a failure if it could not be recorded as current (no deploy hook until it is)."""
+    info, result, spec = item.info, item.result, item.issued.spec
+    how = f"served by {result.method}" if result.confirmed else f"{result.method} not confirmed"
+    detail = (f"serial {info.serial}, expires {info.not_after:%Y-%m-%d %H:%M} UTC, "
+              f"written to {result.path}, {how}" + (f" ({result.detail})" if result.detail else ""))
+    if item.unrecorded is not None:
+        error = CertrenewError(f"{_expected(item.unrecorded)}; HAProxy serves it ({detail}), but it is not "
+                               "recorded as current: the next run records it")
+        return _failed(store, now, spec, directory, error)
+    served = hooks.Served(spec.name, item.issued.action, info.domains, result.path, info.serial, info.not_after)
+    return Outcome(spec.name, item.issued.action, detail, served)
+
+
+def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str,
+            error: CertrenewError) -> Outcome:
+    """Record a failure with its back-off, so the next runs wait before asking the CA again.
+
+    A mistake on our side (`error.backoff` false) is recorded without one: the run after the fix goes ahead.
+    An order refused by the budget waits until the budget frees.
+    """
+    try:
+        record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
+    except CertrenewError as unreadable:  # reported, and left for the operator to look at
+        return Outcome(spec.name, "failed", f"{error}; and {unreadable}")
+    record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
+    record.next_attempt = (error.until if isinstance(error, OverBudget)
+                           else now + backoff(record.failures) if error.backoff else None)
+    record.failed_settings = spec.order_settings(directory)
+    try:
+        store.save_record(record)
+    except CertrenewError as unwritable:
+        return Outcome(spec.name, "failed", f"{error}; and {unwritable}")
+    return Outcome(spec.name, "failed", str(error))
+
+
+def _check_ssl_dir(settings: Settings) -> None:
+    ssl_dir = settings.ssl_dir
+    if not ssl_dir.is_dir():
+        raise UsageError(f"the ssl dir {ssl_dir} does not exist: create it with `certrenew bootstrap-ssl-dir "
+                         f"--ssl-dir {ssl_dir}` (HAProxy needs a placeholder in it to start), or set --ssl-dir")
+    if not os.access(ssl_dir, os.W_OK):
+        raise CertrenewError(f"the ssl dir {ssl_dir} is {owned.not_writable(ssl_dir)}")
+
+
+def _check_reload_command(settings: Settings) -> None:
+    """Before ordering: a certificate that cannot be installed is not worth asking the CA for.
+
+    Without a Runtime API socket the reload is the only way in, so a missing program is
+    an error. With sockets it is only the fallback (a certificate HAProxy does not know
+    yet, a socket that fails), so it is a warning and hot updates go on.
+    """
+    from certrenew.haproxy.service import reload_problem
+
+    problem = reload_problem(settings.reload_command)
+    if problem and not settings.haproxy_socket:
+        raise UsageError(f"{problem} (set --reload-command)")
+    if problem:
+        log.warning("%s: only hot updates over the Runtime API can install certificates", problem)

@@ -1,0 +1,1 @@
+"""What certrenew remembers between runs: records, bundles, orders, and the locks that guard them."""

@@ -1,0 +1,1 @@
+"""What every step leans on: signals, atomic files, ownership checks, limits, commands, listening sockets."""

@@ -1,0 +1,122 @@
+"""The order flow's own decisions, with the CA faked where it answers (the transport's job)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import josepy as jose
+import pytest
+from acme import challenges, messages
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certrenew.acme.account import new_account_key_pem
+from certrenew.acme.orders import AcmeClient
+from certrenew.acme.transport import Deadline, Transport
+from certrenew.cli.metrics import Telemetry
+from certrenew.errors import CertrenewError
+
+
+class FussyCA(AcmeClient):
+    """An AcmeClient whose CA (no network) refuses orders naming a replaced certificate, or all orders."""
+
+    def __init__(self, refuse_all=False):
+        self.refuse_all = refuse_all
+        self.orders = []
+
+    def _new_order(self, domains, csr_pem, replaces, profile):
+        self.orders.append(replaces)
+        if replaces or self.refuse_all:
+            raise CertrenewError("the CA refused to create the order: no, thanks")  # as the transport says it
+        return "order"
+
+
+def test_an_order_refused_for_replaces_is_sent_once_more_without_it():
+    client = FussyCA()
+    assert client._create_order(["a.example"], b"csr", "AKI.SERIAL", None) == "order"
+    assert client.orders == ["AKI.SERIAL", None]
+
+
+def test_an_order_refused_anyway_fails_after_that_one_retry():
+    client = FussyCA(refuse_all=True)
+    with pytest.raises(CertrenewError, match="refused to create the order: no, thanks"):
+        client._create_order(["a.example"], b"csr", "AKI.SERIAL", None)
+    assert client.orders == ["AKI.SERIAL", None]
+    with pytest.raises(CertrenewError):
+        client._create_order(["a.example"], b"csr", None, None)
+    assert client.orders == ["AKI.SERIAL", None, None]
+
+
+def test_telemetry_counts_every_request_and_every_failed_one():
+    answers = [500, 500, 200]
+
+    class FlakyDirectory(BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = answers.pop(0)
+            problem = {"type": "urn:ietf:params:acme:error:serverInternal", "detail": "try again"}
+            body = json.dumps({"newNonce": "http://ca/nonce", "newAccount": "http://ca/account",
+                               "newOrder": "http://ca/order"} if status == 200 else problem).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if status == 200 else "application/problem+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), FlakyDirectory) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        telemetry = Telemetry()
+        try:
+            Transport("http://127.0.0.1:%d/dir" % server.server_address[1], new_account_key_pem(),
+                      Deadline(30), counter=telemetry)
+        finally:
+            server.shutdown()
+    assert answers == []  # the two server errors were retried
+    assert (telemetry.acme_requests, telemetry.acme_errors) == (3, 2)
+
+
+class Recorder:
+    """A challenge solver that only notes what it was asked to publish."""
+
+    challenge_type = "dns-01"
+
+    def __init__(self):
+        self.presented = []
+
+    def prepare(self, domains):
+        pass
+
+    def present(self, domain, token, validation):
+        self.presented.append(domain)
+
+    def wait_ready(self):
+        raise CertrenewError(f"published for {', '.join(self.presented)}")  # no CA here to answer
+
+    def cleanup(self, domain, token):
+        pass
+
+
+def test_an_order_asking_to_prove_a_name_not_ordered_publishes_nothing():
+    """The names to prove come from the CA's answer; a forged one must not become a TXT record or a hook's argument."""
+
+    class ForgingCA(AcmeClient):
+        def __init__(self):
+            self.transport = SimpleNamespace(key=jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())))
+
+        def _check_profile(self, profile):
+            pass
+
+        def _create_order(self, domains, csr_pem, replaces, profile):
+            authorizations = [messages.AuthorizationResource(uri=f"https://ca/authz/{name}", body=messages.Authorization(
+                identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name), status=messages.STATUS_PENDING,
+                challenges=[messages.ChallengeBody(chall=challenges.DNS01(token=b"t" * 32), uri="https://ca/chall",
+                                                   status=messages.STATUS_PENDING)]))
+                for name in ("a.example", "victim.example")]
+            return messages.OrderResource(body=messages.Order(), uri="https://ca/order", authorizations=authorizations)
+
+    solver = Recorder()
+    with pytest.raises(CertrenewError, match="asks for proof of victim.example, which was not ordered"):
+        ForgingCA().obtain(["a.example"], b"csr", solver)
+    assert solver.presented == []

@@ -1,0 +1,112 @@
+"""The daemon's own logic over the in-memory store: its wake-up, its failures, SIGHUP, sd_notify.
+What it does against a CA and HAProxy is in tests/integration/test_cli_daemon.py."""
+
+import datetime
+import os
+import random
+import signal
+import socket
+import threading
+
+import pytest
+
+from certrenew.cli import daemon
+from certrenew.config import CertificateSpec, Settings
+from certrenew.errors import UsageError
+from certrenew.state.store import CertificateRecord
+from certrenew.system import signals
+from tests.harness.memstore import MemoryStore
+
+NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+HOUR = datetime.timedelta(hours=1)
+
+
+@pytest.fixture
+def hangups():
+    with signals.Hangups() as installed:
+        yield installed
+
+
+def make(tmp_path, hangups, load=None, rng=None, **settings):
+    config = (Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", lock_timeout=0, **settings),
+              [CertificateSpec("a", ("a.example",))])
+    return daemon.Daemon(*config, MemoryStore(), load or (lambda: config), hangups, rng)
+
+
+def test_the_regular_check_comes_at_most_5_percent_early(tmp_path, hangups):
+    for fraction, expected in ((0.0, HOUR), (0.999999, HOUR * 0.95)):
+        rng = random.Random()
+        rng.random = lambda fraction=fraction: fraction  # type: ignore[method-assign]
+        subject = make(tmp_path, hangups, rng=rng)
+        subject.store.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256", serial="1",
+                                                    not_before=NOW, not_after=NOW + 90 * 24 * HOUR))
+        assert subject.next_wake(NOW) == pytest.approx(NOW + expected, abs=datetime.timedelta(seconds=1))
+    long = make(tmp_path, hangups, check_interval=24 * HOUR, rng=random.Random(1))
+    long.store.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256", serial="1", not_before=NOW,
+                                             not_after=NOW + 90 * 24 * HOUR))
+    assert NOW + 24 * HOUR - daemon.MAX_JITTER <= long.next_wake(NOW) <= NOW + 24 * HOUR
+
+
+def test_a_failed_pass_is_counted_and_retried_soon(tmp_path, hangups, caplog):
+    subject = make(tmp_path, hangups)  # the ssl dir does not exist: the pass fails as a whole
+    wake = subject.run_pass(responder=None)
+    assert subject.telemetry.pass_errors == 1 and subject.telemetry.last_success is False
+    assert subject.telemetry.failing_passes == 1
+    assert datetime.timedelta(0) < wake - datetime.datetime.now(datetime.timezone.utc) <= daemon.RETRY_AFTER_ERROR
+    (line,) = [record for record in caplog.records if record.name == "certrenew.cli.daemon"]
+    assert line.getMessage().startswith("pass failed: the ssl dir") and not line.exc_info
+
+
+def test_an_unexpected_exception_is_logged_with_its_traceback_at_verbose(tmp_path, hangups, caplog, monkeypatch):
+    subject = make(tmp_path, hangups)
+    monkeypatch.setattr(daemon.renew, "run", lambda *args, **kwargs: {}["boom"])
+    caplog.set_level("DEBUG", logger="certrenew.cli.daemon")
+    subject.run_pass(responder=None)
+    (line,) = [record for record in caplog.records if record.name == "certrenew.cli.daemon"]
+    assert line.getMessage() == "pass failed: KeyError('boom')" and line.exc_info is not None
+    assert subject.telemetry.pass_errors == 1
+
+
+@pytest.mark.parametrize("error, said", [
+    (UsageError("certrenew.toml: unknown key 'x'"), "certrenew.toml: unknown key 'x'"),
+    (RecursionError("too deep"), "RecursionError('too deep')"),  # a failure nobody expected: still not the end
+])
+def test_a_refused_config_on_sighup_keeps_the_old_one(tmp_path, hangups, caplog, error, said):
+    def broken():
+        raise error
+
+    subject = make(tmp_path, hangups, load=broken)
+    before = (subject.settings, subject.specs)
+    subject.reload()
+    assert (subject.settings, subject.specs) == before
+    assert [record.getMessage() for record in caplog.records] == [
+        f"SIGHUP: config refused, carrying on with the previous one: {said}"]
+
+
+def test_sighup_keeps_the_ports_and_the_store_it_started_with(tmp_path, hangups, caplog):
+    subject = make(tmp_path, hangups)
+    moved = Settings(state_dir=tmp_path / "elsewhere", ssl_dir=tmp_path / "ssl", listen="127.0.0.1:1",
+                     check_interval=HOUR / 2)
+    subject.load = lambda: (moved, [])
+    subject.reload()
+    assert subject.settings.check_interval == HOUR / 2 and subject.specs == []
+    assert (subject.settings.listen, subject.settings.state_dir) == (Settings().listen, tmp_path / "unused")
+    assert "SIGHUP: listen changed; restart the daemon to apply it" in caplog.text
+
+
+def test_a_sighup_ends_the_sleep(hangups):
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGHUP)).start()
+    assert hangups.sleep(30) is True
+    assert hangups.sleep(0.01) is False  # seen once
+
+
+def test_sd_notify_writes_to_the_notify_socket(tmp_path, monkeypatch):
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))
+        systemd.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        daemon.notify("READY=1")
+        assert systemd.recv(100) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    daemon.notify("READY=1")  # no systemd: nothing, no error
