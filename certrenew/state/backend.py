@@ -1,0 +1,86 @@
+"""The small protocol every state backend implements: a directory, memory, an etcd cluster.
+
+Keys are `/`-separated paths of safe segments (`certificates/example.com/record`); values are
+bytes. Every entry has a version that changes on each write, so a write can be made conditional
+on what the writer read (compare-and-put). A lock is held per key, for a lease that its holder
+keeps alive; each acquisition gets a fencing token larger than every earlier one of that key,
+and a write made under a lock is refused once the lock is no longer that token's (expired,
+taken over by another holder): a writer paused past its lease cannot overwrite its successor.
+What the state means (records, bundles, orders) is written once, above this, in `store`.
+"""
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from certrenew.errors import CertrenewError
+
+ABSENT = 0
+"""The version to expect of a key that must not exist yet (create-if-absent)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A value and its version (> 0; a new one on every write of the key)."""
+
+    value: bytes
+    version: int
+
+
+class Conflict(CertrenewError):
+    """A conditional write found another version than it expected: someone wrote first."""
+
+
+class Fenced(CertrenewError):
+    """A write made under a lock that is no longer held (its lease expired or another holder took
+    it over): refused, so that a late writer never undoes what its successor did."""
+
+
+class Busy(CertrenewError):
+    """The lock is held by another holder (named in the message) for longer than the caller waits."""
+
+
+class Unavailable(CertrenewError):
+    """The backend cannot be reached or read (etcd down, a directory gone): nothing was changed."""
+
+
+class Lease(Protocol):
+    """A held lock. Leaving its `with` block releases it."""
+
+    key: str
+    token: int
+    """The fencing token: larger than that of every earlier holder of this key."""
+
+    def check(self) -> None:
+        """Raise Fenced if this lock is no longer held (lost lease, taken over)."""
+
+
+class Backend(Protocol):
+    """Keys and versioned values, conditional atomic writes, and fenced locks.
+
+    Thread-safe: a run works on several certificates at once.
+    """
+
+    def get(self, key: str) -> Entry | None:
+        """The entry at `key`, or None."""
+
+    def list(self, prefix: str) -> dict[str, Entry]:
+        """Every entry whose key starts with `prefix`, in one read (never one by one)."""
+
+    def write(self, changes: Mapping[str, bytes | None], *, expect: Mapping[str, int] | None = None,
+              fence: Lease | None = None) -> int:
+        """Apply every change at once or none (None deletes the key); return the new version.
+
+        `expect` maps keys to the version each must have now (ABSENT: must not exist), else
+        Conflict; with `fence`, the write is refused with Fenced unless that lock is still held.
+        A crash part-way leaves either all of `changes` or none of them visible.
+        """
+
+    def lock(self, key: str, *, ttl: float, wait: float, holder: str) -> AbstractContextManager[Lease]:
+        """Take the lock on `key` for a lease of `ttl` seconds kept alive while held, waiting up
+        to `wait` seconds for the current holder (Busy, naming it, if it does not let go).
+        `holder` names this process in the fleet's state (node and pid)."""
+
+    def close(self) -> None:
+        """Let go of connections and threads; locks still held are released."""
