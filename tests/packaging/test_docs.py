@@ -9,7 +9,7 @@ from markdown.extensions.toc import slugify
 
 from certrenew.cli import commands
 from certrenew.config import OPTIONS
-from scripts.docs_hooks import MARKER, options_table
+from scripts.docs_hooks import ERRORS_MARKER, OPTIONS_MARKER, error_lines, options_table
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -62,7 +62,7 @@ def _parser_flags() -> set[str]:
 
 
 def test_the_configuration_page_has_the_generated_options_table():
-    assert MARKER in _page("configuration.md")
+    assert OPTIONS_MARKER in _page("configuration.md")
     rows = _options_rows()
     for option in OPTIONS:
         matching = [row for row in rows if re.search(rf"`{re.escape(option.cli)}`", row)]
@@ -163,3 +163,30 @@ def test_the_units_documentation_is_the_installed_docs():
             assert uri.startswith("file:/usr/local/share/doc/certrenew/"), uri
             assert (DOCS / Path(uri).name).is_file(), f"{unit.name}: {uri}: docs/ has no such page"
     assert "docs/*.md /usr/local/share/doc/certrenew/" in _page("install.md")
+
+
+def test_the_certbot_page_answers_each_certbot_word_as_the_cli_does():
+    rows = _table(_page("certbot.md"), "| certbot | certrenew |")
+    for word, answer in commands.CERTBOT_HABITS.items():
+        assert any(f"`certbot {word}" in row and answer.split(" (")[0] in row for row in rows), \
+            f"docs/certbot.md has no row answering `certbot {word}` with {answer}"
+
+
+def test_each_common_error_of_troubleshooting_is_a_line_the_code_writes():
+    """The hand-written table's lines (`…` standing for what is filled in) are among those the code
+    raises, checks or logs, as the page's generated list has them: a reworded message fails here."""
+    written = "\n".join(line for lines in error_lines().values() for line in lines)
+    rows = _table(_page("troubleshooting.md"), "| the line says | what to do |")
+    assert len(rows) >= 15
+    for row in rows:
+        said = re.match(r"\| (``?)(.+?)\1 \|", row)
+        assert said, row
+        pattern = ".*?".join(re.escape(part) for part in said.group(2).strip().split("…"))
+        assert re.search(pattern, written), f"no line of the code says {said.group(2)!r}"
+
+
+def test_the_error_list_has_the_lines_of_every_kind():
+    lines = [line for lines in error_lines().values() for line in lines]
+    assert len(lines) > 250
+    assert any(line.startswith("FAIL ") for line in lines) and any(line.startswith("warning: ") for line in lines)
+    assert ERRORS_MARKER in _page("troubleshooting.md")
