@@ -133,7 +133,7 @@ def build_status_parser() -> argparse.ArgumentParser:
         "certificate is expired, failing, missing or past its renewal time.",
         [option for option in OPTIONS if option.name in ("state_dir", "renew_before")],
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output (see README)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (its fields: docs/commands.md)")
     return parser
 
 

@@ -305,7 +305,7 @@ class FileStore:
     """State under a local directory; one subdirectory per certificate name.
 
     Hot paths use plain string paths and one open per file: a run over ten thousand
-    certificates reads one small meta.json for each (see README, Performance).
+    certificates reads one small meta.json for each (see docs/performance.md).
     """
 
     def __init__(self, root: Path) -> None:
