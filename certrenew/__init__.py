@@ -7,15 +7,16 @@ Its state lives in a `Store`, by default a `FileStore` in `settings.state_dir`. 
 """
 
 import importlib
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from certrenew.version import __version__
 
 __all__ = ["CertificateSpec", "FileStore", "Outcome", "Report", "Settings", "Store", "__version__", "run"]
 
-_HOMES = {"CertificateSpec": "certrenew.config", "Settings": "certrenew.config",
+_HOMES = MappingProxyType({"CertificateSpec": "certrenew.config", "Settings": "certrenew.config",
           "Outcome": "certrenew.renewal.renew", "Report": "certrenew.renewal.renew", "run": "certrenew.renewal.renew",
-          "FileStore": "certrenew.state.store", "Store": "certrenew.state.store"}
+          "FileStore": "certrenew.state.store", "Store": "certrenew.state.store"})
 
 if TYPE_CHECKING:
     from certrenew.config import CertificateSpec, Settings

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from certrenew.system.command import split_command
 from certrenew.system.hostport import check_host_port, split_host_port
 from certrenew.system.limits import MAX_CONFIG, Unfit, read_regular
 from certrenew.system.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
+from certrenew.system.runcontext import RunContext
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -42,7 +44,7 @@ IP_PREFIX = "ip-"
 """An IP address certificate's default name: `192.0.2.1` -> `ip-192.0.2.1`, `2001:db8::1` -> `ip-2001-db8--1`."""
 _CRT_STORE = re.compile(r"@[^/\s]+/\S+")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+_UNITS = MappingProxyType({"d": "days", "h": "hours", "m": "minutes", "s": "seconds"})
 MAX_SECONDS = 86400.0
 """The longest --timeout or --lock-timeout: a day. Anything longer is a typo, not a budget."""
 MAX_CONCURRENCY = 64
@@ -65,14 +67,14 @@ class DnsSettings:
     zone: str | None = None
     propagation_timeout: float = PROPAGATION_TIMEOUT
 
-    def solver(self) -> Dns01Solver:
+    def solver(self, context: RunContext | None = None) -> Dns01Solver:
         """A solver publishing by RFC 2136 with the TSIG key, or through the hook."""
         if self.hook:
             publisher: DnsHook | Rfc2136Publisher = DnsHook(self.hook)
         else:
             assert self.server is not None and self.tsig_key is not None  # checked by dns_settings
             publisher = Rfc2136Publisher(self.server, self.tsig_key)
-        return Dns01Solver(publisher, self.server, self.zone, self.propagation_timeout)
+        return Dns01Solver(publisher, self.server, self.zone, self.propagation_timeout, context)
 
 
 @dataclass(frozen=True)
@@ -388,8 +390,8 @@ def _existing_file(path: str) -> str:
     return path
 
 
-_TOML_TYPES: dict[type, tuple[type | tuple[type, ...], str]] = {bool: (bool, "true or false"), float: ((int, float), "a number"), int: (int, "a whole number"),
-               str: (str, "a string"), Path: (str, "a string")}
+_TOML_TYPES: Mapping[type, tuple[type | tuple[type, ...], str]] = MappingProxyType({bool: (bool, "true or false"), float: ((int, float), "a number"), int: (int, "a whole number"),
+               str: (str, "a string"), Path: (str, "a string")})
 
 
 @dataclass(frozen=True)
@@ -449,7 +451,7 @@ class Option:
         return self.check(value) if self.check else value
 
 
-OPTIONS = [
+OPTIONS = (
     Option("directory", "ACME directory URL, https:// (default Let's Encrypt)", metavar="URL", check=_directory_url),
     Option("staging", "use Let's Encrypt's staging CA", bool),
     Option("email", "contact address for the ACME account", metavar="ADDR"),
@@ -540,9 +542,9 @@ OPTIONS = [
            check=_command),
     Option("hook_timeout", "seconds a hook may run before it is killed (default 60)", float, "SECONDS",
            _seconds(zero_allowed=False)),
-]
-OPTION_NAMED = {option.name: option for option in OPTIONS}
-CLI_ONLY = {"force"}
+)
+OPTION_NAMED = MappingProxyType({option.name: option for option in OPTIONS})
+CLI_ONLY = frozenset({"force"})
 """Options that make sense for one invocation, not as a standing setting in a file."""
 
 

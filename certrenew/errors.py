@@ -1,6 +1,7 @@
 """Errors an operator can act on; the CLI prints their message as one line."""
 
 import datetime
+import signal
 
 
 class CertrenewError(Exception):
@@ -52,3 +53,17 @@ class OverBudget(CertrenewError):
     def __init__(self, message: str, until: datetime.datetime) -> None:
         super().__init__(message)
         self.until = until
+
+
+class Interrupted(BaseException):
+    """A signal (or a library host's `RunContext.cancel`) asked the run to stop: a BaseException, so
+    that `except Exception` does not swallow it and every `finally` on the way out runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process killed by it (130, 143)."""
+        return 128 + self.signum

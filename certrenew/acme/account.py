@@ -15,7 +15,7 @@ from certrenew.system.owned import read_secret
 MAX_HMAC_KEY_FILE = 4096
 """Bytes read of an EAB key file: CAs hand out keys of 32 to 64 bytes, about 86 in base64url."""
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-BINDING_REFUSED = {"unauthorized", "malformed", "badExternalAccountBinding"}
+BINDING_REFUSED = frozenset({"unauthorized", "malformed", "badExternalAccountBinding"})
 """Problem types a CA answers a binding it cannot verify with (pebble: unauthorized; RFC 8555
 leaves it open): with a binding sent, they name the operator's key id or key, not a passing fault."""
 

@@ -29,8 +29,8 @@ from requests.adapters import HTTPAdapter
 
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.pki.keys import load_key
-from certrenew.system import signals
 from certrenew.system.hints import untrusted_ca
+from certrenew.system.runcontext import RunContext
 from certrenew.version import __version__
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,19 @@ BAD_NONCE_ATTEMPTS = 20
 """A rejected nonce costs one quick round trip, and a CA may reject many (pebble: half, if asked)."""
 MAX_RESPONSE = 1024 * 1024
 """Bytes read of any answer from the CA: a certificate chain or an ACME object is a few KiB."""
-OUR_MISTAKES = {"invalidContact", "invalidEmail", "unsupportedContact", "invalidProfile",
-                "externalAccountRequired", "userActionRequired"}
+OUR_MISTAKES = frozenset({"invalidContact", "invalidEmail", "unsupportedContact", "invalidProfile",
+                "externalAccountRequired", "userActionRequired"})
 """Problem types (RFC 8555 section 6.7) that a change of our settings fixes, not a later retry:
 they fail without starting the back-off."""
 
 
 class Deadline:
-    """The end of a run's time budget; every wait and network call is bounded by it."""
+    """The end of a run's time budget; every wait and network call is bounded by it, and by
+    `context`'s cancellation."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, context: RunContext | None = None) -> None:
         self.seconds = seconds
+        self.context = context or RunContext()
         self._end = time.monotonic() + seconds
         self._cuts: list[weakref.WeakMethod] = []
         self._lock = threading.Lock()
@@ -85,8 +87,8 @@ class Deadline:
                 cut()
 
     def remaining(self) -> float:
-        """Seconds left; raises once they are spent, or once a signal cancelled the run."""
-        signals.check()
+        """Seconds left; raises once they are spent, or once the run is cancelled."""
+        self.context.check()
         left = self._end - time.monotonic()
         if left <= 0:
             raise CertrenewError(f"gave up after the time budget of {self.seconds:g} s (--timeout)")
@@ -251,7 +253,7 @@ class _Network(client.ClientNetwork):
             retry=tenacity.retry_if_exception(self._worth_retrying),
             stop=tenacity.stop_after_delay(max(self.deadline.remaining() - 1, 0)) | _AttemptsSpent(),
             wait=_transient_wait,
-            sleep=signals.sleep,
+            sleep=self.deadline.context.sleep,
             before_sleep=lambda state: log.debug("retrying after %s", _error_of(state)),
             reraise=True,
         )

@@ -23,7 +23,7 @@ from typing import Protocol
 from certrenew.challenge.solver import DNS_01
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.pki.domains import normalize_domain
-from certrenew.system import signals
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,10 @@ class Dns01Solver:
     challenge_type = DNS_01
 
     def __init__(self, publisher: RecordPublisher, server: DnsServer | None = None, zone: str | None = None,
-                 propagation_timeout: float = PROPAGATION_TIMEOUT) -> None:
+                 propagation_timeout: float = PROPAGATION_TIMEOUT, context: RunContext | None = None) -> None:
         self.publisher = publisher
+        self.context = context or RunContext()
+        """What cancels the waits, and lets a withdrawal in progress finish before the process ends."""
         self.server = server
         self.zone = zone.rstrip(".").lower() if zone else None
         self.propagation_timeout = propagation_timeout
@@ -169,7 +171,7 @@ class Dns01Solver:
             return
         record = entry[0]
         try:
-            with signals.finishing():  # after a signal, the process waits for this before it ends
+            with self.context.finishing():  # after a signal, the process waits for this before it ends
                 self.publisher.remove(record)
         except Exception as error:  # a stale TXT value is harmless; the certificate is what matters
             log.warning("could not remove %s TXT %r: %s", record.name, record.value, error)
@@ -209,7 +211,7 @@ class Dns01Solver:
                     f"DNS-01: {name} TXT not visible at {server} after {self.propagation_timeout:g} s "
                     f"({last_seen[(server, name)]})" + (f"; {len(pending) - 1} more pending" if len(pending) > 1 else "")
                 )
-            signals.sleep(min(interval, remaining))
+            self.context.sleep(min(interval, remaining))
             interval = min(interval * 2, MAX_POLL)
 
     def _resolver(self):

@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from certrenew.challenge.dns01 import DnsServer, TxtRecord
@@ -37,8 +38,8 @@ dnspython's own tsigkeyring.from_file (recent releases only) accepts trailing ga
 algorithm; a key file is checked strictly instead, so a mistake is refused at start."""
 
 
-_TSIG_ERRORS = {"PeerBadKey": "BADKEY", "PeerBadSignature": "BADSIG", "PeerBadTime": "BADTIME",
-                "PeerBadTruncation": "BADTRUNC"}
+_TSIG_ERRORS = MappingProxyType({"PeerBadKey": "BADKEY", "PeerBadSignature": "BADSIG", "PeerBadTime": "BADTIME",
+                "PeerBadTruncation": "BADTRUNC"})
 """dnspython's exception for each TSIG error, by the name RFC 8945 and BIND's logs give it."""
 
 

@@ -22,6 +22,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -44,14 +45,15 @@ from certrenew.pki.bundle import (
 from certrenew.pki.keys import is_key_of, key_to_pem, key_type_of, load_key
 from certrenew.state.store import Account, CertificateRecord, FileStore, Store
 from certrenew.system.atomicfile import write_atomic
+from certrenew.system.runcontext import RunContext
 
 DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
 ASK_TIMEOUT = 10.0
 """Seconds for each question to the CA (its directory, a certificate's renewal information)."""
 TOP = "top"
 """The section name given to a renewal conf's top-level keys (configobj needs no header for them)."""
-HOOKS = {"pre_hook": "pre hook", "post_hook": "post hook", "renew_hook": "deploy hook",
-         "manual_auth_hook": "manual auth hook", "manual_cleanup_hook": "manual cleanup hook"}
+HOOKS = MappingProxyType({"pre_hook": "pre hook", "post_hook": "post hook", "renew_hook": "deploy hook",
+         "manual_auth_hook": "manual auth hook", "manual_cleanup_hook": "manual cleanup hook"})
 """certbot stores --deploy-hook as renew_hook."""
 
 
@@ -150,7 +152,7 @@ class ImportPlan:
 
 
 def import_certbot(settings: Settings, certbot_dir: Path, config_path: Path, names: list[str] | None = None,
-                   dry_run: bool = False, force: bool = False) -> ImportPlan:
+                   dry_run: bool = False, force: bool = False, context: RunContext | None = None) -> ImportPlan:
     """Take over certbot's lineages (all, or `names`); with `dry_run`, only say what would happen.
 
     Bad input (not a certbot directory, a broken lineage, an unknown name, a certificate
@@ -162,7 +164,7 @@ def import_certbot(settings: Settings, certbot_dir: Path, config_path: Path, nam
     if dry_run:
         return plan
     store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout):
+    with store.lock(settings.lock_timeout, context):
         plan = make_plan(settings, certbot_dir, config_path, names, force)
         if plan.takeovers:
             apply(plan, store)

@@ -56,6 +56,7 @@ from certrenew.haproxy.runtime_api import Rejected, RuntimeApi, TransactionOpen,
 from certrenew.pki.bundle import CertificateInfo, check_bundle, leaf_certificate, san_names
 from certrenew.system.atomicfile import fsync_directory, write_atomic
 from certrenew.system.limits import MAX_BUNDLE, Unfit, kind_of, read_regular
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +163,16 @@ class Installer:
 
     def __init__(self, ssl_dir: Path, reload_command: str, sockets: Sequence[str] = (),
                  configs: Sequence[Path] = (), verify_endpoints: Sequence[str] = (),
-                 crt_list: Path | None = None, managed: Iterable[str] = ()) -> None:
-        """`managed`: the certificates of the config, whose bundles are renewed and so shadow nothing."""
+                 crt_list: Path | None = None, managed: Iterable[str] = (), context: RunContext | None = None) -> None:
+        """`managed`: the certificates of the config, whose bundles are renewed and so shadow nothing;
+        `context`: no signal of it cuts a file write."""
         self.ssl_dir = Path(os.path.abspath(ssl_dir))  # HAProxy names files by absolute path
         self.crt_list = Path(os.path.abspath(crt_list)) if crt_list else None
         self.reload_command = reload_command
         self.nodes = [RuntimeApi(address) for address in sockets]
         self.configs = list(configs)
         self.verify_endpoints = list(verify_endpoints)
+        self.context = context
         self._lock = threading.Lock()
         self._claims: Claims | None = None
         self.managed = frozenset(self.path_of(name) for name in managed)
@@ -205,14 +208,14 @@ class Installer:
         changes = _Changes()
         try:
             for path, bundle in files.items():
-                changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path]))
-                write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True, sync_directory=False)
+                changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path], self.context))
+                write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True, sync_directory=False, context=self.context)
             try:
                 fsync_directory(self.ssl_dir)  # the renames made durable once for the batch, not once per bundle
             except OSError as error:
                 raise CertrenewError(f"cannot write {self.ssl_dir}: {error.strerror or error}") from None
             if crt_list is not None:
-                self._add_lines(crt_list, lines, changes)
+                self._add_lines(crt_list, lines, changes, self.context)
             method, detail, confirmed = self._serve(files, previous, plans, changes)
             self._verify(files, HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE)
         except CertrenewError as error:
@@ -283,15 +286,15 @@ class Installer:
         return crt_list, lines
 
     @staticmethod
-    def _add_lines(crt_list: CrtList, lines: Mapping[Path, str], changes: _Changes) -> None:
+    def _add_lines(crt_list: CrtList, lines: Mapping[Path, str], changes: _Changes, context: RunContext | None) -> None:
         """Add the lines the crt-list lacks, in one atomic write; the rollback writes back what it was."""
         updated = crt_list
         for file, line in lines.items():
             if crt_list.entry(file) is None:
                 updated = updated.with_entry(line)
         if updated != crt_list:
-            changes.add(f"restoring {crt_list.path}", crt_list.write)
-            updated.write()
+            changes.add(f"restoring {crt_list.path}", functools.partial(crt_list.write, context))
+            updated.write(context)
 
     def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None], lines: Mapping[Path, str],
               stores: Mapping[Path, tuple[str, str]]) -> list[_Plan]:
@@ -389,7 +392,7 @@ class Installer:
             changes.add(f"{node}: taking {where} out of {crt_list}", lambda: node.unlist_certificate(crt_list, where))
 
     @staticmethod
-    def _restore(path: Path, previous: bytes | None) -> None:
+    def _restore(path: Path, previous: bytes | None, context: RunContext | None) -> None:
         log.warning("removing %s: there was none before" if previous is None
                     else "restoring the previous contents of %s", path)
         try:
@@ -397,7 +400,7 @@ class Installer:
                 path.unlink(missing_ok=True)
                 fsync_directory(path.parent)
             else:
-                write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
+                write_atomic(path, previous, BUNDLE_MODE, keep_mode=True, context=context)
         except OSError as error:
             raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
 

@@ -34,6 +34,7 @@ from certrenew.renewal.policy import (
     utc_now,
 )
 from certrenew.state.store import Account, CertificateRecord, PendingOrder, Store
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,9 @@ class Issuer:
     def __init__(self, settings: Settings, store: Store, solvers: Mapping[Hashable, ChallengeSolver],
                  counter: RequestCounter | None = None,
                  before_order: Callable[[CertificateSpec], None] = lambda spec: None,
-                 managed: Iterable[str] = ()) -> None:
-        """`managed`: the names of every certificate of the config (see `install.shadowing`)."""
+                 managed: Iterable[str] = (), context: RunContext | None = None) -> None:
+        """`managed`: the names of every certificate of the config (see `install.shadowing`); `context`: what
+        cancels it."""
         self.settings = settings
         self.before_order = before_order
         """Raises to stop an order before the CA hears of it (the pre-flight self-check)."""
@@ -118,8 +120,9 @@ class Issuer:
         self.store = store
         self.solvers = solvers
         self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
-                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list, managed)
-        self.deadline = Deadline(settings.timeout)
+                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list, managed,
+                                   context)
+        self.deadline = Deadline(settings.timeout, context)
         self._lock = threading.RLock()
         self.cas = settings.cas
         """The CAs to order from, in order (see `Settings.cas`)."""

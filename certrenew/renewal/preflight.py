@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from certrenew.challenge.responder import CHALLENGE_PREFIX, Responder, ask
@@ -204,7 +205,7 @@ def _not_reached(error: OSError, name: str, what: str, where: str, option: str) 
     return None
 
 
-PROBES: dict[str, Callable[[Any, Settings, str], Check]] = {HTTP_01: probe, TLS_ALPN_01: probe_tls}
+PROBES: Mapping[str, Callable[[Any, Settings, str], Check]] = MappingProxyType({HTTP_01: probe, TLS_ALPN_01: probe_tls})
 """How the path of each challenge type is probed before ordering; DNS-01's solver checks its own."""
 
 

@@ -23,8 +23,9 @@ from certrenew.renewal import hooks
 from certrenew.renewal.policy import Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.renewal.progress import Progress
 from certrenew.state.store import CertificateRecord, FileStore, Store
-from certrenew.system import owned, signals
+from certrenew.system import owned
 from certrenew.system.atomicfile import remove_stale_temps
+from certrenew.system.runcontext import RunContext
 
 if TYPE_CHECKING:
     from certrenew.challenge.responder import Responder
@@ -84,7 +85,8 @@ class Report:
 
 
 def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None, telemetry=None,
-        progress: Progress | None = None, responder: "Responder | None" = None, others: Sequence[str] = ()) -> Report:
+        progress: Progress | None = None, responder: "Responder | None" = None, others: Sequence[str] = (),
+        context: RunContext | None = None) -> Report:
     """Bring every certificate in `specs` up to date and report what happened to each.
     `others`: the config's certificates not in `specs` (revoke --reissue runs one), which shadow none of them.
 
@@ -98,7 +100,8 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     validate (a wildcard over HTTP-01), is refused (UsageError)
     before anything is touched. HTTP-01 is answered by `responder` when given (the
     daemon's, open for its whole life; left open), else by one this run opens when it
-    orders and closes.
+    orders and closes. `context` cancels the run (see `RunContext`): each run its own, so a host
+    may stop one run and let another go on.
     """
     for spec in specs:
         if spec.checked:  # certificate_specs made it: a config of 10,000 would be checked twice
@@ -112,8 +115,9 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     check_hooks(settings)
     _check_ssl_dir(settings)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
     store = store if store is not None else FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout):
-        return _run(settings, specs, store, telemetry, progress or Progress(), responder, others)
+    context = context or RunContext()
+    with store.lock(settings.lock_timeout, context):
+        return _run(settings, specs, store, telemetry, progress or Progress(), responder, others, context)
 
 
 def check_hooks(settings: Settings) -> None:
@@ -124,7 +128,7 @@ def check_hooks(settings: Settings) -> None:
 
 
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress,
-         responder: "Responder | None", others: Sequence[str]) -> Report:
+         responder: "Responder | None", others: Sequence[str], context: RunContext) -> Report:
     now = utc_now()
     remove_stale_temps(settings.ssl_dir)
 
@@ -151,9 +155,9 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
 
         preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
         do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder,
-                                    [*others, *(spec.name for spec in specs)])
+                                    [*others, *(spec.name for spec in specs)], context)
         if any(step != "check" for _, step in work):
-            hook_failures = _with_hooks(settings, work, outcomes, do_work)
+            hook_failures = _with_hooks(settings, work, outcomes, do_work, context)
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
             hook_failures = do_work()
     return Report([outcomes[spec.name] for spec in specs], hook_failures)
@@ -183,7 +187,7 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
 
 
 def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
-                do_work: Callable[[], list[str]]) -> list[str]:
+                do_work: Callable[[], list[str]], context: RunContext) -> list[str]:
     """The pre-hook, then the work (only if the pre-hook succeeded), then the post-hook whatever happened.
 
     The post-hook runs even after a failed pre-hook, as it undoes what a pre-hook
@@ -199,13 +203,14 @@ def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
         else:
             failures += do_work()
     finally:
-        if not signals.cancelled.is_set():
+        if not context.cancelled:
             failures += filter(None, [hooks.run_hook("post-hook", settings.post_hook, settings.hook_timeout)])
     return failures
 
 
 def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
-          telemetry, progress: Progress, responder: "Responder | None", managed: list[str]) -> list[str]:
+          telemetry, progress: Progress, responder: "Responder | None", managed: list[str],
+          context: RunContext) -> list[str]:
     """Order what is due, install it all at once, then run the deploy hook for each certificate HAProxy serves.
     `managed`: every certificate of the run, due or not (their bundles shadow none of these)."""
     from certrenew.challenge.responder import Responder
@@ -219,7 +224,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             responder = solvers_open.enter_context(Responder(settings.listen, store))
         solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
         for dns in {spec.dns for spec, _ in work if spec.dns}:
-            solvers[dns] = solvers_open.enter_context(dns.solver())
+            solvers[dns] = solvers_open.enter_context(dns.solver(context))
         if any(spec.challenge == TLS_ALPN_01 for spec, _ in work):
             from certrenew.challenge.tlsalpn01 import (
                 TlsAlpnResponder,  # and acme learns the challenge type, before any order
@@ -229,7 +234,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
         probed = preflight.probe_ahead(responder, settings, [spec for spec, step in work if step == "issue"])
         issuer = Issuer(settings, store, solvers, telemetry,
                         before_order=functools.partial(preflight.check_path, solvers, settings, probed),
-                        managed=managed)
+                        managed=managed, context=context)
         solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))
@@ -239,7 +244,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
         finally:
             progress.close()
             # After a signal, workers blocked on the CA are not waited for (see signals).
-            pool.shutdown(wait=not signals.cancelled.is_set(), cancel_futures=True)
+            pool.shutdown(wait=not context.cancelled, cancel_futures=True)
         issued = [result for result in results if not isinstance(result, Outcome)]
         outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
         installed = _install(store, now, issuer, issued)

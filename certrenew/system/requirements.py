@@ -7,10 +7,11 @@ order with an AttributeError; this check turns it into one line naming the fix.
 
 import re
 from importlib import metadata
+from types import MappingProxyType
 
 from certrenew.errors import CertrenewError
 
-MINIMUM = {"acme": "5.0", "josepy": "2.0"}
+MINIMUM = MappingProxyType({"acme": "5.0", "josepy": "2.0"})
 """Keep in step with pyproject.toml's dependencies."""
 
 
