@@ -31,6 +31,7 @@ from certrenew.config import (
     load_config,
 )
 from certrenew.errors import CertrenewError, Interrupted, UsageError
+from certrenew.renewal.policy import Action
 from certrenew.state.store import FileStore
 from certrenew.system import signals
 from certrenew.system.limits import raise_open_files_limit
@@ -255,7 +256,7 @@ def _report(report, output: Output) -> int:
     for outcome in outcomes:
         line = f"{outcome.name}: {outcome.action}: {outcome.detail}"
         if outcome.failed:
-            output.problem(line, outcome.name, logging.ERROR if outcome.action == "failed" else logging.WARNING)
+            output.problem(line, outcome.name, logging.ERROR if outcome.action == Action.FAILED else logging.WARNING)
         elif not output.quiet:
             output.result(line, outcome.name)
     failed = [outcome.name for outcome in outcomes if outcome.failed]
@@ -263,7 +264,7 @@ def _report(report, output: Output) -> int:
         output.problem(f"{len(failed)} of {len(outcomes)} certificates failed: {', '.join(failed)}")
     if len(outcomes) > 1 and (report.failed or not output.quiet):
         output.problem(report.summary(), level=logging.ERROR if report.failed else logging.INFO)
-    deferred = [outcome.name for outcome in outcomes if outcome.action == "deferred"]
+    deferred = [outcome.name for outcome in outcomes if outcome.action == Action.DEFERRED]
     if deferred:  # failed before, and again: maybe for ever
         from certrenew.cli.status import forget_hint
 
@@ -388,7 +389,7 @@ def _status(argv: list[str], context: RunContext) -> int:
         elif lines:
             print("\n".join(lines))
         if reason:
-            failing = [row.name for row in rows if row.state == "failing"]
+            failing = [row.name for row in rows if row.state == status.State.FAILING]
             hint = f" ({status.forget_hint(failing)})" if failing else ""
             output.problem(f"not healthy: {reason}{hint}")
     return 0 if reason is None else 1

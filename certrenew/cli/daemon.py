@@ -24,6 +24,7 @@ from certrenew.cli import metrics, status
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal import policy, renew
+from certrenew.renewal.policy import Action
 from certrenew.state.store import Store
 from certrenew.system import signals
 from certrenew.system.runcontext import RunContext
@@ -120,8 +121,8 @@ class Daemon:
             self.telemetry.record_run(False, time.monotonic() - started)
             return _now() + min(RETRY_AFTER_ERROR, self.settings.check_interval)
         for outcome in report:
-            level = (logging.ERROR if outcome.action == "failed" else logging.WARNING if outcome.failed
-                     else logging.DEBUG if outcome.action == "unchanged" else logging.INFO)
+            level = (logging.ERROR if outcome.action == Action.FAILED else logging.WARNING if outcome.failed
+                     else logging.DEBUG if outcome.action == Action.UNCHANGED else logging.INFO)
             log.log(level, "%s: %s: %s", outcome.name, outcome.action, outcome.detail,
                     extra={"certificate": outcome.name})
         log.info("pass done: %s", report.summary())

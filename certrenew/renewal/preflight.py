@@ -37,6 +37,7 @@ from certrenew.state.store import FileStore
 from certrenew.system import hints, owned
 from certrenew.system.hostport import split_host_port
 from certrenew.system.listen import check_socket_dir, create_hint, flood_risk, parse_listen, takeover_risk
+from certrenew.system.strenum import StrEnum
 
 if TYPE_CHECKING:
     from certrenew.challenge.tlsalpn01 import TlsAlpnResponder
@@ -47,15 +48,25 @@ PROBE_TIMEOUT = 5.0
 """Seconds to connect, and then to get an answer: the CA waits about as long."""
 MAX_PROBES = 8
 """Names probed at once."""
-OK, FAIL, WARN = "ok", "FAIL", "warn"
+
+
+class Verdict(StrEnum):
+    """A check's verdict: FAIL is shouted, as an order would fail or be wasted."""
+
+    OK = "ok"
+    FAIL = "FAIL"
+    WARN = "warn"
+    """Cannot tell, or only sometimes needed."""
+
+
+OK, FAIL, WARN = Verdict.OK, Verdict.FAIL, Verdict.WARN
 
 
 @dataclass(frozen=True)
 class Check:
     """One pre-flight check's verdict, printed as one line by `certrenew check`."""
 
-    status: str
-    """"ok", "FAIL" (an order would fail or be wasted) or "warn" (cannot tell, or only sometimes needed)."""
+    status: Verdict
     what: str
     detail: str
 

@@ -20,7 +20,7 @@ from certrenew.config import CertificateSpec, Settings, check_certificate_name
 from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
 from certrenew.pki.domains import check_normalized
 from certrenew.renewal import hooks
-from certrenew.renewal.policy import Decision, ari_check_due, backoff, decide, utc_now
+from certrenew.renewal.policy import Action, Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.renewal.progress import Progress
 from certrenew.state.store import CertificateRecord, FileStore, Store
 from certrenew.system import owned
@@ -34,23 +34,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-ACTIONS = ("issued", "renewed", "installed", "unchanged", "deferred", "failed")
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What a run did for one certificate."""
 
     name: str
-    action: str
-    """One of ACTIONS: "installed" is a pending one a previous run issued, "deferred" is backing off."""
+    action: Action
     detail: str
     served: hooks.Served | None = None
     """What HAProxy now serves, for an issued, renewed or installed certificate."""
 
     @property
     def failed(self) -> bool:
-        return self.action in ("failed", "deferred")
+        return self.action in (Action.FAILED, Action.DEFERRED)
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ class Report:
 
     def summary(self) -> str:
         """E.g. "3 certificates: 1 renewed, 2 unchanged; 1 hook failed"."""
-        counts = [(sum(outcome.action == action for outcome in self.outcomes), action) for action in ACTIONS]
+        counts = [(sum(outcome.action == action for outcome in self.outcomes), action) for action in Action]
         total = len(self.outcomes)
         line = f"{total} certificate{'s' if total != 1 else ''}: " + ", ".join(f"{n} {a}" for n, a in counts if n)
         failures = len(self.hook_failures)
@@ -138,7 +134,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         try:
             step = _step(settings, store, spec, now)
         except Exception as error:  # an unreadable record, or a fault nobody foresaw, fails its certificate alone
-            outcomes[spec.name] = Outcome(spec.name, "failed", str(_expected(error)))
+            outcomes[spec.name] = Outcome(spec.name, Action.FAILED, str(_expected(error)))
             continue
         if isinstance(step, Outcome):
             outcomes[spec.name] = step
@@ -180,10 +176,10 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
             log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
         return "issue"
     if decision.deferred:
-        return Outcome(spec.name, "deferred", decision.reason)
+        return Outcome(spec.name, Action.DEFERRED, decision.reason)
     if ari_check_due(record, now):
         return "check"
-    return Outcome(spec.name, "unchanged", decision.reason)
+    return Outcome(spec.name, Action.UNCHANGED, decision.reason)
 
 
 def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
@@ -198,7 +194,7 @@ def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
     failures = [failure] if failure else []
     try:
         if failure:
-            outcomes.update((spec.name, Outcome(spec.name, "failed", "not attempted: the pre-hook failed"))
+            outcomes.update((spec.name, Outcome(spec.name, Action.FAILED, "not attempted: the pre-hook failed"))
                             for spec, _ in work)
         else:
             failures += do_work()
@@ -262,7 +258,7 @@ def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, direct
     except Exception as error:
         result = _failed(store, now, spec, directory, _expected(error))
     if isinstance(result, Decision):  # checked with the CA: still not due
-        result = Outcome(spec.name, "unchanged", result.reason)
+        result = Outcome(spec.name, Action.UNCHANGED, result.reason)
     progress.advance(spec.name, result.action if isinstance(result, Outcome) else "ordered")
     return result
 
@@ -347,7 +343,7 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     try:
         record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
     except CertrenewError as unreadable:  # reported, and left for the operator to look at
-        return Outcome(spec.name, "failed", f"{error}; and {unreadable}")
+        return Outcome(spec.name, Action.FAILED, f"{error}; and {unreadable}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = (error.until if isinstance(error, OverBudget)
                            else now + backoff(record.failures) if error.backoff else None)
@@ -355,8 +351,8 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     try:
         store.save_record(record)
     except CertrenewError as unwritable:
-        return Outcome(spec.name, "failed", f"{error}; and {unwritable}")
-    return Outcome(spec.name, "failed", str(error))
+        return Outcome(spec.name, Action.FAILED, f"{error}; and {unwritable}")
+    return Outcome(spec.name, Action.FAILED, str(error))
 
 
 def _check_ssl_dir(settings: Settings) -> None:
