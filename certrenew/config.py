@@ -294,7 +294,7 @@ def env_flag(name: str, environ: Mapping[str, str] = os.environ) -> bool | None:
     try:
         return _flag(environ[name])
     except ValueError as error:
-        raise UsageError(f"invalid {name}: {error}") from None
+        raise UsageError(f"invalid {name}: {error}") from error
 
 
 def _concurrency(value: int) -> int:
@@ -390,8 +390,10 @@ def _existing_file(path: str) -> str:
     return path
 
 
-_TOML_TYPES: Mapping[type, tuple[type | tuple[type, ...], str]] = MappingProxyType({bool: (bool, "true or false"), float: ((int, float), "a number"), int: (int, "a whole number"),
-               str: (str, "a string"), Path: (str, "a string")})
+_TOML_TYPES: Mapping[type, tuple[type | tuple[type, ...], str]] = MappingProxyType({
+    bool: (bool, "true or false"), float: ((int, float), "a number"), int: (int, "a whole number"),
+    str: (str, "a string"), Path: (str, "a string"),
+})
 
 
 @dataclass(frozen=True)
@@ -566,12 +568,12 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
             try:
                 values[option.name] = option.from_text(environ[option.env])
             except (ValueError, UsageError) as error:
-                raise UsageError(f"invalid {option.env}: {error}") from None
+                raise UsageError(f"invalid {option.env}: {error}") from error
         if cli.get(option.name) is not None:
             try:
                 values[option.name] = option.from_text(cli[option.name])
             except (ValueError, UsageError) as error:
-                raise UsageError(f"invalid {option.cli}: {error}") from None
+                raise UsageError(f"invalid {option.cli}: {error}") from error
     settings = Settings(**values)
     if settings.staging and settings.directory != LETSENCRYPT:
         raise UsageError(f"--staging and --directory ({settings.directory}) both name a CA; pass one")
@@ -609,11 +611,11 @@ def load_config(path: Path) -> ConfigFile:
     try:
         data = tomli.loads(read_regular(path, MAX_CONFIG, commands=True).decode())
     except Unfit as unfit:
-        raise UsageError(f"cannot read config file {path}: {unfit}") from None
+        raise UsageError(f"cannot read config file {path}: {unfit}") from unfit
     except OSError as error:
-        raise UsageError(f"cannot read config file {path}: {error.strerror}") from None
+        raise UsageError(f"cannot read config file {path}: {error.strerror}") from error
     except (tomli.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise UsageError(f"{path}: {error}") from None
+        raise UsageError(f"{path}: {error}") from error
 
     settings = {}
     for key, value in data.items():
@@ -624,7 +626,7 @@ def load_config(path: Path) -> ConfigFile:
         try:
             settings[key] = OPTION_NAMED[key].from_toml(value)
         except (ValueError, UsageError) as error:
-            raise UsageError(f"{path}: {key}: {error}") from None
+            raise UsageError(f"{path}: {key}: {error}") from error
 
     cas = data.get("ca", {})
     if not isinstance(cas, dict):
@@ -659,14 +661,14 @@ def _fallback_ca(path: Path, url: str, table: Any) -> Ca:
     try:
         directory = _directory_url(url)
     except ValueError as error:
-        raise UsageError(f"{where}: {error}") from None
+        raise UsageError(f"{where}: {error}") from error
     own = {}
     for key in CA_KEYS:
         if key in table:
             try:
                 own[key] = OPTION_NAMED[key].from_toml(table[key])
             except (ValueError, UsageError) as error:
-                raise UsageError(f"{where}: {key}: {error}") from None
+                raise UsageError(f"{where}: {key}: {error}") from error
     if ("eab_kid" in own) != ("eab_hmac_key_file" in own):
         raise UsageError(f"{where}: an external account binding takes both eab_kid and eab_hmac_key_file")
     return Ca(directory, **own)
@@ -700,7 +702,7 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
     try:  # checked as the top-level key is: "short lived" would reach the CA, and fail there with a back-off
         profile = OPTION_NAMED["profile"].from_toml(table["profile"]) if "profile" in table else defaults.get("profile")
     except ValueError as error:
-        raise UsageError(f"{where}: profile {error}") from None
+        raise UsageError(f"{where}: profile {error}") from error
     crt_store = table.get("crt_store")
     if crt_store is not None and not (isinstance(crt_store, str) and _CRT_STORE.fullmatch(crt_store)):
         raise UsageError(f"{where}: crt_store must name a crt-store entry as HAProxy does, '@<store>/<alias>'")
@@ -713,7 +715,7 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
             try:
                 own[key] = OPTION_NAMED[key].from_toml(table[key])
             except (ValueError, UsageError) as error:
-                raise UsageError(f"{where}: {key}: {error}") from None
+                raise UsageError(f"{where}: {key}: {error}") from error
     challenge = own.get("challenge", defaults.get("challenge", HTTP_01))
     if challenge != DNS_01 and own.keys() & DNS_OPTIONS:
         raise UsageError(f"{where}: {sorted(own.keys() & DNS_OPTIONS)[0]} is for a certificate with "
@@ -723,4 +725,4 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
                                  dns_settings(challenge, {**defaults, **own}),
                                  own.get("crt_list_options", defaults.get("crt_list_options")), crt_store)
     except UsageError as error:
-        raise UsageError(f"{where}: {error}") from None
+        raise UsageError(f"{where}: {error}") from error

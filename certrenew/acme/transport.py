@@ -27,7 +27,7 @@ from acme import client, errors, messages
 from cryptography.hazmat.primitives.asymmetric import rsa
 from requests.adapters import HTTPAdapter
 
-from certrenew.errors import CertrenewError, ConfigurationError
+from certrenew.errors import AccountUnknown, CertrenewError, ConfigurationError
 from certrenew.pki.keys import load_key
 from certrenew.system.hints import untrusted_ca
 from certrenew.system.runcontext import RunContext
@@ -42,7 +42,7 @@ BAD_NONCE_ATTEMPTS = 20
 MAX_RESPONSE = 1024 * 1024
 """Bytes read of any answer from the CA: a certificate chain or an ACME object is a few KiB."""
 OUR_MISTAKES = frozenset({"invalidContact", "invalidEmail", "unsupportedContact", "invalidProfile",
-                "externalAccountRequired", "userActionRequired"})
+                          "externalAccountRequired", "userActionRequired"})
 """Problem types (RFC 8555 section 6.7) that a change of our settings fixes, not a later retry:
 they fail without starting the back-off."""
 
@@ -95,10 +95,6 @@ class Deadline:
         return left
 
 
-class AccountUnknown(CertrenewError):
-    """The CA does not know the account certrenew stored."""
-
-
 class RequestCounter(Protocol):
     """Counts requests to the CA (a `metrics.Telemetry`), for the metrics of a run or a daemon."""
 
@@ -127,10 +123,10 @@ class Transport:
             directory = messages.Directory.from_json(answer.json())
         except (requests.RequestException, errors.Error, ValueError) as error:
             if untrusted(error):
-                raise ConfigurationError(untrusted_ca(directory_url, str(error))) from None
-            raise CertrenewError(f"cannot reach the ACME directory {directory_url}: {describe(error)}") from None
+                raise ConfigurationError(untrusted_ca(directory_url, str(error))) from error
+            raise CertrenewError(f"cannot reach the ACME directory {directory_url}: {describe(error)}") from error
         except _RetryLater as later:  # a 429, or a 503 with Retry-After, past the retries or the time budget
-            raise CertrenewError(f"the ACME directory {directory_url} answers {later}; a later run will try again") from None
+            raise CertrenewError(f"the ACME directory {directory_url} answers {later}; a later run will try again") from later
         self.client = client.ClientV2(directory, self.net)
         self.ca_clock_ahead = clock_ahead(answer)
         """How far the CA's clock is ahead of this host's (None: its answer had no Date header)."""
@@ -168,16 +164,16 @@ class Transport:
         except _RetryLater as later:
             outcome = ("which is beyond the time budget (--timeout)" if later.beyond_deadline
                        else f"and still refused after {TRANSIENT_ATTEMPTS} attempts")
-            raise CertrenewError(f"the CA refused to {what}: {later} {outcome}; a later run will try again") from None
+            raise CertrenewError(f"the CA refused to {what}: {later} {outcome}; a later run will try again") from later
         except messages.Error as error:
             kind = {"accountDoesNotExist": AccountUnknown}.get(error.code or "", CertrenewError)
             if problem_code(error) in OUR_MISTAKES:
                 kind = ConfigurationError
-            raise kind(f"the CA refused to {what}: {error.detail or error}") from None
+            raise kind(f"the CA refused to {what}: {error.detail or error}") from error
         except errors.ConflictError as error:
-            raise CertrenewError(f"the CA refused to {what}: conflict ({error})") from None
+            raise CertrenewError(f"the CA refused to {what}: conflict ({error})") from error
         except (requests.RequestException, errors.ClientError) as error:
-            raise CertrenewError(f"cannot {what}: {describe(error)}") from None
+            raise CertrenewError(f"cannot {what}: {describe(error)}") from error
 
 
 class _Network(client.ClientNetwork):
@@ -245,7 +241,7 @@ class _Network(client.ClientNetwork):
             seconds = retry_after_seconds(response)
             limited = response.status_code == 429 or getattr(error, "code", None) == "rateLimited"
             if limited or (response.status_code == 503 and seconds is not None):
-                raise _RetryLater(error, seconds) from None
+                raise _RetryLater(error, seconds) from error
             raise
 
     def _retrying(self, function: Callable[..., requests.Response], *args: Any, **kwargs: Any) -> requests.Response:
@@ -321,7 +317,6 @@ def _read_bounded(response: requests.Response, **kwargs: Any) -> requests.Respon
                                         f"{MAX_RESPONSE // 1024} KiB", response=response)
     response._content = b"".join(chunks)
     return response
-
 
 
 class _RetryLater(Exception):

@@ -30,7 +30,7 @@ from certrenew.config import (
     env_flag,
     load_config,
 )
-from certrenew.errors import CertrenewError, Interrupted, UsageError
+from certrenew.errors import CertrenewError, Interrupted, UsageError, causes
 from certrenew.renewal.policy import Action
 from certrenew.state.store import FileStore
 from certrenew.system import signals
@@ -545,7 +545,11 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("failed")
         message = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.filename else error
         # A log shipper reads every line as JSON, argparse's complaints too.
-        Output(json=_log_format(argv) == "json").problem(f"error: {message}")
+        output = Output(json=_log_format(argv) == "json")
+        output.problem(f"error: {message}")
+        if log.isEnabledFor(logging.DEBUG):  # -v: what certrenew met underneath, one line each
+            for cause in causes(error):
+                output.problem(f"  caused by {type(cause).__name__}: {cause}")
         return getattr(error, "exit_code", 1)
 
 

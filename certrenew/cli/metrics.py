@@ -219,7 +219,7 @@ class MetricsServer:
             listener = self._serving.enter_context(Address(host=host, port=port).listening())
         except OSError as error:
             raise CertrenewError(f"cannot listen on {self.listen} for metrics: {error.strerror}; "
-                                 "set --metrics-listen") from None
+                                 "set --metrics-listen") from error
         self._server = self._serving.enter_context(httpd.Server(listener, self.answer, "certrenew-metrics"))
         log.debug("metrics on http://%s:%d/metrics", *self.address)
         return self

@@ -118,8 +118,8 @@ class Result:
 def reason_code(reason: str) -> int:
     try:
         return REASONS[reason]
-    except KeyError:
-        raise UsageError(f"unknown revocation reason {reason!r}; choose one of {', '.join(REASONS)}") from None
+    except KeyError as cause:
+        raise UsageError(f"unknown revocation reason {reason!r}; choose one of {', '.join(REASONS)}") from cause
 
 
 def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | None,
@@ -246,7 +246,7 @@ def _remove(settings: Settings, store: FileStore, name: str) -> Removal:
         served_by = _unserve(settings, file)
     except CertrenewError as error:
         raise CertrenewError(f"{name}: revoked, but not removed ({error}); the ssl dir and the state keep it: "
-                             f"run 'certrenew revoke {name} --delete' again once that is fixed") from None
+                             f"run 'certrenew revoke {name} --delete' again once that is fixed") from error
     return Removal(served_by, _archive(store, name), placeholder)
 
 
@@ -303,7 +303,7 @@ def _unserve(settings: Settings, file: Path) -> str:
         if listed is not None and unlisted is not None:
             listed.write()  # and its crt-list line
         if reasons and isinstance(error, CertrenewError):
-            raise CertrenewError(f"{error}, after the Runtime API could not: {'; '.join(reasons)}") from None
+            raise CertrenewError(f"{error}, after the Runtime API could not: {'; '.join(reasons)}") from error
         raise
     finally:
         fsync_directory(file.parent)

@@ -46,9 +46,9 @@ class CrtList:
         try:
             text = read_regular(path, MAX_CONFIG).decode()
         except OSError as error:
-            raise CertrenewError(f"cannot read the crt-list {path}: {error.strerror or error}") from None
+            raise CertrenewError(f"cannot read the crt-list {path}: {error.strerror or error}") from error
         except (Unfit, UnicodeDecodeError) as error:
-            raise CertrenewError(f"cannot read the crt-list {path}: {error}") from None
+            raise CertrenewError(f"cannot read the crt-list {path}: {error}") from error
         return cls(path, tuple(text.splitlines(keepends=True)))
 
     @property

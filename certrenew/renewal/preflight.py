@@ -216,7 +216,8 @@ def _not_reached(error: OSError, name: str, what: str, where: str, option: str) 
     return None
 
 
-PROBES: Mapping[str, Callable[[Any, Settings, str], Check]] = MappingProxyType({HTTP_01: probe, TLS_ALPN_01: probe_tls})
+PROBES: Mapping[str, Callable[[Any, Settings, str], Check]] = MappingProxyType({HTTP_01: probe,
+                                                                                 TLS_ALPN_01: probe_tls})
 """How the path of each challenge type is probed before ordering; DNS-01's solver checks its own."""
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from certrenew.challenge.solver import TLS_ALPN_01, ChallengeSolver, check_domains
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
-from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
+from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError, causes
 from certrenew.pki.domains import check_normalized
 from certrenew.renewal import hooks
 from certrenew.renewal.policy import Action, Decision, ari_check_due, backoff, decide, utc_now
@@ -107,7 +107,7 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
             check_normalized(spec.domains)
             check_domains(spec.challenge, spec.domains)  # a wildcard over HTTP-01 would only fail at the CA
         except UsageError as error:
-            raise UsageError(f"{spec.name}: {error}") from None
+            raise UsageError(f"{spec.name}: {error}") from error
     check_hooks(settings)
     _check_ssl_dir(settings)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
     store = store if store is not None else FileStore(settings.state_dir)
@@ -256,6 +256,8 @@ def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, direct
     try:
         result = step(spec)
     except Exception as error:
+        for cause in causes(error):  # -v: what the one line of the outcome summarizes
+            log.debug("%s: caused by %s: %s", spec.name, type(cause).__name__, cause, extra={"certificate": spec.name})
         result = _failed(store, now, spec, directory, _expected(error))
     if isinstance(result, Decision):  # checked with the CA: still not due
         result = Outcome(spec.name, Action.UNCHANGED, result.reason)

@@ -40,7 +40,7 @@ class StateLock:
             fd = owned.open_file(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as error:
             raise CertrenewError(f"cannot open the lock file {self.path}: {error.strerror} (the state dir must be "
-                                 "writable by the user certrenew runs as)") from None
+                                 "writable by the user certrenew runs as)") from error
         try:
             self._wait(fd)
             os.ftruncate(fd, 0)

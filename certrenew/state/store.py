@@ -211,7 +211,7 @@ def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, not {type(data).__name__}")
     except ValueError as error:
-        raise CertrenewError(f"corrupt state file {where}: {error}") from None
+        raise CertrenewError(f"corrupt state file {where}: {error}") from error
     version = data.get("version", VERSION)
     if version != VERSION:
         raise CertrenewError(f"state file {where} has format version {version!r}; this certrenew reads "
@@ -219,9 +219,9 @@ def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
     try:
         return parse(data)
     except KeyError as error:
-        raise CertrenewError(f"corrupt state file {where}: {error} is missing") from None
+        raise CertrenewError(f"corrupt state file {where}: {error} is missing") from error
     except (ValueError, TypeError, AttributeError) as error:
-        raise CertrenewError(f"corrupt state file {where}: {error}") from None
+        raise CertrenewError(f"corrupt state file {where}: {error}") from error
 
 
 def _text(key: str, value: Any) -> str:
@@ -428,7 +428,7 @@ class FileStore:
         try:
             return self._load_json(name, "meta.json", functools.partial(CertificateRecord.from_json, name=name))
         except CertrenewError as error:
-            raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from None
+            raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from error
 
     def save_record(self, record: CertificateRecord) -> None:
         self._save_json(record.name, "meta.json", record.to_json())
@@ -483,7 +483,7 @@ class FileStore:
                 _remove(self._path(name, "pending.json"))
             fsync_directory(directory)
         except OSError as error:
-            raise CertrenewError(f"cannot set aside {source}: {error.strerror or error}") from None
+            raise CertrenewError(f"cannot set aside {source}: {error.strerror or error}") from error
         return str(target)
 
     def promote_pending(self, record: CertificateRecord) -> None:
@@ -573,7 +573,7 @@ def _read(path: str | Path) -> bytes | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:
-        raise CertrenewError(f"cannot read {path}: {error.strerror}") from None
+        raise CertrenewError(f"cannot read {path}: {error.strerror}") from error
     try:
         chunks = []
         while chunk := os.read(fd, READ_SIZE):

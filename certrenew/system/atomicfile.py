@@ -56,7 +56,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
             if sync and sync_directory:
                 fsync_directory(directory)
         except OSError as error:
-            raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from None
+            raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def temp_path(directory: Path) -> Path:

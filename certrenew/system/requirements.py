@@ -20,9 +20,9 @@ def check_acme_stack() -> None:
     for package, minimum in MINIMUM.items():
         try:
             installed = metadata.version(package)
-        except metadata.PackageNotFoundError:
+        except metadata.PackageNotFoundError as cause:
             raise CertrenewError(f"{package} is not installed: certrenew needs {package} >= {minimum}; "
-                                 "install with pip") from None
+                                 "install with pip") from cause
         if _release(installed) < _release(minimum):
             raise CertrenewError(f"{package} {installed} is too old: certrenew needs {package} >= {minimum}; "
                                  "install with pip")
