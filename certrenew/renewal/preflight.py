@@ -195,10 +195,18 @@ def probe_node(solver: StatelessSolver, name: str, node: str | None) -> Check:
         if node is None and isinstance(error, OSError):
             return _not_reached(error, name, url, where, "--http-01-node") or Check(WARN, url, str(error))
         return Check(FAIL, what, f"{url} got no HTTP answer ({error}): is it an HAProxy node's port 80?")
-    if answer.status == 200 and answer.body == f"{token}.{solver.thumbprint}".encode():
-        return Check(OK, what, f"answers {HTTP_01} for this account by itself ({url})")
-    return Check(FAIL, what, f"{url} answered {_seen(answer)}, not this account's key authorization: put the lines "
-                             "`certrenew haproxy-config` prints in its port-80 frontend, and reload it")
+    if answer.status != 200 or answer.body != f"{token}.{solver.thumbprint}".encode():
+        return Check(FAIL, what, f"{url} answered {_seen(answer)}, not this account's key authorization: put the "
+                                 "lines `certrenew haproxy-config` prints in its port-80 frontend, and reload it")
+    try:  # a path that is no token: echoed, anyone could make the node say anything under the CA's prefix
+        echoed = f"{token}.not-a-token".encode() in ask(host, port, authority, f"{token}.not-a-token",
+                                                        PROBE_TIMEOUT).body
+    except (OSError, http.client.HTTPException):
+        echoed = False  # it answered a moment ago: a second answer lost proves nothing either way
+    if echoed:
+        return Check(FAIL, what, f"echoes any path under {CHALLENGE_PREFIX}, not only a token: keep the acme-token "
+                                 "line of `certrenew haproxy-config` (its regex) in its port-80 frontend")
+    return Check(OK, what, f"answers {HTTP_01} for this account by itself ({url})")
 
 
 def probe_tls(responder: "TlsAlpnResponder", settings: Settings, name: str) -> Check:

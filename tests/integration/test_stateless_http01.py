@@ -75,15 +75,16 @@ def test_names_on_node_3_and_node_2_are_validated_by_haproxy_alone(lab):
             result = lab.certrenew(name, env=env)
             assert result.returncode == 0, result.stderr
             delta = [_challenge_requests(lab, node) - seen for node, seen in zip((1, 2, 3), before)]
-            # Each node got the pre-flight probe; the one the name resolves to, pebble's validation too.
-            assert delta[index - 1] > 1, delta
-            assert [count for node, count in enumerate(delta, 1) if node != index] == [1, 1], delta
+            # Each node got the pre-flight probe (a token, and a path that is none); the one the name resolves
+            # to, pebble's validation too.
+            assert delta[index - 1] > 2, delta
+            assert [count for node, count in enumerate(delta, 1) if node != index] == [2, 2], delta
     for name in (WWW, API):
         served = lab.served_certificate(name)  # verified to pebble's root, for the name
         assert served.subject.rfc4514_string() == f"CN={name}"
 
 
-@pytest.mark.parametrize("node_3", ["without the lines", "with another account's thumbprint"])
+@pytest.mark.parametrize("node_3", ["without the lines", "with another account's thumbprint", "echoing any path"])
 def test_a_node_that_does_not_answer_stops_check_and_the_run_before_any_order(lab, node_3):
     with FaultProxy(lab) as proxy:
         global_lines, frontend_lines = _snippet(lab, proxy.env)
@@ -91,6 +92,9 @@ def test_a_node_that_does_not_answer_stops_check_and_the_run_before_any_order(la
         lab.start_fleet_node(2, global_lines, frontend_lines)
         if node_3 == "without the lines":
             lab.start_fleet_node(3)
+        elif node_3 == "echoing any path":
+            lab.start_fleet_node(3, global_lines, [line.replace("path_reg ^/\\.", "path_beg /.").replace(
+                "[A-Za-z0-9_-]+$", "") for line in frontend_lines])
         else:
             other = thumbprint(new_account_key_pem())
             lab.start_fleet_node(3, [f"setenv ACME_THUMBPRINT {other}"], frontend_lines)
@@ -102,10 +106,11 @@ def test_a_node_that_does_not_answer_stops_check_and_the_run_before_any_order(la
         failed = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
         assert len(failed) == 1 and failed[0].startswith(f"FAIL {node}: "), check.stdout
         assert "certrenew haproxy-config" in failed[0]
+        assert ("echoes any path" in failed[0]) == (node_3 == "echoing any path")
         result = lab.certrenew(WWW, env=env)
         assert result.returncode == 1
         assert proxy.count("new-order") == 0, proxy.seen
-        assert f"{node}: http://{WWW}/.well-known/acme-challenge/" in result.stdout + result.stderr
+        assert f"failed: {node}: " in result.stderr
         assert proxy.count("account") >= 1  # the run did reach the CA through the proxy: it counted
 
 

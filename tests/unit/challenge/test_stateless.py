@@ -6,6 +6,7 @@ import pytest
 from acme import challenges
 
 from certrenew.acme.account import new_account_key_pem
+from certrenew.challenge.solver import TOKEN as TOKEN_PATTERN
 from certrenew.challenge.stateless import StatelessSolver, snippet, thumbprint
 from certrenew.config import build_settings
 from certrenew.errors import CertrenewError, UsageError
@@ -53,11 +54,13 @@ def test_the_mode_is_one_of_two_and_nodes_are_host_port():
 
 @pytest.fixture
 def node():
-    """A port-80 frontend stand-in answering every GET with `node.body`."""
+    """A port-80 frontend stand-in answering a GET of a token (of anything with `node.echo`) with `node.body`."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = server.body(self.path.rsplit("/", 1)[1]).encode()
-            self.send_response(200)
+            token = self.path.rsplit("/", 1)[1]
+            found = server.echo or TOKEN_PATTERN.fullmatch(token)
+            body = server.body(token).encode() if found else b"not found"
+            self.send_response(200 if found else 404)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -66,6 +69,7 @@ def node():
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.echo = False
     threading.Thread(target=server.serve_forever, daemon=True).start()
     server.address = f"127.0.0.1:{server.server_address[1]}"
     yield server
@@ -81,6 +85,9 @@ def test_a_node_passes_with_the_key_authorization_and_fails_naming_itself_otherw
     check = probe_node(solver, "a.example", node.address)
     assert (check.status, check.what) == (FAIL, f"HAProxy node {node.address}")
     assert "certrenew haproxy-config" in check.detail
+    node.body, node.echo = lambda token: f"{token}.{thumbprint(KEY)}", True
+    check = probe_node(solver, "a.example", node.address)
+    assert check.status == FAIL and "echoes any path" in check.detail
     node.shutdown()
     node.server_close()
     assert probe_node(solver, "a.example", node.address).status == FAIL  # a node named is a node that must answer
