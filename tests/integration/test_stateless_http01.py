@@ -6,6 +6,7 @@ them, or with another account's thumbprint, stops `certrenew check` and a run be
 import contextlib
 import re
 import socket
+import time
 
 import pytest
 
@@ -35,6 +36,16 @@ def _snippet(lab, env=None, *args: str) -> tuple[list[str], list[str]]:
     return _lines(made.stdout)
 
 
+def _add_to_node_1(lab, global_lines, frontend_lines) -> None:
+    """Add the lines to the lab's HAProxy and wait until they answer: after a reload the old worker
+    (with the responder's ACL only) may take a connection for a moment longer."""
+    lab.add_haproxy_lines(global_lines, frontend_lines)
+    deadline = time.monotonic() + 10
+    while not _get(lab, b"/.well-known/acme-challenge/ready").startswith(b"HTTP/1.1 200"):
+        assert time.monotonic() < deadline, "node 1 does not answer with the lines after its reload"
+        time.sleep(0.1)
+
+
 def _fleet_env(lab, env=None) -> dict[str, str]:
     nodes = ",".join(f"{fleet_address(index)}:{lab.http_port}" for index in (1, 2, 3))
     return {"CERTRENEW_HTTP_01_MODE": "stateless", "CERTRENEW_HTTP_01_NODE": nodes, **(env or {})}
@@ -59,7 +70,7 @@ def _challenge_requests(lab, index: int) -> int:
 
 def test_names_on_node_3_and_node_2_are_validated_by_haproxy_alone(lab):
     global_lines, frontend_lines = _snippet(lab)
-    lab.add_haproxy_lines(global_lines, frontend_lines)
+    _add_to_node_1(lab, global_lines, frontend_lines)
     for index in (2, 3):
         lab.start_fleet_node(index, global_lines, frontend_lines)
     lab.point_name(WWW, fleet_address(3))
@@ -88,7 +99,7 @@ def test_names_on_node_3_and_node_2_are_validated_by_haproxy_alone(lab):
 def test_a_node_that_does_not_answer_stops_check_and_the_run_before_any_order(lab, node_3):
     with FaultProxy(lab) as proxy:
         global_lines, frontend_lines = _snippet(lab, proxy.env)
-        lab.add_haproxy_lines(global_lines, frontend_lines)
+        _add_to_node_1(lab, global_lines, frontend_lines)
         lab.start_fleet_node(2, global_lines, frontend_lines)
         if node_3 == "without the lines":
             lab.start_fleet_node(3)
@@ -126,7 +137,7 @@ def _get(lab, path: bytes) -> bytes:
 @pytest.mark.parametrize("tail", [b"<script>alert(1)</script>", b"abc.def", b"abc/def", b"abc%2Fdef", b"abc;evil",
                                   b"abc%3Cb%3E"])
 def test_haproxy_echoes_only_a_token(lab, tail):
-    lab.add_haproxy_lines(*_snippet(lab))
+    _add_to_node_1(lab, *_snippet(lab))
     prefix = b"/.well-known/acme-challenge/"
     answered = _get(lab, prefix + b"Token_-123")
     assert answered.startswith(b"HTTP/1.1 200") and answered.endswith(b"\r\n\r\nToken_-123." + _thumbprint(lab))
@@ -147,7 +158,7 @@ def test_the_map_variant_answers_and_follows_set_map_without_a_reload(lab):
     map_file = lab.workdir / "acme-thumbprint.map"
     global_lines, _ = _snippet(lab)
     map_file.write_text(f"thumbprint {global_lines[0].split()[-1]}\n")
-    lab.add_haproxy_lines([], _snippet(lab, None, "--map", str(map_file))[1])
+    _add_to_node_1(lab, [], _snippet(lab, None, "--map", str(map_file))[1])
     env = {"CERTRENEW_HTTP_01_MODE": "stateless", "CERTRENEW_HTTP_01_NODE": f"{LOOPBACK}:{lab.http_port}"}
     assert lab.certrenew("check", WWW, env=env).returncode == 0
     from certrenew.haproxy.runtime_api import RuntimeApi
