@@ -592,6 +592,9 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
     if (settings.eab_kid is None) != (settings.eab_hmac_key_file is None):
         raise UsageError("an external account binding takes both the key id (--eab-kid) and the file of its HMAC "
                          "key (--eab-hmac-key-file)")
+    if settings.http_01_node and settings.http_01_mode != STATELESS:
+        raise UsageError(f"--http-01-node names the HAProxy nodes that answer by themselves: it goes with "
+                         f"--http-01-mode {STATELESS}")
     unlisted = sorted({ca.directory for ca in settings.fallback_ca} - set(settings.fallback_directory))
     if unlisted:
         raise UsageError(f'[ca."{unlisted[0]}"] describes no fallback CA: add it to fallback_directory '
