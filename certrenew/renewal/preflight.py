@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from certrenew.challenge.responder import CHALLENGE_PREFIX, Responder, ask
-from certrenew.challenge.solver import HTTP_01, TLS_ALPN_01
 from certrenew.config import CertificateSpec, Settings
+from certrenew.config.challenges import HTTP_01, TLS_ALPN_01
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.haproxy import service
 from certrenew.haproxy.crtlist import CrtList

@@ -15,8 +15,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from certrenew.challenge.solver import TLS_ALPN_01, ChallengeSolver, check_domains
+from certrenew.challenge.dns01 import Dns01Solver
+from certrenew.challenge.dnshook import DnsHook
+from certrenew.challenge.rfc2136 import Rfc2136Publisher
+from certrenew.challenge.solver import ChallengeSolver
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
+from certrenew.config.challenges import TLS_ALPN_01, check_domains
+from certrenew.config.dns import DnsSettings
 from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
 from certrenew.pki.domains import check_normalized
 from certrenew.renewal import hooks
@@ -219,7 +224,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             responder = solvers_open.enter_context(Responder(settings.listen, store))
         solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
         for dns in {spec.dns for spec, _ in work if spec.dns}:
-            solvers[dns] = solvers_open.enter_context(dns.solver())
+            solvers[dns] = solvers_open.enter_context(dns01_solver(dns))
         if any(spec.challenge == TLS_ALPN_01 for spec, _ in work):
             from certrenew.challenge.tlsalpn01 import (
                 TlsAlpnResponder,  # and acme learns the challenge type, before any order
@@ -246,6 +251,16 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
     outcomes.update(installed)
     served = [outcome.served for outcome in installed.values() if outcome.served]
     return hooks.run_deploy(settings.deploy_hook, served, settings.hook_timeout)
+
+
+def dns01_solver(dns: DnsSettings) -> Dns01Solver:
+    """A DNS-01 solver publishing by RFC 2136 with the TSIG key, or through the hook."""
+    if dns.hook:
+        publisher: DnsHook | Rfc2136Publisher = DnsHook(dns.hook)
+    else:
+        assert dns.server is not None and dns.tsig_key is not None  # checked by dns_settings
+        publisher = Rfc2136Publisher(dns.server, dns.tsig_key)
+    return Dns01Solver(publisher, dns.server, dns.zone, dns.propagation_timeout)
 
 
 def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str,

@@ -18,16 +18,21 @@ from urllib.parse import urlsplit
 
 import tomli
 
-from certrenew.challenge.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
-from certrenew.challenge.dnshook import DnsHook
-from certrenew.challenge.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
-from certrenew.challenge.solver import DNS_01, HTTP_01, TLS_ALPN_01, check_domains
+from certrenew.config.challenges import DNS_01, HTTP_01, TLS_ALPN_01, check_domains
+from certrenew.config.dns import (
+    DNS_OPTIONS,
+    PROPAGATION_TIMEOUT,
+    DnsServer,
+    DnsSettings,
+    dns_settings,
+    parse_dns_server,
+    split_dns_hook,
+)
 from certrenew.errors import UsageError
-from certrenew.haproxy.runtime_api import check_address
 from certrenew.pki.domains import is_ip_address, normalize_domain, normalize_domains
 from certrenew.pki.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.system.command import split_command
-from certrenew.system.hostport import check_host_port, split_host_port
+from certrenew.system.hostport import check_address, check_host_port, split_host_port
 from certrenew.system.limits import MAX_CONFIG, Unfit, read_regular
 from certrenew.system.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
 
@@ -50,29 +55,6 @@ MAX_CONCURRENCY = 64
 rate limits stop far fewer; a larger number is a typo, not a plan."""
 MAX_RENEW_BEFORE = datetime.timedelta(days=1000)
 """Longer than any certificate lives: a longer --renew-before would renew on every run."""
-
-
-@dataclass(frozen=True)
-class DnsSettings:
-    """How a DNS-01 certificate's records get published and checked (see `certrenew.challenge.dns01`).
-
-    Hashable: the certificates of a run that share these settings share one solver.
-    """
-
-    server: DnsServer | None = None
-    tsig_key: TsigKey | None = None
-    hook: str | None = None
-    zone: str | None = None
-    propagation_timeout: float = PROPAGATION_TIMEOUT
-
-    def solver(self) -> Dns01Solver:
-        """A solver publishing by RFC 2136 with the TSIG key, or through the hook."""
-        if self.hook:
-            publisher: DnsHook | Rfc2136Publisher = DnsHook(self.hook)
-        else:
-            assert self.server is not None and self.tsig_key is not None  # checked by dns_settings
-            publisher = Rfc2136Publisher(self.server, self.tsig_key)
-        return Dns01Solver(publisher, self.server, self.zone, self.propagation_timeout)
 
 
 @dataclass(frozen=True)
@@ -251,28 +233,6 @@ def default_certificate_name(domain: str) -> str:
     return IP_PREFIX + domain.replace(":", "-") if is_ip_address(domain) else domain
 
 
-DNS_OPTIONS = ("dns_server", "tsig_key", "dns_zone", "dns_hook", "dns_propagation_timeout")
-"""The options that say how a DNS-01 certificate publishes its records."""
-
-
-def dns_settings(challenge: str, options: Mapping[str, Any]) -> DnsSettings | None:
-    """A certificate's DNS settings from its DNS_OPTIONS (None unless it uses DNS-01), checked together.
-
-    The TSIG key file is read here, so a bad one is refused before anything is touched.
-    """
-    if challenge != DNS_01:
-        return None
-    server, tsig_key, hook = options.get("dns_server"), options.get("tsig_key"), options.get("dns_hook")
-    if hook and tsig_key:
-        raise UsageError("DNS-01 publishes with a TSIG key (--tsig-key) or a hook (--dns-hook), not both")
-    if tsig_key and not server:
-        raise UsageError("a TSIG key (--tsig-key) needs the DNS server that takes the updates (--dns-server)")
-    if not hook and not tsig_key:
-        raise UsageError("DNS-01 needs a DNS server and a TSIG key (--dns-server, --tsig-key) or a hook (--dns-hook)")
-    return DnsSettings(server, load_tsig_key(tsig_key) if tsig_key else None, hook, options.get("dns_zone"),
-                       options.get("dns_propagation_timeout", PROPAGATION_TIMEOUT))
-
-
 def _flag(raw: str | bool) -> bool:
     """A boolean as the environment (or a `--flag`/`--no-flag` pair, already a bool) gives it."""
     if isinstance(raw, bool):
@@ -356,7 +316,7 @@ def _dns_zone(zone: str) -> str:
 
 
 def _dns_hook(command: str) -> str:
-    DnsHook(command)  # splits it as it will be run: an unclosed quote fails here
+    split_dns_hook(command)  # as it will be run: an unclosed quote fails here
     return command
 
 
