@@ -11,7 +11,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,8 +103,8 @@ class Ca:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Where to get certificates from, where to keep them, and how to make HAProxy serve them."""
+class AcmeSettings:
+    """The account and the CAs it orders from: what the issuer, revoke and the CA checks use."""
 
     directory: str = LETSENCRYPT
     staging: bool = False
@@ -116,42 +116,10 @@ class Settings:
     fallback_directory: tuple[str, ...] = ()
     fallback_ca: tuple[Ca, ...] = ()
     """What a config file's [ca."URL"] tables give a fallback CA of its own: a CA bundle, an account binding."""
-    state_dir: Path = Path("/var/lib/certrenew")
-    ssl_dir: Path = Path("/etc/haproxy/ssl")
-    listen: str = DEFAULT_LISTEN
-    tls_alpn_listen: str = DEFAULT_TLS_ALPN_LISTEN
-    reload_command: str = "systemctl reload haproxy"
-    key_type: str = DEFAULT_KEY_TYPE
-    profile: str | None = None
-    renew_before: datetime.timedelta | None = None
-    concurrency: int = 4
     timeout: float = 300.0
-    lock_timeout: float = 300.0
-    force: bool = False
-    self_check: bool = True
-    self_check_address: str | None = None
-    self_check_tls_address: str | None = None
-    haproxy_socket: tuple[str, ...] = ()
-    crt_list: Path | None = None
-    crt_list_options: str | None = None
-    haproxy_config: tuple[Path, ...] = ()
-    verify_endpoint: tuple[str, ...] = ()
-    metrics_file: Path | None = None
-    metrics_listen: str | None = None
-    check_interval: datetime.timedelta = datetime.timedelta(hours=1)
-    challenge: str = HTTP_01
-    dns_server: DnsServer | None = None
-    tsig_key: Path | None = None
-    dns_zone: str | None = None
-    dns_hook: str | None = None
-    dns_propagation_timeout: float = PROPAGATION_TIMEOUT
     caa_check: bool = False
     caa_resolver: DnsServer | None = None
     caa_identity: tuple[str, ...] = ()
-    pre_hook: str | None = None
-    post_hook: str | None = None
-    deploy_hook: str | None = None
-    hook_timeout: float = 60.0
 
     @property
     def directory_url(self) -> str:
@@ -171,6 +139,115 @@ class Settings:
     def directory_urls(self) -> tuple[str, ...]:
         """Every CA a certificate may come from without being reissued."""
         return tuple(ca.directory for ca in self.cas)
+
+
+@dataclass(frozen=True)
+class HaproxySettings:
+    """The HAProxy this node installs into and checks: what the installer, revoke and the pre-flight use."""
+
+    ssl_dir: Path = Path("/etc/haproxy/ssl")
+    reload_command: str = "systemctl reload haproxy"
+    haproxy_socket: tuple[str, ...] = ()
+    crt_list: Path | None = None
+    haproxy_config: tuple[Path, ...] = ()
+    verify_endpoint: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResponderSettings:
+    """Where the HTTP-01 and TLS-ALPN-01 responders listen, and how the self-check reaches them."""
+
+    listen: str = DEFAULT_LISTEN
+    tls_alpn_listen: str = DEFAULT_TLS_ALPN_LISTEN
+    self_check: bool = True
+    self_check_address: str | None = None
+    self_check_tls_address: str | None = None
+
+
+@dataclass(frozen=True)
+class CertificateDefaults:
+    """What a certificate takes when it does not say (a [[certificate]] table, or the domains of `issue`)."""
+
+    key_type: str = DEFAULT_KEY_TYPE
+    profile: str | None = None
+    challenge: str = HTTP_01
+    dns_server: DnsServer | None = None
+    tsig_key: Path | None = None
+    dns_zone: str | None = None
+    dns_hook: str | None = None
+    dns_propagation_timeout: float = PROPAGATION_TIMEOUT
+    crt_list_options: str | None = None
+
+    def dns(self) -> DnsSettings | None:
+        """The DNS settings of a certificate that takes these (see `dns_settings`)."""
+        return dns_settings(self.challenge, {name: getattr(self, name) for name in DNS_OPTIONS})
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """The operator's commands around a run and after each certificate served."""
+
+    pre_hook: str | None = None
+    post_hook: str | None = None
+    deploy_hook: str | None = None
+    hook_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """What only the daemon and the metrics use: its timer and where the metrics go."""
+
+    metrics_file: Path | None = None
+    metrics_listen: str | None = None
+    check_interval: datetime.timedelta = datetime.timedelta(hours=1)
+
+
+_SLICES = {"acme": AcmeSettings, "haproxy": HaproxySettings, "responder": ResponderSettings,
+           "certificate": CertificateDefaults, "hooks": HookSettings, "daemon": DaemonSettings}
+_SLICE_OF = {option.name: where for where, kind in _SLICES.items() for option in fields(kind)}
+"""Which slice of `Settings` holds each option, by the option's name."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where to get certificates from, where to keep them, and how to make HAProxy serve them.
+
+    Made of slices, each handed whole to the component that uses it (the issuer gets `acme`,
+    the installer `haproxy`, ...), and the few settings of the run itself. Each slice's
+    fields are named after their options (`Settings.of`, `option`).
+    """
+
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
+    haproxy: HaproxySettings = field(default_factory=HaproxySettings)
+    responder: ResponderSettings = field(default_factory=ResponderSettings)
+    certificate: CertificateDefaults = field(default_factory=CertificateDefaults)
+    hooks: HookSettings = field(default_factory=HookSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    state_dir: Path = Path("/var/lib/certrenew")
+    renew_before: datetime.timedelta | None = None
+    concurrency: int = 4
+    lock_timeout: float = 300.0
+    force: bool = False
+
+    @classmethod
+    def of(cls, **options: Any) -> "Settings":
+        """Settings from options by their names, as the command line, the environment and the config file give them."""
+        return cls().with_options(**options)
+
+    def with_options(self, **options: Any) -> "Settings":
+        """A copy with these options (by their names) changed."""
+        changes: dict[str | None, dict[str, Any]] = {}
+        for name, value in options.items():
+            changes.setdefault(_SLICE_OF.get(name), {})[name] = value
+        own = changes.pop(None, {})
+        own.update((where, replace(getattr(self, where), **values)) for where, values in changes.items()
+                   if where is not None)
+        return replace(self, **own)
+
+    def option(self, name: str) -> Any:
+        """The value of the option `name`, in whichever slice holds it."""
+        where = _SLICE_OF.get(name)
+        return getattr(getattr(self, where) if where else self, name)
 
 
 def parse_duration(text: str) -> datetime.timedelta:
@@ -530,20 +607,21 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
                 values[option.name] = option.from_text(cli[option.name])
             except (ValueError, UsageError) as error:
                 raise UsageError(f"invalid {option.cli}: {error}") from None
-    settings = Settings(**values)
-    if settings.staging and settings.directory != LETSENCRYPT:
-        raise UsageError(f"--staging and --directory ({settings.directory}) both name a CA; pass one")
-    if (settings.eab_kid is None) != (settings.eab_hmac_key_file is None):
+    settings = Settings.of(**values)
+    acme, listen, metrics_listen = settings.acme, settings.responder.listen, settings.daemon.metrics_listen
+    if acme.staging and acme.directory != LETSENCRYPT:
+        raise UsageError(f"--staging and --directory ({acme.directory}) both name a CA; pass one")
+    if (acme.eab_kid is None) != (acme.eab_hmac_key_file is None):
         raise UsageError("an external account binding takes both the key id (--eab-kid) and the file of its HMAC "
                          "key (--eab-hmac-key-file)")
-    unlisted = sorted({ca.directory for ca in settings.fallback_ca} - set(settings.fallback_directory))
+    unlisted = sorted({ca.directory for ca in acme.fallback_ca} - set(acme.fallback_directory))
     if unlisted:
         raise UsageError(f'[ca."{unlisted[0]}"] describes no fallback CA: add it to fallback_directory '
                          "(--fallback-directory), or remove the table")
-    if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == parse_listen(settings.listen).port:
+    if metrics_listen and split_host_port(metrics_listen)[1] == parse_listen(listen).port:
         # The responder's port is the one the internet reaches through HAProxy.
-        raise UsageError(f"the metrics address {settings.metrics_listen} (--metrics-listen) uses the responder's "
-                         f"port (--listen {settings.listen}); choose another port")
+        raise UsageError(f"the metrics address {metrics_listen} (--metrics-listen) uses the responder's "
+                         f"port (--listen {listen}); choose another port")
     return settings
 
 
