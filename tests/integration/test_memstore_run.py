@@ -49,14 +49,16 @@ class SilentSolver:
         pass
 
 
-def assert_kept_and_served(lab: Lab, store: MemoryStore, settings: Settings, spec: CertificateSpec) -> None:
+def assert_kept_and_served(lab: Lab, store: MemoryStore, settings: Settings, spec: CertificateSpec,
+                           account: bool = True) -> None:
     bundle = store.load_bundle(spec.name)
     assert bundle is not None and store.load_bundle(spec.name, "pending") is None
     info = leaf_info(bundle)
     record = store.load_record(spec.name)
     assert record is not None and (record.serial, record.domains) == (info.serial, list(spec.domains))
-    account = store.load_account(settings.acme.directory_url)
-    assert account is not None and account.uri
+    if account:
+        kept = store.load_account(settings.acme.directory_url)
+        assert kept is not None and kept.uri
     assert (lab.ssl_dir / f"{spec.name}.pem").read_bytes() == bundle
     lab.wait_served_serial(spec.domains[0], info.serial, timeout=30)
     assert list(lab.state_dir.iterdir()) == []  # the file store was never touched
@@ -81,3 +83,19 @@ def test_issuer_with_a_solver_of_its_own(lab):
     assert installed.result.method == "reload"
     assert solver.presented == [NAME]
     assert_kept_and_served(lab, store, settings, spec)
+
+
+def test_a_node_that_issued_nothing_deploys_the_pending_bundle_the_store_holds(lab):
+    """The fleet's case: another node (here a run on a store of its own) issued the certificate and kept it
+    pending; this node, with no account, no order and no word with the CA, makes its HAProxy serve it."""
+    settings, spec = settings_for(lab), CertificateSpec(NAME, (NAME,))
+    issued = Issuer(settings.acme, MemoryStore(), {spec.solver_key: SilentSolver()}).issue(spec)
+    store = MemoryStore()
+    store.save_pending(NAME, issued.bundle, issued.directory)
+    deployer = Deployer(settings.haproxy, store, settings.acme.directory_url)
+    pending = deployer.pending(spec)
+    assert pending is not None and pending.bundle == issued.bundle
+    [installed] = deployer.deploy([pending])
+    assert installed.unrecorded is None and installed.result.method == "reload"
+    assert store.load_account(settings.acme.directory_url) is None  # this node never spoke to the CA
+    assert_kept_and_served(lab, store, settings, spec, account=False)

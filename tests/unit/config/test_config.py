@@ -448,3 +448,29 @@ def test_fallback_directories_from_the_environment_and_the_command_line():
 def test_a_ca_table_that_cannot_work_is_refused_naming_it(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
         build_settings({}, config_file(tmp_path, text), {})
+
+
+def test_every_option_has_one_slice_and_reads_back_by_its_name():
+    """The command line, the environment and the file name options flat; each must land in its slice."""
+    from certrenew.config import OPTIONS, Settings
+
+    for option in OPTIONS:
+        assert Settings.of(**{option.name: Settings().option(option.name)}) == Settings()
+    moved = Settings().with_options(listen="127.0.0.1:1", state_dir=Path("/x"), reload_command="true")
+    assert (moved.responder.listen, moved.state_dir, moved.haproxy.reload_command) == ("127.0.0.1:1", Path("/x"), "true")
+    assert moved.option("listen") == "127.0.0.1:1" and moved.acme == Settings().acme
+    with pytest.raises(TypeError):
+        Settings.of(no_such_option=1)
+
+
+def test_the_configuration_loads_nothing_it_configures():
+    """config sits at the bottom: reading settings loads no solver, no HAProxy client, no ACME stack."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, certrenew.config\n"
+             "print(sorted(m for m in sys.modules if m.startswith(('certrenew.challenge', 'certrenew.haproxy', "
+             "'certrenew.acme', 'certrenew.state', 'certrenew.renewal'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
