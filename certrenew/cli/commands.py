@@ -26,7 +26,6 @@ from certrenew.config import (
     Settings,
     build_settings,
     certificate_specs,
-    dns_settings,
     env_flag,
     load_config,
 )
@@ -295,11 +294,11 @@ def _renew_recorded(settings, specs, output: Output, context: RunContext) -> int
 
     store = FileStore(settings.state_dir)
     progress = for_stream(sys.stderr, output.quiet or output.json)  # a bar is no JSON
-    if settings.metrics_file is None:
+    if settings.daemon.metrics_file is None:
         return _report(run(settings, specs, store, progress=progress, context=context), output)
     from certrenew.cli import metrics, status
 
-    metrics.check_textfile(settings.metrics_file)
+    metrics.check_textfile(settings.daemon.metrics_file)
     telemetry = metrics.Telemetry()
     started, code = time.monotonic(), 1
     try:
@@ -307,7 +306,7 @@ def _renew_recorded(settings, specs, output: Output, context: RunContext) -> int
         return code
     finally:
         telemetry.record_run(code == 0, time.monotonic() - started)
-        metrics.write_textfile(settings.metrics_file, status.collect(settings, specs, store), telemetry)
+        metrics.write_textfile(settings.daemon.metrics_file, status.collect(settings, specs, store), telemetry)
 
 
 def _renew(argv: list[str], context: RunContext) -> int:
@@ -315,8 +314,9 @@ def _renew(argv: list[str], context: RunContext) -> int:
     output = _setup_logging(args)
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
-    specs = certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
-                              dns_settings(settings.challenge, vars(settings)), settings.crt_list_options)
+    defaults = settings.certificate
+    specs = certificate_specs(None, args.domains, defaults.key_type, defaults.profile, defaults.challenge,
+                              defaults.dns(), defaults.crt_list_options)
     if not settings.force:
         _refuse_dropping_names(FileStore(settings.state_dir), specs)
     return _renew_recorded(settings, specs, output, context)
@@ -371,7 +371,7 @@ def _daemon(argv: list[str], context: RunContext) -> int:
             settings, specs = _managed(args)
             if settings.force:  # from CERTRENEW_FORCE: every pass would order every certificate
                 raise UsageError("the daemon does not take CERTRENEW_FORCE: use `certrenew run --force` once")
-            check_hooks(settings)  # at start and on SIGHUP, not once a minute in a failing pass
+            check_hooks(settings.hooks)  # at start and on SIGHUP, not once a minute in a failing pass
             return settings, specs
 
         settings, specs = load()
@@ -441,8 +441,9 @@ def _check(argv: list[str], context: RunContext) -> int:
     settings = build_settings(vars(args), config)
     specs = list(config.certificates) if config else []
     if args.domains:
-        specs += certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
-                                   dns_settings(settings.challenge, vars(settings)))
+        defaults = settings.certificate
+        specs += certificate_specs(None, args.domains, defaults.key_type, defaults.profile, defaults.challenge,
+                                   defaults.dns())
     checks = preflight.run_checks(settings, config.path if config else None, specs)
     levels = {preflight.OK: logging.INFO, preflight.WARN: logging.WARNING, preflight.FAIL: logging.ERROR}
     for check in checks:
@@ -456,7 +457,7 @@ def _bootstrap(argv: list[str], context: RunContext) -> int:
     args = build_bootstrap_parser().parse_args(argv)
     output = _setup_logging(args)
     settings = build_settings(vars(args), _config(args, required=False))
-    output.result(f"placeholder: {write_placeholder(settings.ssl_dir)}")
+    output.result(f"placeholder: {write_placeholder(settings.haproxy.ssl_dir)}")
     return 0
 
 

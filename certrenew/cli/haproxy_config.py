@@ -6,8 +6,9 @@ what the CA asks of this account (see `certrenew.challenge.stateless`).
 """
 
 from certrenew.acme.account import new_account_key_pem
-from certrenew.challenge.stateless import STATELESS, no_account, snippet, thumbprint
+from certrenew.challenge.stateless import no_account, snippet, thumbprint
 from certrenew.config import Settings
+from certrenew.config.challenges import STATELESS
 from certrenew.errors import UsageError
 from certrenew.state.store import Account, FileStore
 from certrenew.system.runcontext import RunContext
@@ -19,7 +20,7 @@ def render(settings: Settings, map_file: str | None = None, create_account: bool
     saying where each part goes. `create_account`: make the account's key first if there is none (the CA
     registers it at the first order); without it, a missing account is a one-line error saying so."""
     store = FileStore(settings.state_dir)
-    directory = settings.directory_url
+    directory = settings.acme.directory_url
     account = store.load_account(directory)
     if account is None:
         if not create_account:

@@ -24,12 +24,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from certrenew.config import (
+    AcmeSettings,
     CertificateSpec,
     ConfigFile,
+    HaproxySettings,
     Settings,
     certificate_specs,
     check_certificate_name,
-    dns_settings,
 )
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.haproxy import service
@@ -134,11 +135,11 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
                          "remove it there first, or use --reissue")
     if bundle is None:
         if delete and name in store.names():
-            return Request(name, None, None, settings.directory_url, reason, delete=True)
+            return Request(name, None, None, settings.acme.directory_url, reason, delete=True)
         raise UsageError(f"no certificate named {name!r} in {settings.state_dir} (see certrenew status)")
     record = store.load_record(name)
-    ca = record.directory if record is not None and record.directory else settings.directory_url
-    _account(store, settings, ca)
+    ca = record.directory if record is not None and record.directory else settings.acme.directory_url
+    _account(store, settings.state_dir, ca)
     info = leaf_info(bundle)
     replacement = None
     if reissue and config is not None:
@@ -152,10 +153,11 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
             raise UsageError(f"{name} has a key of a type certrenew does not make; list it in a config file "
                              "with a key_type to --reissue it")
         # Checked here, so a wildcard without --challenge dns-01 is refused before anything is ordered.
-        [replacement] = certificate_specs(name, info.domains, key_type, settings.profile, settings.challenge,
-                                          dns_settings(settings.challenge, vars(settings)))
-    if delete and not settings.ssl_dir.is_dir():
-        raise UsageError(f"the ssl dir {settings.ssl_dir} does not exist (set --ssl-dir)")
+        defaults = settings.certificate
+        [replacement] = certificate_specs(name, info.domains, key_type, defaults.profile, defaults.challenge,
+                                          defaults.dns())
+    if delete and not settings.haproxy.ssl_dir.is_dir():
+        raise UsageError(f"the ssl dir {settings.haproxy.ssl_dir} does not exist (set --ssl-dir)")
     others = tuple(spec.name for spec in config.certificates if spec.name != name) if config else ()
     return Request(name, bundle, info, ca, reason, replacement, delete, others)
 
@@ -184,8 +186,8 @@ def carry_out(settings: Settings, request: Request, context: RunContext | None =
                                  "it?); nothing revoked, run again")
         if request.info is None:  # never issued: nothing at the CA, in HAProxy or in the ssl dir
             return Result(request, False, removed=Removal("never served", _archive(store, request.name), None))
-        already = not _revoke_at_ca(settings, store, request, context)
-        removed = _remove(settings, store, request.name) if request.delete else None
+        already = not _revoke_at_ca(settings.acme, store, settings.state_dir, request, context)
+        removed = _remove(settings.haproxy, store, request.name) if request.delete else None
         if removed is None and reissued is None:  # still served: the next run must replace it
             _record_revoked(store, request.name)
     return Result(request, already, reissued, removed)
@@ -209,20 +211,21 @@ def _record_revoked(store: FileStore, name: str) -> None:
         store.save_record(record)
 
 
-def _account(store: FileStore, settings: Settings, ca: str) -> Account:
+def _account(store: FileStore, state_dir: Path, ca: str) -> Account:
     account = store.load_account(ca)
     if account is None:
-        raise UsageError(f"no ACME account for {ca} in {settings.state_dir}; revocation "
+        raise UsageError(f"no ACME account for {ca} in {state_dir}; revocation "
                          "is signed with the account that ordered the certificate (set --directory to its CA)")
     return account
 
 
-def _revoke_at_ca(settings: Settings, store: FileStore, request: Request, context: RunContext) -> bool:
+def _revoke_at_ca(settings: AcmeSettings, store: FileStore, state_dir: Path, request: Request,
+                  context: RunContext) -> bool:
     """Revoke at the CA; False when it was revoked already."""
     from certrenew.acme.orders import AcmeClient
     from certrenew.acme.transport import Deadline
 
-    account = _account(store, settings, request.ca)
+    account = _account(store, state_dir, request.ca)
     ca_bundle = next((ca.ca_bundle for ca in settings.cas if ca.directory == request.ca), settings.ca_bundle)
     client = AcmeClient(request.ca, account.key_pem, Deadline(settings.timeout, context), ca_bundle)
     client.login(account.uri, settings.email, settings.agree_tos)
@@ -230,7 +233,7 @@ def _revoke_at_ca(settings: Settings, store: FileStore, request: Request, contex
     return client.revoke(leaf_certificate(request.bundle), reason_code(request.reason))
 
 
-def _remove(settings: Settings, store: FileStore, name: str) -> Removal:
+def _remove(settings: HaproxySettings, store: FileStore, name: str) -> Removal:
     """Take the certificate out of every HAProxy and the ssl dir, then move its state aside.
 
     HAProxy and the ssl dir agree whatever fails: see `_unserve`. The state goes last, so
@@ -255,7 +258,7 @@ def _archive(store: FileStore, name: str) -> Path:
     return store.archive(name, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
 
 
-def _unserve(settings: Settings, file: Path) -> str:
+def _unserve(settings: HaproxySettings, file: Path) -> str:
     """Make every HAProxy drop `file`, then delete it: over the Runtime API, else by a reload.
 
     Disk and HAProxy never disagree for long: the Runtime API drops it from memory before

@@ -100,7 +100,7 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
             rows.append(_status(settings, spec, store.load_record(spec.name), now))
         except CertrenewError as error:
             rows.append(_unreadable(spec, error))
-    if read_ssl_dir and specs and not settings.crt_list:  # see install.shadowing
+    if read_ssl_dir and specs and not settings.haproxy.crt_list:  # see install.shadowing
         rows = _shadowed(settings, specs, rows)
     for name in store.names():
         if name in managed:
@@ -137,7 +137,7 @@ def _shadowed(settings: Settings, specs: list[CertificateSpec], rows: list[Certi
     """`rows` (one per spec, in order), those another bundle in the ssl dir shadows marked so."""
     from certrenew.haproxy.install import claims, shadowing  # cryptography: only when the ssl dir is read
 
-    directory = Path(os.path.abspath(settings.ssl_dir))
+    directory = Path(os.path.abspath(settings.haproxy.ssl_dir))
     found, managed = claims(directory), {directory / f"{spec.name}.pem" for spec in specs}
     for index, spec in enumerate(specs):
         if spec.crt_store:  # served from its crt-store entry (see issue.Issuer._check_place)
@@ -165,7 +165,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
     if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
         next_renewal = record.next_attempt
     due = issued is None or due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
-                                       settings.directory_urls) is not None
+                                       settings.acme.directory_urls) is not None
     if not managed:
         state = State.UNMANAGED
     elif not_after is not None and now >= not_after:
@@ -192,7 +192,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         next_renewal=next_renewal,
         last_error=record.last_error if record else None,
         failures=record.failures if record else 0,
-        ca=(issued.directory or settings.directory_url) if issued else None,  # unrecorded: the configured CA
+        ca=(issued.directory or settings.acme.directory_url) if issued else None,  # unrecorded: the configured CA
     )
 
 

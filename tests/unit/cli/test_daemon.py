@@ -28,7 +28,7 @@ def hangups():
 
 
 def make(tmp_path, hangups, load=None, rng=None, **settings):
-    config = (Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", lock_timeout=0, **settings),
+    config = (Settings.of(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", lock_timeout=0, **settings),
               [CertificateSpec("a", ("a.example",))])
     return daemon.Daemon(*config, MemoryStore(), load or (lambda: config), hangups, rng)
 
@@ -85,12 +85,12 @@ def test_a_refused_config_on_sighup_keeps_the_old_one(tmp_path, hangups, caplog,
 
 def test_sighup_keeps_the_ports_and_the_store_it_started_with(tmp_path, hangups, caplog):
     subject = make(tmp_path, hangups)
-    moved = Settings(state_dir=tmp_path / "elsewhere", ssl_dir=tmp_path / "ssl", listen="127.0.0.1:1",
+    moved = Settings.of(state_dir=tmp_path / "elsewhere", ssl_dir=tmp_path / "ssl", listen="127.0.0.1:1",
                      check_interval=HOUR / 2)
     subject.load = lambda: (moved, [])
     subject.reload()
-    assert subject.settings.check_interval == HOUR / 2 and subject.specs == []
-    assert (subject.settings.listen, subject.settings.state_dir) == (Settings().listen, tmp_path / "unused")
+    assert subject.settings.daemon.check_interval == HOUR / 2 and subject.specs == []
+    assert (subject.settings.responder.listen, subject.settings.state_dir) == (Settings().responder.listen, tmp_path / "unused")
     assert "SIGHUP: listen changed; restart the daemon to apply it" in caplog.text
 
 

@@ -1,6 +1,5 @@
 """`renew.run` and `status.collect` over the in-memory store: the paths that need no CA."""
 
-import dataclasses
 import datetime
 import json
 import re
@@ -28,7 +27,7 @@ INFO = CertificateInfo("1f", NOW, NOW + 90 * DAY, ("x.example",), "00")
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path, directory="https://127.0.0.1:9/none",
+    return Settings.of(state_dir=tmp_path / "unused", ssl_dir=tmp_path, directory="https://127.0.0.1:9/none",
                     lock_timeout=0, reload_command="true")
 
 
@@ -165,25 +164,25 @@ def test_fixing_the_directory_url_ends_a_back_off_earned_against_the_wrong_one(s
         outcomes.update((item.name, renew.Outcome(item.name, "failed", "not ordered")) for item, _ in work)
         return []
     monkeypatch.setattr(renew, "_work", work)
-    [outcome] = renew.run(dataclasses.replace(settings, directory=wrong), [spec("a")], store)
+    [outcome] = renew.run(settings.with_options(directory=wrong), [spec("a")], store)
     assert outcome.action == "deferred" and ordered == []  # the same URL: a retry, held back
     renew.run(settings, [spec("a")], store)  # the URL fixed: a new attempt, at once
     assert ordered == [("a", "issue")]
 
 
-class RefusingIssuer:
-    """Installs like `Issuer.install` into the store, but HAProxy refuses `refused`'s bundle in any batch."""
+class RefusingDeployer:
+    """Deploys like `Deployer.deploy` into the store, but HAProxy refuses `refused`'s bundle in any batch."""
 
     def __init__(self, store, refused, error=None):
         from certrenew.errors import Refused
         self.store, self.refused, self.batches = store, refused, []
-        self.settings = Settings(directory=CA)
+        self.directory = CA
         self.error = error or Refused(f"HAProxy refused {refused}.pem: bad key; the previous certificates were put back",
                                       [refused])
 
-    def install(self, batch):
+    def deploy(self, batch):
         from certrenew.haproxy.install import InstallResult
-        from certrenew.renewal.issue import Installed
+        from certrenew.renewal.deploy import Installed
         self.batches.append([item.spec.name for item in batch])
         if any(item.spec.name == self.refused for item in batch):
             raise self.error
@@ -195,13 +194,13 @@ class RefusingIssuer:
 def install_with_b_refused(store, error=None) -> dict:
     """`renew._install` of a, b and c, kept pending, where installing b fails with `error`
     (HAProxy refusing it by default): b fails, and a and c are installed in a second round."""
-    from certrenew.renewal.issue import Issued
+    from certrenew.renewal.deploy import Issued
     for name in ("a", "b", "c"):
         store.save_pending(name, f"BUNDLE {name}".encode())
     batch = [Issued(spec(name), f"BUNDLE {name}".encode(), "renewed") for name in ("a", "b", "c")]
-    issuer = RefusingIssuer(store, "b", error)
-    outcomes = renew._install(store, NOW, issuer, batch)
-    assert issuer.batches == [["a", "b", "c"], ["a", "c"]]
+    deployer = RefusingDeployer(store, "b", error)
+    outcomes = renew._install(store, NOW, deployer, batch)
+    assert deployer.batches == [["a", "b", "c"], ["a", "c"]]
     assert {name: outcome.action for name, outcome in outcomes.items()} == {"a": "renewed", "b": "failed", "c": "renewed"}
     return outcomes
 
@@ -210,14 +209,14 @@ def install_with_b_refused(store, error=None) -> dict:
 def test_a_refusal_naming_no_certificate_of_the_batch_fails_the_batch_once():
     """Each round must take one certificate out, or the install loop would never end."""
     from certrenew.errors import Refused
-    from certrenew.renewal.issue import Issued
+    from certrenew.renewal.deploy import Issued
     store = MemoryStore()
     store.save_pending("a", b"BUNDLE a")
-    issuer = RefusingIssuer(store, "a", Refused("HAProxy refused elsewhere.pem", ["elsewhere"]))
-    install = issuer.install
-    issuer.install = lambda batch: install(batch) if len(issuer.batches) < 3 else pytest.fail("installs for ever")
-    outcomes = renew._install(store, NOW, issuer, [Issued(spec("a"), b"BUNDLE a", "renewed")])
-    assert issuer.batches == [["a"]] and outcomes["a"].action == "failed"
+    deployer = RefusingDeployer(store, "a", Refused("HAProxy refused elsewhere.pem", ["elsewhere"]))
+    deploy = deployer.deploy
+    deployer.deploy = lambda batch: deploy(batch) if len(deployer.batches) < 3 else pytest.fail("installs for ever")
+    outcomes = renew._install(store, NOW, deployer, [Issued(spec("a"), b"BUNDLE a", "renewed")])
+    assert deployer.batches == [["a"]] and outcomes["a"].action == "failed"
     assert store.load_bundle("a", "pending") == b"BUNDLE a"  # not set aside: it was not the one refused
 
 def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
@@ -280,7 +279,7 @@ def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
 def test_an_order_over_budget_waits_until_the_budget_frees_not_for_the_back_off(settings, no_ca):
     store = MemoryStore()
     store.save_record(issued("a", ari_window_start=NOW - DAY, ari_window_end=NOW + DAY, ari_renew_at=NOW - DAY))
-    outcome = renew._failed(store, NOW, spec("a"), settings.directory_url,
+    outcome = renew._failed(store, NOW, spec("a"), settings.acme.directory_url,
                             OverBudget("not ordered: its budget", NOW + 20 * HOUR))
     assert outcome.action == "failed" and store.load_record("a").next_attempt == NOW + 20 * HOUR
     [held] = renew.run(settings, [spec("a")], store)  # due by its window, held back until then
@@ -327,7 +326,7 @@ def test_a_failed_forced_attempt_shows_in_status_but_only_a_due_certificate_is_f
     (CertificateSpec("site", ("a.example",), challenge="tls-alpn-02"), "site: unknown challenge type 'tls-alpn-02'"),
 ])
 def test_the_library_refuses_a_certificate_it_could_not_keep_before_writing_anything(tmp_path, given, message):
-    settings = Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", reload_command="true")
+    settings = Settings.of(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", reload_command="true")
     (tmp_path / "ssl").mkdir()
     with pytest.raises(UsageError, match=re.escape(message)):
         renew.run(settings, [spec("fine"), given])
@@ -363,7 +362,7 @@ def test_a_certificate_that_cannot_be_recorded_fails_alone_the_others_served_rec
     from certrenew.pki.bundle import leaf_info
     (tmp_path / "ssl").mkdir()
     deployed = tmp_path / "deployed"
-    settings = Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", directory="https://127.0.0.1:9/none",
+    settings = Settings.of(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", directory="https://127.0.0.1:9/none",
                         reload_command="true", deploy_hook=f"sh -c 'echo $CERTRENEW_NAME >> {deployed}'",
                         lock_timeout=0, timeout=1)
     store = FillingStore("b")

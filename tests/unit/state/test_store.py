@@ -366,7 +366,7 @@ def test_a_long_lived_store_checks_its_top_directories_again_at_a_later_read_wit
     store = FileStore(tmp_path / "state")  # a daemon's: one object for months
     with store.lock(timeout=0):  # a pass
         store.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
-    settings, specs = Settings(state_dir=store.root), [CertificateSpec("a", ("a.example",))]
+    settings, specs = Settings.of(state_dir=store.root), [CertificateSpec("a", ("a.example",))]
     [row] = status.collect(settings, specs, store)  # /metrics between passes: checked, and fine
     assert row.state == "missing" and store.find_challenge("token") is None
     path = tmp_path / where
