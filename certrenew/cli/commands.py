@@ -30,7 +30,7 @@ from certrenew.config import (
     load_config,
 )
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.store import FileStore
+from certrenew.state.store import Store, open_store
 from certrenew.system import signals
 from certrenew.system.limits import raise_open_files_limit
 from certrenew.version import __version__
@@ -274,7 +274,7 @@ def _renew_recorded(settings, specs, output: Output) -> int:
     from certrenew.renewal.progress import for_stream
     from certrenew.renewal.renew import run
 
-    store = FileStore(settings.state_dir)
+    store = open_store(settings)
     progress = for_stream(sys.stderr, output.quiet or output.json)  # a bar is no JSON
     if settings.metrics_file is None:
         return _report(run(settings, specs, store, progress=progress), output)
@@ -299,11 +299,11 @@ def _renew(argv: list[str]) -> int:
     specs = certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
                               dns_settings(settings.challenge, vars(settings)), settings.crt_list_options)
     if not settings.force:
-        _refuse_dropping_names(FileStore(settings.state_dir), specs)
+        _refuse_dropping_names(open_store(settings), specs)
     return _renew_recorded(settings, specs, output)
 
 
-def _refuse_dropping_names(store: FileStore, specs: list[CertificateSpec]) -> None:
+def _refuse_dropping_names(store: Store, specs: list[CertificateSpec]) -> None:
     """`certrenew example.com` for a certificate that also has www.example.com would reissue it
     without: certbot asks first, and the command line is where a name is forgotten, so that takes
     --force. (A config file edited to drop a name says so on purpose.)"""
@@ -357,7 +357,7 @@ def _daemon(argv: list[str]) -> int:
 
         settings, specs = load()
         try:
-            Daemon(settings, specs, FileStore(settings.state_dir), load, hangups).run()
+            Daemon(settings, specs, open_store(settings), load, hangups).run()
         except signals.Interrupted as interrupted:
             log.info("stopping: %s", interrupted)
             return signals.exit_abandoning_workers(0)
@@ -371,7 +371,7 @@ def _status(argv: list[str]) -> int:
     output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
-    rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir),
+    rows = status.collect(settings, config.certificates if config else None, open_store(settings),
                           read_ssl_dir=True)
     reason = status.unhealthy(settings, rows)
     if args.json:

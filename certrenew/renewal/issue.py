@@ -396,10 +396,11 @@ class Issuer:
     def _login(self, session: _Session) -> AcmeClient:
         settings, ca = self.settings, session.ca
         if session.account is None:
-            session.account = self.store.load_account(ca.directory)
-            if session.account is None:
-                session.account = Account(new_account_key_pem(), None)
-                self.store.save_account(ca.directory, session.account)
+            with self.store.account_lock(ca.directory, settings.lock_timeout):  # one key per CA, whoever makes it
+                session.account = self.store.load_account(ca.directory)
+                if session.account is None:
+                    session.account = Account(new_account_key_pem(), None)
+                    self.store.save_account(ca.directory, session.account)
         account = session.account
         client = AcmeClient(ca.directory, account.key_pem, self.deadline, ca.ca_bundle, self.counter)
         check_clock(client.transport.ca_clock_ahead)  # at the first login of the run: before any order

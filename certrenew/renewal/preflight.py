@@ -32,7 +32,7 @@ from certrenew.haproxy import service
 from certrenew.haproxy.crtlist import CrtList
 from certrenew.haproxy.install import claims, shadowing
 from certrenew.haproxy.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
-from certrenew.state.store import FileStore
+from certrenew.state.store import open_store
 from certrenew.system import hints, owned
 from certrenew.system.hostport import split_host_port
 from certrenew.system.listen import check_socket_dir, create_hint, flood_risk, parse_listen, takeover_risk
@@ -288,7 +288,7 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
         checks.extend(_caa_checks(settings, specs))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
     if names:
-        with Responder(settings.listen, FileStore(settings.state_dir)) as responder:  # the daemon's, if it runs
+        with Responder(settings.listen, open_store(settings)) as responder:  # the daemon's, if it runs
             try:
                 checks.extend(probe_all(responder, settings, names))
             except CertrenewError as error:  # the responder cannot listen
@@ -444,7 +444,7 @@ def _caa_checks(settings: Settings, specs: Sequence[CertificateSpec]) -> list[Ch
     except (requests.RequestException, ValueError, AttributeError):
         meta = {}  # the directory's own check says why
     identities = caa_identities(meta.get("caaIdentities"), settings.caa_identity)
-    account = FileStore(settings.state_dir).load_account(settings.directory_url)
+    account = open_store(settings).load_account(settings.directory_url)
     uri = account.uri if account else None
     verdicts = {(name, spec.challenge): caa.verdict(name, identities, uri, spec.challenge, settings.caa_resolver)
                 for spec in specs for name in spec.domains}

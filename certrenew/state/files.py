@@ -34,7 +34,7 @@ from pathlib import Path
 from certrenew.errors import CertrenewError
 from certrenew.state.backend import ABSENT, Busy, Conflict, Entry, Fenced, Lease, Unavailable, check_key
 from certrenew.system import owned, signals
-from certrenew.system.atomicfile import fsync_directory, write_atomic
+from certrenew.system.atomicfile import fsync_directory, remove_stale_temps, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ JOURNAL = "journal.json"
 RESERVED = {LOCKS, JOURNAL, "lock"}
 """Names at the top of the state dir that are the backend's (and `lock`, the state dir's own), no key's."""
 POLL = 0.1
+RECHECK_AFTER = 1.0
+"""Seconds a check of the state dir and its top directories holds for reads (see `check_layout`)."""
+TOPS = ("accounts", "certificates")
 MUTEX_WAIT = 30.0
 """Seconds a write waits for the mutex, held for milliseconds unless its holder is stopped mid-write."""
 MUTEX_POLL = 0.005
@@ -94,6 +97,8 @@ class FileBackend:
         self._locks = self.root / LOCKS
         self._held: set[FileLease] = set()
         self._guard = threading.Lock()
+        self._checked_at = -RECHECK_AFTER
+        """When (time.monotonic) the state dir and its top directories were last checked."""
 
     # Reading.
 
@@ -130,12 +135,29 @@ class FileBackend:
                 dirs[:] = [name for name in dirs if name.startswith(start) or start.startswith(name)]
         return found
 
-    def _dirs_ours(self, directory: Path) -> bool:
-        """Whether `directory` exists, it and each one above it up to the root ours alone (see `owned`)."""
+    def check_layout(self) -> bool:
+        """Whether the state dir exists, refused unless it and its top directories are ours alone.
+
+        Checked at most every RECHECK_AFTER seconds: `status` over ten thousand certificates checks
+        once, and a daemon's /metrics and /healthz, in a process that lives for months, at each request.
+        """
+        now = time.monotonic()
+        if now - self._checked_at < RECHECK_AFTER:
+            return True
         if not owned.check_dir(self.root, follow=True):
             return False
+        for top in TOPS:
+            owned.check_dir(self.root / top)
+        self._checked_at = now
+        return True
+
+    def _dirs_ours(self, directory: Path) -> bool:
+        """Whether `directory` exists, it and each one above it up to the root ours alone (see `owned`)."""
+        if not self.check_layout():
+            return False
         parts = directory.relative_to(self.root).parts
-        return all(owned.check_dir(self.root.joinpath(*parts[:depth])) for depth in range(1, len(parts) + 1))
+        return all(owned.check_dir(self.root.joinpath(*parts[:depth])) for depth in range(1, len(parts) + 1)
+                   if depth > 1 or parts[0] not in TOPS)
 
     # Writing.
 
@@ -159,18 +181,35 @@ class FileBackend:
             return version
 
     def _apply(self, changes: Mapping[Path, bytes | None]) -> int:
-        """Put and delete the files; the version of the last one put (ABSENT if none)."""
-        version = ABSENT
+        """Put and delete the files; the version of the last one put (ABSENT if none).
+
+        A directory is cleared of the temps a killed run left there at its first write, and
+        removed once a delete empties it (an archived certificate leaves no name behind).
+        """
+        version, ready = ABSENT, set()
         for path, value in changes.items():
             if value is None:
                 if _unlink(path):
                     fsync_directory(path.parent)
+                    self._remove_empty(path.parent)
                 continue
-            self._make_dirs(path.parent)
+            if path.parent not in ready:
+                self._make_dirs(path.parent)
+                remove_stale_temps(path.parent)
+                ready.add(path.parent)
             write_atomic(path, value)
             entry = _read(path)
             version = entry.version if entry else ABSENT
         return version
+
+    def _remove_empty(self, directory: Path) -> None:
+        """Remove `directory` and those above it that are left empty, up to a top directory."""
+        while len(directory.relative_to(self.root).parts) > 1:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (most often), or not ours to remove
+                return
+            directory = directory.parent
 
     def _make_dirs(self, directory: Path) -> None:
         """Create `directory` and each one missing above it 0700 (mkdir's parents get the umask's mode)."""

@@ -1,4 +1,5 @@
-"""`FileStore`'s lock, one run at a time per state dir: an exclusive flock on `<state-dir>/lock`.
+"""The state dir's own lock: an flock on `<state-dir>/lock`, held shared by runs (each certificate
+has its own lock, see `files`) and exclusive by what needs the whole state dir (import, revoke).
 
 The kernel releases a flock when its holder exits, however it exits, so a crashed
 or killed run never leaves a stale lock. The holder writes its pid into the file so
@@ -25,9 +26,10 @@ POLL = 0.1
 class StateLock:
     """Hold the state dir's lock for a `with` block, waiting up to `timeout` seconds for it."""
 
-    def __init__(self, state_dir: Path, timeout: float) -> None:
+    def __init__(self, state_dir: Path, timeout: float, shared: bool = False) -> None:
         self.path = state_dir / LOCK_FILE
         self.timeout = timeout
+        self.mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         self._fd: int | None = None
 
     def __enter__(self) -> "StateLock":
@@ -59,7 +61,7 @@ class StateLock:
         said = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, self.mode | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 pass

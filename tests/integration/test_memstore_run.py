@@ -1,5 +1,5 @@
 """The library API over a store that is not the file store: `renew.run` and the Issuer keep everything
-in a MemoryStore, and HAProxy serves what they issued.
+in a `Store` over a `MemoryBackend`, and HAProxy serves what they issued.
 
 pebble runs with PEBBLE_VA_ALWAYS_VALID, so it validates nothing: the Issuer test's solver
 answers no challenge, and the run's responder is never asked.
@@ -11,8 +11,9 @@ from certrenew.config import CertificateSpec, Settings
 from certrenew.pki.bundle import leaf_info
 from certrenew.renewal import renew
 from certrenew.renewal.issue import Issuer
+from certrenew.state.memory import MemoryBackend
+from certrenew.state.store import Store
 from tests.harness.lab import LOOPBACK, Lab
-from tests.harness.memstore import MemoryStore
 
 NAME = "memory.example"
 
@@ -48,7 +49,7 @@ class SilentSolver:
         pass
 
 
-def assert_kept_and_served(lab: Lab, store: MemoryStore, settings: Settings, spec: CertificateSpec) -> None:
+def assert_kept_and_served(lab: Lab, store: Store, settings: Settings, spec: CertificateSpec) -> None:
     bundle = store.load_bundle(spec.name)
     assert bundle is not None and store.load_bundle(spec.name, "pending") is None
     info = leaf_info(bundle)
@@ -62,7 +63,7 @@ def assert_kept_and_served(lab: Lab, store: MemoryStore, settings: Settings, spe
 
 
 def test_run_keeps_everything_in_the_store_it_is_given(lab):
-    settings, store, spec = settings_for(lab), MemoryStore(), CertificateSpec(NAME, (NAME, f"www.{NAME}"))
+    settings, store, spec = settings_for(lab), Store(MemoryBackend()), CertificateSpec(NAME, (NAME, f"www.{NAME}"))
     [outcome] = renew.run(settings, [spec], store=store)
     assert outcome.action == "issued", outcome.detail
     assert_kept_and_served(lab, store, settings, spec)
@@ -71,7 +72,7 @@ def test_run_keeps_everything_in_the_store_it_is_given(lab):
 
 
 def test_issuer_with_a_solver_of_its_own(lab):
-    settings, store, spec = settings_for(lab), MemoryStore(), CertificateSpec(NAME, (NAME,))
+    settings, store, spec = settings_for(lab), Store(MemoryBackend()), CertificateSpec(NAME, (NAME,))
     solver = SilentSolver()
     issuer = Issuer(settings, store, {spec.solver_key: solver})
     issued = issuer.issue(spec)
