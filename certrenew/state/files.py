@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from certrenew.errors import CertrenewError
@@ -171,6 +171,7 @@ class FileBackend:
                 entry = self.get(key)
                 if (entry.version if entry else ABSENT) != version:
                     raise Conflict(f"{self.path(key)} changed meanwhile (someone else wrote it)")
+            self._prepare([paths[key] for key, value in changes.items() if value is not None])  # a refusal: nothing done
             if len(changes) > 1:
                 journal = {key: None if value is None else base64.b64encode(value).decode()
                            for key, value in changes.items()}
@@ -180,23 +181,23 @@ class FileBackend:
                 _unlink(self.root / JOURNAL)
             return version
 
-    def _apply(self, changes: Mapping[Path, bytes | None]) -> int:
-        """Put and delete the files; the version of the last one put (ABSENT if none).
+    def _prepare(self, paths: Iterable[Path]) -> None:
+        """Make the directories of `paths` (0700) and clear them of the temps a killed run left there."""
+        for directory in dict.fromkeys(path.parent for path in paths):
+            self._make_dirs(directory)
+            remove_stale_temps(directory)
 
-        A directory is cleared of the temps a killed run left there at its first write, and
-        removed once a delete empties it (an archived certificate leaves no name behind).
-        """
-        version, ready = ABSENT, set()
+    def _apply(self, changes: Mapping[Path, bytes | None]) -> int:
+        """Put and delete the files, in directories `_prepare` made; the version of the last one put
+        (ABSENT if none). A directory a delete empties is removed (an archived certificate leaves
+        no name behind)."""
+        version = ABSENT
         for path, value in changes.items():
             if value is None:
                 if _unlink(path):
                     fsync_directory(path.parent)
                     self._remove_empty(path.parent)
                 continue
-            if path.parent not in ready:
-                self._make_dirs(path.parent)
-                remove_stale_temps(path.parent)
-                ready.add(path.parent)
             write_atomic(path, value)
             entry = _read(path)
             version = entry.version if entry else ABSENT
@@ -248,7 +249,12 @@ class FileBackend:
             raise Unavailable(f"cannot replay {self.root / JOURNAL}: {error}; a write was cut short there, "
                               "move it away once you have looked at it") from None
         log.warning("completing a write a crash cut short (%s)", self.root / JOURNAL)
-        self._apply(changes)
+        try:
+            self._prepare([path for path, value in changes.items() if value is not None])
+            self._apply(changes)
+        except CertrenewError as error:
+            raise Unavailable(f"cannot complete the write a crash cut short ({self.root / JOURNAL}): {error}; "
+                              "no write is made until it is (fix the cause, or move the journal away)") from None
         _unlink(self.root / JOURNAL)
 
     # Locks.

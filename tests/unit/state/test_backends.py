@@ -124,3 +124,13 @@ def test_a_holder_paused_past_its_ttl_loses_the_lock_and_its_late_write(tmp_path
             os.kill(child.pid, signal.SIGCONT)
     assert out.startswith("fenced: the lock on certificates/a (token 1) is no longer ours"), out
     assert backend.get("certificates/a/meta.json").value == b"successor"
+
+
+def test_a_write_refused_before_it_began_leaves_no_journal_to_block_the_next_ones(tmp_path):
+    backend = FileBackend(tmp_path / "state")
+    backend.write({"certificates/a/pending.pem": b"ONE", "certificates/a/rejected": b"a file where a dir goes"})
+    with pytest.raises(Exception, match="rejected: it is not a directory"):
+        backend.write({"certificates/a/rejected/1-pending.pem": b"ONE", "certificates/a/pending.pem": None})
+    assert not (tmp_path / "state" / JOURNAL).exists()
+    backend.write({"certificates/b/meta.json": b"{}"})  # the state dir still takes writes
+    assert backend.get("certificates/a/pending.pem").value == b"ONE"
