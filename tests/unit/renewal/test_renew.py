@@ -396,3 +396,35 @@ def test_a_certificate_that_cannot_be_recorded_fails_alone_the_others_served_rec
     [again] = renew.run(settings, [spec("b")], store)
     assert again.action == "installed" and store.load_record("b").serial == serial, again.detail
     assert deployed.read_text().split() == ["a", "c", "b"]
+
+
+def test_a_certificate_another_process_renewed_while_the_run_waited_for_its_lock_is_left_alone(settings):
+    """The run decides again once it holds the lock: the other holder's renewal stands, no CA is asked."""
+    import logging
+    import threading
+
+    store = Store(MemoryBackend())
+    store.save_record(issued("a", not_before=NOW - 89 * DAY))  # due
+    other = Store(store.backend, holder="the daemon")  # another process on the same state
+    waiting = threading.Event()
+
+    class Waits(logging.Handler):
+        def emit(self, record):
+            if "waiting up to" in record.getMessage():
+                waiting.set()
+    handler = Waits()
+    logging.getLogger("certrenew.state.memory").addHandler(handler)
+    try:
+        with other.certificate("a", wait=0):
+            runner = threading.Thread(target=lambda: outcomes.extend(
+                renew.run(dataclasses.replace(settings, lock_timeout=60, self_check=False), [spec("a")],
+                                          store).outcomes))
+            outcomes: list = []
+            runner.start()
+            assert waiting.wait(30), "the run never waited for the lock"
+            other.save_record(issued("a"))  # renewed meanwhile
+        runner.join(30)
+    finally:
+        logging.getLogger("certrenew.state.memory").removeHandler(handler)
+    [outcome] = outcomes
+    assert outcome.action == "unchanged" and outcome.detail.startswith("not due until"), outcome
