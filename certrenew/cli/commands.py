@@ -131,7 +131,7 @@ def build_status_parser() -> argparse.ArgumentParser:
         "certrenew status",
         "Show every certificate: names, expiry, next renewal, last result. Exit 1 when any managed "
         "certificate is expired, failing, missing or past its renewal time.",
-        [option for option in OPTIONS if option.name in ("state_dir", "renew_before")],
+        [option for option in OPTIONS if option.name in ("state_dir", "store", "renew_before")],
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output (see README)")
     return parser
@@ -451,7 +451,7 @@ def build_import_parser() -> argparse.ArgumentParser:
         "file. Reads the certbot directory only; leaves the ssl dir alone. Lists what certbot did that certrenew "
         "does not (hooks, other authenticators), one line each.",
         [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "ssl_dir", "listen",
-                                                         "lock_timeout")],
+                                                         "store", "lock_timeout")],
         f"TOML config file the certificates are appended to, created if missing (default {DEFAULT_CONFIG})",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="certbot certificate names (default: all)")
