@@ -53,14 +53,13 @@ READ_SIZE = 16384
 
 
 class FileLease:
-    """A held lock of a `FileBackend`; a thread keeps its lease alive until it is released."""
+    """A held lock of a `FileBackend`, kept alive by the backend's keeper thread until it is released."""
 
     def __init__(self, backend: "FileBackend", key: str, token: int, holder: str, ttl: float, fd: int) -> None:
         self.key, self.token, self.holder, self.ttl = key, token, holder, ttl
         self._backend, self._fd = backend, fd
-        self._stop = threading.Event()
-        self._keeper = threading.Thread(target=self._keep_alive, name=f"lease {key}", daemon=True)
-        self._keeper.start()
+        self.renewed_at = time.monotonic()
+        self.suspended = False
 
     def check(self) -> None:
         if not self._backend._holds(self):
@@ -69,20 +68,9 @@ class FileLease:
 
     def suspend(self) -> None:
         """Stop keeping the lease alive, as a holder paused past its TTL does (for tests)."""
-        self._stop.set()
-
-    def _keep_alive(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                if not self._backend._renew(self):
-                    return  # taken over: nothing to keep
-            except CertrenewError as error:  # the next check or fenced write says so
-                log.warning("cannot renew the lease on %s: %s", self.key, error)
+        self.suspended = True
 
     def release(self) -> None:
-        self._stop.set()
-        if self._keeper is not threading.current_thread():
-            self._keeper.join()
         if self._fd >= 0:
             self._backend._release(self)
             os.close(self._fd)
@@ -97,6 +85,8 @@ class FileBackend:
         self._locks = self.root / LOCKS
         self._held: set[FileLease] = set()
         self._guard = threading.Lock()
+        self._keeper: threading.Thread | None = None
+        """One thread renews every lease held, while any is: a run holding a thousand has one, not a thousand."""
         self._checked_at = -RECHECK_AFTER
         """When (time.monotonic) the state dir and its top directories were last checked."""
 
@@ -267,6 +257,9 @@ class FileBackend:
         lease = self._wait(key, ttl, wait, holder)
         with self._guard:
             self._held.add(lease)
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep_alive, name=f"leases of {self.root}", daemon=True)
+                self._keeper.start()
         try:
             yield lease
         finally:
@@ -310,14 +303,31 @@ class FileBackend:
         return stands.get("token") == lease.token and stands.get("holder") is not None \
             and stands["expires"] > time.time()
 
-    def _renew(self, lease: FileLease) -> bool:
+    def _keep_alive(self) -> None:
+        """Renew each lease held a third of its TTL after it was last; end once none is held."""
+        while True:
+            with self._guard:
+                held = [lease for lease in self._held if not lease.suspended]
+                if not self._held:
+                    self._keeper = None
+                    return
+            now = time.monotonic()
+            due = [lease for lease in held if now - lease.renewed_at >= lease.ttl / 3]
+            if due:
+                try:
+                    self._renew(due, now)
+                except CertrenewError as error:  # the next check or fenced write says so
+                    log.warning("cannot renew the leases of %s: %s", self.root, error)
+            time.sleep(min((lease.ttl for lease in held), default=POLL * 6) / 6)
+
+    def _renew(self, leases: Iterable[FileLease], now: float) -> None:
         with self._mutex():
-            if not self._holds(lease):
-                return False
-            write_atomic(self._lease_path(lease.key), json.dumps(
-                {"token": lease.token, "holder": lease.holder, "expires": time.time() + lease.ttl,
-                 "ttl": lease.ttl}).encode(), sync=False)
-            return True
+            for lease in leases:
+                if self._holds(lease):  # else taken over: nothing to keep, its next write is refused
+                    write_atomic(self._lease_path(lease.key), json.dumps(
+                        {"token": lease.token, "holder": lease.holder, "expires": time.time() + lease.ttl,
+                         "ttl": lease.ttl}).encode(), sync=False)
+                lease.renewed_at = now
 
     def _release(self, lease: FileLease) -> None:
         path = self._lease_path(lease.key)
