@@ -19,8 +19,9 @@ from certrenew.errors import CertrenewError
 
 ABSENT = 0
 """The version to expect of a key that must not exist yet (create-if-absent)."""
-SEGMENT = re.compile(r"[A-Za-z0-9_@=+,:-][A-Za-z0-9_.@=+,:-]*")
-"""A segment of a key: a file name that is never hidden (temps and the backends' own files are)."""
+_SEGMENT = r"[A-Za-z0-9_@=+,:-][A-Za-z0-9_.@=+,:-]*"
+KEY = re.compile(rf"(?:{_SEGMENT}/)*{_SEGMENT}")
+"""A key: `/`-separated file names that are never hidden (temps and the backends' own files are)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,6 @@ class Backend(Protocol):
 
 def check_key(key: str) -> str:
     """`key` if every `/`-separated segment of it is safe as a file name, else ValueError."""
-    if not all(SEGMENT.fullmatch(segment) for segment in key.split("/")):
+    if not KEY.fullmatch(key):
         raise ValueError(f"not a state key: {key!r}")
     return key

@@ -82,6 +82,7 @@ class FileBackend:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self._locks = self.root / LOCKS
         self._held: set[FileLease] = set()
         self._guard = threading.Lock()
@@ -89,6 +90,9 @@ class FileBackend:
         """One thread renews every lease held, while any is: a run holding a thousand has one, not a thousand."""
         self._checked_at = -RECHECK_AFTER
         """When (time.monotonic) the state dir and its top directories were last checked."""
+        self._checked: set[str] = set()
+        """The directories below them checked since: the unfinished order, pending certificate and
+        record of a certificate are three reads in one directory, checked once."""
 
     # Reading.
 
@@ -98,15 +102,15 @@ class FileBackend:
         return self.root / key
 
     def get(self, key: str) -> Entry | None:
-        path = self.path(key)
-        if not self._dirs_ours(path.parent):
-            return None
-        return _read(path)
+        # Strings, not Paths: a run over ten thousand certificates makes three reads of each.
+        if check_key(key).split("/", 1)[0] in RESERVED:
+            raise ValueError(f"not a state key: {key!r} (reserved)")
+        return _read(f"{self._root}/{key}") if self._dirs_ours(key.split("/")[:-1]) else None
 
     def list(self, prefix: str) -> dict[str, Entry]:
         directory, _, start = prefix.rpartition("/")
         top = self.path(directory) if directory else self.root
-        if not self._dirs_ours(top):
+        if not self._dirs_ours(directory.split("/") if directory else []):
             return {}
         found = {}
         for base, dirs, files in os.walk(top):
@@ -128,8 +132,9 @@ class FileBackend:
     def check_layout(self) -> bool:
         """Whether the state dir exists, refused unless it and its top directories are ours alone.
 
-        Checked at most every RECHECK_AFTER seconds: `status` over ten thousand certificates checks
-        once, and a daemon's /metrics and /healthz, in a process that lives for months, at each request.
+        Checked at most every RECHECK_AFTER seconds (and each directory below them once in that
+        time): `status` over ten thousand certificates checks once, and a daemon's /metrics and
+        /healthz, in a process that lives for months, at each request.
         """
         now = time.monotonic()
         if now - self._checked_at < RECHECK_AFTER:
@@ -138,16 +143,22 @@ class FileBackend:
             return False
         for top in TOPS:
             owned.check_dir(self.root / top)
-        self._checked_at = now
+        self._checked_at, self._checked = now, set()
         return True
 
-    def _dirs_ours(self, directory: Path) -> bool:
-        """Whether `directory` exists, it and each one above it up to the root ours alone (see `owned`)."""
+    def _dirs_ours(self, parts: Iterable[str]) -> bool:
+        """Whether the directory of `parts` exists, it and each one above it up to the root ours alone
+        (see `owned`; the top ones as `check_layout` checks them)."""
         if not self.check_layout():
             return False
-        parts = directory.relative_to(self.root).parts
-        return all(owned.check_dir(self.root.joinpath(*parts[:depth])) for depth in range(1, len(parts) + 1)
-                   if depth > 1 or parts[0] not in TOPS)
+        path = self._root
+        for depth, part in enumerate(parts):
+            path = f"{path}/{part}"
+            if (depth or part not in TOPS) and path not in self._checked:
+                if not owned.check_dir(path):
+                    return False
+                self._checked.add(path)
+        return True
 
     # Writing.
 
@@ -338,7 +349,7 @@ class FileBackend:
             _unlink(Path(f"{path}.{lease.token}"))
 
     def where(self, key: str) -> str:
-        return str(self.path(key))
+        return f"{self._root}/{check_key(key)}"
 
     def close(self) -> None:
         with self._guard:
