@@ -12,11 +12,14 @@ before anything else, so each write ends up applied whole (an intent journal; re
 the few milliseconds of an apply may see part of it, as they would any two separate writes).
 
 A lock on key K is `locks/K` (slashes as `~`), a JSON lease: token, holder, expiry. The holder
-also keeps a flock on `locks/K.<token>` and a thread renews the expiry every third of the TTL.
+also keeps a flock on `locks/K.<token>`, and one thread of the backend renews the expiry of every
+lease it holds each third of their TTL.
 A taker finds the lock free when the lease was released, when its expiry passed (the holder
 was paused past its TTL: SIGSTOP, a frozen VM) or when nobody holds that flock any more (the
 holder died, however: the kernel releases a flock at exit, so a killed run never blocks the
 next). The token only grows: a released lease keeps its token for the next taker to count on.
+A process stopped while it holds the mutex itself (a window of milliseconds) stops every write
+of the state dir until it goes on or dies: after MUTEX_WAIT they fail in one line naming it.
 """
 
 import base64
