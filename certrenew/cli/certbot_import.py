@@ -43,7 +43,7 @@ from certrenew.pki.bundle import (
     pem_blocks,
 )
 from certrenew.pki.keys import is_key_of, key_to_pem, key_type_of, load_key
-from certrenew.state.store import Account, CertificateRecord, FileStore, Store
+from certrenew.state.store import Account, CertificateRecord, Store, open_store
 from certrenew.system.atomicfile import write_atomic
 from certrenew.system.runcontext import RunContext
 
@@ -163,8 +163,8 @@ def import_certbot(settings: Settings, certbot_dir: Path, config_path: Path, nam
     plan = make_plan(settings, certbot_dir, config_path, names, force)
     if dry_run:
         return plan
-    store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout, context):
+    store = open_store(settings, context)
+    with store.lock(settings.lock_timeout):
         plan = make_plan(settings, certbot_dir, config_path, names, force)
         if plan.takeovers:
             apply(plan, store)
@@ -174,7 +174,7 @@ def import_certbot(settings: Settings, certbot_dir: Path, config_path: Path, nam
 def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: list[str] | None,
               force: bool) -> ImportPlan:
     """Read and check everything an import needs; write nothing."""
-    store = FileStore(settings.state_dir)
+    store = open_store(settings)
     config = load_config(config_path) if config_path.exists() else None
     directory_url = settings.acme.directory_url
     lineages = _lineage_names(certbot_dir, names)
@@ -427,7 +427,7 @@ def _not_carried_over(conf: dict[str, dict[str, str]], cert: x509.Certificate, s
     return notes
 
 
-def _account(store: FileStore, certbot_dir: Path, directory_url: str,
+def _account(store: Store, certbot_dir: Path, directory_url: str,
              takeovers: list[Takeover]) -> tuple[Account | None, str]:
     """certbot's account to reuse and its id; None if certrenew already has another for this CA.
 

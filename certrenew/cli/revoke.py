@@ -40,7 +40,7 @@ from certrenew.pki.bundle import CertificateInfo, leaf_certificate, leaf_info
 from certrenew.pki.keys import key_type_of, load_key
 from certrenew.pki.placeholder import write_placeholder
 from certrenew.renewal.renew import Outcome, run
-from certrenew.state.store import Account, FileStore
+from certrenew.state.store import Account, Store, open_store
 from certrenew.system.atomicfile import fsync_directory, temp_path
 from certrenew.system.runcontext import RunContext
 
@@ -80,7 +80,8 @@ class Removal:
 
     served_by: str
     """How HAProxy stopped serving it: a hot update, a reload, or nothing to do."""
-    backup: Path
+    backup: str
+    """Where its state is kept now (a path in the state dir)."""
     placeholder: Path | None
     """Written because the certificate was the last one in the ssl dir."""
 
@@ -127,7 +128,7 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
             reissue: bool = False, delete: bool = False) -> Request:
     """Check everything the revocation needs before anyone is asked; changes nothing."""
     reason_code(reason)
-    store = FileStore(settings.state_dir)
+    store = open_store(settings)
     bundle = store.load_bundle(check_certificate_name(name))
     in_config = next((spec for spec in config.certificates if spec.name == name), None) if config else None
     if delete and config is not None and in_config is not None:
@@ -179,8 +180,8 @@ def carry_out(settings: Settings, request: Request, context: RunContext | None =
             raise CertrenewError(f"{request.name}: not revoked, as no new certificate could be served "
                                  f"({reissued.detail}); HAProxy still serves the old one. Run again, or "
                                  "revoke without --reissue")
-    store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout, context):
+    store = open_store(settings, context)
+    with store.lock(settings.lock_timeout):
         if reissued is None and store.load_bundle(request.name) != request.bundle:
             raise CertrenewError(f"{request.name} changed since it was read (another run renewed or removed "
                                  "it?); nothing revoked, run again")
@@ -200,18 +201,18 @@ def _discard_unfinished(settings: Settings, name: str, context: RunContext) -> N
     that one may have exposed them: installing or finishing them (as a run resumes)
     would serve a key the operator means to be rid of. The run then orders with a new one.
     """
-    store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout, context):
+    store = open_store(settings, context)
+    with store.lock(settings.lock_timeout):
         store.discard_pending(name)
         store.discard_order(name)
-def _record_revoked(store: FileStore, name: str) -> None:
+def _record_revoked(store: Store, name: str) -> None:
     record = store.load_record(name)
     if record is not None:
         record.revoked = datetime.datetime.now(datetime.timezone.utc)
         store.save_record(record)
 
 
-def _account(store: FileStore, state_dir: Path, ca: str) -> Account:
+def _account(store: Store, state_dir: Path, ca: str) -> Account:
     account = store.load_account(ca)
     if account is None:
         raise UsageError(f"no ACME account for {ca} in {state_dir}; revocation "
@@ -219,7 +220,7 @@ def _account(store: FileStore, state_dir: Path, ca: str) -> Account:
     return account
 
 
-def _revoke_at_ca(settings: AcmeSettings, store: FileStore, state_dir: Path, request: Request,
+def _revoke_at_ca(settings: AcmeSettings, store: Store, state_dir: Path, request: Request,
                   context: RunContext) -> bool:
     """Revoke at the CA; False when it was revoked already."""
     from certrenew.acme.orders import AcmeClient
@@ -233,7 +234,7 @@ def _revoke_at_ca(settings: AcmeSettings, store: FileStore, state_dir: Path, req
     return client.revoke(leaf_certificate(request.bundle), reason_code(request.reason))
 
 
-def _remove(settings: HaproxySettings, store: FileStore, name: str) -> Removal:
+def _remove(settings: HaproxySettings, store: Store, name: str) -> Removal:
     """Take the certificate out of every HAProxy and the ssl dir, then move its state aside.
 
     HAProxy and the ssl dir agree whatever fails: see `_unserve`. The state goes last, so
@@ -253,7 +254,7 @@ def _remove(settings: HaproxySettings, store: FileStore, name: str) -> Removal:
     return Removal(served_by, _archive(store, name), placeholder)
 
 
-def _archive(store: FileStore, name: str) -> Path:
+def _archive(store: Store, name: str) -> str:
     """Move the certificate's state under `removed/`, stamped with the time."""
     return store.archive(name, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
 

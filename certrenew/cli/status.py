@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal.policy import due_reason, minutes, renew_at
-from certrenew.state.store import CertificateRecord, FileStore, Store
+from certrenew.state.store import CertificateRecord, Store, open_store
 from certrenew.system.strenum import StrEnum
 
 JSON_VERSION = 1
@@ -85,14 +85,14 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
             now: datetime.datetime | None = None, read_ssl_dir: bool = False) -> list[CertificateStatus]:
     """Every managed certificate (all stored ones when `specs` is None), then the unmanaged ones.
 
-    Reads `store` (by default a `FileStore` in `settings.state_dir`) without taking its
+    Reads `store` (by default the one the settings name, see `open_store`) without taking its
     lock: status never writes. A record that cannot be read is a row "failing" with the
     reason, not the end of the report. With `read_ssl_dir`, the ssl dir's bundles are read too,
     and a certificate another one shadows is "shadowed": `certrenew status` asks, the
     daemon's endpoints, asked every few seconds, do not.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    store = store if store is not None else FileStore(settings.state_dir)
+    store = store if store is not None else open_store(settings)
     managed = {spec.name for spec in specs or ()}
     rows = []
     for spec in specs or ():

@@ -230,6 +230,8 @@ class Settings:
     renew_before: datetime.timedelta | None = None
     concurrency: int = 4
     lock_timeout: float = 300.0
+    store: str | None = None
+    lock_ttl: float = 60.0
     force: bool = False
 
     @classmethod
@@ -533,6 +535,11 @@ OPTIONS = (
     Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _seconds(zero_allowed=False)),
     Option("lock_timeout", "how long to wait for another run holding the state dir, in seconds (default 300)",
            float, "SECONDS", _seconds(zero_allowed=True)),
+    Option("store", "where the state lives: a directory (default: --state-dir); etcd://HOST:PORT/PREFIX is "
+           "reserved for a shared store", metavar="DIR|URL"),
+    Option("lock_ttl", "how long a certificate's lock outlives a certrenew that stopped without exiting "
+           "(paused, frozen), in seconds (default 60); one that exits lets go at once", float, "SECONDS",
+           _seconds(zero_allowed=False)),
     Option("force", "renew even if not due", bool),
     Option("self_check", "before ordering, fetch a probe from http://NAME/.well-known/acme-challenge/ as the CA "
            "would, and fail without an order when it does not reach the responder (default on)", bool),

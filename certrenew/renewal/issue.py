@@ -85,8 +85,10 @@ class Issuer:
                  before_order: Callable[[CertificateSpec], None] = lambda spec: None,
                  check_place: Callable[[CertificateSpec], None] = lambda spec: None,
                  force: bool = False, renew_before: datetime.timedelta | None = None,
-                 context: RunContext | None = None) -> None:
+                 context: RunContext | None = None, lock_timeout: float = 300.0) -> None:
+        """`lock_timeout`: how long to wait for another process creating the CA's account."""
         self.acme = acme
+        self.lock_timeout = lock_timeout
         self.before_order = before_order
         """Raises to stop an order before the CA hears of it (the pre-flight self-check)."""
         self.check_place = check_place
@@ -323,10 +325,11 @@ class Issuer:
     def _login(self, session: _Session) -> AcmeClient:
         acme, ca = self.acme, session.ca
         if session.account is None:
-            session.account = self.store.load_account(ca.directory)
-            if session.account is None:
-                session.account = Account(new_account_key_pem(), None)
-                self.store.save_account(ca.directory, session.account)
+            with self.store.account_lock(ca.directory, self.lock_timeout):  # one key per CA, whoever makes it
+                session.account = self.store.load_account(ca.directory)
+                if session.account is None:
+                    session.account = Account(new_account_key_pem(), None)
+                    self.store.save_account(ca.directory, session.account)
         account = session.account
         client = AcmeClient(ca.directory, account.key_pem, self.deadline, ca.ca_bundle, self.counter)
         check_clock(client.transport.ca_clock_ahead)  # at the first login of the run: before any order

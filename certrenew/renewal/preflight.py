@@ -34,7 +34,7 @@ from certrenew.haproxy import service
 from certrenew.haproxy.crtlist import CrtList
 from certrenew.haproxy.install import claims, shadowing
 from certrenew.haproxy.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
-from certrenew.state.store import FileStore, Store
+from certrenew.state.store import Store, open_store
 from certrenew.system import hints, owned
 from certrenew.system.hostport import split_host_port
 from certrenew.system.listen import check_socket_dir, create_hint, flood_risk, parse_listen, takeover_risk
@@ -349,12 +349,12 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     checks.extend(_eab_check(ca.eab_kid, ca.eab_hmac_key_file) for ca in acme.cas
                   if ca.eab_kid and ca.eab_hmac_key_file)
     if acme.caa_check:
-        checks.extend(_caa_checks(acme, FileStore(settings.state_dir), specs))
+        checks.extend(_caa_checks(acme, open_store(settings), specs))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
     if responder_settings.http_01_mode == STATELESS:
-        checks.extend(stateless_checks(settings, FileStore(settings.state_dir), names))
+        checks.extend(stateless_checks(settings, open_store(settings), names))
     elif names:
-        with Responder(responder_settings.listen, FileStore(settings.state_dir)) as responder:  # the daemon's, if it runs
+        with Responder(responder_settings.listen, open_store(settings)) as responder:  # the daemon's, if it runs
             try:
                 checks.extend(probe_all(responder, responder_settings, names))
             except CertrenewError as error:  # the responder cannot listen
@@ -512,7 +512,7 @@ def _eab_check(kid: str, key_file: Path) -> Check:
     return Check(OK, what, f"{key_file} holds a key, readable by this user only; used when an account is created")
 
 
-def _caa_checks(settings: AcmeSettings, store: FileStore, specs: Sequence[CertificateSpec]) -> list[Check]:
+def _caa_checks(settings: AcmeSettings, store: Store, specs: Sequence[CertificateSpec]) -> list[Check]:
     """Each name's CAA verdict for this CA, the account of the state dir and the certificate's challenge
     (see `certrenew.challenge.caa`), then the record that would pin them all to this account."""
     import requests

@@ -9,7 +9,7 @@ import datetime
 import functools
 import logging
 import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -29,7 +29,8 @@ from certrenew.pki.domains import check_normalized
 from certrenew.renewal import hooks
 from certrenew.renewal.policy import Action, Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.renewal.progress import Progress
-from certrenew.state.store import CertificateRecord, FileStore, Store
+from certrenew.state.backend import Busy, Fenced, Lease
+from certrenew.state.store import CertificateRecord, Store, open_store
 from certrenew.system import owned
 from certrenew.system.atomicfile import remove_stale_temps
 from certrenew.system.runcontext import RunContext
@@ -95,9 +96,11 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     `others`: the config's certificates not in `specs` (revoke --reissue runs one), which shadow none of them.
 
     Certificates are independent: one failing does not stop the others, and up to
-    `settings.concurrency` are ordered at once. State lives in `store`, by default a
-    `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
-    its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
+    `settings.concurrency` are ordered at once. State lives in `store`, by default the one
+    the settings name (see `open_store`). Each certificate due is worked on under its own
+    lock, waited for up to `settings.lock_timeout` and held until it is installed: other runs
+    (a daemon, a run by hand, another node) work on other certificates meanwhile, and one that
+    comes second to a certificate finds it done. A `metrics.Telemetry` counts the
     ACME requests; `progress` shows the orders as they finish (plain log lines by
     default). A hook whose program is missing, or a certificate whose name is not a
     plain file name, whose domains are not normalized or that its challenge type cannot
@@ -118,9 +121,9 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
             raise UsageError(f"{spec.name}: {error}") from error
     check_hooks(settings.hooks)
     _check_ssl_dir(settings.haproxy.ssl_dir)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
-    store = store if store is not None else FileStore(settings.state_dir)
     context = context or RunContext()
-    with store.lock(settings.lock_timeout, context):
+    store = store if store is not None else open_store(settings, context)
+    with store.run_lock(settings.lock_timeout):
         return _run(settings, specs, store, telemetry, progress or Progress(), responder, others, context)
 
 
@@ -140,7 +143,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
     work = []
     for spec in specs:
         try:
-            step = _step(settings, store, spec, now)
+            step = _step(settings, store, spec, now, quiet=True)  # again under its lock, if there is work
         except Exception as error:  # an unreadable record, or a fault nobody foresaw, fails its certificate alone
             outcomes[spec.name] = Outcome(spec.name, Action.FAILED, str(_expected(error)))
             continue
@@ -175,10 +178,13 @@ class Step(str, Enum):
     CHECK = "check"
 
 
-def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime) -> Step | Outcome:
-    """What this run does for `spec`: an Issuer step, or the Outcome of doing nothing."""
+def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime,
+          quiet: bool = False) -> Step | Outcome:
+    """What this run does for `spec`: an Issuer step, or the Outcome of doing nothing. `quiet`: a first
+    look, without the certificate's lock, that says nothing."""
     if store.unfinished(spec.name):
-        log.info("%s: completing what a previous run left", spec.name, extra={"certificate": spec.name})
+        if not quiet:
+            log.info("%s: completing what a previous run left", spec.name, extra={"certificate": spec.name})
         return Step.RESUME
     record = store.load_record(spec.name)
     if record is not None and record.failed_settings not in (None, spec.order_settings(settings.acme.directory_url)):
@@ -186,7 +192,9 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
     decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
                       settings.acme.directory_urls)
     if decision.due:
-        if record is None or record.not_after is None:  # "renewing (no certificate yet)" reads as a bug
+        if quiet:
+            pass
+        elif record is None or record.not_after is None:  # "renewing (no certificate yet)" reads as a bug
             log.info("%s: issuing", spec.name, extra={"certificate": spec.name})
         else:
             log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
@@ -254,21 +262,28 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
         issuer = Issuer(settings.acme, store, solvers, telemetry,
                         before_order=functools.partial(preflight.check_path, solvers, settings.responder, probed),
                         check_place=deployer.check_place, force=settings.force, renew_before=settings.renew_before,
-                        context=context)
+                        context=context, lock_timeout=settings.lock_timeout)
         solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
         steps = {Step.RESUME: issuer.resume, Step.ISSUE: issuer.issue, Step.CHECK: issuer.check}
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))
+        held: dict[str, tuple[ExitStack, Lease]] = {}
+        """The certificates issued whose lock this run holds until they are installed."""
+
+        def let_go() -> None:  # once installed, or when the run ends however it ends
+            for locked, _ in list(held.values()):
+                locked.close()
+        solvers_open.callback(let_go)
         try:
-            results = list(pool.map(lambda item: _attempt(store, now, item[0], settings.acme.directory_url,
-                                                          steps[item[1]], progress), work))
+            results = list(pool.map(lambda item: _attempt_locked(settings, store, now, item[0], steps, progress, held),
+                                    work))
         finally:
             progress.close()
             # After a signal, workers blocked on the CA are not waited for (see signals).
             pool.shutdown(wait=not context.cancelled, cancel_futures=True)
         issued = [result for result in results if not isinstance(result, Outcome)]
         outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
-        installed = _install(store, now, deployer, issued)
+        installed = _install(store, now, deployer, _still_held(issued, held, outcomes))
     outcomes.update(installed)
     served = [outcome.served for outcome in installed.values() if outcome.served]
     return hooks.run_deploy(settings.hooks.deploy_hook, served, settings.hooks.hook_timeout)
@@ -282,6 +297,35 @@ def dns01_solver(dns: DnsSettings, context: RunContext | None = None) -> Dns01So
         assert dns.server is not None and dns.tsig_key is not None  # checked by dns_settings
         publisher = Rfc2136Publisher(dns.server, dns.tsig_key)
     return Dns01Solver(publisher, dns.server, dns.zone, dns.propagation_timeout, context)
+
+
+def _attempt_locked(settings: Settings, store: Store, now: datetime.datetime, spec: CertificateSpec,
+                    steps: Mapping[Step, Callable[[CertificateSpec], Any]], progress: Progress,
+                    held: "dict[str, tuple[ExitStack, Lease]]"):
+    """`_attempt` under the certificate's lock, deciding its step again once the lock is held:
+    another process may have done it meanwhile. A certificate issued keeps its lock in `held`
+    until it is installed; any other lets go at once."""
+    locked = ExitStack()
+    try:
+        lease = locked.enter_context(store.certificate(spec.name, settings.lock_timeout))
+    except Busy as busy:  # someone else works on it: theirs to record, not a failure of its own
+        result: Any = Outcome(spec.name, Action.FAILED, f"{busy} (--lock-timeout)")
+        progress.advance(spec.name, result.action)
+        return result
+    try:
+        step = _step(settings, store, spec, now)
+    except Exception as error:
+        step = Outcome(spec.name, Action.FAILED, str(_expected(error)))
+    if isinstance(step, Outcome):
+        result = step
+        progress.advance(spec.name, result.action)
+    else:
+        result = _attempt(store, now, spec, settings.acme.directory_url, steps[step], progress)
+    if isinstance(result, Outcome):
+        locked.close()
+    else:
+        held[spec.name] = (locked, lease)
+    return result
 
 
 def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str,
@@ -298,6 +342,22 @@ def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, direct
         result = Outcome(spec.name, Action.UNCHANGED, result.reason)
     progress.advance(spec.name, result.action if isinstance(result, Outcome) else "ordered")
     return result
+
+
+def _still_held(issued: "list[Issued]", held: "dict[str, tuple[ExitStack, Lease]]",
+                outcomes: dict[str, Outcome]) -> "list[Issued]":
+    """The certificates issued whose lock this run still holds: one taken over meanwhile (this run
+    was paused past its lease) is its successor's, and installing it now would undo what it did."""
+    kept = []
+    for item in issued:
+        try:
+            held[item.spec.name][1].check()
+        except Fenced as fenced:
+            log.error("%s: not installed: %s", item.spec.name, fenced, extra={"certificate": item.spec.name})
+            outcomes[item.spec.name] = Outcome(item.spec.name, Action.FAILED, f"not installed: {fenced}")
+        else:
+            kept.append(item)
+    return kept
 
 
 def _install(store: Store, now: datetime.datetime, deployer: "Deployer", issued: "list[Issued]") -> dict[str, Outcome]:
@@ -388,6 +448,8 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     try:
         store.save_record(record)
     except CertrenewError as unwritable:
+        if isinstance(unwritable, Fenced):  # a late writer: what its successor recorded stands
+            log.error("%s: %s; not recorded: %s", spec.name, error, unwritable, extra={"certificate": spec.name})
         return Outcome(spec.name, Action.FAILED, f"{error}; and {unwritable}")
     return Outcome(spec.name, Action.FAILED, str(error))
 

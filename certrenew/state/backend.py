@@ -9,6 +9,7 @@ taken over by another holder): a writer paused past its lease cannot overwrite i
 What the state means (records, bundles, orders) is written once, above this, in `store`.
 """
 
+import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from certrenew.errors import CertrenewError
 
 ABSENT = 0
 """The version to expect of a key that must not exist yet (create-if-absent)."""
+_SEGMENT = r"[A-Za-z0-9_@=+,:-][A-Za-z0-9_.@=+,:-]*"
+KEY = re.compile(rf"(?:{_SEGMENT}/)*{_SEGMENT}")
+"""A key: `/`-separated file names that are never hidden (temps and the backends' own files are)."""
 
 
 @dataclass(frozen=True)
@@ -82,5 +86,15 @@ class Backend(Protocol):
         to `wait` seconds for the current holder (Busy, naming it, if it does not let go).
         `holder` names this process in the fleet's state (node and pid)."""
 
+    def where(self, key: str) -> str:
+        """Where an operator finds `key` (a path, a URL): for messages about what was set aside."""
+
     def close(self) -> None:
         """Let go of connections and threads; locks still held are released."""
+
+
+def check_key(key: str) -> str:
+    """`key` if every `/`-separated segment of it is safe as a file name, else ValueError."""
+    if not KEY.fullmatch(key):
+        raise ValueError(f"not a state key: {key!r}")
+    return key

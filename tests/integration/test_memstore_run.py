@@ -1,5 +1,5 @@
 """The library API over a store that is not the file store: `renew.run`, the Issuer and the Deployer keep everything
-in a MemoryStore, and HAProxy serves what they issued.
+in a `Store` over a `MemoryBackend`, and HAProxy serves what they issued.
 
 pebble runs with PEBBLE_VA_ALWAYS_VALID, so it validates nothing: the Issuer test's solver
 answers no challenge, and the run's responder is never asked.
@@ -12,8 +12,9 @@ from certrenew.pki.bundle import leaf_info
 from certrenew.renewal import renew
 from certrenew.renewal.deploy import Deployer
 from certrenew.renewal.issue import Issuer
+from certrenew.state.memory import MemoryBackend
+from certrenew.state.store import Store
 from tests.harness.lab import LOOPBACK, Lab
-from tests.harness.memstore import MemoryStore
 
 NAME = "memory.example"
 
@@ -49,7 +50,7 @@ class SilentSolver:
         pass
 
 
-def assert_kept_and_served(lab: Lab, store: MemoryStore, settings: Settings, spec: CertificateSpec,
+def assert_kept_and_served(lab: Lab, store: Store, settings: Settings, spec: CertificateSpec,
                            account: bool = True) -> None:
     bundle = store.load_bundle(spec.name)
     assert bundle is not None and store.load_bundle(spec.name, "pending") is None
@@ -65,7 +66,7 @@ def assert_kept_and_served(lab: Lab, store: MemoryStore, settings: Settings, spe
 
 
 def test_run_keeps_everything_in_the_store_it_is_given(lab):
-    settings, store, spec = settings_for(lab), MemoryStore(), CertificateSpec(NAME, (NAME, f"www.{NAME}"))
+    settings, store, spec = settings_for(lab), Store(MemoryBackend()), CertificateSpec(NAME, (NAME, f"www.{NAME}"))
     [outcome] = renew.run(settings, [spec], store=store)
     assert outcome.action == "issued", outcome.detail
     assert_kept_and_served(lab, store, settings, spec)
@@ -74,7 +75,7 @@ def test_run_keeps_everything_in_the_store_it_is_given(lab):
 
 
 def test_issuer_with_a_solver_of_its_own(lab):
-    settings, store, spec = settings_for(lab), MemoryStore(), CertificateSpec(NAME, (NAME,))
+    settings, store, spec = settings_for(lab), Store(MemoryBackend()), CertificateSpec(NAME, (NAME,))
     solver = SilentSolver()
     issuer = Issuer(settings.acme, store, {spec.solver_key: solver})
     issued = issuer.issue(spec)
@@ -89,8 +90,8 @@ def test_a_node_that_issued_nothing_deploys_the_pending_bundle_the_store_holds(l
     """The fleet's case: another node (here a run on a store of its own) issued the certificate and kept it
     pending; this node, with no account, no order and no word with the CA, makes its HAProxy serve it."""
     settings, spec = settings_for(lab), CertificateSpec(NAME, (NAME,))
-    issued = Issuer(settings.acme, MemoryStore(), {spec.solver_key: SilentSolver()}).issue(spec)
-    store = MemoryStore()
+    issued = Issuer(settings.acme, Store(MemoryBackend()), {spec.solver_key: SilentSolver()}).issue(spec)
+    store = Store(MemoryBackend())
     store.save_pending(NAME, issued.bundle, issued.directory)
     deployer = Deployer(settings.haproxy, store, settings.acme.directory_url)
     pending = deployer.pending(spec)

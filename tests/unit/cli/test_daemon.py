@@ -13,9 +13,9 @@ import pytest
 from certrenew.cli import daemon
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import UsageError
-from certrenew.state.store import CertificateRecord
+from certrenew.state.memory import MemoryBackend
+from certrenew.state.store import CertificateRecord, Store
 from certrenew.system import signals
-from tests.harness.memstore import MemoryStore
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 HOUR = datetime.timedelta(hours=1)
@@ -30,7 +30,7 @@ def hangups():
 def make(tmp_path, hangups, load=None, rng=None, **settings):
     config = (Settings.of(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", lock_timeout=0, **settings),
               [CertificateSpec("a", ("a.example",))])
-    return daemon.Daemon(*config, MemoryStore(), load or (lambda: config), hangups, rng)
+    return daemon.Daemon(*config, Store(MemoryBackend()), load or (lambda: config), hangups, rng)
 
 
 def test_the_regular_check_comes_at_most_5_percent_early(tmp_path, hangups):

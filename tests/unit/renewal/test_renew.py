@@ -14,8 +14,8 @@ from certrenew.errors import CertrenewError, ConfigurationError, OverBudget, Usa
 from certrenew.pki.bundle import CertificateInfo
 from certrenew.renewal import renew
 from certrenew.renewal.progress import Progress
-from certrenew.state.store import CertificateRecord
-from tests.harness.memstore import MemoryStore
+from certrenew.state.memory import MemoryBackend
+from certrenew.state.store import CertificateRecord, Store
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -47,7 +47,7 @@ def issued(name, not_before=NOW - 10 * DAY, lifetime=90 * DAY, **fields):
 
 
 def test_nothing_due_is_unchanged_and_asks_no_ca(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
     store.save_record(issued("b", ari_next_check=NOW + DAY))
     outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
@@ -58,7 +58,7 @@ def test_nothing_due_is_unchanged_and_asks_no_ca(settings, no_ca):
 
 
 def test_a_failing_certificate_backs_off_and_its_record_is_left_alone(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     failing = issued("a", not_before=NOW - 89 * DAY, failures=3, last_error="connection refused",
                      next_attempt=NOW + DAY)
     store.save_record(failing)
@@ -69,23 +69,25 @@ def test_a_failing_certificate_backs_off_and_its_record_is_left_alone(settings, 
 
 
 def test_an_unreadable_record_fails_its_certificate_only(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
-    store.documents["b", "record"] = b'{"name": "b", "domains": ["b.example"], "key_type": 5}'
+    store.backend.write({"certificates/b/meta.json": b'{"name": "b", "domains": ["b.example"], "key_type": 5}'})
     outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed")]
-    assert outcomes[1].detail == "corrupt state file memory:b/record: key_type: expected a string, not 5"
+    assert outcomes[1].detail == ("corrupt state file memory:certificates/b/meta.json: key_type: expected a string, "
+                                  "not 5; repair it, or move it away and the next run orders b anew")
 
 
 def test_a_record_well_formed_but_inconsistent_fails_its_certificate_alone_in_run_and_status(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
     store.save_record(issued("c"))
     bad = {**issued("b").to_json(), "not_before": None}  # it made the decision fail an assert, and the run end
-    store.documents["b", "record"] = json.dumps(bad).encode()
+    store.backend.write({"certificates/b/meta.json": json.dumps(bad).encode()})
     outcomes = renew.run(settings, [spec("a"), spec("b"), spec("c")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed"), ("c", "unchanged")]
-    reason = "corrupt state file memory:b/record: not_before and not_after go together, but only one of them is set"
+    reason = ("corrupt state file memory:certificates/b/meta.json: not_before and not_after go together, but only "
+              "one of them is set; repair it, or move it away and the next run orders b anew")
     assert outcomes[1].detail == reason
     rows = status.collect(settings, [spec("a"), spec("b"), spec("c")], store, now=NOW)
     assert [(row.name, row.state, row.last_result) for row in rows] == [
@@ -93,7 +95,7 @@ def test_a_record_well_formed_but_inconsistent_fails_its_certificate_alone_in_ru
 
 
 def test_a_fault_nobody_foresaw_while_deciding_fails_that_certificate_alone(settings, no_ca, monkeypatch):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
     store.save_record(issued("b"))
     load_record = store.load_record
@@ -105,7 +107,7 @@ def test_a_fault_nobody_foresaw_while_deciding_fails_that_certificate_alone(sett
 
 
 def test_a_run_waits_for_the_store_and_gives_up(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
     with store.lock(timeout=0):
         with pytest.raises(CertrenewError, match="gave up after 0 s"):
@@ -114,7 +116,7 @@ def test_a_run_waits_for_the_store_and_gives_up(settings, no_ca):
 
 
 def test_status_rows_from_the_store(settings):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("ok"))
     store.save_record(issued("due", not_before=NOW - 70 * DAY))
     store.save_record(issued("expired", not_before=NOW - 91 * DAY))
@@ -145,7 +147,7 @@ def store_order():
                                                   (ConfigurationError("bad ACL"), False),
                                                   (UsageError("pass --agree-tos"), False)])
 def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     renew._failed(store, NOW, spec("a"), CA, error)
     record = store.load_record("a")
     assert record is not None and record.last_error == str(error) and record.failures == 1
@@ -153,7 +155,7 @@ def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
 
 
 def test_fixing_the_directory_url_ends_a_back_off_earned_against_the_wrong_one(settings, monkeypatch):
-    store, now = MemoryStore(), datetime.datetime.now(datetime.timezone.utc)  # not NOW: the run reads the clock
+    store, now = Store(MemoryBackend()), datetime.datetime.now(datetime.timezone.utc)  # not NOW: the run reads the clock
     wrong = "https://acme.example/wrong-path"
     renew._failed(store, now, spec("a"), wrong, CertrenewError("the CA answered 404"))
     assert store.load_record("a").next_attempt > now  # backing off
@@ -210,7 +212,7 @@ def test_a_refusal_naming_no_certificate_of_the_batch_fails_the_batch_once():
     """Each round must take one certificate out, or the install loop would never end."""
     from certrenew.errors import Refused
     from certrenew.renewal.deploy import Issued
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_pending("a", b"BUNDLE a")
     deployer = RefusingDeployer(store, "a", Refused("HAProxy refused elsewhere.pem", ["elsewhere"]))
     deploy = deployer.deploy
@@ -220,15 +222,16 @@ def test_a_refusal_naming_no_certificate_of_the_batch_fails_the_batch_once():
     assert store.load_bundle("a", "pending") == b"BUNDLE a"  # not set aside: it was not the one refused
 
 def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     outcomes = install_with_b_refused(store)
-    assert "set aside as memory:b/rejected/" in outcomes["b"].detail
-    assert list(store.rejected.values()) == [b"BUNDLE b"] and not store.unfinished("b")
+    assert "set aside as memory:certificates/b/rejected/" in outcomes["b"].detail
+    assert [entry.value for entry in store.backend.list("certificates/b/rejected/").values()] == [b"BUNDLE b"]
+    assert not store.unfinished("b")
     record = store.load_record("b")
     assert record.failures == 1 and record.next_attempt is not None  # the next attempt waits for the back-off
 
 
-class UnmovableStore(MemoryStore):
+class UnmovableStore(Store):
     """Nothing can be set aside: its rename fails as FileStore's does, wrapped in one line."""
 
     def set_aside(self, name: str, kind: str) -> str:
@@ -236,7 +239,7 @@ class UnmovableStore(MemoryStore):
 
 
 def test_a_refused_certificate_that_cannot_be_set_aside_fails_alone_and_the_rest_is_installed():
-    store = UnmovableStore()
+    store = UnmovableStore(MemoryBackend())
     outcomes = install_with_b_refused(store)
     assert outcomes["b"].detail == ("HAProxy refused b.pem: bad key; the previous certificates were put back; and it "
                                     "could not be set aside: cannot set aside memory:b/pending: Read-only file system")
@@ -246,27 +249,27 @@ def test_a_refused_certificate_that_cannot_be_set_aside_fails_alone_and_the_rest
 
 def test_a_certificate_whose_place_in_the_ssl_dir_is_blocked_fails_alone_and_stays_pending():
     from certrenew.haproxy.install import Blocked
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     outcomes = install_with_b_refused(store, Blocked("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone", ["b"]))
     assert outcomes["b"].detail == ("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone; "
                                     "the new certificate stays pending for the run after")
-    assert store.rejected == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # not set aside: nothing lost
+    assert store.backend.list("certificates/b/rejected/") == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # not set aside: nothing lost
     record = store.load_record("b")
     assert record.failures == 1 and record.next_attempt is None  # the operator's to fix: no back-off
 
 
 def test_a_certificate_not_served_after_its_install_fails_alone_in_its_own_words_and_stays_pending():
     from certrenew.haproxy.install import NotServed
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     blame = "served-certificate check: 127.0.0.1:443 serves another certificate for b.example"
     outcomes = install_with_b_refused(store, NotServed(f"b.pem: {blame}", ["b"], {"b": f"{blame}; put back"}))
     assert outcomes["b"].detail == f"{blame}; put back; the new certificate stays pending for the run after"
     assert "b.example" not in outcomes["a"].detail + outcomes["c"].detail  # nobody else is blamed
-    assert store.rejected == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # kept: HAProxy took it
+    assert store.backend.list("certificates/b/rejected/") == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # kept: HAProxy took it
 
 
 def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
 
     def step(spec):
         raise KeyError("surprise")
@@ -277,7 +280,7 @@ def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
 
 
 def test_an_order_over_budget_waits_until_the_budget_frees_not_for_the_back_off(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a", ari_window_start=NOW - DAY, ari_window_end=NOW + DAY, ari_renew_at=NOW - DAY))
     outcome = renew._failed(store, NOW, spec("a"), settings.acme.directory_url,
                             OverBudget("not ordered: its budget", NOW + 20 * HOUR))
@@ -289,17 +292,17 @@ def test_an_order_over_budget_waits_until_the_budget_frees_not_for_the_back_off(
 
 
 def test_status_shows_an_unreadable_record_as_failing_with_the_reason(settings):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("ok"))
-    store.documents["bad", "record"] = b"{not json"
+    store.backend.write({"certificates/bad/meta.json": b"{not json"})
     rows = status.collect(settings, [spec("ok"), spec("bad")], store, now=NOW)
     assert [(row.name, row.state) for row in rows] == [("ok", "ok"), ("bad", "failing")]
-    assert rows[1].last_result.startswith("failed: corrupt state file memory:bad/record")
+    assert rows[1].last_result.startswith("failed: corrupt state file memory:certificates/bad/meta.json")
     assert [row.state for row in status.collect(settings, None, store, now=NOW)] == ["failing", "ok"]
 
 
 def test_a_failed_forced_attempt_shows_in_status_but_only_a_due_certificate_is_failing(settings):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("early"))  # served, and not due for 50 days: a --force that failed
     store.save_record(issued("due", not_before=NOW - 89 * DAY))
 
@@ -333,17 +336,22 @@ def test_the_library_refuses_a_certificate_it_could_not_keep_before_writing_anyt
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["ssl"]
 
 
-class FillingStore(MemoryStore):
+class FillingStore(Store):
     """Its disk is full for one certificate's record: promoting that one fails, after the others."""
 
     def __init__(self, full: str) -> None:
-        super().__init__()
+        super().__init__(MemoryBackend())
         self.full = full
 
     def save_record(self, record: CertificateRecord) -> None:
         if record.name == self.full:
             raise CertrenewError(f"cannot write memory:{record.name}/record: No space left on device")
         super().save_record(record)
+
+    def promote_pending(self, record: CertificateRecord) -> None:  # the record is written with the bundles
+        if record.name == self.full:
+            raise CertrenewError(f"cannot write memory:{record.name}/record: No space left on device")
+        super().promote_pending(record)
 
 
 def pending_bundle(store, name: str) -> bytes:
@@ -387,3 +395,35 @@ def test_a_certificate_that_cannot_be_recorded_fails_alone_the_others_served_rec
     [again] = renew.run(settings, [spec("b")], store)
     assert again.action == "installed" and store.load_record("b").serial == serial, again.detail
     assert deployed.read_text().split() == ["a", "c", "b"]
+
+
+def test_a_certificate_another_process_renewed_while_the_run_waited_for_its_lock_is_left_alone(settings):
+    """The run decides again once it holds the lock: the other holder's renewal stands, no CA is asked."""
+    import logging
+    import threading
+
+    store = Store(MemoryBackend())
+    store.save_record(issued("a", not_before=NOW - 89 * DAY))  # due
+    other = Store(store.backend, holder="the daemon")  # another process on the same state
+    waiting = threading.Event()
+
+    class Waits(logging.Handler):
+        def emit(self, record):
+            if "waiting up to" in record.getMessage():
+                waiting.set()
+    handler = Waits()
+    logging.getLogger("certrenew.state.memory").addHandler(handler)
+    try:
+        with other.certificate("a", wait=0):
+            runner = threading.Thread(target=lambda: outcomes.extend(
+                renew.run(settings.with_options(lock_timeout=60, self_check=False), [spec("a")],
+                                          store).outcomes))
+            outcomes: list = []
+            runner.start()
+            assert waiting.wait(30), "the run never waited for the lock"
+            other.save_record(issued("a"))  # renewed meanwhile
+        runner.join(30)
+    finally:
+        logging.getLogger("certrenew.state.memory").removeHandler(handler)
+    [outcome] = outcomes
+    assert outcome.action == "unchanged" and outcome.detail.startswith("not due until"), outcome

@@ -26,7 +26,7 @@ def test_two_runs_in_one_process_are_cancelled_apart(tmp_path):
         sleep = context.sleep
         context.sleep = lambda seconds: (waiting.set(), sleep(seconds))  # type: ignore[method-assign]
         try:
-            ends[name] = renew.run(settings, [spec], FileStore(state), context=context)
+            ends[name] = renew.run(settings, [spec], FileStore(state, context=context), context=context)
         except Interrupted as interrupted:
             ends[name] = interrupted
 
