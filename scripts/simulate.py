@@ -11,8 +11,8 @@ import time
 from tests.harness.fleetsim import Params, Result, simulate
 
 COLUMNS = ("run", "renewals", "orders/cert (max)", "duplicate orders", "takeovers (refused writes)",
-           "worst due→served", "within a day of expiry", "lock waits/renewal",
-           "etcd reads/s mean (peak)", "writes/s mean (peak)", "watch events/s mean (peak)", "wall")
+           "worst due→served", "worst commit→served", "worst lag of a running node", "within a day of expiry",
+           "lock waits/renewal", "etcd reads/s mean (peak)", "reconcile keys/s", "writes/s mean (peak)", "watch events/s mean (peak)", "wall")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,19 +32,24 @@ def parser() -> argparse.ArgumentParser:
 def row(label: str, result: Result, wall: float) -> str:
     p = result.params
     worst = max(result.due_to_served, default=0.0)
+    deploy = max(result.commit_to_served, default=0.0)
     orders = result.orders / max(p.certificates, 1)
     reads, writes, watches = (result.rate(result.reads, result.steady_reads), result.rate(result.writes),
                               result.rate(result.watch_events))
     cells = (label, f"{result.renewals:,}", f"{orders:.2f} ({result.orders_per_certificate_max})",
              str(result.duplicates), f"{result.takeovers} ({result.refused_writes})", f"{worst / 3600:.1f} h",
-             str(result.near_expiry), f"{result.lock_losses / max(result.renewals, 1):.2f}",
-             *(f"{mean:.3g} ({peak:.3g})" for mean, peak in (reads, writes, watches)), f"{wall:.0f} s")
+             f"{deploy / 60:.1f} min", f"{result.running_lag / 60:.1f} min", str(result.near_expiry), f"{result.lock_losses / max(result.renewals, 1):.2f}",
+             _rate(reads), f"{result.reconcile_keys:,.0f}", _rate(writes), _rate(watches), f"{wall:.0f} s")
     return "| " + " | ".join(cells) + " |"
 
 
 def _value(params: Params, name: str, text: str) -> object:
     kind = {item.name: item.type for item in dataclasses.fields(params)}[name]
     return text.lower() in ("1", "true", "on", "yes") if kind is bool else kind(text)
+
+
+def _rate(rate: tuple[float, float]) -> str:
+    return f"{rate[0]:.3g} ({rate[1]:.3g})"
 
 
 def main(argv: list[str] | None = None) -> int:

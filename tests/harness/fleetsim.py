@@ -104,6 +104,10 @@ class Result:
     orders_per_certificate_max: int = 0
     due_to_served: list[float] = field(default_factory=list)
     """Per renewal, seconds from due to served on every node."""
+    commit_to_served: list[float] = field(default_factory=list)
+    """Per renewal, seconds from the store's commit to served on every node."""
+    running_lag: float = 0.0
+    """The longest a running node (not crashed, not paused) served an older certificate than the store held."""
     near_expiry: int = 0
     """Certificates served everywhere less than a day before their predecessor expired."""
     expired: int = 0
@@ -113,6 +117,8 @@ class Result:
     """Per simulated minute; the reconcile passes' steady reads are in `steady_reads`."""
     steady_reads: float = 0.0
     """Requests per second of the reconcile passes (paged range reads)."""
+    reconcile_keys: float = 0.0
+    """Keys per second the reconcile passes read."""
 
     def rate(self, counts: list[int], steady: float = 0.0) -> tuple[float, float]:
         """Requests per second: the mean over the run and the peak of one minute."""
@@ -199,6 +205,7 @@ class Fleet:
                 self.env.process(self._watch_dies(node, start))
         self.pages = math.ceil(params.certificates / PAGE)
         self.result.steady_reads = params.nodes * self.pages / params.reconcile
+        self.result.reconcile_keys = params.nodes * params.certificates / params.reconcile
         self.lifetime = datetime.timedelta(days=params.lifetime_days)
         renew_age = (policy.renew_at(self._record(0, EPOCH)) - EPOCH).total_seconds()
         self.certs = [Cert(i, self._record(i, EPOCH - datetime.timedelta(seconds=rng.uniform(0, renew_age))))
@@ -263,12 +270,12 @@ class Fleet:
 
     def _certificate(self, cert: Cert):
         """The certificate's life: each turn, the nodes wake for it until one renews it (or fails and backs off)."""
-        env, p, rng = self.env, self.p, self.rng
+        env, p, rng, random = self.env, self.p, self.rng, self.rng.random
         while True:
             now = self._when(env.now)
             wake = self._seconds(policy.next_wake([(cert.record, cert.record.domains, KEY_TYPE)], now, FAR))
             due = self._seconds(policy.renew_at(cert.record))
-            wakes = [(wake - self.skew[node] + rng.uniform(0, p.jitter), node) for node in range(p.nodes)]
+            wakes = [(wake - skew + p.jitter * random(), node) for node, skew in enumerate(self.skew)]
             heapq.heapify(wakes)
             version, record = cert.version, cert.record
             while wakes and cert.version == version and cert.record is record:
@@ -439,8 +446,11 @@ class Fleet:
             start, end = self.faults[i]
             if end > now:  # down or paused now: it catches up when it is back
                 served = max(served, end + p.watch_latency)
-        served = max(served, max(self.watch_dead))
+        running = max(now + latency, max(self.watch_dead))  # a node up and running, its watch dead or alive
+        served = max(served, running)
         res.due_to_served.append(served - due)
+        res.commit_to_served.append(served - now)
+        res.running_lag = max(res.running_lag, running - now)
         assert old.not_after is not None
         left = self._seconds(old.not_after) - served
         if left < DAY:
