@@ -12,7 +12,7 @@ from tests.harness.fleetsim import Params, Result, simulate
 
 COLUMNS = ("run", "renewals", "orders/cert (max)", "duplicate orders", "takeovers (refused writes)",
            "worst due→served", "worst commit→served", "worst lag of a running node", "within a day of expiry",
-           "lock waits/renewal", "etcd reads/s mean (peak)", "reconcile keys/s", "writes/s mean (peak)", "watch events/s mean (peak)", "wall")
+           "lock waits/renewal", "busiest node's orders", "etcd reads/s mean (peak)", "reconcile keys/s", "writes/s mean (peak)", "watch events/s mean (peak)", "wall")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,6 +39,7 @@ def row(label: str, result: Result, wall: float) -> str:
     cells = (label, f"{result.renewals:,}", f"{orders:.2f} ({result.orders_per_certificate_max})",
              str(result.duplicates), f"{result.takeovers} ({result.refused_writes})", f"{worst / 3600:.1f} h",
              f"{deploy / 60:.1f} min", f"{result.running_lag / 60:.1f} min", str(result.near_expiry), f"{result.lock_losses / max(result.renewals, 1):.2f}",
+             f"{max(result.orders_by_node) / max(result.orders, 1):.0%}",
              _rate(reads), f"{result.reconcile_keys:,.0f}", _rate(writes), _rate(watches), f"{wall:.0f} s")
     return "| " + " | ".join(cells) + " |"
 
