@@ -59,9 +59,9 @@ class Params:
     days: float = 365
     lifetime_days: float = 90
     lease_ttl: float = 60
-    reconcile: float = 300
+    reconcile: float = 900
     """Seconds between a node's reconcile passes (one paged range read, compare generations)."""
-    jitter: float = 60
+    jitter: float = 900
     """Seconds: each node wakes for a due certificate at a random time within this of its renewal time."""
     fencing: bool = True
     seed: int = 1
