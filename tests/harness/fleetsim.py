@@ -339,12 +339,13 @@ class Fleet:
             if budget is not None and decision.due:  # wait out the budget: a failure's back-off to then
                 cert.record = dataclasses.replace(record, next_attempt=budget, failures=max(record.failures, 1))
             return self._release(cert, revision)
-        # Where this attempt's lease ends, if it does: a crash, a pause or a keepalive stall past the TTL.
+        # The CA's two steps: new order + validation, finalize + download; a pending order needs the second only.
         first, second = rng.lognormvariate(math.log(3), 0.6), rng.lognormvariate(math.log(2), 0.6)
         if rng.random() < p.slow_orders:
             first += rng.uniform(60, 600)
         resume = cert.pending is not None and cert.pending.base == version
         end = self._stretch(node, start, second + (0 if resume else first))
+        # Where this attempt's lease ends, if it does: a crash, a pause or a keepalive stall past the TTL.
         lost = math.inf
         crash_i = bisect.bisect_right(self.crash_starts[node], start)
         crash = self.crashes[node][crash_i][0] if crash_i < len(self.crashes[node]) else math.inf
