@@ -15,7 +15,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from certrenew.errors import CertrenewError
+# The protocol's outcomes live with every other public exception; named here too, where a backend raises them.
+from certrenew.errors import Busy as Busy
+from certrenew.errors import Conflict as Conflict
+from certrenew.errors import Fenced as Fenced
+from certrenew.errors import Unavailable as Unavailable
 
 ABSENT = 0
 """The version to expect of a key that must not exist yet (create-if-absent)."""
@@ -30,23 +34,6 @@ class Entry:
 
     value: bytes
     version: int
-
-
-class Conflict(CertrenewError):
-    """A conditional write found another version than it expected: someone wrote first."""
-
-
-class Fenced(CertrenewError):
-    """A write made under a lock that is no longer held (its lease expired or another holder took
-    it over): refused, so that a late writer never undoes what its successor did."""
-
-
-class Busy(CertrenewError):
-    """The lock is held by another holder (named in the message) for longer than the caller waits."""
-
-
-class Unavailable(CertrenewError):
-    """The backend cannot be reached or read (etcd down, a directory gone): nothing was changed."""
 
 
 class Lease(Protocol):
