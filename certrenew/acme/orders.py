@@ -17,6 +17,7 @@ from acme import messages
 from cryptography import x509
 
 from certrenew.acme.account import ExternalAccount, register, use_account
+from certrenew.acme.solver import ChallengeSolver
 from certrenew.acme.transport import (
     AccountUnknown,
     Deadline,
@@ -25,7 +26,6 @@ from certrenew.acme.transport import (
     problem_code,
     retry_after_seconds,
 )
-from certrenew.challenge.solver import ChallengeSolver
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.pki.domains import is_ip_address
 from certrenew.system.hints import validation_hint

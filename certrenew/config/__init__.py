@@ -68,7 +68,7 @@ class CertificateSpec:
     profile: str | None = None
     """An ACME profile (e.g. "shortlived") to ask for; only where the CA's directory lists it."""
     challenge: str = HTTP_01
-    """The ACME challenge type that proves control of the names (see `certrenew.challenge.solver`)."""
+    """The ACME challenge type that proves control of the names (see `certrenew.acme.solver`)."""
     dns: DnsSettings | None = None
     """For DNS-01: where and how its records are published."""
     crt_list_options: str = ""

@@ -1,13 +1,14 @@
 """The challenge types a certificate may name, and the names each can validate at all.
 
 Known here, below every solver: the configuration refuses a spec before any solver
-exists or anything is touched (see `certrenew.challenge.solver` for the solvers).
+exists or anything is touched (see `certrenew.acme.solver` for what a solver does).
 """
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
-from certrenew.errors import UsageError
+from certrenew.errors import CertrenewError, UsageError
 from certrenew.pki.domains import is_ip_address, normalize_domain
 
 HTTP_01 = "http-01"
@@ -16,6 +17,17 @@ TLS_ALPN_01 = "tls-alpn-01"
 RESPONDER, STATELESS = "responder", "stateless"
 MODES = (RESPONDER, STATELESS)
 """The --http-01-mode values: certrenew's responder behind HAProxy answers, or every HAProxy node by itself."""
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")
+"""A challenge token (RFC 8555 section 8.1: base64url, no padding; CAs send 43 characters); it
+becomes a URL path and a file name in the store (under NAME_MAX with its suffix), so nothing
+else is taken, from the CA or from a request."""
+
+
+def check_token(token: str) -> str:
+    """`token` if it is one (see TOKEN); else CertrenewError: a CA that sends anything else is not followed."""
+    if not isinstance(token, str) or not TOKEN.fullmatch(token):
+        raise CertrenewError(f"refusing challenge token {token!r} from the CA: not base64url (RFC 8555 section 8.1)")
+    return token
 
 
 def refuse_wildcard(domain: str) -> None:

@@ -20,7 +20,7 @@ def normalize_domain(name: str) -> str:
     """Lower-case A-label form without a trailing dot (an IP address: its canonical form), or
     UsageError naming the fault.
 
-    "*.example.com" passes as a wildcard; `certrenew.challenge.solver` decides whether the
+    "*.example.com" passes as a wildcard; `certrenew.acme.solver` decides whether the
     certificate's challenge type can validate it.
     """
     if _NORMALIZED.fullmatch(name) and len(name) <= 253 and not is_ip_address(name.removeprefix("*.")):

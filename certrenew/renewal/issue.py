@@ -14,8 +14,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from certrenew.acme.account import ExternalAccount, new_account_key_pem
 from certrenew.acme.ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme.orders import AcmeClient
+from certrenew.acme.solver import ChallengeSolver
 from certrenew.acme.transport import Deadline, RequestCounter
-from certrenew.challenge.solver import ChallengeSolver
 from certrenew.config import AcmeSettings, Ca, CertificateSpec
 from certrenew.errors import CertrenewError, OverBudget, UsageError
 from certrenew.pki.bundle import check_bundle, check_clock, check_issued, leaf_certificate

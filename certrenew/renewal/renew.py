@@ -17,10 +17,10 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from certrenew.acme.solver import ChallengeSolver
 from certrenew.challenge.dns01 import Dns01Solver
 from certrenew.challenge.dnshook import DnsHook
 from certrenew.challenge.rfc2136 import Rfc2136Publisher
-from certrenew.challenge.solver import ChallengeSolver
 from certrenew.config import CertificateSpec, HaproxySettings, HookSettings, Settings, check_certificate_name
 from certrenew.config.challenges import HTTP_01, STATELESS, TLS_ALPN_01, check_domains
 from certrenew.config.dns import DnsSettings

@@ -35,7 +35,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from certrenew.challenge.solver import TOKEN, check_token
+from certrenew.config.challenges import TOKEN, check_token
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.state.backend import Backend, Lease
 from certrenew.state.files import FileBackend

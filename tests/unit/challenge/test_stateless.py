@@ -6,9 +6,9 @@ import pytest
 from acme import challenges
 
 from certrenew.acme.account import new_account_key_pem
-from certrenew.challenge.solver import TOKEN as TOKEN_PATTERN
 from certrenew.challenge.stateless import StatelessSolver, snippet, thumbprint
 from certrenew.config import build_settings
+from certrenew.config.challenges import TOKEN as TOKEN_PATTERN
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.renewal.preflight import FAIL, OK, WARN, probe_node
 

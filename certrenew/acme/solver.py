@@ -1,26 +1,13 @@
-"""The challenge solver interface: how an order proves control of a name.
+"""What an order asks of a challenge solver: how it proves control of a name.
 
-The HTTP-01 responder is one solver; a DNS-01 provider is another, the TLS-ALPN-01 responder a third. A solver only
-publishes and withdraws what the CA will look up; the order flow stays the same.
-Which names a challenge type can validate at all is known below, in `certrenew.config.challenges`.
+The order flow (`orders`) defines the interface it needs; the solvers of `certrenew.challenge`
+meet it without importing it (a Protocol): the HTTP-01 responder is one, a DNS-01 provider
+another, the TLS-ALPN-01 responder a third. A solver only publishes and withdraws what the CA
+will look up; the order flow stays the same. Which names a challenge type can validate at all,
+and what a token may be, is known below, in `certrenew.config.challenges`.
 """
 
-import re
 from typing import Protocol
-
-from certrenew.errors import CertrenewError
-
-TOKEN = re.compile(r"[A-Za-z0-9_-]{1,200}")
-"""A challenge token (RFC 8555 section 8.1: base64url, no padding; CAs send 43 characters); it
-becomes a URL path and a file name in the store (under NAME_MAX with its suffix), so nothing
-else is taken, from the CA or from a request."""
-
-
-def check_token(token: str) -> str:
-    """`token` if it is one (see TOKEN); else CertrenewError: a CA that sends anything else is not followed."""
-    if not isinstance(token, str) or not TOKEN.fullmatch(token):
-        raise CertrenewError(f"refusing challenge token {token!r} from the CA: not base64url (RFC 8555 section 8.1)")
-    return token
 
 
 class ChallengeSolver(Protocol):
