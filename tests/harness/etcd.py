@@ -1,0 +1,142 @@
+"""A real etcd cluster on loopback (3 members by default), for the etcd backend's tests and the bench.
+
+Each member is a real `etcd` process with its own data dir, client and peer ports; elections are
+fast (50 ms heartbeats, 500 ms election timeout) so a test that kills the leader waits about a
+second for the next. A member can be SIGKILLed, SIGSTOPped and restarted on its data dir.
+Run `python -m tests.harness.etcd [workdir]` to keep one up for exploring by hand.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.harness.lab import LOOPBACK, POLL_INTERVAL, START_TIMEOUT, STOP_TIMEOUT, LabError, free_ports
+
+HEARTBEAT_MS = 50
+ELECTION_MS = 500
+
+
+class EtcdCluster:
+    """`size` etcd members on loopback under `workdir`, running between `start()` and `stop()`."""
+
+    def __init__(self, workdir: Path, size: int = 3) -> None:
+        self.workdir = workdir
+        self.size = size
+        ports = free_ports(2 * size)
+        self.client_ports, self.peer_ports = ports[:size], ports[size:]
+        self.names = [f"m{i}" for i in range(size)]
+        self.processes: list[subprocess.Popen | None] = [None] * size
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [f"{LOOPBACK}:{port}" for port in self.client_ports]
+
+    def url(self, prefix: str) -> str:
+        return f"etcd://{','.join(self.endpoints)}/{prefix}"
+
+    def _command(self, i: int) -> list[str]:
+        peers = ",".join(f"{name}=http://{LOOPBACK}:{port}" for name, port in zip(self.names, self.peer_ports))
+        client, peer = f"http://{LOOPBACK}:{self.client_ports[i]}", f"http://{LOOPBACK}:{self.peer_ports[i]}"
+        return ["etcd", "--name", self.names[i], "--data-dir", str(self.workdir / self.names[i]),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", peers, "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"certrenew-test-{self.peer_ports[0]}",
+                "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_MS),
+                "--logger", "zap", "--log-outputs", str(self.workdir / f"{self.names[i]}.log")]
+
+    def start(self) -> EtcdCluster:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for i in range(self.size):
+            self.restart(i, wait=False)
+        self.wait_healthy()
+        return self
+
+    def restart(self, i: int, *, wait: bool = True) -> None:
+        """Start member `i` (again, on its data dir after a kill)."""
+        process = self.processes[i]
+        if process is not None and process.poll() is None:
+            raise LabError(f"etcd member {self.names[i]} still runs")
+        with open(self.workdir / f"{self.names[i]}.out", "ab") as out:
+            self.processes[i] = subprocess.Popen(self._command(i), stdout=out, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_healthy()
+
+    def _status(self, i: int) -> dict | None:
+        try:
+            return requests.post(f"http://{self.endpoints[i]}/v3/maintenance/status", json={}, timeout=1).json()
+        except (requests.RequestException, ValueError):
+            return None
+
+    def running(self) -> list[int]:
+        return [i for i, process in enumerate(self.processes) if process is not None and process.poll() is None]
+
+    def wait_healthy(self) -> None:
+        """Until every running member answers /health and they agree on a leader."""
+        end = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < end:
+            healthy = []
+            for i in self.running():
+                try:
+                    healthy.append(requests.get(f"http://{self.endpoints[i]}/health", timeout=1).json())
+                except (requests.RequestException, ValueError):
+                    break
+            if len(healthy) == len(self.running()) and all(h.get("health") == "true" for h in healthy):
+                return
+            time.sleep(POLL_INTERVAL)
+        logs = "\n".join((self.workdir / f"{name}.out").read_text()[-1000:] for name in self.names)
+        raise LabError(f"etcd cluster not healthy within {START_TIMEOUT} s:\n{logs}")
+
+    def leader(self) -> int:
+        """The index of the member that leads now (waiting for an election if need be)."""
+        end = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < end:
+            for i in self.running():
+                status = self._status(i)
+                if status and status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                    return i
+            time.sleep(POLL_INTERVAL)
+        raise LabError("no etcd leader")
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[i]
+        assert process is not None
+        process.send_signal(sig)
+        if sig == signal.SIGKILL:
+            process.wait(STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.terminate()
+        for process in self.processes:
+            if process is not None:
+                try:
+                    process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+    def __enter__(self) -> EtcdCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with EtcdCluster(Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="etcd-"))) as cluster:
+        print(f"etcd cluster up: {cluster.url('certrenew')} (Ctrl-C stops it)")
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
