@@ -99,11 +99,11 @@ class EtcdClient:
         end = time.monotonic() + (self._patience if patience is None else patience)
         ambiguous, last = False, ""
         while True:
-            if ambiguous and recheck is not None:
-                settled = recheck()
-                if settled is not None:
-                    return settled
             for _ in self._urls:
+                if ambiguous and recheck is not None:
+                    settled = recheck()
+                    if settled is not None:
+                        return settled
                 with self._mutex:
                     index = self._current
                 try:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
@@ -25,9 +27,11 @@ ELECTION_MS = 500
 class EtcdCluster:
     """`size` etcd members on loopback under `workdir`, running between `start()` and `stop()`."""
 
-    def __init__(self, workdir: Path, size: int = 3) -> None:
+    def __init__(self, workdir: Path, size: int = 3, extra: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.size = size
+        self.extra = extra
+        """More flags for every member (e.g. `--auth-token` settings)."""
         ports = free_ports(2 * size)
         self.client_ports, self.peer_ports = ports[:size], ports[size:]
         self.names = [f"m{i}" for i in range(size)]
@@ -49,7 +53,15 @@ class EtcdCluster:
                 "--initial-cluster", peers, "--initial-cluster-state", "new",
                 "--initial-cluster-token", f"certrenew-test-{self.peer_ports[0]}",
                 "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_MS),
-                "--logger", "zap", "--log-outputs", str(self.workdir / f"{self.names[i]}.log")]
+                "--logger", "zap", "--log-outputs", str(self.workdir / f"{self.names[i]}.log"), *self.extra]
+
+    def etcdctl(self, *args: str) -> str:
+        """Run `etcdctl` against the cluster (as root once auth is on); its output."""
+        done = subprocess.run(["etcdctl", "--endpoints", ",".join(self.endpoints), *args],
+                              capture_output=True, text=True, timeout=STOP_TIMEOUT, env={"ETCDCTL_API": "3"})
+        if done.returncode:
+            raise LabError(f"etcdctl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
 
     def start(self) -> EtcdCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +141,44 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LosingGateway:
+    """An HTTP proxy in front of one etcd member that lets the first `lose` transactions through
+    to etcd and then drops the connection instead of answering: a write with an ambiguous outcome,
+    as when a leader dies between applying a write and answering it."""
+
+    def __init__(self, upstream: str, lose: int = 1) -> None:
+        self.lost = 0
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                answer = requests.post(f"http://{upstream}{self.path}", data=body, timeout=5,
+                                       headers={k: v for k, v in self.headers.items() if k == "Authorization"})
+                if self.path == "/v3/kv/txn" and gateway.lost < lose:
+                    gateway.lost += 1
+                    self.close_connection = True
+                    return
+                self.send_response(answer.status_code)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.endpoint = f"{LOOPBACK}:{self._server.server_address[1]}"
+
+    def __enter__(self) -> LosingGateway:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 if __name__ == "__main__":
