@@ -56,6 +56,13 @@ class _Failed(Exception):
     """One endpoint did not answer (or answered that it cannot now): try the next."""
 
 
+def _reason(error: Exception) -> str:
+    """The innermost cause of a failed request, without urllib3's wrappers (`Connection refused`)."""
+    reason = getattr(error.args[0], "reason", error) if error.args else error
+    text = str(reason).strip("'\") ")
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def b64(data: bytes | str) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
@@ -129,8 +136,13 @@ class EtcdClient:
             response = self._session.post(self._urls[index] + path, json=body, headers=headers,
                                           timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
             answer = response.json() if response.content else {}
+        except requests.exceptions.SSLError as error:
+            if "certificate" not in str(error).lower():  # a handshake cut short: try the next endpoint
+                raise _Failed(_reason(error)) from None
+            raise Refused(f"TLS with etcd at {self.endpoints[index]} failed: {_reason(error)} (check the CA "
+                          "bundle and the client certificate and key)") from None
         except (requests.RequestException, ValueError) as error:
-            raise _Failed(str(error).splitlines()[0][:200]) from None
+            raise _Failed(_reason(error)) from None
         if "error" not in answer and response.ok:
             return answer.get("result", answer)  # a stream (keepalive) wraps its one answer
         code, message = answer.get("code"), answer.get("message") or answer.get("error") or response.reason

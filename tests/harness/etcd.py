@@ -17,7 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
+import trustme
 
+from certrenew.state.etcd_client import Tls
 from tests.harness.lab import LOOPBACK, POLL_INTERVAL, START_TIMEOUT, STOP_TIMEOUT, LabError, free_ports
 
 HEARTBEAT_MS = 50
@@ -27,11 +29,21 @@ ELECTION_MS = 500
 class EtcdCluster:
     """`size` etcd members on loopback under `workdir`, running between `start()` and `stop()`."""
 
-    def __init__(self, workdir: Path, size: int = 3, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, size: int = 3, extra: tuple[str, ...] = (), tls: bool = False) -> None:
         self.workdir = workdir
         self.size = size
         self.extra = extra
         """More flags for every member (e.g. `--auth-token` settings)."""
+        self.tls: Tls | None = None
+        """With `tls`, clients must connect over TLS with a client certificate of the cluster's own CA."""
+        if tls:
+            ca = trustme.CA()
+            workdir.mkdir(parents=True, exist_ok=True)
+            ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+            ca.issue_cert(LOOPBACK).private_key_and_cert_chain_pem.write_to_path(str(workdir / "server.pem"))
+            ca.issue_cert("certrenew-node").private_key_and_cert_chain_pem.write_to_path(str(workdir / "client.pem"))
+            self.tls = Tls(ca=workdir / "ca.pem", cert=workdir / "client.pem")
+        self.scheme = "https" if tls else "http"
         ports = free_ports(2 * size)
         self.client_ports, self.peer_ports = ports[:size], ports[size:]
         self.names = [f"m{i}" for i in range(size)]
@@ -46,18 +58,21 @@ class EtcdCluster:
 
     def _command(self, i: int) -> list[str]:
         peers = ",".join(f"{name}=http://{LOOPBACK}:{port}" for name, port in zip(self.names, self.peer_ports))
-        client, peer = f"http://{LOOPBACK}:{self.client_ports[i]}", f"http://{LOOPBACK}:{self.peer_ports[i]}"
+        client, peer = f"{self.scheme}://{LOOPBACK}:{self.client_ports[i]}", f"http://{LOOPBACK}:{self.peer_ports[i]}"
+        tls = ["--cert-file", str(self.workdir / "server.pem"), "--key-file", str(self.workdir / "server.pem"),
+               "--client-cert-auth", "--trusted-ca-file", str(self.workdir / "ca.pem")] if self.tls else []
         return ["etcd", "--name", self.names[i], "--data-dir", str(self.workdir / self.names[i]),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", peers, "--initial-cluster-state", "new",
                 "--initial-cluster-token", f"certrenew-test-{self.peer_ports[0]}",
                 "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_MS),
-                "--logger", "zap", "--log-outputs", str(self.workdir / f"{self.names[i]}.log"), *self.extra]
+                "--logger", "zap", "--log-outputs", str(self.workdir / f"{self.names[i]}.log"), *tls, *self.extra]
 
     def etcdctl(self, *args: str) -> str:
         """Run `etcdctl` against the cluster (as root once auth is on); its output."""
-        done = subprocess.run(["etcdctl", "--endpoints", ",".join(self.endpoints), *args],
+        tls = [f"--cacert={self.tls.ca}", f"--cert={self.tls.cert}", f"--key={self.tls.cert}"] if self.tls else []
+        done = subprocess.run(["etcdctl", "--endpoints", ",".join(self.endpoints), *tls, *args],
                               capture_output=True, text=True, timeout=STOP_TIMEOUT, env={"ETCDCTL_API": "3"})
         if done.returncode:
             raise LabError(f"etcdctl {' '.join(args)}: {done.stderr.strip()}")
@@ -80,9 +95,14 @@ class EtcdCluster:
         if wait:
             self.wait_healthy()
 
-    def _status(self, i: int) -> dict | None:
+    def _ask(self, i: int, path: str) -> dict | None:
+        """Member `i`'s answer at `path` (a GET for /health, else an empty POST), or None."""
+        tls = {"verify": str(self.tls.ca), "cert": str(self.tls.cert)} if self.tls else {}
+        url = f"{self.scheme}://{self.endpoints[i]}{path}"
         try:
-            return requests.post(f"http://{self.endpoints[i]}/v3/maintenance/status", json={}, timeout=1).json()
+            answer = requests.get(url, timeout=1, **tls) if path == "/health" else \
+                requests.post(url, json={}, timeout=1, **tls)
+            return answer.json()
         except (requests.RequestException, ValueError):
             return None
 
@@ -93,13 +113,7 @@ class EtcdCluster:
         """Until every running member answers /health and they agree on a leader."""
         end = time.monotonic() + START_TIMEOUT
         while time.monotonic() < end:
-            healthy = []
-            for i in self.running():
-                try:
-                    healthy.append(requests.get(f"http://{self.endpoints[i]}/health", timeout=1).json())
-                except (requests.RequestException, ValueError):
-                    break
-            if len(healthy) == len(self.running()) and all(h.get("health") == "true" for h in healthy):
+            if all((self._ask(i, "/health") or {}).get("health") == "true" for i in self.running()):
                 return
             time.sleep(POLL_INTERVAL)
         logs = "\n".join((self.workdir / f"{name}.out").read_text()[-1000:] for name in self.names)
@@ -110,7 +124,7 @@ class EtcdCluster:
         end = time.monotonic() + START_TIMEOUT
         while time.monotonic() < end:
             for i in self.running():
-                status = self._status(i)
+                status = self._ask(i, "/v3/maintenance/status")
                 if status and status.get("leader") and status["leader"] == status["header"]["member_id"]:
                     return i
             time.sleep(POLL_INTERVAL)

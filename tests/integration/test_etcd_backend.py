@@ -11,11 +11,12 @@ import time
 import uuid
 
 import pytest
+import trustme
 
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.state.backend import ABSENT, Busy, Conflict, Fenced, Unavailable
 from certrenew.state.etcd import EtcdBackend, from_url
-from certrenew.state.etcd_client import EtcdClient, Refused
+from certrenew.state.etcd_client import EtcdClient, Refused, Tls
 from tests.harness.etcd import EtcdCluster, LosingGateway
 from tests.harness.lab import REPO_ROOT, free_ports
 
@@ -273,3 +274,18 @@ def test_wrong_credentials_and_a_prefix_outside_the_role_are_one_line(secured):
         from_url(secured.url("elsewhere"), username="node", password="nodepw").get("a")
     with pytest.raises(Refused, match="refused a client without credentials"):
         from_url(secured.url("fleet")).get("a")
+
+
+def test_tls_with_a_client_certificate_and_a_wrong_ca_refused_in_one_line(tmp_path, monkeypatch):
+    with EtcdCluster(tmp_path / "etcd", size=1, tls=True) as secure:
+        assert secure.tls is not None
+        # The environment's CA bundle must not replace the one given.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "nowhere.pem"))
+        backend = from_url(secure.url("tls"), tls=secure.tls)
+        with backend.lock("a", ttl=TTL, wait=0, holder="node") as lease:
+            backend.write({"a": b"over TLS"}, fence=lease)
+        assert backend.get("a").value == b"over TLS"
+        trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+        stranger = Tls(ca=tmp_path / "other-ca.pem", cert=secure.tls.cert)
+        with pytest.raises(Refused, match=r"^TLS with etcd at 127.0.0.1:\d+ failed: .*certificate verify failed"):
+            from_url(secure.url("tls"), tls=stranger).get("a")
