@@ -236,13 +236,6 @@ def test_an_unreachable_cluster_is_one_line_naming_the_endpoints():
     assert "\n" not in message and message.startswith(f"etcd at {','.join(endpoints)} did not answer")
 
 
-@pytest.mark.parametrize("url", ["etcd://", "etcd://127.0.0.1:2379", "etcd://127.0.0.1:2379/",
-                                 "etcd://127.0.0.1/p", "http://127.0.0.1:2379/p", "etcd://a:1,/p"])
-def test_a_malformed_url_is_refused_naming_the_form(url):
-    with pytest.raises(UsageError, match=r"the form is etcd://HOST:PORT\[,HOST:PORT...\]/PREFIX"):
-        from_url(url)
-
-
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
     """One member with auth on: user `node` may read and write `fleet/` only; tokens last 1 s."""
