@@ -149,10 +149,14 @@ class EtcdClient:
         if code == UNAUTHENTICATED and login and self._credentials and not fresh:
             self._token = None  # expired: log in again, once
             return self._send(index, path, body)
-        if code in (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION):
+        # (etcd with auth on answers a client without a token "user name is empty".)
+        if code in (UNAUTHENTICATED, PERMISSION_DENIED) or path == "/v3/auth/authenticate" or \
+                "user name is empty" in str(message):
             who = f"user {self._credentials[0]!r}" if self._credentials else "a client without credentials"
             raise Refused(f"etcd at {self.endpoints[index]} refused {who}: {message} (check the etcd user, "
                           "its password and its role's permission on the prefix)")
+        if code in (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION):
+            raise Refused(f"etcd at {self.endpoints[index]} refused {path}: {message}")
         raise _Failed(message)
 
     def _login(self, index: int) -> None:
