@@ -10,6 +10,7 @@ again, so nothing is applied twice (see `EtcdClient.call`).
 """
 
 import logging
+import math
 import re
 import threading
 import time
@@ -47,7 +48,7 @@ class EtcdLease:
         self.token = 0
         self._backend = backend
         self._ttl = ttl
-        self.id = int(backend._client.call("/v3/lease/grant", {"TTL": max(1, round(ttl))})["ID"])
+        self.id = int(backend._client.call("/v3/lease/grant", {"TTL": max(1, math.ceil(ttl))})["ID"])
         self._lost = False
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name=f"etcd-lease-{key}", daemon=True)

@@ -211,6 +211,22 @@ def test_writes_go_on_while_the_leader_is_killed_and_none_is_applied_twice(clust
         cluster.restart(leader)
 
 
+def test_a_lock_outlives_the_death_of_the_leader_its_keepalive_talked_to(cluster, prefix):
+    leader = cluster.leader()
+    endpoints = [cluster.endpoints[leader]] + [e for i, e in enumerate(cluster.endpoints) if i != leader]
+    backend = EtcdBackend(EtcdClient(endpoints), prefix)
+    try:
+        with backend.lock("cert", ttl=2 * TTL, wait=0, holder="me") as lease:
+            cluster.kill(leader)
+            time.sleep(6 * TTL)
+            lease.check()
+            backend.write({"cert": b"mine"}, fence=lease)
+            assert cluster.leader() != leader
+    finally:
+        cluster.restart(leader)
+    assert backend.get("cert").value == b"mine"
+
+
 def test_a_write_applied_whose_answer_was_lost_is_not_sent_again(cluster, prefix):
     with LosingGateway(cluster.endpoints[0]) as gateway:
         backend = EtcdBackend(EtcdClient([gateway.endpoint, cluster.endpoints[1]]), prefix)
