@@ -238,6 +238,7 @@ class EtcdBackend:
             held, self._held = self._held, set()
         for lease in held:
             lease.release()
+        self._client.close()
 
 
 def from_url(url: str, *, tls: Tls | None = None, username: str | None = None,

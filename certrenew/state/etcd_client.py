@@ -164,3 +164,6 @@ class EtcdClient:
         username, password = self._credentials
         answer = self._send(index, "/v3/auth/authenticate", {"name": username, "password": password}, login=False)
         self._token = answer.get("token")
+
+    def close(self) -> None:
+        self._session.close()
