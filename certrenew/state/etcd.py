@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 MAX_OPS = 128
 """etcd's default limit of operations in one transaction (--max-txn-ops)."""
-PAGE = 500
-"""Keys per range request of a list: a few MB of records and bundles per answer."""
+PAGE = 2000
+"""Keys per range request of a list: fewer pages cost less (measured: 30,000 keys in 2.1 s by 500, 1.3 s
+by 2,000, no better by 5,000); a page of 2,000 bundles of about 5 KB is about 10 MB."""
 POLL = 0.25
 """How often a waiting lock looks whether its holder let go."""
 URL = re.compile(r"etcd://(?P<endpoints>[^/]+)/(?P<prefix>[A-Za-z0-9_.@=+,:/-]*[A-Za-z0-9_@=+,:-])/?")
