@@ -37,6 +37,7 @@ PERMISSION_DENIED = 7
 INVALID_ARGUMENT = 3
 NOT_FOUND = 5
 FAILED_PRECONDITION = 9
+AUTHENTICATE = "/v3/auth/authenticate"
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,10 @@ class EtcdClient:
         if code == UNAUTHENTICATED and login and self._credentials and not fresh:
             self._token = None  # expired: log in again, once
             return self._send(index, path, body)
-        # (etcd with auth on answers a client without a token "user name is empty".)
-        if code in (UNAUTHENTICATED, PERMISSION_DENIED) or path == "/v3/auth/authenticate" or \
-                "user name is empty" in str(message):
+        # (etcd with auth on answers a client without a token "user name is empty"; a login during
+        # an election is refused as any other request then, and tried again.)
+        if code in (UNAUTHENTICATED, PERMISSION_DENIED) or "user name is empty" in str(message) or \
+                (path == AUTHENTICATE and code in (INVALID_ARGUMENT, FAILED_PRECONDITION)):
             who = f"user {self._credentials[0]!r}" if self._credentials else "a client without credentials"
             raise Refused(f"etcd at {self.endpoints[index]} refused {who}: {message} (check the etcd user, "
                           "its password and its role's permission on the prefix)")
@@ -162,7 +164,7 @@ class EtcdClient:
     def _login(self, index: int) -> None:
         assert self._credentials
         username, password = self._credentials
-        answer = self._send(index, "/v3/auth/authenticate", {"name": username, "password": password}, login=False)
+        answer = self._send(index, AUTHENTICATE, {"name": username, "password": password}, login=False)
         self._token = answer.get("token")
 
     def close(self) -> None:
