@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -157,18 +158,21 @@ class EtcdCluster:
         self.stop()
 
 
-class LosingGateway:
-    """An HTTP proxy in front of one etcd member that lets the first `lose` transactions through
-    to etcd and then drops the connection instead of answering: a write with an ambiguous outcome,
-    as when a leader dies between applying a write and answering it."""
+class Gateway:
+    """An HTTP proxy in front of one etcd member that counts the requests to each path, and lets
+    the first `lose` transactions through to etcd but then drops the connection instead of
+    answering: a write with an ambiguous outcome, as when a leader dies between applying a write
+    and answering it."""
 
-    def __init__(self, upstream: str, lose: int = 1) -> None:
+    def __init__(self, upstream: str, lose: int = 0) -> None:
         self.lost = 0
+        self.calls: Counter[str] = Counter()
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                gateway.calls[self.path] += 1
                 answer = requests.post(f"http://{upstream}{self.path}", data=body, timeout=5,
                                        headers={k: v for k, v in self.headers.items() if k == "Authorization"})
                 if self.path == "/v3/kv/txn" and gateway.lost < lose:
@@ -186,7 +190,7 @@ class LosingGateway:
         self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
         self.endpoint = f"{LOOPBACK}:{self._server.server_address[1]}"
 
-    def __enter__(self) -> LosingGateway:
+    def __enter__(self) -> Gateway:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -17,7 +17,7 @@ from certrenew.errors import CertrenewError, UsageError
 from certrenew.state.backend import ABSENT, Busy, Conflict, Fenced, Unavailable
 from certrenew.state.etcd import EtcdBackend, from_url
 from certrenew.state.etcd_client import EtcdClient, Refused, Tls
-from tests.harness.etcd import EtcdCluster, LosingGateway
+from tests.harness.etcd import EtcdCluster, Gateway
 from tests.harness.lab import REPO_ROOT, free_ports
 
 TTL = 1.0
@@ -66,12 +66,14 @@ def test_a_write_of_several_keys_is_all_or_nothing(backend):
 
 
 def test_a_list_reads_page_after_page_and_never_shows_locks(cluster, prefix):
-    backend = EtcdBackend(EtcdClient(cluster.endpoints), prefix, page=7)
-    for start in (0, 10):
-        backend.write({f"many/{i:02}": str(i).encode() for i in range(start, start + 10)})
-    backend.write({"manyother": b"not under many/"})
-    with backend.lock("many/00", ttl=TTL, wait=0, holder="test"):
-        listed = backend.list("many/")
+    with Gateway(cluster.endpoints[0]) as gateway:
+        backend = EtcdBackend(EtcdClient([gateway.endpoint]), prefix, page=7)
+        for start in (0, 10):
+            backend.write({f"many/{i:02}": str(i).encode() for i in range(start, start + 10)})
+        backend.write({"manyother": b"not under many/"})
+        with backend.lock("many/00", ttl=TTL, wait=0, holder="test"):
+            listed = backend.list("many/")
+    assert gateway.calls["/v3/kv/range"] == 3  # 20 keys by 7: read by pages, never one by one
     assert listed.keys() == {f"many/{i:02}" for i in range(20)}
     assert listed["many/13"].value == b"13"
 
@@ -228,7 +230,7 @@ def test_a_lock_outlives_the_death_of_the_leader_its_keepalive_talked_to(cluster
 
 
 def test_a_write_applied_whose_answer_was_lost_is_not_sent_again(cluster, prefix):
-    with LosingGateway(cluster.endpoints[0]) as gateway:
+    with Gateway(cluster.endpoints[0], lose=1) as gateway:
         backend = EtcdBackend(EtcdClient([gateway.endpoint, cluster.endpoints[1]]), prefix)
         version = backend.write({"account": b"created once"}, expect={"account": ABSENT})
     assert gateway.lost == 1
@@ -236,7 +238,7 @@ def test_a_write_applied_whose_answer_was_lost_is_not_sent_again(cluster, prefix
 
 
 def test_a_lock_taken_whose_answer_was_lost_is_held(cluster, prefix):
-    with LosingGateway(cluster.endpoints[0]) as gateway:
+    with Gateway(cluster.endpoints[0], lose=1) as gateway:
         backend = EtcdBackend(EtcdClient([gateway.endpoint, cluster.endpoints[1]]), prefix)
         with backend.lock("cert", ttl=TTL, wait=0, holder="me") as lease:
             assert gateway.lost == 1
