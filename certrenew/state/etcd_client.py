@@ -8,6 +8,7 @@ it to the caller to decide what a write that got no answer did (see `call`'s `re
 """
 
 import base64
+import json
 import logging
 import threading
 import time
@@ -160,6 +161,28 @@ class EtcdClient:
         if code in (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION):
             raise Refused(f"etcd at {self.endpoints[index]} refused {path}: {message}")
         raise _Failed(message)
+
+    def deleted(self, key: bytes, after: int, timeout: float) -> bool:
+        """Whether `key` is deleted after revision `after`, watching for up to `timeout` seconds.
+
+        False too when the watch fails (an endpoint gone, a token expired): the caller looks again
+        with an ordinary call, which finds another endpoint or logs in anew.
+        """
+        with self._mutex:
+            url = self._urls[self._current]
+        body = {"create_request": {"key": b64(key), "start_revision": str(after + 1), "filters": ["NOPUT"]}}
+        headers = {"Authorization": self._token} if self._token else {}
+        try:
+            with self._session.post(url + "/v3/watch", json=body, headers=headers, stream=True,
+                                    timeout=(CONNECT_TIMEOUT, timeout)) as response:
+                if any(json.loads(line).get("result", {}).get("events") for line in response.iter_lines()):
+                    return True
+        except requests.Timeout:
+            return False  # watched the whole time: not deleted
+        except (requests.RequestException, ValueError):
+            pass
+        signals.sleep(min(RETRY_PAUSE, timeout))  # a watch refused or cut short: not straight back
+        return False
 
     def _login(self, index: int) -> None:
         assert self._credentials

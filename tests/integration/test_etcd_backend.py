@@ -99,6 +99,19 @@ def test_the_lock_excludes_other_threads_and_each_token_is_larger(backend):
     assert tokens == sorted(tokens) and len(set(tokens)) == 12
 
 
+def test_a_waiter_watches_for_the_holder_to_let_go_rather_than_asking_again_and_again(cluster, prefix, backend):
+    with Gateway(cluster.endpoints[0]) as gateway:
+        waiter = EtcdBackend(EtcdClient([gateway.endpoint]), prefix)
+        with backend.lock("cert", ttl=TTL, wait=0, holder="holder") as held:
+            def let_go() -> None:
+                time.sleep(3)
+                held.release()
+            threading.Thread(target=let_go).start()
+            with waiter.lock("cert", ttl=TTL, wait=10, holder="waiter") as lease:
+                assert lease.token > held.token
+    assert gateway.calls["/v3/kv/txn"] <= 5 and gateway.calls["/v3/watch"] >= 1, gateway.calls
+
+
 def test_the_keepalive_holds_the_lock_past_several_ttls(backend):
     with backend.lock("k", ttl=TTL, wait=0, holder="keeper") as lease:
         time.sleep(4 * TTL)
