@@ -1,5 +1,5 @@
 # certrenew in a container beside HAProxy: `certrenew daemon` as an unprivileged user.
-# See README.md#container, and examples/compose/ for the HAProxy side.
+# See docs/deploying.md#container, and examples/compose/ for the HAProxy side.
 
 # Build stage: install certrenew and its dependencies into a virtualenv; only the
 # virtualenv is copied out, so no source, pip cache or build dependency stays behind.

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from certrenew.system.command import split_command
 from certrenew.system.hostport import check_host_port, split_host_port
 from certrenew.system.limits import MAX_CONFIG, Unfit, read_regular
 from certrenew.system.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
+from certrenew.system.runcontext import RunContext
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -42,7 +44,7 @@ IP_PREFIX = "ip-"
 """An IP address certificate's default name: `192.0.2.1` -> `ip-192.0.2.1`, `2001:db8::1` -> `ip-2001-db8--1`."""
 _CRT_STORE = re.compile(r"@[^/\s]+/\S+")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+_UNITS = MappingProxyType({"d": "days", "h": "hours", "m": "minutes", "s": "seconds"})
 MAX_SECONDS = 86400.0
 """The longest --timeout or --lock-timeout: a day. Anything longer is a typo, not a budget."""
 MAX_CONCURRENCY = 64
@@ -65,14 +67,14 @@ class DnsSettings:
     zone: str | None = None
     propagation_timeout: float = PROPAGATION_TIMEOUT
 
-    def solver(self) -> Dns01Solver:
+    def solver(self, context: RunContext | None = None) -> Dns01Solver:
         """A solver publishing by RFC 2136 with the TSIG key, or through the hook."""
         if self.hook:
             publisher: DnsHook | Rfc2136Publisher = DnsHook(self.hook)
         else:
             assert self.server is not None and self.tsig_key is not None  # checked by dns_settings
             publisher = Rfc2136Publisher(self.server, self.tsig_key)
-        return Dns01Solver(publisher, self.server, self.zone, self.propagation_timeout)
+        return Dns01Solver(publisher, self.server, self.zone, self.propagation_timeout, context)
 
 
 @dataclass(frozen=True)
@@ -292,7 +294,7 @@ def env_flag(name: str, environ: Mapping[str, str] = os.environ) -> bool | None:
     try:
         return _flag(environ[name])
     except ValueError as error:
-        raise UsageError(f"invalid {name}: {error}") from None
+        raise UsageError(f"invalid {name}: {error}") from error
 
 
 def _concurrency(value: int) -> int:
@@ -388,8 +390,10 @@ def _existing_file(path: str) -> str:
     return path
 
 
-_TOML_TYPES: dict[type, tuple[type | tuple[type, ...], str]] = {bool: (bool, "true or false"), float: ((int, float), "a number"), int: (int, "a whole number"),
-               str: (str, "a string"), Path: (str, "a string")}
+_TOML_TYPES: Mapping[type, tuple[type | tuple[type, ...], str]] = MappingProxyType({
+    bool: (bool, "true or false"), float: ((int, float), "a number"), int: (int, "a whole number"),
+    str: (str, "a string"), Path: (str, "a string"),
+})
 
 
 @dataclass(frozen=True)
@@ -449,7 +453,7 @@ class Option:
         return self.check(value) if self.check else value
 
 
-OPTIONS = [
+OPTIONS = (
     Option("directory", "ACME directory URL, https:// (default Let's Encrypt)", metavar="URL", check=_directory_url),
     Option("staging", "use Let's Encrypt's staging CA", bool),
     Option("email", "contact address for the ACME account", metavar="ADDR"),
@@ -540,9 +544,9 @@ OPTIONS = [
            check=_command),
     Option("hook_timeout", "seconds a hook may run before it is killed (default 60)", float, "SECONDS",
            _seconds(zero_allowed=False)),
-]
-OPTION_NAMED = {option.name: option for option in OPTIONS}
-CLI_ONLY = {"force"}
+)
+OPTION_NAMED = MappingProxyType({option.name: option for option in OPTIONS})
+CLI_ONLY = frozenset({"force"})
 """Options that make sense for one invocation, not as a standing setting in a file."""
 
 
@@ -564,12 +568,12 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
             try:
                 values[option.name] = option.from_text(environ[option.env])
             except (ValueError, UsageError) as error:
-                raise UsageError(f"invalid {option.env}: {error}") from None
+                raise UsageError(f"invalid {option.env}: {error}") from error
         if cli.get(option.name) is not None:
             try:
                 values[option.name] = option.from_text(cli[option.name])
             except (ValueError, UsageError) as error:
-                raise UsageError(f"invalid {option.cli}: {error}") from None
+                raise UsageError(f"invalid {option.cli}: {error}") from error
     settings = Settings(**values)
     if settings.staging and settings.directory != LETSENCRYPT:
         raise UsageError(f"--staging and --directory ({settings.directory}) both name a CA; pass one")
@@ -607,11 +611,11 @@ def load_config(path: Path) -> ConfigFile:
     try:
         data = tomli.loads(read_regular(path, MAX_CONFIG, commands=True).decode())
     except Unfit as unfit:
-        raise UsageError(f"cannot read config file {path}: {unfit}") from None
+        raise UsageError(f"cannot read config file {path}: {unfit}") from unfit
     except OSError as error:
-        raise UsageError(f"cannot read config file {path}: {error.strerror}") from None
+        raise UsageError(f"cannot read config file {path}: {error.strerror}") from error
     except (tomli.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise UsageError(f"{path}: {error}") from None
+        raise UsageError(f"{path}: {error}") from error
 
     settings = {}
     for key, value in data.items():
@@ -622,7 +626,7 @@ def load_config(path: Path) -> ConfigFile:
         try:
             settings[key] = OPTION_NAMED[key].from_toml(value)
         except (ValueError, UsageError) as error:
-            raise UsageError(f"{path}: {key}: {error}") from None
+            raise UsageError(f"{path}: {key}: {error}") from error
 
     cas = data.get("ca", {})
     if not isinstance(cas, dict):
@@ -657,14 +661,14 @@ def _fallback_ca(path: Path, url: str, table: Any) -> Ca:
     try:
         directory = _directory_url(url)
     except ValueError as error:
-        raise UsageError(f"{where}: {error}") from None
+        raise UsageError(f"{where}: {error}") from error
     own = {}
     for key in CA_KEYS:
         if key in table:
             try:
                 own[key] = OPTION_NAMED[key].from_toml(table[key])
             except (ValueError, UsageError) as error:
-                raise UsageError(f"{where}: {key}: {error}") from None
+                raise UsageError(f"{where}: {key}: {error}") from error
     if ("eab_kid" in own) != ("eab_hmac_key_file" in own):
         raise UsageError(f"{where}: an external account binding takes both eab_kid and eab_hmac_key_file")
     return Ca(directory, **own)
@@ -698,7 +702,7 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
     try:  # checked as the top-level key is: "short lived" would reach the CA, and fail there with a back-off
         profile = OPTION_NAMED["profile"].from_toml(table["profile"]) if "profile" in table else defaults.get("profile")
     except ValueError as error:
-        raise UsageError(f"{where}: profile {error}") from None
+        raise UsageError(f"{where}: profile {error}") from error
     crt_store = table.get("crt_store")
     if crt_store is not None and not (isinstance(crt_store, str) and _CRT_STORE.fullmatch(crt_store)):
         raise UsageError(f"{where}: crt_store must name a crt-store entry as HAProxy does, '@<store>/<alias>'")
@@ -711,7 +715,7 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
             try:
                 own[key] = OPTION_NAMED[key].from_toml(table[key])
             except (ValueError, UsageError) as error:
-                raise UsageError(f"{where}: {key}: {error}") from None
+                raise UsageError(f"{where}: {key}: {error}") from error
     challenge = own.get("challenge", defaults.get("challenge", HTTP_01))
     if challenge != DNS_01 and own.keys() & DNS_OPTIONS:
         raise UsageError(f"{where}: {sorted(own.keys() & DNS_OPTIONS)[0]} is for a certificate with "
@@ -721,4 +725,4 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
                                  dns_settings(challenge, {**defaults, **own}),
                                  own.get("crt_list_options", defaults.get("crt_list_options")), crt_store)
     except UsageError as error:
-        raise UsageError(f"{where}: {error}") from None
+        raise UsageError(f"{where}: {error}") from error

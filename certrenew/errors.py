@@ -1,6 +1,12 @@
-"""Errors an operator can act on; the CLI prints their message as one line."""
+"""Every public exception of certrenew, in one module below all others (exported by `certrenew`).
+
+Each message is one line an operator can act on; the CLI prints it, and with -v the chain of
+causes under it (`causes`): the failure certrenew met underneath (a refused connection, a
+missing file) is kept with `raise ... from error`, never dropped.
+"""
 
 import datetime
+import signal
 
 
 class CertrenewError(Exception):
@@ -52,3 +58,92 @@ class OverBudget(CertrenewError):
     def __init__(self, message: str, until: datetime.datetime) -> None:
         super().__init__(message)
         self.until = until
+
+
+def causes(error: BaseException) -> list[BaseException]:
+    """What led to `error`, nearest first: each `__cause__`, or the exception being handled when it
+    was raised (`__context__`) unless `from None` hid it."""
+    chain: list[BaseException] = []
+    below: BaseException | None = error
+    while below is not None:
+        below = below.__cause__ or (None if below.__suppress_context__ else below.__context__)
+        if below is None or below in chain:
+            break
+        chain.append(below)
+    return chain
+
+
+class Interrupted(BaseException):
+    """A signal (or a library host's `RunContext.cancel`) asked the run to stop: a BaseException, so
+    that `except Exception` does not swallow it and every `finally` on the way out runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process killed by it (130, 143)."""
+        return 128 + self.signum
+
+
+class Blocked(Refused):
+    """Certificates whose place in the ssl dir holds what no bundle can be read from or put back
+    into: the operator's mistake, not the bundle's nor the CA's. They fail without a back-off and
+    stay pending for the run after the fix; the others are installed."""
+
+    backoff = False
+    set_aside = False
+
+
+class NotServed(Refused):
+    """Certificates a verify endpoint does not serve once installed, each with its own reason:
+    HAProxy took them, so what it serves instead (another bundle claiming their names, say) is
+    at fault, not they. They stay pending and the batch is put back; the run installs the
+    others without them, so one shadowed name fails alone."""
+
+    set_aside = False
+
+
+class RuntimeApiError(CertrenewError):
+    """A Runtime API command failed; the message names the node and HAProxy's answer."""
+
+
+class Rejected(RuntimeApiError):
+    """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`, `add ssl crt-list`):
+    the bundle is at fault."""
+
+
+class TransactionOpen(RuntimeApiError):
+    """HAProxy holds a certificate transaction for another file, and only one at a time: whoever opened it
+    must end it. Neither the bundle nor this node's configuration is at fault."""
+
+    def __init__(self, node: object, path: str, aborted: bool = False) -> None:
+        fix = (f"HAProxy put this certificate into it, so it was aborted: whoever opened it must set {path} again"
+               if aborted else f"end it with 'abort ssl cert {path}' and run again")
+        super().__init__(f"{node}: a certificate transaction for {path} is open (another tool's, or an "
+                         f"interrupted run's); {fix}")
+
+
+class Forbidden(RuntimeApiError):
+    """This user may not connect to the socket; the message names the user and the fix."""
+
+
+class Unsupported(RuntimeApiError):
+    """This HAProxy cannot do the change at runtime; a reload has to."""
+
+
+class CheckFailed(CertrenewError):
+    """`haproxy -c` refused the configuration; `output` is all it said (which files it could not load)."""
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+class PortBusy(CertrenewError):
+    """Another process holds the address (and serves none of this store's answers)."""
+
+
+class AccountUnknown(CertrenewError):
+    """The CA does not know the account certrenew stored."""

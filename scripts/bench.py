@@ -196,7 +196,7 @@ class Certbot(Tool):
 
 
 class Certrenew(Tool):
-    """certrenew's own CLI set up as the README's set-up says: HAProxy updated over its Runtime API."""
+    """certrenew's own CLI set up as docs/setup.md says: HAProxy updated over its Runtime API."""
 
     accounts = "state/accounts"
 

@@ -15,7 +15,7 @@ from certrenew.system.owned import read_secret
 MAX_HMAC_KEY_FILE = 4096
 """Bytes read of an EAB key file: CAs hand out keys of 32 to 64 bytes, about 86 in base64url."""
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-BINDING_REFUSED = {"unauthorized", "malformed", "badExternalAccountBinding"}
+BINDING_REFUSED = frozenset({"unauthorized", "malformed", "badExternalAccountBinding"})
 """Problem types a CA answers a binding it cannot verify with (pebble: unauthorized; RFC 8555
 leaves it open): with a binding sent, they name the operator's key id or key, not a passing fault."""
 
@@ -78,23 +78,23 @@ def register(transport: Transport, email: str | None, agree_tos: bool, eab: Exte
             code = problem_code(error)
             if code == "externalAccountRequired":
                 raise ConfigurationError(f"{refused}; pass --eab-kid and --eab-hmac-key-file as the CA gave them "
-                                         "(RFC 8555 section 7.3.4)") from None
+                                         "(RFC 8555 section 7.3.4)") from error
             if eab is not None and agree_tos and code in BINDING_REFUSED:
                 raise ConfigurationError(f"{refused}; the binding of key id {eab.kid!r} did not verify: check "
-                                         "--eab-kid and --eab-hmac-key-file against what the CA gave") from None
+                                         "--eab-kid and --eab-hmac-key-file against what the CA gave") from error
             raise
 
     transport.net.account = None
     try:
         return transport.call("register the account", post)
-    except AccountUnknown:
+    except AccountUnknown as cause:
         if agree_tos:
             raise
         terms = transport.directory.meta.terms_of_service
         raise UsageError(
             "registering an ACME account requires agreeing to the CA's terms of service"
             + (f" ({terms})" if terms else "") + ": pass --agree-tos"
-        ) from None
+        ) from cause
 
 
 def use_account(transport: Transport, uri: str) -> None:

@@ -55,7 +55,7 @@ def renewal_window(transport: Transport, cert: x509.Certificate) -> RenewalWindo
     try:
         window = messages.RenewalInfo.from_json(response.json()).suggested_window
     except (ValueError, jose.DeserializationError) as error:
-        raise CertrenewError(f"malformed renewal information from {url}: {error}") from None
+        raise CertrenewError(f"malformed renewal information from {url}: {error}") from error
     if window.start is None or window.end is None or window.end < window.start:
         raise CertrenewError(f"malformed renewal window from {url}: {window.start} to {window.end}")
     retry = retry_after_seconds(response)

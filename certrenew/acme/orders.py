@@ -28,7 +28,6 @@ from certrenew.acme.transport import (
 from certrenew.challenge.solver import ChallengeSolver
 from certrenew.errors import CertrenewError, ConfigurationError
 from certrenew.pki.domains import is_ip_address
-from certrenew.system import signals
 from certrenew.system.hints import validation_hint
 
 log = logging.getLogger(__name__)
@@ -212,7 +211,7 @@ class AcmeClient:
             wait = retry_after_seconds(response) or delay
             if wait >= self.transport.deadline.remaining():
                 raise CertrenewError(f"gave up waiting for the {what}: the time budget (--timeout) ran out")
-            signals.sleep(wait)
+            self.transport.deadline.context.sleep(wait)
             delay = min(delay * 2, MAX_POLL)
 
 

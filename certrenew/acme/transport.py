@@ -27,10 +27,10 @@ from acme import client, errors, messages
 from cryptography.hazmat.primitives.asymmetric import rsa
 from requests.adapters import HTTPAdapter
 
-from certrenew.errors import CertrenewError, ConfigurationError
+from certrenew.errors import AccountUnknown, CertrenewError, ConfigurationError
 from certrenew.pki.keys import load_key
-from certrenew.system import signals
 from certrenew.system.hints import untrusted_ca
+from certrenew.system.runcontext import RunContext
 from certrenew.version import __version__
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,19 @@ BAD_NONCE_ATTEMPTS = 20
 """A rejected nonce costs one quick round trip, and a CA may reject many (pebble: half, if asked)."""
 MAX_RESPONSE = 1024 * 1024
 """Bytes read of any answer from the CA: a certificate chain or an ACME object is a few KiB."""
-OUR_MISTAKES = {"invalidContact", "invalidEmail", "unsupportedContact", "invalidProfile",
-                "externalAccountRequired", "userActionRequired"}
+OUR_MISTAKES = frozenset({"invalidContact", "invalidEmail", "unsupportedContact", "invalidProfile",
+                          "externalAccountRequired", "userActionRequired"})
 """Problem types (RFC 8555 section 6.7) that a change of our settings fixes, not a later retry:
 they fail without starting the back-off."""
 
 
 class Deadline:
-    """The end of a run's time budget; every wait and network call is bounded by it."""
+    """The end of a run's time budget; every wait and network call is bounded by it, and by
+    `context`'s cancellation."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, context: RunContext | None = None) -> None:
         self.seconds = seconds
+        self.context = context or RunContext()
         self._end = time.monotonic() + seconds
         self._cuts: list[weakref.WeakMethod] = []
         self._lock = threading.Lock()
@@ -85,16 +87,12 @@ class Deadline:
                 cut()
 
     def remaining(self) -> float:
-        """Seconds left; raises once they are spent, or once a signal cancelled the run."""
-        signals.check()
+        """Seconds left; raises once they are spent, or once the run is cancelled."""
+        self.context.check()
         left = self._end - time.monotonic()
         if left <= 0:
             raise CertrenewError(f"gave up after the time budget of {self.seconds:g} s (--timeout)")
         return left
-
-
-class AccountUnknown(CertrenewError):
-    """The CA does not know the account certrenew stored."""
 
 
 class RequestCounter(Protocol):
@@ -125,10 +123,10 @@ class Transport:
             directory = messages.Directory.from_json(answer.json())
         except (requests.RequestException, errors.Error, ValueError) as error:
             if untrusted(error):
-                raise ConfigurationError(untrusted_ca(directory_url, str(error))) from None
-            raise CertrenewError(f"cannot reach the ACME directory {directory_url}: {describe(error)}") from None
+                raise ConfigurationError(untrusted_ca(directory_url, str(error))) from error
+            raise CertrenewError(f"cannot reach the ACME directory {directory_url}: {describe(error)}") from error
         except _RetryLater as later:  # a 429, or a 503 with Retry-After, past the retries or the time budget
-            raise CertrenewError(f"the ACME directory {directory_url} answers {later}; a later run will try again") from None
+            raise CertrenewError(f"the ACME directory {directory_url} answers {later}; a later run will try again") from later
         self.client = client.ClientV2(directory, self.net)
         self.ca_clock_ahead = clock_ahead(answer)
         """How far the CA's clock is ahead of this host's (None: its answer had no Date header)."""
@@ -166,16 +164,16 @@ class Transport:
         except _RetryLater as later:
             outcome = ("which is beyond the time budget (--timeout)" if later.beyond_deadline
                        else f"and still refused after {TRANSIENT_ATTEMPTS} attempts")
-            raise CertrenewError(f"the CA refused to {what}: {later} {outcome}; a later run will try again") from None
+            raise CertrenewError(f"the CA refused to {what}: {later} {outcome}; a later run will try again") from later
         except messages.Error as error:
             kind = {"accountDoesNotExist": AccountUnknown}.get(error.code or "", CertrenewError)
             if problem_code(error) in OUR_MISTAKES:
                 kind = ConfigurationError
-            raise kind(f"the CA refused to {what}: {error.detail or error}") from None
+            raise kind(f"the CA refused to {what}: {error.detail or error}") from error
         except errors.ConflictError as error:
-            raise CertrenewError(f"the CA refused to {what}: conflict ({error})") from None
+            raise CertrenewError(f"the CA refused to {what}: conflict ({error})") from error
         except (requests.RequestException, errors.ClientError) as error:
-            raise CertrenewError(f"cannot {what}: {describe(error)}") from None
+            raise CertrenewError(f"cannot {what}: {describe(error)}") from error
 
 
 class _Network(client.ClientNetwork):
@@ -243,7 +241,7 @@ class _Network(client.ClientNetwork):
             seconds = retry_after_seconds(response)
             limited = response.status_code == 429 or getattr(error, "code", None) == "rateLimited"
             if limited or (response.status_code == 503 and seconds is not None):
-                raise _RetryLater(error, seconds) from None
+                raise _RetryLater(error, seconds) from error
             raise
 
     def _retrying(self, function: Callable[..., requests.Response], *args: Any, **kwargs: Any) -> requests.Response:
@@ -251,7 +249,7 @@ class _Network(client.ClientNetwork):
             retry=tenacity.retry_if_exception(self._worth_retrying),
             stop=tenacity.stop_after_delay(max(self.deadline.remaining() - 1, 0)) | _AttemptsSpent(),
             wait=_transient_wait,
-            sleep=signals.sleep,
+            sleep=self.deadline.context.sleep,
             before_sleep=lambda state: log.debug("retrying after %s", _error_of(state)),
             reraise=True,
         )
@@ -319,7 +317,6 @@ def _read_bounded(response: requests.Response, **kwargs: Any) -> requests.Respon
                                         f"{MAX_RESPONSE // 1024} KiB", response=response)
     response._content = b"".join(chunks)
     return response
-
 
 
 class _RetryLater(Exception):

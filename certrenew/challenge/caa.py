@@ -109,7 +109,7 @@ def _relevant(name: str, resolver: DnsServer | None) -> tuple[str, list[tuple[in
         except dns.resolver.NXDOMAIN:
             continue
         except dns.exception.DNSException as error:
-            raise _Unanswered(f"{where}: {error or type(error).__name__}") from None
+            raise _Unanswered(f"{where}: {error or type(error).__name__}") from error
         records = [(rdata.flags, rdata.tag.decode("ascii", "replace").lower(), rdata.value.decode("utf-8", "replace"))
                    for rdata in answer.rrset or ()]
         if records:

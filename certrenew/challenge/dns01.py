@@ -23,7 +23,7 @@ from typing import Protocol
 from certrenew.challenge.solver import DNS_01
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.pki.domains import normalize_domain
-from certrenew.system import signals
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class DnsServer:
         try:
             return str(socket.getaddrinfo(self.host, self.port, proto=socket.IPPROTO_UDP)[0][4][0])
         except OSError as error:
-            raise CertrenewError(f"DNS server {self}: cannot resolve {self.host!r}: {error}") from None
+            raise CertrenewError(f"DNS server {self}: cannot resolve {self.host!r}: {error}") from error
 
 
 def parse_dns_server(text: str) -> DnsServer:
@@ -72,9 +72,9 @@ def parse_dns_server(text: str) -> DnsServer:
     except ValueError:
         try:
             normalize_domain(host)
-        except UsageError:
+        except UsageError as cause:
             raise UsageError(f"invalid DNS server {text!r}: expected HOST[:PORT], e.g. ns1.example.com "
-                             "or 192.0.2.53:5353") from None
+                             "or 192.0.2.53:5353") from cause
     return DnsServer(host, int(port))
 
 
@@ -125,8 +125,10 @@ class Dns01Solver:
     challenge_type = DNS_01
 
     def __init__(self, publisher: RecordPublisher, server: DnsServer | None = None, zone: str | None = None,
-                 propagation_timeout: float = PROPAGATION_TIMEOUT) -> None:
+                 propagation_timeout: float = PROPAGATION_TIMEOUT, context: RunContext | None = None) -> None:
         self.publisher = publisher
+        self.context = context or RunContext()
+        """What cancels the waits, and lets a withdrawal in progress finish before the process ends."""
         self.server = server
         self.zone = zone.rstrip(".").lower() if zone else None
         self.propagation_timeout = propagation_timeout
@@ -169,7 +171,7 @@ class Dns01Solver:
             return
         record = entry[0]
         try:
-            with signals.finishing():  # after a signal, the process waits for this before it ends
+            with self.context.finishing():  # after a signal, the process waits for this before it ends
                 self.publisher.remove(record)
         except Exception as error:  # a stale TXT value is harmless; the certificate is what matters
             log.warning("could not remove %s TXT %r: %s", record.name, record.value, error)
@@ -209,7 +211,7 @@ class Dns01Solver:
                     f"DNS-01: {name} TXT not visible at {server} after {self.propagation_timeout:g} s "
                     f"({last_seen[(server, name)]})" + (f"; {len(pending) - 1} more pending" if len(pending) > 1 else "")
                 )
-            signals.sleep(min(interval, remaining))
+            self.context.sleep(min(interval, remaining))
             interval = min(interval * 2, MAX_POLL)
 
     def _resolver(self):
@@ -221,7 +223,7 @@ class Dns01Solver:
                 return dns.resolver.Resolver()
             except dns.exception.DNSException as error:  # no usable /etc/resolv.conf
                 raise CertrenewError(f"DNS-01: the system resolver is not usable ({error}); "
-                                     "give a DNS server") from None
+                                     "give a DNS server") from error
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [self.server.ip()]
         resolver.port = self.server.port
@@ -246,7 +248,7 @@ class Dns01Solver:
         try:
             zone = dns.resolver.zone_for_name(name + ".", resolver=resolver, lifetime=QUERY_TIMEOUT * 3)
         except dns.exception.DNSException as error:
-            raise CertrenewError(f"DNS-01: cannot find the zone of {name} {where}: {_said(error)}") from None
+            raise CertrenewError(f"DNS-01: cannot find the zone of {name} {where}: {_said(error)}") from error
         return zone.to_text(omit_final_dot=True)
 
     def _authoritative_servers(self, zone: str, deadline: float) -> list[DnsServer]:
@@ -332,7 +334,7 @@ def _txt_values(server: DnsServer, name: str, timeout: float) -> set[str]:
     try:
         response, _ = dns.query.udp_with_fallback(query, server.ip(), timeout=timeout, port=server.port)
     except (dns.exception.DNSException, OSError) as error:
-        raise CertrenewError(f"no answer: {error or type(error).__name__}") from None
+        raise CertrenewError(f"no answer: {error or type(error).__name__}") from error
     if response.rcode() != dns.rcode.NOERROR:
         raise CertrenewError(f"it answered {dns.rcode.to_text(response.rcode())}")
     return {b"".join(rdata.strings).decode(errors="replace") for rrset in response.answer

@@ -29,7 +29,7 @@ class DnsHook:
         try:
             self.argv = shlex.split(command)
         except ValueError as error:
-            raise UsageError(f"invalid DNS hook {command!r}: {error}") from None
+            raise UsageError(f"invalid DNS hook {command!r}: {error}") from error
         if not self.argv:
             raise UsageError("the DNS hook command is empty")
         self.command = command
@@ -52,12 +52,12 @@ class DnsHook:
         log.debug("running %s", shlex.join(argv))
         try:
             status, said = run_command(argv, self.timeout, env)
-        except FileNotFoundError:
-            raise CertrenewError(f"DNS hook not found: {self.argv[0]!r} (set --dns-hook)") from None
-        except PermissionError:
-            raise CertrenewError(f"DNS hook {self.argv[0]!r} is not executable") from None
+        except FileNotFoundError as cause:
+            raise CertrenewError(f"DNS hook not found: {self.argv[0]!r} (set --dns-hook)") from cause
+        except PermissionError as cause:
+            raise CertrenewError(f"DNS hook {self.argv[0]!r} is not executable") from cause
         except OSError as error:
-            raise CertrenewError(f"DNS hook {self.argv[0]!r} could not start: {error.strerror}") from None
+            raise CertrenewError(f"DNS hook {self.argv[0]!r} could not start: {error.strerror}") from error
         for line in said:
             log.debug("%s: %s", what, line)
         if status is None:

@@ -24,7 +24,7 @@ from http import HTTPStatus
 from typing import Protocol
 
 from certrenew.challenge.solver import HTTP_01, TOKEN, check_token
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, PortBusy
 from certrenew.system import httpd
 from certrenew.system.listen import parse_listen
 
@@ -48,10 +48,6 @@ class Board(Protocol):
     def find_challenge(self, token: str) -> tuple[str, str] | None: ...
 
     def withdraw_challenge(self, token: str) -> None: ...
-
-
-class PortBusy(CertrenewError):
-    """Another process holds the address (and serves none of this store's answers)."""
 
 
 class Responder:
@@ -175,7 +171,7 @@ class Responder:
                 reason = os.strerror(failure.errno) if failure.errno else str(failure)  # not the address again
                 raise (PortBusy if busy else CertrenewError)(
                     f"cannot listen on {self.address} for HTTP-01 challenges: {reason}; {why}set --listen "
-                    "(and point letsencrypt_backend's server in haproxy.cfg at it)") from None
+                    "(and point letsencrypt_backend's server in haproxy.cfg at it)") from failure
             serving.enter_context(httpd.Server(listener, self.answer, "certrenew-responder"))
             self._serving = serving
             if self._borrowed:

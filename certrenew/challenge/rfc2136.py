@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from certrenew.challenge.dns01 import DnsServer, TxtRecord
@@ -37,8 +38,8 @@ dnspython's own tsigkeyring.from_file (recent releases only) accepts trailing ga
 algorithm; a key file is checked strictly instead, so a mistake is refused at start."""
 
 
-_TSIG_ERRORS = {"PeerBadKey": "BADKEY", "PeerBadSignature": "BADSIG", "PeerBadTime": "BADTIME",
-                "PeerBadTruncation": "BADTRUNC"}
+_TSIG_ERRORS = MappingProxyType({"PeerBadKey": "BADKEY", "PeerBadSignature": "BADSIG", "PeerBadTime": "BADTIME",
+                                 "PeerBadTruncation": "BADTRUNC"})
 """dnspython's exception for each TSIG error, by the name RFC 8945 and BIND's logs give it."""
 
 
@@ -58,7 +59,7 @@ def load_tsig_key(path: str | Path) -> TsigKey:
         mode = path.stat().st_mode
         text = read_regular(path, MAX_KEY_FILE).decode("ascii")
     except (OSError, UnicodeDecodeError, Unfit) as error:
-        raise UsageError(f"TSIG key file {path}: cannot read it: {getattr(error, 'strerror', None) or error}") from None
+        raise UsageError(f"TSIG key file {path}: cannot read it: {getattr(error, 'strerror', None) or error}") from error
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(f"TSIG key file {path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
                          f"chmod 600 it: it is a secret")
@@ -72,8 +73,8 @@ def load_tsig_key(path: str | Path) -> TsigKey:
         raise UsageError(f"TSIG key file {path}: unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     try:
         decoded = base64.b64decode(secret, validate=True)
-    except binascii.Error:
-        raise UsageError(f"TSIG key file {path}: the secret is not base64") from None
+    except binascii.Error as cause:
+        raise UsageError(f"TSIG key file {path}: the secret is not base64") from cause
     if not name or not decoded:
         raise UsageError(f"TSIG key file {path}: the key name and the secret must not be empty")
     return TsigKey(name, algorithm, decoded)
@@ -141,9 +142,9 @@ class Rfc2136Publisher:
         except dns.tsig.PeerError as error:  # RFC 8945: NOTAUTH with the TSIG error in the unsigned answer
             code = _TSIG_ERRORS.get(type(error).__name__, type(error).__name__)
             raise CertrenewError(f"{refused}: it answered NOTAUTH, TSIG error {code} "
-                                 f"(check the key {self.key.name!r} and its secret)") from None
+                                 f"(check the key {self.key.name!r} and its secret)") from error
         except (dns.exception.DNSException, OSError) as error:
             raise CertrenewError(f"DNS server {self.server} did not answer {what}: "
-                                 f"{error or type(error).__name__}") from None
+                                 f"{error or type(error).__name__}") from error
         if response.rcode() != dns.rcode.NOERROR:
             raise CertrenewError(f"{refused}: it answered {dns.rcode.to_text(response.rcode())}")

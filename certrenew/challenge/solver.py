@@ -7,7 +7,8 @@ the configuration refuses a spec before any solver exists or anything is touched
 """
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Protocol
 
 from certrenew.errors import CertrenewError, UsageError
@@ -81,8 +82,9 @@ def check_dns01_domain(domain: str) -> None:
     normalize_domain(base)
 
 
-DOMAIN_CHECKS: dict[str, Callable[[str], None]] = {HTTP_01: refuse_wildcard, DNS_01: check_dns01_domain,
-                                                   TLS_ALPN_01: refuse_wildcard}
+DOMAIN_CHECKS: Mapping[str, Callable[[str], None]] = MappingProxyType({
+    HTTP_01: refuse_wildcard, DNS_01: check_dns01_domain, TLS_ALPN_01: refuse_wildcard,
+})
 """Each challenge type's rule for the names it can validate; a new solver adds its own."""
 
 

@@ -247,7 +247,7 @@ class TlsAlpnResponder:
                 raise CertrenewError(f"cannot listen on {self.address} for {TLS_ALPN_01} challenges: "
                                      f"{error.strerror or error}; is another certrenew run using it? Stop it, or set "
                                      "--tls-alpn-listen (and point the certrenew_tls_alpn backend's server in "
-                                     "haproxy.cfg at it)") from None
+                                     "haproxy.cfg at it)") from error
             self._stop.clear()
             self._thread = threading.Thread(target=self._serve, args=(bound, listener), daemon=True,
                                             name="certrenew-tls-alpn")

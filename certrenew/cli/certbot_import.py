@@ -22,6 +22,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -44,14 +45,15 @@ from certrenew.pki.bundle import (
 from certrenew.pki.keys import is_key_of, key_to_pem, key_type_of, load_key
 from certrenew.state.store import Account, CertificateRecord, FileStore, Store
 from certrenew.system.atomicfile import write_atomic
+from certrenew.system.runcontext import RunContext
 
 DEFAULT_CERTBOT_DIR = Path("/etc/letsencrypt")
 ASK_TIMEOUT = 10.0
 """Seconds for each question to the CA (its directory, a certificate's renewal information)."""
 TOP = "top"
 """The section name given to a renewal conf's top-level keys (configobj needs no header for them)."""
-HOOKS = {"pre_hook": "pre hook", "post_hook": "post hook", "renew_hook": "deploy hook",
-         "manual_auth_hook": "manual auth hook", "manual_cleanup_hook": "manual cleanup hook"}
+HOOKS = MappingProxyType({"pre_hook": "pre hook", "post_hook": "post hook", "renew_hook": "deploy hook",
+                          "manual_auth_hook": "manual auth hook", "manual_cleanup_hook": "manual cleanup hook"})
 """certbot stores --deploy-hook as renew_hook."""
 
 
@@ -150,7 +152,7 @@ class ImportPlan:
 
 
 def import_certbot(settings: Settings, certbot_dir: Path, config_path: Path, names: list[str] | None = None,
-                   dry_run: bool = False, force: bool = False) -> ImportPlan:
+                   dry_run: bool = False, force: bool = False, context: RunContext | None = None) -> ImportPlan:
     """Take over certbot's lineages (all, or `names`); with `dry_run`, only say what would happen.
 
     Bad input (not a certbot directory, a broken lineage, an unknown name, a certificate
@@ -162,7 +164,7 @@ def import_certbot(settings: Settings, certbot_dir: Path, config_path: Path, nam
     if dry_run:
         return plan
     store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout):
+    with store.lock(settings.lock_timeout, context):
         plan = make_plan(settings, certbot_dir, config_path, names, force)
         if plan.takeovers:
             apply(plan, store)
@@ -242,7 +244,7 @@ def apply(plan: ImportPlan, store: Store) -> None:
         except OSError as error:
             raise CertrenewError(f"cannot write {plan.config_path}: {error.strerror}; the certificates are taken "
                                  "over in the state dir: run the same import again once the config can be "
-                                 "written, it finishes what this one began") from None
+                                 "written, it finishes what this one began") from error
 
 
 def _lineage_names(certbot_dir: Path, names: list[str] | None) -> list[str]:
@@ -267,7 +269,7 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     try:
         conf = read_renewal_conf(_read(name, conf_path, "renewal conf").decode())
     except (configparser.Error, UnicodeDecodeError) as error:
-        raise UsageError(f"{name}: cannot read {conf_path}: {' '.join(str(error).split())}") from None
+        raise UsageError(f"{name}: cannot read {conf_path}: {' '.join(str(error).split())}") from error
     params = conf.get("renewalparams", {})
     for key in ("server", "account"):
         if not params.get(key):
@@ -285,7 +287,7 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
         key = load_key(key_pem)
     except (ValueError, TypeError, IndexError, CertrenewError) as error:
         raise UsageError(f"{name}: cannot read the certificate or key in {live}: {error or type(error).__name__}") \
-            from None
+            from error
     if not is_key_of(key, cert):
         raise UsageError(f"{name}: {live / 'privkey.pem'} is not the key of {live / 'fullchain.pem'}")
     problem = _not_issued(chain, datetime.datetime.now(datetime.timezone.utc))
@@ -388,7 +390,7 @@ def _read(name: str, path: Path, noun: str = "PEM file") -> bytes:
     try:
         content = read_bundle_file(path, noun, "not imported; certbot keeps regular files there")
     except CertrenewError as error:
-        raise UsageError(f"{name}: {error}") from None
+        raise UsageError(f"{name}: {error}") from error
     if content is None:
         target = f" (-> {path.resolve()})" if path.is_symlink() else ""
         raise UsageError(f"{name}: cannot read {path}{target}: no such file")
@@ -463,10 +465,10 @@ def _read_account(certbot_dir: Path, directory_url: str, account_id: str) -> Acc
         if not isinstance(uri, str) or not uri.startswith("https://"):  # stored, it must read back
             raise ValueError(f"regr.json: the account URI {uri!r} is not an https:// URL")
     except OSError as error:
-        raise UsageError(f"certbot account {account_id}: cannot read {error.filename}: {error.strerror}") from None
+        raise UsageError(f"certbot account {account_id}: cannot read {error.filename}: {error.strerror}") from error
     except (ValueError, KeyError, TypeError, jose.DeserializationError) as error:
         raise UsageError(f"certbot account {account_id}: malformed account files in {directory}: "
-                         f"{error or type(error).__name__}") from None
+                         f"{error or type(error).__name__}") from error
     key_pem = key_to_pem(jwk.key)
     key = load_key(key_pem)
     if not (isinstance(key, rsa.RSAPrivateKey) or key_type_of(key.public_key()) == "ecdsa-p256"):
@@ -492,7 +494,7 @@ def _check_config(config_path: Path, text: str) -> None:
             load_config(trial)
         except UsageError as error:
             message = str(error).replace(str(trial), str(config_path))
-            raise UsageError(f"the config with certbot's certificates added would not load: {message}") from None
+            raise UsageError(f"the config with certbot's certificates added would not load: {message}") from error
 
 
 def _global_hooks(certbot_dir: Path) -> list[str]:

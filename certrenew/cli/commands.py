@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import NoReturn, TextIO
 
 from certrenew.config import (
@@ -29,10 +30,12 @@ from certrenew.config import (
     env_flag,
     load_config,
 )
-from certrenew.errors import CertrenewError, UsageError
+from certrenew.errors import CertrenewError, Interrupted, UsageError, causes
+from certrenew.renewal.policy import Action
 from certrenew.state.store import FileStore
 from certrenew.system import signals
 from certrenew.system.limits import raise_open_files_limit
+from certrenew.system.runcontext import RunContext
 from certrenew.version import __version__
 
 log = logging.getLogger("certrenew")
@@ -42,19 +45,19 @@ EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g.
 
 
 DAEMON_ONLY = ("metrics_listen", "check_interval")
-ONE_SHOT_OPTIONS = [option for option in OPTIONS if option.name not in DAEMON_ONLY]
+ONE_SHOT_OPTIONS = tuple(option for option in OPTIONS if option.name not in DAEMON_ONLY)
 """The options of `run` and the single-domain form: all but the daemon's."""
-DAEMON_OPTIONS = [option for option in OPTIONS if option.name not in ("force", "metrics_file")]
+DAEMON_OPTIONS = tuple(option for option in OPTIONS if option.name not in ("force", "metrics_file"))
 """The daemon's: no --force (it would renew on every pass), and its metrics are served, not written."""
-NO_RENEWAL_OPTIONS = [option for option in ONE_SHOT_OPTIONS
-                      if option.name not in ("force", "metrics_file", "concurrency", "renew_before", "key_type")]
+NO_RENEWAL_OPTIONS = tuple(option for option in ONE_SHOT_OPTIONS
+                      if option.name not in ("force", "metrics_file", "concurrency", "renew_before", "key_type"))
 """Those of check and revoke, which decide no renewal: none that only the renewal reads."""
 CONFIG_REQUIRED = f"TOML config file listing the certificates (default {DEFAULT_CONFIG})"
 CONFIG_NAMED = "TOML config file of settings, read only when named here or by CERTRENEW_CONFIG"
 CONFIG_IF_PRESENT = f"TOML config file, read if present (default {DEFAULT_CONFIG})"
 COMMAND_USAGE = """certrenew [options] DOMAIN [DOMAIN ...]
        certrenew COMMAND [options] ...   (certrenew COMMAND --help lists its options)"""
-COMMAND_SUMMARIES = {
+COMMAND_SUMMARIES = MappingProxyType({
     "run": "renew every certificate of the config file that is due",
     "daemon": "keep them valid from a long-running process",
     "status": "show every certificate; exit 1 when one is not healthy",
@@ -62,7 +65,7 @@ COMMAND_SUMMARIES = {
     "revoke": "revoke a certificate at the CA (and --reissue or --delete it)",
     "bootstrap-ssl-dir": "write a placeholder so HAProxy can start",
     "import-certbot": "take over certbot's certificates without reissuing them",
-}
+})
 LOG_FORMATS = ("text", "json")
 
 
@@ -133,7 +136,7 @@ def build_status_parser() -> argparse.ArgumentParser:
         "certificate is expired, failing, missing or past its renewal time.",
         [option for option in OPTIONS if option.name in ("state_dir", "renew_before")],
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output (see README)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (its fields: docs/commands.md)")
     return parser
 
 
@@ -253,7 +256,7 @@ def _report(report, output: Output) -> int:
     for outcome in outcomes:
         line = f"{outcome.name}: {outcome.action}: {outcome.detail}"
         if outcome.failed:
-            output.problem(line, outcome.name, logging.ERROR if outcome.action == "failed" else logging.WARNING)
+            output.problem(line, outcome.name, logging.ERROR if outcome.action == Action.FAILED else logging.WARNING)
         elif not output.quiet:
             output.result(line, outcome.name)
     failed = [outcome.name for outcome in outcomes if outcome.failed]
@@ -261,7 +264,7 @@ def _report(report, output: Output) -> int:
         output.problem(f"{len(failed)} of {len(outcomes)} certificates failed: {', '.join(failed)}")
     if len(outcomes) > 1 and (report.failed or not output.quiet):
         output.problem(report.summary(), level=logging.ERROR if report.failed else logging.INFO)
-    deferred = [outcome.name for outcome in outcomes if outcome.action == "deferred"]
+    deferred = [outcome.name for outcome in outcomes if outcome.action == Action.DEFERRED]
     if deferred:  # failed before, and again: maybe for ever
         from certrenew.cli.status import forget_hint
 
@@ -269,7 +272,7 @@ def _report(report, output: Output) -> int:
     return 1 if report.failed else 0
 
 
-def _renew_recorded(settings, specs, output: Output) -> int:
+def _renew_recorded(settings, specs, output: Output, context: RunContext) -> int:
     """`renew.run` and its report; with --metrics-file, then the run's metrics, whatever its outcome."""
     from certrenew.renewal.progress import for_stream
     from certrenew.renewal.renew import run
@@ -277,21 +280,21 @@ def _renew_recorded(settings, specs, output: Output) -> int:
     store = FileStore(settings.state_dir)
     progress = for_stream(sys.stderr, output.quiet or output.json)  # a bar is no JSON
     if settings.metrics_file is None:
-        return _report(run(settings, specs, store, progress=progress), output)
+        return _report(run(settings, specs, store, progress=progress, context=context), output)
     from certrenew.cli import metrics, status
 
     metrics.check_textfile(settings.metrics_file)
     telemetry = metrics.Telemetry()
     started, code = time.monotonic(), 1
     try:
-        code = _report(run(settings, specs, store, telemetry=telemetry, progress=progress), output)
+        code = _report(run(settings, specs, store, telemetry=telemetry, progress=progress, context=context), output)
         return code
     finally:
         telemetry.record_run(code == 0, time.monotonic() - started)
         metrics.write_textfile(settings.metrics_file, status.collect(settings, specs, store), telemetry)
 
 
-def _renew(argv: list[str]) -> int:
+def _renew(argv: list[str], context: RunContext) -> int:
     args = build_parser().parse_args(argv)
     output = _setup_logging(args)
     _refuse_mistyped_command(args.domains)
@@ -300,7 +303,7 @@ def _renew(argv: list[str]) -> int:
                               dns_settings(settings.challenge, vars(settings)), settings.crt_list_options)
     if not settings.force:
         _refuse_dropping_names(FileStore(settings.state_dir), specs)
-    return _renew_recorded(settings, specs, output)
+    return _renew_recorded(settings, specs, output, context)
 
 
 def _refuse_dropping_names(store: FileStore, specs: list[CertificateSpec]) -> None:
@@ -333,13 +336,13 @@ def _managed(args: argparse.Namespace) -> tuple[Settings, list[CertificateSpec]]
     return build_settings(vars(args), config), config.certificates
 
 
-def _run(argv: list[str]) -> int:
+def _run(argv: list[str], context: RunContext) -> int:
     args = build_run_parser().parse_args(argv)
     output = _setup_logging(args)
-    return _renew_recorded(*_managed(args), output)
+    return _renew_recorded(*_managed(args), output, context)
 
 
-def _daemon(argv: list[str]) -> int:
+def _daemon(argv: list[str], context: RunContext) -> int:
     # SIGHUP first: its default action ends the process, and a reload may come at any moment.
     with signals.Hangups() as hangups:
         from certrenew.cli.daemon import Daemon
@@ -357,14 +360,14 @@ def _daemon(argv: list[str]) -> int:
 
         settings, specs = load()
         try:
-            Daemon(settings, specs, FileStore(settings.state_dir), load, hangups).run()
-        except signals.Interrupted as interrupted:
+            Daemon(settings, specs, FileStore(settings.state_dir), load, hangups, context=context).run()
+        except Interrupted as interrupted:
             log.info("stopping: %s", interrupted)
-            return signals.exit_abandoning_workers(0)
+            return signals.exit_abandoning_workers(context, 0)
     return 0
 
 
-def _status(argv: list[str]) -> int:
+def _status(argv: list[str], context: RunContext) -> int:
     from certrenew.cli import status
 
     args = build_status_parser().parse_args(argv)
@@ -386,13 +389,13 @@ def _status(argv: list[str]) -> int:
         elif lines:
             print("\n".join(lines))
         if reason:
-            failing = [row.name for row in rows if row.state == "failing"]
+            failing = [row.name for row in rows if row.state == status.State.FAILING]
             hint = f" ({status.forget_hint(failing)})" if failing else ""
             output.problem(f"not healthy: {reason}{hint}")
     return 0 if reason is None else 1
 
 
-def _revoke(argv: list[str]) -> int:
+def _revoke(argv: list[str], context: RunContext) -> int:
     from certrenew.cli import revoke
 
     args = build_revoke_parser().parse_args(argv)
@@ -407,13 +410,13 @@ def _revoke(argv: list[str]) -> int:
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             output.problem("nothing revoked", request.name)
             return 1
-    for line in revoke.carry_out(settings, request).report():
+    for line in revoke.carry_out(settings, request, context).report():
         if not output.quiet:
             output.result(line, request.name)
     return 0
 
 
-def _check(argv: list[str]) -> int:
+def _check(argv: list[str], context: RunContext) -> int:
     from certrenew.renewal import preflight
 
     args = build_check_parser().parse_args(argv)
@@ -431,7 +434,7 @@ def _check(argv: list[str]) -> int:
     return 1 if any(check.status == preflight.FAIL for check in checks) else 0
 
 
-def _bootstrap(argv: list[str]) -> int:
+def _bootstrap(argv: list[str], context: RunContext) -> int:
     from certrenew.pki.placeholder import write_placeholder
 
     args = build_bootstrap_parser().parse_args(argv)
@@ -463,14 +466,14 @@ def build_import_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_certbot(argv: list[str]) -> int:
+def _import_certbot(argv: list[str], context: RunContext) -> int:
     from certrenew.cli.certbot_import import import_certbot
 
     args = build_import_parser().parse_args(argv)
     output = _setup_logging(args)
     path = Path(args.config or os.environ.get("CERTRENEW_CONFIG") or DEFAULT_CONFIG)
     settings = build_settings(vars(args), load_config(path) if path.exists() else None)
-    plan = import_certbot(settings, args.certbot_dir, path, args.names, args.dry_run, args.replace)
+    plan = import_certbot(settings, args.certbot_dir, path, args.names, args.dry_run, args.replace, context)
     for line in plan.lines(args.dry_run):
         output.result(line)
     if args.dry_run and plan.appended:
@@ -481,17 +484,17 @@ def _import_certbot(argv: list[str]) -> int:
     return 0 if plan.takeovers else 1
 
 
-COMMANDS = {"run": _run, "daemon": _daemon, "status": _status, "check": _check, "revoke": _revoke, "bootstrap-ssl-dir": _bootstrap,
-            "import-certbot": _import_certbot}
+COMMANDS = MappingProxyType({"run": _run, "daemon": _daemon, "status": _status, "check": _check, "revoke": _revoke,
+                             "bootstrap-ssl-dir": _bootstrap, "import-certbot": _import_certbot})
 
 
-CERTBOT_HABITS = {
+CERTBOT_HABITS = MappingProxyType({
     "renew": "`certrenew run`",
     "certonly": "`certrenew DOMAIN [DOMAIN ...]`",
     "certificates": "`certrenew status`",
     "delete": "`certrenew revoke NAME --delete`",
     "help": "`certrenew --help` (or `certrenew COMMAND --help`)",
-}
+})
 """certbot's commands and what certrenew calls them: an operator's fingers remember certbot."""
 CERTBOT_DOMAIN_FLAGS = ("-d", "--domain", "--domains")
 
@@ -505,7 +508,7 @@ def _command(argv: list[str]) -> tuple[str | None, list[str]]:
     index = 0
     while index < len(argv) and argv[index].startswith("-") and argv[index] not in ("--", *CERTBOT_DOMAIN_FLAGS):
         index += 2 if argv[index] in takes_value else 1
-    word = argv[index] if index < len(argv) else None
+    word = argv[index] if index < len(argv) else ""
     if word in CERTBOT_HABITS:
         raise UsageError(f"{word!r} is certbot's command; certrenew's is {CERTBOT_HABITS[word]}")
     if word in COMMANDS:
@@ -520,19 +523,20 @@ def _command(argv: list[str]) -> tuple[str | None, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     raise_open_files_limit()
+    context = RunContext()
     try:
-        with signals.handled():
+        with signals.handled(context):
             try:
                 name, rest = _command(argv)
-                code = COMMANDS[name](rest) if name else _renew(rest)
+                code = COMMANDS[name](rest, context) if name else _renew(rest, context)
                 sys.stdout.flush()  # a reader gone (`status | head -1`) shows here, not at the interpreter's exit
                 return code
-            except signals.Interrupted as interrupted:
+            except Interrupted as interrupted:
                 # Still under handled(): abandoned workers keep seeing the cancellation, so
                 # none starts a write once the run has given up its lock.
                 Output(json=_log_format(argv) == "json").problem(
                     f"{interrupted}; stopped cleanly, the next run picks up from here", level=logging.WARNING)
-                return signals.exit_abandoning_workers(interrupted.exit_code)
+                return signals.exit_abandoning_workers(context, interrupted.exit_code)
     except BrokenPipeError:  # as Unix tools end on SIGPIPE: quietly, with its status; the rest of the output has nowhere to go
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
@@ -541,7 +545,11 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("failed")
         message = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.filename else error
         # A log shipper reads every line as JSON, argparse's complaints too.
-        Output(json=_log_format(argv) == "json").problem(f"error: {message}")
+        output = Output(json=_log_format(argv) == "json")
+        output.problem(f"error: {message}")
+        if log.isEnabledFor(logging.DEBUG):  # -v: what certrenew met underneath, one line each
+            for cause in causes(error):
+                output.problem(f"  caused by {type(cause).__name__}: {cause}")
         return getattr(error, "exit_code", 1)
 
 

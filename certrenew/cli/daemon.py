@@ -24,8 +24,10 @@ from certrenew.cli import metrics, status
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal import policy, renew
+from certrenew.renewal.policy import Action
 from certrenew.state.store import Store
 from certrenew.system import signals
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,18 @@ Config = tuple[Settings, list[CertificateSpec]]
 
 
 class Daemon:
-    """Passes over one store's certificates until SIGTERM or SIGINT (`signals.Interrupted`).
+    """Passes over one store's certificates until SIGTERM or SIGINT (`Interrupted`).
 
     The store is passed in, and the config re-read through `load` on SIGHUP, so one
     process could later hold several daemons; nothing lives at module level.
     """
 
     def __init__(self, settings: Settings, specs: list[CertificateSpec], store: Store,
-                 load: Callable[[], Config], hangups: signals.Hangups, rng: random.Random | None = None) -> None:
+                 load: Callable[[], Config], hangups: signals.Hangups, rng: random.Random | None = None,
+                 context: RunContext | None = None) -> None:
         self.settings, self.specs = settings, specs
+        self.context = context or RunContext()
+        """The daemon's: every pass is cancelled with it."""
         self.store = store
         self.load = load
         self.hangups = hangups
@@ -96,7 +101,7 @@ class Daemon:
                 if not waiting:
                     log.warning("%s; waiting up to %g s for it to be free", busy, self.settings.lock_timeout)
                     waiting = True
-            signals.sleep(BIND_RETRY)
+            self.context.sleep(BIND_RETRY)
 
     def status(self) -> list[status.CertificateStatus]:
         """The status rows /metrics and /healthz report, read afresh from the store."""
@@ -106,7 +111,8 @@ class Daemon:
         """One `renew.run`, logged and counted; never raises but `Interrupted`. Returns when to run the next."""
         started = time.monotonic()
         try:
-            report = renew.run(self.settings, self.specs, self.store, self.telemetry, responder=responder)
+            report = renew.run(self.settings, self.specs, self.store, self.telemetry, responder=responder,
+                               context=self.context)
         except Exception as error:  # never the daemon's end: say it, count it, try again soon
             expected = isinstance(error, CertrenewError)
             log.error("pass failed: %s", error if expected else repr(error),
@@ -115,8 +121,8 @@ class Daemon:
             self.telemetry.record_run(False, time.monotonic() - started)
             return _now() + min(RETRY_AFTER_ERROR, self.settings.check_interval)
         for outcome in report:
-            level = (logging.ERROR if outcome.action == "failed" else logging.WARNING if outcome.failed
-                     else logging.DEBUG if outcome.action == "unchanged" else logging.INFO)
+            level = (logging.ERROR if outcome.action == Action.FAILED else logging.WARNING if outcome.failed
+                     else logging.DEBUG if outcome.action == Action.UNCHANGED else logging.INFO)
             log.log(level, "%s: %s: %s", outcome.name, outcome.action, outcome.detail,
                     extra={"certificate": outcome.name})
         log.info("pass done: %s", report.summary())

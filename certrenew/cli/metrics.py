@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 
-from certrenew.cli.status import HEALTHY, CertificateStatus
+from certrenew.cli.status import HEALTHY, CertificateStatus, State
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.system import httpd
 from certrenew.system.atomicfile import write_atomic
@@ -80,7 +80,7 @@ class Telemetry:
 
 def _managed(rows: list[CertificateStatus]) -> list[CertificateStatus]:
     """The rows of certificates the config manages: the ones metrics and health speak for."""
-    return [row for row in rows if row.state != "unmanaged"]
+    return [row for row in rows if row.state != State.UNMANAGED]
 
 
 def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> tuple[bool, dict]:
@@ -219,7 +219,7 @@ class MetricsServer:
             listener = self._serving.enter_context(Address(host=host, port=port).listening())
         except OSError as error:
             raise CertrenewError(f"cannot listen on {self.listen} for metrics: {error.strerror}; "
-                                 "set --metrics-listen") from None
+                                 "set --metrics-listen") from error
         self._server = self._serving.enter_context(httpd.Server(listener, self.answer, "certrenew-metrics"))
         log.debug("metrics on http://%s:%d/metrics", *self.address)
         return self

@@ -21,6 +21,7 @@ import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from certrenew.config import (
     CertificateSpec,
@@ -40,8 +41,9 @@ from certrenew.pki.placeholder import write_placeholder
 from certrenew.renewal.renew import Outcome, run
 from certrenew.state.store import Account, FileStore
 from certrenew.system.atomicfile import fsync_directory, temp_path
+from certrenew.system.runcontext import RunContext
 
-REASONS = {"unspecified": 0, "keyCompromise": 1, "superseded": 4, "cessationOfOperation": 5}
+REASONS = MappingProxyType({"unspecified": 0, "keyCompromise": 1, "superseded": 4, "cessationOfOperation": 5})
 """The CRL reason codes (RFC 5280 section 5.3.1) a subscriber may give; CAs refuse the others."""
 
 
@@ -116,8 +118,8 @@ class Result:
 def reason_code(reason: str) -> int:
     try:
         return REASONS[reason]
-    except KeyError:
-        raise UsageError(f"unknown revocation reason {reason!r}; choose one of {', '.join(REASONS)}") from None
+    except KeyError as cause:
+        raise UsageError(f"unknown revocation reason {reason!r}; choose one of {', '.join(REASONS)}") from cause
 
 
 def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | None,
@@ -158,37 +160,38 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
     return Request(name, bundle, info, ca, reason, replacement, delete, others)
 
 
-def carry_out(settings: Settings, request: Request) -> Result:
+def carry_out(settings: Settings, request: Request, context: RunContext | None = None) -> Result:
     """Serve the replacement (if any), revoke, then remove (if asked), holding the state dir's lock.
 
     The lock is not held while the operator reads the question; so, unless a new
-    certificate was just served, the one revoked must still be the one confirmed.
+    certificate was just served, the one revoked must still be the one confirmed. `context` cancels it.
     """
+    context = context or RunContext()
     reissued = None
     if request.replacement is not None:
-        _discard_unfinished(settings, request.name)
+        _discard_unfinished(settings, request.name, context)
         # run() takes the lock itself, and brings every install guarantee (rollback, verify).
         reissued = run(dataclasses.replace(settings, force=True), [request.replacement],
-                       others=request.others).outcomes[0]
+                       others=request.others, context=context).outcomes[0]
         if reissued.failed:
             raise CertrenewError(f"{request.name}: not revoked, as no new certificate could be served "
                                  f"({reissued.detail}); HAProxy still serves the old one. Run again, or "
                                  "revoke without --reissue")
     store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout):
+    with store.lock(settings.lock_timeout, context):
         if reissued is None and store.load_bundle(request.name) != request.bundle:
             raise CertrenewError(f"{request.name} changed since it was read (another run renewed or removed "
                                  "it?); nothing revoked, run again")
         if request.info is None:  # never issued: nothing at the CA, in HAProxy or in the ssl dir
             return Result(request, False, removed=Removal("never served", _archive(store, request.name), None))
-        already = not _revoke_at_ca(settings, store, request)
+        already = not _revoke_at_ca(settings, store, request, context)
         removed = _remove(settings, store, request.name) if request.delete else None
         if removed is None and reissued is None:  # still served: the next run must replace it
             _record_revoked(store, request.name)
     return Result(request, already, reissued, removed)
 
 
-def _discard_unfinished(settings: Settings, name: str) -> None:
+def _discard_unfinished(settings: Settings, name: str, context: RunContext) -> None:
     """Drop what an earlier run left for `name`: a pending certificate, a validated order.
 
     Their keys sat in the state dir beside the one being revoked, so whatever exposed
@@ -196,7 +199,7 @@ def _discard_unfinished(settings: Settings, name: str) -> None:
     would serve a key the operator means to be rid of. The run then orders with a new one.
     """
     store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout):
+    with store.lock(settings.lock_timeout, context):
         store.discard_pending(name)
         store.discard_order(name)
 def _record_revoked(store: FileStore, name: str) -> None:
@@ -214,14 +217,14 @@ def _account(store: FileStore, settings: Settings, ca: str) -> Account:
     return account
 
 
-def _revoke_at_ca(settings: Settings, store: FileStore, request: Request) -> bool:
+def _revoke_at_ca(settings: Settings, store: FileStore, request: Request, context: RunContext) -> bool:
     """Revoke at the CA; False when it was revoked already."""
     from certrenew.acme.orders import AcmeClient
     from certrenew.acme.transport import Deadline
 
     account = _account(store, settings, request.ca)
     ca_bundle = next((ca.ca_bundle for ca in settings.cas if ca.directory == request.ca), settings.ca_bundle)
-    client = AcmeClient(request.ca, account.key_pem, Deadline(settings.timeout), ca_bundle)
+    client = AcmeClient(request.ca, account.key_pem, Deadline(settings.timeout, context), ca_bundle)
     client.login(account.uri, settings.email, settings.agree_tos)
     assert request.bundle is not None  # carry_out only moves a never-issued one aside
     return client.revoke(leaf_certificate(request.bundle), reason_code(request.reason))
@@ -243,7 +246,7 @@ def _remove(settings: Settings, store: FileStore, name: str) -> Removal:
         served_by = _unserve(settings, file)
     except CertrenewError as error:
         raise CertrenewError(f"{name}: revoked, but not removed ({error}); the ssl dir and the state keep it: "
-                             f"run 'certrenew revoke {name} --delete' again once that is fixed") from None
+                             f"run 'certrenew revoke {name} --delete' again once that is fixed") from error
     return Removal(served_by, _archive(store, name), placeholder)
 
 
@@ -300,7 +303,7 @@ def _unserve(settings: Settings, file: Path) -> str:
         if listed is not None and unlisted is not None:
             listed.write()  # and its crt-list line
         if reasons and isinstance(error, CertrenewError):
-            raise CertrenewError(f"{error}, after the Runtime API could not: {'; '.join(reasons)}") from None
+            raise CertrenewError(f"{error}, after the Runtime API could not: {'; '.join(reasons)}") from error
         raise
     finally:
         fsync_directory(file.parent)

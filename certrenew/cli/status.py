@@ -10,9 +10,26 @@ from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal.policy import due_reason, minutes, renew_at
 from certrenew.state.store import CertificateRecord, FileStore, Store
+from certrenew.system.strenum import StrEnum
 
 JSON_VERSION = 1
-HEALTHY = "ok"
+class State(StrEnum):
+    """A certificate's state in `status`, its --json and the metrics."""
+
+    OK = "ok"
+    DUE = "due"
+    FAILING = "failing"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    MISSING = "missing"
+    """Never issued."""
+    SHADOWED = "shadowed"
+    """Another bundle in the ssl dir claims its names."""
+    UNMANAGED = "unmanaged"
+    """Not in the config."""
+
+
+HEALTHY = State.OK
 
 
 @dataclass(frozen=True)
@@ -21,9 +38,7 @@ class CertificateStatus:
 
     name: str
     domains: list[str]
-    state: str
-    """"ok", "due", "failing", "expired", "revoked", "missing" (never issued), "shadowed" (another bundle in
-    the ssl dir claims its names) or "unmanaged" (not in the config)."""
+    state: State
     serial: str | None
     not_after: datetime.datetime | None
     days_left: float | None
@@ -106,10 +121,10 @@ def unhealthy(settings: Settings, rows: list[CertificateStatus]) -> str | None:
     Nothing managed is not healthy: a monitoring check pointed at the wrong config or
     state dir must fail loudly, not report all clear.
     """
-    if not any(row.state != "unmanaged" for row in rows):
+    if not any(row.state != State.UNMANAGED for row in rows):
         where = "" if settings.state_dir.is_dir() else f" (no state dir {settings.state_dir})"
         return f"no certificate is managed{where}: check --config and --state-dir"
-    bad = [f"{row.name} is {row.state}" for row in rows if row.state not in (HEALTHY, "unmanaged")]
+    bad = [f"{row.name} is {row.state}" for row in rows if row.state not in (HEALTHY, State.UNMANAGED)]
     return ", ".join(bad) or None
 
 
@@ -129,7 +144,7 @@ def _shadowed(settings: Settings, specs: list[CertificateSpec], rows: list[Certi
             continue
         problem = shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type, managed)
         if problem:
-            rows[index] = replace(rows[index], state="shadowed", shadowed_by=problem)
+            rows[index] = replace(rows[index], state=State.SHADOWED, shadowed_by=problem)
     return rows
 
 
@@ -138,7 +153,7 @@ def _spec_of(record: CertificateRecord) -> CertificateSpec:
 
 
 def _unreadable(spec: CertificateSpec, error: CertrenewError, managed: bool = True) -> CertificateStatus:
-    return CertificateStatus(spec.name, list(spec.domains), "failing" if managed else "unmanaged", None, None, None,
+    return CertificateStatus(spec.name, list(spec.domains), State.FAILING if managed else State.UNMANAGED, None, None, None,
                              None, str(error), 0)
 
 
@@ -152,19 +167,19 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
     due = issued is None or due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
                                        settings.directory_urls) is not None
     if not managed:
-        state = "unmanaged"
+        state = State.UNMANAGED
     elif not_after is not None and now >= not_after:
-        state = "expired"
+        state = State.EXPIRED
     elif record is not None and record.failures and due:
         # A failed --force on a certificate not yet due leaves it serving and in time: its error is
         # shown in last_result, but keeping status red until the renewal time would cry wolf.
-        state = "failing"
+        state = State.FAILING
     elif not issued:
-        state = "missing"
+        state = State.MISSING
     elif issued.revoked:
-        state = "revoked"
+        state = State.REVOKED
     elif due:
-        state = "due"
+        state = State.DUE
     else:
         state = HEALTHY
     return CertificateStatus(

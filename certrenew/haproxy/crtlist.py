@@ -12,6 +12,7 @@ from pathlib import Path
 from certrenew.errors import CertrenewError
 from certrenew.system.atomicfile import write_atomic
 from certrenew.system.limits import MAX_CONFIG, Unfit, read_regular
+from certrenew.system.runcontext import RunContext
 
 MODE = 0o644
 """A new crt-list's mode: it names files, it holds no key."""
@@ -45,9 +46,9 @@ class CrtList:
         try:
             text = read_regular(path, MAX_CONFIG).decode()
         except OSError as error:
-            raise CertrenewError(f"cannot read the crt-list {path}: {error.strerror or error}") from None
+            raise CertrenewError(f"cannot read the crt-list {path}: {error.strerror or error}") from error
         except (Unfit, UnicodeDecodeError) as error:
-            raise CertrenewError(f"cannot read the crt-list {path}: {error}") from None
+            raise CertrenewError(f"cannot read the crt-list {path}: {error}") from error
         return cls(path, tuple(text.splitlines(keepends=True)))
 
     @property
@@ -77,5 +78,5 @@ class CrtList:
         kept = tuple(line for line in self.lines if (named := _file_of(line)) is None or Path(named) != file)
         return CrtList(self.path, kept)
 
-    def write(self) -> None:
-        write_atomic(self.path, self.content, MODE, keep_mode=True)
+    def write(self, context: RunContext | None = None) -> None:
+        write_atomic(self.path, self.content, MODE, keep_mode=True, context=context)

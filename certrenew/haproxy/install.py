@@ -49,13 +49,14 @@ from pathlib import Path, PurePosixPath
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certrenew.errors import CertrenewError, Refused
+from certrenew.errors import Blocked, CertrenewError, NotServed, Refused
 from certrenew.haproxy import service, verify
 from certrenew.haproxy.crtlist import CrtList, entry_line
 from certrenew.haproxy.runtime_api import Rejected, RuntimeApi, TransactionOpen, Unsupported, find_crt_list
 from certrenew.pki.bundle import CertificateInfo, check_bundle, leaf_certificate, san_names
 from certrenew.system.atomicfile import fsync_directory, write_atomic
 from certrenew.system.limits import MAX_BUNDLE, Unfit, kind_of, read_regular
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +71,6 @@ any write bit for group and others (see `write_atomic`), so an operator who gran
 read access keeps it across renewals; certrenew never makes a bundle world-readable itself."""
 
 SSL_DIR_ADVICE = "left alone; move it out of the ssl dir"
-
-
-class Blocked(Refused):
-    """Certificates whose place in the ssl dir holds what no bundle can be read from or put back
-    into: the operator's mistake, not the bundle's nor the CA's. They fail without a back-off and
-    stay pending for the run after the fix; the others are installed."""
-
-    backoff = False
-    set_aside = False
-
-
-class NotServed(Refused):
-    """Certificates a verify endpoint does not serve once installed, each with its own reason:
-    HAProxy took them, so what it serves instead (another bundle claiming their names, say) is
-    at fault, not they. They stay pending and the batch is put back; the run installs the
-    others without them, so one shadowed name fails alone."""
-
-    set_aside = False
 
 
 @dataclass(frozen=True)
@@ -162,14 +145,16 @@ class Installer:
 
     def __init__(self, ssl_dir: Path, reload_command: str, sockets: Sequence[str] = (),
                  configs: Sequence[Path] = (), verify_endpoints: Sequence[str] = (),
-                 crt_list: Path | None = None, managed: Iterable[str] = ()) -> None:
-        """`managed`: the certificates of the config, whose bundles are renewed and so shadow nothing."""
+                 crt_list: Path | None = None, managed: Iterable[str] = (), context: RunContext | None = None) -> None:
+        """`managed`: the certificates of the config, whose bundles are renewed and so shadow nothing;
+        `context`: no signal of it cuts a file write."""
         self.ssl_dir = Path(os.path.abspath(ssl_dir))  # HAProxy names files by absolute path
         self.crt_list = Path(os.path.abspath(crt_list)) if crt_list else None
         self.reload_command = reload_command
         self.nodes = [RuntimeApi(address) for address in sockets]
         self.configs = list(configs)
         self.verify_endpoints = list(verify_endpoints)
+        self.context = context
         self._lock = threading.Lock()
         self._claims: Claims | None = None
         self.managed = frozenset(self.path_of(name) for name in managed)
@@ -205,26 +190,26 @@ class Installer:
         changes = _Changes()
         try:
             for path, bundle in files.items():
-                changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path]))
-                write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True, sync_directory=False)
+                changes.add(f"restoring {path}", functools.partial(self._restore, path, previous[path], self.context))
+                write_atomic(path, bundle, BUNDLE_MODE, keep_mode=True, sync_directory=False, context=self.context)
             try:
                 fsync_directory(self.ssl_dir)  # the renames made durable once for the batch, not once per bundle
             except OSError as error:
-                raise CertrenewError(f"cannot write {self.ssl_dir}: {error.strerror or error}") from None
+                raise CertrenewError(f"cannot write {self.ssl_dir}: {error.strerror or error}") from error
             if crt_list is not None:
-                self._add_lines(crt_list, lines, changes)
+                self._add_lines(crt_list, lines, changes, self.context)
             method, detail, confirmed = self._serve(files, previous, plans, changes)
             self._verify(files, HOT_UPDATE_GRACE if method == "hot update" else RELOAD_GRACE)
         except CertrenewError as error:
             failures = changes.roll_back()
             if failures:
-                raise CertrenewError(f"{error}; rollback incomplete: {'; '.join(failures)}") from None
+                raise CertrenewError(f"{error}; rollback incomplete: {'; '.join(failures)}") from error
             undone = _undone(previous)
             if isinstance(error, Refused):
                 names = {str(path): name for name, path in zip(bundles, files)}
                 raise type(error)(f"{error}; {undone}", [names[path] for path in error.which],
-                                  {names[path]: f"{reason}; {undone}" for path, reason in error.each.items()}) from None
-            raise CertrenewError(f"{error}; {undone}") from None
+                                  {names[path]: f"{reason}; {undone}" for path, reason in error.each.items()}) from error
+            raise CertrenewError(f"{error}; {undone}") from error
         except BaseException:
             changes.roll_back()
             raise
@@ -261,7 +246,7 @@ class Installer:
         except FileNotFoundError:
             info = None
         except OSError as error:
-            raise Blocked(str(_unreadable(path, error)), [name]) from None
+            raise Blocked(str(_unreadable(path, error)), [name]) from error
         problem = _not_a_bundle(path, info.st_mode, info.st_size) if info else None
         if not problem and domains and self.crt_list is None:  # see `shadowing`
             with self._lock:  # the ssl dir is read once per run, by the first certificate's worker
@@ -283,15 +268,15 @@ class Installer:
         return crt_list, lines
 
     @staticmethod
-    def _add_lines(crt_list: CrtList, lines: Mapping[Path, str], changes: _Changes) -> None:
+    def _add_lines(crt_list: CrtList, lines: Mapping[Path, str], changes: _Changes, context: RunContext | None) -> None:
         """Add the lines the crt-list lacks, in one atomic write; the rollback writes back what it was."""
         updated = crt_list
         for file, line in lines.items():
             if crt_list.entry(file) is None:
                 updated = updated.with_entry(line)
         if updated != crt_list:
-            changes.add(f"restoring {crt_list.path}", crt_list.write)
-            updated.write()
+            changes.add(f"restoring {crt_list.path}", functools.partial(crt_list.write, context))
+            updated.write(context)
 
     def _plan(self, node: RuntimeApi, previous: Mapping[Path, bytes | None], lines: Mapping[Path, str],
               stores: Mapping[Path, tuple[str, str]]) -> list[_Plan]:
@@ -347,7 +332,7 @@ class Installer:
                 except Unsupported as error:
                     reason = str(error)
                 except Rejected as error:
-                    raise Refused(f"HAProxy refused {plan.file.name}: {error}", [str(plan.file)]) from None
+                    raise Refused(f"HAProxy refused {plan.file.name}: {error}", [str(plan.file)]) from error
             if f"{plan.node}: {reason}" not in reasons:
                 reasons.append(f"{plan.node}: {reason}")
             if plan.node not in reloading:
@@ -364,7 +349,7 @@ class Installer:
         except service.CheckFailed as error:
             named = [str(path) for path in files if str(path) in error.output]
             if named:
-                raise Refused(str(error), named) from None
+                raise Refused(str(error), named) from error
             raise
         confirmed = service.reload(self.reload_command, reloading, RELOAD_GRACE)
         changes.add_last("reloading HAProxy with the previous certificates",
@@ -389,7 +374,7 @@ class Installer:
             changes.add(f"{node}: taking {where} out of {crt_list}", lambda: node.unlist_certificate(crt_list, where))
 
     @staticmethod
-    def _restore(path: Path, previous: bytes | None) -> None:
+    def _restore(path: Path, previous: bytes | None, context: RunContext | None) -> None:
         log.warning("removing %s: there was none before" if previous is None
                     else "restoring the previous contents of %s", path)
         try:
@@ -397,9 +382,9 @@ class Installer:
                 path.unlink(missing_ok=True)
                 fsync_directory(path.parent)
             else:
-                write_atomic(path, previous, BUNDLE_MODE, keep_mode=True)
+                write_atomic(path, previous, BUNDLE_MODE, keep_mode=True, context=context)
         except OSError as error:
-            raise CertrenewError(f"cannot restore {path}: {error.strerror}") from None
+            raise CertrenewError(f"cannot restore {path}: {error.strerror}") from error
 
 
 def _store_plan(node: RuntimeApi, file: Path, name: str, store: str, known: str | None,
@@ -516,9 +501,9 @@ def read_bundle_file(path: Path, noun: str = "bundle", advice: str = SSL_DIR_ADV
     except FileNotFoundError:
         return None
     except Unfit as unfit:
-        raise CertrenewError(_not_a(path, unfit.kind, noun, advice)) from None
+        raise CertrenewError(_not_a(path, unfit.kind, noun, advice)) from unfit
     except OSError as error:
-        raise _unreadable(path, error) from None
+        raise _unreadable(path, error) from error
 
 
 def _not_a_bundle(path: Path, mode: int, size: int, noun: str = "bundle", advice: str = SSL_DIR_ADVICE) -> str | None:

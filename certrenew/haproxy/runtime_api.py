@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, Forbidden, Rejected, RuntimeApiError, TransactionOpen, Unsupported
 from certrenew.system.owned import group_name, user_name
 
 log = logging.getLogger(__name__)
@@ -37,34 +37,6 @@ _OTHERS = re.compile(r"^The ongoing transaction is about '(?P<path>.*)' but you 
 _ADDRESS = re.compile(r"^ipv4@(?P<host>[^:\s]+):(?P<port>\d{1,5})$")
 _SPECIAL = re.compile(r"([\\;\s])")
 """What HAProxy's CLI reads as syntax in an argument: the escape, the command separator, blanks."""
-
-
-class RuntimeApiError(CertrenewError):
-    """A Runtime API command failed; the message names the node and HAProxy's answer."""
-
-
-class Rejected(RuntimeApiError):
-    """HAProxy answered that it will not take this certificate (`set`/`commit ssl cert`, `add ssl crt-list`):
-    the bundle is at fault."""
-
-
-class TransactionOpen(RuntimeApiError):
-    """HAProxy holds a certificate transaction for another file, and only one at a time: whoever opened it
-    must end it. Neither the bundle nor this node's configuration is at fault."""
-
-    def __init__(self, node: object, path: str, aborted: bool = False) -> None:
-        fix = (f"HAProxy put this certificate into it, so it was aborted: whoever opened it must set {path} again"
-               if aborted else f"end it with 'abort ssl cert {path}' and run again")
-        super().__init__(f"{node}: a certificate transaction for {path} is open (another tool's, or an "
-                         f"interrupted run's); {fix}")
-
-
-class Forbidden(RuntimeApiError):
-    """This user may not connect to the socket; the message names the user and the fix."""
-
-
-class Unsupported(RuntimeApiError):
-    """This HAProxy cannot do the change at runtime; a reload has to."""
 
 
 def argument(path: str) -> str:
@@ -161,10 +133,10 @@ class RuntimeApi:
                 chunks = []
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
-        except PermissionError:
-            raise Forbidden(f"HAProxy Runtime API {self}: {self._denied()}") from None
+        except PermissionError as cause:
+            raise Forbidden(f"HAProxy Runtime API {self}: {self._denied()}") from cause
         except OSError as error:
-            raise RuntimeApiError(f"HAProxy Runtime API {self}: {error.strerror or error}") from None
+            raise RuntimeApiError(f"HAProxy Runtime API {self}: {error.strerror or error}") from error
         answer = b"".join(chunks).decode(errors="replace")
         if answer.startswith("Unknown command"):
             raise Unsupported(f"it does not know '{' '.join(line.split()[:3])}' (HAProxy older than 2.2?)")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, CheckFailed
 from certrenew.haproxy.runtime_api import RuntimeApi, RuntimeApiError
 from certrenew.system.command import missing_program, run_command, split_command
 
@@ -73,10 +73,10 @@ def _run_reload(command: str) -> None:
     log.debug("reloading HAProxy: %s", command)
     try:
         status, said = run_command(argv, RELOAD_TIMEOUT)
-    except FileNotFoundError:
-        raise CertrenewError(f"reload command not found: {argv[0]!r} (set --reload-command)") from None
+    except FileNotFoundError as cause:
+        raise CertrenewError(f"reload command not found: {argv[0]!r} (set --reload-command)") from cause
     except OSError as error:
-        raise CertrenewError(f"reload command {command!r} could not start: {error.strerror}") from None
+        raise CertrenewError(f"reload command {command!r} could not start: {error.strerror}") from error
     if status is None:
         raise CertrenewError(f"reload command {command!r} did not finish within {RELOAD_TIMEOUT} s and was killed")
     if status != 0:
@@ -112,14 +112,6 @@ def reload_problem(command: str) -> str | None:
     return None
 
 
-class CheckFailed(CertrenewError):
-    """`haproxy -c` refused the configuration; `output` is all it said (which files it could not load)."""
-
-    def __init__(self, message: str, output: str) -> None:
-        super().__init__(message)
-        self.output = output
-
-
 def check_config(configs: Sequence[Path]) -> None:
     """Run `haproxy -c` on the configuration (all files, as HAProxy would load them); fail with its complaint.
 
@@ -147,7 +139,7 @@ def _run(argv: list[str], timeout: float, what: str, not_found: str) -> subproce
     try:
         return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
                               stdin=subprocess.DEVNULL)  # output that is not UTF-8 is still its words
-    except FileNotFoundError:
-        raise CertrenewError(not_found) from None
-    except subprocess.TimeoutExpired:
-        raise CertrenewError(f"{what} did not finish within {timeout} s") from None
+    except FileNotFoundError as cause:
+        raise CertrenewError(not_found) from cause
+    except subprocess.TimeoutExpired as cause:
+        raise CertrenewError(f"{what} did not finish within {timeout} s") from cause

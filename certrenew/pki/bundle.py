@@ -94,13 +94,13 @@ def check_issued(fullchain_pem: bytes, key_pem: bytes, domains: Iterable[str], n
     try:
         blocks = pem_blocks(fullchain_pem)
     except CertrenewError as error:
-        raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from None
+        raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from error
     if not blocks:
         raise CertrenewError("the CA's answer is not a certificate chain: it holds no PEM certificate")
     try:
         chain = certificates(blocks)
     except CertrenewError as error:
-        raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from None
+        raise CertrenewError(f"the CA's answer is not a certificate chain: {error}") from error
     leaf = chain[0]
     if not is_key_of(load_key(key_pem), leaf):
         raise CertrenewError("the certificate the CA returned is not for our key")
@@ -144,11 +144,11 @@ def check_bundle(bundle: bytes) -> CertificateInfo:
             raise CertrenewError("it is not a certificate chain followed by a key")
         chain = certificates(blocks[:-1])
     except CertrenewError as error:
-        raise CertrenewError(f"cannot be parsed: {error}") from None
+        raise CertrenewError(f"cannot be parsed: {error}") from error
     try:
         key = load_key(blocks[-1])
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise CertrenewError(f"cannot be parsed: block {len(blocks)} is not a private key") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as cause:
+        raise CertrenewError(f"cannot be parsed: block {len(blocks)} is not a private key") from cause
     if not is_key_of(key, chain[0]):
         raise CertrenewError("holds a key that is not its certificate's")
     return certificate_info(chain[0])
@@ -162,8 +162,8 @@ def certificates(blocks: list[bytes]) -> list[x509.Certificate]:
             if not block.startswith(b"-----BEGIN CERTIFICATE-----\n"):
                 raise ValueError
             chain.append(x509.load_pem_x509_certificate(block))
-        except ValueError:
-            raise CertrenewError(f"block {number} is not a parsable certificate") from None
+        except ValueError as cause:
+            raise CertrenewError(f"block {number} is not a parsable certificate") from cause
     return chain
 
 

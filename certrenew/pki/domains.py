@@ -42,7 +42,7 @@ def normalize_domain(name: str) -> str:
         try:
             name = idna.encode(name, uts46=True).decode("ascii")
         except idna.IDNAError as error:
-            raise UsageError(f"invalid domain {original!r}: {error}") from None
+            raise UsageError(f"invalid domain {original!r}: {error}") from error
     name = wildcard + name.lower()
     if "." not in name.removeprefix(wildcard):
         raise UsageError(f"invalid domain {original!r}: a single-label name; public CAs issue certificates only "

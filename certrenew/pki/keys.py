@@ -1,6 +1,7 @@
 """Private keys and certificate signing requests."""
 
 import ipaddress
+from types import MappingProxyType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -10,7 +11,7 @@ from cryptography.x509.oid import NameOID
 from certrenew.pki.domains import is_ip_address
 from certrenew.pki.keytypes import KEY_TYPES, check_key_type
 
-_CURVES = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
+_CURVES = MappingProxyType({"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1})
 
 
 def generate_key(key_type: str):

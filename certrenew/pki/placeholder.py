@@ -30,7 +30,7 @@ def write_placeholder(ssl_dir: Path) -> Path:
     try:
         ssl_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UsageError(f"cannot create the ssl dir {ssl_dir}: {error.strerror} (--ssl-dir)") from None
+        raise UsageError(f"cannot create the ssl dir {ssl_dir}: {error.strerror} (--ssl-dir)") from error
     key = generate_key("ecdsa-p256")
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PLACEHOLDER_NAME)])
     now = datetime.datetime.now(datetime.timezone.utc)

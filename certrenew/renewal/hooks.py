@@ -23,7 +23,7 @@ class Served:
 
     name: str
     action: str
-    """"issued", "renewed" or "installed" (one a previous run issued)."""
+    """"issued", "renewed" or "installed" (one a previous run issued): a `policy.Action`."""
     domains: tuple[str, ...]
     bundle: Path
     serial: str

@@ -26,6 +26,7 @@ from certrenew.pki.keys import generate_key, key_to_pem, key_type_of, load_key, 
 from certrenew.renewal.policy import (
     BUDGET_PERIOD,
     ORDER_BUDGET,
+    Action,
     Decision,
     budget_ends,
     decide,
@@ -34,6 +35,7 @@ from certrenew.renewal.policy import (
     utc_now,
 )
 from certrenew.state.store import Account, CertificateRecord, PendingOrder, Store
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,8 @@ class Issued:
 
     spec: CertificateSpec
     bundle: bytes
-    action: str
-    """"issued", "renewed" or "installed" (one a previous run issued)."""
+    action: Action
+    """ISSUED, RENEWED or INSTALLED (one a previous run issued)."""
     window: Window = None
     directory: str | None = None
     """The ACME directory URL of the CA that issued it; None: the first CA."""
@@ -109,8 +111,9 @@ class Issuer:
     def __init__(self, settings: Settings, store: Store, solvers: Mapping[Hashable, ChallengeSolver],
                  counter: RequestCounter | None = None,
                  before_order: Callable[[CertificateSpec], None] = lambda spec: None,
-                 managed: Iterable[str] = ()) -> None:
-        """`managed`: the names of every certificate of the config (see `install.shadowing`)."""
+                 managed: Iterable[str] = (), context: RunContext | None = None) -> None:
+        """`managed`: the names of every certificate of the config (see `install.shadowing`); `context`: what
+        cancels it."""
         self.settings = settings
         self.before_order = before_order
         """Raises to stop an order before the CA hears of it (the pre-flight self-check)."""
@@ -118,8 +121,9 @@ class Issuer:
         self.store = store
         self.solvers = solvers
         self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
-                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list, managed)
-        self.deadline = Deadline(settings.timeout)
+                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list, managed,
+                                   context)
+        self.deadline = Deadline(settings.timeout, context)
         self._lock = threading.RLock()
         self.cas = settings.cas
         """The CAs to order from, in order (see `Settings.cas`)."""
@@ -171,7 +175,7 @@ class Issuer:
                                   spec.profile, before_finalize=keep_order)
         self._remember_account(self._sessions[directory], client.account_uri)
         renewed = self.store.load_bundle(spec.name) is not None
-        return self._keep(spec, fullchain, key_pem, "renewed" if renewed else "issued", directory)
+        return self._keep(spec, fullchain, key_pem, Action.RENEWED if renewed else Action.ISSUED, directory)
 
     def resume(self, spec: CertificateSpec) -> Issued:
         """Take up what an interrupted or failed run left: a pending certificate, or a validated order.
@@ -202,7 +206,7 @@ class Issuer:
                      extra={"certificate": spec.name})
             self.store.discard_pending(spec.name)
             return self.issue(spec)
-        return Issued(spec, bundle, "installed", self._window(spec.name, bundle, directory), directory)
+        return Issued(spec, bundle, Action.INSTALLED, self._window(spec.name, bundle, directory), directory)
 
     def _finish_order(self, spec: CertificateSpec) -> Issued:
         """Download (finalizing first if need be) the order a previous run validated, else order anew.
@@ -235,7 +239,7 @@ class Issuer:
                      extra={"certificate": spec.name})
             self.store.discard_order(spec.name)
             return self.issue(spec)
-        return self._keep(spec, fullchain, order.key_pem, "installed", directory)
+        return self._keep(spec, fullchain, order.key_pem, Action.INSTALLED, directory)
 
     def _check_budget(self, spec: CertificateSpec, directory: str) -> None:
         """Refuse to order past the certificate's budget (`policy.ORDER_BUDGET`), whatever asked for it;
@@ -258,7 +262,7 @@ class Issuer:
         record.recent_issues, record.issued_settings = [*recent_issues(record, settings, now), now], settings
         self.store.save_record(record)
 
-    def _keep(self, spec: CertificateSpec, fullchain: str, key_pem: bytes, action: str, directory: str) -> Issued:
+    def _keep(self, spec: CertificateSpec, fullchain: str, key_pem: bytes, action: Action, directory: str) -> Issued:
         """Keep the issued certificate as pending before anything else can fail, once it is proven ours,
         then ask for its window.
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from certrenew.state.store import CertificateRecord
+from certrenew.system.strenum import StrEnum
 
 SHORT_LIVED = datetime.timedelta(days=10)
 FIRST_BACKOFF = datetime.timedelta(minutes=5)
@@ -21,6 +22,19 @@ ORDER_BUDGET = 3
 ARI window, a clock far off, a bug): Let's Encrypt allows 5 for the same names a week. The first, a change of
 names or key type, and one to spare; beyond that only the operator's --force orders."""
 BUDGET_PERIOD = datetime.timedelta(days=1)
+
+
+class Action(StrEnum):
+    """What a run did for one certificate."""
+
+    ISSUED = "issued"
+    RENEWED = "renewed"
+    INSTALLED = "installed"
+    """A pending certificate a previous run issued, installed now."""
+    UNCHANGED = "unchanged"
+    DEFERRED = "deferred"
+    """Backing off after failures."""
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)

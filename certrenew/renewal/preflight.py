@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from certrenew.challenge.responder import CHALLENGE_PREFIX, Responder, ask
@@ -36,6 +37,7 @@ from certrenew.state.store import FileStore
 from certrenew.system import hints, owned
 from certrenew.system.hostport import split_host_port
 from certrenew.system.listen import check_socket_dir, create_hint, flood_risk, parse_listen, takeover_risk
+from certrenew.system.strenum import StrEnum
 
 if TYPE_CHECKING:
     from certrenew.challenge.tlsalpn01 import TlsAlpnResponder
@@ -46,15 +48,25 @@ PROBE_TIMEOUT = 5.0
 """Seconds to connect, and then to get an answer: the CA waits about as long."""
 MAX_PROBES = 8
 """Names probed at once."""
-OK, FAIL, WARN = "ok", "FAIL", "warn"
+
+
+class Verdict(StrEnum):
+    """A check's verdict: FAIL is shouted, as an order would fail or be wasted."""
+
+    OK = "ok"
+    FAIL = "FAIL"
+    WARN = "warn"
+    """Cannot tell, or only sometimes needed."""
+
+
+OK, FAIL, WARN = Verdict.OK, Verdict.FAIL, Verdict.WARN
 
 
 @dataclass(frozen=True)
 class Check:
     """One pre-flight check's verdict, printed as one line by `certrenew check`."""
 
-    status: str
-    """"ok", "FAIL" (an order would fail or be wasted) or "warn" (cannot tell, or only sometimes needed)."""
+    status: Verdict
     what: str
     detail: str
 
@@ -204,7 +216,8 @@ def _not_reached(error: OSError, name: str, what: str, where: str, option: str) 
     return None
 
 
-PROBES: dict[str, Callable[[Any, Settings, str], Check]] = {HTTP_01: probe, TLS_ALPN_01: probe_tls}
+PROBES: Mapping[str, Callable[[Any, Settings, str], Check]] = MappingProxyType({HTTP_01: probe,
+                                                                                 TLS_ALPN_01: probe_tls})
 """How the path of each challenge type is probed before ordering; DNS-01's solver checks its own."""
 
 

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from certrenew.challenge.solver import TLS_ALPN_01, ChallengeSolver, check_domains
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
-from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError
+from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError, causes
 from certrenew.pki.domains import check_normalized
 from certrenew.renewal import hooks
-from certrenew.renewal.policy import Decision, ari_check_due, backoff, decide, utc_now
+from certrenew.renewal.policy import Action, Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.renewal.progress import Progress
 from certrenew.state.store import CertificateRecord, FileStore, Store
-from certrenew.system import owned, signals
+from certrenew.system import owned
 from certrenew.system.atomicfile import remove_stale_temps
+from certrenew.system.runcontext import RunContext
 
 if TYPE_CHECKING:
     from certrenew.challenge.responder import Responder
@@ -33,23 +34,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-ACTIONS = ("issued", "renewed", "installed", "unchanged", "deferred", "failed")
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What a run did for one certificate."""
 
     name: str
-    action: str
-    """One of ACTIONS: "installed" is a pending one a previous run issued, "deferred" is backing off."""
+    action: Action
     detail: str
     served: hooks.Served | None = None
     """What HAProxy now serves, for an issued, renewed or installed certificate."""
 
     @property
     def failed(self) -> bool:
-        return self.action in ("failed", "deferred")
+        return self.action in (Action.FAILED, Action.DEFERRED)
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,7 @@ class Report:
 
     def summary(self) -> str:
         """E.g. "3 certificates: 1 renewed, 2 unchanged; 1 hook failed"."""
-        counts = [(sum(outcome.action == action for outcome in self.outcomes), action) for action in ACTIONS]
+        counts = [(sum(outcome.action == action for outcome in self.outcomes), action) for action in Action]
         total = len(self.outcomes)
         line = f"{total} certificate{'s' if total != 1 else ''}: " + ", ".join(f"{n} {a}" for n, a in counts if n)
         failures = len(self.hook_failures)
@@ -84,7 +81,8 @@ class Report:
 
 
 def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None, telemetry=None,
-        progress: Progress | None = None, responder: "Responder | None" = None, others: Sequence[str] = ()) -> Report:
+        progress: Progress | None = None, responder: "Responder | None" = None, others: Sequence[str] = (),
+        context: RunContext | None = None) -> Report:
     """Bring every certificate in `specs` up to date and report what happened to each.
     `others`: the config's certificates not in `specs` (revoke --reissue runs one), which shadow none of them.
 
@@ -98,7 +96,8 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     validate (a wildcard over HTTP-01), is refused (UsageError)
     before anything is touched. HTTP-01 is answered by `responder` when given (the
     daemon's, open for its whole life; left open), else by one this run opens when it
-    orders and closes.
+    orders and closes. `context` cancels the run (see `RunContext`): each run its own, so a host
+    may stop one run and let another go on.
     """
     for spec in specs:
         if spec.checked:  # certificate_specs made it: a config of 10,000 would be checked twice
@@ -108,12 +107,13 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
             check_normalized(spec.domains)
             check_domains(spec.challenge, spec.domains)  # a wildcard over HTTP-01 would only fail at the CA
         except UsageError as error:
-            raise UsageError(f"{spec.name}: {error}") from None
+            raise UsageError(f"{spec.name}: {error}") from error
     check_hooks(settings)
     _check_ssl_dir(settings)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
     store = store if store is not None else FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout):
-        return _run(settings, specs, store, telemetry, progress or Progress(), responder, others)
+    context = context or RunContext()
+    with store.lock(settings.lock_timeout, context):
+        return _run(settings, specs, store, telemetry, progress or Progress(), responder, others, context)
 
 
 def check_hooks(settings: Settings) -> None:
@@ -124,7 +124,7 @@ def check_hooks(settings: Settings) -> None:
 
 
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress,
-         responder: "Responder | None", others: Sequence[str]) -> Report:
+         responder: "Responder | None", others: Sequence[str], context: RunContext) -> Report:
     now = utc_now()
     remove_stale_temps(settings.ssl_dir)
 
@@ -134,7 +134,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         try:
             step = _step(settings, store, spec, now)
         except Exception as error:  # an unreadable record, or a fault nobody foresaw, fails its certificate alone
-            outcomes[spec.name] = Outcome(spec.name, "failed", str(_expected(error)))
+            outcomes[spec.name] = Outcome(spec.name, Action.FAILED, str(_expected(error)))
             continue
         if isinstance(step, Outcome):
             outcomes[spec.name] = step
@@ -151,9 +151,9 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
 
         preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
         do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder,
-                                    [*others, *(spec.name for spec in specs)])
+                                    [*others, *(spec.name for spec in specs)], context)
         if any(step != "check" for _, step in work):
-            hook_failures = _with_hooks(settings, work, outcomes, do_work)
+            hook_failures = _with_hooks(settings, work, outcomes, do_work, context)
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
             hook_failures = do_work()
     return Report([outcomes[spec.name] for spec in specs], hook_failures)
@@ -176,14 +176,14 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
             log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
         return "issue"
     if decision.deferred:
-        return Outcome(spec.name, "deferred", decision.reason)
+        return Outcome(spec.name, Action.DEFERRED, decision.reason)
     if ari_check_due(record, now):
         return "check"
-    return Outcome(spec.name, "unchanged", decision.reason)
+    return Outcome(spec.name, Action.UNCHANGED, decision.reason)
 
 
 def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
-                do_work: Callable[[], list[str]]) -> list[str]:
+                do_work: Callable[[], list[str]], context: RunContext) -> list[str]:
     """The pre-hook, then the work (only if the pre-hook succeeded), then the post-hook whatever happened.
 
     The post-hook runs even after a failed pre-hook, as it undoes what a pre-hook
@@ -194,18 +194,19 @@ def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
     failures = [failure] if failure else []
     try:
         if failure:
-            outcomes.update((spec.name, Outcome(spec.name, "failed", "not attempted: the pre-hook failed"))
+            outcomes.update((spec.name, Outcome(spec.name, Action.FAILED, "not attempted: the pre-hook failed"))
                             for spec, _ in work)
         else:
             failures += do_work()
     finally:
-        if not signals.cancelled.is_set():
+        if not context.cancelled:
             failures += filter(None, [hooks.run_hook("post-hook", settings.post_hook, settings.hook_timeout)])
     return failures
 
 
 def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
-          telemetry, progress: Progress, responder: "Responder | None", managed: list[str]) -> list[str]:
+          telemetry, progress: Progress, responder: "Responder | None", managed: list[str],
+          context: RunContext) -> list[str]:
     """Order what is due, install it all at once, then run the deploy hook for each certificate HAProxy serves.
     `managed`: every certificate of the run, due or not (their bundles shadow none of these)."""
     from certrenew.challenge.responder import Responder
@@ -219,7 +220,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             responder = solvers_open.enter_context(Responder(settings.listen, store))
         solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
         for dns in {spec.dns for spec, _ in work if spec.dns}:
-            solvers[dns] = solvers_open.enter_context(dns.solver())
+            solvers[dns] = solvers_open.enter_context(dns.solver(context))
         if any(spec.challenge == TLS_ALPN_01 for spec, _ in work):
             from certrenew.challenge.tlsalpn01 import (
                 TlsAlpnResponder,  # and acme learns the challenge type, before any order
@@ -229,7 +230,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
         probed = preflight.probe_ahead(responder, settings, [spec for spec, step in work if step == "issue"])
         issuer = Issuer(settings, store, solvers, telemetry,
                         before_order=functools.partial(preflight.check_path, solvers, settings, probed),
-                        managed=managed)
+                        managed=managed, context=context)
         solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))
@@ -239,7 +240,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
         finally:
             progress.close()
             # After a signal, workers blocked on the CA are not waited for (see signals).
-            pool.shutdown(wait=not signals.cancelled.is_set(), cancel_futures=True)
+            pool.shutdown(wait=not context.cancelled, cancel_futures=True)
         issued = [result for result in results if not isinstance(result, Outcome)]
         outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
         installed = _install(store, now, issuer, issued)
@@ -255,9 +256,11 @@ def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, direct
     try:
         result = step(spec)
     except Exception as error:
+        for cause in causes(error):  # -v: what the one line of the outcome summarizes
+            log.debug("%s: caused by %s: %s", spec.name, type(cause).__name__, cause, extra={"certificate": spec.name})
         result = _failed(store, now, spec, directory, _expected(error))
     if isinstance(result, Decision):  # checked with the CA: still not due
-        result = Outcome(spec.name, "unchanged", result.reason)
+        result = Outcome(spec.name, Action.UNCHANGED, result.reason)
     progress.advance(spec.name, result.action if isinstance(result, Outcome) else "ordered")
     return result
 
@@ -342,7 +345,7 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     try:
         record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
     except CertrenewError as unreadable:  # reported, and left for the operator to look at
-        return Outcome(spec.name, "failed", f"{error}; and {unreadable}")
+        return Outcome(spec.name, Action.FAILED, f"{error}; and {unreadable}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = (error.until if isinstance(error, OverBudget)
                            else now + backoff(record.failures) if error.backoff else None)
@@ -350,8 +353,8 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     try:
         store.save_record(record)
     except CertrenewError as unwritable:
-        return Outcome(spec.name, "failed", f"{error}; and {unwritable}")
-    return Outcome(spec.name, "failed", str(error))
+        return Outcome(spec.name, Action.FAILED, f"{error}; and {unwritable}")
+    return Outcome(spec.name, Action.FAILED, str(error))
 
 
 def _check_ssl_dir(settings: Settings) -> None:

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from certrenew.errors import CertrenewError
-from certrenew.system import owned, signals
+from certrenew.system import owned
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,13 @@ POLL = 0.1
 
 
 class StateLock:
-    """Hold the state dir's lock for a `with` block, waiting up to `timeout` seconds for it."""
+    """Hold the state dir's lock for a `with` block, waiting up to `timeout` seconds for it
+    (and no longer once `context` is cancelled)."""
 
-    def __init__(self, state_dir: Path, timeout: float) -> None:
+    def __init__(self, state_dir: Path, timeout: float, context: RunContext | None = None) -> None:
         self.path = state_dir / LOCK_FILE
         self.timeout = timeout
+        self.context = context or RunContext()
         self._fd: int | None = None
 
     def __enter__(self) -> "StateLock":
@@ -37,7 +40,7 @@ class StateLock:
             fd = owned.open_file(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as error:
             raise CertrenewError(f"cannot open the lock file {self.path}: {error.strerror} (the state dir must be "
-                                 "writable by the user certrenew runs as)") from None
+                                 "writable by the user certrenew runs as)") from error
         try:
             self._wait(fd)
             os.ftruncate(fd, 0)
@@ -72,7 +75,7 @@ class StateLock:
                     f"another certrenew run (pid {_holder(fd)}) holds the lock on {self.path.parent}; "
                     f"gave up after {self.timeout:g} s (--lock-timeout)"
                 )
-            signals.sleep(POLL)
+            self.context.sleep(POLL)
 
 
 def _holder(fd: int) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,12 +39,13 @@ from certrenew.errors import CertrenewError
 from certrenew.state.lock import StateLock
 from certrenew.system import owned
 from certrenew.system.atomicfile import fsync_directory, remove_stale_temps, write_atomic
+from certrenew.system.runcontext import RunContext
 
 VERSION = 1
 """The format of the state documents; one without "version" predates the field and is version 1."""
 
 BUNDLE_SLOTS = ("current", "previous", "pending")
-SET_ASIDE = {"pending": "pending.pem", "order": "order.json"}
+SET_ASIDE = MappingProxyType({"pending": "pending.pem", "order": "order.json"})
 """What a run can set aside, and its file in a certificate's directory."""
 READ_SIZE = 16384
 """Enough for a record or a bundle in one read."""
@@ -209,7 +211,7 @@ def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, not {type(data).__name__}")
     except ValueError as error:
-        raise CertrenewError(f"corrupt state file {where}: {error}") from None
+        raise CertrenewError(f"corrupt state file {where}: {error}") from error
     version = data.get("version", VERSION)
     if version != VERSION:
         raise CertrenewError(f"state file {where} has format version {version!r}; this certrenew reads "
@@ -217,9 +219,9 @@ def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
     try:
         return parse(data)
     except KeyError as error:
-        raise CertrenewError(f"corrupt state file {where}: {error} is missing") from None
+        raise CertrenewError(f"corrupt state file {where}: {error} is missing") from error
     except (ValueError, TypeError, AttributeError) as error:
-        raise CertrenewError(f"corrupt state file {where}: {error}") from None
+        raise CertrenewError(f"corrupt state file {where}: {error}") from error
 
 
 def _text(key: str, value: Any) -> str:
@@ -243,8 +245,8 @@ def _check_domains(domains: Any) -> None:
 class Store(Protocol):
     """Where runs keep their state. Writes happen only while holding `lock`; reads need no lock."""
 
-    def lock(self, timeout: float) -> AbstractContextManager[object]:
-        """Hold the store for one run, waiting up to `timeout` seconds for another run to let go;
+    def lock(self, timeout: float, context: RunContext | None = None) -> AbstractContextManager[object]:
+        """Hold the store for one run (`context`), waiting up to `timeout` seconds for another run to let go;
         raise CertrenewError naming the holder if it does not."""
 
     def names(self) -> list[str]:
@@ -305,26 +307,29 @@ class FileStore:
     """State under a local directory; one subdirectory per certificate name.
 
     Hot paths use plain string paths and one open per file: a run over ten thousand
-    certificates reads one small meta.json for each (see README, Performance).
+    certificates reads one small meta.json for each (see docs/performance.md).
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._accounts, self._certificates = (os.path.join(self.root, top) for top in ("accounts", "certificates"))
         self._locked = False
+        self._context: RunContext | None = None
         self._checked_at = -RECHECK_AFTER
         """When (time.monotonic) a read without the lock last checked the top directories."""
 
     @contextmanager
-    def lock(self, timeout: float) -> Iterator[None]:
-        """An exclusive flock on `<root>/lock` (see `certrenew.state.lock`); once held, ready the layout."""
-        with StateLock(self.root, timeout):
+    def lock(self, timeout: float, context: RunContext | None = None) -> Iterator[None]:
+        """An exclusive flock on `<root>/lock` (see `certrenew.state.lock`); once held, ready the layout.
+        The writes made under it are `context`'s: a signal does not cut them, a cancelled worker starts none."""
+        with StateLock(self.root, timeout, context):
+            self._context = context
             self._prepare()
             self._locked = True
             try:
                 yield
             finally:
-                self._locked = False
+                self._locked, self._context = False, None
 
     def _prepare(self) -> None:
         """Create the layout with private permissions and clear temps of a killed run.
@@ -377,8 +382,9 @@ class FileStore:
     def save_account(self, directory_url: str, account: Account) -> None:
         directory = self._account_dir(directory_url)
         owned.make_dir(directory)
-        write_atomic(directory / "key.pem", account.key_pem)
-        write_atomic(directory / "account.json", encode({"directory": directory_url, "uri": account.uri}))
+        write_atomic(directory / "key.pem", account.key_pem, context=self._context)
+        write_atomic(directory / "account.json", encode({"directory": directory_url, "uri": account.uri}),
+                     context=self._context)
 
     # Certificates.
 
@@ -422,7 +428,7 @@ class FileStore:
         try:
             return self._load_json(name, "meta.json", functools.partial(CertificateRecord.from_json, name=name))
         except CertrenewError as error:
-            raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from None
+            raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from error
 
     def save_record(self, record: CertificateRecord) -> None:
         self._save_json(record.name, "meta.json", record.to_json())
@@ -432,7 +438,7 @@ class FileStore:
         return None if raw is None else decode(raw, parse, self._path(name, file))
 
     def _save_json(self, name: str, file: str, document: dict) -> None:
-        write_atomic(self._writable_dir(name) / file, encode(document))
+        write_atomic(self._writable_dir(name) / file, encode(document), context=self._context)
 
     def load_bundle(self, name: str, slot: str = "current") -> bytes | None:
         if slot not in BUNDLE_SLOTS:
@@ -454,7 +460,7 @@ class FileStore:
     def save_pending(self, name: str, bundle: bytes, directory: str | None = None) -> None:
         # Its CA first: a pending.pem never goes with another one's pending.json.
         self._save_json(name, "pending.json", {"directory": directory})
-        write_atomic(self._writable_dir(name) / "pending.pem", bundle)
+        write_atomic(self._writable_dir(name) / "pending.pem", bundle, context=self._context)
         self.discard_order(name)
 
     def pending_directory(self, name: str) -> str | None:
@@ -477,7 +483,7 @@ class FileStore:
                 _remove(self._path(name, "pending.json"))
             fsync_directory(directory)
         except OSError as error:
-            raise CertrenewError(f"cannot set aside {source}: {error.strerror or error}") from None
+            raise CertrenewError(f"cannot set aside {source}: {error.strerror or error}") from error
         return str(target)
 
     def promote_pending(self, record: CertificateRecord) -> None:
@@ -488,8 +494,8 @@ class FileStore:
         directory = self._writable_dir(record.name)
         current = self.load_bundle(record.name)
         if current is not None:
-            write_atomic(directory / "previous.pem", current)
-        write_atomic(directory / "current.pem", pending)
+            write_atomic(directory / "previous.pem", current, context=self._context)
+        write_atomic(directory / "current.pem", pending, context=self._context)
         self.save_record(record)
         self.discard_pending(record.name)
 
@@ -505,7 +511,7 @@ class FileStore:
         _remove_expired(directory)
         document = {"domain": domain, "validation": validation, "published": _utc_now().isoformat()}
         # Not fsynced: an answer is worth nothing after a crash, and a run publishes one per name.
-        write_atomic(Path(self._challenge_path(token)), encode(document), sync=False)
+        write_atomic(Path(self._challenge_path(token)), encode(document), sync=False, context=self._context)
 
     def find_challenge(self, token: str) -> tuple[str, str] | None:
         self._check_layout()
@@ -567,7 +573,7 @@ def _read(path: str | Path) -> bytes | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:
-        raise CertrenewError(f"cannot read {path}: {error.strerror}") from None
+        raise CertrenewError(f"cannot read {path}: {error.strerror}") from error
     try:
         chunks = []
         while chunk := os.read(fd, READ_SIZE):

@@ -1,1 +1,2 @@
-"""What every step leans on: signals, atomic files, ownership checks, limits, commands, listening sockets."""
+"""What every step leans on: the run context, signals, atomic files, ownership checks, limits, commands,
+listening sockets."""

@@ -8,10 +8,11 @@ import os
 import secrets
 import stat
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from certrenew.errors import CertrenewError
-from certrenew.system import signals
+from certrenew.system.runcontext import RunContext
 
 TEMP_PREFIX = ".certrenew-"
 TEMP_SUFFIX = ".tmp"
@@ -21,22 +22,22 @@ STALE_AFTER = 3600.0
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = False, sync: bool = True,
-                 sync_directory: bool = True) -> None:
+                 sync_directory: bool = True, context: RunContext | None = None) -> None:
     """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync dir.
 
     The new file gets `mode` less the umask, or with `keep_mode` the mode of the file
     it replaces, so an operator's chmod survives a renewal; less any write bit for group
     and others, which would let someone else swap the key or the chain. The temp file is hidden
     and removed on any failure (a full disk included), so a directory HAProxy loads
-    wholesale never keeps a partial file and the old `path` stays as it was. A signal
-    arriving meanwhile is held until the write is done (see `signals.critical`). Without
+    wholesale never keeps a partial file and the old `path` stays as it was. In a `context`, a
+    signal arriving meanwhile is held until the write is done (see `RunContext.critical`). Without
     `sync` nothing is fsynced: for what is worth nothing after a crash. Without `sync_directory`
     the rename is not made durable: for a caller that writes many files in one directory and
     fsyncs it once.
     """
     directory = path.parent
     temp = temp_path(directory)
-    with signals.critical():
+    with context.critical() if context is not None else nullcontext():
         try:
             kept = stat.S_IMODE(path.stat().st_mode) & ~_WRITABLE_BY_OTHERS if keep_mode and path.exists() else None
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -55,7 +56,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
             if sync and sync_directory:
                 fsync_directory(directory)
         except OSError as error:
-            raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from None
+            raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def temp_path(directory: Path) -> Path:

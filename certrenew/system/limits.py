@@ -5,6 +5,7 @@ import os
 import resource
 import stat
 from pathlib import Path
+from types import MappingProxyType
 
 MAX_BUNDLE = 2 * 1024 * 1024
 """The largest bundle certrenew reads from the ssl dir, in bytes. The chain a CA sends is at
@@ -16,8 +17,8 @@ MAX_CONFIG = 8 * 1024 * 1024
 MAX_KEY_FILE = 64 * 1024
 """The largest key file read (a TSIG key file is a few lines)."""
 
-_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-          stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
+_KINDS = MappingProxyType({stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+                           stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"})
 """What a path holds that is not a regular file, as a refusal names it."""
 
 

@@ -79,8 +79,8 @@ def parse_listen(listen: str) -> Address:
         return Address(path=listen)
     try:
         host, port = split_host_port(listen)
-    except ValueError:
-        raise ValueError(f"{listen}: expected a unix socket path (e.g. {DEFAULT_LISTEN}) or HOST:PORT") from None
+    except ValueError as cause:
+        raise ValueError(f"{listen}: expected a unix socket path (e.g. {DEFAULT_LISTEN}) or HOST:PORT") from cause
     return Address(host=host, port=port)
 
 
@@ -136,7 +136,7 @@ def _bind_unix(path: str) -> tuple[socket.socket, tuple[int, int]]:
             os.chmod(directory, DIR_MODE)  # whatever the umask
         except OSError as error:
             raise CertrenewError(f"cannot create {directory} for the responder's socket: {error.strerror}; "
-                                 f"{create_hint(directory)}") from None
+                                 f"{create_hint(directory)}") from error
         check_socket_dir(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -29,7 +29,7 @@ def open_file(path: str | Path, flags: int, mode: int = 0o600) -> int:
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise CertrenewError(f"refusing {path}: it is a symbolic link, and certrenew follows none in its "
-                                 "state dir (remove it)") from None
+                                 "state dir (remove it)") from error
         raise
     try:
         status = os.fstat(fd)
@@ -67,7 +67,7 @@ def make_dir(path: Path, follow: bool = False) -> None:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
         raise CertrenewError(f"cannot create the state dir {path}: {error.strerror} (create it for the "
-                             "user certrenew runs as, or set --state-dir)") from None
+                             "user certrenew runs as, or set --state-dir)") from error
     check_dir(path, follow)
 
 
@@ -91,7 +91,7 @@ def read_secret(path: str | Path, what: str, limit: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as error:
-        raise UsageError(f"{what} {path}: cannot read it: {error.strerror}") from None
+        raise UsageError(f"{what} {path}: cannot read it: {error.strerror}") from error
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):

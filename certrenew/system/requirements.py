@@ -7,10 +7,11 @@ order with an AttributeError; this check turns it into one line naming the fix.
 
 import re
 from importlib import metadata
+from types import MappingProxyType
 
 from certrenew.errors import CertrenewError
 
-MINIMUM = {"acme": "5.0", "josepy": "2.0"}
+MINIMUM = MappingProxyType({"acme": "5.0", "josepy": "2.0"})
 """Keep in step with pyproject.toml's dependencies."""
 
 
@@ -19,9 +20,9 @@ def check_acme_stack() -> None:
     for package, minimum in MINIMUM.items():
         try:
             installed = metadata.version(package)
-        except metadata.PackageNotFoundError:
+        except metadata.PackageNotFoundError as cause:
             raise CertrenewError(f"{package} is not installed: certrenew needs {package} >= {minimum}; "
-                                 "install with pip") from None
+                                 "install with pip") from cause
         if _release(installed) < _release(minimum):
             raise CertrenewError(f"{package} {installed} is too old: certrenew needs {package} >= {minimum}; "
                                  "install with pip")

@@ -1,14 +1,14 @@
 """Ending a run cleanly on SIGINT or SIGTERM.
 
-The main thread gets an `Interrupted` exception (like KeyboardInterrupt, for both
-signals), so every `finally` and `with` on its way out runs: the responder closes its
-port, temp files are removed, the lock is released. Worker threads cannot receive
-signals; they see the shared `cancelled` event at their next wait or network call
-(`check`, `sleep`). A worker blocked on the CA (up to a request's timeout) is not
-waited for: `exit_abandoning_workers` ends the process once no file is being written,
-which is safe because every write is atomic and every step can be resumed. A signal
-arriving inside a `critical` section (a file being replaced) is held until the
-section ends, so no write is cut half-way; after a signal, workers start no new one.
+The signal handler only cancels the `RunContext` it was installed for. In the main thread
+it then raises `Interrupted` (like KeyboardInterrupt, for both signals), so every `finally`
+and `with` on its way out runs: the responder closes its port, temp files are removed, the
+lock is released. Worker threads cannot receive signals; they see the cancelled context at
+their next wait or network call (`check`, `sleep`). A worker blocked on the CA (up to a
+request's timeout) is not waited for: `exit_abandoning_workers` ends the process once no
+file is being written, which is safe because every write is atomic and every step can be
+resumed. A signal arriving inside a `critical` section (a file being replaced) is held until
+the section ends, so no write is cut half-way; after a signal, workers start no new one.
 """
 
 import os
@@ -20,102 +20,32 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from certrenew.errors import Interrupted
+from certrenew.system.runcontext import RunContext
+
 HANDLED = (signal.SIGINT, signal.SIGTERM)
-
-cancelled = threading.Event()
-"""Set once a signal asked the run to stop; every thread's waits end early on it."""
-
-_state = threading.local()
-_writes = {"in_progress": 0}
-"""Critical sections in progress, in any thread (guarded by _writes_lock)."""
-_writes_lock = threading.Lock()
 WRITE_GRACE = 2.0
 """Seconds the main thread waits for workers' writes in progress before it exits."""
 
-
-class Interrupted(BaseException):
-    """A signal asked the run to stop (a BaseException, so `except Exception` does not swallow it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number, as a shell reports a process killed by it (130, 143)."""
-        return 128 + self.signum
-
-
-_received: list[int] = []
-
-
-def _handle(signum: int, frame) -> None:
-    if _received:
-        return  # already unwinding: let the cleanup finish
-    _received.append(signum)
-    cancelled.set()
-    if getattr(_state, "critical", 0):
-        _state.deferred = signum
-    else:
-        raise Interrupted(signum)
-
-
 @contextmanager
-def handled() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into `Interrupted` in the main thread while the block runs."""
-    previous = {signum: signal.signal(signum, _handle) for signum in HANDLED}
+def handled(context: RunContext) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM cancel `context` and raise `Interrupted` in the main thread."""
+    def handle(signum: int, frame) -> None:
+        if context.cancelled:
+            return  # already unwinding: let the cleanup finish
+        context.cancel(signum)
+        if not context.hold(signum):
+            raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, handle) for signum in HANDLED}
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _received.clear()
-        cancelled.clear()
 
 
-@contextmanager
-def critical() -> Iterator[None]:
-    """Hold a signal that arrives during the block until the block is done, then raise it."""
-    if threading.current_thread() is not threading.main_thread():
-        check()  # a cancelled worker starts no new write: the main thread is about to exit
-    _state.critical = getattr(_state, "critical", 0) + 1
-    try:
-        with finishing():
-            yield
-    finally:
-        _state.critical -= 1
-    deferred = getattr(_state, "deferred", None)
-    if _state.critical == 0 and deferred is not None:
-        _state.deferred = None
-        raise Interrupted(deferred)
-
-
-@contextmanager
-def finishing() -> Iterator[None]:
-    """A step the process must not be ended in the middle of, even after a signal (a file being
-    replaced, a published DNS record being withdrawn): `exit_abandoning_workers` waits for it."""
-    with _writes_lock:
-        _writes["in_progress"] += 1
-    try:
-        yield
-    finally:
-        with _writes_lock:
-            _writes["in_progress"] -= 1
-
-
-def check() -> None:
-    """Raise `Interrupted` in any thread once a signal has asked the run to stop."""
-    if cancelled.is_set():
-        raise Interrupted(_received[0] if _received else signal.SIGTERM)
-
-
-def sleep(seconds: float) -> None:
-    """`time.sleep` that ends as soon as the run is cancelled."""
-    if cancelled.wait(seconds):
-        check()
-
-
-def exit_abandoning_workers(code: int) -> int:
+def exit_abandoning_workers(context: RunContext, code: int) -> int:
     """Return `code`, or, while worker threads still run (blocked on the CA), end the process.
 
     The workers are left as if killed, but only once none of them is writing a file or
@@ -126,7 +56,7 @@ def exit_abandoning_workers(code: int) -> int:
     if not workers:
         return code
     end = time.monotonic() + WRITE_GRACE
-    while _writes["in_progress"] and time.monotonic() < end:
+    while context.writes_in_progress and time.monotonic() < end:
         time.sleep(0.01)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -2,7 +2,7 @@
 
 `named -g` serves example.test (and lagging.test, below) on a free loopback port and
 accepts RFC 2136 updates of TXT records signed with a TSIG key made by `tsig-keygen`
-(`update-policy { grant <key> zonesub TXT; }`, as the README tells operators to write).
+(`update-policy { grant <key> zonesub TXT; }`, as docs/dns-01.md tells operators to write).
 Every name under the zone is 127.0.0.1 (apex and wildcard A records), so a CA pointed at
 this server (pebble -dnsserver) still reaches HAProxy for HTTP-01.
 

@@ -27,7 +27,7 @@ class MemoryStore:
         self._lock = threading.Lock()
 
     @contextmanager
-    def lock(self, timeout: float) -> Iterator[None]:
+    def lock(self, timeout: float, context=None) -> Iterator[None]:
         if not self._lock.acquire(timeout=timeout):
             raise CertrenewError(f"another run holds the in-memory store; gave up after {timeout:g} s")
         try:

@@ -14,8 +14,8 @@ import pytest
 from certrenew.challenge.dns01 import Dns01Solver, TxtRecord, parse_dns_server
 from certrenew.challenge.dnshook import DnsHook
 from certrenew.challenge.rfc2136 import Rfc2136Publisher, load_tsig_key
-from certrenew.errors import CertrenewError, UsageError
-from certrenew.system import signals
+from certrenew.errors import CertrenewError, Interrupted, UsageError
+from certrenew.system.runcontext import RunContext
 from tests.harness.bind import KEY_NAME, LAGGING_ZONE, ZONE, Bind
 
 HOOK = Path(__file__).resolve().parents[1] / "harness" / "nsupdate-hook"
@@ -234,17 +234,17 @@ def test_concurrent_orders_each_wait_for_their_own_records(bind):
 
 
 def test_a_signal_ends_wait_ready_at_once(bind):
-    solver = hook_solver(bind, "true", propagation_timeout=120)
+    context = RunContext()
+    solver = hook_solver(bind, "true", propagation_timeout=120, context=context)
     solver.present(f"interrupted.{ZONE}", "token", value())
-    timer = threading.Timer(1.0, signals.cancelled.set)
+    timer = threading.Timer(1.0, context.cancel)
     timer.start()
     started = time.monotonic()
     try:
-        with pytest.raises(signals.Interrupted):
+        with pytest.raises(Interrupted):
             solver.wait_ready()
     finally:
         timer.cancel()
-        signals.cancelled.clear()
     assert time.monotonic() - started < 15
 
 

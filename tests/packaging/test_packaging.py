@@ -1,6 +1,6 @@
 """What users install is what was tested: the wheel and sdist `python -m build` makes, and the
-README's Install commands, run as written on this Debian, then `systemd-analyze verify` on the
-units they installed.
+Install commands of docs/install.md, run as written on this Debian, then `systemd-analyze verify`
+on the units they installed.
 
 The Install commands write to /etc, /opt, /usr/local and /var as root. They run in a private
 mount namespace (unshare) where those directories, and HOME for pip's cache, are overlays whose
@@ -23,7 +23,7 @@ from test_systemd import unit_settings
 import certrenew
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+INSTALL_PAGE = (ROOT / "docs" / "install.md").read_text()
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # root's, as Debian ships it
 OVERLAID = ("/etc", "/opt", "/usr/local", "/var")
 
@@ -46,11 +46,9 @@ set -x
 
 
 def install_commands() -> list[str]:
-    """The commands of the README's Install section: its first sh block, one a line."""
-    start = README.index("\n## Install\n")
-    section = README[start:README.index("\n## ", start + 1)]
-    block = re.search(r"^```sh\n(.*?)^```", section, re.M | re.S)
-    assert block, "the README's Install section has no sh block"
+    """The commands of the docs' Install page: its first sh block, one a line."""
+    block = re.search(r"^```sh\n(.*?)^```", INSTALL_PAGE, re.M | re.S)
+    assert block, "docs/install.md has no sh block"
     return block.group(1).splitlines()
 
 
@@ -87,7 +85,7 @@ def test_the_sdist_holds_the_source_the_units_and_the_docs(dist):
     with tarfile.open(sdist) as archive:
         names = {name.partition("/")[2] for name in archive.getnames()}
     shipped = ["README.md", "LICENSE", "CHANGELOG.md", "pyproject.toml", "Dockerfile",
-               *(str(path.relative_to(ROOT)) for folder in ("certrenew", "systemd", "haproxy", "examples")
+               *(str(path.relative_to(ROOT)) for folder in ("certrenew", "systemd", "haproxy", "examples", "docs")
                  for path in (ROOT / folder).rglob("*") if path.is_file() and "__pycache__" not in path.parts)]
     assert set(shipped) - names == set()
 

@@ -3,6 +3,7 @@
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -435,3 +436,31 @@ def test_a_socket_check_names_the_socket_once(tmp_path):
                        "--directory", "https://127.0.0.1:9/dir", "--reload-command", "true")
     (line,) = [line for line in result.stdout.splitlines() if str(missing) in line]
     assert line.startswith(f"FAIL HAProxy socket {missing}: No such file") and line.count(str(missing)) == 1, line
+
+
+def test_verbose_shows_the_cause_under_the_error_line(tmp_path):
+    (tmp_path / "ssl").mkdir()
+    key = tmp_path / "missing.key"
+    args = ("a.example", "--challenge", "dns-01", "--dns-server", "127.0.0.1", "--tsig-key", key,
+            "--state-dir", tmp_path / "state", "--ssl-dir", tmp_path / "ssl", "--agree-tos")
+    line = one_line(certrenew(*args), 2)
+    assert line == f"certrenew: error: TSIG key file {key}: cannot read it: No such file or directory\n"
+    verbose = certrenew(*args, "-v")
+    assert verbose.returncode == 2 and verbose.stderr.endswith(
+        line + f"certrenew:   caused by FileNotFoundError: [Errno 2] No such file or directory: '{key}'\n"), verbose.stderr
+
+
+def test_verbose_shows_what_a_certificate_failed_on_underneath(tmp_path):
+    (tmp_path / "ssl").mkdir()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        listen = f"127.0.0.1:{free.getsockname()[1]}"
+    outputs = []
+    for verbose in ((), ("-v",)):
+        state = tmp_path / f"state{len(outputs)}"  # each its first attempt: no back-off from the other
+        result = certrenew("a.example", "--directory", "https://127.0.0.1:9/dir", "--state-dir", state, "--ssl-dir",
+                           tmp_path / "ssl", "--agree-tos", "--reload-command", "true", "--listen", listen, *verbose)
+        assert result.returncode == 1 and "a.example: failed: cannot reach the ACME directory" in result.stderr
+        outputs.append(result.stderr)
+    assert "caused by" not in outputs[0]
+    assert "a.example: caused by ConnectionRefusedError: [Errno 111] Connection refused\n" in outputs[1], outputs[1]

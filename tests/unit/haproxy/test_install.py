@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import trustme
 
-from certrenew.errors import CertrenewError, Refused
+from certrenew.errors import CertrenewError, Interrupted, Refused
 from certrenew.haproxy import install, service
 from certrenew.haproxy.install import Blocked, Installer, Serving
 from certrenew.haproxy.runtime_api import RuntimeApiError
 from certrenew.pki.bundle import build_bundle, pem_blocks
 from certrenew.system import limits, signals
+from certrenew.system.runcontext import RunContext
 from tests.harness.fake_haproxy import FakeHAProxy
 
 NAME = "site.example"
@@ -200,8 +201,9 @@ def test_a_signal_during_the_install_puts_the_previous_certificate_back(tmp_path
     path = ssl_dir / f"{NAME}.pem"
     old = bundle_of(trustme.CA())
     path.write_bytes(old)
-    with signals.handled(), pytest.raises(signals.Interrupted, match="SIGTERM"):
-        Installer(ssl_dir, "sh -c 'kill -TERM $PPID; sleep 5'").install({NAME: bundle_of(trustme.CA())})
+    context = RunContext()
+    with signals.handled(context), pytest.raises(Interrupted, match="SIGTERM"):
+        Installer(ssl_dir, "sh -c 'kill -TERM $PPID; sleep 5'", context=context).install({NAME: bundle_of(trustme.CA())})
     assert path.read_bytes() == old
 
 

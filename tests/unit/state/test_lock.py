@@ -7,7 +7,7 @@ import pytest
 
 from certrenew.errors import CertrenewError
 from certrenew.state.lock import StateLock
-from certrenew.system import signals
+from certrenew.system.runcontext import RunContext
 
 
 def test_the_holder_writes_its_pid_and_releases_on_exit(tmp_path):
@@ -29,13 +29,14 @@ def test_a_second_run_gives_up_naming_the_holder(tmp_path):
 
 def test_a_second_run_waits_for_the_first(tmp_path, monkeypatch):
     polls = threading.Semaphore(0)
-    sleep = signals.sleep
-    monkeypatch.setattr(signals, "sleep", lambda seconds: (polls.release(), sleep(seconds)))
+    context = RunContext()
+    sleep = context.sleep
+    monkeypatch.setattr(context, "sleep", lambda seconds: (polls.release(), sleep(seconds)))
     order = []
     first = StateLock(tmp_path, timeout=0).__enter__()
 
     def second():
-        with StateLock(tmp_path, timeout=10):
+        with StateLock(tmp_path, timeout=10, context=context):
             order.append("second acquired")
 
     waiter = threading.Thread(target=second)

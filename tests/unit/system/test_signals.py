@@ -6,19 +6,21 @@ import threading
 
 import pytest
 
+from certrenew.errors import Interrupted
 from certrenew.system import signals
 from certrenew.system.atomicfile import TEMP_PREFIX, write_atomic
+from certrenew.system.runcontext import RunContext
 
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_sigint_become_interrupted_with_their_exit_status(signum, exit_code):
-    before = signal.getsignal(signum)
-    with pytest.raises(signals.Interrupted) as raised:
-        with signals.handled():
+    before, context = signal.getsignal(signum), RunContext()
+    with pytest.raises(Interrupted) as raised:
+        with signals.handled(context):
             os.kill(os.getpid(), signum)
-            signals.sleep(5)
+            context.sleep(5)
     assert raised.value.exit_code == exit_code and signal.Signals(signum).name in str(raised.value)
-    assert not signals.cancelled.is_set()  # reset for the next run in this process
+    assert context.cancelled and not RunContext().cancelled  # the next run in this process starts afresh
     assert signal.getsignal(signum) is before
 
 
@@ -31,41 +33,44 @@ def test_a_signal_during_a_write_is_held_until_the_file_is_complete(tmp_path, mo
         os.kill(os.getpid(), signal.SIGTERM)  # arrives between fsync and rename
         real_replace(src, dst)
     monkeypatch.setattr(os, "replace", replace_after_a_signal)
-    with pytest.raises(signals.Interrupted):
-        with signals.handled():
-            write_atomic(target, b"new")
+    context = RunContext()
+    with pytest.raises(Interrupted):
+        with signals.handled(context):
+            write_atomic(target, b"new", context=context)
     assert target.read_bytes() == b"new"
     assert not list(tmp_path.glob(TEMP_PREFIX + "*"))
 
 
 def test_workers_see_the_cancellation():
-    with signals.handled():
-        signals.cancelled.set()
-        with pytest.raises(signals.Interrupted):
-            signals.check()
+    context = RunContext()
+    with signals.handled(context):
+        context.cancel()
+        with pytest.raises(Interrupted):
+            context.check()
 
 
 def test_workers_still_see_the_cancellation_while_the_cli_abandons_them(monkeypatch):
     """The run has released its lock by then: a worker that missed the signal must not start a write."""
     from certrenew.cli import commands
 
-    def interrupted(argv):
-        signals._handle(signal.SIGTERM, None)
+    def interrupted(argv, context):
+        os.kill(os.getpid(), signal.SIGTERM)
+        context.sleep(5)
 
     seen = []
-    monkeypatch.setitem(commands.COMMANDS, "boom", interrupted)
-    monkeypatch.setattr(signals, "exit_abandoning_workers", lambda code: seen.append(signals.cancelled.is_set()) or code)
+    monkeypatch.setattr(commands, "COMMANDS", {**commands.COMMANDS, "boom": interrupted})
+    monkeypatch.setattr(signals, "exit_abandoning_workers", lambda context, code: seen.append(context.cancelled) or code)
     assert commands.main(["boom"]) == 143
-    assert seen == [True] and not signals.cancelled.is_set()
+    assert seen == [True]
 
 
 def test_a_second_signal_does_not_cut_the_cleanup_of_the_first():
-    cleaned = []
-    with pytest.raises(signals.Interrupted, match="SIGTERM"):
-        with signals.handled():
+    cleaned, context = [], RunContext()
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        with signals.handled(context):
             try:
                 os.kill(os.getpid(), signal.SIGTERM)
-                signals.sleep(5)
+                context.sleep(5)
             finally:
                 os.kill(os.getpid(), signal.SIGINT)  # the operator presses Ctrl-C while it unwinds
                 cleaned.append("responder closed")
@@ -73,11 +78,11 @@ def test_a_second_signal_does_not_cut_the_cleanup_of_the_first():
 
 
 def test_a_held_signal_is_raised_when_the_outermost_critical_section_ends():
-    steps = []
-    with pytest.raises(signals.Interrupted):
-        with signals.handled():
-            with signals.critical():
-                with signals.critical():
+    steps, context = [], RunContext()
+    with pytest.raises(Interrupted):
+        with signals.handled(context):
+            with context.critical():
+                with context.critical():
                     os.kill(os.getpid(), signal.SIGTERM)
                     steps.append("inner done")
                 steps.append("outer done")  # still one write: the signal waits for it
@@ -86,15 +91,15 @@ def test_a_held_signal_is_raised_when_the_outermost_critical_section_ends():
 
 
 def test_a_worker_starts_no_write_once_the_run_is_cancelled(tmp_path):
-    target, outcome = tmp_path / "meta.json", []
+    target, outcome, context = tmp_path / "meta.json", [], RunContext()
 
     def worker():
         try:
-            write_atomic(target, b"new")
-        except signals.Interrupted:
+            write_atomic(target, b"new", context=context)
+        except Interrupted:
             outcome.append("interrupted")
-    with signals.handled():
-        signals.cancelled.set()
+    with signals.handled(context):
+        context.cancel()
         thread = threading.Thread(target=worker)
         thread.start()
         thread.join(timeout=10)
@@ -107,16 +112,17 @@ def test_the_process_ends_only_once_a_workers_write_is_done(tmp_path):
     program = f"""
 import threading, time
 from certrenew.system import signals
-entered = threading.Event()
+from certrenew.system.runcontext import RunContext
+context, entered = RunContext(), threading.Event()
 def worker():
-    with signals.finishing():
+    with context.finishing():
         entered.set()
         time.sleep(0.5)
         open({str(done)!r}, "w").close()
     time.sleep(60)  # then blocked on the CA: abandoned
 threading.Thread(target=worker).start()
 entered.wait(10)
-signals.exit_abandoning_workers(143)
+signals.exit_abandoning_workers(context, 143)
 """
     result = subprocess.run([sys.executable, "-c", program], timeout=30)
     assert result.returncode == 143 and done.exists()
