@@ -18,10 +18,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from certrenew.errors import CertrenewError, UsageError
+from certrenew.errors import CertrenewError, Interrupted, UsageError
 from certrenew.state.backend import ABSENT, Busy, Conflict, Entry, Fenced, Lease
 from certrenew.state.etcd_client import EtcdClient, Tls, b64, unb64
-from certrenew.system import signals
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class EtcdLease:
             try:
                 answer = self._backend._client.call("/v3/lease/keepalive", {"ID": str(self.id)},
                                                      patience=self._ttl / 3)
-            except CertrenewError as error:
+            except (CertrenewError, Interrupted) as error:  # cancelled: held until the `with` block ends
                 if time.monotonic() - renewed < self._ttl:
                     continue
                 log.warning("the lease of the lock on %s could not be renewed: %s", self.key, error)
@@ -230,7 +230,7 @@ class EtcdBackend:
             if not said and wait > 0:
                 log.warning("%s holds the lock on %s; waiting up to %g s for it", current, lease.key, wait)
                 said = True
-            signals.check()
+            self._client.context.check()
             self._client.deleted(self._lock_key(lease.key), int(answer["header"]["revision"]),
                                  min(WATCH, max(end - time.monotonic(), 0.001)))
 
@@ -245,12 +245,13 @@ class EtcdBackend:
         self._client.close()
 
 
-def from_url(url: str, *, tls: Tls | None = None, username: str | None = None,
-             password: str | None = None) -> EtcdBackend:
+def from_url(url: str, *, tls: Tls | None = None, username: str | None = None, password: str | None = None,
+             context: RunContext | None = None) -> EtcdBackend:
     """The backend at `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`, or UsageError naming the right form."""
     match = URL.fullmatch(url)
     endpoints = match["endpoints"].split(",") if match else []
     if not match or not all(ENDPOINT.fullmatch(endpoint) for endpoint in endpoints):
         raise UsageError(f"not an etcd store: {url!r}; the form is etcd://HOST:PORT[,HOST:PORT...]/PREFIX")
-    return EtcdBackend(EtcdClient(endpoints, tls=tls, username=username, password=password), match["prefix"])
+    client = EtcdClient(endpoints, tls=tls, username=username, password=password, context=context)
+    return EtcdBackend(client, match["prefix"])
 

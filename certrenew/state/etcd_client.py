@@ -22,7 +22,7 @@ from requests.adapters import HTTPAdapter
 
 from certrenew.errors import ConfigurationError
 from certrenew.state.backend import Unavailable
-from certrenew.system import signals
+from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Tls:
     key: Path | None = None
 
 
-class Refused(ConfigurationError):
+class EtcdRefused(ConfigurationError):
     """etcd answered, and refused: wrong credentials, a role without the prefix, a bad request."""
 
 
@@ -77,8 +77,10 @@ class EtcdClient:
     """Calls to an etcd cluster at `endpoints` (HOST:PORT each), safe to share between threads."""
 
     def __init__(self, endpoints: list[str], *, tls: Tls | None = None, username: str | None = None,
-                 password: str | None = None, patience: float = PATIENCE) -> None:
+                 password: str | None = None, patience: float = PATIENCE, context: RunContext | None = None) -> None:
         scheme = "https" if tls else "http"
+        self.context = context or RunContext()
+        """The run whose cancellation ends every wait (a retry's pause, a lock's wait)."""
         self.endpoints = endpoints
         self._urls = [f"{scheme}://{endpoint}" for endpoint in endpoints]
         self._current = 0
@@ -126,7 +128,7 @@ class EtcdClient:
             if time.monotonic() >= end:
                 raise Unavailable(f"etcd at {','.join(self.endpoints)} did not answer ({last}); check that "
                                   "etcd runs there and --store names its client endpoints")
-            signals.sleep(RETRY_PAUSE)
+            self.context.sleep(RETRY_PAUSE)
 
     def _send(self, index: int, path: str, body: dict[str, Any], *, login: bool = True,
               fresh: bool = False) -> dict[str, Any]:
@@ -141,8 +143,8 @@ class EtcdClient:
         except requests.exceptions.SSLError as error:
             if "certificate" not in str(error).lower():  # a handshake cut short: try the next endpoint
                 raise _Failed(_reason(error)) from None
-            raise Refused(f"TLS with etcd at {self.endpoints[index]} failed: {_reason(error)} (check the CA "
-                          "bundle and the client certificate and key)") from None
+            raise EtcdRefused(f"TLS with etcd at {self.endpoints[index]} failed: {_reason(error)} (check the CA "
+                          "bundle and the client certificate and key)") from error
         except (requests.RequestException, ValueError) as error:
             raise _Failed(_reason(error)) from None
         if "error" not in answer and response.ok:
@@ -156,10 +158,10 @@ class EtcdClient:
         if code in (UNAUTHENTICATED, PERMISSION_DENIED) or "user name is empty" in str(message) or \
                 (path == AUTHENTICATE and code in (INVALID_ARGUMENT, FAILED_PRECONDITION)):
             who = f"user {self._credentials[0]!r}" if self._credentials else "a client without credentials"
-            raise Refused(f"etcd at {self.endpoints[index]} refused {who}: {message} (check the etcd user, "
+            raise EtcdRefused(f"etcd at {self.endpoints[index]} refused {who}: {message} (check the etcd user, "
                           "its password and its role's permission on the prefix)")
         if code in (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION):
-            raise Refused(f"etcd at {self.endpoints[index]} refused {path}: {message}")
+            raise EtcdRefused(f"etcd at {self.endpoints[index]} refused {path}: {message}")
         raise _Failed(message)
 
     def deleted(self, key: bytes, after: int, timeout: float) -> bool:
@@ -172,16 +174,16 @@ class EtcdClient:
             url = self._urls[self._current]
         body = {"create_request": {"key": b64(key), "start_revision": str(after + 1), "filters": ["NOPUT"]}}
         headers = {"Authorization": self._token} if self._token else {}
+        started = time.monotonic()
         try:
             with self._session.post(url + "/v3/watch", json=body, headers=headers, stream=True,
                                     timeout=(CONNECT_TIMEOUT, timeout)) as response:
                 if any(json.loads(line).get("result", {}).get("events") for line in response.iter_lines()):
                     return True
-        except requests.Timeout:
-            return False  # watched the whole time: not deleted
         except (requests.RequestException, ValueError):
-            pass
-        signals.sleep(min(RETRY_PAUSE, timeout))  # a watch refused or cut short: not straight back
+            pass  # (a stream's read timeout, the usual end, comes as a ConnectionError)
+        if time.monotonic() - started < timeout:  # a watch refused or cut short: not straight back
+            self.context.sleep(min(RETRY_PAUSE, timeout))
         return False
 
     def _login(self, index: int) -> None:

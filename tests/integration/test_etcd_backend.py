@@ -13,10 +13,11 @@ import uuid
 import pytest
 import trustme
 
-from certrenew.errors import CertrenewError, UsageError
+from certrenew.errors import CertrenewError, Interrupted, UsageError
 from certrenew.state.backend import ABSENT, Busy, Conflict, Fenced, Unavailable
 from certrenew.state.etcd import EtcdBackend, from_url
-from certrenew.state.etcd_client import EtcdClient, Refused, Tls
+from certrenew.state.etcd_client import EtcdClient, EtcdRefused, Tls
+from certrenew.system.runcontext import RunContext
 from tests.harness.etcd import EtcdCluster, Gateway
 from tests.harness.lab import REPO_ROOT, free_ports
 
@@ -110,6 +111,16 @@ def test_a_waiter_watches_for_the_holder_to_let_go_rather_than_asking_again_and_
             with waiter.lock("cert", ttl=TTL, wait=10, holder="waiter") as lease:
                 assert lease.token > held.token
     assert gateway.calls["/v3/kv/txn"] <= 5 and gateway.calls["/v3/watch"] >= 1, gateway.calls
+
+
+def test_a_cancelled_run_stops_waiting_for_a_lock(cluster, prefix, backend):
+    context = RunContext()
+    waiter = from_url(cluster.url(prefix), context=context)
+    with backend.lock("cert", ttl=TTL, wait=0, holder="holder"):
+        threading.Timer(0.5, context.cancel).start()
+        with pytest.raises(Interrupted):
+            with waiter.lock("cert", ttl=TTL, wait=30, holder="waiter"):
+                pass
 
 
 def test_the_keepalive_holds_the_lock_past_several_ttls(backend):
@@ -292,11 +303,11 @@ def test_a_user_logs_in_again_when_its_token_expires(secured):
 
 
 def test_wrong_credentials_and_a_prefix_outside_the_role_are_one_line(secured):
-    with pytest.raises(Refused, match=r"^etcd at 127.0.0.1:\d+ refused user 'node': .*authentication failed"):
+    with pytest.raises(EtcdRefused, match=r"^etcd at 127.0.0.1:\d+ refused user 'node': .*authentication failed"):
         from_url(secured.url("fleet"), username="node", password="wrong").get("a")
-    with pytest.raises(Refused, match=r"refused user 'node': .*permission denied"):
+    with pytest.raises(EtcdRefused, match=r"refused user 'node': .*permission denied"):
         from_url(secured.url("elsewhere"), username="node", password="nodepw").get("a")
-    with pytest.raises(Refused, match="refused a client without credentials"):
+    with pytest.raises(EtcdRefused, match="refused a client without credentials"):
         from_url(secured.url("fleet")).get("a")
 
 
@@ -311,5 +322,5 @@ def test_tls_with_a_client_certificate_and_a_wrong_ca_refused_in_one_line(tmp_pa
         assert backend.get("a").value == b"over TLS"
         trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
         stranger = Tls(ca=tmp_path / "other-ca.pem", cert=secure.tls.cert)
-        with pytest.raises(Refused, match=r"^TLS with etcd at 127.0.0.1:\d+ failed: .*certificate verify failed"):
+        with pytest.raises(EtcdRefused, match=r"^TLS with etcd at 127.0.0.1:\d+ failed: .*certificate verify failed"):
             from_url(secure.url("tls"), tls=stranger).get("a")
