@@ -50,10 +50,6 @@ class Tls:
     key: Path | None = None
 
 
-class EtcdRefused(ConfigurationError):
-    """etcd answered, and refused: wrong credentials, a role without the prefix, a bad request."""
-
-
 class _Failed(Exception):
     """One endpoint did not answer (or answered that it cannot now): try the next."""
 
@@ -143,7 +139,7 @@ class EtcdClient:
         except requests.exceptions.SSLError as error:
             if "certificate" not in str(error).lower():  # a handshake cut short: try the next endpoint
                 raise _Failed(_reason(error)) from None
-            raise EtcdRefused(f"TLS with etcd at {self.endpoints[index]} failed: {_reason(error)} (check the CA "
+            raise ConfigurationError(f"TLS with etcd at {self.endpoints[index]} failed: {_reason(error)} (check the CA "
                           "bundle and the client certificate and key)") from error
         except (requests.RequestException, ValueError) as error:
             raise _Failed(_reason(error)) from None
@@ -158,10 +154,10 @@ class EtcdClient:
         if code in (UNAUTHENTICATED, PERMISSION_DENIED) or "user name is empty" in str(message) or \
                 (path == AUTHENTICATE and code in (INVALID_ARGUMENT, FAILED_PRECONDITION)):
             who = f"user {self._credentials[0]!r}" if self._credentials else "a client without credentials"
-            raise EtcdRefused(f"etcd at {self.endpoints[index]} refused {who}: {message} (check the etcd user, "
+            raise ConfigurationError(f"etcd at {self.endpoints[index]} refused {who}: {message} (check the etcd user, "
                           "its password and its role's permission on the prefix)")
         if code in (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION):
-            raise EtcdRefused(f"etcd at {self.endpoints[index]} refused {path}: {message}")
+            raise ConfigurationError(f"etcd at {self.endpoints[index]} refused {path}: {message}")
         raise _Failed(message)
 
     def deleted(self, key: bytes, after: int, timeout: float) -> bool:

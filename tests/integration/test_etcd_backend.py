@@ -13,10 +13,10 @@ import uuid
 import pytest
 import trustme
 
-from certrenew.errors import CertrenewError, Interrupted, UsageError
+from certrenew.errors import CertrenewError, ConfigurationError, Interrupted, UsageError
 from certrenew.state.backend import ABSENT, Busy, Conflict, Fenced, Unavailable
 from certrenew.state.etcd import EtcdBackend, from_url
-from certrenew.state.etcd_client import EtcdClient, EtcdRefused, Tls
+from certrenew.state.etcd_client import EtcdClient, Tls
 from certrenew.system.runcontext import RunContext
 from tests.harness.etcd import EtcdCluster, Gateway
 from tests.harness.lab import REPO_ROOT, free_ports
@@ -303,11 +303,11 @@ def test_a_user_logs_in_again_when_its_token_expires(secured):
 
 
 def test_wrong_credentials_and_a_prefix_outside_the_role_are_one_line(secured):
-    with pytest.raises(EtcdRefused, match=r"^etcd at 127.0.0.1:\d+ refused user 'node': .*authentication failed"):
+    with pytest.raises(ConfigurationError, match=r"^etcd at 127.0.0.1:\d+ refused user 'node': .*authentication failed"):
         from_url(secured.url("fleet"), username="node", password="wrong").get("a")
-    with pytest.raises(EtcdRefused, match=r"refused user 'node': .*permission denied"):
+    with pytest.raises(ConfigurationError, match=r"refused user 'node': .*permission denied"):
         from_url(secured.url("elsewhere"), username="node", password="nodepw").get("a")
-    with pytest.raises(EtcdRefused, match="refused a client without credentials"):
+    with pytest.raises(ConfigurationError, match="refused a client without credentials"):
         from_url(secured.url("fleet")).get("a")
 
 
@@ -322,5 +322,5 @@ def test_tls_with_a_client_certificate_and_a_wrong_ca_refused_in_one_line(tmp_pa
         assert backend.get("a").value == b"over TLS"
         trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
         stranger = Tls(ca=tmp_path / "other-ca.pem", cert=secure.tls.cert)
-        with pytest.raises(EtcdRefused, match=r"^TLS with etcd at 127.0.0.1:\d+ failed: .*certificate verify failed"):
+        with pytest.raises(ConfigurationError, match=r"^TLS with etcd at 127.0.0.1:\d+ failed: .*certificate verify failed"):
             from_url(secure.url("tls"), tls=stranger).get("a")
