@@ -23,6 +23,7 @@ from certrenew.challenge.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServe
 from certrenew.challenge.dnshook import DnsHook
 from certrenew.challenge.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
 from certrenew.challenge.solver import DNS_01, HTTP_01, TLS_ALPN_01, check_domains
+from certrenew.challenge.stateless import MODES, RESPONDER, STATELESS
 from certrenew.errors import UsageError
 from certrenew.haproxy.runtime_api import check_address
 from certrenew.pki.domains import is_ip_address, normalize_domain, normalize_domains
@@ -160,6 +161,8 @@ class Settings:
     metrics_listen: str | None = None
     check_interval: datetime.timedelta = datetime.timedelta(hours=1)
     challenge: str = HTTP_01
+    http_01_mode: str = RESPONDER
+    http_01_node: tuple[str, ...] = ()
     dns_server: DnsServer | None = None
     tsig_key: Path | None = None
     dns_zone: str | None = None
@@ -344,6 +347,12 @@ def _challenge(challenge: str) -> str:
     return challenge
 
 
+def _http_01_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"{mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
 def _profile(name: str) -> str:
     if name.split() != [name]:
         raise ValueError(f"{name!r} is not a profile name (e.g. shortlived)")
@@ -519,6 +528,13 @@ OPTIONS = (
     Option("challenge", f"how to prove control of the names: {HTTP_01} (default, through HAProxy), {DNS_01} "
            f"(TXT records; needed for wildcards) or {TLS_ALPN_01} (through HAProxy's port 443, when port 80 is "
            "closed)", metavar="TYPE", check=_challenge),
+    Option("http_01_mode", f"who answers {HTTP_01}: {RESPONDER} (default, certrenew's responder behind HAProxy) or "
+           f"{STATELESS} (HAProxy itself, from the account's key thumbprint, on every node alike: put the lines "
+           "`certrenew haproxy-config` prints in each node's config; no responder runs)", metavar="MODE",
+           check=_http_01_mode),
+    Option("http_01_node", f"{STATELESS} {HTTP_01}: an HAProxy node's port-80 address the pre-flight probe (and "
+           "`certrenew check`) proves answers the CA, instead of NAME:80; repeat for every node",
+           metavar="HOST:PORT", check=check_host_port, repeated=True),
     Option("dns_server", "DNS-01: the primary DNS server to update (RFC 2136) and to find zones and name "
            "servers at", metavar="HOST[:PORT]", check=parse_dns_server),
     Option("tsig_key", "DNS-01: TSIG key file as tsig-keygen writes it (mode 600) to sign the updates with",
@@ -580,6 +596,9 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
     if (settings.eab_kid is None) != (settings.eab_hmac_key_file is None):
         raise UsageError("an external account binding takes both the key id (--eab-kid) and the file of its HMAC "
                          "key (--eab-hmac-key-file)")
+    if settings.http_01_node and settings.http_01_mode != STATELESS:
+        raise UsageError(f"--http-01-node names the HAProxy nodes that answer by themselves: it goes with "
+                         f"--http-01-mode {STATELESS}")
     unlisted = sorted({ca.directory for ca in settings.fallback_ca} - set(settings.fallback_directory))
     if unlisted:
         raise UsageError(f'[ca."{unlisted[0]}"] describes no fallback CA: add it to fallback_directory '

@@ -65,6 +65,7 @@ COMMAND_SUMMARIES = MappingProxyType({
     "revoke": "revoke a certificate at the CA (and --reissue or --delete it)",
     "bootstrap-ssl-dir": "write a placeholder so HAProxy can start",
     "import-certbot": "take over certbot's certificates without reissuing them",
+    "haproxy-config": "print the lines that make HAProxy answer HTTP-01 by itself",
 })
 LOG_FORMATS = ("text", "json")
 
@@ -181,6 +182,21 @@ def build_revoke_parser() -> argparse.ArgumentParser:
                       help="first order and serve a new certificate with a fresh key (NAME as in the config)")
     then.add_argument("--delete", action="store_true",
                       help="then remove it from every HAProxy, the ssl dir and the state dir (kept under removed/)")
+    return parser
+
+
+def build_haproxy_config_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "certrenew haproxy-config",
+        "Print the HAProxy lines that answer HTTP-01 challenges without certrenew's responder, from the key "
+        "thumbprint of the configured CA's account in the state dir (--http-01-mode stateless): the same lines "
+        "on every node of a fleet.",
+        [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "lock_timeout")],
+    )
+    parser.add_argument("--map", metavar="FILE", help="read the thumbprint from this HAProxy map file instead of "
+                        "an environment variable, so the Runtime API's `set map` changes it without a reload")
+    parser.add_argument("--create-account", action="store_true", help="make the account's key in the state dir "
+                        "if there is none (the CA registers it at the first order)")
     return parser
 
 
@@ -484,8 +500,19 @@ def _import_certbot(argv: list[str], context: RunContext) -> int:
     return 0 if plan.takeovers else 1
 
 
+def _haproxy_config(argv: list[str], context: RunContext) -> int:
+    from certrenew.cli.haproxy_config import render
+
+    args = build_haproxy_config_parser().parse_args(argv)
+    _setup_logging(args)
+    settings = build_settings(vars(args), _config(args, required=None))
+    print(render(settings, args.map, args.create_account, context), end="")
+    return 0
+
+
 COMMANDS = MappingProxyType({"run": _run, "daemon": _daemon, "status": _status, "check": _check, "revoke": _revoke,
-                             "bootstrap-ssl-dir": _bootstrap, "import-certbot": _import_certbot})
+                             "bootstrap-ssl-dir": _bootstrap, "import-certbot": _import_certbot,
+                             "haproxy-config": _haproxy_config})
 
 
 CERTBOT_HABITS = MappingProxyType({

@@ -25,15 +25,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from certrenew.challenge.responder import CHALLENGE_PREFIX, Responder, ask
+from certrenew.challenge.responder import CHALLENGE_PREFIX, Answer, Responder, ask
 from certrenew.challenge.solver import HTTP_01, TLS_ALPN_01
+from certrenew.challenge.stateless import STATELESS, StatelessSolver
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.haproxy import service
 from certrenew.haproxy.crtlist import CrtList
 from certrenew.haproxy.install import claims, shadowing
 from certrenew.haproxy.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
-from certrenew.state.store import FileStore
+from certrenew.state.store import FileStore, Store
 from certrenew.system import hints, owned
 from certrenew.system.hostport import split_host_port
 from certrenew.system.listen import check_socket_dir, create_hint, flood_risk, parse_listen, takeover_risk
@@ -91,7 +92,7 @@ def require(checks: Iterable[Check], ok_level: int = logging.DEBUG) -> None:
 
 # The path from the CA to the responder.
 
-def probe_ahead(responder: Responder, settings: Settings, specs: Iterable[CertificateSpec]) -> dict[str, Check]:
+def probe_ahead(responder: Responder | StatelessSolver, settings: Settings, specs: Iterable[CertificateSpec]) -> dict[str, Check]:
     """Probe every HTTP-01 name of the orders a run is about to make, all at once, before the first order.
 
     Probed inside each order, a probe waited on the threads busy with other orders: the
@@ -141,8 +142,10 @@ def probe_all(responder: Any, settings: Settings, names: Sequence[str],
         pool.shutdown(cancel_futures=True)
 
 
-def probe(responder: Responder, settings: Settings, name: str) -> Check:
+def probe(responder: Responder | StatelessSolver, settings: Settings, name: str) -> Check:
     """Serve a random token on `responder` and fetch it from http://NAME/ the way the CA would."""
+    if isinstance(responder, StatelessSolver):
+        return probe_stateless(responder, settings, name)
     token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
     authority = f"[{name}]" if ":" in name else name  # an IPv6 address, in a URL and a Host header
     url = f"http://{authority}{CHALLENGE_PREFIX}{token}"
@@ -161,6 +164,12 @@ def probe(responder: Responder, settings: Settings, name: str) -> Check:
         responder.cleanup(name, token)
     if answer.status == 200 and answer.body == value.encode():
         return Check(OK, url, f"reached certrenew's responder through {where}")
+    return Check(FAIL, url, f"{url} answered {_seen(answer)}, not certrenew's responder on {settings.listen}: "
+                            f"{hints.ROUTE}")
+
+
+def _seen(answer: Answer) -> str:
+    """What answered a probe instead: status, redirect, server."""
     seen = f"{answer.status} {answer.reason}".strip()
     if answer.location:
         seen += f" redirecting to {answer.location}"
@@ -170,7 +179,46 @@ def probe(responder: Responder, settings: Settings, name: str) -> Check:
         seen += " from HAProxy"
     if answer.status == 200:
         seen += " with another body"
-    return Check(FAIL, url, f"{url} answered {seen}, not certrenew's responder on {settings.listen}: {hints.ROUTE}")
+    return seen
+
+
+def probe_stateless(solver: StatelessSolver, settings: Settings, name: str) -> Check:
+    """Probe every node that answers the CA for NAME statelessly (those of --http-01-node; else NAME:80 or
+    --self-check-address, as `probe` does): one that does not give this account's key authorization fails."""
+    checks = [probe_node(solver, name, node or settings.self_check_address)
+              for node in settings.http_01_node or [None]]
+    return next((check for check in checks if check.status != OK), checks[0])
+
+
+def probe_node(solver: StatelessSolver, name: str, node: str | None) -> Check:
+    """Fetch a random token from http://NAME/ at `node` (None: NAME:80) the way the CA would, and expect
+    TOKEN.THUMBPRINT of the account, as a node with `certrenew haproxy-config`'s lines gives it."""
+    host, port = split_host_port(node) if node else (name, 80)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    what = f"HAProxy node {where}"
+    if solver.thumbprint is None:
+        return Check(FAIL, what, solver.fix)
+    token = secrets.token_urlsafe(32)
+    authority = f"[{name}]" if ":" in name else name
+    url = f"http://{authority}{CHALLENGE_PREFIX}{token}"
+    try:
+        answer = ask(host, port, authority, token, PROBE_TIMEOUT)
+    except (OSError, http.client.HTTPException) as error:
+        if node is None and isinstance(error, OSError):
+            return _not_reached(error, name, url, where, "--http-01-node") or Check(WARN, url, str(error))
+        return Check(FAIL, what, f"{url} got no HTTP answer ({error}): is it an HAProxy node's port 80?")
+    if answer.status != 200 or answer.body != f"{token}.{solver.thumbprint}".encode():
+        return Check(FAIL, what, f"{url} answered {_seen(answer)}, not this account's key authorization: put the "
+                                 "lines `certrenew haproxy-config` prints in its port-80 frontend, and reload it")
+    try:  # a path that is no token: echoed, anyone could make the node say anything under the CA's prefix
+        echoed = f"{token}.not-a-token".encode() in ask(host, port, authority, f"{token}.not-a-token",
+                                                        PROBE_TIMEOUT).body
+    except (OSError, http.client.HTTPException):
+        echoed = False  # it answered a moment ago: a second answer lost proves nothing either way
+    if echoed:
+        return Check(FAIL, what, f"echoes any path under {CHALLENGE_PREFIX}, not only a token: keep the acme-token "
+                                 "line of `certrenew haproxy-config` (its regex) in its port-80 frontend")
+    return Check(OK, what, f"answers {HTTP_01} for this account by itself ({url})")
 
 
 def probe_tls(responder: "TlsAlpnResponder", settings: Settings, name: str) -> Check:
@@ -285,7 +333,8 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     """Every pre-flight check, without ordering anything: one verdict per line."""
     checks = [Check(OK, "config", f"{config}: {len(specs)} certificate(s)") if config else
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
-              _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir), _listen_check(settings.listen),
+              _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir),
+              *([] if settings.http_01_mode == STATELESS else [_listen_check(settings.listen)]),
               *([] if settings.crt_list else _shadow_checks(settings.ssl_dir, specs)), *haproxy_checks(settings)]
     if settings.crt_list:
         checks.append(_crt_list_check(settings.crt_list))
@@ -300,7 +349,9 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     if settings.caa_check:
         checks.extend(_caa_checks(settings, specs))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
-    if names:
+    if settings.http_01_mode == STATELESS:
+        checks.extend(stateless_checks(settings, FileStore(settings.state_dir), names))
+    elif names:
         with Responder(settings.listen, FileStore(settings.state_dir)) as responder:  # the daemon's, if it runs
             try:
                 checks.extend(probe_all(responder, settings, names))
@@ -315,11 +366,27 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
                 checks.extend(probe_all(tls_responder, settings, tls_names, probe_tls))
             except CertrenewError as error:
                 checks.append(Check(FAIL, "TLS-ALPN-01 responder", str(error)))
-    if not names and not tls_names:  # all ok would read as "ready to order", and the probe is what most first orders fail on
+    if not names and not tls_names and not settings.http_01_node:  # all ok would read as "ready to order", and the probe is what most first orders fail on
         checks.append(Check(WARN, "probe", "no HTTP-01 name to probe, so the path from the CA through HAProxy to "
                                            "the responder is not checked: name them (`certrenew check DOMAIN...`) "
                                            "or give --config"))
     return checks
+
+
+def stateless_solver(settings: Settings, store: Store) -> StatelessSolver:
+    """The solver of --http-01-mode stateless, for the account of the first CA in the store."""
+    account = store.load_account(settings.directory_url)
+    return StatelessSolver(account.key_pem if account else None, settings.directory_url)
+
+
+def stateless_checks(settings: Settings, store: Store, names: Sequence[str]) -> list[Check]:
+    """Each node of --http-01-node, one line each (asked for the first name, or for its own address);
+    without nodes, each name at NAME:80 as the run probes it."""
+    solver = stateless_solver(settings, store)
+    if not settings.http_01_node:
+        return probe_all(solver, settings, names)
+    return [probe_node(solver, names[0] if names else split_host_port(node)[0], node)
+            for node in settings.http_01_node]
 
 
 def _state_dir_check(state_dir: Path) -> Check:

@@ -15,7 +15,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from certrenew.challenge.solver import TLS_ALPN_01, ChallengeSolver, check_domains
+from certrenew.challenge.solver import HTTP_01, TLS_ALPN_01, ChallengeSolver, check_domains
+from certrenew.challenge.stateless import STATELESS
 from certrenew.config import CertificateSpec, Settings, check_certificate_name
 from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError, causes
 from certrenew.pki.domains import check_normalized
@@ -29,6 +30,7 @@ from certrenew.system.runcontext import RunContext
 
 if TYPE_CHECKING:
     from certrenew.challenge.responder import Responder
+    from certrenew.challenge.stateless import StatelessSolver
     from certrenew.renewal.issue import Installed, Issued, Issuer
 
 log = logging.getLogger(__name__)
@@ -216,9 +218,12 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
     # A run's own responder opens its port at the first order that needs it and closes it with the
     # run; a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
     with ExitStack() as solvers_open:
-        if responder is None:
-            responder = solvers_open.enter_context(Responder(settings.listen, store))
-        solvers: dict[Hashable, ChallengeSolver] = {responder.challenge_type: responder}
+        http01: Responder | StatelessSolver
+        if settings.http_01_mode == STATELESS:  # the HAProxy nodes answer: no responder
+            http01 = preflight.stateless_solver(settings, store)
+        else:
+            http01 = responder if responder is not None else solvers_open.enter_context(Responder(settings.listen, store))
+        solvers: dict[Hashable, ChallengeSolver] = {HTTP_01: http01}
         for dns in {spec.dns for spec, _ in work if spec.dns}:
             solvers[dns] = solvers_open.enter_context(dns.solver(context))
         if any(spec.challenge == TLS_ALPN_01 for spec, _ in work):
@@ -227,7 +232,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             )
 
             solvers[TLS_ALPN_01] = solvers_open.enter_context(TlsAlpnResponder(settings.tls_alpn_listen))
-        probed = preflight.probe_ahead(responder, settings, [spec for spec, step in work if step == "issue"])
+        probed = preflight.probe_ahead(http01, settings, [spec for spec, step in work if step == "issue"])
         issuer = Issuer(settings, store, solvers, telemetry,
                         before_order=functools.partial(preflight.check_path, solvers, settings, probed),
                         managed=managed, context=context)

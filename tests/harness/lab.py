@@ -20,7 +20,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -117,6 +117,22 @@ def production_replacements(ssl_dir: Path, admin_socket: Path) -> list[tuple[str
         ("crt /etc/haproxy/ssl/\n", f"crt {ssl_dir}/\n"),
         ("stats socket /run/haproxy/admin.sock ", f"stats socket {admin_socket} "),
     ]
+
+
+def fleet_address(index: int) -> str:
+    """Where fleet node `index` (1, 2, 3...) listens: Linux answers on all of 127.0.0.0/8, so each node binds
+    an address of its own on the lab's ports, and pebble validates on whichever one the name resolves to."""
+    return f"127.0.0.{index}"
+
+
+def with_lines(config: str, global_lines: Sequence[str] = (), frontend_lines: Sequence[str] = ()) -> str:
+    """A rendered haproxy.cfg with `global_lines` added to its global section, and `frontend_lines` first in
+    its port-80 frontend (before its ACME ACL, which sends challenges to the responder)."""
+    acl = "    acl letsencrypt-request path_beg"
+    return render_haproxy_config(config, [
+        ("\nglobal\n", "\nglobal\n" + "".join(f"    {line}\n" for line in global_lines)),
+        (acl, "".join(f"    {line}\n" for line in frontend_lines) + acl),
+    ])
 
 
 def check_haproxy_config(path: Path) -> None:
@@ -234,10 +250,12 @@ class HAProxyNode:
     https_port: int
     admin_socket: Path
     process: subprocess.Popen
+    address: str = LOOPBACK
+    """Where it listens: the loopback for another node on ports of its own; 127.0.0.I for node I of a fleet."""
 
     @property
     def https_endpoint(self) -> str:
-        return f"{LOOPBACK}:{self.https_port}"
+        return f"{self.address}:{self.https_port}"
 
 
 @dataclass(frozen=True)
@@ -467,9 +485,7 @@ class Lab:
 
     def break_dns(self, name: str) -> None:
         """Point `name` at an address where nothing listens, so HTTP-01 validation really fails."""
-        answer = requests.post(f"{self.challtestsrv_url}/add-a",
-                               json={"host": name + ".", "addresses": ["127.0.0.9"]}, timeout=5)
-        answer.raise_for_status()
+        self.point_name(name, "127.0.0.9")
 
     def issuer_root(self) -> bytes:
         """PEM of the root that the running pebble chains issued certificates to."""
@@ -535,12 +551,14 @@ class Lab:
                     raise
                 time.sleep(POLL_INTERVAL)
 
-    def served_certificate_unverified(self, sni: str, port: int | None = None) -> x509.Certificate:
-        """The leaf HAProxy (or the node on `port`) serves for `sni`, whatever it is (e.g. the placeholder)."""
+    def served_certificate_unverified(self, sni: str, port: int | None = None,
+                                      address: str = LOOPBACK) -> x509.Certificate:
+        """The leaf HAProxy (or the node on `port`, or at `address`) serves for `sni`, whatever it is (e.g. the
+        placeholder)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        return self._handshake(context, sni, port)
+        return self._handshake(context, sni, port, address)
 
     @property
     def https_endpoint(self) -> str:
@@ -568,6 +586,37 @@ class Lab:
             return node
 
         return on_fresh_ports(start)
+
+    def start_fleet_node(self, index: int, global_lines: Sequence[str] = (),
+                         frontend_lines: Sequence[str] = ()) -> HAProxyNode:
+        """Start node `index` (2, 3...) of a fleet beside the lab's HAProxy (node 1): the shipped config on
+        the lab's http and https ports at `fleet_address(index)`, serving the lab's ssl dir, with the lines
+        `with_lines` adds; pebble validates on it for a name `point_name` points there. stop() stops it."""
+        if self.tls_alpn:
+            raise LabError("a fleet node shares the lab's ports: not with tls_alpn's internal frontend")
+        name, address = f"node{index}", fleet_address(index)
+        admin_socket, config, log = (self.workdir / f"{name}{suffix}" for suffix in ("-admin.sock", ".cfg", ".log"))
+        config.write_text(with_lines(self._render_haproxy_config(admin_socket, self.http_port, self.https_port,
+                                                                 address), global_lines, frontend_lines))
+        check_haproxy_config(config)
+        since = log_size(log)
+        process = self._spawn(["haproxy", "-W", "-f", str(config)], log)
+        node = HAProxyNode(name, self.https_port, admin_socket, process, address)
+        self._nodes.append(node)
+        wait_until(name, lambda: self._https_answers(self.https_port, address), process, log, since)
+        return node
+
+    def add_haproxy_lines(self, global_lines: Sequence[str] = (), frontend_lines: Sequence[str] = ()) -> None:
+        """Add lines to the lab's HAProxy (node 1 of a fleet) as `with_lines` does, and reload it."""
+        self.haproxy_cfg.write_text(with_lines(self.haproxy_cfg.read_text(), global_lines, frontend_lines))
+        check_haproxy_config(self.haproxy_cfg)
+        self.reload_haproxy()
+
+    def point_name(self, name: str, address: str) -> None:
+        """Make pebble resolve `name` to `address` (challtestsrv's /add-a), e.g. to one node of a fleet."""
+        answer = requests.post(f"{self.challtestsrv_url}/add-a",
+                               json={"host": name + ".", "addresses": [address]}, timeout=5)
+        answer.raise_for_status()
 
     def wait_served_serial(self, sni: str, serial_hex: str, timeout: float = 10.0,
                            interval: float = POLL_INTERVAL) -> x509.Certificate:
@@ -687,15 +736,16 @@ class Lab:
         # Serving TLS is not all: reload_haproxy and the tests talk to the master CLI, which may come up later.
         wait_until("HAProxy", lambda: self._https_answers() and self._master_answers(), self._haproxy, log, since)
 
-    def _render_haproxy_config(self, admin_socket: Path, http_port: int, https_port: int) -> str:
+    def _render_haproxy_config(self, admin_socket: Path, http_port: int, https_port: int,
+                               address: str = LOOPBACK) -> str:
         internal = f"abns@certrenew-https-{https_port}"  # abstract names are host-wide: one per lab
         shipped = render_haproxy_config(
             SHIPPED_HAPROXY_CFG.read_text(),
             production_replacements(self.ssl_dir, admin_socket) + [
                 # Loopback IPv4 only, so the lab runs on hosts without IPv6 too.
-                ("bind :::80 v4v6\n", f"bind {LOOPBACK}:{http_port}\n"),
+                ("bind :::80 v4v6\n", f"bind {address}:{http_port}\n"),
                 ("bind :::443 v4v6 ssl", f"bind {internal} accept-proxy ssl" if self.tls_alpn
-                 else f"bind {LOOPBACK}:{https_port} ssl"),
+                 else f"bind {address}:{https_port} ssl"),
                 *([] if self.chroot else [(f"server letsencrypt unix@/{SHIPPED_SOCKET}\n",
                                            f"server letsencrypt {self.listen}\n")]),
                 # No syslog here: send HAProxy's logs to its log file instead.
@@ -727,9 +777,9 @@ class Lab:
     def _directory_answers(self) -> bool:
         return _answers(self.directory_url, self.ca_bundle)
 
-    def _https_answers(self, port: int | None = None) -> bool:
+    def _https_answers(self, port: int | None = None, address: str = LOOPBACK) -> bool:
         try:
-            self.served_certificate_unverified("localhost", port)
+            self.served_certificate_unverified("localhost", port, address)
         except OSError:
             return False
         return True
@@ -750,8 +800,9 @@ class Lab:
                 return int(fields[2]), int(fields[4].rstrip("]"))
         raise LabError("HAProxy master CLI gave no master line to `show proc`")
 
-    def _handshake(self, context: ssl.SSLContext, sni: str, port: int | None = None) -> x509.Certificate:
-        with socket.create_connection((LOOPBACK, port or self.https_port), timeout=5) as raw:
+    def _handshake(self, context: ssl.SSLContext, sni: str, port: int | None = None,
+                   address: str = LOOPBACK) -> x509.Certificate:
+        with socket.create_connection((address, port or self.https_port), timeout=5) as raw:
             with context.wrap_socket(raw, server_hostname=sni) as tls:
                 return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
