@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 from certrenew.errors import (
     AccountUnknown,
     Blocked,
+    Busy,
     CertrenewError,
     CheckFailed,
     ConfigurationError,
+    Conflict,
+    Fenced,
     Forbidden,
     Interrupted,
     NotServed,
@@ -27,15 +30,17 @@ from certrenew.errors import (
     Rejected,
     RuntimeApiError,
     TransactionOpen,
+    Unavailable,
     Unsupported,
     UsageError,
 )
 from certrenew.version import __version__
 
-__all__ = ["AccountUnknown", "Action", "Blocked", "CertificateSpec", "CertrenewError", "CheckFailed",
-           "ConfigurationError", "FileStore", "Forbidden", "Interrupted", "NotServed", "Outcome", "OverBudget",
+__all__ = ["AccountUnknown", "Action", "Blocked", "Busy", "CertificateSpec", "CertrenewError", "CheckFailed",
+           "ConfigurationError", "Conflict", "Fenced", "FileStore", "Forbidden", "Interrupted", "NotServed",
+           "Outcome", "OverBudget",
            "PortBusy", "Refused", "Rejected", "Report", "RunContext", "RuntimeApiError", "Settings", "Store",
-           "TransactionOpen", "Unsupported", "UsageError", "__version__", "run"]
+           "TransactionOpen", "Unavailable", "Unsupported", "UsageError", "__version__", "run"]
 
 _HOMES = MappingProxyType({"CertificateSpec": "certrenew.config", "Settings": "certrenew.config",
                            "Outcome": "certrenew.renewal.renew", "Report": "certrenew.renewal.renew",

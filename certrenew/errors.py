@@ -147,3 +147,20 @@ class PortBusy(CertrenewError):
 
 class AccountUnknown(CertrenewError):
     """The CA does not know the account certrenew stored."""
+
+
+class Conflict(CertrenewError):
+    """A conditional write found another version than it expected: someone wrote first."""
+
+
+class Fenced(CertrenewError):
+    """A write made under a lock that is no longer held (its lease expired or another holder took
+    it over): refused, so that a late writer never undoes what its successor did."""
+
+
+class Busy(CertrenewError):
+    """The lock is held by another holder (named in the message) for longer than the caller waits."""
+
+
+class Unavailable(CertrenewError):
+    """The backend cannot be reached or read (etcd down, a directory gone): nothing was changed."""

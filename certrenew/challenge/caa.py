@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from certrenew.challenge.dns01 import DnsServer
+from certrenew.config.dns import DnsServer
 from certrenew.errors import ConfigurationError
 from certrenew.pki.domains import is_ip_address
 

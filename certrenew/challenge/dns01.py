@@ -12,70 +12,23 @@ due (the cheap, common case) never loads it.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from certrenew.challenge.solver import DNS_01
-from certrenew.errors import CertrenewError, UsageError
-from certrenew.pki.domains import normalize_domain
+from certrenew.config.challenges import DNS_01
+from certrenew.config.dns import PROPAGATION_TIMEOUT, DnsServer
+from certrenew.errors import CertrenewError
 from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
 
-DNS_PORT = 53
-PROPAGATION_TIMEOUT = 120.0
-"""Seconds wait_ready waits for every authoritative server (--dns-propagation-timeout)."""
 QUERY_TIMEOUT = 5.0
 """Seconds one DNS query may take; a server that does not answer is asked again later."""
 FIRST_POLL, MAX_POLL = 0.5, 8.0
 """Back-off between propagation checks: a primary answers at once, secondaries need a NOTIFY and a transfer."""
-
-
-@dataclass(frozen=True)
-class DnsServer:
-    """A DNS server to talk to: a host name or IP address, and a port."""
-
-    host: str
-    port: int = DNS_PORT
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def ip(self) -> str:
-        """Its IP address (dnspython sends only to addresses); a host name is resolved by the system."""
-        try:
-            return str(socket.getaddrinfo(self.host, self.port, proto=socket.IPPROTO_UDP)[0][4][0])
-        except OSError as error:
-            raise CertrenewError(f"DNS server {self}: cannot resolve {self.host!r}: {error}") from error
-
-
-def parse_dns_server(text: str) -> DnsServer:
-    """HOST[:PORT] (an IPv6 address in brackets when a port follows) as a DnsServer; UsageError if malformed."""
-    host, port = text, str(DNS_PORT)
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or rest and not rest.startswith(":"):
-            host = ""
-        port = rest[1:] if rest else port
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise UsageError(f"invalid DNS server {text!r}: the port must be a number from 1 to 65535")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        try:
-            normalize_domain(host)
-        except UsageError as cause:
-            raise UsageError(f"invalid DNS server {text!r}: expected HOST[:PORT], e.g. ns1.example.com "
-                             "or 192.0.2.53:5353") from cause
-    return DnsServer(host, int(port))
 
 
 def challenge_record(domain: str) -> str:

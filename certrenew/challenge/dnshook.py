@@ -14,7 +14,8 @@ import logging
 import shlex
 
 from certrenew.challenge.dns01 import TxtRecord
-from certrenew.errors import CertrenewError, UsageError
+from certrenew.config.dns import split_dns_hook
+from certrenew.errors import CertrenewError
 from certrenew.system.command import run_command
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,7 @@ class DnsHook:
     """A `RecordPublisher` that runs `command add|remove <record-name> <value>`."""
 
     def __init__(self, command: str, timeout: float = HOOK_TIMEOUT) -> None:
-        try:
-            self.argv = shlex.split(command)
-        except ValueError as error:
-            raise UsageError(f"invalid DNS hook {command!r}: {error}") from error
-        if not self.argv:
-            raise UsageError("the DNS hook command is empty")
+        self.argv = split_dns_hook(command)
         self.command = command
         self.timeout = timeout
 

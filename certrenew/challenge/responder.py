@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 
-from certrenew.challenge.solver import HTTP_01, TOKEN, check_token
+from certrenew.challenge.solver import TOKEN, check_token
+from certrenew.config.challenges import HTTP_01
 from certrenew.errors import CertrenewError, PortBusy
 from certrenew.system import httpd
 from certrenew.system.listen import parse_listen

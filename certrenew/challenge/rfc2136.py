@@ -3,81 +3,25 @@
 This is what BIND, Knot, PowerDNS and most self-hosted DNS servers accept. The key file
 is the one `tsig-keygen` writes and BIND's `include` reads, so the operator makes the key
 once and gives the same file to both. It is a secret like a private key, and read like
-one: a file that others can read is refused.
+one (`certrenew.config.dns`): a file that others can read is refused.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from certrenew.challenge.dns01 import DnsServer, TxtRecord
-from certrenew.errors import CertrenewError, UsageError
-from certrenew.system.limits import MAX_KEY_FILE, Unfit, read_regular
+from certrenew.challenge.dns01 import TxtRecord
+from certrenew.config.dns import DnsServer, TsigKey
+from certrenew.errors import CertrenewError
 
 TTL = 60
 """Seconds resolvers may cache the challenge record: short, since it lives only for one order."""
 UPDATE_TIMEOUT = 10.0
-ALGORITHMS = ("hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512")
-"""What tsig-keygen writes and dnspython signs with; hmac-md5 is left out as broken."""
-
-_STRING = r'"([^"\\]*)"'
-_KEY_FILE = re.compile(
-    rf'\s*key\s+{_STRING}\s*\{{\s*algorithm\s+([A-Za-z0-9-]+)\s*;\s*secret\s+{_STRING}\s*;\s*\}}\s*;\s*'
-)
-"""The one statement tsig-keygen writes: key "NAME" { algorithm ALG; secret "BASE64"; };
-
-dnspython's own tsigkeyring.from_file (recent releases only) accepts trailing garbage and a missing
-algorithm; a key file is checked strictly instead, so a mistake is refused at start."""
-
-
 _TSIG_ERRORS = MappingProxyType({"PeerBadKey": "BADKEY", "PeerBadSignature": "BADSIG", "PeerBadTime": "BADTIME",
                                  "PeerBadTruncation": "BADTRUNC"})
 """dnspython's exception for each TSIG error, by the name RFC 8945 and BIND's logs give it."""
-
-
-@dataclass(frozen=True)
-class TsigKey:
-    """A TSIG key as BIND names it: the key name, its HMAC algorithm and the secret."""
-
-    name: str
-    algorithm: str
-    secret: bytes = field(repr=False)
-
-
-def load_tsig_key(path: str | Path) -> TsigKey:
-    """Read a tsig-keygen key file; UsageError (one line) if unreadable, too open, malformed or of an unknown algorithm."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-        text = read_regular(path, MAX_KEY_FILE).decode("ascii")
-    except (OSError, UnicodeDecodeError, Unfit) as error:
-        raise UsageError(f"TSIG key file {path}: cannot read it: {getattr(error, 'strerror', None) or error}") from error
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UsageError(f"TSIG key file {path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
-                         f"chmod 600 it: it is a secret")
-    match = _KEY_FILE.fullmatch(text)
-    if match is None:
-        raise UsageError(f'TSIG key file {path}: expected one key "NAME" {{ algorithm ALG; secret "BASE64"; }}; '
-                         "as tsig-keygen writes it")
-    name, algorithm, secret = match.groups()
-    algorithm = algorithm.lower()
-    if algorithm not in ALGORITHMS:
-        raise UsageError(f"TSIG key file {path}: unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-    try:
-        decoded = base64.b64decode(secret, validate=True)
-    except binascii.Error as cause:
-        raise UsageError(f"TSIG key file {path}: the secret is not base64") from cause
-    if not name or not decoded:
-        raise UsageError(f"TSIG key file {path}: the key name and the secret must not be empty")
-    return TsigKey(name, algorithm, decoded)
 
 
 class Rfc2136Publisher:

@@ -11,12 +11,9 @@ in the path, under the CA's well-known prefix.
 
 from dataclasses import dataclass
 
-from certrenew.challenge.solver import HTTP_01
+from certrenew.config.challenges import HTTP_01
 from certrenew.errors import CertrenewError
 
-RESPONDER, STATELESS = "responder", "stateless"
-MODES = (RESPONDER, STATELESS)
-"""The --http-01-mode values: certrenew's responder behind HAProxy answers, or HAProxy itself."""
 MAP_KEY = "thumbprint"
 """The key of the thumbprint's line in the map variant's file (`set map FILE thumbprint VALUE`)."""
 ACLS = (r"acl acme-path  path_beg /.well-known/acme-challenge/",

@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certrenew.challenge.solver import TLS_ALPN_01, check_token
+from certrenew.challenge.solver import check_token
+from certrenew.config.challenges import TLS_ALPN_01
 from certrenew.errors import CertrenewError
 from certrenew.system.listen import parse_listen
 

@@ -43,7 +43,7 @@ from certrenew.pki.bundle import (
     pem_blocks,
 )
 from certrenew.pki.keys import is_key_of, key_to_pem, key_type_of, load_key
-from certrenew.state.store import Account, CertificateRecord, FileStore, Store
+from certrenew.state.store import Account, CertificateRecord, Store, open_store
 from certrenew.system.atomicfile import write_atomic
 from certrenew.system.runcontext import RunContext
 
@@ -163,8 +163,8 @@ def import_certbot(settings: Settings, certbot_dir: Path, config_path: Path, nam
     plan = make_plan(settings, certbot_dir, config_path, names, force)
     if dry_run:
         return plan
-    store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout, context):
+    store = open_store(settings, context)
+    with store.lock(settings.lock_timeout):
         plan = make_plan(settings, certbot_dir, config_path, names, force)
         if plan.takeovers:
             apply(plan, store)
@@ -174,9 +174,9 @@ def import_certbot(settings: Settings, certbot_dir: Path, config_path: Path, nam
 def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: list[str] | None,
               force: bool) -> ImportPlan:
     """Read and check everything an import needs; write nothing."""
-    store = FileStore(settings.state_dir)
+    store = open_store(settings)
     config = load_config(config_path) if config_path.exists() else None
-    directory_url = settings.directory_url
+    directory_url = settings.acme.directory_url
     lineages = _lineage_names(certbot_dir, names)
     takeovers, skipped = [], {}
     for name in lineages:
@@ -187,7 +187,7 @@ def make_plan(settings: Settings, certbot_dir: Path, config_path: Path, names: l
             takeovers.append(result)
 
     configured = {spec.name: spec for spec in (config.certificates if config else [])}
-    served = _served(settings.ssl_dir)
+    served = _served(settings.haproxy.ssl_dir)
     for index, item in enumerate(takeovers):
         managed = item.spec.name in configured or store.load_record(item.spec.name) is not None
         if managed and item.spec.name not in configured and store.load_bundle(item.spec.name) == item.bundle:
@@ -274,9 +274,9 @@ def _read_lineage(certbot_dir: Path, name: str, settings: Settings) -> Takeover 
     for key in ("server", "account"):
         if not params.get(key):
             raise UsageError(f"{name}: {conf_path} has no {key} in [renewalparams]")
-    if params["server"] != settings.directory_url:
+    if params["server"] != settings.acme.directory_url:
         raise UsageError(f"{name}: certbot renews it at {params['server']}, but certrenew is set to "
-                         f"{settings.directory_url}; certrenew keeps one CA per config: set directory "
+                         f"{settings.acme.directory_url}; certrenew keeps one CA per config: set directory "
                          "(or --directory) to certbot's server")
 
     live = certbot_dir / "live" / name
@@ -357,7 +357,7 @@ def _unknown_to_the_ca(settings: Settings, takeovers: list[Takeover]) -> tuple[d
     from certrenew.acme.ari import ari_cert_id
     from certrenew.acme.transport import describe
 
-    url, verify = settings.directory_url, settings.ca_bundle or True
+    url, verify = settings.acme.directory_url, settings.acme.ca_bundle or True
     try:
         response = requests.get(url, verify=verify, timeout=ASK_TIMEOUT)
         response.raise_for_status()
@@ -404,10 +404,10 @@ def _not_carried_over(conf: dict[str, dict[str, str]], cert: x509.Certificate, s
     if authenticator != "standalone":
         webroot = f" ({params['webroot_path'].rstrip(',')})" if params.get("webroot_path") else ""
         notes.append(f"authenticator {authenticator}{webroot}: certrenew answers HTTP-01 itself, from its responder "
-                     f"on {settings.listen} behind HAProxy's acme-challenge ACL; route port 80 of every name there")
-    elif params.get("http01_port") and params["http01_port"] != settings.listen.rpartition(":")[2]:
+                     f"on {settings.responder.listen} behind HAProxy's acme-challenge ACL; route port 80 of every name there")
+    elif params.get("http01_port") and params["http01_port"] != settings.responder.listen.rpartition(":")[2]:
         notes.append(f"http01_port {params['http01_port']}: certbot answered HTTP-01 there; certrenew's responder "
-                     f"listens on {settings.listen}: point HAProxy's acme backend at it")
+                     f"listens on {settings.responder.listen}: point HAProxy's acme backend at it")
     if params.get("installer", "none").lower() != "none":
         notes.append(f"installer {params['installer']}: certrenew installs into HAProxy only")
     notes += [f"{label} {params[key]!r}: certrenew does not run certbot's hooks"
@@ -427,7 +427,7 @@ def _not_carried_over(conf: dict[str, dict[str, str]], cert: x509.Certificate, s
     return notes
 
 
-def _account(store: FileStore, certbot_dir: Path, directory_url: str,
+def _account(store: Store, certbot_dir: Path, directory_url: str,
              takeovers: list[Takeover]) -> tuple[Account | None, str]:
     """certbot's account to reuse and its id; None if certrenew already has another for this CA.
 
@@ -522,15 +522,15 @@ def _ssl_dir_notes(settings: Settings, item: Takeover, served: dict[str, list[Pa
     write `<name>.pem`; a bundle of the same certificate under another name would then
     be a second certificate for the same names, which HAProxy may keep serving.
     """
-    if not settings.ssl_dir.is_dir():
+    if not settings.haproxy.ssl_dir.is_dir():
         return []
-    target = settings.ssl_dir / f"{item.spec.name}.pem"
+    target = settings.haproxy.ssl_dir / f"{item.spec.name}.pem"
     serving = served.get(item.info.fingerprint, [])
     notes = [f"{path} serves this certificate today, but renewals write {target.name}: rename it to that (and "
              "reload HAProxy) before the first renewal, or HAProxy holds both" for path in serving if path != target]
     if target.exists() and target not in serving:
         notes.append(f"{target} holds another certificate; the first renewal replaces it")
     elif not serving:
-        notes.append(f"no bundle in {settings.ssl_dir} holds this certificate; certrenew writes "
+        notes.append(f"no bundle in {settings.haproxy.ssl_dir} holds this certificate; certrenew writes "
                      f"{target.name} at the first renewal (at once: certrenew run --force)")
     return notes

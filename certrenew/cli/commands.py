@@ -26,13 +26,12 @@ from certrenew.config import (
     Settings,
     build_settings,
     certificate_specs,
-    dns_settings,
     env_flag,
     load_config,
 )
 from certrenew.errors import CertrenewError, Interrupted, UsageError, causes
 from certrenew.renewal.policy import Action
-from certrenew.state.store import FileStore
+from certrenew.state.store import Store, open_store
 from certrenew.system import signals
 from certrenew.system.limits import raise_open_files_limit
 from certrenew.system.runcontext import RunContext
@@ -135,7 +134,7 @@ def build_status_parser() -> argparse.ArgumentParser:
         "certrenew status",
         "Show every certificate: names, expiry, next renewal, last result. Exit 1 when any managed "
         "certificate is expired, failing, missing or past its renewal time.",
-        [option for option in OPTIONS if option.name in ("state_dir", "renew_before")],
+        [option for option in OPTIONS if option.name in ("state_dir", "store", "renew_before")],
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output (its fields: docs/commands.md)")
     return parser
@@ -293,13 +292,13 @@ def _renew_recorded(settings, specs, output: Output, context: RunContext) -> int
     from certrenew.renewal.progress import for_stream
     from certrenew.renewal.renew import run
 
-    store = FileStore(settings.state_dir)
+    store = open_store(settings)
     progress = for_stream(sys.stderr, output.quiet or output.json)  # a bar is no JSON
-    if settings.metrics_file is None:
+    if settings.daemon.metrics_file is None:
         return _report(run(settings, specs, store, progress=progress, context=context), output)
     from certrenew.cli import metrics, status
 
-    metrics.check_textfile(settings.metrics_file)
+    metrics.check_textfile(settings.daemon.metrics_file)
     telemetry = metrics.Telemetry()
     started, code = time.monotonic(), 1
     try:
@@ -307,7 +306,7 @@ def _renew_recorded(settings, specs, output: Output, context: RunContext) -> int
         return code
     finally:
         telemetry.record_run(code == 0, time.monotonic() - started)
-        metrics.write_textfile(settings.metrics_file, status.collect(settings, specs, store), telemetry)
+        metrics.write_textfile(settings.daemon.metrics_file, status.collect(settings, specs, store), telemetry)
 
 
 def _renew(argv: list[str], context: RunContext) -> int:
@@ -315,14 +314,15 @@ def _renew(argv: list[str], context: RunContext) -> int:
     output = _setup_logging(args)
     _refuse_mistyped_command(args.domains)
     settings = build_settings(vars(args), _config(args, required=False))
-    specs = certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
-                              dns_settings(settings.challenge, vars(settings)), settings.crt_list_options)
+    defaults = settings.certificate
+    specs = certificate_specs(None, args.domains, defaults.key_type, defaults.profile, defaults.challenge,
+                              defaults.dns(), defaults.crt_list_options)
     if not settings.force:
-        _refuse_dropping_names(FileStore(settings.state_dir), specs)
+        _refuse_dropping_names(open_store(settings, context), specs)
     return _renew_recorded(settings, specs, output, context)
 
 
-def _refuse_dropping_names(store: FileStore, specs: list[CertificateSpec]) -> None:
+def _refuse_dropping_names(store: Store, specs: list[CertificateSpec]) -> None:
     """`certrenew example.com` for a certificate that also has www.example.com would reissue it
     without: certbot asks first, and the command line is where a name is forgotten, so that takes
     --force. (A config file edited to drop a name says so on purpose.)"""
@@ -371,12 +371,12 @@ def _daemon(argv: list[str], context: RunContext) -> int:
             settings, specs = _managed(args)
             if settings.force:  # from CERTRENEW_FORCE: every pass would order every certificate
                 raise UsageError("the daemon does not take CERTRENEW_FORCE: use `certrenew run --force` once")
-            check_hooks(settings)  # at start and on SIGHUP, not once a minute in a failing pass
+            check_hooks(settings.hooks)  # at start and on SIGHUP, not once a minute in a failing pass
             return settings, specs
 
         settings, specs = load()
         try:
-            Daemon(settings, specs, FileStore(settings.state_dir), load, hangups, context=context).run()
+            Daemon(settings, specs, open_store(settings, context), load, hangups, context=context).run()
         except Interrupted as interrupted:
             log.info("stopping: %s", interrupted)
             return signals.exit_abandoning_workers(context, 0)
@@ -390,7 +390,7 @@ def _status(argv: list[str], context: RunContext) -> int:
     output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
-    rows = status.collect(settings, config.certificates if config else None, FileStore(settings.state_dir),
+    rows = status.collect(settings, config.certificates if config else None, open_store(settings),
                           read_ssl_dir=True)
     reason = status.unhealthy(settings, rows)
     if args.json:
@@ -441,8 +441,9 @@ def _check(argv: list[str], context: RunContext) -> int:
     settings = build_settings(vars(args), config)
     specs = list(config.certificates) if config else []
     if args.domains:
-        specs += certificate_specs(None, args.domains, settings.key_type, settings.profile, settings.challenge,
-                                   dns_settings(settings.challenge, vars(settings)))
+        defaults = settings.certificate
+        specs += certificate_specs(None, args.domains, defaults.key_type, defaults.profile, defaults.challenge,
+                                   defaults.dns())
     checks = preflight.run_checks(settings, config.path if config else None, specs)
     levels = {preflight.OK: logging.INFO, preflight.WARN: logging.WARNING, preflight.FAIL: logging.ERROR}
     for check in checks:
@@ -456,7 +457,7 @@ def _bootstrap(argv: list[str], context: RunContext) -> int:
     args = build_bootstrap_parser().parse_args(argv)
     output = _setup_logging(args)
     settings = build_settings(vars(args), _config(args, required=False))
-    output.result(f"placeholder: {write_placeholder(settings.ssl_dir)}")
+    output.result(f"placeholder: {write_placeholder(settings.haproxy.ssl_dir)}")
     return 0
 
 
@@ -470,7 +471,7 @@ def build_import_parser() -> argparse.ArgumentParser:
         "file. Reads the certbot directory only; leaves the ssl dir alone. Lists what certbot did that certrenew "
         "does not (hooks, other authenticators), one line each.",
         [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "ssl_dir", "listen",
-                                                         "lock_timeout")],
+                                                         "store", "lock_timeout")],
         f"TOML config file the certificates are appended to, created if missing (default {DEFAULT_CONFIG})",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="certbot certificate names (default: all)")

@@ -9,7 +9,6 @@ the tokens of orders in flight: its own, and those a run by hand beside it publi
 the store because it found the port taken (see `responder`).
 """
 
-import dataclasses
 import datetime
 import logging
 import os
@@ -43,7 +42,7 @@ STUCK_PAUSE = 5.0
 """Seconds to wait when a certificate is still due right after a pass, so nothing ever spins."""
 BIND_RETRY = 0.5
 """Seconds between tries to open the responder's port while another process holds it."""
-FIXED_AT_START = ("listen", "metrics_listen", "state_dir")
+FIXED_AT_START = ("listen", "metrics_listen", "state_dir", "store")
 """Settings bound to what the daemon opened at start (ports, the store): a SIGHUP keeps them."""
 
 Config = tuple[Settings, list[CertificateSpec]]
@@ -72,12 +71,12 @@ class Daemon:
     def run(self) -> None:
         """Bind the responder (and the metrics server), then pass and sleep, pass and sleep."""
         with ExitStack() as stack:
-            responder = stack.enter_context(Responder(self.settings.listen, self.store))
+            responder = stack.enter_context(Responder(self.settings.responder.listen, self.store))
             self.bind(responder)
-            if self.settings.metrics_listen:
-                stack.enter_context(metrics.serve(self.settings.metrics_listen, self.status, self.telemetry))
-            log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.listen,
-                     f", metrics on {self.settings.metrics_listen}" if self.settings.metrics_listen else "")
+            if self.settings.daemon.metrics_listen:
+                stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry))
+            log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.responder.listen,
+                     f", metrics on {self.settings.daemon.metrics_listen}" if self.settings.daemon.metrics_listen else "")
             notify("READY=1")
             try:
                 while True:
@@ -119,7 +118,7 @@ class Daemon:
                       exc_info=not expected and log.isEnabledFor(logging.DEBUG))
             self.telemetry.record_pass(failed=True)
             self.telemetry.record_run(False, time.monotonic() - started)
-            return _now() + min(RETRY_AFTER_ERROR, self.settings.check_interval)
+            return _now() + min(RETRY_AFTER_ERROR, self.settings.daemon.check_interval)
         for outcome in report:
             level = (logging.ERROR if outcome.action == Action.FAILED else logging.WARNING if outcome.failed
                      else logging.DEBUG if outcome.action == Action.UNCHANGED else logging.INFO)
@@ -132,7 +131,7 @@ class Daemon:
 
     def next_wake(self, now: datetime.datetime) -> datetime.datetime:
         """`policy.next_wake` over the stored records, with the regular check jittered early."""
-        interval = self.settings.check_interval
+        interval = self.settings.daemon.check_interval
         interval -= min(interval * JITTER, MAX_JITTER) * self.rng.random()
         certificates = []
         for spec in self.specs:
@@ -141,7 +140,7 @@ class Daemon:
             except CertrenewError:  # unreadable: every pass reports it, the regular one is soon enough
                 continue
         return policy.next_wake(certificates, now, interval, self.settings.renew_before,
-                                 self.settings.directory_urls)
+                                 self.settings.acme.directory_urls)
 
     def sleep_until(self, wake: datetime.datetime) -> bool:
         """Sleep until `wake`; True if a SIGHUP ended the sleep first."""
@@ -163,9 +162,9 @@ class Daemon:
                       exc_info=not expected and log.isEnabledFor(logging.DEBUG))
             return
         for name in FIXED_AT_START:
-            if getattr(settings, name) != getattr(self.settings, name):
+            if settings.option(name) != self.settings.option(name):
                 log.warning("SIGHUP: %s changed; restart the daemon to apply it", name)
-        self.settings = dataclasses.replace(settings, **{name: getattr(self.settings, name) for name in FIXED_AT_START})
+        self.settings = settings.with_options(**{name: self.settings.option(name) for name in FIXED_AT_START})
         self.specs = specs
         log.info("SIGHUP: config re-read, %d certificate(s)", len(specs))
 

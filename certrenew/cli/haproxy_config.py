@@ -6,10 +6,11 @@ what the CA asks of this account (see `certrenew.challenge.stateless`).
 """
 
 from certrenew.acme.account import new_account_key_pem
-from certrenew.challenge.stateless import STATELESS, no_account, snippet, thumbprint
+from certrenew.challenge.stateless import no_account, snippet, thumbprint
 from certrenew.config import Settings
+from certrenew.config.challenges import STATELESS
 from certrenew.errors import UsageError
-from certrenew.state.store import Account, FileStore
+from certrenew.state.store import Account, open_store
 from certrenew.system.runcontext import RunContext
 
 
@@ -18,13 +19,13 @@ def render(settings: Settings, map_file: str | None = None, create_account: bool
     """The snippet for the account of `settings.directory_url`, as HAProxy configuration with comments
     saying where each part goes. `create_account`: make the account's key first if there is none (the CA
     registers it at the first order); without it, a missing account is a one-line error saying so."""
-    store = FileStore(settings.state_dir)
-    directory = settings.directory_url
+    store = open_store(settings, context)
+    directory = settings.acme.directory_url
     account = store.load_account(directory)
     if account is None:
         if not create_account:
             raise UsageError(no_account(directory))
-        with store.lock(settings.lock_timeout, context):
+        with store.lock(settings.lock_timeout):
             account = store.load_account(directory)  # a run may have made it meanwhile
             if account is None:
                 account = Account(new_account_key_pem(), None)

@@ -24,12 +24,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from certrenew.config import (
+    AcmeSettings,
     CertificateSpec,
     ConfigFile,
+    HaproxySettings,
     Settings,
     certificate_specs,
     check_certificate_name,
-    dns_settings,
 )
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.haproxy import service
@@ -39,7 +40,7 @@ from certrenew.pki.bundle import CertificateInfo, leaf_certificate, leaf_info
 from certrenew.pki.keys import key_type_of, load_key
 from certrenew.pki.placeholder import write_placeholder
 from certrenew.renewal.renew import Outcome, run
-from certrenew.state.store import Account, FileStore
+from certrenew.state.store import Account, Store, open_store
 from certrenew.system.atomicfile import fsync_directory, temp_path
 from certrenew.system.runcontext import RunContext
 
@@ -79,7 +80,8 @@ class Removal:
 
     served_by: str
     """How HAProxy stopped serving it: a hot update, a reload, or nothing to do."""
-    backup: Path
+    backup: str
+    """Where its state is kept now (a path in the state dir)."""
     placeholder: Path | None
     """Written because the certificate was the last one in the ssl dir."""
 
@@ -126,7 +128,7 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
             reissue: bool = False, delete: bool = False) -> Request:
     """Check everything the revocation needs before anyone is asked; changes nothing."""
     reason_code(reason)
-    store = FileStore(settings.state_dir)
+    store = open_store(settings)
     bundle = store.load_bundle(check_certificate_name(name))
     in_config = next((spec for spec in config.certificates if spec.name == name), None) if config else None
     if delete and config is not None and in_config is not None:
@@ -134,11 +136,11 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
                          "remove it there first, or use --reissue")
     if bundle is None:
         if delete and name in store.names():
-            return Request(name, None, None, settings.directory_url, reason, delete=True)
+            return Request(name, None, None, settings.acme.directory_url, reason, delete=True)
         raise UsageError(f"no certificate named {name!r} in {settings.state_dir} (see certrenew status)")
     record = store.load_record(name)
-    ca = record.directory if record is not None and record.directory else settings.directory_url
-    _account(store, settings, ca)
+    ca = record.directory if record is not None and record.directory else settings.acme.directory_url
+    _account(store, settings.state_dir, ca)
     info = leaf_info(bundle)
     replacement = None
     if reissue and config is not None:
@@ -152,10 +154,11 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
             raise UsageError(f"{name} has a key of a type certrenew does not make; list it in a config file "
                              "with a key_type to --reissue it")
         # Checked here, so a wildcard without --challenge dns-01 is refused before anything is ordered.
-        [replacement] = certificate_specs(name, info.domains, key_type, settings.profile, settings.challenge,
-                                          dns_settings(settings.challenge, vars(settings)))
-    if delete and not settings.ssl_dir.is_dir():
-        raise UsageError(f"the ssl dir {settings.ssl_dir} does not exist (set --ssl-dir)")
+        defaults = settings.certificate
+        [replacement] = certificate_specs(name, info.domains, key_type, defaults.profile, defaults.challenge,
+                                          defaults.dns())
+    if delete and not settings.haproxy.ssl_dir.is_dir():
+        raise UsageError(f"the ssl dir {settings.haproxy.ssl_dir} does not exist (set --ssl-dir)")
     others = tuple(spec.name for spec in config.certificates if spec.name != name) if config else ()
     return Request(name, bundle, info, ca, reason, replacement, delete, others)
 
@@ -177,15 +180,15 @@ def carry_out(settings: Settings, request: Request, context: RunContext | None =
             raise CertrenewError(f"{request.name}: not revoked, as no new certificate could be served "
                                  f"({reissued.detail}); HAProxy still serves the old one. Run again, or "
                                  "revoke without --reissue")
-    store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout, context):
+    store = open_store(settings, context)
+    with store.lock(settings.lock_timeout):
         if reissued is None and store.load_bundle(request.name) != request.bundle:
             raise CertrenewError(f"{request.name} changed since it was read (another run renewed or removed "
                                  "it?); nothing revoked, run again")
         if request.info is None:  # never issued: nothing at the CA, in HAProxy or in the ssl dir
             return Result(request, False, removed=Removal("never served", _archive(store, request.name), None))
-        already = not _revoke_at_ca(settings, store, request, context)
-        removed = _remove(settings, store, request.name) if request.delete else None
+        already = not _revoke_at_ca(settings.acme, store, settings.state_dir, request, context)
+        removed = _remove(settings.haproxy, store, request.name) if request.delete else None
         if removed is None and reissued is None:  # still served: the next run must replace it
             _record_revoked(store, request.name)
     return Result(request, already, reissued, removed)
@@ -198,31 +201,32 @@ def _discard_unfinished(settings: Settings, name: str, context: RunContext) -> N
     that one may have exposed them: installing or finishing them (as a run resumes)
     would serve a key the operator means to be rid of. The run then orders with a new one.
     """
-    store = FileStore(settings.state_dir)
-    with store.lock(settings.lock_timeout, context):
+    store = open_store(settings, context)
+    with store.lock(settings.lock_timeout):
         store.discard_pending(name)
         store.discard_order(name)
-def _record_revoked(store: FileStore, name: str) -> None:
+def _record_revoked(store: Store, name: str) -> None:
     record = store.load_record(name)
     if record is not None:
         record.revoked = datetime.datetime.now(datetime.timezone.utc)
         store.save_record(record)
 
 
-def _account(store: FileStore, settings: Settings, ca: str) -> Account:
+def _account(store: Store, state_dir: Path, ca: str) -> Account:
     account = store.load_account(ca)
     if account is None:
-        raise UsageError(f"no ACME account for {ca} in {settings.state_dir}; revocation "
+        raise UsageError(f"no ACME account for {ca} in {state_dir}; revocation "
                          "is signed with the account that ordered the certificate (set --directory to its CA)")
     return account
 
 
-def _revoke_at_ca(settings: Settings, store: FileStore, request: Request, context: RunContext) -> bool:
+def _revoke_at_ca(settings: AcmeSettings, store: Store, state_dir: Path, request: Request,
+                  context: RunContext) -> bool:
     """Revoke at the CA; False when it was revoked already."""
     from certrenew.acme.orders import AcmeClient
     from certrenew.acme.transport import Deadline
 
-    account = _account(store, settings, request.ca)
+    account = _account(store, state_dir, request.ca)
     ca_bundle = next((ca.ca_bundle for ca in settings.cas if ca.directory == request.ca), settings.ca_bundle)
     client = AcmeClient(request.ca, account.key_pem, Deadline(settings.timeout, context), ca_bundle)
     client.login(account.uri, settings.email, settings.agree_tos)
@@ -230,7 +234,7 @@ def _revoke_at_ca(settings: Settings, store: FileStore, request: Request, contex
     return client.revoke(leaf_certificate(request.bundle), reason_code(request.reason))
 
 
-def _remove(settings: Settings, store: FileStore, name: str) -> Removal:
+def _remove(settings: HaproxySettings, store: Store, name: str) -> Removal:
     """Take the certificate out of every HAProxy and the ssl dir, then move its state aside.
 
     HAProxy and the ssl dir agree whatever fails: see `_unserve`. The state goes last, so
@@ -250,12 +254,12 @@ def _remove(settings: Settings, store: FileStore, name: str) -> Removal:
     return Removal(served_by, _archive(store, name), placeholder)
 
 
-def _archive(store: FileStore, name: str) -> Path:
+def _archive(store: Store, name: str) -> str:
     """Move the certificate's state under `removed/`, stamped with the time."""
     return store.archive(name, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
 
 
-def _unserve(settings: Settings, file: Path) -> str:
+def _unserve(settings: HaproxySettings, file: Path) -> str:
     """Make every HAProxy drop `file`, then delete it: over the Runtime API, else by a reload.
 
     Disk and HAProxy never disagree for long: the Runtime API drops it from memory before

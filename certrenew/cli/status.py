@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal.policy import due_reason, minutes, renew_at
-from certrenew.state.store import CertificateRecord, FileStore, Store
+from certrenew.state.store import CertificateRecord, Store, open_store
 from certrenew.system.strenum import StrEnum
 
 JSON_VERSION = 1
@@ -85,14 +85,14 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
             now: datetime.datetime | None = None, read_ssl_dir: bool = False) -> list[CertificateStatus]:
     """Every managed certificate (all stored ones when `specs` is None), then the unmanaged ones.
 
-    Reads `store` (by default a `FileStore` in `settings.state_dir`) without taking its
+    Reads `store` (by default the one the settings name, see `open_store`) without taking its
     lock: status never writes. A record that cannot be read is a row "failing" with the
     reason, not the end of the report. With `read_ssl_dir`, the ssl dir's bundles are read too,
     and a certificate another one shadows is "shadowed": `certrenew status` asks, the
     daemon's endpoints, asked every few seconds, do not.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    store = store if store is not None else FileStore(settings.state_dir)
+    store = store if store is not None else open_store(settings)
     managed = {spec.name for spec in specs or ()}
     rows = []
     for spec in specs or ():
@@ -100,7 +100,7 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
             rows.append(_status(settings, spec, store.load_record(spec.name), now))
         except CertrenewError as error:
             rows.append(_unreadable(spec, error))
-    if read_ssl_dir and specs and not settings.crt_list:  # see install.shadowing
+    if read_ssl_dir and specs and not settings.haproxy.crt_list:  # see install.shadowing
         rows = _shadowed(settings, specs, rows)
     for name in store.names():
         if name in managed:
@@ -137,7 +137,7 @@ def _shadowed(settings: Settings, specs: list[CertificateSpec], rows: list[Certi
     """`rows` (one per spec, in order), those another bundle in the ssl dir shadows marked so."""
     from certrenew.haproxy.install import claims, shadowing  # cryptography: only when the ssl dir is read
 
-    directory = Path(os.path.abspath(settings.ssl_dir))
+    directory = Path(os.path.abspath(settings.haproxy.ssl_dir))
     found, managed = claims(directory), {directory / f"{spec.name}.pem" for spec in specs}
     for index, spec in enumerate(specs):
         if spec.crt_store:  # served from its crt-store entry (see issue.Issuer._check_place)
@@ -165,7 +165,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
     if record is not None and record.next_attempt and (next_renewal is None or record.next_attempt > next_renewal):
         next_renewal = record.next_attempt
     due = issued is None or due_reason(record, list(spec.domains), spec.key_type, now, settings.renew_before,
-                                       settings.directory_urls) is not None
+                                       settings.acme.directory_urls) is not None
     if not managed:
         state = State.UNMANAGED
     elif not_after is not None and now >= not_after:
@@ -192,7 +192,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         next_renewal=next_renewal,
         last_error=record.last_error if record else None,
         failures=record.failures if record else 0,
-        ca=(issued.directory or settings.directory_url) if issued else None,  # unrecorded: the configured CA
+        ca=(issued.directory or settings.acme.directory_url) if issued else None,  # unrecorded: the configured CA
     )
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from certrenew.errors import CertrenewError, Forbidden, Rejected, RuntimeApiError, TransactionOpen, Unsupported
+from certrenew.system.hostport import RUNTIME_API_TCP
 from certrenew.system.owned import group_name, user_name
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ _SET = re.compile(r"^Transaction (?:created|updated) for certificate (?P<path>.*
 """`set ssl cert` took the payload, into the transaction of this file (2.6: whichever is open)."""
 _OTHERS = re.compile(r"^The ongoing transaction is about '(?P<path>.*)' but you are trying to set ", re.M)
 """`set ssl cert` refused while another file's transaction is open (3.x)."""
-_ADDRESS = re.compile(r"^ipv4@(?P<host>[^:\s]+):(?P<port>\d{1,5})$")
 _SPECIAL = re.compile(r"([\\;\s])")
 """What HAProxy's CLI reads as syntax in an argument: the escape, the command separator, blanks."""
 
@@ -45,17 +45,6 @@ def argument(path: str) -> str:
     if "\n" in path or "\r" in path:
         raise RuntimeApiError(f"{path!r}: a line break cannot be passed to HAProxy's Runtime API")
     return _SPECIAL.sub(r"\\\1", path)
-
-
-def check_address(address: str) -> str:
-    """A Runtime API address: `ipv4@HOST:PORT`, or a unix socket path (optionally `unix@PATH`)."""
-    match = _ADDRESS.match(address)
-    if match:
-        if not 0 < int(match["port"]) < 65536:
-            raise ValueError(f"{address}: port out of range")
-    elif not address.removeprefix("unix@").startswith("/"):
-        raise ValueError(f"{address}: give an absolute unix socket path or ipv4@HOST:PORT")
-    return address
 
 
 @dataclass(frozen=True)
@@ -145,7 +134,7 @@ class RuntimeApi:
         return answer
 
     def _connect(self) -> socket.socket:
-        match = _ADDRESS.match(self.address)
+        match = RUNTIME_API_TCP.match(self.address)
         if match:
             return socket.create_connection((match["host"], int(match["port"])), timeout=self.timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,28 +1,26 @@
 """Issuing certificates for a run: the happy path of an order, in order.
 
 key -> CSR -> ACME order answered by the spec's challenge solver -> order and key kept
--> finalized and downloaded -> bundle kept as pending, with the CA's renewal window
-(ARI) fetched right away in the same worker -> (every certificate of the run) installed
-into HAProxy at once -> recorded as current, from local state alone.
+-> finalized and downloaded -> bundle proven ours and kept as pending, with the CA's
+renewal window (ARI) fetched right away in the same worker. Issuing ends there: making
+HAProxy serve what the store holds is `deploy`'s, from local state alone.
 """
 
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from certrenew.acme.account import ExternalAccount, new_account_key_pem
 from certrenew.acme.ari import RenewalWindow, ari_cert_id, renewal_window, supports_ari
 from certrenew.acme.orders import AcmeClient
 from certrenew.acme.transport import Deadline, RequestCounter
 from certrenew.challenge.solver import ChallengeSolver
-from certrenew.config import Ca, CertificateSpec, Settings
+from certrenew.config import AcmeSettings, Ca, CertificateSpec
 from certrenew.errors import CertrenewError, OverBudget, UsageError
-from certrenew.haproxy.install import Installer, InstallResult, Serving
-from certrenew.pki.bundle import CertificateInfo, check_bundle, check_clock, check_issued, leaf_certificate
+from certrenew.pki.bundle import check_bundle, check_clock, check_issued, leaf_certificate
 from certrenew.pki.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
+from certrenew.renewal.deploy import Issued, apply_window
 from certrenew.renewal.policy import (
     BUDGET_PERIOD,
     ORDER_BUDGET,
@@ -42,32 +40,6 @@ log = logging.getLogger(__name__)
 Window = RenewalWindow | CertrenewError | None
 """What the CA said about a certificate's renewal: its window, the error asking it, or None
 when it does not speak ARI."""
-
-
-@dataclass(frozen=True)
-class Issued:
-    """A certificate issued (and kept as pending) but not yet installed."""
-
-    spec: CertificateSpec
-    bundle: bytes
-    action: Action
-    """ISSUED, RENEWED or INSTALLED (one a previous run issued)."""
-    window: Window = None
-    directory: str | None = None
-    """The ACME directory URL of the CA that issued it; None: the first CA."""
-
-
-@dataclass(frozen=True)
-class Installed:
-    """A certificate installed into HAProxy and recorded as current."""
-
-    issued: Issued
-    info: CertificateInfo
-    result: InstallResult
-    unrecorded: Exception | None = None
-    """Why it is served but could not be recorded as current (a full state disk, say): it stays
-    pending, and the next run records it."""
-
 
 class _Session:
     """A CA's account and its clients, one per thread, for a run; a failure to reach it is remembered
@@ -100,7 +72,7 @@ class _Probe:
 
 
 class Issuer:
-    """Orders, installs and records certificates for one run; safe to use from several threads.
+    """Orders certificates for one run and keeps each, proven, as pending; safe to use from several threads.
 
     Each thread gets its own ACME client per CA (a `requests` session and its nonces are not
     shared); each CA's account is registered once, and only when an order comes to it.
@@ -108,25 +80,27 @@ class Issuer:
     DNS settings): the caller creates them and keeps them running for the run.
     """
 
-    def __init__(self, settings: Settings, store: Store, solvers: Mapping[Hashable, ChallengeSolver],
+    def __init__(self, acme: AcmeSettings, store: Store, solvers: Mapping[Hashable, ChallengeSolver],
                  counter: RequestCounter | None = None,
                  before_order: Callable[[CertificateSpec], None] = lambda spec: None,
-                 managed: Iterable[str] = (), context: RunContext | None = None) -> None:
-        """`managed`: the names of every certificate of the config (see `install.shadowing`); `context`: what
-        cancels it."""
-        self.settings = settings
+                 check_place: Callable[[CertificateSpec], None] = lambda spec: None,
+                 force: bool = False, renew_before: datetime.timedelta | None = None,
+                 context: RunContext | None = None, lock_timeout: float = 300.0) -> None:
+        """`lock_timeout`: how long to wait for another process creating the CA's account."""
+        self.acme = acme
+        self.lock_timeout = lock_timeout
         self.before_order = before_order
         """Raises to stop an order before the CA hears of it (the pre-flight self-check)."""
+        self.check_place = check_place
+        """Raises when what is issued could not be served (see `Deployer.check_place`)."""
+        self.force, self.renew_before = force, renew_before
         self.counter = counter
         self.store = store
         self.solvers = solvers
-        self.installer = Installer(settings.ssl_dir, settings.reload_command, settings.haproxy_socket,
-                                   settings.haproxy_config, settings.verify_endpoint, settings.crt_list, managed,
-                                   context)
-        self.deadline = Deadline(settings.timeout, context)
+        self.deadline = Deadline(acme.timeout, context)
         self._lock = threading.RLock()
-        self.cas = settings.cas
-        """The CAs to order from, in order (see `Settings.cas`)."""
+        self.cas = acme.cas
+        """The CAs to order from, in order (see `AcmeSettings.cas`)."""
         self._sessions = {ca.directory: _Session(ca) for ca in self.cas}
 
     def issue(self, spec: CertificateSpec) -> Issued:
@@ -135,7 +109,7 @@ class Issuer:
         What fails at a CA and may not at the next (see `falls_through`) is logged in one
         line and the next CA is asked; the last one's failure is the certificate's.
         """
-        self._check_place(spec)
+        self.check_place(spec)
         solver, cas, probe = self._solver(spec), self.cas, _Probe(lambda: self.before_order(spec))
         for ca, then in zip(cas, cas[1:]):
             try:
@@ -147,22 +121,17 @@ class Issuer:
                             extra={"certificate": spec.name})
         return self._issue_at(cas[-1].directory, spec, solver, probe)
 
-    def _check_place(self, spec: CertificateSpec) -> None:
-        """See `Installer.check_place`. A certificate HAProxy loads from a crt-store entry is served
-        from that entry, not from whatever the ssl dir holds, so no other bundle there shadows it."""
-        self.installer.check_place(spec.name, () if spec.crt_store else spec.domains, spec.key_type)
-
     def _issue_at(self, directory: str, spec: CertificateSpec, solver: ChallengeSolver,
                   probe: Callable[[], None]) -> Issued:
         """Order the certificate from the CA at `directory`: the happy path of an order."""
         self._check_budget(spec, directory)
         client = self._client(directory)
-        if self.settings.caa_check:
+        if self.acme.caa_check:
             from certrenew.challenge import caa  # only when asked: no lookup, no dnspython on the usual path
 
-            configured = self.settings.caa_identity if directory == self.settings.directory_url else ()
+            configured = self.acme.caa_identity if directory == self.acme.directory_url else ()
             caa.require(spec.domains, caa_identities(client.transport.directory.meta.caa_identities, configured),
-                        client.account_uri, spec.challenge, self.settings.caa_resolver)
+                        client.account_uri, spec.challenge, self.acme.caa_resolver)
         probe()
         domains = list(spec.domains)
         key = generate_key(spec.key_type)
@@ -184,7 +153,7 @@ class Issuer:
         `_set_aside`), and what came from another CA or no longer fits is dropped; either
         way the certificate is ordered anew.
         """
-        self._check_place(spec)
+        self.check_place(spec)
         bundle = self.store.load_bundle(spec.name, "pending")
         if bundle is None:
             return self._finish_order(spec)
@@ -223,7 +192,7 @@ class Issuer:
         if not self._same_ca(spec, "saved order", order.directory):
             self.store.discard_order(spec.name)
             return self.issue(spec)
-        directory = order.directory or self.settings.directory_url
+        directory = order.directory or self.acme.directory_url
         if order.domains == list(spec.domains) and order.key_type == spec.key_type:
             try:
                 fullchain = self._client(directory).finish(order.url, make_csr(key, order.domains))
@@ -249,7 +218,7 @@ class Issuer:
             return
         spent = (f"the CA issued {ORDER_BUDGET} certificates for it in the last "
                  f"{BUDGET_PERIOD.total_seconds() / 3600:g} h, its budget")
-        if self.settings.force:
+        if self.force:
             log.warning("%s: %s; ordering anyway (--force)", spec.name, spent)
             return
         raise OverBudget(f"not ordered: {spent} (is the CA's renewal window, or the clock, asking again and "
@@ -284,7 +253,7 @@ class Issuer:
         at once with --force.
         """
         where = self.store.set_aside(spec.name, kind)
-        if self.settings.force:
+        if self.force:
             log.warning("%s: %s; set aside as %s; ordering anew (--force)", spec.name, problem, where,
                         extra={"certificate": spec.name})
             return self.issue(spec)
@@ -302,58 +271,14 @@ class Issuer:
         """Refresh the CA's renewal window for the current certificate; renew if it now says so."""
         record = self.store.load_record(spec.name)
         assert record is not None  # checked only when the record says a check is due
-        _apply_window(record, self._window(spec.name, self.store.load_bundle(spec.name), record.directory))
+        apply_window(record, self._window(spec.name, self.store.load_bundle(spec.name), record.directory))
         self.store.save_record(record)
-        decision = decide(record, list(spec.domains), spec.key_type, utc_now(), renew_before=self.settings.renew_before,
+        decision = decide(record, list(spec.domains), spec.key_type, utc_now(), renew_before=self.renew_before,
                           directories=tuple(self._sessions))
         if decision.due:
             log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
             return self.issue(spec)
         return decision
-
-    def install(self, issued: list[Issued]) -> list[Installed]:
-        """Install the issued certificates into HAProxy together, then record each as current.
-
-        Each is recorded on its own: one that cannot be does not make the others' records
-        untrue (see `Installed.unrecorded`). Touches only HAProxy and local state: the
-        renewal windows came with the downloads. The records are written a few at once:
-        each waits on its fsyncs, which the disk then takes together (a thousand one by
-        one took longer than ordering them).
-        """
-        results = self.installer.install({item.spec.name: item.bundle for item in issued},
-                                         {item.spec.name: Serving(item.spec.crt_list_options, item.spec.crt_store)
-                                          for item in issued})
-        with ThreadPoolExecutor(self.settings.concurrency) as pool:
-            return list(pool.map(self._record, issued, results))
-
-    def _record(self, item: Issued, result: InstallResult) -> Installed:
-        """Record an installed certificate as current; a failure, even one nobody foresaw, is kept, not raised."""
-        info = result.info
-        directory = item.directory or self.settings.directory_url
-        settings = item.spec.order_settings(directory)
-        try:
-            issues = recent_issues(self.store.load_record(item.spec.name), settings, utc_now())
-        except CertrenewError as error:  # the new record replaces it: only its budget is lost
-            log.warning("%s: %s", item.spec.name, error)
-            issues = []
-        record = CertificateRecord(
-            name=item.spec.name,
-            domains=list(item.spec.domains),
-            key_type=item.spec.key_type,
-            serial=info.serial,
-            not_before=info.not_before,
-            not_after=info.not_after,
-            issued_at=utc_now(),
-            directory=directory,
-            recent_issues=issues,
-            issued_settings=settings,
-        )
-        _apply_window(record, item.window)
-        try:
-            self.store.promote_pending(record)
-        except Exception as error:  # even one nobody foresaw: the others are served and recorded
-            return Installed(item, info, result, error)
-        return Installed(item, info, result)
 
     def _window(self, name: str, bundle: bytes | None, directory: str | None) -> Window:
         """Ask the CA that issued the certificate for its renewal window; a failure is kept, not raised."""
@@ -382,7 +307,7 @@ class Issuer:
     def _client(self, directory: str | None) -> AcmeClient:
         """This thread's logged-in ACME client for the CA at `directory` (None: the first CA); a failure to
         reach the CA is remembered for the others."""
-        session = self._sessions[directory or self.settings.directory_url]
+        session = self._sessions[directory or self.acme.directory_url]
         client = getattr(session.local, "client", None)
         if client is not None:
             return client
@@ -398,17 +323,18 @@ class Issuer:
         return client
 
     def _login(self, session: _Session) -> AcmeClient:
-        settings, ca = self.settings, session.ca
+        acme, ca = self.acme, session.ca
         if session.account is None:
-            session.account = self.store.load_account(ca.directory)
-            if session.account is None:
-                session.account = Account(new_account_key_pem(), None)
-                self.store.save_account(ca.directory, session.account)
+            with self.store.account_lock(ca.directory, self.lock_timeout):  # one key per CA, whoever makes it
+                session.account = self.store.load_account(ca.directory)
+                if session.account is None:
+                    session.account = Account(new_account_key_pem(), None)
+                    self.store.save_account(ca.directory, session.account)
         account = session.account
         client = AcmeClient(ca.directory, account.key_pem, self.deadline, ca.ca_bundle, self.counter)
         check_clock(client.transport.ca_clock_ahead)  # at the first login of the run: before any order
         eab = ExternalAccount(ca.eab_kid, ca.eab_hmac_key_file) if ca.eab_kid and ca.eab_hmac_key_file else None
-        self._remember_account(session, client.login(account.uri, settings.email, settings.agree_tos, eab))
+        self._remember_account(session, client.login(account.uri, acme.email, acme.agree_tos, eab))
         return client
 
     def _remember_account(self, session: _Session, uri: str) -> None:
@@ -438,20 +364,3 @@ def caa_identities(listed: Sequence[str] | None, configured: Sequence[str]) -> l
     """The CA's issuer domains for CAA: those its directory lists (caaIdentities), else `configured`
     (--caa-identity, which names the first CA's: a fallback CA's verdict is then left to it)."""
     return list(listed or configured)
-
-
-def _apply_window(record: CertificateRecord, window: Window) -> None:
-    """Store the CA's renewal window in `record`; without ARI, or when asking failed, the lifetime rule rules.
-
-    The random time inside the window is kept while the window stays the same
-    (RFC 9773 section 4.2), so repeated checks do not keep moving it.
-    """
-    if window is None:
-        record.ari_window_start = record.ari_window_end = record.ari_renew_at = record.ari_next_check = None
-    elif isinstance(window, CertrenewError):
-        record.ari_next_check = utc_now() + datetime.timedelta(hours=6)
-    else:
-        if (window.start, window.end) != (record.ari_window_start, record.ari_window_end):
-            record.ari_window_start, record.ari_window_end = window.start, window.end
-            record.ari_renew_at = window.pick()
-        record.ari_next_check = window.next_check

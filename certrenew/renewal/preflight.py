@@ -26,15 +26,15 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from certrenew.challenge.responder import CHALLENGE_PREFIX, Answer, Responder, ask
-from certrenew.challenge.solver import HTTP_01, TLS_ALPN_01
-from certrenew.challenge.stateless import STATELESS, StatelessSolver
-from certrenew.config import CertificateSpec, Settings
+from certrenew.challenge.stateless import StatelessSolver
+from certrenew.config import AcmeSettings, CertificateSpec, HaproxySettings, ResponderSettings, Settings
+from certrenew.config.challenges import HTTP_01, STATELESS, TLS_ALPN_01
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.haproxy import service
 from certrenew.haproxy.crtlist import CrtList
 from certrenew.haproxy.install import claims, shadowing
 from certrenew.haproxy.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
-from certrenew.state.store import FileStore, Store
+from certrenew.state.store import Store, open_store
 from certrenew.system import hints, owned
 from certrenew.system.hostport import split_host_port
 from certrenew.system.listen import check_socket_dir, create_hint, flood_risk, parse_listen, takeover_risk
@@ -92,7 +92,8 @@ def require(checks: Iterable[Check], ok_level: int = logging.DEBUG) -> None:
 
 # The path from the CA to the responder.
 
-def probe_ahead(responder: Responder | StatelessSolver, settings: Settings, specs: Iterable[CertificateSpec]) -> dict[str, Check]:
+def probe_ahead(responder: Responder | StatelessSolver, settings: ResponderSettings,
+                specs: Iterable[CertificateSpec]) -> dict[str, Check]:
     """Probe every HTTP-01 name of the orders a run is about to make, all at once, before the first order.
 
     Probed inside each order, a probe waited on the threads busy with other orders: the
@@ -111,7 +112,7 @@ def probe_ahead(responder: Responder | StatelessSolver, settings: Settings, spec
         return {}
 
 
-def check_path(solvers: Mapping[Hashable, Any], settings: Settings, probed: Mapping[str, Check],
+def check_path(solvers: Mapping[Hashable, Any], settings: ResponderSettings, probed: Mapping[str, Check],
                spec: CertificateSpec) -> None:
     """Before ordering `spec`: every name must reach its responder through HAProxy, or no order is made.
     An HTTP-01 name `probe_ahead` probed is not probed again; any other (a TLS-ALPN-01 name, an order a
@@ -125,8 +126,8 @@ def check_path(solvers: Mapping[Hashable, Any], settings: Settings, probed: Mapp
     require([known.get(name) or fresh[name] for name in spec.domains], logging.INFO)
 
 
-def probe_all(responder: Any, settings: Settings, names: Sequence[str],
-              probe_one: Callable[[Any, Settings, str], Check] | None = None) -> list[Check]:
+def probe_all(responder: Any, settings: ResponderSettings, names: Sequence[str],
+              probe_one: Callable[[Any, ResponderSettings, str], Check] | None = None) -> list[Check]:
     """`probe` every name, a few at once: a name that does not answer costs its timeout only once.
 
     A single name is probed in this thread: a pool's thread start and join cost more
@@ -142,7 +143,7 @@ def probe_all(responder: Any, settings: Settings, names: Sequence[str],
         pool.shutdown(cancel_futures=True)
 
 
-def probe(responder: Responder | StatelessSolver, settings: Settings, name: str) -> Check:
+def probe(responder: Responder | StatelessSolver, settings: ResponderSettings, name: str) -> Check:
     """Serve a random token on `responder` and fetch it from http://NAME/ the way the CA would."""
     if isinstance(responder, StatelessSolver):
         return probe_stateless(responder, settings, name)
@@ -182,7 +183,7 @@ def _seen(answer: Answer) -> str:
     return seen
 
 
-def probe_stateless(solver: StatelessSolver, settings: Settings, name: str) -> Check:
+def probe_stateless(solver: StatelessSolver, settings: ResponderSettings, name: str) -> Check:
     """Probe every node that answers the CA for NAME statelessly (those of --http-01-node; else NAME:80 or
     --self-check-address, as `probe` does): one that does not give this account's key authorization fails."""
     checks = [probe_node(solver, name, node or settings.self_check_address)
@@ -221,7 +222,7 @@ def probe_node(solver: StatelessSolver, name: str, node: str | None) -> Check:
     return Check(OK, what, f"answers {HTTP_01} for this account by itself ({url})")
 
 
-def probe_tls(responder: "TlsAlpnResponder", settings: Settings, name: str) -> Check:
+def probe_tls(responder: "TlsAlpnResponder", settings: ResponderSettings, name: str) -> Check:
     """Serve a challenge certificate for a random key authorization on `responder` and shake hands
     with NAME:443 for it the way the CA would (SNI NAME, ALPN acme-tls/1)."""
     import ssl  # with the responder, only for a TLS-ALPN-01 certificate
@@ -264,20 +265,20 @@ def _not_reached(error: OSError, name: str, what: str, where: str, option: str) 
     return None
 
 
-PROBES: Mapping[str, Callable[[Any, Settings, str], Check]] = MappingProxyType({HTTP_01: probe,
-                                                                                 TLS_ALPN_01: probe_tls})
+PROBES: Mapping[str, Callable[[Any, ResponderSettings, str], Check]] = MappingProxyType({HTTP_01: probe,
+                                                                                          TLS_ALPN_01: probe_tls})
 """How the path of each challenge type is probed before ordering; DNS-01's solver checks its own."""
 
 
 # HAProxy: the admin socket and the reload command, which installing will need.
 
-def socket_checks(settings: Settings) -> list[Check]:
+def socket_checks(settings: HaproxySettings) -> list[Check]:
     """Every Runtime API socket: an install fails on one it cannot use."""
     served_from, kind = (settings.crt_list, "crt-list") if settings.crt_list else (settings.ssl_dir, "crt directory")
     return [socket_check(address, served_from, kind) for address in settings.haproxy_socket]
 
 
-def haproxy_checks(settings: Settings) -> list[Check]:
+def haproxy_checks(settings: HaproxySettings) -> list[Check]:
     """Every Runtime API socket, then the reload command: needed when no socket can take a new certificate."""
     checks = socket_checks(settings)
     needed = not checks or any(check.status != OK for check in checks)
@@ -331,42 +332,43 @@ def reload_check(command: str, needed: bool) -> Check:
 
 def run_checks(settings: Settings, config: Path | None, specs: Sequence[CertificateSpec]) -> list[Check]:
     """Every pre-flight check, without ordering anything: one verdict per line."""
+    haproxy, responder_settings, acme = settings.haproxy, settings.responder, settings.acme
     checks = [Check(OK, "config", f"{config}: {len(specs)} certificate(s)") if config else
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
-              _state_dir_check(settings.state_dir), _ssl_dir_check(settings.ssl_dir),
-              *([] if settings.http_01_mode == STATELESS else [_listen_check(settings.listen)]),
-              *([] if settings.crt_list else _shadow_checks(settings.ssl_dir, specs)), *haproxy_checks(settings)]
-    if settings.crt_list:
-        checks.append(_crt_list_check(settings.crt_list))
-    if settings.haproxy_config:
-        checks.append(_config_check(settings.haproxy_config))
-    profiles = {spec.profile for spec in specs} | {settings.profile}
-    for ca in settings.cas:  # a fallback CA too: it is wanted when the first fails, not found broken then
+              _state_dir_check(settings.state_dir), _ssl_dir_check(haproxy.ssl_dir),
+              *([] if responder_settings.http_01_mode == STATELESS else [_listen_check(responder_settings.listen)]),
+              *([] if haproxy.crt_list else _shadow_checks(haproxy.ssl_dir, specs)), *haproxy_checks(haproxy)]
+    if haproxy.crt_list:
+        checks.append(_crt_list_check(haproxy.crt_list))
+    if haproxy.haproxy_config:
+        checks.append(_config_check(haproxy.haproxy_config))
+    profiles = {spec.profile for spec in specs} | {settings.certificate.profile}
+    for ca in acme.cas:  # a fallback CA too: it is wanted when the first fails, not found broken then
         checks.extend(_directory_checks(ca.directory, ca.ca_bundle, sorted(filter(None, profiles))))
-    checks.extend(map(_endpoint_check, settings.verify_endpoint))
-    checks.extend(_eab_check(ca.eab_kid, ca.eab_hmac_key_file) for ca in settings.cas
+    checks.extend(map(_endpoint_check, haproxy.verify_endpoint))
+    checks.extend(_eab_check(ca.eab_kid, ca.eab_hmac_key_file) for ca in acme.cas
                   if ca.eab_kid and ca.eab_hmac_key_file)
-    if settings.caa_check:
-        checks.extend(_caa_checks(settings, specs))
+    if acme.caa_check:
+        checks.extend(_caa_checks(acme, open_store(settings), specs))
     names = list(dict.fromkeys(name for spec in specs if spec.challenge == HTTP_01 for name in spec.domains))
-    if settings.http_01_mode == STATELESS:
-        checks.extend(stateless_checks(settings, FileStore(settings.state_dir), names))
+    if responder_settings.http_01_mode == STATELESS:
+        checks.extend(stateless_checks(settings, open_store(settings), names))
     elif names:
-        with Responder(settings.listen, FileStore(settings.state_dir)) as responder:  # the daemon's, if it runs
+        with Responder(responder_settings.listen, open_store(settings)) as responder:  # the daemon's, if it runs
             try:
-                checks.extend(probe_all(responder, settings, names))
+                checks.extend(probe_all(responder, responder_settings, names))
             except CertrenewError as error:  # the responder cannot listen
                 checks.append(Check(FAIL, "responder", str(error)))
     tls_names = list(dict.fromkeys(name for spec in specs if spec.challenge == TLS_ALPN_01 for name in spec.domains))
     if tls_names:
         from certrenew.challenge.tlsalpn01 import TlsAlpnResponder
 
-        with TlsAlpnResponder(settings.tls_alpn_listen) as tls_responder:
+        with TlsAlpnResponder(responder_settings.tls_alpn_listen) as tls_responder:
             try:
-                checks.extend(probe_all(tls_responder, settings, tls_names, probe_tls))
+                checks.extend(probe_all(tls_responder, responder_settings, tls_names, probe_tls))
             except CertrenewError as error:
                 checks.append(Check(FAIL, "TLS-ALPN-01 responder", str(error)))
-    if not names and not tls_names and not settings.http_01_node:  # all ok would read as "ready to order", and the probe is what most first orders fail on
+    if not names and not tls_names and not responder_settings.http_01_node:  # all ok would read as "ready to order", and the probe is what most first orders fail on
         checks.append(Check(WARN, "probe", "no HTTP-01 name to probe, so the path from the CA through HAProxy to "
                                            "the responder is not checked: name them (`certrenew check DOMAIN...`) "
                                            "or give --config"))
@@ -375,18 +377,18 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
 
 def stateless_solver(settings: Settings, store: Store) -> StatelessSolver:
     """The solver of --http-01-mode stateless, for the account of the first CA in the store."""
-    account = store.load_account(settings.directory_url)
-    return StatelessSolver(account.key_pem if account else None, settings.directory_url)
+    account = store.load_account(settings.acme.directory_url)
+    return StatelessSolver(account.key_pem if account else None, settings.acme.directory_url)
 
 
 def stateless_checks(settings: Settings, store: Store, names: Sequence[str]) -> list[Check]:
     """Each node of --http-01-node, one line each (asked for the first name, or for its own address);
     without nodes, each name at NAME:80 as the run probes it."""
     solver = stateless_solver(settings, store)
-    if not settings.http_01_node:
-        return probe_all(solver, settings, names)
-    return [probe_node(solver, names[0] if names else split_host_port(node)[0], node)
-            for node in settings.http_01_node]
+    nodes = settings.responder.http_01_node
+    if not nodes:
+        return probe_all(solver, settings.responder, names)
+    return [probe_node(solver, names[0] if names else split_host_port(node)[0], node) for node in nodes]
 
 
 def _state_dir_check(state_dir: Path) -> Check:
@@ -510,7 +512,7 @@ def _eab_check(kid: str, key_file: Path) -> Check:
     return Check(OK, what, f"{key_file} holds a key, readable by this user only; used when an account is created")
 
 
-def _caa_checks(settings: Settings, specs: Sequence[CertificateSpec]) -> list[Check]:
+def _caa_checks(settings: AcmeSettings, store: Store, specs: Sequence[CertificateSpec]) -> list[Check]:
     """Each name's CAA verdict for this CA, the account of the state dir and the certificate's challenge
     (see `certrenew.challenge.caa`), then the record that would pin them all to this account."""
     import requests
@@ -524,7 +526,7 @@ def _caa_checks(settings: Settings, specs: Sequence[CertificateSpec]) -> list[Ch
     except (requests.RequestException, ValueError, AttributeError):
         meta = {}  # the directory's own check says why
     identities = caa_identities(meta.get("caaIdentities"), settings.caa_identity)
-    account = FileStore(settings.state_dir).load_account(settings.directory_url)
+    account = store.load_account(settings.directory_url)
     uri = account.uri if account else None
     verdicts = {(name, spec.challenge): caa.verdict(name, identities, uri, spec.challenge, settings.caa_resolver)
                 for spec in specs for name in spec.domains}

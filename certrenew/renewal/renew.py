@@ -9,21 +9,28 @@ import datetime
 import functools
 import logging
 import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certrenew.challenge.solver import HTTP_01, TLS_ALPN_01, ChallengeSolver, check_domains
-from certrenew.challenge.stateless import STATELESS
-from certrenew.config import CertificateSpec, Settings, check_certificate_name
+from certrenew.challenge.dns01 import Dns01Solver
+from certrenew.challenge.dnshook import DnsHook
+from certrenew.challenge.rfc2136 import Rfc2136Publisher
+from certrenew.challenge.solver import ChallengeSolver
+from certrenew.config import CertificateSpec, HaproxySettings, HookSettings, Settings, check_certificate_name
+from certrenew.config.challenges import HTTP_01, STATELESS, TLS_ALPN_01, check_domains
+from certrenew.config.dns import DnsSettings
 from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError, causes
 from certrenew.pki.domains import check_normalized
 from certrenew.renewal import hooks
 from certrenew.renewal.policy import Action, Decision, ari_check_due, backoff, decide, utc_now
 from certrenew.renewal.progress import Progress
-from certrenew.state.store import CertificateRecord, FileStore, Store
+from certrenew.state.backend import Busy, Fenced, Lease
+from certrenew.state.store import CertificateRecord, Store, open_store
 from certrenew.system import owned
 from certrenew.system.atomicfile import remove_stale_temps
 from certrenew.system.runcontext import RunContext
@@ -31,7 +38,7 @@ from certrenew.system.runcontext import RunContext
 if TYPE_CHECKING:
     from certrenew.challenge.responder import Responder
     from certrenew.challenge.stateless import StatelessSolver
-    from certrenew.renewal.issue import Installed, Issued, Issuer
+    from certrenew.renewal.deploy import Deployer, Installed, Issued
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +96,11 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     `others`: the config's certificates not in `specs` (revoke --reissue runs one), which shadow none of them.
 
     Certificates are independent: one failing does not stop the others, and up to
-    `settings.concurrency` are ordered at once. State lives in `store`, by default a
-    `FileStore` in `settings.state_dir`. One run at a time per store: this waits for
-    its lock first (up to `settings.lock_timeout`). A `metrics.Telemetry` counts the
+    `settings.concurrency` are ordered at once. State lives in `store`, by default the one
+    the settings name (see `open_store`). Each certificate due is worked on under its own
+    lock, waited for up to `settings.lock_timeout` and held until it is installed: other runs
+    (a daemon, a run by hand, another node) work on other certificates meanwhile, and one that
+    comes second to a certificate finds it done. A `metrics.Telemetry` counts the
     ACME requests; `progress` shows the orders as they finish (plain log lines by
     default). A hook whose program is missing, or a certificate whose name is not a
     plain file name, whose domains are not normalized or that its challenge type cannot
@@ -110,15 +119,15 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
             check_domains(spec.challenge, spec.domains)  # a wildcard over HTTP-01 would only fail at the CA
         except UsageError as error:
             raise UsageError(f"{spec.name}: {error}") from error
-    check_hooks(settings)
-    _check_ssl_dir(settings)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
-    store = store if store is not None else FileStore(settings.state_dir)
+    check_hooks(settings.hooks)
+    _check_ssl_dir(settings.haproxy.ssl_dir)  # before the lock: a mistyped --ssl-dir leaves no state dir behind
     context = context or RunContext()
-    with store.lock(settings.lock_timeout, context):
+    store = store if store is not None else open_store(settings, context)
+    with store.run_lock(settings.lock_timeout):
         return _run(settings, specs, store, telemetry, progress or Progress(), responder, others, context)
 
 
-def check_hooks(settings: Settings) -> None:
+def check_hooks(settings: HookSettings) -> None:
     """Refuse (UsageError) a hook whose program is missing, before anything is touched."""
     for role, command in (("pre-hook", settings.pre_hook), ("deploy hook", settings.deploy_hook),
                           ("post-hook", settings.post_hook)):
@@ -128,13 +137,13 @@ def check_hooks(settings: Settings) -> None:
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress,
          responder: "Responder | None", others: Sequence[str], context: RunContext) -> Report:
     now = utc_now()
-    remove_stale_temps(settings.ssl_dir)
+    remove_stale_temps(settings.haproxy.ssl_dir)
 
     outcomes: dict[str, Outcome] = {}
     work = []
     for spec in specs:
         try:
-            step = _step(settings, store, spec, now)
+            step = _step(settings, store, spec, now, quiet=True)  # again under its lock, if there is work
         except Exception as error:  # an unreadable record, or a fault nobody foresaw, fails its certificate alone
             outcomes[spec.name] = Outcome(spec.name, Action.FAILED, str(_expected(error)))
             continue
@@ -148,43 +157,56 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
         from certrenew.system.requirements import check_acme_stack  # importlib.metadata: not for a no-op
 
         check_acme_stack()  # one clear line for an old acme, not an AttributeError mid-order
-        _check_reload_command(settings)
+        _check_reload_command(settings.haproxy)
         from certrenew.renewal import preflight
 
-        preflight.require(preflight.socket_checks(settings))  # before the CA issues what could not be installed
+        preflight.require(preflight.socket_checks(settings.haproxy))  # before the CA issues what could not be installed
         do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder,
                                     [*others, *(spec.name for spec in specs)], context)
-        if any(step != "check" for _, step in work):
-            hook_failures = _with_hooks(settings, work, outcomes, do_work, context)
+        if any(step is not Step.CHECK for _, step in work):
+            hook_failures = _with_hooks(settings.hooks, work, outcomes, do_work, context)
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
             hook_failures = do_work()
     return Report([outcomes[spec.name] for spec in specs], hook_failures)
 
 
-def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime) -> str | Outcome:
-    """What this run does for `spec`: an Issuer step ("resume", "issue" or "check"), or the Outcome of doing nothing."""
+class Step(str, Enum):
+    """What a run does for a certificate it has work for: the `Issuer` method of that name."""
+
+    RESUME = "resume"
+    ISSUE = "issue"
+    CHECK = "check"
+
+
+def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime,
+          quiet: bool = False) -> Step | Outcome:
+    """What this run does for `spec`: an Issuer step, or the Outcome of doing nothing. `quiet`: a first
+    look, without the certificate's lock, that says nothing."""
     if store.unfinished(spec.name):
-        log.info("%s: completing what a previous run left", spec.name, extra={"certificate": spec.name})
-        return "resume"
+        if not quiet:
+            log.info("%s: completing what a previous run left", spec.name, extra={"certificate": spec.name})
+        return Step.RESUME
     record = store.load_record(spec.name)
-    if record is not None and record.failed_settings not in (None, spec.order_settings(settings.directory_url)):
+    if record is not None and record.failed_settings not in (None, spec.order_settings(settings.acme.directory_url)):
         record.next_attempt = None  # other settings are a new attempt, not a retry to hold back
     decision = decide(record, list(spec.domains), spec.key_type, now, settings.force, settings.renew_before,
-                      settings.directory_urls)
+                      settings.acme.directory_urls)
     if decision.due:
-        if record is None or record.not_after is None:  # "renewing (no certificate yet)" reads as a bug
+        if quiet:
+            pass
+        elif record is None or record.not_after is None:  # "renewing (no certificate yet)" reads as a bug
             log.info("%s: issuing", spec.name, extra={"certificate": spec.name})
         else:
             log.info("%s: renewing (%s)", spec.name, decision.reason, extra={"certificate": spec.name})
-        return "issue"
+        return Step.ISSUE
     if decision.deferred:
         return Outcome(spec.name, Action.DEFERRED, decision.reason)
     if ari_check_due(record, now):
-        return "check"
+        return Step.CHECK
     return Outcome(spec.name, Action.UNCHANGED, decision.reason)
 
 
-def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
+def _with_hooks(settings: HookSettings, work: list, outcomes: dict[str, Outcome],
                 do_work: Callable[[], list[str]], context: RunContext) -> list[str]:
     """The pre-hook, then the work (only if the pre-hook succeeded), then the post-hook whatever happened.
 
@@ -209,49 +231,101 @@ def _with_hooks(settings: Settings, work: list, outcomes: dict[str, Outcome],
 def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
           telemetry, progress: Progress, responder: "Responder | None", managed: list[str],
           context: RunContext) -> list[str]:
-    """Order what is due, install it all at once, then run the deploy hook for each certificate HAProxy serves.
+    """Order what is due, deploy it all at once, then run the deploy hook for each certificate HAProxy serves.
     `managed`: every certificate of the run, due or not (their bundles shadow none of these)."""
     from certrenew.challenge.responder import Responder
     from certrenew.renewal import preflight
+    from certrenew.renewal.deploy import Deployer
     from certrenew.renewal.issue import Issuer  # the ACME stack, only when there is work
 
     # A run's own responder opens its port at the first order that needs it and closes it with the
     # run; a DNS-01 solver withdraws on exit what an order cut short by a signal left published.
     with ExitStack() as solvers_open:
         http01: Responder | StatelessSolver
-        if settings.http_01_mode == STATELESS:  # the HAProxy nodes answer: no responder
+        if settings.responder.http_01_mode == STATELESS:  # the HAProxy nodes answer: no responder
             http01 = preflight.stateless_solver(settings, store)
         else:
-            http01 = responder if responder is not None else solvers_open.enter_context(Responder(settings.listen, store))
+            http01 = responder if responder is not None else solvers_open.enter_context(
+                Responder(settings.responder.listen, store))
         solvers: dict[Hashable, ChallengeSolver] = {HTTP_01: http01}
         for dns in {spec.dns for spec, _ in work if spec.dns}:
-            solvers[dns] = solvers_open.enter_context(dns.solver(context))
+            solvers[dns] = solvers_open.enter_context(dns01_solver(dns, context))
         if any(spec.challenge == TLS_ALPN_01 for spec, _ in work):
             from certrenew.challenge.tlsalpn01 import (
                 TlsAlpnResponder,  # and acme learns the challenge type, before any order
             )
 
-            solvers[TLS_ALPN_01] = solvers_open.enter_context(TlsAlpnResponder(settings.tls_alpn_listen))
-        probed = preflight.probe_ahead(http01, settings, [spec for spec, step in work if step == "issue"])
-        issuer = Issuer(settings, store, solvers, telemetry,
-                        before_order=functools.partial(preflight.check_path, solvers, settings, probed),
-                        managed=managed, context=context)
+            solvers[TLS_ALPN_01] = solvers_open.enter_context(TlsAlpnResponder(settings.responder.tls_alpn_listen))
+        probed = preflight.probe_ahead(http01, settings.responder, [spec for spec, step in work if step is Step.ISSUE])
+        deployer = Deployer(settings.haproxy, store, settings.acme.directory_url, managed, settings.concurrency,
+                            context)
+        issuer = Issuer(settings.acme, store, solvers, telemetry,
+                        before_order=functools.partial(preflight.check_path, solvers, settings.responder, probed),
+                        check_place=deployer.check_place, force=settings.force, renew_before=settings.renew_before,
+                        context=context, lock_timeout=settings.lock_timeout)
         solvers_open.callback(issuer.deadline.close)  # or a daemon's every run leaves its watchdog asleep
+        steps = {Step.RESUME: issuer.resume, Step.ISSUE: issuer.issue, Step.CHECK: issuer.check}
         pool = ThreadPoolExecutor(settings.concurrency)
         progress.start(len(work))
+        held: dict[str, tuple[ExitStack, Lease]] = {}
+        """The certificates issued whose lock this run holds until they are installed."""
+
+        def let_go() -> None:  # once installed, or when the run ends however it ends
+            for locked, _ in list(held.values()):
+                locked.close()
+        solvers_open.callback(let_go)
         try:
-            results = list(pool.map(lambda item: _attempt(store, now, item[0], settings.directory_url,
-                                                          getattr(issuer, item[1]), progress), work))
+            results = list(pool.map(lambda item: _attempt_locked(settings, store, now, item[0], steps, progress, held),
+                                    work))
         finally:
             progress.close()
             # After a signal, workers blocked on the CA are not waited for (see signals).
             pool.shutdown(wait=not context.cancelled, cancel_futures=True)
         issued = [result for result in results if not isinstance(result, Outcome)]
         outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
-        installed = _install(store, now, issuer, issued)
+        installed = _install(store, now, deployer, _still_held(issued, held, outcomes))
     outcomes.update(installed)
     served = [outcome.served for outcome in installed.values() if outcome.served]
-    return hooks.run_deploy(settings.deploy_hook, served, settings.hook_timeout)
+    return hooks.run_deploy(settings.hooks.deploy_hook, served, settings.hooks.hook_timeout)
+
+
+def dns01_solver(dns: DnsSettings, context: RunContext | None = None) -> Dns01Solver:
+    """A DNS-01 solver publishing by RFC 2136 with the TSIG key, or through the hook; `context` cancels its waits."""
+    if dns.hook:
+        publisher: DnsHook | Rfc2136Publisher = DnsHook(dns.hook)
+    else:
+        assert dns.server is not None and dns.tsig_key is not None  # checked by dns_settings
+        publisher = Rfc2136Publisher(dns.server, dns.tsig_key)
+    return Dns01Solver(publisher, dns.server, dns.zone, dns.propagation_timeout, context)
+
+
+def _attempt_locked(settings: Settings, store: Store, now: datetime.datetime, spec: CertificateSpec,
+                    steps: Mapping[Step, Callable[[CertificateSpec], Any]], progress: Progress,
+                    held: "dict[str, tuple[ExitStack, Lease]]"):
+    """`_attempt` under the certificate's lock, deciding its step again once the lock is held:
+    another process may have done it meanwhile. A certificate issued keeps its lock in `held`
+    until it is installed; any other lets go at once."""
+    locked = ExitStack()
+    try:
+        lease = locked.enter_context(store.certificate(spec.name, settings.lock_timeout))
+    except Busy as busy:  # someone else works on it: theirs to record, not a failure of its own
+        result: Any = Outcome(spec.name, Action.FAILED, f"{busy} (--lock-timeout)")
+        progress.advance(spec.name, result.action)
+        return result
+    try:
+        step = _step(settings, store, spec, now)
+    except Exception as error:
+        step = Outcome(spec.name, Action.FAILED, str(_expected(error)))
+    if isinstance(step, Outcome):
+        result = step
+        progress.advance(spec.name, result.action)
+    else:
+        result = _attempt(store, now, spec, settings.acme.directory_url, steps[step], progress)
+    if isinstance(result, Outcome):
+        locked.close()
+    else:
+        held[spec.name] = (locked, lease)
+    return result
 
 
 def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, directory: str,
@@ -270,7 +344,23 @@ def _attempt(store: Store, now: datetime.datetime, spec: CertificateSpec, direct
     return result
 
 
-def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "list[Issued]") -> dict[str, Outcome]:
+def _still_held(issued: "list[Issued]", held: "dict[str, tuple[ExitStack, Lease]]",
+                outcomes: dict[str, Outcome]) -> "list[Issued]":
+    """The certificates issued whose lock this run still holds: one taken over meanwhile (this run
+    was paused past its lease) is its successor's, and installing it now would undo what it did."""
+    kept = []
+    for item in issued:
+        try:
+            held[item.spec.name][1].check()
+        except Fenced as fenced:
+            log.error("%s: not installed: %s", item.spec.name, fenced, extra={"certificate": item.spec.name})
+            outcomes[item.spec.name] = Outcome(item.spec.name, Action.FAILED, f"not installed: {fenced}")
+        else:
+            kept.append(item)
+    return kept
+
+
+def _install(store: Store, now: datetime.datetime, deployer: "Deployer", issued: "list[Issued]") -> dict[str, Outcome]:
     """Install the batch, all or none; but a bundle HAProxy refuses must not fail the others for ever.
 
     The refused ones are set aside (see `_refused`; their failure recorded) and the rest
@@ -279,11 +369,11 @@ def _install(store: Store, now: datetime.datetime, issuer: "Issuer", issued: "li
     run. Once the batch is served, each certificate has its own outcome (see `_installed`).
     """
     outcomes: dict[str, Outcome] = {}
-    directory = issuer.settings.directory_url
+    directory = deployer.directory
     while issued:
         try:
             outcomes.update((item.issued.spec.name, _installed(store, now, directory, item))
-                            for item in issuer.install(issued))
+                            for item in deployer.deploy(issued))
             break
         except Refused as refused:
             bad = [item for item in issued if item.spec.name in refused.which]
@@ -358,12 +448,13 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     try:
         store.save_record(record)
     except CertrenewError as unwritable:
+        if isinstance(unwritable, Fenced):  # a late writer: what its successor recorded stands
+            log.error("%s: %s; not recorded: %s", spec.name, error, unwritable, extra={"certificate": spec.name})
         return Outcome(spec.name, Action.FAILED, f"{error}; and {unwritable}")
     return Outcome(spec.name, Action.FAILED, str(error))
 
 
-def _check_ssl_dir(settings: Settings) -> None:
-    ssl_dir = settings.ssl_dir
+def _check_ssl_dir(ssl_dir: Path) -> None:
     if not ssl_dir.is_dir():
         raise UsageError(f"the ssl dir {ssl_dir} does not exist: create it with `certrenew bootstrap-ssl-dir "
                          f"--ssl-dir {ssl_dir}` (HAProxy needs a placeholder in it to start), or set --ssl-dir")
@@ -371,7 +462,7 @@ def _check_ssl_dir(settings: Settings) -> None:
         raise CertrenewError(f"the ssl dir {ssl_dir} is {owned.not_writable(ssl_dir)}")
 
 
-def _check_reload_command(settings: Settings) -> None:
+def _check_reload_command(settings: HaproxySettings) -> None:
     """Before ordering: a certificate that cannot be installed is not worth asking the CA for.
 
     Without a Runtime API socket the reload is the only way in, so a missing program is

@@ -9,15 +9,23 @@ taken over by another holder): a writer paused past its lease cannot overwrite i
 What the state means (records, bundles, orders) is written once, above this, in `store`.
 """
 
+import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from certrenew.errors import CertrenewError
+# The protocol's outcomes live with every other public exception; named here too, where a backend raises them.
+from certrenew.errors import Busy as Busy
+from certrenew.errors import Conflict as Conflict
+from certrenew.errors import Fenced as Fenced
+from certrenew.errors import Unavailable as Unavailable
 
 ABSENT = 0
 """The version to expect of a key that must not exist yet (create-if-absent)."""
+_SEGMENT = r"[A-Za-z0-9_@=+,:-][A-Za-z0-9_.@=+,:-]*"
+KEY = re.compile(rf"(?:{_SEGMENT}/)*{_SEGMENT}")
+"""A key: `/`-separated file names that are never hidden (temps and the backends' own files are)."""
 
 
 @dataclass(frozen=True)
@@ -26,23 +34,6 @@ class Entry:
 
     value: bytes
     version: int
-
-
-class Conflict(CertrenewError):
-    """A conditional write found another version than it expected: someone wrote first."""
-
-
-class Fenced(CertrenewError):
-    """A write made under a lock that is no longer held (its lease expired or another holder took
-    it over): refused, so that a late writer never undoes what its successor did."""
-
-
-class Busy(CertrenewError):
-    """The lock is held by another holder (named in the message) for longer than the caller waits."""
-
-
-class Unavailable(CertrenewError):
-    """The backend cannot be reached or read (etcd down, a directory gone): nothing was changed."""
 
 
 class Lease(Protocol):
@@ -82,5 +73,15 @@ class Backend(Protocol):
         to `wait` seconds for the current holder (Busy, naming it, if it does not let go).
         `holder` names this process in the fleet's state (node and pid)."""
 
+    def where(self, key: str) -> str:
+        """Where an operator finds `key` (a path, a URL): for messages about what was set aside."""
+
     def close(self) -> None:
         """Let go of connections and threads; locks still held are released."""
+
+
+def check_key(key: str) -> str:
+    """`key` if every `/`-separated segment of it is safe as a file name, else ValueError."""
+    if not KEY.fullmatch(key):
+        raise ValueError(f"not a state key: {key!r}")
+    return key

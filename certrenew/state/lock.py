@@ -1,4 +1,5 @@
-"""`FileStore`'s lock, one run at a time per state dir: an exclusive flock on `<state-dir>/lock`.
+"""The state dir's own lock: an flock on `<state-dir>/lock`, held shared by runs (each certificate
+has its own lock, see `files`) and exclusive by what needs the whole state dir (import, revoke).
 
 The kernel releases a flock when its holder exits, however it exits, so a crashed
 or killed run never leaves a stale lock. The holder writes its pid into the file so
@@ -27,10 +28,12 @@ class StateLock:
     """Hold the state dir's lock for a `with` block, waiting up to `timeout` seconds for it
     (and no longer once `context` is cancelled)."""
 
-    def __init__(self, state_dir: Path, timeout: float, context: RunContext | None = None) -> None:
+    def __init__(self, state_dir: Path, timeout: float, context: RunContext | None = None,
+                 shared: bool = False) -> None:
         self.path = state_dir / LOCK_FILE
         self.timeout = timeout
         self.context = context or RunContext()
+        self.mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         self._fd: int | None = None
 
     def __enter__(self) -> "StateLock":
@@ -62,7 +65,7 @@ class StateLock:
         said = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, self.mode | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 pass

@@ -1,9 +1,9 @@
 """The state store: ACME accounts, certificate keys and chains, and their records.
 
-`Store` is what a run needs from wherever its state lives; `FileStore` keeps it under
-one local directory (0700, keys 0600), written atomically, and reads and writes only
-what is ours alone (see `owned`). A store for several nodes
-(etcd, say, with a lease for the lock) is another class with the same methods.
+`Store` is what a run needs from wherever its state lives, written once over the small
+`Backend` protocol (see `backend`): its keys are the paths of the state dir of the file
+backend (`certificates/<name>/meta.json`), and any backend keeps them (a state dir, memory,
+etcd). `FileStore` is a `Store` in a local state dir, with the state dir's own lock.
 
 Per certificate a store holds bundles (chain and key in one piece, so a key can never
 be paired with the wrong chain): the current one, the previous one for rollback, and a
@@ -25,9 +25,10 @@ import functools
 import hashlib
 import json
 import os
-import time
+import socket
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -35,10 +36,12 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from certrenew.challenge.solver import TOKEN, check_token
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, UsageError
+from certrenew.state.backend import Backend, Lease
+from certrenew.state.files import FileBackend
 from certrenew.state.lock import StateLock
 from certrenew.system import owned
-from certrenew.system.atomicfile import fsync_directory, remove_stale_temps, write_atomic
+from certrenew.system.atomicfile import remove_stale_temps
 from certrenew.system.runcontext import RunContext
 
 VERSION = 1
@@ -47,10 +50,10 @@ VERSION = 1
 BUNDLE_SLOTS = ("current", "previous", "pending")
 SET_ASIDE = MappingProxyType({"pending": "pending.pem", "order": "order.json"})
 """What a run can set aside, and its file in a certificate's directory."""
-READ_SIZE = 16384
-"""Enough for a record or a bundle in one read."""
-RECHECK_AFTER = 1.0
-"""Seconds a check of the top directories holds for reads without the lock (see `_check_layout`)."""
+CERTIFICATES, CHALLENGES, REMOVED = "certificates", "challenges", "removed"
+LEASE_TTL = 60.0
+"""Seconds a lock outlives a holder that stopped keeping it alive (paused, frozen, cut off):
+then the next taker gets it. A holder that exits lets go at once."""
 CHALLENGE_TTL = datetime.timedelta(hours=1)
 """How long a published HTTP-01 answer is served: longer than any validation takes, so one
 that a killed run left behind is neither served nor kept for ever."""
@@ -211,7 +214,7 @@ def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, not {type(data).__name__}")
     except ValueError as error:
-        raise CertrenewError(f"corrupt state file {where}: {error}") from error
+        raise CertrenewError(f"corrupt state file {where}: {error}") from None
     version = data.get("version", VERSION)
     if version != VERSION:
         raise CertrenewError(f"state file {where} has format version {version!r}; this certrenew reads "
@@ -219,9 +222,9 @@ def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
     try:
         return parse(data)
     except KeyError as error:
-        raise CertrenewError(f"corrupt state file {where}: {error} is missing") from error
+        raise CertrenewError(f"corrupt state file {where}: {error} is missing") from None
     except (ValueError, TypeError, AttributeError) as error:
-        raise CertrenewError(f"corrupt state file {where}: {error}") from error
+        raise CertrenewError(f"corrupt state file {where}: {error}") from None
 
 
 def _text(key: str, value: Any) -> str:
@@ -242,287 +245,289 @@ def _check_domains(domains: Any) -> None:
         raise ValueError(f"domains: expected a list of names, not {domains!r}")
 
 
-class Store(Protocol):
-    """Where runs keep their state. Writes happen only while holding `lock`; reads need no lock."""
+class Store:
+    """What runs keep, over any `Backend`: accounts, records, bundles, orders, challenges.
 
-    def lock(self, timeout: float, context: RunContext | None = None) -> AbstractContextManager[object]:
-        """Hold the store for one run (`context`), waiting up to `timeout` seconds for another run to let go;
-        raise CertrenewError naming the holder if it does not."""
+    Each certificate's state is written under its lock (`certificate`) when one is held by this
+    store: every write of it is then fenced with that lock, so a holder that lost it (paused past
+    its lease) cannot overwrite its successor's state. Reads need no lock.
+    """
+
+    def __init__(self, backend: Backend, holder: str | None = None, ttl: float = LEASE_TTL) -> None:
+        self.backend = backend
+        self.holder = holder or f"certrenew on {socket.gethostname()} (pid {os.getpid()})"
+        """Who holds a lock of this store, as a waiter names it."""
+        self.ttl = ttl
+        self._leases: dict[str, Lease] = {}
+        """The certificates whose lock this store holds, by name: their writes are fenced."""
+        self._guard = threading.Lock()
+
+    # Locks.
+
+    def lock(self, timeout: float) -> AbstractContextManager[object]:
+        """Hold the whole store (an import, a revocation), waiting up to `timeout` seconds for
+        another holder to let go; CertrenewError naming it if it does not."""
+        return self.backend.lock("store", ttl=self.ttl, wait=timeout, holder=self.holder)
+
+    def run_lock(self, timeout: float) -> AbstractContextManager[None]:
+        """Taken by a run before it starts: it waits for whoever holds the whole store (`lock`), and
+        lets go at once, as other runs go on beside it (each certificate under its own lock)."""
+        with self.lock(timeout):
+            return nullcontext()
+
+    @contextmanager
+    def certificate(self, name: str, wait: float) -> Iterator[Lease]:
+        """Hold certificate `name`'s lock, waiting up to `wait` seconds; its writes are fenced meanwhile."""
+        with self.backend.lock(f"{CERTIFICATES}/{name}", ttl=self.ttl, wait=wait, holder=self.holder) as lease:
+            with self._guard:
+                self._leases[name] = lease
+            try:
+                yield lease
+            finally:
+                with self._guard:
+                    self._leases.pop(name, None)
+
+    def account_lock(self, directory_url: str, wait: float) -> AbstractContextManager[Lease]:
+        """A short lock for creating the account of the CA at `directory_url`: one per CA, whoever creates it."""
+        return self.backend.lock(_account_key(directory_url), ttl=self.ttl, wait=wait, holder=self.holder)
+
+    def _write(self, name: str, changes: dict[str, bytes | None], expect: dict[str, int] | None = None) -> None:
+        """Write certificate `name`'s keys at once, fenced by its lock if this store holds it."""
+        with self._guard:
+            fence = self._leases.get(name)
+        self.backend.write(changes, expect=expect, fence=fence)
 
     def names(self) -> list[str]:
         """Every certificate the store holds something for (a record, an order, a bundle), sorted."""
-
-    def load_account(self, directory_url: str) -> Account | None:
-        """The ACME account for the CA at `directory_url`, one per CA."""
-
-    def save_account(self, directory_url: str, account: Account) -> None: ...
-
-    def load_record(self, name: str) -> CertificateRecord | None:
-        """The record of certificate `name`; CertrenewError naming it if it cannot be read."""
-
-    def save_record(self, record: CertificateRecord) -> None: ...
-
-    def load_bundle(self, name: str, slot: str = "current") -> bytes | None:
-        """The HAProxy bundle (chain and key) in `slot`: "current", "previous" or "pending"."""
-
-    def save_order(self, name: str, order: PendingOrder) -> None:
-        """Keep a validated order and its key until its certificate is downloaded."""
-
-    def load_order(self, name: str) -> PendingOrder | None: ...
-
-    def discard_order(self, name: str) -> None: ...
-
-    def unfinished(self, name: str) -> bool:
-        """Whether an earlier run left an order or a certificate that is not installed yet."""
-
-    def save_pending(self, name: str, bundle: bytes, directory: str | None = None) -> None:
-        """Keep a freshly issued certificate, from the CA at `directory`, before it is installed
-        anywhere; its order is done."""
-
-    def pending_directory(self, name: str) -> str | None:
-        """The CA the pending certificate came from; None if not recorded (taken as the current CA)."""
-
-    def discard_pending(self, name: str) -> None: ...
-
-    def set_aside(self, name: str, kind: str) -> str:
-        """Move the pending certificate (`kind` "pending") or the order ("order") out of every run's
-        way, kept for the operator to inspect; return where it is now."""
-
-    def promote_pending(self, record: CertificateRecord) -> None:
-        """Make the pending certificate current, the current one previous, and store `record`;
-        a run that stops half-way leaves the pending certificate for the next run to install."""
-
-    def publish_challenge(self, token: str, domain: str, validation: str) -> None:
-        """Make the HTTP-01 key authorization `validation` of `domain` available to every responder
-        serving this store, for CHALLENGE_TTL. Needs no lock: each token is an entry of its own."""
-
-    def find_challenge(self, token: str) -> tuple[str, str] | None:
-        """(domain, key authorization) published for `token` and not expired, or None."""
-
-    def withdraw_challenge(self, token: str) -> None:
-        """Forget what was published for `token`; nothing if it is gone already."""
-
-
-class FileStore:
-    """State under a local directory; one subdirectory per certificate name.
-
-    Hot paths use plain string paths and one open per file: a run over ten thousand
-    certificates reads one small meta.json for each (see docs/performance.md).
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self._accounts, self._certificates = (os.path.join(self.root, top) for top in ("accounts", "certificates"))
-        self._locked = False
-        self._context: RunContext | None = None
-        self._checked_at = -RECHECK_AFTER
-        """When (time.monotonic) a read without the lock last checked the top directories."""
-
-    @contextmanager
-    def lock(self, timeout: float, context: RunContext | None = None) -> Iterator[None]:
-        """An exclusive flock on `<root>/lock` (see `certrenew.state.lock`); once held, ready the layout.
-        The writes made under it are `context`'s: a signal does not cut them, a cancelled worker starts none."""
-        with StateLock(self.root, timeout, context):
-            self._context = context
-            self._prepare()
-            self._locked = True
-            try:
-                yield
-            finally:
-                self._locked, self._context = False, None
-
-    def _prepare(self) -> None:
-        """Create the layout with private permissions and clear temps of a killed run.
-
-        Only the lock holder may clear temps: another run's could be in flight. Those
-        in a certificate's own directory are cleared by the next write there, so a run
-        does not list ten thousand directories to find none.
-        """
-        owned.make_dir(self.root, follow=True)  # the lock made it, or checked it
-        for directory in (self.root / "accounts", self.root / "certificates"):
-            owned.make_dir(directory)
-        for directory in [self.root, self.root / "accounts", self.root / "certificates",
-                          *self.root.glob("accounts/*/")]:
-            remove_stale_temps(directory)
-
-    def _check_layout(self) -> None:
-        """Before a read: the state dir and its top directories are ours.
-
-        Checked when the lock is taken (`_prepare`), and without it at most every RECHECK_AFTER
-        seconds: `status` over ten thousand certificates checks once, and a daemon's /metrics
-        and /healthz between passes, in a process that lives for months, check at each request.
-        """
-        now = time.monotonic()
-        if self._locked or now - self._checked_at < RECHECK_AFTER:
-            return
-        if owned.check_dir(self.root, follow=True):
-            for directory in (self._accounts, self._certificates):
-                owned.check_dir(directory)
-        self._checked_at = now
+        return sorted({key.split("/")[1] for key in self.backend.list(f"{CERTIFICATES}/")})
 
     # Accounts, one per ACME directory URL.
 
-    def _account_dir(self, directory_url: str) -> Path:
-        parts = urlsplit(directory_url)
-        digest = hashlib.sha256(directory_url.encode()).hexdigest()[:12]
-        return self.root / "accounts" / f"{parts.hostname or 'ca'}-{digest}"
-
     def load_account(self, directory_url: str) -> Account | None:
-        directory = self._account_dir(directory_url)
-        self._check_layout()
-        if not owned.check_dir(directory):
-            return None
-        key_pem = _read(directory / "key.pem")
+        """The ACME account for the CA at `directory_url`, one per CA."""
+        directory = _account_key(directory_url)
+        key_pem = self.backend.get(f"{directory}/key.pem")
         if key_pem is None:
             return None
-        raw = _read(directory / "account.json")
-        uri = None if raw is None else decode(raw, _account_uri, str(directory / "account.json"))
-        return Account(key_pem, uri)
+        raw = self.backend.get(f"{directory}/account.json")
+        uri = None if raw is None else decode(raw.value, _account_uri,
+                                              self.backend.where(f"{directory}/account.json"))
+        return Account(key_pem.value, uri)
 
     def save_account(self, directory_url: str, account: Account) -> None:
-        directory = self._account_dir(directory_url)
-        owned.make_dir(directory)
-        write_atomic(directory / "key.pem", account.key_pem, context=self._context)
-        write_atomic(directory / "account.json", encode({"directory": directory_url, "uri": account.uri}),
-                     context=self._context)
+        directory = _account_key(directory_url)
+        self.backend.write({f"{directory}/key.pem": account.key_pem,
+                            f"{directory}/account.json": encode({"directory": directory_url, "uri": account.uri})})
 
     # Certificates.
 
-    def _path(self, name: str, file: str) -> str:
-        return f"{self._certificates}/{name}/{file}"
+    def _get(self, name: str, file: str) -> bytes | None:
+        entry = self.backend.get(_key(name, file))
+        return None if entry is None else entry.value
 
-    def _read(self, name: str, file: str) -> bytes | None:
-        """A file of certificate `name`, or None; read only from a directory and a file that are ours alone."""
-        self._check_layout()
-        if not owned.check_dir(f"{self._certificates}/{name}"):
-            return None
-        return _read(self._path(name, file))
+    def _load_json(self, name: str, file: str, parse: Callable[[dict], T]) -> T | None:
+        raw = self._get(name, file)
+        return None if raw is None else decode(raw, parse, self.backend.where(_key(name, file)))
 
-    def _writable_dir(self, name: str) -> Path:
-        """The certificate's directory, created if need be, cleared of temps a killed run left."""
-        directory = self.root / "certificates" / name
-        owned.make_dir(directory)
-        remove_stale_temps(directory)
-        return directory
-
-    def names(self) -> list[str]:
-        self._check_layout()
-        try:
-            entries = os.listdir(self._certificates)
-        except FileNotFoundError:
-            return []
-        return sorted(name for name in entries if not name.startswith("."))  # temps start with a dot
-
-    def archive(self, name: str, label: str) -> Path:
+    def archive(self, name: str, label: str) -> str:
         """Move everything kept for `name` to `removed/<name>-<label>/`, out of every run's sight
         but not lost (it holds the key, should the operator need it back); return where."""
-        source = self.root / "certificates" / name
-        target = self.root / "removed" / f"{name}-{label}"
-        owned.make_dir(target.parent)
-        os.rename(source, target)
-        fsync_directory(source.parent)
-        fsync_directory(target.parent)
-        return target
+        prefix, target = f"{CERTIFICATES}/{name}/", f"{REMOVED}/{name}-{label}"
+        kept = self.backend.list(prefix)
+        self._write(name, {**{f"{target}/{key[len(prefix):]}": entry.value for key, entry in kept.items()},
+                           **dict.fromkeys(kept)}, {key: entry.version for key, entry in kept.items()})
+        return self.backend.where(target)
 
     def load_record(self, name: str) -> CertificateRecord | None:
+        """The record of certificate `name`; CertrenewError naming it if it cannot be read."""
         try:
             return self._load_json(name, "meta.json", functools.partial(CertificateRecord.from_json, name=name))
         except CertrenewError as error:
-            raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from error
+            raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from None
 
     def save_record(self, record: CertificateRecord) -> None:
-        self._save_json(record.name, "meta.json", record.to_json())
-
-    def _load_json(self, name: str, file: str, parse: Callable[[dict], T]) -> T | None:
-        raw = self._read(name, file)
-        return None if raw is None else decode(raw, parse, self._path(name, file))
-
-    def _save_json(self, name: str, file: str, document: dict) -> None:
-        write_atomic(self._writable_dir(name) / file, encode(document), context=self._context)
+        self._write(record.name, {_key(record.name, "meta.json"): encode(record.to_json())})
 
     def load_bundle(self, name: str, slot: str = "current") -> bytes | None:
+        """The HAProxy bundle (chain and key) in `slot`: "current", "previous" or "pending"."""
         if slot not in BUNDLE_SLOTS:
             raise ValueError(f"no bundle slot {slot!r}")
-        return self._read(name, f"{slot}.pem")
+        return self._get(name, f"{slot}.pem")
 
     def save_order(self, name: str, order: PendingOrder) -> None:
-        self._save_json(name, "order.json", order.to_json())
+        """Keep a validated order and its key until its certificate is downloaded."""
+        self._write(name, {_key(name, "order.json"): encode(order.to_json())})
 
     def load_order(self, name: str) -> PendingOrder | None:
         return self._load_json(name, "order.json", PendingOrder.from_json)
 
     def discard_order(self, name: str) -> None:
-        _remove(self._path(name, "order.json"))
+        self._write(name, {_key(name, "order.json"): None})
 
     def unfinished(self, name: str) -> bool:
-        return _exists(self._path(name, "pending.pem")) or _exists(self._path(name, "order.json"))
+        """Whether an earlier run left an order or a certificate that is not installed yet."""
+        return self.backend.get(_key(name, "pending.pem")) is not None or \
+            self.backend.get(_key(name, "order.json")) is not None
 
     def save_pending(self, name: str, bundle: bytes, directory: str | None = None) -> None:
-        # Its CA first: a pending.pem never goes with another one's pending.json.
-        self._save_json(name, "pending.json", {"directory": directory})
-        write_atomic(self._writable_dir(name) / "pending.pem", bundle, context=self._context)
-        self.discard_order(name)
+        """Keep a freshly issued certificate, from the CA at `directory`, before it is installed
+        anywhere; its order is done. One write: a pending certificate never goes without its CA."""
+        self._write(name, {_key(name, "pending.json"): encode({"directory": directory}),
+                           _key(name, "pending.pem"): bundle, _key(name, "order.json"): None})
 
     def pending_directory(self, name: str) -> str | None:
+        """The CA the pending certificate came from; None if not recorded (taken as the current CA)."""
         return self._load_json(name, "pending.json", _directory)
 
     def discard_pending(self, name: str) -> None:
-        _remove(self._path(name, "pending.pem"))
-        _remove(self._path(name, "pending.json"))
+        self._write(name, {_key(name, "pending.pem"): None, _key(name, "pending.json"): None})
 
     def set_aside(self, name: str, kind: str) -> str:
-        directory = self._writable_dir(name)
-        rejected = directory / "rejected"
-        owned.make_dir(rejected)
+        """Move the pending certificate (`kind` "pending") or the order ("order") out of every run's
+        way, kept for the operator to inspect under the certificate's `rejected/`; return where."""
+        source = _key(name, SET_ASIDE[kind])
+        entry = self.backend.get(source)
+        if entry is None:
+            raise CertrenewError(f"cannot set aside {self.backend.where(source)}: No such file or directory")
         stamp = _utc_now().strftime("%Y%m%dT%H%M%S.%fZ")
-        source, target = directory / SET_ASIDE[kind], rejected / f"{stamp}-{SET_ASIDE[kind]}"
-        try:
-            os.rename(source, target)
-            fsync_directory(rejected)
-            if kind == "pending":
-                _remove(self._path(name, "pending.json"))
-            fsync_directory(directory)
-        except OSError as error:
-            raise CertrenewError(f"cannot set aside {source}: {error.strerror or error}") from error
-        return str(target)
+        target = _key(name, f"rejected/{stamp}-{SET_ASIDE[kind]}")
+        changes: dict[str, bytes | None] = {target: entry.value, source: None}
+        if kind == "pending":
+            changes[_key(name, "pending.json")] = None
+        self._write(name, changes, {source: entry.version})
+        return self.backend.where(target)
 
     def promote_pending(self, record: CertificateRecord) -> None:
-        # Each step is one atomic write and the pending file goes last.
-        pending = self.load_bundle(record.name, "pending")
+        """Make the pending certificate current, the current one previous, and store `record`, in
+        one write: a run that stops half-way leaves the pending certificate for the next run to install."""
+        name = record.name
+        pending = self.backend.get(_key(name, "pending.pem"))
         if pending is None:
-            raise CertrenewError(f"no pending certificate to promote for {record.name}")
-        directory = self._writable_dir(record.name)
-        current = self.load_bundle(record.name)
+            raise CertrenewError(f"no pending certificate to promote for {name}")
+        current = self.load_bundle(name)
+        changes: dict[str, bytes | None] = {_key(name, "current.pem"): pending.value}
         if current is not None:
-            write_atomic(directory / "previous.pem", current, context=self._context)
-        write_atomic(directory / "current.pem", pending, context=self._context)
-        self.save_record(record)
-        self.discard_pending(record.name)
+            changes[_key(name, "previous.pem")] = current
+        changes.update({_key(name, "meta.json"): encode(record.to_json()), _key(name, "pending.pem"): None,
+                        _key(name, "pending.json"): None})
+        self._write(name, changes, {_key(name, "pending.pem"): pending.version})
 
     # HTTP-01 answers published for another process's responder: challenges/<token>.json.
 
-    def _challenge_path(self, token: str) -> str:
-        return f"{self.root}/challenges/{check_token(token)}.json"
-
     def publish_challenge(self, token: str, domain: str, validation: str) -> None:
-        directory = self.root / "challenges"
-        owned.make_dir(self.root, follow=True)
-        owned.make_dir(directory)
-        _remove_expired(directory)
+        """Make the HTTP-01 key authorization `validation` of `domain` available to every responder
+        serving this store, for CHALLENGE_TTL. Needs no lock: each token is an entry of its own."""
+        key = f"{CHALLENGES}/{check_token(token)}.json"
+        expired = [found for found, entry in self.backend.list(f"{CHALLENGES}/").items()
+                   if _expired(entry.value)]
         document = {"domain": domain, "validation": validation, "published": _utc_now().isoformat()}
-        # Not fsynced: an answer is worth nothing after a crash, and a run publishes one per name.
-        write_atomic(Path(self._challenge_path(token)), encode(document), sync=False, context=self._context)
+        self.backend.write({**dict.fromkeys(expired), key: encode(document)})
 
     def find_challenge(self, token: str) -> tuple[str, str] | None:
-        self._check_layout()
-        if not TOKEN.fullmatch(token) or not owned.check_dir(self.root / "challenges"):
+        """(domain, key authorization) published for `token` and not expired, or None."""
+        if not TOKEN.fullmatch(token):
             return None
-        path = self._challenge_path(token)
-        raw = _read(path)
-        return None if raw is None else decode(raw, _challenge, path)
+        key = f"{CHALLENGES}/{token}.json"
+        entry = self.backend.get(key)
+        return None if entry is None else decode(entry.value, _challenge, self.backend.where(key))
 
     def withdraw_challenge(self, token: str) -> None:
-        _remove(self._challenge_path(token))
+        """Forget what was published for `token`; nothing if it is gone already."""
+        self.backend.write({f"{CHALLENGES}/{check_token(token)}.json": None})
+
+
+class FileStore(Store):
+    """A `Store` in a local state dir (see `files`), with the state dir's own lock, `<root>/lock`.
+
+    That lock is an flock, as certrenew's before the backends took it: a run holds it shared for
+    its whole length (runs go on beside each other, each certificate under its own lock) and an
+    import or a revocation holds it exclusive. So a run waits for an older certrenew's whole run.
+    """
+
+    def __init__(self, root: Path, holder: str | None = None, ttl: float = LEASE_TTL,
+                 context: RunContext | None = None) -> None:
+        """`context`: the run whose cancellation ends its waits for a lock, and whose writes no signal cuts."""
+        self.root = Path(root)
+        self.files = FileBackend(self.root, context)
+        super().__init__(self.files, holder, ttl)
+
+    def lock(self, timeout: float) -> AbstractContextManager[object]:
+        return self._state_lock(timeout, shared=False)
+
+    def run_lock(self, timeout: float) -> AbstractContextManager[None]:
+        return self._state_lock(timeout, shared=True)
+
+    @contextmanager
+    def _state_lock(self, timeout: float, shared: bool) -> Iterator[None]:
+        with StateLock(self.root, timeout, self.files.context, shared):
+            self._prepare()
+            yield
+
+    def _prepare(self) -> None:
+        """Create the layout with private permissions and clear temps of a killed run (only a
+        run that is gone: see `remove_stale_temps`). Those in a certificate's own directory are
+        cleared by the next write there, so a run does not list ten thousand directories to find none."""
+        owned.make_dir(self.root, follow=True)  # the lock made it, or checked it
+        for directory in (self.root / "accounts", self.root / CERTIFICATES):
+            owned.make_dir(directory)
+        for directory in [self.root, self.root / "accounts", self.root / CERTIFICATES,
+                          *self.root.glob("accounts/*/")]:
+            remove_stale_temps(directory)
+
+    def names(self) -> list[str]:
+        """Listed as the directory's names, not read: `status` over ten thousand certificates reads no bundle."""
+        self.files.check_layout()
+        try:
+            entries = os.listdir(self.root / CERTIFICATES)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in entries if not name.startswith("."))  # temps start with a dot
+
+
+class StoreSettings(Protocol):
+    """What `open_store` reads of the settings."""
+
+    @property
+    def store(self) -> str | None: ...
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    @property
+    def lock_ttl(self) -> float: ...
+
+
+def open_store(settings: StoreSettings, context: RunContext | None = None) -> Store:
+    """The store the settings name: `store` (--store, CERTRENEW_STORE, TOML `store`), else the state dir.
+
+    The one place a store is built from a setting: every command reads and writes the same one.
+    """
+    where = settings.store
+    if where and "://" in where:
+        scheme = where.split("://", 1)[0]
+        if scheme == "etcd":
+            raise UsageError(f"--store {where}: the etcd backend is not supported by this certrenew yet "
+                             "(leave --store unset to keep the state in --state-dir)")
+        raise UsageError(f"--store {where}: unknown kind of store {scheme!r} (a directory, or etcd://HOST:PORT/PREFIX)")
+    return FileStore(Path(where) if where else settings.state_dir, ttl=settings.lock_ttl, context=context)
+
+
+def _key(name: str, file: str) -> str:
+    return f"{CERTIFICATES}/{name}/{file}"
+
+
+def _account_key(directory_url: str) -> str:
+    """The account's place: the CA's host name and a digest of its URL (one account per CA)."""
+    digest = hashlib.sha256(directory_url.encode()).hexdigest()[:12]
+    return f"accounts/{urlsplit(directory_url).hostname or 'ca'}-{digest}"
+
+
+def _expired(raw: bytes) -> bool:
+    """Whether a published answer is past CHALLENGE_TTL (or unreadable: nobody can serve it)."""
+    try:
+        return decode(raw, _challenge, "") is None
+    except CertrenewError:
+        return True
 
 
 def _challenge(data: dict) -> tuple[str, str] | None:
@@ -531,17 +536,6 @@ def _challenge(data: dict) -> tuple[str, str] | None:
     if published.tzinfo is None or _utc_now() - published > CHALLENGE_TTL:
         return None
     return _text("domain", data["domain"]), _text("validation", data["validation"])
-
-
-def _remove_expired(directory: Path) -> None:
-    """Delete answers (and temps) a killed run left behind, by their age on disk: none is read."""
-    oldest = time.time() - CHALLENGE_TTL.total_seconds()
-    for entry in os.scandir(directory):
-        try:
-            if entry.name.endswith((".json", ".tmp")) and entry.stat(follow_symlinks=False).st_mtime < oldest:
-                os.unlink(entry.path)
-        except FileNotFoundError:
-            pass
 
 
 def _utc_now() -> datetime.datetime:
@@ -560,36 +554,3 @@ def _directory(data: dict) -> str | None:
     if directory is not None:
         _text("directory", directory)
     return directory
-
-
-def _read(path: str | Path) -> bytes | None:
-    """The file's bytes, or None if it does not exist; refused unless ours alone (see `owned`).
-
-    Open, fstat, read, close: `open()` adds another fstat and an lseek per file, a sixth
-    of a no-op run over 10,000 certificates; and no separate exists().
-    """
-    try:
-        fd = owned.open_file(path, os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as error:
-        raise CertrenewError(f"cannot read {path}: {error.strerror}") from error
-    try:
-        chunks = []
-        while chunk := os.read(fd, READ_SIZE):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _exists(path: str) -> bool:
-    """Whether `path` exists; access(2) answers "no" without an exception, a third cheaper than stat."""
-    return os.access(path, os.F_OK)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

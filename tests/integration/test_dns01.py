@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from certrenew.challenge.dns01 import Dns01Solver, TxtRecord, parse_dns_server
+from certrenew.challenge.dns01 import Dns01Solver, TxtRecord
 from certrenew.challenge.dnshook import DnsHook
-from certrenew.challenge.rfc2136 import Rfc2136Publisher, load_tsig_key
+from certrenew.challenge.rfc2136 import Rfc2136Publisher
+from certrenew.config.dns import load_tsig_key, parse_dns_server
 from certrenew.errors import CertrenewError, Interrupted, UsageError
 from certrenew.system.runcontext import RunContext
 from tests.harness.bind import KEY_NAME, LAGGING_ZONE, ZONE, Bind

@@ -46,10 +46,10 @@ class RecordingSolver:
 def issue_with(lab, solver_of) -> tuple[RecordingSolver, object]:
     settings = build_settings({}, environ=lab.certrenew_env)
     store = FileStore(settings.state_dir)
-    with store.lock(timeout=0), Responder(settings.listen) as responder:
+    with store.lock(timeout=0), Responder(settings.responder.listen) as responder:
         solver = solver_of(responder)
         try:
-            result = Issuer(settings, store, {solver.challenge_type: solver}).issue(CertificateSpec(DOMAINS[0], DOMAINS))
+            result = Issuer(settings.acme, store, {solver.challenge_type: solver}).issue(CertificateSpec(DOMAINS[0], DOMAINS))
         except CertrenewError as error:
             result = error
     with pytest.raises(ConnectionRefusedError):  # the caller's exit closed the port

@@ -54,9 +54,9 @@ def test_the_containers_meet_where_the_configs_say():
 
     config = load_config(EXAMPLE / "certrenew.toml")
     settings = build_settings({}, config, environ={**image.env, **certrenew["environment"]})
-    assert config.certificates and settings.agree_tos and settings.email
-    assert settings.haproxy_socket == (admin_socket,)
-    assert host in services and int(port) == split_host_port(settings.listen)[1]
+    assert config.certificates and settings.acme.agree_tos and settings.acme.email
+    assert settings.haproxy.haproxy_socket == (admin_socket,)
+    assert host in services and int(port) == split_host_port(settings.responder.listen)[1]
 
 
 def test_the_haproxy_image_is_of_a_tested_line():

@@ -61,8 +61,8 @@ def test_image_environment_is_valid_certrenew_settings():
     reachable from the other containers."""
     image = read_image(parent_env={"PATH": BASE_PATH})
     settings = build_settings({}, None, environ=image.env)
-    assert [str(settings.state_dir), str(settings.ssl_dir)] == image.volumes
-    assert split_host_port(settings.listen) == ("0.0.0.0", 49494)
+    assert [str(settings.state_dir), str(settings.haproxy.ssl_dir)] == image.volumes
+    assert split_host_port(settings.responder.listen) == ("0.0.0.0", 49494)
 
 
 def test_image_command_is_a_certrenew_command():
@@ -77,7 +77,7 @@ def test_the_image_metrics_address_is_moved_by_the_environment_and_the_command_l
 
     def metrics_listen(environment, argv=()):
         return build_settings(vars(parse_invocation([*image.argv, *argv])), None,
-                              environ={**image.env, **environment}).metrics_listen
+                              environ={**image.env, **environment}).daemon.metrics_listen
 
     assert metrics_listen({}) == "0.0.0.0:9797"
     assert metrics_listen({"CERTRENEW_METRICS_LISTEN": "127.0.0.1:9100"}) == "127.0.0.1:9100"

@@ -8,10 +8,6 @@ from certrenew import errors
 
 ELSEWHERE = {
     "certrenew.system.limits.Unfit": "a ValueError of `read_regular`, turned into a UsageError by each caller",
-    "certrenew.state.backend.Conflict": "the backend protocol's own outcomes, caught by the store above it",
-    "certrenew.state.backend.Fenced": "the same",
-    "certrenew.state.backend.Busy": "the same",
-    "certrenew.state.backend.Unavailable": "the same",
 }
 """Exceptions defined outside `errors` on purpose, and why."""
 

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from certrenew.challenge import dns01
-from certrenew.challenge.dns01 import Dns01Solver, DnsServer, challenge_record, parse_dns_server
+from certrenew.challenge.dns01 import Dns01Solver, challenge_record
 from certrenew.challenge.dnshook import DnsHook
-from certrenew.challenge.rfc2136 import load_tsig_key
-from certrenew.challenge.solver import check_dns01_domain
+from certrenew.config.challenges import check_dns01_domain
+from certrenew.config.dns import DnsServer, load_tsig_key, parse_dns_server
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.system.limits import MAX_KEY_FILE
 from tests.harness.unfit import COMPLAINTS, UNFIT, place
@@ -128,9 +128,9 @@ def test_checking_dns01_input_does_not_load_dnspython(tmp_path):
     path.write_text(TSIG_KEYGEN_OUTPUT)
     path.chmod(0o600)
     probe = ("import sys\n"
-             "from certrenew.challenge import dns01, dnshook, rfc2136, solver\n"
-             f"rfc2136.load_tsig_key({str(path)!r}); dns01.parse_dns_server('ns1.example.com')\n"
-             "dns01.Dns01Solver(dnshook.DnsHook('true')); solver.check_domains('dns-01', ['*.example.com'])\n"
+             "from certrenew.challenge import dns01, dnshook\nfrom certrenew.config import challenges, dns\n"
+             f"dns.load_tsig_key({str(path)!r}); dns.parse_dns_server('ns1.example.com')\n"
+             "dns01.Dns01Solver(dnshook.DnsHook('true')); challenges.check_domains('dns-01', ['*.example.com'])\n"
              "print(sorted(name for name in sys.modules if name == 'dns' or name.startswith('dns.')))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ import requests
 
 from certrenew.challenge import responder as responder_module
 from certrenew.challenge.responder import Responder
-from certrenew.challenge.solver import check_domains
+from certrenew.config.challenges import check_domains
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.state.store import FileStore
 from certrenew.system import httpd

@@ -47,7 +47,7 @@ def test_the_solver_refuses_another_accounts_key_authorization_and_a_missing_acc
 
 def test_the_mode_is_one_of_two_and_nodes_are_host_port():
     settings = build_settings({"http_01_mode": "stateless", "http_01_node": ["192.0.2.1:80", "192.0.2.2:80"]})
-    assert (settings.http_01_mode, settings.http_01_node) == ("stateless", ("192.0.2.1:80", "192.0.2.2:80"))
+    assert (settings.responder.http_01_mode, settings.responder.http_01_node) == ("stateless", ("192.0.2.1:80", "192.0.2.2:80"))
     with pytest.raises(UsageError, match="--http-01-mode.*responder, stateless"):
         build_settings({"http_01_mode": "stateles"})
     with pytest.raises(UsageError, match="--http-01-node .* goes with --http-01-mode stateless"):

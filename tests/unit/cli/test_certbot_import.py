@@ -121,7 +121,7 @@ def lineage(root: Path, name: str, key, names: list, params: str = "", must_stap
 
 
 def plan(tmp_path: Path):
-    settings = Settings(directory=SERVER, state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl")
+    settings = Settings.of(directory=SERVER, state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl")
     return make_plan(settings, tmp_path / "letsencrypt", tmp_path / "certrenew.toml", None, force=False)
 
 
@@ -231,7 +231,7 @@ def test_an_import_whose_config_could_not_be_written_is_finished_by_the_same_imp
     root = tmp_path / "letsencrypt"
     for name in ("a.example", "b.example"):
         lineage(root, name, ec.generate_private_key(ec.SECP256R1()), [x509.DNSName(name)])
-    settings = Settings(directory=SERVER, state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl")
+    settings = Settings.of(directory=SERVER, state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl")
     config = tmp_path / "etc" / "certrenew.toml"
     config.parent.write_text("a file where the config's directory goes")
     with pytest.raises(CertrenewError, match=rf"cannot write {re.escape(str(config))}: .*run the same import again"):

@@ -13,9 +13,9 @@ import pytest
 from certrenew.cli import daemon
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import UsageError
-from certrenew.state.store import CertificateRecord
+from certrenew.state.memory import MemoryBackend
+from certrenew.state.store import CertificateRecord, Store
 from certrenew.system import signals
-from tests.harness.memstore import MemoryStore
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 HOUR = datetime.timedelta(hours=1)
@@ -28,9 +28,9 @@ def hangups():
 
 
 def make(tmp_path, hangups, load=None, rng=None, **settings):
-    config = (Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", lock_timeout=0, **settings),
+    config = (Settings.of(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", lock_timeout=0, **settings),
               [CertificateSpec("a", ("a.example",))])
-    return daemon.Daemon(*config, MemoryStore(), load or (lambda: config), hangups, rng)
+    return daemon.Daemon(*config, Store(MemoryBackend()), load or (lambda: config), hangups, rng)
 
 
 def test_the_regular_check_comes_at_most_5_percent_early(tmp_path, hangups):
@@ -85,12 +85,12 @@ def test_a_refused_config_on_sighup_keeps_the_old_one(tmp_path, hangups, caplog,
 
 def test_sighup_keeps_the_ports_and_the_store_it_started_with(tmp_path, hangups, caplog):
     subject = make(tmp_path, hangups)
-    moved = Settings(state_dir=tmp_path / "elsewhere", ssl_dir=tmp_path / "ssl", listen="127.0.0.1:1",
+    moved = Settings.of(state_dir=tmp_path / "elsewhere", ssl_dir=tmp_path / "ssl", listen="127.0.0.1:1",
                      check_interval=HOUR / 2)
     subject.load = lambda: (moved, [])
     subject.reload()
-    assert subject.settings.check_interval == HOUR / 2 and subject.specs == []
-    assert (subject.settings.listen, subject.settings.state_dir) == (Settings().listen, tmp_path / "unused")
+    assert subject.settings.daemon.check_interval == HOUR / 2 and subject.specs == []
+    assert (subject.settings.responder.listen, subject.settings.state_dir) == (Settings().responder.listen, tmp_path / "unused")
     assert "SIGHUP: listen changed; restart the daemon to apply it" in caplog.text
 
 

@@ -13,12 +13,12 @@ CA = "https://ca.example/dir"
 
 def test_no_account_is_one_line_saying_how_to_make_it_and_nothing_is_written(tmp_path):
     with pytest.raises(UsageError, match=r"^no ACME account for https://ca.example/dir .*--create-account"):
-        render(Settings(directory=CA, state_dir=tmp_path / "state"))
+        render(Settings.of(directory=CA, state_dir=tmp_path / "state"))
     assert not (tmp_path / "state").exists()
 
 
 def test_create_account_makes_the_key_once_and_the_lines_carry_its_thumbprint(tmp_path):
-    settings = Settings(directory=CA, state_dir=tmp_path / "state")
+    settings = Settings.of(directory=CA, state_dir=tmp_path / "state")
     first = render(settings, create_account=True)
     account = FileStore(settings.state_dir).load_account(CA)
     assert account is not None and account.uri is None  # registered at the first order

@@ -265,5 +265,5 @@ def test_metrics_never_on_the_responders_port():
         build_settings({"listen": "127.0.0.1:49494", "metrics_listen": "0.0.0.0:49494"}, environ={})
     with pytest.raises(UsageError, match="responder's port"):
         build_settings({"listen": "127.0.0.1:49494", "metrics_listen": "[::1]:49494"}, environ={})
-    assert build_settings({"metrics_listen": "127.0.0.1:49494"}, environ={}).listen == Settings.listen  # a socket
-    assert build_settings({"metrics_listen": "127.0.0.1:9797"}, environ={}).metrics_listen == "127.0.0.1:9797"
+    assert build_settings({"metrics_listen": "127.0.0.1:49494"}, environ={}).responder.listen == Settings().responder.listen  # a socket
+    assert build_settings({"metrics_listen": "127.0.0.1:9797"}, environ={}).daemon.metrics_listen == "127.0.0.1:9797"

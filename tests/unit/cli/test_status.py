@@ -22,15 +22,15 @@ def test_json_serial_has_whole_bytes_and_times_whole_seconds():
 
 
 def test_nothing_managed_is_not_healthy(tmp_path):
-    missing = Settings(state_dir=tmp_path / "nowhere")
+    missing = Settings.of(state_dir=tmp_path / "nowhere")
     assert unhealthy(missing, []) == f"no certificate is managed (no state dir {tmp_path / 'nowhere'}): " \
                                      "check --config and --state-dir"
-    present = Settings(state_dir=tmp_path)
+    present = Settings.of(state_dir=tmp_path)
     assert unhealthy(present, [row(state="unmanaged")]).startswith("no certificate is managed: ")
 
 
 def test_unhealthy_names_each_certificate_that_is_not_ok():
-    settings = Settings(state_dir=Path("/unused"))
+    settings = Settings.of(state_dir=Path("/unused"))
     assert unhealthy(settings, [row("a"), row("b", state="unmanaged")]) is None
     assert unhealthy(settings, [row("a", state="failing"), row("b"), row("c", state="due")]) == \
         "a is failing, c is due"
@@ -45,7 +45,7 @@ def test_a_revoked_certificate_is_not_healthy_and_due_since_its_revocation(tmp_p
     with store.lock(5):
         store.save_record(CertificateRecord("a.example", ["a.example"], "ecdsa-p256", "1", NOW,
                                             NOW + datetime.timedelta(days=90), revoked=NOW))
-    settings = Settings(state_dir=tmp_path)
+    settings = Settings.of(state_dir=tmp_path)
     (row,) = collect(settings, None, store, now=NOW + datetime.timedelta(hours=1))
     assert (row.state, row.next_renewal) == ("revoked", NOW)
     assert unhealthy(settings, [row]) == "a.example is revoked"
@@ -62,7 +62,7 @@ def test_a_certificate_another_bundle_in_the_ssl_dir_shadows_is_shadowed_when_st
     leaf = trustme.CA().issue_cert("example.com")
     (tmp_path / "ssl" / "example.com.pem").write_bytes(
         build_bundle(b"".join(blob.bytes() for blob in leaf.cert_chain_pems), leaf.private_key_pem.bytes()))
-    settings = Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl")
+    settings = Settings.of(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl")
     specs = [CertificateSpec("main", ("example.com",)), CertificateSpec("other", ("other.example",))]
     assert [row.state for row in collect(settings, specs)] == ["missing", "missing"]  # the daemon's: state alone
     main, other = collect(settings, specs, read_ssl_dir=True)

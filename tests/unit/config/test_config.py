@@ -19,16 +19,16 @@ def test_command_line_beats_environment_beats_file(tmp_path):
     config = config_file(tmp_path, 'email = "file@example.com"\nlisten = "127.0.0.1:1"\ntimeout = 10\n')
     environ = {"CERTRENEW_EMAIL": "env@example.com", "CERTRENEW_LISTEN": "127.0.0.1:2"}
     settings = build_settings({"email": "cli@example.com"}, config, environ)
-    assert (settings.email, settings.listen, settings.timeout) == ("cli@example.com", "127.0.0.1:2", 10)
+    assert (settings.acme.email, settings.responder.listen, settings.acme.timeout) == ("cli@example.com", "127.0.0.1:2", 10)
     assert build_settings({}, None, {}).state_dir == Path("/var/lib/certrenew")
 
 
 def test_environment_values_are_parsed_and_checked():
     settings = build_settings({}, None, {"CERTRENEW_AGREE_TOS": "yes", "CERTRENEW_RENEW_BEFORE": "12h",
                                          "CERTRENEW_CONCURRENCY": "8", "CERTRENEW_STAGING": "1"})
-    assert settings.agree_tos and settings.concurrency == 8
+    assert settings.acme.agree_tos and settings.concurrency == 8
     assert settings.renew_before == datetime.timedelta(hours=12)
-    assert settings.directory_url == LETSENCRYPT_STAGING
+    assert settings.acme.directory_url == LETSENCRYPT_STAGING
     for name, value in (("AGREE_TOS", "maybe"), ("TIMEOUT", "-1"), ("KEY_TYPE", "dsa"), ("RENEW_BEFORE", "soon")):
         with pytest.raises(UsageError, match=f"CERTRENEW_{name}"):
             build_settings({}, None, {f"CERTRENEW_{name}": value})
@@ -38,7 +38,7 @@ def test_environment_values_are_parsed_and_checked():
                                         ("0", False), ("false", False), ("NO", False), ("Off", False)])
 def test_boolean_variables_are_parsed_one_way_everywhere(raw, value):
     assert env_flag("CERTRENEW_VERBOSE", {"CERTRENEW_VERBOSE": raw}) is value
-    assert build_settings({}, None, {"CERTRENEW_STAGING": raw}).staging is value
+    assert build_settings({}, None, {"CERTRENEW_STAGING": raw}).acme.staging is value
 
 
 def test_a_bad_boolean_variable_is_a_usage_error_naming_it():
@@ -51,10 +51,10 @@ def test_a_no_flag_overrides_true_from_the_environment_and_the_file(tmp_path):
     config = config_file(tmp_path, "agree_tos = true\nstaging = true\n")
     environ = {"CERTRENEW_STAGING": "yes"}
     settings = build_settings({"agree_tos": False, "staging": False}, config, environ)
-    assert (settings.agree_tos, settings.staging) == (False, False)
+    assert (settings.acme.agree_tos, settings.acme.staging) == (False, False)
     settings = build_settings({"agree_tos": None, "staging": None}, config, environ)  # flag not given
-    assert (settings.agree_tos, settings.staging) == (True, True)
-    assert build_settings({}, config, {"CERTRENEW_STAGING": "off"}).staging is False
+    assert (settings.acme.agree_tos, settings.acme.staging) == (True, True)
+    assert build_settings({}, config, {"CERTRENEW_STAGING": "off"}).acme.staging is False
 
 
 def test_certificates_default_their_name_and_key_type(tmp_path):
@@ -108,13 +108,13 @@ def test_list_options_come_repeated_separated_or_as_a_toml_list(tmp_path):
     config = config_file(tmp_path, 'haproxy_socket = ["/run/a.sock", "ipv4@10.0.0.2:9999"]\n'
                                    'verify_endpoint = ["10.0.0.2:443"]\n')
     settings = build_settings({}, config, {})
-    assert settings.haproxy_socket == ("/run/a.sock", "ipv4@10.0.0.2:9999")
-    assert settings.verify_endpoint == ("10.0.0.2:443",)
+    assert settings.haproxy.haproxy_socket == ("/run/a.sock", "ipv4@10.0.0.2:9999")
+    assert settings.haproxy.verify_endpoint == ("10.0.0.2:443",)
     settings = build_settings({"haproxy_config": ["/etc/haproxy/a.cfg", "/etc/haproxy/b.cfg"]}, config,
                               {"CERTRENEW_HAPROXY_SOCKET": "/run/b.sock, /run/c.sock"})
-    assert settings.haproxy_socket == ("/run/b.sock", "/run/c.sock")
-    assert settings.haproxy_config == (Path("/etc/haproxy/a.cfg"), Path("/etc/haproxy/b.cfg"))
-    assert build_settings({}, None, {}).haproxy_socket == ()
+    assert settings.haproxy.haproxy_socket == ("/run/b.sock", "/run/c.sock")
+    assert settings.haproxy.haproxy_config == (Path("/etc/haproxy/a.cfg"), Path("/etc/haproxy/b.cfg"))
+    assert build_settings({}, None, {}).haproxy.haproxy_socket == ()
 
 
 def test_list_options_are_checked(tmp_path):
@@ -139,7 +139,7 @@ domains = ["blog.example"]
         CertificateSpec("shop.example.rsa2048", ("shop.example",), "rsa2048"),
         CertificateSpec("blog.example", ("blog.example",), "ecdsa-p256"),
     ]
-    assert build_settings({"key_type": "ecdsa-p384,rsa4096"}, None, {}).key_type == "ecdsa-p384,rsa4096"
+    assert build_settings({"key_type": "ecdsa-p384,rsa4096"}, None, {}).certificate.key_type == "ecdsa-p384,rsa4096"
     for pair in ('["ecdsa-p256", "ecdsa-p384"]', '["rsa2048", "rsa2048"]', '["ecdsa-p256", "rsa2048", "rsa4096"]'):
         with pytest.raises(UsageError, match="one ECDSA and one RSA key type"):
             config_file(tmp_path, f'[[certificate]]\ndomains = ["a.example"]\nkey_type = {pair}\n')
@@ -284,10 +284,10 @@ def test_the_command_line_form_takes_dns_settings_from_options_and_environment(k
 
     settings = build_settings({"challenge": "dns-01", "tsig_key": str(key_file)}, None,
                               {"CERTRENEW_DNS_SERVER": "127.0.0.1:5353", "CERTRENEW_DNS_PROPAGATION_TIMEOUT": "5"})
-    dns = dns_settings(settings.challenge, vars(settings))
+    dns = settings.certificate.dns()
     assert dns is not None and (str(dns.server), dns.propagation_timeout, dns.tsig_key.algorithm) == (
         "127.0.0.1:5353", 5.0, "hmac-sha256")
-    assert dns_settings("http-01", vars(settings)) is None
+    assert dns_settings("http-01", vars(settings.certificate)) is None
     with pytest.raises(UsageError, match="invalid CERTRENEW_DNS_PROPAGATION_TIMEOUT: must be"):
         build_settings({}, None, {"CERTRENEW_DNS_PROPAGATION_TIMEOUT": "nan"})
 
@@ -307,7 +307,7 @@ def test_absurd_values_are_usage_errors(name, value):
 def test_sensible_bounds_are_accepted(tmp_path):
     settings = build_settings({}, None, {"CERTRENEW_TIMEOUT": "86400", "CERTRENEW_LOCK_TIMEOUT": "0",
                                          "CERTRENEW_RENEW_BEFORE": "999d", "CERTRENEW_RELOAD_COMMAND": "a 'b c'"})
-    assert (settings.timeout, settings.lock_timeout, settings.renew_before.days) == (86400, 0, 999)
+    assert (settings.acme.timeout, settings.lock_timeout, settings.renew_before.days) == (86400, 0, 999)
     with pytest.raises(UsageError, match="timeout: must be a number of seconds"):
         config_file(tmp_path, "timeout = inf\n")
 
@@ -345,7 +345,7 @@ def test_a_directory_that_is_not_an_https_url_is_refused_before_the_ca_is_asked(
         build_settings({}, None, {"CERTRENEW_DIRECTORY": url})
     with pytest.raises(UsageError, match="directory: .* is not an https:// URL"):
         config_file(tmp_path, f'directory = "{url}"\n')
-    assert build_settings({"directory": "https://127.0.0.1:14000/dir"}, None, {}).directory_url == \
+    assert build_settings({"directory": "https://127.0.0.1:14000/dir"}, None, {}).acme.directory_url == \
         "https://127.0.0.1:14000/dir"
 
 
@@ -366,7 +366,7 @@ def test_an_external_account_binding_takes_both_the_key_id_and_the_key_file(give
     with pytest.raises(UsageError, match="takes both the key id .--eab-kid. and the file"):
         build_settings(given, environ={})
     both = build_settings({"eab_kid": "kid-1", "eab_hmac_key_file": "/etc/certrenew/eab.key"}, environ={})
-    assert (both.eab_kid, both.eab_hmac_key_file) == ("kid-1", Path("/etc/certrenew/eab.key"))
+    assert (both.acme.eab_kid, both.acme.eab_hmac_key_file) == ("kid-1", Path("/etc/certrenew/eab.key"))
 
 
 def test_an_ip_address_certificate_gets_a_plain_file_name_and_no_dns01():
@@ -386,7 +386,7 @@ def test_crt_list_options_are_per_certificate_with_a_top_level_default(tmp_path)
                                    '[[certificate]]\ndomains = ["a.example"]\n'
                                    '[[certificate]]\ndomains = ["b.example"]\ncrt_list_options = "b.example"\n')
     assert [spec.crt_list_options for spec in config.certificates] == ["[alpn h2]", "b.example"]
-    assert build_settings({}, config, {}).crt_list == Path("/etc/haproxy/certs.lst")
+    assert build_settings({}, config, {}).haproxy.crt_list == Path("/etc/haproxy/certs.lst")
 
 
 @pytest.mark.parametrize("options", ["[alpn h2] # a comment", "a.example\\n/etc/other.pem"])
@@ -419,7 +419,7 @@ def test_fallback_cas_come_after_the_directory_in_order_each_with_its_own_bundle
                                    f'ca_bundle = "{__file__}"\nfallback_directory = ["{SECOND}", "{THIRD}"]\n'
                                    f'[ca."{SECOND}"]\nca_bundle = "{bundle}"\neab_kid = "kid-2"\n'
                                    f'eab_hmac_key_file = "{key}"\n')
-    first, second, third = build_settings({}, config, {}).cas
+    first, second, third = build_settings({}, config, {}).acme.cas
     assert (first.directory, first.eab_kid, first.ca_bundle) == (FIRST, "kid-1", __file__)
     assert (second.directory, second.eab_kid, second.eab_hmac_key_file, second.ca_bundle) == (SECOND, "kid-2", key,
                                                                                                str(bundle))
@@ -428,9 +428,9 @@ def test_fallback_cas_come_after_the_directory_in_order_each_with_its_own_bundle
 
 def test_fallback_directories_from_the_environment_and_the_command_line():
     settings = build_settings({"directory": FIRST}, None, {"CERTRENEW_FALLBACK_DIRECTORY": f"{SECOND},{THIRD}"})
-    assert settings.directory_urls == (FIRST, SECOND, THIRD)
-    assert build_settings({"directory": FIRST, "fallback_directory": [THIRD]}, None, {}).directory_urls == (FIRST, THIRD)
-    assert build_settings({"directory": FIRST}, None, {}).directory_urls == (FIRST,)
+    assert settings.acme.directory_urls == (FIRST, SECOND, THIRD)
+    assert build_settings({"directory": FIRST, "fallback_directory": [THIRD]}, None, {}).acme.directory_urls == (FIRST, THIRD)
+    assert build_settings({"directory": FIRST}, None, {}).acme.directory_urls == (FIRST,)
     with pytest.raises(UsageError, match="invalid --fallback-directory: 'http://x.example/dir' is not an https://"):
         build_settings({"fallback_directory": ["http://x.example/dir"]}, None, {})
 
@@ -448,3 +448,29 @@ def test_fallback_directories_from_the_environment_and_the_command_line():
 def test_a_ca_table_that_cannot_work_is_refused_naming_it(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
         build_settings({}, config_file(tmp_path, text), {})
+
+
+def test_every_option_has_one_slice_and_reads_back_by_its_name():
+    """The command line, the environment and the file name options flat; each must land in its slice."""
+    from certrenew.config import OPTIONS, Settings
+
+    for option in OPTIONS:
+        assert Settings.of(**{option.name: Settings().option(option.name)}) == Settings()
+    moved = Settings().with_options(listen="127.0.0.1:1", state_dir=Path("/x"), reload_command="true")
+    assert (moved.responder.listen, moved.state_dir, moved.haproxy.reload_command) == ("127.0.0.1:1", Path("/x"), "true")
+    assert moved.option("listen") == "127.0.0.1:1" and moved.acme == Settings().acme
+    with pytest.raises(TypeError):
+        Settings.of(no_such_option=1)
+
+
+def test_the_configuration_loads_nothing_it_configures():
+    """config sits at the bottom: reading settings loads no solver, no HAProxy client, no ACME stack."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, certrenew.config\n"
+             "print(sorted(m for m in sys.modules if m.startswith(('certrenew.challenge', 'certrenew.haproxy', "
+             "'certrenew.acme', 'certrenew.state', 'certrenew.renewal'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -11,11 +11,11 @@ from certrenew.haproxy.runtime_api import (
     RuntimeApiError,
     TransactionOpen,
     Unsupported,
-    check_address,
     find_crt_list,
     parse_show_crt_lists,
     parse_show_ssl_cert,
 )
+from certrenew.system.hostport import check_address
 from tests.harness.fake_haproxy import FakeHAProxy
 
 PATH = "/etc/haproxy/ssl/site.pem"

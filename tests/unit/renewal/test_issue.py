@@ -1,6 +1,6 @@
 import trustme
 
-from certrenew.config import CertificateSpec, Settings
+from certrenew.config import AcmeSettings, CertificateSpec
 from certrenew.renewal.issue import Issuer
 from certrenew.state.store import FileStore
 
@@ -11,7 +11,7 @@ def test_a_pending_certificate_with_its_names_in_another_order_is_installed_not_
     bundle = b"".join(blob.bytes() for blob in issued.cert_chain_pems) + issued.private_key_pem.bytes()
     store = FileStore(tmp_path / "state")
     store.save_pending("a.example", bundle)
-    issuer = Issuer(Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path), store, solvers={})
+    issuer = Issuer(AcmeSettings(), store, solvers={})
     issuer.issue = lambda spec: (_ for _ in ()).throw(AssertionError("ordered again"))
     issuer._window = lambda name, bundle, directory: None  # no CA here to ask for a renewal window
     resumed = issuer.resume(CertificateSpec("a.example", ("a.example", "b.example")))

@@ -1,6 +1,5 @@
 """`renew.run` and `status.collect` over the in-memory store: the paths that need no CA."""
 
-import dataclasses
 import datetime
 import json
 import re
@@ -15,8 +14,8 @@ from certrenew.errors import CertrenewError, ConfigurationError, OverBudget, Usa
 from certrenew.pki.bundle import CertificateInfo
 from certrenew.renewal import renew
 from certrenew.renewal.progress import Progress
-from certrenew.state.store import CertificateRecord
-from tests.harness.memstore import MemoryStore
+from certrenew.state.memory import MemoryBackend
+from certrenew.state.store import CertificateRecord, Store
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -28,7 +27,7 @@ INFO = CertificateInfo("1f", NOW, NOW + 90 * DAY, ("x.example",), "00")
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path, directory="https://127.0.0.1:9/none",
+    return Settings.of(state_dir=tmp_path / "unused", ssl_dir=tmp_path, directory="https://127.0.0.1:9/none",
                     lock_timeout=0, reload_command="true")
 
 
@@ -48,7 +47,7 @@ def issued(name, not_before=NOW - 10 * DAY, lifetime=90 * DAY, **fields):
 
 
 def test_nothing_due_is_unchanged_and_asks_no_ca(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
     store.save_record(issued("b", ari_next_check=NOW + DAY))
     outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
@@ -59,7 +58,7 @@ def test_nothing_due_is_unchanged_and_asks_no_ca(settings, no_ca):
 
 
 def test_a_failing_certificate_backs_off_and_its_record_is_left_alone(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     failing = issued("a", not_before=NOW - 89 * DAY, failures=3, last_error="connection refused",
                      next_attempt=NOW + DAY)
     store.save_record(failing)
@@ -70,23 +69,25 @@ def test_a_failing_certificate_backs_off_and_its_record_is_left_alone(settings, 
 
 
 def test_an_unreadable_record_fails_its_certificate_only(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
-    store.documents["b", "record"] = b'{"name": "b", "domains": ["b.example"], "key_type": 5}'
+    store.backend.write({"certificates/b/meta.json": b'{"name": "b", "domains": ["b.example"], "key_type": 5}'})
     outcomes = renew.run(settings, [spec("a"), spec("b")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed")]
-    assert outcomes[1].detail == "corrupt state file memory:b/record: key_type: expected a string, not 5"
+    assert outcomes[1].detail == ("corrupt state file memory:certificates/b/meta.json: key_type: expected a string, "
+                                  "not 5; repair it, or move it away and the next run orders b anew")
 
 
 def test_a_record_well_formed_but_inconsistent_fails_its_certificate_alone_in_run_and_status(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
     store.save_record(issued("c"))
     bad = {**issued("b").to_json(), "not_before": None}  # it made the decision fail an assert, and the run end
-    store.documents["b", "record"] = json.dumps(bad).encode()
+    store.backend.write({"certificates/b/meta.json": json.dumps(bad).encode()})
     outcomes = renew.run(settings, [spec("a"), spec("b"), spec("c")], store).outcomes
     assert [(o.name, o.action) for o in outcomes] == [("a", "unchanged"), ("b", "failed"), ("c", "unchanged")]
-    reason = "corrupt state file memory:b/record: not_before and not_after go together, but only one of them is set"
+    reason = ("corrupt state file memory:certificates/b/meta.json: not_before and not_after go together, but only "
+              "one of them is set; repair it, or move it away and the next run orders b anew")
     assert outcomes[1].detail == reason
     rows = status.collect(settings, [spec("a"), spec("b"), spec("c")], store, now=NOW)
     assert [(row.name, row.state, row.last_result) for row in rows] == [
@@ -94,7 +95,7 @@ def test_a_record_well_formed_but_inconsistent_fails_its_certificate_alone_in_ru
 
 
 def test_a_fault_nobody_foresaw_while_deciding_fails_that_certificate_alone(settings, no_ca, monkeypatch):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
     store.save_record(issued("b"))
     load_record = store.load_record
@@ -106,7 +107,7 @@ def test_a_fault_nobody_foresaw_while_deciding_fails_that_certificate_alone(sett
 
 
 def test_a_run_waits_for_the_store_and_gives_up(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a"))
     with store.lock(timeout=0):
         with pytest.raises(CertrenewError, match="gave up after 0 s"):
@@ -115,7 +116,7 @@ def test_a_run_waits_for_the_store_and_gives_up(settings, no_ca):
 
 
 def test_status_rows_from_the_store(settings):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("ok"))
     store.save_record(issued("due", not_before=NOW - 70 * DAY))
     store.save_record(issued("expired", not_before=NOW - 91 * DAY))
@@ -146,7 +147,7 @@ def store_order():
                                                   (ConfigurationError("bad ACL"), False),
                                                   (UsageError("pass --agree-tos"), False)])
 def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     renew._failed(store, NOW, spec("a"), CA, error)
     record = store.load_record("a")
     assert record is not None and record.last_error == str(error) and record.failures == 1
@@ -154,7 +155,7 @@ def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
 
 
 def test_fixing_the_directory_url_ends_a_back_off_earned_against_the_wrong_one(settings, monkeypatch):
-    store, now = MemoryStore(), datetime.datetime.now(datetime.timezone.utc)  # not NOW: the run reads the clock
+    store, now = Store(MemoryBackend()), datetime.datetime.now(datetime.timezone.utc)  # not NOW: the run reads the clock
     wrong = "https://acme.example/wrong-path"
     renew._failed(store, now, spec("a"), wrong, CertrenewError("the CA answered 404"))
     assert store.load_record("a").next_attempt > now  # backing off
@@ -165,25 +166,25 @@ def test_fixing_the_directory_url_ends_a_back_off_earned_against_the_wrong_one(s
         outcomes.update((item.name, renew.Outcome(item.name, "failed", "not ordered")) for item, _ in work)
         return []
     monkeypatch.setattr(renew, "_work", work)
-    [outcome] = renew.run(dataclasses.replace(settings, directory=wrong), [spec("a")], store)
+    [outcome] = renew.run(settings.with_options(directory=wrong), [spec("a")], store)
     assert outcome.action == "deferred" and ordered == []  # the same URL: a retry, held back
     renew.run(settings, [spec("a")], store)  # the URL fixed: a new attempt, at once
     assert ordered == [("a", "issue")]
 
 
-class RefusingIssuer:
-    """Installs like `Issuer.install` into the store, but HAProxy refuses `refused`'s bundle in any batch."""
+class RefusingDeployer:
+    """Deploys like `Deployer.deploy` into the store, but HAProxy refuses `refused`'s bundle in any batch."""
 
     def __init__(self, store, refused, error=None):
         from certrenew.errors import Refused
         self.store, self.refused, self.batches = store, refused, []
-        self.settings = Settings(directory=CA)
+        self.directory = CA
         self.error = error or Refused(f"HAProxy refused {refused}.pem: bad key; the previous certificates were put back",
                                       [refused])
 
-    def install(self, batch):
+    def deploy(self, batch):
         from certrenew.haproxy.install import InstallResult
-        from certrenew.renewal.issue import Installed
+        from certrenew.renewal.deploy import Installed
         self.batches.append([item.spec.name for item in batch])
         if any(item.spec.name == self.refused for item in batch):
             raise self.error
@@ -195,13 +196,13 @@ class RefusingIssuer:
 def install_with_b_refused(store, error=None) -> dict:
     """`renew._install` of a, b and c, kept pending, where installing b fails with `error`
     (HAProxy refusing it by default): b fails, and a and c are installed in a second round."""
-    from certrenew.renewal.issue import Issued
+    from certrenew.renewal.deploy import Issued
     for name in ("a", "b", "c"):
         store.save_pending(name, f"BUNDLE {name}".encode())
     batch = [Issued(spec(name), f"BUNDLE {name}".encode(), "renewed") for name in ("a", "b", "c")]
-    issuer = RefusingIssuer(store, "b", error)
-    outcomes = renew._install(store, NOW, issuer, batch)
-    assert issuer.batches == [["a", "b", "c"], ["a", "c"]]
+    deployer = RefusingDeployer(store, "b", error)
+    outcomes = renew._install(store, NOW, deployer, batch)
+    assert deployer.batches == [["a", "b", "c"], ["a", "c"]]
     assert {name: outcome.action for name, outcome in outcomes.items()} == {"a": "renewed", "b": "failed", "c": "renewed"}
     return outcomes
 
@@ -210,26 +211,27 @@ def install_with_b_refused(store, error=None) -> dict:
 def test_a_refusal_naming_no_certificate_of_the_batch_fails_the_batch_once():
     """Each round must take one certificate out, or the install loop would never end."""
     from certrenew.errors import Refused
-    from certrenew.renewal.issue import Issued
-    store = MemoryStore()
+    from certrenew.renewal.deploy import Issued
+    store = Store(MemoryBackend())
     store.save_pending("a", b"BUNDLE a")
-    issuer = RefusingIssuer(store, "a", Refused("HAProxy refused elsewhere.pem", ["elsewhere"]))
-    install = issuer.install
-    issuer.install = lambda batch: install(batch) if len(issuer.batches) < 3 else pytest.fail("installs for ever")
-    outcomes = renew._install(store, NOW, issuer, [Issued(spec("a"), b"BUNDLE a", "renewed")])
-    assert issuer.batches == [["a"]] and outcomes["a"].action == "failed"
+    deployer = RefusingDeployer(store, "a", Refused("HAProxy refused elsewhere.pem", ["elsewhere"]))
+    deploy = deployer.deploy
+    deployer.deploy = lambda batch: deploy(batch) if len(deployer.batches) < 3 else pytest.fail("installs for ever")
+    outcomes = renew._install(store, NOW, deployer, [Issued(spec("a"), b"BUNDLE a", "renewed")])
+    assert deployer.batches == [["a"]] and outcomes["a"].action == "failed"
     assert store.load_bundle("a", "pending") == b"BUNDLE a"  # not set aside: it was not the one refused
 
 def test_a_bundle_haproxy_refuses_is_set_aside_and_the_rest_installed_in_the_same_run(monkeypatch):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     outcomes = install_with_b_refused(store)
-    assert "set aside as memory:b/rejected/" in outcomes["b"].detail
-    assert list(store.rejected.values()) == [b"BUNDLE b"] and not store.unfinished("b")
+    assert "set aside as memory:certificates/b/rejected/" in outcomes["b"].detail
+    assert [entry.value for entry in store.backend.list("certificates/b/rejected/").values()] == [b"BUNDLE b"]
+    assert not store.unfinished("b")
     record = store.load_record("b")
     assert record.failures == 1 and record.next_attempt is not None  # the next attempt waits for the back-off
 
 
-class UnmovableStore(MemoryStore):
+class UnmovableStore(Store):
     """Nothing can be set aside: its rename fails as FileStore's does, wrapped in one line."""
 
     def set_aside(self, name: str, kind: str) -> str:
@@ -237,7 +239,7 @@ class UnmovableStore(MemoryStore):
 
 
 def test_a_refused_certificate_that_cannot_be_set_aside_fails_alone_and_the_rest_is_installed():
-    store = UnmovableStore()
+    store = UnmovableStore(MemoryBackend())
     outcomes = install_with_b_refused(store)
     assert outcomes["b"].detail == ("HAProxy refused b.pem: bad key; the previous certificates were put back; and it "
                                     "could not be set aside: cannot set aside memory:b/pending: Read-only file system")
@@ -247,27 +249,27 @@ def test_a_refused_certificate_that_cannot_be_set_aside_fails_alone_and_the_rest
 
 def test_a_certificate_whose_place_in_the_ssl_dir_is_blocked_fails_alone_and_stays_pending():
     from certrenew.haproxy.install import Blocked
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     outcomes = install_with_b_refused(store, Blocked("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone", ["b"]))
     assert outcomes["b"].detail == ("/ssl/b.pem is a named pipe (FIFO), not a bundle: left alone; "
                                     "the new certificate stays pending for the run after")
-    assert store.rejected == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # not set aside: nothing lost
+    assert store.backend.list("certificates/b/rejected/") == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # not set aside: nothing lost
     record = store.load_record("b")
     assert record.failures == 1 and record.next_attempt is None  # the operator's to fix: no back-off
 
 
 def test_a_certificate_not_served_after_its_install_fails_alone_in_its_own_words_and_stays_pending():
     from certrenew.haproxy.install import NotServed
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     blame = "served-certificate check: 127.0.0.1:443 serves another certificate for b.example"
     outcomes = install_with_b_refused(store, NotServed(f"b.pem: {blame}", ["b"], {"b": f"{blame}; put back"}))
     assert outcomes["b"].detail == f"{blame}; put back; the new certificate stays pending for the run after"
     assert "b.example" not in outcomes["a"].detail + outcomes["c"].detail  # nobody else is blamed
-    assert store.rejected == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # kept: HAProxy took it
+    assert store.backend.list("certificates/b/rejected/") == {} and store.load_bundle("b", "pending") == b"BUNDLE b"  # kept: HAProxy took it
 
 
 def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
 
     def step(spec):
         raise KeyError("surprise")
@@ -278,9 +280,9 @@ def test_an_unforeseen_error_fails_its_certificate_only_in_one_line(caplog):
 
 
 def test_an_order_over_budget_waits_until_the_budget_frees_not_for_the_back_off(settings, no_ca):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("a", ari_window_start=NOW - DAY, ari_window_end=NOW + DAY, ari_renew_at=NOW - DAY))
-    outcome = renew._failed(store, NOW, spec("a"), settings.directory_url,
+    outcome = renew._failed(store, NOW, spec("a"), settings.acme.directory_url,
                             OverBudget("not ordered: its budget", NOW + 20 * HOUR))
     assert outcome.action == "failed" and store.load_record("a").next_attempt == NOW + 20 * HOUR
     [held] = renew.run(settings, [spec("a")], store)  # due by its window, held back until then
@@ -290,17 +292,17 @@ def test_an_order_over_budget_waits_until_the_budget_frees_not_for_the_back_off(
 
 
 def test_status_shows_an_unreadable_record_as_failing_with_the_reason(settings):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("ok"))
-    store.documents["bad", "record"] = b"{not json"
+    store.backend.write({"certificates/bad/meta.json": b"{not json"})
     rows = status.collect(settings, [spec("ok"), spec("bad")], store, now=NOW)
     assert [(row.name, row.state) for row in rows] == [("ok", "ok"), ("bad", "failing")]
-    assert rows[1].last_result.startswith("failed: corrupt state file memory:bad/record")
+    assert rows[1].last_result.startswith("failed: corrupt state file memory:certificates/bad/meta.json")
     assert [row.state for row in status.collect(settings, None, store, now=NOW)] == ["failing", "ok"]
 
 
 def test_a_failed_forced_attempt_shows_in_status_but_only_a_due_certificate_is_failing(settings):
-    store = MemoryStore()
+    store = Store(MemoryBackend())
     store.save_record(issued("early"))  # served, and not due for 50 days: a --force that failed
     store.save_record(issued("due", not_before=NOW - 89 * DAY))
 
@@ -327,24 +329,29 @@ def test_a_failed_forced_attempt_shows_in_status_but_only_a_due_certificate_is_f
     (CertificateSpec("site", ("a.example",), challenge="tls-alpn-02"), "site: unknown challenge type 'tls-alpn-02'"),
 ])
 def test_the_library_refuses_a_certificate_it_could_not_keep_before_writing_anything(tmp_path, given, message):
-    settings = Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", reload_command="true")
+    settings = Settings.of(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", reload_command="true")
     (tmp_path / "ssl").mkdir()
     with pytest.raises(UsageError, match=re.escape(message)):
         renew.run(settings, [spec("fine"), given])
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["ssl"]
 
 
-class FillingStore(MemoryStore):
+class FillingStore(Store):
     """Its disk is full for one certificate's record: promoting that one fails, after the others."""
 
     def __init__(self, full: str) -> None:
-        super().__init__()
+        super().__init__(MemoryBackend())
         self.full = full
 
     def save_record(self, record: CertificateRecord) -> None:
         if record.name == self.full:
             raise CertrenewError(f"cannot write memory:{record.name}/record: No space left on device")
         super().save_record(record)
+
+    def promote_pending(self, record: CertificateRecord) -> None:  # the record is written with the bundles
+        if record.name == self.full:
+            raise CertrenewError(f"cannot write memory:{record.name}/record: No space left on device")
+        super().promote_pending(record)
 
 
 def pending_bundle(store, name: str) -> bytes:
@@ -363,7 +370,7 @@ def test_a_certificate_that_cannot_be_recorded_fails_alone_the_others_served_rec
     from certrenew.pki.bundle import leaf_info
     (tmp_path / "ssl").mkdir()
     deployed = tmp_path / "deployed"
-    settings = Settings(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", directory="https://127.0.0.1:9/none",
+    settings = Settings.of(state_dir=tmp_path / "unused", ssl_dir=tmp_path / "ssl", directory="https://127.0.0.1:9/none",
                         reload_command="true", deploy_hook=f"sh -c 'echo $CERTRENEW_NAME >> {deployed}'",
                         lock_timeout=0, timeout=1)
     store = FillingStore("b")
@@ -388,3 +395,35 @@ def test_a_certificate_that_cannot_be_recorded_fails_alone_the_others_served_rec
     [again] = renew.run(settings, [spec("b")], store)
     assert again.action == "installed" and store.load_record("b").serial == serial, again.detail
     assert deployed.read_text().split() == ["a", "c", "b"]
+
+
+def test_a_certificate_another_process_renewed_while_the_run_waited_for_its_lock_is_left_alone(settings):
+    """The run decides again once it holds the lock: the other holder's renewal stands, no CA is asked."""
+    import logging
+    import threading
+
+    store = Store(MemoryBackend())
+    store.save_record(issued("a", not_before=NOW - 89 * DAY))  # due
+    other = Store(store.backend, holder="the daemon")  # another process on the same state
+    waiting = threading.Event()
+
+    class Waits(logging.Handler):
+        def emit(self, record):
+            if "waiting up to" in record.getMessage():
+                waiting.set()
+    handler = Waits()
+    logging.getLogger("certrenew.state.memory").addHandler(handler)
+    try:
+        with other.certificate("a", wait=0):
+            runner = threading.Thread(target=lambda: outcomes.extend(
+                renew.run(settings.with_options(lock_timeout=60, self_check=False), [spec("a")],
+                                          store).outcomes))
+            outcomes: list = []
+            runner.start()
+            assert waiting.wait(30), "the run never waited for the lock"
+            other.save_record(issued("a"))  # renewed meanwhile
+        runner.join(30)
+    finally:
+        logging.getLogger("certrenew.state.memory").removeHandler(handler)
+    [outcome] = outcomes
+    assert outcome.action == "unchanged" and outcome.detail.startswith("not due until"), outcome

@@ -82,7 +82,7 @@ def test_the_shipped_haproxy_cfg_reaches_the_default_socket_through_its_chroot()
     cfg = SHIPPED_HAPROXY_CFG.read_text()
     chroot = re.search(r"^\s*chroot (\S+)$", cfg, re.M)[1]
     server = re.search(r"^\s*server letsencrypt unix@(\S+)$", cfg, re.M)[1]
-    assert chroot + server == DEFAULT_LISTEN == Settings().listen
+    assert chroot + server == DEFAULT_LISTEN == Settings().responder.listen
 
 
 def test_check_names_a_port_another_user_could_take():
@@ -95,7 +95,7 @@ def test_check_names_a_port_another_user_could_take():
 
 def test_another_user_cannot_take_the_default_address(shared):
     """The old default, 127.0.0.1:49494, any user could bind between two runs."""
-    listen = Settings().listen
+    listen = Settings().responder.listen
     address = parse_listen(listen)
     if address.path:  # where certrenew makes the socket's directory itself, under a directory all may enter
         listen = str(shared / address.path.lstrip("/"))

@@ -43,6 +43,6 @@ def test_a_run_with_work_checks_the_stack_before_ordering(monkeypatch, tmp_path)
 
     fake_versions(monkeypatch, acme="2.1.0", josepy="1.13.0")
     (tmp_path / "ssl").mkdir()
-    settings = Settings(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", directory="https://127.0.0.1:9/")
+    settings = Settings.of(state_dir=tmp_path / "state", ssl_dir=tmp_path / "ssl", directory="https://127.0.0.1:9/")
     with pytest.raises(CertrenewError, match="^acme 2.1.0 is too old"):
         run(settings, [CertificateSpec("a.example", ("a.example",))])

@@ -15,7 +15,7 @@ from tests.unit.renewal.test_renew import DAY, NOW
 def test_two_runs_in_one_process_are_cancelled_apart(tmp_path):
     """Both runs wait for the state dir's lock; cancelling one ends it, the other goes on and finishes."""
     state = tmp_path / "state"
-    settings = Settings(state_dir=state, ssl_dir=tmp_path, lock_timeout=60, reload_command="true")
+    settings = Settings.of(state_dir=state, ssl_dir=tmp_path, lock_timeout=60, reload_command="true")
     spec = CertificateSpec("a", ("a.example",))
     holder = FileStore(state)
     runs = {name: (RunContext(), threading.Event()) for name in ("cancelled", "finishing")}
@@ -26,7 +26,7 @@ def test_two_runs_in_one_process_are_cancelled_apart(tmp_path):
         sleep = context.sleep
         context.sleep = lambda seconds: (waiting.set(), sleep(seconds))  # type: ignore[method-assign]
         try:
-            ends[name] = renew.run(settings, [spec], FileStore(state), context=context)
+            ends[name] = renew.run(settings, [spec], FileStore(state, context=context), context=context)
         except Interrupted as interrupted:
             ends[name] = interrupted
 

@@ -11,7 +11,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -19,20 +19,23 @@ from urllib.parse import urlsplit
 
 import tomli
 
-from certrenew.challenge.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
-from certrenew.challenge.dnshook import DnsHook
-from certrenew.challenge.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
-from certrenew.challenge.solver import DNS_01, HTTP_01, TLS_ALPN_01, check_domains
-from certrenew.challenge.stateless import MODES, RESPONDER, STATELESS
+from certrenew.config.challenges import DNS_01, HTTP_01, MODES, RESPONDER, STATELESS, TLS_ALPN_01, check_domains
+from certrenew.config.dns import (
+    DNS_OPTIONS,
+    PROPAGATION_TIMEOUT,
+    DnsServer,
+    DnsSettings,
+    dns_settings,
+    parse_dns_server,
+    split_dns_hook,
+)
 from certrenew.errors import UsageError
-from certrenew.haproxy.runtime_api import check_address
 from certrenew.pki.domains import is_ip_address, normalize_domain, normalize_domains
 from certrenew.pki.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.system.command import split_command
-from certrenew.system.hostport import check_host_port, split_host_port
+from certrenew.system.hostport import check_address, check_host_port, split_host_port
 from certrenew.system.limits import MAX_CONFIG, Unfit, read_regular
 from certrenew.system.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
-from certrenew.system.runcontext import RunContext
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -53,29 +56,6 @@ MAX_CONCURRENCY = 64
 rate limits stop far fewer; a larger number is a typo, not a plan."""
 MAX_RENEW_BEFORE = datetime.timedelta(days=1000)
 """Longer than any certificate lives: a longer --renew-before would renew on every run."""
-
-
-@dataclass(frozen=True)
-class DnsSettings:
-    """How a DNS-01 certificate's records get published and checked (see `certrenew.challenge.dns01`).
-
-    Hashable: the certificates of a run that share these settings share one solver.
-    """
-
-    server: DnsServer | None = None
-    tsig_key: TsigKey | None = None
-    hook: str | None = None
-    zone: str | None = None
-    propagation_timeout: float = PROPAGATION_TIMEOUT
-
-    def solver(self, context: RunContext | None = None) -> Dns01Solver:
-        """A solver publishing by RFC 2136 with the TSIG key, or through the hook."""
-        if self.hook:
-            publisher: DnsHook | Rfc2136Publisher = DnsHook(self.hook)
-        else:
-            assert self.server is not None and self.tsig_key is not None  # checked by dns_settings
-            publisher = Rfc2136Publisher(self.server, self.tsig_key)
-        return Dns01Solver(publisher, self.server, self.zone, self.propagation_timeout, context)
 
 
 @dataclass(frozen=True)
@@ -124,8 +104,8 @@ class Ca:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Where to get certificates from, where to keep them, and how to make HAProxy serve them."""
+class AcmeSettings:
+    """The account and the CAs it orders from: what the issuer, revoke and the CA checks use."""
 
     directory: str = LETSENCRYPT
     staging: bool = False
@@ -137,44 +117,10 @@ class Settings:
     fallback_directory: tuple[str, ...] = ()
     fallback_ca: tuple[Ca, ...] = ()
     """What a config file's [ca."URL"] tables give a fallback CA of its own: a CA bundle, an account binding."""
-    state_dir: Path = Path("/var/lib/certrenew")
-    ssl_dir: Path = Path("/etc/haproxy/ssl")
-    listen: str = DEFAULT_LISTEN
-    tls_alpn_listen: str = DEFAULT_TLS_ALPN_LISTEN
-    reload_command: str = "systemctl reload haproxy"
-    key_type: str = DEFAULT_KEY_TYPE
-    profile: str | None = None
-    renew_before: datetime.timedelta | None = None
-    concurrency: int = 4
     timeout: float = 300.0
-    lock_timeout: float = 300.0
-    force: bool = False
-    self_check: bool = True
-    self_check_address: str | None = None
-    self_check_tls_address: str | None = None
-    haproxy_socket: tuple[str, ...] = ()
-    crt_list: Path | None = None
-    crt_list_options: str | None = None
-    haproxy_config: tuple[Path, ...] = ()
-    verify_endpoint: tuple[str, ...] = ()
-    metrics_file: Path | None = None
-    metrics_listen: str | None = None
-    check_interval: datetime.timedelta = datetime.timedelta(hours=1)
-    challenge: str = HTTP_01
-    http_01_mode: str = RESPONDER
-    http_01_node: tuple[str, ...] = ()
-    dns_server: DnsServer | None = None
-    tsig_key: Path | None = None
-    dns_zone: str | None = None
-    dns_hook: str | None = None
-    dns_propagation_timeout: float = PROPAGATION_TIMEOUT
     caa_check: bool = False
     caa_resolver: DnsServer | None = None
     caa_identity: tuple[str, ...] = ()
-    pre_hook: str | None = None
-    post_hook: str | None = None
-    deploy_hook: str | None = None
-    hook_timeout: float = 60.0
 
     @property
     def directory_url(self) -> str:
@@ -194,6 +140,119 @@ class Settings:
     def directory_urls(self) -> tuple[str, ...]:
         """Every CA a certificate may come from without being reissued."""
         return tuple(ca.directory for ca in self.cas)
+
+
+@dataclass(frozen=True)
+class HaproxySettings:
+    """The HAProxy this node installs into and checks: what the installer, revoke and the pre-flight use."""
+
+    ssl_dir: Path = Path("/etc/haproxy/ssl")
+    reload_command: str = "systemctl reload haproxy"
+    haproxy_socket: tuple[str, ...] = ()
+    crt_list: Path | None = None
+    haproxy_config: tuple[Path, ...] = ()
+    verify_endpoint: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResponderSettings:
+    """Where the HTTP-01 and TLS-ALPN-01 responders listen, and how the self-check reaches them."""
+
+    listen: str = DEFAULT_LISTEN
+    tls_alpn_listen: str = DEFAULT_TLS_ALPN_LISTEN
+    self_check: bool = True
+    self_check_address: str | None = None
+    self_check_tls_address: str | None = None
+    http_01_mode: str = RESPONDER
+    http_01_node: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CertificateDefaults:
+    """What a certificate takes when it does not say (a [[certificate]] table, or the domains of `issue`)."""
+
+    key_type: str = DEFAULT_KEY_TYPE
+    profile: str | None = None
+    challenge: str = HTTP_01
+    dns_server: DnsServer | None = None
+    tsig_key: Path | None = None
+    dns_zone: str | None = None
+    dns_hook: str | None = None
+    dns_propagation_timeout: float = PROPAGATION_TIMEOUT
+    crt_list_options: str | None = None
+
+    def dns(self) -> DnsSettings | None:
+        """The DNS settings of a certificate that takes these (see `dns_settings`)."""
+        return dns_settings(self.challenge, {name: getattr(self, name) for name in DNS_OPTIONS})
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """The operator's commands around a run and after each certificate served."""
+
+    pre_hook: str | None = None
+    post_hook: str | None = None
+    deploy_hook: str | None = None
+    hook_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """What only the daemon and the metrics use: its timer and where the metrics go."""
+
+    metrics_file: Path | None = None
+    metrics_listen: str | None = None
+    check_interval: datetime.timedelta = datetime.timedelta(hours=1)
+
+
+_SLICES = MappingProxyType({"acme": AcmeSettings, "haproxy": HaproxySettings, "responder": ResponderSettings,
+                            "certificate": CertificateDefaults, "hooks": HookSettings, "daemon": DaemonSettings})
+_SLICE_OF = MappingProxyType({option.name: where for where, kind in _SLICES.items() for option in fields(kind)})
+"""Which slice of `Settings` holds each option, by the option's name."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where to get certificates from, where to keep them, and how to make HAProxy serve them.
+
+    Made of slices, each handed whole to the component that uses it (the issuer gets `acme`,
+    the installer `haproxy`, ...), and the few settings of the run itself. Each slice's
+    fields are named after their options (`Settings.of`, `option`).
+    """
+
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
+    haproxy: HaproxySettings = field(default_factory=HaproxySettings)
+    responder: ResponderSettings = field(default_factory=ResponderSettings)
+    certificate: CertificateDefaults = field(default_factory=CertificateDefaults)
+    hooks: HookSettings = field(default_factory=HookSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    state_dir: Path = Path("/var/lib/certrenew")
+    renew_before: datetime.timedelta | None = None
+    concurrency: int = 4
+    lock_timeout: float = 300.0
+    store: str | None = None
+    lock_ttl: float = 60.0
+    force: bool = False
+
+    @classmethod
+    def of(cls, **options: Any) -> "Settings":
+        """Settings from options by their names, as the command line, the environment and the config file give them."""
+        return cls().with_options(**options)
+
+    def with_options(self, **options: Any) -> "Settings":
+        """A copy with these options (by their names) changed."""
+        changes: dict[str | None, dict[str, Any]] = {}
+        for name, value in options.items():
+            changes.setdefault(_SLICE_OF.get(name), {})[name] = value
+        own = changes.pop(None, {})
+        own.update((where, replace(getattr(self, where), **values)) for where, values in changes.items()
+                   if where is not None)
+        return replace(self, **own)
+
+    def option(self, name: str) -> Any:
+        """The value of the option `name`, in whichever slice holds it."""
+        where = _SLICE_OF.get(name)
+        return getattr(getattr(self, where) if where else self, name)
 
 
 def parse_duration(text: str) -> datetime.timedelta:
@@ -254,28 +313,6 @@ def default_certificate_name(domain: str) -> str:
     if domain.startswith("*."):
         return WILDCARD_PREFIX + domain[2:]
     return IP_PREFIX + domain.replace(":", "-") if is_ip_address(domain) else domain
-
-
-DNS_OPTIONS = ("dns_server", "tsig_key", "dns_zone", "dns_hook", "dns_propagation_timeout")
-"""The options that say how a DNS-01 certificate publishes its records."""
-
-
-def dns_settings(challenge: str, options: Mapping[str, Any]) -> DnsSettings | None:
-    """A certificate's DNS settings from its DNS_OPTIONS (None unless it uses DNS-01), checked together.
-
-    The TSIG key file is read here, so a bad one is refused before anything is touched.
-    """
-    if challenge != DNS_01:
-        return None
-    server, tsig_key, hook = options.get("dns_server"), options.get("tsig_key"), options.get("dns_hook")
-    if hook and tsig_key:
-        raise UsageError("DNS-01 publishes with a TSIG key (--tsig-key) or a hook (--dns-hook), not both")
-    if tsig_key and not server:
-        raise UsageError("a TSIG key (--tsig-key) needs the DNS server that takes the updates (--dns-server)")
-    if not hook and not tsig_key:
-        raise UsageError("DNS-01 needs a DNS server and a TSIG key (--dns-server, --tsig-key) or a hook (--dns-hook)")
-    return DnsSettings(server, load_tsig_key(tsig_key) if tsig_key else None, hook, options.get("dns_zone"),
-                       options.get("dns_propagation_timeout", PROPAGATION_TIMEOUT))
 
 
 def _flag(raw: str | bool) -> bool:
@@ -367,7 +404,7 @@ def _dns_zone(zone: str) -> str:
 
 
 def _dns_hook(command: str) -> str:
-    DnsHook(command)  # splits it as it will be run: an unclosed quote fails here
+    split_dns_hook(command)  # as it will be run: an unclosed quote fails here
     return command
 
 
@@ -498,6 +535,11 @@ OPTIONS = (
     Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _seconds(zero_allowed=False)),
     Option("lock_timeout", "how long to wait for another run holding the state dir, in seconds (default 300)",
            float, "SECONDS", _seconds(zero_allowed=True)),
+    Option("store", "where the state lives: a directory (default: --state-dir); etcd://HOST:PORT/PREFIX is "
+           "reserved for a shared store", metavar="DIR|URL"),
+    Option("lock_ttl", "how long a certificate's lock outlives a certrenew that stopped without exiting "
+           "(paused, frozen), in seconds (default 60); one that exits lets go at once", float, "SECONDS",
+           _seconds(zero_allowed=False)),
     Option("force", "renew even if not due", bool),
     Option("self_check", "before ordering, fetch a probe from http://NAME/.well-known/acme-challenge/ as the CA "
            "would, and fail without an order when it does not reach the responder (default on)", bool),
@@ -590,23 +632,24 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
                 values[option.name] = option.from_text(cli[option.name])
             except (ValueError, UsageError) as error:
                 raise UsageError(f"invalid {option.cli}: {error}") from error
-    settings = Settings(**values)
-    if settings.staging and settings.directory != LETSENCRYPT:
-        raise UsageError(f"--staging and --directory ({settings.directory}) both name a CA; pass one")
-    if (settings.eab_kid is None) != (settings.eab_hmac_key_file is None):
+    settings = Settings.of(**values)
+    acme, listen, metrics_listen = settings.acme, settings.responder.listen, settings.daemon.metrics_listen
+    if acme.staging and acme.directory != LETSENCRYPT:
+        raise UsageError(f"--staging and --directory ({acme.directory}) both name a CA; pass one")
+    if (acme.eab_kid is None) != (acme.eab_hmac_key_file is None):
         raise UsageError("an external account binding takes both the key id (--eab-kid) and the file of its HMAC "
                          "key (--eab-hmac-key-file)")
-    if settings.http_01_node and settings.http_01_mode != STATELESS:
+    if settings.responder.http_01_node and settings.responder.http_01_mode != STATELESS:
         raise UsageError(f"--http-01-node names the HAProxy nodes that answer by themselves: it goes with "
                          f"--http-01-mode {STATELESS}")
-    unlisted = sorted({ca.directory for ca in settings.fallback_ca} - set(settings.fallback_directory))
+    unlisted = sorted({ca.directory for ca in acme.fallback_ca} - set(acme.fallback_directory))
     if unlisted:
         raise UsageError(f'[ca."{unlisted[0]}"] describes no fallback CA: add it to fallback_directory '
                          "(--fallback-directory), or remove the table")
-    if settings.metrics_listen and split_host_port(settings.metrics_listen)[1] == parse_listen(settings.listen).port:
+    if metrics_listen and split_host_port(metrics_listen)[1] == parse_listen(listen).port:
         # The responder's port is the one the internet reaches through HAProxy.
-        raise UsageError(f"the metrics address {settings.metrics_listen} (--metrics-listen) uses the responder's "
-                         f"port (--listen {settings.listen}); choose another port")
+        raise UsageError(f"the metrics address {metrics_listen} (--metrics-listen) uses the responder's "
+                         f"port (--listen {listen}); choose another port")
     return settings
 
 

@@ -1,0 +1,136 @@
+"""The backend contract (tests/harness/backend_contract.py) on each local backend, and what only the
+file backend must keep: today's layout, a crash between the files of one write, a killed holder."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from certrenew.state.backend import Busy
+from certrenew.state.files import JOURNAL, FileBackend
+from certrenew.state.memory import MemoryBackend
+from tests.harness.backend_contract import CONTRACT
+
+
+@pytest.fixture(params=["memory", "files"])
+def connect(request, tmp_path):
+    if request.param == "memory":
+        shared = MemoryBackend()
+        return lambda: shared
+    return lambda: FileBackend(tmp_path / "state")
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=[check.__name__ for check in CONTRACT])
+def test_backend_contract(connect, check):
+    check(connect)
+
+
+def test_keys_are_the_paths_of_today_s_state_dir(tmp_path):
+    """A state dir written before the backends existed reads as it is, and writes keep it private."""
+    (tmp_path / "state" / "certificates" / "a").mkdir(parents=True, mode=0o700)
+    (tmp_path / "state").chmod(0o700)
+    (tmp_path / "state" / "certificates").chmod(0o700)
+    (tmp_path / "state" / "certificates" / "a" / "meta.json").write_bytes(b"{}")
+    (tmp_path / "state" / "certificates" / "a" / "meta.json").chmod(0o600)
+    backend = FileBackend(tmp_path / "state")
+    assert backend.get("certificates/a/meta.json").value == b"{}"
+    backend.write({"accounts/ca-1/key.pem": b"KEY"})
+    assert oct(os.stat(tmp_path / "state" / "accounts").st_mode & 0o777) == "0o700"
+    assert oct(os.stat(tmp_path / "state" / "accounts" / "ca-1" / "key.pem").st_mode & 0o777) == "0o600"
+    (tmp_path / "state" / "certificates" / "a" / "link.pem").symlink_to(tmp_path / "state" / "accounts" / "ca-1"
+                                                                        / "key.pem")
+    with pytest.raises(Exception, match="symbolic link"):
+        backend.get("certificates/a/link.pem")
+    with pytest.raises(ValueError, match="not a state key"):
+        backend.get("certificates/../lock")
+    with pytest.raises(ValueError, match="reserved"):
+        backend.write({"locks/x": b"mine"})
+
+
+def test_a_write_of_several_files_cut_short_by_a_crash_is_completed_by_the_next_write(tmp_path, monkeypatch):
+    from certrenew.state import files
+
+    backend = FileBackend(tmp_path / "state")
+    backend.write({"certificates/a/current.pem": b"ONE", "certificates/a/pending.pem": b"TWO"})
+    real, written = files.write_atomic, []
+
+    def crash_at_the_second_file(path, *args, **kwargs):
+        written.append(path.name)
+        if path.name == "previous.pem":
+            raise SystemExit("killed")
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(files, "write_atomic", crash_at_the_second_file)
+    with pytest.raises(SystemExit):
+        backend.write({"certificates/a/current.pem": b"TWO", "certificates/a/previous.pem": b"ONE",
+                       "certificates/a/pending.pem": None})
+    monkeypatch.undo()
+    assert written == [JOURNAL, "current.pem", "previous.pem"]  # the crash really came part-way
+    assert (tmp_path / "state" / JOURNAL).exists()
+    FileBackend(tmp_path / "state").write({"certificates/b/meta.json": b"{}"})  # another process's next write
+    assert {key: entry.value for key, entry in backend.list("certificates/a/").items()} == {
+        "certificates/a/current.pem": b"TWO", "certificates/a/previous.pem": b"ONE"}
+    assert not (tmp_path / "state" / JOURNAL).exists()
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from certrenew.state.files import FileBackend
+    from certrenew.state.backend import Fenced
+    backend = FileBackend(sys.argv[1])
+    with backend.lock("certificates/a", ttl=0.5, wait=0, holder="held by the child") as lease:
+        print("held", flush=True)
+        sys.stdin.readline()
+        try:
+            backend.write({"certificates/a/meta.json": b"late"}, fence=lease)
+            print("written", flush=True)
+        except Fenced as error:
+            print("fenced:", error, flush=True)
+""")
+
+
+def holder(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "state")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "held\n"
+    return child
+
+
+def test_a_holder_that_died_lets_go_at_once(tmp_path):
+    child = holder(tmp_path)
+    backend = FileBackend(tmp_path / "state")
+    with pytest.raises(Busy, match="held by the child holds the lock on certificates/a"):
+        with backend.lock("certificates/a", ttl=30, wait=0, holder="me"):
+            pass
+    child.kill()
+    child.wait()
+    with backend.lock("certificates/a", ttl=30, wait=0, holder="me") as lease:  # not a TTL later: at once
+        assert lease.token == 2
+
+
+def test_a_holder_paused_past_its_ttl_loses_the_lock_and_its_late_write(tmp_path):
+    child = holder(tmp_path)
+    backend = FileBackend(tmp_path / "state")
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        with backend.lock("certificates/a", ttl=30, wait=10, holder="successor") as lease:
+            backend.write({"certificates/a/meta.json": b"successor"}, fence=lease)
+            os.kill(child.pid, signal.SIGCONT)
+            out, _ = child.communicate("go\n", timeout=10)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGCONT)
+    assert out.startswith("fenced: the lock on certificates/a (token 1) is no longer ours"), out
+    assert backend.get("certificates/a/meta.json").value == b"successor"
+
+
+def test_a_write_refused_before_it_began_leaves_no_journal_to_block_the_next_ones(tmp_path):
+    backend = FileBackend(tmp_path / "state")
+    backend.write({"certificates/a/pending.pem": b"ONE", "certificates/a/rejected": b"a file where a dir goes"})
+    with pytest.raises(Exception, match="rejected: it is not a directory"):
+        backend.write({"certificates/a/rejected/1-pending.pem": b"ONE", "certificates/a/pending.pem": None})
+    assert not (tmp_path / "state" / JOURNAL).exists()
+    backend.write({"certificates/b/meta.json": b"{}"})  # the state dir still takes writes
+    assert backend.get("certificates/a/pending.pem").value == b"ONE"
