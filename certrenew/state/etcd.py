@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from certrenew.errors import CertrenewError, Interrupted, UsageError
-from certrenew.state.backend import ABSENT, Busy, Conflict, Entry, Fenced, Lease
+from certrenew.state.backend import ABSENT, Busy, Conflict, Entry, Fenced, Lease, check_key
 from certrenew.state.etcd_client import EtcdClient, Tls, b64, unb64
 from certrenew.system.runcontext import RunContext
 
@@ -114,14 +114,14 @@ class EtcdBackend:
         return f"{self.prefix}/data/{key}".encode()
 
     def _lock_key(self, key: str) -> bytes:
-        return f"{self.prefix}/locks/{key}".encode()
+        return f"{self.prefix}/locks/{check_key(key)}".encode()
 
     def _read(self, full: bytes) -> dict[str, Any] | None:
         kvs = self._client.call("/v3/kv/range", {"key": b64(full)}).get("kvs") or []
         return kvs[0] if kvs else None
 
     def get(self, key: str) -> Entry | None:
-        found = self._read(self._data_key(key))
+        found = self._read(self._data_key(check_key(key)))
         return Entry(unb64(found.get("value")), int(found["mod_revision"])) if found else None
 
     def list(self, prefix: str) -> dict[str, Entry]:
@@ -141,6 +141,8 @@ class EtcdBackend:
 
     def write(self, changes: Mapping[str, bytes | None], *, expect: Mapping[str, int] | None = None,
               fence: Lease | None = None) -> int:
+        for key in changes:
+            check_key(key)
         expect = dict(expect or {})
         if len(changes) > MAX_OPS or len(expect) + (fence is not None) > MAX_OPS:
             raise UsageError(f"a write of {len(changes)} keys expecting {len(expect)} versions is more than the "

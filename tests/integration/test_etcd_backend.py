@@ -18,6 +18,7 @@ from certrenew.state.backend import ABSENT, Busy, Conflict, Fenced, Unavailable
 from certrenew.state.etcd import EtcdBackend, from_url
 from certrenew.state.etcd_client import EtcdClient, Tls
 from certrenew.system.runcontext import RunContext
+from tests.harness.backend_contract import CONTRACT
 from tests.harness.etcd import EtcdCluster, Gateway
 from tests.harness.lab import REPO_ROOT, free_ports
 
@@ -41,6 +42,22 @@ def backend(cluster, prefix):
     backend = from_url(cluster.url(prefix))
     yield backend
     backend.close()
+
+
+@pytest.mark.parametrize("check", CONTRACT, ids=[check.__name__ for check in CONTRACT])
+def test_backend_contract(cluster, prefix, check):
+    """What every backend keeps (tests/harness/backend_contract.py), each client a new connection."""
+    opened: list[EtcdBackend] = []
+
+    def connect() -> EtcdBackend:
+        opened.append(from_url(cluster.url(prefix)))
+        return opened[-1]
+
+    try:
+        check(connect)
+    finally:
+        for backend in opened:
+            backend.close()
 
 
 def test_versions_conflicts_and_create_if_absent(backend):
