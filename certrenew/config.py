@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import tomli
@@ -21,15 +21,16 @@ import tomli
 from certrenew.challenge import DNS_01, HTTP_01, TLS_ALPN_01, check_domains
 from certrenew.command import split_command
 from certrenew.dns01 import PROPAGATION_TIMEOUT, Dns01Solver, DnsServer, parse_dns_server
-from certrenew.dnshook import DnsHook
 from certrenew.domains import is_ip_address, normalize_domain, normalize_domains
 from certrenew.errors import UsageError
 from certrenew.hostport import check_host_port, split_host_port
 from certrenew.keytypes import DEFAULT_KEY_TYPE, KEY_TYPES, check_key_type
 from certrenew.limits import MAX_CONFIG, Unfit, read_regular
 from certrenew.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
-from certrenew.rfc2136 import Rfc2136Publisher, TsigKey, load_tsig_key
 from certrenew.runtime_api import check_address
+
+if TYPE_CHECKING:  # DNS-01's publishers are imported when used: an HTTP-01 run needs neither
+    from certrenew.rfc2136 import TsigKey
 
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -60,13 +61,16 @@ class DnsSettings:
     """
 
     server: DnsServer | None = None
-    tsig_key: TsigKey | None = None
+    tsig_key: "TsigKey | None" = None
     hook: str | None = None
     zone: str | None = None
     propagation_timeout: float = PROPAGATION_TIMEOUT
 
     def solver(self) -> Dns01Solver:
         """A solver publishing by RFC 2136 with the TSIG key, or through the hook."""
+        from certrenew.dnshook import DnsHook
+        from certrenew.rfc2136 import Rfc2136Publisher
+
         if self.hook:
             publisher: DnsHook | Rfc2136Publisher = DnsHook(self.hook)
         else:
@@ -269,6 +273,8 @@ def dns_settings(challenge: str, options: Mapping[str, Any]) -> DnsSettings | No
         raise UsageError("a TSIG key (--tsig-key) needs the DNS server that takes the updates (--dns-server)")
     if not hook and not tsig_key:
         raise UsageError("DNS-01 needs a DNS server and a TSIG key (--dns-server, --tsig-key) or a hook (--dns-hook)")
+    from certrenew.rfc2136 import load_tsig_key
+
     return DnsSettings(server, load_tsig_key(tsig_key) if tsig_key else None, hook, options.get("dns_zone"),
                        options.get("dns_propagation_timeout", PROPAGATION_TIMEOUT))
 
@@ -356,6 +362,8 @@ def _dns_zone(zone: str) -> str:
 
 
 def _dns_hook(command: str) -> str:
+    from certrenew.dnshook import DnsHook
+
     DnsHook(command)  # splits it as it will be run: an unclosed quote fails here
     return command
 
