@@ -317,11 +317,12 @@ def bench(args: argparse.Namespace, workdir: Path) -> list[Row]:
 
     n = args.certificates
     scaled = [Row(f"{args.large:,} certificates from one config", median(batch["certbot"], lambda s: s.seconds) *
-                  args.large / n, median(large, lambda s: s.seconds), "s", "<= 20 s", f"(x{args.large / n:g})")]
+                  args.large / n, median(large, lambda s: s.seconds), "s", "<= 20 s",
+                  f"(x{args.large / n:g})")] if large else []  # none with --large 0
     return [
         row("one certificate, until HAProxy serves it", one, lambda s: s.seconds, "s", ">= 7x"),
         row(f"{n} certificates from one config", batch, lambda s: s.seconds, "s", ">= 20x"),
-        *(scaled if large else []),
+        *scaled,
         row(f"no-op run over {n} certificates", noop, lambda s: s.seconds, "s", ">= 3x"),
         row(f"peak RSS, {n}-certificate run", batch, lambda s: s.usage.max_rss_kib / 1024, "MiB", "> 1x"),
         row("CPU time (user+sys), one certificate", one, lambda s: s.usage.cpu_seconds, "s", ""),

@@ -12,6 +12,7 @@ request, to a URL the CA handed out or a redirect, goes only to the directory's 
 import datetime
 import email.utils
 import logging
+import os
 import socket
 import threading
 import time
@@ -116,7 +117,8 @@ class Transport:
         self.key = jose.JWKRSA(key=private) if is_rsa else jose.JWKEC(key=private)
         self.net = _Network(deadline, counter, urlsplit(directory_url).scheme, key=self.key,
                             alg=jose.RS256 if is_rsa else jose.ES256,
-                            verify_ssl=ca_bundle or True,
+                            verify_ssl=(ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE")
+                                        or os.environ.get("CURL_CA_BUNDLE") or True),
                             user_agent=f"certrenew/{__version__}")
         try:
             answer = self.net.get(directory_url)
@@ -195,6 +197,11 @@ class _Network(client.ClientNetwork):
         self.deadline = deadline
         self.counter = counter
         self._sockets: weakref.WeakSet = weakref.WeakSet()
+        # requests reads the environment (proxy variables, REQUESTS_CA_BUNDLE, ~/.netrc) again for every
+        # request, a tenth of a millisecond each, about ten requests a certificate: it is read once
+        # per CA host instead (`_environment`; the CA bundle in `Transport`), to the same effect.
+        self.session.trust_env = False
+        self._environments: dict[tuple[str, str], dict[str, Any]] = {}
         adapter = _WatchedAdapter(self._sockets, scheme)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -205,6 +212,7 @@ class _Network(client.ClientNetwork):
         # A silent CA is cut by the deadline, not timed out a moment before it: one message for both.
         kwargs["timeout"] = min(MAX_CALL_TIMEOUT, remaining + 1)
         kwargs["hooks"] = {"response": _read_bounded}
+        kwargs.update(self._environment(url))
         failed = True
         try:
             response = super()._send_request(method, url, *args, **kwargs)
@@ -216,6 +224,18 @@ class _Network(client.ClientNetwork):
         finally:
             if self.counter is not None:
                 self.counter.count_acme_request(failed)
+
+    def _environment(self, url: str) -> dict[str, Any]:
+        """The proxies and the ~/.netrc credentials requests would take from the environment for `url`."""
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        if origin not in self._environments:
+            found: dict[str, Any] = {"proxies": requests.utils.get_environ_proxies(url)}
+            auth = requests.utils.get_netrc_auth(url)
+            if auth:
+                found["auth"] = auth
+            self._environments[origin] = found
+        return self._environments[origin]
 
     def _cut(self) -> None:
         """Shut down every connection (the budget is spent): a read blocked on one ends at once."""

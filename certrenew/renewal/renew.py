@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from certrenew.acme.solver import ChallengeSolver
-from certrenew.challenge.dns01 import Dns01Solver
-from certrenew.challenge.dnshook import DnsHook
-from certrenew.challenge.rfc2136 import Rfc2136Publisher
 from certrenew.config import CertificateSpec, HaproxySettings, HookSettings, Settings, check_certificate_name
 from certrenew.config.challenges import HTTP_01, STATELESS, TLS_ALPN_01, check_domains
 from certrenew.config.dns import DnsSettings
@@ -36,6 +33,7 @@ from certrenew.system.atomicfile import remove_stale_temps
 from certrenew.system.runcontext import RunContext
 
 if TYPE_CHECKING:
+    from certrenew.challenge.dns01 import Dns01Solver
     from certrenew.challenge.responder import Responder
     from certrenew.challenge.stateless import StatelessSolver
     from certrenew.renewal.deploy import Deployer, Installed, Issued
@@ -289,8 +287,13 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
     return hooks.run_deploy(settings.hooks.deploy_hook, served, settings.hooks.hook_timeout)
 
 
-def dns01_solver(dns: DnsSettings, context: RunContext | None = None) -> Dns01Solver:
-    """A DNS-01 solver publishing by RFC 2136 with the TSIG key, or through the hook; `context` cancels its waits."""
+def dns01_solver(dns: DnsSettings, context: RunContext | None = None) -> "Dns01Solver":
+    """A DNS-01 solver publishing by RFC 2136 with the TSIG key, or through the hook; `context` cancels its waits.
+    Imported here: a run of HTTP-01 certificates loads none of DNS-01."""
+    from certrenew.challenge.dns01 import Dns01Solver
+    from certrenew.challenge.dnshook import DnsHook
+    from certrenew.challenge.rfc2136 import Rfc2136Publisher
+
     if dns.hook:
         publisher: DnsHook | Rfc2136Publisher = DnsHook(dns.hook)
     else:

@@ -2,7 +2,8 @@
 probe round trips, the requests to the CA and the HAProxy commands per certificate, and
 that every probe is done before the first order (inside the orders, each probe waited
 on the GIL behind the busy workers: 0.1 s a certificate, five times the batch's time).
-A count does not move with the machine's load; a regression of any of them fails here."""
+A count does not move with the machine's load; a regression of any of them fails here.
+Nor does the list of modules a run imports: what an HTTP-01 batch does not use is not imported."""
 
 import collections
 
@@ -15,6 +16,9 @@ from tests.harness.relay import Relay
 pytestmark = pytest.mark.pebble_env({"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
                                      "PEBBLE_AUTHZREUSE": "0"})
 CERTIFICATES = 6
+NOT_FOR_HTTP_01 = {"certrenew.challenge.dns01", "certrenew.challenge.rfc2136", "certrenew.challenge.dnshook",
+                   "certrenew.challenge.tlsalpn01", "certrenew.challenge.caa", "certrenew.cli.metrics", "dns"}
+"""Modules (and dnspython) an HTTP-01 run has no use for: DNS-01's publishers, TLS-ALPN-01, CAA, metrics."""
 
 
 def test_a_batch_probes_each_name_once_before_any_order_and_counts_its_requests(lab, tmp_path):
@@ -26,8 +30,11 @@ def test_a_batch_probes_each_name_once_before_any_order_and_counts_its_requests(
             Relay("haproxy", str(lab.admin_socket), tmp_path / "admin.sock", seen=proxy.seen) as commands:
         result = lab.certrenew("run", "--config", str(config), env={
             **proxy.env, "CERTRENEW_SELF_CHECK_ADDRESS": f"{LOOPBACK}:{probes.address[1]}",
-            "CERTRENEW_HAPROXY_SOCKET": str(tmp_path / "admin.sock"), "CERTRENEW_CONCURRENCY": "2"})
+            "CERTRENEW_HAPROXY_SOCKET": str(tmp_path / "admin.sock"), "CERTRENEW_CONCURRENCY": "2",
+            "PYTHONPROFILEIMPORTTIME": "1"})
         assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "certrenew.issue" in imported and not imported & NOT_FOR_HTTP_01, sorted(imported & NOT_FOR_HTTP_01)
     steps = [step for _, step in proxy.seen]
     # One probe round trip per name, every one before the CA hears of any order.
     assert len(probes.lines()) == CERTIFICATES

@@ -33,6 +33,7 @@ class Peer:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/dir"
         self.answer = answer
+        self.received: list[bytes] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -45,7 +46,7 @@ class Peer:
 
     def _one(self, connection):
         with connection:
-            connection.recv(65536)
+            self.received.append(connection.recv(65536))
             try:
                 self.answer(connection)
             except OSError:
@@ -124,6 +125,26 @@ def test_an_answer_within_the_cap_is_read_whole():
                            % (len(body), body))
     assert _Network(Deadline(10), scheme="http", key=None).get(Peer(answer).url).content == body
 
+
+
+def test_the_environment_is_read_once_per_ca_host_and_its_proxy_still_taken(monkeypatch):
+    """requests reads the proxy variables and ~/.netrc for every request; certrenew once per CA host."""
+    def answer(connection):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    proxy = Peer(answer)
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", proxy.url.removesuffix("/dir"))
+    reads, read = [], requests.utils.get_environ_proxies
+    for module in (requests.utils, requests.sessions):  # the latter is where requests calls it from
+        monkeypatch.setattr(module, "get_environ_proxies", lambda *args, **kwargs: (reads.append(args),
+                                                                                    read(*args, **kwargs))[1])
+    network = _Network(Deadline(10), scheme="http", key=None)
+    for path in ("dir", "order/1", "cert/1"):
+        network.get(f"http://ca.example/{path}")
+    assert [request.split(b" ")[1] for request in proxy.received] == [
+        b"http://ca.example/dir", b"http://ca.example/order/1", b"http://ca.example/cert/1"]
+    assert len(reads) == 1
 
 
 def test_requests_share_the_deadlines_one_watchdog_which_close_stops(monkeypatch):
