@@ -474,6 +474,9 @@ class FileStore(Store):
                           *self.root.glob("accounts/*/")]:
             remove_stale_temps(directory)
 
+    def unfinished(self, name: str) -> bool:
+        return self.files.exists(_key(name, "pending.pem")) or self.files.exists(_key(name, "order.json"))
+
     def names(self) -> list[str]:
         """Listed as the directory's names, not read: `status` over ten thousand certificates reads no bundle."""
         self.files.check_layout()

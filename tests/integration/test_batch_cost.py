@@ -34,7 +34,7 @@ def test_a_batch_probes_each_name_once_before_any_order_and_counts_its_requests(
             "PYTHONPROFILEIMPORTTIME": "1"})
         assert result.returncode == 0, result.stderr
     imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "certrenew.issue" in imported and not imported & NOT_FOR_HTTP_01, sorted(imported & NOT_FOR_HTTP_01)
+    assert "certrenew.renewal.issue" in imported and not imported & NOT_FOR_HTTP_01, sorted(imported & NOT_FOR_HTTP_01)
     steps = [step for _, step in proxy.seen]
     # One probe round trip per name, every one before the CA hears of any order.
     assert len(probes.lines()) == CERTIFICATES
