@@ -113,12 +113,15 @@ class FileBackend:
             raise ValueError(f"not a state key: {key!r} (reserved)")
         return _read(f"{self._root}/{key}") if self._dirs_ours(key.split("/")[:-1]) else None
 
-    def exists(self, key: str) -> bool:
-        """Whether `key` has a value, by access(2): a third of a stat, a fraction of `get`'s open and read
-        (not in the protocol: `FileStore.unfinished` asks it twice of every certificate of a pass)."""
-        if check_key(key).split("/", 1)[0] in RESERVED:
-            raise ValueError(f"not a state key: {key!r} (reserved)")
-        return self._dirs_ours(key.split("/")[:-1]) and os.access(f"{self._root}/{key}", os.F_OK)
+    def exists(self, directory: str, *names: str) -> bool:
+        """Whether any of `names` in `directory` (a key's prefix) has a value, by access(2): a third of a
+        stat, a fraction of `get`'s open and read (not in the protocol: `FileStore.unfinished` asks it
+        of every certificate of a pass)."""
+        if check_key(directory).split("/", 1)[0] in RESERVED:
+            raise ValueError(f"not a state key: {directory!r} (reserved)")
+        if not self._dirs_ours(directory.split("/")):
+            return False
+        return any(os.access(f"{self._root}/{directory}/{name}", os.F_OK) for name in names)
 
     def list(self, prefix: str) -> dict[str, Entry]:
         directory, _, start = prefix.rpartition("/")

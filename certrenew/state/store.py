@@ -475,7 +475,7 @@ class FileStore(Store):
             remove_stale_temps(directory)
 
     def unfinished(self, name: str) -> bool:
-        return self.files.exists(_key(name, "pending.pem")) or self.files.exists(_key(name, "order.json"))
+        return self.files.exists(f"{CERTIFICATES}/{name}", "pending.pem", "order.json")
 
     def names(self) -> list[str]:
         """Listed as the directory's names, not read: `status` over ten thousand certificates reads no bundle."""
