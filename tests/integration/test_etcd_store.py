@@ -50,6 +50,12 @@ def key_file(path):
     return secret(path, base64.b64encode(os.urandom(32)).decode() + "\n")
 
 
+def state_files(state_dir):
+    """Every file of the state (not the locks) and its bytes."""
+    return {str(path.relative_to(state_dir)): path.read_bytes() for top in ("accounts", "certificates")
+            for path in (state_dir / top).rglob("*") if path.is_file()}
+
+
 def one_line(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -125,3 +131,33 @@ def test_etcd_credentials_come_from_a_password_file_and_wrong_ones_are_one_line(
     shown = lab.certrenew("status", "--config", str(config), env=env)
     assert shown.returncode == 1 and NAME in shown.stdout and "missing" in shown.stdout, shown.stdout + shown.stderr
     assert "refused" not in shown.stderr
+
+
+def test_a_nodes_state_moves_into_etcd_and_back_without_a_new_order(lab, cluster, tmp_path):
+    config, key = config_for(tmp_path), str(key_file(tmp_path / "key"))
+    url = cluster.url("fleet-migrated")
+    with FaultProxy(lab) as proxy:
+        first = lab.certrenew("run", "--config", str(config), env=proxy.env)
+        assert first.returncode == 0, first.stderr
+        before = state_files(lab.state_dir)
+
+        moved = lab.certrenew("migrate-state", "--from", str(lab.state_dir), "--to", url,
+                              env={"CERTRENEW_STORE_KEY_FILE": key})
+        assert moved.returncode == 0, moved.stderr
+        assert "1 certificate(s), 1 account(s)" in moved.stdout, moved.stdout
+        refused = lab.certrenew("migrate-state", "--from", str(lab.state_dir), "--to", url,
+                                env={"CERTRENEW_STORE_KEY_FILE": key})
+        assert refused.returncode == 2 and "holds state already" in one_line(refused), refused.stderr
+        on_etcd = lab.certrenew("run", "--config", str(config), env={**proxy.env, "CERTRENEW_STORE": url,
+                                                                     "CERTRENEW_STORE_KEY_FILE": key})
+        assert on_etcd.returncode == 0 and "unchanged" in on_etcd.stdout, on_etcd.stdout + on_etcd.stderr
+        assert "PRIVATE KEY" not in cluster.etcdctl("get", "--prefix", "fleet-migrated/")
+
+        back = tmp_path / "back"
+        returned = lab.certrenew("migrate-state", "--from", url, "--to", str(back),
+                                 env={"CERTRENEW_STORE_KEY_FILE": key})
+        assert returned.returncode == 0, returned.stderr
+        assert state_files(back) == before
+        on_dir = lab.certrenew("run", "--config", str(config), env={**proxy.env, "CERTRENEW_STATE_DIR": str(back)})
+        assert on_dir.returncode == 0 and "unchanged" in on_dir.stdout, on_dir.stdout + on_dir.stderr
+        assert proxy.count("new-order") == 1, proxy.seen
