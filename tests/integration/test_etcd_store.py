@@ -161,3 +161,17 @@ def test_a_nodes_state_moves_into_etcd_and_back_without_a_new_order(lab, cluster
         on_dir = lab.certrenew("run", "--config", str(config), env={**proxy.env, "CERTRENEW_STATE_DIR": str(back)})
         assert on_dir.returncode == 0 and "unchanged" in on_dir.stdout, on_dir.stdout + on_dir.stderr
         assert proxy.count("new-order") == 1, proxy.seen
+
+
+def test_a_store_over_tls_takes_this_nodes_client_certificate_and_refuses_none_in_one_line(lab, tmp_path):
+    config = config_for(tmp_path)
+    with EtcdCluster(tmp_path / "etcd", size=1, tls=True) as secure:
+        env = {"CERTRENEW_STORE": secure.url("fleet"), "CERTRENEW_STORE_KEY_FILE": str(key_file(tmp_path / "key")),
+               "CERTRENEW_STORE_CA_BUNDLE": str(secure.tls.ca)}
+        refused = lab.certrenew("status", "--config", str(config), env=env)
+        assert refused.returncode == 2 and "TLS with etcd at" in one_line(refused), refused.stderr
+        checked = lab.certrenew("check", "--config", str(config), env={**env, "CERTRENEW_STORE_CERT": str(secure.tls.cert)})
+        assert f"store {secure.url('fleet')}: answers" in checked.stdout, checked.stdout + checked.stderr
+        shown = lab.certrenew("status", "--config", str(config), env={**env, "CERTRENEW_STORE_CERT": str(secure.tls.cert)})
+        assert shown.returncode == 1 and NAME in shown.stdout and "missing" in shown.stdout, shown.stdout + shown.stderr
+        assert "store-key-check" in secure.etcdctl("get", "--prefix", "--keys-only", "fleet/")
