@@ -90,16 +90,15 @@ class SealedBackend:
             raise UsageError(f"the store key file {self._key_file} is not the key this store's private keys are "
                              "encrypted with: give this node the same key file as the rest of the fleet") from None
 
-    def _open(self, key: str, entry: Entry | None) -> Entry | None:
-        if entry is None or not self._secret(key):
-            return entry
-        return Entry(self.unseal(key, entry.value), entry.version)
+    def _open(self, key: str, entry: Entry) -> Entry:
+        return Entry(self.unseal(key, entry.value), entry.version) if self._secret(key) else entry
 
     def get(self, key: str) -> Entry | None:
-        return self._open(key, self.inner.get(key))
+        entry = self.inner.get(key)
+        return None if entry is None else self._open(key, entry)
 
     def list(self, prefix: str) -> dict[str, Entry]:
-        return {key: self._open(key, entry) or entry for key, entry in self.inner.list(prefix).items()}
+        return {key: self._open(key, entry) for key, entry in self.inner.list(prefix).items()}
 
     def write(self, changes: Mapping[str, bytes | None], *, expect: Mapping[str, int] | None = None,
               fence: Lease | None = None) -> int:
