@@ -21,6 +21,7 @@ from typing import NoReturn, TextIO
 from certrenew.config import (
     DEFAULT_CONFIG,
     OPTIONS,
+    STORE_OPTIONS,
     CertificateSpec,
     ConfigFile,
     Settings,
@@ -65,6 +66,7 @@ COMMAND_SUMMARIES = MappingProxyType({
     "bootstrap-ssl-dir": "write a placeholder so HAProxy can start",
     "import-certbot": "take over certbot's certificates without reissuing them",
     "haproxy-config": "print the lines that make HAProxy answer HTTP-01 by itself",
+    "migrate-state": "move a node's state into an etcd store (or back) without reissuing",
 })
 LOG_FORMATS = ("text", "json")
 
@@ -134,7 +136,7 @@ def build_status_parser() -> argparse.ArgumentParser:
         "certrenew status",
         "Show every certificate: names, expiry, next renewal, last result. Exit 1 when any managed "
         "certificate is expired, failing, missing or past its renewal time.",
-        [option for option in OPTIONS if option.name in ("state_dir", "store", "renew_before")],
+        [option for option in OPTIONS if option.name in (*STORE_OPTIONS, "renew_before")],
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output (its fields: docs/commands.md)")
     return parser
@@ -190,12 +192,29 @@ def build_haproxy_config_parser() -> argparse.ArgumentParser:
         "Print the HAProxy lines that answer HTTP-01 challenges without certrenew's responder, from the key "
         "thumbprint of the configured CA's account in the state dir (--http-01-mode stateless): the same lines "
         "on every node of a fleet.",
-        [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "lock_timeout")],
+        [option for option in OPTIONS if option.name in ("directory", "staging", *STORE_OPTIONS, "lock_timeout")],
     )
     parser.add_argument("--map", metavar="FILE", help="read the thumbprint from this HAProxy map file instead of "
                         "an environment variable, so the Runtime API's `set map` changes it without a reload")
     parser.add_argument("--create-account", action="store_true", help="make the account's key in the state dir "
                         "if there is none (the CA registers it at the first order)")
+    return parser
+
+
+def build_migrate_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "certrenew migrate-state",
+        "Copy every certificate, key, record, account and order of one store to another, a state dir into a "
+        "fleet's etcd store or back, without reissuing anything; the source is left as it was. Refuses a "
+        "destination that holds state already, unless --overwrite.",
+        [option for option in OPTIONS if option.name in STORE_OPTIONS and option.name not in ("state_dir", "store")
+         or option.name == "lock_timeout"], CONFIG_NAMED,
+    )
+    parser.add_argument("--from", dest="source", required=True, metavar="DIR|URL", help="the store to copy: a state "
+                        "dir, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX")
+    parser.add_argument("--to", dest="destination", required=True, metavar="DIR|URL", help="the store to copy into")
+    parser.add_argument("--overwrite", action="store_true", help="copy into a store that holds state already, "
+                        "replacing what both hold")
     return parser
 
 
@@ -470,8 +489,8 @@ def build_import_parser() -> argparse.ArgumentParser:
         "certrenew's, certbot's account is reused, and a [[certificate]] per certificate is appended to the config "
         "file. Reads the certbot directory only; leaves the ssl dir alone. Lists what certbot did that certrenew "
         "does not (hooks, other authenticators), one line each.",
-        [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "ssl_dir", "listen",
-                                                         "store", "lock_timeout")],
+        [option for option in OPTIONS if option.name in ("directory", "staging", *STORE_OPTIONS, "ssl_dir", "listen",
+                                                         "lock_timeout")],
         f"TOML config file the certificates are appended to, created if missing (default {DEFAULT_CONFIG})",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="certbot certificate names (default: all)")
@@ -511,9 +530,21 @@ def _haproxy_config(argv: list[str], context: RunContext) -> int:
     return 0
 
 
+def _migrate_state(argv: list[str], context: RunContext) -> int:
+    from certrenew.cli.migrate import migrate
+
+    args = build_migrate_parser().parse_args(argv)
+    output = _setup_logging(args)
+    settings = build_settings(vars(args), _config(args, required=False))
+    done = migrate(settings, args.source, args.destination, args.overwrite, context)
+    output.result(f"migrated {done.entries} entries ({done.certificates} certificate(s), {done.accounts} account(s)) "
+                  f"from {args.source} to {args.destination}; {args.source} is unchanged")
+    return 0
+
+
 COMMANDS = MappingProxyType({"run": _run, "daemon": _daemon, "status": _status, "check": _check, "revoke": _revoke,
                              "bootstrap-ssl-dir": _bootstrap, "import-certbot": _import_certbot,
-                             "haproxy-config": _haproxy_config})
+                             "haproxy-config": _haproxy_config, "migrate-state": _migrate_state})
 
 
 CERTBOT_HABITS = MappingProxyType({
