@@ -67,6 +67,8 @@ class Daemon:
         self.rng = rng or random.Random()
         self.telemetry = metrics.Telemetry(pass_errors=0)
         """One for the daemon's life: its counters only grow."""
+        self.held_elsewhere: set[str] = set()
+        """The certificates whose lock another process (another node) held at the last pass."""
 
     def run(self) -> None:
         """Bind the responder (and the metrics server), then pass and sleep, pass and sleep."""
@@ -125,16 +127,24 @@ class Daemon:
             log.log(level, "%s: %s: %s", outcome.name, outcome.action, outcome.detail,
                     extra={"certificate": outcome.name})
         log.info("pass done: %s", report.summary())
+        self.held_elsewhere = {outcome.name for outcome in report if outcome.held_elsewhere}
         self.telemetry.record_pass(failed=False)
         self.telemetry.record_run(not report.failed, time.monotonic() - started)
         return self.next_wake(_now())
 
     def next_wake(self, now: datetime.datetime) -> datetime.datetime:
-        """`policy.next_wake` over the stored records, with the regular check jittered early."""
+        """`policy.next_wake` over the stored records, with the regular check jittered early.
+
+        A certificate whose lock another process held is looked at again once that holder's lease could
+        have ended (--lock-ttl): by then it has recorded its work, or died and let go; its record may still
+        say due, and waking for it at once would only queue on the lock again, pass after pass."""
         interval = self.settings.daemon.check_interval
         interval -= min(interval * JITTER, MAX_JITTER) * self.rng.random()
+        interval = min(interval, datetime.timedelta(seconds=self.store.ttl)) if self.held_elsewhere else interval
         certificates = []
         for spec in self.specs:
+            if spec.name in self.held_elsewhere:
+                continue
             try:
                 certificates.append((self.store.load_record(spec.name), spec.domains, spec.key_type))
             except CertrenewError:  # unreadable: every pass reports it, the regular one is soon enough

@@ -50,6 +50,9 @@ class Outcome:
     detail: str
     served: hooks.Served | None = None
     """What HAProxy now serves, for an issued, renewed or installed certificate."""
+    held_elsewhere: bool = False
+    """Another process held its lock past --lock-timeout: that holder records what it does, so
+    looking again before its lease could end would only wait on the lock again."""
 
     @property
     def failed(self) -> bool:
@@ -312,7 +315,7 @@ def _attempt_locked(settings: Settings, store: Store, now: datetime.datetime, sp
     try:
         lease = locked.enter_context(store.certificate(spec.name, settings.lock_timeout))
     except Busy as busy:  # someone else works on it: theirs to record, not a failure of its own
-        result: Any = Outcome(spec.name, Action.FAILED, f"{busy} (--lock-timeout)")
+        result: Any = Outcome(spec.name, Action.FAILED, f"{busy} (--lock-timeout)", held_elsewhere=True)
         progress.advance(spec.name, result.action)
         return result
     try:
