@@ -24,6 +24,7 @@ from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal import policy, renew
 from certrenew.renewal.policy import Action
+from certrenew.state.board import Board
 from certrenew.state.store import Store
 from certrenew.system import signals
 from certrenew.system.runcontext import RunContext
@@ -73,7 +74,8 @@ class Daemon:
     def run(self) -> None:
         """Bind the responder (and the metrics server), then pass and sleep, pass and sleep."""
         with ExitStack() as stack:
-            responder = stack.enter_context(Responder(self.settings.responder.listen, self.store))
+            board = stack.enter_context(Board(self.store))  # every node's answers, from memory
+            responder = stack.enter_context(Responder(self.settings.responder.listen, board))
             self.bind(responder)
             if self.settings.daemon.metrics_listen:
                 stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry))
