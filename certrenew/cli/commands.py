@@ -21,6 +21,7 @@ from typing import NoReturn, TextIO
 from certrenew.config import (
     DEFAULT_CONFIG,
     OPTIONS,
+    STORE_OPTIONS,
     CertificateSpec,
     ConfigFile,
     Settings,
@@ -134,7 +135,7 @@ def build_status_parser() -> argparse.ArgumentParser:
         "certrenew status",
         "Show every certificate: names, expiry, next renewal, last result. Exit 1 when any managed "
         "certificate is expired, failing, missing or past its renewal time.",
-        [option for option in OPTIONS if option.name in ("state_dir", "store", "renew_before")],
+        [option for option in OPTIONS if option.name in (*STORE_OPTIONS, "renew_before")],
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output (its fields: docs/commands.md)")
     return parser
@@ -190,7 +191,7 @@ def build_haproxy_config_parser() -> argparse.ArgumentParser:
         "Print the HAProxy lines that answer HTTP-01 challenges without certrenew's responder, from the key "
         "thumbprint of the configured CA's account in the state dir (--http-01-mode stateless): the same lines "
         "on every node of a fleet.",
-        [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "lock_timeout")],
+        [option for option in OPTIONS if option.name in ("directory", "staging", *STORE_OPTIONS, "lock_timeout")],
     )
     parser.add_argument("--map", metavar="FILE", help="read the thumbprint from this HAProxy map file instead of "
                         "an environment variable, so the Runtime API's `set map` changes it without a reload")
@@ -470,8 +471,8 @@ def build_import_parser() -> argparse.ArgumentParser:
         "certrenew's, certbot's account is reused, and a [[certificate]] per certificate is appended to the config "
         "file. Reads the certbot directory only; leaves the ssl dir alone. Lists what certbot did that certrenew "
         "does not (hooks, other authenticators), one line each.",
-        [option for option in OPTIONS if option.name in ("directory", "staging", "state_dir", "ssl_dir", "listen",
-                                                         "store", "lock_timeout")],
+        [option for option in OPTIONS if option.name in ("directory", "staging", *STORE_OPTIONS, "ssl_dir", "listen",
+                                                         "lock_timeout")],
         f"TOML config file the certificates are appended to, created if missing (default {DEFAULT_CONFIG})",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="certbot certificate names (default: all)")

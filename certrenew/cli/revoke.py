@@ -137,10 +137,10 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
     if bundle is None:
         if delete and name in store.names():
             return Request(name, None, None, settings.acme.directory_url, reason, delete=True)
-        raise UsageError(f"no certificate named {name!r} in {settings.state_dir} (see certrenew status)")
+        raise UsageError(f"no certificate named {name!r} in {settings.store or settings.state_dir} (see certrenew status)")
     record = store.load_record(name)
     ca = record.directory if record is not None and record.directory else settings.acme.directory_url
-    _account(store, settings.state_dir, ca)
+    _account(store, settings.store or settings.state_dir, ca)
     info = leaf_info(bundle)
     replacement = None
     if reissue and config is not None:
@@ -187,7 +187,7 @@ def carry_out(settings: Settings, request: Request, context: RunContext | None =
                                  "it?); nothing revoked, run again")
         if request.info is None:  # never issued: nothing at the CA, in HAProxy or in the ssl dir
             return Result(request, False, removed=Removal("never served", _archive(store, request.name), None))
-        already = not _revoke_at_ca(settings.acme, store, settings.state_dir, request, context)
+        already = not _revoke_at_ca(settings.acme, store, settings.store or settings.state_dir, request, context)
         removed = _remove(settings.haproxy, store, request.name) if request.delete else None
         if removed is None and reissued is None:  # still served: the next run must replace it
             _record_revoked(store, request.name)
@@ -212,7 +212,7 @@ def _record_revoked(store: Store, name: str) -> None:
         store.save_record(record)
 
 
-def _account(store: Store, state_dir: Path, ca: str) -> Account:
+def _account(store: Store, state_dir: str | Path, ca: str) -> Account:
     account = store.load_account(ca)
     if account is None:
         raise UsageError(f"no ACME account for {ca} in {state_dir}; revocation "
@@ -220,7 +220,7 @@ def _account(store: Store, state_dir: Path, ca: str) -> Account:
     return account
 
 
-def _revoke_at_ca(settings: AcmeSettings, store: Store, state_dir: Path, request: Request,
+def _revoke_at_ca(settings: AcmeSettings, store: Store, state_dir: str | Path, request: Request,
                   context: RunContext) -> bool:
     """Revoke at the CA; False when it was revoked already."""
     from certrenew.acme.orders import AcmeClient

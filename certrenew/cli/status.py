@@ -122,6 +122,8 @@ def unhealthy(settings: Settings, rows: list[CertificateStatus]) -> str | None:
     state dir must fail loudly, not report all clear.
     """
     if not any(row.state != State.UNMANAGED for row in rows):
+        if settings.store and "://" in settings.store:
+            return f"no certificate is managed in {settings.store}: check --config and --store"
         where = "" if settings.state_dir.is_dir() else f" (no state dir {settings.state_dir})"
         return f"no certificate is managed{where}: check --config and --state-dir"
     bad = [f"{row.name} is {row.state}" for row in rows if row.state not in (HEALTHY, State.UNMANAGED)]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import tomli
@@ -37,6 +37,7 @@ from certrenew.system.hostport import check_address, check_host_port, split_host
 from certrenew.system.limits import MAX_CONFIG, Unfit, read_regular
 from certrenew.system.listen import DEFAULT_LISTEN, DEFAULT_TLS_ALPN_LISTEN, check_listen, parse_listen
 
+_P = TypeVar("_P", str, Path)
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_CONFIG = Path("/etc/certrenew/certrenew.toml")
@@ -205,8 +206,22 @@ class DaemonSettings:
     check_interval: datetime.timedelta = datetime.timedelta(hours=1)
 
 
+@dataclass(frozen=True)
+class FleetSettings:
+    """How this node reaches a shared store (etcd) and names itself in it: what `open_store` uses."""
+
+    node_name: str | None = None
+    """This node in the fleet's lock holders; None: the host name."""
+    store_ca_bundle: Path | None = None
+    store_cert: Path | None = None
+    store_key: Path | None = None
+    store_user: str | None = None
+    store_password_file: Path | None = None
+
+
 _SLICES = MappingProxyType({"acme": AcmeSettings, "haproxy": HaproxySettings, "responder": ResponderSettings,
-                            "certificate": CertificateDefaults, "hooks": HookSettings, "daemon": DaemonSettings})
+                            "certificate": CertificateDefaults, "hooks": HookSettings, "daemon": DaemonSettings,
+                            "fleet": FleetSettings})
 _SLICE_OF = MappingProxyType({option.name: where for where, kind in _SLICES.items() for option in fields(kind)})
 """Which slice of `Settings` holds each option, by the option's name."""
 
@@ -226,6 +241,7 @@ class Settings:
     certificate: CertificateDefaults = field(default_factory=CertificateDefaults)
     hooks: HookSettings = field(default_factory=HookSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     state_dir: Path = Path("/var/lib/certrenew")
     renew_before: datetime.timedelta | None = None
     concurrency: int = 4
@@ -373,6 +389,12 @@ def _check_interval(text: str) -> datetime.timedelta:
     return duration
 
 
+def _node_name(name: str) -> str:
+    if not name.strip() or any(not char.isprintable() for char in name):
+        raise ValueError(f"{name!r} is not a node name: printable text, not empty")
+    return name
+
+
 def _command(text: str) -> str:
     """The reload command or a hook, checked for shell-like quoting now, so a typo fails before the CA is asked."""
     split_command(text)
@@ -430,7 +452,7 @@ def _crt_list_options(text: str) -> str:
     return text
 
 
-def _existing_file(path: str) -> str:
+def _existing_file(path: _P) -> _P:
     if not Path(path).is_file():
         raise ValueError(f"{path} does not exist")
     return path
@@ -535,8 +557,20 @@ OPTIONS = (
     Option("timeout", "time budget for talking to the CA, in seconds (default 300)", float, "SECONDS", _seconds(zero_allowed=False)),
     Option("lock_timeout", "how long to wait for another run holding the state dir, in seconds (default 300)",
            float, "SECONDS", _seconds(zero_allowed=True)),
-    Option("store", "where the state lives: a directory (default: --state-dir); etcd://HOST:PORT/PREFIX is "
-           "reserved for a shared store", metavar="DIR|URL"),
+    Option("store", "where the state lives: a directory (default: --state-dir), or an etcd cluster shared by a "
+           "fleet of nodes, etcd://HOST:PORT[,HOST:PORT...]/PREFIX", metavar="DIR|URL"),
+    Option("node_name", "this node's name in a shared store's locks, as other nodes see who holds one (default: "
+           "the host name)", metavar="NAME", check=_node_name),
+    Option("store_ca_bundle", "etcd store: the CA bundle that signed etcd's server certificates (turns TLS on)",
+           Path, "PATH", _existing_file),
+    Option("store_cert", "etcd store: this node's client certificate (PEM; turns TLS on), with its key in it or in "
+           "--store-key", Path, "PATH", _existing_file),
+    Option("store_key", "etcd store: the private key of --store-cert, if not in that file", Path, "PATH",
+           _existing_file),
+    Option("store_user", "etcd store: the etcd user to log in as (its password in --store-password-file)",
+           metavar="NAME"),
+    Option("store_password_file", "etcd store: a file (mode 600) holding the password of --store-user",
+           Path, "PATH"),
     Option("lock_ttl", "how long a certificate's lock outlives a certrenew that stopped without exiting "
            "(paused, frozen), in seconds (default 60); one that exits lets go at once", float, "SECONDS",
            _seconds(zero_allowed=False)),
@@ -604,6 +638,8 @@ OPTIONS = (
            _seconds(zero_allowed=False)),
 )
 OPTION_NAMED = MappingProxyType({option.name: option for option in OPTIONS})
+STORE_OPTIONS = ("state_dir", "store", "lock_ttl", *(field.name for field in fields(FleetSettings)))
+"""Where the state is and how to reach it: every command that reads the state takes them."""
 CLI_ONLY = frozenset({"force"})
 """Options that make sense for one invocation, not as a standing setting in a file."""
 
@@ -642,6 +678,12 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
     if settings.responder.http_01_node and settings.responder.http_01_mode != STATELESS:
         raise UsageError(f"--http-01-node names the HAProxy nodes that answer by themselves: it goes with "
                          f"--http-01-mode {STATELESS}")
+    fleet = settings.fleet
+    if (fleet.store_user is None) != (fleet.store_password_file is None):
+        raise UsageError("an etcd login takes both the user (--store-user) and the file of its password "
+                         "(--store-password-file)")
+    if fleet.store_key is not None and fleet.store_cert is None:
+        raise UsageError("--store-key is the key of a client certificate: give the certificate too (--store-cert)")
     unlisted = sorted({ca.directory for ca in acme.fallback_ca} - set(acme.fallback_directory))
     if unlisted:
         raise UsageError(f'[ca."{unlisted[0]}"] describes no fallback CA: add it to fallback_directory '

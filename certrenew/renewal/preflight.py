@@ -335,7 +335,7 @@ def run_checks(settings: Settings, config: Path | None, specs: Sequence[Certific
     haproxy, responder_settings, acme = settings.haproxy, settings.responder, settings.acme
     checks = [Check(OK, "config", f"{config}: {len(specs)} certificate(s)") if config else
               Check(WARN, "config", "no config file; checking the command-line and environment settings only"),
-              _state_dir_check(settings.state_dir), _ssl_dir_check(haproxy.ssl_dir),
+              _store_check(settings), _ssl_dir_check(haproxy.ssl_dir),
               *([] if responder_settings.http_01_mode == STATELESS else [_listen_check(responder_settings.listen)]),
               *([] if haproxy.crt_list else _shadow_checks(haproxy.ssl_dir, specs)), *haproxy_checks(haproxy)]
     if haproxy.crt_list:
@@ -389,6 +389,18 @@ def stateless_checks(settings: Settings, store: Store, names: Sequence[str]) -> 
     if not nodes:
         return probe_all(solver, settings.responder, names)
     return [probe_node(solver, names[0] if names else split_host_port(node)[0], node) for node in nodes]
+
+
+def _store_check(settings: Settings) -> Check:
+    """The state dir, or a shared store (--store etcd://...): that it answers this node's credentials."""
+    if not (settings.store or "").startswith("etcd://"):
+        return _state_dir_check(Path(settings.store) if settings.store else settings.state_dir)
+    what = f"store {settings.store}"
+    try:
+        open_store(settings)
+    except CertrenewError as error:
+        return Check(FAIL, what, str(error))
+    return Check(OK, what, "answers")
 
 
 def _state_dir_check(state_dir: Path) -> Check:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from certrenew.errors import CertrenewError, Interrupted, UsageError
+from certrenew.errors import CertrenewError, ConfigurationError, Interrupted, UsageError
 from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Lease, check_key
 from certrenew.state.etcd_client import EtcdClient, Tls, b64, unb64
 from certrenew.system.runcontext import RunContext
@@ -259,6 +259,16 @@ class EtcdBackend:
             self._client.context.check()
             self._client.deleted(self._lock_key(lease.key), int(answer["header"]["revision"]),
                                  min(WATCH, max(end - time.monotonic(), 0.001)))
+
+    def check(self) -> None:
+        """Ask etcd once, so wrong credentials (UsageError) or an etcd not there (Unavailable) fail in
+        one line before a command does anything, not as a failure of each certificate."""
+        start = self._data_key("")
+        try:
+            self._client.call("/v3/kv/range", {"key": b64(start), "range_end": b64(_range_end(start)), "limit": 1,
+                                               "keys_only": True})
+        except ConfigurationError as error:
+            raise UsageError(str(error)) from None
 
     def where(self, key: str) -> str:
         return f"etcd://{','.join(self._client.endpoints)}/{self._data_key(key).decode()}"

@@ -35,6 +35,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from certrenew.config import FleetSettings
 from certrenew.config.challenges import TOKEN, check_token
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.state.backend import Backend, Entry, Lease
@@ -504,20 +505,43 @@ class StoreSettings(Protocol):
     @property
     def lock_ttl(self) -> float: ...
 
+    @property
+    def fleet(self) -> FleetSettings: ...
+
+
+MAX_PASSWORD = 4096
+
 
 def open_store(settings: StoreSettings, context: RunContext | None = None) -> Store:
     """The store the settings name: `store` (--store, CERTRENEW_STORE, TOML `store`), else the state dir.
 
     The one place a store is built from a setting: every command reads and writes the same one.
+    An etcd store keeps the whole state (see `etcd`); the node keeps none of it in its state dir.
     """
     where = settings.store
+    holder = f"certrenew on {settings.fleet.node_name or socket.gethostname()} (pid {os.getpid()})"
     if where and "://" in where:
         scheme = where.split("://", 1)[0]
         if scheme == "etcd":
-            raise UsageError(f"--store {where}: the etcd backend is not supported by this certrenew yet "
-                             "(leave --store unset to keep the state in --state-dir)")
+            return Store(_etcd(where, settings.fleet, context), holder, settings.lock_ttl)
         raise UsageError(f"--store {where}: unknown kind of store {scheme!r} (a directory, or etcd://HOST:PORT/PREFIX)")
-    return FileStore(Path(where) if where else settings.state_dir, ttl=settings.lock_ttl, context=context)
+    return FileStore(Path(where) if where else settings.state_dir, holder, settings.lock_ttl, context)
+
+
+def _etcd(url: str, fleet: FleetSettings, context: RunContext | None) -> Backend:
+    """The etcd backend at `url`, reached as `fleet` says (TLS, a user), once it answered."""
+    from certrenew.state.etcd import from_url  # requests' session: not for a run on a state dir
+    from certrenew.state.etcd_client import Tls
+
+    tls = Tls(fleet.store_ca_bundle, fleet.store_cert, fleet.store_key) \
+        if fleet.store_ca_bundle or fleet.store_cert else None
+    password = None
+    if fleet.store_password_file is not None:
+        password = owned.read_secret(fleet.store_password_file, "the etcd password file (--store-password-file)",
+                                     MAX_PASSWORD).decode(errors="replace").rstrip("\r\n")
+    backend = from_url(url, tls=tls, username=fleet.store_user, password=password, context=context)
+    backend.check()
+    return backend
 
 
 def _key(name: str, file: str) -> str:

@@ -498,15 +498,14 @@ def test_a_fifo_planted_in_the_state_dir_is_refused_not_waited_on(files, where):
     assert outcome and "not a regular file" in outcome[0]
 
 
-def test_one_setting_names_the_store_and_etcd_is_refused_cleanly_until_it_is_there(tmp_path):
+def test_one_setting_names_the_store_and_a_malformed_one_is_refused_cleanly(tmp_path):
     from certrenew.config import Settings
     from certrenew.errors import UsageError
     from certrenew.state.store import open_store
 
     assert open_store(Settings(state_dir=tmp_path / "state")).root == tmp_path / "state"
     assert open_store(Settings(state_dir=tmp_path / "state", store=str(tmp_path / "other"))).root == tmp_path / "other"
-    with pytest.raises(UsageError, match=r"^--store etcd://127.0.0.1:2379/certrenew: the etcd backend is not "
-                                         r"supported by this certrenew yet"):
-        open_store(Settings(store="etcd://127.0.0.1:2379/certrenew"))
+    with pytest.raises(UsageError, match=r"^not an etcd store: 'etcd://127.0.0.1/certrenew'; the form is "):
+        open_store(Settings(store="etcd://127.0.0.1/certrenew"))
     with pytest.raises(UsageError, match="unknown kind of store 's3'"):
         open_store(Settings(store="s3://bucket"))
