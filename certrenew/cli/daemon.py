@@ -114,8 +114,11 @@ class Daemon:
         """One `renew.run`, logged and counted; never raises but `Interrupted`. Returns when to run the next."""
         started = time.monotonic()
         try:
+            # On a fleet a pass takes only the certificates no other node works on: one that waited for a lock
+            # while holding those it issued (until their install, at the pass's end) could wait on a node
+            # waiting on it, until --lock-timeout; the other node's work is looked at once its lease could end.
             report = renew.run(self.settings, self.specs, self.store, self.telemetry, responder=responder,
-                               context=self.context)
+                               context=self.context, certificate_wait=0 if self.store.shared else None)
         except Exception as error:  # never the daemon's end: say it, count it, try again soon
             expected = isinstance(error, CertrenewError)
             log.error("pass failed: %s", error if expected else repr(error),
