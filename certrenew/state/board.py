@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import threading
 
+from certrenew.errors import Interrupted
 from certrenew.state.backend import Entry
 from certrenew.state.store import CHALLENGES, Store
 
@@ -51,6 +52,8 @@ class Board:
         while not self._stop.is_set():
             try:
                 changes = self.store.backend.watch(prefix, self._revision, WATCH)
+            except Interrupted:  # the daemon is stopping
+                return
             except Exception as error:  # the thread must outlive any failure: say it once, go on
                 if not failing:
                     log.warning("responder: cannot watch the published challenges (%s); looking them up one by "
