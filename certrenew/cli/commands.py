@@ -66,6 +66,7 @@ COMMAND_SUMMARIES = MappingProxyType({
     "bootstrap-ssl-dir": "write a placeholder so HAProxy can start",
     "import-certbot": "take over certbot's certificates without reissuing them",
     "haproxy-config": "print the lines that make HAProxy answer HTTP-01 by itself",
+    "migrate-state": "move a node's state into an etcd store (or back) without reissuing",
 })
 LOG_FORMATS = ("text", "json")
 
@@ -197,6 +198,23 @@ def build_haproxy_config_parser() -> argparse.ArgumentParser:
                         "an environment variable, so the Runtime API's `set map` changes it without a reload")
     parser.add_argument("--create-account", action="store_true", help="make the account's key in the state dir "
                         "if there is none (the CA registers it at the first order)")
+    return parser
+
+
+def build_migrate_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "certrenew migrate-state",
+        "Copy every certificate, key, record, account and order of one store to another, a state dir into a "
+        "fleet's etcd store or back, without reissuing anything; the source is left as it was. Refuses a "
+        "destination that holds state already, unless --overwrite.",
+        [option for option in OPTIONS if option.name in STORE_OPTIONS and option.name not in ("state_dir", "store")
+         or option.name == "lock_timeout"], CONFIG_NAMED,
+    )
+    parser.add_argument("--from", dest="source", required=True, metavar="DIR|URL", help="the store to copy: a state "
+                        "dir, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX")
+    parser.add_argument("--to", dest="destination", required=True, metavar="DIR|URL", help="the store to copy into")
+    parser.add_argument("--overwrite", action="store_true", help="copy into a store that holds state already, "
+                        "replacing what both hold")
     return parser
 
 
@@ -512,9 +530,21 @@ def _haproxy_config(argv: list[str], context: RunContext) -> int:
     return 0
 
 
+def _migrate_state(argv: list[str], context: RunContext) -> int:
+    from certrenew.cli.migrate import migrate
+
+    args = build_migrate_parser().parse_args(argv)
+    output = _setup_logging(args)
+    settings = build_settings(vars(args), _config(args, required=False))
+    done = migrate(settings, args.source, args.destination, args.overwrite, context)
+    output.result(f"migrated {done.entries} entries ({done.certificates} certificate(s), {done.accounts} account(s)) "
+                  f"from {args.source} to {args.destination}; {args.source} is unchanged")
+    return 0
+
+
 COMMANDS = MappingProxyType({"run": _run, "daemon": _daemon, "status": _status, "check": _check, "revoke": _revoke,
                              "bootstrap-ssl-dir": _bootstrap, "import-certbot": _import_certbot,
-                             "haproxy-config": _haproxy_config})
+                             "haproxy-config": _haproxy_config, "migrate-state": _migrate_state})
 
 
 CERTBOT_HABITS = MappingProxyType({

@@ -20,7 +20,7 @@ from contextlib import ExitStack
 
 from certrenew.challenge.responder import PortBusy, Responder
 from certrenew.cli import metrics, status
-from certrenew.config import CertificateSpec, Settings
+from certrenew.config import STORE_OPTIONS, CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal import policy, renew
 from certrenew.renewal.policy import Action
@@ -43,7 +43,7 @@ STUCK_PAUSE = 5.0
 """Seconds to wait when a certificate is still due right after a pass, so nothing ever spins."""
 BIND_RETRY = 0.5
 """Seconds between tries to open the responder's port while another process holds it."""
-FIXED_AT_START = ("listen", "metrics_listen", "state_dir", "store")
+FIXED_AT_START = ("listen", "metrics_listen", *STORE_OPTIONS)
 """Settings bound to what the daemon opened at start (ports, the store): a SIGHUP keeps them."""
 
 Config = tuple[Settings, list[CertificateSpec]]

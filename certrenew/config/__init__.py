@@ -217,6 +217,7 @@ class FleetSettings:
     store_key: Path | None = None
     store_user: str | None = None
     store_password_file: Path | None = None
+    store_key_file: Path | None = None
 
 
 _SLICES = MappingProxyType({"acme": AcmeSettings, "haproxy": HaproxySettings, "responder": ResponderSettings,
@@ -571,6 +572,9 @@ OPTIONS = (
            metavar="NAME"),
     Option("store_password_file", "etcd store: a file (mode 600) holding the password of --store-user",
            Path, "PATH"),
+    Option("store_key_file", "etcd store (required): a file (mode 600) holding the fleet's key, 32 random bytes in "
+           "base64 (`head -c 32 /dev/urandom | base64`), that encrypts every private key kept in etcd; the same "
+           "on every node", Path, "PATH"),
     Option("lock_ttl", "how long a certificate's lock outlives a certrenew that stopped without exiting "
            "(paused, frozen), in seconds (default 60); one that exits lets go at once", float, "SECONDS",
            _seconds(zero_allowed=False)),

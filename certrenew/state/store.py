@@ -529,9 +529,11 @@ def open_store(settings: StoreSettings, context: RunContext | None = None) -> St
 
 
 def _etcd(url: str, fleet: FleetSettings, context: RunContext | None) -> Backend:
-    """The etcd backend at `url`, reached as `fleet` says (TLS, a user), once it answered."""
+    """The etcd backend at `url`, reached as `fleet` says (TLS, a user), once it answered, its private
+    keys sealed with the fleet's key file (see `sealed`)."""
     from certrenew.state.etcd import from_url  # requests' session: not for a run on a state dir
     from certrenew.state.etcd_client import Tls
+    from certrenew.state.sealed import MAKE_KEY, SealedBackend, read_key_file
 
     tls = Tls(fleet.store_ca_bundle, fleet.store_cert, fleet.store_key) \
         if fleet.store_ca_bundle or fleet.store_cert else None
@@ -540,8 +542,20 @@ def _etcd(url: str, fleet: FleetSettings, context: RunContext | None) -> Backend
         password = owned.read_secret(fleet.store_password_file, "the etcd password file (--store-password-file)",
                                      MAX_PASSWORD).decode(errors="replace").rstrip("\r\n")
     backend = from_url(url, tls=tls, username=fleet.store_user, password=password, context=context)
+    if fleet.store_key_file is None:
+        raise UsageError(f"an etcd store needs the fleet's key file, which encrypts the private keys kept there "
+                         f"(--store-key-file; make one with `{MAKE_KEY}` and give every node the same)")
+    key = read_key_file(fleet.store_key_file)
     backend.check()
-    return backend
+    sealed = SealedBackend(backend, key, is_secret, fleet.store_key_file)
+    sealed.check_key()
+    return sealed
+
+
+def is_secret(key: str) -> bool:
+    """Whether the value at `key` holds a private key: an account's key, a bundle, an order (its new key),
+    and their copies set aside or archived. What a shared store encrypts."""
+    return key.endswith((".pem", "order.json"))
 
 
 def _key(name: str, file: str) -> str:

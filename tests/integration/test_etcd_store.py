@@ -2,6 +2,9 @@
 lab's pebble and HAProxy: what one node issues, another node (its own state dir) finds current,
 and a store that cannot be used stops a command in one line before anything is touched."""
 
+import base64
+import os
+
 import pytest
 
 from certrenew.pki.bundle import leaf_info
@@ -43,6 +46,16 @@ def secret(path, text):
     return path
 
 
+def key_file(path):
+    return secret(path, base64.b64encode(os.urandom(32)).decode() + "\n")
+
+
+def state_files(state_dir):
+    """Every file of the state (not the locks) and its bytes."""
+    return {str(path.relative_to(state_dir)): path.read_bytes() for top in ("accounts", "certificates")
+            for path in (state_dir / top).rglob("*") if path.is_file()}
+
+
 def one_line(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -50,7 +63,8 @@ def one_line(result) -> str:
 
 
 def test_a_certificate_issued_on_etcd_is_served_and_another_node_finds_it_current(lab, cluster, tmp_path):
-    config, store = config_for(tmp_path), {"CERTRENEW_STORE": cluster.url("fleet-issue")}
+    config = config_for(tmp_path)
+    store = {"CERTRENEW_STORE": cluster.url("fleet-issue"), "CERTRENEW_STORE_KEY_FILE": str(key_file(tmp_path / "key"))}
     with FaultProxy(lab) as proxy:
         first = lab.certrenew("run", "--config", str(config), env={**proxy.env, **store})
         assert first.returncode == 0, first.stderr
@@ -70,9 +84,23 @@ def test_a_certificate_issued_on_etcd_is_served_and_another_node_finds_it_curren
         assert second.returncode == 0, second.stderr
         assert "unchanged" in second.stdout, second.stdout
         assert proxy.count("new-order") == 1, proxy.seen
+
+        # Another key file, or none: one line, and nothing done.
+        served = (lab.ssl_dir / f"{NAME}.pem").read_bytes()
+        for wrong, says in ((str(key_file(tmp_path / "other-key")), "is not the key this store's private keys are "
+                             "encrypted with"), (None, "an etcd store needs the fleet's key file")):
+            refused = lab.certrenew("run", "--config", str(config), "--force",
+                                    env={**proxy.env, **store, "CERTRENEW_STORE_KEY_FILE": wrong})
+            assert refused.returncode == 2 and says in one_line(refused), refused.stderr
+        assert proxy.count("new-order") == 1 and (lab.ssl_dir / f"{NAME}.pem").read_bytes() == served
     assert list(other.iterdir()) == []
-    assert b"fleet-issue/data/certificates/" + NAME.encode() + b"/current.pem" in \
-        cluster.etcdctl("get", "--prefix", "--keys-only", "fleet-issue/").encode()
+
+    # etcd holds the certificate, but no private key in the clear: not the bundle's, the order's nor the account's.
+    keys = cluster.etcdctl("get", "--prefix", "--keys-only", "fleet-issue/").split()
+    assert f"fleet-issue/data/certificates/{NAME}/current.pem" in keys
+    assert any(key.startswith("fleet-issue/data/accounts/") and key.endswith("/key.pem") for key in keys), keys
+    values = cluster.etcdctl("get", "--prefix", "fleet-issue/")
+    assert "PRIVATE KEY" not in values and "certrenew-sealed-v1 " in values
 
 
 @pytest.mark.parametrize(("store", "status", "says"), [
@@ -82,7 +110,8 @@ def test_a_certificate_issued_on_etcd_is_served_and_another_node_finds_it_curren
 def test_a_store_that_is_not_there_is_one_line(lab, tmp_path, store, status, says):
     port = free_ports(1)[0]
     result = lab.certrenew("run", "--config", str(config_for(tmp_path)),
-                           env={"CERTRENEW_STORE": store.format(port=port)}, timeout=60)
+                           env={"CERTRENEW_STORE": store.format(port=port),
+                                "CERTRENEW_STORE_KEY_FILE": str(key_file(tmp_path / "key"))}, timeout=60)
     assert result.returncode == status, result.stderr
     assert says.format(port=port) in one_line(result)
     assert list(lab.state_dir.iterdir()) == [] and list(lab.ssl_dir.glob(f"{NAME}*")) == []
@@ -91,7 +120,8 @@ def test_a_store_that_is_not_there_is_one_line(lab, tmp_path, store, status, say
 def test_etcd_credentials_come_from_a_password_file_and_wrong_ones_are_one_line(lab, secured, tmp_path):
     config = config_for(tmp_path)
     env = {"CERTRENEW_STORE": secured.url("fleet/site"), "CERTRENEW_STORE_USER": "node",
-           "CERTRENEW_STORE_PASSWORD_FILE": str(secret(tmp_path / "password", "wrong\n"))}
+           "CERTRENEW_STORE_PASSWORD_FILE": str(secret(tmp_path / "password", "wrong\n")),
+           "CERTRENEW_STORE_KEY_FILE": str(key_file(tmp_path / "key"))}
     refused = lab.certrenew("run", "--config", str(config), env=env)
     assert refused.returncode == 2, refused.stderr
     assert "refused user 'node'" in one_line(refused) and "authentication failed" in refused.stderr
@@ -101,3 +131,47 @@ def test_etcd_credentials_come_from_a_password_file_and_wrong_ones_are_one_line(
     shown = lab.certrenew("status", "--config", str(config), env=env)
     assert shown.returncode == 1 and NAME in shown.stdout and "missing" in shown.stdout, shown.stdout + shown.stderr
     assert "refused" not in shown.stderr
+
+
+def test_a_nodes_state_moves_into_etcd_and_back_without_a_new_order(lab, cluster, tmp_path):
+    config, key = config_for(tmp_path), str(key_file(tmp_path / "key"))
+    url = cluster.url("fleet-migrated")
+    with FaultProxy(lab) as proxy:
+        first = lab.certrenew("run", "--config", str(config), env=proxy.env)
+        assert first.returncode == 0, first.stderr
+        before = state_files(lab.state_dir)
+
+        moved = lab.certrenew("migrate-state", "--from", str(lab.state_dir), "--to", url,
+                              env={"CERTRENEW_STORE_KEY_FILE": key})
+        assert moved.returncode == 0, moved.stderr
+        assert "1 certificate(s), 1 account(s)" in moved.stdout, moved.stdout
+        refused = lab.certrenew("migrate-state", "--from", str(lab.state_dir), "--to", url,
+                                env={"CERTRENEW_STORE_KEY_FILE": key})
+        assert refused.returncode == 2 and "holds state already" in one_line(refused), refused.stderr
+        on_etcd = lab.certrenew("run", "--config", str(config), env={**proxy.env, "CERTRENEW_STORE": url,
+                                                                     "CERTRENEW_STORE_KEY_FILE": key})
+        assert on_etcd.returncode == 0 and "unchanged" in on_etcd.stdout, on_etcd.stdout + on_etcd.stderr
+        assert "PRIVATE KEY" not in cluster.etcdctl("get", "--prefix", "fleet-migrated/")
+
+        back = tmp_path / "back"
+        returned = lab.certrenew("migrate-state", "--from", url, "--to", str(back),
+                                 env={"CERTRENEW_STORE_KEY_FILE": key})
+        assert returned.returncode == 0, returned.stderr
+        assert state_files(back) == before
+        on_dir = lab.certrenew("run", "--config", str(config), env={**proxy.env, "CERTRENEW_STATE_DIR": str(back)})
+        assert on_dir.returncode == 0 and "unchanged" in on_dir.stdout, on_dir.stdout + on_dir.stderr
+        assert proxy.count("new-order") == 1, proxy.seen
+
+
+def test_a_store_over_tls_takes_this_nodes_client_certificate_and_refuses_none_in_one_line(lab, tmp_path):
+    config = config_for(tmp_path)
+    with EtcdCluster(tmp_path / "etcd", size=1, tls=True) as secure:
+        env = {"CERTRENEW_STORE": secure.url("fleet"), "CERTRENEW_STORE_KEY_FILE": str(key_file(tmp_path / "key")),
+               "CERTRENEW_STORE_CA_BUNDLE": str(secure.tls.ca)}
+        refused = lab.certrenew("status", "--config", str(config), env=env)
+        assert refused.returncode == 2 and "TLS with etcd at" in one_line(refused), refused.stderr
+        checked = lab.certrenew("check", "--config", str(config), env={**env, "CERTRENEW_STORE_CERT": str(secure.tls.cert)})
+        assert f"store {secure.url('fleet')}: answers" in checked.stdout, checked.stdout + checked.stderr
+        shown = lab.certrenew("status", "--config", str(config), env={**env, "CERTRENEW_STORE_CERT": str(secure.tls.cert)})
+        assert shown.returncode == 1 and NAME in shown.stdout and "missing" in shown.stdout, shown.stdout + shown.stderr
+        assert "store-key-check" in secure.etcdctl("get", "--prefix", "--keys-only", "fleet/")

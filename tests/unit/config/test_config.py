@@ -369,6 +369,23 @@ def test_an_external_account_binding_takes_both_the_key_id_and_the_key_file(give
     assert (both.acme.eab_kid, both.acme.eab_hmac_key_file) == ("kid-1", Path("/etc/certrenew/eab.key"))
 
 
+def test_an_etcd_login_takes_a_user_and_its_password_file_and_a_client_key_its_certificate(tmp_path):
+    with pytest.raises(UsageError, match=r"takes both the user \(--store-user\) and the file of its password"):
+        build_settings({"store_user": "node"}, environ={})
+    with pytest.raises(UsageError, match="takes both the user"):
+        build_settings({}, environ={"CERTRENEW_STORE_PASSWORD_FILE": "/etc/certrenew/etcd.password"})
+    with pytest.raises(UsageError, match=r"--store-key is the key of a client certificate: give the certificate"):
+        build_settings({"store_key": __file__}, environ={})
+    with pytest.raises(UsageError, match=r"invalid --store-ca-bundle: .*nowhere.pem does not exist"):
+        build_settings({"store_ca_bundle": str(tmp_path / "nowhere.pem")}, environ={})
+    fleet = build_settings({"node_name": "web2"}, config_file(tmp_path, 'store_user = "node"\n'
+                                                             'store_password_file = "/etc/certrenew/etcd.password"\n'
+                                                             'store_key_file = "/etc/certrenew/store.key"\n'),
+                           environ={}).fleet
+    assert (fleet.node_name, fleet.store_user, fleet.store_password_file, fleet.store_key_file) == \
+        ("web2", "node", Path("/etc/certrenew/etcd.password"), Path("/etc/certrenew/store.key"))
+
+
 def test_an_ip_address_certificate_gets_a_plain_file_name_and_no_dns01():
     from certrenew.config import certificate_specs
 

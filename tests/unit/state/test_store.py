@@ -504,6 +504,8 @@ def test_one_setting_names_the_store_and_a_malformed_one_is_refused_cleanly(tmp_
     from certrenew.state.store import open_store
 
     assert open_store(Settings(state_dir=tmp_path / "state")).root == tmp_path / "state"
+    assert open_store(Settings.of(state_dir=tmp_path / "state", node_name="web2")).holder == \
+        f"certrenew on web2 (pid {os.getpid()})"
     assert open_store(Settings(state_dir=tmp_path / "state", store=str(tmp_path / "other"))).root == tmp_path / "other"
     with pytest.raises(UsageError, match=r"^not an etcd store: 'etcd://127.0.0.1/certrenew'; the form is "):
         open_store(Settings(store="etcd://127.0.0.1/certrenew"))
