@@ -7,8 +7,10 @@ what any node published in the store. Nodes 2 and 3 have ssl dirs of their own (
 issue 23's part). Each test works under its own prefix, so the module shares one cluster.
 """
 
+import base64
 import collections
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -53,8 +55,12 @@ def poll(what, ready, timeout=WAIT):
 def node_env(lab, cluster, prefix: str, index: int, tmp_path, **extra: str) -> dict[str, str]:
     """Node `index`'s settings: the shared store, its name, its responder's address; node 1 is the lab's
     HAProxy (its ssl dir and reload), nodes 2 and 3 have ssl dirs of their own."""
-    env = {"CERTRENEW_STORE": cluster.url(prefix), "CERTRENEW_NODE_NAME": f"node{index}",
-           "CERTRENEW_LISTEN": f"{fleet_address(index)}:{lab.listen.rsplit(':', 1)[1]}"}
+    key_file = tmp_path / "store.key"  # the fleet's: every node holds the same
+    if not key_file.exists():
+        key_file.touch(mode=0o600)
+        key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    env = {"CERTRENEW_STORE": cluster.url(prefix), "CERTRENEW_STORE_KEY_FILE": str(key_file),
+           "CERTRENEW_NODE_NAME": f"node{index}", "CERTRENEW_LISTEN": f"{fleet_address(index)}:{lab.listen.rsplit(':', 1)[1]}"}
     if index != 1:
         ssl_dir = tmp_path / f"ssl{index}"
         ssl_dir.mkdir(exist_ok=True)
