@@ -7,7 +7,10 @@ way it serves nothing but the key authorizations of the orders in flight.
 A run by hand beside the daemon finds the port taken. It then *borrows* the daemon's
 responder: once a probe shows the port's holder serves this store's answers, the run
 publishes its own there (`Store.publish_challenge`) and the daemon's responder, which
-looks up in the store every token it does not know, answers the CA for it.
+looks up in the store every token it does not know, answers the CA for it. On a fleet (one
+store on etcd) the CA validates at whichever node the name resolves to: every process that
+orders publishes its answers in the store (`Board.shared`), and every node's daemon answers them (from a copy
+that a watch keeps current: `state.board`).
 """
 
 import contextlib
@@ -43,6 +46,10 @@ class Board(Protocol):
     """Where responders share key authorizations (the store, on one node or a fleet): each token is an
     entry of its own, published by the process that orders and answered by whichever responder the CA reaches."""
 
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes use it (a fleet on etcd): then every answer is published, for the node the CA reaches."""
+
     def publish_challenge(self, token: str, domain: str, validation: str) -> None: ...
 
     def find_challenge(self, token: str) -> tuple[str, str] | None: ...
@@ -69,7 +76,7 @@ class Responder:
         self._borrowed = False
         """Whether another process's responder (the daemon's) serves this one's answers."""
         self._published: set[str] = set()
-        """The tokens this one published in the store, to withdraw."""
+        """The tokens this one published in the store (all it presents, on a fleet's), to withdraw."""
         self._validations: dict[str, tuple[str, str]] = {}
         self._serving: contextlib.ExitStack | None = None
         """The bound address and its server, while this process serves it."""
@@ -84,7 +91,7 @@ class Responder:
         check_token(token)
         self.start(borrow=True)
         self._validations[token] = (domain, validation)
-        if self._borrowed:
+        if self._borrowed or (self._store is not None and self._store.shared):  # for another node's responder
             assert self._store is not None  # only a responder with a store borrows
             self._store.publish_challenge(token, domain, validation)
             self._published.add(token)
@@ -103,9 +110,9 @@ class Responder:
 
         The Host check (as in lego) keeps a rebinding page from reading tokens of
         other names; HAProxy passes the client's Host header through unchanged. A token
-        this process did not present is looked up in the store (another process's): in the
-        server's thread, as a file store answers in microseconds; a store over the network
-        would want a thread, or a cache of what it holds.
+        this process did not present is looked up in the store (another process's, another
+        node's): in the server's thread, which a file store answers in microseconds and the
+        daemon's `state.board` from memory.
         """
         entry = self._validations.get(token)
         if entry is None and self._store is not None:

@@ -24,6 +24,7 @@ from certrenew.config import STORE_OPTIONS, CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal import policy, renew
 from certrenew.renewal.policy import Action
+from certrenew.state.board import Board
 from certrenew.state.store import Store
 from certrenew.system import signals
 from certrenew.system.runcontext import RunContext
@@ -67,11 +68,14 @@ class Daemon:
         self.rng = rng or random.Random()
         self.telemetry = metrics.Telemetry(pass_errors=0)
         """One for the daemon's life: its counters only grow."""
+        self.held_elsewhere: set[str] = set()
+        """The certificates whose lock another process (another node) held at the last pass."""
 
     def run(self) -> None:
         """Bind the responder (and the metrics server), then pass and sleep, pass and sleep."""
         with ExitStack() as stack:
-            responder = stack.enter_context(Responder(self.settings.responder.listen, self.store))
+            board = stack.enter_context(Board(self.store))  # every node's answers, from memory
+            responder = stack.enter_context(Responder(self.settings.responder.listen, board))
             self.bind(responder)
             if self.settings.daemon.metrics_listen:
                 stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry))
@@ -110,8 +114,11 @@ class Daemon:
         """One `renew.run`, logged and counted; never raises but `Interrupted`. Returns when to run the next."""
         started = time.monotonic()
         try:
+            # On a fleet a pass takes only the certificates no other node works on: one that waited for a lock
+            # while holding those it issued (until their install, at the pass's end) could wait on a node
+            # waiting on it, until --lock-timeout; the other node's work is looked at once its lease could end.
             report = renew.run(self.settings, self.specs, self.store, self.telemetry, responder=responder,
-                               context=self.context)
+                               context=self.context, certificate_wait=0 if self.store.shared else None)
         except Exception as error:  # never the daemon's end: say it, count it, try again soon
             expected = isinstance(error, CertrenewError)
             log.error("pass failed: %s", error if expected else repr(error),
@@ -125,16 +132,24 @@ class Daemon:
             log.log(level, "%s: %s: %s", outcome.name, outcome.action, outcome.detail,
                     extra={"certificate": outcome.name})
         log.info("pass done: %s", report.summary())
+        self.held_elsewhere = {outcome.name for outcome in report if outcome.held_elsewhere}
         self.telemetry.record_pass(failed=False)
         self.telemetry.record_run(not report.failed, time.monotonic() - started)
         return self.next_wake(_now())
 
     def next_wake(self, now: datetime.datetime) -> datetime.datetime:
-        """`policy.next_wake` over the stored records, with the regular check jittered early."""
+        """`policy.next_wake` over the stored records, with the regular check jittered early.
+
+        A certificate whose lock another process held is looked at again once that holder's lease could
+        have ended (--lock-ttl): by then it has recorded its work, or died and let go; its record may still
+        say due, and waking for it at once would only queue on the lock again, pass after pass."""
         interval = self.settings.daemon.check_interval
         interval -= min(interval * JITTER, MAX_JITTER) * self.rng.random()
+        interval = min(interval, datetime.timedelta(seconds=self.store.ttl)) if self.held_elsewhere else interval
         certificates = []
         for spec in self.specs:
+            if spec.name in self.held_elsewhere:
+                continue
             try:
                 certificates.append((self.store.load_record(spec.name), spec.domains, spec.key_type))
             except CertrenewError:  # unreadable: every pass reports it, the regular one is soon enough

@@ -50,6 +50,9 @@ class Outcome:
     detail: str
     served: hooks.Served | None = None
     """What HAProxy now serves, for an issued, renewed or installed certificate."""
+    held_elsewhere: bool = False
+    """Another process held its lock past --lock-timeout: that holder records what it does, so
+    looking again before its lease could end would only wait on the lock again."""
 
     @property
     def failed(self) -> bool:
@@ -89,14 +92,14 @@ class Report:
 
 def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None, telemetry=None,
         progress: Progress | None = None, responder: "Responder | None" = None, others: Sequence[str] = (),
-        context: RunContext | None = None) -> Report:
+        context: RunContext | None = None, certificate_wait: float | None = None) -> Report:
     """Bring every certificate in `specs` up to date and report what happened to each.
     `others`: the config's certificates not in `specs` (revoke --reissue runs one), which shadow none of them.
 
     Certificates are independent: one failing does not stop the others, and up to
     `settings.concurrency` are ordered at once. State lives in `store`, by default the one
     the settings name (see `open_store`). Each certificate due is worked on under its own
-    lock, waited for up to `settings.lock_timeout` and held until it is installed: other runs
+    lock, waited for up to `certificate_wait` (default `settings.lock_timeout`) and held until it is installed: other runs
     (a daemon, a run by hand, another node) work on other certificates meanwhile, and one that
     comes second to a certificate finds it done. A `metrics.Telemetry` counts the
     ACME requests; `progress` shows the orders as they finish (plain log lines by
@@ -122,7 +125,8 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     context = context or RunContext()
     store = store if store is not None else open_store(settings, context)
     with store.run_lock(settings.lock_timeout):
-        return _run(settings, specs, store, telemetry, progress or Progress(), responder, others, context)
+        return _run(settings, specs, store, telemetry, progress or Progress(), responder, others, context,
+                    settings.lock_timeout if certificate_wait is None else certificate_wait)
 
 
 def check_hooks(settings: HookSettings) -> None:
@@ -133,7 +137,7 @@ def check_hooks(settings: HookSettings) -> None:
 
 
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress,
-         responder: "Responder | None", others: Sequence[str], context: RunContext) -> Report:
+         responder: "Responder | None", others: Sequence[str], context: RunContext, certificate_wait: float) -> Report:
     now = utc_now()
     remove_stale_temps(settings.haproxy.ssl_dir)
 
@@ -160,7 +164,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
 
         preflight.require(preflight.socket_checks(settings.haproxy))  # before the CA issues what could not be installed
         do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder,
-                                    [*others, *(spec.name for spec in specs)], context)
+                                    [*others, *(spec.name for spec in specs)], context, certificate_wait)
         if any(step is not Step.CHECK for _, step in work):
             hook_failures = _with_hooks(settings.hooks, work, outcomes, do_work, context)
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
@@ -228,7 +232,7 @@ def _with_hooks(settings: HookSettings, work: list, outcomes: dict[str, Outcome]
 
 def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
           telemetry, progress: Progress, responder: "Responder | None", managed: list[str],
-          context: RunContext) -> list[str]:
+          context: RunContext, certificate_wait: float) -> list[str]:
     """Order what is due, deploy it all at once, then run the deploy hook for each certificate HAProxy serves.
     `managed`: every certificate of the run, due or not (their bundles shadow none of these)."""
     from certrenew.challenge.responder import Responder
@@ -273,7 +277,8 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
                 locked.close()
         solvers_open.callback(let_go)
         try:
-            results = list(pool.map(lambda item: _attempt_locked(settings, store, now, item[0], steps, progress, held),
+            results = list(pool.map(lambda item: _attempt_locked(settings, store, now, item[0], steps, progress, held,
+                                                                   certificate_wait),
                                     work))
         finally:
             progress.close()
@@ -304,15 +309,16 @@ def dns01_solver(dns: DnsSettings, context: RunContext | None = None) -> "Dns01S
 
 def _attempt_locked(settings: Settings, store: Store, now: datetime.datetime, spec: CertificateSpec,
                     steps: Mapping[Step, Callable[[CertificateSpec], Any]], progress: Progress,
-                    held: "dict[str, tuple[ExitStack, Lease]]"):
+                    held: "dict[str, tuple[ExitStack, Lease]]", wait: float):
     """`_attempt` under the certificate's lock, deciding its step again once the lock is held:
     another process may have done it meanwhile. A certificate issued keeps its lock in `held`
     until it is installed; any other lets go at once."""
     locked = ExitStack()
     try:
-        lease = locked.enter_context(store.certificate(spec.name, settings.lock_timeout))
-    except Busy as busy:  # someone else works on it: theirs to record, not a failure of its own
-        result: Any = Outcome(spec.name, Action.FAILED, f"{busy} (--lock-timeout)")
+        lease = locked.enter_context(store.certificate(spec.name, wait))
+    except Busy as busy:  # someone else works on it: theirs to record; this run's failure only if it waited for it
+        result: Any = Outcome(spec.name, Action.FAILED, f"{busy} (--lock-timeout)", held_elsewhere=True) if wait else \
+            Outcome(spec.name, Action.UNCHANGED, f"another process works on it: {busy}", held_elsewhere=True)
         progress.advance(spec.name, result.action)
         return result
     try:

@@ -36,6 +36,16 @@ class Entry:
     version: int
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What `Backend.watch` saw: the entries that changed (None: deleted) up to `revision`, to watch on from."""
+
+    revision: int
+    entries: dict[str, Entry | None]
+    complete: bool = False
+    """`entries` holds every key under the prefix: whatever is not in it is gone (a first read, a resync)."""
+
+
 class Lease(Protocol):
     """A held lock. Leaving its `with` block releases it."""
 
@@ -53,6 +63,9 @@ class Backend(Protocol):
     Thread-safe: a run works on several certificates at once.
     """
 
+    shared: bool
+    """Whether other nodes work on it too (etcd): then the CA may validate at any of them."""
+
     def get(self, key: str) -> Entry | None:
         """The entry at `key`, or None."""
 
@@ -67,6 +80,12 @@ class Backend(Protocol):
         Conflict; with `fence`, the write is refused with Fenced unless that lock is still held.
         A crash part-way leaves either all of `changes` or none of them visible.
         """
+
+    def watch(self, prefix: str, after: int, timeout: float) -> Changes:
+        """The changes under `prefix` since revision `after`, waiting up to `timeout` seconds for a first one
+        (none: an empty `Changes` at `after`). With `after` 0, or one the backend no longer knows (etcd
+        compacted it), or on a backend without a history: every entry, `complete`. What keeps a copy of a
+        prefix current (the responders' challenges) without reading the whole prefix at every look-up."""
 
     def lock(self, key: str, *, ttl: float, wait: float, holder: str) -> AbstractContextManager[Lease]:
         """Take the lock on `key` for a lease of `ttl` seconds kept alive while held, waiting up

@@ -160,27 +160,39 @@ class EtcdClient:
             raise ConfigurationError(f"etcd at {self.endpoints[index]} refused {path}: {message}")
         raise _Failed(message)
 
-    def deleted(self, key: bytes, after: int, timeout: float) -> bool:
-        """Whether `key` is deleted after revision `after`, watching for up to `timeout` seconds.
+    def watch(self, key: bytes, after: int, timeout: float, *, range_end: bytes | None = None,
+              filters: tuple[str, ...] = ()) -> list[dict[str, Any]] | None:
+        """The first events on `key` (or on every key up to `range_end`) after revision `after` that come within
+        `timeout` seconds, oldest first; None if etcd compacted its history past `after` (read afresh).
 
-        False too when the watch fails (an endpoint gone, a token expired): the caller looks again
-        with an ordinary call, which finds another endpoint or logs in anew.
+        [] too when the watch fails (an endpoint gone, a token expired): the caller looks again with an
+        ordinary call, which finds another endpoint or logs in anew, and watches on from the same revision.
         """
         with self._mutex:
             url = self._urls[self._current]
-        body = {"create_request": {"key": b64(key), "start_revision": str(after + 1), "filters": ["NOPUT"]}}
+        request: dict[str, Any] = {"key": b64(key), "start_revision": str(after + 1), "filters": list(filters)}
+        if range_end is not None:
+            request["range_end"] = b64(range_end)
         headers = {"Authorization": self._token} if self._token else {}
         started = time.monotonic()
         try:
-            with self._session.post(url + "/v3/watch", json=body, headers=headers, stream=True,
-                                    timeout=(CONNECT_TIMEOUT, timeout)) as response:
-                if any(json.loads(line).get("result", {}).get("events") for line in response.iter_lines()):
-                    return True
+            with self._session.post(url + "/v3/watch", json={"create_request": request}, headers=headers,
+                                    stream=True, timeout=(CONNECT_TIMEOUT, timeout)) as response:
+                for line in response.iter_lines():
+                    result = json.loads(line).get("result", {})
+                    if result.get("compact_revision") and result.get("canceled"):
+                        return None
+                    if result.get("events"):
+                        return result["events"]
         except (requests.RequestException, ValueError):
             pass  # (a stream's read timeout, the usual end, comes as a ConnectionError)
         if time.monotonic() - started < timeout:  # a watch refused or cut short: not straight back
             self.context.sleep(min(RETRY_PAUSE, timeout))
-        return False
+        return []
+
+    def deleted(self, key: bytes, after: int, timeout: float) -> bool:
+        """Whether `key` is deleted after revision `after`, watching for up to `timeout` seconds (see `watch`)."""
+        return bool(self.watch(key, after, timeout, filters=("NOPUT",)))
 
     def _login(self, index: int) -> None:
         assert self._credentials

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from certrenew.errors import CertrenewError
-from certrenew.state.backend import ABSENT, Busy, Conflict, Entry, Fenced, Lease, Unavailable, check_key
+from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Lease, Unavailable, check_key
 from certrenew.system import owned
 from certrenew.system.atomicfile import fsync_directory, remove_stale_temps, write_atomic
 from certrenew.system.runcontext import RunContext
@@ -83,6 +83,8 @@ class FileLease:
 
 class FileBackend:
     """Keys as files under `root` (a state dir)."""
+
+    shared = False
 
     def __init__(self, root: Path, context: RunContext | None = None) -> None:
         """`context`: the run whose cancellation ends a wait for a lock, and whose writes no signal cuts."""
@@ -177,6 +179,13 @@ class FileBackend:
         return True
 
     # Writing.
+
+    def watch(self, prefix: str, after: int, timeout: float) -> Changes:
+        """Every entry under `prefix`, after `timeout` seconds unless `after` is 0: a directory keeps no history
+        to wait on, and a look-up in it costs microseconds (see `Backend.watch`)."""
+        if after:
+            self.context.sleep(timeout)
+        return Changes(1, dict(self.list(prefix)), complete=True)
 
     def write(self, changes: Mapping[str, bytes | None], *, expect: Mapping[str, int] | None = None,
               fence: Lease | None = None) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from certrenew.state.backend import ABSENT, Busy, Conflict, Entry, Fenced, Lease, check_key
+from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Lease, check_key
 from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class MemoryLease:
 
 
 class MemoryBackend:
+    shared = False
     """Keys and versioned values in a dict, guarded by one mutex."""
 
     def __init__(self, context: RunContext | None = None) -> None:
@@ -83,7 +84,16 @@ class MemoryBackend:
                     self._entries.pop(key, None)
                 else:
                     self._entries[key] = Entry(bytes(value), self._revision)
+            self._mutex.notify_all()
             return self._revision
+
+    def watch(self, prefix: str, after: int, timeout: float) -> Changes:
+        """Every entry under `prefix` once anything was written after `after`: no history is kept."""
+        with self._mutex:
+            if not self._mutex.wait_for(lambda: self._revision > after, timeout):
+                return Changes(after, {})
+            return Changes(self._revision, {key: entry for key, entry in self._entries.items()
+                                            if key.startswith(prefix)}, complete=True)
 
     @contextmanager
     def lock(self, key: str, *, ttl: float, wait: float, holder: str) -> Iterator[MemoryLease]:

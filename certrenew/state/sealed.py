@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import ABSENT, Backend, Conflict, Entry, Lease
+from certrenew.state.backend import ABSENT, Backend, Changes, Conflict, Entry, Lease
 from certrenew.system.owned import read_secret
 
 KEY_SIZE = 32
@@ -54,6 +54,7 @@ class SealedBackend:
 
     def __init__(self, inner: Backend, key: bytes, secret: Callable[[str], bool], key_file: Path) -> None:
         self.inner = inner
+        self.shared = inner.shared
         self._aead = AESGCM(key)
         self._secret = secret
         self._key_file = key_file
@@ -105,6 +106,11 @@ class SealedBackend:
         sealed = {key: self.seal(key, value) if value is not None and self._secret(key) else value
                   for key, value in changes.items()}
         return self.inner.write(sealed, expect=expect, fence=fence)
+
+    def watch(self, prefix: str, after: int, timeout: float) -> Changes:
+        changes = self.inner.watch(prefix, after, timeout)
+        return Changes(changes.revision, {key: None if entry is None else self._open(key, entry)
+                                          for key, entry in changes.entries.items()}, changes.complete)
 
     def lock(self, key: str, *, ttl: float, wait: float, holder: str) -> AbstractContextManager[Lease]:
         return self.inner.lock(key, ttl=ttl, wait=wait, holder=holder)

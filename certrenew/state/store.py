@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from certrenew.config import FleetSettings
 from certrenew.config.challenges import TOKEN, check_token
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import Backend, Lease
+from certrenew.state.backend import Backend, Entry, Lease
 from certrenew.state.files import FileBackend
 from certrenew.state.lock import StateLock
 from certrenew.system import owned
@@ -415,6 +415,11 @@ class Store:
 
     # HTTP-01 answers published for another process's responder: challenges/<token>.json.
 
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes use this store too: see `Backend.shared`."""
+        return self.backend.shared
+
     def publish_challenge(self, token: str, domain: str, validation: str) -> None:
         """Make the HTTP-01 key authorization `validation` of `domain` available to every responder
         serving this store, for CHALLENGE_TTL. Needs no lock: each token is an entry of its own."""
@@ -428,9 +433,12 @@ class Store:
         """(domain, key authorization) published for `token` and not expired, or None."""
         if not TOKEN.fullmatch(token):
             return None
-        key = f"{CHALLENGES}/{token}.json"
-        entry = self.backend.get(key)
-        return None if entry is None else decode(entry.value, _challenge, self.backend.where(key))
+        return self.read_challenge(token, self.backend.get(f"{CHALLENGES}/{token}.json"))
+
+    def read_challenge(self, token: str, entry: Entry | None) -> tuple[str, str] | None:
+        """(domain, key authorization) in `entry`, what was published for `token`, unless expired; None for none."""
+        where = self.backend.where(f"{CHALLENGES}/{token}.json")
+        return None if entry is None else decode(entry.value, _challenge, where)
 
     def withdraw_challenge(self, token: str) -> None:
         """Forget what was published for `token`; nothing if it is gone already."""

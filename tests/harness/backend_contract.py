@@ -132,7 +132,32 @@ def close_releases_the_locks_still_held(connect: Connect) -> None:
         pass
 
 
+def a_watch_keeps_a_copy_of_a_prefix_current(connect: Connect) -> None:
+    backend, other = connect(), connect()
+    backend.write({"challenges/a.json": b"A", "certificates/x/meta.json": b"X"})
+    first = backend.watch("challenges/", 0, TTL)  # nothing to watch from: everything, at once
+    assert first.complete and {key: entry.value for key, entry in first.entries.items()} == {"challenges/a.json": b"A"}
+    copy, revision = dict(first.entries), first.revision
+    other.write({"challenges/b.json": b"B"})
+    other.write({"challenges/a.json": None, "certificates/x/meta.json": b"Y"})
+    deadline = time.monotonic() + 10
+    while {key: entry.value for key, entry in copy.items()} != {"challenges/b.json": b"B"}:
+        assert time.monotonic() < deadline, copy
+        changes = backend.watch("challenges/", revision, TTL)
+        if changes.complete:
+            copy = {}
+        for key, entry in changes.entries.items():
+            if entry is None:
+                copy.pop(key, None)
+            else:
+                copy[key] = entry
+        assert all(key.startswith("challenges/") for key in changes.entries)
+        revision = changes.revision
+    quiet = backend.watch("challenges/", revision, TTL)  # nothing changed: nothing new (or the same everything)
+    assert quiet.entries == ({} if not quiet.complete else copy)
+
+
 CONTRACT = [compare_and_put_conflicts, absent_is_create_if_absent, a_write_of_several_keys_is_all_or_nothing,
             list_reads_a_prefix_in_one_call, a_lock_excludes_another_holder_until_released, tokens_only_grow,
             a_fenced_write_after_a_takeover_is_refused, a_lease_kept_alive_outlasts_its_ttl,
-            close_releases_the_locks_still_held]
+            close_releases_the_locks_still_held, a_watch_keeps_a_copy_of_a_prefix_current]

@@ -110,3 +110,28 @@ def test_sd_notify_writes_to_the_notify_socket(tmp_path, monkeypatch):
         assert systemd.recv(100) == b"READY=1"
     monkeypatch.delenv("NOTIFY_SOCKET")
     daemon.notify("READY=1")  # no systemd: nothing, no error
+
+
+def test_a_certificate_locked_by_another_node_is_looked_at_again_when_its_lease_could_end(tmp_path, hangups):
+    subject = make(tmp_path, hangups, reload_command="true")
+    (tmp_path / "ssl").mkdir()
+    other = Store(subject.store.backend, holder="node-2 pid 1")  # another node, on the same store
+    with other.certificate("a", 0):
+        wake = subject.run_pass(responder=None)
+    ttl = datetime.timedelta(seconds=subject.store.ttl)
+    # Still due (no certificate yet), but another node works on it: not in STUCK_PAUSE, once its lease could end.
+    assert ttl - datetime.timedelta(seconds=5) < wake - datetime.datetime.now(datetime.timezone.utc) <= ttl
+    assert subject.held_elsewhere == {"a"}
+
+
+def test_on_a_shared_store_a_pass_leaves_a_locked_certificate_to_its_node_without_waiting(tmp_path, hangups, caplog):
+    subject = make(tmp_path, hangups, reload_command="true")
+    subject.settings = subject.settings.with_options(lock_timeout=1)
+    subject.store.backend.shared = True  # a fleet's store (etcd)
+    (tmp_path / "ssl").mkdir()
+    other = Store(subject.store.backend, holder="node-2 pid 1")
+    with other.certificate("a", 0):
+        subject.run_pass(responder=None)
+    # Not waited for (while holding what it issued, it could wait on a node waiting on it), nor a failure.
+    assert subject.held_elsewhere == {"a"} and subject.telemetry.last_success is True
+    assert not [record for record in caplog.records if "waiting up to" in record.getMessage()]

@@ -76,3 +76,12 @@ def test_a_key_file_holds_32_bytes_in_base64(tmp_path):
     path.chmod(0o644)
     with pytest.raises(UsageError, match="is open to others"):
         read_key_file(path)
+
+
+def test_a_watch_reads_what_changed_in_the_clear():
+    raw = MemoryBackend()
+    first = sealed(raw).watch("certificates/", 0, 0)
+    Store(sealed(raw)).save_pending("a", BUNDLE)
+    changes = sealed(raw).watch("certificates/", first.revision, 1)
+    assert changes.entries["certificates/a/pending.pem"].value == BUNDLE
+    assert KEY not in raw.get("certificates/a/pending.pem").value and sealed(raw).shared is raw.shared is False
