@@ -588,16 +588,22 @@ class Lab:
         return on_fresh_ports(start)
 
     def start_fleet_node(self, index: int, global_lines: Sequence[str] = (),
-                         frontend_lines: Sequence[str] = ()) -> HAProxyNode:
+                         frontend_lines: Sequence[str] = (), responder: str | None = None) -> HAProxyNode:
         """Start node `index` (2, 3...) of a fleet beside the lab's HAProxy (node 1): the shipped config on
         the lab's http and https ports at `fleet_address(index)`, serving the lab's ssl dir, with the lines
-        `with_lines` adds; pebble validates on it for a name `point_name` points there. stop() stops it."""
+        `with_lines` adds; pebble validates on it for a name `point_name` points there. stop() stops it.
+        `responder` (HOST:PORT): the node's own responder (its daemon's), instead of node 1's."""
         if self.tls_alpn:
             raise LabError("a fleet node shares the lab's ports: not with tls_alpn's internal frontend")
+        if responder and self.chroot:
+            raise LabError("a fleet node's own responder is on TCP: not with the lab's unix socket")
         name, address = f"node{index}", fleet_address(index)
         admin_socket, config, log = (self.workdir / f"{name}{suffix}" for suffix in ("-admin.sock", ".cfg", ".log"))
-        config.write_text(with_lines(self._render_haproxy_config(admin_socket, self.http_port, self.https_port,
-                                                                 address), global_lines, frontend_lines))
+        rendered = self._render_haproxy_config(admin_socket, self.http_port, self.https_port, address)
+        if responder:
+            rendered = render_haproxy_config(rendered, [(f"server letsencrypt {self.listen}\n",
+                                                         f"server letsencrypt {responder}\n")])
+        config.write_text(with_lines(rendered, global_lines, frontend_lines))
         check_haproxy_config(config)
         since = log_size(log)
         process = self._spawn(["haproxy", "-W", "-f", str(config)], log)
