@@ -276,17 +276,30 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             for locked, _ in list(held.values()):
                 locked.close()
         solvers_open.callback(let_go)
+        # First without waiting for a lock another process holds: such a certificate is waited for
+        # afterwards, when this run holds no lock (a run that waits while holding one can wait on a run
+        # that waits on it), unless the caller waits for none (a daemon on a shared store).
+        deferred: list[CertificateSpec] = []
+        later = deferred if certificate_wait else None
+        solvers_open.callback(progress.close)
         try:
             results = list(pool.map(lambda item: _attempt_locked(settings, store, now, item[0], steps, progress, held,
-                                                                   certificate_wait),
+                                                                   0, later),
                                     work))
         finally:
-            progress.close()
             # After a signal, workers blocked on the CA are not waited for (see signals).
             pool.shutdown(wait=not context.cancelled, cancel_futures=True)
-        issued = [result for result in results if not isinstance(result, Outcome)]
+        issued = [result for result in results if result is not None and not isinstance(result, Outcome)]
         outcomes.update((result.name, result) for result in results if isinstance(result, Outcome))
         installed = _install(store, now, deployer, _still_held(issued, held, outcomes))
+        for spec in deferred:  # one at a time, each installed before the next is waited for
+            let_go()
+            held.clear()
+            result = _attempt_locked(settings, store, now, spec, steps, progress, held, certificate_wait, None)
+            if isinstance(result, Outcome):
+                outcomes[spec.name] = result
+            else:
+                installed.update(_install(store, now, deployer, _still_held([result], held, outcomes)))
     outcomes.update(installed)
     served = [outcome.served for outcome in installed.values() if outcome.served]
     return hooks.run_deploy(settings.hooks.deploy_hook, served, settings.hooks.hook_timeout)
@@ -309,14 +322,19 @@ def dns01_solver(dns: DnsSettings, context: RunContext | None = None) -> "Dns01S
 
 def _attempt_locked(settings: Settings, store: Store, now: datetime.datetime, spec: CertificateSpec,
                     steps: Mapping[Step, Callable[[CertificateSpec], Any]], progress: Progress,
-                    held: "dict[str, tuple[ExitStack, Lease]]", wait: float):
+                    held: "dict[str, tuple[ExitStack, Lease]]", wait: float,
+                    deferred: "list[CertificateSpec] | None" = None):
     """`_attempt` under the certificate's lock, deciding its step again once the lock is held:
     another process may have done it meanwhile. A certificate issued keeps its lock in `held`
-    until it is installed; any other lets go at once."""
+    until it is installed; any other lets go at once. One whose lock another process holds goes
+    to `deferred` (None returned), if given, to be waited for later."""
     locked = ExitStack()
     try:
         lease = locked.enter_context(store.certificate(spec.name, wait))
     except Busy as busy:  # someone else works on it: theirs to record; this run's failure only if it waited for it
+        if deferred is not None:
+            deferred.append(spec)
+            return None
         result: Any = Outcome(spec.name, Action.FAILED, f"{busy} (--lock-timeout)", held_elsewhere=True) if wait else \
             Outcome(spec.name, Action.UNCHANGED, f"another process works on it: {busy}", held_elsewhere=True)
         progress.advance(spec.name, result.action)

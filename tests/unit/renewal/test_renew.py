@@ -427,3 +427,53 @@ def test_a_certificate_another_process_renewed_while_the_run_waited_for_its_lock
         logging.getLogger("certrenew.state.memory").removeHandler(handler)
     [outcome] = outcomes
     assert outcome.action == "unchanged" and outcome.detail.startswith("not due until"), outcome
+
+
+def test_a_run_waits_for_a_busy_lock_only_once_it_holds_none(settings, monkeypatch):
+    """Another process holds b and, once this run has issued a (whose lock a run keeps until its install),
+    waits for a. Had the run waited for b meanwhile, each would wait out --lock-timeout on the other;
+    it leaves b for after its install of a, then waits for it holding nothing, and renews both."""
+    import threading
+    import time
+
+    from certrenew.renewal.deploy import Issued
+    from certrenew.renewal.issue import Issuer
+    from certrenew.renewal.policy import Action
+
+    store = Store(MemoryBackend())
+    for name in ("a", "b"):
+        store.save_record(issued(name, not_before=NOW - 89 * DAY))  # both due
+    other = Store(store.backend, holder="another run")
+    holds_b, a_issued, other_got_a = threading.Event(), threading.Event(), threading.Event()
+
+    def issue(self, spec):
+        if spec.name == "a":
+            a_issued.set()
+        return Issued(spec, f"BUNDLE {spec.name}".encode(), Action.RENEWED)
+
+    installed: list[list[str]] = []
+
+    def install(store, now, deployer, batch):
+        installed.append([item.spec.name for item in batch])
+        return {item.spec.name: renew.Outcome(item.spec.name, Action.RENEWED, "installed") for item in batch}
+
+    monkeypatch.setattr(Issuer, "issue", issue)
+    monkeypatch.setattr(renew, "_install", install)
+
+    def other_run():
+        with other.certificate("b", wait=0):
+            holds_b.set()
+            assert a_issued.wait(10)
+            with other.certificate("a", wait=10):  # what a run holding b and wanting a does
+                other_got_a.set()
+
+    runner = threading.Thread(target=other_run)
+    runner.start()
+    assert holds_b.wait(10)
+    started = time.monotonic()
+    report = renew.run(settings.with_options(lock_timeout=10, self_check=False, concurrency=2), [spec("a"), spec("b")],
+                       store)
+    runner.join(10)
+    assert other_got_a.is_set() and time.monotonic() - started < 5, "the run and the other waited on each other"
+    assert [(outcome.name, outcome.action) for outcome in report] == [("a", "renewed"), ("b", "renewed")]
+    assert installed == [["a"], ["b"]]  # b waited for, and installed, after a's install let a go
