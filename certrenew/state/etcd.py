@@ -268,7 +268,7 @@ class EtcdBackend:
             self._client.call("/v3/kv/range", {"key": b64(start), "range_end": b64(_range_end(start)), "limit": 1,
                                                "keys_only": True})
         except ConfigurationError as error:
-            raise UsageError(str(error)) from None
+            raise UsageError(str(error)) from error
 
     def where(self, key: str) -> str:
         return f"etcd://{','.join(self._client.endpoints)}/{self._data_key(key).decode()}"

@@ -138,11 +138,11 @@ class EtcdClient:
             answer = response.json() if response.content else {}
         except requests.exceptions.SSLError as error:
             if "certificate" not in str(error).lower():  # a handshake cut short: try the next endpoint
-                raise _Failed(_reason(error)) from None
+                raise _Failed(_reason(error)) from error
             raise ConfigurationError(f"TLS with etcd at {self.endpoints[index]} failed: {_reason(error)} (check the CA "
                           "bundle and the client certificate and key)") from error
         except (requests.RequestException, ValueError) as error:
-            raise _Failed(_reason(error)) from None
+            raise _Failed(_reason(error)) from error
         if "error" not in answer and response.ok:
             return answer.get("result", answer)  # a stream (keepalive) wraps its one answer
         code, message = answer.get("code"), answer.get("message") or answer.get("error") or response.reason

@@ -273,14 +273,14 @@ class FileBackend:
                        for key, value in journal.items()}
         except (ValueError, AttributeError) as error:
             raise Unavailable(f"cannot replay {self.root / JOURNAL}: {error}; a write was cut short there, "
-                              "move it away once you have looked at it") from None
+                              "move it away once you have looked at it") from error
         log.warning("completing a write a crash cut short (%s)", self.root / JOURNAL)
         try:
             self._prepare([path for path, value in changes.items() if value is not None])
             self._apply(changes)
         except CertrenewError as error:
             raise Unavailable(f"cannot complete the write a crash cut short ({self.root / JOURNAL}): {error}; "
-                              "no write is made until it is (fix the cause, or move the journal away)") from None
+                              "no write is made until it is (fix the cause, or move the journal away)") from error
         _unlink(self.root / JOURNAL)
 
     # Locks.
@@ -419,7 +419,7 @@ def _open(path: Path) -> int:
         return owned.open_file(path, os.O_RDWR | os.O_CREAT)
     except OSError as error:
         raise Unavailable(f"cannot open {path}: {error.strerror} (the state dir must be writable by the user "
-                          "certrenew runs as)") from None
+                          "certrenew runs as)") from error
 
 
 def _read(path: str | Path) -> Entry | None:
@@ -433,7 +433,7 @@ def _read(path: str | Path) -> Entry | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:
-        raise Unavailable(f"cannot read {path}: {error.strerror}") from None
+        raise Unavailable(f"cannot read {path}: {error.strerror}") from error
     try:
         status = os.fstat(fd)
         chunks = []
@@ -452,5 +452,5 @@ def _unlink(path: Path) -> bool:
         return False
     except OSError as error:
         if error.errno == errno.EISDIR:
-            raise CertrenewError(f"cannot remove {path}: it is a directory") from None
+            raise CertrenewError(f"cannot remove {path}: it is a directory") from error
         raise

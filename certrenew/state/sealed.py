@@ -70,9 +70,9 @@ class SealedBackend:
         try:
             sealed = base64.b64decode(value[len(MAGIC):], validate=False)
             return self._aead.decrypt(sealed[:NONCE], sealed[NONCE:], key.encode())
-        except (InvalidTag, binascii.Error, ValueError):
+        except (InvalidTag, binascii.Error, ValueError) as cause:
             raise UsageError(f"{self.inner.where(key)} does not decrypt with the store key file {self._key_file}: "
-                             "give this node the fleet's key file (--store-key-file)") from None
+                             "give this node the fleet's key file (--store-key-file)") from cause
 
     def check_key(self) -> None:
         """Refuse a key file that is not the one this store's keys are sealed with (UsageError);
@@ -87,9 +87,9 @@ class SealedBackend:
                 assert entry is not None
         try:
             self.unseal(CHECK_KEY, entry.value)
-        except CertrenewError:
+        except CertrenewError as cause:
             raise UsageError(f"the store key file {self._key_file} is not the key this store's private keys are "
-                             "encrypted with: give this node the same key file as the rest of the fleet") from None
+                             "encrypted with: give this node the same key file as the rest of the fleet") from cause
 
     def _open(self, key: str, entry: Entry) -> Entry:
         return Entry(self.unseal(key, entry.value), entry.version) if self._secret(key) else entry

@@ -215,7 +215,7 @@ def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, not {type(data).__name__}")
     except ValueError as error:
-        raise CertrenewError(f"corrupt state file {where}: {error}") from None
+        raise CertrenewError(f"corrupt state file {where}: {error}") from error
     version = data.get("version", VERSION)
     if version != VERSION:
         raise CertrenewError(f"state file {where} has format version {version!r}; this certrenew reads "
@@ -223,9 +223,9 @@ def decode(raw: bytes, parse: Callable[[dict], T], where: str) -> T:
     try:
         return parse(data)
     except KeyError as error:
-        raise CertrenewError(f"corrupt state file {where}: {error} is missing") from None
+        raise CertrenewError(f"corrupt state file {where}: {error} is missing") from error
     except (ValueError, TypeError, AttributeError) as error:
-        raise CertrenewError(f"corrupt state file {where}: {error}") from None
+        raise CertrenewError(f"corrupt state file {where}: {error}") from error
 
 
 def _text(key: str, value: Any) -> str:
@@ -344,7 +344,7 @@ class Store:
         try:
             return self._load_json(name, "meta.json", functools.partial(CertificateRecord.from_json, name=name))
         except CertrenewError as error:
-            raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from None
+            raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from error
 
     def save_record(self, record: CertificateRecord) -> None:
         self._write(record.name, {_key(record.name, "meta.json"): encode(record.to_json())})

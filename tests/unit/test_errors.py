@@ -49,3 +49,15 @@ def test_causes_follow_the_chain_and_stop_where_it_was_cut():
         raise errors.UsageError("bad") from None
     except errors.UsageError as error:
         assert errors.causes(error) == []
+
+
+def test_no_raise_drops_its_cause():
+    """`raise ... from None` hides what `-v` shows as the error's causes; the package keeps them."""
+    import ast
+    from pathlib import Path
+
+    package = Path(certrenew.__file__).parent
+    dropped = [f"{path.relative_to(package)}:{node.lineno}" for path in sorted(package.rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Raise) and isinstance(node.cause, ast.Constant) and node.cause.value is None]
+    assert not dropped, dropped
