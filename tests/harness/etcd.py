@@ -79,6 +79,15 @@ class EtcdCluster:
             raise LabError(f"etcdctl {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
 
+    def enable_auth(self, prefix: str, user: str = "node", password: str = "nodepw") -> None:
+        """Auth on, as docs/fleet.md sets it up: a root user, and `user` whose role may read and write `prefix` only."""
+        self.etcdctl("user", "add", "root:rootpw")
+        self.etcdctl("role", "add", "certrenew")
+        self.etcdctl("role", "grant-permission", "certrenew", "--prefix=true", "readwrite", prefix)
+        self.etcdctl("user", "add", f"{user}:{password}")
+        self.etcdctl("user", "grant-role", user, "certrenew")
+        self.etcdctl("auth", "enable")
+
     def start(self) -> EtcdCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         for i in range(self.size):

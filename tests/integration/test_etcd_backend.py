@@ -300,12 +300,7 @@ def secured(tmp_path_factory):
     """One member with auth on: user `node` may read and write `fleet/` only; tokens last 1 s."""
     with EtcdCluster(tmp_path_factory.mktemp("etcd-auth"), size=1,
                      extra=("--auth-token", "simple", "--auth-token-ttl", "1")) as running:
-        running.etcdctl("user", "add", "root:rootpw")
-        running.etcdctl("role", "add", "certrenew")
-        running.etcdctl("role", "grant-permission", "certrenew", "--prefix=true", "readwrite", "fleet/")
-        running.etcdctl("user", "add", "node:nodepw")
-        running.etcdctl("user", "grant-role", "node", "certrenew")
-        running.etcdctl("auth", "enable")
+        running.enable_auth("fleet/")
         yield running
 
 

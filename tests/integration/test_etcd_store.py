@@ -25,12 +25,7 @@ def cluster(tmp_path_factory):
 def secured(tmp_path_factory):
     """One member with auth on: user `node` may read and write `fleet/` only."""
     with EtcdCluster(tmp_path_factory.mktemp("etcd-auth"), size=1) as running:
-        running.etcdctl("user", "add", "root:rootpw")
-        running.etcdctl("role", "add", "certrenew")
-        running.etcdctl("role", "grant-permission", "certrenew", "--prefix=true", "readwrite", "fleet/")
-        running.etcdctl("user", "add", "node:nodepw")
-        running.etcdctl("user", "grant-role", "node", "certrenew")
-        running.etcdctl("auth", "enable")
+        running.enable_auth("fleet/")
         yield running
 
 
