@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 import trustme
@@ -143,6 +143,18 @@ def check_haproxy_config(path: Path) -> None:
     )
     if result.returncode != 0 or "deprecated" in result.stdout + result.stderr:
         raise LabError(f"haproxy -c rejected {path}:\n{result.stdout}{result.stderr}")
+
+
+def poll(what: str, ready: Callable[[], Any], timeout: float = 60.0, interval: float = POLL_INTERVAL) -> Any:
+    """What `ready` returns once it is truthy, asked every `interval` seconds; AssertionError naming `what`
+    if it is not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = ready()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 def wait_until(what: str, ready: Callable[[], bool], process: subprocess.Popen, log: Path, since: int = 0) -> None:

@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from certrenew.system.atomicfile import TEMP_PREFIX
 from certrenew.system.limits import MAX_CONFIG
 from tests.harness.container import as_image_user, read_image
 from tests.harness.lab import Lab, closed_by_peer, free_ports, tcp_accepts, terminate
+from tests.harness.lab import poll as lab_poll
 from tests.harness.unfit import COMPLAINTS, UNFIT, place
 
 ONE = '[[certificate]]\nname = "alpha"\ndomains = ["alpha.example", "www.alpha.example"]\n'
@@ -36,14 +38,7 @@ def serial_of(lab, name):
     return leaf_info(path.read_bytes()).serial if path.exists() else None
 
 
-def poll(what, ready, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = ready()
-        if result:
-            return result
-        time.sleep(POLL)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+poll = functools.partial(lab_poll, interval=POLL)
 
 
 class Daemon:

@@ -10,11 +10,11 @@ issue 23's part). Each test works under its own prefix, so the module shares one
 import base64
 import collections
 import contextlib
+import functools
 import os
 import re
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -27,6 +27,7 @@ from certrenew.state.store import Store
 from tests.harness.etcd import EtcdCluster
 from tests.harness.faultproxy import FaultProxy, step
 from tests.harness.lab import fleet_address, terminate
+from tests.harness.lab import poll as lab_poll
 
 pytestmark = pytest.mark.pebble_env({"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
                                      "PEBBLE_AUTHZREUSE": "0"})
@@ -42,14 +43,7 @@ def cluster(tmp_path_factory):
         yield running
 
 
-def poll(what, ready, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = ready()
-        if result:
-            return result
-        time.sleep(POLL)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+poll = functools.partial(lab_poll, timeout=WAIT, interval=POLL)
 
 
 def node_env(lab, cluster, prefix: str, index: int, tmp_path, **extra: str) -> dict[str, str]:
