@@ -113,6 +113,8 @@ class EtcdBackend:
         self._page = page
         self._held: set[EtcdLease] = set()
         self._mutex = threading.Lock()
+        self._listed: dict[tuple[str, str], dict[str, Entry]] = {}
+        """The entries of the last `list` of each prefix and suffix (see `list`)."""
 
     def _data_key(self, key: str) -> bytes:
         return f"{self.prefix}/data/{key}".encode()
@@ -130,12 +132,17 @@ class EtcdBackend:
 
     def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
         """A keys-only range read, then, with a `suffix`, the values of those keys alone, MAX_OPS to a
-        transaction, all at that read's revision: one snapshot either way."""
+        transaction, all at that read's revision: one snapshot either way. The values of the last such
+        list are kept, and only the keys written since are read again: a value at a version never changes,
+        and the daemon's /metrics lists every record at each scrape (10,000: one keys-only read, not 80 more)."""
         if not suffix:
             return self._snapshot(prefix)[1]
         revision, keys = self._snapshot(prefix, keys_only=True)
-        wanted = [key for key in keys if key.endswith(suffix)]
-        found: dict[str, Entry] = {}
+        with self._mutex:
+            known = {key: entry for key, entry in self._listed.get((prefix, suffix), {}).items()
+                     if key in keys and keys[key].version == entry.version}
+        wanted = [key for key, entry in keys.items() if key.endswith(suffix) and key not in known]
+        found = dict(known)
         for start in range(0, len(wanted), MAX_OPS):
             reads = [{"request_range": {"key": b64(self._data_key(key)), "revision": str(revision)}}
                      for key in wanted[start:start + MAX_OPS]]
@@ -143,6 +150,8 @@ class EtcdBackend:
                                      self._client.call("/v3/kv/txn", {"success": reads})["responses"]):
                 for kv in response["response_range"].get("kvs") or []:
                     found[key] = Entry(unb64(kv.get("value")), int(kv["mod_revision"]))
+        with self._mutex:
+            self._listed[(prefix, suffix)] = found
         return found
 
     def _snapshot(self, prefix: str, keys_only: bool = False) -> tuple[int, dict[str, Entry]]:

@@ -96,6 +96,26 @@ def test_a_list_reads_page_after_page_and_never_shows_locks(cluster, prefix):
     assert listed["many/13"].value == b"13"
 
 
+def test_records_are_listed_without_their_bundles_and_read_again_only_once_written(cluster, prefix):
+    with Gateway(cluster.endpoints[0]) as gateway:
+        backend = EtcdBackend(EtcdClient([gateway.endpoint]), prefix, page=100)
+        for start in range(0, 300, 50):
+            backend.write({f"certificates/c{i:03}/{file}": f"{file} {i}".encode()
+                           for i in range(start, start + 50) for file in ("meta.json", "current.pem")})
+        gateway.calls.clear()
+        first = backend.list("certificates/", "/meta.json")
+        assert dict(gateway.calls) == {"/v3/kv/range": 6, "/v3/kv/txn": 3}  # 600 keys by 100; 300 values by 128
+        backend.write({"certificates/c007/meta.json": b"rewritten"})
+        backend.write({"certificates/c299/meta.json": None})
+        gateway.calls.clear()
+        again = backend.list("certificates/", "/meta.json")
+        assert dict(gateway.calls) == {"/v3/kv/range": 6, "/v3/kv/txn": 1}  # the one written since, alone
+    assert sorted(first) == [f"certificates/c{i:03}/meta.json" for i in range(300)]
+    assert first["certificates/c150/meta.json"].value == b"meta.json 150"
+    assert again == from_url(cluster.url(prefix)).list("certificates/", "/meta.json")  # as a fresh read sees it
+    assert again["certificates/c007/meta.json"].value == b"rewritten" and "certificates/c299/meta.json" not in again
+
+
 def test_the_lock_excludes_other_threads_and_each_token_is_larger(backend):
     inside, overlaps, tokens = [0], [], []
 
