@@ -242,6 +242,7 @@ def test_a_signal_ends_wait_ready_at_once(bind):
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.haproxy
 def test_pebble_resolves_through_bind(bind, tmp_path):
     """A Lab pointed at BIND: pebble finds www.example.test by BIND's wildcard, and nothing BIND does not serve."""
     from tests.harness.lab import Lab
