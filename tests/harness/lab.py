@@ -43,6 +43,8 @@ LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.1
+START_POLL = 0.01
+"""Seconds between looks at a process starting: a lab starts for every integration test, twice a suite."""
 PORT_ATTEMPTS = 3
 """How many sets of fresh ports the lab tries when another process took one between
 `free_ports` and the bind: a race, not a fault of the lab's processes."""
@@ -170,7 +172,7 @@ def wait_until(what: str, ready: Callable[[], bool], process: subprocess.Popen, 
             raise error(f"{what}: process exited with {process.returncode}\n{log_tail(log)}")
         if ready():
             return
-        time.sleep(POLL_INTERVAL)
+        time.sleep(START_POLL)
     raise LabError(f"{what}: not ready after {START_TIMEOUT:.0f}s\n{log_tail(log)}")
 
 
