@@ -93,6 +93,7 @@ def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
     either, though its certificates still are: it cannot renew them. Nor is a node of a `fleet` that lags
     the store by more than its reconcile interval (`Fleet.health`); the silent nodes are named, whichever.
     """
+    lag = fleet.health(rows) if fleet is not None and fleet.on else None  # every certificate: each node serves all
     rows = _managed(rows)
     unhealthy = [row.name for row in rows if row.state != HEALTHY]
     ok = bool(rows) and not unhealthy
@@ -102,7 +103,6 @@ def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
         document["healthy"] = ok = ok and failing < MAX_FAILING_PASSES
         document["failing_passes"] = failing
     if fleet is not None and fleet.on:
-        lag = fleet.health(rows)
         document["healthy"] = ok = ok and lag is None
         document.update(node=fleet.node, lag=lag,
                         silent_nodes=[report.node for report in fleet.reports if report.stale(fleet.now)])

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from certrenew.cli import fleetview, metrics
 from certrenew.cli.status import collect
-from certrenew.config import Settings
+from certrenew.config import CertificateSpec, Settings
 from certrenew.state.memory import MemoryBackend
 from certrenew.state.nodes import Behind, NodeReport, publish
 from certrenew.state.sealed import SealedBackend
@@ -158,6 +158,10 @@ def test_healthz_is_503_naming_why_on_a_node_that_lags_beyond_its_interval(fleet
     ok, document = metrics.health(rows, None, fleetview.read(fleet_store, "node3", now=later))
     assert not ok and document["lag"].startswith("node node3 has not applied b.example and has not reconciled for 930 s")
     assert metrics.health(rows, None, fleetview.read(fleet_store, "node1", now=later))[0]  # nothing to apply
+    config = [CertificateSpec("a.example", ("a.example",))]  # b is in the store alone: node3 must serve it too
+    ok, document = metrics.health(collect(SETTINGS, config, fleet_store, now=later), None,
+                                  fleetview.read(fleet_store, "node3", now=later))
+    assert not ok and document["certificates"] == 1 and "has not applied b.example" in document["lag"]
 
 
 def test_the_daemons_server_answers_healthz_and_metrics_for_its_node(fleet_store):
