@@ -16,7 +16,7 @@ import trustme
 from certrenew.errors import CertrenewError, ConfigurationError, Interrupted, UsageError
 from certrenew.state.backend import ABSENT, Busy, Conflict, Fenced, Unavailable
 from certrenew.state.etcd import EtcdBackend, from_url
-from certrenew.state.etcd_client import EtcdClient, Tls
+from certrenew.state.etcd_client import EtcdClient, Tls, b64
 from certrenew.system.runcontext import RunContext
 from tests.harness.backend_contract import CONTRACT
 from tests.harness.etcd import EtcdCluster, Gateway
@@ -114,6 +114,18 @@ def test_records_are_listed_without_their_bundles_and_read_again_only_once_writt
     assert first["certificates/c150/meta.json"].value == b"meta.json 150"
     assert again == from_url(cluster.url(prefix)).list("certificates/", "/meta.json")  # as a fresh read sees it
     assert again["certificates/c007/meta.json"].value == b"rewritten" and "certificates/c299/meta.json" not in again
+
+
+def test_a_lock_an_older_certrenew_holds_is_named_by_its_holder_alone(backend):
+    """Before `locks`, a lock key held the holder's name as plain text, not JSON with the time it was taken."""
+    lease = backend._client.call("/v3/lease/grant", {"TTL": 30})["ID"]
+    backend._client.call("/v3/kv/put", {"key": b64(backend._lock_key("certificates/old")),
+                                        "value": b64("certrenew on web9 (pid 42)"), "lease": lease})
+    (holder,) = backend.locks("certificates/").values()
+    assert (holder.holder, holder.since) == ("certrenew on web9 (pid 42)", None) and 0 < holder.left <= 30
+    with pytest.raises(Busy, match=r"^certrenew on web9 \(pid 42\) holds the lock on certificates/old"):
+        with backend.lock("certificates/old", ttl=TTL, wait=0, holder="new"):
+            pass
 
 
 def test_the_lock_excludes_other_threads_and_each_token_is_larger(backend):
