@@ -269,7 +269,7 @@ class Store:
 
     def __init__(self, backend: Backend, holder: str | None = None, ttl: float = LEASE_TTL) -> None:
         self.backend = backend
-        self.holder = holder or f"certrenew on {socket.gethostname()} (pid {os.getpid()})"
+        self.holder = holder or HOLDER.format(node=socket.gethostname(), pid=os.getpid())
         """Who holds a lock of this store, as a waiter names it."""
         self.ttl = ttl
         self._leases: dict[str, Lease] = {}
