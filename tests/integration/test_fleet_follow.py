@@ -1,0 +1,237 @@
+"""Every node serves what the fleet issued (issue 23's "Must hold"): a real 3-member etcd cluster, real pebble,
+three real HAProxy nodes (the lab's on 127.0.0.1, nodes 2 and 3 on 127.0.0.2 and .3, each with its own ssl dir
+and Runtime API), the real `certrenew daemon` on each. What each node serves is asked of it by a TLS client
+with SNI; what the fleet holds is the record in etcd. Each test works under its own prefix, so the module
+shares one cluster. Validations land on node 1, whose daemon answers what any node published (shared tokens).
+"""
+
+import contextlib
+import json
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+from certrenew.pki.placeholder import PLACEHOLDER_FILE
+from certrenew.state.etcd import from_url
+from certrenew.state.store import Store
+from tests.harness.etcd import EtcdCluster
+from tests.harness.lab import Lab, check_haproxy_config, fleet_address, free_ports, log_size, parse_serial, terminate
+from tests.integration.test_fleet import config, node_env, poll
+
+PEBBLE = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
+pytestmark = pytest.mark.pebble_env(PEBBLE)
+VALIDITY = 30
+"""Seconds pebble's certificates live in the renewal tests: each is renewed about every 15 s."""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
+        yield running
+
+
+class Fleet:
+    """Three nodes on one prefix of `cluster`: node 1 is the lab's HAProxy, nodes 2 and 3 are started here."""
+
+    def __init__(self, lab, cluster, tmp_path, names) -> None:
+        self.lab, self.cluster, self.tmp_path, self.names = lab, cluster, tmp_path, names
+        self.prefix = f"w-{uuid.uuid4().hex[:8]}"
+        self.config = config(tmp_path, names)
+        self.store = Store(from_url(cluster.url(self.prefix)))
+        self.daemons: dict[int, subprocess.Popen] = {}
+        self.metrics = dict(zip((1, 2, 3), free_ports(3)))
+        self.env = {}
+        for index in (1, 2, 3):
+            env = node_env(lab, cluster, self.prefix, index, tmp_path, CERTRENEW_LOCK_TTL="3",
+                           CERTRENEW_METRICS_LISTEN=f"127.0.0.1:{self.metrics[index]}")
+            if index == 1:
+                env["CERTRENEW_HAPROXY_SOCKET"] = str(lab.admin_socket)
+            else:
+                node = lab.start_fleet_node(index, responder=env["CERTRENEW_LISTEN"], ssl_dir=self.ssl_dir(index))
+                env.update({"CERTRENEW_HAPROXY_SOCKET": str(node.admin_socket),
+                            "CERTRENEW_RELOAD_COMMAND": f"kill -USR2 {node.process.pid}"})
+            self.env[index] = env
+
+    def ssl_dir(self, index: int):
+        return self.lab.ssl_dir if index == 1 else self.tmp_path / f"ssl{index}"
+
+    def log(self, index: int):
+        return self.tmp_path / f"daemon{index}.log"
+
+    def start(self, *indexes: int) -> None:
+        for index in indexes:
+            with open(self.log(index), "a") as out:
+                self.daemons[index] = self.lab.start_certrenew("daemon", "--config", self.config, "--verbose",
+                                                               env=self.env[index], stdout=out,
+                                                               stderr=subprocess.STDOUT)
+
+    def alive(self, index: int) -> bool:
+        assert self.daemons[index].poll() is None, self.log(index).read_text()[-3000:]
+        return True
+
+    def stored(self, name: str) -> int | None:
+        """The serial the fleet's record holds for `name`."""
+        record = self.store.load_record(name)
+        return parse_serial(record.serial) if record and record.serial else None
+
+    def served(self, index: int, name: str) -> int | None:
+        """The serial node `index` serves for SNI `name` (its default certificate's if none is `name`'s)."""
+        try:
+            return self.lab.served_certificate_unverified(name, address=fleet_address(index)).serial_number
+        except OSError:
+            return None
+
+    def everywhere(self, names=None) -> dict[str, int] | None:
+        """{name: serial} once every node serves the store's serial of every name in `names`, else None."""
+        serials = {}
+        for name in names or self.names:
+            serial = self.stored(name)
+            if serial is None or any(self.served(index, name) != serial for index in (1, 2, 3)):
+                return None
+            serials[name] = serial
+        return serials
+
+    def health(self, index: int) -> requests.Response:
+        return requests.get(f"http://127.0.0.1:{self.metrics[index]}/healthz", timeout=5)
+
+    def close(self) -> None:
+        for daemon in self.daemons.values():
+            daemon.send_signal(signal.SIGCONT)
+            terminate(daemon)
+        self.store.backend.close()
+
+
+@contextlib.contextmanager
+def fleet(lab, cluster, tmp_path, names):
+    running = Fleet(lab, cluster, tmp_path, names)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@contextlib.contextmanager
+def short_lived_lab(tmp_path):
+    with Lab(tmp_path / "lab", pebble_env=PEBBLE, certificate_validity=VALIDITY) as lab:
+        yield lab
+
+
+def test_three_daemons_on_20_certificates_serve_each_with_the_same_serial_on_every_node(lab, cluster, tmp_path):
+    names = [f"e{index}.fleet.test" for index in range(20)]
+    with fleet(lab, cluster, tmp_path, names) as nodes:
+        nodes.start(1, 2, 3)
+        serials = poll("all 20 served by every node", lambda: all(map(nodes.alive, (1, 2, 3))) and nodes.everywhere())
+        logs = [nodes.log(index).read_text() for index in (1, 2, 3)]
+    assert len(serials) == 20 and len(set(serials.values())) == 20
+    # Each certificate was issued by one node, and given to the others by the store.
+    issued = [sum(f"{name}: issued" in log for name in names) for log in logs]
+    assert sum(issued) == 20, issued
+    assert all("served as the store holds it" in log for log, count in zip(logs, issued) if count < 20)
+
+
+def test_a_renewal_is_served_by_all_three_nodes(cluster, tmp_path):
+    name = "renewed.fleet.test"
+    with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
+        nodes.start(1, 2, 3)
+        first = poll("the first certificate served everywhere", lambda: all(map(nodes.alive, (1, 2, 3)))
+                     and nodes.everywhere())[name]
+        renewed = poll("a renewal in the store", lambda: (serial := nodes.stored(name)) != first and serial,
+                       interval=0.01)
+        committed = time.monotonic()
+        poll("the renewal served by every node",
+             lambda: all(nodes.served(index, name) == renewed for index in (1, 2, 3)), interval=0.01)
+        lag = time.monotonic() - committed
+    print(f"\nrenewal: from the store's record (seen by the test) to the last node serving it: {lag * 1000:.0f} ms")
+
+
+def test_a_restarted_node_serves_the_renewal_it_missed_before_it_says_it_is_healthy(cluster, tmp_path):
+    name = "restarted.fleet.test"
+    with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
+        nodes.start(1, 2, 3)
+        old = poll("the first certificate served everywhere", lambda: all(map(nodes.alive, (1, 2, 3)))
+                   and nodes.everywhere())[name]
+        terminate(nodes.daemons[2])
+        old = nodes.served(2, name)
+        poll("a renewal while node 2 is down", lambda: nodes.stored(name) not in (None, old))
+        assert nodes.served(2, name) == old  # nobody else installs into node 2
+        answers: list[tuple[int, int | None]] = []
+        stop = threading.Event()
+
+        def watch_health() -> None:
+            """Every /healthz answer, and for each 200 what node 2 serves right after it."""
+            while not stop.is_set():
+                try:
+                    code = nodes.health(2).status_code
+                except requests.RequestException:
+                    code = 0
+                answers.append((code, nodes.served(2, name) if code == 200 else None))
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch_health)
+        watcher.start()
+        try:
+            nodes.start(2)
+            poll("node 2 healthy again", lambda: nodes.alive(2) and any(code == 200 for code, _ in answers))
+        finally:
+            stop.set()
+            watcher.join()
+        log = nodes.log(2).read_text()
+    healthy = [serial for code, serial in answers if code == 200]
+    assert old not in healthy, answers  # never healthy while still serving the certificate it missed
+    assert any(code == 503 for code, _ in answers), answers  # it was seen catching up
+    assert "caught up with the store" in log
+
+
+def test_a_node_that_lost_its_watch_events_to_a_compaction_resyncs_and_serves_the_current_serial(cluster, tmp_path):
+    name = "compacted.fleet.test"
+    with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
+        nodes.start(1, 2, 3)
+        old = poll("the first certificate served everywhere", lambda: all(map(nodes.alive, (1, 2, 3)))
+                   and nodes.everywhere())[name]
+        nodes.daemons[3].send_signal(signal.SIGSTOP)
+        try:
+            old = nodes.served(3, name)  # its own, if it was the one that renewed
+            renewed = poll("a renewal while node 3 is paused", lambda: nodes.stored(name) not in (None, old)
+                           and nodes.served(2, name) == nodes.stored(name) and nodes.stored(name))
+            revision = json.loads(cluster.etcdctl("put", f"{nodes.prefix}/compact-marker", "x", "-w", "json"))
+            revision = int(revision["header"]["revision"])
+            cluster.etcdctl("compact", str(revision))
+            assert nodes.served(3, name) == old
+            since = log_size(nodes.log(3))
+        finally:
+            nodes.daemons[3].send_signal(signal.SIGCONT)
+        poll("node 3 serving the current certificate", lambda: nodes.alive(3) and nodes.served(3, name) not in (None, old)
+             and nodes.served(3, name) == nodes.stored(name))
+        after = nodes.log(3).read_text()[since:]
+    assert "following the store afresh" in after, after[-3000:]  # it resynced: the events it missed were gone
+    assert renewed != old
+
+
+def test_revoke_delete_on_one_node_removes_the_certificate_from_every_node_and_each_haproxy_can_start(
+        lab, cluster, tmp_path):
+    name = "deleted.fleet.test"
+    with fleet(lab, cluster, tmp_path, [name]) as nodes:
+        one_shot = {**nodes.env[1], "CERTRENEW_METRICS_LISTEN": None}
+        issued = lab.certrenew("run", "--config", nodes.config, env=one_shot)
+        assert issued.returncode == 0, issued.stderr
+        nodes.start(2, 3)  # after the issue: a daemon's pass would order the name again once it is deleted
+        serial = poll("served by every node", lambda: all(map(nodes.alive, (2, 3))) and nodes.everywhere())[name]
+        for index in (1, 2, 3):  # it is the last bundle of every ssl dir: HAProxy keeps the placeholder in memory
+            (nodes.ssl_dir(index) / PLACEHOLDER_FILE).unlink()
+        result = lab.certrenew("revoke", name, "--yes", "--delete", env={**one_shot, "CERTRENEW_CONFIG": None})
+        assert result.returncode == 0, result.stdout + result.stderr
+        poll("no node serving it", lambda: all(map(nodes.alive, (2, 3)))
+             and all(nodes.served(index, name) != serial for index in (1, 2, 3)))
+        poll("its bundle gone from every ssl dir", lambda: not any((nodes.ssl_dir(index) / f"{name}.pem").exists()
+                                                                   for index in (1, 2, 3)))
+        for index in (1, 2, 3):
+            assert (nodes.ssl_dir(index) / PLACEHOLDER_FILE).exists()
+        for config_file in (lab.haproxy_cfg, lab.workdir / "node2.cfg", lab.workdir / "node3.cfg"):
+            check_haproxy_config(config_file)  # each HAProxy could start on what its ssl dir holds
+        logs = [nodes.log(index).read_text() for index in (2, 3)]
+    assert all(f"{name}: serial" in log and "removed, as the fleet's store did" in log for log in logs), logs
