@@ -15,11 +15,13 @@ from certrenew.config import HaproxySettings
 from certrenew.pki.bundle import build_bundle, leaf_info
 from certrenew.pki.keys import generate_key, key_to_pem
 from certrenew.pki.placeholder import PLACEHOLDER_FILE
+from certrenew.renewal import follow
 from certrenew.renewal.follow import Follower
 from certrenew.state.backend import Changes, Entry
 from certrenew.state.memory import MemoryBackend
 from certrenew.state.nodes import reports
 from certrenew.state.store import Store
+from tests.harness.lab import poll
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -149,3 +151,14 @@ def test_a_daemon_catching_up_is_not_healthy_whatever_its_certificates_say():
     assert metrics.health(rows, metrics.Telemetry(pass_errors=0))[0]
     ok, document = metrics.health(rows, metrics.Telemetry(pass_errors=0, catching_up=True))
     assert not ok and document["catching_up"] is True and not document["healthy"]
+
+
+def test_an_event_the_watch_missed_is_made_good_by_the_next_reconcile(node, monkeypatch):
+    monkeypatch.setattr(follow, "WATCH", 0.01)  # each watch comes back at once with nothing new
+    content = bundle("a.example")
+    node.revision = promote(node.store, "a.example", content)  # as if applied: its event was lost
+    node.reconcile_interval = 0.05
+    with node:
+        poll("the reconcile installing what the watch never brought", lambda: served(node, "a.example") == content,
+             timeout=30)
+    assert the_report(node).behind == {}
