@@ -201,6 +201,8 @@ class Daemon:
                 log.warning("SIGHUP: %s changed; restart the daemon to apply it", name)
         self.settings = settings.with_options(**{name: self.settings.option(name) for name in FIXED_AT_START})
         self.specs = specs
+        if self.follower is not None:
+            self.follower.configure(self.settings.haproxy, self.settings.daemon.reconcile_interval.total_seconds())
         log.info("SIGHUP: config re-read, %d certificate(s)", len(specs))
 
 

@@ -58,6 +58,12 @@ class Follower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="certrenew-follow", daemon=True)
 
+    def configure(self, haproxy: HaproxySettings, reconcile_interval: float) -> None:
+        """Install with `haproxy` from the next batch on, and reconcile every `reconcile_interval` (a SIGHUP)."""
+        with self.installing:
+            self.installer = installer(haproxy, (), self.context)
+            self.reconcile_interval = reconcile_interval
+
     def __enter__(self) -> "Follower":
         self._thread.start()
         return self

@@ -9,9 +9,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from certrenew.cli import metrics
+from certrenew.cli import daemon, metrics
 from certrenew.cli.status import CertificateStatus, State
-from certrenew.config import HaproxySettings
+from certrenew.config import CertificateSpec, HaproxySettings, Settings
 from certrenew.pki.bundle import build_bundle, leaf_info
 from certrenew.pki.keys import generate_key, key_to_pem
 from certrenew.pki.placeholder import PLACEHOLDER_FILE
@@ -21,10 +21,17 @@ from certrenew.state.backend import Changes, Entry
 from certrenew.state.memory import MemoryBackend
 from certrenew.state.nodes import reports
 from certrenew.state.store import Store
+from certrenew.system import signals
 from tests.harness.lab import poll
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
+
+
+@pytest.fixture
+def hangups():
+    with signals.Hangups() as installed:
+        yield installed
 
 
 def bundle(name: str, issued: datetime.datetime = NOW, key=None) -> bytes:
@@ -162,3 +169,17 @@ def test_an_event_the_watch_missed_is_made_good_by_the_next_reconcile(node, monk
         poll("the reconcile installing what the watch never brought", lambda: served(node, "a.example") == content,
              timeout=30)
     assert the_report(node).behind == {}
+
+
+def test_a_sighup_moves_the_followers_ssl_dir_and_interval(tmp_path, hangups):
+    ssl_dir = tmp_path / "elsewhere"
+    settings = Settings.of(ssl_dir=tmp_path / "ssl", lock_timeout=0)
+    backend = MemoryBackend()
+    backend.shared = True  # as etcd is
+    specs = [CertificateSpec("a", ("a.example",))]
+    reread = (settings.with_options(ssl_dir=ssl_dir, reconcile_interval=datetime.timedelta(minutes=5)), specs)
+    subject = daemon.Daemon(settings, specs, Store(backend), lambda: reread, hangups)
+    assert subject.telemetry.catching_up and subject.follower is not None
+    assert subject.follower.reconcile_interval == 900.0
+    subject.reload()
+    assert subject.follower.installer.ssl_dir == ssl_dir and subject.follower.reconcile_interval == 300.0
