@@ -6,7 +6,9 @@ pass for a run). Between passes the daemon sleeps until there is work
 (`policy.next_wake`), not on a fixed poll. The HTTP-01 responder stays bound for the
 daemon's whole life, so HAProxy's `check` keeps the backend up; it still answers only
 the tokens of orders in flight: its own, and those a run by hand beside it published in
-the store because it found the port taken (see `responder`).
+the store because it found the port taken (see `responder`). On a shared store (a fleet) a
+follower makes this node's HAProxy serve what the other nodes issued, and the daemon catches up
+with the store before it says it is ready (see `renewal.follow`).
 """
 
 import datetime
