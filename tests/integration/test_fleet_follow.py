@@ -145,6 +145,7 @@ def test_three_daemons_on_20_certificates_serve_each_with_the_same_serial_on_eve
     assert all("served as the store holds it" in log for log, count in zip(logs, issued) if count < 20)
 
 
+@pytest.mark.haproxy  # its own lab, of short-lived certificates
 def test_a_renewal_is_served_by_all_three_nodes(cluster, tmp_path):
     name = "renewed.fleet.test"
     with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
@@ -160,6 +161,7 @@ def test_a_renewal_is_served_by_all_three_nodes(cluster, tmp_path):
     print(f"\nrenewal: from the store's record to the last of 3 nodes serving it: {lag.total_seconds() * 1000:.0f} ms")
 
 
+@pytest.mark.haproxy  # its own lab, of short-lived certificates
 def test_a_restarted_node_serves_the_renewal_it_missed_before_it_says_it_is_healthy(cluster, tmp_path):
     name = "restarted.fleet.test"
     with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
@@ -203,6 +205,7 @@ def test_a_restarted_node_serves_the_renewal_it_missed_before_it_says_it_is_heal
     assert "caught up with the store" in log
 
 
+@pytest.mark.haproxy  # its own lab, of short-lived certificates
 def test_a_node_that_lost_its_watch_events_to_a_compaction_resyncs_and_serves_the_current_serial(cluster, tmp_path):
     name = "compacted.fleet.test"
     with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
