@@ -8,7 +8,8 @@ deploying uses (hot update, verify, roll back), and not recorded again: the reco
 certificate whose current bundle left the store because `revoke --delete` archived it is removed
 from this node as revoke removes it. Every `reconcile_interval` (and when etcd compacted past the
 revision, which makes the watch answer with everything) the whole prefix is compared: the backstop
-for a missed event. A daemon catches up (`catch_up`) before it says it is ready. After each batch
+for a missed event (reading only the current bundles, and on etcd only those written since the last
+pass). A daemon catches up (`catch_up`) before it says it is ready. After each batch
 the node tells the fleet what it serves (`state.nodes`).
 """
 
@@ -94,7 +95,8 @@ class Follower:
         while not self._stop.is_set():
             due = time.monotonic() >= reconcile
             try:
-                changes = self.store.backend.watch(f"{CERTIFICATES}/", 0 if due else self.revision, WATCH)
+                changes = self._current() if due else self.store.backend.watch(f"{CERTIFICATES}/", self.revision,
+                                                                               WATCH)
                 if self._stop.is_set():
                     return
                 if changes.complete and not due:
@@ -114,6 +116,12 @@ class Follower:
                 failing = False
             if changes.complete:
                 reconcile = time.monotonic() + self.reconcile_interval
+
+    def _current(self) -> Changes:
+        """Every current bundle of the store, as a complete `Changes` at the revision the watch applied: the
+        reconcile's read, the bundles alone (not the records, orders, previous bundles beside them), and on etcd
+        only those written since the last one (see `Backend.list`). The watch alone moves the revision on."""
+        return Changes(self.revision, dict(self.store.backend.list(f"{CERTIFICATES}/", f"/{CURRENT}")), complete=True)
 
     def apply(self, changes: Changes) -> None:
         """Serve the current bundles `changes` hold, remove those the fleet removed, and report; a complete
