@@ -9,113 +9,22 @@ import contextlib
 import datetime
 import json
 import signal
-import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 import requests
 
 from certrenew.pki.placeholder import PLACEHOLDER_FILE
-from certrenew.state.etcd import from_url
-from certrenew.state.store import Store
-from tests.harness.etcd import EtcdCluster
-from tests.harness.lab import Lab, check_haproxy_config, fleet_address, free_ports, log_size, parse_serial, terminate
+from tests.harness.fleet import FLEET_PEBBLE, fleet, poll
+from tests.harness.lab import Lab, check_haproxy_config, log_size, terminate
 from tests.harness.relay import Relay
-from tests.integration.test_fleet import config, node_env, poll
 
-PEBBLE = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
-pytestmark = pytest.mark.pebble_env(PEBBLE)
+pytestmark = pytest.mark.pebble_env(FLEET_PEBBLE)
 VALIDITY = 30
-SLOW = 0.3
 """Seconds pebble's certificates live in the renewal tests: each is renewed about every 15 s."""
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
-        yield running
-
-
-class Fleet:
-    """Three nodes on one prefix of `cluster`: node 1 is the lab's HAProxy, nodes 2 and 3 are started here."""
-
-    def __init__(self, lab, cluster, tmp_path, names) -> None:
-        self.lab, self.cluster, self.tmp_path, self.names = lab, cluster, tmp_path, names
-        self.prefix = f"w-{uuid.uuid4().hex[:8]}"
-        self.config = config(tmp_path, names)
-        self.store = Store(from_url(cluster.url(self.prefix)))
-        self.daemons: dict[int, subprocess.Popen] = {}
-        self.metrics = dict(zip((1, 2, 3), free_ports(3)))
-        self.env = {}
-        for index in (1, 2, 3):
-            env = node_env(lab, cluster, self.prefix, index, tmp_path, CERTRENEW_LOCK_TTL="3",
-                           CERTRENEW_METRICS_LISTEN=f"127.0.0.1:{self.metrics[index]}")
-            if index == 1:
-                env["CERTRENEW_HAPROXY_SOCKET"] = str(lab.admin_socket)
-            else:
-                node = lab.start_fleet_node(index, responder=env["CERTRENEW_LISTEN"], ssl_dir=self.ssl_dir(index))
-                env.update({"CERTRENEW_HAPROXY_SOCKET": str(node.admin_socket),
-                            "CERTRENEW_RELOAD_COMMAND": f"kill -USR2 {node.process.pid}"})
-            self.env[index] = env
-
-    def ssl_dir(self, index: int):
-        return self.lab.ssl_dir if index == 1 else self.tmp_path / f"ssl{index}"
-
-    def log(self, index: int):
-        return self.tmp_path / f"daemon{index}.log"
-
-    def start(self, *indexes: int) -> None:
-        for index in indexes:
-            with open(self.log(index), "a") as out:
-                self.daemons[index] = self.lab.start_certrenew("daemon", "--config", self.config, "--verbose",
-                                                               env=self.env[index], stdout=out,
-                                                               stderr=subprocess.STDOUT)
-
-    def alive(self, index: int) -> bool:
-        assert self.daemons[index].poll() is None, self.log(index).read_text()[-3000:]
-        return True
-
-    def stored(self, name: str) -> int | None:
-        """The serial the fleet's record holds for `name`."""
-        record = self.store.load_record(name)
-        return parse_serial(record.serial) if record and record.serial else None
-
-    def served(self, index: int, name: str) -> int | None:
-        """The serial node `index` serves for SNI `name` (its default certificate's if none is `name`'s)."""
-        try:
-            return self.lab.served_certificate_unverified(name, address=fleet_address(index)).serial_number
-        except OSError:
-            return None
-
-    def everywhere(self, names=None) -> dict[str, int] | None:
-        """{name: serial} once every node serves the store's serial of every name in `names`, else None."""
-        serials = {}
-        for name in names or self.names:
-            serial = self.stored(name)
-            if serial is None or any(self.served(index, name) != serial for index in (1, 2, 3)):
-                return None
-            serials[name] = serial
-        return serials
-
-    def health(self, index: int) -> requests.Response:
-        return requests.get(f"http://127.0.0.1:{self.metrics[index]}/healthz", timeout=5)
-
-    def close(self) -> None:
-        for daemon in self.daemons.values():
-            daemon.send_signal(signal.SIGCONT)
-            terminate(daemon)
-        self.store.backend.close()
-
-
-@contextlib.contextmanager
-def fleet(lab, cluster, tmp_path, names):
-    running = Fleet(lab, cluster, tmp_path, names)
-    try:
-        yield running
-    finally:
-        running.close()
+SLOW = 0.3
+"""Seconds the relay in front of node 2's Runtime API holds each connection: a catch-up of seconds."""
 
 
 class SlowRelay(Relay):
@@ -128,7 +37,7 @@ class SlowRelay(Relay):
 
 @contextlib.contextmanager
 def short_lived_lab(tmp_path):
-    with Lab(tmp_path / "lab", pebble_env=PEBBLE, certificate_validity=VALIDITY) as lab:
+    with Lab(tmp_path / "lab", pebble_env=FLEET_PEBBLE, certificate_validity=VALIDITY) as lab:
         yield lab
 
 
