@@ -470,7 +470,7 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
         return Outcome(spec.name, Action.FAILED, f"{error}; and {unreadable}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = (error.until if isinstance(error, OverBudget)
-                           else now + backoff(record.failures) if error.backoff else None)
+                           else now + backoff(record.failures, _lifetime(record)) if error.backoff else None)
     record.failed_settings = spec.order_settings(directory)
     try:
         store.save_record(record)
@@ -479,6 +479,11 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
             log.error("%s: %s; not recorded: %s", spec.name, error, unwritable, extra={"certificate": spec.name})
         return Outcome(spec.name, Action.FAILED, f"{error}; and {unwritable}")
     return Outcome(spec.name, Action.FAILED, str(error))
+
+
+def _lifetime(record: CertificateRecord) -> datetime.timedelta | None:
+    """The current certificate's lifetime, which bounds its back-off (see `backoff`); None before the first."""
+    return record.not_after - record.not_before if record.not_after and record.not_before else None
 
 
 def _check_ssl_dir(ssl_dir: Path) -> None:
