@@ -164,3 +164,8 @@ class Busy(CertrenewError):
 
 class Unavailable(CertrenewError):
     """The backend cannot be reached or read (etcd down, a directory gone): nothing was changed."""
+
+
+class StoreUnreachable(Unavailable):
+    """No member of the shared store's cluster answered: a condition of the whole store, not a failure of
+    any certificate (no back-off, nothing recorded); the work waits for the store (see `Backend.outage`)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 
+from certrenew.cli.outage import StoreHealth, utc
 from certrenew.cli.status import HEALTHY, CertificateStatus, State
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.system import httpd
@@ -83,12 +84,14 @@ def _managed(rows: list[CertificateStatus]) -> list[CertificateStatus]:
     return [row for row in rows if row.state != State.UNMANAGED]
 
 
-def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> tuple[bool, dict]:
+def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
+           store: StoreHealth | None = None) -> tuple[bool, dict]:
     """Whether every managed certificate is healthy in the sense of `status`, and the /healthz document.
 
     Nothing managed is not healthy, as in `status`: a probe pointed at the wrong config fails loudly.
     A daemon (`telemetry`) whose last MAX_FAILING_PASSES passes failed as a whole is not healthy
-    either, though its certificates still are: it cannot renew them.
+    either, though its certificates still are: it cannot renew them; nor is one whose `store` is
+    unreachable (the document says since when, and what nears expiry meanwhile).
     """
     rows = _managed(rows)
     unhealthy = [row.name for row in rows if row.state != HEALTHY]
@@ -98,15 +101,36 @@ def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None) ->
         failing = telemetry.snapshot().failing_passes
         document["healthy"] = ok = ok and failing < MAX_FAILING_PASSES
         document["failing_passes"] = failing
+    if store is not None:
+        document.update(_store_document(store))
+        document["healthy"] = ok = ok and store.outage is None
     return ok, document
 
 
-def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> bytes:
-    """The Prometheus text format for `rows` (managed ones only) and the run facts of `telemetry`."""
+def _store_document(store: StoreHealth) -> dict:
+    """The store's part of /healthz: reachable, or since when not, why, and what nears expiry."""
+    if store.outage is None:
+        return {"store": {"reachable": True}}
+
+    def when(timestamp: float) -> str:
+        return utc(timestamp).replace(microsecond=0).isoformat()
+
+    return {"store": {"reachable": False, "unreachable_since": when(store.outage.since),
+                      "last_failure": when(store.outage.last), "error": store.outage.reason},
+            "reason": "; ".join(store.lines()),
+            "expiring": [{"name": item.name, "not_after": item.not_after.replace(microsecond=0).isoformat(),
+                          "seconds_left": int(item.left.total_seconds())} for item in store.expiring]}
+
+
+def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None, store: StoreHealth | None = None) -> bytes:
+    """The Prometheus text format for `rows` (managed ones only), the run facts of `telemetry`, and whether
+    the `store` answers."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
     families = _families(_managed(rows), telemetry.snapshot() if telemetry else None)
+    if store is not None:
+        families += _store_families(store)
     registry.register(_Families(families))
     return generate_latest(registry)
 
@@ -189,6 +213,18 @@ def _families(rows: list[CertificateStatus], telemetry: Telemetry | None) -> lis
     return families
 
 
+def _store_families(store: StoreHealth) -> list:
+    from prometheus_client.core import GaugeMetricFamily
+
+    families = [GaugeMetricFamily("certrenew_store_up", "1 while the store (etcd) answers, 0 while it is unreachable",
+                                  value=float(store.outage is None))]
+    if store.outage is not None:
+        families.append(GaugeMetricFamily("certrenew_store_unreachable_since_timestamp_seconds",
+                                          "since when every request to the store has failed, as a Unix time",
+                                          value=store.outage.since))
+    return families
+
+
 class MetricsServer:
     """`GET /metrics` and `GET /healthz` on a port of their own, for the daemon.
 
@@ -199,10 +235,12 @@ class MetricsServer:
     """
 
     def __init__(self, listen: str, source: Callable[[], list[CertificateStatus]],
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, store: Callable[[], StoreHealth] | None = None) -> None:
         self.listen = listen
         self.source = source
         self.telemetry = telemetry
+        self.store = store
+        """Whether the store answers (the daemon's): read at each request, as `source` is."""
         self._server: httpd.Server | None = None
         self._serving = contextlib.ExitStack()
 
@@ -230,10 +268,11 @@ class MetricsServer:
     def answer(self, request: httpd.Request) -> httpd.Response:
         """The answer to a GET of /metrics, /healthz, or anything else (404)."""
         try:
+            store = self.store() if self.store else None
             if request.path == "/metrics":
-                return httpd.Response(HTTPStatus.OK, render(self.source(), self.telemetry), CONTENT_TYPE)
+                return httpd.Response(HTTPStatus.OK, render(self.source(), self.telemetry, store), CONTENT_TYPE)
             if request.path == "/healthz":
-                ok, document = health(self.source(), self.telemetry)
+                ok, document = health(self.source(), self.telemetry, store)
                 status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
                 return httpd.Response(status, json.dumps(document).encode() + b"\n", "application/json")
         except Exception as error:  # e.g. an unreadable state dir: say so, and keep serving
@@ -243,6 +282,6 @@ class MetricsServer:
 
 
 def serve(listen: str, source: Callable[[], list[CertificateStatus]],
-          telemetry: Telemetry | None = None) -> MetricsServer:
+          telemetry: Telemetry | None = None, store: Callable[[], StoreHealth] | None = None) -> MetricsServer:
     """A `MetricsServer` on `listen` (HOST:PORT); enter it to start serving."""
-    return MetricsServer(listen, source, telemetry)
+    return MetricsServer(listen, source, telemetry, store)

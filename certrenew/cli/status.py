@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from certrenew.config import CertificateSpec, Settings
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, StoreUnreachable
 from certrenew.renewal.policy import due_reason, minutes, renew_at
 from certrenew.state.store import CertificateRecord, Store, open_store
 from certrenew.system.strenum import StrEnum
@@ -98,6 +98,8 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
     for spec in specs or ():
         try:
             rows.append(_status(settings, spec, store.load_record(spec.name), now))
+        except StoreUnreachable:  # the store's condition, not each certificate's: once, not a wait for each
+            raise
         except CertrenewError as error:
             rows.append(_unreadable(spec, error))
     if read_ssl_dir and specs and not settings.haproxy.crt_list:  # see install.shadowing

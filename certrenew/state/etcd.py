@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from certrenew.errors import CertrenewError, ConfigurationError, Interrupted, UsageError
-from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Lease, check_key
+from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Lease, Outage, check_key
 from certrenew.state.etcd_client import EtcdClient, Tls, b64, unb64
 from certrenew.system.runcontext import RunContext
 
@@ -111,6 +111,10 @@ class EtcdBackend:
         self._page = page
         self._held: set[EtcdLease] = set()
         self._mutex = threading.Lock()
+
+    @property
+    def outage(self) -> Outage | None:
+        return self._client.outage
 
     def _data_key(self, key: str) -> bytes:
         return f"{self.prefix}/data/{key}".encode()

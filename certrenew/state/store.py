@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 
 from certrenew.config import FleetSettings
 from certrenew.config.challenges import TOKEN, check_token
-from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import Backend, Entry, Lease
+from certrenew.errors import CertrenewError, StoreUnreachable, UsageError
+from certrenew.state.backend import Backend, Entry, Lease, Outage
 from certrenew.state.files import FileBackend
 from certrenew.state.lock import StateLock
 from certrenew.system import owned
@@ -343,6 +343,8 @@ class Store:
         """The record of certificate `name`; CertrenewError naming it if it cannot be read."""
         try:
             return self._load_json(name, "meta.json", functools.partial(CertificateRecord.from_json, name=name))
+        except StoreUnreachable:  # nothing wrong with the record
+            raise
         except CertrenewError as error:
             raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from error
 
@@ -419,6 +421,11 @@ class Store:
     def shared(self) -> bool:
         """Whether other nodes use this store too: see `Backend.shared`."""
         return self.backend.shared
+
+    @property
+    def outage(self) -> Outage | None:
+        """Since when the store has been unreachable, None while it answers: see `Backend.outage`."""
+        return self.backend.outage
 
     def publish_challenge(self, token: str, domain: str, validation: str) -> None:
         """Make the HTTP-01 key authorization `validation` of `domain` available to every responder

@@ -1,0 +1,95 @@
+"""What a node says while its store is unreachable: since when, and what it serves that nears expiry.
+
+Nothing of the store can be read then, so what is known comes from the node itself: the store's client
+(`Backend.outage`: since when every request has failed) and the bundles of its own ssl dir, which HAProxy
+serves. A certificate there past its renewal time cannot be renewed until the store answers: the daemon's
+log, /healthz, /metrics and `status` name it with the time it has left.
+"""
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+from certrenew.config import CertificateSpec
+from certrenew.errors import CertrenewError
+from certrenew.renewal.policy import lifetime_renew_at, minutes
+from certrenew.state.backend import Outage
+from certrenew.state.store import CertificateRecord
+from certrenew.system.limits import MAX_BUNDLE, read_regular
+
+
+@dataclass(frozen=True)
+class Expiring:
+    """A certificate this node serves, past its renewal time while the store cannot be reached."""
+
+    name: str
+    not_after: datetime.datetime
+    left: datetime.timedelta
+
+    def line(self) -> str:
+        when = "expired" if self.left <= datetime.timedelta(0) else f"expires in {duration(self.left)}"
+        return f"{self.name} {when} (at {minutes(self.not_after)} UTC): it cannot be renewed until the store answers"
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """Whether a node reaches its store (`outage` None), and while it does not, what nears expiry."""
+
+    outage: Outage | None = None
+    expiring: tuple[Expiring, ...] = ()
+
+    def reason(self) -> str | None:
+        """One line on the store for an operator, None while it answers."""
+        if self.outage is None:
+            return None
+        return (f"the store is unreachable since {minutes(utc(self.outage.since))} UTC ({self.outage.reason}): "
+                "renewals wait for it; HAProxy keeps serving what it serves")
+
+    def lines(self) -> list[str]:
+        """The store's line and one per certificate nearing expiry meanwhile: none while it answers."""
+        reason = self.reason()
+        return [reason, *(item.line() for item in self.expiring)] if reason else []
+
+
+def store_health(outage: Outage | None, ssl_dir: Path, specs: list[CertificateSpec],
+                 renew_before: datetime.timedelta | None = None, now: datetime.datetime | None = None) -> StoreHealth:
+    """`outage` and, during one, the certificates of `specs` the ssl dir holds past their renewal time,
+    soonest to expire first. Reads the ssl dir only during an outage."""
+    if outage is None:
+        return StoreHealth()
+    return StoreHealth(outage, tuple(expiring(ssl_dir, specs, renew_before, now)))
+
+
+def expiring(ssl_dir: Path, specs: list[CertificateSpec], renew_before: datetime.timedelta | None = None,
+             now: datetime.datetime | None = None) -> list[Expiring]:
+    """The certificates of `specs` whose bundle in `ssl_dir` is past its renewal time (the lifetime rule: the
+    store's record, with the CA's window, is out of reach), soonest to expire first; unreadable ones skipped."""
+    from certrenew.pki.bundle import leaf_info  # cryptography: only during an outage
+
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    found = []
+    for spec in specs:
+        try:
+            info = leaf_info(read_regular(ssl_dir / f"{spec.name}.pem", MAX_BUNDLE))
+        except (OSError, ValueError, CertrenewError):  # none yet, or not ours to judge here
+            continue
+        record = CertificateRecord(spec.name, list(spec.domains), spec.key_type, not_before=info.not_before,
+                                   not_after=info.not_after)
+        if now >= lifetime_renew_at(record, renew_before):
+            found.append(Expiring(spec.name, info.not_after, info.not_after - now))
+    return sorted(found, key=lambda item: item.not_after)
+
+
+def duration(delta: datetime.timedelta) -> str:
+    """`delta` for a person: "2 d 3 h", "3 h 20 min", "45 s"."""
+    seconds = int(delta.total_seconds())
+    days, hours, mins = seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {mins} min"
+    return f"{mins} min" if mins else f"{seconds} s"
+
+
+def utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
