@@ -75,7 +75,8 @@ class Daemon:
         """One for the daemon's life: its counters only grow."""
         self.held_elsewhere: set[str] = set()
         """The certificates whose lock another process (another node) held at the last pass."""
-        self.rows: list[status.CertificateStatus] = []
+        self.rows: outage.LastRead[list[status.CertificateStatus]] = outage.LastRead(
+            lambda: status.collect(self.settings, self.specs, self.store), [])
         """The status rows last read from the store: what /healthz and /metrics show while it is unreachable."""
         self.reported: float | None = None
         """When (monotonic) the last pass the store's absence ended named what nears expiry; None: it answers."""
@@ -119,12 +120,7 @@ class Daemon:
     def status(self) -> list[status.CertificateStatus]:
         """The status rows /metrics and /healthz report, read afresh from the store; while it is unreachable,
         the last ones read (`store_health` says why), not a wait on it at every request."""
-        if self.store.outage is None:
-            try:
-                self.rows = status.collect(self.settings, self.specs, self.store)
-            except StoreUnreachable:
-                pass
-        return self.rows
+        return self.rows(away=self.store.outage is not None)
 
     def store_health(self) -> outage.StoreHealth:
         """Whether the store answers; while it does not, since when and what this node serves that nears expiry."""

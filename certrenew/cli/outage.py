@@ -7,15 +7,59 @@ log, /healthz, /metrics and `status` name it with the time it has left.
 """
 
 import datetime
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from certrenew.config import CertificateSpec
-from certrenew.errors import CertrenewError
+from certrenew.errors import CertrenewError, StoreUnreachable
 from certrenew.renewal.policy import lifetime_renew_at, minutes
 from certrenew.state.backend import Outage
 from certrenew.state.store import CertificateRecord
 from certrenew.system.limits import MAX_BUNDLE, read_regular
+
+READ_BOUND = 2.0
+"""Seconds a reader of `LastRead` waits for a fresh read before it takes the last one: a probe of /healthz
+asked as etcd goes away answers in that time, not after the store client's patience (15 s)."""
+T = TypeVar("T")
+
+
+class LastRead(Generic[T]):
+    """What `read` (of the store) last gave, read afresh at each call unless the store is known away, on a
+    thread of its own, one read at a time, waited for at most READ_BOUND: the daemon's /healthz and /metrics
+    answer at once while etcd is unreachable, and in seconds while it goes away unnoticed yet."""
+
+    def __init__(self, read: Callable[[], T], initial: T) -> None:
+        self._read = read
+        self._last = initial
+        self._error: Exception | None = None
+        self._done = threading.Event()
+        self._done.set()
+        self._mutex = threading.Lock()
+
+    def __call__(self, away: bool = False) -> T:
+        """The latest read; a fresh one, waited for at most READ_BOUND, unless the store is `away`."""
+        with self._mutex:
+            if not away and self._done.is_set():
+                self._done.clear()
+                threading.Thread(target=self._refresh, name="certrenew-status-read", daemon=True).start()
+        self._done.wait(READ_BOUND)
+        if self._error is not None:
+            raise self._error
+        return self._last
+
+    def _refresh(self) -> None:
+        """(A daemon thread: a read waiting on etcd does not hold up the daemon's exit.)"""
+        try:
+            self._last, self._error = self._read(), None
+        except StoreUnreachable:  # the store's condition, which `StoreHealth` reports: the last read stands
+            self._error = None
+        except Exception as error:  # the caller's to report, as if it had read itself
+            self._error = error
+        finally:
+            self._done.set()
 
 
 @dataclass(frozen=True)
@@ -42,7 +86,8 @@ class StoreHealth:
         """One line on the store for an operator, None while it answers."""
         if self.outage is None:
             return None
-        return (f"the store is unreachable since {minutes(utc(self.outage.since))} UTC ({self.outage.reason}): "
+        return (f"the store is unreachable since {utc(self.outage.since).isoformat(' ', 'seconds')[:19]} UTC "
+                f"({self.outage.reason}): "
                 "renewals wait for it; HAProxy keeps serving what it serves")
 
     def lines(self) -> list[str]:
