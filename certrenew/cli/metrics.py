@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 
-from certrenew.cli.outage import StoreHealth, utc
+from certrenew.cli.outage import StoreHealth
 from certrenew.cli.status import HEALTHY, CertificateStatus, State
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.system import httpd
@@ -102,24 +102,11 @@ def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
         document["healthy"] = ok = ok and failing < MAX_FAILING_PASSES
         document["failing_passes"] = failing
     if store is not None:
-        document.update(_store_document(store))
-        document["healthy"] = ok = ok and store.outage is None
+        document.update(store.to_json())
+        if store.outage is not None:
+            document.update(healthy=False, reason="; ".join(store.lines()))
+            ok = False
     return ok, document
-
-
-def _store_document(store: StoreHealth) -> dict:
-    """The store's part of /healthz: reachable, or since when not, why, and what nears expiry."""
-    if store.outage is None:
-        return {"store": {"reachable": True}}
-
-    def when(timestamp: float) -> str:
-        return utc(timestamp).replace(microsecond=0).isoformat()
-
-    return {"store": {"reachable": False, "unreachable_since": when(store.outage.since),
-                      "last_failure": when(store.outage.last), "error": store.outage.reason},
-            "reason": "; ".join(store.lines()),
-            "expiring": [{"name": item.name, "not_after": item.not_after.replace(microsecond=0).isoformat(),
-                          "seconds_left": int(item.left.total_seconds())} for item in store.expiring]}
 
 
 def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None, store: StoreHealth | None = None) -> bytes:

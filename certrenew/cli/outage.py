@@ -90,6 +90,20 @@ class StoreHealth:
                 f"({self.outage.reason}): "
                 "renewals wait for it; HAProxy keeps serving what it serves")
 
+    def to_json(self) -> dict:
+        """The store's part of /healthz and of `status --json`: reachable, or since when not, why, and what
+        nears expiry meanwhile."""
+        if self.outage is None:
+            return {"store": {"reachable": True}}
+
+        def when(moment: datetime.datetime) -> str:
+            return moment.replace(microsecond=0).isoformat()
+
+        return {"store": {"reachable": False, "unreachable_since": when(utc(self.outage.since)),
+                          "last_failure": when(utc(self.outage.last)), "error": self.outage.reason},
+                "expiring": [{"name": item.name, "not_after": when(item.not_after),
+                              "seconds_left": int(item.left.total_seconds())} for item in self.expiring]}
+
     def lines(self) -> list[str]:
         """The store's line and one per certificate nearing expiry meanwhile: none while it answers."""
         reason = self.reason()

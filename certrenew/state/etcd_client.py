@@ -128,8 +128,10 @@ class EtcdClient:
                     self._answered()
                     return answer
             if time.monotonic() >= end:
+                failing = self._failing
                 raise StoreUnreachable(f"etcd at {','.join(self.endpoints)} did not answer ({last}); check that "
-                                       "etcd runs there and --store names its client endpoints")
+                                       "etcd runs there and --store names its client endpoints",
+                                       failing.since if failing else None)
             self.context.sleep(RETRY_PAUSE)
 
     @property
