@@ -29,11 +29,13 @@ T = TypeVar("T")
 class LastRead(Generic[T]):
     """What `read` (of the store) last gave, read afresh at each call unless the store is known away, on a
     thread of its own, one read at a time, waited for at most READ_BOUND: the daemon's /healthz and /metrics
-    answer at once while etcd is unreachable, and in seconds while it goes away unnoticed yet."""
+    answer at once while etcd is unreachable, and in seconds while it goes away unnoticed yet. Until a first
+    read has succeeded there is nothing older to give: that one is waited for however long it takes."""
 
     def __init__(self, read: Callable[[], T], initial: T) -> None:
         self._read = read
         self._last = initial
+        self._read_once = False
         self._error: Exception | None = None
         self._done = threading.Event()
         self._done.set()
@@ -45,7 +47,7 @@ class LastRead(Generic[T]):
             if not away and self._done.is_set():
                 self._done.clear()
                 threading.Thread(target=self._refresh, name="certrenew-status-read", daemon=True).start()
-        self._done.wait(READ_BOUND)
+        self._done.wait(READ_BOUND if self._read_once else None)
         if self._error is not None:
             raise self._error
         return self._last
@@ -53,7 +55,7 @@ class LastRead(Generic[T]):
     def _refresh(self) -> None:
         """(A daemon thread: a read waiting on etcd does not hold up the daemon's exit.)"""
         try:
-            self._last, self._error = self._read(), None
+            self._last, self._error, self._read_once = self._read(), None, True
         except StoreUnreachable:  # the store's condition, which `StoreHealth` reports: the last read stands
             self._error = None
         except Exception as error:  # the caller's to report, as if it had read itself

@@ -3,6 +3,7 @@ and /metrics, over a store that stops answering (etcd away: tests/integration/te
 
 import datetime
 import logging
+import threading
 import time
 
 import pytest
@@ -154,3 +155,21 @@ def test_a_store_no_node_reaches_ends_the_run_as_a_whole_with_nothing_counted_ag
         store.load_record("a")
     store.backend.away = None
     assert store.load_record("a").failures == 2
+
+
+def test_a_read_that_hangs_on_the_store_gives_the_last_rows_and_never_starts_a_second(monkeypatch):
+    monkeypatch.setattr(outage, "READ_BOUND", 0.01)
+    release, calls = threading.Event(), []
+
+    def read():
+        calls.append(len(calls) + 1)
+        if len(calls) > 1:  # etcd went away without a word: the client waits out its patience
+            release.wait(10)
+        return calls[-1]
+
+    last = outage.LastRead(read, 0)
+    assert last() == 1  # the first read is waited for: there is nothing older
+    assert last() == last() == 1 and calls == [1, 2]  # the second hangs: one at a time, the last rows meanwhile
+    release.set()
+    assert last._done.wait(10)
+    assert last(away=True) == 2 and calls == [1, 2]  # the store known away: not asked at all
