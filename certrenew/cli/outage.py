@@ -29,8 +29,9 @@ T = TypeVar("T")
 class LastRead(Generic[T]):
     """What `read` (of the store) last gave, read afresh at each call unless the store is known away, on a
     thread of its own, one read at a time, waited for at most READ_BOUND: the daemon's /healthz and /metrics
-    answer at once while etcd is unreachable, and in seconds while it goes away unnoticed yet. Until a first
-    read has succeeded there is nothing older to give: that one is waited for however long it takes."""
+    answer at once while etcd is unreachable, and in seconds while it goes away unnoticed yet. The first read
+    starts at once (the store answered a moment ago) and is waited for however long it takes: until one has
+    succeeded there is nothing older to give."""
 
     def __init__(self, read: Callable[[], T], initial: T) -> None:
         self._read = read
@@ -38,19 +39,22 @@ class LastRead(Generic[T]):
         self._read_once = False
         self._error: Exception | None = None
         self._done = threading.Event()
-        self._done.set()
         self._mutex = threading.Lock()
+        self._start()
 
     def __call__(self, away: bool = False) -> T:
         """The latest read; a fresh one, waited for at most READ_BOUND, unless the store is `away`."""
         with self._mutex:
             if not away and self._done.is_set():
-                self._done.clear()
-                threading.Thread(target=self._refresh, name="certrenew-status-read", daemon=True).start()
+                self._start()
         self._done.wait(READ_BOUND if self._read_once else None)
         if self._error is not None:
             raise self._error
         return self._last
+
+    def _start(self) -> None:
+        self._done.clear()
+        threading.Thread(target=self._refresh, name="certrenew-status-read", daemon=True).start()
 
     def _refresh(self) -> None:
         """(A daemon thread: a read waiting on etcd does not hold up the daemon's exit.)"""

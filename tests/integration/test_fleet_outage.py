@@ -36,6 +36,7 @@ def _healthz(port: int) -> requests.Response:
     return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
 
+@pytest.mark.haproxy
 def test_every_etcd_member_stopped_for_30_s_no_daemon_exits_haproxy_serves_and_the_due_certificate_is_ordered_once(
         cluster, tmp_path):
     prefix, path = f"o-{uuid.uuid4().hex[:8]}", config(tmp_path, [NAME])

@@ -167,8 +167,8 @@ def test_a_read_that_hangs_on_the_store_gives_the_last_rows_and_never_starts_a_s
             release.wait(10)
         return calls[-1]
 
-    last = outage.LastRead(read, 0)
-    assert last() == 1  # the first read is waited for: there is nothing older
+    last = outage.LastRead(read, 0)  # the first read starts at once
+    assert last(away=True) == 1  # and is waited for: there is nothing older
     assert last() == last() == 1 and calls == [1, 2]  # the second hangs: one at a time, the last rows meanwhile
     release.set()
     assert last._done.wait(10)
