@@ -2,6 +2,7 @@
 and /metrics, over a store that stops answering (etcd away: tests/integration/test_fleet_outage.py)."""
 
 import datetime
+import json
 import logging
 import threading
 import time
@@ -173,3 +174,28 @@ def test_a_read_that_hangs_on_the_store_gives_the_last_rows_and_never_starts_a_s
     release.set()
     assert last._done.wait(10)
     assert last(away=True) == 2 and calls == [1, 2]  # the store known away: not asked at all
+
+
+def test_status_with_the_store_unreachable_says_since_when_and_names_what_nears_expiry(tmp_path, monkeypatch, capsys):
+    from certrenew.cli import commands
+
+    serve(tmp_path / "ssl", "a", 6 * DAY, 2 * DAY)
+    (tmp_path / "certrenew.toml").write_text('[[certificate]]\nname = "a"\ndomains = ["a.example"]\n')
+    since = time.time() - 20
+
+    def unreachable(*_args, **_kwargs):
+        raise StoreUnreachable("etcd at 127.0.0.1:2379 did not answer (Connection refused)", since)
+
+    monkeypatch.setattr(commands, "open_store", unreachable)
+    monkeypatch.setenv("CERTRENEW_SSL_DIR", str(tmp_path / "ssl"))
+    argv = ["status", "--config", str(tmp_path / "certrenew.toml")]
+    assert commands.main(argv) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"certrenew: not healthy: the store is unreachable since "
+                               f"{outage.utc(since).isoformat(' ', 'seconds')[:19]} UTC (etcd at 127.0.0.1:2379 ")
+    assert lines[1].startswith("certrenew: a expires in 1 d 23 h (at ") and len(lines) == 2
+    assert commands.main([*argv, "--json"]) == 1
+    said = json.loads(capsys.readouterr().out)
+    assert said["healthy"] is False and said["certificates"] == [] and said["store"]["reachable"] is False
+    assert [item["name"] for item in said["expiring"]] == ["a"] and said["reason"] == "; ".join(
+        line.removeprefix("certrenew: ").removeprefix("not healthy: ") for line in lines)
