@@ -92,9 +92,9 @@ class StoreHealth:
         """One line on the store for an operator, None while it answers."""
         if self.outage is None:
             return None
-        return (f"the store is unreachable since {utc(self.outage.since).isoformat(' ', 'seconds')[:19]} UTC "
-                f"({self.outage.reason}): "
-                "renewals wait for it; HAProxy keeps serving what it serves")
+        since = utc(self.outage.since).isoformat(" ", "seconds")[:19]
+        return (f"the store is unreachable since {since} UTC ({self.outage.reason}): renewals wait for it; "
+                "HAProxy keeps serving what it serves")
 
     def to_json(self) -> dict:
         """The store's part of /healthz and of `status --json`: reachable, or since when not, why, and what
