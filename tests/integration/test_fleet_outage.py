@@ -95,6 +95,7 @@ def test_every_etcd_member_stopped_for_30_s_no_daemon_exits_haproxy_serves_and_t
                 return answer.json() if answer.status_code == 503 and "unreachable since" in answer.text else None
 
             health = poll("node 1's /healthz to say the store is away", says_why)
+            print(f"/healthz said why {time.monotonic() - stopped:.1f} s after etcd stopped")
             assert health["store"]["reachable"] is False and health["store"]["unreachable_since"], health
             metrics = requests.get(f"http://127.0.0.1:{ports[1]}/metrics", timeout=5).text
             assert "certrenew_store_up 0.0" in metrics and "certrenew_store_unreachable_since_timestamp_seconds" in metrics
