@@ -19,13 +19,13 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from certrenew.challenge.responder import PortBusy, Responder
-from certrenew.cli import metrics, outage, status
+from certrenew.cli import fleetview, metrics, outage, status
 from certrenew.config import STORE_OPTIONS, CertificateSpec, Settings
 from certrenew.errors import CertrenewError, StoreUnreachable
 from certrenew.renewal import policy, renew
 from certrenew.renewal.policy import Action
 from certrenew.state.board import Board
-from certrenew.state.store import Store
+from certrenew.state.store import Store, this_node
 from certrenew.system import signals
 from certrenew.system.runcontext import RunContext
 
@@ -78,6 +78,10 @@ class Daemon:
         self.rows: outage.LastRead[list[status.CertificateStatus]] = outage.LastRead(
             lambda: status.collect(self.settings, self.specs, self.store), [])
         """The status rows last read from the store: what /healthz and /metrics show while it is unreachable."""
+        self.fleet_view: outage.LastRead[fleetview.Fleet] = outage.LastRead(
+            lambda: fleetview.read(self.store, this_node(self.settings.fleet), locks=False),
+            fleetview.Fleet(_now(), on=False))
+        """The fleet's side of the store last read, likewise."""
         self.reported: float | None = None
         """When (monotonic) the last pass the store's absence ended named what nears expiry; None: it answers."""
 
@@ -89,7 +93,7 @@ class Daemon:
             self.bind(responder)
             if self.settings.daemon.metrics_listen:
                 stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry,
-                                                  self.store_health))
+                                                  self.fleet, self.store_health))
             log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.responder.listen,
                      f", metrics on {self.settings.daemon.metrics_listen}" if self.settings.daemon.metrics_listen else "")
             notify("READY=1")
@@ -140,6 +144,10 @@ class Daemon:
             for item in health.expiring:
                 log.error("%s", item.line(), extra={"certificate": item.name})
         return _now() + STORE_RETRY
+
+    def fleet(self) -> fleetview.Fleet:
+        """The fleet's side of the store /metrics and /healthz report, with this node's health."""
+        return self.fleet_view(away=self.store.outage is not None)
 
     def run_pass(self, responder: Responder) -> datetime.datetime:
         """One `renew.run`, logged and counted; never raises but `Interrupted`. Returns when to run the next."""

@@ -26,7 +26,7 @@ from certrenew.state.etcd import from_url
 from certrenew.state.store import Store
 from tests.harness.etcd import EtcdCluster
 from tests.harness.faultproxy import FaultProxy, step
-from tests.harness.lab import fleet_address, terminate
+from tests.harness.lab import fleet_address, free_ports, parse_serial, terminate
 from tests.harness.lab import poll as lab_poll
 
 pytestmark = pytest.mark.pebble_env({"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
@@ -203,3 +203,30 @@ def test_etcds_leader_killed_during_a_batch_loses_and_duplicates_nothing(lab, cl
     assert requests["new-order"] == requests["finalize"] == 6, requests
     for name in names:
         lab.served_certificate(name)
+
+
+def test_the_probe_proves_every_node_answers_from_the_store_before_anything_is_ordered(lab, cluster, tmp_path):
+    """--http-01-node on a shared store: the probe's token is published in the store, and must come back through
+    each node's HAProxy (its daemon's responder answers from the store): the CA validates at whichever node the
+    name resolves to. A node that does not answer fails the certificate before any order."""
+    name, prefix = "probe.fleet.test", f"n-{uuid.uuid4().hex[:8]}"
+    (port,) = free_ports(1)
+    lab.start_fleet_node(2, responder=f"{fleet_address(2)}:{port}")
+    nodes = [f"{fleet_address(index)}:{lab.http_port}" for index in (1, 2)]
+    args = [name, *(arg for node in nodes for arg in ("--http-01-node", node))]
+    with FaultProxy(lab) as proxy:
+        env = {**proxy.env, **node_env(lab, cluster, prefix, 1, tmp_path)}
+        refused = lab.certrenew(*args, env=env)
+        assert refused.returncode != 0
+        assert f"at HAProxy node {nodes[1]}, not a certrenew daemon's responder" in refused.stdout + refused.stderr
+        assert proxy.count("new-order") == 0
+        store = Store(from_url(cluster.url(prefix)), holder="node2")
+        try:  # node 2's daemon
+            with Board(store) as board, Responder(f"{fleet_address(2)}:{port}", board) as responder:
+                responder.start()
+                issued = lab.certrenew(*args, env=env)
+        finally:
+            store.backend.close()
+        assert issued.returncode == 0, issued.stdout + issued.stderr
+        assert proxy.count("new-order") == 1
+    assert lab.served_certificate(name).serial_number == parse_serial(leaf_info((lab.ssl_dir / f"{name}.pem").read_bytes()).serial)

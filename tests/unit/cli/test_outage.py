@@ -42,9 +42,13 @@ class Away(MemoryBackend):
         self._check()
         return super().get(key)
 
-    def list(self, prefix):
+    def list(self, prefix, suffix=""):
         self._check()
-        return super().list(prefix)
+        return super().list(prefix, suffix)
+
+    def locks(self, prefix):
+        self._check()
+        return super().locks(prefix)
 
     def write(self, changes, **kwargs):
         self._check()
@@ -111,7 +115,7 @@ def test_a_pass_the_store_is_away_for_fails_no_certificate_says_why_once_and_is_
     assert error.getMessage().startswith("a expires in 1 d 23 h (at ") and error.certificate == "a"
     assert subject.status() == rows  # the last rows read, without waiting on the store
     health = subject.store_health()
-    ok, document = metrics.health(subject.status(), subject.telemetry, health)
+    ok, document = metrics.health(subject.status(), subject.telemetry, store=health)
     assert not ok and not document["healthy"] and document["store"]["reachable"] is False
     assert document["reason"].startswith("the store is unreachable since ")
     assert [item["name"] for item in document["expiring"]] == ["a"] and document["store"]["unreachable_since"]
@@ -122,7 +126,7 @@ def test_a_pass_the_store_is_away_for_fails_no_certificate_says_why_once_and_is_
     subject.store.save_record(record)
     subject.run_pass(responder=None)
     assert any(record.getMessage() == "the store answers again: renewals resume" for record in caplog.records)
-    ok, document = metrics.health(subject.status(), subject.telemetry, subject.store_health())
+    ok, document = metrics.health(subject.status(), subject.telemetry, store=subject.store_health())
     assert document["store"] == {"reachable": True} and "reason" not in document
 
 
