@@ -43,11 +43,15 @@ class LastRead(Generic[T]):
         self._start()
 
     def __call__(self, away: bool = False) -> T:
-        """The latest read; a fresh one, waited for at most READ_BOUND, unless the store is `away`."""
+        """The latest read; a fresh one, waited for at most READ_BOUND, unless the store is `away` (then the
+        last one at once, whatever read still waits on the store)."""
         with self._mutex:
             if not away and self._done.is_set():
                 self._start()
-        self._done.wait(READ_BOUND if self._read_once else None)
+        if not self._read_once:
+            self._done.wait()
+        elif not away:
+            self._done.wait(READ_BOUND)
         if self._error is not None:
             raise self._error
         return self._last
