@@ -30,7 +30,7 @@ from certrenew.config import (
     env_flag,
     load_config,
 )
-from certrenew.errors import CertrenewError, Interrupted, UsageError, causes
+from certrenew.errors import CertrenewError, Interrupted, StoreUnreachable, UsageError, causes
 from certrenew.renewal.policy import Action
 from certrenew.state.store import Store, open_store
 from certrenew.system import signals
@@ -410,9 +410,12 @@ def _status(argv: list[str], context: RunContext) -> int:
     output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
-    store = open_store(settings)
-    rows = status.collect(settings, config.certificates if config else None, store, read_ssl_dir=True)
-    fleet = fleetview.read(store, this_node(settings.fleet))
+    try:
+        store = open_store(settings)
+        rows = status.collect(settings, config.certificates if config else None, store, read_ssl_dir=True)
+        fleet = fleetview.read(store, this_node(settings.fleet))
+    except StoreUnreachable as error:
+        return _status_away(args.json, output, settings, config.certificates if config else [], error)
     reason = status.unhealthy(settings, rows)
     if args.json:
         document = {"version": status.JSON_VERSION, "healthy": reason is None, "reason": reason,
@@ -433,6 +436,29 @@ def _status(argv: list[str], context: RunContext) -> int:
             hint = f" ({status.forget_hint(failing)})" if failing else ""
             output.problem(f"not healthy: {reason}{hint}")
     return 0 if reason is None else 1
+
+
+def _status_away(as_json: bool, output: "Output", settings: Settings, specs: list[CertificateSpec],
+                 error: StoreUnreachable) -> int:
+    """`status` with the store unreachable: since when (this command's requests), and what this node's ssl dir
+    holds past its renewal time meanwhile, by name and time left; exit 1."""
+    from certrenew.cli import status
+    from certrenew.cli.outage import store_health
+    from certrenew.state.backend import Outage
+
+    now = time.time()
+    health = store_health(Outage(error.since or now, now, str(error)), settings.haproxy.ssl_dir, specs,
+                          settings.renew_before)
+    lines = health.lines()
+    if as_json:
+        document = {"version": status.JSON_VERSION, "healthy": False, "reason": "; ".join(lines), **health.to_json(),
+                    "certificates": []}
+        print(json.dumps(document, indent=None if output.json else 2))
+    else:
+        output.problem(f"not healthy: {lines[0]}")
+        for line in lines[1:]:
+            output.problem(line)
+    return 1
 
 
 def _revoke(argv: list[str], context: RunContext) -> int:

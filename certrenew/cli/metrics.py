@@ -19,6 +19,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 from certrenew.cli.fleetview import Fleet
+from certrenew.cli.outage import StoreHealth
 from certrenew.cli.status import HEALTHY, CertificateStatus, State
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.system import httpd
@@ -87,14 +88,15 @@ def _managed(rows: list[CertificateStatus]) -> list[CertificateStatus]:
 
 
 def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
-           fleet: Fleet | None = None) -> tuple[bool, dict]:
+           fleet: Fleet | None = None, store: StoreHealth | None = None) -> tuple[bool, dict]:
     """Whether every managed certificate is healthy in the sense of `status`, and the /healthz document.
 
     Nothing managed is not healthy, as in `status`: a probe pointed at the wrong config fails loudly.
     A daemon (`telemetry`) whose last MAX_FAILING_PASSES passes failed as a whole is not healthy
     either, though its certificates still are: it cannot renew them; nor one still catching up with a shared
     store. Nor is a node of a `fleet` that lags the store by more than its reconcile interval (`Fleet.health`);
-    the silent nodes are named, whichever.
+    the silent nodes are named, whichever. Nor is one whose `store` is unreachable (the document says since
+    when, and what nears expiry meanwhile).
     """
     lag = fleet.health(rows) if fleet is not None and fleet.on else None  # every certificate: each node serves all
     rows = _managed(rows)
@@ -112,18 +114,26 @@ def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
     if telemetry is not None and telemetry.catching_up:  # it may not serve what its certificates' rows say
         document["healthy"] = ok = False
         document["catching_up"] = True
+    if store is not None:
+        document.update(store.to_json())
+        if store.outage is not None:
+            document.update(healthy=False, reason="; ".join(store.lines()))
+            ok = False
     return ok, document
 
 
-def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None, fleet: Fleet | None = None) -> bytes:
-    """The Prometheus text format for `rows` (managed ones only), the run facts of `telemetry`, and the
-    nodes of `fleet`."""
+def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None, fleet: Fleet | None = None,
+           store: StoreHealth | None = None) -> bytes:
+    """The Prometheus text format for `rows` (managed ones only), the run facts of `telemetry`, the nodes of
+    `fleet`, and whether the `store` answers."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
     families = _families(_managed(rows), telemetry.snapshot() if telemetry else None)
     if fleet is not None and fleet.on:
         families += _fleet_families(fleet, rows)
+    if store is not None:
+        families += _store_families(store)
     registry.register(_Families(families))
     return generate_latest(registry)
 
@@ -206,6 +216,18 @@ def _families(rows: list[CertificateStatus], telemetry: Telemetry | None) -> lis
     return families
 
 
+def _store_families(store: StoreHealth) -> list:
+    from prometheus_client.core import GaugeMetricFamily
+
+    families = [GaugeMetricFamily("certrenew_store_up", "1 while the store (etcd) answers, 0 while it is unreachable",
+                                  value=float(store.outage is None))]
+    if store.outage is not None:
+        families.append(GaugeMetricFamily("certrenew_store_unreachable_since_timestamp_seconds",
+                                          "since when every request to the store has failed, as a Unix time",
+                                          value=store.outage.since))
+    return families
+
+
 def _fleet_families(fleet: Fleet, rows: list[CertificateStatus]) -> list:
     """A few series per node and one per store, never one per certificate and node: 100,000 certificates
     on 50 nodes are 250 series here, not 5 million. Every node exports every node's, so a dead node's
@@ -250,12 +272,15 @@ class MetricsServer:
     """
 
     def __init__(self, listen: str, source: Callable[[], list[CertificateStatus]],
-                 telemetry: Telemetry | None = None, fleet: Callable[[], Fleet] | None = None) -> None:
+                 telemetry: Telemetry | None = None, fleet: Callable[[], Fleet] | None = None,
+                 store: Callable[[], StoreHealth] | None = None) -> None:
         self.listen = listen
         self.source = source
         self.telemetry = telemetry
         self.fleet = fleet
         """The fleet's side of the store, read afresh at each request too (see `fleetview`)."""
+        self.store = store
+        """Whether the store answers (the daemon's): read at each request, as `source` is."""
         self._server: httpd.Server | None = None
         self._serving = contextlib.ExitStack()
 
@@ -283,13 +308,14 @@ class MetricsServer:
     def answer(self, request: httpd.Request) -> httpd.Response:
         """The answer to a GET of /metrics, /healthz, or anything else (404)."""
         try:
+            store = self.store() if self.store else None
             if request.path == "/metrics":
                 rows = self.source()
-                return httpd.Response(HTTPStatus.OK, render(rows, self.telemetry, self.fleet() if self.fleet else None),
-                                      CONTENT_TYPE)
+                return httpd.Response(HTTPStatus.OK, render(rows, self.telemetry, self.fleet() if self.fleet else None,
+                                                            store), CONTENT_TYPE)
             if request.path == "/healthz":
                 rows = self.source()
-                ok, document = health(rows, self.telemetry, self.fleet() if self.fleet else None)
+                ok, document = health(rows, self.telemetry, self.fleet() if self.fleet else None, store)
                 status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
                 return httpd.Response(status, json.dumps(document).encode() + b"\n", "application/json")
         except Exception as error:  # e.g. an unreadable state dir: say so, and keep serving
@@ -299,6 +325,7 @@ class MetricsServer:
 
 
 def serve(listen: str, source: Callable[[], list[CertificateStatus]],
-          telemetry: Telemetry | None = None, fleet: Callable[[], Fleet] | None = None) -> MetricsServer:
+          telemetry: Telemetry | None = None, fleet: Callable[[], Fleet] | None = None,
+          store: Callable[[], StoreHealth] | None = None) -> MetricsServer:
     """A `MetricsServer` on `listen` (HOST:PORT); enter it to start serving."""
-    return MetricsServer(listen, source, telemetry, fleet)
+    return MetricsServer(listen, source, telemetry, fleet, store)

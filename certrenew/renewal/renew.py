@@ -21,7 +21,7 @@ from certrenew.acme.solver import ChallengeSolver
 from certrenew.config import CertificateSpec, HaproxySettings, HookSettings, Settings, check_certificate_name
 from certrenew.config.challenges import HTTP_01, STATELESS, TLS_ALPN_01, check_domains
 from certrenew.config.dns import DnsSettings
-from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError, causes
+from certrenew.errors import CertrenewError, OverBudget, Refused, StoreUnreachable, UsageError, causes
 from certrenew.pki.domains import check_normalized
 from certrenew.renewal import hooks
 from certrenew.renewal.policy import Action, Decision, ari_check_due, backoff, decide, utc_now
@@ -438,7 +438,12 @@ def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, direct
 
 
 def _expected(error: Exception) -> CertrenewError:
-    """A failure as one line; an unforeseen one names its type, and its traceback is logged at -v."""
+    """A failure as one line; an unforeseen one names its type, and its traceback is logged at -v.
+
+    A store no node can reach is no failure of the certificate at hand: raised on, it ends the run as a
+    whole, with nothing recorded against any certificate (no back-off), and the daemon waits for the store."""
+    if isinstance(error, StoreUnreachable):
+        raise error
     if isinstance(error, CertrenewError):
         return error
     log.debug("unexpected error", exc_info=error)
@@ -469,18 +474,24 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     try:
         record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
     except CertrenewError as unreadable:  # reported, and left for the operator to look at
-        return Outcome(spec.name, Action.FAILED, f"{error}; and {unreadable}")
+        return Outcome(spec.name, Action.FAILED, f"{error}; and {_expected(unreadable)}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = (error.until if isinstance(error, OverBudget)
-                           else now + backoff(record.failures) if error.backoff else None)
+                           else now + backoff(record.failures, _lifetime(record)) if error.backoff else None)
     record.failed_settings = spec.order_settings(directory)
     try:
         store.save_record(record)
     except CertrenewError as unwritable:
+        _expected(unwritable)  # (raises a store no node reaches: the run's condition, not this certificate's)
         if isinstance(unwritable, Fenced):  # a late writer: what its successor recorded stands
             log.error("%s: %s; not recorded: %s", spec.name, error, unwritable, extra={"certificate": spec.name})
         return Outcome(spec.name, Action.FAILED, f"{error}; and {unwritable}")
     return Outcome(spec.name, Action.FAILED, str(error))
+
+
+def _lifetime(record: CertificateRecord) -> datetime.timedelta | None:
+    """The current certificate's lifetime, which bounds its back-off (see `backoff`); None before the first."""
+    return record.not_after - record.not_before if record.not_after and record.not_before else None
 
 
 def _check_ssl_dir(ssl_dir: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Protocol
 from certrenew.errors import Busy as Busy
 from certrenew.errors import Conflict as Conflict
 from certrenew.errors import Fenced as Fenced
+from certrenew.errors import StoreUnreachable as StoreUnreachable
 from certrenew.errors import Unavailable as Unavailable
 
 ABSENT = 0
@@ -45,6 +46,17 @@ class Changes:
     entries: dict[str, Entry | None]
     complete: bool = False
     """`entries` holds every key under the prefix: whatever is not in it is gone (a first read, a resync)."""
+
+
+@dataclass(frozen=True)
+class Outage:
+    """Since when a backend has failed to reach its cluster (Unix times), and its last reason."""
+
+    since: float
+    """The first failed request since the last one answered."""
+    last: float
+    """The latest failed request."""
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,11 @@ class Backend(Protocol):
 
     shared: bool
     """Whether other nodes work on it too (etcd): then the CA may validate at any of them."""
+    @property
+    def outage(self) -> Outage | None:
+        """Since when the backend has failed to reach its cluster (etcd), None while it answers: what every
+        reader (the daemon, `status`, the metrics) says, kept by the one client all requests go through.
+        A directory or memory is always reachable."""
 
     def get(self, key: str) -> Entry | None:
         """The entry at `key`, or None."""

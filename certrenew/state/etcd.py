@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from certrenew.errors import CertrenewError, ConfigurationError, Interrupted, UsageError
-from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Holder, Lease, check_key
+from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Holder, Lease, Outage, check_key
 from certrenew.state.etcd_client import EtcdClient, Tls, b64, unb64
 from certrenew.system.runcontext import RunContext
 
@@ -115,6 +115,10 @@ class EtcdBackend:
         self._mutex = threading.Lock()
         self._listed: dict[tuple[str, str], dict[str, Entry]] = {}
         """The entries of the last `list` of each prefix and suffix (see `list`)."""
+
+    @property
+    def outage(self) -> Outage | None:
+        return self._client.outage
 
     def _data_key(self, key: str) -> bytes:
         return f"{self.prefix}/data/{key}".encode()

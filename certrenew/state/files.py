@@ -98,6 +98,7 @@ class FileBackend:
     """Keys as files under `root` (a state dir)."""
 
     shared = False
+    outage = None
 
     def __init__(self, root: Path, context: RunContext | None = None) -> None:
         """`context`: the run whose cancellation ends a wait for a lock, and whose writes no signal cuts."""

@@ -49,6 +49,7 @@ class MemoryLease:
 
 class MemoryBackend:
     shared = False
+    outage = None
     """Keys and versioned values in a dict, guarded by one mutex."""
 
     def __init__(self, context: RunContext | None = None) -> None:

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import ABSENT, Backend, Changes, Conflict, Entry, Holder, Lease
+from certrenew.state.backend import ABSENT, Backend, Changes, Conflict, Entry, Holder, Lease, Outage
 from certrenew.system.owned import read_secret
 
 KEY_SIZE = 32
@@ -58,6 +58,10 @@ class SealedBackend:
         self._aead = AESGCM(key)
         self._secret = secret
         self._key_file = key_file
+
+    @property
+    def outage(self) -> Outage | None:
+        return self.inner.outage
 
     def seal(self, key: str, value: bytes) -> bytes:
         nonce = os.urandom(NONCE)

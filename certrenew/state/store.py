@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from certrenew.config import FleetSettings
 from certrenew.config.challenges import TOKEN, check_token
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import Backend, Entry, Holder, Lease
+from certrenew.state.backend import Backend, Entry, Holder, Lease, Outage
 from certrenew.state.files import FileBackend
 from certrenew.state.lock import StateLock
 from certrenew.system import owned
@@ -458,6 +458,11 @@ class Store:
     def shared(self) -> bool:
         """Whether other nodes use this store too: see `Backend.shared`."""
         return self.backend.shared
+
+    @property
+    def outage(self) -> Outage | None:
+        """Since when the store has been unreachable, None while it answers: see `Backend.outage`."""
+        return self.backend.outage
 
     def publish_challenge(self, token: str, domain: str, validation: str) -> None:
         """Make the HTTP-01 key authorization `validation` of `domain` available to every responder

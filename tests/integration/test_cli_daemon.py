@@ -124,7 +124,7 @@ def test_issues_serves_reports_and_stops_cleanly(lab, start_daemon):
     assert challenge.status_code == 404
     health = daemon.get("/healthz")
     assert health.status_code == 200 and health.json() == {"healthy": True, "certificates": 2, "unhealthy": [],
-                                                           "failing_passes": 0}
+                                                           "failing_passes": 0, "store": {"reachable": True}}
     expiry = metric(daemon.get("/metrics"), "certrenew_certificate_expiration_timestamp_seconds")
     assert set(expiry) == {"alpha", "beta"}
     for name, serial in serials.items():
