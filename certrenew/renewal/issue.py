@@ -22,11 +22,11 @@ from certrenew.pki.bundle import check_bundle, check_clock, check_issued, leaf_c
 from certrenew.pki.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
 from certrenew.renewal.deploy import Issued, apply_window
 from certrenew.renewal.policy import (
-    BUDGET_PERIOD,
     ORDER_BUDGET,
     Action,
     Decision,
     budget_ends,
+    budget_period,
     decide,
     minutes,
     recent_issues,
@@ -217,11 +217,13 @@ class Issuer:
     def _check_budget(self, spec: CertificateSpec, directory: str) -> None:
         """Refuse to order past the certificate's budget (`policy.ORDER_BUDGET`), whatever asked for it;
         the operator's --force (and so `revoke --reissue`) orders anyway, with a warning."""
-        until = budget_ends(self.store.load_record(spec.name), spec.order_settings(directory), utc_now())
+        record = self.store.load_record(spec.name)
+        until = budget_ends(record, spec.order_settings(directory), utc_now())
         if until is None:
             return
+        period = budget_period(record).total_seconds()
         spent = (f"the CA issued {ORDER_BUDGET} certificates for it in the last "
-                 f"{BUDGET_PERIOD.total_seconds() / 3600:g} h, its budget")
+                 f"{f'{period / 3600:g} h' if period >= 3600 else f'{period:g} s'}, its budget")
         if self.force:
             log.warning("%s: %s; ordering anyway (--force)", spec.name, spent)
             return

@@ -95,22 +95,31 @@ def ari_renew_at(record: CertificateRecord) -> datetime.datetime | None:
 
 def recent_issues(record: CertificateRecord | None, settings: str, now: datetime.datetime) -> list[datetime.datetime]:
     """The times the CA issued a certificate for `record` with these `settings` (`CertificateSpec.order_settings`)
-    within BUDGET_PERIOD before `now`, oldest first.
+    within `budget_period` before `now`, oldest first.
 
     Issues with other settings do not count: a change of names, key type or CA is the operator's,
     once, not a loop; a certificate from the staging CA must not hold back the production one.
     """
     if record is None or record.issued_settings != settings:
         return []
-    return sorted(when for when in record.recent_issues if when > now - BUDGET_PERIOD)
+    return sorted(when for when in record.recent_issues if when > now - budget_period(record))
+
+
+def budget_period(record: CertificateRecord | None) -> datetime.timedelta:
+    """BUDGET_PERIOD, or the lifetime of the record's certificate if shorter: one renewed at half its lifetime
+    is issued twice a lifetime, so ORDER_BUDGET a day would let a certificate of under 16 h expire (a private
+    CA's hour-long ones, say); a loop is still held to ORDER_BUDGET a lifetime."""
+    if record is None or record.not_before is None or record.not_after is None:
+        return BUDGET_PERIOD
+    return max(min(BUDGET_PERIOD, record.not_after - record.not_before), datetime.timedelta(seconds=1))
 
 
 def budget_ends(record: CertificateRecord | None, settings: str, now: datetime.datetime) -> datetime.datetime | None:
     """When the certificate may be ordered again, if it has had ORDER_BUDGET certificates with these
-    `settings` within BUDGET_PERIOD; None while it may be ordered now. An issue recorded in the future (a
+    `settings` within `budget_period`; None while it may be ordered now. An issue recorded in the future (a
     clock set back since, a record edited) counts as now: a day's wait, not one until then (or an overflow)."""
     issues = recent_issues(record, settings, now)
-    return min(issues[-ORDER_BUDGET], now) + BUDGET_PERIOD if len(issues) >= ORDER_BUDGET else None
+    return min(issues[-ORDER_BUDGET], now) + budget_period(record) if len(issues) >= ORDER_BUDGET else None
 
 
 def minutes(when: datetime.datetime) -> str:

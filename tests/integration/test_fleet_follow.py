@@ -46,8 +46,21 @@ def test_three_daemons_on_20_certificates_serve_each_with_the_same_serial_on_eve
     with fleet(lab, cluster, tmp_path, names) as nodes:
         nodes.start(1, 2, 3)
         serials = poll("all 20 served by every node", lambda: all(map(nodes.alive, (1, 2, 3))) and nodes.everywhere())
+
+        def status_says_current() -> dict | None:
+            """`certrenew status --json` on node 1, once it says every node serves every certificate."""
+            result = lab.certrenew("status", "--json", "--config", nodes.config,
+                                   env={**nodes.env[1], "CERTRENEW_METRICS_LISTEN": None})
+            document = json.loads(result.stdout)
+            rows = document["certificates"]
+            return document if len(rows) == 20 and all(
+                row["lagging"] == [] and set(row["nodes"]) == {"node1", "node2", "node3"} for row in rows) else None
+
+        # What each node reports is written after its batch: status shows it once the last report is in.
+        status = poll("status showing all three nodes current", status_says_current)
         logs = [nodes.log(index).read_text() for index in (1, 2, 3)]
     assert len(serials) == 20 and len(set(serials.values())) == 20
+    assert {node["node"]: node["lagging"] for node in status["nodes"]} == {"node1": 0, "node2": 0, "node3": 0}
     # Each certificate was issued by one node, and given to the others by the store.
     issued = [sum(f"{name}: issued" in log for name in names) for log in logs]
     assert sum(issued) == 20, issued

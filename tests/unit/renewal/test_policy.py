@@ -98,6 +98,16 @@ def test_the_order_budget_is_a_rolling_day_of_certificates_issued_with_the_same_
     assert budget_ends(spent, "S", NOW) == NOW + DAY
 
 
+def test_a_certificate_shorter_than_a_day_has_its_budget_per_lifetime_so_its_renewals_are_never_refused():
+    hourly = record(1 / 24, 0)  # a private CA's hour-long certificates, renewed every half hour
+    minute = datetime.timedelta(minutes=1)
+    hourly.recent_issues, hourly.issued_settings = [NOW - 90 * minute, NOW - 45 * minute, NOW - 15 * minute], "S"
+    assert budget_ends(hourly, "S", NOW) is None  # its due renewal now: two in the last hour, not three in a day
+    hourly.recent_issues.append(NOW - minute)  # a third within its hour: a loop, held back
+    assert budget_ends(hourly, "S", NOW) == NOW + 15 * minute  # when the one 45 min ago falls out of the hour
+    assert budget_ends(record(90, 0), "S", NOW) is None  # the others keep the day (the test above)
+
+
 def test_the_daemon_wakes_for_an_ari_window_earlier_than_the_lifetime_rule():
     asked_early = record(90, 1)
     asked_early.ari_renew_at = NOW + 10 * datetime.timedelta(minutes=1)
