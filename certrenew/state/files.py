@@ -352,8 +352,8 @@ class FileBackend:
             if due:
                 try:
                     self._renew(due, now)
-                except CertrenewError as error:  # the next check or fenced write says so
-                    log.warning("cannot renew the leases of %s: %s", self.root, error)
+                except Exception as error:  # any: a dead keeper would renew no lease of this backend again
+                    log.warning("cannot renew the leases of %s: %s", self.root, error)  # their next check says so
             time.sleep(min((lease.ttl for lease in held), default=POLL * 6) / 6)
 
     def _renew(self, leases: Iterable[FileLease], now: float) -> None:

@@ -1,11 +1,13 @@
 """The backend contract (tests/harness/backend_contract.py) on each local backend, and what only the
 file backend must keep: today's layout, a crash between the files of one write, a killed holder."""
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -134,3 +136,22 @@ def test_a_write_refused_before_it_began_leaves_no_journal_to_block_the_next_one
     assert not (tmp_path / "state" / JOURNAL).exists()
     backend.write({"certificates/b/meta.json": b"{}"})  # the state dir still takes writes
     assert backend.get("certificates/a/pending.pem").value == b"ONE"
+
+
+def test_a_failure_nobody_foresaw_while_renewing_leases_does_not_stop_their_renewal(tmp_path, monkeypatch):
+    """The keeper thread outlives any failure: dead, it would renew no lease of the backend again (a daemon's
+    every later lock would lapse a TTL in, and be taken over while still worked on)."""
+    backend = FileBackend(tmp_path / "state")
+    real, failed = backend._renew, []
+
+    def fail_once(leases, now):
+        if not failed:
+            failed.append(now)
+            raise OSError(errno.EIO, "Input/output error")  # fsync_directory's, say: not a CertrenewError
+        return real(leases, now)
+    monkeypatch.setattr(backend, "_renew", fail_once)
+    with backend.lock("certificates/a", ttl=0.3, wait=0, holder="me") as lease:
+        time.sleep(1.2)  # four TTLs: renewed three times or more, once the first renewal failed
+        assert failed  # the fault happened
+        lease.check()
+        backend.write({"certificates/a/meta.json": b"{}"}, fence=lease)
