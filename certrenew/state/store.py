@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from certrenew.config import FleetSettings
 from certrenew.config.challenges import TOKEN, check_token
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import Backend, Entry, Lease
+from certrenew.state.backend import ABSENT, Backend, Conflict, Entry, Lease
 from certrenew.state.files import FileBackend
 from certrenew.state.lock import StateLock
 from certrenew.system import owned
@@ -315,10 +315,27 @@ class Store:
                                               self.backend.where(f"{directory}/account.json"))
         return Account(key_pem.value, uri)
 
-    def save_account(self, directory_url: str, account: Account) -> None:
+    def save_account(self, directory_url: str, account: Account) -> Account:
+        """Keep `account` as the CA's, unless the store holds another key for it: the account the store holds.
+
+        The first key stays (create-if-absent): one made late (its maker's account lock lapsed while it was
+        paused, or `haproxy-config` beside a run) must not replace the fleet's account, whose thumbprint
+        HAProxy may answer with; its maker uses the stored one instead. The same key's URI is updated.
+        """
         directory = _account_key(directory_url)
-        self.backend.write({f"{directory}/key.pem": account.key_pem,
-                            f"{directory}/account.json": encode({"directory": directory_url, "uri": account.uri})})
+        key = f"{directory}/key.pem"
+        stored = self.backend.get(key)
+        if stored is not None and stored.value != account.key_pem:
+            return self.load_account(directory_url) or account
+        changes: dict[str, bytes | None] = {f"{directory}/account.json": encode({"directory": directory_url,
+                                                                                "uri": account.uri})}
+        if stored is None:
+            changes[key] = account.key_pem
+        try:
+            self.backend.write(changes, expect={key: stored.version if stored else ABSENT})
+        except Conflict:  # made (or registered) meanwhile by another
+            return self.load_account(directory_url) or account
+        return account
 
     # Certificates.
 

@@ -43,6 +43,19 @@ def test_an_account_per_ca(store):
     assert store.load_account("https://other.example/dir") is None
 
 
+def test_an_account_key_made_meanwhile_elsewhere_stays_the_ca_s_one_account(store):
+    """A run whose account lock lapsed (paused past its lease), or `haproxy-config --create-account` beside a
+    run, makes a key after another made one: the first stays (HAProxy answers with its thumbprint), and the
+    late one is handed the stored account to use instead of writing its own over it."""
+    first = store.save_account("https://ca.example/dir", Account(b"FIRST KEY", None))
+    late = store.save_account("https://ca.example/dir", Account(b"LATE KEY", None))
+    assert store.load_account("https://ca.example/dir") == Account(b"FIRST KEY", None)
+    assert first == late == Account(b"FIRST KEY", None)
+    registered = store.save_account("https://ca.example/dir", Account(b"FIRST KEY", "https://ca.example/acct/1"))
+    assert store.load_account("https://ca.example/dir") == registered == Account(b"FIRST KEY",
+                                                                                  "https://ca.example/acct/1")
+
+
 def test_record_round_trips_with_every_time(store):
     record = CertificateRecord("a", ["a.example", "www.a.example"], "rsa2048", serial="ab", last_error="boom",
                                failures=2, recent_issues=[WHEN, WHEN],
