@@ -7,7 +7,7 @@ through a symbolic link (see `owned`); each file is replaced atomically (see `at
 Writes and lock changes of every process are serialized by a short flock on `locks/mutex`,
 held for the few file operations of one write, never for a run. A write of several keys first
 records them all in `journal.json` (atomically), then applies them, then removes the journal:
-a crash part-way leaves the journal, which the next write or lock by any process replays
+a crash part-way leaves the journal, which the next write, lock or read by any process replays
 before anything else, so each write ends up applied whole (an intent journal; readers racing
 the few milliseconds of an apply may see part of it, as they would any two separate writes).
 
@@ -148,7 +148,8 @@ class FileBackend:
         return found
 
     def check_layout(self) -> bool:
-        """Whether the state dir exists, refused unless it and its top directories are ours alone.
+        """Whether the state dir exists, refused unless it and its top directories are ours alone; a write a
+        crash left half done is completed first.
 
         Checked at most every RECHECK_AFTER seconds (and each directory below them once in that
         time): `status` over ten thousand certificates checks once, and a daemon's /metrics and
@@ -161,6 +162,9 @@ class FileBackend:
             return False
         for top in TOPS:
             owned.check_dir(self.root / top)
+        if os.access(f"{self._root}/{JOURNAL}", os.F_OK):  # a write in flight, or one a killed process cut short:
+            with self._mutex():  # completed (see `_replay`) before anything is read, not only before the next write
+                pass
         self._checked_at, self._checked = now, set()
         return True
 
@@ -202,6 +206,7 @@ class FileBackend:
                 journal = {key: None if value is None else base64.b64encode(value).decode()
                            for key, value in changes.items()}
                 write_atomic(self.root / JOURNAL, json.dumps(journal).encode())
+                self._checked_at = -RECHECK_AFTER  # should the apply fail, this process's next read completes it
             version = self._apply({paths[key]: value for key, value in changes.items()})
             if len(changes) > 1:
                 _unlink(self.root / JOURNAL)

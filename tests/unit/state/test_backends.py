@@ -155,3 +155,35 @@ def test_a_failure_nobody_foresaw_while_renewing_leases_does_not_stop_their_rene
         assert failed  # the fault happened
         lease.check()
         backend.write({"certificates/a/meta.json": b"{}"}, fence=lease)
+
+
+KILLED_MID_WRITE = textwrap.dedent("""
+    import os, signal, sys
+    from certrenew.state import files
+    backend = files.FileBackend(sys.argv[1])
+    real = files.write_atomic
+
+    def killed_at_the_second_file(path, *args, **kwargs):
+        if path.name == "previous.pem":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, *args, **kwargs)
+    files.write_atomic = killed_at_the_second_file
+    backend.write({"certificates/a/current.pem": b"TWO", "certificates/a/previous.pem": b"ONE",
+                   "certificates/a/pending.pem": None})
+""")
+
+
+def test_a_write_a_killed_process_left_half_done_is_completed_before_anyone_reads(tmp_path):
+    """Not only by the next write: `status`, /metrics or `migrate-state` may be the next to look, and must
+    not show (or copy) a certificate's new bundle with its old record, or a pending one already installed."""
+    FileBackend(tmp_path / "state").write({"certificates/a/current.pem": b"ONE",
+                                           "certificates/a/pending.pem": b"TWO"})
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path / "state")])
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "state" / JOURNAL).exists()  # the write really was cut short
+    assert (tmp_path / "state" / "certificates" / "a" / "current.pem").read_bytes() == b"TWO"
+    reader = FileBackend(tmp_path / "state")  # another process, that only reads
+    assert reader.get("certificates/a/pending.pem") is None
+    assert {key: entry.value for key, entry in reader.list("certificates/").items()} == {
+        "certificates/a/current.pem": b"TWO", "certificates/a/previous.pem": b"ONE"}
+    assert not (tmp_path / "state" / JOURNAL).exists()

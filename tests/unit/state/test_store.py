@@ -98,23 +98,30 @@ def failing_write_of(monkeypatch, file: str) -> list[str]:
 
 
 def test_a_promotion_cut_short_keeps_the_pending_certificate(files, monkeypatch):
-    """pending.pem goes only once current.pem and meta.json are written: a run cut short between two
-    steps promotes it again, the certificate the CA issued is never lost."""
-    files.save_pending("a", b"ONE")
+    """A promotion cut short between two files (a full disk) is completed whole by the next read or write
+    once it can be: the certificate the CA issued is never lost, nor current without its record."""
     for step in ("current.pem", "meta.json"):
+        files.save_pending("a", b"ONE")
         asked = failing_write_of(monkeypatch, step)
         with pytest.raises(OSError):
             files.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
         assert step in asked  # the fault really happened
-        assert files.load_bundle("a", "pending") == b"ONE"
+        with pytest.raises(OSError):  # the disk still full: nothing half done is read
+            files.load_bundle("a", "pending")
         monkeypatch.undo()
+        assert files.load_bundle("a", "pending") is None and files.load_bundle("a") == b"ONE"
+        assert files.load_record("a") == CertificateRecord("a", ["a.example"], "ecdsa-p256")
 
 
 def test_a_pending_certificate_is_never_saved_without_its_ca(files, monkeypatch):
     asked = failing_write_of(monkeypatch, "pending.json")
     with pytest.raises(OSError):
         files.save_pending("a", b"ONE", "https://ca.example/dir")
-    assert asked == ["journal.json", "pending.json"] and files.load_bundle("a", "pending") is None
+    assert asked == ["journal.json", "pending.json"]
+    with pytest.raises(OSError):  # the disk still full: a read cannot complete the write, and says so
+        files.load_bundle("a", "pending")
+    monkeypatch.undo()
+    assert files.load_bundle("a", "pending") == b"ONE" and files.pending_directory("a") == "https://ca.example/dir"
 
 def test_a_discarded_pending_certificate_is_gone(store):
     store.save_pending("a", b"ONE")
