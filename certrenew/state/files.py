@@ -12,7 +12,7 @@ before anything else, so each write ends up applied whole (an intent journal; re
 the few milliseconds of an apply may see part of it, as they would any two separate writes).
 
 A lock on key K is `locks/K` (slashes as `~`), a JSON lease: token, holder, expiry. The holder
-also keeps a flock on `locks/K.<token>`, and one thread of the backend renews the expiry of every
+also keeps a flock on `locks/K#<token>`, and one thread of the backend renews the expiry of every
 lease it holds each third of their TTL.
 A taker finds the lock free when the lease was released, when its expiry passed (the holder
 was paused past its TTL: SIGSTOP, a frozen VM) or when nobody holds that flock any more (the
@@ -332,8 +332,8 @@ class FileBackend:
             token = lease.get("token", 0)
             if lease.get("holder") is not None and lease["expires"] > time.time() and _alive(path, token):
                 return str(lease["holder"])
-            _unlink(Path(f"{path}.{token}"))
-            fd = _open(Path(f"{path}.{token + 1}"))
+            _unlink(_flock_path(path, token))
+            fd = _open(_flock_path(path, token + 1))
             fcntl.flock(fd, fcntl.LOCK_EX)
             write_atomic(path, json.dumps({"token": token + 1, "holder": holder, "expires": time.time() + ttl,
                                            "ttl": ttl}).encode(), sync=False)
@@ -376,7 +376,7 @@ class FileBackend:
             if _lease(path).get("token") == lease.token:  # the token stays, for the next taker to count on
                 write_atomic(path, json.dumps({"token": lease.token, "holder": None, "expires": 0}).encode(),
                              sync=False)
-            _unlink(Path(f"{path}.{lease.token}"))
+            _unlink(_flock_path(path, lease.token))
 
     def where(self, key: str) -> str:
         return f"{self._root}/{check_key(key)}"
@@ -398,16 +398,26 @@ def _lease(path: Path) -> dict:
         return {}
 
 
+def _flock_path(path: Path, token: int) -> Path:
+    """The file whose flock the holder of `token` keeps: `#` is in no key, so it is no other key's lease
+    (`.1` was: the holder of "srv" token 1 kept its flock on the lease of certificate "srv.1")."""
+    return Path(f"{path}#{token}")
+
+
 def _alive(path: Path, token: int) -> bool:
-    """Whether the holder of `token` still holds its flock: not if it exited, however it did."""
-    try:
-        fd = owned.open_file(f"{path}.{token}", os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        return not _flock(fd)
-    finally:
-        os.close(fd)
+    """Whether the holder of `token` still holds its flock: not if it exited, however it did. (Also looked
+    for as `.<token>`, the name an older certrenew used: one still running through an upgrade holds its locks.)"""
+    for name in (_flock_path(path, token), f"{path}.{token}"):
+        try:
+            fd = owned.open_file(name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            if not _flock(fd):
+                return True
+        finally:
+            os.close(fd)
+    return False
 
 
 def _flock(fd: int) -> bool:

@@ -2,6 +2,8 @@
 file backend must keep: today's layout, a crash between the files of one write, a killed holder."""
 
 import errno
+import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -187,3 +189,34 @@ def test_a_write_a_killed_process_left_half_done_is_completed_before_anyone_read
     assert {key: entry.value for key, entry in reader.list("certificates/").items()} == {
         "certificates/a/current.pem": b"TWO", "certificates/a/previous.pem": b"ONE"}
     assert not (tmp_path / "state" / JOURNAL).exists()
+
+
+def test_a_certificate_named_like_another_s_lock_token_takes_no_lock_from_it(tmp_path):
+    """Certificate names may end in a dot and digits: the lock of "srv.1" is not the file whose flock says that
+    the holder of "srv" (token 1) is alive, so neither lock can be taken while the other is held."""
+    holder, other, taker = (FileBackend(tmp_path / "state") for _ in range(3))
+    with holder.lock("certificates/srv", ttl=30, wait=0, holder="the holder of srv") as held:
+        with other.lock("certificates/srv.1", ttl=30, wait=0, holder="the holder of srv.1"):
+            with pytest.raises(Busy, match="the holder of srv holds the lock on certificates/srv;"):
+                with taker.lock("certificates/srv", ttl=30, wait=0, holder="a second holder"):
+                    pass
+            held.check()
+
+
+def test_a_lock_an_older_certrenew_holds_through_an_upgrade_stays_its_own(tmp_path):
+    """It kept its flock on `locks/K.<token>`: a run of this one does not take its lock away."""
+    backend = FileBackend(tmp_path / "state")
+    with backend.lock("certificates/a", ttl=30, wait=0, holder="me"):  # makes locks/, with the layout's modes
+        pass
+    lease = tmp_path / "state" / "locks" / "certificates~a"
+    lease.write_text(json.dumps({"token": 2, "holder": "an older certrenew", "expires": time.time() + 30}))
+    old = os.open(f"{lease}.2", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(old, fcntl.LOCK_EX)
+        with pytest.raises(Busy, match="an older certrenew holds the lock on certificates/a"):
+            with backend.lock("certificates/a", ttl=30, wait=0, holder="me"):
+                pass
+    finally:
+        os.close(old)
+    with backend.lock("certificates/a", ttl=30, wait=0, holder="me") as taken:  # gone with its flock
+        assert taken.token == 3
