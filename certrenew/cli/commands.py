@@ -403,18 +403,21 @@ def _daemon(argv: list[str], context: RunContext) -> int:
 
 
 def _status(argv: list[str], context: RunContext) -> int:
-    from certrenew.cli import status
+    from certrenew.cli import fleetview, status
+    from certrenew.state.store import this_node
 
     args = build_status_parser().parse_args(argv)
     output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
-    rows = status.collect(settings, config.certificates if config else None, open_store(settings),
-                          read_ssl_dir=True)
+    store = open_store(settings)
+    rows = status.collect(settings, config.certificates if config else None, store, read_ssl_dir=True)
+    fleet = fleetview.read(store, this_node(settings.fleet))
     reason = status.unhealthy(settings, rows)
     if args.json:
         document = {"version": status.JSON_VERSION, "healthy": reason is None, "reason": reason,
-                    "certificates": [row.to_json() for row in rows]}
+                    "certificates": [{**row.to_json(), **fleet.certificate(row)} for row in rows],
+                    **fleet.to_json(rows)}
         print(json.dumps(document, indent=None if output.json else 2))  # one line among JSON log lines
     else:
         lines = status.format_table(rows).splitlines() if rows else []
@@ -423,6 +426,8 @@ def _status(argv: list[str], context: RunContext) -> int:
                 output.result(line.rstrip(), row.name)
         elif lines:
             print("\n".join(lines))
+            if fleet_lines := fleetview.format_fleet(fleet, rows):
+                print(fleet_lines)
         if reason:
             failing = [row.name for row in rows if row.state == status.State.FAILING]
             hint = f" ({status.forget_hint(failing)})" if failing else ""

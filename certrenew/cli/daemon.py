@@ -19,13 +19,13 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from certrenew.challenge.responder import PortBusy, Responder
-from certrenew.cli import metrics, status
+from certrenew.cli import fleetview, metrics, status
 from certrenew.config import STORE_OPTIONS, CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal import policy, renew
 from certrenew.renewal.policy import Action
 from certrenew.state.board import Board
-from certrenew.state.store import Store
+from certrenew.state.store import Store, this_node
 from certrenew.system import signals
 from certrenew.system.runcontext import RunContext
 
@@ -78,7 +78,8 @@ class Daemon:
             responder = stack.enter_context(Responder(self.settings.responder.listen, board))
             self.bind(responder)
             if self.settings.daemon.metrics_listen:
-                stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry))
+                stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry,
+                                                  self.fleet))
             log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.responder.listen,
                      f", metrics on {self.settings.daemon.metrics_listen}" if self.settings.daemon.metrics_listen else "")
             notify("READY=1")
@@ -109,6 +110,10 @@ class Daemon:
     def status(self) -> list[status.CertificateStatus]:
         """The status rows /metrics and /healthz report, read afresh from the store."""
         return status.collect(self.settings, self.specs, self.store)
+
+    def fleet(self) -> fleetview.Fleet:
+        """The fleet's side of the store /metrics and /healthz report, with this node's health."""
+        return fleetview.read(self.store, this_node(self.settings.fleet), locks=False)
 
     def run_pass(self, responder: Responder) -> datetime.datetime:
         """One `renew.run`, logged and counted; never raises but `Interrupted`. Returns when to run the next."""

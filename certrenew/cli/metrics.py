@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 
+from certrenew.cli.fleetview import Fleet
 from certrenew.cli.status import HEALTHY, CertificateStatus, State
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.system import httpd
@@ -83,13 +84,16 @@ def _managed(rows: list[CertificateStatus]) -> list[CertificateStatus]:
     return [row for row in rows if row.state != State.UNMANAGED]
 
 
-def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> tuple[bool, dict]:
+def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
+           fleet: Fleet | None = None) -> tuple[bool, dict]:
     """Whether every managed certificate is healthy in the sense of `status`, and the /healthz document.
 
     Nothing managed is not healthy, as in `status`: a probe pointed at the wrong config fails loudly.
     A daemon (`telemetry`) whose last MAX_FAILING_PASSES passes failed as a whole is not healthy
-    either, though its certificates still are: it cannot renew them.
+    either, though its certificates still are: it cannot renew them. Nor is a node of a `fleet` that lags
+    the store by more than its reconcile interval (`Fleet.health`); the silent nodes are named, whichever.
     """
+    lag = fleet.health(rows) if fleet is not None and fleet.on else None  # every certificate: each node serves all
     rows = _managed(rows)
     unhealthy = [row.name for row in rows if row.state != HEALTHY]
     ok = bool(rows) and not unhealthy
@@ -98,15 +102,22 @@ def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None) ->
         failing = telemetry.snapshot().failing_passes
         document["healthy"] = ok = ok and failing < MAX_FAILING_PASSES
         document["failing_passes"] = failing
+    if fleet is not None and fleet.on:
+        document["healthy"] = ok = ok and lag is None
+        document.update(node=fleet.node, lag=lag,
+                        silent_nodes=[report.node for report in fleet.reports if report.stale(fleet.now)])
     return ok, document
 
 
-def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> bytes:
-    """The Prometheus text format for `rows` (managed ones only) and the run facts of `telemetry`."""
+def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None, fleet: Fleet | None = None) -> bytes:
+    """The Prometheus text format for `rows` (managed ones only), the run facts of `telemetry`, and the
+    nodes of `fleet`."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
     families = _families(_managed(rows), telemetry.snapshot() if telemetry else None)
+    if fleet is not None and fleet.on:
+        families += _fleet_families(fleet, rows)
     registry.register(_Families(families))
     return generate_latest(registry)
 
@@ -189,6 +200,40 @@ def _families(rows: list[CertificateStatus], telemetry: Telemetry | None) -> lis
     return families
 
 
+def _fleet_families(fleet: Fleet, rows: list[CertificateStatus]) -> list:
+    """A few series per node and one per store, never one per certificate and node: 100,000 certificates
+    on 50 nodes are 250 series here, not 5 million. Every node exports every node's, so a dead node's
+    series still come from the others."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    families = [GaugeMetricFamily("certrenew_store_revision", "the store's revision when the metrics were read",
+                                  value=fleet.revision or 0),
+                GaugeMetricFamily("certrenew_node_reports_unreadable", "node reports in the store that cannot be read",
+                                  value=len(fleet.unreadable))]
+    lagging = fleet.lagging(rows)
+    per_node = [
+        ("certrenew_node_applied_revision", "the store revision up to which the node has applied every change",
+         lambda report: report.revision),
+        ("certrenew_node_lagging_certificates",
+         "certificates the node does not serve at the store's generation (behind, catching up; all when silent)",
+         lambda report: lagging[report.node]),
+        ("certrenew_node_behind_certificates", "certificates the node saw and could not serve (its report says why)",
+         lambda report: len(report.behind)),
+        ("certrenew_node_report_timestamp_seconds", "when the node last wrote its report, as a Unix time",
+         lambda report: report.at.timestamp()),
+        ("certrenew_node_reconcile_interval_seconds", "the node's reconcile interval: it reports at least this often",
+         lambda report: report.reconcile_interval),
+        ("certrenew_node_locks_held", "certificate locks the node's processes hold now",
+         lambda report: fleet.locks_held(report.node)),
+    ]
+    for name, documentation, value in per_node:
+        family = GaugeMetricFamily(name, documentation, labels=["node"])
+        for report in fleet.reports:
+            family.add_metric([report.node], value(report))
+        families.append(family)
+    return families
+
+
 class MetricsServer:
     """`GET /metrics` and `GET /healthz` on a port of their own, for the daemon.
 
@@ -199,10 +244,12 @@ class MetricsServer:
     """
 
     def __init__(self, listen: str, source: Callable[[], list[CertificateStatus]],
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, fleet: Callable[[], Fleet] | None = None) -> None:
         self.listen = listen
         self.source = source
         self.telemetry = telemetry
+        self.fleet = fleet
+        """The fleet's side of the store, read afresh at each request too (see `fleetview`)."""
         self._server: httpd.Server | None = None
         self._serving = contextlib.ExitStack()
 
@@ -231,9 +278,12 @@ class MetricsServer:
         """The answer to a GET of /metrics, /healthz, or anything else (404)."""
         try:
             if request.path == "/metrics":
-                return httpd.Response(HTTPStatus.OK, render(self.source(), self.telemetry), CONTENT_TYPE)
+                rows = self.source()
+                return httpd.Response(HTTPStatus.OK, render(rows, self.telemetry, self.fleet() if self.fleet else None),
+                                      CONTENT_TYPE)
             if request.path == "/healthz":
-                ok, document = health(self.source(), self.telemetry)
+                rows = self.source()
+                ok, document = health(rows, self.telemetry, self.fleet() if self.fleet else None)
                 status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
                 return httpd.Response(status, json.dumps(document).encode() + b"\n", "application/json")
         except Exception as error:  # e.g. an unreadable state dir: say so, and keep serving
@@ -243,6 +293,6 @@ class MetricsServer:
 
 
 def serve(listen: str, source: Callable[[], list[CertificateStatus]],
-          telemetry: Telemetry | None = None) -> MetricsServer:
+          telemetry: Telemetry | None = None, fleet: Callable[[], Fleet] | None = None) -> MetricsServer:
     """A `MetricsServer` on `listen` (HOST:PORT); enter it to start serving."""
-    return MetricsServer(listen, source, telemetry)
+    return MetricsServer(listen, source, telemetry, fleet)

@@ -15,7 +15,7 @@ import datetime
 import re
 from dataclasses import dataclass, field
 
-from certrenew.state.backend import Backend
+from certrenew.state.backend import Backend, Entry
 from certrenew.state.store import decode, encode
 
 NODES = "nodes"
@@ -89,8 +89,20 @@ def publish(backend: Backend, report: NodeReport) -> None:
 def reports(backend: Backend) -> tuple[list[NodeReport], list[str]]:
     """Every node's report, sorted by node, in one range read; and, apart, one line for each report
     that cannot be read (a node's fault must not hide the others)."""
+    return _parse(backend, backend.list(f"{NODES}/"))
+
+
+def snapshot(backend: Backend) -> tuple[int, list[NodeReport], list[str]]:
+    """`reports`, and the store's revision they were read at, in the same one read (a watch from
+    revision 0 is a read of the prefix at the store's revision; see `Backend.watch`)."""
+    changes = backend.watch(f"{NODES}/", 0, 0)
+    return (changes.revision, *_parse(backend, {key: entry for key, entry in changes.entries.items()
+                                                if entry is not None}))
+
+
+def _parse(backend: Backend, entries: dict[str, Entry]) -> tuple[list[NodeReport], list[str]]:
     found, unreadable = [], []
-    for key, entry in sorted(backend.list(f"{NODES}/").items()):
+    for key, entry in sorted(entries.items()):
         try:
             found.append(decode(entry.value, NodeReport.from_json, backend.where(key)))
         except Exception as error:  # CertrenewError from decode; anything else is a fault of that report alone

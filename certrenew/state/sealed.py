@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import ABSENT, Backend, Changes, Conflict, Entry, Lease
+from certrenew.state.backend import ABSENT, Backend, Changes, Conflict, Entry, Holder, Lease
 from certrenew.system.owned import read_secret
 
 KEY_SIZE = 32
@@ -98,8 +98,8 @@ class SealedBackend:
         entry = self.inner.get(key)
         return None if entry is None else self._open(key, entry)
 
-    def list(self, prefix: str) -> dict[str, Entry]:
-        return {key: self._open(key, entry) for key, entry in self.inner.list(prefix).items()}
+    def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
+        return {key: self._open(key, entry) for key, entry in self.inner.list(prefix, suffix).items()}
 
     def write(self, changes: Mapping[str, bytes | None], *, expect: Mapping[str, int] | None = None,
               fence: Lease | None = None) -> int:
@@ -114,6 +114,9 @@ class SealedBackend:
 
     def lock(self, key: str, *, ttl: float, wait: float, holder: str) -> AbstractContextManager[Lease]:
         return self.inner.lock(key, ttl=ttl, wait=wait, holder=holder)
+
+    def locks(self, prefix: str) -> dict[str, Holder]:
+        return self.inner.locks(prefix)
 
     def where(self, key: str) -> str:
         return self.inner.where(key)
