@@ -56,6 +56,9 @@ CERTIFICATES, CHALLENGES, REMOVED = "certificates", "challenges", "removed"
 LEASE_TTL = 60.0
 """Seconds a lock outlives a holder that stopped keeping it alive (paused, frozen, cut off):
 then the next taker gets it. A holder that exits lets go at once."""
+MOVE_BATCH = 50
+"""Keys an archive moves in one write: two operations each (a copy, a removal), within the 128 of an etcd
+transaction. A certificate with more (many bundles set aside) is moved in steps."""
 CHALLENGE_TTL = datetime.timedelta(hours=1)
 """How long a published HTTP-01 answer is served: longer than any validation takes, so one
 that a killed run left behind is neither served nor kept for ever."""
@@ -370,8 +373,18 @@ class Store:
         but not lost (it holds the key, should the operator need it back); return where."""
         prefix, target = f"{CERTIFICATES}/{name}/", f"{REMOVED}/{name}-{label}"
         kept = self.backend.list(prefix)
-        self._write(name, {**{f"{target}/{key[len(prefix):]}": entry.value for key, entry in kept.items()},
-                           **dict.fromkeys(kept)}, {key: entry.version for key, entry in kept.items()})
+        keys = sorted(kept)
+        batches = [keys[start:start + MOVE_BATCH] for start in range(0, len(keys), MOVE_BATCH)] or [[]]
+        copies: list[dict[str, bytes | None]] = [{f"{target}/{key[len(prefix):]}": kept[key].value for key in batch}
+                                                 for batch in batches]
+        removals = [{key: kept[key].version for key in batch} for batch in batches]
+        if len(batches) == 1:  # most: one write
+            self._write(name, {**copies[0], **dict.fromkeys(removals[0])}, removals[0])
+        else:  # copies first: stopped between, both are kept, never neither
+            for copy in copies:
+                self._write(name, copy)
+            for removal in removals:
+                self._write(name, dict.fromkeys(removal), removal)
         return self.backend.where(target)
 
     def load_record(self, name: str) -> CertificateRecord | None:

@@ -368,3 +368,23 @@ def test_tls_with_a_client_certificate_and_a_wrong_ca_refused_in_one_line(tmp_pa
         stranger = Tls(ca=tmp_path / "other-ca.pem", cert=secure.tls.cert)
         with pytest.raises(ConfigurationError, match=r"^TLS with etcd at 127.0.0.1:\d+ failed: .*certificate verify failed"):
             from_url(secure.url("tls"), tls=stranger).get("a")
+
+
+def test_a_certificate_with_more_state_than_one_transaction_holds_is_archived_whole(backend):
+    """Each bundle HAProxy refused is kept set aside: some seventy of them (a certificate failing daily for two
+    months) are more than one etcd transaction can move (128 operations). `revoke --delete` archives it in
+    steps, copies before removals (stopped between, both are there, never neither), not refused for ever."""
+    from certrenew.state.store import CertificateRecord, Store
+
+    store = Store(backend)
+    store.save_pending("a", b"SERVED")
+    store.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    for _ in range(70):
+        store.save_pending("a", b"REFUSED")
+        store.set_aside("a", "pending")
+    kept = {key.split("/", 2)[2]: entry.value for key, entry in backend.list("certificates/a/").items()}
+    assert len(kept) > 64  # two operations each: past a transaction
+    store.archive("a", "20261205T000000Z")
+    assert backend.list("certificates/a/") == {}
+    assert {key.split("/", 2)[2]: entry.value
+            for key, entry in backend.list("removed/a-20261205T000000Z/").items()} == kept
