@@ -388,3 +388,21 @@ def test_a_certificate_with_more_state_than_one_transaction_holds_is_archived_wh
     assert backend.list("certificates/a/") == {}
     assert {key.split("/", 2)[2]: entry.value
             for key, entry in backend.list("removed/a-20261205T000000Z/").items()} == kept
+
+
+def test_a_failure_nobody_foresaw_in_a_keepalive_does_not_end_the_lease_s_renewal(backend, monkeypatch):
+    """A keepalive thread ended by any failure (an answer it cannot read: a ValueError, a KeyError) would let the
+    lease lapse a TTL later, unsaid, while its holder still orders: another node would take the certificate."""
+    real, failed = backend._client.call, []
+
+    def call(path, body, **kwargs):
+        if path == "/v3/lease/keepalive" and not failed:
+            failed.append(path)
+            raise ValueError("an answer nobody foresaw")
+        return real(path, body, **kwargs)
+    monkeypatch.setattr(backend._client, "call", call)
+    with backend.lock("certificates/a", ttl=TTL, wait=0, holder="me") as lease:
+        time.sleep(4 * TTL)
+        assert failed  # the fault happened
+        lease.check()
+        backend.write({"certificates/a/meta.json": b"{}"}, fence=lease)
