@@ -220,8 +220,11 @@ class FileBackend:
                 journal = {key: None if value is None else base64.b64encode(value).decode()
                            for key, value in changes.items()}
                 write_atomic(self.root / JOURNAL, json.dumps(journal).encode())
-                self._checked_at = -RECHECK_AFTER  # should the apply fail, this process's next read completes it
-            version = self._apply({paths[key]: value for key, value in changes.items()})
+            try:
+                version = self._apply({paths[key]: value for key, value in changes.items()})
+            except BaseException:
+                self._checked_at = -RECHECK_AFTER  # this process's next read completes it too (see `check_layout`)
+                raise
             if len(changes) > 1:
                 _unlink(self.root / JOURNAL)
             return version

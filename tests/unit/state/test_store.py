@@ -141,6 +141,21 @@ def test_archive_moves_a_certificate_out_of_sight_and_keeps_it(files):
     assert files.names() == [] and files.load_bundle("a") is None
 
 
+def test_a_certificate_with_many_bundles_set_aside_is_archived_whole_in_steps(store):
+    """More than one write moves (store.MOVE_BATCH, within an etcd transaction): copies first, then removals."""
+    store.save_pending("a", b"SERVED")
+    store.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    for _ in range(store_module.MOVE_BATCH):
+        store.save_pending("a", b"REFUSED")
+        store.set_aside("a", "pending")
+    kept = {key.split("/", 2)[2]: entry.value for key, entry in store.backend.list("certificates/a/").items()}
+    assert len(kept) > store_module.MOVE_BATCH
+    store.archive("a", "20260102T030405Z")
+    assert store.backend.list("certificates/a/") == {} and store.names() == []
+    assert {key.split("/", 2)[2]: entry.value
+            for key, entry in store.backend.list("removed/a-20260102T030405Z/").items()} == kept
+
+
 def test_a_validated_order_is_kept_until_its_certificate_is_pending(store):
     assert not store.unfinished("a.example")
     store.save_order("a.example", ORDER)
