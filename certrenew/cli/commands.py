@@ -44,7 +44,7 @@ EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g.
           "each --flag has a --no-flag form to override a true one from there or the config file. Exit status: 0 done or nothing to do, 1 the run failed, 2 bad usage or input.")
 
 
-DAEMON_ONLY = ("metrics_listen", "check_interval")
+DAEMON_ONLY = ("metrics_listen", "check_interval", "reconcile_interval")
 ONE_SHOT_OPTIONS = tuple(option for option in OPTIONS if option.name not in DAEMON_ONLY)
 """The options of `run` and the single-domain form: all but the daemon's."""
 DAEMON_OPTIONS = tuple(option for option in OPTIONS if option.name not in ("force", "metrics_file"))

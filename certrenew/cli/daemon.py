@@ -6,7 +6,9 @@ pass for a run). Between passes the daemon sleeps until there is work
 (`policy.next_wake`), not on a fixed poll. The HTTP-01 responder stays bound for the
 daemon's whole life, so HAProxy's `check` keeps the backend up; it still answers only
 the tokens of orders in flight: its own, and those a run by hand beside it published in
-the store because it found the port taken (see `responder`).
+the store because it found the port taken (see `responder`). On a shared store (a fleet) a
+follower makes this node's HAProxy serve what the other nodes issued, and the daemon catches up
+with the store before it says it is ready (see `renewal.follow`).
 """
 
 import datetime
@@ -22,7 +24,8 @@ from certrenew.challenge.responder import PortBusy, Responder
 from certrenew.cli import fleetview, metrics, status
 from certrenew.config import STORE_OPTIONS, CertificateSpec, Settings
 from certrenew.errors import CertrenewError
-from certrenew.renewal import policy, renew
+from certrenew.haproxy.install import Serving
+from certrenew.renewal import deploy, follow, policy, renew
 from certrenew.renewal.policy import Action
 from certrenew.state.board import Board
 from certrenew.state.store import Store, this_node
@@ -70,6 +73,11 @@ class Daemon:
         """One for the daemon's life: its counters only grow."""
         self.held_elsewhere: set[str] = set()
         """The certificates whose lock another process (another node) held at the last pass."""
+        self.follower = follow.Follower(
+            settings.haproxy, store, this_node(settings.fleet),
+            settings.daemon.reconcile_interval.total_seconds(), self.serving, self.context) if store.shared else None
+        """On a shared store: what makes this node serve what the other nodes issued (see `follow`)."""
+        self.telemetry.catching_up = self.follower is not None
 
     def run(self) -> None:
         """Bind the responder (and the metrics server), then pass and sleep, pass and sleep."""
@@ -80,6 +88,10 @@ class Daemon:
             if self.settings.daemon.metrics_listen:
                 stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry,
                                                   self.fleet))
+            if self.follower is not None:  # /healthz says "catching up" meanwhile
+                self.follower.catch_up()
+                self.telemetry.catching_up = False
+                stack.enter_context(self.follower)
             log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.responder.listen,
                      f", metrics on {self.settings.daemon.metrics_listen}" if self.settings.daemon.metrics_listen else "")
             notify("READY=1")
@@ -107,6 +119,10 @@ class Daemon:
                     waiting = True
             self.context.sleep(BIND_RETRY)
 
+    def serving(self, name: str) -> Serving:
+        """How HAProxy serves certificate `name` besides from its file, as the config says (the follower's)."""
+        return next((deploy.serving(spec) for spec in self.specs if spec.name == name), Serving())
+
     def status(self) -> list[status.CertificateStatus]:
         """The status rows /metrics and /healthz report, read afresh from the store."""
         return status.collect(self.settings, self.specs, self.store)
@@ -123,7 +139,8 @@ class Daemon:
             # while holding those it issued (until their install, at the pass's end) could wait on a node
             # waiting on it, until --lock-timeout; the other node's work is looked at once its lease could end.
             report = renew.run(self.settings, self.specs, self.store, self.telemetry, responder=responder,
-                               context=self.context, certificate_wait=0 if self.store.shared else None)
+                               context=self.context, certificate_wait=0 if self.store.shared else None,
+                               installing=self.follower.installing if self.follower else None)
         except Exception as error:  # never the daemon's end: say it, count it, try again soon
             expected = isinstance(error, CertrenewError)
             log.error("pass failed: %s", error if expected else repr(error),
@@ -186,6 +203,8 @@ class Daemon:
                 log.warning("SIGHUP: %s changed; restart the daemon to apply it", name)
         self.settings = settings.with_options(**{name: self.settings.option(name) for name in FIXED_AT_START})
         self.specs = specs
+        if self.follower is not None:
+            self.follower.configure(self.settings.haproxy, self.settings.daemon.reconcile_interval.total_seconds())
         log.info("SIGHUP: config re-read, %d certificate(s)", len(specs))
 
 

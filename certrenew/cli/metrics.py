@@ -55,6 +55,8 @@ class Telemetry:
     """The daemon's passes that ended in an error rather than a report (None outside the daemon)."""
     failing_passes: int = 0
     """Of those, the ones in a row up to now: the daemon cannot do its work while this grows."""
+    catching_up: bool = False
+    """A daemon on a shared store that has yet to serve what the store holds (see `renewal.follow`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count_acme_request(self, failed: bool) -> None:
@@ -90,8 +92,9 @@ def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
 
     Nothing managed is not healthy, as in `status`: a probe pointed at the wrong config fails loudly.
     A daemon (`telemetry`) whose last MAX_FAILING_PASSES passes failed as a whole is not healthy
-    either, though its certificates still are: it cannot renew them. Nor is a node of a `fleet` that lags
-    the store by more than its reconcile interval (`Fleet.health`); the silent nodes are named, whichever.
+    either, though its certificates still are: it cannot renew them; nor one still catching up with a shared
+    store. Nor is a node of a `fleet` that lags the store by more than its reconcile interval (`Fleet.health`);
+    the silent nodes are named, whichever.
     """
     lag = fleet.health(rows) if fleet is not None and fleet.on else None  # every certificate: each node serves all
     rows = _managed(rows)
@@ -106,6 +109,9 @@ def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
         document["healthy"] = ok = ok and lag is None
         document.update(node=fleet.node, lag=lag,
                         silent_nodes=[report.node for report in fleet.reports if report.stale(fleet.now)])
+    if telemetry is not None and telemetry.catching_up:  # it may not serve what its certificates' rows say
+        document["healthy"] = ok = False
+        document["catching_up"] = True
     return ok, document
 
 

@@ -204,6 +204,9 @@ class DaemonSettings:
     metrics_file: Path | None = None
     metrics_listen: str | None = None
     check_interval: datetime.timedelta = datetime.timedelta(hours=1)
+    reconcile_interval: datetime.timedelta = datetime.timedelta(minutes=15)
+    """On a shared store: how often the daemon compares all its HAProxy serves with the store, whatever its
+    watch brought (the backstop for a missed event); 15 min, the interval docs/simulation.md chose."""
 
 
 @dataclass(frozen=True)
@@ -605,6 +608,9 @@ OPTIONS = (
     Option("check_interval", "daemon: look at the certificates at least this often, e.g. 30m (default 1h; up "
            "to 5%% earlier at random, so a fleet does not ask the CA in step)", metavar="DURATION",
            check=_check_interval),
+    Option("reconcile_interval", "daemon on a shared store (etcd): compare every certificate this node's HAProxy "
+           "serves with the store's at least this often, and install what differs, e.g. 5m (default 15m)",
+           metavar="DURATION", check=_check_interval),
     Option("challenge", f"how to prove control of the names: {HTTP_01} (default, through HAProxy), {DNS_01} "
            f"(TXT records; needed for wildcards) or {TLS_ALPN_01} (through HAProxy's port 443, when port 80 is "
            "closed)", metavar="TYPE", check=_challenge),

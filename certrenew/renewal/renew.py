@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -92,7 +92,8 @@ class Report:
 
 def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None, telemetry=None,
         progress: Progress | None = None, responder: "Responder | None" = None, others: Sequence[str] = (),
-        context: RunContext | None = None, certificate_wait: float | None = None) -> Report:
+        context: RunContext | None = None, certificate_wait: float | None = None,
+        installing: AbstractContextManager[object] | None = None) -> Report:
     """Bring every certificate in `specs` up to date and report what happened to each.
     `others`: the config's certificates not in `specs` (revoke --reissue runs one), which shadow none of them.
 
@@ -109,7 +110,7 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     before anything is touched. HTTP-01 is answered by `responder` when given (the
     daemon's, open for its whole life; left open), else by one this run opens when it
     orders and closes. `context` cancels the run (see `RunContext`): each run its own, so a host
-    may stop one run and let another go on.
+    may stop one run and let another go on. `installing` is held around each install (see `Deployer`).
     """
     for spec in specs:
         if spec.checked:  # certificate_specs made it: a config of 10,000 would be checked twice
@@ -126,7 +127,7 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     store = store if store is not None else open_store(settings, context)
     with store.run_lock(settings.lock_timeout):
         return _run(settings, specs, store, telemetry, progress or Progress(), responder, others, context,
-                    settings.lock_timeout if certificate_wait is None else certificate_wait)
+                    settings.lock_timeout if certificate_wait is None else certificate_wait, installing)
 
 
 def check_hooks(settings: HookSettings) -> None:
@@ -137,7 +138,8 @@ def check_hooks(settings: HookSettings) -> None:
 
 
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress,
-         responder: "Responder | None", others: Sequence[str], context: RunContext, certificate_wait: float) -> Report:
+         responder: "Responder | None", others: Sequence[str], context: RunContext, certificate_wait: float,
+         installing: AbstractContextManager[object] | None) -> Report:
     now = utc_now()
     remove_stale_temps(settings.haproxy.ssl_dir)
 
@@ -164,7 +166,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
 
         preflight.require(preflight.socket_checks(settings.haproxy))  # before the CA issues what could not be installed
         do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder,
-                                    [*others, *(spec.name for spec in specs)], context, certificate_wait)
+                                    [*others, *(spec.name for spec in specs)], context, certificate_wait, installing)
         if any(step is not Step.CHECK for _, step in work):
             hook_failures = _with_hooks(settings.hooks, work, outcomes, do_work, context)
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
@@ -232,7 +234,7 @@ def _with_hooks(settings: HookSettings, work: list, outcomes: dict[str, Outcome]
 
 def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
           telemetry, progress: Progress, responder: "Responder | None", managed: list[str],
-          context: RunContext, certificate_wait: float) -> list[str]:
+          context: RunContext, certificate_wait: float, installing: AbstractContextManager[object] | None) -> list[str]:
     """Order what is due, deploy it all at once, then run the deploy hook for each certificate HAProxy serves.
     `managed`: every certificate of the run, due or not (their bundles shadow none of these)."""
     from certrenew.challenge.responder import Responder
@@ -260,7 +262,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             solvers[TLS_ALPN_01] = solvers_open.enter_context(TlsAlpnResponder(settings.responder.tls_alpn_listen))
         probed = preflight.probe_ahead(http01, settings.responder, [spec for spec, step in work if step is Step.ISSUE])
         deployer = Deployer(settings.haproxy, store, settings.acme.directory_url, managed, settings.concurrency,
-                            context)
+                            context, installing)
         issuer = Issuer(settings.acme, store, solvers, telemetry,
                         before_order=functools.partial(preflight.check_path, solvers, settings.responder, probed),
                         check_place=deployer.check_place, force=settings.force, renew_before=settings.renew_before,

@@ -6,6 +6,7 @@ import pytest
 
 from tests.harness.ari import AriEndpoint
 from tests.harness.bind import Bind
+from tests.harness.etcd import EtcdCluster
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.faults import FAST, Guard
 from tests.harness.lab import Lab
@@ -16,6 +17,13 @@ def bind(tmp_path_factory):
     """One BIND for a module (TSIG updates, CAA records): each test uses names of its own or leaves the
     zone as it found it."""
     with Bind(tmp_path_factory.mktemp("bind")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One 3-member etcd cluster for a module: each test works under a prefix of its own."""
+    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
         yield running
 
 

@@ -26,12 +26,6 @@ TTL = 1.0
 """The shortest lease etcd grants with the harness's election timeout."""
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
-        yield running
-
-
 @pytest.fixture
 def prefix():
     return f"t-{uuid.uuid4().hex[:8]}"

@@ -12,25 +12,17 @@ import pytest
 
 from certrenew.state.etcd import from_url
 from certrenew.state.nodes import Behind, NodeReport, publish
-from tests.harness.etcd import EtcdCluster
 from tests.harness.faultproxy import FaultProxy
-from tests.integration.test_fleet import _signal_at_first, config, node_1_responder, node_env, poll
+from tests.harness.fleet import FLEET_PEBBLE, fleet_config, node_1_responder, node_env, poll, signal_at_first
 
-pytestmark = pytest.mark.pebble_env({"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
-                                     "PEBBLE_AUTHZREUSE": "0"})
+pytestmark = pytest.mark.pebble_env(FLEET_PEBBLE)
 TTL = 30
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
-        yield running
 
 
 def test_status_names_each_nodes_state_and_the_node_holding_a_lock(lab, cluster, tmp_path):
     names = ["a.view.test", "b.view.test"]
     prefix = f"v-{uuid.uuid4().hex[:8]}"
-    issued = lab.certrenew("run", "--config", config(tmp_path, names), env=node_env(lab, cluster, prefix, 1, tmp_path))
+    issued = lab.certrenew("run", "--config", fleet_config(tmp_path, names), env=node_env(lab, cluster, prefix, 1, tmp_path))
     assert issued.returncode == 0, issued.stderr
 
     backend = from_url(cluster.url(prefix))
@@ -49,14 +41,14 @@ def test_status_names_each_nodes_state_and_the_node_holding_a_lock(lab, cluster,
     single = tmp_path / "single"
     single.mkdir()
     with FaultProxy(lab) as proxy, node_1_responder(lab, cluster, prefix):
-        holder = lab.start_certrenew("run", "--force", "--config", config(single, [early]), env={
+        holder = lab.start_certrenew("run", "--force", "--config", fleet_config(single, [early]), env={
             **proxy.env, "CERTRENEW_LOCK_TTL": str(TTL), **node_env(lab, cluster, prefix, 2, tmp_path)})
-        stopped = _signal_at_first(proxy, "new-order", lambda: holder, signal.SIGSTOP)
+        stopped = signal_at_first(proxy, "new-order", lambda: holder, signal.SIGSTOP)
         try:
             poll("node 2's run stopped holding the lock of its certificate", lambda: stopped)
-            shown = lab.certrenew("status", "--json", "--config", config(tmp_path, names),
+            shown = lab.certrenew("status", "--json", "--config", fleet_config(tmp_path, names),
                                   env=node_env(lab, cluster, prefix, 1, tmp_path))
-            text = lab.certrenew("status", "--config", config(tmp_path, names),
+            text = lab.certrenew("status", "--config", fleet_config(tmp_path, names),
                                  env=node_env(lab, cluster, prefix, 1, tmp_path))
         finally:
             holder.send_signal(signal.SIGKILL)
