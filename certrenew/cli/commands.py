@@ -214,7 +214,7 @@ def build_migrate_parser() -> argparse.ArgumentParser:
                         "dir, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX")
     parser.add_argument("--to", dest="destination", required=True, metavar="DIR|URL", help="the store to copy into")
     parser.add_argument("--overwrite", action="store_true", help="copy into a store that holds state already, "
-                        "replacing what both hold")
+                        "each certificate the source holds replacing the destination's whole")
     return parser
 
 

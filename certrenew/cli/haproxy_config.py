@@ -28,8 +28,7 @@ def render(settings: Settings, map_file: str | None = None, create_account: bool
         with store.lock(settings.lock_timeout):
             account = store.load_account(directory)  # a run may have made it meanwhile
             if account is None:
-                account = Account(new_account_key_pem(), None)
-                store.save_account(directory, account)
+                account = store.save_account(directory, Account(new_account_key_pem(), None))
     value = thumbprint(account.key_pem)
     lines = snippet(value, map_file)
     registered = f"account {account.uri}" if account.uri else "account key (registered at the first order)"

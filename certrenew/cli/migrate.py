@@ -46,11 +46,13 @@ def migrate(settings: Settings, source: str, destination: str, overwrite: bool =
         if there and not overwrite:
             raise UsageError(f"{destination} holds state already ({len(there)} entries): migrate into an empty "
                              "store, or give --overwrite to replace what both hold")
-        for batch in _batches(entries):
+        for batch in _batches(entries, there):
             expect = {key: there[key].version if key in there else ABSENT for key in batch}
-            target.backend.write({key: entries[key].value for key in batch}, expect=expect)
+            target.backend.write({key: entries[key].value if key in entries else None for key in batch}, expect=expect)
         copied = _state(target.backend.list(""))
-        lost = sorted(key for key, entry in entries.items() if key not in copied or copied[key].value != entry.value)
+        groups = {_group(key) for key in entries}
+        lost = sorted([key for key, entry in entries.items() if key not in copied or copied[key].value != entry.value]
+                      + [key for key in copied if key not in entries and _group(key) in groups])
         if lost:
             raise CertrenewError(f"{len(lost)} entries did not arrive whole at {destination} (first "
                                  f"{target.backend.where(lost[0])}); {source} is unchanged")
@@ -64,11 +66,21 @@ def _state(entries: dict[str, Entry]) -> dict[str, Entry]:
     return {key: entry for key, entry in entries.items() if key != CHECK_KEY}
 
 
-def _batches(entries: dict[str, Entry]) -> Iterator[list[str]]:
-    """The keys by certificate (or account), each group one write, split only past a transaction's size."""
+def _group(key: str) -> str:
+    """What `key` is part of: a certificate (`certificates/NAME`), an account, an archive."""
+    return "/".join(key.split("/")[:2])
+
+
+def _batches(entries: dict[str, Entry], there: dict[str, Entry]) -> Iterator[list[str]]:
+    """The keys by certificate (or account), each group one write, split only past a transaction's size: the
+    source's, and those the destination holds of the same group, to delete (a certificate arrives whole, not
+    beside a pending bundle or an order of the destination's own that the next run would install or resume)."""
     groups: dict[str, list[str]] = {}
     for key in sorted(entries):
-        groups.setdefault("/".join(key.split("/")[:2]), []).append(key)
+        groups.setdefault(_group(key), []).append(key)
+    for key in sorted(there.keys() - entries.keys()):
+        if _group(key) in groups:
+            groups[_group(key)].append(key)
     for keys in groups.values():
         for start in range(0, len(keys), MAX_OPS):
             yield keys[start:start + MAX_OPS]

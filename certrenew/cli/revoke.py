@@ -18,6 +18,8 @@ unserve: `--delete` only moves its state there, or `status` would report it for 
 
 import dataclasses
 import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -159,7 +161,8 @@ def prepare(settings: Settings, name: str, reason: str, config: ConfigFile | Non
 
 
 def carry_out(settings: Settings, request: Request, context: RunContext | None = None) -> Result:
-    """Serve the replacement (if any), revoke, then remove (if asked), holding the state dir's lock.
+    """Serve the replacement (if any), revoke, then remove (if asked), holding the store and the certificate
+    (see `_holding`).
 
     The lock is not held while the operator reads the question; so, unless a new
     certificate was just served, the one revoked must still be the one confirmed. `context` cancels it.
@@ -176,7 +179,7 @@ def carry_out(settings: Settings, request: Request, context: RunContext | None =
                                  f"({reissued.detail}); HAProxy still serves the old one. Run again, or "
                                  "revoke without --reissue")
     store = open_store(settings, context)
-    with store.lock(settings.lock_timeout):
+    with _holding(store, request.name, settings.lock_timeout):
         if reissued is None and store.load_bundle(request.name) != request.bundle:
             raise CertrenewError(f"{request.name} changed since it was read (another run renewed or removed "
                                  "it?); nothing revoked, run again")
@@ -197,9 +200,19 @@ def _discard_unfinished(settings: Settings, name: str, context: RunContext) -> N
     would serve a key the operator means to be rid of. The run then orders with a new one.
     """
     store = open_store(settings, context)
-    with store.lock(settings.lock_timeout):
+    with _holding(store, name, settings.lock_timeout):
         store.discard_pending(name)
         store.discard_order(name)
+
+
+@contextmanager
+def _holding(store: Store, name: str, timeout: float) -> Iterator[None]:
+    """The whole store, so that no run starts, and certificate `name`'s own lock: on a fleet a run of another
+    node may be working on it already, and must neither undo revoke's writes nor have its own undone by them."""
+    with store.lock(timeout), store.certificate(name, timeout):
+        yield
+
+
 def _record_revoked(store: Store, name: str) -> None:
     record = store.load_record(name)
     if record is not None:

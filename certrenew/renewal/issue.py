@@ -334,8 +334,7 @@ class Issuer:
             with self.store.account_lock(ca.directory, self.lock_timeout):  # one key per CA, whoever makes it
                 session.account = self.store.load_account(ca.directory)
                 if session.account is None:
-                    session.account = Account(new_account_key_pem(), None)
-                    self.store.save_account(ca.directory, session.account)
+                    session.account = self.store.save_account(ca.directory, Account(new_account_key_pem(), None))
         account = session.account
         client = AcmeClient(ca.directory, account.key_pem, self.deadline, ca.ca_bundle, self.counter)
         check_clock(client.transport.ca_clock_ahead)  # at the first login of the run: before any order
@@ -348,8 +347,8 @@ class Issuer:
         with self._lock:
             assert session.account is not None  # loaded or created at login
             if uri != session.account.uri:
-                session.account = Account(session.account.key_pem, uri)
-                self.store.save_account(session.ca.directory, session.account)
+                session.account = self.store.save_account(session.ca.directory,
+                                                          Account(session.account.key_pem, uri))
 
     def _solver(self, spec: CertificateSpec) -> ChallengeSolver:
         solver = self.solvers.get(spec.solver_key)

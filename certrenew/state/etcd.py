@@ -64,13 +64,16 @@ class EtcdLease:
             try:
                 answer = self._backend._client.call("/v3/lease/keepalive", {"ID": str(self.id)},
                                                      patience=self._ttl / 3)
-            except (CertrenewError, Interrupted) as error:  # cancelled: held until the `with` block ends
+                left = int(answer.get("TTL", 0))
+            # Any failure, one nobody foresaw too (a dead keeper lets the lease lapse unsaid); cancelled: held
+            # until the `with` block ends.
+            except (Exception, Interrupted) as error:
                 if time.monotonic() - renewed < self._ttl:
                     continue
                 log.warning("the lease of the lock on %s could not be renewed: %s", self.key, error)
                 self._lost = True
                 return
-            if int(answer.get("TTL", 0)) <= 0:
+            if left <= 0:
                 log.warning("the lease of the lock on %s expired", self.key)
                 self._lost = True
                 return

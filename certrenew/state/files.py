@@ -7,12 +7,12 @@ through a symbolic link (see `owned`); each file is replaced atomically (see `at
 Writes and lock changes of every process are serialized by a short flock on `locks/mutex`,
 held for the few file operations of one write, never for a run. A write of several keys first
 records them all in `journal.json` (atomically), then applies them, then removes the journal:
-a crash part-way leaves the journal, which the next write or lock by any process replays
+a crash part-way leaves the journal, which the next write, lock or read by any process replays
 before anything else, so each write ends up applied whole (an intent journal; readers racing
 the few milliseconds of an apply may see part of it, as they would any two separate writes).
 
 A lock on key K is `locks/K` (slashes as `~`), a JSON lease: token, holder, expiry. The holder
-also keeps a flock on `locks/K.<token>`, and one thread of the backend renews the expiry of every
+also keeps a flock on `locks/K#<token>`, and one thread of the backend renews the expiry of every
 lease it holds each third of their TTL.
 A taker finds the lock free when the lease was released, when its expiry passed (the holder
 was paused past its TTL: SIGSTOP, a frozen VM) or when nobody holds that flock any more (the
@@ -163,7 +163,8 @@ class FileBackend:
         return found
 
     def check_layout(self) -> bool:
-        """Whether the state dir exists, refused unless it and its top directories are ours alone.
+        """Whether the state dir exists, refused unless it and its top directories are ours alone; a write a
+        crash left half done is completed first.
 
         Checked at most every RECHECK_AFTER seconds (and each directory below them once in that
         time): `status` over ten thousand certificates checks once, and a daemon's /metrics and
@@ -176,6 +177,9 @@ class FileBackend:
             return False
         for top in TOPS:
             owned.check_dir(self.root / top)
+        if os.access(f"{self._root}/{JOURNAL}", os.F_OK):  # a write in flight, or one a killed process cut short:
+            with self._mutex():  # completed (see `_replay`) before anything is read, not only before the next write
+                pass
         self._checked_at, self._checked = now, set()
         return True
 
@@ -217,7 +221,11 @@ class FileBackend:
                 journal = {key: None if value is None else base64.b64encode(value).decode()
                            for key, value in changes.items()}
                 write_atomic(self.root / JOURNAL, json.dumps(journal).encode())
-            version = self._apply({paths[key]: value for key, value in changes.items()})
+            try:
+                version = self._apply({paths[key]: value for key, value in changes.items()})
+            except BaseException:
+                self._checked_at = -RECHECK_AFTER  # this process's next read completes it too (see `check_layout`)
+                raise
             if len(changes) > 1:
                 _unlink(self.root / JOURNAL)
             return version
@@ -342,8 +350,8 @@ class FileBackend:
             token = lease.get("token", 0)
             if lease.get("holder") is not None and lease["expires"] > time.time() and _alive(path, token):
                 return str(lease["holder"])
-            _unlink(Path(f"{path}.{token}"))
-            fd = _open(Path(f"{path}.{token + 1}"))
+            _unlink(_flock_path(path, token))
+            fd = _open(_flock_path(path, token + 1))
             fcntl.flock(fd, fcntl.LOCK_EX)
             taken = FileLease(self, key, token + 1, holder, ttl, fd)
             self._record(taken)
@@ -373,8 +381,8 @@ class FileBackend:
             if due:
                 try:
                     self._renew(due, now)
-                except CertrenewError as error:  # the next check or fenced write says so
-                    log.warning("cannot renew the leases of %s: %s", self.root, error)
+                except Exception as error:  # any: a dead keeper would renew no lease of this backend again
+                    log.warning("cannot renew the leases of %s: %s", self.root, error)  # their next check says so
             time.sleep(min((lease.ttl for lease in held), default=POLL * 6) / 6)
 
     def _renew(self, leases: Iterable[FileLease], now: float) -> None:
@@ -390,7 +398,7 @@ class FileBackend:
             if _lease(path).get("token") == lease.token:  # the token stays, for the next taker to count on
                 write_atomic(path, json.dumps({"token": lease.token, "holder": None, "expires": 0}).encode(),
                              sync=False)
-            _unlink(Path(f"{path}.{lease.token}"))
+            _unlink(_flock_path(path, lease.token))
 
     def locks(self, prefix: str) -> dict[str, Holder]:
         """The leases in `locks/` that stand: a holder that died let go of its flock, however it died."""
@@ -432,16 +440,26 @@ def _lease(path: Path) -> dict:
         return {}
 
 
+def _flock_path(path: Path, token: int) -> Path:
+    """The file whose flock the holder of `token` keeps: `#` is in no key, so it is no other key's lease
+    (`.1` was: the holder of "srv" token 1 kept its flock on the lease of certificate "srv.1")."""
+    return Path(f"{path}#{token}")
+
+
 def _alive(path: Path, token: int) -> bool:
-    """Whether the holder of `token` still holds its flock: not if it exited, however it did."""
-    try:
-        fd = owned.open_file(f"{path}.{token}", os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        return not _flock(fd)
-    finally:
-        os.close(fd)
+    """Whether the holder of `token` still holds its flock: not if it exited, however it did. (Also looked
+    for as `.<token>`, the name an older certrenew used: one still running through an upgrade holds its locks.)"""
+    for name in (_flock_path(path, token), f"{path}.{token}"):
+        try:
+            fd = owned.open_file(name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            if not _flock(fd):
+                return True
+        finally:
+            os.close(fd)
+    return False
 
 
 def _flock(fd: int) -> bool:

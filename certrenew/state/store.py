@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from certrenew.config import FleetSettings
 from certrenew.config.challenges import TOKEN, check_token
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import Backend, Entry, Holder, Lease, Outage
+from certrenew.state.backend import ABSENT, Backend, Conflict, Entry, Holder, Lease, Outage
 from certrenew.state.files import FileBackend
 from certrenew.state.lock import StateLock
 from certrenew.system import owned
@@ -56,6 +56,9 @@ CERTIFICATES, CHALLENGES, REMOVED = "certificates", "challenges", "removed"
 LEASE_TTL = 60.0
 """Seconds a lock outlives a holder that stopped keeping it alive (paused, frozen, cut off):
 then the next taker gets it. A holder that exits lets go at once."""
+MOVE_BATCH = 50
+"""Keys an archive moves in one write: two operations each (a copy, a removal), within the 128 of an etcd
+transaction. A certificate with more (many bundles set aside) is moved in steps."""
 CHALLENGE_TTL = datetime.timedelta(hours=1)
 """How long a published HTTP-01 answer is served: longer than any validation takes, so one
 that a killed run left behind is neither served nor kept for ever."""
@@ -312,8 +315,13 @@ class Store:
         self.backend.write(changes, expect=expect, fence=fence)
 
     def names(self) -> list[str]:
-        """Every certificate the store holds something for (a record, an order, a bundle), sorted."""
-        return sorted({key.split("/")[1] for key in self.backend.list(f"{CERTIFICATES}/")})
+        """Every certificate the store holds something for (a record, an order, a bundle), sorted.
+
+        Listed below the sealing (see `sealed`), whose values are not needed: a bundle that does not unseal is
+        its certificate's error when read, not every certificate's, and no bundle is decrypted to be counted.
+        """
+        listed = getattr(self.backend, "inner", self.backend)
+        return sorted({key.split("/")[1] for key in listed.list(f"{CERTIFICATES}/")})
 
     # Accounts, one per ACME directory URL.
 
@@ -328,10 +336,27 @@ class Store:
                                               self.backend.where(f"{directory}/account.json"))
         return Account(key_pem.value, uri)
 
-    def save_account(self, directory_url: str, account: Account) -> None:
+    def save_account(self, directory_url: str, account: Account) -> Account:
+        """Keep `account` as the CA's, unless the store holds another key for it: the account the store holds.
+
+        The first key stays (create-if-absent): one made late (its maker's account lock lapsed while it was
+        paused, or `haproxy-config` beside a run) must not replace the fleet's account, whose thumbprint
+        HAProxy may answer with; its maker uses the stored one instead. The same key's URI is updated.
+        """
         directory = _account_key(directory_url)
-        self.backend.write({f"{directory}/key.pem": account.key_pem,
-                            f"{directory}/account.json": encode({"directory": directory_url, "uri": account.uri})})
+        key = f"{directory}/key.pem"
+        stored = self.backend.get(key)
+        if stored is not None and stored.value != account.key_pem:
+            return self.load_account(directory_url) or account
+        changes: dict[str, bytes | None] = {f"{directory}/account.json": encode({"directory": directory_url,
+                                                                                "uri": account.uri})}
+        if stored is None:
+            changes[key] = account.key_pem
+        try:
+            self.backend.write(changes, expect={key: stored.version if stored else ABSENT})
+        except Conflict:  # made (or registered) meanwhile by another
+            return self.load_account(directory_url) or account
+        return account
 
     # Certificates.
 
@@ -348,8 +373,18 @@ class Store:
         but not lost (it holds the key, should the operator need it back); return where."""
         prefix, target = f"{CERTIFICATES}/{name}/", f"{REMOVED}/{name}-{label}"
         kept = self.backend.list(prefix)
-        self._write(name, {**{f"{target}/{key[len(prefix):]}": entry.value for key, entry in kept.items()},
-                           **dict.fromkeys(kept)}, {key: entry.version for key, entry in kept.items()})
+        keys = sorted(kept)
+        batches = [keys[start:start + MOVE_BATCH] for start in range(0, len(keys), MOVE_BATCH)] or [[]]
+        copies: list[dict[str, bytes | None]] = [{f"{target}/{key[len(prefix):]}": kept[key].value for key in batch}
+                                                 for batch in batches]
+        removals = [{key: kept[key].version for key in batch} for batch in batches]
+        if len(batches) == 1:  # most: one write
+            self._write(name, {**copies[0], **dict.fromkeys(removals[0])}, removals[0])
+        else:  # copies first: stopped between, both are kept, never neither
+            for copy in copies:
+                self._write(name, copy)
+            for removal in removals:
+                self._write(name, dict.fromkeys(removal), removal)
         return self.backend.where(target)
 
     def load_record(self, name: str) -> CertificateRecord | None:

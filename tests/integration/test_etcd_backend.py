@@ -362,3 +362,41 @@ def test_tls_with_a_client_certificate_and_a_wrong_ca_refused_in_one_line(tmp_pa
         stranger = Tls(ca=tmp_path / "other-ca.pem", cert=secure.tls.cert)
         with pytest.raises(ConfigurationError, match=r"^TLS with etcd at 127.0.0.1:\d+ failed: .*certificate verify failed"):
             from_url(secure.url("tls"), tls=stranger).get("a")
+
+
+def test_a_certificate_with_more_state_than_one_transaction_holds_is_archived_whole(backend):
+    """Each bundle HAProxy refused is kept set aside: some seventy of them (a certificate failing daily for two
+    months) are more than one etcd transaction can move (128 operations). `revoke --delete` archives it in
+    steps, copies before removals (stopped between, both are there, never neither), not refused for ever."""
+    from certrenew.state.store import CertificateRecord, Store
+
+    store = Store(backend)
+    store.save_pending("a", b"SERVED")
+    store.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    for _ in range(70):
+        store.save_pending("a", b"REFUSED")
+        store.set_aside("a", "pending")
+    kept = {key.split("/", 2)[2]: entry.value for key, entry in backend.list("certificates/a/").items()}
+    assert len(kept) > 64  # two operations each: past a transaction
+    store.archive("a", "20261205T000000Z")
+    assert backend.list("certificates/a/") == {}
+    assert {key.split("/", 2)[2]: entry.value
+            for key, entry in backend.list("removed/a-20261205T000000Z/").items()} == kept
+
+
+def test_a_failure_nobody_foresaw_in_a_keepalive_does_not_end_the_lease_s_renewal(backend, monkeypatch):
+    """A keepalive thread ended by any failure (an answer it cannot read: a ValueError, a KeyError) would let the
+    lease lapse a TTL later, unsaid, while its holder still orders: another node would take the certificate."""
+    real, failed = backend._client.call, []
+
+    def call(path, body, **kwargs):
+        if path == "/v3/lease/keepalive" and not failed:
+            failed.append(path)
+            raise ValueError("an answer nobody foresaw")
+        return real(path, body, **kwargs)
+    monkeypatch.setattr(backend._client, "call", call)
+    with backend.lock("certificates/a", ttl=TTL, wait=0, holder="me") as lease:
+        time.sleep(4 * TTL)
+        assert failed  # the fault happened
+        lease.check()
+        backend.write({"certificates/a/meta.json": b"{}"}, fence=lease)

@@ -164,3 +164,27 @@ def test_a_store_over_tls_takes_this_nodes_client_certificate_and_refuses_none_i
         shown = lab.certrenew("status", "--config", str(config), env={**env, "CERTRENEW_STORE_CERT": str(secure.tls.cert)})
         assert shown.returncode == 1 and NAME in shown.stdout and "missing" in shown.stdout, shown.stdout + shown.stderr
         assert "store-key-check" in secure.etcdctl("get", "--prefix", "--keys-only", "fleet/")
+
+
+def test_revoke_on_a_fleet_waits_for_the_node_working_on_that_certificate(cluster, tmp_path):
+    """The whole store's lock keeps new runs from starting, not a run on another node already working on the
+    certificate: revoke's writes (its state moved aside, the revocation recorded, what was unfinished dropped)
+    go under the certificate's own lock, so such a run's next write cannot undo them, nor they its."""
+    from certrenew.cli.revoke import Request, carry_out
+    from certrenew.config import Settings
+    from certrenew.errors import CertrenewError
+    from certrenew.state.store import PendingOrder, open_store
+
+    settings = Settings.of(store=cluster.url("fleet-revoke"), store_key_file=key_file(tmp_path / "key"),
+                           lock_timeout=0, state_dir=tmp_path / "state")
+    order = PendingOrder("https://ca.example/order/1", ["a.example"], "ecdsa-p256", b"-----KEY-----\n")
+    node = open_store(settings.with_options(node_name="node2"))
+    try:
+        with node.certificate("a", 0):  # node 2's run, in the middle of its order
+            node.save_order("a", order)
+            with pytest.raises(CertrenewError, match="node2 .* holds the lock on certificates/a"):
+                carry_out(settings, Request("a", None, None, settings.acme.directory_url, "unspecified", delete=True))
+            assert node.load_order("a") == order
+            node.discard_order("a")  # node 2's next write: its lock still stands
+    finally:
+        node.backend.close()

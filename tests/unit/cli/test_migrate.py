@@ -45,3 +45,22 @@ def test_every_entry_moves_and_a_destination_with_state_is_refused_unless_told(t
     with pytest.raises(UsageError, match="no such state dir"):
         migrate(settings, str(tmp_path / "nowhere"), str(destination))
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_an_overwrite_leaves_no_entry_of_the_destination_s_own_beside_a_certificate_it_copies(tmp_path):
+    """A certificate arrives whole, not mixed with what the destination held of it: a pending bundle or an
+    order of the destination's left beside the source's current one would be installed or resumed by the
+    next run, over the certificate the source served."""
+    source, destination = tmp_path / "a", tmp_path / "b"
+    store, there = FileStore(source), FileStore(destination)
+    with store.lock(0), there.lock(0):
+        store.save_pending("one", BUNDLE)
+        store.promote_pending(CertificateRecord("one", ["one.example"], "ecdsa-p256"))
+        there.save_pending("one", b"the destination's own, older pending bundle")
+        there.save_order("one", PendingOrder("https://ca.example/order/9", ["one.example"], "ecdsa-p256", KEY))
+        there.save_pending("elsewhere", BUNDLE)  # a certificate the source does not hold: kept
+    migrate(Settings(lock_timeout=0), str(source), str(destination), overwrite=True)
+    copied = state(destination)
+    assert {key: value for key, value in copied.items() if key.startswith("certificates/one/")} == \
+        {key: value for key, value in state(source).items() if key.startswith("certificates/one/")}
+    assert copied["certificates/elsewhere/pending.pem"] == BUNDLE

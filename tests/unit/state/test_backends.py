@@ -1,11 +1,15 @@
 """The backend contract (tests/harness/backend_contract.py) on each local backend, and what only the
 file backend must keep: today's layout, a crash between the files of one write, a killed holder."""
 
+import errno
+import fcntl
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -134,3 +138,85 @@ def test_a_write_refused_before_it_began_leaves_no_journal_to_block_the_next_one
     assert not (tmp_path / "state" / JOURNAL).exists()
     backend.write({"certificates/b/meta.json": b"{}"})  # the state dir still takes writes
     assert backend.get("certificates/a/pending.pem").value == b"ONE"
+
+
+def test_a_failure_nobody_foresaw_while_renewing_leases_does_not_stop_their_renewal(tmp_path, monkeypatch):
+    """The keeper thread outlives any failure: dead, it would renew no lease of the backend again (a daemon's
+    every later lock would lapse a TTL in, and be taken over while still worked on)."""
+    backend = FileBackend(tmp_path / "state")
+    real, failed = backend._renew, []
+
+    def fail_once(leases, now):
+        if not failed:
+            failed.append(now)
+            raise OSError(errno.EIO, "Input/output error")  # fsync_directory's, say: not a CertrenewError
+        return real(leases, now)
+    monkeypatch.setattr(backend, "_renew", fail_once)
+    with backend.lock("certificates/a", ttl=0.3, wait=0, holder="me") as lease:
+        time.sleep(1.2)  # four TTLs: renewed three times or more, once the first renewal failed
+        assert failed  # the fault happened
+        lease.check()
+        backend.write({"certificates/a/meta.json": b"{}"}, fence=lease)
+
+
+KILLED_MID_WRITE = textwrap.dedent("""
+    import os, signal, sys
+    from certrenew.state import files
+    backend = files.FileBackend(sys.argv[1])
+    real = files.write_atomic
+
+    def killed_at_the_second_file(path, *args, **kwargs):
+        if path.name == "previous.pem":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, *args, **kwargs)
+    files.write_atomic = killed_at_the_second_file
+    backend.write({"certificates/a/current.pem": b"TWO", "certificates/a/previous.pem": b"ONE",
+                   "certificates/a/pending.pem": None})
+""")
+
+
+def test_a_write_a_killed_process_left_half_done_is_completed_before_anyone_reads(tmp_path):
+    """Not only by the next write: `status`, /metrics or `migrate-state` may be the next to look, and must
+    not show (or copy) a certificate's new bundle with its old record, or a pending one already installed."""
+    FileBackend(tmp_path / "state").write({"certificates/a/current.pem": b"ONE",
+                                           "certificates/a/pending.pem": b"TWO"})
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path / "state")])
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "state" / JOURNAL).exists()  # the write really was cut short
+    assert (tmp_path / "state" / "certificates" / "a" / "current.pem").read_bytes() == b"TWO"
+    reader = FileBackend(tmp_path / "state")  # another process, that only reads
+    assert reader.get("certificates/a/pending.pem") is None
+    assert {key: entry.value for key, entry in reader.list("certificates/").items()} == {
+        "certificates/a/current.pem": b"TWO", "certificates/a/previous.pem": b"ONE"}
+    assert not (tmp_path / "state" / JOURNAL).exists()
+
+
+def test_a_certificate_named_like_another_s_lock_token_takes_no_lock_from_it(tmp_path):
+    """Certificate names may end in a dot and digits: the lock of "srv.1" is not the file whose flock says that
+    the holder of "srv" (token 1) is alive, so neither lock can be taken while the other is held."""
+    holder, other, taker = (FileBackend(tmp_path / "state") for _ in range(3))
+    with holder.lock("certificates/srv", ttl=30, wait=0, holder="the holder of srv") as held:
+        with other.lock("certificates/srv.1", ttl=30, wait=0, holder="the holder of srv.1"):
+            with pytest.raises(Busy, match="the holder of srv holds the lock on certificates/srv;"):
+                with taker.lock("certificates/srv", ttl=30, wait=0, holder="a second holder"):
+                    pass
+            held.check()
+
+
+def test_a_lock_an_older_certrenew_holds_through_an_upgrade_stays_its_own(tmp_path):
+    """It kept its flock on `locks/K.<token>`: a run of this one does not take its lock away."""
+    backend = FileBackend(tmp_path / "state")
+    with backend.lock("certificates/a", ttl=30, wait=0, holder="me"):  # makes locks/, with the layout's modes
+        pass
+    lease = tmp_path / "state" / "locks" / "certificates~a"
+    lease.write_text(json.dumps({"token": 2, "holder": "an older certrenew", "expires": time.time() + 30}))
+    old = os.open(f"{lease}.2", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(old, fcntl.LOCK_EX)
+        with pytest.raises(Busy, match="an older certrenew holds the lock on certificates/a"):
+            with backend.lock("certificates/a", ttl=30, wait=0, holder="me"):
+                pass
+    finally:
+        os.close(old)
+    with backend.lock("certificates/a", ttl=30, wait=0, holder="me") as taken:  # gone with its flock
+        assert taken.token == 3

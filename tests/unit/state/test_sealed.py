@@ -85,3 +85,18 @@ def test_a_watch_reads_what_changed_in_the_clear():
     changes = sealed(raw).watch("certificates/", first.revision, 1)
     assert changes.entries["certificates/a/pending.pem"].value == BUNDLE
     assert KEY not in raw.get("certificates/a/pending.pem").value and sealed(raw).shared is raw.shared is False
+
+
+def test_a_value_that_does_not_unseal_fails_its_certificate_not_the_listing_of_every_one():
+    """`status` and /metrics list the certificates: one bundle refused (in the clear, or sealed with another key)
+    is that certificate's error, not every certificate's."""
+    raw = MemoryBackend()
+    store = Store(sealed(raw))
+    for name in ("a", "b"):
+        store.save_pending(name, BUNDLE)
+        store.promote_pending(CertificateRecord(name, [f"{name}.example"], "ecdsa-p256"))
+    raw.write({"certificates/b/current.pem": BUNDLE})  # planted in the clear by someone without the key
+    assert store.names() == ["a", "b"]
+    assert store.load_bundle("a") == BUNDLE
+    with pytest.raises(CertrenewError, match="current.pem is not encrypted"):
+        store.load_bundle("b")

@@ -43,6 +43,19 @@ def test_an_account_per_ca(store):
     assert store.load_account("https://other.example/dir") is None
 
 
+def test_an_account_key_made_meanwhile_elsewhere_stays_the_ca_s_one_account(store):
+    """A run whose account lock lapsed (paused past its lease), or `haproxy-config --create-account` beside a
+    run, makes a key after another made one: the first stays (HAProxy answers with its thumbprint), and the
+    late one is handed the stored account to use instead of writing its own over it."""
+    first = store.save_account("https://ca.example/dir", Account(b"FIRST KEY", None))
+    late = store.save_account("https://ca.example/dir", Account(b"LATE KEY", None))
+    assert store.load_account("https://ca.example/dir") == Account(b"FIRST KEY", None)
+    assert first == late == Account(b"FIRST KEY", None)
+    registered = store.save_account("https://ca.example/dir", Account(b"FIRST KEY", "https://ca.example/acct/1"))
+    assert store.load_account("https://ca.example/dir") == registered == Account(b"FIRST KEY",
+                                                                                  "https://ca.example/acct/1")
+
+
 def test_record_round_trips_with_every_time(store):
     record = CertificateRecord("a", ["a.example", "www.a.example"], "rsa2048", serial="ab", last_error="boom",
                                failures=2, recent_issues=[WHEN, WHEN],
@@ -85,23 +98,30 @@ def failing_write_of(monkeypatch, file: str) -> list[str]:
 
 
 def test_a_promotion_cut_short_keeps_the_pending_certificate(files, monkeypatch):
-    """pending.pem goes only once current.pem and meta.json are written: a run cut short between two
-    steps promotes it again, the certificate the CA issued is never lost."""
-    files.save_pending("a", b"ONE")
+    """A promotion cut short between two files (a full disk) is completed whole by the next read or write
+    once it can be: the certificate the CA issued is never lost, nor current without its record."""
     for step in ("current.pem", "meta.json"):
+        files.save_pending("a", b"ONE")
         asked = failing_write_of(monkeypatch, step)
         with pytest.raises(OSError):
             files.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
         assert step in asked  # the fault really happened
-        assert files.load_bundle("a", "pending") == b"ONE"
+        with pytest.raises(OSError):  # the disk still full: nothing half done is read
+            files.load_bundle("a", "pending")
         monkeypatch.undo()
+        assert files.load_bundle("a", "pending") is None and files.load_bundle("a") == b"ONE"
+        assert files.load_record("a") == CertificateRecord("a", ["a.example"], "ecdsa-p256")
 
 
 def test_a_pending_certificate_is_never_saved_without_its_ca(files, monkeypatch):
     asked = failing_write_of(monkeypatch, "pending.json")
     with pytest.raises(OSError):
         files.save_pending("a", b"ONE", "https://ca.example/dir")
-    assert asked == ["journal.json", "pending.json"] and files.load_bundle("a", "pending") is None
+    assert asked == ["journal.json", "pending.json"]
+    with pytest.raises(OSError):  # the disk still full: a read cannot complete the write, and says so
+        files.load_bundle("a", "pending")
+    monkeypatch.undo()
+    assert files.load_bundle("a", "pending") == b"ONE" and files.pending_directory("a") == "https://ca.example/dir"
 
 def test_a_discarded_pending_certificate_is_gone(store):
     store.save_pending("a", b"ONE")
@@ -119,6 +139,21 @@ def test_archive_moves_a_certificate_out_of_sight_and_keeps_it(files):
     assert backup == files.root / "removed" / "a-20260102T030405Z"
     assert (backup / "current.pem").read_bytes() == b"ONE" and mode(backup.parent) == 0o700
     assert files.names() == [] and files.load_bundle("a") is None
+
+
+def test_a_certificate_with_many_bundles_set_aside_is_archived_whole_in_steps(store):
+    """More than one write moves (store.MOVE_BATCH, within an etcd transaction): copies first, then removals."""
+    store.save_pending("a", b"SERVED")
+    store.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
+    for _ in range(store_module.MOVE_BATCH):
+        store.save_pending("a", b"REFUSED")
+        store.set_aside("a", "pending")
+    kept = {key.split("/", 2)[2]: entry.value for key, entry in store.backend.list("certificates/a/").items()}
+    assert len(kept) > store_module.MOVE_BATCH
+    store.archive("a", "20260102T030405Z")
+    assert store.backend.list("certificates/a/") == {} and store.names() == []
+    assert {key.split("/", 2)[2]: entry.value
+            for key, entry in store.backend.list("removed/a-20260102T030405Z/").items()} == kept
 
 
 def test_a_validated_order_is_kept_until_its_certificate_is_pending(store):
