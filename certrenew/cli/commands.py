@@ -6,7 +6,6 @@ then the config file (see `certrenew.config`).
 
 import argparse
 import datetime
-import difflib
 import json
 import logging
 import os
@@ -358,6 +357,8 @@ def _refuse_dropping_names(store: Store, specs: list[CertificateSpec]) -> None:
 def _refuse_mistyped_command(domains: list[str]) -> None:
     """`certrenew stauts` is a typo, not a certificate to order: say which command was meant."""
     if len(domains) == 1 and "." not in domains[0]:
+        import difflib  # here: only a mistake needs it
+
         close = difflib.get_close_matches(domains[0], COMMANDS, n=1)
         if close:
             raise UsageError(f"{domains[0]!r} is not a domain name: did you mean `certrenew {close[0]}`?")
