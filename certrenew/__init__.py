@@ -29,6 +29,7 @@ from certrenew.errors import (
     Refused,
     Rejected,
     RuntimeApiError,
+    StoreUnreachable,
     TransactionOpen,
     Unavailable,
     Unsupported,
@@ -40,6 +41,7 @@ __all__ = ["AccountUnknown", "Action", "Blocked", "Busy", "CertificateSpec", "Ce
            "ConfigurationError", "Conflict", "Fenced", "FileStore", "Forbidden", "Interrupted", "NotServed",
            "Outcome", "OverBudget",
            "PortBusy", "Refused", "Rejected", "Report", "RunContext", "RuntimeApiError", "Settings", "Store",
+           "StoreUnreachable",
            "TransactionOpen", "Unavailable", "Unsupported", "UsageError", "__version__", "run"]
 
 _HOMES = MappingProxyType({"CertificateSpec": "certrenew.config", "Settings": "certrenew.config",

@@ -164,3 +164,13 @@ class Busy(CertrenewError):
 
 class Unavailable(CertrenewError):
     """The backend cannot be reached or read (etcd down, a directory gone): nothing was changed."""
+
+
+class StoreUnreachable(Unavailable):
+    """No member of the shared store's cluster answered: a condition of the whole store, not a failure of
+    any certificate (no back-off, nothing recorded); the work waits for the store (see `Backend.outage`)."""
+
+    def __init__(self, message: str, since: float | None = None) -> None:
+        super().__init__(message)
+        self.since = since
+        """Since when (a Unix time) every request of this process to the store has failed."""

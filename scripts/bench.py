@@ -25,6 +25,10 @@ due) to HAProxy serving its successor; no interpreter start-up in that path.
 the orders one reload causes, and the certificates a restart loses (HAProxy keeps the ones it
 orders in memory only). The exact HAProxy config it runs is `native_config`.
 
+`--fleet` measures a renewal's way to every node of a fleet (see `bench_fleet`): three HAProxy
+nodes and three daemons on a 3-member etcd cluster, from the store's commit to the last node
+serving the renewed certificate, and from its renewal time to every node serving it.
+
 `--scale` measures certrenew alone at a size no CA lab reaches quickly: a no-op
 `run` and `status` over 10,000 certificates of one config, from synthetic state.
 
@@ -55,6 +59,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from certrenew.pki.bundle import leaf_info
 from certrenew.renewal.policy import renew_at
 from certrenew.state.store import FileStore
+from scripts import bench_fleet
 from tests.harness.lab import Lab, log_tail, parse_serial, terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -770,6 +775,9 @@ def main() -> None:
     parser.add_argument("--daemon", action="store_true",
                         help="instead of the comparison, time certrenew daemon from a certificate falling due to "
                              "HAProxy serving the renewed one (30-second certificates; needs no certbot)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="instead of the comparison, a renewal's way to every node of a 3-node fleet on etcd: from "
+                             "the store's commit to the last node serving it, and from due to served everywhere")
     parser.add_argument("--native", action="store_true",
                         help="instead of the comparison, HAProxy 3.4's own ACME client beside certrenew, both on "
                              "HAProxy 3.4 (HAPROXY_BIN, or ../shared/haproxy-3.4/haproxy); use --certificates 20")
@@ -791,6 +799,10 @@ def main() -> None:
             samples = daemon_latency(args, Path(workdir))
         print(f"due -> HAProxy serves the renewed certificate: median {statistics.median(samples) * 1000:.0f} ms "
               f"(min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f})   target < 100 ms")
+        return
+    if args.fleet:
+        with tempfile.TemporaryDirectory(prefix="certrenew-fleet-") as workdir:
+            bench_fleet.main(args, Path(workdir))
         return
     if args.native:
         print(f"HAProxy 3.4's ACME client vs certrenew on HAProxy 3.4, against pebble (PEBBLE_VA_NOSLEEP=1) on "

@@ -25,6 +25,33 @@ def pytest_report_header() -> str:
     return f"haproxy: {' '.join(said[0].split()[:3]) if said else 'no version'} ({os.path.realpath(path)})"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `haproxy` every test that runs HAProxy through the lab (the others are marked by hand):
+    scripts/test runs only those again on each further HAProxy line."""
+    for item in items:
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.haproxy)
+
+
+@pytest.fixture(scope="session")
+def no_haproxy(tmp_path_factory) -> str:
+    """A directory whose `haproxy` fails, naming the marker a test that runs HAProxy must carry."""
+    directory = tmp_path_factory.mktemp("no-haproxy")
+    program = directory / "haproxy"
+    program.write_text("#!/bin/sh\necho 'this test runs haproxy: mark it @pytest.mark.haproxy, or the runs on "
+                       "other HAProxy lines (scripts/test) skip it' >&2\nexit 97\n")
+    program.chmod(0o755)
+    return str(directory)
+
+
+@pytest.fixture(autouse=True)
+def haproxy_only_if_marked(request, monkeypatch, no_haproxy):
+    """A test not marked `haproxy` finds no HAProxy on PATH, so the marker cannot be forgotten: the
+    runs on further HAProxy lines select by it."""
+    if request.node.get_closest_marker("haproxy") is None:
+        monkeypatch.setenv("PATH", f"{no_haproxy}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 @pytest.fixture
 def open_files():
     """Let the test process hold as many sockets as its hard limit allows (restored after); yields that limit."""

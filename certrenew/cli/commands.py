@@ -30,7 +30,7 @@ from certrenew.config import (
     env_flag,
     load_config,
 )
-from certrenew.errors import CertrenewError, Interrupted, UsageError, causes
+from certrenew.errors import CertrenewError, Interrupted, StoreUnreachable, UsageError, causes
 from certrenew.renewal.policy import Action
 from certrenew.state.store import Store, open_store
 from certrenew.system import signals
@@ -44,7 +44,7 @@ EPILOG = ("Every option also reads CERTRENEW_<OPTION> from the environment, e.g.
           "each --flag has a --no-flag form to override a true one from there or the config file. Exit status: 0 done or nothing to do, 1 the run failed, 2 bad usage or input.")
 
 
-DAEMON_ONLY = ("metrics_listen", "check_interval")
+DAEMON_ONLY = ("metrics_listen", "check_interval", "reconcile_interval")
 ONE_SHOT_OPTIONS = tuple(option for option in OPTIONS if option.name not in DAEMON_ONLY)
 """The options of `run` and the single-domain form: all but the daemon's."""
 DAEMON_OPTIONS = tuple(option for option in OPTIONS if option.name not in ("force", "metrics_file"))
@@ -405,18 +405,24 @@ def _daemon(argv: list[str], context: RunContext) -> int:
 
 
 def _status(argv: list[str], context: RunContext) -> int:
-    from certrenew.cli import status
+    from certrenew.cli import fleetview, status
+    from certrenew.state.store import this_node
 
     args = build_status_parser().parse_args(argv)
     output = _setup_logging(args)
     config = _config(args, required=None)
     settings = build_settings(vars(args), config)
-    rows = status.collect(settings, config.certificates if config else None, open_store(settings),
-                          read_ssl_dir=True)
+    try:
+        store = open_store(settings)
+        rows = status.collect(settings, config.certificates if config else None, store, read_ssl_dir=True)
+        fleet = fleetview.read(store, this_node(settings.fleet))
+    except StoreUnreachable as error:
+        return _status_away(args.json, output, settings, config.certificates if config else [], error)
     reason = status.unhealthy(settings, rows)
     if args.json:
         document = {"version": status.JSON_VERSION, "healthy": reason is None, "reason": reason,
-                    "certificates": [row.to_json() for row in rows]}
+                    "certificates": [{**row.to_json(), **fleet.certificate(row)} for row in rows],
+                    **fleet.to_json(rows)}
         print(json.dumps(document, indent=None if output.json else 2))  # one line among JSON log lines
     else:
         lines = status.format_table(rows).splitlines() if rows else []
@@ -425,11 +431,36 @@ def _status(argv: list[str], context: RunContext) -> int:
                 output.result(line.rstrip(), row.name)
         elif lines:
             print("\n".join(lines))
+            if fleet_lines := fleetview.format_fleet(fleet, rows):
+                print(fleet_lines)
         if reason:
             failing = [row.name for row in rows if row.state == status.State.FAILING]
             hint = f" ({status.forget_hint(failing)})" if failing else ""
             output.problem(f"not healthy: {reason}{hint}")
     return 0 if reason is None else 1
+
+
+def _status_away(as_json: bool, output: "Output", settings: Settings, specs: list[CertificateSpec],
+                 error: StoreUnreachable) -> int:
+    """`status` with the store unreachable: since when (this command's requests), and what this node's ssl dir
+    holds past its renewal time meanwhile, by name and time left; exit 1."""
+    from certrenew.cli import status
+    from certrenew.cli.outage import store_health
+    from certrenew.state.backend import Outage
+
+    now = time.time()
+    health = store_health(Outage(error.since or now, now, str(error)), settings.haproxy.ssl_dir, specs,
+                          settings.renew_before)
+    lines = health.lines()
+    if as_json:
+        document = {"version": status.JSON_VERSION, "healthy": False, "reason": "; ".join(lines), **health.to_json(),
+                    "certificates": []}
+        print(json.dumps(document, indent=None if output.json else 2))
+    else:
+        output.problem(f"not healthy: {lines[0]}")
+        for line in lines[1:]:
+            output.problem(line)
+    return 1
 
 
 def _revoke(argv: list[str], context: RunContext) -> int:

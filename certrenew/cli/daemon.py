@@ -6,7 +6,9 @@ pass for a run). Between passes the daemon sleeps until there is work
 (`policy.next_wake`), not on a fixed poll. The HTTP-01 responder stays bound for the
 daemon's whole life, so HAProxy's `check` keeps the backend up; it still answers only
 the tokens of orders in flight: its own, and those a run by hand beside it published in
-the store because it found the port taken (see `responder`).
+the store because it found the port taken (see `responder`). On a shared store (a fleet) a
+follower makes this node's HAProxy serve what the other nodes issued, and the daemon catches up
+with the store before it says it is ready (see `renewal.follow`).
 """
 
 import datetime
@@ -19,13 +21,14 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from certrenew.challenge.responder import PortBusy, Responder
-from certrenew.cli import metrics, status
+from certrenew.cli import fleetview, metrics, outage, status
 from certrenew.config import STORE_OPTIONS, CertificateSpec, Settings
-from certrenew.errors import CertrenewError
-from certrenew.renewal import policy, renew
+from certrenew.errors import CertrenewError, StoreUnreachable
+from certrenew.haproxy.install import Serving
+from certrenew.renewal import deploy, follow, policy, renew
 from certrenew.renewal.policy import Action
 from certrenew.state.board import Board
-from certrenew.state.store import Store
+from certrenew.state.store import Store, this_node
 from certrenew.system import signals
 from certrenew.system.runcontext import RunContext
 
@@ -43,6 +46,11 @@ STUCK_PAUSE = 5.0
 """Seconds to wait when a certificate is still due right after a pass, so nothing ever spins."""
 BIND_RETRY = 0.5
 """Seconds between tries to open the responder's port while another process holds it."""
+STORE_RETRY = datetime.timedelta(seconds=2)
+"""After a pass the store's absence ended: the next one tries again this soon (a pass itself asks the store
+for etcd_client.PATIENCE, every 0.2 s), so renewals resume within seconds of its return, not a pass later."""
+EXPIRING_REPORT = 600.0
+"""Seconds between the ERROR lines naming what nears expiry while the store stays unreachable."""
 FIXED_AT_START = ("listen", "metrics_listen", *STORE_OPTIONS)
 """Settings bound to what the daemon opened at start (ports, the store): a SIGHUP keeps them."""
 
@@ -70,6 +78,20 @@ class Daemon:
         """One for the daemon's life: its counters only grow."""
         self.held_elsewhere: set[str] = set()
         """The certificates whose lock another process (another node) held at the last pass."""
+        self.follower = follow.Follower(
+            settings.haproxy, store, this_node(settings.fleet),
+            settings.daemon.reconcile_interval.total_seconds(), self.serving, self.context) if store.shared else None
+        """On a shared store: what makes this node serve what the other nodes issued (see `follow`)."""
+        self.telemetry.catching_up = self.follower is not None
+        self.rows: outage.LastRead[list[status.CertificateStatus]] = outage.LastRead(
+            lambda: status.collect(self.settings, self.specs, self.store), [])
+        """The status rows last read from the store: what /healthz and /metrics show while it is unreachable."""
+        self.fleet_view: outage.LastRead[fleetview.Fleet] = outage.LastRead(
+            lambda: fleetview.read(self.store, this_node(self.settings.fleet), locks=False),
+            fleetview.Fleet(_now(), on=False))
+        """The fleet's side of the store last read, likewise."""
+        self.reported: float | None = None
+        """When (monotonic) the last pass the store's absence ended named what nears expiry; None: it answers."""
 
     def run(self) -> None:
         """Bind the responder (and the metrics server), then pass and sleep, pass and sleep."""
@@ -78,7 +100,12 @@ class Daemon:
             responder = stack.enter_context(Responder(self.settings.responder.listen, board))
             self.bind(responder)
             if self.settings.daemon.metrics_listen:
-                stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry))
+                stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry,
+                                                  self.fleet, self.store_health))
+            if self.follower is not None:  # /healthz says "catching up" meanwhile
+                self.follower.catch_up()
+                self.telemetry.catching_up = False
+                stack.enter_context(self.follower)
             log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.responder.listen,
                      f", metrics on {self.settings.daemon.metrics_listen}" if self.settings.daemon.metrics_listen else "")
             notify("READY=1")
@@ -106,9 +133,37 @@ class Daemon:
                     waiting = True
             self.context.sleep(BIND_RETRY)
 
+    def serving(self, name: str) -> Serving:
+        """How HAProxy serves certificate `name` besides from its file, as the config says (the follower's)."""
+        return next((deploy.serving(spec) for spec in self.specs if spec.name == name), Serving())
+
     def status(self) -> list[status.CertificateStatus]:
-        """The status rows /metrics and /healthz report, read afresh from the store."""
-        return status.collect(self.settings, self.specs, self.store)
+        """The status rows /metrics and /healthz report, read afresh from the store; while it is unreachable,
+        the last ones read (`store_health` says why), not a wait on it at every request."""
+        return self.rows(away=self.store.outage is not None)
+
+    def store_health(self) -> outage.StoreHealth:
+        """Whether the store answers; while it does not, since when and what this node serves that nears expiry."""
+        return outage.store_health(self.store.outage, self.settings.haproxy.ssl_dir, self.specs,
+                                   self.settings.renew_before)
+
+    def store_away(self, error: StoreUnreachable) -> datetime.datetime:
+        """A pass the store's absence ended: one condition of the store, said once, not a failure of each
+        certificate or of the daemon (nothing recorded, no back-off, no pass error); what nears expiry is
+        named every EXPIRING_REPORT seconds. The next pass is tried in STORE_RETRY."""
+        health = self.store_health()
+        if self.reported is None:
+            log.warning("%s; nothing is counted against any certificate, and the next pass runs once it answers",
+                        health.reason() or error)
+        if self.reported is None or time.monotonic() - self.reported >= EXPIRING_REPORT:
+            self.reported = time.monotonic()
+            for item in health.expiring:
+                log.error("%s", item.line(), extra={"certificate": item.name})
+        return _now() + STORE_RETRY
+
+    def fleet(self) -> fleetview.Fleet:
+        """The fleet's side of the store /metrics and /healthz report, with this node's health."""
+        return self.fleet_view(away=self.store.outage is not None)
 
     def run_pass(self, responder: Responder) -> datetime.datetime:
         """One `renew.run`, logged and counted; never raises but `Interrupted`. Returns when to run the next."""
@@ -118,7 +173,10 @@ class Daemon:
             # while holding those it issued (until their install, at the pass's end) could wait on a node
             # waiting on it, until --lock-timeout; the other node's work is looked at once its lease could end.
             report = renew.run(self.settings, self.specs, self.store, self.telemetry, responder=responder,
-                               context=self.context, certificate_wait=0 if self.store.shared else None)
+                               context=self.context, certificate_wait=0 if self.store.shared else None,
+                               installing=self.follower.installing if self.follower else None)
+        except StoreUnreachable as error:
+            return self.store_away(error)
         except Exception as error:  # never the daemon's end: say it, count it, try again soon
             expected = isinstance(error, CertrenewError)
             log.error("pass failed: %s", error if expected else repr(error),
@@ -131,6 +189,9 @@ class Daemon:
                      else logging.DEBUG if outcome.action == Action.UNCHANGED else logging.INFO)
             log.log(level, "%s: %s: %s", outcome.name, outcome.action, outcome.detail,
                     extra={"certificate": outcome.name})
+        if self.reported is not None:
+            log.info("the store answers again: renewals resume")
+            self.reported = None
         log.info("pass done: %s", report.summary())
         self.held_elsewhere = {outcome.name for outcome in report if outcome.held_elsewhere}
         self.telemetry.record_pass(failed=False)
@@ -181,6 +242,8 @@ class Daemon:
                 log.warning("SIGHUP: %s changed; restart the daemon to apply it", name)
         self.settings = settings.with_options(**{name: self.settings.option(name) for name in FIXED_AT_START})
         self.specs = specs
+        if self.follower is not None:
+            self.follower.configure(self.settings.haproxy, self.settings.daemon.reconcile_interval.total_seconds())
         log.info("SIGHUP: config re-read, %d certificate(s)", len(specs))
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 
+from certrenew.cli.fleetview import Fleet
+from certrenew.cli.outage import StoreHealth
 from certrenew.cli.status import HEALTHY, CertificateStatus, State
 from certrenew.errors import CertrenewError, UsageError
 from certrenew.system import httpd
@@ -54,6 +56,8 @@ class Telemetry:
     """The daemon's passes that ended in an error rather than a report (None outside the daemon)."""
     failing_passes: int = 0
     """Of those, the ones in a row up to now: the daemon cannot do its work while this grows."""
+    catching_up: bool = False
+    """A daemon on a shared store that has yet to serve what the store holds (see `renewal.follow`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count_acme_request(self, failed: bool) -> None:
@@ -83,13 +87,18 @@ def _managed(rows: list[CertificateStatus]) -> list[CertificateStatus]:
     return [row for row in rows if row.state != State.UNMANAGED]
 
 
-def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> tuple[bool, dict]:
+def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None,
+           fleet: Fleet | None = None, store: StoreHealth | None = None) -> tuple[bool, dict]:
     """Whether every managed certificate is healthy in the sense of `status`, and the /healthz document.
 
     Nothing managed is not healthy, as in `status`: a probe pointed at the wrong config fails loudly.
     A daemon (`telemetry`) whose last MAX_FAILING_PASSES passes failed as a whole is not healthy
-    either, though its certificates still are: it cannot renew them.
+    either, though its certificates still are: it cannot renew them; nor one still catching up with a shared
+    store. Nor is a node of a `fleet` that lags the store by more than its reconcile interval (`Fleet.health`);
+    the silent nodes are named, whichever. Nor is one whose `store` is unreachable (the document says since
+    when, and what nears expiry meanwhile).
     """
+    lag = fleet.health(rows) if fleet is not None and fleet.on else None  # every certificate: each node serves all
     rows = _managed(rows)
     unhealthy = [row.name for row in rows if row.state != HEALTHY]
     ok = bool(rows) and not unhealthy
@@ -98,15 +107,33 @@ def health(rows: list[CertificateStatus], telemetry: Telemetry | None = None) ->
         failing = telemetry.snapshot().failing_passes
         document["healthy"] = ok = ok and failing < MAX_FAILING_PASSES
         document["failing_passes"] = failing
+    if fleet is not None and fleet.on:
+        document["healthy"] = ok = ok and lag is None
+        document.update(node=fleet.node, lag=lag,
+                        silent_nodes=[report.node for report in fleet.reports if report.stale(fleet.now)])
+    if telemetry is not None and telemetry.catching_up:  # it may not serve what its certificates' rows say
+        document["healthy"] = ok = False
+        document["catching_up"] = True
+    if store is not None:
+        document.update(store.to_json())
+        if store.outage is not None:
+            document.update(healthy=False, reason="; ".join(store.lines()))
+            ok = False
     return ok, document
 
 
-def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None) -> bytes:
-    """The Prometheus text format for `rows` (managed ones only) and the run facts of `telemetry`."""
+def render(rows: list[CertificateStatus], telemetry: Telemetry | None = None, fleet: Fleet | None = None,
+           store: StoreHealth | None = None) -> bytes:
+    """The Prometheus text format for `rows` (managed ones only), the run facts of `telemetry`, the nodes of
+    `fleet`, and whether the `store` answers."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
     families = _families(_managed(rows), telemetry.snapshot() if telemetry else None)
+    if fleet is not None and fleet.on:
+        families += _fleet_families(fleet, rows)
+    if store is not None:
+        families += _store_families(store)
     registry.register(_Families(families))
     return generate_latest(registry)
 
@@ -189,6 +216,52 @@ def _families(rows: list[CertificateStatus], telemetry: Telemetry | None) -> lis
     return families
 
 
+def _store_families(store: StoreHealth) -> list:
+    from prometheus_client.core import GaugeMetricFamily
+
+    families = [GaugeMetricFamily("certrenew_store_up", "1 while the store (etcd) answers, 0 while it is unreachable",
+                                  value=float(store.outage is None))]
+    if store.outage is not None:
+        families.append(GaugeMetricFamily("certrenew_store_unreachable_since_timestamp_seconds",
+                                          "since when every request to the store has failed, as a Unix time",
+                                          value=store.outage.since))
+    return families
+
+
+def _fleet_families(fleet: Fleet, rows: list[CertificateStatus]) -> list:
+    """A few series per node and one per store, never one per certificate and node: 100,000 certificates
+    on 50 nodes are 250 series here, not 5 million. Every node exports every node's, so a dead node's
+    series still come from the others."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    families = [GaugeMetricFamily("certrenew_store_revision", "the store's revision when the metrics were read",
+                                  value=fleet.revision or 0),
+                GaugeMetricFamily("certrenew_node_reports_unreadable", "node reports in the store that cannot be read",
+                                  value=len(fleet.unreadable))]
+    lagging = fleet.lagging(rows)
+    per_node = [
+        ("certrenew_node_applied_revision", "the store revision up to which the node has applied every change",
+         lambda report: report.revision),
+        ("certrenew_node_lagging_certificates",
+         "certificates the node does not serve at the store's generation (behind, catching up; all when silent)",
+         lambda report: lagging[report.node]),
+        ("certrenew_node_behind_certificates", "certificates the node saw and could not serve (its report says why)",
+         lambda report: len(report.behind)),
+        ("certrenew_node_report_timestamp_seconds", "when the node last wrote its report, as a Unix time",
+         lambda report: report.at.timestamp()),
+        ("certrenew_node_reconcile_interval_seconds", "the node's reconcile interval: it reports at least this often",
+         lambda report: report.reconcile_interval),
+        ("certrenew_node_locks_held", "certificate locks the node's processes hold now",
+         lambda report: fleet.locks_held(report.node)),
+    ]
+    for name, documentation, value in per_node:
+        family = GaugeMetricFamily(name, documentation, labels=["node"])
+        for report in fleet.reports:
+            family.add_metric([report.node], value(report))
+        families.append(family)
+    return families
+
+
 class MetricsServer:
     """`GET /metrics` and `GET /healthz` on a port of their own, for the daemon.
 
@@ -199,10 +272,15 @@ class MetricsServer:
     """
 
     def __init__(self, listen: str, source: Callable[[], list[CertificateStatus]],
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, fleet: Callable[[], Fleet] | None = None,
+                 store: Callable[[], StoreHealth] | None = None) -> None:
         self.listen = listen
         self.source = source
         self.telemetry = telemetry
+        self.fleet = fleet
+        """The fleet's side of the store, read afresh at each request too (see `fleetview`)."""
+        self.store = store
+        """Whether the store answers (the daemon's): read at each request, as `source` is."""
         self._server: httpd.Server | None = None
         self._serving = contextlib.ExitStack()
 
@@ -230,10 +308,14 @@ class MetricsServer:
     def answer(self, request: httpd.Request) -> httpd.Response:
         """The answer to a GET of /metrics, /healthz, or anything else (404)."""
         try:
+            store = self.store() if self.store else None
             if request.path == "/metrics":
-                return httpd.Response(HTTPStatus.OK, render(self.source(), self.telemetry), CONTENT_TYPE)
+                rows = self.source()
+                return httpd.Response(HTTPStatus.OK, render(rows, self.telemetry, self.fleet() if self.fleet else None,
+                                                            store), CONTENT_TYPE)
             if request.path == "/healthz":
-                ok, document = health(self.source(), self.telemetry)
+                rows = self.source()
+                ok, document = health(rows, self.telemetry, self.fleet() if self.fleet else None, store)
                 status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
                 return httpd.Response(status, json.dumps(document).encode() + b"\n", "application/json")
         except Exception as error:  # e.g. an unreadable state dir: say so, and keep serving
@@ -243,6 +325,7 @@ class MetricsServer:
 
 
 def serve(listen: str, source: Callable[[], list[CertificateStatus]],
-          telemetry: Telemetry | None = None) -> MetricsServer:
+          telemetry: Telemetry | None = None, fleet: Callable[[], Fleet] | None = None,
+          store: Callable[[], StoreHealth] | None = None) -> MetricsServer:
     """A `MetricsServer` on `listen` (HOST:PORT); enter it to start serving."""
-    return MetricsServer(listen, source, telemetry)
+    return MetricsServer(listen, source, telemetry, fleet, store)

@@ -18,7 +18,6 @@ unserve: `--delete` only moves its state there, or `status` would report it for 
 
 import dataclasses
 import datetime
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -33,15 +32,11 @@ from certrenew.config import (
     check_certificate_name,
 )
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.haproxy import service
-from certrenew.haproxy.crtlist import CrtList
-from certrenew.haproxy.runtime_api import RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 from certrenew.pki.bundle import CertificateInfo, leaf_certificate, leaf_info
 from certrenew.pki.keys import key_type_of, load_key
-from certrenew.pki.placeholder import write_placeholder
+from certrenew.renewal.deploy import installer
 from certrenew.renewal.renew import Outcome, run
 from certrenew.state.store import Account, Store, open_store
-from certrenew.system.atomicfile import fsync_directory, temp_path
 from certrenew.system.runcontext import RunContext
 
 REASONS = MappingProxyType({"unspecified": 0, "keyCompromise": 1, "superseded": 4, "cessationOfOperation": 5})
@@ -235,19 +230,14 @@ def _revoke_at_ca(settings: AcmeSettings, store: Store, state_dir: str | Path, r
 
 
 def _remove(settings: HaproxySettings, store: Store, name: str) -> Removal:
-    """Take the certificate out of every HAProxy and the ssl dir, then move its state aside.
+    """Take the certificate out of every HAProxy and the ssl dir (see `Installer.remove`), then move its state aside.
 
-    HAProxy and the ssl dir agree whatever fails: see `_unserve`. The state goes last, so
-    a removal that fails half-way is completed by running `revoke --delete` once more
-    (the CA then answers that it is revoked already).
+    The state goes last, so a removal that fails half-way is completed by running `revoke --delete`
+    once more (the CA then answers that it is revoked already). The other nodes of a fleet follow
+    the store's removal (see `renewal.follow`).
     """
-    ssl_dir = Path(os.path.abspath(settings.ssl_dir))  # HAProxy names files by absolute path
-    file = ssl_dir / f"{name}.pem"
-    placeholder = None
-    if not any(other.suffix == ".pem" and other != file for other in ssl_dir.iterdir()):
-        placeholder = write_placeholder(ssl_dir)  # HAProxy refuses to start on an empty crt dir
     try:
-        served_by = _unserve(settings, file)
+        served_by, placeholder = installer(settings).remove(name)
     except CertrenewError as error:
         raise CertrenewError(f"{name}: revoked, but not removed ({error}); the ssl dir and the state keep it: "
                              f"run 'certrenew revoke {name} --delete' again once that is fixed") from error
@@ -257,59 +247,3 @@ def _remove(settings: HaproxySettings, store: Store, name: str) -> Removal:
 def _archive(store: Store, name: str) -> str:
     """Move the certificate's state under `removed/`, stamped with the time."""
     return store.archive(name, datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-
-
-def _unserve(settings: HaproxySettings, file: Path) -> str:
-    """Make every HAProxy drop `file`, then delete it: over the Runtime API, else by a reload.
-
-    Disk and HAProxy never disagree for long: the Runtime API drops it from memory before
-    the file goes; a reload must not find it, so the file is moved aside (hidden, which
-    HAProxy skips) and put back if `haproxy -c` or the reload fails. An HAProxy that dropped
-    it over its Runtime API before another one failed keeps it dropped; the next attempt
-    finds it gone there.
-    """
-    listed = CrtList.read(Path(os.path.abspath(settings.crt_list))) if settings.crt_list else None
-    served_from = listed.path if listed else file.parent
-    updated, reasons = [], []
-    for node in (RuntimeApi(address) for address in settings.haproxy_socket):
-        try:
-            crt_list = find_crt_list(node.crt_lists(), str(served_from))
-            known = node.certificates().path_of(str(file))
-            if known is None:
-                continue  # this HAProxy never loaded it
-            if crt_list is None:
-                raise Unsupported(f"it loads no {'crt-list' if listed else 'crt directory'} {served_from}")
-            node.remove_certificate(crt_list, known)
-            updated.append(str(node))
-        except RuntimeApiError as error:
-            reasons.append(f"{node}: {error}" if isinstance(error, Unsupported) else str(error))
-    unlisted = listed.without(file) if listed else None  # None, too, when no line names it
-    if unlisted == listed:
-        unlisted = None
-    if settings.haproxy_socket and not reasons:
-        if unlisted is not None:
-            unlisted.write()
-        file.unlink(missing_ok=True)
-        fsync_directory(file.parent)
-        return f"hot update, Runtime API of {', '.join(updated)}" if updated else "no HAProxy had it loaded"
-    aside = temp_path(file.parent)
-    moved = file.exists()
-    if moved:
-        file.rename(aside)
-    try:
-        if unlisted is not None:
-            unlisted.write()
-        service.check_config(settings.haproxy_config)
-        service.reload(settings.reload_command)
-    except BaseException as error:
-        if moved:
-            aside.rename(file)  # HAProxy still serves it: so does the ssl dir
-        if listed is not None and unlisted is not None:
-            listed.write()  # and its crt-list line
-        if reasons and isinstance(error, CertrenewError):
-            raise CertrenewError(f"{error}, after the Runtime API could not: {'; '.join(reasons)}") from error
-        raise
-    finally:
-        fsync_directory(file.parent)
-    aside.unlink(missing_ok=True)
-    return "reload" + (f": {'; '.join(reasons)}" if reasons else "")

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from certrenew.config import CertificateSpec, Settings
 from certrenew.errors import CertrenewError
 from certrenew.renewal.policy import due_reason, minutes, renew_at
-from certrenew.state.store import CertificateRecord, Store, open_store
+from certrenew.state.store import CertificateRecord, Store, StoredRecord, open_store
 from certrenew.system.strenum import StrEnum
 
 JSON_VERSION = 1
@@ -49,6 +49,8 @@ class CertificateStatus:
     """Why a run refuses to order it: another bundle in the ssl dir claims its names (see `install.shadowing`)."""
     ca: str | None = None
     """The ACME directory URL of the CA that issued the current certificate (a fallback's, say)."""
+    generation: int | None = None
+    """The version of its record's last write in the store (None: no record): see `StoredRecord`."""
 
     @property
     def last_result(self) -> str:
@@ -94,24 +96,24 @@ def collect(settings: Settings, specs: list[CertificateSpec] | None, store: Stor
     now = now or datetime.datetime.now(datetime.timezone.utc)
     store = store if store is not None else open_store(settings)
     managed = {spec.name for spec in specs or ()}
+    stored = store.records()  # one listing, not a read per certificate
     rows = []
     for spec in specs or ():
-        try:
-            rows.append(_status(settings, spec, store.load_record(spec.name), now))
-        except CertrenewError as error:
-            rows.append(_unreadable(spec, error))
+        found = stored.get(spec.name)
+        if found is not None and found.error is not None:
+            rows.append(_unreadable(spec, found.error, generation=found.generation))
+        else:
+            rows.append(_status(settings, spec, found, now))
     if read_ssl_dir and specs and not settings.haproxy.crt_list:  # see install.shadowing
         rows = _shadowed(settings, specs, rows)
-    for name in store.names():
+    for name, found in stored.items():
         if name in managed:
             continue
-        try:
-            record = store.load_record(name)
-        except CertrenewError as error:
-            rows.append(_unreadable(CertificateSpec(name, ()), error, managed=specs is None))
-            continue
-        if record is not None:  # else only an order or a bundle: nothing recorded yet
-            rows.append(_status(settings, _spec_of(record), record, now, managed=specs is None))
+        if found.record is None:
+            rows.append(_unreadable(CertificateSpec(name, ()), found.error, managed=specs is None,
+                                    generation=found.generation))
+        else:
+            rows.append(_status(settings, _spec_of(found.record), found, now, managed=specs is None))
     return rows
 
 
@@ -154,13 +156,15 @@ def _spec_of(record: CertificateRecord) -> CertificateSpec:
     return CertificateSpec(record.name, tuple(record.domains), record.key_type)
 
 
-def _unreadable(spec: CertificateSpec, error: CertrenewError, managed: bool = True) -> CertificateStatus:
+def _unreadable(spec: CertificateSpec, error: CertrenewError | None, managed: bool = True,
+                generation: int | None = None) -> CertificateStatus:
     return CertificateStatus(spec.name, list(spec.domains), State.FAILING if managed else State.UNMANAGED, None, None, None,
-                             None, str(error), 0)
+                             None, str(error), 0, generation=generation)
 
 
-def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord | None,
+def _status(settings: Settings, spec: CertificateSpec, stored: StoredRecord | None,
             now: datetime.datetime, managed: bool = True) -> CertificateStatus:
+    record = stored.record if stored is not None else None
     not_after = record.not_after if record is not None else None
     issued = record if not_after is not None else None
     next_renewal = (issued.revoked or renew_at(issued, settings.renew_before)) if issued else None
@@ -195,6 +199,7 @@ def _status(settings: Settings, spec: CertificateSpec, record: CertificateRecord
         last_error=record.last_error if record else None,
         failures=record.failures if record else 0,
         ca=(issued.directory or settings.acme.directory_url) if issued else None,  # unrecorded: the configured CA
+        generation=stored.generation if stored is not None else None,
     )
 
 

@@ -201,6 +201,9 @@ class DaemonSettings:
     metrics_file: Path | None = None
     metrics_listen: str | None = None
     check_interval: datetime.timedelta = datetime.timedelta(hours=1)
+    reconcile_interval: datetime.timedelta = datetime.timedelta(minutes=15)
+    """On a shared store: how often the daemon compares all its HAProxy serves with the store, whatever its
+    watch brought (the backstop for a missed event); 15 min, the interval docs/simulation.md chose."""
 
 
 @dataclass(frozen=True)
@@ -602,6 +605,9 @@ OPTIONS = (
     Option("check_interval", "daemon: look at the certificates at least this often, e.g. 30m (default 1h; up "
            "to 5%% earlier at random, so a fleet does not ask the CA in step)", metavar="DURATION",
            check=_check_interval),
+    Option("reconcile_interval", "daemon on a shared store (etcd): compare every certificate this node's HAProxy "
+           "serves with the store's at least this often, and install what differs, e.g. 5m (default 15m)",
+           metavar="DURATION", check=_check_interval),
     Option("challenge", f"how to prove control of the names: {HTTP_01} (default, through HAProxy), {DNS_01} "
            f"(TXT records; needed for wildcards) or {TLS_ALPN_01} (through HAProxy's port 443, when port 80 is "
            "closed)", metavar="TYPE", check=_challenge),
@@ -609,8 +615,9 @@ OPTIONS = (
            f"{STATELESS} (HAProxy itself, from the account's key thumbprint, on every node alike: put the lines "
            "`certrenew haproxy-config` prints in each node's config; no responder runs)", metavar="MODE",
            check=_http_01_mode),
-    Option("http_01_node", f"{STATELESS} {HTTP_01}: an HAProxy node's port-80 address the pre-flight probe (and "
-           "`certrenew check`) proves answers the CA, instead of NAME:80; repeat for every node",
+    Option("http_01_node", f"a fleet's {HTTP_01} ({STATELESS}, or on a shared store): an HAProxy node's port-80 "
+           "address the pre-flight probe (and `certrenew check`) proves answers the CA, instead of NAME:80; repeat "
+           "for every node",
            metavar="HOST:PORT", check=check_host_port, repeated=True),
     Option("dns_server", "DNS-01: the primary DNS server to update (RFC 2136) and to find zones and name "
            "servers at", metavar="HOST[:PORT]", check=parse_dns_server),
@@ -676,9 +683,9 @@ def build_settings(cli: Mapping[str, Any], config: ConfigFile | None = None,
     if (acme.eab_kid is None) != (acme.eab_hmac_key_file is None):
         raise UsageError("an external account binding takes both the key id (--eab-kid) and the file of its HMAC "
                          "key (--eab-hmac-key-file)")
-    if settings.responder.http_01_node and settings.responder.http_01_mode != STATELESS:
-        raise UsageError(f"--http-01-node names the HAProxy nodes that answer by themselves: it goes with "
-                         f"--http-01-mode {STATELESS}")
+    if settings.responder.http_01_node and settings.responder.http_01_mode != STATELESS and not settings.store:
+        raise UsageError(f"--http-01-node names the HAProxy nodes of a fleet, each answering {HTTP_01}: by "
+                         f"itself (--http-01-mode {STATELESS}), or from a shared store (--store etcd://...)")
     fleet = settings.fleet
     if (fleet.store_user is None) != (fleet.store_password_file is None):
         raise UsageError("an etcd login takes both the user (--store-user) and the file of its password "

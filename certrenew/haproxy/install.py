@@ -52,9 +52,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from certrenew.errors import Blocked, CertrenewError, NotServed, Refused
 from certrenew.haproxy import service, verify
 from certrenew.haproxy.crtlist import CrtList, entry_line
-from certrenew.haproxy.runtime_api import Rejected, RuntimeApi, TransactionOpen, Unsupported, find_crt_list
+from certrenew.haproxy.runtime_api import (
+    Rejected,
+    RuntimeApi,
+    RuntimeApiError,
+    TransactionOpen,
+    Unsupported,
+    find_crt_list,
+)
 from certrenew.pki.bundle import CertificateInfo, check_bundle, leaf_certificate, san_names
-from certrenew.system.atomicfile import fsync_directory, write_atomic
+from certrenew.pki.placeholder import write_placeholder
+from certrenew.system.atomicfile import fsync_directory, temp_path, write_atomic
 from certrenew.system.limits import MAX_BUNDLE, Unfit, kind_of, read_regular
 from certrenew.system.runcontext import RunContext
 
@@ -235,6 +243,68 @@ class Installer:
 
     def path_of(self, name: str) -> Path:
         return self.ssl_dir / f"{name}.pem"
+
+    def remove(self, name: str) -> tuple[str, Path | None]:
+        """Make every HAProxy drop certificate `name`, then delete its bundle (and its crt-list line): over the
+        Runtime API, else by a reload. Returns how, and the placeholder written if it was the last bundle
+        (HAProxy refuses to start on an empty crt directory).
+
+        Disk and HAProxy never disagree for long: the Runtime API drops it from memory before
+        the file goes; a reload must not find it, so the file is moved aside (hidden, which
+        HAProxy skips) and put back if `haproxy -c` or the reload fails. An HAProxy that dropped
+        it over its Runtime API before another one failed keeps it dropped; the next attempt
+        finds it gone there.
+        """
+        file = self.path_of(name)
+        placeholder = None
+        if not any(other.suffix == ".pem" and other != file for other in self.ssl_dir.iterdir()):
+            placeholder = write_placeholder(self.ssl_dir)
+        listed = CrtList.read(self.crt_list) if self.crt_list else None
+        served_from = listed.path if listed else self.ssl_dir
+        updated, reasons = [], []
+        for node in self.nodes:
+            try:
+                crt_list = find_crt_list(node.crt_lists(), str(served_from))
+                known = node.certificates().path_of(str(file))
+                if known is None:
+                    continue  # this HAProxy never loaded it
+                if crt_list is None:
+                    raise Unsupported(f"it loads no {'crt-list' if listed else 'crt directory'} {served_from}")
+                node.remove_certificate(crt_list, known)
+                updated.append(str(node))
+            except RuntimeApiError as error:
+                reasons.append(f"{node}: {error}" if isinstance(error, Unsupported) else str(error))
+        unlisted = listed.without(file) if listed else None  # None, too, when no line names it
+        if unlisted == listed:
+            unlisted = None
+        if self.nodes and not reasons:
+            if unlisted is not None:
+                unlisted.write(self.context)
+            file.unlink(missing_ok=True)
+            fsync_directory(self.ssl_dir)
+            return (f"hot update, Runtime API of {', '.join(updated)}" if updated
+                    else "no HAProxy had it loaded"), placeholder
+        aside = temp_path(self.ssl_dir)
+        moved = file.exists()
+        if moved:
+            file.rename(aside)
+        try:
+            if unlisted is not None:
+                unlisted.write(self.context)
+            service.check_config(self.configs)
+            service.reload(self.reload_command)
+        except BaseException as error:
+            if moved:
+                aside.rename(file)  # HAProxy still serves it: so does the ssl dir
+            if listed is not None and unlisted is not None:
+                listed.write(self.context)  # and its crt-list line
+            if reasons and isinstance(error, CertrenewError):
+                raise CertrenewError(f"{error}, after the Runtime API could not: {'; '.join(reasons)}") from error
+            raise
+        finally:
+            fsync_directory(self.ssl_dir)
+        aside.unlink(missing_ok=True)
+        return "reload" + (f": {'; '.join(reasons)}" if reasons else ""), placeholder
 
     def check_place(self, name: str, domains: Sequence[str] = (), key_type: str = "") -> None:
         """Refuse (`Blocked`) a certificate before it is ordered when its bundle's place holds what no

@@ -12,6 +12,7 @@ import datetime
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,11 +66,13 @@ class Deployer:
     """
 
     def __init__(self, haproxy: HaproxySettings, store: Store, directory: str, managed: Iterable[str] = (),
-                 concurrency: int = 4, context: RunContext | None = None) -> None:
+                 concurrency: int = 4, context: RunContext | None = None,
+                 installing: AbstractContextManager[object] | None = None) -> None:
+        """`installing`: held around each install, where another thread of the process installs into
+        the same HAProxy (a daemon's `follow.Follower`): one Runtime API transaction at a time."""
         self.store, self.directory, self.concurrency = store, directory, concurrency
-        self.installer = Installer(haproxy.ssl_dir, haproxy.reload_command, haproxy.haproxy_socket,
-                                   haproxy.haproxy_config, haproxy.verify_endpoint, haproxy.crt_list, managed,
-                                   context)
+        self.installer = installer(haproxy, managed, context)
+        self.installing = installing or nullcontext()
 
     def check_place(self, spec: CertificateSpec) -> None:
         """See `Installer.check_place`. A certificate HAProxy loads from a crt-store entry is served
@@ -93,9 +96,9 @@ class Deployer:
         each waits on its fsyncs, which the disk then takes together (a thousand one by
         one took longer than ordering them).
         """
-        results = self.installer.install({item.spec.name: item.bundle for item in issued},
-                                         {item.spec.name: Serving(item.spec.crt_list_options, item.spec.crt_store)
-                                          for item in issued})
+        with self.installing:
+            results = self.installer.install({item.spec.name: item.bundle for item in issued},
+                                             {item.spec.name: serving(item.spec) for item in issued})
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(self._record, issued, results))
 
@@ -127,6 +130,17 @@ class Deployer:
         except Exception as error:  # even one nobody foresaw: the others are served and recorded
             return Installed(item, info, result, error)
         return Installed(item, info, result)
+
+
+def installer(haproxy: HaproxySettings, managed: Iterable[str] = (), context: RunContext | None = None) -> Installer:
+    """The `Installer` into this node's HAProxy, as `haproxy` configures it."""
+    return Installer(haproxy.ssl_dir, haproxy.reload_command, haproxy.haproxy_socket, haproxy.haproxy_config,
+                     haproxy.verify_endpoint, haproxy.crt_list, managed, context)
+
+
+def serving(spec: CertificateSpec) -> Serving:
+    """How HAProxy serves `spec`'s bundle besides from its file."""
+    return Serving(spec.crt_list_options, spec.crt_store)
 
 
 def apply_window(record: CertificateRecord, window: RenewalWindow | CertrenewError | None) -> None:

@@ -17,7 +17,7 @@ from certrenew.acme.orders import AcmeClient
 from certrenew.acme.solver import ChallengeSolver
 from certrenew.acme.transport import Deadline, RequestCounter
 from certrenew.config import AcmeSettings, Ca, CertificateSpec
-from certrenew.errors import CertrenewError, OverBudget, UsageError
+from certrenew.errors import CertrenewError, OverBudget, StoreUnreachable, UsageError
 from certrenew.pki.bundle import check_bundle, check_clock, check_issued, leaf_certificate
 from certrenew.pki.keys import generate_key, key_to_pem, key_type_of, load_key, make_csr
 from certrenew.renewal.deploy import Issued, apply_window
@@ -160,6 +160,8 @@ class Issuer:
         try:
             info = check_bundle(bundle)
             directory = self.store.pending_directory(spec.name)
+        except StoreUnreachable:  # no fault of the bundle's: it waits for the store
+            raise
         except CertrenewError as error:
             return self._set_aside(spec, "pending", f"the pending certificate {error}")
         if not self._same_ca(spec, "pending certificate", directory):
@@ -186,6 +188,8 @@ class Issuer:
             order = self.store.load_order(spec.name)
             assert order is not None  # resume() runs only when the store holds a pending bundle or order
             key = load_key(order.key_pem)
+        except StoreUnreachable:  # no fault of the order's: it waits for the store
+            raise
         except (CertrenewError, ValueError, TypeError) as error:
             return self._set_aside(spec, "order", f"the saved order cannot be used ({error})")
         fullchain = None

@@ -17,6 +17,9 @@ FIRST_BACKOFF = datetime.timedelta(minutes=5)
 MAX_BACKOFF = datetime.timedelta(days=1)
 MAX_DOUBLINGS = int(MAX_BACKOFF / FIRST_BACKOFF).bit_length()
 """Doublings of FIRST_BACKOFF that reach MAX_BACKOFF."""
+BACKOFF_SHARE = 12
+"""The back-off is at most this fraction (1/12) of the certificate's lifetime: a 6-day certificate, renewed with
+3 days left, waits at most 12 h between attempts (6 tries in its margin, not 3), a 90-day one still a day."""
 ORDER_BUDGET = 3
 """Certificates the CA may issue for one certificate name within BUDGET_PERIOD, whatever asks for more (an
 ARI window, a clock far off, a bug): Let's Encrypt allows 5 for the same names a week. The first, a change of
@@ -116,10 +119,13 @@ def minutes(when: datetime.datetime) -> str:
     return when.isoformat(" ", "minutes")[:16]
 
 
-def backoff(failures: int) -> datetime.timedelta:
-    """How long to wait after `failures` failures in a row: 5 min, doubling, at most a day. The doubling
-    stops past a day: a record's count may be any whole number, and 5 min * 2**1000000 overflows."""
-    return min(FIRST_BACKOFF * 2 ** min(max(failures - 1, 0), MAX_DOUBLINGS), MAX_BACKOFF)
+def backoff(failures: int, lifetime: datetime.timedelta | None = None) -> datetime.timedelta:
+    """How long to wait after `failures` failures in a row: 5 min, doubling, at most a day, and at most
+    1/BACKOFF_SHARE of the current certificate's `lifetime` (a short-lived one has a short margin to retry
+    in). The doubling stops past a day: a record's count may be any whole number, and 5 min * 2**1000000
+    overflows."""
+    cap = MAX_BACKOFF if lifetime is None else min(MAX_BACKOFF, lifetime / BACKOFF_SHARE)
+    return min(FIRST_BACKOFF * 2 ** min(max(failures - 1, 0), MAX_DOUBLINGS), cap)
 
 
 def ari_check_due(record: CertificateRecord | None, now: datetime.datetime) -> bool:

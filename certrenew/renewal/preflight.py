@@ -144,27 +144,41 @@ def probe_all(responder: Any, settings: ResponderSettings, names: Sequence[str],
 
 
 def probe(responder: Responder | StatelessSolver, settings: ResponderSettings, name: str) -> Check:
-    """Serve a random token on `responder` and fetch it from http://NAME/ the way the CA would."""
+    """Serve a random token on `responder` and fetch it from http://NAME/ the way the CA would: at NAME:80 (or
+    --self-check-address), or, on a fleet, at each node of --http-01-node, whose responder answers it from the
+    store (it is published there): the CA validates at whichever node the name resolves to."""
     if isinstance(responder, StatelessSolver):
         return probe_stateless(responder, settings, name)
     token, value = secrets.token_urlsafe(32), f"certrenew-probe.{secrets.token_urlsafe(24)}"
+    responder.present(name, token, value)
+    try:
+        checks = [_fetch(settings, name, token, value, node)
+                  for node in settings.http_01_node or [settings.self_check_address]]
+    finally:
+        responder.cleanup(name, token)
+    return next((check for check in checks if check.status != OK), checks[0])
+
+
+def _fetch(settings: ResponderSettings, name: str, token: str, value: str, node: str | None) -> Check:
+    """Fetch `token` from http://NAME/ at `node` (None: NAME:80) and expect `value`, certrenew's answer."""
     authority = f"[{name}]" if ":" in name else name  # an IPv6 address, in a URL and a Host header
     url = f"http://{authority}{CHALLENGE_PREFIX}{token}"
-    host, port = split_host_port(settings.self_check_address) if settings.self_check_address else (name, 80)
+    host, port = split_host_port(node) if node else (name, 80)
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    responder.present(name, token, value)
+    option = "--http-01-node" if settings.http_01_node else "--self-check-address"
     try:
         answer = ask(host, port, authority, token, PROBE_TIMEOUT)
     except OSError as error:
-        return (_not_reached(error, name, url, where, "--self-check-address") or
+        return (_not_reached(error, name, url, where, option) or
                 Check(WARN, url, f"cannot connect to {where} from this host ({error.strerror or error}); not checked"))
     except http.client.HTTPException as error:
         return Check(FAIL, url, f"{url} answered something that is not HTTP ({type(error).__name__}) at {where}: "
                                 "is HAProxy's http frontend on port 80?")
-    finally:
-        responder.cleanup(name, token)
     if answer.status == 200 and answer.body == value.encode():
         return Check(OK, url, f"reached certrenew's responder through {where}")
+    if node and settings.http_01_node:
+        return Check(FAIL, url, f"{url} answered {_seen(answer)} at HAProxy node {where}, not a certrenew daemon's "
+                                f"responder answering from the store: {hints.ROUTE}")
     return Check(FAIL, url, f"{url} answered {_seen(answer)}, not certrenew's responder on {settings.listen}: "
                             f"{hints.ROUTE}")
 

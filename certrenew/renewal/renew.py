@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -21,7 +21,7 @@ from certrenew.acme.solver import ChallengeSolver
 from certrenew.config import CertificateSpec, HaproxySettings, HookSettings, Settings, check_certificate_name
 from certrenew.config.challenges import HTTP_01, STATELESS, TLS_ALPN_01, check_domains
 from certrenew.config.dns import DnsSettings
-from certrenew.errors import CertrenewError, OverBudget, Refused, UsageError, causes
+from certrenew.errors import CertrenewError, OverBudget, Refused, StoreUnreachable, UsageError, causes
 from certrenew.pki.domains import check_normalized
 from certrenew.renewal import hooks
 from certrenew.renewal.policy import Action, Decision, ari_check_due, backoff, decide, utc_now
@@ -92,7 +92,8 @@ class Report:
 
 def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = None, telemetry=None,
         progress: Progress | None = None, responder: "Responder | None" = None, others: Sequence[str] = (),
-        context: RunContext | None = None, certificate_wait: float | None = None) -> Report:
+        context: RunContext | None = None, certificate_wait: float | None = None,
+        installing: AbstractContextManager[object] | None = None) -> Report:
     """Bring every certificate in `specs` up to date and report what happened to each.
     `others`: the config's certificates not in `specs` (revoke --reissue runs one), which shadow none of them.
 
@@ -109,7 +110,7 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     before anything is touched. HTTP-01 is answered by `responder` when given (the
     daemon's, open for its whole life; left open), else by one this run opens when it
     orders and closes. `context` cancels the run (see `RunContext`): each run its own, so a host
-    may stop one run and let another go on.
+    may stop one run and let another go on. `installing` is held around each install (see `Deployer`).
     """
     for spec in specs:
         if spec.checked:  # certificate_specs made it: a config of 10,000 would be checked twice
@@ -126,7 +127,7 @@ def run(settings: Settings, specs: list[CertificateSpec], store: Store | None = 
     store = store if store is not None else open_store(settings, context)
     with store.run_lock(settings.lock_timeout):
         return _run(settings, specs, store, telemetry, progress or Progress(), responder, others, context,
-                    settings.lock_timeout if certificate_wait is None else certificate_wait)
+                    settings.lock_timeout if certificate_wait is None else certificate_wait, installing)
 
 
 def check_hooks(settings: HookSettings) -> None:
@@ -137,7 +138,8 @@ def check_hooks(settings: HookSettings) -> None:
 
 
 def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemetry, progress: Progress,
-         responder: "Responder | None", others: Sequence[str], context: RunContext, certificate_wait: float) -> Report:
+         responder: "Responder | None", others: Sequence[str], context: RunContext, certificate_wait: float,
+         installing: AbstractContextManager[object] | None) -> Report:
     now = utc_now()
     remove_stale_temps(settings.haproxy.ssl_dir)
 
@@ -164,7 +166,7 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
 
         preflight.require(preflight.socket_checks(settings.haproxy))  # before the CA issues what could not be installed
         do_work = functools.partial(_work, settings, store, now, work, outcomes, telemetry, progress, responder,
-                                    [*others, *(spec.name for spec in specs)], context, certificate_wait)
+                                    [*others, *(spec.name for spec in specs)], context, certificate_wait, installing)
         if any(step is not Step.CHECK for _, step in work):
             hook_failures = _with_hooks(settings.hooks, work, outcomes, do_work, context)
         else:  # renewal-info checks only: no pre- or post-hook (a check that renews still runs the deploy hook)
@@ -232,7 +234,7 @@ def _with_hooks(settings: HookSettings, work: list, outcomes: dict[str, Outcome]
 
 def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, outcomes: dict[str, Outcome],
           telemetry, progress: Progress, responder: "Responder | None", managed: list[str],
-          context: RunContext, certificate_wait: float) -> list[str]:
+          context: RunContext, certificate_wait: float, installing: AbstractContextManager[object] | None) -> list[str]:
     """Order what is due, deploy it all at once, then run the deploy hook for each certificate HAProxy serves.
     `managed`: every certificate of the run, due or not (their bundles shadow none of these)."""
     from certrenew.challenge.responder import Responder
@@ -260,7 +262,7 @@ def _work(settings: Settings, store: Store, now: datetime.datetime, work: list, 
             solvers[TLS_ALPN_01] = solvers_open.enter_context(TlsAlpnResponder(settings.responder.tls_alpn_listen))
         probed = preflight.probe_ahead(http01, settings.responder, [spec for spec, step in work if step is Step.ISSUE])
         deployer = Deployer(settings.haproxy, store, settings.acme.directory_url, managed, settings.concurrency,
-                            context)
+                            context, installing)
         issuer = Issuer(settings.acme, store, solvers, telemetry,
                         before_order=functools.partial(preflight.check_path, solvers, settings.responder, probed),
                         check_place=deployer.check_place, force=settings.force, renew_before=settings.renew_before,
@@ -436,7 +438,12 @@ def _refused(store: Store, now: datetime.datetime, spec: CertificateSpec, direct
 
 
 def _expected(error: Exception) -> CertrenewError:
-    """A failure as one line; an unforeseen one names its type, and its traceback is logged at -v."""
+    """A failure as one line; an unforeseen one names its type, and its traceback is logged at -v.
+
+    A store no node can reach is no failure of the certificate at hand: raised on, it ends the run as a
+    whole, with nothing recorded against any certificate (no back-off), and the daemon waits for the store."""
+    if isinstance(error, StoreUnreachable):
+        raise error
     if isinstance(error, CertrenewError):
         return error
     log.debug("unexpected error", exc_info=error)
@@ -467,18 +474,24 @@ def _failed(store: Store, now: datetime.datetime, spec: CertificateSpec, directo
     try:
         record = store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
     except CertrenewError as unreadable:  # reported, and left for the operator to look at
-        return Outcome(spec.name, Action.FAILED, f"{error}; and {unreadable}")
+        return Outcome(spec.name, Action.FAILED, f"{error}; and {_expected(unreadable)}")
     record.last_attempt, record.last_error, record.failures = now, str(error), record.failures + 1
     record.next_attempt = (error.until if isinstance(error, OverBudget)
-                           else now + backoff(record.failures) if error.backoff else None)
+                           else now + backoff(record.failures, _lifetime(record)) if error.backoff else None)
     record.failed_settings = spec.order_settings(directory)
     try:
         store.save_record(record)
     except CertrenewError as unwritable:
+        _expected(unwritable)  # (raises a store no node reaches: the run's condition, not this certificate's)
         if isinstance(unwritable, Fenced):  # a late writer: what its successor recorded stands
             log.error("%s: %s; not recorded: %s", spec.name, error, unwritable, extra={"certificate": spec.name})
         return Outcome(spec.name, Action.FAILED, f"{error}; and {unwritable}")
     return Outcome(spec.name, Action.FAILED, str(error))
+
+
+def _lifetime(record: CertificateRecord) -> datetime.timedelta | None:
+    """The current certificate's lifetime, which bounds its back-off (see `backoff`); None before the first."""
+    return record.not_after - record.not_before if record.not_after and record.not_before else None
 
 
 def _check_ssl_dir(ssl_dir: Path) -> None:

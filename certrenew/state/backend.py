@@ -9,6 +9,7 @@ taken over by another holder): a writer paused past its lease cannot overwrite i
 What the state means (records, bundles, orders) is written once, above this, in `store`.
 """
 
+import datetime
 import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -19,6 +20,7 @@ from typing import Protocol
 from certrenew.errors import Busy as Busy
 from certrenew.errors import Conflict as Conflict
 from certrenew.errors import Fenced as Fenced
+from certrenew.errors import StoreUnreachable as StoreUnreachable
 from certrenew.errors import Unavailable as Unavailable
 
 ABSENT = 0
@@ -46,6 +48,31 @@ class Changes:
     """`entries` holds every key under the prefix: whatever is not in it is gone (a first read, a resync)."""
 
 
+@dataclass(frozen=True)
+class Outage:
+    """Since when a backend has failed to reach its cluster (Unix times), and its last reason."""
+
+    since: float
+    """The first failed request since the last one answered."""
+    last: float
+    """The latest failed request."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock now, as `Backend.locks` reads it without taking it."""
+
+    holder: str
+    """As the holder named itself (`lock`'s `holder`: node and pid)."""
+    token: int
+    since: datetime.datetime | None
+    """When it took the lock; None where the backend did not record it (a lease taken by an older certrenew)."""
+    left: float | None
+    """Seconds its lease has left unless renewed: about the TTL while its holder keeps it alive, running
+    down while the holder is paused or cut off; None where the backend cannot tell."""
+
+
 class Lease(Protocol):
     """A held lock. Leaving its `with` block releases it."""
 
@@ -65,12 +92,20 @@ class Backend(Protocol):
 
     shared: bool
     """Whether other nodes work on it too (etcd): then the CA may validate at any of them."""
+    @property
+    def outage(self) -> Outage | None:
+        """Since when the backend has failed to reach its cluster (etcd), None while it answers: what every
+        reader (the daemon, `status`, the metrics) says, kept by the one client all requests go through.
+        A directory or memory is always reachable."""
 
     def get(self, key: str) -> Entry | None:
         """The entry at `key`, or None."""
 
-    def list(self, prefix: str) -> dict[str, Entry]:
-        """Every entry whose key starts with `prefix`, in one read (never one by one)."""
+    def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
+        """Every entry whose key starts with `prefix` and ends with `suffix`, in one read (never one by one).
+
+        With a `suffix`, only the values of those keys are read: every record of a store
+        (`certificates/`, `/meta.json`) without the bundles beside them, nor their decryption."""
 
     def write(self, changes: Mapping[str, bytes | None], *, expect: Mapping[str, int] | None = None,
               fence: Lease | None = None) -> int:
@@ -91,6 +126,10 @@ class Backend(Protocol):
         """Take the lock on `key` for a lease of `ttl` seconds kept alive while held, waiting up
         to `wait` seconds for the current holder (Busy, naming it, if it does not let go).
         `holder` names this process in the fleet's state (node and pid)."""
+
+    def locks(self, prefix: str) -> dict[str, Holder]:
+        """Who holds each lock on a key starting with `prefix` now, read without taking or waiting for any
+        (what `status` shows): a lock whose lease ended, or whose holder died, is not held."""
 
     def where(self, key: str) -> str:
         """Where an operator finds `key` (a path, a URL): for messages about what was set aside."""

@@ -9,6 +9,8 @@ last one's. A waiter watches the lock key for its deletion (a release, an expire
 again, so nothing is applied twice (see `EtcdClient.call`).
 """
 
+import datetime
+import json
 import logging
 import math
 import re
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from certrenew.errors import CertrenewError, ConfigurationError, Interrupted, UsageError
-from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Lease, check_key
+from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Holder, Lease, Outage, check_key
 from certrenew.state.etcd_client import EtcdClient, Tls, b64, unb64
 from certrenew.system.runcontext import RunContext
 
@@ -111,6 +113,12 @@ class EtcdBackend:
         self._page = page
         self._held: set[EtcdLease] = set()
         self._mutex = threading.Lock()
+        self._listed: dict[tuple[str, str], dict[str, Entry]] = {}
+        """The entries of the last `list` of each prefix and suffix (see `list`)."""
+
+    @property
+    def outage(self) -> Outage | None:
+        return self._client.outage
 
     def _data_key(self, key: str) -> bytes:
         return f"{self.prefix}/data/{key}".encode()
@@ -126,14 +134,36 @@ class EtcdBackend:
         found = self._read(self._data_key(check_key(key)))
         return Entry(unb64(found.get("value")), int(found["mod_revision"])) if found else None
 
-    def list(self, prefix: str) -> dict[str, Entry]:
-        return self._snapshot(prefix)[1]
+    def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
+        """A keys-only range read, then, with a `suffix`, the values of those keys alone, MAX_OPS to a
+        transaction, all at that read's revision: one snapshot either way. The values of the last such
+        list are kept, and only the keys written since are read again: a value at a version never changes,
+        and the daemon's /metrics lists every record at each scrape (10,000: one keys-only read, not 80 more)."""
+        if not suffix:
+            return self._snapshot(prefix)[1]
+        revision, keys = self._snapshot(prefix, keys_only=True)
+        with self._mutex:
+            known = {key: entry for key, entry in self._listed.get((prefix, suffix), {}).items()
+                     if key in keys and keys[key].version == entry.version}
+        wanted = [key for key, entry in keys.items() if key.endswith(suffix) and key not in known]
+        found = dict(known)
+        for start in range(0, len(wanted), MAX_OPS):
+            reads = [{"request_range": {"key": b64(self._data_key(key)), "revision": str(revision)}}
+                     for key in wanted[start:start + MAX_OPS]]
+            for key, response in zip(wanted[start:start + MAX_OPS],
+                                     self._client.call("/v3/kv/txn", {"success": reads})["responses"]):
+                for kv in response["response_range"].get("kvs") or []:
+                    found[key] = Entry(unb64(kv.get("value")), int(kv["mod_revision"]))
+        with self._mutex:
+            self._listed[(prefix, suffix)] = found
+        return found
 
-    def _snapshot(self, prefix: str) -> tuple[int, dict[str, Entry]]:
-        """Every entry under `prefix` and the revision they were read at: page after page at the first page's
-        revision, so the whole list is one snapshot."""
+    def _snapshot(self, prefix: str, keys_only: bool = False) -> tuple[int, dict[str, Entry]]:
+        """Every entry under `prefix` (`keys_only`: with empty values) and the revision they were read at:
+        page after page at the first page's revision, so the whole list is one snapshot."""
         start, skip = self._data_key(prefix), len(self._data_key(""))
-        body: dict[str, Any] = {"key": b64(start), "range_end": b64(_range_end(start)), "limit": self._page}
+        body: dict[str, Any] = {"key": b64(start), "range_end": b64(_range_end(start)), "limit": self._page,
+                                "keys_only": keys_only}
         found: dict[str, Entry] = {}
         while True:
             answer = self._client.call("/v3/kv/range", body)
@@ -239,8 +269,9 @@ class EtcdBackend:
     def _acquire(self, lease: EtcdLease, holder: str, end: float, wait: float) -> int:
         """Put the lock key if absent, on `lease`; its token is the key's create_revision."""
         full = b64(self._lock_key(lease.key))
+        value = json.dumps({"holder": holder, "since": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         body = {"compare": [{"key": full, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-                "success": [{"request_put": {"key": full, "value": b64(holder), "lease": str(lease.id)}}],
+                "success": [{"request_put": {"key": full, "value": b64(value), "lease": str(lease.id)}}],
                 "failure": [{"request_range": {"key": full}}]}
         said = False
         while True:
@@ -250,7 +281,7 @@ class EtcdBackend:
             kvs = answer["responses"][0]["response_range"].get("kvs") or []
             if kvs and int(kvs[0].get("lease", 0)) == lease.id:  # ours: a first try that got no answer
                 return int(kvs[0]["create_revision"])
-            current = unb64(kvs[0].get("value")).decode(errors="replace") if kvs else "another process"
+            current = _holder(unb64(kvs[0].get("value")))[0] if kvs else "another process"
             if time.monotonic() >= end:
                 raise Busy(f"{current} holds the lock on {lease.key}; gave up after {wait:g} s")
             if not said and wait > 0:
@@ -259,6 +290,19 @@ class EtcdBackend:
             self._client.context.check()
             self._client.deleted(self._lock_key(lease.key), int(answer["header"]["revision"]),
                                  min(WATCH, max(end - time.monotonic(), 0.001)))
+
+    def locks(self, prefix: str) -> dict[str, Holder]:
+        """One range read of the lock keys, then each holder's lease asked for the time it has left (a
+        lock is held for the few seconds of work on its certificate: few are held at any moment)."""
+        start, skip = f"{self.prefix}/locks/{prefix}".encode(), len(f"{self.prefix}/locks/")
+        body = {"key": b64(start), "range_end": b64(_range_end(start))}
+        held = {}
+        for kv in self._client.call("/v3/kv/range", body).get("kvs") or []:
+            left = int(self._client.call("/v3/lease/timetolive", {"ID": str(kv.get("lease", 0))}).get("TTL", -1))
+            if left >= 0:  # else the lease ended between the two reads
+                holder, since = _holder(unb64(kv.get("value")))
+                held[unb64(kv["key"])[skip:].decode()] = Holder(holder, int(kv["create_revision"]), since, float(left))
+        return held
 
     def check(self) -> None:
         """Ask etcd once, so wrong credentials (UsageError) or an etcd not there (Unavailable) fail in
@@ -279,6 +323,16 @@ class EtcdBackend:
         for lease in held:
             lease.release()
         self._client.close()
+
+
+def _holder(value: bytes) -> tuple[str, datetime.datetime | None]:
+    """Who holds a lock, and since when, from the lock key's value: JSON, or (written by a certrenew before
+    `locks`) the holder's name alone."""
+    try:
+        found = json.loads(value)
+        return str(found["holder"]), datetime.datetime.fromisoformat(found["since"])
+    except (ValueError, TypeError, KeyError):
+        return value.decode(errors="replace"), None
 
 
 def from_url(url: str, *, tls: Tls | None = None, username: str | None = None, password: str | None = None,

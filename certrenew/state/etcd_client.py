@@ -21,7 +21,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from certrenew.errors import ConfigurationError
-from certrenew.state.backend import Unavailable
+from certrenew.state.backend import Outage, StoreUnreachable
 from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,9 @@ PATIENCE = 15.0
 RETRY_PAUSE = 0.2
 POOL = 32
 """Connections kept per endpoint: a run works on many certificates at once, each lease has a thread."""
+GRACE = 5.0
+"""Seconds every request must have failed before the cluster counts as unreachable (`outage`): longer
+than a leader election (about a second), so an election is not reported as an outage."""
 UNAUTHENTICATED = 16
 PERMISSION_DENIED = 7
 INVALID_ARGUMENT = 3
@@ -84,6 +87,8 @@ class EtcdClient:
         self._credentials = (username, password) if username else None
         self._token: str | None = None
         self._mutex = threading.Lock()
+        self._failing: Outage | None = None
+        """The failures since the last answer: the cluster is unreachable once they last GRACE."""
         self._session = requests.Session()
         # Our CA, not whatever REQUESTS_CA_BUNDLE or a proxy variable in the environment says.
         self._session.trust_env = False
@@ -114,17 +119,41 @@ class EtcdClient:
                 with self._mutex:
                     index = self._current
                 try:
-                    return self._send(index, path, body)
+                    answer = self._send(index, path, body)
                 except _Failed as failure:
                     ambiguous, last = True, f"{self.endpoints[index]}: {failure}"
                     log.debug("etcd %s failed at %s", path, last)
-                    with self._mutex:
-                        if self._current == index:
-                            self._current = (index + 1) % len(self._urls)
+                    self._failed(index, last)
+                else:
+                    self._answered()
+                    return answer
             if time.monotonic() >= end:
-                raise Unavailable(f"etcd at {','.join(self.endpoints)} did not answer ({last}); check that "
-                                  "etcd runs there and --store names its client endpoints")
+                failing = self._failing
+                raise StoreUnreachable(f"etcd at {','.join(self.endpoints)} did not answer ({last}); check that "
+                                       "etcd runs there and --store names its client endpoints",
+                                       failing.since if failing else None)
             self.context.sleep(RETRY_PAUSE)
+
+    @property
+    def outage(self) -> Outage | None:
+        """Since when every request has failed, once that has lasted GRACE; None while etcd answers."""
+        failing = self._failing
+        return failing if failing is not None and time.time() - failing.since >= GRACE else None
+
+    def _failed(self, index: int, reason: str) -> None:
+        """Endpoint `index` did not answer: the next request tries the next one, and the failure counts."""
+        now = time.time()
+        with self._mutex:
+            if self._current == index:
+                self._current = (index + 1) % len(self._urls)
+            self._failing = Outage(self._failing.since if self._failing else now, now, reason)
+
+    def _answered(self) -> None:
+        if self._failing is not None:  # (read without the lock: the common case costs nothing)
+            with self._mutex:
+                failing, self._failing = self._failing, None
+            if failing is not None and time.time() - failing.since >= GRACE:
+                log.info("etcd at %s answers again, after %.0f s", ",".join(self.endpoints), time.time() - failing.since)
 
     def _send(self, index: int, path: str, body: dict[str, Any], *, login: bool = True,
               fresh: bool = False) -> dict[str, Any]:
@@ -169,23 +198,26 @@ class EtcdClient:
         ordinary call, which finds another endpoint or logs in anew, and watches on from the same revision.
         """
         with self._mutex:
-            url = self._urls[self._current]
+            index = self._current
         request: dict[str, Any] = {"key": b64(key), "start_revision": str(after + 1), "filters": list(filters)}
         if range_end is not None:
             request["range_end"] = b64(range_end)
         headers = {"Authorization": self._token} if self._token else {}
-        started = time.monotonic()
+        started, answered = time.monotonic(), False
         try:
-            with self._session.post(url + "/v3/watch", json={"create_request": request}, headers=headers,
-                                    stream=True, timeout=(CONNECT_TIMEOUT, timeout)) as response:
+            with self._session.post(self._urls[index] + "/v3/watch", json={"create_request": request},
+                                    headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, timeout)) as response:
+                answered = True
+                self._answered()
                 for line in response.iter_lines():
                     result = json.loads(line).get("result", {})
                     if result.get("compact_revision") and result.get("canceled"):
                         return None
                     if result.get("events"):
                         return result["events"]
-        except (requests.RequestException, ValueError):
-            pass  # (a stream's read timeout, the usual end, comes as a ConnectionError)
+        except (requests.RequestException, ValueError) as error:
+            if not answered:  # (a stream's read timeout, the usual end, comes as a ConnectionError too)
+                self._failed(index, f"{self.endpoints[index]}: {_reason(error)}")
         if time.monotonic() - started < timeout:  # a watch refused or cut short: not straight back
             self.context.sleep(min(RETRY_PAUSE, timeout))
         return []

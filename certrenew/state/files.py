@@ -24,6 +24,7 @@ of the state dir until it goes on or dies: after MUTEX_WAIT they fail in one lin
 
 import base64
 import contextlib
+import datetime
 import errno
 import fcntl
 import json
@@ -35,7 +36,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from certrenew.errors import CertrenewError
-from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Lease, Unavailable, check_key
+from certrenew.state.backend import (
+    ABSENT,
+    Busy,
+    Changes,
+    Conflict,
+    Entry,
+    Fenced,
+    Holder,
+    Lease,
+    Unavailable,
+    check_key,
+)
 from certrenew.system import owned
 from certrenew.system.atomicfile import fsync_directory, remove_stale_temps, write_atomic
 from certrenew.system.runcontext import RunContext
@@ -61,6 +73,7 @@ class FileLease:
 
     def __init__(self, backend: "FileBackend", key: str, token: int, holder: str, ttl: float, fd: int) -> None:
         self.key, self.token, self.holder, self.ttl = key, token, holder, ttl
+        self.since = datetime.datetime.now(datetime.timezone.utc).isoformat()
         self._backend, self._fd = backend, fd
         self.renewed_at = time.monotonic()
         self.suspended = False
@@ -85,6 +98,7 @@ class FileBackend:
     """Keys as files under `root` (a state dir)."""
 
     shared = False
+    outage = None
 
     def __init__(self, root: Path, context: RunContext | None = None) -> None:
         """`context`: the run whose cancellation ends a wait for a lock, and whose writes no signal cuts."""
@@ -128,7 +142,7 @@ class FileBackend:
             return False
         return any(os.access(f"{self._root}/{directory}/{name}", os.F_OK) for name in names)
 
-    def list(self, prefix: str) -> dict[str, Entry]:
+    def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
         directory, _, start = prefix.rpartition("/")
         top = self.path(directory) if directory else self.root
         if not self._dirs_ours(directory.split("/") if directory else []):
@@ -139,7 +153,8 @@ class FileBackend:
             relative = os.path.relpath(base, self.root)
             for name in files:
                 key = name if relative == "." else f"{relative}/{name}"
-                if name.startswith(".") or not key.startswith(prefix) or key.split("/", 1)[0] in RESERVED:
+                if name.startswith(".") or not key.startswith(prefix) or not key.endswith(suffix) \
+                        or key.split("/", 1)[0] in RESERVED:
                     continue
                 if not owned.check_dir(base, follow=base == str(self.root)):
                     continue
@@ -347,9 +362,15 @@ class FileBackend:
             _unlink(Path(f"{path}.{token}"))
             fd = _open(Path(f"{path}.{token + 1}"))
             fcntl.flock(fd, fcntl.LOCK_EX)
-            write_atomic(path, json.dumps({"token": token + 1, "holder": holder, "expires": time.time() + ttl,
-                                           "ttl": ttl}).encode(), sync=False)
-            return FileLease(self, key, token + 1, holder, ttl, fd)
+            taken = FileLease(self, key, token + 1, holder, ttl, fd)
+            self._record(taken)
+            return taken
+
+    def _record(self, lease: FileLease) -> None:
+        """Write `lease` as the one that stands, its expiry a TTL from now."""
+        write_atomic(self._lease_path(lease.key), json.dumps(
+            {"token": lease.token, "holder": lease.holder, "expires": time.time() + lease.ttl, "ttl": lease.ttl,
+             "since": lease.since}).encode(), sync=False)
 
     def _holds(self, lease: FileLease) -> bool:
         stands = _lease(self._lease_path(lease.key))
@@ -377,9 +398,7 @@ class FileBackend:
         with self._mutex():
             for lease in leases:
                 if self._holds(lease):  # else taken over: nothing to keep, its next write is refused
-                    write_atomic(self._lease_path(lease.key), json.dumps(
-                        {"token": lease.token, "holder": lease.holder, "expires": time.time() + lease.ttl,
-                         "ttl": lease.ttl}).encode(), sync=False)
+                    self._record(lease)
                 lease.renewed_at = now
 
     def _release(self, lease: FileLease) -> None:
@@ -389,6 +408,26 @@ class FileBackend:
                 write_atomic(path, json.dumps({"token": lease.token, "holder": None, "expires": 0}).encode(),
                              sync=False)
             _unlink(Path(f"{path}.{lease.token}"))
+
+    def locks(self, prefix: str) -> dict[str, Holder]:
+        """The leases in `locks/` that stand: a holder that died let go of its flock, however it died."""
+        try:
+            names = os.listdir(self._locks)
+        except FileNotFoundError:
+            return {}
+        held, now = {}, time.time()
+        for name in names:
+            key = name.replace("~", "/")
+            if not key.startswith(prefix) or name.startswith(".") or name == "mutex":
+                continue
+            lease = _lease(self._locks / name)  # a holder's flock file holds no lease: {}
+            token = lease.get("token", 0)
+            if lease.get("holder") is not None and lease["expires"] > now and _alive(self._locks / name, token):
+                since = lease.get("since")
+                held[key] = Holder(str(lease["holder"]), token,
+                                   datetime.datetime.fromisoformat(since) if isinstance(since, str) else None,
+                                   lease["expires"] - now)
+        return held
 
     def where(self, key: str) -> str:
         return f"{self._root}/{check_key(key)}"

@@ -5,6 +5,7 @@ process paused past its TTL does): it then expires `ttl` seconds later, and the 
 a larger token. Versions are one counter over every key, as etcd's revisions are.
 """
 
+import datetime
 import logging
 import threading
 import time
@@ -12,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Lease, check_key
+from certrenew.state.backend import ABSENT, Busy, Changes, Conflict, Entry, Fenced, Holder, Lease, check_key
 from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class MemoryLease:
     expires: float = float("inf")
     """time.monotonic() after which the lease is gone: never while it is kept alive."""
     released: bool = field(default=False)
+    since: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
 
     def held(self) -> bool:
         return (not self.released and time.monotonic() < self.expires
@@ -47,6 +49,7 @@ class MemoryLease:
 
 class MemoryBackend:
     shared = False
+    outage = None
     """Keys and versioned values in a dict, guarded by one mutex."""
 
     def __init__(self, context: RunContext | None = None) -> None:
@@ -62,9 +65,10 @@ class MemoryBackend:
         with self._mutex:
             return self._entries.get(check_key(key))
 
-    def list(self, prefix: str) -> dict[str, Entry]:
+    def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
         with self._mutex:
-            return {key: entry for key, entry in self._entries.items() if key.startswith(prefix)}
+            return {key: entry for key, entry in self._entries.items()
+                    if key.startswith(prefix) and key.endswith(suffix)}
 
     def write(self, changes: Mapping[str, bytes | None], *, expect: Mapping[str, int] | None = None,
               fence: Lease | None = None) -> int:
@@ -122,6 +126,12 @@ class MemoryBackend:
             if self._leases.get(lease.key) is lease:
                 del self._leases[lease.key]
             self._mutex.notify_all()
+
+    def locks(self, prefix: str) -> dict[str, Holder]:
+        with self._mutex:
+            now = time.monotonic()
+            return {key: Holder(lease.holder, lease.token, lease.since, min(lease.ttl, lease.expires - now))
+                    for key, lease in self._leases.items() if key.startswith(prefix) and lease.held()}
 
     def where(self, key: str) -> str:
         return f"memory:{key}"

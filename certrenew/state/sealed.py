@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import ABSENT, Backend, Changes, Conflict, Entry, Lease
+from certrenew.state.backend import ABSENT, Backend, Changes, Conflict, Entry, Holder, Lease, Outage
 from certrenew.system.owned import read_secret
 
 KEY_SIZE = 32
@@ -58,6 +58,10 @@ class SealedBackend:
         self._aead = AESGCM(key)
         self._secret = secret
         self._key_file = key_file
+
+    @property
+    def outage(self) -> Outage | None:
+        return self.inner.outage
 
     def seal(self, key: str, value: bytes) -> bytes:
         nonce = os.urandom(NONCE)
@@ -98,8 +102,8 @@ class SealedBackend:
         entry = self.inner.get(key)
         return None if entry is None else self._open(key, entry)
 
-    def list(self, prefix: str) -> dict[str, Entry]:
-        return {key: self._open(key, entry) for key, entry in self.inner.list(prefix).items()}
+    def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
+        return {key: self._open(key, entry) for key, entry in self.inner.list(prefix, suffix).items()}
 
     def write(self, changes: Mapping[str, bytes | None], *, expect: Mapping[str, int] | None = None,
               fence: Lease | None = None) -> int:
@@ -114,6 +118,9 @@ class SealedBackend:
 
     def lock(self, key: str, *, ttl: float, wait: float, holder: str) -> AbstractContextManager[Lease]:
         return self.inner.lock(key, ttl=ttl, wait=wait, holder=holder)
+
+    def locks(self, prefix: str) -> dict[str, Holder]:
+        return self.inner.locks(prefix)
 
     def where(self, key: str) -> str:
         return self.inner.where(key)

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from urllib.parse import urlsplit
 from certrenew.config import FleetSettings
 from certrenew.config.challenges import TOKEN, check_token
 from certrenew.errors import CertrenewError, UsageError
-from certrenew.state.backend import Backend, Entry, Lease
+from certrenew.state.backend import Backend, Entry, Holder, Lease, Outage
 from certrenew.state.files import FileBackend
 from certrenew.state.lock import StateLock
 from certrenew.system import owned
@@ -191,6 +192,18 @@ class CertificateRecord:
 _RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(CertificateRecord))
 
 
+@dataclass(frozen=True)
+class StoredRecord:
+    """A certificate's record as the store holds it, with its generation (see `Store.records`)."""
+
+    record: CertificateRecord | None
+    """None when it cannot be read: `error` says why."""
+    generation: int
+    """The version of the record's last write: on a store with revisions (etcd, memory) the store's revision
+    of that write, what the nodes of a fleet compare with the revision they have applied (see `nodes`)."""
+    error: CertrenewError | None = None
+
+
 def _datetime(key: str, value: Any) -> datetime.datetime:
     """A time as kept in JSON: ISO 8601 text with its time zone."""
     when = datetime.datetime.fromisoformat(_text(key, value))
@@ -256,7 +269,7 @@ class Store:
 
     def __init__(self, backend: Backend, holder: str | None = None, ttl: float = LEASE_TTL) -> None:
         self.backend = backend
-        self.holder = holder or f"certrenew on {socket.gethostname()} (pid {os.getpid()})"
+        self.holder = holder or HOLDER.format(node=socket.gethostname(), pid=os.getpid())
         """Who holds a lock of this store, as a waiter names it."""
         self.ttl = ttl
         self._leases: dict[str, Lease] = {}
@@ -341,10 +354,36 @@ class Store:
 
     def load_record(self, name: str) -> CertificateRecord | None:
         """The record of certificate `name`; CertrenewError naming it if it cannot be read."""
+        raw = self._get(name, "meta.json")
+        return None if raw is None else self._record(name, raw)
+
+    def _record(self, name: str, raw: bytes) -> CertificateRecord:
         try:
-            return self._load_json(name, "meta.json", functools.partial(CertificateRecord.from_json, name=name))
+            return decode(raw, functools.partial(CertificateRecord.from_json, name=name),
+                          self.backend.where(_key(name, "meta.json")))
         except CertrenewError as error:
             raise CertrenewError(f"{error}; repair it, or move it away and the next run orders {name} anew") from error
+
+    def records(self) -> dict[str, StoredRecord]:
+        """Every certificate's record with its generation, by name, sorted, in one listing of the records
+        alone: no bundle is read (nor, on a fleet, decrypted), and no get is made per certificate."""
+        found = {}
+        for key, entry in sorted(self.backend.list(f"{CERTIFICATES}/", "/meta.json").items()):
+            name = key.split("/")[1]
+            if key == _key(name, "meta.json"):  # not a record kept in a certificate's `rejected/`
+                found[name] = self._stored(name, entry)
+        return found
+
+    def _stored(self, name: str, entry: Entry) -> StoredRecord:
+        try:
+            return StoredRecord(self._record(name, entry.value), entry.version)
+        except CertrenewError as error:
+            return StoredRecord(None, entry.version, error)
+
+    def locks(self) -> dict[str, Holder]:
+        """Who holds each certificate's lock now, by certificate name: read, never taken (see `Backend.locks`)."""
+        prefix = f"{CERTIFICATES}/"
+        return {key[len(prefix):]: holder for key, holder in self.backend.locks(prefix).items()}
 
     def save_record(self, record: CertificateRecord) -> None:
         self._write(record.name, {_key(record.name, "meta.json"): encode(record.to_json())})
@@ -425,6 +464,11 @@ class Store:
         """Whether other nodes use this store too: see `Backend.shared`."""
         return self.backend.shared
 
+    @property
+    def outage(self) -> Outage | None:
+        """Since when the store has been unreachable, None while it answers: see `Backend.outage`."""
+        return self.backend.outage
+
     def publish_challenge(self, token: str, domain: str, validation: str) -> None:
         """Make the HTTP-01 key authorization `validation` of `domain` available to every responder
         serving this store, for CHALLENGE_TTL. Needs no lock: each token is an entry of its own."""
@@ -491,6 +535,20 @@ class FileStore(Store):
     def unfinished(self, name: str) -> bool:
         return self.files.exists(f"{CERTIFICATES}/{name}", "pending.pem", "order.json")
 
+    def records(self) -> dict[str, StoredRecord]:
+        """The names listed, then each record read: a directory has no range read, and walking every
+        certificate's directory costs twice as much (10,000 certificates: 0.5 s of CPU against 0.25 s)."""
+        found = {}
+        for name in self.names():
+            try:
+                entry = self.files.get(_key(name, "meta.json"))
+            except CertrenewError as error:  # that certificate's fault alone
+                found[name] = StoredRecord(None, 0, error)
+                continue
+            if entry is not None:
+                found[name] = self._stored(name, entry)
+        return found
+
     def names(self) -> list[str]:
         """Listed as the directory's names, not read: `status` over ten thousand certificates reads no bundle."""
         self.files.check_layout()
@@ -527,13 +585,29 @@ def open_store(settings: StoreSettings, context: RunContext | None = None) -> St
     An etcd store keeps the whole state (see `etcd`); the node keeps none of it in its state dir.
     """
     where = settings.store
-    holder = f"certrenew on {settings.fleet.node_name or socket.gethostname()} (pid {os.getpid()})"
+    holder = HOLDER.format(node=this_node(settings.fleet), pid=os.getpid())
     if where and "://" in where:
         scheme = where.split("://", 1)[0]
         if scheme == "etcd":
             return Store(_etcd(where, settings.fleet, context), holder, settings.lock_ttl)
         raise UsageError(f"--store {where}: unknown kind of store {scheme!r} (a directory, or etcd://HOST:PORT/PREFIX)")
     return FileStore(Path(where) if where else settings.state_dir, holder, settings.lock_ttl, context)
+
+
+HOLDER = "certrenew on {node} (pid {pid})"
+"""How a process names itself as a lock's holder: its node, so the fleet's view can say which node holds what."""
+_HOLDER = re.compile(r"certrenew on (?P<node>.+) \(pid [0-9]+\)")
+
+
+def this_node(fleet: FleetSettings) -> str:
+    """This node's name in the fleet's locks and reports: --node-name, else the host name."""
+    return fleet.node_name or socket.gethostname()
+
+
+def holder_node(holder: str) -> str | None:
+    """The node a lock's holder (see HOLDER) runs on; None for a holder named otherwise."""
+    match = _HOLDER.fullmatch(holder)
+    return match["node"] if match else None
 
 
 def _etcd(url: str, fleet: FleetSettings, context: RunContext | None) -> Backend:

@@ -5,6 +5,7 @@ Each check takes `connect`, which opens another client of one fresh, empty store
 a holder paused past its TTL (SIGSTOP) does.
 """
 
+import datetime
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +62,44 @@ def list_reads_a_prefix_in_one_call(connect: Connect) -> None:
                                                      "certificates/ab/meta.json"]
     assert backend.list("certificates/a/")["certificates/a/order.json"].value == b"certificates/a/order.json"
     assert backend.list("challenges/") == {}
+
+
+def a_list_with_a_suffix_reads_those_keys_alone(connect: Connect) -> None:
+    backend = connect()
+    backend.write({"certificates/a/meta.json": b"A", "certificates/a/current.pem": b"KEY A"})
+    backend.write({"certificates/b/meta.json": b"B", "certificates/b/rejected/x-meta.json": b"X",
+                   "accounts/ca/meta.json": b"CA"})
+    found = connect().list("certificates/", "/meta.json")
+    assert {key: entry.value for key, entry in found.items()} == {"certificates/a/meta.json": b"A",
+                                                                  "certificates/b/meta.json": b"B"}
+    assert all(entry == backend.get(key) for key, entry in found.items())  # their versions too
+    assert connect().list("certificates/", "/order.json") == {}
+
+
+def locks_name_their_holders_without_taking_them(connect: Connect) -> None:
+    backend, reader = connect(), connect()
+    assert reader.locks("certificates/") == {}
+    with backend.lock("certificates/a", ttl=30, wait=0, holder="node-1 pid 11") as lease, \
+            backend.lock("accounts/ca", ttl=30, wait=0, holder="node-1 pid 11"):
+        found = reader.locks("certificates/")
+        assert set(found) == {"certificates/a"}, found
+        holder = found["certificates/a"]
+        assert (holder.holder, holder.token) == ("node-1 pid 11", lease.token)
+        assert holder.since is not None and abs(datetime.datetime.now(datetime.timezone.utc) - holder.since) \
+            < datetime.timedelta(minutes=1)
+        assert holder.left is not None and 0 < holder.left <= 30
+        lease.check()  # still the holder's: reading took nothing
+        with pytest.raises(Busy):
+            with reader.lock("certificates/a", ttl=TTL, wait=0, holder="node-2 pid 22"):
+                pass
+        with backend.lock("certificates/b", ttl=TTL, wait=0, holder="paused") as paused:
+            paused.suspend()  # its lease runs down, then it holds nothing
+            deadline = time.monotonic() + 10
+            while "certificates/b" in (held := reader.locks("certificates/")):
+                assert held["certificates/b"].left is not None and held["certificates/b"].left <= max(TTL, 1)
+                assert time.monotonic() < deadline, held
+                time.sleep(0.05)
+    assert reader.locks("") == {}
 
 
 def a_lock_excludes_another_holder_until_released(connect: Connect) -> None:
@@ -158,6 +197,7 @@ def a_watch_keeps_a_copy_of_a_prefix_current(connect: Connect) -> None:
 
 
 CONTRACT = [compare_and_put_conflicts, absent_is_create_if_absent, a_write_of_several_keys_is_all_or_nothing,
-            list_reads_a_prefix_in_one_call, a_lock_excludes_another_holder_until_released, tokens_only_grow,
+            list_reads_a_prefix_in_one_call, a_list_with_a_suffix_reads_those_keys_alone,
+            locks_name_their_holders_without_taking_them, a_lock_excludes_another_holder_until_released, tokens_only_grow,
             a_fenced_write_after_a_takeover_is_refused, a_lease_kept_alive_outlasts_its_ttl,
             close_releases_the_locks_still_held, a_watch_keeps_a_copy_of_a_prefix_current]

@@ -377,7 +377,7 @@ class Fleet:
                     failures = record.failures + 1
                     cert.record = dataclasses.replace(
                         record, failures=failures, last_error="CA", failed_settings=SETTINGS,
-                        last_attempt=now, next_attempt=now + policy.backoff(failures))
+                        last_attempt=now, next_attempt=now + policy.backoff(failures, self.lifetime))
                 return self._release(cert, revision)
             order = Order(version)
             step = self._stretch(node, start, first)

@@ -43,6 +43,8 @@ LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.1
+START_POLL = 0.01
+"""Seconds between looks at a process starting: a lab starts for every integration test, twice a suite."""
 PORT_ATTEMPTS = 3
 """How many sets of fresh ports the lab tries when another process took one between
 `free_ports` and the bind: a race, not a fault of the lab's processes."""
@@ -170,7 +172,7 @@ def wait_until(what: str, ready: Callable[[], bool], process: subprocess.Popen, 
             raise error(f"{what}: process exited with {process.returncode}\n{log_tail(log)}")
         if ready():
             return
-        time.sleep(POLL_INTERVAL)
+        time.sleep(START_POLL)
     raise LabError(f"{what}: not ready after {START_TIMEOUT:.0f}s\n{log_tail(log)}")
 
 
@@ -600,18 +602,22 @@ class Lab:
         return on_fresh_ports(start)
 
     def start_fleet_node(self, index: int, global_lines: Sequence[str] = (),
-                         frontend_lines: Sequence[str] = (), responder: str | None = None) -> HAProxyNode:
+                         frontend_lines: Sequence[str] = (), responder: str | None = None,
+                         ssl_dir: Path | None = None) -> HAProxyNode:
         """Start node `index` (2, 3...) of a fleet beside the lab's HAProxy (node 1): the shipped config on
         the lab's http and https ports at `fleet_address(index)`, serving the lab's ssl dir, with the lines
         `with_lines` adds; pebble validates on it for a name `point_name` points there. stop() stops it.
-        `responder` (HOST:PORT): the node's own responder (its daemon's), instead of node 1's."""
+        `responder` (HOST:PORT): the node's own responder (its daemon's), instead of node 1's. `ssl_dir`: the
+        node's own ssl dir (given a placeholder), instead of the lab's."""
         if self.tls_alpn:
             raise LabError("a fleet node shares the lab's ports: not with tls_alpn's internal frontend")
         if responder and self.chroot:
             raise LabError("a fleet node's own responder is on TCP: not with the lab's unix socket")
         name, address = f"node{index}", fleet_address(index)
         admin_socket, config, log = (self.workdir / f"{name}{suffix}" for suffix in ("-admin.sock", ".cfg", ".log"))
-        rendered = self._render_haproxy_config(admin_socket, self.http_port, self.https_port, address)
+        if ssl_dir is not None:
+            write_placeholder(ssl_dir)
+        rendered = self._render_haproxy_config(admin_socket, self.http_port, self.https_port, address, ssl_dir)
         if responder:
             rendered = render_haproxy_config(rendered, [(f"server letsencrypt {self.listen}\n",
                                                          f"server letsencrypt {responder}\n")])
@@ -755,11 +761,11 @@ class Lab:
         wait_until("HAProxy", lambda: self._https_answers() and self._master_answers(), self._haproxy, log, since)
 
     def _render_haproxy_config(self, admin_socket: Path, http_port: int, https_port: int,
-                               address: str = LOOPBACK) -> str:
+                               address: str = LOOPBACK, ssl_dir: Path | None = None) -> str:
         internal = f"abns@certrenew-https-{https_port}"  # abstract names are host-wide: one per lab
         shipped = render_haproxy_config(
             SHIPPED_HAPROXY_CFG.read_text(),
-            production_replacements(self.ssl_dir, admin_socket) + [
+            production_replacements(ssl_dir or self.ssl_dir, admin_socket) + [
                 # Loopback IPv4 only, so the lab runs on hosts without IPv6 too.
                 ("bind :::80 v4v6\n", f"bind {address}:{http_port}\n"),
                 ("bind :::443 v4v6 ssl", f"bind {internal} accept-proxy ssl" if self.tls_alpn

@@ -5,9 +5,26 @@ from pathlib import Path
 import pytest
 
 from tests.harness.ari import AriEndpoint
+from tests.harness.bind import Bind
+from tests.harness.etcd import EtcdCluster
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.faults import FAST, Guard
 from tests.harness.lab import Lab
+
+
+@pytest.fixture(scope="module")
+def bind(tmp_path_factory):
+    """One BIND for a module (TSIG updates, CAA records): each test uses names of its own or leaves the
+    zone as it found it."""
+    with Bind(tmp_path_factory.mktemp("bind")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One 3-member etcd cluster for a module: each test works under a prefix of its own."""
+    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
+        yield running
 
 
 @pytest.fixture
@@ -15,10 +32,12 @@ def lab(request, tmp_path: Path):
     """A fresh lab per test, so no test sees another's accounts, orders or certificates.
 
     A test (or a module, through `pytestmark`) marked `pebble_env({...})` gets a pebble
-    started with those PEBBLE_* knobs.
+    started with those PEBBLE_* knobs; one marked `dns_at_bind` a pebble that resolves every
+    name and looks up every record at the module's BIND (`bind`).
     """
     marker = request.node.get_closest_marker("pebble_env")
-    with Lab(tmp_path / "lab", pebble_env=marker.args[0] if marker else None) as running:
+    dns = request.getfixturevalue("bind").address if request.node.get_closest_marker("dns_at_bind") else None
+    with Lab(tmp_path / "lab", pebble_env=marker.args[0] if marker else None, dns_server=dns) as running:
         yield running
 
 

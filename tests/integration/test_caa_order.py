@@ -6,22 +6,11 @@ import json
 
 import pytest
 
-from tests.harness.bind import CAA_ISSUER, ZONE, Bind
-from tests.harness.lab import Lab
+from tests.harness.bind import CAA_ISSUER, ZONE
+
+pytestmark = pytest.mark.dns_at_bind
 
 ALLOWED = f"site.{ZONE}"
-
-
-@pytest.fixture(scope="module")
-def bind(tmp_path_factory):
-    with Bind(tmp_path_factory.mktemp("bind")) as running:
-        yield running
-
-
-@pytest.fixture
-def lab(tmp_path, bind):
-    with Lab(tmp_path / "lab", dns_server=bind.address) as running:
-        yield running
 
 
 def caa(bind) -> dict[str, str]:

@@ -13,21 +13,11 @@ from certrenew.state.store import FileStore
 from tests.harness.bind import ZONE, Bind
 from tests.harness.lab import Lab
 
+pytestmark = pytest.mark.dns_at_bind
+
 HOOK = Path(__file__).resolve().parents[1] / "harness" / "nsupdate-hook"
 SLOW, QUICK = f"slow.{ZONE}", f"www.{ZONE}"
 HOOK_SLEEP = 5
-
-
-@pytest.fixture(scope="module")
-def bind(tmp_path_factory):
-    with Bind(tmp_path_factory.mktemp("bind")) as running:
-        yield running
-
-
-@pytest.fixture
-def lab(tmp_path, bind):
-    with Lab(tmp_path / "lab", dns_server=bind.address) as running:
-        yield running
 
 
 def slow_config(lab: Lab, bind: Bind) -> Path:

@@ -124,7 +124,7 @@ def test_issues_serves_reports_and_stops_cleanly(lab, start_daemon):
     assert challenge.status_code == 404
     health = daemon.get("/healthz")
     assert health.status_code == 200 and health.json() == {"healthy": True, "certificates": 2, "unhealthy": [],
-                                                           "failing_passes": 0}
+                                                           "failing_passes": 0, "store": {"reachable": True}}
     expiry = metric(daemon.get("/metrics"), "certrenew_certificate_expiration_timestamp_seconds")
     assert set(expiry) == {"alpha", "beta"}
     for name, serial in serials.items():
@@ -235,6 +235,7 @@ def test_sigterm_mid_order_exits_at_once_and_leaves_it_to_resume(lab, start_daem
     lab.wait_served_serial("alpha.example", serial_of(lab, "alpha"))
 
 
+@pytest.mark.haproxy
 def test_thirty_second_certificates_are_renewed_again_and_again(tmp_path, start_daemon):
     with Lab(tmp_path / "lab", certificate_validity=30) as lab:
         daemon = start_daemon(lab, write_config(lab, TWO))
@@ -391,6 +392,7 @@ def test_a_daemon_started_while_a_run_holds_the_port_waits_for_it(lab, start_dae
     assert tcp_accepts(lab.backend_port) and daemon.stop()[0] == 0
 
 
+@pytest.mark.haproxy
 def test_on_the_shipped_unix_socket_a_run_beside_the_daemon_borrows_its_responder(tmp_path, start_daemon):
     with Lab(tmp_path / "lab", unix_socket=True) as lab:
         socket = Path(lab.listen)
@@ -420,6 +422,7 @@ def test_the_log_can_be_json(lab, start_daemon):
     assert daemon.stop()[0] == 0
 
 
+@pytest.mark.haproxy
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run a command as the image's user")
 def test_the_daemon_runs_as_the_image_runs_it(start_daemon, site_for_anyone):
     """The image's entrypoint and command, its environment and user (10001), the volumes as directories

@@ -17,17 +17,10 @@ from certrenew.challenge.rfc2136 import Rfc2136Publisher
 from certrenew.config.dns import load_tsig_key, parse_dns_server
 from certrenew.errors import CertrenewError, Interrupted, UsageError
 from certrenew.system.runcontext import RunContext
-from tests.harness.bind import KEY_NAME, LAGGING_ZONE, ZONE, Bind
+from tests.harness.bind import KEY_NAME, LAGGING_ZONE, ZONE
 
 HOOK = Path(__file__).resolve().parents[1] / "harness" / "nsupdate-hook"
 RECORD = f"_acme-challenge.{ZONE}"
-
-
-@pytest.fixture(scope="module")
-def bind(tmp_path_factory):
-    """One BIND for the module: every test uses its own names or leaves the zone as it found it."""
-    with Bind(tmp_path_factory.mktemp("bind")) as running:
-        yield running
 
 
 def rfc2136_solver(bind, key_file=None, **options) -> Dns01Solver:
@@ -249,6 +242,7 @@ def test_a_signal_ends_wait_ready_at_once(bind):
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.haproxy
 def test_pebble_resolves_through_bind(bind, tmp_path):
     """A Lab pointed at BIND: pebble finds www.example.test by BIND's wildcard, and nothing BIND does not serve."""
     from tests.harness.lab import Lab

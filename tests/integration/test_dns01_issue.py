@@ -14,26 +14,14 @@ from pathlib import Path
 import pytest
 
 from certrenew.pki.bundle import leaf_info
-from tests.harness.bind import LAGGING_ZONE, ZONE, Bind
-from tests.harness.lab import Lab, parse_serial
+from tests.harness.bind import LAGGING_ZONE, ZONE
+from tests.harness.lab import parse_serial
+
+pytestmark = pytest.mark.dns_at_bind
 
 HOOK = Path(__file__).resolve().parents[1] / "harness" / "nsupdate-hook"
 RECORD = f"_acme-challenge.{ZONE}"
 WILDCARD_NAME = f"_wildcard.{ZONE}"
-
-
-@pytest.fixture(scope="module")
-def bind(tmp_path_factory):
-    """One BIND for the module: each test leaves the zone without challenge records, as it found it."""
-    with Bind(tmp_path_factory.mktemp("bind")) as running:
-        yield running
-
-
-@pytest.fixture
-def lab(tmp_path, bind):
-    """pebble resolving every name and looking up every TXT record at BIND."""
-    with Lab(tmp_path / "lab", dns_server=bind.address) as running:
-        yield running
 
 
 def rfc2136(bind, key_file=None) -> list[str]:

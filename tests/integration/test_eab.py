@@ -5,8 +5,12 @@ import base64
 import json
 import secrets
 
+import pytest
+
 from certrenew.pki.bundle import leaf_info
 from tests.harness.lab import Lab
+
+pytestmark = pytest.mark.haproxy
 
 NAME = "site.example"
 KID = "kid-certrenew"

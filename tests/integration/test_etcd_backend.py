@@ -16,7 +16,7 @@ import trustme
 from certrenew.errors import CertrenewError, ConfigurationError, Interrupted, UsageError
 from certrenew.state.backend import ABSENT, Busy, Conflict, Fenced, Unavailable
 from certrenew.state.etcd import EtcdBackend, from_url
-from certrenew.state.etcd_client import EtcdClient, Tls
+from certrenew.state.etcd_client import EtcdClient, Tls, b64
 from certrenew.system.runcontext import RunContext
 from tests.harness.backend_contract import CONTRACT
 from tests.harness.etcd import EtcdCluster, Gateway
@@ -24,12 +24,6 @@ from tests.harness.lab import REPO_ROOT, free_ports
 
 TTL = 1.0
 """The shortest lease etcd grants with the harness's election timeout."""
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
-        yield running
 
 
 @pytest.fixture
@@ -94,6 +88,38 @@ def test_a_list_reads_page_after_page_and_never_shows_locks(cluster, prefix):
     assert gateway.calls["/v3/kv/range"] == 3  # 20 keys by 7: read by pages, never one by one
     assert listed.keys() == {f"many/{i:02}" for i in range(20)}
     assert listed["many/13"].value == b"13"
+
+
+def test_records_are_listed_without_their_bundles_and_read_again_only_once_written(cluster, prefix):
+    with Gateway(cluster.endpoints[0]) as gateway:
+        backend = EtcdBackend(EtcdClient([gateway.endpoint]), prefix, page=100)
+        for start in range(0, 300, 50):
+            backend.write({f"certificates/c{i:03}/{file}": f"{file} {i}".encode()
+                           for i in range(start, start + 50) for file in ("meta.json", "current.pem")})
+        gateway.calls.clear()
+        first = backend.list("certificates/", "/meta.json")
+        assert dict(gateway.calls) == {"/v3/kv/range": 6, "/v3/kv/txn": 3}  # 600 keys by 100; 300 values by 128
+        backend.write({"certificates/c007/meta.json": b"rewritten"})
+        backend.write({"certificates/c299/meta.json": None})
+        gateway.calls.clear()
+        again = backend.list("certificates/", "/meta.json")
+        assert dict(gateway.calls) == {"/v3/kv/range": 6, "/v3/kv/txn": 1}  # the one written since, alone
+    assert sorted(first) == [f"certificates/c{i:03}/meta.json" for i in range(300)]
+    assert first["certificates/c150/meta.json"].value == b"meta.json 150"
+    assert again == from_url(cluster.url(prefix)).list("certificates/", "/meta.json")  # as a fresh read sees it
+    assert again["certificates/c007/meta.json"].value == b"rewritten" and "certificates/c299/meta.json" not in again
+
+
+def test_a_lock_an_older_certrenew_holds_is_named_by_its_holder_alone(backend):
+    """Before `locks`, a lock key held the holder's name as plain text, not JSON with the time it was taken."""
+    lease = backend._client.call("/v3/lease/grant", {"TTL": 30})["ID"]
+    backend._client.call("/v3/kv/put", {"key": b64(backend._lock_key("certificates/old")),
+                                        "value": b64("certrenew on web9 (pid 42)"), "lease": lease})
+    (holder,) = backend.locks("certificates/").values()
+    assert (holder.holder, holder.since) == ("certrenew on web9 (pid 42)", None) and 0 < holder.left <= 30
+    with pytest.raises(Busy, match=r"^certrenew on web9 \(pid 42\) holds the lock on certificates/old"):
+        with backend.lock("certificates/old", ttl=TTL, wait=0, holder="new"):
+            pass
 
 
 def test_the_lock_excludes_other_threads_and_each_token_is_larger(backend):

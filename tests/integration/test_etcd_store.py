@@ -16,12 +16,6 @@ NAME = "fleet.example"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def secured(tmp_path_factory):
     """One member with auth on: user `node` may read and write `fleet/` only."""
     with EtcdCluster(tmp_path_factory.mktemp("etcd-auth"), size=1) as running:

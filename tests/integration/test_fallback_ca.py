@@ -154,6 +154,7 @@ def test_check_reads_every_ca_directory(lab):
     assert f"FAIL ACME directory {broken}: cannot read it" in result.stdout, result.stdout
 
 
+@pytest.mark.haproxy
 def test_a_first_ca_refusing_an_unbound_account_falls_through_to_one_bound_by_its_own_table(tmp_path):
     """Both CAs bind accounts (EAB); only the fallback's [ca."URL"] table gives a binding."""
     kid, key = "kid-fallback", base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")

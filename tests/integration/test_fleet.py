@@ -7,11 +7,7 @@ what any node published in the store. Nodes 2 and 3 have ssl dirs of their own (
 issue 23's part). Each test works under its own prefix, so the module shares one cluster.
 """
 
-import base64
 import collections
-import contextlib
-import functools
-import os
 import re
 import signal
 import subprocess
@@ -24,61 +20,13 @@ from certrenew.pki.bundle import leaf_info
 from certrenew.state.board import Board
 from certrenew.state.etcd import from_url
 from certrenew.state.store import Store
-from tests.harness.etcd import EtcdCluster
 from tests.harness.faultproxy import FaultProxy, step
-from tests.harness.lab import fleet_address, terminate
-from tests.harness.lab import poll as lab_poll
+from tests.harness.fleet import FLEET_PEBBLE, WAIT, fleet_config, node_1_responder, node_env, poll, signal_at_first
+from tests.harness.lab import fleet_address, free_ports, parse_serial, terminate
 
-pytestmark = pytest.mark.pebble_env({"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
-                                     "PEBBLE_AUTHZREUSE": "0"})
-WAIT = 90.0
-POLL = 0.05
+pytestmark = pytest.mark.pebble_env(FLEET_PEBBLE)
 TTL = 2
 """--lock-ttl of the tests that pause or kill a holder: a successor waits about this long."""
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
-        yield running
-
-
-poll = functools.partial(lab_poll, timeout=WAIT, interval=POLL)
-
-
-def node_env(lab, cluster, prefix: str, index: int, tmp_path, **extra: str) -> dict[str, str]:
-    """Node `index`'s settings: the shared store, its name, its responder's address; node 1 is the lab's
-    HAProxy (its ssl dir and reload), nodes 2 and 3 have ssl dirs of their own."""
-    key_file = tmp_path / "store.key"  # the fleet's: every node holds the same
-    if not key_file.exists():
-        key_file.touch(mode=0o600)
-        key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-    env = {"CERTRENEW_STORE": cluster.url(prefix), "CERTRENEW_STORE_KEY_FILE": str(key_file),
-           "CERTRENEW_NODE_NAME": f"node{index}", "CERTRENEW_LISTEN": f"{fleet_address(index)}:{lab.listen.rsplit(':', 1)[1]}"}
-    if index != 1:
-        ssl_dir = tmp_path / f"ssl{index}"
-        ssl_dir.mkdir(exist_ok=True)
-        env.update({"CERTRENEW_SSL_DIR": str(ssl_dir), "CERTRENEW_RELOAD_COMMAND": "true"})
-    return {**env, **extra}
-
-
-@contextlib.contextmanager
-def node_1_responder(lab, cluster, prefix: str):
-    """What node 1's daemon would run, in this process: the responder behind the lab's HAProxy, answering
-    from the store what the nodes that order (2 and 3 here) publish there."""
-    store = Store(from_url(cluster.url(prefix)), holder="node1")
-    try:
-        with Board(store) as board, Responder(lab.listen, board) as responder:
-            responder.start()
-            yield
-    finally:
-        store.backend.close()
-
-
-def config(tmp_path, names) -> str:
-    path = tmp_path / "certrenew.toml"
-    path.write_text("".join(f'[[certificate]]\ndomains = ["{name}"]\n\n' for name in names))
-    return str(path)
 
 
 def issued_lines(text: str) -> list[str]:
@@ -87,7 +35,7 @@ def issued_lines(text: str) -> list[str]:
 
 def test_three_daemons_started_at_once_order_each_of_20_certificates_once(lab, cluster, tmp_path):
     names = [f"c{index}.fleet.test" for index in range(20)]
-    prefix, path = f"f-{uuid.uuid4().hex[:8]}", config(tmp_path, names)
+    prefix, path = f"f-{uuid.uuid4().hex[:8]}", fleet_config(tmp_path, names)
     logs = [tmp_path / f"daemon{index}.log" for index in (1, 2, 3)]
     with FaultProxy(lab) as proxy:
         daemons = []
@@ -115,28 +63,13 @@ def test_three_daemons_started_at_once_order_each_of_20_certificates_once(lab, c
     assert sum(1 for log in logs if re.search(r"another process works on it: certrenew on node\d", log.read_text())) >= 2
 
 
-def _signal_at_first(proxy, wanted: str, process_of, sig: int):
-    """Make `proxy` signal the process `process_of()` gives, once, when it asks for step `wanted` (the request
-    goes on to pebble, its answer waits in the socket); return the list that says it happened."""
-    done: list[bool] = []
-
-    def on_request(method, path):
-        if not done and method == "POST" and step(path) == wanted:
-            done.append(True)
-            process_of().send_signal(sig)
-        return None
-
-    proxy.on_request = on_request
-    return done
-
-
 def test_a_holder_paused_past_its_lease_cannot_overwrite_its_successor(lab, cluster, tmp_path):
     name, prefix = "paused.fleet.test", f"p-{uuid.uuid4().hex[:8]}"
-    path = config(tmp_path, [name])
+    path = fleet_config(tmp_path, [name])
     with FaultProxy(lab) as proxy, node_1_responder(lab, cluster, prefix):
         env = {**proxy.env, "CERTRENEW_LOCK_TTL": str(TTL)}
         first = lab.start_certrenew("run", "--config", path, env={**env, **node_env(lab, cluster, prefix, 2, tmp_path)})
-        paused = _signal_at_first(proxy, "finalize", lambda: first, signal.SIGSTOP)
+        paused = signal_at_first(proxy, "finalize", lambda: first, signal.SIGSTOP)
         try:
             poll("node 2 paused at its finalize", lambda: paused)
             second = lab.certrenew("run", "--config", path, env={**env, **node_env(lab, cluster, prefix, 3, tmp_path)})
@@ -158,11 +91,11 @@ def test_a_holder_paused_past_its_lease_cannot_overwrite_its_successor(lab, clus
 
 def test_an_ordering_node_killed_mid_order_is_taken_over_once(lab, cluster, tmp_path):
     name, prefix = "killed.fleet.test", f"k-{uuid.uuid4().hex[:8]}"
-    path = config(tmp_path, [name])
+    path = fleet_config(tmp_path, [name])
     with FaultProxy(lab) as proxy, node_1_responder(lab, cluster, prefix):
         env = {**proxy.env, "CERTRENEW_LOCK_TTL": str(TTL)}
         first = lab.start_certrenew("run", "--config", path, env={**env, **node_env(lab, cluster, prefix, 2, tmp_path)})
-        killed = _signal_at_first(proxy, "finalize", lambda: first, signal.SIGKILL)
+        killed = signal_at_first(proxy, "finalize", lambda: first, signal.SIGKILL)
         poll("node 2 killed at its finalize", lambda: killed)
         first.wait(WAIT)
         second = lab.certrenew("run", "--config", path, env={**env, **node_env(lab, cluster, prefix, 3, tmp_path)})
@@ -176,7 +109,7 @@ def test_an_ordering_node_killed_mid_order_is_taken_over_once(lab, cluster, tmp_
 
 def test_etcds_leader_killed_during_a_batch_loses_and_duplicates_nothing(lab, cluster, tmp_path):
     names = [f"l{index}.fleet.test" for index in range(6)]
-    prefix, path = f"l-{uuid.uuid4().hex[:8]}", config(tmp_path, names)
+    prefix, path = f"l-{uuid.uuid4().hex[:8]}", fleet_config(tmp_path, names)
     leader = cluster.leader()
     with FaultProxy(lab) as proxy:
         orders: list[str] = []
@@ -203,3 +136,30 @@ def test_etcds_leader_killed_during_a_batch_loses_and_duplicates_nothing(lab, cl
     assert requests["new-order"] == requests["finalize"] == 6, requests
     for name in names:
         lab.served_certificate(name)
+
+
+def test_the_probe_proves_every_node_answers_from_the_store_before_anything_is_ordered(lab, cluster, tmp_path):
+    """--http-01-node on a shared store: the probe's token is published in the store, and must come back through
+    each node's HAProxy (its daemon's responder answers from the store): the CA validates at whichever node the
+    name resolves to. A node that does not answer fails the certificate before any order."""
+    name, prefix = "probe.fleet.test", f"n-{uuid.uuid4().hex[:8]}"
+    (port,) = free_ports(1)
+    lab.start_fleet_node(2, responder=f"{fleet_address(2)}:{port}")
+    nodes = [f"{fleet_address(index)}:{lab.http_port}" for index in (1, 2)]
+    args = [name, *(arg for node in nodes for arg in ("--http-01-node", node))]
+    with FaultProxy(lab) as proxy:
+        env = {**proxy.env, **node_env(lab, cluster, prefix, 1, tmp_path)}
+        refused = lab.certrenew(*args, env=env)
+        assert refused.returncode != 0
+        assert f"at HAProxy node {nodes[1]}, not a certrenew daemon's responder" in refused.stdout + refused.stderr
+        assert proxy.count("new-order") == 0
+        store = Store(from_url(cluster.url(prefix)), holder="node2")
+        try:  # node 2's daemon
+            with Board(store) as board, Responder(f"{fleet_address(2)}:{port}", board) as responder:
+                responder.start()
+                issued = lab.certrenew(*args, env=env)
+        finally:
+            store.backend.close()
+        assert issued.returncode == 0, issued.stdout + issued.stderr
+        assert proxy.count("new-order") == 1
+    assert lab.served_certificate(name).serial_number == parse_serial(leaf_info((lab.ssl_dir / f"{name}.pem").read_bytes()).serial)

@@ -11,20 +11,12 @@ import uuid
 
 import pytest
 
-from tests.harness.etcd import EtcdCluster
+from tests.harness.fleet import FLEET_PEBBLE, fleet_config, node_env, poll
 from tests.harness.lab import fleet_address, free_ports, terminate
-from tests.integration.test_fleet import config, node_env, poll
 
-pytestmark = pytest.mark.pebble_env({"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
-                                     "PEBBLE_AUTHZREUSE": "0"})
+pytestmark = pytest.mark.pebble_env(FLEET_PEBBLE)
 WWW, API = "www.fleet.test", "api.fleet.test"
 ON_NODE = {WWW: 3, API: 2}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
-        yield running
 
 
 def _challenge_requests(lab, index: int, status: str = r"\d+") -> int:
@@ -72,9 +64,15 @@ def _started(daemon: subprocess.Popen, log) -> bool:
 def test_node_1_orders_names_validated_at_node_3_and_node_2_through_shared_tokens(lab, cluster, tmp_path):
     with _fleet(lab, cluster, tmp_path) as (env, daemons):
         before = [_challenge_requests(lab, index, "200") for index in (1, 2, 3)]
-        result = lab.certrenew("run", "--config", config(tmp_path, [WWW, API]), env=env)
+        result = lab.certrenew("run", "--config", fleet_config(tmp_path, [WWW, API]), env=env)
         assert result.returncode == 0, result.stdout + result.stderr
-        delta = [_challenge_requests(lab, index, "200") - seen for index, seen in zip((1, 2, 3), before)]
+
+        def answered() -> list[int]:
+            return [_challenge_requests(lab, index, "200") - seen for index, seen in zip((1, 2, 3), before)]
+
+        # HAProxy writes its log lines a moment after it answers: wait for them, up to poll's bound.
+        poll("the validations in the nodes' logs", lambda: (seen := answered())[1] and seen[2] and seen[0] >= 2)
+        delta = answered()
     for name in (WWW, API):
         assert re.search(rf"{re.escape(name)}: issued", result.stdout), result.stdout
         served = lab.served_certificate(name)  # by node 1, verified to pebble's root, for the name
@@ -88,7 +86,7 @@ def test_with_node_3s_daemon_stopped_the_name_on_node_3_is_not_issued(lab, clust
     with _fleet(lab, cluster, tmp_path) as (env, daemons):
         terminate(daemons[3])
         before = _challenge_requests(lab, 3, "503")
-        result = lab.certrenew("run", "--config", config(tmp_path, [WWW]), env=env)
+        result = lab.certrenew("run", "--config", fleet_config(tmp_path, [WWW]), env=env)
         refused = _challenge_requests(lab, 3, "503") - before
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{WWW}: failed: {WWW}: validation failed" in result.stderr, result.stderr

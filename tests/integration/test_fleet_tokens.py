@@ -6,21 +6,13 @@ import signal
 import time
 import uuid
 
-import pytest
 import requests
 
 from certrenew.challenge.responder import Responder
 from certrenew.state.board import Board
 from certrenew.state.etcd import from_url
 from certrenew.state.store import Store
-from tests.harness.etcd import EtcdCluster
 from tests.harness.lab import free_ports
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as running:
-        yield running
 
 
 def _ask(port: int, token: str, host: str) -> requests.Response:

@@ -204,6 +204,7 @@ def refused(result, message: str) -> bool:
             and "Traceback" not in result.stderr)
 
 
+@pytest.mark.haproxy
 def test_a_directory_that_is_not_certbots_is_refused(offline, tmp_path):
     result = offline(certbot_dir=tmp_path / "ssl")
     assert refused(result, "is not a certbot configuration directory: no renewal/*.conf in it"), result.stderr

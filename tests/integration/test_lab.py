@@ -63,12 +63,14 @@ def shipped_config_in(tmp_path):
     return cfg, ssl_dir
 
 
+@pytest.mark.haproxy
 def test_shipped_config_passes_haproxy_check_with_a_placeholder(tmp_path):
     cfg, ssl_dir = shipped_config_in(tmp_path)
     write_placeholder(ssl_dir)
     check_haproxy_config(cfg)
 
 
+@pytest.mark.haproxy
 def test_shipped_config_is_refused_with_an_empty_ssl_dir(tmp_path):
     """Why `certrenew bootstrap-ssl-dir` exists."""
     cfg, _ = shipped_config_in(tmp_path)
@@ -170,6 +172,7 @@ def taken_port():
         yield holder.getsockname()[1]
 
 
+@pytest.mark.haproxy
 def test_a_port_taken_before_pebble_binds_it_starts_the_lab_over_on_fresh_ports(tmp_path, monkeypatch, taken_port):
     real, calls = lab_module.free_ports, []
 

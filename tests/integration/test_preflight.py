@@ -135,6 +135,7 @@ def test_missing_admin_socket_fails_before_any_request_to_the_ca(lab, proxy):
     assert proxy.count("new-order") >= 1  # more when pebble rejects a nonce and the order is signed again
 
 
+@pytest.mark.haproxy
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can run certrenew as another user")
 def test_an_admin_socket_this_user_may_not_open_is_named_with_the_fix_before_any_order(site_for_anyone):
     """certrenew runs as the image's user (10001); HAProxy's admin socket is root's (mode 660, no group

@@ -82,6 +82,7 @@ def haproxy_check(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["haproxy", "-c", "-V", "-f", str(path)], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.haproxy
 def test_haproxy_accepts_the_example_config(local_cfg):
     result = haproxy_check(local_cfg)
     said = result.stdout + result.stderr
@@ -89,6 +90,7 @@ def test_haproxy_accepts_the_example_config(local_cfg):
     assert "deprecated" not in said  # e.g. `master-worker` in global, deprecated since 3.3 (use -W)
 
 
+@pytest.mark.haproxy
 def test_the_check_passes_only_thanks_to_init_addr(local_cfg):
     """Outside compose the name `certrenew` does not resolve; without init-addr and resolvers
     HAProxy refuses to start on that, so the example would fail `haproxy -c` everywhere but there."""

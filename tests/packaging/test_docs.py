@@ -8,7 +8,7 @@ from pathlib import Path
 from markdown.extensions.toc import slugify
 
 from certrenew.cli import commands
-from certrenew.config import OPTIONS
+from certrenew.config import OPTIONS, build_settings, load_config
 from scripts.docs_hooks import ERRORS_MARKER, OPTIONS_MARKER, error_lines, options_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,3 +190,16 @@ def test_the_error_list_has_the_lines_of_every_kind():
     assert len(lines) > 250
     assert any(line.startswith("FAIL ") for line in lines) and any(line.startswith("warning: ") for line in lines)
     assert ERRORS_MARKER in _page("troubleshooting.md")
+
+
+def test_the_fleet_nodes_config_file_is_one_certrenew_reads(tmp_path):
+    """Every setting of the fleet page's node config is an option certrenew takes, with a value it accepts."""
+    (block,) = [block for block in _code_blocks(_page("fleet.md")) if block.startswith("# /etc/certrenew/certrenew.toml")]
+    for name in re.findall(r'"/etc/certrenew/([^"]+)"', block):  # the files it names must exist, as on a node
+        (tmp_path / name).write_text("placeholder\n")
+        (tmp_path / name).chmod(0o600)
+    config = tmp_path / "certrenew.toml"
+    config.write_text(block.replace("/etc/certrenew/", f"{tmp_path}/"))
+    settings = build_settings({}, load_config(config))
+    assert settings.store and settings.store.startswith("etcd://")
+    assert len(settings.responder.http_01_node) == 3

@@ -50,8 +50,11 @@ def test_the_mode_is_one_of_two_and_nodes_are_host_port():
     assert (settings.responder.http_01_mode, settings.responder.http_01_node) == ("stateless", ("192.0.2.1:80", "192.0.2.2:80"))
     with pytest.raises(UsageError, match="--http-01-mode.*responder, stateless"):
         build_settings({"http_01_mode": "stateles"})
-    with pytest.raises(UsageError, match="--http-01-node .* goes with --http-01-mode stateless"):
+    with pytest.raises(UsageError, match="--http-01-node names the HAProxy nodes of a fleet.*--http-01-mode stateless.*"
+                                         "--store etcd"):
         build_settings({"http_01_node": ["192.0.2.1:80"]})
+    shared = build_settings({"http_01_node": ["192.0.2.1:80"], "store": "etcd://127.0.0.1:2379/fleet"})
+    assert shared.responder.http_01_node == ("192.0.2.1:80",)  # the responders answer from the store
 
 
 @pytest.fixture

@@ -79,6 +79,7 @@ def test_a_client_hello_is_read_for_its_alpn_list():
     assert not offers_acme_tls(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x03")  # truncated
 
 
+@pytest.mark.haproxy
 def test_the_shipped_snippet_with_haproxy_cfg_passes_haproxy_c(tmp_path):
     """As the snippet's own comment says to load it: after haproxy.cfg, its https frontend on the internal listener.
     (scripts/test runs it against each HAProxy it tests, first on PATH.)"""

@@ -135,3 +135,16 @@ def test_on_a_shared_store_a_pass_leaves_a_locked_certificate_to_its_node_withou
     # Not waited for (while holding what it issued, it could wait on a node waiting on it), nor a failure.
     assert subject.held_elsewhere == {"a"} and subject.telemetry.last_success is True
     assert not [record for record in caplog.records if "waiting up to" in record.getMessage()]
+
+
+def test_the_daemons_health_is_its_own_nodes_in_the_fleet(tmp_path, hangups):
+    from certrenew.cli import metrics
+    from certrenew.state.nodes import NodeReport, publish
+
+    subject = make(tmp_path, hangups, node_name="web2")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    publish(subject.store.backend, NodeReport("web1", now, 1, 900.0))
+    ok, document = metrics.health(subject.status(), subject.telemetry, subject.fleet())
+    assert not ok and document["lag"] == "node web2 has not reported what it serves to the store"
+    publish(subject.store.backend, NodeReport("web2", now, 1, 900.0))
+    assert metrics.health(subject.status(), subject.telemetry, subject.fleet())[1]["lag"] is None

@@ -122,6 +122,14 @@ def test_failures_back_off_unless_forced():
     assert backoff(30) == backoff(10**6) == datetime.timedelta(days=1)  # any count a record may hold
 
 
+def test_the_back_off_is_at_most_a_twelfth_of_the_certificates_lifetime_and_never_more_than_a_day():
+    six_days = datetime.timedelta(days=6)
+    assert backoff(1, six_days) == datetime.timedelta(minutes=5)  # the first waits stay as they are
+    assert backoff(30, six_days) == datetime.timedelta(hours=12)  # 6 tries in its 3-day margin, not 3
+    assert backoff(30, datetime.timedelta(days=90)) == datetime.timedelta(days=1)
+    assert backoff(30, datetime.timedelta(seconds=30)) == datetime.timedelta(seconds=2.5)
+
+
 def test_ari_check_waits_for_retry_after_and_stops_at_expiry():
     checked = record(90, 10)
     assert not ari_check_due(checked, NOW)  # the CA has no ARI: never

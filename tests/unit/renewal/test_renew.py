@@ -154,6 +154,13 @@ def test_only_the_ca_failing_starts_the_back_off(error, backs_off):
     assert (record.next_attempt is not None) is backs_off
 
 
+def test_a_short_lived_certificate_backs_off_for_at_most_a_twelfth_of_its_lifetime():
+    store = Store(MemoryBackend())
+    store.save_record(issued("a", lifetime=6 * DAY, failures=20))
+    renew._failed(store, NOW, spec("a"), CA, CertrenewError("the CA is down"))
+    assert store.load_record("a").next_attempt == NOW + 12 * HOUR  # a day would be a third of its 3-day margin
+
+
 def test_fixing_the_directory_url_ends_a_back_off_earned_against_the_wrong_one(settings, monkeypatch):
     store, now = Store(MemoryBackend()), datetime.datetime.now(datetime.timezone.utc)  # not NOW: the run reads the clock
     wrong = "https://acme.example/wrong-path"
