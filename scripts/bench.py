@@ -591,8 +591,9 @@ def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float]]:
     interpreter = args.certrenew.parent / "python"  # the venv certrenew is installed in
     python = startup_seconds(interpreter, "pass", args.runs, workdir)
     noop_imports = startup_seconds(interpreter, "import certrenew.cli.commands, certrenew.renewal.renew", args.runs, workdir)
-    acme_imports = startup_seconds(interpreter, "import certrenew.cli.commands, certrenew.renewal.renew, certrenew.renewal.issue",
-                                   args.runs, workdir)
+    acme_imports = startup_seconds(  # as the CLI imports them: without requests' charset guesser
+        interpreter, "import certrenew.cli.commands as cli; cli._without_charset_guessing(); "
+        "import certrenew.renewal.renew, certrenew.renewal.issue", args.runs, workdir)
     runs = []
     with Lab(workdir / "lab", pebble_env=PEBBLE_ENV) as lab:
         settings = build_settings({}, environ=certrenew_env(lab, workdir / "state"))

@@ -6,7 +6,6 @@ they override each other in that order.
 """
 
 import datetime
-import difflib
 import math
 import os
 import re
@@ -16,8 +15,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
-
-import tomli
 
 from certrenew.config.challenges import DNS_01, HTTP_01, MODES, RESPONDER, STATELESS, TLS_ALPN_01, check_domains
 from certrenew.config.dns import (
@@ -723,6 +720,8 @@ def load_config(path: Path) -> ConfigFile:
     a directory or a file over MAX_CONFIG is refused unread (`limits.read_regular`), and
     TOML nested too deeply for the parser (RecursionError) is refused like any other error.
     """
+    import tomli  # here: `certrenew NAME` without a config file parses no TOML
+
     try:
         data = tomli.loads(read_regular(path, MAX_CONFIG, commands=True).decode())
     except Unfit as unfit:
@@ -791,6 +790,8 @@ def _fallback_ca(path: Path, url: str, table: Any) -> Ca:
 
 def _unknown_key(where: str, key: str, known: Sequence[str]) -> UsageError:
     """The key meant (agree-tos, written as on the command line, is agree_tos), else every known one."""
+    import difflib  # here: only a mistake needs it
+
     close = difflib.get_close_matches(key.replace("-", "_"), known, n=1, cutoff=0.7)
     if close:
         return UsageError(f"{where}: unknown key {key!r}: did you mean {close[0]!r}?")

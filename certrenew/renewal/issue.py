@@ -230,26 +230,28 @@ class Issuer:
         raise OverBudget(f"not ordered: {spent} (is the CA's renewal window, or the clock, asking again and "
                          f"again?); next order after {minutes(until)} UTC, or now with --force", until)
 
-    def _count_issue(self, spec: CertificateSpec, directory: str) -> None:
-        """Count a certificate the CA issued against the budget, before it is checked: a refused one counts too."""
+    def _counted(self, spec: CertificateSpec, directory: str) -> CertificateRecord:
+        """The certificate's record with one more certificate the CA issued counted against the budget."""
         now, settings = utc_now(), spec.order_settings(directory)
         record = self.store.load_record(spec.name) or CertificateRecord(spec.name, list(spec.domains), spec.key_type)
         record.recent_issues, record.issued_settings = [*recent_issues(record, settings, now), now], settings
-        self.store.save_record(record)
+        return record
 
     def _keep(self, spec: CertificateSpec, fullchain: str, key_pem: bytes, action: Action, directory: str) -> Issued:
         """Keep the issued certificate as pending before anything else can fail, once it is proven ours,
-        then ask for its window.
+        then ask for its window. It counts against the budget, kept in the same write.
 
-        A refused one is not kept, nor is its order: downloading it again would bring the same.
+        A refused one is not kept, nor is its order (downloading it again would bring the same),
+        but it counts too.
         """
-        self._count_issue(spec, directory)
+        record = self._counted(spec, directory)
         try:
             bundle = check_issued(fullchain.encode(), key_pem, spec.domains, utc_now())
         except CertrenewError:
+            self.store.save_record(record)
             self.store.discard_order(spec.name)
             raise
-        self.store.save_pending(spec.name, bundle, directory)
+        self.store.save_pending(spec.name, bundle, directory, record)
         return Issued(spec, bundle, action, self._window(spec.name, bundle, directory), directory)
 
     def _set_aside(self, spec: CertificateSpec, kind: str, problem: str) -> Issued:

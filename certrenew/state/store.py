@@ -444,11 +444,16 @@ class Store:
         return self.backend.get(_key(name, "pending.pem")) is not None or \
             self.backend.get(_key(name, "order.json")) is not None
 
-    def save_pending(self, name: str, bundle: bytes, directory: str | None = None) -> None:
+    def save_pending(self, name: str, bundle: bytes, directory: str | None = None,
+                     record: CertificateRecord | None = None) -> None:
         """Keep a freshly issued certificate, from the CA at `directory`, before it is installed
-        anywhere; its order is done. One write: a pending certificate never goes without its CA."""
-        self._write(name, {_key(name, "pending.json"): encode({"directory": directory}),
-                           _key(name, "pending.pem"): bundle, _key(name, "order.json"): None})
+        anywhere; its order is done. One write: a pending certificate never goes without its CA,
+        nor without `record` when given (the issue counted against the budget)."""
+        changes = {_key(name, "pending.json"): encode({"directory": directory}), _key(name, "pending.pem"): bundle,
+                   _key(name, "order.json"): None}
+        if record is not None:
+            changes[_key(name, "meta.json")] = encode(record.to_json())
+        self._write(name, changes)
 
     def pending_directory(self, name: str) -> str | None:
         """The CA the pending certificate came from; None if not recorded (taken as the current CA)."""

@@ -33,8 +33,9 @@ def test_a_batch_probes_each_name_once_before_any_order_and_counts_its_requests(
             "CERTRENEW_HAPROXY_SOCKET": str(tmp_path / "admin.sock"), "CERTRENEW_CONCURRENCY": "2",
             "PYTHONPROFILEIMPORTTIME": "1"})
         assert result.returncode == 0, result.stderr
-    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported = imports(result.stderr)
     assert "certrenew.renewal.issue" in imported and not imported & NOT_FOR_HTTP_01, sorted(imported & NOT_FOR_HTTP_01)
+    assert not guessers(imported), guessers(imported)
     steps = [step for _, step in proxy.seen]
     # One probe round trip per name, every one before the CA hears of any order.
     assert len(probes.lines()) == CERTIFICATES
@@ -54,3 +55,24 @@ def test_a_batch_probes_each_name_once_before_any_order_and_counts_its_requests(
                      "show ssl cert": 1}, verbs
     for name in names:
         lab.served_certificate(name)
+
+
+def test_one_certificate_by_name_loads_no_toml_parser_no_charset_guesser_and_no_difflib(lab):
+    """`certrenew NAME` with no config file: what it does not use is not imported (each costs its start-up)."""
+    result = lab.certrenew("one.batch.example", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr
+    imported = imports(result.stderr)
+    assert "certrenew.renewal.issue" in imported and not imported & {"tomli", "difflib"}, sorted(imported)
+    assert not guessers(imported), guessers(imported)
+    lab.served_certificate("one.batch.example")
+
+
+def imports(stderr: str) -> set[str]:
+    """The modules `-X importtime` lists: each one imported, or tried."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def guessers(imported: set[str]) -> list[str]:
+    """The modules of requests' charset guessers that were loaded. The CLI refuses their import, which
+    `-X importtime` still lists as tried, so what is looked for is what the package loads with it."""
+    return sorted(name for name in imported if name.startswith(("charset_normalizer.", "chardet.")))

@@ -1,0 +1,63 @@
+"""What a write to the state dir costs, counted: the fsyncs of a certificate's writes, and the
+state dir's mutex taken by the threads of one process without polling. Each of a batch's
+certificates is written four times under that one mutex, so both set how fast a batch can go
+when the disk is slow; a count, unlike a time, holds on any machine."""
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from certrenew.state.files import FileBackend
+from certrenew.state.store import CertificateRecord, FileStore, PendingOrder
+
+ORDER = PendingOrder("https://ca.example/order/1", ["a.example"], "ecdsa-p256", b"-----KEY-----\n")
+
+
+@pytest.fixture
+def fsynced(monkeypatch):
+    """The path of every file or directory fsynced, in order."""
+    paths: list[Path] = []
+    real = os.fsync
+
+    def fsync(fd):
+        paths.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return paths
+
+
+def test_a_certificate_issued_and_installed_fsyncs_its_directory_once_a_write(tmp_path, fsynced):
+    store = FileStore(tmp_path / "state")
+    directory = tmp_path / "state" / "certificates" / "a"
+    with store.lock(timeout=0):
+        store.save_order("a", ORDER)
+        store.save_record(CertificateRecord("a", ["a.example"], "ecdsa-p256"))  # the budget's count
+        fsynced.clear()
+        store.save_pending("a", b"bundle\n", "https://ca.example/dir")
+        # The journal (file, then the state dir for its rename), pending.json and pending.pem,
+        # then the certificate's directory once for both renames and order.json's removal.
+        assert fsynced.count(directory) == 1 and len(fsynced) == 5, fsynced
+        fsynced.clear()
+        store.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256", serial="01"))
+        # The journal, current.pem and meta.json, then the directory once: two renames, two removals.
+        assert fsynced.count(directory) == 1 and len(fsynced) == 5, fsynced
+    assert sorted(path.name for path in directory.iterdir()) == ["current.pem", "meta.json"]
+
+
+def test_the_threads_of_one_process_take_turns_at_the_mutex_without_polling_it(tmp_path, monkeypatch):
+    backend = FileBackend(tmp_path / "state")
+    polls = []
+    monkeypatch.setattr(backend.context, "sleep", lambda seconds: polls.append(seconds))
+
+    def write(thread: int) -> None:
+        for index in range(20):
+            backend.write({f"certificates/c{thread}/meta.json": b"{}", f"certificates/c{thread}/x{index}": b"x"})
+    threads = [threading.Thread(target=write, args=(thread,)) for thread in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert polls == []  # each waited on the lock the one before it let go, not by sleeping on its flock
+    assert len(os.listdir(tmp_path / "state" / "certificates" / "c7")) == 21
