@@ -61,8 +61,9 @@ class Params:
     lease_ttl: float = 60
     reconcile: float = 900
     """Seconds between a node's reconcile passes (one paged range read, compare generations)."""
-    jitter: float = 900
-    """Seconds: each node wakes for a due certificate at a random time within this of its renewal time."""
+    jitter: float = policy.RENEWAL_JITTER.total_seconds()
+    """Seconds: each node wakes for a due certificate at a random time within this of its renewal time (the
+    daemon's, `policy.renewal_jitter`, for certificates of a day or more)."""
     fencing: bool = True
     seed: int = 1
     skew: float = 30

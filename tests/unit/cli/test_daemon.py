@@ -47,6 +47,27 @@ def test_the_regular_check_comes_at_most_5_percent_early(tmp_path, hangups):
     assert NOW + 24 * HOUR - daemon.MAX_JITTER <= long.next_wake(NOW) <= NOW + 24 * HOUR
 
 
+@pytest.mark.parametrize("lifetime, jitter", [(90 * 24 * HOUR, daemon.policy.RENEWAL_JITTER),
+                                              (datetime.timedelta(seconds=30), datetime.timedelta(seconds=0.3))])
+def test_on_a_fleet_a_node_wakes_for_a_renewal_up_to_the_jitter_late_and_for_what_is_due_now_at_once(
+        tmp_path, hangups, lifetime, jitter):
+    rng = random.Random()
+    rng.random = lambda: 0.999999  # type: ignore[method-assign]
+    wakes = {}
+    for shared in (False, True):
+        subject = make(tmp_path, hangups, rng=rng, check_interval=1000 * 24 * HOUR)
+        subject.store.backend.shared = shared  # type: ignore[misc]
+        record = CertificateRecord("a", ["a.example"], "ecdsa-p256", serial="1", not_before=NOW,
+                                   not_after=NOW + lifetime)
+        subject.store.save_record(record)
+        wakes[shared] = subject.next_wake(NOW)
+        fresh = make(tmp_path, hangups, rng=rng)
+        fresh.store.backend.shared = shared  # type: ignore[misc]
+        assert fresh.next_wake(NOW) == NOW  # never issued: due now, on a fleet too
+    assert wakes[False] == daemon.policy.renew_at(record)
+    assert wakes[True] - wakes[False] == pytest.approx(jitter, abs=datetime.timedelta(milliseconds=1))
+
+
 def test_a_failed_pass_is_counted_and_retried_soon(tmp_path, hangups, caplog):
     subject = make(tmp_path, hangups)  # the ssl dir does not exist: the pass fails as a whole
     wake = subject.run_pass(responder=None)
