@@ -80,7 +80,8 @@ class Daemon:
         """The certificates whose lock another process (another node) held at the last pass."""
         self.follower = follow.Follower(
             settings.haproxy, store, this_node(settings.fleet),
-            settings.daemon.reconcile_interval.total_seconds(), self.serving, self.context) if store.shared else None
+            settings.daemon.reconcile_interval.total_seconds(), self.serving, self.context,
+            self.caught_up) if store.shared else None
         """On a shared store: what makes this node serve what the other nodes issued (see `follow`)."""
         self.telemetry.catching_up = self.follower is not None
         self.rows: outage.LastRead[list[status.CertificateStatus]] = outage.LastRead(
@@ -102,9 +103,8 @@ class Daemon:
             if self.settings.daemon.metrics_listen:
                 stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry,
                                                   self.fleet, self.store_health))
-            if self.follower is not None:  # /healthz says "catching up" meanwhile
+            if self.follower is not None:  # /healthz says "catching up" until it has (see `caught_up`)
                 self.follower.catch_up()
-                self.telemetry.catching_up = False
                 stack.enter_context(self.follower)
             log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.responder.listen,
                      f", metrics on {self.settings.daemon.metrics_listen}" if self.settings.daemon.metrics_listen else "")
@@ -132,6 +132,10 @@ class Daemon:
                     log.warning("%s; waiting up to %g s for it to be free", busy, self.settings.lock_timeout)
                     waiting = True
             self.context.sleep(BIND_RETRY)
+
+    def caught_up(self) -> None:
+        """The follower serves what the store held when this node started (or when the store came back)."""
+        self.telemetry.catching_up = False
 
     def serving(self, name: str) -> Serving:
         """How HAProxy serves certificate `name` besides from its file, as the config says (the follower's)."""

@@ -42,14 +42,17 @@ class Follower:
     """Makes this node's HAProxy serve the store's current bundles; a context manager for its watching thread.
 
     `node`: this node's name in its report; `serving`: how HAProxy serves a certificate besides from its
-    file (the config's, by name). `installing` is held around every install: pass it to the renewal runs of
+    file (the config's, by name); `caught_up`: see `catch_up`. `installing` is held around every install: pass it to the renewal runs of
     the same process, whose deploying installs into the same HAProxy.
     """
 
     def __init__(self, haproxy: HaproxySettings, store: Store, node: str, reconcile_interval: float,
                  serving: Callable[[str], Serving] = lambda name: Serving(),
-                 context: RunContext | None = None) -> None:
+                 context: RunContext | None = None, caught_up: Callable[[], None] = lambda: None) -> None:
         self.store, self.node, self.reconcile_interval, self.serving = store, node, reconcile_interval, serving
+        self.caught_up = caught_up
+        """Called once this node serves what the store held at its first complete read (see `catch_up`)."""
+        self._caught_up = False
         self.context = context or RunContext()
         self.installer = installer(haproxy, (), context)
         self.installing = threading.Lock()
@@ -75,20 +78,15 @@ class Follower:
 
     def catch_up(self) -> None:
         """Serve every certificate the store holds that the ssl dir lacks or holds an older one of, from one
-        complete read; a read that fails is tried again until it works or the daemon stops (`Interrupted`)."""
-        failing = False
-        while True:
-            try:
-                changes = self.store.backend.watch(f"{CERTIFICATES}/", 0, 0)
-                break
-            except CertrenewError as error:
-                if not failing:
-                    log.warning("cannot read the store to catch up (%s); trying again", error)
-                failing = True
-                self.context.sleep(RETRY_PAUSE)
+        complete read. If the store cannot be read (etcd away), the thread catches up once it can: its first
+        watch, from revision 0, is that complete read. `caught_up` is called once either has."""
+        try:
+            changes = self.store.backend.watch(f"{CERTIFICATES}/", 0, 0)
+        except CertrenewError as error:
+            log.warning("cannot read the store to catch up (%s); catching up once it answers, HAProxy keeps "
+                        "what it serves meanwhile", error)
+            return
         self.apply(changes)
-        log.info("caught up with the store at revision %d: %s", self.revision,
-                 f"{len(self.behind)} certificate(s) not served" if self.behind else "every certificate served")
 
     def _follow(self) -> None:
         reconcile, failing = time.monotonic() + self.reconcile_interval, False
@@ -144,6 +142,11 @@ class Follower:
         self.revision = changes.revision
         if changes.entries or changes.complete:
             self.report()
+        if changes.complete and not self._caught_up:
+            self._caught_up = True
+            log.info("caught up with the store at revision %d: %s", self.revision,
+                     f"{len(self.behind)} certificate(s) not served" if self.behind else "every certificate served")
+            self.caught_up()
 
     def report(self) -> None:
         """Tell the fleet what this node serves (`state.nodes`); a store that cannot be written is told next time."""

@@ -12,6 +12,7 @@ from cryptography.x509.oid import NameOID
 from certrenew.cli import daemon, metrics
 from certrenew.cli.status import CertificateStatus, State
 from certrenew.config import CertificateSpec, HaproxySettings, Settings
+from certrenew.errors import StoreUnreachable
 from certrenew.pki.bundle import build_bundle, leaf_info
 from certrenew.pki.keys import generate_key, key_to_pem
 from certrenew.pki.placeholder import PLACEHOLDER_FILE
@@ -158,6 +159,32 @@ def test_a_daemon_catching_up_is_not_healthy_whatever_its_certificates_say():
     assert metrics.health(rows, metrics.Telemetry(pass_errors=0))[0]
     ok, document = metrics.health(rows, metrics.Telemetry(pass_errors=0, catching_up=True))
     assert not ok and document["catching_up"] is True and not document["healthy"]
+
+
+def test_a_node_started_while_the_store_is_away_does_not_wait_for_it_and_catches_up_once_it_answers(
+        node, monkeypatch):
+    """Its daemon says READY (systemd would kill one that does not), unhealthy until the thread has caught up."""
+    monkeypatch.setattr(follow, "WATCH", 0.01)
+    monkeypatch.setattr(follow, "RETRY_PAUSE", 0.01)
+    content = bundle("a.example")
+    promote(node.store, "a.example", content)
+    real_watch, away = node.store.backend.watch, [True]
+
+    def watch(prefix, after, timeout):
+        if away[0]:
+            raise StoreUnreachable("etcd at 127.0.0.1:2379 did not answer")
+        return real_watch(prefix, after, timeout)
+
+    monkeypatch.setattr(node.store.backend, "watch", watch)
+    caught_up: list[bool] = []
+    node.caught_up = lambda: caught_up.append(True)
+    node.catch_up()  # returns: the store is away
+    assert served(node, "a.example") is None and not caught_up
+    with node:
+        away[0] = False
+        poll("caught up once the store answers", lambda: caught_up and served(node, "a.example") == content,
+             timeout=30)
+    assert caught_up == [True]  # once
 
 
 def test_an_event_the_watch_missed_is_made_good_by_the_next_reconcile(node, monkeypatch):
