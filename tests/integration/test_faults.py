@@ -153,6 +153,7 @@ def test_rate_limit_beyond_the_deadline_fails_fast_and_clearly(guard_for, proxy)
 def test_ca_stopped_mid_order(guard_for, proxy, lab):
     guard = guard_for("CA process stopped mid-order", proxy)
     guard.establish()
+    guard.forget_account()  # the order goes through its challenge, where pebble is stopped
     proxy.on_request = stop = at("challenge", lab.stop_pebble)
     result = guard.run("--force")
     assert stop.ran == 1 and stop.errors == []  # pebble really was stopped mid-order
@@ -609,6 +610,7 @@ def test_responder_flood_does_not_block_validation(guard_for, proxy, lab):
     """At the challenge, 300 slow and 200 junk connections hit the responder and HAProxy; validation passes."""
     guard = guard_for("responder flood (300 slow + 200 junk connections)", proxy)
     guard.establish()
+    guard.forget_account()  # the order goes through its challenge, where the flood comes
     held: list[socket.socket] = []
     junk_connected: list[int] = []
     junk_errors: list[BaseException] = []
@@ -674,6 +676,7 @@ def test_a_burst_of_idle_connections_is_held_to_the_cap(guard_for, proxy, lab, o
     limit = BURSTS[case]
     guard = guard_for(case, proxy)
     guard.establish()
+    guard.forget_account()  # the order goes through its challenge, where the burst comes
     held: list[socket.socket] = []
     pid: list[int] = []
     most = [0]
