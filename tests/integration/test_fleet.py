@@ -24,7 +24,7 @@ from tests.harness.faultproxy import FaultProxy, step
 from tests.harness.fleet import FLEET_PEBBLE, WAIT, fleet_config, node_1_responder, node_env, poll, signal_at_first
 from tests.harness.lab import fleet_address, free_ports, parse_serial, terminate
 
-pytestmark = pytest.mark.pebble_env(FLEET_PEBBLE)
+pytestmark = [pytest.mark.pebble_env(FLEET_PEBBLE), pytest.mark.fleet]
 TTL = 2
 """--lock-ttl of the tests that pause or kill a holder: a successor waits about this long."""
 

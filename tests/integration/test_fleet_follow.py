@@ -20,7 +20,7 @@ from tests.harness.fleet import FLEET_PEBBLE, fleet, poll
 from tests.harness.lab import Lab, check_haproxy_config, log_size, terminate
 from tests.harness.relay import Relay
 
-pytestmark = pytest.mark.pebble_env(FLEET_PEBBLE)
+pytestmark = [pytest.mark.pebble_env(FLEET_PEBBLE), pytest.mark.fleet]
 VALIDITY = 30
 """Seconds pebble's certificates live in the renewal tests: each is renewed about every 15 s."""
 SLOW = 0.3

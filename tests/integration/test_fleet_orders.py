@@ -14,7 +14,7 @@ import pytest
 from tests.harness.fleet import FLEET_PEBBLE, fleet_config, node_env, poll
 from tests.harness.lab import fleet_address, free_ports, terminate
 
-pytestmark = pytest.mark.pebble_env(FLEET_PEBBLE)
+pytestmark = [pytest.mark.pebble_env(FLEET_PEBBLE), pytest.mark.fleet]
 WWW, API = "www.fleet.test", "api.fleet.test"
 ON_NODE = {WWW: 3, API: 2}
 

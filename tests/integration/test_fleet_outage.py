@@ -21,6 +21,8 @@ from tests.harness.faultproxy import FaultProxy
 from tests.harness.fleet import FLEET_PEBBLE, fleet_config, node_env, poll
 from tests.harness.lab import Lab, LabError, free_ports, terminate
 
+pytestmark = pytest.mark.fleet
+
 NAME = "outage.fleet.test"
 VALIDITY = 30
 """Seconds pebble's certificates last: due after 15, so one falls due during the outage."""

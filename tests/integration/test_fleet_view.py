@@ -15,7 +15,7 @@ from certrenew.state.nodes import Behind, NodeReport, publish
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.fleet import FLEET_PEBBLE, fleet_config, node_1_responder, node_env, poll, signal_at_first
 
-pytestmark = pytest.mark.pebble_env(FLEET_PEBBLE)
+pytestmark = [pytest.mark.pebble_env(FLEET_PEBBLE), pytest.mark.fleet]
 TTL = 30
 
 
