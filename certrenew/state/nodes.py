@@ -87,7 +87,7 @@ def publish(backend: Backend, report: NodeReport) -> None:
 
 
 def reports(backend: Backend) -> tuple[list[NodeReport], list[str]]:
-    """Every node's report, sorted by node, in one range read; and, apart, one line for each report
+    """Every node's report, in the order of their keys, in one range read; and, apart, one line for each report
     that cannot be read (a node's fault must not hide the others)."""
     return _parse(backend, backend.list(f"{NODES}/"))
 
