@@ -515,7 +515,7 @@ class Lab:
         """Reload HAProxy as certrenew would, and wait until the master reports the reload done."""
         process = self._running(self._haproxy, "HAProxy")
         deadline = time.monotonic() + START_TIMEOUT
-        while not self._master_answers():  # still re-executing for a reload someone else asked for
+        while not self.master_answers():  # still re-executing for a reload someone else asked for
             if time.monotonic() >= deadline:
                 raise LabError(f"HAProxy's master CLI did not answer in {START_TIMEOUT:.0f}s")
             time.sleep(POLL_INTERVAL)
@@ -705,7 +705,7 @@ class Lab:
         the master is gone: so wait for the master first, and check the ports after.
         """
         deadline = time.monotonic() + START_TIMEOUT
-        while self._haproxy is not None and self._haproxy.poll() is None and not self._master_answers():
+        while self._haproxy is not None and self._haproxy.poll() is None and not self.master_answers():
             if time.monotonic() >= deadline:
                 raise LabError(f"HAProxy's master CLI did not answer in {START_TIMEOUT:.0f}s")
             time.sleep(POLL_INTERVAL)
@@ -758,7 +758,7 @@ class Lab:
             ["haproxy", "-W", "-S", str(self.master_socket), "-f", str(self.haproxy_cfg)], log
         )
         # Serving TLS is not all: reload_haproxy and the tests talk to the master CLI, which may come up later.
-        wait_until("HAProxy", lambda: self._https_answers() and self._master_answers(), self._haproxy, log, since)
+        wait_until("HAProxy", lambda: self._https_answers() and self.master_answers(), self._haproxy, log, since)
 
     def _render_haproxy_config(self, admin_socket: Path, http_port: int, https_port: int,
                                address: str = LOOPBACK, ssl_dir: Path | None = None) -> str:
@@ -808,7 +808,8 @@ class Lab:
             return False
         return True
 
-    def _master_answers(self) -> bool:
+    def master_answers(self) -> bool:
+        """Whether the master CLI answers: not for a moment while the master re-executes itself to reload."""
         try:
             self.master_reloads()
         except (OSError, LabError):

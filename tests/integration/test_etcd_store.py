@@ -10,7 +10,10 @@ import pytest
 from certrenew.pki.bundle import leaf_info
 from tests.harness.etcd import EtcdCluster
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.fleet import FLEET_PEBBLE
 from tests.harness.lab import free_ports
+
+pytestmark = pytest.mark.pebble_env(FLEET_PEBBLE)  # its counts of new-orders: no nonce refused and sent again
 
 NAME = "fleet.example"
 

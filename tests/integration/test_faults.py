@@ -28,6 +28,7 @@ from certrenew.state.store import FileStore
 from tests.harness.faultproxy import DROP, LOSE, Drip, Forge, Reply, Skew, Stall, forged_chain
 from tests.harness.faultproxy import step as step_of
 from tests.harness.faults import NAME, held_open
+from tests.harness.lab import poll
 
 NO_AUTHZ_REUSE = {"PEBBLE_AUTHZREUSE": "0"}
 """Every order validates afresh, so faults during validation really happen during validation."""
@@ -412,6 +413,7 @@ def test_haproxy_reload_exits_0_but_does_not_take(guard_for, lab):
     guard.establish()
     config = lab.haproxy_cfg.read_text()
     lab.haproxy_cfg.write_text(config + "    no-such-keyword\n")  # an operator's edit HAProxy will refuse
+    poll("HAProxy's master back from the first install's reload", lab.master_answers, timeout=10)
     failed_before = lab.master_reloads()[1]
     result = guard.run("--force")  # the lab's reload command: kill -USR2, which exits 0 whatever HAProxy does
     assert result.returncode == 0 and "Traceback" not in result.stderr
