@@ -19,7 +19,7 @@ from pathlib import Path
 from certrenew.renewal.policy import renew_at
 from certrenew.state.store import CERTIFICATES
 from tests.harness.etcd import EtcdCluster
-from tests.harness.fleet import FLEET_PEBBLE, fleet, poll
+from tests.harness.fleet import FLEET_PEBBLE, fleet
 from tests.harness.lab import Lab, parse_serial
 
 VALIDITY = 30
@@ -36,7 +36,7 @@ def fleet_latency(runs: int, workdir: Path, say: Callable[[str], None] = lambda 
             Lab(workdir / "lab", pebble_env=FLEET_PEBBLE, certificate_validity=VALIDITY) as lab, \
             fleet(lab, cluster, workdir, [NAME]) as nodes, ThreadPoolExecutor(1 + len(NODES)) as pool:
         nodes.start(*NODES)
-        poll("the first certificate served by every node", lambda: all(map(nodes.alive, NODES)) and nodes.everywhere())
+        nodes.wait_everywhere("the first certificate served by every node")
         samples = []
         for _ in range(runs):
             record = nodes.store.load_record(NAME)

@@ -138,6 +138,10 @@ class Fleet:
             serials[name] = serial
         return serials
 
+    def wait_everywhere(self, what: str) -> dict[str, int]:
+        """`everywhere`, polled until it holds, every started daemon checked alive meanwhile."""
+        return poll(what, lambda: all(map(self.alive, tuple(self.daemons))) and self.everywhere())
+
     def health(self, index: int) -> requests.Response:
         return requests.get(f"http://127.0.0.1:{self.metrics[index]}/healthz", timeout=5)
 

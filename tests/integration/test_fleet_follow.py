@@ -45,7 +45,7 @@ def test_three_daemons_on_20_certificates_serve_each_with_the_same_serial_on_eve
     names = [f"e{index}.fleet.test" for index in range(20)]
     with fleet(lab, cluster, tmp_path, names) as nodes:
         nodes.start(1, 2, 3)
-        serials = poll("all 20 served by every node", lambda: all(map(nodes.alive, (1, 2, 3))) and nodes.everywhere())
+        serials = nodes.wait_everywhere("all 20 served by every node")
 
         def status_says_current() -> dict | None:
             """`certrenew status --json` on node 1, once it says every node serves every certificate."""
@@ -72,8 +72,7 @@ def test_a_renewal_is_served_by_all_three_nodes(cluster, tmp_path):
     name = "renewed.fleet.test"
     with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
         nodes.start(1, 2, 3)
-        first = poll("the first certificate served everywhere", lambda: all(map(nodes.alive, (1, 2, 3)))
-                     and nodes.everywhere())[name]
+        first = nodes.wait_everywhere("the first certificate served everywhere")[name]
         renewed = poll("a renewal in the store", lambda: (serial := nodes.stored(name)) != first and serial,
                        interval=0.01)
         poll("the renewal served by every node",
@@ -88,8 +87,7 @@ def test_a_restarted_node_serves_the_renewal_it_missed_before_it_says_it_is_heal
     name = "restarted.fleet.test"
     with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
         nodes.start(1, 2, 3)
-        old = poll("the first certificate served everywhere", lambda: all(map(nodes.alive, (1, 2, 3)))
-                   and nodes.everywhere())[name]
+        old = nodes.wait_everywhere("the first certificate served everywhere")[name]
         terminate(nodes.daemons[2])
         old = nodes.served(2, name)
         poll("a renewal while node 2 is down", lambda: nodes.stored(name) not in (None, old))
@@ -132,8 +130,7 @@ def test_a_node_that_lost_its_watch_events_to_a_compaction_resyncs_and_serves_th
     name = "compacted.fleet.test"
     with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
         nodes.start(1, 2, 3)
-        old = poll("the first certificate served everywhere", lambda: all(map(nodes.alive, (1, 2, 3)))
-                   and nodes.everywhere())[name]
+        old = nodes.wait_everywhere("the first certificate served everywhere")[name]
         nodes.daemons[3].send_signal(signal.SIGSTOP)
         try:
             old = nodes.served(3, name)  # its own, if it was the one that renewed
@@ -162,7 +159,7 @@ def test_revoke_delete_on_one_node_removes_the_certificate_from_every_node_and_e
         issued = lab.certrenew("run", "--config", nodes.config, env=one_shot)
         assert issued.returncode == 0, issued.stderr
         nodes.start(2, 3)  # after the issue: a daemon's pass would order the name again once it is deleted
-        serial = poll("served by every node", lambda: all(map(nodes.alive, (2, 3))) and nodes.everywhere())[name]
+        serial = nodes.wait_everywhere("served by every node")[name]
         for index in (1, 2, 3):  # it is the last bundle of every ssl dir: HAProxy keeps the placeholder in memory
             (nodes.ssl_dir(index) / PLACEHOLDER_FILE).unlink()
         result = lab.certrenew("revoke", name, "--yes", "--delete", env={**one_shot, "CERTRENEW_CONFIG": None})
