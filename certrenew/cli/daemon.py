@@ -205,7 +205,8 @@ class Daemon:
     def next_wake(self, now: datetime.datetime) -> datetime.datetime:
         """`policy.next_wake` over the stored records, with the regular check jittered early; on a fleet, a
         wake for a certificate falling due later is jittered late (`policy.RENEWAL_JITTER`): a certificate due
-        now (new, failing, revoked) is not held back.
+        now (new, failing, revoked) is not held back, nor is any wake past the interval's end (the regular
+        check, or the look at a certificate locked elsewhere).
 
         A certificate whose lock another process held is looked at again once that holder's lease could
         have ended (--lock-ttl): by then it has recorded its work, or died and let go; its record may still
@@ -221,10 +222,12 @@ class Daemon:
                 certificates.append((self.store.load_record(spec.name), spec.domains, spec.key_type))
             except CertrenewError:  # unreadable: every pass reports it, the regular one is soon enough
                 continue
+        latest = now + interval
         wake = policy.next_wake(certificates, now, interval, self.settings.renew_before,
                                 self.settings.acme.directory_urls)
-        if self.store.shared and wake > now:  # a fleet's: share the orders out (see policy.RENEWAL_JITTER)
-            wake += policy.renewal_jitter(record for record, _, _ in certificates) * self.rng.random()
+        if self.store.shared and now < wake < latest:  # a fleet's: share the orders out (see policy.RENEWAL_JITTER)
+            wake = min(wake + policy.renewal_jitter(record for record, _, _ in certificates) * self.rng.random(),
+                       latest)
         return wake
 
     def sleep_until(self, wake: datetime.datetime) -> bool:

@@ -133,8 +133,10 @@ def test_sd_notify_writes_to_the_notify_socket(tmp_path, monkeypatch):
     daemon.notify("READY=1")  # no systemd: nothing, no error
 
 
-def test_a_certificate_locked_by_another_node_is_looked_at_again_when_its_lease_could_end(tmp_path, hangups):
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_certificate_locked_by_another_node_is_looked_at_again_when_its_lease_could_end(tmp_path, hangups, shared):
     subject = make(tmp_path, hangups, reload_command="true")
+    subject.store.backend.shared = shared  # type: ignore[misc]  # on a fleet's store, no renewal jitter past it
     (tmp_path / "ssl").mkdir()
     other = Store(subject.store.backend, holder="node-2 pid 1")  # another node, on the same store
     with other.certificate("a", 0):
