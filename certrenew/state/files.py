@@ -140,7 +140,10 @@ class FileBackend:
             raise ValueError(f"not a state key: {directory!r} (reserved)")
         if not self._dirs_ours(directory.split("/")):
             return False
-        return any(os.access(f"{self._root}/{directory}/{name}", os.F_OK) for name in names)
+        for name in names:
+            if os.access(f"{self._root}/{directory}/{name}", os.F_OK):
+                return True
+        return False
 
     def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
         directory, _, start = prefix.rpartition("/")
@@ -191,6 +194,9 @@ class FileBackend:
         (see `owned`; the top ones as `check_layout` checks them)."""
         if not self.check_layout():
             return False
+        parts = list(parts)
+        if f"{self._root}/{'/'.join(parts)}" in self._checked:  # and so each one above it (added first)
+            return True
         path = self._root
         for depth, part in enumerate(parts):
             path = f"{path}/{part}"
@@ -503,13 +509,12 @@ def _read(path: str | Path) -> Entry | None:
     every write (atomically), so both change, and no version is kept beside the data.
     """
     try:
-        fd = owned.open_file(path, os.O_RDONLY)
+        fd, status = owned.open_checked(path, os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:
         raise Unavailable(f"cannot read {path}: {error.strerror}") from error
     try:
-        status = os.fstat(fd)
         chunks = []
         while chunk := os.read(fd, READ_SIZE):
             chunks.append(chunk)

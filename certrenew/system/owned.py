@@ -24,6 +24,11 @@ UNSAFE = stat.S_IWGRP | stat.S_IWOTH
 
 def open_file(path: str | Path, flags: int, mode: int = 0o600) -> int:
     """os.open for a file of the state: no symbolic link followed, refused unless ours and private."""
+    return open_checked(path, flags, mode)[0]
+
+
+def open_checked(path: str | Path, flags: int, mode: int = 0o600) -> tuple[int, os.stat_result]:
+    """`open_file` with the status it checked: a reader needing it (a version) makes no second fstat."""
     try:  # O_NONBLOCK: a FIFO planted in the state dir is refused below, not waited on here
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as error:
@@ -39,7 +44,7 @@ def open_file(path: str | Path, flags: int, mode: int = 0o600) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, status
 
 
 def check_dir(path: str | Path, follow: bool = False, option: str = "--state-dir") -> bool:
