@@ -16,9 +16,10 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 from certrenew.challenge.responder import PortBusy, Responder
 from certrenew.cli import fleetview, metrics, outage, status
@@ -51,6 +52,10 @@ STORE_RETRY = datetime.timedelta(seconds=2)
 for etcd_client.PATIENCE, every 0.2 s), so renewals resume within seconds of its return, not a pass later."""
 EXPIRING_REPORT = 600.0
 """Seconds between the ERROR lines naming what nears expiry while the store stays unreachable."""
+START_EXTENSION = 10.0
+"""While a fleet's node catches up before READY=1, it asks systemd every this many seconds for three times as
+long again (EXTEND_TIMEOUT_USEC): a catch-up over very many certificates can outlast TimeoutStartSec (90 s by
+default), and a unit killed there restarts into the same catch-up, again and again."""
 FIXED_AT_START = ("listen", "metrics_listen", *STORE_OPTIONS)
 """Settings bound to what the daemon opened at start (ports, the store): a SIGHUP keeps them."""
 
@@ -104,7 +109,8 @@ class Daemon:
                 stack.enter_context(metrics.serve(self.settings.daemon.metrics_listen, self.status, self.telemetry,
                                                   self.fleet, self.store_health))
             if self.follower is not None:  # /healthz says "catching up" until it has (see `caught_up`)
-                self.follower.catch_up()
+                with extending_start(START_EXTENSION):
+                    self.follower.catch_up()
                 stack.enter_context(self.follower)
             log.info("daemon started: %d certificate(s), responder on %s%s", len(self.specs), self.settings.responder.listen,
                      f", metrics on {self.settings.daemon.metrics_listen}" if self.settings.daemon.metrics_listen else "")
@@ -272,6 +278,30 @@ def notify(state: str) -> None:
             sock.sendall(state.encode())
     except OSError as error:
         log.warning("cannot tell systemd %s at %s: %s", state, address, error)
+
+
+@contextmanager
+def extending_start(every: float) -> Iterator[None]:
+    """While the body runs, tell systemd (Type=notify) at once and then every `every` seconds to wait
+    3 × `every` more for READY=1; nothing without $NOTIFY_SOCKET."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        yield
+        return
+    done = threading.Event()
+
+    def extend() -> None:
+        while True:
+            notify(f"EXTEND_TIMEOUT_USEC={round(every * 3 * 1_000_000)}")
+            if done.wait(every):
+                return
+
+    extender = threading.Thread(target=extend, name="certrenew-start-extender", daemon=True)
+    extender.start()
+    try:
+        yield
+    finally:
+        done.set()
+        extender.join()
 
 
 def _now() -> datetime.datetime:

@@ -7,6 +7,7 @@ import random
 import signal
 import socket
 import threading
+import time
 
 import pytest
 
@@ -131,6 +132,30 @@ def test_sd_notify_writes_to_the_notify_socket(tmp_path, monkeypatch):
         assert systemd.recv(100) == b"READY=1"
     monkeypatch.delenv("NOTIFY_SOCKET")
     daemon.notify("READY=1")  # no systemd: nothing, no error
+
+
+def test_a_long_start_asks_systemd_for_more_time_until_it_ends_and_not_after(tmp_path, monkeypatch):
+    path = tmp_path / "notify"
+
+    def said(systemd) -> list[bytes]:
+        messages = []
+        while True:
+            try:
+                messages.append(systemd.recv(100))
+            except BlockingIOError:
+                return messages
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))
+        systemd.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        with daemon.extending_start(0.05):
+            time.sleep(0.23)  # a catch-up of many certificates
+        during = said(systemd)
+        time.sleep(0.2)
+        after = said(systemd)
+    assert len(during) >= 2 and set(during) == {b"EXTEND_TIMEOUT_USEC=150000"}, during  # at once, then again
+    assert after == []
 
 
 @pytest.mark.parametrize("shared", [False, True])
