@@ -36,9 +36,13 @@ class SlowRelay(Relay):
 
 
 @contextlib.contextmanager
-def short_lived_lab(tmp_path):
-    with Lab(tmp_path / "lab", pebble_env=FLEET_PEBBLE, certificate_validity=VALIDITY) as lab:
-        yield lab
+def short_lived_fleet(cluster, tmp_path, name):
+    """Three daemons on certificate `name` in a lab of its own, of short-lived certificates, once every node
+    serves the first one: the fleet and that serial."""
+    with Lab(tmp_path / "lab", pebble_env=FLEET_PEBBLE, certificate_validity=VALIDITY) as lab, \
+            fleet(lab, cluster, tmp_path, [name]) as nodes:
+        nodes.start(1, 2, 3)
+        yield nodes, nodes.wait_everywhere("the first certificate served everywhere")[name]
 
 
 def test_three_daemons_on_20_certificates_serve_each_with_the_same_serial_on_every_node(lab, cluster, tmp_path):
@@ -70,9 +74,7 @@ def test_three_daemons_on_20_certificates_serve_each_with_the_same_serial_on_eve
 @pytest.mark.haproxy  # its own lab, of short-lived certificates
 def test_a_renewal_is_served_by_all_three_nodes(cluster, tmp_path):
     name = "renewed.fleet.test"
-    with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
-        nodes.start(1, 2, 3)
-        first = nodes.wait_everywhere("the first certificate served everywhere")[name]
+    with short_lived_fleet(cluster, tmp_path, name) as (nodes, first):
         renewed = poll("a renewal in the store", lambda: (serial := nodes.stored(name)) != first and serial,
                        interval=0.01)
         poll("the renewal served by every node",
@@ -85,9 +87,7 @@ def test_a_renewal_is_served_by_all_three_nodes(cluster, tmp_path):
 @pytest.mark.haproxy  # its own lab, of short-lived certificates
 def test_a_restarted_node_serves_the_renewal_it_missed_before_it_says_it_is_healthy(cluster, tmp_path):
     name = "restarted.fleet.test"
-    with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
-        nodes.start(1, 2, 3)
-        old = nodes.wait_everywhere("the first certificate served everywhere")[name]
+    with short_lived_fleet(cluster, tmp_path, name) as (nodes, old):
         terminate(nodes.daemons[2])
         old = nodes.served(2, name)
         poll("a renewal while node 2 is down", lambda: nodes.stored(name) not in (None, old))
@@ -128,9 +128,7 @@ def test_a_restarted_node_serves_the_renewal_it_missed_before_it_says_it_is_heal
 @pytest.mark.haproxy  # its own lab, of short-lived certificates
 def test_a_node_that_lost_its_watch_events_to_a_compaction_resyncs_and_serves_the_current_serial(cluster, tmp_path):
     name = "compacted.fleet.test"
-    with short_lived_lab(tmp_path) as lab, fleet(lab, cluster, tmp_path, [name]) as nodes:
-        nodes.start(1, 2, 3)
-        old = nodes.wait_everywhere("the first certificate served everywhere")[name]
+    with short_lived_fleet(cluster, tmp_path, name) as (nodes, old):
         nodes.daemons[3].send_signal(signal.SIGSTOP)
         try:
             old = nodes.served(3, name)  # its own, if it was the one that renewed
