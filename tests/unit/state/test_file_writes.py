@@ -61,3 +61,21 @@ def test_the_threads_of_one_process_take_turns_at_the_mutex_without_polling_it(t
         thread.join()
     assert polls == []  # each waited on the lock the one before it let go, not by sleeping on its flock
     assert len(os.listdir(tmp_path / "state" / "certificates" / "c7")) == 21
+
+
+def test_a_record_read_makes_one_fstat_its_ownership_check_and_version_share(tmp_path, monkeypatch):
+    store = FileStore(tmp_path / "state")
+    with store.lock(timeout=0):
+        for name in ("a", "b"):
+            store.save_record(CertificateRecord(name, [f"{name}.example"], "ecdsa-p256"))
+    fstats = []
+    real = os.fstat
+
+    def fstat(fd):
+        fstats.append(fd)
+        return real(fd)
+    monkeypatch.setattr(os, "fstat", fstat)
+    for _ in range(3):  # a no-op pass reads every record: at 10,000 certificates each fstat is 10,000
+        for name in ("a", "b"):
+            assert not store.unfinished(name) and store.load_record(name) is not None
+    assert len(fstats) == 6
