@@ -236,7 +236,7 @@ class FileBackend:
                 self._checked_at = -RECHECK_AFTER  # this process's next read completes it too (see `check_layout`)
                 raise
             if len(changes) > 1:
-                _unlink(self.root / JOURNAL)
+                self._end_journal()
             return version
 
     def _prepare(self, paths: Iterable[Path]) -> None:
@@ -327,7 +327,13 @@ class FileBackend:
         except CertrenewError as error:
             raise Unavailable(f"cannot complete the write a crash cut short ({self.root / JOURNAL}): {error}; "
                               "no write is made until it is (fix the cause, or move the journal away)") from error
+        self._end_journal()
+
+    def _end_journal(self) -> None:
+        """Remove the journal of a write now durable, and make its removal durable too: a journal a crash
+        brought back after later writes were made would be replayed over them, rolling those keys back."""
         _unlink(self.root / JOURNAL)
+        fsync_directory(self.root)
 
     # Locks.
 

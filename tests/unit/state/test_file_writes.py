@@ -37,12 +37,14 @@ def test_a_certificate_issued_and_installed_fsyncs_its_directory_once_a_write(tm
         fsynced.clear()
         store.save_pending("a", b"bundle\n", "https://ca.example/dir")
         # The journal (file, then the state dir for its rename), pending.json and pending.pem,
-        # then the certificate's directory once for both renames and order.json's removal.
-        assert fsynced.count(directory) == 1 and len(fsynced) == 5, fsynced
+        # then the certificate's directory once for both renames and order.json's removal, then
+        # the state dir for the journal's removal.
+        assert fsynced.count(directory) == 1 and len(fsynced) == 6, fsynced
         fsynced.clear()
         store.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256", serial="01"))
-        # The journal, current.pem and meta.json, then the directory once: two renames, two removals.
-        assert fsynced.count(directory) == 1 and len(fsynced) == 5, fsynced
+        # The journal, current.pem and meta.json, then the directory once (two renames, two
+        # removals), then the journal's removal.
+        assert fsynced.count(directory) == 1 and len(fsynced) == 6, fsynced
     assert sorted(path.name for path in directory.iterdir()) == ["current.pem", "meta.json"]
 
 
@@ -79,3 +81,32 @@ def test_a_record_read_makes_one_fstat_its_ownership_check_and_version_share(tmp
         for name in ("a", "b"):
             assert not store.unfinished(name) and store.load_record(name) is not None
     assert len(fstats) == 6
+
+
+@pytest.mark.parametrize("cut_short", [False, True], ids=["written", "replayed after a crash"])
+def test_a_journal_is_removed_durably_before_any_later_write(tmp_path, monkeypatch, cut_short):
+    """A journal whose removal a crash undid would be replayed over every write made after it."""
+    backend = FileBackend(tmp_path / "state")
+    changes = {"certificates/a/meta.json": b"{}", "certificates/a/current.pem": b"pem"}
+    journal = tmp_path / "state" / "journal.json"
+    if cut_short:
+        backend.write({"certificates/a/meta.json": b"old"})
+        journal.write_text('{"certificates/a/meta.json": "e30=", "certificates/a/current.pem": "cGVt"}')
+        journal.chmod(0o600)
+    events = []
+    real_unlink, real_fsync = os.unlink, os.fsync
+    monkeypatch.setattr(os, "unlink", lambda path, **kwargs: (events.append(("unlink", Path(path))),
+                                                              real_unlink(path, **kwargs)))
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")))),
+                                                 real_fsync(fd)))
+    if cut_short:
+        backend.write({"certificates/b/meta.json": b"{}"})  # the next write completes the one cut short first
+    else:
+        backend.write(changes)
+    removed = events.index(("unlink", journal))
+    assert ("fsync", tmp_path / "state") in events[removed:], events
+    if cut_short:  # and before the write that found it
+        later = tmp_path / "state" / "certificates" / "b"
+        assert events.index(("fsync", tmp_path / "state"), removed) < min(
+            index for index, (call, path) in enumerate(events) if call == "fsync" and later in (path, *path.parents)), events
+    assert not journal.exists() and backend.get("certificates/a/meta.json").value == b"{}"
