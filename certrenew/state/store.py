@@ -52,6 +52,9 @@ VERSION = 1
 BUNDLE_SLOTS = ("current", "previous", "pending")
 SET_ASIDE = MappingProxyType({"pending": "pending.pem", "order": "order.json"})
 """What a run can set aside, and its file in a certificate's directory."""
+SET_ASIDE_KEPT = 10
+"""Items set aside a certificate keeps, the newest: enough to look into a CA's or a disk's fault, while a fault
+met at every attempt never fills the disk, or a fleet's etcd."""
 CERTIFICATES, CHALLENGES, REMOVED = "certificates", "challenges", "removed"
 LEASE_TTL = 60.0
 """Seconds a lock outlives a holder that stopped keeping it alive (paused, frozen, cut off):
@@ -464,14 +467,17 @@ class Store:
 
     def set_aside(self, name: str, kind: str) -> str:
         """Move the pending certificate (`kind` "pending") or the order ("order") out of every run's
-        way, kept for the operator to inspect under the certificate's `rejected/`; return where."""
+        way, kept for the operator to inspect under the certificate's `rejected/`; return where.
+        The oldest there go, beyond the newest SET_ASIDE_KEPT."""
         source = _key(name, SET_ASIDE[kind])
         entry = self.backend.get(source)
         if entry is None:
             raise CertrenewError(f"cannot set aside {self.backend.where(source)}: No such file or directory")
         stamp = _utc_now().strftime("%Y%m%dT%H%M%S.%fZ")
         target = _key(name, f"rejected/{stamp}-{SET_ASIDE[kind]}")
-        changes: dict[str, bytes | None] = {target: entry.value, source: None}
+        earlier = sorted(self.backend.list(_key(name, "rejected/")))  # named by time: oldest first
+        changes: dict[str, bytes | None] = dict.fromkeys(earlier[:max(0, len(earlier) + 1 - SET_ASIDE_KEPT)])
+        changes.update({target: entry.value, source: None})
         if kind == "pending":
             changes[_key(name, "pending.json")] = None
         self._write(name, changes, {source: entry.version})

@@ -141,8 +141,10 @@ def test_archive_moves_a_certificate_out_of_sight_and_keeps_it(files):
     assert files.names() == [] and files.load_bundle("a") is None
 
 
-def test_a_certificate_with_many_bundles_set_aside_is_archived_whole_in_steps(store):
-    """More than one write moves (store.MOVE_BATCH, within an etcd transaction): copies first, then removals."""
+def test_a_certificate_with_many_bundles_set_aside_is_archived_whole_in_steps(store, monkeypatch):
+    """More than one write moves (store.MOVE_BATCH, within an etcd transaction): copies first, then removals
+    (a state dir from before SET_ASIDE_KEPT may hold that many)."""
+    monkeypatch.setattr(store_module, "SET_ASIDE_KEPT", 2 * store_module.MOVE_BATCH)
     store.save_pending("a", b"SERVED")
     store.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
     for _ in range(store_module.MOVE_BATCH):
@@ -154,6 +156,21 @@ def test_a_certificate_with_many_bundles_set_aside_is_archived_whole_in_steps(st
     assert store.backend.list("certificates/a/") == {} and store.names() == []
     assert {key.split("/", 2)[2]: entry.value
             for key, entry in store.backend.list("removed/a-20260102T030405Z/").items()} == kept
+
+
+def test_only_the_newest_items_set_aside_are_kept(store, monkeypatch):
+    """A CA handing out a broken certificate at every attempt would otherwise fill the disk, or etcd, with them."""
+    stamps = iter(WHEN + datetime.timedelta(seconds=second) for second in range(100))
+    monkeypatch.setattr(store_module, "_utc_now", lambda: next(stamps))
+    for index in range(store_module.SET_ASIDE_KEPT + 3):
+        store.save_pending("a", f"REFUSED {index}".encode())
+        store.set_aside("a", "pending")
+    store.save_order("a", ORDER)
+    store.set_aside("a", "order")
+    kept = sorted(key.rsplit("/", 1)[1] for key in store.backend.list("certificates/a/rejected/"))
+    assert len(kept) == store_module.SET_ASIDE_KEPT and kept[-1].endswith("-order.json"), kept
+    values = [store.backend.get(f"certificates/a/rejected/{name}").value for name in kept[:-1]]
+    assert values == [f"REFUSED {index}".encode() for index in range(4, store_module.SET_ASIDE_KEPT + 3)]
 
 
 def test_a_validated_order_is_kept_until_its_certificate_is_pending(store):
