@@ -191,11 +191,15 @@ class AcmeClient:
             raise CertrenewError(f"{domain}: validation failed: {detail}" + "".join(f"; {hint}" for hint in sorted(hints)))
 
     def _finalize(self, order: messages.OrderResource) -> str:
+        """Finalize the order and download its certificate. A CA that issues at once (Let's Encrypt)
+        answers finalize with the order already valid: no request is made to ask again."""
+        answer = None
         if order.body.status not in (messages.STATUS_PROCESSING, messages.STATUS_VALID):
             finalize = messages.CertificateRequest(csr=x509.load_pem_x509_csr(order.csr_pem))
-            self.transport.post("finalize the order", order.body.finalize, finalize)
-        final = self._poll("issuance", order.uri, lambda body: body["status"] not in ("processing", "ready", "pending"))
-        body = messages.Order.from_json(final.json())
+            answer = self.transport.post("finalize the order", order.body.finalize, finalize)
+        if answer is None or not _order_ended(answer.json()):
+            answer = self._poll("issuance", order.uri, _order_ended)
+        body = messages.Order.from_json(answer.json())
         if body.status != messages.STATUS_VALID or not body.certificate:
             reason = str(body.error.detail or body.error) if body.error else f"order is {body.status.name}"
             raise CertrenewError(f"the CA did not issue the certificate: {reason}")
@@ -213,6 +217,11 @@ class AcmeClient:
                 raise CertrenewError(f"gave up waiting for the {what}: the time budget (--timeout) ran out")
             self.transport.deadline.context.sleep(wait)
             delay = min(delay * 2, MAX_POLL)
+
+
+def _order_ended(body: Any) -> bool:
+    """Whether an order is past issuing: valid (its certificate ready) or invalid."""
+    return body["status"] not in ("processing", "ready", "pending")
 
 
 def _ordered_name(authzr: messages.AuthorizationResource) -> str:

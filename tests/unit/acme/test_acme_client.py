@@ -120,3 +120,59 @@ def test_an_order_asking_to_prove_a_name_not_ordered_publishes_nothing():
     with pytest.raises(CertrenewError, match="asks for proof of victim.example, which was not ordered"):
         ForgingCA().obtain(["a.example"], b"csr", solver)
     assert solver.presented == []
+
+
+class Answer:
+    """A CA's answer as the transport hands it over."""
+
+    def __init__(self, body, text=""):
+        self.body, self.text, self.headers = body, text, {}
+
+    def json(self):
+        return self.body
+
+
+class IssuingCA(AcmeClient):
+    """An AcmeClient whose CA (no network) answers finalize with the order in status `finalized`, and each poll
+    of the order with the next of `polls`; `fetched`: the URLs asked for since."""
+
+    def __init__(self, finalized, polls=()):
+        self.fetched, self.polls = [], list(polls)
+        issued = {"status": "valid", "certificate": "https://ca/cert/1"}
+
+        def fetch(what, url):
+            self.fetched.append(url)
+            return Answer(self.polls.pop(0)) if url == "https://ca/order/1" else Answer(issued, "CHAIN")
+        self.transport = SimpleNamespace(post=lambda what, url, message: Answer({**issued, "status": finalized}),
+                                         fetch=fetch, deadline=SimpleNamespace(remaining=lambda: 30.0,
+                                                                                 context=SimpleNamespace(sleep=lambda s: None)))
+
+
+ORDER_BODY = messages.Order(status=messages.STATUS_READY, finalize="https://ca/order/1/finalize")
+
+
+@pytest.fixture
+def csr_pem():
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.example")])).sign(key, hashes.SHA256())
+    return request.public_bytes(serialization.Encoding.PEM)
+
+
+def test_an_order_the_ca_issued_at_finalize_is_downloaded_without_asking_again(csr_pem):
+    """Let's Encrypt answers finalize with the valid order: one request fewer a certificate than polling it."""
+    ca = IssuingCA("valid")
+    order = messages.OrderResource(body=ORDER_BODY, uri="https://ca/order/1", csr_pem=csr_pem)
+    assert ca._finalize(order) == "CHAIN"
+    assert ca.fetched == ["https://ca/cert/1"]
+
+
+def test_an_order_still_processing_after_finalize_is_polled_until_it_is_valid(csr_pem):
+    ca = IssuingCA("processing", polls=[{"status": "processing"}, {"status": "valid", "certificate": "https://ca/cert/1"}])
+    order = messages.OrderResource(body=ORDER_BODY, uri="https://ca/order/1", csr_pem=csr_pem)
+    assert ca._finalize(order) == "CHAIN"
+    assert ca.fetched == ["https://ca/order/1", "https://ca/order/1", "https://ca/cert/1"]
