@@ -364,12 +364,14 @@ def test_tls_with_a_client_certificate_and_a_wrong_ca_refused_in_one_line(tmp_pa
             from_url(secure.url("tls"), tls=stranger).get("a")
 
 
-def test_a_certificate_with_more_state_than_one_transaction_holds_is_archived_whole(backend):
-    """Each bundle HAProxy refused is kept set aside: some seventy of them (a certificate failing daily for two
+def test_a_certificate_with_more_state_than_one_transaction_holds_is_archived_whole(backend, monkeypatch):
+    """Some seventy bundles set aside (kept, each, before `store.SET_ASIDE_KEPT`: a certificate failing daily for two
     months) are more than one etcd transaction can move (128 operations). `revoke --delete` archives it in
     steps, copies before removals (stopped between, both are there, never neither), not refused for ever."""
+    from certrenew.state import store as store_module
     from certrenew.state.store import CertificateRecord, Store
 
+    monkeypatch.setattr(store_module, "SET_ASIDE_KEPT", 100)
     store = Store(backend)
     store.save_pending("a", b"SERVED")
     store.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
