@@ -80,10 +80,13 @@ def signal_at_first(proxy, wanted: str, process_of, sig: int):
 class Fleet:
     """Three nodes on one prefix of `cluster`: node 1 is the lab's HAProxy, nodes 2 and 3 are started here."""
 
-    def __init__(self, lab, cluster, tmp_path, names) -> None:
+    def __init__(self, lab, cluster, tmp_path, names, config: str | None = None, crt_lists=None) -> None:
+        """`config`: the nodes' config file, instead of one table a name; `crt_lists`: {node (2, 3): a crt-list its
+        HAProxy serves and its daemon adds to}."""
         self.lab, self.cluster, self.tmp_path, self.names = lab, cluster, tmp_path, names
         self.prefix = f"w-{uuid.uuid4().hex[:8]}"
-        self.config = fleet_config(tmp_path, names)
+        self.config = config or fleet_config(tmp_path, names)
+        crt_lists = crt_lists or {}
         self.store = Store(from_url(cluster.url(self.prefix)))
         self.daemons: dict[int, subprocess.Popen] = {}
         self.metrics = dict(zip((1, 2, 3), free_ports(3)))
@@ -94,9 +97,12 @@ class Fleet:
             if index == 1:
                 env["CERTRENEW_HAPROXY_SOCKET"] = str(lab.admin_socket)
             else:
-                node = lab.start_fleet_node(index, responder=env["CERTRENEW_LISTEN"], ssl_dir=self.ssl_dir(index))
+                node = lab.start_fleet_node(index, responder=env["CERTRENEW_LISTEN"], ssl_dir=self.ssl_dir(index),
+                                            crt_list=crt_lists.get(index))
                 env.update({"CERTRENEW_HAPROXY_SOCKET": str(node.admin_socket),
                             "CERTRENEW_RELOAD_COMMAND": f"kill -USR2 {node.process.pid}"})
+                if index in crt_lists:
+                    env["CERTRENEW_CRT_LIST"] = str(crt_lists[index])
             self.env[index] = env
 
     def ssl_dir(self, index: int):
@@ -153,8 +159,8 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def fleet(lab, cluster, tmp_path, names):
-    running = Fleet(lab, cluster, tmp_path, names)
+def fleet(lab, cluster, tmp_path, names, **options):
+    running = Fleet(lab, cluster, tmp_path, names, **options)
     try:
         yield running
     finally:

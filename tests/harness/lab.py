@@ -603,12 +603,13 @@ class Lab:
 
     def start_fleet_node(self, index: int, global_lines: Sequence[str] = (),
                          frontend_lines: Sequence[str] = (), responder: str | None = None,
-                         ssl_dir: Path | None = None) -> HAProxyNode:
+                         ssl_dir: Path | None = None, crt_list: Path | None = None) -> HAProxyNode:
         """Start node `index` (2, 3...) of a fleet beside the lab's HAProxy (node 1): the shipped config on
         the lab's http and https ports at `fleet_address(index)`, serving the lab's ssl dir, with the lines
         `with_lines` adds; pebble validates on it for a name `point_name` points there. stop() stops it.
         `responder` (HOST:PORT): the node's own responder (its daemon's), instead of node 1's. `ssl_dir`: the
-        node's own ssl dir (given a placeholder), instead of the lab's."""
+        node's own ssl dir (given a placeholder), instead of the lab's. `crt_list`: its HTTPS bind serves that
+        crt-list (which must exist) instead of the ssl dir."""
         if self.tls_alpn:
             raise LabError("a fleet node shares the lab's ports: not with tls_alpn's internal frontend")
         if responder and self.chroot:
@@ -621,6 +622,8 @@ class Lab:
         if responder:
             rendered = render_haproxy_config(rendered, [(f"server letsencrypt {self.listen}\n",
                                                          f"server letsencrypt {responder}\n")])
+        if crt_list:
+            rendered = render_haproxy_config(rendered, [(f"crt {ssl_dir or self.ssl_dir}/\n", f"crt-list {crt_list}\n")])
         config.write_text(with_lines(rendered, global_lines, frontend_lines))
         check_haproxy_config(config)
         since = log_size(log)

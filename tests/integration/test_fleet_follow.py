@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+from certrenew.haproxy.runtime_api import RuntimeApi, argument
 from certrenew.pki.placeholder import PLACEHOLDER_FILE
 from tests.harness.fleet import FLEET_PEBBLE, fleet, poll
 from tests.harness.lab import Lab, check_haproxy_config, log_size, terminate
@@ -172,3 +173,41 @@ def test_revoke_delete_on_one_node_removes_the_certificate_from_every_node_and_e
             check_haproxy_config(config_file)  # each HAProxy could start on what its ssl dir holds
         logs = [nodes.log(index).read_text() for index in (2, 3)]
     assert all(f"{name}: serial" in log and "removed, as the fleet's store did" in log for log in logs), logs
+
+
+def test_a_node_serving_a_crt_list_gets_the_fleets_certificate_as_a_line_of_its_own_and_renews_it_in_place(
+        lab, cluster, tmp_path):
+    """Node 2's HTTPS bind serves a crt-list (`--crt-list`): the certificate node 1 issued goes in beside the
+    operator's line with the certificate's `crt_list_options`, and into the running HAProxy; its renewal
+    replaces the entry, never a second line."""
+    name = "listed.fleet.test"
+    options = f"[alpn h2,http/1.1] {name}"
+    config = tmp_path / "listed.toml"
+    config.write_text(f'[[certificate]]\ndomains = ["{name}"]\ncrt_list_options = "{options}"\n')
+    crt_list = tmp_path / "node2.lst"
+    operator = f"{tmp_path / 'ssl2' / PLACEHOLDER_FILE} [ssl-min-ver TLSv1.2]\n"
+    crt_list.write_text(operator)
+    with fleet(lab, cluster, tmp_path, [name], config=str(config), crt_lists={2: crt_list}) as nodes:
+        one_shot = {**nodes.env[1], "CERTRENEW_METRICS_LISTEN": None}
+        issued = lab.certrenew("run", "--config", nodes.config, env=one_shot)
+        assert issued.returncode == 0, issued.stderr
+        nodes.start(2, 3)  # after the issue: node 2 follows what node 1 issued
+        serial = nodes.wait_everywhere("served by every node")[name]
+        bundle = nodes.ssl_dir(2) / f"{name}.pem"
+        assert crt_list.read_text() == operator + f"{bundle} {options}\n"
+        api = RuntimeApi(nodes.env[2]["CERTRENEW_HAPROXY_SOCKET"])
+
+        def entries() -> list[str]:
+            answer = api.command(f"show ssl crt-list {argument(str(crt_list))}")
+            return [line for line in answer.splitlines() if line.startswith(str(bundle))]
+        [entry] = entries()
+        assert "alpn h2,http/1.1" in entry and name in entry
+
+        renewed = lab.certrenew("run", "--force", "--config", nodes.config, env=one_shot)
+        assert renewed.returncode == 0, renewed.stderr
+        poll("the renewal served by every node", lambda: all(map(nodes.alive, (2, 3))) and (
+            (serials := nodes.everywhere()) is not None and serials[name] != serial))
+        assert crt_list.read_text() == operator + f"{bundle} {options}\n"  # the same line, once
+        assert entries() == [entry]
+        log = nodes.log(2).read_text()
+    assert f"{name}: issued" not in log and "served as the store holds it" in log, log
