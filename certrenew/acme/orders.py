@@ -198,24 +198,28 @@ class AcmeClient:
             finalize = messages.CertificateRequest(csr=x509.load_pem_x509_csr(order.csr_pem))
             answer = self.transport.post("finalize the order", order.body.finalize, finalize)
         if answer is None or not _order_ended(answer.json()):
-            answer = self._poll("issuance", order.uri, _order_ended)
+            answer = self._poll("issuance", order.uri, _order_ended, answer)
         body = messages.Order.from_json(answer.json())
         if body.status != messages.STATUS_VALID or not body.certificate:
             reason = str(body.error.detail or body.error) if body.error else f"order is {body.status.name}"
             raise CertrenewError(f"the CA did not issue the certificate: {reason}")
         return self.transport.fetch("download the certificate", body.certificate).text
 
-    def _poll(self, what: str, url: str, finished: Callable[[Any], bool]) -> requests.Response:
-        """Fetch until `finished`, sleeping 10 ms, then twice as long each time, or as long as Retry-After asks."""
+    def _poll(self, what: str, url: str, finished: Callable[[Any], bool],
+              unfinished: requests.Response | None = None) -> requests.Response:
+        """Fetch until `finished`, sleeping 10 ms, then twice as long each time, or as long as Retry-After asks;
+        the first fetch at once, unless `unfinished` (an answer in hand, a finalize still processing) asks to wait."""
         delay = FIRST_POLL
+        wait = retry_after_seconds(unfinished) if unfinished is not None else None
         while True:
+            if wait:
+                if wait >= self.transport.deadline.remaining():
+                    raise CertrenewError(f"gave up waiting for the {what}: the time budget (--timeout) ran out")
+                self.transport.deadline.context.sleep(wait)
             response = self.transport.fetch(f"check the {what}", url)
             if finished(response.json()):
                 return response
             wait = retry_after_seconds(response) or delay
-            if wait >= self.transport.deadline.remaining():
-                raise CertrenewError(f"gave up waiting for the {what}: the time budget (--timeout) ran out")
-            self.transport.deadline.context.sleep(wait)
             delay = min(delay * 2, MAX_POLL)
 
 

@@ -125,8 +125,8 @@ def test_an_order_asking_to_prove_a_name_not_ordered_publishes_nothing():
 class Answer:
     """A CA's answer as the transport hands it over."""
 
-    def __init__(self, body, text=""):
-        self.body, self.text, self.headers = body, text, {}
+    def __init__(self, body, text="", headers=None):
+        self.body, self.text, self.headers = body, text, headers or {}
 
     def json(self):
         return self.body
@@ -136,16 +136,18 @@ class IssuingCA(AcmeClient):
     """An AcmeClient whose CA (no network) answers finalize with the order in status `finalized`, and each poll
     of the order with the next of `polls`; `fetched`: the URLs asked for since."""
 
-    def __init__(self, finalized, polls=()):
+    def __init__(self, finalized, polls=(), retry_after=None):
         self.fetched, self.polls = [], list(polls)
         issued = {"status": "valid", "certificate": "https://ca/cert/1"}
 
         def fetch(what, url):
             self.fetched.append(url)
             return Answer(self.polls.pop(0)) if url == "https://ca/order/1" else Answer(issued, "CHAIN")
-        self.transport = SimpleNamespace(post=lambda what, url, message: Answer({**issued, "status": finalized}),
-                                         fetch=fetch, deadline=SimpleNamespace(remaining=lambda: 30.0,
-                                                                                 context=SimpleNamespace(sleep=lambda s: None)))
+
+        def post(what, url, message):
+            return Answer({**issued, "status": finalized}, headers={"Retry-After": retry_after} if retry_after else {})
+        self.transport = SimpleNamespace(post=post, fetch=fetch, deadline=SimpleNamespace(
+            remaining=lambda: 30.0, context=SimpleNamespace(sleep=lambda seconds: self.fetched.append(seconds))))
 
 
 ORDER_BODY = messages.Order(status=messages.STATUS_READY, finalize="https://ca/order/1/finalize")
@@ -171,8 +173,12 @@ def test_an_order_the_ca_issued_at_finalize_is_downloaded_without_asking_again(c
     assert ca.fetched == ["https://ca/cert/1"]
 
 
-def test_an_order_still_processing_after_finalize_is_polled_until_it_is_valid(csr_pem):
-    ca = IssuingCA("processing", polls=[{"status": "processing"}, {"status": "valid", "certificate": "https://ca/cert/1"}])
+@pytest.mark.parametrize("retry_after", [None, "3"])
+def test_an_order_still_processing_after_finalize_is_polled_as_the_ca_asks_until_it_is_valid(csr_pem, retry_after):
+    """At once (pebble sets no Retry-After), or after the wait finalize's answer asks for (RFC 8555 section 7.4)."""
+    ca = IssuingCA("processing", [{"status": "processing"}, {"status": "valid", "certificate": "https://ca/cert/1"}],
+                   retry_after)
     order = messages.OrderResource(body=ORDER_BODY, uri="https://ca/order/1", csr_pem=csr_pem)
     assert ca._finalize(order) == "CHAIN"
-    assert ca.fetched == ["https://ca/order/1", "https://ca/order/1", "https://ca/cert/1"]
+    first = [3.0] if retry_after else []  # the sleeps, in order with the URLs fetched
+    assert ca.fetched == [*first, "https://ca/order/1", 0.01, "https://ca/order/1", "https://ca/cert/1"]
