@@ -749,10 +749,14 @@ def _wait(ready: Callable, what: str, process: subprocess.Popen, log: Path, time
     raise BenchError(f"{what}: not within {timeout:.0f} s\n{log_tail(log)}")
 
 
+SCALE_TARGETS = {"no-op run": 0.4, "status": 0.5}
+"""Seconds over 10,000 certificates: issue 20's for the no-op run, the scale issue's for status."""
+
+
 def print_scale(figures: list[tuple[str, Sample]]) -> None:
     for scenario, sample in figures:
         print(f"{scenario:<10} {sample.seconds:6.2f} s   peak RSS {sample.usage.max_rss_kib / 1024:5.1f} MiB   "
-              f"CPU (user+sys) {sample.usage.cpu_seconds:.2f} s   target <= 0.5 s")
+              f"CPU (user+sys) {sample.usage.cpu_seconds:.2f} s   target <= {SCALE_TARGETS[scenario]} s")
 
 
 def main() -> None:
