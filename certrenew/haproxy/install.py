@@ -36,14 +36,22 @@ the read, a device such as /dev/zero, which would never end it, a directory, a f
 than any bundle) it is left alone and that certificate refused (`Blocked`): it must be seen
 before anything is written, as the rollback could not put it back. So is a certificate
 whose names another bundle in the ssl dir claims (`shadowing`), before it is ordered.
+
+One install or removal at a time goes into an ssl dir, whichever process makes it (a daemon's
+follower, a run by hand, `revoke --delete`): each holds the ssl dir's flock (`exclusive`). HAProxy
+has one certificate transaction for all its clients, and a second `set ssl cert` meanwhile lands in
+the first's transaction (2.6), is refused (3.x) or meets "Operations on certificates are currently
+locked!": a good bundle would look refused and be set aside.
 """
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -73,6 +81,10 @@ HOT_UPDATE_GRACE = 3.0
 RELOAD_GRACE = 30.0
 """Seconds a verify endpoint may take to show a certificate after a reload (new worker start-up)."""
 BUNDLE_MODE = 0o600
+INSTALL_WAIT = 120.0
+"""Seconds an install waits for another process's install into the same ssl dir: a reload and its
+verification take seconds; a process stopped mid-install is waited for no longer."""
+INSTALL_POLL = 0.05
 """A new bundle's mode, less the umask: it holds the key, and HAProxy reads it as root (at
 start, at reload) or gets it over the Runtime API. A replaced bundle keeps its mode less
 any write bit for group and others (see `write_atomic`), so an operator who grants a group
@@ -181,6 +193,11 @@ class Installer:
                 unloadable[name] = f"{name}: refusing to install its bundle: {error}"
         if unloadable:  # refused like a bundle HAProxy refuses: set aside, and the others installed
             raise Refused("; ".join(unloadable.values()), list(unloadable))
+        with self.exclusive():
+            return self._install(bundles, serving or {}, infos)
+
+    def _install(self, bundles: Mapping[str, bytes], serving: Mapping[str, Serving],
+                 infos: Mapping[str, CertificateInfo]) -> list[InstallResult]:
         files = {self.path_of(name): bundle for name, bundle in bundles.items()}
         previous, blocked = {}, {}
         for name, path in zip(bundles, files):
@@ -190,7 +207,6 @@ class Installer:
                 blocked[name] = str(error)
         if blocked:  # nothing changed yet
             raise Blocked("; ".join(blocked.values()), list(blocked))
-        serving = serving or {}
         crt_list, lines = self._crt_list_lines(bundles, serving)
         stores = {path: (name, store) for name, path in zip(bundles, files)
                   if (store := serving.get(name, Serving()).crt_store) is not None}
@@ -227,6 +243,34 @@ class Installer:
         return [InstallResult(name, infos[name], path, method, detail, confirmed)
                 for name, path in zip(bundles, files)]
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the ssl dir's flock, waiting up to INSTALL_WAIT for another process's install to end (see the
+        module's docstring). A file system without flock on a directory is installed into without it."""
+        try:
+            fd = os.open(self.ssl_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:  # no ssl dir: the install's first write says so, in its words
+            yield
+            return
+        try:
+            deadline = time.monotonic() + INSTALL_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise CertrenewError(f"another process has been installing into {self.ssl_dir} for "
+                                             f"{INSTALL_WAIT:g} s (a certrenew stopped mid-install?); nothing "
+                                             "was installed, the next attempt tries again") from None
+                    (self.context.sleep if self.context else time.sleep)(INSTALL_POLL)
+                except OSError as error:
+                    log.debug("installing into %s without its flock: %s", self.ssl_dir, error.strerror)
+                    break
+            yield
+        finally:
+            os.close(fd)
+
     def _verify(self, files: Mapping[Path, bytes], grace: float) -> None:
         """Every verify endpoint serves every bundle (`NotServed` names each that is not), within
         `grace` seconds for them all: one left unserved costs the grace once, not once per bundle."""
@@ -255,7 +299,10 @@ class Installer:
         it over its Runtime API before another one failed keeps it dropped; the next attempt
         finds it gone there.
         """
-        file = self.path_of(name)
+        with self.exclusive():
+            return self._remove(self.path_of(name))
+
+    def _remove(self, file: Path) -> tuple[str, Path | None]:
         placeholder = None
         if not any(other.suffix == ".pem" and other != file for other in self.ssl_dir.iterdir()):
             placeholder = write_placeholder(self.ssl_dir)

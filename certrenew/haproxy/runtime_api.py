@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -29,6 +30,12 @@ from certrenew.system.owned import group_name, user_name
 log = logging.getLogger(__name__)
 
 TIMEOUT = 10.0
+LOCKED = "Operations on certificates are currently locked!"
+"""HAProxy's answer while another client's certificate command holds its lock: nothing was done."""
+LOCKED_WAIT = 2.0
+"""Seconds a command HAProxy answers LOCKED is sent again for; each such command holds the lock for
+milliseconds."""
+LOCKED_POLL = 0.02
 """Seconds to wait for one answer; a commit re-signs every SNI context, so allow some."""
 
 _SET = re.compile(r"^Transaction (?:created|updated) for certificate (?P<path>.*)!$", re.M)
@@ -109,7 +116,18 @@ class RuntimeApi:
         return self.address
 
     def command(self, line: str, payload: bytes | None = None) -> str:
-        """Send one command (with an optional payload) and return HAProxy's whole answer."""
+        """Send one command (with an optional payload) and return HAProxy's whole answer; one HAProxy answers
+        LOCKED (another client's certificate command is under way, nothing was done) is sent again, for up to
+        LOCKED_WAIT seconds, then fails as no fault of the payload's."""
+        deadline = time.monotonic() + LOCKED_WAIT
+        while LOCKED in (answer := self._send(line, payload)):
+            if time.monotonic() >= deadline:  # not the bundle's fault (not Rejected): a later attempt may pass
+                raise RuntimeApiError(f"{self}: {' '.join(line.split()[:3])}: HAProxy's certificate operations "
+                                      f"stayed locked for {LOCKED_WAIT:g} s (another client's command under way)")
+            time.sleep(LOCKED_POLL)
+        return answer
+
+    def _send(self, line: str, payload: bytes | None) -> str:
         request = line.encode()
         if payload is not None:
             if b"\n\n" in payload:

@@ -3,10 +3,13 @@
 and leaves nothing of certrenew's open or half-added."""
 
 import re
+import threading
 
 import pytest
 import trustme
 
+from certrenew.errors import CertrenewError
+from certrenew.haproxy.install import Installer
 from certrenew.haproxy.runtime_api import Rejected, RuntimeApi, TransactionOpen, argument, find_crt_list
 from certrenew.pki.bundle import build_bundle, leaf_info
 
@@ -73,3 +76,35 @@ def test_a_bundle_without_a_key_is_rejected_and_leaves_nothing_behind(lab, api, 
     table = api.certificates()
     assert table.path_of(path) is None and table.transaction is None
     assert path not in api.command(f"show ssl crt-list {argument(crt_list)}")
+
+
+def test_installs_made_at_once_into_one_ssl_dir_take_turns_and_none_is_refused(lab, api):
+    """Two installers at once into one HAProxy, as a daemon's follower and a run by hand would be: each holds the
+    ssl dir's flock from its own descriptor, as two processes do. HAProxy has one certificate transaction for all
+    its clients; without turns one's `set ssl cert` met the other's transaction or lock ("Operations on
+    certificates are currently locked!"), and a good bundle was taken for refused and set aside."""
+    results, errors = [], []
+
+    def installs(prefix: str) -> None:
+        installer = Installer(lab.ssl_dir, "false", (str(lab.admin_socket),))  # no reload: hot updates or nothing
+        for round_ in range(8):
+            try:
+                results.extend(installer.install({f"{prefix}{index}.r{round_}.turns.example":
+                                                  bundle(f"{prefix}{index}.r{round_}.turns.example")
+                                                  for index in range(4)}))
+            except CertrenewError as error:
+                errors.append(error)
+    threads = [threading.Thread(target=installs, args=(prefix,)) for prefix in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == [] and len(results) == 64, errors
+        assert {result.method for result in results} == {"hot update"}
+        table = api.certificates()
+        assert all(table.path_of(str(result.path)) for result in results) and table.transaction is None
+    finally:
+        remover = Installer(lab.ssl_dir, "false", (str(lab.admin_socket),))
+        for result in results:
+            remover.remove(result.name)

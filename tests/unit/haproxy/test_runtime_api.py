@@ -5,7 +5,9 @@ import re
 
 import pytest
 
+from certrenew.haproxy import runtime_api
 from certrenew.haproxy.runtime_api import (
+    LOCKED,
     Rejected,
     RuntimeApi,
     RuntimeApiError,
@@ -161,3 +163,22 @@ def test_a_blank_line_in_a_payload_is_refused_before_sending(fake):
 def test_a_missing_socket_is_one_clear_error(tmp_path):
     with pytest.raises(RuntimeApiError, match="no-such.sock: No such file"):
         RuntimeApi(str(tmp_path / "no-such.sock")).crt_lists()
+
+
+def test_a_command_met_by_another_clients_lock_is_sent_again_until_it_is_done(fake):
+    """HAProxy answers LOCKED while another client's certificate command runs, having done nothing: the bundle
+    is not at fault, and a moment later the same command goes through."""
+    answers = iter([f"Can't update {PATH}!\n{LOCKED}\n", f"Can't update {PATH}!\n{LOCKED}\n",
+                    f"Transaction created for certificate {PATH}!\n"])
+    server, api = fake({"set ssl cert": lambda: next(answers), "commit ssl cert": f"Committing {PATH}.\nSuccess!\n"})
+    api.replace_certificate(PATH, BUNDLE)
+    assert server.commands() == ["set ssl cert", "set ssl cert", "set ssl cert", "commit ssl cert"]
+
+
+def test_a_lock_held_past_the_wait_is_an_error_that_names_it(fake, monkeypatch):
+    monkeypatch.setattr(runtime_api, "LOCKED_WAIT", 0.1)
+    server, api = fake({"set ssl cert": f"Can't update {PATH}!\n{LOCKED}\n"})
+    with pytest.raises(RuntimeApiError, match="stayed locked for 0.1 s") as raised:
+        api.replace_certificate(PATH, BUNDLE)
+    assert not isinstance(raised.value, Rejected)  # the install would set a good bundle aside
+    assert 1 < len(server.commands()) < 20 and "commit ssl cert" not in server.commands()
