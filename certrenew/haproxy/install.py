@@ -259,14 +259,15 @@ class Installer:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise CertrenewError(f"another process has been installing into {self.ssl_dir} for "
-                                             f"{INSTALL_WAIT:g} s (a certrenew stopped mid-install?); nothing "
-                                             "was installed, the next attempt tries again") from None
-                    (self.context.sleep if self.context else time.sleep)(INSTALL_POLL)
+                    pass  # another's install: wait below
                 except OSError as error:
                     log.debug("installing into %s without its flock: %s", self.ssl_dir, error.strerror)
                     break
+                if time.monotonic() >= deadline:
+                    raise CertrenewError(f"another process has been installing into {self.ssl_dir} for "
+                                         f"{INSTALL_WAIT:g} s (a certrenew stopped mid-install?); nothing was "
+                                         "installed, the next attempt tries again")
+                (self.context.sleep if self.context else time.sleep)(INSTALL_POLL)
             yield
         finally:
             os.close(fd)

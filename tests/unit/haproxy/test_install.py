@@ -1,9 +1,11 @@
 """The Installer against a fake Runtime API: hot update, fallback to a reload, rollback on every path."""
 
+import fcntl
 import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -504,3 +506,24 @@ def test_a_crt_store_entry_whose_file_is_gone_is_left_to_the_reload(tmp_path, ss
         fake.close()
     assert result.method == "reload" and "it has @web/site in memory but" in result.detail and marker.exists()
     assert "set ssl cert" not in fake.commands()
+
+
+def test_an_install_waits_for_another_process_s_into_the_same_ssl_dir_and_gives_up_after_a_while(
+        ssl_dir, monkeypatch):
+    """Another process's install holds the ssl dir's flock (here: another descriptor of this one's): this one
+    waits for it to end, and past INSTALL_WAIT fails without touching anything or blaming a bundle."""
+    monkeypatch.setattr(install, "INSTALL_WAIT", 0.3)
+    installer = Installer(ssl_dir, "true")
+    other = os.open(ssl_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(CertrenewError, match="another process has been installing into .* for 0.3 s") as raised:
+            installer.install({NAME: bundle_of(trustme.CA())})
+        assert time.monotonic() - started >= 0.3 and not isinstance(raised.value, Refused)
+        assert not (ssl_dir / f"{NAME}.pem").exists()
+        threading.Timer(0.1, fcntl.flock, (other, fcntl.LOCK_UN)).start()  # the other install ends
+        [result] = installer.install({NAME: bundle_of(trustme.CA())})
+        assert result.method == "reload" and (ssl_dir / f"{NAME}.pem").exists()
+    finally:
+        os.close(other)
