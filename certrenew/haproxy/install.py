@@ -81,14 +81,14 @@ HOT_UPDATE_GRACE = 3.0
 RELOAD_GRACE = 30.0
 """Seconds a verify endpoint may take to show a certificate after a reload (new worker start-up)."""
 BUNDLE_MODE = 0o600
-INSTALL_WAIT = 120.0
-"""Seconds an install waits for another process's install into the same ssl dir: a reload and its
-verification take seconds; a process stopped mid-install is waited for no longer."""
-INSTALL_POLL = 0.05
 """A new bundle's mode, less the umask: it holds the key, and HAProxy reads it as root (at
 start, at reload) or gets it over the Runtime API. A replaced bundle keeps its mode less
 any write bit for group and others (see `write_atomic`), so an operator who grants a group
 read access keeps it across renewals; certrenew never makes a bundle world-readable itself."""
+INSTALL_WAIT = 120.0
+"""Seconds an install waits for another process's install into the same ssl dir: a reload and its
+verification take seconds; a process stopped mid-install is waited for no longer."""
+INSTALL_POLL = 0.05
 
 SSL_DIR_ADVICE = "left alone; move it out of the ssl dir"
 

@@ -30,13 +30,13 @@ from certrenew.system.owned import group_name, user_name
 log = logging.getLogger(__name__)
 
 TIMEOUT = 10.0
+"""Seconds to wait for one answer; a commit re-signs every SNI context, so allow some."""
 LOCKED = "Operations on certificates are currently locked!"
 """HAProxy's answer while another client's certificate command holds its lock: nothing was done."""
 LOCKED_WAIT = 2.0
 """Seconds a command HAProxy answers LOCKED is sent again for; each such command holds the lock for
 milliseconds."""
 LOCKED_POLL = 0.02
-"""Seconds to wait for one answer; a commit re-signs every SNI context, so allow some."""
 
 _SET = re.compile(r"^Transaction (?:created|updated) for certificate (?P<path>.*)!$", re.M)
 """`set ssl cert` took the payload, into the transaction of this file (2.6: whichever is open)."""
