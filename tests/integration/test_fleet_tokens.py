@@ -33,6 +33,10 @@ def test_every_node_answers_what_the_ordering_node_published_even_with_etcd_froz
             assert _ask(port_3, "tok-1", "api.fleet.test").status_code == 404  # the Host must name its domain
             ordering.present("api.fleet.test", "tok-2", "tok-2.thumb")
             assert _ask(port_3, "tok-2", "api.fleet.test").text == "tok-2.thumb"
+            deadline = time.monotonic() + 10  # the watch brings them within milliseconds, later on a busy machine
+            while not all(f"challenges/{token}.json" in board._entries for token in ("tok-1", "tok-2")):
+                assert time.monotonic() < deadline, "node 3's watch never brought the published tokens"
+                time.sleep(0.05)
             for member in cluster.running():  # etcd gone quiet: answers come from node 3's copy
                 cluster.kill(member, signal.SIGSTOP)
             try:
