@@ -70,6 +70,7 @@ from certrenew.haproxy.runtime_api import (
 )
 from certrenew.pki.bundle import CertificateInfo, check_bundle, leaf_certificate, san_names
 from certrenew.pki.placeholder import write_placeholder
+from certrenew.system import flock
 from certrenew.system.atomicfile import fsync_directory, temp_path, write_atomic
 from certrenew.system.limits import MAX_BUNDLE, Unfit, kind_of, read_regular
 from certrenew.system.runcontext import RunContext
@@ -253,21 +254,16 @@ class Installer:
             yield
             return
         try:
-            deadline = time.monotonic() + INSTALL_WAIT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    pass  # another's install: wait below
-                except OSError as error:
-                    log.debug("installing into %s without its flock: %s", self.ssl_dir, error.strerror)
-                    break
-                if time.monotonic() >= deadline:
-                    raise CertrenewError(f"another process has been installing into {self.ssl_dir} for "
-                                         f"{INSTALL_WAIT:g} s (a certrenew stopped mid-install?); nothing was "
-                                         "installed, the next attempt tries again")
-                (self.context.sleep if self.context else time.sleep)(INSTALL_POLL)
+            try:
+                taken = flock.wait_for(fd, fcntl.LOCK_EX, INSTALL_WAIT, INSTALL_POLL,
+                                       self.context.sleep if self.context else time.sleep)
+            except OSError as error:
+                log.debug("installing into %s without its flock: %s", self.ssl_dir, error.strerror)
+                taken = True
+            if not taken:
+                raise CertrenewError(f"another process has been installing into {self.ssl_dir} for "
+                                     f"{INSTALL_WAIT:g} s (a certrenew stopped mid-install?); nothing was "
+                                     "installed, the next attempt tries again")
             yield
         finally:
             os.close(fd)

@@ -11,11 +11,10 @@ whatever a planted symbolic link points to.
 import fcntl
 import logging
 import os
-import time
 from pathlib import Path
 
 from certrenew.errors import CertrenewError
-from certrenew.system import owned
+from certrenew.system import flock, owned
 from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
@@ -61,24 +60,15 @@ class StateLock:
         self._fd = None
 
     def _wait(self, fd: int) -> None:
-        end = time.monotonic() + self.timeout
-        said = False
-        while True:
-            try:
-                fcntl.flock(fd, self.mode | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-            if not said and self.timeout > 0:  # at once: a silent wait of minutes looks like a hang
+        def waiting() -> None:
+            if self.timeout > 0:  # at once: a silent wait of minutes looks like a hang
                 log.warning("another certrenew run (pid %s) holds the lock on %s; waiting up to %g s for it "
                             "(--lock-timeout)", _holder(fd), self.path.parent, self.timeout)
-                said = True
-            if time.monotonic() >= end:
-                raise CertrenewError(
-                    f"another certrenew run (pid {_holder(fd)}) holds the lock on {self.path.parent}; "
-                    f"gave up after {self.timeout:g} s (--lock-timeout)"
-                )
-            self.context.sleep(POLL)
+        if not flock.wait_for(fd, self.mode, self.timeout, POLL, self.context.sleep, waiting):
+            raise CertrenewError(
+                f"another certrenew run (pid {_holder(fd)}) holds the lock on {self.path.parent}; "
+                f"gave up after {self.timeout:g} s (--lock-timeout)"
+            )
 
 
 def _holder(fd: int) -> str:
