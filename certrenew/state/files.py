@@ -5,11 +5,14 @@ directory is created 0700 and every file 0600, read and written only if ours alo
 through a symbolic link (see `owned`); each file is replaced atomically (see `atomicfile`).
 
 Writes and lock changes of every process are serialized by a short flock on `locks/mutex`,
-held for the few file operations of one write, never for a run. A write of several keys first
-records them all in `journal.json` (atomically), then applies them, then removes the journal:
-a crash part-way leaves the journal, which the next write, lock or read by any process replays
-before anything else, so each write ends up applied whole (an intent journal; readers racing
-the few milliseconds of an apply may see part of it, as they would any two separate writes).
+held for the few file operations of one write, never for a run. A write first stages each new
+file as a hidden temp beside it, its data fsynced, without the mutex; under it, it renames them
+into place. A write of several keys first records them all in `journal.json` (staged the same
+way), then applies them, then removes the journal: a crash part-way leaves the journal, which the
+next write, lock or read by any process replays before anything else, so each write ends up
+applied whole (an intent journal; readers racing the few milliseconds of an apply may see part
+of it, as they would any two separate writes). A write refused (a version changed, a lock lost)
+or cut short before the journal's rename changes nothing.
 
 A lock on key K is `locks/K` (slashes as `~`), a JSON lease: token, holder, expiry. The holder
 also keeps a flock on `locks/K#<token>`, and one thread of the backend renews the expiry of every
@@ -49,7 +52,7 @@ from certrenew.state.backend import (
     check_key,
 )
 from certrenew.system import owned
-from certrenew.system.atomicfile import fsync_directory, remove_stale_temps, write_atomic
+from certrenew.system.atomicfile import fsync_directory, remove_stale_temps, stage, write_atomic
 from certrenew.system.runcontext import RunContext
 
 log = logging.getLogger(__name__)
@@ -217,47 +220,84 @@ class FileBackend:
 
     def write(self, changes: Mapping[str, bytes | None], *, expect: Mapping[str, int] | None = None,
               fence: Lease | None = None) -> int:
+        """Stage each new file (and the journal of a write of several keys) with its data fsynced, then,
+        under the mutex, check `expect` and `fence` and rename them into place: the mutex is held for
+        the renames and the directories' fsyncs, not for every file's, so the threads of a batch
+        write at once (it was held for 70 % of a 1,000-certificate run when it covered them all)."""
         paths = {key: self.path(key) for key in changes}
-        with self._mutex():
-            if fence is not None:
-                fence.check()
-            for key, version in (expect or {}).items():
-                entry = self.get(key)
-                if (entry.version if entry else ABSENT) != version:
-                    raise Conflict(f"{self.path(key)} changed meanwhile (someone else wrote it)")
-            self._prepare([paths[key] for key, value in changes.items() if value is not None])  # a refusal: nothing done
-            if len(changes) > 1:
-                journal = {key: None if value is None else base64.b64encode(value).decode()
-                           for key, value in changes.items()}
-                write_atomic(self.root / JOURNAL, json.dumps(journal).encode())
-            try:
-                version = self._apply({paths[key]: value for key, value in changes.items()})
-            except BaseException:
-                self._checked_at = -RECHECK_AFTER  # this process's next read completes it too (see `check_layout`)
-                raise
-            if len(changes) > 1:
-                self._end_journal()
-            return version
+        puts = {paths[key]: value for key, value in changes.items() if value is not None}
+        journal = None
+        if len(changes) > 1:
+            journal = json.dumps({key: None if value is None else base64.b64encode(value).decode()
+                                  for key, value in changes.items()}).encode()
+        staged: dict[Path, Path] = {}
+        done = False
+        try:
+            staged = self._stage({**puts, **({self.root / JOURNAL: journal} if journal else {})})
+            with self._mutex():
+                if fence is not None:
+                    fence.check()
+                for key, version in (expect or {}).items():
+                    entry = self.get(key)
+                    if (entry.version if entry else ABSENT) != version:
+                        raise Conflict(f"{self.path(key)} changed meanwhile (someone else wrote it)")
+                if journal:
+                    _commit(staged.pop(self.root / JOURNAL), self.root / JOURNAL)
+                    fsync_directory(self.root)
+                try:
+                    version = self._apply({path: staged.get(path) for path in paths.values()})
+                    staged.clear()
+                except BaseException:
+                    self._checked_at = -RECHECK_AFTER  # this process's next read completes it too (see `check_layout`)
+                    raise
+                if journal:
+                    self._end_journal()
+                done = True
+                return version
+        finally:
+            for temp in staged.values():  # those not renamed (refused, or cut short): no temp left behind,
+                _unlink(temp)
+            if not done:  # nor a directory made for it
+                for directory in dict.fromkeys(path.parent for path in puts):
+                    self._remove_empty(directory)
 
-    def _prepare(self, paths: Iterable[Path]) -> None:
-        """Make the directories of `paths` (0700) and clear them of the temps a killed run left there."""
-        for directory in dict.fromkeys(path.parent for path in paths):
-            self._make_dirs(directory)
-            remove_stale_temps(directory)
+    def _stage(self, files: Mapping[Path, bytes]) -> dict[Path, Path]:
+        """A temp beside each file holding its data, fsynced, in directories made 0700 and cleared of the
+        temps a killed run left there; {file: temp}."""
+        owned.make_dir(self.root, follow=True)
+        staged: dict[Path, Path] = {}
+        try:
+            for directory in dict.fromkeys(path.parent for path in files):
+                self._make_dirs(directory)
+                remove_stale_temps(directory)
+            for path, value in files.items():
+                try:
+                    staged[path] = stage(path, value)
+                except FileNotFoundError:  # its directory, empty, was just removed by another write: again
+                    self._make_dirs(path.parent)
+                    staged[path] = stage(path, value)
+        except BaseException as error:
+            for temp in staged.values():
+                _unlink(temp)
+            if isinstance(error, OSError):
+                unwritten = next((path for path in files if path not in staged), self.root)
+                raise CertrenewError(f"cannot write {unwritten}: {error.strerror or error}") from error
+            raise
+        return staged
 
-    def _apply(self, changes: Mapping[Path, bytes | None]) -> int:
-        """Put and delete the files, in directories `_prepare` made; the version of the last one put
-        (ABSENT if none). Each directory is fsynced once, after all its renames and unlinks: a
-        certificate's promotion is four files in one. A directory a delete empties is removed (an
+    def _apply(self, changes: Mapping[Path, Path | None]) -> int:
+        """Rename each staged temp over its file and delete each file mapped to None; the version of the
+        last one put (ABSENT if none). Each directory is fsynced once, after all its renames and unlinks:
+        a certificate's promotion is four files in one. A directory a delete empties is removed (an
         archived certificate leaves no name behind)."""
         changed: dict[Path, bool] = {}  # each directory changed: whether a delete there may have emptied it
         last = None
-        for path, value in changes.items():
-            if value is None:
+        for path, temp in changes.items():
+            if temp is None:
                 if _unlink(path):
                     changed[path.parent] = True
                 continue
-            write_atomic(path, value, sync_directory=False)
+            _commit(temp, path)
             changed.setdefault(path.parent, False)
             last = path
         for directory in changed:
@@ -321,10 +361,13 @@ class FileBackend:
             raise Unavailable(f"cannot replay {self.root / JOURNAL}: {error}; a write was cut short there, "
                               "move it away once you have looked at it") from error
         log.warning("completing a write a crash cut short (%s)", self.root / JOURNAL)
+        staged: dict[Path, Path] = {}
         try:
-            self._prepare([path for path, value in changes.items() if value is not None])
-            self._apply(changes)
+            staged = self._stage({path: value for path, value in changes.items() if value is not None})
+            self._apply({path: staged.get(path) for path in changes})
         except CertrenewError as error:
+            for temp in staged.values():  # those not renamed
+                _unlink(temp)
             raise Unavailable(f"cannot complete the write a crash cut short ({self.root / JOURNAL}): {error}; "
                               "no write is made until it is (fix the cause, or move the journal away)") from error
         self._end_journal()
@@ -527,6 +570,14 @@ def _read(path: str | Path) -> Entry | None:
         return Entry(b"".join(chunks), (status.st_ino << 64) | status.st_mtime_ns)
     finally:
         os.close(fd)
+
+
+def _commit(temp: Path, path: Path) -> None:
+    """Rename staged `temp` over `path`."""
+    try:
+        os.replace(temp, path)
+    except OSError as error:
+        raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def _unlink(path: Path) -> bool:

@@ -36,19 +36,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
     fsyncs it once.
     """
     directory = path.parent
-    temp = temp_path(directory)
     with context.critical() if context is not None else nullcontext():
         try:
             kept = stat.S_IMODE(path.stat().st_mode) & ~_WRITABLE_BY_OTHERS if keep_mode and path.exists() else None
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            temp = stage(path, data, mode, sync, exact_mode=kept)
             try:
-                with os.fdopen(fd, "wb") as handle:
-                    if kept is not None:  # exactly the old mode: the umask must not narrow it
-                        os.fchmod(handle.fileno(), kept)
-                    handle.write(data)
-                    handle.flush()
-                    if sync:
-                        os.fsync(handle.fileno())
                 os.replace(temp, path)
             except BaseException:
                 temp.unlink(missing_ok=True)
@@ -57,6 +49,31 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, keep_mode: bool = F
                 fsync_directory(directory)
         except OSError as error:
             raise CertrenewError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+def stage(path: Path, data: bytes, mode: int = 0o600, sync: bool = True, exact_mode: int | None = None) -> Path:
+    """A new temp beside `path` holding `data` (fsynced unless not `sync`), for the caller to rename
+    over `path` (the write's commit) or to unlink; removed here if it cannot be written whole.
+
+    Apart from `write_atomic` so that a writer can do the slow part, the data's fsync, before
+    it takes a lock for the renames. The mode is `mode` less the umask, or exactly `exact_mode`.
+    """
+    temp = temp_path(path.parent)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        if exact_mode is not None:  # exactly the old mode: the umask must not narrow it
+            os.fchmod(fd, exact_mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return temp
 
 
 def temp_path(directory: Path) -> Path:

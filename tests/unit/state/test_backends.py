@@ -59,14 +59,14 @@ def test_a_write_of_several_files_cut_short_by_a_crash_is_completed_by_the_next_
 
     backend = FileBackend(tmp_path / "state")
     backend.write({"certificates/a/current.pem": b"ONE", "certificates/a/pending.pem": b"TWO"})
-    real, written = files.write_atomic, []
+    real, written = files._commit, []
 
-    def crash_at_the_second_file(path, *args, **kwargs):
+    def crash_at_the_second_file(temp, path):
         written.append(path.name)
         if path.name == "previous.pem":
             raise SystemExit("killed")
-        return real(path, *args, **kwargs)
-    monkeypatch.setattr(files, "write_atomic", crash_at_the_second_file)
+        return real(temp, path)
+    monkeypatch.setattr(files, "_commit", crash_at_the_second_file)
     with pytest.raises(SystemExit):
         backend.write({"certificates/a/current.pem": b"TWO", "certificates/a/previous.pem": b"ONE",
                        "certificates/a/pending.pem": None})
@@ -163,13 +163,13 @@ KILLED_MID_WRITE = textwrap.dedent("""
     import os, signal, sys
     from certrenew.state import files
     backend = files.FileBackend(sys.argv[1])
-    real = files.write_atomic
+    real = files._commit
 
-    def killed_at_the_second_file(path, *args, **kwargs):
+    def killed_at_the_second_file(temp, path):
         if path.name == "previous.pem":
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(path, *args, **kwargs)
-    files.write_atomic = killed_at_the_second_file
+        return real(temp, path)
+    files._commit = killed_at_the_second_file
     backend.write({"certificates/a/current.pem": b"TWO", "certificates/a/previous.pem": b"ONE",
                    "certificates/a/pending.pem": None})
 """)

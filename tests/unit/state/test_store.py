@@ -84,44 +84,48 @@ def test_pending_becomes_current_and_current_becomes_previous(store):
 
 
 def failing_write_of(monkeypatch, file: str) -> list[str]:
-    """Make the FileStore's atomic write of `file` fail (a full disk, a crash); return the names it was asked for."""
+    """Make the FileStore's writing of `file`'s data fail (a full disk); return the names it was asked to write."""
     from certrenew.state import files as store_module
-    real, asked = store_module.write_atomic, []
+    real, asked = store_module.stage, []
 
-    def write_atomic(path, *args, **kwargs):
+    def stage(path, *args, **kwargs):
         asked.append(Path(path).name)
         if Path(path).name == file:
             raise OSError(28, "No space left on device")
         return real(path, *args, **kwargs)
-    monkeypatch.setattr(store_module, "write_atomic", write_atomic)
+    monkeypatch.setattr(store_module, "stage", stage)
     return asked
 
 
 def test_a_promotion_cut_short_keeps_the_pending_certificate(files, monkeypatch):
-    """A promotion cut short between two files (a full disk) is completed whole by the next read or write
-    once it can be: the certificate the CA issued is never lost, nor current without its record."""
+    """A promotion whose files cannot all be written (a full disk) does nothing: the certificate the CA
+    issued stays pending, for the next run to install, never current without its record."""
+    files.save_pending("a", b"ONE")
     for step in ("current.pem", "meta.json"):
-        files.save_pending("a", b"ONE")
         asked = failing_write_of(monkeypatch, step)
-        with pytest.raises(OSError):
+        with pytest.raises(CertrenewError, match="No space left on device"):
             files.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))
         assert step in asked  # the fault really happened
-        with pytest.raises(OSError):  # the disk still full: nothing half done is read
-            files.load_bundle("a", "pending")
         monkeypatch.undo()
-        assert files.load_bundle("a", "pending") is None and files.load_bundle("a") == b"ONE"
-        assert files.load_record("a") == CertificateRecord("a", ["a.example"], "ecdsa-p256")
+        assert files.load_bundle("a", "pending") == b"ONE" and files.load_bundle("a") is None
+        assert files.load_record("a") is None
+        assert not [path for path in files.root.rglob("*") if path.is_file() and path.name.startswith(".")]  # no temp
+    files.promote_pending(CertificateRecord("a", ["a.example"], "ecdsa-p256"))  # once the disk has room
+    assert files.load_bundle("a", "pending") is None and files.load_bundle("a") == b"ONE"
+    assert files.load_record("a") == CertificateRecord("a", ["a.example"], "ecdsa-p256")
 
 
 def test_a_pending_certificate_is_never_saved_without_its_ca(files, monkeypatch):
     asked = failing_write_of(monkeypatch, "pending.json")
-    with pytest.raises(OSError):
+    with pytest.raises(CertrenewError, match="No space left on device"):
         files.save_pending("a", b"ONE", "https://ca.example/dir")
-    assert asked == ["journal.json", "pending.json"]
-    with pytest.raises(OSError):  # the disk still full: a read cannot complete the write, and says so
-        files.load_bundle("a", "pending")
+    assert asked[0] == "pending.json"  # the fault really happened, before any file of the write was replaced
     monkeypatch.undo()
+    assert files.load_bundle("a", "pending") is None and not files.unfinished("a")
+    assert not (files.root / "certificates" / "a").exists()  # not even its directory: the write did nothing
+    files.save_pending("a", b"ONE", "https://ca.example/dir")
     assert files.load_bundle("a", "pending") == b"ONE" and files.pending_directory("a") == "https://ca.example/dir"
+
 
 def test_a_discarded_pending_certificate_is_gone(store):
     store.save_pending("a", b"ONE")
