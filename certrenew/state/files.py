@@ -242,7 +242,8 @@ class FileBackend:
                     if (entry.version if entry else ABSENT) != version:
                         raise Conflict(f"{self.path(key)} changed meanwhile (someone else wrote it)")
                 if journal:
-                    _commit(staged.pop(self.root / JOURNAL), self.root / JOURNAL)
+                    _commit(staged[self.root / JOURNAL], self.root / JOURNAL)
+                    del staged[self.root / JOURNAL]
                     fsync_directory(self.root)
                 try:
                     version = self._apply({path: staged.get(path) for path in paths.values()})
