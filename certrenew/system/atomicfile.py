@@ -61,18 +61,19 @@ def stage(path: Path, data: bytes, mode: int = 0o600, sync: bool = True, exact_m
     temp = temp_path(path.parent)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        if exact_mode is not None:  # exactly the old mode: the umask must not narrow it
-            os.fchmod(fd, exact_mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if sync:
-            os.fsync(fd)
+        try:
+            if exact_mode is not None:  # exactly the old mode: the umask must not narrow it
+                os.fchmod(fd, exact_mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException:
-        os.close(fd)
         temp.unlink(missing_ok=True)
         raise
-    os.close(fd)
     return temp
 
 

@@ -1,3 +1,4 @@
+import errno
 import os
 import stat
 import subprocess
@@ -42,6 +43,29 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
 
     with pytest.raises(CertrenewError, match="cannot write .*missing"):
         write_atomic(tmp_path / "missing" / "b.pem", b"new")
+
+
+@pytest.mark.parametrize("call", ["write", "fsync", "close"])
+def test_a_disk_error_at_any_step_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch, call):
+    """EIO from a write, an fsync, or a close (NFS reports a failed write back at close)."""
+    path = tmp_path / "a.pem"
+    write_atomic(path, b"old")
+    real, failed = getattr(os, call), []
+
+    def failing(fd, *args):
+        temp = ".certrenew-" in os.readlink(f"/proc/self/fd/{fd}")
+        result = real(fd, *args)
+        if temp:
+            failed.append(call)
+            raise OSError(errno.EIO, "Input/output error")
+        return result
+    monkeypatch.setattr(os, call, failing)
+    with pytest.raises(CertrenewError, match=f"cannot write {path}: Input/output error"):
+        write_atomic(path, b"new")
+    monkeypatch.undo()
+    assert failed == [call]  # the fault really happened
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pem"]
 
 
 def test_stale_temps_are_removed(tmp_path):
