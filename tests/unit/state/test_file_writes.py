@@ -7,7 +7,6 @@ import fcntl
 import os
 import stat
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -78,19 +77,21 @@ def test_a_write_s_data_is_fsynced_before_it_takes_the_mutex(tmp_path, monkeypat
 
 def test_a_write_waiting_for_the_disk_holds_up_no_other_write(tmp_path, monkeypatch):
     backend = FileBackend(tmp_path / "state")
-    slow, released, real = tmp_path / "state" / "certificates" / "slow", threading.Event(), os.fsync
+    slow, real = tmp_path / "state" / "certificates" / "slow", os.fsync
+    waiting, released = threading.Event(), threading.Event()
 
     def fsync(fd):
-        if Path(os.readlink(f"/proc/self/fd/{fd}")).parent == slow and not released.wait(5):
-            raise AssertionError("never released")
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).parent == slow:
+            waiting.set()
+            if not released.wait(5):
+                raise AssertionError("never released")
         real(fd)
     monkeypatch.setattr(os, "fsync", fsync)
     stuck = threading.Thread(target=backend.write, args=({"certificates/slow/current.pem": b"pem",
                                                           "certificates/slow/meta.json": b"{}"},))
     stuck.start()
     try:
-        while not slow.exists():
-            time.sleep(0.01)
+        assert waiting.wait(5)  # its first file's fsync waits for the disk
         backend.write({"certificates/fast/meta.json": b"{}"})  # done while the other waits for its fsync
         assert stuck.is_alive() and backend.get("certificates/slow/meta.json") is None
     finally:
