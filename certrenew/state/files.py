@@ -51,7 +51,7 @@ from certrenew.state.backend import (
     Unavailable,
     check_key,
 )
-from certrenew.system import owned
+from certrenew.system import flock, owned
 from certrenew.system.atomicfile import fsync_directory, remove_stale_temps, stage, write_atomic
 from certrenew.system.runcontext import RunContext
 
@@ -334,10 +334,9 @@ class FileBackend:
         try:
             fd = _open(self._locks / "mutex")
             try:
-                while not _flock(fd):
-                    if time.monotonic() >= end:
-                        raise self._stuck()
-                    self.context.sleep(MUTEX_POLL)
+                if not flock.wait_for(fd, fcntl.LOCK_EX, max(0.0, end - time.monotonic()), MUTEX_POLL,
+                                      self.context.sleep):
+                    raise self._stuck()
                 with self.context.critical():
                     self._replay()
                     yield

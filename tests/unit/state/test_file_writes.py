@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from certrenew.state.backend import Conflict, Fenced
+from certrenew.state.backend import Conflict, Fenced, Unavailable
 from certrenew.state.files import FileBackend
 from certrenew.state.store import CertificateRecord, FileStore, PendingOrder
 
@@ -179,3 +179,26 @@ def test_a_journal_is_removed_durably_before_any_later_write(tmp_path, monkeypat
         assert events.index(("fsync", tmp_path / "state"), removed) < events.index(
             ("replace", tmp_path / "state" / "certificates" / "b" / "meta.json")), events
     assert not journal.exists() and backend.get("certificates/a/meta.json").value == b"{}"
+
+
+def test_a_write_waits_for_another_process_s_mutex_and_gives_up_after_mutex_wait(tmp_path, monkeypatch):
+    from certrenew.state import files
+
+    backend = FileBackend(tmp_path / "state")
+    backend.write({"certificates/a/meta.json": b"{}"})  # locks/mutex exists
+    other = os.open(tmp_path / "state" / "locks" / "mutex", os.O_RDWR)  # another open file: as another process's
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        monkeypatch.setattr(files, "MUTEX_WAIT", 0.3)
+        with pytest.raises(Unavailable, match=r"locks/mutex stays locked for more than 0.3 s"):
+            backend.write({"certificates/a/meta.json": b"new"})
+        assert backend.get("certificates/a/meta.json").value == b"{}"
+        monkeypatch.setattr(files, "MUTEX_WAIT", 5.0)
+        polls = []
+        monkeypatch.setattr(backend.context, "sleep", lambda seconds: (polls.append(seconds),
+                                                                       fcntl.flock(other, fcntl.LOCK_UN)))
+        backend.write({"certificates/a/meta.json": b"new"})  # goes through once the other lets go
+        assert polls == [files.MUTEX_POLL]  # it waited, by polling the flock
+        assert backend.get("certificates/a/meta.json").value == b"new"
+    finally:
+        os.close(other)
