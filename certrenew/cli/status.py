@@ -1,9 +1,7 @@
 """`certrenew status`: what each certificate looks like right now, from stored state alone."""
 
 import datetime
-import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from certrenew.config import CertificateSpec, Settings
@@ -139,17 +137,11 @@ def forget_hint(names: list[str]) -> str:
             f"`certrenew revoke {name} --delete` has removed it")
 def _shadowed(settings: Settings, specs: list[CertificateSpec], rows: list[CertificateStatus]) -> list[CertificateStatus]:
     """`rows` (one per spec, in order), those another bundle in the ssl dir shadows marked so."""
-    from certrenew.haproxy.install import claims, shadowing  # cryptography: only when the ssl dir is read
+    from certrenew.haproxy.install import shadowed  # cryptography: only when the ssl dir is read
 
-    directory = Path(os.path.abspath(settings.haproxy.ssl_dir))
-    found, managed = claims(directory), {directory / f"{spec.name}.pem" for spec in specs}
-    for index, spec in enumerate(specs):
-        if spec.crt_store:  # served from its crt-store entry (see issue.Issuer._check_place)
-            continue
-        problem = shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type, managed)
-        if problem:
-            rows[index] = replace(rows[index], state=State.SHADOWED, shadowed_by=problem)
-    return rows
+    problems = shadowed(settings.haproxy.ssl_dir, specs)
+    return [replace(row, state=State.SHADOWED, shadowed_by=problems[spec.name]) if spec.name in problems else row
+            for spec, row in zip(specs, rows)]
 
 
 def _spec_of(record: CertificateRecord) -> CertificateSpec:

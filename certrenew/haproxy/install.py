@@ -57,6 +57,7 @@ from pathlib import Path, PurePosixPath
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from certrenew.config import CertificateSpec
 from certrenew.errors import Blocked, CertrenewError, NotServed, Refused
 from certrenew.haproxy import service, verify
 from certrenew.haproxy.crtlist import CrtList, entry_line
@@ -365,7 +366,7 @@ class Installer:
         if not problem and domains and self.crt_list is None:  # see `shadowing`
             with self._lock:  # the ssl dir is read once per run, by the first certificate's worker
                 if self._claims is None:
-                    self._claims = claims(self.ssl_dir)
+                    self._claims = claims(self.ssl_dir, self.managed)
             problem = shadowing(self._claims, path, domains, key_type, self.managed)
         if problem:
             raise Blocked(problem, [name])
@@ -528,18 +529,21 @@ NOT_LOADED = (".issuer", ".ocsp", ".sctl", ".key")
 """What HAProxy passes over in a crt directory, besides dot files: the extra files beside a bundle."""
 
 
-def claims(ssl_dir: Path) -> Claims:
+def claims(ssl_dir: Path, managed: Iterable[Path] = ()) -> Claims:
     """Which names the certificates HAProxy loads from `ssl_dir` claim, read as bounded as a bundle.
 
-    What is not a bundle (a key, a FIFO, a file that is no certificate) claims nothing.
+    What is not a bundle (a key, a FIFO, a file that is no certificate) claims nothing. The
+    bundles in `managed` are not read: they shadow nothing (see `shadowing`), and a config of
+    10,000 certificates would otherwise parse 10,000 of them for every status.
     """
+    skipped = {os.fspath(path) for path in managed}
     found: Claims = {}
     try:
         entries = sorted(os.scandir(ssl_dir), key=lambda entry: entry.name)
     except OSError:
         return found
     for entry in entries:
-        if entry.name.startswith(".") or entry.name.endswith(NOT_LOADED):
+        if entry.name.startswith(".") or entry.name.endswith(NOT_LOADED) or entry.path in skipped:
             continue
         path = ssl_dir / entry.name
         try:
@@ -550,6 +554,19 @@ def claims(ssl_dir: Path) -> Claims:
         for name in san_names(leaf):
             found.setdefault(name.lower(), []).append((path, kind))
     return found
+
+
+def shadowed(ssl_dir: Path, specs: Sequence[CertificateSpec]) -> dict[str, str]:
+    """Why HAProxy would not serve each of the config's certificates `specs` that another bundle
+    shadows (see `shadowing`), by name. One served from its crt-store entry is not read from
+    the ssl dir, so nothing shadows it (see issue.Issuer._check_place)."""
+    directory = Path(os.path.abspath(ssl_dir))
+    bundles = {spec.name: directory / f"{spec.name}.pem" for spec in specs}
+    managed = frozenset(bundles.values())
+    found = claims(directory, managed)
+    problems = {spec.name: shadowing(found, bundles[spec.name], spec.domains, spec.key_type, managed)
+                for spec in specs if not spec.crt_store}
+    return {name: problem for name, problem in problems.items() if problem}
 
 
 def key_kind(key_or_type: object) -> str:

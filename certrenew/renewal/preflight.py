@@ -32,7 +32,7 @@ from certrenew.config.challenges import HTTP_01, STATELESS, TLS_ALPN_01
 from certrenew.errors import CertrenewError, ConfigurationError, UsageError
 from certrenew.haproxy import service
 from certrenew.haproxy.crtlist import CrtList
-from certrenew.haproxy.install import claims, shadowing
+from certrenew.haproxy.install import shadowed
 from certrenew.haproxy.runtime_api import Forbidden, RuntimeApi, RuntimeApiError, Unsupported, find_crt_list
 from certrenew.state.store import Store, open_store
 from certrenew.system import hints, owned
@@ -466,11 +466,7 @@ def _ssl_dir_check(ssl_dir: Path) -> Check:
 
 def _shadow_checks(ssl_dir: Path, specs: Sequence[CertificateSpec]) -> list[Check]:
     """A FAIL for each certificate another bundle in the ssl dir shadows: a run refuses to order it."""
-    directory = Path(os.path.abspath(ssl_dir))
-    found, managed = claims(directory), {directory / f"{spec.name}.pem" for spec in specs}
-    problems = [(spec.name, shadowing(found, directory / f"{spec.name}.pem", spec.domains, spec.key_type, managed))
-                for spec in specs if not spec.crt_store]  # served from its crt-store entry (Issuer._check_place)
-    failed = [Check(FAIL, f"certificate {name}", problem) for name, problem in problems if problem]
+    failed = [Check(FAIL, f"certificate {name}", problem) for name, problem in shadowed(ssl_dir, specs).items()]
     return failed or ([Check(OK, "ssl dir bundles", "no other bundle claims a certificate's names")] if specs else [])
 
 

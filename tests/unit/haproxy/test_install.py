@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from certrenew.config import CertificateSpec
 from certrenew.errors import CertrenewError, Interrupted, Refused
 from certrenew.haproxy import install, service
 from certrenew.haproxy.install import Blocked, Installer, Serving
@@ -410,6 +411,18 @@ def test_another_bundle_claiming_a_name_with_the_same_kind_of_key_refuses_the_ce
     # Another certificate of the config sharing a name is renewed too: each is the only one for its other names.
     Installer(ssl_dir, "true", managed=["main", "example.com"]).check_place("main", ("example.com", "api.example.com"),
                                                                             "ecdsa-p256")
+
+
+def test_the_config_s_own_bundles_are_not_read_to_find_what_shadows_them(ssl_dir, monkeypatch):
+    """They shadow nothing (they are renewed), and a config of 10,000 would parse 10,000 for every status."""
+    for name in ("a", "b", "other"):
+        (ssl_dir / f"{name}.pem").write_bytes(leaf_bundle(f"{name}.example"))
+    read, read_bundle_file = [], install.read_bundle_file
+    monkeypatch.setattr(install, "read_bundle_file", lambda path: read.append(path.name) or read_bundle_file(path))
+    found = install.claims(ssl_dir, [ssl_dir / "a.pem", ssl_dir / "b.pem"])
+    assert read == ["other.pem"] and list(found) == ["other.example"]
+    specs = [CertificateSpec("a", ("a.example", "other.example")), CertificateSpec("b", ("b.example",))]
+    assert list(install.shadowed(ssl_dir, specs)) == ["a"]
 
 
 def test_a_reload_after_which_the_runtime_api_no_longer_answers_fails(tmp_path):
