@@ -24,9 +24,10 @@ from certrenew.config.dns import DnsSettings
 from certrenew.errors import CertrenewError, OverBudget, Refused, StoreUnreachable, UsageError, causes
 from certrenew.pki.domains import check_normalized
 from certrenew.renewal import hooks
-from certrenew.renewal.policy import Action, Decision, ari_check_due, backoff, decide, utc_now
+from certrenew.renewal.policy import Action, Decision, ari_check_due, backoff, decide, renew_at, utc_now
 from certrenew.renewal.progress import Progress
 from certrenew.state.backend import Busy, Fenced, Lease
+from certrenew.state.schedule import Schedule
 from certrenew.state.store import CertificateRecord, Store, open_store
 from certrenew.system import owned
 from certrenew.system.atomicfile import remove_stale_temps
@@ -145,9 +146,10 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
 
     outcomes: dict[str, Outcome] = {}
     work = []
+    schedule = None if settings.force else store.schedule(_schedule_settings(settings))
     for spec in specs:
         try:
-            step = _step(settings, store, spec, now, quiet=True)  # again under its lock, if there is work
+            step = _step(settings, store, spec, now, quiet=True, schedule=schedule)  # again under its lock, if due
         except Exception as error:  # an unreadable record, or a fault nobody foresaw, fails its certificate alone
             outcomes[spec.name] = Outcome(spec.name, Action.FAILED, str(_expected(error)))
             continue
@@ -155,6 +157,8 @@ def _run(settings: Settings, specs: list[CertificateSpec], store: Store, telemet
             outcomes[spec.name] = step
         else:
             work.append((spec, step))
+    if schedule is not None:
+        schedule.save(now.timestamp())
 
     hook_failures = []
     if work:
@@ -183,9 +187,18 @@ class Step(str, Enum):
 
 
 def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime.datetime,
-          quiet: bool = False) -> Step | Outcome:
+          quiet: bool = False, schedule: Schedule | None = None) -> Step | Outcome:
     """What this run does for `spec`: an Issuer step, or the Outcome of doing nothing. `quiet`: a first
-    look, without the certificate's lock, that says nothing."""
+    look, without the certificate's lock, that says nothing. `schedule`: what the last run found not
+    due, taken where it still holds, and kept for the next."""
+    token = schedule.token(spec.name) if schedule is not None else None  # before anything of it is read
+    inputs = " ".join((spec.key_type, *spec.domains))  # no name holds a space
+    if token is not None:
+        assert schedule is not None
+        said = schedule.unchanged(spec.name, token, inputs, now.timestamp())
+        if said is not None:
+            return Outcome(spec.name, Action.UNCHANGED, said)
+        schedule.forget(spec.name)
     if store.unfinished(spec.name):
         if not quiet:
             log.info("%s: completing what a previous run left", spec.name, extra={"certificate": spec.name})
@@ -207,7 +220,19 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
         return Outcome(spec.name, Action.DEFERRED, decision.reason)
     if ari_check_due(record, now):
         return Step.CHECK
+    if token is not None:
+        assert schedule is not None and record is not None and record.not_after is not None  # else it is due
+        until = min(filter(None, (renew_at(record, settings.renew_before), record.ari_next_check)))
+        schedule.keep(spec.name, token, inputs, until.timestamp(), decision.reason)
     return Outcome(spec.name, Action.UNCHANGED, decision.reason)
+
+
+def _schedule_settings(settings: Settings) -> list:
+    """What a decision is made of besides the record and the certificate's names and key type (see `decide`)."""
+    renew_before = settings.renew_before
+    directories = settings.acme.directory_urls
+    return [None if renew_before is None else renew_before.total_seconds(),
+            None if directories is None else list(directories)]
 
 
 def _with_hooks(settings: HookSettings, work: list, outcomes: dict[str, Outcome],

@@ -51,6 +51,7 @@ from certrenew.state.backend import (
     Unavailable,
     check_key,
 )
+from certrenew.state.schedule import SCHEDULE
 from certrenew.system import flock, owned
 from certrenew.system.atomicfile import fsync_directory, remove_stale_temps, stage, write_atomic
 from certrenew.system.runcontext import RunContext
@@ -59,8 +60,9 @@ log = logging.getLogger(__name__)
 
 LOCKS = "locks"
 JOURNAL = "journal.json"
-RESERVED = frozenset({LOCKS, JOURNAL, "lock"})
-"""Names at the top of the state dir that are the backend's (and `lock`, the state dir's own), no key's."""
+RESERVED = frozenset({LOCKS, JOURNAL, "lock", SCHEDULE})
+"""Names at the top of the state dir that are the backend's (`lock` the state dir's own, `schedule.json` the
+runs' cache), no key's."""
 POLL = 0.1
 RECHECK_AFTER = 1.0
 """Seconds a check of the state dir and its top directories holds for reads (see `check_layout`)."""
@@ -147,6 +149,17 @@ class FileBackend:
             if os.access(f"{self._root}/{directory}/{name}", os.F_OK):
                 return True
         return False
+
+    def directory_status(self, directory: str) -> os.stat_result | None:
+        """The status of `directory` (a key's prefix), checked as ours; None if it does not exist. Read
+        afresh each time: every write of a key in it renames or unlinks a file there, which changes
+        its modification time (see `schedule`)."""
+        if check_key(directory).split("/", 1)[0] in RESERVED:
+            raise ValueError(f"not a state key: {directory!r} (reserved)")
+        parent, _, _ = directory.rpartition("/")
+        if not self._dirs_ours(parent.split("/") if parent else []):
+            return None
+        return owned.dir_status(f"{self._root}/{directory}")
 
     def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
         directory, _, start = prefix.rpartition("/")

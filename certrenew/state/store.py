@@ -42,6 +42,7 @@ from certrenew.errors import CertrenewError, UsageError
 from certrenew.state.backend import ABSENT, Backend, Conflict, Entry, Holder, Lease, Outage
 from certrenew.state.files import FileBackend
 from certrenew.state.lock import StateLock
+from certrenew.state.schedule import SCHEDULE, Schedule
 from certrenew.system import owned
 from certrenew.system.atomicfile import remove_stale_temps
 from certrenew.system.runcontext import RunContext
@@ -442,6 +443,11 @@ class Store:
     def discard_order(self, name: str) -> None:
         self._write(name, {_key(name, "order.json"): None})
 
+    def schedule(self, settings: list) -> Schedule | None:
+        """What the last run found not due (see `schedule`), made with these `settings`; None where the
+        store cannot tell cheaply that a certificate's state is unchanged (here: each key has its own version)."""
+        return None
+
     def unfinished(self, name: str) -> bool:
         """Whether an earlier run left an order or a certificate that is not installed yet."""
         return self.backend.get(_key(name, "pending.pem")) is not None or \
@@ -572,6 +578,10 @@ class FileStore(Store):
         for directory in [self.root, self.root / "accounts", self.root / CERTIFICATES,
                           *self.root.glob("accounts/*/")]:
             remove_stale_temps(directory)
+
+    def schedule(self, settings: list) -> Schedule:
+        return Schedule(self.root / SCHEDULE, lambda name: self.files.directory_status(f"{CERTIFICATES}/{name}"),
+                        settings)
 
     def unfinished(self, name: str) -> bool:
         return self.files.exists(f"{CERTIFICATES}/{name}", "pending.pem", "order.json")

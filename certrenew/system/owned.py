@@ -51,17 +51,22 @@ def check_dir(path: str | Path, follow: bool = False, option: str = "--state-dir
     """Refuse a directory that is not ours alone, or a symbolic link (unless `follow`: the state
     dir itself may be one the operator made); False if it does not exist. `option` is the setting
     that names another directory."""
+    return dir_status(path, follow, option) is not None
+
+
+def dir_status(path: str | Path, follow: bool = False, option: str = "--state-dir") -> os.stat_result | None:
+    """`check_dir` with the status it checked (None: no such directory)."""
     try:
         status = os.stat(path) if follow else os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return False
+        return None
     if stat.S_ISLNK(status.st_mode):
         raise CertrenewError(f"refusing {path}: it is a symbolic link, and certrenew follows none where it "
                              f"keeps its files (remove it, or set {option})")
     if not stat.S_ISDIR(status.st_mode):
         raise CertrenewError(f"refusing {path}: it is not a directory")
     _check(status, path, option)
-    return True
+    return status
 
 
 def make_dir(path: Path, follow: bool = False) -> None:

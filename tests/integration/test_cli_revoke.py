@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from certrenew.pki.bundle import leaf_info, serial_hex
 from certrenew.pki.keys import load_key
 from certrenew.pki.placeholder import PLACEHOLDER_FILE, PLACEHOLDER_NAME
+from certrenew.state.schedule import SCHEDULE, SETTLE_NS
 from certrenew.state.store import FileStore
 from tests.harness.faultproxy import Reply
 from tests.harness.faultproxy import step as step_of
@@ -291,6 +292,21 @@ def test_a_revoked_certificate_still_served_is_unhealthy_and_due_at_once(lab):
     assert f"{NAME}: renewing (revoked at" in result.stderr and f"{NAME}: renewed:" in result.stdout
     assert serial_hex(served_serial_changes(lab, NAME, serial).serial_number) != serial
     assert lab.certrenew("status").returncode == 0  # the new certificate is not revoked
+
+
+def test_a_certificate_revoked_after_a_no_op_run_is_renewed_though_that_run_kept_it_as_not_due(lab):
+    """The no-op run's schedule (state/schedule.py) is taken only while the certificate's directory is unchanged."""
+    serial = issue(lab)
+    time.sleep(SETTLE_NS / 1e9)  # as a timer's next run finds it: settled
+    noop = lab.certrenew(NAME)
+    assert noop.returncode == 0 and f"{NAME}: unchanged: not due until" in noop.stdout, noop.stderr
+    assert NAME in json.loads((lab.state_dir / SCHEDULE).read_bytes())["certificates"]  # kept as not due
+    assert revoke(lab, NAME, "--yes").returncode == 0
+    time.sleep(SETTLE_NS / 1e9)  # the revocation as settled as the schedule's entry
+    result = lab.certrenew(NAME)
+    assert result.returncode == 0, result.stderr
+    assert f"{NAME}: renewing (revoked at" in result.stderr and f"{NAME}: renewed:" in result.stdout
+    assert serial_hex(served_serial_changes(lab, NAME, serial).serial_number) != serial
 
 
 def test_reissue_of_a_certificate_sharing_a_name_with_another_of_the_config(lab, tmp_path):

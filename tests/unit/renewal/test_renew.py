@@ -2,9 +2,11 @@
 
 import datetime
 import json
+import os
 import re
 import sys
 from pathlib import Path
+from time import time_ns
 
 import pytest
 
@@ -15,7 +17,7 @@ from certrenew.pki.bundle import CertificateInfo
 from certrenew.renewal import renew
 from certrenew.renewal.progress import Progress
 from certrenew.state.memory import MemoryBackend
-from certrenew.state.store import CertificateRecord, Store
+from certrenew.state.store import CertificateRecord, FileStore, PendingOrder, Store
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -484,3 +486,67 @@ def test_a_run_waits_for_a_busy_lock_only_once_it_holds_none(settings, monkeypat
     assert other_got_a.is_set() and time.monotonic() - started < 5, "the run and the other waited on each other"
     assert [(outcome.name, outcome.action) for outcome in report] == [("a", "renewed"), ("b", "renewed")]
     assert installed == [["a"], ["b"]]  # b waited for, and installed, after a's install let a go
+
+
+def kept_token(store: FileStore, name: str) -> list[int]:
+    return json.loads((store.root / "schedule.json").read_bytes())["certificates"][name][0]
+
+
+def settled(store: FileStore, *names: str) -> None:
+    """Give the certificates' directories a time a minute old, as between two timer runs (see `schedule.SETTLE_NS`)."""
+    old = time_ns() - 60 * 10**9
+    for name in names:
+        os.utime(store.root / "certificates" / name, ns=(old, old))
+
+
+@pytest.fixture
+def scheduled(settings, tmp_path, monkeypatch):
+    """A state dir whose certificates a and b were found not due by a run a minute ago; yields the store and
+    the names whose records a later run reads."""
+    store = FileStore(tmp_path / "state")
+    store.save_record(issued("a"))
+    store.save_record(issued("b", ari_next_check=NOW + DAY))
+    settled(store, "a", "b")
+    first = renew.run(settings, [spec("a"), spec("b")], store).outcomes
+    assert [(o.name, o.action) for o in first] == [("a", "unchanged"), ("b", "unchanged")]
+    read: list[str] = []
+    load_record = Store.load_record
+    monkeypatch.setattr(Store, "load_record", lambda self, name: read.append(name) or load_record(self, name))
+    return store, read, first
+
+
+def test_a_no_op_run_reads_no_record_the_last_one_found_not_due(settings, no_ca, scheduled):
+    store, read, first = scheduled
+    again = renew.run(settings, [spec("a"), spec("b")], store).outcomes
+    assert again == first and read == []
+    assert renew.run(settings.with_options(renew_before=70 * DAY), [spec("a")], store).outcomes[0].detail != \
+        first[0].detail and read == ["a"]  # other settings: decided again, and said so
+
+
+@pytest.mark.parametrize("change", ["revoked", "pending", "order", "names", "key type", "time", "renewal info"])
+def test_a_certificate_changed_since_the_last_no_op_run_is_decided_again(settings, no_ca, scheduled, change):
+    store, read, _ = scheduled
+    certificate, now = spec("a"), NOW
+    if change == "revoked":  # by another process, a minute ago
+        store.save_record(issued("a", revoked=NOW))
+    elif change == "pending":
+        store.save_pending("a", b"BUNDLE")
+    elif change == "order":
+        store.save_order("a", PendingOrder("https://ca.example/order/1", ["a.example"], "ecdsa-p256", b"KEY"))
+    elif change == "names":
+        certificate = CertificateSpec("a", ("a.example", "www.a.example"))
+    elif change == "key type":
+        certificate = CertificateSpec("a", ("a.example",), "rsa2048")
+    elif change == "time":
+        now = NOW + 70 * DAY  # past its renewal time
+    else:
+        certificate, now = spec("b"), NOW + 2 * DAY  # past the time to ask the CA's renewal information again
+    written = change in ("revoked", "pending", "order")
+    if written:  # a minute ago, too, as the schedule's run: only the directory's version tells
+        settled(store, "a")
+    schedule = store.schedule(renew._schedule_settings(settings))
+    step = renew._step(settings, store, certificate, now, quiet=True, schedule=schedule)
+    expected = {"pending": renew.Step.RESUME, "order": renew.Step.RESUME, "renewal info": renew.Step.CHECK}
+    assert step == expected.get(change, renew.Step.ISSUE)
+    assert read == ([] if change in ("pending", "order") else [certificate.name])
+    assert written or schedule.token(certificate.name) == kept_token(store, certificate.name)  # the change alone

@@ -1,0 +1,121 @@
+"""The no-op runs' schedule: trusted only for a directory that has not changed, and settled, since."""
+
+import json
+import os
+import time
+
+import pytest
+
+from certrenew.state.files import FileBackend
+from certrenew.state.schedule import SCHEDULE, SETTLE_NS, Schedule
+from certrenew.state.store import FileStore
+
+SETTINGS = [None, ["https://ca.example/directory"]]
+LATER = time.time() + 3600
+SAID = "not due until 2027-01-01 00:00 UTC (expires 2027-03-01)"
+INPUTS = "ecdsa-p256 a.example"
+
+
+def settle(store: FileStore, name: str) -> None:
+    """Make certificate `name`'s directory look unchanged for a minute, as it is between two timer runs."""
+    directory = store.root / "certificates" / name
+    old = time.time_ns() - 60 * 10**9
+    os.utime(directory, ns=(old, old))
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = FileStore(tmp_path / "state")
+    with store.run_lock(0):  # makes the layout
+        pass
+    store.backend.write({"certificates/a/meta.json": b"{}"})
+    settle(store, "a")
+    return store
+
+
+def kept(store: FileStore, settings=SETTINGS) -> Schedule:
+    """A schedule that keeps certificate a, saved, and read back as the next run reads it."""
+    schedule = store.schedule(settings)
+    token = schedule.token("a")
+    assert token is not None
+    schedule.keep("a", token, INPUTS, LATER, SAID)
+    schedule.save(time.time())
+    return store.schedule(settings)
+
+
+def test_what_was_kept_holds_for_the_next_run(store):
+    schedule = kept(store)
+    assert schedule.unchanged("a", schedule.token("a"), INPUTS, time.time()) == SAID
+    assert schedule.token("never-issued") is None
+
+
+@pytest.mark.parametrize("change", ["record", "new file", "removed file"])
+def test_any_write_in_the_certificate_s_directory_takes_its_token_away_until_it_settles(store, change):
+    store.backend.write({"certificates/a/current.pem": b"bundle"})
+    settle(store, "a")
+    assert store.schedule(SETTINGS).token("a") is not None
+    if change == "record":
+        store.backend.write({"certificates/a/meta.json": b'{"other": 1}'})
+    elif change == "new file":
+        store.backend.write({"certificates/a/order.json": b"{}"})
+    else:
+        store.backend.write({"certificates/a/current.pem": None})
+    assert os.stat(store.root / "certificates" / "a").st_mtime_ns > time.time_ns() - SETTLE_NS
+    assert store.schedule(SETTINGS).token("a") is None
+
+
+@pytest.mark.parametrize("what", ["token", "inputs", "time", "settings"])
+def test_nothing_is_taken_that_was_made_of_something_else(store, what):
+    schedule = kept(store, SETTINGS)
+    token, inputs, now = schedule.token("a"), INPUTS, time.time()
+    if what == "token":
+        token = [token[0], token[1] + 1]
+    elif what == "inputs":
+        inputs = "ecdsa-p256 a.example www.a.example"
+    elif what == "time":
+        now = LATER
+    else:
+        schedule = store.schedule([3600.0, SETTINGS[1]])
+    assert schedule.unchanged("a", token, inputs, now) is None
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"format": 1, "settings": [], "certificates": []}',
+                                     b'{"format": 1, "settings": %s, "certificates": {"a": [1, 2]}}'
+                                     % json.dumps(SETTINGS).encode(), b"[]"])
+def test_a_corrupt_schedule_is_ignored_and_replaced(store, content):
+    path = store.root / SCHEDULE
+    path.write_bytes(content)
+    path.chmod(0o600)
+    schedule = store.schedule(SETTINGS)
+    token = schedule.token("a")
+    assert schedule.unchanged("a", token, INPUTS, time.time()) is None
+    schedule.keep("a", token, INPUTS, LATER, SAID)
+    schedule.save(time.time())
+    assert store.schedule(SETTINGS).unchanged("a", token, INPUTS, time.time()) == SAID
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another user")
+def test_a_schedule_another_user_wrote_is_not_trusted(store):
+    kept(store)
+    path = store.root / SCHEDULE
+    os.chown(path, 65534, 65534)
+    schedule = store.schedule(SETTINGS)
+    assert schedule.unchanged("a", schedule.token("a"), INPUTS, time.time()) is None
+
+
+def test_entries_whose_time_has_come_are_dropped_and_an_unchanged_schedule_is_not_rewritten(store):
+    kept(store)
+    path = store.root / SCHEDULE
+    written = path.stat().st_ino
+    store.schedule(SETTINGS).save(time.time())
+    assert path.stat().st_ino == written  # nothing changed: not written again
+    store.schedule(SETTINGS).save(LATER)
+    assert json.loads(path.read_bytes())["certificates"] == {}
+
+
+def test_the_schedule_is_no_state_key(store):
+    kept(store)
+    assert (store.root / SCHEDULE).exists()
+    assert SCHEDULE not in store.backend.list("")  # `migrate-state` copies no cache to another store
+    with pytest.raises(ValueError, match="reserved"):
+        FileBackend(store.root).get(SCHEDULE)
