@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 FIRST_POLL = 0.01
 """A CA that validates fast (pebble, a CA near by) has answered within a few ms; one that
-takes a second costs two more polls than a start at 50 ms would."""
+takes a second costs two more polls than a start at 50 ms would. Also the wait between the
+answers to the challenges and the first look at their authorizations."""
 MAX_POLL = 2.0
 
 
@@ -98,6 +99,8 @@ class AcmeClient:
             for name, challb in challenges:
                 self.transport.call(f"answer the challenge for {name}", self.transport.client.answer_challenge,
                                     challb, challb.response(key))
+            if challenges:  # the CA validates once answered: asked at once, it only ever said "pending"
+                self.transport.deadline.context.sleep(FIRST_POLL)
             for authzr in order.authorizations:
                 self._wait_authorization(authzr)
         finally:

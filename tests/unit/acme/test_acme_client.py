@@ -11,7 +11,7 @@ from acme import challenges, messages
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certrenew.acme.account import new_account_key_pem
-from certrenew.acme.orders import AcmeClient
+from certrenew.acme.orders import FIRST_POLL, AcmeClient
 from certrenew.acme.transport import Deadline, Transport
 from certrenew.cli.metrics import Telemetry
 from certrenew.errors import CertrenewError
@@ -120,6 +120,42 @@ def test_an_order_asking_to_prove_a_name_not_ordered_publishes_nothing():
     with pytest.raises(CertrenewError, match="asks for proof of victim.example, which was not ordered"):
         ForgingCA().obtain(["a.example"], b"csr", solver)
     assert solver.presented == []
+
+
+def test_the_authorizations_are_first_asked_for_a_poll_after_the_challenges_are_answered():
+    """Asked at once, a CA that validates once answered only ever said "pending": a request each certificate for nothing."""
+    seen = []
+
+    class ValidatingCA(AcmeClient):
+        def __init__(self):
+            self.transport = SimpleNamespace(
+                key=jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())),
+                client=SimpleNamespace(answer_challenge=None), call=lambda what, function, *args: seen.append(what),
+                fetch=lambda what, url: seen.append(url) or Answer({"status": "valid", "identifier": {
+                    "type": "dns", "value": url.rsplit("/", 1)[1]}, "challenges": []}),
+                deadline=SimpleNamespace(remaining=lambda: 30.0, context=SimpleNamespace(sleep=seen.append)))
+
+        def _check_profile(self, profile):
+            pass
+
+        def _create_order(self, domains, csr_pem, replaces, profile):
+            return messages.OrderResource(body=messages.Order(), uri="https://ca/order", authorizations=[
+                messages.AuthorizationResource(uri=f"https://ca/authz/{name}", body=messages.Authorization(
+                    identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name),
+                    status=messages.STATUS_PENDING, challenges=[messages.ChallengeBody(
+                        chall=challenges.DNS01(token=b"t" * 32), uri="https://ca/chall", status=messages.STATUS_PENDING)]))
+                for name in domains])
+
+        def _finalize(self, order):
+            return "CHAIN"
+
+    class Publisher(Recorder):
+        def wait_ready(self):
+            pass
+
+    assert ValidatingCA().obtain(["a.example", "b.example"], b"csr", Publisher()) == "CHAIN"
+    assert seen == ["answer the challenge for a.example", "answer the challenge for b.example", FIRST_POLL,
+                    "https://ca/authz/a.example", "https://ca/authz/b.example"]
 
 
 class Answer:
