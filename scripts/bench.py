@@ -648,8 +648,8 @@ def write_scale_state(home: Path, count: int) -> Path:
 
     Records are written in the store's own format (`encode`), bundles are placeholders:
     a no-op run reads the records only, and lists the ssl dir for stale temps. Each
-    certificate's directory is dated as it would be, at its issue 10 days ago: the
-    no-op runs' schedule trusts only a directory that has not just changed (`state/schedule.py`).
+    certificate's directory and record are dated as they would be, at its issue 10 days ago:
+    the no-op runs' schedule trusts only what has not just changed (`state/schedule.py`).
     """
     from certrenew.state.store import CertificateRecord, encode
 
@@ -669,7 +669,8 @@ def write_scale_state(home: Path, count: int) -> Path:
         directory.mkdir(parents=True)
         (directory / "meta.json").write_bytes(encode(record.to_json()))
         (directory / "current.pem").write_text("placeholder\n")
-        os.utime(directory, ns=(int(issued.timestamp()) * 10**9,) * 2)
+        for written in (directory / "meta.json", directory):
+            os.utime(written, ns=(int(issued.timestamp()) * 10**9,) * 2)
         (ssl_dir / f"{name}.pem").write_text("placeholder\n")
         tables.append(f'[[certificate]]\ndomains = ["{name}", "www.{name}"]\n')
     config = home / "certrenew.toml"

@@ -838,7 +838,7 @@ def _certificate(path: Path, index: int, table: Any, defaults: dict) -> list[Cer
                          f'challenge = "{DNS_01}"')
     try:
         return certificate_specs(table.get("name"), domains, key_types, profile, challenge,
-                                 dns_settings(challenge, {**defaults, **own}),
+                                 dns_settings(challenge, {**defaults, **own}) if challenge == DNS_01 else None,
                                  own.get("crt_list_options", defaults.get("crt_list_options")), crt_store)
     except UsageError as error:
         raise UsageError(f"{where}: {error}") from error

@@ -121,7 +121,7 @@ class FileBackend:
         self._checked_at = -RECHECK_AFTER
         """When (time.monotonic) the state dir and its top directories were last checked."""
         self._checked: set[str] = set()
-        """The directories below them checked since: the unfinished order, pending certificate and
+        """The directories checked since, the top ones with it: the unfinished order, pending certificate and
         record of a certificate are three reads in one directory, checked once."""
 
     # Reading.
@@ -150,16 +150,24 @@ class FileBackend:
                 return True
         return False
 
-    def directory_status(self, directory: str) -> os.stat_result | None:
-        """The status of `directory` (a key's prefix), checked as ours; None if it does not exist. Read
-        afresh each time: every write of a key in it renames or unlinks a file there, which changes
-        its modification time (see `schedule`)."""
-        if check_key(directory).split("/", 1)[0] in RESERVED:
-            raise ValueError(f"not a state key: {directory!r} (reserved)")
-        parent, _, _ = directory.rpartition("/")
-        if not self._dirs_ours(parent.split("/") if parent else []):
+    def statuses(self, key: str) -> tuple[os.stat_result, os.stat_result] | None:
+        """The status of `key`'s directory (checked as ours) and of its file, by lstat; None if either
+        does not exist. Read afresh each time: every write of a key renames or unlinks a file in
+        its directory, which changes the directory's modification time; a file changed in place (by
+        hand) changes its own (see `schedule`)."""
+        if check_key(key).split("/", 1)[0] in RESERVED:
+            raise ValueError(f"not a state key: {key!r} (reserved)")
+        directory = key.rpartition("/")[0]
+        parent = directory.rpartition("/")[0]
+        if not directory or not self._dirs_ours(parent.split("/") if parent else []):
             return None
-        return owned.dir_status(f"{self._root}/{directory}")
+        status = owned.dir_status(f"{self._root}/{directory}")
+        if status is None:
+            return None
+        try:
+            return status, os.lstat(f"{self._root}/{key}")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
         directory, _, start = prefix.rpartition("/")
@@ -202,7 +210,7 @@ class FileBackend:
         if os.access(f"{self._root}/{JOURNAL}", os.F_OK):  # a write in flight, or one a killed process cut short:
             with self._mutex():  # completed (see `_replay`) before anything is read, not only before the next write
                 pass
-        self._checked_at, self._checked = now, set()
+        self._checked_at, self._checked = now, {f"{self._root}/{top}" for top in TOPS}
         return True
 
     def _dirs_ours(self, parts: Iterable[str]) -> bool:

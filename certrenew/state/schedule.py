@@ -5,12 +5,14 @@ parsed and checked, to say "not due until". A run over a state dir keeps what it
 certificate not due, and until when that holds, in the state dir's `schedule.json`. The next run
 takes it for a certificate only while
 
-- the certificate's directory is the one it was said of: the same inode and modification time.
-  Every write of a certificate's state (its record, a pending certificate, an order), by any
-  process, renames or unlinks a file in that directory, which changes the time;
-- that time was older than SETTLE when it was read: a write in the same clock tick as the one
-  before leaves the time as it was (what git's index calls "racy"), so a directory changed
-  that recently is read in full until it has settled;
+- the certificate's directory and its record are the ones it was said of: the same inodes and
+  modification times (and the record's size). Every write of a certificate's state (its record,
+  a pending certificate, an order), by any process, renames or unlinks a file in that directory,
+  which changes the directory's time; a record edited in place by hand changes its own;
+- those times were older than SETTLE when they were read: a write in the same clock tick as the
+  one before leaves the time as it was (what git's index calls "racy"), so a certificate changed
+  that recently is read in full until it has settled. The times are the host's: a state dir on a
+  network file system whose server's clock runs behind by more than SETTLE may miss such a write;
 - what the decision was made of besides the record is the same (the certificate's names and key
   type, the run's settings), and its time has not come.
 
@@ -41,28 +43,34 @@ MAX_SCHEDULE = 64 << 20
 """Bytes: about 150 a certificate, so room for 400,000."""
 
 Token = list[int]
-"""A certificate directory's inode and modification time (ns), as JSON keeps them."""
+"""A certificate directory's inode and modification time (ns), and its record's inode, modification time and
+size, as JSON keeps them."""
 
 
 class Schedule:
     """The certificates a run found not due, by name: what it said, until when, and of what."""
 
-    def __init__(self, path: Path, status_of: Callable[[str], os.stat_result | None], settings: list) -> None:
-        """`status_of(name)`: certificate `name`'s directory, checked as ours (None: it has none). `settings`:
-        what else every decision was made of (the run's renewal settings): other settings trust nothing kept."""
-        self._path, self._status_of, self._settings = path, status_of, settings
+    def __init__(self, path: Path, statuses: Callable[[str], tuple[os.stat_result, os.stat_result] | None],
+                 settings: list) -> None:
+        """`statuses(name)`: certificate `name`'s directory, checked as ours, and its record (None: either is
+        missing). `settings`: what else every decision was made of (the run's renewal settings): other settings
+        trust nothing kept."""
+        self._path, self._statuses, self._settings = path, statuses, settings
         self._entries = self._load()
         self._changed = False
         self._settled = time.time_ns() - SETTLE_NS
-        """Directories changed after this (ns) have not settled: a run lasts less than a day, not SETTLE."""
+        """What changed after this (ns) has not settled."""
 
     def token(self, name: str) -> Token | None:
-        """The version of certificate `name`'s directory, to take `unchanged` by and `keep` with; None
-        when it has none, or changed within SETTLE: its record is read then, and nothing kept."""
-        status = self._status_of(name)
-        if status is None or status.st_mtime_ns > self._settled:
+        """The version of certificate `name`'s state, to take `unchanged` by and `keep` with; None when it
+        has no record, or changed within SETTLE: its record is read then, and nothing kept."""
+        statuses = self._statuses(name)
+        if statuses is None:
             return None
-        return [status.st_ino, status.st_mtime_ns]
+        directory, record = statuses
+        if max(directory.st_mtime_ns, record.st_mtime_ns) > self._settled:
+            return None
+        return [directory.st_ino, directory.st_mtime_ns, record.st_ino, record.st_mtime_ns, record.st_size]
 
     def unchanged(self, name: str, token: Token, inputs: str, now: float) -> str | None:
         """What the last run said of certificate `name` (its reason for not being due), if it still holds: made
@@ -84,12 +92,11 @@ class Schedule:
 
     def save(self, now: float) -> None:
         """Write what changed, without entries whose time has come (a certificate gone from the config
-        leaves one, kept no longer). A failure costs the next run its shortcut, never this run."""
-        expired = [name for name, entry in self._entries.items() if not _holds(entry, now)]
-        for name in expired:
-            del self._entries[name]
-        if not (self._changed or expired):
+        leaves one, dropped at the next change). A failure costs the next run its shortcut, never this run."""
+        if not self._changed:
             return
+        for name in [name for name, entry in self._entries.items() if not _holds(entry, now)]:
+            del self._entries[name]
         document = {"format": FORMAT, "settings": self._settings, "certificates": self._entries}
         try:
             write_atomic(self._path, json.dumps(document, separators=(",", ":")).encode(), sync=False)

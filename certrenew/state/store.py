@@ -580,8 +580,7 @@ class FileStore(Store):
             remove_stale_temps(directory)
 
     def schedule(self, settings: list) -> Schedule:
-        return Schedule(self.root / SCHEDULE, lambda name: self.files.directory_status(f"{CERTIFICATES}/{name}"),
-                        settings)
+        return Schedule(self.root / SCHEDULE, lambda name: self.files.statuses(_key(name, "meta.json")), settings)
 
     def unfinished(self, name: str) -> bool:
         return self.files.exists(f"{CERTIFICATES}/{name}", "pending.pem", "order.json")

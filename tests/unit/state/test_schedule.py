@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from certrenew.state import schedule as schedule_module
 from certrenew.state.files import FileBackend
 from certrenew.state.schedule import SCHEDULE, SETTLE_NS, Schedule
 from certrenew.state.store import FileStore
@@ -17,9 +18,10 @@ INPUTS = "ecdsa-p256 a.example"
 
 
 def settle(store: FileStore, name: str) -> None:
-    """Make certificate `name`'s directory look unchanged for a minute, as it is between two timer runs."""
+    """Make certificate `name`'s directory and record look unchanged for a minute, as between two timer runs."""
     directory = store.root / "certificates" / name
     old = time.time_ns() - 60 * 10**9
+    os.utime(directory / "meta.json", ns=(old, old))
     os.utime(directory, ns=(old, old))
 
 
@@ -49,19 +51,25 @@ def test_what_was_kept_holds_for_the_next_run(store):
     assert schedule.token("never-issued") is None
 
 
-@pytest.mark.parametrize("change", ["record", "new file", "removed file"])
-def test_any_write_in_the_certificate_s_directory_takes_its_token_away_until_it_settles(store, change):
+@pytest.mark.parametrize("change", ["record", "new file", "removed file", "record edited in place"])
+def test_any_change_of_the_certificate_s_state_takes_its_token_away_until_it_settles(store, change, monkeypatch):
     store.backend.write({"certificates/a/current.pem": b"bundle"})
     settle(store, "a")
-    assert store.schedule(SETTINGS).token("a") is not None
+    before = store.schedule(SETTINGS).token("a")
+    assert before is not None
     if change == "record":
         store.backend.write({"certificates/a/meta.json": b'{"other": 1}'})
     elif change == "new file":
         store.backend.write({"certificates/a/order.json": b"{}"})
-    else:
+    elif change == "removed file":
         store.backend.write({"certificates/a/current.pem": None})
-    assert os.stat(store.root / "certificates" / "a").st_mtime_ns > time.time_ns() - SETTLE_NS
+    else:  # by hand, as `echo ... > meta.json` does: the directory is left as it was
+        with open(store.root / "certificates" / "a" / "meta.json", "r+b") as record:
+            record.write(b"[]")
+        assert os.stat(store.root / "certificates" / "a").st_mtime_ns < time.time_ns() - SETTLE_NS
     assert store.schedule(SETTINGS).token("a") is None
+    monkeypatch.setattr(schedule_module, "SETTLE_NS", 0)  # once settled, the change itself has made its version another
+    assert store.schedule(SETTINGS).token("a") not in (None, before)
 
 
 @pytest.mark.parametrize("what", ["token", "inputs", "time", "settings"])
@@ -103,14 +111,16 @@ def test_a_schedule_another_user_wrote_is_not_trusted(store):
     assert schedule.unchanged("a", schedule.token("a"), INPUTS, time.time()) is None
 
 
-def test_entries_whose_time_has_come_are_dropped_and_an_unchanged_schedule_is_not_rewritten(store):
+def test_an_unchanged_schedule_is_not_rewritten_and_entries_whose_time_has_come_go_at_the_next_change(store):
     kept(store)
     path = store.root / SCHEDULE
     written = path.stat().st_ino
-    store.schedule(SETTINGS).save(time.time())
-    assert path.stat().st_ino == written  # nothing changed: not written again
     store.schedule(SETTINGS).save(LATER)
-    assert json.loads(path.read_bytes())["certificates"] == {}
+    assert path.stat().st_ino == written  # nothing changed: not written again
+    schedule = store.schedule(SETTINGS)
+    schedule.keep("b", [1, 2, 3, 4, 5], INPUTS, LATER + 3600, SAID)
+    schedule.save(LATER)
+    assert list(json.loads(path.read_bytes())["certificates"]) == ["b"]
 
 
 def test_the_schedule_is_no_state_key(store):
