@@ -151,7 +151,7 @@ class FileBackend:
         return False
 
     def statuses(self, key: str) -> tuple[os.stat_result, os.stat_result] | None:
-        """The status of `key`'s directory (checked as ours) and of its file, by lstat; None if either
+        """The status of `key`'s directory and of its file, by lstat, each checked as ours; None if either
         does not exist. Read afresh each time: every write of a key renames or unlinks a file in
         its directory, which changes the directory's modification time; a file changed in place (by
         hand) changes its own (see `schedule`)."""
@@ -164,10 +164,13 @@ class FileBackend:
         status = owned.dir_status(f"{self._root}/{directory}")
         if status is None:
             return None
+        path = f"{self._root}/{key}"
         try:
-            return status, os.lstat(f"{self._root}/{key}")
+            file = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        owned.check_file(file, path)  # refused as a read would refuse it, though it is not read
+        return status, file
 
     def list(self, prefix: str, suffix: str = "") -> dict[str, Entry]:
         directory, _, start = prefix.rpartition("/")

@@ -38,13 +38,22 @@ def open_checked(path: str | Path, flags: int, mode: int = 0o600) -> tuple[int, 
         raise
     try:
         status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise CertrenewError(f"refusing {path}: it is not a regular file")
-        _check(status, path)
+        check_file(status, path)
     except BaseException:
         os.close(fd)
         raise
     return fd, status
+
+
+def check_file(status: os.stat_result, path: str | Path) -> None:
+    """Refuse a file of the state whose `status` (an lstat's) is not a regular file of ours alone (see
+    `open_checked`)."""
+    if stat.S_ISLNK(status.st_mode):
+        raise CertrenewError(f"refusing {path}: it is a symbolic link, and certrenew follows none in its state dir "
+                             "(remove it)")
+    if not stat.S_ISREG(status.st_mode):
+        raise CertrenewError(f"refusing {path}: it is not a regular file")
+    _check(status, path)
 
 
 def check_dir(path: str | Path, follow: bool = False, option: str = "--state-dir") -> bool:

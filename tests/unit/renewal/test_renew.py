@@ -555,3 +555,22 @@ def test_a_certificate_changed_since_the_last_no_op_run_is_decided_again(setting
     assert read == ([] if change in ("pending", "order") else [certificate.name])
     token, kept = schedule.token(certificate.name), kept_token(store, certificate.name)
     assert token != kept if written else token == kept  # the write changed its version; else the change alone decided
+
+
+@pytest.mark.parametrize("unsafe", ["group-writable", "symbolic link"])
+def test_a_record_made_unsafe_since_the_last_no_op_run_is_refused_as_a_read_refuses_it(settings, no_ca, scheduled,
+                                                                                      unsafe):
+    store, _, _ = scheduled
+    record = store.root / "certificates" / "a" / "meta.json"
+    if unsafe == "group-writable":
+        record.chmod(0o664)  # a chmod leaves the modification times as they were
+        refusal = "writable by group or others"
+    else:
+        os.symlink(record.parent / "meta.json.real", record.parent / "link")
+        os.rename(record, record.parent / "meta.json.real")
+        os.rename(record.parent / "link", record)
+        settled(store, "a")
+        os.utime(record, ns=(time_ns() - 60 * 10**9,) * 2, follow_symlinks=False)  # the link's own time, settled
+        refusal = "it is a symbolic link"
+    [outcome] = renew.run(settings, [spec("a")], store)
+    assert outcome.action == "failed" and refusal in outcome.detail, outcome
