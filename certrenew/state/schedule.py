@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 
 SCHEDULE = "schedule.json"
 SETTLE_NS = 2_000_000_000
-"""How long a certificate's directory must have stood unchanged for its version to be trusted: a clock tick
-of any file system's modification times (ext4's is a few milliseconds, FAT's two seconds)."""
+"""How long a certificate's directory and record must have stood unchanged for their version to be trusted: a
+clock tick of any file system's modification times (ext4's is a few milliseconds, FAT's two seconds)."""
 FORMAT = 1
 MAX_SCHEDULE = 64 << 20
-"""Bytes: about 150 a certificate, so room for 400,000."""
+"""Bytes: about 200 a certificate, so room for 300,000; a larger one is ignored (every record read)."""
 
 Token = list[int]
 """A certificate directory's inode and modification time (ns), and its record's inode, modification time and
@@ -113,7 +113,8 @@ class Schedule:
             log.debug("ignoring %s: %s", self._path, error)
             return {}
         try:
-            data = json.loads(os.read(fd, status.st_size)) if status.st_size <= MAX_SCHEDULE else None  # one read: replaced whole, never changed in place
+            # One read: the file is replaced whole, never changed in place.
+            data = json.loads(os.read(fd, status.st_size)) if status.st_size <= MAX_SCHEDULE else None
         except (OSError, ValueError) as error:
             log.debug("ignoring %s: %s", self._path, error)
             return {}

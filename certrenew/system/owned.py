@@ -46,8 +46,8 @@ def open_checked(path: str | Path, flags: int, mode: int = 0o600) -> tuple[int, 
 
 
 def check_file(status: os.stat_result, path: str | Path) -> None:
-    """Refuse a file of the state whose `status` (an lstat's) is not a regular file of ours alone (see
-    `open_checked`)."""
+    """Refuse a file of the state whose `status` (an fstat's, or an lstat's) is not a regular file of ours
+    alone (see `open_checked`)."""
     if stat.S_ISLNK(status.st_mode):
         raise CertrenewError(f"refusing {path}: it is a symbolic link, and certrenew follows none in its state dir "
                              "(remove it)")
