@@ -32,6 +32,7 @@ from certrenew.state.store import CertificateRecord, Store, open_store
 from certrenew.system import owned
 from certrenew.system.atomicfile import remove_stale_temps
 from certrenew.system.runcontext import RunContext
+from certrenew.version import __version__
 
 if TYPE_CHECKING:
     from certrenew.challenge.dns01 import Dns01Solver
@@ -228,10 +229,11 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
 
 
 def _schedule_settings(settings: Settings) -> list:
-    """What a decision is made of besides the record and the certificate's names and key type (see `decide`)."""
+    """What a decision is made of besides the record and the certificate's names and key type (see `decide`),
+    and this certrenew's version: an upgrade may decide otherwise (a renewal rule changed)."""
     renew_before = settings.renew_before
     directories = settings.acme.directory_urls
-    return [None if renew_before is None else renew_before.total_seconds(),
+    return [__version__, None if renew_before is None else renew_before.total_seconds(),
             None if directories is None else list(directories)]
 
 

@@ -526,6 +526,13 @@ def test_a_no_op_run_reads_no_record_the_last_one_found_not_due(settings, no_ca,
         first[0].detail and read == ["a"]  # other settings: decided again, and said so
 
 
+def test_a_schedule_another_certrenew_kept_is_not_taken(settings, no_ca, scheduled, monkeypatch):
+    """An upgrade may decide otherwise (a renewal rule changed): its first run reads every record."""
+    store, read, first = scheduled
+    monkeypatch.setattr(renew, "__version__", "99.0")
+    assert renew.run(settings, [spec("a"), spec("b")], store).outcomes == first and read == ["a", "b"]
+
+
 @pytest.mark.parametrize("change", ["revoked", "pending", "order", "names", "key type", "time", "renewal info"])
 def test_a_certificate_changed_since_the_last_no_op_run_is_decided_again(settings, no_ca, scheduled, change,
                                                                          monkeypatch):
