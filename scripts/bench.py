@@ -607,7 +607,7 @@ def profile(args: argparse.Namespace, workdir: Path) -> list[tuple[str, float]]:
             clock.watch(issue, "make_csr", "key generation and CSR")
             clock.watch(issue.Issuer, "_login", "ACME: directory and account")
             clock.watch(orders.AcmeClient, "_create_order", "ACME: new order and authorizations")
-            clock.watch(orders.AcmeClient, "_wait_authorization", "ACME: challenge validation (polling)")
+            clock.watch(orders.AcmeClient, "_wait_authorizations", "ACME: challenge validation (polling)")
             clock.watch(orders.AcmeClient, "_finalize", "ACME: finalize, issuance, download")
             clock.watch(Responder, "start", "responder start and stop")
             clock.watch(Responder, "__exit__", "responder start and stop")

@@ -99,10 +99,7 @@ class AcmeClient:
             for name, challb in challenges:
                 self.transport.call(f"answer the challenge for {name}", self.transport.client.answer_challenge,
                                     challb, challb.response(key))
-            if challenges:  # the CA validates once answered: asked at once, it only ever said "pending"
-                self.transport.deadline.context.sleep(FIRST_POLL)
-            for authzr in order.authorizations:
-                self._wait_authorization(authzr)
+            self._wait_authorizations(order.authorizations, answered=bool(challenges))
         finally:
             for name, token in published:
                 solver.cleanup(name, token)
@@ -181,6 +178,14 @@ class AcmeClient:
         raise CertrenewError(
             f"{authzr.body.identifier.value}: the CA offers no {challenge_type} challenge (offered: {offered})"
         )
+
+    def _wait_authorizations(self, authorizations: list[messages.AuthorizationResource], answered: bool) -> None:
+        """Until each authorization is valid; after challenges were `answered`, the first look comes a poll
+        later: the CA validates once answered, and asked at once it only ever said "pending"."""
+        if answered:
+            self.transport.deadline.context.sleep(FIRST_POLL)
+        for authzr in authorizations:
+            self._wait_authorization(authzr)
 
     def _wait_authorization(self, authzr: messages.AuthorizationResource) -> None:
         domain = _ordered_name(authzr)
