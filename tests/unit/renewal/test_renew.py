@@ -504,8 +504,8 @@ def settled(store: FileStore, *names: str) -> None:
 
 @pytest.fixture
 def scheduled(settings, tmp_path, monkeypatch):
-    """A state dir whose certificates a and b were found not due by a run a minute ago; yields the store and
-    the names whose records a later run reads."""
+    """A state dir whose certificates a and b were found not due by a run a minute ago: the store, the names
+    whose records later runs read, and that run's outcomes."""
     store = FileStore(tmp_path / "state")
     store.save_record(issued("a"))
     store.save_record(issued("b", ari_next_check=NOW + DAY))
