@@ -697,7 +697,7 @@ def scale(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Sample]]:
         samples = []
         for _ in range(args.runs):
             if scenario == NOTHING_KEPT:
-                schedule.unlink()  # as the first run after an upgrade, or after --force: every record read
+                schedule.unlink()  # as the first run after an upgrade: every record read
             started = time.perf_counter()
             usage = run_measured(argv, env, log)  # exit 1 (a failure, an unhealthy status) raises
             samples.append(Sample(time.perf_counter() - started, usage))

@@ -295,7 +295,7 @@ def test_a_revoked_certificate_still_served_is_unhealthy_and_due_at_once(lab):
 
 
 def test_a_certificate_revoked_after_a_no_op_run_is_renewed_though_that_run_kept_it_as_not_due(lab):
-    """The no-op run's schedule (state/schedule.py) is taken only while the certificate's directory is unchanged."""
+    """The no-op run's schedule (state/schedule.py) is taken only while the certificate's state is unchanged."""
     serial = issue(lab)
     time.sleep(SETTLE_NS / 1e9)  # as a timer's next run finds it: settled
     noop = lab.certrenew(NAME)

@@ -1,4 +1,4 @@
-"""The no-op runs' schedule: trusted only for a directory that has not changed, and settled, since."""
+"""The no-op runs' schedule: taken only for a certificate whose directory and record have not changed since, and settled."""
 
 import json
 import os
@@ -77,7 +77,7 @@ def test_nothing_is_taken_that_was_made_of_something_else(store, what):
     schedule = kept(store, SETTINGS)
     token, inputs, now = schedule.token("a"), INPUTS, time.time()
     if what == "token":
-        token = [token[0], token[1] + 1]
+        token = [*token[:-1], token[-1] + 1]  # the record's size
     elif what == "inputs":
         inputs = "ecdsa-p256 a.example www.a.example"
     elif what == "time":
