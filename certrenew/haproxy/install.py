@@ -51,7 +51,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -367,7 +367,7 @@ class Installer:
             with self._lock:  # the ssl dir is read once per run, by the first certificate's worker
                 if self._claims is None:
                     self._claims = claims(self.ssl_dir, self.managed)
-            problem = shadowing(self._claims, path, domains, key_type, self.managed)
+            problem = shadowing(self._claims, path, domains, key_type)
         if problem:
             raise Blocked(problem, [name])
 
@@ -533,8 +533,10 @@ def claims(ssl_dir: Path, managed: Iterable[Path] = ()) -> Claims:
     """Which names the certificates HAProxy loads from `ssl_dir` claim, read as bounded as a bundle.
 
     What is not a bundle (a key, a FIFO, a file that is no certificate) claims nothing. The
-    bundles in `managed` are not read: they shadow nothing (see `shadowing`), and a config of
-    10,000 certificates would otherwise parse 10,000 of them for every status.
+    bundles in `managed`, the config's certificates, are not read: they are renewed, so they shadow
+    nothing (two that share a name, the apex in both, are the operator's choice, and refusing them
+    would leave each one's other names to expire), and a config of 10,000 certificates would
+    otherwise parse 10,000 of them for every status.
     """
     skipped = {os.fspath(path) for path in managed}
     found: Claims = {}
@@ -562,9 +564,8 @@ def shadowed(ssl_dir: Path, specs: Sequence[CertificateSpec]) -> dict[str, str]:
     the ssl dir, so nothing shadows it (see issue.Issuer._check_place)."""
     directory = Path(os.path.abspath(ssl_dir))
     bundles = {spec.name: directory / f"{spec.name}.pem" for spec in specs}
-    managed = frozenset(bundles.values())
-    found = claims(directory, managed)
-    problems = {spec.name: shadowing(found, bundles[spec.name], spec.domains, spec.key_type, managed)
+    found = claims(directory, bundles.values())
+    problems = {spec.name: shadowing(found, bundles[spec.name], spec.domains, spec.key_type)
                 for spec in specs if not spec.crt_store}
     return {name: problem for name, problem in problems.items() if problem}
 
@@ -578,12 +579,10 @@ def key_kind(key_or_type: object) -> str:
     return "ECDSA" if isinstance(key_or_type, ec.EllipticCurvePublicKey) else type(key_or_type).__name__
 
 
-def shadowing(found: Claims, own: Path, domains: Sequence[str], key_type: str,
-              managed: Collection[Path] = ()) -> str | None:
+def shadowing(found: Claims, own: Path, domains: Sequence[str], key_type: str) -> str | None:
     """Why the certificate to be written to `own` would not be what HAProxy serves, in one line naming
-    the files and the fix; None if nothing else claims its names. The bundles of the config's other
-    certificates (`managed`) are renewed: two that share a name (the apex in both) are the operator's
-    choice, and refusing them would leave each one's other names to expire.
+    the files and the fix; None if nothing else in `found` claims its names (`claims`, without the
+    config's own bundles).
 
     HAProxy loads every bundle of its crt directory; for a name two of them claim with
     the same kind of key, it goes on serving the one it had first (an older
@@ -596,7 +595,7 @@ def shadowing(found: Claims, own: Path, domains: Sequence[str], key_type: str,
     others: dict[Path, list[str]] = {}
     for domain in domains:
         for path, their_kind in found.get(domain.lower(), []):
-            if path != own and their_kind == kind and path not in managed:
+            if path != own and their_kind == kind:
                 others.setdefault(path, []).append(domain)
     return "; ".join(
         f"{path} claims {', '.join(names)} too, with an {kind} key: HAProxy loads every bundle of the ssl dir "
