@@ -193,9 +193,9 @@ def _step(settings: Settings, store: Store, spec: CertificateSpec, now: datetime
     look, without the certificate's lock, that says nothing. `schedule`: what the last run found not
     due, taken where it still holds, and kept for the next."""
     token = schedule.token(spec.name) if schedule is not None else None  # before anything of it is read
-    inputs = " ".join((spec.key_type, *spec.domains))  # no name holds a space
     if token is not None:
         assert schedule is not None
+        inputs = " ".join((spec.key_type, *spec.domains))  # no name holds a space
         said = schedule.unchanged(spec.name, token, inputs, now.timestamp())
         if said is not None:
             return Outcome(spec.name, Action.UNCHANGED, said)

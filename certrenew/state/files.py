@@ -127,22 +127,18 @@ class FileBackend:
     # Reading.
 
     def path(self, key: str) -> Path:
-        if check_key(key).split("/", 1)[0] in RESERVED:
-            raise ValueError(f"not a state key: {key!r} (reserved)")
-        return self.root / key
+        return self.root / _unreserved(key)
 
     def get(self, key: str) -> Entry | None:
         # Strings, not Paths: a run over ten thousand certificates makes three reads of each.
-        if check_key(key).split("/", 1)[0] in RESERVED:
-            raise ValueError(f"not a state key: {key!r} (reserved)")
+        _unreserved(key)
         return _read(f"{self._root}/{key}") if self._dirs_ours(key.split("/")[:-1]) else None
 
     def exists(self, directory: str, *names: str) -> bool:
         """Whether any of `names` in `directory` (a key's prefix) has a value, by access(2): a third of a
         stat, a fraction of `get`'s open and read (not in the protocol: `FileStore.unfinished` asks it
         of every certificate of a pass)."""
-        if check_key(directory).split("/", 1)[0] in RESERVED:
-            raise ValueError(f"not a state key: {directory!r} (reserved)")
+        _unreserved(directory)
         if not self._dirs_ours(directory.split("/")):
             return False
         for name in names:
@@ -155,8 +151,7 @@ class FileBackend:
         does not exist. Read afresh each time: every write of a key renames or unlinks a file in
         its directory, which changes the directory's modification time; a file changed in place (by
         hand) changes its own (see `schedule`)."""
-        if check_key(key).split("/", 1)[0] in RESERVED:
-            raise ValueError(f"not a state key: {key!r} (reserved)")
+        _unreserved(key)
         directory = key.rpartition("/")[0]
         parent = directory.rpartition("/")[0]
         if not directory or not self._dirs_ours(parent.split("/") if parent else []):
@@ -565,6 +560,13 @@ def _flock(fd: int) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def _unreserved(key: str) -> str:
+    """`key` if it is a state key (see `check_key`) and none of the backend's own names; ValueError otherwise."""
+    if check_key(key).split("/", 1)[0] in RESERVED:
+        raise ValueError(f"not a state key: {key!r} (reserved)")
+    return key
 
 
 def _open(path: Path) -> int:
