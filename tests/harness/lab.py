@@ -10,6 +10,7 @@ Run `python -m tests.harness.lab [workdir]` to keep one up for exploring by hand
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -42,6 +43,8 @@ SHIPPED_TLS_ALPN_SOCKET = "certrenew/tls-alpn-01.sock"
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
+FRAMES_SHOWN = 6
+"""Innermost frames of each thread a hung certrenew run's report shows: where it waits, and for what."""
 POLL_INTERVAL = 0.1
 START_POLL = 0.01
 """Seconds between looks at a process starting: a lab starts for every integration test, twice a suite."""
@@ -671,11 +674,68 @@ class Lab:
                   timeout: float = 120, stdin=None) -> subprocess.CompletedProcess:
         """Run the certrenew CLI against this lab; `env` adds settings, and a None value removes one.
 
-        `stdin` as subprocess takes it; None inherits the test runner's, which may be a terminal."""
-        return subprocess.run(
-            [sys.executable, "-m", "certrenew", *args], stdin=stdin,
-            cwd=REPO_ROOT, env=self._certrenew_env(env), capture_output=True, text=True, timeout=timeout,
+        `stdin` as subprocess takes it; None inherits the test runner's, which may be a terminal.
+        A run still going after `timeout` seconds raises LabError saying where it and pebble
+        were stuck (`_hang_report`): a hang seen once in CI may not come back at will.
+        """
+        process = subprocess.Popen(
+            [sys.executable, "-m", "certrenew", *args], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=REPO_ROOT, env={**self._certrenew_env(env), "PYTHONFAULTHANDLER": "1"}, text=True,
         )
+        with process:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack, then it aborts
+                try:
+                    stdout, stderr = process.communicate(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    stdout, stderr = process.communicate()
+                raise LabError(self._hang_report(args, timeout, stderr))
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    def _hang_report(self, args: Sequence[str], timeout: float, stderr: str) -> str:
+        """Where a certrenew run that did not end was: each thread's innermost frames (from the
+        faulthandler dump in `stderr`), and whether pebble still answered; if not, what its
+        goroutines were waiting for (pebble 2.4's memory store can deadlock on its own locks)."""
+        lines = stderr.splitlines()
+        dump = next((at for at, line in enumerate(lines) if line.startswith("Fatal Python error")), len(lines))
+        threads: list[str] = []
+        for line in lines[dump:]:
+            if line.startswith(("Thread 0x", "Current thread 0x")):
+                threads.append(line.split(" (most recent")[0] + ":")
+            elif line.startswith("  File ") and threads and threads[-1].count("\n") < FRAMES_SHOWN:
+                threads[-1] += "\n" + line
+        report = [f"certrenew {shlex.join(args)} did not end within {timeout:g} s",
+                  "its threads, innermost frames first:", *threads]
+        if self._pebble is not None and self._pebble.poll() is None and not self._directory_answers():
+            report.append("pebble no longer answers its directory; its goroutines, by what they wait in:")
+            report += self._pebble_goroutines()
+        else:
+            report.append("pebble answers its directory")
+        report.append("certrenew's output before the dump:\n" + "\n".join(lines[max(dump - 20, 0):dump]))
+        return "\n".join(report)
+
+    def _pebble_goroutines(self) -> list[str]:
+        """Make pebble print its goroutines (SIGQUIT, which ends it) and count them by their state and
+        innermost pebble function, e.g. "12 [semacquire] db.(*MemoryStore).GetOrderByID"."""
+        log = self.workdir / "pebble.log"
+        since = log_size(log)
+        pebble = self._running(self._pebble, "pebble")
+        pebble.send_signal(signal.SIGQUIT)
+        pebble.wait(STOP_TIMEOUT)
+        with log.open("rb") as out:
+            out.seek(since)
+            blocks = out.read().decode(errors="replace").split("\n\n")
+        waits: collections.Counter[str] = collections.Counter()
+        for block in blocks:
+            head, *frames = block.strip().splitlines() or [""]
+            if head.startswith("goroutine "):
+                where = next((frame.split("pebble/", 1)[1].rsplit("(", 1)[0] for frame in frames
+                              if "letsencrypt/pebble/" in frame and not frame.startswith("\t")), "(outside pebble)")
+                waits[f"{head[head.find('['):head.find(']') + 1]} {where}"] += 1
+        return [f"  {count} {what}" for what, count in waits.most_common()]
 
     def start_certrenew(self, *args: str, env: Mapping[str, str | None] | None = None,
                         **popen) -> subprocess.Popen:
