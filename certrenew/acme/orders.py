@@ -88,8 +88,13 @@ class AcmeClient:
         if unordered:
             raise CertrenewError(f"the CA's order asks for proof of {', '.join(unordered)}, which was not ordered")
         key = self.transport.key
-        challenges = [(_ordered_name(authzr), self._pick_challenge(authzr, solver.challenge_type))
-                      for authzr in order.authorizations if authzr.body.status != messages.STATUS_VALID]
+        # In name order, whatever order the CA lists them in (it owes none; pebble lists a dual certificate's
+        # twins' names either way round): a solver that answers a name for one order at a time (TLS-ALPN-01)
+        # then makes two orders sharing names wait for them in the same order, so neither holds one the other
+        # waits for while it waits for one the other holds.
+        challenges = sorted(((_ordered_name(authzr), self._pick_challenge(authzr, solver.challenge_type))
+                             for authzr in order.authorizations if authzr.body.status != messages.STATUS_VALID),
+                            key=lambda challenge: challenge[0])
         published = []
         try:
             for name, challb in challenges:

@@ -1,6 +1,9 @@
 """The order flow's own decisions, with the CA faked where it answers (the transport's job)."""
 
+import contextlib
 import json
+import secrets
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
@@ -13,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from certrenew.acme.account import new_account_key_pem
 from certrenew.acme.orders import FIRST_POLL, AcmeClient
 from certrenew.acme.transport import Deadline, Transport
+from certrenew.challenge import tlsalpn01
 from certrenew.cli.metrics import Telemetry
 from certrenew.errors import CertrenewError
 
@@ -122,40 +126,91 @@ def test_an_order_asking_to_prove_a_name_not_ordered_publishes_nothing():
     assert solver.presented == []
 
 
+class ValidatingCA(AcmeClient):
+    """An AcmeClient whose CA (no network) lists the authorizations in `listed` order (the names ordered,
+    by default), offers one `challenge` in each, and has validated each once asked; `seen` notes the
+    answers, waits and authorization fetches in turn."""
+
+    def __init__(self, listed=None, challenge=challenges.DNS01):
+        self.listed, self.challenge, self.seen = listed, challenge, []
+        self.transport = SimpleNamespace(
+            key=jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())),
+            client=SimpleNamespace(answer_challenge=None), call=lambda what, function, *args: self.seen.append(what),
+            fetch=lambda what, url: self.seen.append(url) or Answer({"status": "valid", "identifier": {
+                "type": "dns", "value": url.rsplit("/", 1)[1]}, "challenges": []}),
+            deadline=SimpleNamespace(remaining=lambda: 30.0, context=SimpleNamespace(sleep=self.seen.append)))
+
+    def _check_profile(self, profile):
+        pass
+
+    def _create_order(self, domains, csr_pem, replaces, profile):
+        return messages.OrderResource(body=messages.Order(), uri="https://ca/order", authorizations=[
+            messages.AuthorizationResource(uri=f"https://ca/authz/{name}", body=messages.Authorization(
+                identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name),
+                status=messages.STATUS_PENDING, challenges=[messages.ChallengeBody(
+                    chall=self.challenge(token=secrets.token_bytes(32)), uri="https://ca/chall",
+                    status=messages.STATUS_PENDING)]))
+            for name in self.listed or domains])
+
+    def _finalize(self, order):
+        return "CHAIN"
+
+
+class Publisher(Recorder):
+    def wait_ready(self):
+        pass
+
+
 def test_the_authorizations_are_first_asked_for_a_poll_after_the_challenges_are_answered():
     """Asked at once, a CA that validates once answered only ever said "pending": a request each certificate for nothing."""
-    seen = []
+    ca = ValidatingCA()
+    assert ca.obtain(["a.example", "b.example"], b"csr", Publisher()) == "CHAIN"
+    assert ca.seen == ["answer the challenge for a.example", "answer the challenge for b.example", FIRST_POLL,
+                       "https://ca/authz/a.example", "https://ca/authz/b.example"]
 
-    class ValidatingCA(AcmeClient):
-        def __init__(self):
-            self.transport = SimpleNamespace(
-                key=jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())),
-                client=SimpleNamespace(answer_challenge=None), call=lambda what, function, *args: seen.append(what),
-                fetch=lambda what, url: seen.append(url) or Answer({"status": "valid", "identifier": {
-                    "type": "dns", "value": url.rsplit("/", 1)[1]}, "challenges": []}),
-                deadline=SimpleNamespace(remaining=lambda: 30.0, context=SimpleNamespace(sleep=seen.append)))
 
-        def _check_profile(self, profile):
-            pass
+def test_the_names_are_presented_and_answered_in_name_order_whatever_order_the_ca_lists_them_in():
+    ca, solver = ValidatingCA(listed=["www.site.example", "b.example", "site.example"]), Publisher()
+    ca.obtain(["site.example", "www.site.example", "b.example"], b"csr", solver)
+    assert solver.presented == ["b.example", "site.example", "www.site.example"]
+    assert ca.seen[:3] == [f"answer the challenge for {name}" for name in solver.presented]
 
-        def _create_order(self, domains, csr_pem, replaces, profile):
-            return messages.OrderResource(body=messages.Order(), uri="https://ca/order", authorizations=[
-                messages.AuthorizationResource(uri=f"https://ca/authz/{name}", body=messages.Authorization(
-                    identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name),
-                    status=messages.STATUS_PENDING, challenges=[messages.ChallengeBody(
-                        chall=challenges.DNS01(token=b"t" * 32), uri="https://ca/chall", status=messages.STATUS_PENDING)]))
-                for name in domains])
 
-        def _finalize(self, order):
-            return "CHAIN"
+def test_two_orders_for_the_same_names_listed_in_opposite_orders_do_not_wait_on_each_other(monkeypatch):
+    """A dual certificate's twins order the same names at once, and TLS-ALPN-01 answers a name for one order
+    at a time (SNI is all the CA sends). Seen in CI: pebble listed one twin's names backwards, each order held
+    the name the other waited for, and both waited WAIT_FOR_NAME. Each order now takes them in name order.
 
-    class Publisher(Recorder):
-        def wait_ready(self):
-            pass
+    `Turns` has the first order to present a name wait until the other has presented one too (or half a
+    second), so the backward case cannot slip by with one order done before the other starts."""
+    monkeypatch.setattr(tlsalpn01, "WAIT_FOR_NAME", 3.0)
+    turn = threading.Barrier(2, timeout=0.5)
 
-    assert ValidatingCA().obtain(["a.example", "b.example"], b"csr", Publisher()) == "CHAIN"
-    assert seen == ["answer the challenge for a.example", "answer the challenge for b.example", FIRST_POLL,
-                    "https://ca/authz/a.example", "https://ca/authz/b.example"]
+    class Turns(tlsalpn01.TlsAlpnResponder):
+        def present(self, domain, token, validation):
+            super().present(domain, token, validation)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                turn.wait()
+
+    names = ["site.example", "www.site.example"]
+    outcomes = {}
+
+    def order(listed):
+        try:
+            outcomes[tuple(listed)] = ValidatingCA(listed, tlsalpn01.TLSALPN01).obtain(names, b"csr", responder)
+        except CertrenewError as error:
+            outcomes[tuple(listed)] = str(error)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Turns(f"127.0.0.1:{port}") as responder:
+        twins = [threading.Thread(target=order, args=(listed,)) for listed in (names, names[::-1])]
+        for twin in twins:
+            twin.start()
+        for twin in twins:
+            twin.join(10)
+    assert outcomes == {tuple(names): "CHAIN", tuple(names[::-1]): "CHAIN"}
 
 
 class Answer:
