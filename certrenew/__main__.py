@@ -1,3 +1,3 @@
-from certrenew.cli.commands import main
+from certrenew.cli.commands import console
 
-raise SystemExit(main())
+console()

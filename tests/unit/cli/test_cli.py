@@ -1,5 +1,6 @@
 """The command line as an operator meets it: the real CLI in a subprocess, no CA needed."""
 
+import gc
 import json
 import os
 import select
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from certrenew.cli import commands
 from certrenew.cli.commands import (
     build_bootstrap_parser,
     build_daemon_parser,
@@ -464,3 +466,21 @@ def test_verbose_shows_what_a_certificate_failed_on_underneath(tmp_path):
         outputs.append(result.stderr)
     assert "caused by" not in outputs[0]
     assert "a.example: caused by ConnectionRefusedError: [Errno 111] Connection refused\n" in outputs[1], outputs[1]
+
+
+def test_the_command_exits_with_main_s_status_its_objects_frozen_for_the_last_collections(monkeypatch):
+    """The console script's `console` leaves nothing for the interpreter's final collections to walk."""
+    monkeypatch.setattr(commands, "main", lambda: 3)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            commands.console()
+        assert exited.value.code == 3 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_python_m_certrenew_and_the_console_script_both_go_through_console():
+    root = Path(commands.__file__).parents[2]
+    assert (root / "certrenew" / "__main__.py").read_text().strip().endswith("console()")
+    assert 'certrenew = "certrenew.cli.commands:console"' in (root / "pyproject.toml").read_text()
+
