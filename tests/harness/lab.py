@@ -879,6 +879,18 @@ class Lab:
             return False
         return True
 
+    def settled_reloads(self) -> tuple[int, int]:
+        """`master_reloads` once the master's CLI answers: it drops for a moment while the master
+        re-executes itself for a reload, such as the one a run that has just exited asked for."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                return self.master_reloads()
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(POLL_INTERVAL)
+
     def master_reloads(self) -> tuple[int, int]:
         """(reloads, failed reloads) from the master's line of `show proc`."""
         for line in self.master_cli("show proc").splitlines():

@@ -194,22 +194,22 @@ def reloading_other_ssl_dir(lab):
 
 def test_a_socket_without_the_crt_directory_falls_back_to_the_reload_command(lab):
     other, env = reloading_other_ssl_dir(lab)
-    reloads = lab.master_reloads()[0]
+    reloads = lab.settled_reloads()[0]
     result = run(lab, env=env)
     assert "served by reload" in result.stdout and f"loads no crt directory {other}" in result.stdout
     assert "falling back to the reload command" in result.stderr
-    assert lab.master_reloads()[0] > reloads  # the new worker it saw
+    assert lab.settled_reloads()[0] > reloads  # the new worker it saw
 
 
 def test_a_reload_the_runtime_api_shows_did_not_take_fails_and_is_rolled_back(lab):
     other, env = reloading_other_ssl_dir(lab)
     lab.haproxy_cfg.write_text(lab.haproxy_cfg.read_text() + "    no-such-keyword\n")  # HAProxy will refuse it
     worker = worker_pid(RuntimeApi(str(lab.admin_socket)))
-    failed = lab.master_reloads()[1]
+    failed = lab.settled_reloads()[1]
     result = run(lab, env=env, expect=1)
     assert "exited 0, but HAProxy" in result.stderr and "still runs the worker it ran before" in result.stderr
     assert "did not take" in result.stderr and "new certificate was removed again" in result.stderr
-    assert lab.master_reloads()[1] > failed  # the fault happened: the master refused the reload (twice: the rollback's)
+    assert lab.settled_reloads()[1] > failed  # the fault happened: the master refused the reload (twice: the rollback's)
     assert worker_pid(RuntimeApi(str(lab.admin_socket))) == worker  # and its old worker serves on
     assert list(other.iterdir()) == []
 

@@ -414,16 +414,16 @@ def test_haproxy_reload_exits_0_but_does_not_take(guard_for, lab):
     config = lab.haproxy_cfg.read_text()
     lab.haproxy_cfg.write_text(config + "    no-such-keyword\n")  # an operator's edit HAProxy will refuse
     poll("HAProxy's master back from the first install's reload", lab.master_answers, timeout=10)
-    failed_before = lab.master_reloads()[1]
+    failed_before = lab.settled_reloads()[1]
     result = guard.run("--force")  # the lab's reload command: kill -USR2, which exits 0 whatever HAProxy does
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert "served by reload" not in result.stdout and "reload not confirmed" in result.stdout
     assert "nothing tells whether HAProxy took the reload" in result.stderr
     # The fault happened: the master refused the reload, and its old worker serves the old certificate.
     deadline = time.monotonic() + 10
-    while lab.master_reloads()[1] <= failed_before and time.monotonic() < deadline:
+    while lab.settled_reloads()[1] <= failed_before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert lab.master_reloads()[1] > failed_before
+    assert lab.settled_reloads()[1] > failed_before
     assert lab.served_certificate(NAME).serial_number == x509.load_pem_x509_certificate(guard.old).serial_number
     guard.survived()
     lab.haproxy_cfg.write_text(config)  # the operator's fix, and the reload it needs, serve the new one
