@@ -234,6 +234,20 @@ def terminate(process: subprocess.Popen | None) -> None:
         process.wait(STOP_TIMEOUT)
 
 
+def cli_command(path: Path, command: str) -> str:
+    """Send one command to the HAProxy CLI at unix socket `path` and return its answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(command.encode() + b"\n")
+        # The master CLI answers only once it sees the end of our input.
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
 def tcp_accepts(port: int) -> bool:
     """Whether something accepts TCP connections on the loopback `port`."""
     try:
@@ -532,23 +546,24 @@ class Lab:
                 continue
             if failed > before[1]:
                 raise LabError(f"HAProxy reload failed\n{log_tail(self.workdir / 'haproxy.log')}")
-            if reloads > before[0]:
+            if reloads > before[0] and self.worker_serves_admin_socket():
                 return
             time.sleep(POLL_INTERVAL)
         raise LabError(f"HAProxy did not reload in {START_TIMEOUT:.0f}s\n{log_tail(self.workdir / 'haproxy.log')}")
 
     def master_cli(self, command: str) -> str:
         """Send one command to HAProxy's master CLI and return its answer."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect(str(self.master_socket))
-            sock.sendall(command.encode() + b"\n")
-            # The master CLI answers only once it sees the end of our input.
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
+        return cli_command(self.master_socket, command)
+
+    def worker_serves_admin_socket(self) -> bool:
+        """Whether the admin socket is answered by the worker the master lists as current: right after
+        a reload, an old worker on its way out can still take a connection there, and reset it."""
+        try:
+            current = next(fields[0] for fields in map(str.split, self.master_cli("show proc").splitlines())
+                           if len(fields) > 1 and fields[1] == "worker")
+            return f"Pid: {current}\n" in cli_command(self.admin_socket, "show info")
+        except (OSError, StopIteration):
+            return False
 
     def served_certificate(self, sni: str, timeout: float = 10.0) -> x509.Certificate:
         """The leaf HAProxy serves for `sni`, after verifying its chain to a pebble root and its name.
