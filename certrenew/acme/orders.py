@@ -4,7 +4,8 @@
 retries, the time budget) is `acme_transport`'s job, the account `acme_account`'s, the
 renewal window `acme_ari`'s; publishing the proofs is the challenge solver's.
 Polls start at 10 ms and back off, honouring Retry-After, instead of the library's
-fixed one-second sleeps.
+fixed one-second sleeps. A CA that validated the client's last order by its first look
+is sent finalize at that look, without being asked for the authorizations first.
 """
 
 import logging
@@ -51,6 +52,8 @@ class AcmeClient:
     def __init__(self, directory_url: str, account_key_pem: bytes, deadline: Deadline,
                  ca_bundle: str | None = None, counter: RequestCounter | None = None) -> None:
         self.transport = Transport(directory_url, account_key_pem, deadline, ca_bundle, counter)
+        self._validated_at_first_look = False
+        """Whether the CA had validated this client's last order by the first look: the next is finalized then."""
 
     def login(self, uri: str | None, email: str | None, agree_tos: bool, eab: ExternalAccount | None = None) -> str:
         """Act as the account at `uri`, or register the key (bound by `eab` if given) when there is
@@ -95,7 +98,7 @@ class AcmeClient:
         challenges = sorted(((_ordered_name(authzr), self._pick_challenge(authzr, solver.challenge_type))
                              for authzr in order.authorizations if authzr.body.status != messages.STATUS_VALID),
                             key=lambda challenge: challenge[0])
-        published = []
+        published, early = [], bool(challenges) and self._validated_at_first_look
         try:
             for name, challb in challenges:
                 solver.present(name, challb.chall.encode("token"), challb.response_and_validation(key)[1])
@@ -104,12 +107,16 @@ class AcmeClient:
             for name, challb in challenges:
                 self.transport.call(f"answer the challenge for {name}", self.transport.client.answer_challenge,
                                     challb, challb.response(key))
-            self._wait_authorizations(order.authorizations, answered=bool(challenges))
+            finalized = self._finalize_at_first_look(order, before_finalize) if early else None
+            if finalized is None:
+                at_first_look = self._wait_authorizations(order.authorizations, answered=bool(challenges))
+                self._validated_at_first_look = bool(challenges) and at_first_look  # not from authorizations reused
         finally:
             for name, token in published:
                 solver.cleanup(name, token)
-        before_finalize(order.uri)
-        return self._finalize(order)
+        if not early:
+            before_finalize(order.uri)
+        return self._finalize(order, finalized)
 
     def revoke(self, cert: x509.Certificate, reason: int) -> bool:
         """Revoke `cert` (RFC 8555 section 7.6), signed with the account key; False if the CA
@@ -184,17 +191,31 @@ class AcmeClient:
             f"{authzr.body.identifier.value}: the CA offers no {challenge_type} challenge (offered: {offered})"
         )
 
-    def _wait_authorizations(self, authorizations: list[messages.AuthorizationResource], answered: bool) -> None:
+    def _finalize_at_first_look(self, order: messages.OrderResource,
+                                before_finalize: Callable[[str], None]) -> requests.Response | None:
+        """Finalize at the first look, without asking for the authorizations: the CA's answer, or None if it
+        refused because they were not all valid yet (then nothing was done, and the next order is not
+        finalized early). One request a certificate fewer, a tenth of a batch's CPU against pebble; a CA
+        that takes longer to validate (Let's Encrypt: a second or more) never gets here."""
+        self.transport.deadline.context.sleep(FIRST_POLL)
+        before_finalize(order.uri)
+        answer = self.transport.post_if_ready("finalize the order", order.body.finalize, _certificate_request(order))
+        self._validated_at_first_look = answer is not None
+        return answer
+
+    def _wait_authorizations(self, authorizations: list[messages.AuthorizationResource], answered: bool) -> bool:
         """Until each authorization is valid; after challenges were `answered`, the first look comes a poll
-        later: the CA validates once answered, and asked at once it only ever said "pending"."""
+        later: the CA validates once answered, and asked at once it only ever said "pending". Whether each
+        was valid at the first look."""
         if answered:
             self.transport.deadline.context.sleep(FIRST_POLL)
-        for authzr in authorizations:
-            self._wait_authorization(authzr)
+        at_first_look = [self._wait_authorization(authzr) for authzr in authorizations]  # each, whatever the others
+        return all(at_first_look)
 
-    def _wait_authorization(self, authzr: messages.AuthorizationResource) -> None:
+    def _wait_authorization(self, authzr: messages.AuthorizationResource) -> bool:
+        """Until `authzr` is valid; whether it was at the first look."""
         domain = _ordered_name(authzr)
-        final = self._poll(f"validation of {domain}", authzr.uri, lambda body: body["status"] != "pending")
+        final, looks = self._poll(f"validation of {domain}", authzr.uri, lambda body: body["status"] != "pending")
         body = messages.Authorization.from_json(final.json())
         if body.status != messages.STATUS_VALID:
             failed = [(c.chall.typ, c.error) for c in body.challenges if c.error is not None]
@@ -202,16 +223,16 @@ class AcmeClient:
             hints = {hint for typ, error in failed
                      if (hint := validation_hint(problem_code(error), error.detail or "", domain, typ))}
             raise CertrenewError(f"{domain}: validation failed: {detail}" + "".join(f"; {hint}" for hint in sorted(hints)))
+        return looks == 1
 
-    def _finalize(self, order: messages.OrderResource) -> str:
-        """Finalize the order and download its certificate. A CA that issues at once (Let's Encrypt)
-        answers finalize with the order already valid: no request is made to ask again."""
-        answer = None
-        if order.body.status not in (messages.STATUS_PROCESSING, messages.STATUS_VALID):
-            finalize = messages.CertificateRequest(csr=x509.load_pem_x509_csr(order.csr_pem))
-            answer = self.transport.post("finalize the order", order.body.finalize, finalize)
+    def _finalize(self, order: messages.OrderResource, answer: requests.Response | None = None) -> str:
+        """Finalize the order (unless `answer` is the CA's answer to that already) and download its certificate.
+        A CA that issues at once (Let's Encrypt) answers finalize with the order already valid: no request is
+        made to ask again."""
+        if answer is None and order.body.status not in (messages.STATUS_PROCESSING, messages.STATUS_VALID):
+            answer = self.transport.post("finalize the order", order.body.finalize, _certificate_request(order))
         if answer is None or not _order_ended(answer.json()):
-            answer = self._poll("issuance", order.uri, _order_ended, answer)
+            answer, _ = self._poll("issuance", order.uri, _order_ended, answer)
         body = messages.Order.from_json(answer.json())
         if body.status != messages.STATUS_VALID or not body.certificate:
             reason = str(body.error.detail or body.error) if body.error else f"order is {body.status.name}"
@@ -219,21 +240,28 @@ class AcmeClient:
         return self.transport.fetch("download the certificate", body.certificate).text
 
     def _poll(self, what: str, url: str, finished: Callable[[Any], bool],
-              unfinished: requests.Response | None = None) -> requests.Response:
+              unfinished: requests.Response | None = None) -> tuple[requests.Response, int]:
         """Fetch until `finished`, sleeping 10 ms, then twice as long each time, or as long as Retry-After asks;
-        the first fetch at once, unless `unfinished` (an answer in hand, a finalize still processing) asks to wait."""
+        the first fetch at once, unless `unfinished` (an answer in hand, a finalize still processing) asks to wait.
+        The finished answer, and how many fetches it took."""
         delay = FIRST_POLL
         wait = retry_after_seconds(unfinished) if unfinished is not None else None
+        looks = 0
         while True:
             if wait:
                 if wait >= self.transport.deadline.remaining():
                     raise CertrenewError(f"gave up waiting for the {what}: the time budget (--timeout) ran out")
                 self.transport.deadline.context.sleep(wait)
             response = self.transport.fetch(f"check the {what}", url)
+            looks += 1
             if finished(response.json()):
-                return response
+                return response, looks
             wait = retry_after_seconds(response) or delay
             delay = min(delay * 2, MAX_POLL)
+
+
+def _certificate_request(order: messages.OrderResource) -> messages.CertificateRequest:
+    return messages.CertificateRequest(csr=x509.load_pem_x509_csr(order.csr_pem))
 
 
 def _order_ended(body: Any) -> bool:

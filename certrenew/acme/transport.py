@@ -141,6 +141,19 @@ class Transport:
         """A signed POST of `message` to `url`."""
         return self.call(what, self.client._post, url, message)
 
+    def post_if_ready(self, what: str, url: str, message: jose.JSONDeSerializable) -> requests.Response | None:
+        """`post`, but None when the CA answers that the order is not ready for it: RFC 8555 section 7.4
+        has a CA refuse to finalize an order before all its authorizations are valid (orderNotReady), and
+        change nothing."""
+        def post() -> requests.Response | None:
+            try:
+                return self.client._post(url, message)
+            except messages.Error as error:
+                if problem_code(error) == "orderNotReady":
+                    return None
+                raise
+        return self.call(what, post)
+
     def fetch(self, what: str, url: str) -> requests.Response:
         """A signed POST-as-GET of `url` (an order, an authorization, the certificate)."""
         return self.call(what, self.client._post_as_get, url)

@@ -173,6 +173,8 @@ class FaultProxy:
         self.on_request: Callable[[str, str], Fault] = lambda method, path: None
         self.seen: list[tuple[str, str]] = []
         """(method, step) of every request, in order."""
+        self.answered: list[tuple[str, int]] = []
+        """(step, status) of every answer pebble gave, in order."""
         self.csr_key = None
         """The public key of the last CSR finalized through the proxy."""
         self.altered = 0
@@ -204,6 +206,11 @@ class FaultProxy:
     def count(self, name: str) -> int:
         return sum(1 for _, seen in self.seen if seen == name)
 
+    def finalized(self) -> int:
+        """Finalize requests pebble took: not those it refused as too early (403, orderNotReady), which a
+        client that finalizes at the first look sends again once the names are validated."""
+        return self.count("finalize") - self.answered.count(("finalize", 403))
+
     def forward(self, method: str, path: str, headers, body: bytes) -> tuple[int, list, bytes]:
         connection = http.client.HTTPSConnection(LOOPBACK, self.lab.acme_port, context=self._upstream, timeout=30)
         try:
@@ -234,6 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             try:
                 status, headers, payload = self.proxy.forward(self.command, self.path, self.headers.items(), body)
+                self.proxy.answered.append((step(self.path), status))
             except OSError:  # pebble is down: certrenew sees a dropped connection, as it would
                 self.close_connection = True
                 self.connection.shutdown(2)

@@ -1,4 +1,5 @@
-"""The order flow with a recording solver in front of the real responder, against real pebble.
+"""The order flow with a recording solver in front of the real responder, against real pebble; and what the
+flow counts on pebble for.
 
 The issuer gets its solver from the caller; these tests check the calls it makes: the names
 prepared before the order exists, every authorization presented, then one wait_ready, then
@@ -8,10 +9,16 @@ the answers, and cleanup whatever happens.
 import socket
 
 import pytest
+from acme import messages
+from cryptography import x509
 
+from certrenew.acme.account import new_account_key_pem
+from certrenew.acme.orders import AcmeClient
+from certrenew.acme.transport import Deadline
 from certrenew.challenge.responder import Responder
 from certrenew.config import CertificateSpec, build_settings
 from certrenew.errors import CertrenewError
+from certrenew.pki.keys import generate_key, make_csr
 from certrenew.renewal.issue import Issuer
 from certrenew.state.store import FileStore
 
@@ -74,3 +81,17 @@ def test_a_solver_that_is_not_ready_fails_the_order_and_still_cleans_up(lab):
     assert solver.calls[len(presented):] == [("wait_ready",)] + [("cleanup", *d) for d in presented]
     assert len(presented) == 2
     assert FileStore(lab.state_dir).load_bundle(DOMAINS[0], "pending") is None
+
+
+def test_pebble_refuses_a_finalize_before_the_names_are_validated_and_changes_nothing(lab):
+    """What finalizing at the first look counts on (RFC 8555 section 7.4): an order not ready yet is refused
+    with orderNotReady, which `post_if_ready` makes None, and stays as it was, to be finalized once validated."""
+    client = AcmeClient(lab.directory_url, new_account_key_pem(), Deadline(30), str(lab.ca_bundle))
+    client.login(None, None, agree_tos=True)
+    transport = client.transport
+    key = generate_key("ecdsa-p256")
+    order = messages.NewOrder(identifiers=(messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=DOMAINS[0]),))
+    created = transport.post("create the order", transport.directory["newOrder"], order)
+    finalize = messages.CertificateRequest(csr=x509.load_pem_x509_csr(make_csr(key, [DOMAINS[0]])))
+    assert transport.post_if_ready("finalize the order", created.json()["finalize"], finalize) is None
+    assert transport.fetch("check the order", created.headers["Location"]).json()["status"] == "pending"

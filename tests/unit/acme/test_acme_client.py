@@ -132,7 +132,7 @@ class ValidatingCA(AcmeClient):
     answers, waits and authorization fetches in turn."""
 
     def __init__(self, listed=None, challenge=challenges.DNS01):
-        self.listed, self.challenge, self.seen = listed, challenge, []
+        self.listed, self.challenge, self.seen, self._validated_at_first_look = listed, challenge, [], False
         self.transport = SimpleNamespace(
             key=jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())),
             client=SimpleNamespace(answer_challenge=None), call=lambda what, function, *args: self.seen.append(what),
@@ -144,7 +144,7 @@ class ValidatingCA(AcmeClient):
         pass
 
     def _create_order(self, domains, csr_pem, replaces, profile):
-        return messages.OrderResource(body=messages.Order(), uri="https://ca/order", authorizations=[
+        return messages.OrderResource(body=messages.Order(), uri="https://ca/order", csr_pem=csr_pem, authorizations=[
             messages.AuthorizationResource(uri=f"https://ca/authz/{name}", body=messages.Authorization(
                 identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name),
                 status=messages.STATUS_PENDING, challenges=[messages.ChallengeBody(
@@ -152,7 +152,8 @@ class ValidatingCA(AcmeClient):
                     status=messages.STATUS_PENDING)]))
             for name in self.listed or domains])
 
-    def _finalize(self, order):
+    def _finalize(self, order, answer=None):
+        self.seen.append(("finalize", answer.body if answer else "not yet"))
         return "CHAIN"
 
 
@@ -166,7 +167,60 @@ def test_the_authorizations_are_first_asked_for_a_poll_after_the_challenges_are_
     ca = ValidatingCA()
     assert ca.obtain(["a.example", "b.example"], b"csr", Publisher()) == "CHAIN"
     assert ca.seen == ["answer the challenge for a.example", "answer the challenge for b.example", FIRST_POLL,
-                       "https://ca/authz/a.example", "https://ca/authz/b.example"]
+                       "https://ca/authz/a.example", "https://ca/authz/b.example", ("finalize", "not yet")]
+
+
+class QuickCA(ValidatingCA):
+    """A ValidatingCA whose authorizations, once answered, are still pending at the first `pending` looks; that
+    takes finalize at the first look while `ready`, and refuses it (orderNotReady) otherwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.ready, self.pending = True, 0
+        self.transport.post_if_ready = self._post_if_ready
+        self.transport.fetch = self._fetch
+
+    def _post_if_ready(self, what, url, message):
+        self.seen.append(what)
+        return Answer({"status": "processing"}) if self.ready else None
+
+    def _fetch(self, what, url):
+        self.seen.append(url)
+        self.pending -= 1
+        return Answer({"status": "pending" if self.pending >= 0 else "valid", "identifier": {
+            "type": "dns", "value": url.rsplit("/", 1)[1]}, "challenges": []})
+
+    def order(self, name, csr_pem):
+        self.seen.clear()
+        kept = []
+        self.obtain([name], csr_pem, Publisher(), before_finalize=lambda url: kept.append(url) or self.seen.append("kept"))
+        assert kept == ["https://ca/order"]  # once, before any finalize
+        return self.seen
+
+
+def test_a_ca_that_validated_the_last_order_by_the_first_look_is_sent_finalize_at_that_look(csr_pem):
+    """Without asking for the authorizations: a request a certificate fewer, a tenth of a batch's CPU. A CA
+    refuses to finalize before they are valid (orderNotReady, RFC 8555 section 7.4) and does nothing."""
+    ca = QuickCA()
+    answered = "answer the challenge for a.example"
+    # The first order of a client knows nothing of the CA yet: it asks, as one certificate always does.
+    assert ca.order("a.example", csr_pem) == [answered, FIRST_POLL, "https://ca/authz/a.example", "kept", ("finalize", "not yet")]
+    assert ca.order("a.example", csr_pem) == [answered, FIRST_POLL, "kept", "finalize the order",
+                                     ("finalize", {"status": "processing"})]
+    ca.ready, ca.pending = False, 1  # refused: the order is looked at as before, then finalized
+    assert ca.order("a.example", csr_pem) == [answered, FIRST_POLL, "kept", "finalize the order", FIRST_POLL,
+                                     "https://ca/authz/a.example", FIRST_POLL, "https://ca/authz/a.example",
+                                     ("finalize", "not yet")]
+    ca.ready, ca.pending = True, 0  # nor is the next order finalized early: that one was not validated in time
+    assert "finalize the order" not in ca.order("a.example", csr_pem)
+    assert "finalize the order" in ca.order("a.example", csr_pem)  # this one was
+    ca.pending = 1  # but is refused again once the CA is slower
+    ca.ready = False
+    assert ca.order("a.example", csr_pem)[3] == "finalize the order"
+    ca.ready, ca.pending = True, 1  # a CA that validated only by the second look is asked first, every time
+    for _ in range(2):
+        ca.pending = 1
+        assert "finalize the order" not in ca.order("a.example", csr_pem)
 
 
 def test_the_names_are_presented_and_answered_in_name_order_whatever_order_the_ca_lists_them_in():
