@@ -664,8 +664,9 @@ class Lab:
         answer.raise_for_status()
 
     def wait_served_serial(self, sni: str, serial_hex: str, timeout: float = 10.0,
-                           interval: float = POLL_INTERVAL) -> x509.Certificate:
-        """Wait until HAProxy serves the certificate with this serial for `sni`, and return it verified.
+                           interval: float = POLL_INTERVAL, verify: bool = True) -> x509.Certificate:
+        """Wait until HAProxy serves the certificate with this serial for `sni`, and return it verified
+        (unless not `verify`: the benchmark stops its clock first, then verifies it).
 
         A reload is asynchronous: the old worker keeps answering for a moment. The
         benchmark asks every few milliseconds (`interval`) so the wait does not round its timings.
@@ -680,7 +681,7 @@ class Lab:
                 seen = f"error {error}"
             else:
                 if served.serial_number == expected:
-                    return self.served_certificate(sni)
+                    return self.served_certificate(sni) if verify else served
                 seen = f"serial {served.serial_number:x} for {served.subject.rfc4514_string()}"
             time.sleep(interval)
         raise LabError(f"HAProxy did not serve serial {expected:x} for {sni} within {timeout}s; last saw {seen}")
