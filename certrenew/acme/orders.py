@@ -79,8 +79,10 @@ class AcmeClient:
         """Order a certificate for `domains`, prove control through `solver`, return the full chain PEM.
 
         `replaces` names the certificate this one renews (ARI); `profile` the CA profile to ask for.
-        `before_finalize(order_url)` runs once the names are validated, so the caller can
-        save what `finish` needs should the run end before the download.
+        `before_finalize(order_url)` runs once, before the order is finalized, so the caller can
+        save what `finish` needs should the run end before the download: once the names are
+        validated, or at the first look when the order is finalized then (should the CA refuse that
+        and the validation fail, a later `finish` finds the order invalid and orders anew).
         """
         self._check_profile(profile)
         solver.prepare(domains)
@@ -98,7 +100,8 @@ class AcmeClient:
         challenges = sorted(((_ordered_name(authzr), self._pick_challenge(authzr, solver.challenge_type))
                              for authzr in order.authorizations if authzr.body.status != messages.STATUS_VALID),
                             key=lambda challenge: challenge[0])
-        published, early = [], bool(challenges) and self._validated_at_first_look
+        early = bool(challenges) and self._validated_at_first_look  # finalized at the first look
+        published = []
         try:
             for name, challb in challenges:
                 solver.present(name, challb.chall.encode("token"), challb.response_and_validation(key)[1])
