@@ -198,7 +198,7 @@ class AcmeClient:
                                 before_finalize: Callable[[str], None]) -> requests.Response | None:
         """Finalize at the first look, without asking for the authorizations: the CA's answer, or None if it
         refused because they were not all valid yet (then nothing was done, and the next order is not
-        finalized early). One request a certificate fewer, a tenth of a batch's CPU against pebble; a CA
+        finalized early). One request a certificate fewer (7.2 -> 6.1 in a batch against pebble); a CA
         that takes longer to validate (Let's Encrypt: a second or more) never gets here."""
         self.transport.deadline.context.sleep(FIRST_POLL)
         before_finalize(order.uri)
