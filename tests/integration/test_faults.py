@@ -492,7 +492,7 @@ def test_two_concurrent_runs(guard_for, lab):
     guard.establish()
     runs = [guard.start("--force") for _ in range(2)]
     results = [run.communicate(timeout=60) + (run.returncode,) for run in runs]
-    assert [code for _, _, code in results] == [0, 0], results
+    assert [code for _, _, code in results] == [0, 0], "\n\n".join(f"exit {code}:\n{out}{err}" for out, err, code in results)
     assert all("renewed" in out for out, _, _ in results)
     guard.survived()
     guard.recover(expect="unchanged")
