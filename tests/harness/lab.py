@@ -531,12 +531,8 @@ class Lab:
     def reload_haproxy(self) -> None:
         """Reload HAProxy as certrenew would, and wait until the master reports the reload done."""
         process = self._running(self._haproxy, "HAProxy")
+        before = self.settled_reloads()  # the master may still re-execute for a reload someone else asked for
         deadline = time.monotonic() + START_TIMEOUT
-        while not self.master_answers():  # still re-executing for a reload someone else asked for
-            if time.monotonic() >= deadline:
-                raise LabError(f"HAProxy's master CLI did not answer in {START_TIMEOUT:.0f}s")
-            time.sleep(POLL_INTERVAL)
-        before = self.master_reloads()
         process.send_signal(signal.SIGUSR2)
         while time.monotonic() < deadline:
             try:
@@ -897,12 +893,13 @@ class Lab:
 
     def settled_reloads(self) -> tuple[int, int]:
         """`master_reloads` once the master's CLI answers: it drops for a moment while the master
-        re-executes itself for a reload, such as the one a run that has just exited asked for."""
+        re-executes itself for a reload, such as the one a run that has just exited asked for (as for
+        `master_answers`, an answer without the master's line counts as none yet)."""
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
                 return self.master_reloads()
-            except OSError:
+            except (OSError, LabError):
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(POLL_INTERVAL)

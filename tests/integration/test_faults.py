@@ -420,10 +420,7 @@ def test_haproxy_reload_exits_0_but_does_not_take(guard_for, lab):
     assert "served by reload" not in result.stdout and "reload not confirmed" in result.stdout
     assert "nothing tells whether HAProxy took the reload" in result.stderr
     # The fault happened: the master refused the reload, and its old worker serves the old certificate.
-    deadline = time.monotonic() + 10
-    while lab.settled_reloads()[1] <= failed_before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert lab.settled_reloads()[1] > failed_before
+    poll("the master refusing the reload", lambda: lab.settled_reloads()[1] > failed_before, timeout=10)
     assert lab.served_certificate(NAME).serial_number == x509.load_pem_x509_certificate(guard.old).serial_number
     guard.survived()
     lab.haproxy_cfg.write_text(config)  # the operator's fix, and the reload it needs, serve the new one
