@@ -11,6 +11,7 @@ Run `python -m tests.harness.lab [workdir]` to keep one up for exploring by hand
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import random
@@ -21,7 +22,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,15 +84,25 @@ def _bindable(port: int, kind: int) -> bool:
     return True
 
 
+def _shuffled_forever(ports: range) -> Iterator[int]:
+    """Every port of `ports` once, in a random order, then again in the same order."""
+    return itertools.cycle(random.sample(ports, len(ports)))
+
+
+_PORTS = _shuffled_forever(_below_ephemeral_range())
+"""Where free_ports takes its next candidate. A port free a moment ago may still be a lab's: one it holds
+unbound, as the responder's port between runs. Taking each port once before any again keeps a later test
+from being handed it."""
+
+
 def free_ports(count: int) -> list[int]:
-    """Return `count` distinct loopback ports, free for TCP (the first also for UDP) a moment ago.
+    """Return `count` distinct loopback ports, free for TCP (the first also for UDP) a moment ago, and not
+    handed out by an earlier call (until all others have been).
 
     The first is for challtestsrv's DNS, which serves both protocols.
     """
-    candidates = _below_ephemeral_range()
     ports: list[int] = []
-    for _ in range(1000):
-        port = random.choice(candidates)
+    for port in itertools.islice(_PORTS, 1000):
         if port in ports or not _bindable(port, socket.SOCK_STREAM):
             continue
         if not ports and not _bindable(port, socket.SOCK_DGRAM):
@@ -515,7 +526,8 @@ class Lab:
         terminate(self._pebble)
 
     def break_dns(self, name: str) -> None:
-        """Point `name` at an address where nothing listens, so HTTP-01 validation really fails."""
+        """Point `name` at an address where nothing listens, so HTTP-01 validation really fails: for a name never
+        validated before, as pebble reuses a valid authorization now and then, even with PEBBLE_AUTHZREUSE=0."""
         self.point_name(name, "127.0.0.9")
 
     def issuer_root(self) -> bytes:
