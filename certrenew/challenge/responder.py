@@ -7,7 +7,10 @@ way it serves nothing but the key authorizations of the orders in flight.
 A run by hand beside the daemon finds the port taken. It then *borrows* the daemon's
 responder: once a probe shows the port's holder serves this store's answers, the run
 publishes its own there (`Store.publish_challenge`) and the daemon's responder, which
-looks up in the store every token it does not know, answers the CA for it. On a fleet (one
+looks up in the store every token it does not know, answers the CA for it. A holder that
+lent its port this way (another run by hand, or the daemon stopping) keeps serving, once it
+is done, until the borrower's answers are withdrawn: HAProxy has nowhere else to send the CA's
+request, and a unix socket's refusal is not even tried again. On a fleet (one
 store on etcd) the CA validates at whichever node the name resolves to: every process that
 orders publishes its answers in the store (`Board.shared`), and every node's daemon answers them (from a copy
 that a watch keeps current: `state.board`).
@@ -22,6 +25,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
@@ -40,6 +44,15 @@ PROBE_TIMEOUT = 5.0
 """Seconds the borrow probe waits for the address's holder to answer."""
 PROBE_BODY = 4096
 """Bytes of a probe's answer read: a key authorization is under a hundred, an error page a few hundred."""
+LEND_GRACE = 30.0
+"""Seconds at most a responder that lent its port keeps serving, once its own work is done, the
+answers other processes published: a CA validates in seconds, and an answer a killed run left
+behind must not hold a stopping daemon for ever."""
+LEND_SETTLE = 1.0
+"""Seconds a lender keeps serving after the last borrow probe it answered, whatever the store holds:
+the borrower publishes its answers only after the probe."""
+LEND_POLL = 0.1
+"""Seconds between a lender's looks at the store while it waits for a borrower's answers to go."""
 
 
 class Board(Protocol):
@@ -55,6 +68,9 @@ class Board(Protocol):
     def find_challenge(self, token: str) -> tuple[str, str] | None: ...
 
     def withdraw_challenge(self, token: str) -> None: ...
+
+    def challenges_published(self) -> bool:
+        """Whether any answer (not expired) is published, by any process."""
 
 
 class Responder:
@@ -75,6 +91,8 @@ class Responder:
         self._store = store
         self._borrowed = False
         """Whether another process's responder (the daemon's) serves this one's answers."""
+        self._lent_at: float | None = None
+        """When this responder last answered a borrow probe: another process relies on it (see `__exit__`)."""
         self._published: set[str] = set()
         """The tokens this one published in the store (all it presents, on a fleet's), to withdraw."""
         self._validations: dict[str, tuple[str, str]] = {}
@@ -123,7 +141,11 @@ class Responder:
         if entry is None:
             return None
         domain, validation = entry
-        return validation if _host_name(host) == domain else None
+        if _host_name(host) != domain:
+            return None
+        if domain == PROBE_NAME:
+            self._lent_at = time.monotonic()
+        return validation
 
     def answer(self, request: httpd.Request) -> httpd.Response:
         """The key authorization for a GET of a challenge path, else 404."""
@@ -139,13 +161,38 @@ class Responder:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        with self._starting:
-            if self._serving is not None:
-                self._serving.close()
-                self._serving = None
-        for token in list(self._validations):  # those of an order a signal cut short
-            self.cleanup("", token)
-        self._borrowed = False
+        try:
+            for token in list(self._validations):  # those of an order a signal cut short
+                self.cleanup("", token)
+            if self._lent_at is not None and self._serving is not None:
+                self._serve_borrowers()
+        finally:
+            with self._starting:
+                if self._serving is not None:
+                    self._serving.close()
+                    self._serving = None
+            self._borrowed = False
+            self._lent_at = None
+
+    def _serve_borrowers(self) -> None:
+        """Keep the port open while a process that borrowed it has answers published (at most LEND_GRACE)."""
+        assert self._store is not None and self._lent_at is not None
+        deadline, said = time.monotonic() + LEND_GRACE, False
+        while time.monotonic() < deadline:
+            try:
+                if time.monotonic() - self._lent_at >= LEND_SETTLE and not self._store.challenges_published():
+                    return
+            except (CertrenewError, OSError) as error:
+                log.warning("responder: cannot tell whether a run that borrowed %s still waits for the CA (%s): "
+                            "closing it", self.address, error)
+                return
+            if not said:
+                log.info("responder: a run borrowed %s: serving its challenges until the CA is done with them "
+                         "(at most %g s)", self.address, LEND_GRACE)
+                said = True
+            time.sleep(LEND_POLL)
+        log.warning("responder: closing %s after %g s with answers still published (a borrowing run's, or one a "
+                    "killed run left): a validation in progress fails", self.address, LEND_GRACE)
 
     def start(self, borrow: bool = False) -> None:
         """Bind the port and start serving, once. A busy port is a clear error (and tried again

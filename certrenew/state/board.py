@@ -84,6 +84,9 @@ class Board:
     def withdraw_challenge(self, token: str) -> None:
         self.store.withdraw_challenge(token)
 
+    def challenges_published(self) -> bool:
+        return self.store.challenges_published()
+
     def find_challenge(self, token: str) -> tuple[str, str] | None:
         """From the copy; from the store, for at most LOOKUP_BOUND, if the copy lacks `token`."""
         with self._mutex:

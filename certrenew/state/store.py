@@ -540,6 +540,10 @@ class Store:
         """Forget what was published for `token`; nothing if it is gone already."""
         self.backend.write({f"{CHALLENGES}/{check_token(token)}.json": None})
 
+    def challenges_published(self) -> bool:
+        """Whether any answer not expired is published, by any process."""
+        return not all(_expired(entry.value) for entry in self.backend.list(f"{CHALLENGES}/").values())
+
 
 class FileStore(Store):
     """A `Store` in a local state dir (see `files`), with the state dir's own lock, `<root>/lock`.

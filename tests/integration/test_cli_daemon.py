@@ -22,6 +22,8 @@ from certrenew.pki.bundle import leaf_info
 from certrenew.system.atomicfile import TEMP_PREFIX
 from certrenew.system.limits import MAX_CONFIG
 from tests.harness.container import as_image_user, read_image
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.faultproxy import step as step_of
 from tests.harness.lab import Lab, closed_by_peer, free_ports, tcp_accepts, terminate
 from tests.harness.lab import poll as lab_poll
 from tests.harness.unfit import COMPLAINTS, UNFIT, place
@@ -409,6 +411,42 @@ def test_on_the_shipped_unix_socket_a_run_beside_the_daemon_borrows_its_responde
         assert socket.is_socket() and daemon.log.count("alpha: issued") == 1  # the daemon's, still
         assert daemon.stop()[0] == 0
         assert not socket.exists()
+
+
+@pytest.mark.haproxy
+@pytest.mark.parametrize("unix_socket", [False, True], ids=["tcp", "unix-socket"])
+def test_a_daemon_stopping_while_the_ca_validates_a_run_that_borrowed_its_responder_serves_it_first(
+        tmp_path, start_daemon, unix_socket):
+    """The daemon is told to stop (a restart, say) once the run has posted its challenge to the CA's proxy,
+    before pebble validates: it keeps answering until the run's answers are withdrawn, then exits."""
+    with Lab(tmp_path / "lab", unix_socket=unix_socket) as lab, FaultProxy(lab) as proxy:
+        config = write_config(lab, ONE)
+        daemon = start_daemon(lab, config)
+        alpha = daemon.wait_served("alpha", "alpha.example")
+        stopping = []
+
+        def stop_the_daemon(method, path):
+            if method == "POST" and step_of(path) == "challenge" and not stopping:
+                daemon.process.send_signal(signal.SIGTERM)
+                # Until the daemon has exited, or says it waits for the run: without the wait, it is gone.
+                stopping.append(poll("the daemon stopping", lambda: daemon.process.poll() is not None
+                                     or "a run borrowed" in daemon.log))
+            return None
+
+        proxy.on_request = stop_the_daemon
+        # Through the proxy: another directory, so another account, whose order pebble validates afresh.
+        forced = lab.certrenew("run", "--config", str(config), "--force", "--haproxy-socket", str(lab.admin_socket),
+                               env=proxy.env)
+        assert stopping, forced.stderr  # the fault happened
+        assert forced.returncode == 0, forced.stderr
+        assert f"responder: {lab.listen} is held by a certrenew serving this state dir" in forced.stderr
+        renewed = serial_of(lab, "alpha")
+        assert renewed != alpha and "alpha: renewed" in forced.stdout
+        lab.wait_served_serial("alpha.example", renewed)
+        code, took = daemon.stop()  # SIGTERM again: it has exited, or exits, once the run's answers are gone
+        assert code == 0 and took < 10, daemon.log
+        assert f"responder: a run borrowed {lab.listen}: serving its challenges" in daemon.log
+        assert "answers still published" not in daemon.log
 
 
 def test_the_log_can_be_json(lab, start_daemon):

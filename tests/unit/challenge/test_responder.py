@@ -114,7 +114,8 @@ def test_a_run_borrows_the_port_of_a_responder_serving_its_store(tmp_path):
     assert list((state / "challenges").iterdir()) == []  # the run withdrew tok2 on exit, the probe at once
 
 
-def test_a_run_whose_daemon_stopped_answers_its_challenges_itself(tmp_path):
+def test_a_run_whose_daemon_stopped_answers_its_challenges_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(responder_module, "LEND_GRACE", 0.3)  # the daemon waits this long for the run's answers
     port, state = free_port(), tmp_path / "state"
     with Responder(f"127.0.0.1:{port}", FileStore(state)) as run:
         with Responder(f"127.0.0.1:{port}", FileStore(state)) as daemon:
@@ -130,6 +131,72 @@ def test_a_run_whose_daemon_stopped_answers_its_challenges_itself(tmp_path):
         run.cleanup("a.example", "tok")
         assert not (state / "challenges" / "tok.json").exists()  # what it had published is withdrawn
         assert fetch(port, "tok", "a.example").status_code == 404
+
+
+def closing(responder):
+    """`responder` closing in a thread of its own, which the caller joins."""
+    thread = threading.Thread(target=responder.__exit__, args=(None, None, None))
+    thread.start()
+    return thread
+
+
+def test_a_responder_that_lent_its_port_serves_the_borrowers_answers_until_they_are_withdrawn(tmp_path, monkeypatch):
+    monkeypatch.setattr(responder_module, "LEND_SETTLE", 0.2)
+    port, state = free_port(), tmp_path / "state"
+    daemon, run = Responder(f"127.0.0.1:{port}", FileStore(state)), Responder(f"127.0.0.1:{port}", FileStore(state))
+    daemon.start()
+    with run:
+        run.present("a.example", "tok", "tok.thumb")  # borrowed
+        stopping = closing(daemon)
+        time.sleep(0.5)  # past LEND_SETTLE: only the run's published answer keeps it open
+        assert stopping.is_alive() and fetch(port, "tok", "a.example").text == "tok.thumb"
+        run.cleanup("a.example", "tok")
+        stopping.join(timeout=2)
+        assert not stopping.is_alive()  # its answers withdrawn, the run no longer needs the port
+        with pytest.raises(requests.ConnectionError):
+            fetch(port, "tok", "a.example")
+
+
+def test_a_lender_keeps_serving_a_moment_after_the_probe_for_answers_not_published_yet(tmp_path, monkeypatch):
+    """The borrower publishes its answers only after its probe: a lender closing in between waits for them."""
+    monkeypatch.setattr(responder_module, "LEND_SETTLE", 0.5)
+    port, state = free_port(), tmp_path / "state"
+    daemon, run = Responder(f"127.0.0.1:{port}", FileStore(state)), Responder(f"127.0.0.1:{port}", FileStore(state))
+    daemon.start()
+    with run:
+        run.start(borrow=True)  # the probe, no answer published yet
+        stopping = closing(daemon)
+        run.present("a.example", "tok", "tok.thumb")
+        assert fetch(port, "tok", "a.example").text == "tok.thumb"
+        run.cleanup("a.example", "tok")
+        stopping.join(timeout=2)
+        assert not stopping.is_alive()
+
+
+def test_a_lender_stops_waiting_after_its_grace_for_answers_a_killed_run_left(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(responder_module, "LEND_SETTLE", 0.0)
+    monkeypatch.setattr(responder_module, "LEND_GRACE", 0.5)
+    port, state = free_port(), tmp_path / "state"
+    daemon, run = Responder(f"127.0.0.1:{port}", FileStore(state)), Responder(f"127.0.0.1:{port}", FileStore(state))
+    daemon.start()
+    run.present("a.example", "tok", "tok.thumb")  # borrowed; and the run is killed: never withdrawn
+    started = time.monotonic()
+    daemon.__exit__(None, None, None)
+    assert 0.5 <= time.monotonic() - started < 2
+    assert "after 0.5 s with answers still published" in caplog.text
+    with pytest.raises(requests.ConnectionError):
+        fetch(port, "tok", "a.example")
+
+
+def test_a_responder_never_borrowed_closes_at_once_whatever_the_store_holds(tmp_path):
+    port, state = free_port(), tmp_path / "state"
+    FileStore(state).publish_challenge("tok", "a.example", "tok.thumb")  # another node's, say
+    daemon = Responder(f"127.0.0.1:{port}", FileStore(state))
+    daemon.start()
+    assert fetch(port, "tok", "a.example").text == "tok.thumb"
+    started = time.monotonic()
+    daemon.__exit__(None, None, None)
+    assert time.monotonic() - started < 0.5
 
 
 def test_an_answer_a_process_owns_is_not_written_to_the_store(tmp_path):

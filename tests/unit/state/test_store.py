@@ -491,6 +491,9 @@ def test_a_published_answer_is_found_until_withdrawn(store):
     store.withdraw_challenge("tok_en-1")
     store.withdraw_challenge("tok_en-1")  # gone already: nothing
     assert store.find_challenge("tok_en-1") is None
+    assert store.challenges_published()
+    store.withdraw_challenge("x" * 200)
+    assert not store.challenges_published()
 
 
 @pytest.mark.parametrize("token", ["../meta", "a/b", "", "tok en", "x" * 201])
@@ -514,6 +517,7 @@ def test_an_answer_a_killed_run_left_expires(files, monkeypatch):
     later = datetime.datetime.now(datetime.timezone.utc) + store_module.CHALLENGE_TTL + datetime.timedelta(seconds=5)
     monkeypatch.setattr(store_module, "_utc_now", lambda: later)
     assert files.find_challenge("old") is None  # not served any more
+    assert not files.challenges_published()  # nor waited for by a responder that lent its port
     past = (later - datetime.timedelta(days=1)).timestamp()
     os.utime(path, (past, past))
     files.publish_challenge("new", "a.example", "new.thumb")  # and cleared by the next publication
