@@ -10,7 +10,7 @@ publishes its own there (`Store.publish_challenge`) and the daemon's responder, 
 looks up in the store every token it does not know, answers the CA for it. A holder that
 lent its port this way (another run by hand, or the daemon stopping) keeps serving, once it
 is done, until the borrower's answers are withdrawn: HAProxy has nowhere else to send the CA's
-request, and a unix socket's refusal is not even tried again. On a fleet (one
+request, and after a unix socket's refusal tries again at once, to no avail. On a fleet (one
 store on etcd) the CA validates at whichever node the name resolves to: every process that
 orders publishes its answers in the store (`Board.shared`), and every node's daemon answers them (from a copy
 that a watch keeps current: `state.board`).
