@@ -197,8 +197,8 @@ class AcmeClient:
     def _finalize_at_first_look(self, order: messages.OrderResource,
                                 before_finalize: Callable[[str], None]) -> requests.Response | None:
         """Finalize at the first look, without asking for the authorizations: the CA's answer, or None if it
-        refused because they were not all valid yet (then nothing was done, and the next order is not
-        finalized early). One request a certificate fewer (7.2 -> 6.1 in a batch against pebble); a CA
+        refused, as it must while they are not all valid yet (then nothing was done, and the next order is
+        not finalized early). One request a certificate fewer (7.2 -> 6.1 in a batch against pebble); a CA
         that takes longer to validate (Let's Encrypt: a second or more) never gets here."""
         self.transport.deadline.context.sleep(FIRST_POLL)
         before_finalize(order.uri)

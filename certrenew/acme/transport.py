@@ -142,16 +142,18 @@ class Transport:
         return self.call(what, self.client._post, url, message)
 
     def post_if_ready(self, what: str, url: str, message: jose.JSONDeSerializable) -> requests.Response | None:
-        """`post`, but None when the CA answers that the order is not ready for it: RFC 8555 section 7.4
-        has a CA refuse to finalize an order before all its authorizations are valid (orderNotReady), and
-        change nothing."""
+        """`post`, but None when the CA refuses it: RFC 8555 section 7.4 has a CA refuse to finalize an order
+        before all its authorizations are valid (orderNotReady), and change nothing. A CA may name that
+        refusal otherwise: any refusal is None, for the caller to wait for the authorizations and post
+        again, when a lasting refusal (a bad CSR, say) comes again and is reported."""
         def post() -> requests.Response | None:
             try:
                 return self.client._post(url, message)
             except messages.Error as error:
-                if problem_code(error) == "orderNotReady":
-                    return None
-                raise
+                if problem_code(error) != "orderNotReady":
+                    log.info("the CA refused to %s before its authorizations were seen valid, not saying "
+                             "orderNotReady but: %s; asking again once they are", what, error.detail or error)
+                return None
         return self.call(what, post)
 
     def fetch(self, what: str, url: str) -> requests.Response:

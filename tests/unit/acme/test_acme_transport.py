@@ -279,3 +279,17 @@ def test_the_cas_clock_is_read_from_the_date_of_its_answer():
     assert measured is not None and abs(measured - datetime.timedelta(minutes=10)) < datetime.timedelta(seconds=5)
     assert clock_ahead(answer_with()) is None
     assert clock_ahead(answer_with(Date="yesterday")) is None
+
+
+@pytest.mark.parametrize("kind", ["orderNotReady", "malformed", "unauthorized"])
+def test_a_finalize_refused_at_the_first_look_is_none_whatever_problem_the_ca_names(kind, caplog):
+    """RFC 8555 says orderNotReady; a CA saying anything else is asked again once the authorizations are valid
+    (where a lasting refusal comes again, and is reported) rather than failing an order it may well issue."""
+    def refuse(url, message):
+        raise messages.Error(typ=f"urn:ietf:params:acme:error:{kind}", detail="authorizations pending")
+
+    caplog.set_level("INFO", logger="certrenew")
+    transport = Transport.__new__(Transport)
+    transport.client = type("Client", (), {"_post": staticmethod(refuse)})()
+    assert transport.post_if_ready("finalize the order", "https://ca/finalize", messages.CertificateRequest()) is None
+    assert ("not saying orderNotReady but: authorizations pending" in caplog.text) == (kind != "orderNotReady")
