@@ -119,7 +119,11 @@ class AcmeClient:
                 solver.cleanup(name, token)
         if not early:
             before_finalize(order.uri)
-        return self._finalize(order, finalized)
+        try:
+            return self._finalize(order, finalized)
+        except CertrenewError:
+            self._validated_at_first_look = False  # whatever failed, the next order looks first
+            raise
 
     def revoke(self, cert: x509.Certificate, reason: int) -> bool:
         """Revoke `cert` (RFC 8555 section 7.6), signed with the account key; False if the CA
@@ -203,6 +207,11 @@ class AcmeClient:
         self.transport.deadline.context.sleep(FIRST_POLL)
         before_finalize(order.uri)
         answer = self.transport.post_if_ready("finalize the order", order.body.finalize, _certificate_request(order))
+        status = answer.json().get("status") if answer is not None else None
+        if status in ("pending", "ready"):  # taken, not acted on (RFC 8555 wants orderNotReady): as a refusal
+            log.info("the CA took finalize while the order was %s, without acting on it; asking again once its "
+                     "authorizations are valid", status)
+            answer = None
         self._validated_at_first_look = answer is not None
         return answer
 

@@ -219,6 +219,44 @@ def test_a_ca_that_validated_the_last_order_by_the_first_look_is_sent_finalize_a
     assert finalize in ca.order(csr_pem)  # validated by its first look again
 
 
+class LaxCA(QuickCA):
+    """A QuickCA that takes a finalize before the order is validated without acting on it (its answer: the order,
+    still pending), where RFC 8555 wants orderNotReady; and whose issuance fails while `failing`."""
+
+    failing = False
+
+    def _post_if_ready(self, what, url, message):
+        return super()._post_if_ready(what, url, message) or Answer({"status": "pending"})
+
+    def _finalize(self, order, answer=None):
+        if self.failing:
+            self.seen.append("failed")
+            raise CertrenewError("the CA did not issue the certificate: order is invalid")
+        return super()._finalize(order, answer)
+
+
+def test_a_finalize_taken_but_not_acted_on_is_sent_again_once_validated(csr_pem):
+    """Polling such an order for its certificate would wait out the whole time budget: it never comes."""
+    ca = LaxCA()
+    answered, look, finalize = "answer the challenge for a.example", "https://ca/authz/a.example", "finalize the order"
+    ca.order(csr_pem)
+    assert ca.order(csr_pem, pending=2) == [answered, FIRST_POLL, "kept", finalize,
+                                            FIRST_POLL, look, FIRST_POLL, look, ("finalize", "not yet")]
+    assert finalize not in ca.order(csr_pem)  # and the next order looks first
+
+
+def test_after_an_order_finalized_early_fails_the_next_order_looks_first(csr_pem):
+    ca = LaxCA()
+    finalize = "finalize the order"
+    ca.order(csr_pem)
+    ca.failing = True
+    with pytest.raises(CertrenewError, match="order is invalid"):
+        ca.order(csr_pem)
+    assert ca.seen[-3:] == ["kept", finalize, "failed"]  # finalized early, then the issuance failed
+    ca.failing = False
+    assert finalize not in ca.order(csr_pem)
+
+
 def test_the_names_are_presented_and_answered_in_name_order_whatever_order_the_ca_lists_them_in():
     ca, solver = ValidatingCA(listed=["www.site.example", "b.example", "site.example"]), Publisher()
     ca.obtain(["site.example", "www.site.example", "b.example"], b"csr", solver)
