@@ -207,7 +207,8 @@ class AcmeClient:
         self.transport.deadline.context.sleep(FIRST_POLL)
         before_finalize(order.uri)
         answer = self.transport.post_if_ready("finalize the order", order.body.finalize, _certificate_request(order))
-        status = answer.json().get("status") if answer is not None else None
+        body = answer.json() if answer is not None else None
+        status = body.get("status") if isinstance(body, dict) else None
         if status in ("pending", "ready"):  # taken, not acted on (RFC 8555 wants orderNotReady): as a refusal
             log.info("the CA took finalize while the order was %s, without acting on it; asking again once its "
                      "authorizations are valid", status)
