@@ -133,6 +133,14 @@ def test_a_run_whose_daemon_stopped_answers_its_challenges_itself(tmp_path, monk
         assert fetch(port, "tok", "a.example").status_code == 404
 
 
+def lender_and_borrower(tmp_path):
+    """(port, the daemon's responder serving it, a run's responder on the same port and state dir)."""
+    port, state = free_port(), tmp_path / "state"
+    daemon, run = Responder(f"127.0.0.1:{port}", FileStore(state)), Responder(f"127.0.0.1:{port}", FileStore(state))
+    daemon.start()
+    return port, daemon, run
+
+
 def closing(responder):
     """`responder` closing in a thread of its own, which the caller joins."""
     thread = threading.Thread(target=responder.__exit__, args=(None, None, None))
@@ -142,9 +150,7 @@ def closing(responder):
 
 def test_a_responder_that_lent_its_port_serves_the_borrowers_answers_until_they_are_withdrawn(tmp_path, monkeypatch):
     monkeypatch.setattr(responder_module, "LEND_SETTLE", 0.2)
-    port, state = free_port(), tmp_path / "state"
-    daemon, run = Responder(f"127.0.0.1:{port}", FileStore(state)), Responder(f"127.0.0.1:{port}", FileStore(state))
-    daemon.start()
+    port, daemon, run = lender_and_borrower(tmp_path)
     with run:
         run.present("a.example", "tok", "tok.thumb")  # borrowed
         stopping = closing(daemon)
@@ -160,9 +166,7 @@ def test_a_responder_that_lent_its_port_serves_the_borrowers_answers_until_they_
 def test_a_lender_keeps_serving_a_moment_after_the_probe_for_answers_not_published_yet(tmp_path, monkeypatch):
     """The borrower publishes its answers only after its probe: a lender closing in between waits for them."""
     monkeypatch.setattr(responder_module, "LEND_SETTLE", 0.5)
-    port, state = free_port(), tmp_path / "state"
-    daemon, run = Responder(f"127.0.0.1:{port}", FileStore(state)), Responder(f"127.0.0.1:{port}", FileStore(state))
-    daemon.start()
+    port, daemon, run = lender_and_borrower(tmp_path)
     with run:
         run.start(borrow=True)  # the probe, no answer published yet
         stopping = closing(daemon)
@@ -176,9 +180,7 @@ def test_a_lender_keeps_serving_a_moment_after_the_probe_for_answers_not_publish
 def test_a_lender_stops_waiting_after_its_grace_for_answers_a_killed_run_left(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(responder_module, "LEND_SETTLE", 0.0)
     monkeypatch.setattr(responder_module, "LEND_GRACE", 0.5)
-    port, state = free_port(), tmp_path / "state"
-    daemon, run = Responder(f"127.0.0.1:{port}", FileStore(state)), Responder(f"127.0.0.1:{port}", FileStore(state))
-    daemon.start()
+    port, daemon, run = lender_and_borrower(tmp_path)
     run.present("a.example", "tok", "tok.thumb")  # borrowed; and the run is killed: never withdrawn
     started = time.monotonic()
     daemon.__exit__(None, None, None)
