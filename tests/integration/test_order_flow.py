@@ -83,9 +83,11 @@ def test_a_solver_that_is_not_ready_fails_the_order_and_still_cleans_up(lab):
     assert FileStore(lab.state_dir).load_bundle(DOMAINS[0], "pending") is None
 
 
-def test_pebble_refuses_a_finalize_before_the_names_are_validated_and_changes_nothing(lab):
+def test_pebble_refuses_a_finalize_before_the_names_are_validated_and_changes_nothing(lab, caplog):
     """What finalizing at the first look counts on (RFC 8555 section 7.4): an order not ready yet is refused
-    with orderNotReady, which `post_if_ready` makes None, and stays as it was, to be finalized once validated."""
+    with orderNotReady, which `post_if_ready` makes None, and stays as it was, to be finalized once validated.
+    (It makes any other refusal None too, but says so: that line must not come.)"""
+    caplog.set_level("INFO", logger="certrenew")
     client = AcmeClient(lab.directory_url, new_account_key_pem(), Deadline(30), str(lab.ca_bundle))
     client.login(None, None, agree_tos=True)
     transport = client.transport
@@ -94,4 +96,5 @@ def test_pebble_refuses_a_finalize_before_the_names_are_validated_and_changes_no
     created = transport.post("create the order", transport.directory["newOrder"], order)
     finalize = messages.CertificateRequest(csr=x509.load_pem_x509_csr(make_csr(key, [DOMAINS[0]])))
     assert transport.post_if_ready("finalize the order", created.json()["finalize"], finalize) is None
+    assert "not saying orderNotReady" not in caplog.text
     assert transport.fetch("check the order", created.headers["Location"]).json()["status"] == "pending"
